@@ -1,0 +1,772 @@
+//! FHIR search: the parameters mamori supports per type, extraction of index
+//! values from a resource, and parsing of a search request into a
+//! [`SearchQuery`] the store turns into SQL.
+//!
+//! Unknown parameters are an error (unless the client asks for lenient
+//! handling): a silently ignored filter returns more patients' data than the
+//! clinician asked for.
+
+use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::ids::{is_fhir_id, LocalRef, ResourceType};
+use crate::time::{parse_date_time, parse_search_date, DateRange, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    Token,
+    String,
+    Date,
+    Reference,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ParamDef {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// Element paths, dot-separated; concrete names for choice elements.
+    pub paths: &'static [&'static str],
+    /// For reference parameters: the only target type, if any.
+    pub target: Option<&'static str>,
+}
+
+const fn tok(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Token, paths, target: None }
+}
+const fn st(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind: ParamKind::String, paths, target: None }
+}
+const fn date(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Date, paths, target: None }
+}
+const fn rf(name: &'static str, paths: &'static [&'static str], target: Option<&'static str>) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Reference, paths, target }
+}
+
+const IDENT: ParamDef = tok("identifier", &["identifier"]);
+const SUBJECT: ParamDef = rf("subject", &["subject"], None);
+const PATIENT_SUBJ: ParamDef = rf("patient", &["subject"], Some("Patient"));
+const PATIENT_PAT: ParamDef = rf("patient", &["patient"], Some("Patient"));
+const ENCOUNTER: ParamDef = rf("encounter", &["encounter"], Some("Encounter"));
+const NAME_PATHS: &[&str] = &["name.family", "name.given", "name.text", "name.prefix", "name.suffix"];
+
+const PATIENT: &[ParamDef] = &[
+    IDENT,
+    st("name", NAME_PATHS),
+    st("family", &["name.family"]),
+    st("given", &["name.given"]),
+    date("birthdate", &["birthDate"]),
+    tok("gender", &["gender"]),
+    tok("active", &["active"]),
+    st("address", &["address.text", "address.line", "address.city", "address.state", "address.postalCode"]),
+    tok("telecom", &["telecom"]),
+    rf("link", &["link.other"], None),
+];
+const ENCOUNTER_P: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    date("date", &["period"]),
+    tok("status", &["status"]),
+    tok("class", &["class"]),
+    tok("type", &["type"]),
+    rf("participant", &["participant.individual"], None),
+];
+const CONDITION: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    tok("code", &["code"]),
+    tok("category", &["category"]),
+    tok("clinical-status", &["clinicalStatus"]),
+    tok("verification-status", &["verificationStatus"]),
+    date("onset-date", &["onsetDateTime", "onsetPeriod"]),
+    date("recorded-date", &["recordedDate"]),
+];
+const OBSERVATION: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    tok("code", &["code", "component.code"]),
+    tok("category", &["category"]),
+    tok("status", &["status"]),
+    date("date", &["effectiveDateTime", "effectivePeriod", "effectiveInstant"]),
+];
+const ALLERGY: &[ParamDef] = &[
+    IDENT,
+    PATIENT_PAT,
+    tok("code", &["code", "reaction.substance"]),
+    tok("category", &["category"]),
+    tok("clinical-status", &["clinicalStatus"]),
+    tok("criticality", &["criticality"]),
+    date("date", &["recordedDate"]),
+];
+const MEDREQ: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    tok("code", &["medicationCodeableConcept"]),
+    tok("status", &["status"]),
+    tok("intent", &["intent"]),
+    tok("category", &["category"]),
+    date("authoredon", &["authoredOn"]),
+];
+const DIAGREPORT: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    tok("code", &["code"]),
+    tok("category", &["category"]),
+    tok("status", &["status"]),
+    date("date", &["effectiveDateTime", "effectivePeriod"]),
+    date("issued", &["issued"]),
+    rf("result", &["result"], Some("Observation")),
+];
+const DOCREF: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    tok("type", &["type"]),
+    tok("category", &["category"]),
+    tok("status", &["status"]),
+    date("date", &["date"]),
+];
+const PROCEDURE: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    tok("code", &["code"]),
+    tok("category", &["category"]),
+    tok("status", &["status"]),
+    date("date", &["performedDateTime", "performedPeriod"]),
+];
+const CARETEAM: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    tok("status", &["status"]),
+    tok("category", &["category"]),
+    rf("participant", &["participant.member"], None),
+];
+const PRACTITIONER: &[ParamDef] = &[IDENT, st("name", NAME_PATHS), st("family", &["name.family"]), st("given", &["name.given"])];
+const ORGANIZATION: &[ParamDef] = &[IDENT, st("name", &["name", "alias"]), tok("type", &["type"])];
+const CONSENT: &[ParamDef] = &[IDENT, PATIENT_PAT, tok("status", &["status"]), tok("category", &["category"]), date("date", &["dateTime"])];
+const PROVENANCE: &[ParamDef] = &[rf("target", &["target"], None), rf("agent", &["agent.who"], None), date("recorded", &["recorded"])];
+const MEDADMIN: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    tok("code", &["medicationCodeableConcept"]),
+    tok("status", &["status"]),
+    date("effective-time", &["effectiveDateTime", "effectivePeriod"]),
+];
+const GENERIC: &[ParamDef] = &[IDENT, SUBJECT, rf("patient", &["subject", "patient"], Some("Patient"))];
+
+/// The search parameters of a type (besides `_id` and `_lastUpdated`).
+pub fn params_for(rtype: ResourceType) -> &'static [ParamDef] {
+    match rtype.as_str() {
+        "Patient" => PATIENT,
+        "Encounter" => ENCOUNTER_P,
+        "Condition" => CONDITION,
+        "Observation" => OBSERVATION,
+        "AllergyIntolerance" => ALLERGY,
+        "MedicationRequest" => MEDREQ,
+        "DiagnosticReport" => DIAGREPORT,
+        "DocumentReference" => DOCREF,
+        "Procedure" => PROCEDURE,
+        "CareTeam" => CARETEAM,
+        "Practitioner" => PRACTITIONER,
+        "Organization" => ORGANIZATION,
+        "Consent" => CONSENT,
+        "Provenance" => PROVENANCE,
+        "MedicationAdministration" => MEDADMIN,
+        _ => GENERIC,
+    }
+}
+
+pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
+    params_for(rtype).iter().find(|p| p.name == name)
+}
+
+// ---- index extraction -----------------------------------------------------
+
+/// One row of the search index for the current version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexValue {
+    Token { system: Option<String>, code: String },
+    String { norm: String, exact: String },
+    Date { low: i64, high: i64 },
+    Reference { rtype: String, id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub param: &'static str,
+    pub value: IndexValue,
+}
+
+/// Everything a resource contributes to the search index.
+pub fn index_entries(rtype: ResourceType, res: &Value) -> Vec<IndexEntry> {
+    let mut out = Vec::new();
+    for p in params_for(rtype) {
+        for path in p.paths {
+            let mut vals = Vec::new();
+            collect(res, path, &mut vals);
+            for v in vals {
+                extract(p, v, &mut out);
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.param, format!("{:?}", a.value)).cmp(&(b.param, format!("{:?}", b.value))));
+    out.dedup();
+    out
+}
+
+fn collect<'a>(v: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
+    if let Value::Array(a) = v {
+        for item in a {
+            collect(item, path, out);
+        }
+        return;
+    }
+    match path.split_once('.') {
+        None => match v.get(path) {
+            Some(Value::Array(a)) => out.extend(a.iter()),
+            Some(x) => out.push(x),
+            None => {}
+        },
+        Some((head, rest)) => {
+            if let Some(x) = v.get(head) {
+                collect(x, rest, out);
+            }
+        }
+    }
+}
+
+fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
+    let mut push = |value| out.push(IndexEntry { param: p.name, value });
+    match p.kind {
+        ParamKind::Token => match v {
+            Value::String(s) => push(IndexValue::Token { system: None, code: s.clone() }),
+            Value::Bool(b) => push(IndexValue::Token { system: None, code: b.to_string() }),
+            Value::Object(o) => {
+                if let Some(Value::Array(codings)) = o.get("coding") {
+                    for c in codings {
+                        if let Some(code) = c.get("code").and_then(Value::as_str) {
+                            let system = c.get("system").and_then(Value::as_str).map(str::to_owned);
+                            push(IndexValue::Token { system, code: code.to_owned() });
+                        }
+                    }
+                } else if let Some(code) = o.get("code").and_then(Value::as_str) {
+                    let system = o.get("system").and_then(Value::as_str).map(str::to_owned);
+                    push(IndexValue::Token { system, code: code.to_owned() });
+                } else if let Some(value) = o.get("value").and_then(Value::as_str) {
+                    // Identifier, ContactPoint
+                    let system = o.get("system").and_then(Value::as_str).map(str::to_owned);
+                    push(IndexValue::Token { system, code: value.to_owned() });
+                }
+            }
+            _ => {}
+        },
+        ParamKind::String => {
+            if let Value::String(s) = v {
+                push(IndexValue::String { norm: normalize(s), exact: s.clone() });
+            }
+        }
+        ParamKind::Date => match v {
+            Value::String(s) => {
+                if let Some(r) = parse_date_time(s) {
+                    push(IndexValue::Date { low: r.low, high: r.high });
+                }
+            }
+            Value::Object(o) => {
+                let low = o.get("start").and_then(Value::as_str).and_then(parse_date_time).map_or(i64::MIN, |r| r.low);
+                let high = o.get("end").and_then(Value::as_str).and_then(parse_date_time).map_or(i64::MAX, |r| r.high);
+                if o.contains_key("start") || o.contains_key("end") {
+                    push(IndexValue::Date { low, high });
+                }
+            }
+            _ => {}
+        },
+        ParamKind::Reference => {
+            if let Some(r) = v.get("reference").and_then(Value::as_str).and_then(|s| LocalRef::parse(s).ok()) {
+                if p.target.is_none_or(|t| t == r.rtype.as_str()) {
+                    push(IndexValue::Reference { rtype: r.rtype.as_str().to_owned(), id: r.id.as_str().to_owned() });
+                }
+            }
+        }
+    }
+}
+
+/// The patient whose compartment a resource belongs to, if any: the Patient
+/// itself, or the Patient its `subject`/`patient`/`beneficiary` refers to.
+pub fn patient_of(rtype: ResourceType, id: &str, res: &Value) -> Option<String> {
+    if rtype == ResourceType::PATIENT {
+        return Some(id.to_owned());
+    }
+    for k in ["subject", "patient", "beneficiary"] {
+        if let Some(r) = res.get(k).and_then(|v| v.get("reference")).and_then(Value::as_str) {
+            if let Ok(r) = LocalRef::parse(r) {
+                if r.rtype == ResourceType::PATIENT {
+                    return Some(r.id.as_str().to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Case-, width- and accent-insensitive form of a string, with katakana
+/// folded to hiragana so that "ヤマダ", "ﾔﾏﾀﾞ" and "やまだ" match.
+pub fn normalize(s: &str) -> String {
+    let decomposed: String = s.nfkd().filter(|c| !('\u{0300}'..='\u{036f}').contains(c)).collect();
+    let mut out = String::with_capacity(decomposed.len());
+    let mut last_space = true;
+    for c in decomposed.nfkc().flat_map(char::to_lowercase) {
+        let c = match c {
+            '\u{30a1}'..='\u{30f6}' => char::from_u32(c as u32 - 0x60).unwrap_or(c),
+            _ => c,
+        };
+        if c.is_whitespace() {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+// ---- query parsing ---------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    Id(String),
+    LastUpdated(Prefix, DateRange),
+    Token { system: Option<Option<String>>, code: Option<String> },
+    StringStarts(String),
+    StringExact(String),
+    StringContains(String),
+    Date(Prefix, DateRange),
+    Reference { rtype: Option<String>, id: String },
+}
+
+/// A parameter with all its comma-separated alternatives (OR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    /// The index parameter name (`_id`/`_lastUpdated` for the special ones).
+    pub param: &'static str,
+    pub any_of: Vec<Cond>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Id,
+    LastUpdatedAsc,
+    LastUpdatedDesc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Accurate,
+}
+
+/// A parsed search: all clauses must match (AND).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub rtype: ResourceType,
+    pub clauses: Vec<Clause>,
+    pub count: usize,
+    pub sort: Sort,
+    pub total: Total,
+    pub summary_count: bool,
+    /// Keyset cursor: the sort key of the last entry of the previous page.
+    pub after: Option<Cursor>,
+    /// Keyset cursor for a previous page: the first entry of the next page.
+    pub before: Option<Cursor>,
+    /// The parameters as given, for self/next links (without paging params).
+    pub canonical: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub last_updated: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.last_updated, self.id)
+    }
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (t, id) = s.split_once('.')?;
+        let last_updated = t.parse().ok()?;
+        is_fhir_id(id).then(|| Cursor { last_updated, id: id.to_owned() })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    #[error("unknown search parameter '{0}' for {1}")]
+    UnknownParam(String, ResourceType),
+    #[error("unsupported modifier ':{0}' on parameter '{1}'")]
+    UnsupportedModifier(String, String),
+    #[error("invalid value '{value}' for parameter '{param}': {why}")]
+    BadValue { param: String, value: String, why: &'static str },
+    #[error("unsupported value for {0}")]
+    Unsupported(String),
+}
+
+pub const DEFAULT_COUNT: usize = 20;
+pub const MAX_COUNT: usize = 1000;
+
+const IGNORED: &[&str] = &["_format", "_pretty"];
+
+/// Parses search parameters. With `lenient`, unknown parameters are dropped
+/// (and returned) instead of failing, as `Prefer: handling=lenient` asks.
+pub fn parse_query(
+    rtype: ResourceType,
+    pairs: &[(String, String)],
+    lenient: bool,
+) -> Result<(SearchQuery, Vec<String>), SearchError> {
+    let mut q = SearchQuery {
+        rtype,
+        clauses: Vec::new(),
+        count: DEFAULT_COUNT,
+        sort: Sort::Id,
+        total: Total::Accurate,
+        summary_count: false,
+        after: None,
+        before: None,
+        canonical: Vec::new(),
+    };
+    let mut ignored = Vec::new();
+    for (k, v) in pairs {
+        let bad = |why: &'static str| SearchError::BadValue { param: k.clone(), value: v.chars().take(60).collect(), why };
+        match k.as_str() {
+            "_count" => {
+                let n: usize = v.parse().map_err(|_| bad("expected a non-negative integer"))?;
+                q.count = n.min(MAX_COUNT);
+                continue;
+            }
+            "_cursor" => {
+                q.after = Some(Cursor::decode(v).ok_or_else(|| bad("malformed paging cursor"))?);
+                continue;
+            }
+            "_before" => {
+                q.before = Some(Cursor::decode(v).ok_or_else(|| bad("malformed paging cursor"))?);
+                continue;
+            }
+            "_sort" => {
+                q.sort = match v.as_str() {
+                    "_id" => Sort::Id,
+                    "_lastUpdated" => Sort::LastUpdatedAsc,
+                    "-_lastUpdated" => Sort::LastUpdatedDesc,
+                    _ => return Err(bad("supported: _id, _lastUpdated, -_lastUpdated")),
+                };
+            }
+            "_total" => {
+                q.total = match v.as_str() {
+                    "none" => Total::None,
+                    "accurate" | "estimate" => Total::Accurate,
+                    _ => return Err(bad("expected none, estimate or accurate")),
+                };
+            }
+            "_summary" => {
+                if v == "count" {
+                    q.summary_count = true;
+                } else if v != "false" {
+                    return Err(bad("supported: count, false"));
+                }
+            }
+            k if IGNORED.contains(&k) => continue,
+            _ => {
+                let (name, modifier) = match k.split_once(':') {
+                    Some((n, m)) => (n, Some(m)),
+                    None => (k.as_str(), None),
+                };
+                match parse_clause(rtype, name, modifier, v) {
+                    Ok(c) => q.clauses.push(c),
+                    Err(SearchError::UnknownParam(..)) if lenient => {
+                        ignored.push(k.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        q.canonical.push((k.clone(), v.clone()));
+    }
+    Ok((q, ignored))
+}
+
+fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
+    let bad = |why: &'static str| SearchError::BadValue { param: name.to_owned(), value: raw.chars().take(60).collect(), why };
+    let unsupported_mod = |m: &str| SearchError::UnsupportedModifier(m.to_owned(), name.to_owned());
+    let values = split_or(raw);
+    if values.iter().any(String::is_empty) {
+        return Err(bad("empty value"));
+    }
+    match name {
+        "_id" => {
+            if let Some(m) = modifier {
+                return Err(unsupported_mod(m));
+            }
+            let mut any_of = Vec::new();
+            for v in values {
+                if !is_fhir_id(&v) {
+                    return Err(bad("not a valid id"));
+                }
+                any_of.push(Cond::Id(v));
+            }
+            return Ok(Clause { param: "_id", any_of });
+        }
+        "_lastUpdated" => {
+            if let Some(m) = modifier {
+                return Err(unsupported_mod(m));
+            }
+            let mut any_of = Vec::new();
+            for v in values {
+                let (p, r) = parse_prefixed_date(&v).ok_or_else(|| bad("expected [prefix]date"))?;
+                any_of.push(Cond::LastUpdated(p, r));
+            }
+            return Ok(Clause { param: "_lastUpdated", any_of });
+        }
+        _ => {}
+    }
+    let def = param_def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
+    let mut any_of = Vec::new();
+    for v in values {
+        let c = match def.kind {
+            ParamKind::String => match modifier {
+                None => Cond::StringStarts(normalize(&v)),
+                Some("exact") => Cond::StringExact(v),
+                Some("contains") => Cond::StringContains(normalize(&v)),
+                Some(m) => return Err(unsupported_mod(m)),
+            },
+            ParamKind::Token => {
+                if let Some(m) = modifier {
+                    return Err(unsupported_mod(m));
+                }
+                match v.split_once('|') {
+                    None => Cond::Token { system: None, code: Some(v) },
+                    Some(("", c)) if !c.is_empty() => Cond::Token { system: Some(None), code: Some(c.to_owned()) },
+                    Some((s, "")) if !s.is_empty() => Cond::Token { system: Some(Some(s.to_owned())), code: None },
+                    Some((s, c)) if !s.is_empty() && !c.is_empty() => {
+                        Cond::Token { system: Some(Some(s.to_owned())), code: Some(c.to_owned()) }
+                    }
+                    _ => return Err(bad("expected [system|]code")),
+                }
+            }
+            ParamKind::Date => {
+                if let Some(m) = modifier {
+                    return Err(unsupported_mod(m));
+                }
+                let (p, r) = parse_prefixed_date(&v).ok_or_else(|| bad("expected [prefix]date, prefixes eq ne gt lt ge le sa eb"))?;
+                Cond::Date(p, r)
+            }
+            ParamKind::Reference => {
+                let type_mod = match modifier {
+                    None => None,
+                    Some(m) => Some(ResourceType::parse(m).map_err(|_| unsupported_mod(m))?),
+                };
+                parse_ref_value(&v, def.target, type_mod).ok_or_else(|| bad("expected Type/id or id"))?
+            }
+        };
+        any_of.push(c);
+    }
+    Ok(Clause { param: def.name, any_of })
+}
+
+fn parse_ref_value(v: &str, target: Option<&str>, type_mod: Option<ResourceType>) -> Option<Cond> {
+    // Absolute URLs: take the trailing Type/id.
+    let tail = if v.starts_with("http://") || v.starts_with("https://") {
+        let parts: Vec<&str> = v.trim_end_matches('/').rsplitn(3, '/').collect();
+        match parts.as_slice() {
+            [id, t, _] => format!("{t}/{id}"),
+            _ => return None,
+        }
+    } else {
+        v.to_owned()
+    };
+    if let Ok(r) = LocalRef::parse(&tail) {
+        if target.is_some_and(|t| t != r.rtype.as_str()) || type_mod.is_some_and(|t| t != r.rtype) {
+            return None;
+        }
+        return Some(Cond::Reference { rtype: Some(r.rtype.as_str().to_owned()), id: r.id.as_str().to_owned() });
+    }
+    if is_fhir_id(&tail) {
+        let rtype = type_mod.map(|t| t.as_str()).or(target).map(str::to_owned);
+        return Some(Cond::Reference { rtype, id: tail });
+    }
+    None
+}
+
+fn parse_prefixed_date(v: &str) -> Option<(Prefix, DateRange)> {
+    let (p, rest) = match v.get(..2) {
+        Some("eq") => (Prefix::Eq, &v[2..]),
+        Some("ne") => (Prefix::Ne, &v[2..]),
+        Some("gt") => (Prefix::Gt, &v[2..]),
+        Some("lt") => (Prefix::Lt, &v[2..]),
+        Some("ge") => (Prefix::Ge, &v[2..]),
+        Some("le") => (Prefix::Le, &v[2..]),
+        Some("sa") => (Prefix::Sa, &v[2..]),
+        Some("eb") => (Prefix::Eb, &v[2..]),
+        _ => (Prefix::Eq, v),
+    };
+    Some((p, parse_search_date(rest)?))
+}
+
+/// Splits on unescaped commas; `\,` is a literal comma.
+fn split_or(raw: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if matches!(chars.peek(), Some(',') | Some('|') | Some('$') | Some('\\')) => {
+                if let (Some(n), Some(last)) = (chars.next(), out.last_mut()) {
+                    last.push(n);
+                }
+            }
+            ',' => out.push(String::new()),
+            c => {
+                if let Some(last) = out.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Does a date range satisfy a prefixed condition? (Also the reference
+/// semantics for the SQL the store generates; see the store's tests.)
+pub fn date_matches(p: Prefix, s: DateRange, low: i64, high: i64) -> bool {
+    match p {
+        Prefix::Eq => low >= s.low && high <= s.high,
+        Prefix::Ne => !(low >= s.low && high <= s.high),
+        Prefix::Gt => high > s.high,
+        Prefix::Lt => low < s.low,
+        Prefix::Ge => high > s.low,
+        Prefix::Le => low < s.high,
+        Prefix::Sa => low >= s.high,
+        Prefix::Eb => high <= s.low,
+    }
+}
+
+pub fn now_range(t: Timestamp) -> DateRange {
+    DateRange { low: t.0, high: t.0 + 1, precision: crate::time::Precision::Second, has_tz: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    #[test]
+    fn normalization_folds_case_width_kana_and_accents() {
+        assert_eq!(normalize("ヤマダ"), normalize("やまだ"));
+        assert_eq!(normalize("ﾔﾏﾀﾞ"), normalize("やまだ"));
+        assert_eq!(normalize("José"), "jose");
+        assert_eq!(normalize("  YAMADA   Taro "), "yamada taro");
+        assert_ne!(normalize("がっこう"), normalize("かっこう"));
+        assert_eq!(normalize("ＡＢＣ"), "abc");
+    }
+
+    #[test]
+    fn extracts_index_values() {
+        let p = json!({"resourceType":"Patient","name":[{"family":"山田","given":["太郎"]},{"family":"ヤマダ"}],
+            "identifier":[{"system":"urn:mrn","value":"123"}],"birthDate":"1980-05-01","gender":"male"});
+        let e = index_entries(ResourceType::PATIENT, &p);
+        assert!(e.contains(&IndexEntry { param: "family", value: IndexValue::String { norm: "やまだ".into(), exact: "ヤマダ".into() } }));
+        assert!(e.contains(&IndexEntry { param: "identifier", value: IndexValue::Token { system: Some("urn:mrn".into()), code: "123".into() } }));
+        assert!(e.iter().any(|x| x.param == "birthdate"));
+        let o = json!({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
+            "subject":{"reference":"Patient/p1"},"effectivePeriod":{"start":"2026-01-01"}});
+        let ot = ResourceType::parse("Observation").unwrap();
+        let e = index_entries(ot, &o);
+        assert!(e.contains(&IndexEntry { param: "patient", value: IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() } }));
+        assert!(e.iter().any(|x| matches!(x.value, IndexValue::Date { high: i64::MAX, .. })));
+        assert_eq!(patient_of(ot, "o1", &o).as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn parses_queries() {
+        let (q, _) = parse_query(
+            ResourceType::PATIENT,
+            &pairs(&[("name", "山田,yamada"), ("birthdate", "ge1980"), ("identifier", "urn:mrn|1"), ("_count", "5000")]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(q.count, MAX_COUNT);
+        assert_eq!(q.clauses.len(), 3);
+        assert_eq!(q.clauses[0].any_of.len(), 2);
+        assert!(matches!(q.clauses[1].any_of[0], Cond::Date(Prefix::Ge, _)));
+    }
+
+    #[test]
+    fn rejects_unknown_and_malformed() {
+        let pt = ResourceType::PATIENT;
+        assert!(matches!(parse_query(pt, &pairs(&[("nmae", "x")]), false), Err(SearchError::UnknownParam(..))));
+        let (q, ignored) = parse_query(pt, &pairs(&[("nmae", "x")]), true).unwrap();
+        assert!(q.clauses.is_empty());
+        assert_eq!(ignored, vec!["nmae".to_string()]);
+        assert!(parse_query(pt, &pairs(&[("birthdate", "yesterday")]), false).is_err());
+        assert!(parse_query(pt, &pairs(&[("name:fuzzy", "x")]), false).is_err());
+        assert!(parse_query(pt, &pairs(&[("_count", "-1")]), false).is_err());
+        assert!(parse_query(pt, &pairs(&[("_id", "a b")]), false).is_err());
+        assert!(parse_query(pt, &pairs(&[("identifier", "|")]), false).is_err());
+        let obs = ResourceType::parse("Observation").unwrap();
+        assert!(parse_query(obs, &pairs(&[("patient", "Practitioner/1")]), false).is_err());
+        assert!(parse_query(obs, &pairs(&[("patient", "Patient/1")]), false).is_ok());
+        assert!(parse_query(obs, &pairs(&[("subject:Patient", "1")]), false).is_ok());
+    }
+
+    #[test]
+    fn date_prefix_semantics() {
+        let day = parse_search_date("2026-01-02").unwrap();
+        let (l, h) = (day.low, day.high);
+        assert!(date_matches(Prefix::Eq, day, l, h));
+        assert!(!date_matches(Prefix::Gt, day, l, h));
+        assert!(date_matches(Prefix::Ge, day, l, h));
+        assert!(date_matches(Prefix::Gt, day, h, h + 10));
+        assert!(date_matches(Prefix::Sa, day, h, h + 10));
+        assert!(date_matches(Prefix::Eb, day, l - 10, l));
+        assert!(date_matches(Prefix::Ne, day, l - 10, l));
+    }
+
+    #[test]
+    fn or_values_with_escapes() {
+        assert_eq!(split_or("a,b\\,c"), vec!["a".to_string(), "b,c".to_string()]);
+    }
+}
