@@ -1,1 +1,292 @@
-fn main() {}
+//! The `mamori` command: runs the server and administers a hospital's
+//! installation. Thin: everything it does goes through the same API and
+//! policy as any other client, and is audited.
+#![forbid(unsafe_code)]
+
+mod api;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::http::Method;
+use clap::{Parser, Subcommand};
+use mamori_core::time::SystemClock;
+use serde_json::{json, Value};
+
+use api::{Api, Target};
+
+#[derive(Parser)]
+#[command(name = "mamori", version, about = "mamori (守り): the safety core of a hospital information system — FHIR R4 record store, tamper-evident audit, emergency operations and secure exchange.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (HTTPS). Initializes DIR on first start and prints
+    /// the admin's one-time password once.
+    Serve {
+        /// Data directory (created and initialized if empty).
+        #[arg(long, env = "MAMORI_DATA")]
+        data: PathBuf,
+        /// Listen address (default from mamori.toml: 127.0.0.1:8443).
+        #[arg(long, env = "MAMORI_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Users and roles.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Care relationships between staff and patients.
+    #[command(subcommand)]
+    Care(CareCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user; prints the one-time password (changed at first login).
+    Add {
+        name: String,
+        #[arg(long)]
+        display: String,
+        /// Comma-separated roles: physician, nurse, pharmacist, clerk, admin, auditor, bcp-decider.
+        #[arg(long, value_delimiter = ',')]
+        role: Vec<String>,
+        #[arg(long)]
+        department: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace a user's roles.
+    Role {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        set: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give a user a new one-time password (and end their sessions).
+    ResetPassword {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Disable a user (their tokens are revoked at once).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Enable a disabled user.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a bearer token; prints only the token (for scripts).
+    Issue {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        ttl_hours: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List tokens (ids, never secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum CareCmd {
+    /// Assign a user (or a department) to a patient's care.
+    Assign {
+        #[arg(long)]
+        patient: String,
+        #[arg(long, conflicts_with = "department")]
+        user: Option<String>,
+        #[arg(long)]
+        department: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List care assignments.
+    List {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a care assignment.
+    End {
+        id: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn init_logging() {
+    let level = std::env::var("MAMORI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("MAMORI_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn q(s: &str) -> String {
+    mamori_server::fhir::enc(s)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve { data, listen } => {
+            mamori_server::server::run(mamori_server::server::ServeOptions { data, listen, clock: Arc::new(SystemClock) }).await?;
+        }
+        Cmd::User(c) => match c {
+            UserCmd::Add { name, display, role, department, target } => {
+                let api = Api::connect(&target).await?;
+                let v = api.ok(Method::POST, "/api/v1/users", Some(&json!({"name": name, "display": display, "roles": role, "department": department}))).await?;
+                println!("created user {name}");
+                if let Some(p) = v.get("one_time_password").and_then(Value::as_str) {
+                    println!("one-time password: {p}   (shown once; it must be changed at first login)");
+                }
+            }
+            UserCmd::Role { name, set, target } => {
+                let api = Api::connect(&target).await?;
+                print(&api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"roles": set}))).await?);
+            }
+            UserCmd::List { target } => {
+                let api = Api::connect(&target).await?;
+                let v = api.ok(Method::GET, "/api/v1/users", None).await?;
+                for u in v.get("users").and_then(Value::as_array).into_iter().flatten() {
+                    println!(
+                        "{:<20} {:<12} {:<40} {}",
+                        u["name"].as_str().unwrap_or(""),
+                        if u["disabled"].as_bool() == Some(true) { "disabled" } else { u["kind"].as_str().unwrap_or("") },
+                        u["roles"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                        u["display"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            UserCmd::ResetPassword { name, target } => {
+                let api = Api::connect(&target).await?;
+                let v = api.ok(Method::POST, &format!("/api/v1/users/{}/reset-password", q(&name)), None).await?;
+                println!("one-time password for {name}: {}", v["one_time_password"].as_str().unwrap_or(""));
+            }
+            UserCmd::Disable { name, target } => {
+                let api = Api::connect(&target).await?;
+                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": true}))).await?;
+                println!("disabled {name}; their tokens were revoked");
+            }
+            UserCmd::Enable { name, target } => {
+                let api = Api::connect(&target).await?;
+                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": false}))).await?;
+                println!("enabled {name}");
+            }
+        },
+        Cmd::Token(c) => match c {
+            TokenCmd::Issue { user, label, ttl_hours, target } => {
+                let api = Api::connect(&target).await?;
+                let v = api.ok(Method::POST, "/api/v1/tokens", Some(&json!({"user": user, "label": label, "ttl_hours": ttl_hours}))).await?;
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!("token id {} for {user}, expires {}", v["id"].as_str().unwrap_or(""), v["expires_at"].as_str().unwrap_or(""));
+            }
+            TokenCmd::List { user, target } => {
+                let api = Api::connect(&target).await?;
+                let path = match user {
+                    Some(u) => format!("/api/v1/tokens?user={}", q(&u)),
+                    None => "/api/v1/tokens".into(),
+                };
+                print(&api.ok(Method::GET, &path, None).await?);
+            }
+            TokenCmd::Revoke { id, target } => {
+                let api = Api::connect(&target).await?;
+                api.ok(Method::DELETE, &format!("/api/v1/tokens/{}", q(&id)), None).await?;
+                println!("revoked {id}");
+            }
+        },
+        Cmd::Care(c) => match c {
+            CareCmd::Assign { patient, user, department, reason, target } => {
+                let api = Api::connect(&target).await?;
+                let v = api
+                    .ok(Method::POST, "/api/v1/care-assignments", Some(&json!({"patient": patient, "user": user, "department": department, "reason": reason})))
+                    .await?;
+                println!("care assignment {} created", v["id"]);
+            }
+            CareCmd::List { patient, user, target } => {
+                let api = Api::connect(&target).await?;
+                let mut qs = Vec::new();
+                if let Some(p) = patient {
+                    qs.push(format!("patient={}", q(&p)));
+                }
+                if let Some(u) = user {
+                    qs.push(format!("user={}", q(&u)));
+                }
+                print(&api.ok(Method::GET, &format!("/api/v1/care-assignments?{}", qs.join("&")), None).await?);
+            }
+            CareCmd::End { id, target } => {
+                let api = Api::connect(&target).await?;
+                api.ok(Method::DELETE, &format!("/api/v1/care-assignments/{id}"), None).await?;
+                println!("care assignment {id} ended");
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mamori: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mamori: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

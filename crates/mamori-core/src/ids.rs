@@ -98,6 +98,13 @@ string_id!(
     UserId, is_user_name, IdError::UserName
 );
 
+impl UserId {
+    /// The server itself and local operators at the CLI.
+    pub fn system() -> UserId {
+        UserId("system".to_owned())
+    }
+}
+
 impl From<PatientId> for ResourceId {
     fn from(p: PatientId) -> ResourceId {
         ResourceId(p.0)

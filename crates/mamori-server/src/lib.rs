@@ -1,1 +1,17 @@
+//! mamori-server: the HTTPS application — FHIR R4 REST API, operations
+//! API, TLS, authentication, first-run initialization.
+//!
+//! Handlers never touch the database directly for writes: every change
+//! and every audit event goes through the store's group-commit writer.
 #![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod keys;
+pub mod metrics;
+pub mod ops;
+pub mod server;
+pub mod state;
+pub mod tls;

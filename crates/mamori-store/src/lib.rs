@@ -1,1 +1,139 @@
+//! mamori-store: persistence behind one API for SQLite (the embedded
+//! default) and, later, PostgreSQL.
+//!
+//! - [`sql`]: the small SQL abstraction every query goes through;
+//! - [`writer`]: the group-commit writer (all writes and audit events);
+//! - [`records`], [`search`]: FHIR versions, current pointers, search index;
+//! - [`accounts`]: users, roles, tokens, care assignments;
+//! - [`audit_log`]: audit events, Merkle nodes, checkpoints, proofs.
+//!
+//! Reads run on a pool of read-only connections; writes only through the
+//! writer. Nothing here decides access: callers bring a policy decision.
 #![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod audit_log;
+pub mod error;
+pub mod records;
+pub mod schema;
+pub mod search;
+pub mod sql;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mamori_audit::note::NoteSigner;
+use mamori_core::time::Clock;
+use rusqlite::Connection;
+
+pub use error::{Result, StoreError};
+use sql::Conn;
+pub use writer::{CheckpointPolicy, WriteCtx, Writer};
+
+/// SQLite durability: FULL syncs the WAL at every commit (survives power
+/// loss); NORMAL only at checkpoints (survives a process crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub readers: usize,
+    pub checkpoint: CheckpointPolicy,
+    /// The checkpoint origin line (the log's name).
+    pub origin: String,
+}
+
+/// Opens a SQLite connection with mamori's settings.
+pub fn open_sqlite(path: &Path, sync: Synchronous, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let c = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    c.busy_timeout(Duration::from_secs(10)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    c.set_prepared_statement_cache_capacity(256);
+    let sync = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    let pragmas = if read_only {
+        "PRAGMA query_only = ON;".to_owned()
+    } else {
+        format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;")
+    };
+    let mut c = c;
+    c.batch(&pragmas)?;
+    Ok(c)
+}
+
+struct ReaderPool {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl ReaderPool {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Conn) -> Result<T>) -> Result<T> {
+        // Take a free connection if there is one, else wait on the next.
+        for m in &self.conns {
+            if let Ok(mut g) = m.try_lock() {
+                return f(&mut *g);
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len().max(1);
+        let m = self.conns.get(i).ok_or_else(|| StoreError::Unavailable("no reader connections".into()))?;
+        let mut g = m.lock().map_err(|_| StoreError::Unavailable("reader connection poisoned".into()))?;
+        f(&mut *g)
+    }
+}
+
+/// The store: one writer, several readers, one clock.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    readers: Arc<ReaderPool>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the SQLite store.
+    pub fn open(cfg: &StoreConfig, clock: Arc<dyn Clock>, signer: Arc<NoteSigner>) -> Result<Store> {
+        let mut w = open_sqlite(&cfg.path, cfg.synchronous, false)?;
+        schema::migrate(&mut w)?;
+        let mut conns = Vec::new();
+        for _ in 0..cfg.readers.max(1) {
+            conns.push(Mutex::new(open_sqlite(&cfg.path, cfg.synchronous, true)?));
+        }
+        let writer = Writer::start(Box::new(w), clock.clone(), signer, cfg.origin.clone(), cfg.checkpoint)?;
+        Ok(Store { writer, readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }), clock })
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Runs `f` on a read-only connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+    }
+}

@@ -35,6 +35,28 @@ pub const R4_RESOURCE_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
+/// Types in the R4 Patient CompartmentDefinition: their instances belong to
+/// a patient's record (sorted).
+pub const PATIENT_COMPARTMENT: &[&str] = &[
+    "Account", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent",
+    "Basic", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim", "ClaimResponse",
+    "ClinicalImpression", "Communication", "CommunicationRequest", "Composition", "Condition", "Consent",
+    "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue",
+    "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference",
+    "Encounter", "EnrollmentRequest", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory",
+    "Flag", "Goal", "Group", "ImagingStudy", "Immunization", "ImmunizationEvaluation",
+    "ImmunizationRecommendation", "Invoice", "List", "MeasureReport", "Media", "MedicationAdministration",
+    "MedicationDispense", "MedicationRequest", "MedicationStatement", "MolecularSequence", "NutritionOrder",
+    "Observation", "Patient", "Person", "Procedure", "Provenance", "QuestionnaireResponse", "RelatedPerson",
+    "RequestGroup", "ResearchSubject", "RiskAssessment", "Schedule", "ServiceRequest", "Specimen",
+    "SupplyDelivery", "SupplyRequest", "VisionPrescription",
+];
+
+/// Does this type hold patient data?
+pub fn in_patient_compartment(rtype: &str) -> bool {
+    PATIENT_COMPARTMENT.binary_search(&rtype).is_ok()
+}
+
 /// Types that are not stored through the REST API: the audit log is written
 /// only by the server itself; the others are message-only types.
 pub const NOT_STORABLE: &[&str] = &["AuditEvent", "OperationOutcome", "Parameters", "CapabilityStatement"];
@@ -51,5 +73,9 @@ mod tests {
         assert_eq!(sorted, R4_RESOURCE_TYPES, "list must be sorted and unique for binary_search");
         // FHIR R4 4.0.1 defines 146 resource types (plus the abstract Resource/DomainResource).
         assert_eq!(R4_RESOURCE_TYPES.len(), 146);
+        let mut c = PATIENT_COMPARTMENT.to_vec();
+        c.sort_unstable();
+        assert_eq!(c, PATIENT_COMPARTMENT);
+        assert!(c.iter().all(|t| R4_RESOURCE_TYPES.contains(t)));
     }
 }

@@ -1,0 +1,281 @@
+//! Configuration: `DIR/mamori.toml`, every key with a default (see
+//! docs/configuration.md), overridden by environment variables
+//! `MAMORI_<SECTION>_<KEY>` (secrets also as `..._FILE`), overridden by
+//! command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    pub database: DatabaseSection,
+    pub auth: AuthSection,
+    pub audit: AuditSection,
+    pub institution: InstitutionSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// HTTPS listen address.
+    pub listen: String,
+    /// Base URL used in links (Bundle.link, Location); empty: derived from listen.
+    pub public_url: String,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Seconds to let in-flight requests finish at shutdown.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain (relative paths are inside the data directory).
+    pub cert: String,
+    /// PEM private key (mode 0600).
+    pub key: String,
+    /// "1.2" or "1.3".
+    pub min_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Empty: the embedded SQLite database `DIR/mamori.db`.
+    pub url: String,
+    /// SQLite durability: "full" (survives power loss) or "normal".
+    pub synchronous: String,
+    /// Read connections.
+    pub readers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Lifetime of a login token, in minutes.
+    pub login_ttl_minutes: i64,
+    /// Default lifetime of an API token, in hours.
+    pub api_token_ttl_hours: i64,
+    /// Failed logins before the account is locked.
+    pub max_failed_logins: u32,
+    /// How long a locked account stays locked, in minutes.
+    pub lockout_minutes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The checkpoint origin line: this log's unique name.
+    pub origin: String,
+    /// Sign a checkpoint after this many events...
+    pub checkpoint_every_events: u64,
+    /// ...or after this many seconds with new events.
+    pub checkpoint_every_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstitutionSection {
+    /// The 10-digit medical institution code (医療機関コード), if any.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// tracing filter, e.g. "info" or "mamori=debug,info".
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerSection::default(),
+            tls: TlsSection::default(),
+            database: DatabaseSection::default(),
+            auth: AuthSection::default(),
+            audit: AuditSection::default(),
+            institution: InstitutionSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8443".into(),
+            public_url: String::new(),
+            body_limit_bytes: 16 * 1024 * 1024,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection { cert: "tls/cert.pem".into(), key: "tls/key.pem".into(), min_version: "1.2".into() }
+    }
+}
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        DatabaseSection { url: String::new(), synchronous: "full".into(), readers: 4 }
+    }
+}
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection { login_ttl_minutes: 480, api_token_ttl_hours: 24 * 90, max_failed_logins: 5, lockout_minutes: 15 }
+    }
+}
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { origin: "mamori.local/audit".into(), checkpoint_every_events: 1000, checkpoint_every_seconds: 60 }
+    }
+}
+impl Default for InstitutionSection {
+    fn default() -> Self {
+        InstitutionSection { id: String::new(), name: "mamori hospital".into() }
+    }
+}
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("environment variable {0}: {1}")]
+    Env(String, String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `DIR/mamori.toml` (defaults where absent), then the environment.
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        let path = dir.join("mamori.toml");
+        let mut value: toml::Table = match std::fs::read_to_string(&path) {
+            Ok(s) => s.parse().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(e) => return Err(ConfigError::Read(path, e)),
+        };
+        apply_env(&mut value, std::env::vars())?;
+        let cfg: Config = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
+            return Err(ConfigError::Invalid("tls.min_version must be \"1.2\" or \"1.3\"".into()));
+        }
+        if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
+            return Err(ConfigError::Invalid("database.synchronous must be \"full\" or \"normal\"".into()));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));
+        }
+        if self.audit.origin.is_empty() || self.audit.origin.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid("audit.origin must be a non-empty name without spaces".into()));
+        }
+        if self.audit.checkpoint_every_events == 0 || self.audit.checkpoint_every_seconds == 0 {
+            return Err(ConfigError::Invalid("audit checkpoint intervals must be positive".into()));
+        }
+        if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {
+            return Err(ConfigError::Invalid("auth limits must be positive".into()));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(ConfigError::Invalid("server.body_limit_bytes must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| ConfigError::Invalid(format!("server.listen '{}' is not an address:port", self.server.listen)))
+    }
+
+    /// The base URL for links.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        if !self.server.public_url.is_empty() {
+            return self.server.public_url.trim_end_matches('/').to_owned();
+        }
+        let host = if bound.ip().is_loopback() { "localhost".to_owned() } else { bound.ip().to_string() };
+        format!("https://{host}:{}", bound.port())
+    }
+
+    /// The default configuration as commented TOML, written at first start.
+    pub fn default_toml() -> String {
+        include_str!("default-config.toml").to_owned()
+    }
+}
+
+/// Applies `MAMORI_<SECTION>_<KEY>` (or `..._FILE`) to known keys.
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let defaults = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let Some(defaults) = defaults.as_table() else { return Ok(()) };
+    let vars: Vec<(String, String)> = vars.collect();
+    for (section, keys) in defaults {
+        let Some(keys) = keys.as_table() else { continue };
+        for (key, default) in keys {
+            let name = format!("MAMORI_{}_{}", section.to_uppercase(), key.to_uppercase());
+            let file_name = format!("{name}_FILE");
+            let raw = if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
+                v.clone()
+            } else if let Some((_, f)) = vars.iter().find(|(k, _)| *k == file_name) {
+                std::fs::read_to_string(f).map_err(|e| ConfigError::Env(file_name.clone(), e.to_string()))?.trim_end().to_owned()
+            } else {
+                continue;
+            };
+            let v = match default {
+                toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected an integer".into()))?),
+                toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected true or false".into()))?),
+                _ => toml::Value::String(raw),
+            };
+            let sec = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(t) = sec.as_table_mut() {
+                t.insert(key.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_matches_defaults() {
+        let parsed: Config = toml::from_str(&Config::default_toml()).unwrap();
+        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&Config::default()).unwrap());
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let mut t = toml::Table::new();
+        apply_env(&mut t, vec![("MAMORI_SERVER_LISTEN".to_string(), "127.0.0.1:9999".to_string()), ("MAMORI_DATABASE_READERS".into(), "2".into())].into_iter()).unwrap();
+        let c: Config = toml::Value::Table(t).try_into().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9999");
+        assert_eq!(c.database.readers, 2);
+        let mut t = toml::Table::new();
+        assert!(apply_env(&mut t, vec![("MAMORI_DATABASE_READERS".to_string(), "x".to_string())].into_iter()).is_err());
+        let mut c = Config::default();
+        c.tls.min_version = "1.0".into();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! `GET /fhir/metadata`: a CapabilityStatement generated from the same
+//! tables the server uses, so it cannot claim more than is implemented.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use mamori_core::fhir::resource_types::{NOT_STORABLE, R4_RESOURCE_TYPES};
+use mamori_core::fhir::search::{params_for, ParamKind};
+use mamori_core::ids::ResourceType;
+use serde_json::{json, Value};
+
+use super::respond;
+use crate::state::AppState;
+
+fn kind(k: ParamKind) -> &'static str {
+    match k {
+        ParamKind::Token => "token",
+        ParamKind::String => "string",
+        ParamKind::Date => "date",
+        ParamKind::Reference => "reference",
+    }
+}
+
+pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Value {
+    let mut resources = Vec::new();
+    for t in R4_RESOURCE_TYPES {
+        let Ok(rt) = ResourceType::parse(t) else { continue };
+        let mut params = vec![
+            json!({"name": "_id", "type": "token"}),
+            json!({"name": "_lastUpdated", "type": "date"}),
+        ];
+        for p in params_for(rt) {
+            params.push(json!({"name": p.name, "type": kind(p.kind)}));
+        }
+        let mut r = if *t == "AuditEvent" {
+            // The audit log is read-only and for auditors only.
+            json!({"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
+                   "documentation": "Read-only view of the tamper-evident audit log; auditor role only."})
+        } else if NOT_STORABLE.contains(t) {
+            continue;
+        } else {
+            json!({
+                "type": t,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "interaction": [
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
+                ],
+                "searchParam": params,
+            })
+        };
+        if *t == "Patient" {
+            r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
+        }
+        resources.push(r);
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now,
+        "kind": "instance",
+        "software": {"name": "mamori", "version": software_version},
+        "implementation": {"description": "mamori FHIR R4 record store", "url": format!("{base}/fhir")},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are rejected unless Prefer: handling=lenient. Supported search modifiers: string :exact and :contains; reference :[type]. Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated; _total=none|accurate; _summary=count.",
+            "security": {
+                "cors": false,
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}],
+                "description": "HTTPS (TLS 1.2+) with bearer tokens."
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }]
+    })
+}
+
+pub async fn metadata(State(st): State<AppState>) -> Response {
+    let now = st.store.clock().now().to_rfc3339();
+    respond(StatusCode::OK, capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now).to_string())
+}

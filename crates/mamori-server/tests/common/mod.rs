@@ -1,0 +1,242 @@
+//! Test harness: a real mamori server on an ephemeral loopback port, with
+//! real TLS, a fresh data directory, and staff accounts of every role.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mamori_core::time::{Clock, ManualClock, SystemClock, Timestamp};
+use mamori_server::server::{start, Running, ServeOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub dir: PathBuf,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin: String,
+    pub clock: Option<ManualClock>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn header(&self, k: &str) -> Option<String> {
+        self.headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+}
+
+pub const PASSWORD: &str = "Correct horse 42!";
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let d = std::env::temp_dir().join(format!("mamori-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+impl TestServer {
+    pub async fn start(tag: &str) -> TestServer {
+        Self::start_with(tag, None).await
+    }
+
+    /// With a manual clock starting now (for expiry tests).
+    pub async fn start_manual(tag: &str) -> TestServer {
+        Self::start_with(tag, Some(ManualClock::new(SystemClock.now()))).await
+    }
+
+    pub async fn start_with(tag: &str, clock: Option<ManualClock>) -> TestServer {
+        let dir = temp_dir(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mamori.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n").unwrap();
+        Self::boot(dir, clock).await
+    }
+
+    pub async fn boot(dir: PathBuf, clock: Option<ManualClock>) -> TestServer {
+        let c: Arc<dyn Clock> = match &clock {
+            Some(m) => Arc::new(m.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let running = start(ServeOptions { data: dir.clone(), listen: None, clock: c }).await.expect("server starts");
+        let base = format!("https://localhost:{}", running.addr.port());
+        let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock };
+        if let Some(init) = running.init.as_ref() {
+            let pw = init.admin_password.to_string();
+            s.running = Some(running);
+            let tok = s.login("admin", &pw).await;
+            let r = s.req(Method::POST, "/api/v1/auth/password", Some(&tok), Some(json!({"current": pw, "new": PASSWORD}))).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            s.admin = s.login("admin", PASSWORD).await;
+        } else {
+            s.running = Some(running);
+            s.admin = s.login("admin", PASSWORD).await;
+        }
+        s
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let dir = self.dir.clone();
+        let clock = self.clock.clone();
+        let s = Self::boot(dir, clock).await;
+        *self = s;
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(self.dir.join("mamori.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Rows that a change would touch: versions, current pointers, index.
+    pub fn snapshot(&self) -> (i64, i64, i64, i64) {
+        (
+            self.count("SELECT COUNT(*) FROM resource_versions"),
+            self.count("SELECT COUNT(*) FROM resources"),
+            self.count("SELECT COUNT(*) FROM idx_token") + self.count("SELECT COUNT(*) FROM idx_string"),
+            self.count("SELECT COUNT(*) FROM users") + self.count("SELECT COUNT(*) FROM care_assignments"),
+        )
+    }
+
+    pub fn audit_count(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM audit_events")
+    }
+
+    /// The decoded leaf of the newest audit event.
+    pub fn last_audit(&self) -> Value {
+        let leaf: Vec<u8> = self.db().query_row("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        let s = String::from_utf8(leaf).unwrap();
+        serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
+    }
+
+    pub fn audits_where(&self, action: &str) -> Vec<Value> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT leaf FROM audit_events WHERE action = ?1 ORDER BY seq").unwrap();
+        st.query_map([action], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|l| {
+                let s = String::from_utf8(l.unwrap()).unwrap();
+                serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
+            })
+            .collect()
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<(String, &str)>, headers: &[(&str, &str)]) -> Resp {
+        let mut rb = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some((b, ct)) = body {
+            rb = rb.header("content-type", ct).body(b);
+        }
+        let r = rb.send().await.expect("request sent");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, headers, body, text }
+    }
+
+    pub async fn req(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let ct = if path.starts_with("/fhir") { "application/fhir+json" } else { "application/json" };
+        self.raw(method, path, token, body.map(|b| (b.to_string(), ct)), &[]).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.req(Method::GET, path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.req(Method::POST, path, Some(token), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.req(Method::PUT, path, Some(token), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.req(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn login(&self, user: &str, pw: &str) -> String {
+        let r = self.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw}))).await;
+        assert_eq!(r.status, 200, "login {user}: {}", r.text);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user with roles and returns a ready token (password set).
+    pub async fn user(&self, name: &str, roles: &[&str]) -> String {
+        self.user_in(name, roles, None).await
+    }
+
+    pub async fn user_in(&self, name: &str, roles: &[&str], dept: Option<&str>) -> String {
+        let r = self.post("/api/v1/users", &self.admin, json!({"name": name, "display": format!("Test {name}"), "roles": roles, "department": dept})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
+        let t = self.login(name, &otp).await;
+        let r = self.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD}))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        self.login(name, PASSWORD).await
+    }
+
+    pub async fn assign(&self, patient: &str, user: &str) {
+        let r = self.post("/api/v1/care-assignments", &self.admin, json!({"patient": patient, "user": user})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+
+    /// Creates a Patient as `token`; returns its id.
+    pub async fn patient(&self, token: &str, family: &str, given: &str) -> String {
+        let r = self
+            .post("/fhir/Patient", token, json!({"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "gender": "female", "birthDate": "1970-01-01"}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        match &self.clock {
+            Some(c) => c.now(),
+            None => SystemClock.now(),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn observation(patient: &str, code: &str, value: f64) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": "2026-11-26T09:00:00+09:00",
+        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}

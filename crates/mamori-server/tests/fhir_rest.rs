@@ -1,0 +1,325 @@
+//! The FHIR REST API over real HTTPS: CRUD, versions, history, ETags,
+//! search paging, transactions, $everything, deletes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{observation, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn crud_versions_history_and_etags() {
+    let s = TestServer::start("crud").await;
+    let doc = s.user("dr.sato", &["physician"]).await;
+    let pid = s.patient(&doc, "佐藤", "花子").await;
+
+    // read
+    let r = s.get(&format!("/fhir/Patient/{pid}"), &doc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["meta"]["versionId"], "1");
+    assert_eq!(r.header("etag").as_deref(), Some("W/\"1\""));
+    assert_eq!(r.header("content-type").as_deref(), Some("application/fhir+json; charset=utf-8"));
+    assert_eq!(r.header("mamori-mode").as_deref(), Some("normal"));
+    assert!(r.header("last-modified").is_some());
+
+    // update with the right ETag
+    let mut p = r.body.clone();
+    p["name"][0]["given"] = json!(["花子", "はなこ"]);
+    let r = s.raw(Method::PUT, &format!("/fhir/Patient/{pid}"), Some(&doc), Some((p.to_string(), "application/fhir+json")), &[("if-match", "W/\"1\"")]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["meta"]["versionId"], "2");
+
+    // stale ETag: 412, nothing stored
+    let before = s.snapshot();
+    let r = s.raw(Method::PUT, &format!("/fhir/Patient/{pid}"), Some(&doc), Some((p.to_string(), "application/fhir+json")), &[("if-match", "W/\"1\"")]).await;
+    assert_eq!(r.status, 412, "{}", r.text);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    assert_eq!(s.snapshot(), before);
+
+    // vread of version 1 still has the old name
+    let r = s.get(&format!("/fhir/Patient/{pid}/_history/1"), &doc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["name"][0]["given"], json!(["花子"]));
+
+    // delete: a tombstone; reads give 410; history keeps all versions
+    let r = s.delete(&format!("/fhir/Patient/{pid}"), &s.user("clerk1", &["clerk"]).await).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("/fhir/Patient/{pid}"), &doc).await;
+    assert_eq!(r.status, 410);
+    assert_eq!(r.body["issue"][0]["code"], "deleted");
+    let r = s.get(&format!("/fhir/Patient/{pid}/_history"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0]["request"]["method"], "DELETE");
+    assert!(entries[0].get("resource").is_none());
+    assert_eq!(entries[2]["request"]["method"], "POST");
+    let r = s.get(&format!("/fhir/Patient/{pid}/_history/2"), &doc).await;
+    assert_eq!(r.status, 200);
+
+    // update-as-create with a client id
+    let r = s.put("/fhir/Patient/client-id-1", &doc, json!({"resourceType": "Patient", "id": "client-id-1", "gender": "male"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.header("location").unwrap().ends_with("/fhir/Patient/client-id-1/_history/1"));
+
+    // type history includes all of them
+    let r = s.get("/fhir/Patient/_history", &doc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["entry"].as_array().unwrap().len(), 4);
+
+    // 404 for a resource that never existed
+    let r = s.get("/fhir/Patient/nope", &doc).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["issue"][0]["code"], "not-found");
+}
+
+#[tokio::test]
+async fn search_with_paging_and_parameters() {
+    let s = TestServer::start("search").await;
+    let doc = s.user("dr.ito", &["physician"]).await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let r = s
+            .post(
+                "/fhir/Patient",
+                &doc,
+                json!({"resourceType": "Patient", "name": [{"family": if i % 2 == 0 { "山田" } else { "Tanaka" }, "given": [format!("g{i}")]}],
+                       "identifier": [{"system": "urn:mrn", "value": format!("MRN{i:03}")}], "birthDate": format!("19{:02}-05-01", 50 + i), "gender": "male"}),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // kana search matches kanji? no — but katakana/hiragana fold, case fold
+    let r = s.get("/fhir/Patient?family=tanaka&_count=5", &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total"], 12);
+    // page through all pages following next links, collecting ids
+    let mut seen = Vec::new();
+    let mut url = "/fhir/Patient?_count=7".to_owned();
+    loop {
+        let r = s.get(&url, &doc).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["total"], 25);
+        for e in r.body["entry"].as_array().unwrap() {
+            seen.push(e["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_owned());
+        match next {
+            Some(n) => url = n.strip_prefix(&s.base).unwrap().to_owned(),
+            None => break,
+        }
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "every patient exactly once, in stable order");
+    // previous link from page 2 leads back to page 1
+    let p1 = s.get("/fhir/Patient?_count=7", &doc).await;
+    let next = p1.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_owned();
+    let p2 = s.get(next.strip_prefix(&s.base).unwrap(), &doc).await;
+    let prev = p2.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "previous").unwrap()["url"].as_str().unwrap().to_owned();
+    let back = s.get(prev.strip_prefix(&s.base).unwrap(), &doc).await;
+    assert_eq!(back.body["entry"], p1.body["entry"]);
+
+    // token, date prefixes, _id, _lastUpdated, OR values, :exact
+    let r = s.get("/fhir/Patient?identifier=urn:mrn|MRN003", &doc).await;
+    assert_eq!(r.body["total"], 1);
+    assert_eq!(r.body["entry"][0]["resource"]["id"], ids[3]);
+    let r = s.get("/fhir/Patient?identifier=MRN003,MRN004", &doc).await;
+    assert_eq!(r.body["total"], 2);
+    let r = s.get("/fhir/Patient?birthdate=ge1970&birthdate=lt1972", &doc).await;
+    assert_eq!(r.body["total"], 2, "{}", r.text);
+    let r = s.get(&format!("/fhir/Patient?_id={}", ids[5]), &doc).await;
+    assert_eq!(r.body["total"], 1);
+    let r = s.get("/fhir/Patient?_lastUpdated=gt2000-01-01&_summary=count", &doc).await;
+    assert_eq!(r.body["total"], 25);
+    assert!(r.body.get("entry").is_none());
+    let r = s.get("/fhir/Patient?family:exact=%E5%B1%B1%E7%94%B0", &doc).await;
+    assert_eq!(r.body["total"], 13);
+    let r = s.get("/fhir/Patient?name:contains=anak", &doc).await;
+    assert_eq!(r.body["total"], 12);
+
+    // clinical search: code, category, patient
+    s.assign(&ids[0], "dr.ito").await;
+    for (code, v) in [("8867-4", 70.0), ("8867-4", 80.0), ("8310-5", 36.5)] {
+        let r = s.post("/fhir/Observation", &doc, observation(&ids[0], code, v)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = s.get(&format!("/fhir/Observation?patient={}&code=http://loinc.org|8867-4", ids[0]), &doc).await;
+    assert_eq!(r.body["total"], 2, "{}", r.text);
+    let r = s.get(&format!("/fhir/Observation?subject=Patient/{}&category=vital-signs&date=2026-11-26", ids[0]), &doc).await;
+    assert_eq!(r.body["total"], 3, "{}", r.text);
+    let r = s.get("/fhir/Observation?date=lt2020", &doc).await;
+    assert_eq!(r.body["total"], 0);
+
+    // POST _search
+    let r = s.raw(Method::POST, "/fhir/Patient/_search", Some(&doc), Some(("family=tanaka&_count=1".into(), "application/x-www-form-urlencoded")), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total"], 12);
+
+    // every search was audited with its query and patients
+    let searches = s.audits_where("search-type");
+    assert!(searches.len() >= 10);
+    assert!(searches.iter().any(|e| e["query"].as_str().unwrap_or("").contains("identifier=")));
+}
+
+#[tokio::test]
+async fn transaction_is_all_or_nothing_and_resolves_urns() {
+    let s = TestServer::start("txn").await;
+    let doc = s.user("dr.kato", &["physician"]).await;
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+             "resource": {"resourceType": "Patient", "name": [{"family": "鈴木"}], "identifier": [{"system": "urn:mrn", "value": "T1"}]},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|T1"}},
+            {"fullUrl": "urn:uuid:88f151c0-a954-468a-88ac-8fe2ae5b1a8d",
+             "resource": {"resourceType": "Encounter", "status": "in-progress", "class": {"code": "EMER"}, "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}},
+             "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+                          "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"},
+                          "encounter": {"reference": "urn:uuid:88f151c0-a954-468a-88ac-8fe2ae5b1a8d"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]
+    });
+    let r = s.post("/fhir", &doc, bundle.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["type"], "transaction-response");
+    let entries = r.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries.iter().all(|e| e["response"]["status"].as_str().unwrap().starts_with("201")));
+    let pat_loc = entries[0]["response"]["location"].as_str().unwrap();
+    let pid = pat_loc.split('/').rev().nth(2).unwrap().to_owned();
+    let obs_loc = entries[2]["response"]["location"].as_str().unwrap().strip_prefix(&s.base).unwrap().to_owned();
+    let obs = s.get(&obs_loc.split("/_history").next().unwrap().to_owned(), &doc).await;
+    assert_eq!(obs.status, 200, "{}", obs.text);
+    assert_eq!(obs.body["subject"]["reference"], format!("Patient/{pid}"));
+    assert!(obs.body["encounter"]["reference"].as_str().unwrap().starts_with("Encounter/"));
+
+    // The same bundle again: the conditional create matches, nothing new.
+    let before = s.snapshot();
+    let r = s.post("/fhir", &doc, json!({"resourceType": "Bundle", "type": "transaction", "entry": [bundle["entry"][0].clone()]})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"));
+    assert_eq!(s.snapshot(), before);
+
+    // A failing entry rolls back every entry: nothing is stored.
+    let before = s.snapshot();
+    let audits_before = s.audit_count();
+    let bad = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:0c7d2b3e-1111-4222-8333-444455556666",
+             "resource": {"resourceType": "Patient", "name": [{"family": "ok"}]}, "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": "urn:uuid:0c7d2b3e-1111-4222-8333-444455556666"},
+                          "performer": [{"reference": "Practitioner/does-not-exist"}]},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]
+    });
+    let r = s.post("/fhir", &doc, bad).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("Bundle.entry[1]"), "{}", r.text);
+    assert_eq!(s.snapshot(), before, "a failed transaction stores nothing");
+    assert_eq!(s.audit_count(), audits_before + 1, "only the failure is audited");
+    let ev = s.last_audit();
+    assert_eq!(ev["action"], "transaction");
+    assert_eq!(ev["status"], 422);
+
+    // A transaction with an unresolvable urn:uuid reference.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000000"}},
+                 "request": {"method": "POST", "url": "Observation"}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(s.snapshot(), before);
+
+    // Batch: entries independent; the bad one fails alone.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": {"resourceType": "Patient", "name": [{"family": "batch-ok"}]}, "request": {"method": "POST", "url": "Patient"}},
+                {"resource": {"resourceType": "Patient", "gender": "x"}, "request": {"method": "POST", "url": "Patient"}},
+                {"request": {"method": "GET", "url": format!("Patient/{pid}")}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = r.body["entry"].as_array().unwrap();
+    assert!(e[0]["response"]["status"].as_str().unwrap().starts_with("201"));
+    assert!(e[1]["response"]["status"].as_str().unwrap().starts_with("400"));
+    assert_eq!(e[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(e[2]["resource"]["id"], pid);
+}
+
+#[tokio::test]
+async fn everything_returns_the_compartment() {
+    let s = TestServer::start("everything").await;
+    let doc = s.user("dr.abe", &["physician"]).await;
+    let pid = s.patient(&doc, "阿部", "一郎").await;
+    let other = s.patient(&doc, "他人", "二郎").await;
+    for i in 0..3 {
+        assert_eq!(s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 60.0 + f64::from(i))).await.status, 201);
+    }
+    assert_eq!(s.post("/fhir/Observation", &doc, observation(&other, "8867-4", 99.0)).await.status, 201);
+    let r = s
+        .post("/fhir/Condition", &doc, json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{pid}")}, "code": {"text": "asthma"}}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.get(&format!("/fhir/Patient/{pid}/$everything"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let types: Vec<&str> = r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "Observation").count(), 3);
+    assert_eq!(types.iter().filter(|t| **t == "Patient").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "Condition").count(), 1);
+    // paging
+    let r = s.get(&format!("/fhir/Patient/{pid}/$everything?_count=2"), &doc).await;
+    assert_eq!(r.body["entry"].as_array().unwrap().len(), 2);
+    assert!(r.body["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    // a clerk cannot pull the clinical record
+    let clerk = s.user("clerk2", &["clerk"]).await;
+    let r = s.get(&format!("/fhir/Patient/{pid}/$everything"), &clerk).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn capability_statement_is_truthful() {
+    let s = TestServer::start("meta").await;
+    let r = s.req(Method::GET, "/fhir/metadata", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["fhirVersion"], "4.0.1");
+    let res = r.body["rest"][0]["resource"].as_array().unwrap();
+    let patient = res.iter().find(|r| r["type"] == "Patient").unwrap();
+    let names: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for n in ["name", "family", "given", "birthdate", "gender", "identifier", "_id", "_lastUpdated"] {
+        assert!(names.contains(&n), "{n}");
+    }
+    // every declared search parameter is accepted by the server
+    let doc = s.user("dr.meta", &["physician"]).await;
+    let own = s.patient(&doc, "Meta", "Own").await;
+    for r in res.iter().filter(|r| ["Patient", "Observation", "Encounter", "Condition", "Procedure"].contains(&r["type"].as_str().unwrap())) {
+        for p in r["searchParam"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let own_ref = format!("Patient/{own}");
+            let v: &str = match p["type"].as_str().unwrap() {
+                "date" => "ge2000-01-01",
+                "reference" if name == "patient" || name == "subject" => &own_ref,
+                _ => "x",
+            };
+            let t = r["type"].as_str().unwrap();
+            let resp = s.get(&format!("/fhir/{t}?{}={v}", p["name"].as_str().unwrap()), &doc).await;
+            assert_eq!(resp.status, 200, "{t}?{}: {}", p["name"], resp.text);
+        }
+    }
+    assert!(res.iter().all(|r| r["type"] != "Parameters"));
+    let ae = res.iter().find(|r| r["type"] == "AuditEvent").unwrap();
+    assert_eq!(ae["interaction"].as_array().unwrap().len(), 2);
+    let _ = Value::Null;
+}

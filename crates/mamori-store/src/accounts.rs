@@ -1,0 +1,566 @@
+//! Accounts: users and roles, passwords (argon2id), TOTP, bearer tokens
+//! and sessions, care assignments.
+//!
+//! Secrets never leave this module in clear except once, at creation, to
+//! be shown to the person who asked; only hashes are stored.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use mamori_core::ids::UserId;
+use mamori_core::policy::{Role, Subject, SubjectKind};
+use mamori_core::time::Timestamp;
+use ring::digest::{digest, SHA256};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::error::{Result, StoreError};
+use crate::p;
+use crate::sql::{Conn, Row};
+
+/// Random bytes from the OS.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).map_err(|_| StoreError::Internal("random source failed".into()))?;
+    Ok(b)
+}
+
+/// A random password for one-time use: 20 characters from an alphabet
+/// without look-alikes (about 115 bits).
+pub fn random_password() -> Result<Zeroizing<String>> {
+    const ALPHA: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let bytes = Zeroizing::new(random_bytes::<32>()?);
+    let mut s = Zeroizing::new(String::with_capacity(20));
+    for b in bytes.iter().take(20) {
+        s.push(ALPHA[(*b as usize) % ALPHA.len()] as char);
+    }
+    Ok(s)
+}
+
+/// A random resource id in UUID form (a valid FHIR id).
+pub fn new_id() -> Result<String> {
+    let mut b = random_bytes::<16>()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = mamori_audit::merkle::to_hex(&b);
+    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+}
+
+/// Constant-time equality for secrets and their hashes.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn argon() -> Argon2<'static> {
+    // OWASP's first recommended argon2id configuration: m=19 MiB, t=2, p=1.
+    let params = argon2::Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+pub fn hash_password(pw: &str) -> Result<String> {
+    let salt_bytes = random_bytes::<16>()?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(argon().hash_password(pw.as_bytes(), &salt).map_err(|e| StoreError::Internal(e.to_string()))?.to_string())
+}
+
+pub fn verify_password(pw: &str, stored: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|h| argon().verify_password(pw.as_bytes(), &h).is_ok())
+}
+
+/// A password policy: at least 12 characters, not all of one class.
+pub fn check_password_policy(pw: &str) -> Result<()> {
+    let n = pw.chars().count();
+    let classes = [
+        pw.chars().any(|c| c.is_ascii_lowercase()),
+        pw.chars().any(|c| c.is_ascii_uppercase()),
+        pw.chars().any(|c| c.is_ascii_digit()),
+        pw.chars().any(|c| !c.is_ascii_alphanumeric()),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if n < 12 || n > 256 || classes < 2 {
+        return Err(StoreError::invalid("password", "a password needs 12 to 256 characters of at least two kinds (lower, upper, digits, symbols)"));
+    }
+    Ok(())
+}
+
+// ---- TOTP (RFC 6238, HMAC-SHA1, 30 s, 6 digits) ------------------------------
+
+pub const TOTP_STEP: i64 = 30;
+
+pub fn totp_code(secret: &[u8], step: i64) -> u32 {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    let tag = hmac::sign(&key, &step.to_be_bytes());
+    let d = tag.as_ref();
+    let off = (d.last().copied().unwrap_or(0) & 0x0f) as usize;
+    let bin = d.get(off..off + 4).map_or(0, |b| u32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]));
+    bin % 1_000_000
+}
+
+/// Checks a code within ±1 step; returns the matched step.
+pub fn totp_check(secret: &[u8], code: &str, now: Timestamp) -> Option<i64> {
+    let code: u32 = code.trim().parse().ok().filter(|_| code.trim().len() == 6)?;
+    let step = now.secs().div_euclid(TOTP_STEP);
+    (step - 1..=step + 1).find(|s| totp_code(secret, *s) == code)
+}
+
+/// RFC 4648 base32 without padding (for otpauth:// URIs).
+pub fn base32(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for b in data {
+        buf = (buf << 8) | u32::from(*b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(A[((buf >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+// ---- users ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: UserId,
+    pub display: String,
+    pub kind: SubjectKind,
+    pub department: Option<String>,
+    pub roles: Vec<Role>,
+    pub must_change: bool,
+    pub has_password: bool,
+    pub has_totp: bool,
+    pub failed_logins: u32,
+    pub locked_until: Option<Timestamp>,
+    pub disabled: bool,
+    pub created: Timestamp,
+}
+
+impl User {
+    pub fn subject(&self) -> Subject {
+        Subject { user: self.name.clone(), roles: self.roles.clone(), kind: self.kind }
+    }
+}
+
+fn kind_str(k: SubjectKind) -> &'static str {
+    match k {
+        SubjectKind::EmergencyAccount => "emergency",
+        _ => "staff",
+    }
+}
+
+fn parse_kind(s: &str) -> Result<SubjectKind> {
+    match s {
+        "staff" => Ok(SubjectKind::Staff),
+        "emergency" => Ok(SubjectKind::EmergencyAccount),
+        other => Err(StoreError::Internal(format!("unknown user kind '{other}' in database"))),
+    }
+}
+
+const USER_COLS: &str =
+    "name, display, kind, department, password_hash IS NOT NULL, must_change, totp_secret IS NOT NULL, failed_logins, locked_until, disabled, created";
+
+fn user_row(c: &mut dyn Conn, r: &Row) -> Result<User> {
+    let name = UserId::parse(&r.text(0)?).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let roles = roles_of(c, name.as_str())?;
+    Ok(User {
+        name,
+        display: r.text(1)?,
+        kind: parse_kind(&r.text(2)?)?,
+        department: r.opt_text(3)?,
+        has_password: r.bool(4)?,
+        must_change: r.bool(5)?,
+        has_totp: r.bool(6)?,
+        failed_logins: u32::try_from(r.i64(7)?).unwrap_or(u32::MAX),
+        locked_until: r.opt_i64(8)?.map(Timestamp),
+        disabled: r.bool(9)?,
+        created: Timestamp(r.i64(10)?),
+        roles,
+    })
+}
+
+pub fn roles_of(c: &mut dyn Conn, user: &str) -> Result<Vec<Role>> {
+    let mut roles = Vec::new();
+    for r in c.query("SELECT role FROM user_roles WHERE user_name = $1 ORDER BY role", p![user])? {
+        let s = r.text(0)?;
+        roles.push(Role::parse(&s).ok_or_else(|| StoreError::Internal(format!("unknown role '{s}' in database")))?);
+    }
+    roles.sort();
+    Ok(roles)
+}
+
+pub fn get_user(c: &mut dyn Conn, name: &str) -> Result<Option<User>> {
+    let row = c.query_one(&format!("SELECT {USER_COLS} FROM users WHERE name = $1"), p![name])?;
+    row.map(|r| user_row(c, &r)).transpose()
+}
+
+pub fn list_users(c: &mut dyn Conn) -> Result<Vec<User>> {
+    let rows = c.query(&format!("SELECT {USER_COLS} FROM users ORDER BY name"), p![])?;
+    rows.iter().map(|r| user_row(c, r)).collect()
+}
+
+pub struct NewUser<'a> {
+    pub name: &'a UserId,
+    pub display: &'a str,
+    pub kind: SubjectKind,
+    pub department: Option<&'a str>,
+    pub roles: &'a [Role],
+    pub password_hash: Option<&'a str>,
+    pub must_change: bool,
+    pub created_by: &'a str,
+}
+
+pub fn create_user(c: &mut dyn Conn, u: &NewUser<'_>, now: Timestamp) -> Result<()> {
+    if u.display.trim().is_empty() || u.display.chars().count() > 200 {
+        return Err(StoreError::invalid("display", "a display name of 1 to 200 characters is required"));
+    }
+    if matches!(u.name.as_str(), "system" | "anonymous") {
+        return Err(StoreError::invalid("name", format!("'{}' is reserved", u.name)));
+    }
+    if get_user(c, u.name.as_str())?.is_some() {
+        return Err(StoreError::Duplicate(format!("user {}", u.name)));
+    }
+    c.exec(
+        "INSERT INTO users (name, display, kind, department, password_hash, must_change, created, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        p![u.name.as_str(), u.display, kind_str(u.kind), u.department, u.password_hash, u.must_change, now.micros(), u.created_by],
+    )?;
+    set_roles(c, u.name.as_str(), u.roles)
+}
+
+pub fn set_roles(c: &mut dyn Conn, user: &str, roles: &[Role]) -> Result<()> {
+    c.exec("DELETE FROM user_roles WHERE user_name = $1", p![user])?;
+    for r in roles {
+        c.exec("INSERT INTO user_roles (user_name, role) VALUES ($1, $2) ON CONFLICT DO NOTHING", p![user, r.as_str()])?;
+    }
+    Ok(())
+}
+
+pub fn set_password(c: &mut dyn Conn, user: &str, hash: &str, must_change: bool) -> Result<()> {
+    let n = c.exec(
+        "UPDATE users SET password_hash = $2, must_change = $3, failed_logins = 0, locked_until = NULL WHERE name = $1",
+        p![user, hash, must_change],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("user {user}")));
+    }
+    Ok(())
+}
+
+pub fn set_disabled(c: &mut dyn Conn, user: &str, disabled: bool) -> Result<()> {
+    if c.exec("UPDATE users SET disabled = $2 WHERE name = $1", p![user, disabled])? == 0 {
+        return Err(StoreError::NotFound(format!("user {user}")));
+    }
+    Ok(())
+}
+
+pub fn set_totp(c: &mut dyn Conn, user: &str, secret: Option<&[u8]>) -> Result<()> {
+    if c.exec("UPDATE users SET totp_secret = $2, totp_last_step = NULL WHERE name = $1", p![user, secret])? == 0 {
+        return Err(StoreError::NotFound(format!("user {user}")));
+    }
+    Ok(())
+}
+
+/// The secrets needed to check a login.
+pub struct Credentials {
+    pub password_hash: Option<String>,
+    pub totp_secret: Option<Zeroizing<Vec<u8>>>,
+    pub totp_last_step: Option<i64>,
+}
+
+pub fn credentials(c: &mut dyn Conn, user: &str) -> Result<Option<Credentials>> {
+    c.query_one("SELECT password_hash, totp_secret, totp_last_step FROM users WHERE name = $1", p![user])?
+        .map(|r| {
+            Ok(Credentials {
+                password_hash: r.opt_text(0)?,
+                totp_secret: r.opt_blob(1)?.map(Zeroizing::new),
+                totp_last_step: r.opt_i64(2)?,
+            })
+        })
+        .transpose()
+}
+
+/// Records a failed login; locks the account after `max` failures.
+pub fn record_login_failure(c: &mut dyn Conn, user: &str, max: u32, lock_secs: i64, now: Timestamp) -> Result<bool> {
+    c.exec("UPDATE users SET failed_logins = failed_logins + 1 WHERE name = $1", p![user])?;
+    let failed = c.query_one("SELECT failed_logins FROM users WHERE name = $1", p![user])?.map(|r| r.i64(0)).transpose()?.unwrap_or(0);
+    if failed >= i64::from(max) {
+        c.exec("UPDATE users SET locked_until = $2 WHERE name = $1", p![user, now.plus_secs(lock_secs).micros()])?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+pub fn record_login_success(c: &mut dyn Conn, user: &str, totp_step: Option<i64>) -> Result<()> {
+    c.exec(
+        "UPDATE users SET failed_logins = 0, locked_until = NULL, totp_last_step = COALESCE($2, totp_last_step) WHERE name = $1",
+        p![user, totp_step],
+    )?;
+    Ok(())
+}
+
+// ---- tokens ----------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Api,
+    Session,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Session => "session",
+        }
+    }
+}
+
+/// A token's secret is `mmr_` + 43 base64url characters (256 bits).
+pub fn new_token_secret() -> Result<Zeroizing<String>> {
+    let b = Zeroizing::new(random_bytes::<32>()?);
+    Ok(Zeroizing::new(format!("mmr_{}", B64URL.encode(b.as_slice()))))
+}
+
+pub fn token_hash(secret: &str) -> Vec<u8> {
+    digest(&SHA256, secret.as_bytes()).as_ref().to_vec()
+}
+
+/// The token's id shown to people (first 12 hex digits of its hash);
+/// never the secret.
+pub fn token_id(hash: &[u8]) -> String {
+    mamori_audit::merkle::to_hex(hash.get(..6).unwrap_or(hash))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn insert_token(
+    c: &mut dyn Conn,
+    secret: &str,
+    user: &str,
+    kind: TokenKind,
+    label: Option<&str>,
+    now: Timestamp,
+    expires: Timestamp,
+    declared: Option<&str>,
+) -> Result<String> {
+    let h = token_hash(secret);
+    c.exec(
+        "INSERT INTO tokens (hash, user_name, kind, label, created, expires, declared) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        p![h.as_slice(), user, kind.as_str(), label, now.micros(), expires.micros(), declared],
+    )?;
+    Ok(token_id(&h))
+}
+
+/// A live token's owner.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub user: User,
+    pub kind: TokenKind,
+    pub id: String,
+    pub expires: Timestamp,
+    pub declared: Option<String>,
+}
+
+/// Looks up a presented secret; `None` unless live (not expired, not
+/// revoked, user enabled).
+pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Option<TokenInfo>> {
+    if !secret.starts_with("mmr_") || secret.len() > 100 {
+        return Ok(None);
+    }
+    let h = token_hash(secret);
+    let Some(r) = c.query_one("SELECT user_name, kind, expires, revoked, declared, hash FROM tokens WHERE hash = $1", p![h.as_slice()])? else {
+        return Ok(None);
+    };
+    // The lookup is by hash; compare again in constant time for form's sake.
+    if !ct_eq(&r.blob(5)?, &h) || r.opt_i64(3)?.is_some() || r.i64(2)? <= now.micros() {
+        return Ok(None);
+    }
+    let Some(user) = get_user(c, &r.text(0)?)? else { return Ok(None) };
+    if user.disabled {
+        return Ok(None);
+    }
+    let kind = if r.text(1)? == "session" { TokenKind::Session } else { TokenKind::Api };
+    Ok(Some(TokenInfo { user, kind, id: token_id(&h), expires: Timestamp(r.i64(2)?), declared: r.opt_text(4)? }))
+}
+
+/// Revokes tokens by id prefix (as shown by [`token_id`]) or all of a user's.
+pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now: Timestamp) -> Result<usize> {
+    let rows = c.query("SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND ($1 IS NULL OR user_name = $1)", p![user])?;
+    let mut n = 0;
+    for r in rows {
+        let h = r.blob(0)?;
+        if id.is_none_or(|i| token_id(&h) == i) {
+            n += c.exec("UPDATE tokens SET revoked = $2 WHERE hash = $1", p![h.as_slice(), now.micros()])?;
+        }
+    }
+    Ok(n)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenListing {
+    pub id: String,
+    pub user: String,
+    pub kind: String,
+    pub label: Option<String>,
+    pub created: String,
+    pub expires: String,
+    pub revoked: Option<String>,
+}
+
+pub fn list_tokens(c: &mut dyn Conn, user: Option<&str>) -> Result<Vec<TokenListing>> {
+    c.query("SELECT hash, user_name, kind, label, created, expires, revoked FROM tokens WHERE ($1 IS NULL OR user_name = $1) ORDER BY created", p![user])?
+        .iter()
+        .map(|r| {
+            Ok(TokenListing {
+                id: token_id(&r.blob(0)?),
+                user: r.text(1)?,
+                kind: r.text(2)?,
+                label: r.opt_text(3)?,
+                created: Timestamp(r.i64(4)?).to_rfc3339(),
+                expires: Timestamp(r.i64(5)?).to_rfc3339(),
+                revoked: r.opt_i64(6)?.map(|t| Timestamp(t).to_rfc3339()),
+            })
+        })
+        .collect()
+}
+
+// ---- care assignments ---------------------------------------------------------------
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CareAssignment {
+    pub id: i64,
+    pub patient: String,
+    pub user: Option<String>,
+    pub department: Option<String>,
+    pub reason: Option<String>,
+    pub assigned_by: String,
+    pub start: String,
+    pub ended: Option<String>,
+}
+
+/// Does `user` (or their department) have an active care relationship
+/// with `patient` at `now`?
+pub fn has_care_relationship(c: &mut dyn Conn, user: &str, department: Option<&str>, patient: &str, now: Timestamp) -> Result<bool> {
+    Ok(c
+        .query_one(
+            "SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR ($3 IS NOT NULL AND department = $3)) \
+             AND start <= $4 AND (ended IS NULL OR ended > $4) LIMIT 1",
+            p![patient, user, department, now.micros()],
+        )?
+        .is_some())
+}
+
+pub fn assign_care(
+    c: &mut dyn Conn,
+    patient: &str,
+    user: Option<&str>,
+    department: Option<&str>,
+    reason: Option<&str>,
+    by: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    if user.is_some() == department.is_some() {
+        return Err(StoreError::invalid("", "give exactly one of user or department"));
+    }
+    if let Some(u) = user {
+        if get_user(c, u)?.is_none() {
+            return Err(StoreError::unprocessable("user", format!("user {u} does not exist")));
+        }
+    }
+    match crate::records::current(c, "Patient", patient)? {
+        Some(p) if !p.deleted => {}
+        _ => return Err(StoreError::unprocessable("patient", format!("Patient/{patient} does not exist"))),
+    }
+    let r = c
+        .query_one(
+            "INSERT INTO care_assignments (patient, user_name, department, reason, assigned_by, start) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            p![patient, user, department, reason, by, now.micros()],
+        )?
+        .ok_or_else(|| StoreError::Internal("no id".into()))?;
+    Ok(r.i64(0)?)
+}
+
+pub fn end_care(c: &mut dyn Conn, id: i64, now: Timestamp) -> Result<CareAssignment> {
+    if c.exec("UPDATE care_assignments SET ended = $2 WHERE id = $1 AND ended IS NULL", p![id, now.micros()])? == 0 {
+        return Err(StoreError::NotFound(format!("active care assignment {id}")));
+    }
+    list_care(c, None, None)?.into_iter().find(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("care assignment {id}")))
+}
+
+pub fn list_care(c: &mut dyn Conn, patient: Option<&str>, user: Option<&str>) -> Result<Vec<CareAssignment>> {
+    c.query(
+        "SELECT id, patient, user_name, department, reason, assigned_by, start, ended FROM care_assignments \
+         WHERE ($1 IS NULL OR patient = $1) AND ($2 IS NULL OR user_name = $2) ORDER BY id",
+        p![patient, user],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(CareAssignment {
+            id: r.i64(0)?,
+            patient: r.text(1)?,
+            user: r.opt_text(2)?,
+            department: r.opt_text(3)?,
+            reason: r.opt_text(4)?,
+            assigned_by: r.text(5)?,
+            start: Timestamp(r.i64(6)?).to_rfc3339(),
+            ended: r.opt_i64(7)?.map(|t| Timestamp(t).to_rfc3339()),
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6238 Appendix B, SHA-1 vectors (8 digits there; 6 are the low digits).
+    #[test]
+    fn totp_rfc6238_vectors() {
+        let secret = b"12345678901234567890";
+        for (t, code8) in [(59i64, 94287082u32), (1111111109, 7081804), (1111111111, 14050471), (1234567890, 89005924), (2000000000, 69279037)] {
+            assert_eq!(totp_code(secret, t / 30), code8 % 1_000_000, "t={t}");
+        }
+        let now = Timestamp::from_secs(59);
+        assert_eq!(totp_check(secret, "287082", now), Some(1));
+        assert_eq!(totp_check(secret, "287083", now), None);
+        assert_eq!(totp_check(secret, "28708", now), None);
+    }
+
+    #[test]
+    fn base32_rfc4648() {
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+        assert_eq!(base32(b"f"), "MY");
+    }
+
+    #[test]
+    fn passwords() {
+        let h = hash_password("correct horse 1").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse 1", &h));
+        assert!(!verify_password("correct horse 2", &h));
+        assert!(!verify_password("x", "not a hash"));
+        assert!(check_password_policy("short1").is_err());
+        assert!(check_password_policy("alllowercaseletters").is_err());
+        assert!(check_password_policy("Long enough pw").is_ok());
+        let r = random_password().unwrap();
+        assert_eq!(r.len(), 20);
+    }
+
+    #[test]
+    fn ids_and_ct() {
+        let id = new_id().unwrap();
+        assert!(mamori_core::ids::is_fhir_id(&id));
+        assert!(mamori_core::fhir::validate::is_uuid(&id));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}

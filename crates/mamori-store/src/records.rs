@@ -1,0 +1,360 @@
+//! FHIR resources in the database: versions, the current pointer, and the
+//! search index, written through any [`Conn`].
+//!
+//! Every write adds a version (an update adds one, a delete adds a
+//! tombstone); nothing here ever updates or deletes a stored version.
+
+use std::collections::HashSet;
+
+use mamori_core::fhir::search::{index_entries, patient_of, IndexValue};
+use mamori_core::fhir::validate::Issue;
+use mamori_core::ids::{LocalRef, ResourceType};
+use mamori_core::time::Timestamp;
+use serde_json::{json, Value};
+
+use crate::error::{Result, StoreError};
+use crate::p;
+use crate::sql::{Conn, Row};
+
+/// The current state of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub version: u64,
+    pub seq: i64,
+    pub last_updated: Timestamp,
+    pub deleted: bool,
+    pub patient: Option<String>,
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub seq: i64,
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub last_updated: Timestamp,
+    pub deleted: bool,
+    pub patient: Option<String>,
+    pub author: String,
+    /// The JSON text; empty for a tombstone.
+    pub body: String,
+}
+
+const VERSION_COLS: &str = "seq, rtype, id, version, last_updated, deleted, patient, author, body";
+
+fn version_row(r: &Row) -> Result<Version> {
+    Ok(Version {
+        seq: r.i64(0)?,
+        rtype: r.text(1)?,
+        id: r.text(2)?,
+        version: r.u64(3)?,
+        last_updated: Timestamp(r.i64(4)?),
+        deleted: r.bool(5)?,
+        patient: r.opt_text(6)?,
+        author: r.text(7)?,
+        body: r.text(8)?,
+    })
+}
+
+pub fn current(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Current>> {
+    c.query_one("SELECT version, seq, last_updated, deleted, patient FROM resources WHERE rtype = $1 AND id = $2", p![rtype, id])?
+        .map(|r| {
+            Ok(Current {
+                version: r.u64(0)?,
+                seq: r.i64(1)?,
+                last_updated: Timestamp(r.i64(2)?),
+                deleted: r.bool(3)?,
+                patient: r.opt_text(4)?,
+            })
+        })
+        .transpose()
+}
+
+/// The current version (including a tombstone), if the resource exists.
+pub fn read(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Version>> {
+    let sql = format!(
+        "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.id = $2",
+        VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ")
+    );
+    c.query_one(&sql, p![rtype, id])?.map(|r| version_row(&r)).transpose()
+}
+
+pub fn vread(c: &mut dyn Conn, rtype: &str, id: &str, version: u64) -> Result<Option<Version>> {
+    let sql = format!("SELECT {VERSION_COLS} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3");
+    c.query_one(&sql, p![rtype, id, version])?.map(|r| version_row(&r)).transpose()
+}
+
+/// History, newest first: of one resource, of a type, or of everything.
+/// `before_seq` pages backwards; `since` filters on last-updated.
+/// `restrict` limits the versions to patients in the caller's care.
+pub fn history(
+    c: &mut dyn Conn,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    since: Option<Timestamp>,
+    before_seq: Option<i64>,
+    limit: usize,
+    restrict: &crate::search::Restriction,
+) -> Result<Vec<Version>> {
+    let (user, dept, now) = match restrict {
+        crate::search::Restriction::None => (None, None, None),
+        crate::search::Restriction::CareOf { user, department, now } => (Some(user.as_str()), department.as_deref(), Some(now.micros())),
+    };
+    let sql = format!(
+        "SELECT {VERSION_COLS} FROM resource_versions WHERE ($1 IS NULL OR rtype = $1) AND ($2 IS NULL OR id = $2) \
+         AND ($3 IS NULL OR last_updated >= $3) AND ($4 IS NULL OR seq < $4) \
+         AND ($6 IS NULL OR patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR ($7 IS NOT NULL AND department = $7)) \
+              AND start <= $8 AND (ended IS NULL OR ended > $8))) \
+         ORDER BY seq DESC LIMIT $5"
+    );
+    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now])?.iter().map(version_row).collect()
+}
+
+/// Versions of a patient's compartment, for `$everything` and snapshots:
+/// current, non-deleted resources, ordered by (type, id).
+pub fn compartment(c: &mut dyn Conn, patient: &str, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<Version>> {
+    let (at, ai) = after.unwrap_or(("", ""));
+    let sql = format!(
+        "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+         WHERE r.patient = $1 AND r.deleted = 0 AND (r.rtype > $2 OR (r.rtype = $2 AND r.id > $3)) \
+         ORDER BY r.rtype, r.id LIMIT $4",
+        VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ")
+    );
+    c.query(&sql, p![patient, at, ai, limit])?.iter().map(version_row).collect()
+}
+
+/// The result of a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub rtype: ResourceType,
+    pub id: String,
+    pub version: u64,
+    pub last_updated: Timestamp,
+    pub patient: Option<String>,
+    /// The patient compartment of the previous version, if different.
+    pub previous_patient: Option<String>,
+    pub created: bool,
+    pub deleted: bool,
+    /// The stored JSON text (empty for a tombstone).
+    pub body: String,
+}
+
+/// Stores a new version of `rtype/id`. `body` must be validated; its id
+/// and meta are set here. `expected` is the `If-Match` version, if any.
+pub fn put(
+    c: &mut dyn Conn,
+    rtype: ResourceType,
+    id: &str,
+    mut body: Value,
+    expected: Option<u64>,
+    author: &str,
+    now: Timestamp,
+) -> Result<Written> {
+    let prev = current(c, rtype.as_str(), id)?;
+    if let Some(exp) = expected {
+        let cur = prev.as_ref().map_or(0, |p| p.version);
+        if cur != exp {
+            return Err(StoreError::VersionConflict { expected: exp, current: cur });
+        }
+    }
+    let version = prev.as_ref().map_or(1, |p| p.version + 1);
+    let obj = body.as_object_mut().ok_or_else(|| StoreError::invalid("", "a resource must be a JSON object"))?;
+    obj.insert("id".into(), Value::String(id.to_owned()));
+    let mut meta = obj.remove("meta").filter(Value::is_object).unwrap_or_else(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("versionId".into(), Value::String(version.to_string()));
+        m.insert("lastUpdated".into(), Value::String(now.to_rfc3339()));
+    }
+    obj.insert("meta".into(), meta);
+    let patient = patient_of(rtype, id, &body);
+    let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
+    write_version(c, rtype, id, version, now, false, patient.as_deref(), author, &text, prev.is_some())?;
+    reindex(c, rtype, id, Some(&body))?;
+    let previous_patient = prev.as_ref().and_then(|p| p.patient.clone()).filter(|pp| Some(pp) != patient.as_ref());
+    Ok(Written {
+        rtype,
+        id: id.to_owned(),
+        version,
+        last_updated: now,
+        patient,
+        previous_patient,
+        created: prev.as_ref().is_none_or(|p| p.deleted),
+        deleted: false,
+        body: text,
+    })
+}
+
+/// Adds a tombstone version. Deleting a missing or already deleted
+/// resource changes nothing and returns `None`.
+pub fn delete(c: &mut dyn Conn, rtype: ResourceType, id: &str, author: &str, now: Timestamp) -> Result<Option<Written>> {
+    let Some(prev) = current(c, rtype.as_str(), id)? else { return Ok(None) };
+    if prev.deleted {
+        return Ok(None);
+    }
+    let version = prev.version + 1;
+    write_version(c, rtype, id, version, now, true, prev.patient.as_deref(), author, "", true)?;
+    reindex(c, rtype, id, None)?;
+    Ok(Some(Written {
+        rtype,
+        id: id.to_owned(),
+        version,
+        last_updated: now,
+        patient: prev.patient.clone(),
+        previous_patient: None,
+        created: false,
+        deleted: true,
+        body: String::new(),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_version(
+    c: &mut dyn Conn,
+    rtype: ResourceType,
+    id: &str,
+    version: u64,
+    now: Timestamp,
+    deleted: bool,
+    patient: Option<&str>,
+    author: &str,
+    body: &str,
+    exists: bool,
+) -> Result<()> {
+    let seq = c
+        .query_one(
+            "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, patient, author, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+            p![rtype.as_str(), id, version, now.micros(), deleted, patient, author, body],
+        )?
+        .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
+        .i64(0)?;
+    if exists {
+        c.exec(
+            "UPDATE resources SET version = $3, seq = $4, last_updated = $5, deleted = $6, patient = $7 WHERE rtype = $1 AND id = $2",
+            p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
+        )?;
+    } else {
+        c.exec(
+            "INSERT INTO resources (rtype, id, version, seq, last_updated, deleted, patient) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces the index rows of a resource (none for a tombstone).
+fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>) -> Result<()> {
+    let t = rtype.as_str();
+    for table in ["idx_token", "idx_string", "idx_date", "idx_ref"] {
+        c.exec(&format!("DELETE FROM {table} WHERE rtype = $1 AND id = $2"), p![t, id])?;
+    }
+    let Some(body) = body else { return Ok(()) };
+    for e in index_entries(rtype, body) {
+        match e.value {
+            IndexValue::Token { system, code } => c.exec(
+                "INSERT INTO idx_token (rtype, id, param, system, code) VALUES ($1, $2, $3, $4, $5)",
+                p![t, id, e.param, system, code],
+            )?,
+            IndexValue::String { norm, exact } => c.exec(
+                "INSERT INTO idx_string (rtype, id, param, norm, exact) VALUES ($1, $2, $3, $4, $5)",
+                p![t, id, e.param, norm, exact],
+            )?,
+            IndexValue::Date { low, high } => c.exec(
+                "INSERT INTO idx_date (rtype, id, param, low, high) VALUES ($1, $2, $3, $4, $5)",
+                p![t, id, e.param, low, high],
+            )?,
+            IndexValue::Reference { rtype: tt, id: tid } => c.exec(
+                "INSERT INTO idx_ref (rtype, id, param, target_type, target_id) VALUES ($1, $2, $3, $4, $5)",
+                p![t, id, e.param, tt, tid],
+            )?,
+        };
+    }
+    Ok(())
+}
+
+/// Every `reference` string in a resource, with its path.
+pub fn references(v: &Value) -> Vec<(String, String)> {
+    fn walk(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if k == "contained" {
+                        continue;
+                    }
+                    let p = format!("{path}.{k}");
+                    if k == "reference" {
+                        if let Some(s) = x.as_str() {
+                            out.push((p, s.to_owned()));
+                        }
+                    } else {
+                        walk(x, &p, out);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let root = v.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+    walk(v, root, &mut out);
+    out
+}
+
+/// Referential integrity: every relative reference must name an existing,
+/// not deleted resource (or one created in the same transaction); every
+/// `#id` a contained resource. `urn:uuid:` must have been resolved.
+pub fn check_references(c: &mut dyn Conn, v: &Value, pending: &HashSet<(String, String)>) -> Result<()> {
+    let contained: HashSet<String> = v
+        .get("contained")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut issues = Vec::new();
+    for (path, r) in references(v) {
+        if let Some(local) = r.strip_prefix('#') {
+            if !local.is_empty() && !contained.contains(local) {
+                issues.push(Issue { path, message: format!("contained resource '#{local}' not found") });
+            }
+            continue;
+        }
+        if r.starts_with("urn:uuid:") {
+            issues.push(Issue { path, message: format!("'{r}' does not resolve to an entry of this Bundle") });
+            continue;
+        }
+        if r.starts_with("http://") || r.starts_with("https://") || r.starts_with("urn:") {
+            continue;
+        }
+        let Ok(lr) = LocalRef::parse(&r) else {
+            issues.push(Issue { path, message: format!("'{r}' is not a valid reference") });
+            continue;
+        };
+        let key = (lr.rtype.as_str().to_owned(), lr.id.as_str().to_owned());
+        if pending.contains(&key) {
+            continue;
+        }
+        match current(c, lr.rtype.as_str(), lr.id.as_str())? {
+            Some(cur) if !cur.deleted => {}
+            Some(_) => issues.push(Issue { path, message: format!("{lr} has been deleted") }),
+            None => issues.push(Issue { path, message: format!("{lr} does not exist") }),
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Unprocessable(issues))
+    }
+}
+
+/// Counts of current resources per type (for metrics and migrations).
+pub fn counts(c: &mut dyn Conn) -> Result<Vec<(String, u64)>> {
+    c.query("SELECT rtype, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY rtype ORDER BY rtype", p![])?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.u64(1)?)))
+        .collect()
+}

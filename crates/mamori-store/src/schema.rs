@@ -1,0 +1,63 @@
+//! Schema migrations, per backend. Applied in order inside one transaction
+//! each; the applied version is kept in `meta.schema_version`.
+
+use crate::sql::{Backend, Conn, DbError};
+use crate::p;
+
+const SQLITE: &[(&str, &str)] = &[("0001_foundation", include_str!("../migrations/sqlite/0001_foundation.sql"))];
+
+fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
+    match b {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => &[],
+    }
+}
+
+/// The schema version this build expects.
+pub fn latest(b: Backend) -> usize {
+    migrations(b).len()
+}
+
+/// The schema version of a database (0 when empty).
+pub fn current(c: &mut dyn Conn) -> Result<usize, DbError> {
+    let exists = match c.backend() {
+        Backend::Sqlite => c.query_one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", p![])?.is_some(),
+        Backend::Postgres => c.query_one("SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'", p![])?.is_some(),
+    };
+    if !exists {
+        return Ok(0);
+    }
+    match c.query_one("SELECT value FROM meta WHERE key = 'schema_version'", p![])? {
+        Some(r) => r.text(0)?.parse().map_err(|_| DbError::Decode("schema_version".into())),
+        None => Ok(0),
+    }
+}
+
+/// Applies every pending migration. Refuses a database newer than this build.
+pub fn migrate(c: &mut dyn Conn) -> Result<usize, DbError> {
+    let all = migrations(c.backend());
+    let cur = current(c)?;
+    if cur > all.len() {
+        return Err(DbError::Other(format!(
+            "database schema version {cur} is newer than this mamori ({}); upgrade mamori",
+            all.len()
+        )));
+    }
+    for (i, (_name, sql)) in all.iter().enumerate().skip(cur) {
+        c.batch("BEGIN")?;
+        let r = c.batch(sql).and_then(|_| {
+            c.exec(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                p![(i + 1).to_string()],
+            )
+        });
+        match r {
+            Ok(_) => c.batch("COMMIT")?,
+            Err(e) => {
+                let _ = c.batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Ok(all.len())
+}

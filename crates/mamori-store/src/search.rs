@@ -1,0 +1,209 @@
+//! Executes a parsed [`SearchQuery`] as SQL with bound parameters, with
+//! keyset paging (stable under concurrent writes) and optional restriction
+//! to the patients a user has a care relationship with.
+
+use mamori_core::fhir::search::{Clause, Cond, Cursor, Prefix, SearchQuery, Sort, Total};
+use mamori_core::time::Timestamp;
+
+use crate::error::Result;
+use crate::records::Version;
+use crate::sql::{Conn, Val};
+
+/// Who the results are restricted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restriction {
+    /// No restriction (the policy permitted a search across patients).
+    None,
+    /// Only patients with an active care assignment for this user (or the
+    /// user's department) at `now`.
+    CareOf { user: String, department: Option<String>, now: Timestamp },
+}
+
+/// One page of results.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<Version>,
+    pub total: Option<u64>,
+    /// Cursor for the next page, if there is one.
+    pub next: Option<Cursor>,
+    /// Cursor for the previous page, if there is one.
+    pub prev: Option<Cursor>,
+}
+
+struct Sql {
+    text: String,
+    params: Vec<Val<'static>>,
+}
+
+impl Sql {
+    fn bind(&mut self, v: impl Into<Val<'static>>) -> String {
+        self.params.push(v.into());
+        format!("${}", self.params.len())
+    }
+}
+
+fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
+    let t = sql.bind(q.rtype.as_str().to_owned());
+    sql.text.push_str(&format!(" WHERE r.rtype = {t} AND r.deleted = 0"));
+    for clause in &q.clauses {
+        let mut ors = Vec::new();
+        for cond in &clause.any_of {
+            ors.push(cond_sql(q, clause, cond, &t, sql));
+        }
+        sql.text.push_str(&format!(" AND ({})", ors.join(" OR ")));
+    }
+    if let Restriction::CareOf { user, department, now } = restriction {
+        let u = sql.bind(user.clone());
+        let d = sql.bind(department.clone());
+        let n = sql.bind(now.micros());
+        sql.text.push_str(&format!(
+            " AND r.patient IN (SELECT patient FROM care_assignments WHERE (user_name = {u} OR ({d} IS NOT NULL AND department = {d})) \
+             AND start <= {n} AND (ended IS NULL OR ended > {n}))"
+        ));
+    }
+}
+
+/// SQL for a date prefix; binds only the bounds it uses.
+fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: &mut Sql) -> String {
+    match p {
+        Prefix::Eq | Prefix::Ne => {
+            let lo = sql.bind(low);
+            let hi = sql.bind(high);
+            let eq = format!("({low_col} >= {lo} AND {high_col} <= {hi})");
+            if p == Prefix::Eq {
+                eq
+            } else {
+                format!("NOT {eq}")
+            }
+        }
+        Prefix::Gt => format!("{high_col} > {}", sql.bind(high)),
+        Prefix::Lt => format!("{low_col} < {}", sql.bind(low)),
+        Prefix::Ge => format!("{high_col} > {}", sql.bind(low)),
+        Prefix::Le => format!("{low_col} < {}", sql.bind(high)),
+        Prefix::Sa => format!("{low_col} >= {}", sql.bind(high)),
+        Prefix::Eb => format!("{high_col} <= {}", sql.bind(low)),
+    }
+}
+
+fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut Sql) -> String {
+    let param = clause.param;
+    match cond {
+        Cond::Id(id) => format!("r.id = {}", sql.bind(id.clone())),
+        Cond::LastUpdated(p, range) => date_sql(*p, "r.last_updated", "(r.last_updated + 1)", range.low, range.high, sql),
+        Cond::Token { system, code } => {
+            let pm = sql.bind(param);
+            let mut s = format!("r.id IN (SELECT id FROM idx_token WHERE rtype = {t} AND param = {pm}");
+            if let Some(c) = code {
+                s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
+            }
+            match system {
+                None => {}
+                Some(None) => s.push_str(" AND system IS NULL"),
+                Some(Some(sys)) => s.push_str(&format!(" AND system = {}", sql.bind(sys.clone()))),
+            }
+            s.push(')');
+            s
+        }
+        Cond::StringStarts(prefix) => {
+            let pm = sql.bind(param);
+            let lo = sql.bind(prefix.clone());
+            let hi = sql.bind(format!("{prefix}\u{10FFFF}"));
+            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm >= {lo} AND norm < {hi})")
+        }
+        Cond::StringExact(s) => {
+            let pm = sql.bind(param);
+            let v = sql.bind(s.clone());
+            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND exact = {v})")
+        }
+        Cond::StringContains(s) => {
+            let pm = sql.bind(param);
+            let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let v = sql.bind(format!("%{escaped}%"));
+            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')")
+        }
+        Cond::Date(p, range) => {
+            let pm = sql.bind(param);
+            let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
+            format!("r.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
+        }
+        Cond::Reference { rtype, id } => {
+            let pm = sql.bind(param);
+            let tid = sql.bind(id.clone());
+            let mut s = format!("r.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
+            if let Some(tt) = rtype {
+                s.push_str(&format!(" AND target_type = {}", sql.bind(tt.clone())));
+            }
+            s.push(')');
+            s
+        }
+    }
+}
+
+/// Runs a search and returns one page.
+pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> Result<Page> {
+    let total = if q.total == Total::Accurate || q.summary_count {
+        let mut s = Sql { text: "SELECT COUNT(*) FROM resources r".into(), params: Vec::new() };
+        where_clause(q, restriction, &mut s);
+        Some(c.query_one(&s.text, &s.params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
+    } else {
+        None
+    };
+    if q.summary_count || q.count == 0 {
+        return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
+    }
+    let mut s = Sql {
+        text: "SELECT v.seq, v.rtype, v.id, v.version, v.last_updated, v.deleted, v.patient, v.author, v.body \
+               FROM resources r JOIN resource_versions v ON v.seq = r.seq"
+            .into(),
+        params: Vec::new(),
+    };
+    where_clause(q, restriction, &mut s);
+    // Paging backwards reverses comparison and order, then the page.
+    let backwards = q.before.is_some() && q.after.is_none();
+    let cursor = if backwards { q.before.as_ref() } else { q.after.as_ref() };
+    let desc = matches!(q.sort, Sort::LastUpdatedDesc) != backwards;
+    let (cmp, dir) = if desc { ("<", "DESC") } else { (">", "ASC") };
+    if let Some(cur) = cursor {
+        let id = s.bind(cur.id.clone());
+        match q.sort {
+            Sort::Id => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
+            Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
+                let t = s.bind(cur.last_updated);
+                s.text.push_str(&format!(" AND (r.last_updated {cmp} {t} OR (r.last_updated = {t} AND r.id {cmp} {id}))"));
+            }
+        }
+    }
+    match q.sort {
+        Sort::Id => s.text.push_str(&format!(" ORDER BY r.id {dir}")),
+        _ => s.text.push_str(&format!(" ORDER BY r.last_updated {dir}, r.id {dir}")),
+    }
+    let lim = s.bind(q.count + 1);
+    s.text.push_str(&format!(" LIMIT {lim}"));
+    let rows = c.query(&s.text, &s.params)?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        entries.push(Version {
+            seq: r.i64(0)?,
+            rtype: r.text(1)?,
+            id: r.text(2)?,
+            version: r.u64(3)?,
+            last_updated: Timestamp(r.i64(4)?),
+            deleted: r.bool(5)?,
+            patient: r.opt_text(6)?,
+            author: r.text(7)?,
+            body: r.text(8)?,
+        });
+    }
+    let more = entries.len() > q.count;
+    entries.truncate(q.count);
+    if backwards {
+        entries.reverse();
+    }
+    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone() };
+    let (next, prev) = if backwards {
+        (entries.last().map(key), if more { entries.first().map(key) } else { None })
+    } else {
+        (if more { entries.last().map(key) } else { None }, if q.after.is_some() { entries.first().map(key) } else { None })
+    };
+    Ok(Page { entries, total, next, prev })
+}

@@ -1,0 +1,287 @@
+//! A small SQL abstraction so that the store's logic is written once for
+//! SQLite and PostgreSQL: positional `$1..$n` parameters, four value kinds,
+//! rows as vectors. Each backend implements [`Conn`].
+//!
+//! This module must never build SQL from values: values are always bound.
+
+use std::borrow::Cow;
+
+/// A bound parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val<'a> {
+    Null,
+    Int(i64),
+    Text(Cow<'a, str>),
+    Blob(Cow<'a, [u8]>),
+}
+
+impl From<i64> for Val<'_> {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+impl From<u64> for Val<'_> {
+    fn from(v: u64) -> Self {
+        Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<u16> for Val<'_> {
+    fn from(v: u16) -> Self {
+        Val::Int(i64::from(v))
+    }
+}
+impl From<usize> for Val<'_> {
+    fn from(v: usize) -> Self {
+        Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<bool> for Val<'_> {
+    fn from(v: bool) -> Self {
+        Val::Int(i64::from(v))
+    }
+}
+impl<'a> From<&'a str> for Val<'a> {
+    fn from(v: &'a str) -> Self {
+        Val::Text(Cow::Borrowed(v))
+    }
+}
+impl<'a> From<&'a String> for Val<'a> {
+    fn from(v: &'a String) -> Self {
+        Val::Text(Cow::Borrowed(v.as_str()))
+    }
+}
+impl From<String> for Val<'_> {
+    fn from(v: String) -> Self {
+        Val::Text(Cow::Owned(v))
+    }
+}
+impl<'a> From<&'a [u8]> for Val<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Val::Blob(Cow::Borrowed(v))
+    }
+}
+impl From<Vec<u8>> for Val<'_> {
+    fn from(v: Vec<u8>) -> Self {
+        Val::Blob(Cow::Owned(v))
+    }
+}
+impl<'a, T: Into<Val<'a>>> From<Option<T>> for Val<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// Builds a `&[Val]` from heterogeneous values.
+#[macro_export]
+macro_rules! p {
+    ($($v:expr),* $(,)?) => { &[$($crate::sql::Val::from($v)),*][..] };
+}
+
+/// A column value of a result row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// One result row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub Vec<Cell>);
+
+impl Row {
+    fn cell(&self, i: usize) -> Result<&Cell, DbError> {
+        self.0.get(i).ok_or_else(|| DbError::Decode(format!("no column {i}")))
+    }
+    pub fn i64(&self, i: usize) -> Result<i64, DbError> {
+        match self.cell(i)? {
+            Cell::Int(v) => Ok(*v),
+            Cell::Text(s) => s.parse().map_err(|_| DbError::Decode(format!("column {i}: not an integer"))),
+            other => Err(DbError::Decode(format!("column {i}: expected integer, got {other:?}"))),
+        }
+    }
+    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            _ => self.i64(i).map(Some),
+        }
+    }
+    pub fn u64(&self, i: usize) -> Result<u64, DbError> {
+        u64::try_from(self.i64(i)?).map_err(|_| DbError::Decode(format!("column {i}: negative")))
+    }
+    pub fn bool(&self, i: usize) -> Result<bool, DbError> {
+        Ok(self.i64(i)? != 0)
+    }
+    pub fn text(&self, i: usize) -> Result<String, DbError> {
+        match self.cell(i)? {
+            Cell::Text(s) => Ok(s.clone()),
+            Cell::Blob(b) => String::from_utf8(b.clone()).map_err(|_| DbError::Decode(format!("column {i}: not UTF-8"))),
+            Cell::Int(v) => Ok(v.to_string()),
+            Cell::Null => Err(DbError::Decode(format!("column {i}: unexpected NULL"))),
+        }
+    }
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+    pub fn blob(&self, i: usize) -> Result<Vec<u8>, DbError> {
+        match self.cell(i)? {
+            Cell::Blob(b) => Ok(b.clone()),
+            Cell::Text(s) => Ok(s.as_bytes().to_vec()),
+            other => Err(DbError::Decode(format!("column {i}: expected blob, got {other:?}"))),
+        }
+    }
+    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            _ => self.blob(i).map(Some),
+        }
+    }
+    pub fn hash32(&self, i: usize) -> Result<[u8; 32], DbError> {
+        self.blob(i)?.try_into().map_err(|_| DbError::Decode(format!("column {i}: not a 32-byte hash")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A UNIQUE/PRIMARY KEY constraint was violated.
+    #[error("constraint violated: {0}")]
+    Unique(String),
+    /// The database is locked or busy beyond the timeout.
+    #[error("database busy: {0}")]
+    Busy(String),
+    #[error("database error: {0}")]
+    Other(String),
+    #[error("cannot decode value: {0}")]
+    Decode(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database connection (or transaction) the store's logic runs on.
+pub trait Conn {
+    fn backend(&self) -> Backend;
+    /// Executes a statement; returns the number of rows changed.
+    fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError>;
+    fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError>;
+    /// Executes several statements without parameters (DDL, BEGIN, ...).
+    fn batch(&mut self, sql: &str) -> Result<(), DbError>;
+
+    fn query_one(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+// ---- SQLite ------------------------------------------------------------------
+
+/// Rewrites `$N` placeholders to SQLite's `?N`.
+fn sqlite_sql(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut in_str = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            in_str = !in_str;
+        }
+        if c == '$' && !in_str && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn sqlite_err(e: rusqlite::Error) -> DbError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => match f.code {
+            ErrorCode::ConstraintViolation => DbError::Unique(msg.clone().unwrap_or_default()),
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => DbError::Busy(e.to_string()),
+            _ => DbError::Other(e.to_string()),
+        },
+        _ => DbError::Other(e.to_string()),
+    }
+}
+
+impl rusqlite::ToSql for Val<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Val::Null => ValueRef::Null,
+            Val::Int(i) => ValueRef::Integer(*i),
+            Val::Text(s) => ValueRef::Text(s.as_bytes()),
+            Val::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl Conn for rusqlite::Connection {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+    fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError> {
+        let mut st = self.prepare_cached(&sqlite_sql(sql)).map_err(sqlite_err)?;
+        st.execute(rusqlite::params_from_iter(params.iter())).map_err(sqlite_err)
+    }
+    fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError> {
+        let mut st = self.prepare_cached(&sqlite_sql(sql)).map_err(sqlite_err)?;
+        let n = st.column_count();
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sqlite_err)? {
+            let mut cells = Vec::with_capacity(n);
+            for i in 0..n {
+                use rusqlite::types::ValueRef;
+                cells.push(match r.get_ref(i).map_err(sqlite_err)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Real(f) => Cell::Int(f as i64),
+                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+                });
+            }
+            out.push(Row(cells));
+        }
+        Ok(out)
+    }
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        self.execute_batch(sql).map_err(sqlite_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_rewrite() {
+        assert_eq!(sqlite_sql("SELECT $1, '$2', $10"), "SELECT ?1, '$2', ?10");
+        assert_eq!(sqlite_sql("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn round_trip_values() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        c.batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB, d TEXT, PRIMARY KEY (a))").unwrap();
+        c.exec("INSERT INTO t VALUES ($1, $2, $3, $4)", p![7i64, "x", vec![1u8, 2], Option::<String>::None]).unwrap();
+        let r = c.query_one("SELECT a, b, c, d FROM t WHERE a = $1", p![7i64]).unwrap().unwrap();
+        assert_eq!(r.i64(0).unwrap(), 7);
+        assert_eq!(r.text(1).unwrap(), "x");
+        assert_eq!(r.blob(2).unwrap(), vec![1, 2]);
+        assert_eq!(r.opt_text(3).unwrap(), None);
+        let e = c.exec("INSERT INTO t VALUES ($1, $2, $3, $4)", p![7i64, "y", Val::Null, Val::Null]).unwrap_err();
+        assert!(matches!(e, DbError::Unique(_)));
+    }
+}

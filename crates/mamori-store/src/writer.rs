@@ -1,0 +1,253 @@
+//! The group-commit writer: one thread owns the write connection and
+//! commits many callers' changes and audit events in one transaction.
+//!
+//! Each job runs inside its own savepoint; a failing job is rolled back
+//! alone and may then record its failure in the audit log. Callers are
+//! answered only after the COMMIT that contains their work has returned,
+//! so an acknowledged write or audit event is durable (rule 1 and 2).
+//!
+//! This module must never answer a caller before its commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mamori_audit::event::AuditRecord;
+use mamori_audit::merkle::Frontier;
+use mamori_audit::note::NoteSigner;
+use mamori_core::time::{Clock, Timestamp};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit_log;
+use crate::error::{Result, StoreError};
+use crate::sql::Conn;
+
+/// What a job sees: the transaction, the clock reading for the batch, and
+/// the audit log.
+pub struct WriteCtx<'a> {
+    pub conn: &'a mut dyn Conn,
+    pub now: Timestamp,
+    audit: &'a mut AuditState,
+}
+
+impl WriteCtx<'_> {
+    /// Appends an audit event in this transaction; returns its leaf index.
+    pub fn audit(&mut self, rec: &AuditRecord) -> Result<u64> {
+        let seq = audit_log::append(self.conn, &mut self.audit.frontier, rec, self.now)?;
+        self.audit.appended_since_checkpoint += 1;
+        Ok(seq)
+    }
+    /// Signs a checkpoint of the tree as it stands in this transaction.
+    pub fn checkpoint(&mut self, reason: &str) -> Result<String> {
+        let note = audit_log::sign_checkpoint(self.conn, &self.audit.frontier, &self.audit.signer, &self.audit.origin, self.now, reason)?;
+        self.audit.last_checkpoint = (self.audit.frontier.size(), Instant::now());
+        self.audit.appended_since_checkpoint = 0;
+        Ok(note)
+    }
+    pub fn tree_size(&self) -> u64 {
+        self.audit.frontier.size()
+    }
+}
+
+/// Checkpoint policy: sign when this many events accumulated, or when
+/// this much time passed with new events.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_events: u64,
+    pub every: Duration,
+}
+
+pub(crate) struct AuditState {
+    frontier: Frontier,
+    signer: Arc<NoteSigner>,
+    origin: String,
+    policy: CheckpointPolicy,
+    last_checkpoint: (u64, Instant),
+    appended_since_checkpoint: u64,
+}
+
+pub(crate) trait Job: Send {
+    /// Runs the job; false when it failed (its savepoint is rolled back).
+    fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
+    /// After a rollback: records the failure (e.g. its audit event).
+    fn after_failure(&mut self, ctx: &mut WriteCtx<'_>) -> Result<()>;
+    /// Answers the caller with the commit's outcome.
+    fn finish(self: Box<Self>, commit: Result<()>);
+}
+
+type FailFn = Box<dyn FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send>;
+
+struct Typed<T, F> {
+    work: Option<F>,
+    on_fail: Option<FailFn>,
+    out: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send,
+{
+    fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
+        let Some(work) = self.work.take() else { return false };
+        let r = work(ctx);
+        let ok = r.is_ok();
+        self.out = Some(r);
+        ok
+    }
+    fn after_failure(&mut self, ctx: &mut WriteCtx<'_>) -> Result<()> {
+        match (self.on_fail.take(), &self.out) {
+            (Some(f), Some(Err(e))) => f(e, ctx),
+            _ => Ok(()),
+        }
+    }
+    fn finish(self: Box<Self>, commit: Result<()>) {
+        let r = match (commit, self.out) {
+            (Ok(()), Some(r)) => r,
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Internal("job did not run".into())),
+        };
+        let _ = self.reply.send(r);
+    }
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Box<dyn Job>>,
+}
+
+const MAX_BATCH: usize = 512;
+
+impl Writer {
+    pub(crate) fn start(
+        mut conn: Box<dyn Conn + Send>,
+        clock: Arc<dyn Clock>,
+        signer: Arc<NoteSigner>,
+        origin: String,
+        policy: CheckpointPolicy,
+    ) -> Result<Writer> {
+        let frontier = audit_log::load_frontier(conn.as_mut())?;
+        let last = audit_log::latest_checkpoint(conn.as_mut())?.map_or(0, |(s, _, _)| s);
+        let mut state = AuditState {
+            appended_since_checkpoint: frontier.size().saturating_sub(last),
+            frontier,
+            signer,
+            origin,
+            policy,
+            last_checkpoint: (last, Instant::now()),
+        };
+        let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);
+        std::thread::Builder::new()
+            .name("mamori-writer".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(conn.as_mut(), clock.as_ref(), &mut state, jobs);
+                }
+                tracing::debug!("writer stopped: all handles dropped");
+            })
+            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `work` in the next group commit. `on_fail` runs after `work`
+    /// failed and was rolled back, in the same transaction, to record the
+    /// failure (typically an audit event). Returns after the commit.
+    pub async fn write<T, F>(
+        &self,
+        work: F,
+        on_fail: impl FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Typed { work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
+        self.tx.send(Box::new(job)).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("writer stopped before answering".into()))?
+    }
+
+    /// Appends audit events only (reads, denials, logins).
+    pub async fn audit(&self, recs: Vec<AuditRecord>) -> Result<Vec<u64>> {
+        self.write(
+            move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(),
+            |_, _| Ok(()),
+        )
+        .await
+    }
+
+    /// Signs a checkpoint now if the policy says one is due (called by a
+    /// timer so that an idle log still gets its time-based checkpoint).
+    pub async fn checkpoint_if_due(&self) -> Result<()> {
+        self.write(|_ctx| Ok(()), |_, _| Ok(())).await
+    }
+}
+
+fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut jobs: Vec<Box<dyn Job>>) {
+    let snapshot = state.frontier.clone();
+    let snapshot_meta = (state.last_checkpoint, state.appended_since_checkpoint);
+    let result = (|| -> Result<()> {
+        conn.batch("BEGIN IMMEDIATE")?;
+        // Another process (an offline CLI command) may have appended: the
+        // tree in memory must be the committed one.
+        if audit_log::size(conn)? != state.frontier.size() {
+            tracing::warn!("audit log changed outside this writer; reloading the Merkle frontier");
+            state.frontier = audit_log::load_frontier(conn)?;
+        }
+        let now = clock.now();
+        for job in jobs.iter_mut() {
+            conn.batch("SAVEPOINT job")?;
+            let before = state.frontier.clone();
+            let before_count = state.appended_since_checkpoint;
+            // A panicking job (a bug) must not take the writer down: it is
+            // treated as a failed job and rolled back.
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job.run(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!("a write job panicked; rolled back");
+                false
+            });
+            if ok {
+                conn.batch("RELEASE job")?;
+            } else {
+                conn.batch("ROLLBACK TO job; RELEASE job")?;
+                state.frontier = before;
+                state.appended_since_checkpoint = before_count;
+                job.after_failure(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })?;
+            }
+        }
+        let due = state.appended_since_checkpoint > 0
+            && (state.appended_since_checkpoint >= state.policy.every_events
+                || state.last_checkpoint.1.elapsed() >= state.policy.every);
+        if due {
+            WriteCtx { conn: &mut *conn, now, audit: &mut *state }.checkpoint("periodic")?;
+        }
+        conn.batch("COMMIT")?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            for j in jobs {
+                j.finish(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed; batch rolled back");
+            let _ = conn.batch("ROLLBACK");
+            state.frontier = snapshot;
+            (state.last_checkpoint, state.appended_since_checkpoint) = snapshot_meta;
+            for j in jobs {
+                j.finish(Err(StoreError::Unavailable(format!("commit failed: {e}"))));
+            }
+        }
+    }
+}
