@@ -1,0 +1,214 @@
+//! Authentication and the access policy end to end: logins, lock-out,
+//! TOTP, tokens, care relationships; denials are audited.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{observation, TestServer, PASSWORD};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn every_access_is_audited_with_decision_and_mode() {
+    let s = TestServer::start("audit").await;
+    let doc = s.user("dr.a", &["physician"]).await;
+    let other = s.user("dr.b", &["physician"]).await;
+    let pid = s.patient(&doc, "Audit", "Me").await;
+    let r = s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 70.0)).await;
+    assert_eq!(r.status, 201);
+    let oid = r.body["id"].as_str().unwrap().to_owned();
+
+    // The creator's write: audited in the same transaction.
+    let created = s.audits_where("create");
+    let ev = created.iter().find(|e| e["entity"]["id"] == oid.as_str()).unwrap();
+    assert_eq!(ev["agent"]["user"], "dr.a");
+    assert_eq!(ev["agent"]["roles"], json!(["physician"]));
+    assert_eq!(ev["patients"], json!([pid]));
+    assert_eq!(ev["basis"], "care-relationship");
+    assert_eq!(ev["purpose"], "TREAT");
+    assert_eq!(ev["mode"], "normal");
+    assert_eq!(ev["status"], 201);
+    assert_eq!(ev["agent"]["address"], "127.0.0.1");
+
+    // A read is audited before the response arrives.
+    let n = s.audit_count();
+    let r = s.get(&format!("/fhir/Observation/{oid}"), &doc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.audit_count(), n + 1);
+    let ev = s.last_audit();
+    assert_eq!((ev["action"].as_str(), ev["entity"]["version"].as_u64()), (Some("read"), Some(1)));
+
+    // Another physician without a care relationship: denied and audited.
+    let before = s.snapshot();
+    let r = s.get(&format!("/fhir/Observation/{oid}"), &other).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text.contains("break-glass"), "the denial says what to do: {}", r.text);
+    let ev = s.last_audit();
+    assert_eq!(ev["agent"]["user"], "dr.b");
+    assert_eq!(ev["status"], 403);
+    assert_eq!(ev["basis"], "no-care-relationship");
+    assert_eq!(ev["patients"], json!([pid]));
+    let r = s.post("/fhir/Observation", &other, observation(&pid, "8867-4", 1.0)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(s.snapshot(), before);
+    // ...and cross-patient searches only show their own patients.
+    let r = s.get("/fhir/Observation", &other).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["total"], 0);
+    let r = s.get(&format!("/fhir/Observation?patient={pid}"), &other).await;
+    assert_eq!(r.status, 403);
+    let r = s.get("/fhir/Observation", &doc).await;
+    assert_eq!(r.body["total"], 1);
+
+    // Once assigned, access works; after the assignment ends, it stops.
+    s.assign(&pid, "dr.b").await;
+    let r = s.get(&format!("/fhir/Observation/{oid}"), &other).await;
+    assert_eq!(r.status, 200);
+    let list = s.get(&format!("/api/v1/care-assignments?patient={pid}"), &s.admin).await;
+    let id = list.body["assignments"].as_array().unwrap().iter().find(|a| a["user"] == "dr.b").unwrap()["id"].as_i64().unwrap();
+    assert_eq!(s.delete(&format!("/api/v1/care-assignments/{id}"), &s.admin).await.status, 200);
+    let r = s.get(&format!("/fhir/Observation/{oid}"), &other).await;
+    assert_eq!(r.status, 403);
+
+    // Department assignments cover every member of the department.
+    let ward = s.user_in("ns.c", &["nurse"], Some("ward-3")).await;
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &ward).await.status, 403);
+    let r = s.post("/api/v1/care-assignments", &s.admin, json!({"patient": pid, "department": "ward-3"})).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &ward).await.status, 200);
+
+    // Role limits: admin sees no clinical data; auditor no patient data.
+    assert_eq!(s.get(&format!("/fhir/Patient/{pid}"), &s.admin).await.status, 403);
+    let aud = s.user("audit1", &["auditor"]).await;
+    assert_eq!(s.get(&format!("/fhir/Patient/{pid}"), &aud).await.status, 403);
+    let clerk = s.user("clerk1", &["clerk"]).await;
+    assert_eq!(s.get(&format!("/fhir/Patient/{pid}"), &clerk).await.status, 200);
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &clerk).await.status, 403);
+}
+
+#[tokio::test]
+async fn logins_lockout_tokens_and_first_password() {
+    let s = TestServer::start("login").await;
+    let r = s.post("/api/v1/users", &s.admin, json!({"name": "ns.d", "display": "Nurse D", "roles": ["nurse"]})).await;
+    let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
+
+    // The one-time password works, but only for changing it.
+    let t = s.login("ns.d", &otp).await;
+    let r = s.get("/fhir/Patient", &t).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text.contains("password change required"));
+    let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": "short"}))).await;
+    assert_eq!(r.status, 400);
+    let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": "wrong", "new": PASSWORD}))).await;
+    assert_eq!(r.status, 403);
+    let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD}))).await;
+    assert_eq!(r.status, 200);
+    let t = s.login("ns.d", PASSWORD).await;
+    assert_eq!(s.get("/fhir/Patient", &t).await.status, 200);
+
+    // Wrong passwords are audited; the fifth locks the account.
+    for i in 0..5 {
+        let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "ns.d", "password": format!("wrong{i}")}))).await;
+        assert_eq!(r.status, 401);
+    }
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "ns.d", "password": PASSWORD}))).await;
+    assert_eq!(r.status, 401, "locked even with the right password");
+    let fails = s.audits_where("login-failure");
+    assert_eq!(fails.len(), 6);
+    assert_eq!(fails[4]["detail"]["locked"], true);
+    assert_eq!(fails[5]["detail"]["reason"], "locked");
+    // Unknown users get the same answer.
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "nobody", "password": "x"}))).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["message"], fails_message());
+
+    // Bad, revoked and missing tokens.
+    let r = s.get("/fhir/Patient", "mmr_forged").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer realm=\"mamori\""));
+    assert_eq!(s.last_audit()["action"], "auth-failure");
+    let r = s.req(Method::GET, "/fhir/Patient", None, None).await;
+    assert_eq!(r.status, 401);
+    let r = s.post("/api/v1/tokens", &s.admin, json!({"user": "admin", "label": "script", "ttl_hours": 1})).await;
+    assert_eq!(r.status, 201);
+    let api = r.body["token"].as_str().unwrap().to_owned();
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/api/v1/users", &api).await.status, 200);
+    let list = s.get("/api/v1/tokens", &s.admin).await;
+    assert!(!list.text.contains(&api), "secrets are never listed");
+    assert_eq!(s.delete(&format!("/api/v1/tokens/{id}"), &s.admin).await.status, 200);
+    assert_eq!(s.get("/api/v1/users", &api).await.status, 401);
+
+    // Disabling a user ends their sessions at once.
+    assert_eq!(s.req(Method::PATCH, "/api/v1/users/ns.d", Some(&s.admin), Some(json!({"disabled": true}))).await.status, 200);
+    assert_eq!(s.get("/fhir/Patient", &t).await.status, 401);
+    // Logout revokes the session token.
+    let t2 = s.user("dr.e", &["physician"]).await;
+    assert_eq!(s.req(Method::POST, "/api/v1/auth/logout", Some(&t2), None).await.status, 200);
+    assert_eq!(s.get("/fhir/Patient", &t2).await.status, 401);
+    // Non-admins cannot administer.
+    let t3 = s.user("dr.f", &["physician"]).await;
+    assert_eq!(s.post("/api/v1/users", &t3, json!({"name": "x", "display": "x"})).await.status, 403);
+    assert_eq!(s.last_audit()["action"], "user-create");
+}
+
+fn fails_message() -> &'static str {
+    "invalid credentials, or the account is locked or disabled"
+}
+
+#[tokio::test]
+async fn totp_second_factor() {
+    let s = TestServer::start_manual("totp").await;
+    let t = s.user("dr.g", &["physician"]).await;
+    let r = s.req(Method::POST, "/api/v1/users/dr.g/totp", Some(&t), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b32 = r.body["secret"].as_str().unwrap();
+    assert!(r.body["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/"));
+    let secret = base32_decode(b32);
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD}))).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text.contains("one-time code"));
+    let step = s.now().secs() / 30;
+    let code = format!("{:06}", mamori_store::accounts::totp_code(&secret, step));
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The same code cannot be used twice.
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    assert_eq!(r.status, 401);
+    // A code from five minutes ago is refused; the current one works.
+    s.clock.as_ref().unwrap().advance_secs(300);
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    assert_eq!(r.status, 401);
+    let code = format!("{:06}", mamori_store::accounts::totp_code(&secret, s.now().secs() / 30));
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn tokens_expire_with_the_clock() {
+    let s = TestServer::start_manual("expiry").await;
+    let r = s.post("/api/v1/tokens", &s.admin, json!({"ttl_hours": 1})).await;
+    let tok = r.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/api/v1/auth/me", &tok).await.status, 200);
+    s.clock.as_ref().unwrap().advance_secs(3601);
+    assert_eq!(s.get("/api/v1/auth/me", &tok).await.status, 401);
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => continue,
+        };
+        buf = (buf << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
