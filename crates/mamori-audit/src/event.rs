@@ -176,7 +176,13 @@ mod tests {
         AuditRecord {
             time: "2026-11-26T09:00:00.000Z".into(),
             mode: "normal".into(),
-            agent: Agent { user: "dr.sato".into(), kind: "staff".into(), roles: vec!["physician".into()], declared: None, address: Some("127.0.0.1".into()) },
+            agent: Agent {
+                user: "dr.sato".into(),
+                kind: "staff".into(),
+                roles: vec!["physician".into()],
+                declared: None,
+                address: Some("127.0.0.1".into()),
+            },
             action: "read".into(),
             entity: Some(Entity { rtype: "Patient".into(), id: Some("p1".into()), version: Some(3) }),
             patients: vec!["p1".into()],

@@ -195,7 +195,10 @@ impl SignedNote {
         }
         let mut signatures = Vec::new();
         for line in sigs.lines() {
-            let rest = line.strip_prefix(EM_DASH).and_then(|r| r.strip_prefix(' ')).ok_or(NoteError::Malformed("bad signature line"))?;
+            let rest = line
+                .strip_prefix(EM_DASH)
+                .and_then(|r| r.strip_prefix(' '))
+                .ok_or(NoteError::Malformed("bad signature line"))?;
             let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("bad signature line"))?;
             let blob = B64.decode(b64).map_err(|_| NoteError::Malformed("bad signature base64"))?;
             signatures.push((name.to_owned(), blob));
@@ -245,14 +248,20 @@ impl Checkpoint {
     }
 
     pub fn parse_body(body: &str) -> Result<Self, NoteError> {
-        let mut lines = body.strip_suffix('\n').ok_or(NoteError::Malformed("body must end with a newline"))?.split('\n');
+        let mut lines =
+            body.strip_suffix('\n').ok_or(NoteError::Malformed("body must end with a newline"))?.split('\n');
         let origin = lines.next().filter(|o| !o.is_empty()).ok_or(NoteError::Malformed("missing origin"))?;
         let size_s = lines.next().ok_or(NoteError::Malformed("missing size"))?;
-        if size_s.is_empty() || (size_s.len() > 1 && size_s.starts_with('0')) || !size_s.bytes().all(|b| b.is_ascii_digit()) {
+        if size_s.is_empty()
+            || (size_s.len() > 1 && size_s.starts_with('0'))
+            || !size_s.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(NoteError::Malformed("bad tree size"));
         }
         let size = size_s.parse().map_err(|_| NoteError::Malformed("bad tree size"))?;
-        let root_v = B64.decode(lines.next().ok_or(NoteError::Malformed("missing root"))?).map_err(|_| NoteError::Malformed("bad root hash"))?;
+        let root_v = B64
+            .decode(lines.next().ok_or(NoteError::Malformed("missing root"))?)
+            .map_err(|_| NoteError::Malformed("bad root hash"))?;
         let root: Hash = root_v.try_into().map_err(|_| NoteError::Malformed("root hash must be 32 bytes"))?;
         let extensions: Vec<String> = lines.map(str::to_owned).collect();
         if extensions.iter().any(String::is_empty) {
@@ -295,7 +304,12 @@ mod tests {
     #[test]
     fn sign_and_open() {
         let s = signer();
-        let cp = Checkpoint { origin: "mamori.test/audit".into(), size: 42, root: [7u8; 32], extensions: vec!["mode normal".into()] };
+        let cp = Checkpoint {
+            origin: "mamori.test/audit".into(),
+            size: 42,
+            root: [7u8; 32],
+            extensions: vec!["mode normal".into()],
+        };
         let text = cp.sign(&s);
         assert!(text.starts_with("mamori.test/audit\n42\nBwcH"));
         let v = NoteVerifier::parse(&s.verifier().vkey()).unwrap();

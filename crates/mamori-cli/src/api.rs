@@ -43,8 +43,12 @@ impl Api {
         if let Some(server) = &t.server {
             let token = match (&t.token, &t.token_file) {
                 (Some(tok), _) => tok.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_owned(),
-                (None, None) => bail!("--server needs a token (--token, MAMORI_TOKEN or --token-file)"),
+                (None, Some(f)) => {
+                    std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_owned()
+                }
+                (None, None) => {
+                    bail!("--server needs a token (--token, MAMORI_TOKEN or --token-file)")
+                }
             };
             let ca = t.ca.clone().or_else(|| t.data.as_ref().map(|d| d.join("tls/cert.pem")));
             let client = client(ca.as_deref())?;
@@ -81,7 +85,11 @@ impl Api {
                 let resp = router.clone().oneshot(req).await.map_err(|e| anyhow!("{e}"))?;
                 let status = resp.status().as_u16();
                 let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
-                Ok((status, serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))))
+                Ok((
+                    status,
+                    serde_json::from_slice(&bytes)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+                ))
             }
         }
     }

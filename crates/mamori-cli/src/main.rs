@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 use api::{Api, Target};
 
 #[derive(Parser)]
-#[command(name = "mamori", version, about = "mamori (守り): the safety core of a hospital information system — FHIR R4 record store, tamper-evident audit, emergency operations and secure exchange.")]
+#[command(
+    name = "mamori",
+    version,
+    about = "mamori (守り): the safety core of a hospital information system — FHIR R4 record store, tamper-evident audit, emergency operations and secure exchange."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -157,7 +161,8 @@ enum CareCmd {
 
 fn init_logging() {
     let level = std::env::var("MAMORI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("MAMORI_LOG_FORMAT").is_ok_and(|f| f == "json");
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
@@ -178,12 +183,23 @@ fn q(s: &str) -> String {
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve { data, listen } => {
-            mamori_server::server::run(mamori_server::server::ServeOptions { data, listen, clock: Arc::new(SystemClock) }).await?;
+            mamori_server::server::run(mamori_server::server::ServeOptions {
+                data,
+                listen,
+                clock: Arc::new(SystemClock),
+            })
+            .await?;
         }
         Cmd::User(c) => match c {
             UserCmd::Add { name, display, role, department, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api.ok(Method::POST, "/api/v1/users", Some(&json!({"name": name, "display": display, "roles": role, "department": department}))).await?;
+                let v = api
+                    .ok(
+                        Method::POST,
+                        "/api/v1/users",
+                        Some(&json!({"name": name, "display": display, "roles": role, "department": department})),
+                    )
+                    .await?;
                 println!("created user {name}");
                 if let Some(p) = v.get("one_time_password").and_then(Value::as_str) {
                     println!("one-time password: {p}   (shown once; it must be changed at first login)");
@@ -191,7 +207,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             UserCmd::Role { name, set, target } => {
                 let api = Api::connect(&target).await?;
-                print(&api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"roles": set}))).await?);
+                print(
+                    &api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"roles": set})))
+                        .await?,
+                );
             }
             UserCmd::List { target } => {
                 let api = Api::connect(&target).await?;
@@ -200,8 +219,15 @@ async fn run(cli: Cli) -> Result<()> {
                     println!(
                         "{:<20} {:<12} {:<40} {}",
                         u["name"].as_str().unwrap_or(""),
-                        if u["disabled"].as_bool() == Some(true) { "disabled" } else { u["kind"].as_str().unwrap_or("") },
-                        u["roles"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                        if u["disabled"].as_bool() == Some(true) {
+                            "disabled"
+                        } else {
+                            u["kind"].as_str().unwrap_or("")
+                        },
+                        u["roles"]
+                            .as_array()
+                            .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default(),
                         u["display"].as_str().unwrap_or("")
                     );
                 }
@@ -218,16 +244,27 @@ async fn run(cli: Cli) -> Result<()> {
             }
             UserCmd::Enable { name, target } => {
                 let api = Api::connect(&target).await?;
-                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": false}))).await?;
+                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": false})))
+                    .await?;
                 println!("enabled {name}");
             }
         },
         Cmd::Token(c) => match c {
             TokenCmd::Issue { user, label, ttl_hours, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api.ok(Method::POST, "/api/v1/tokens", Some(&json!({"user": user, "label": label, "ttl_hours": ttl_hours}))).await?;
+                let v = api
+                    .ok(
+                        Method::POST,
+                        "/api/v1/tokens",
+                        Some(&json!({"user": user, "label": label, "ttl_hours": ttl_hours})),
+                    )
+                    .await?;
                 println!("{}", v["token"].as_str().unwrap_or(""));
-                eprintln!("token id {} for {user}, expires {}", v["id"].as_str().unwrap_or(""), v["expires_at"].as_str().unwrap_or(""));
+                eprintln!(
+                    "token id {} for {user}, expires {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["expires_at"].as_str().unwrap_or("")
+                );
             }
             TokenCmd::List { user, target } => {
                 let api = Api::connect(&target).await?;
@@ -247,7 +284,11 @@ async fn run(cli: Cli) -> Result<()> {
             CareCmd::Assign { patient, user, department, reason, target } => {
                 let api = Api::connect(&target).await?;
                 let v = api
-                    .ok(Method::POST, "/api/v1/care-assignments", Some(&json!({"patient": patient, "user": user, "department": department, "reason": reason})))
+                    .ok(
+                        Method::POST,
+                        "/api/v1/care-assignments",
+                        Some(&json!({"patient": patient, "user": user, "department": department, "reason": reason})),
+                    )
                     .await?;
                 println!("care assignment {} created", v["id"]);
             }

@@ -254,9 +254,11 @@ impl Decision {
 }
 
 /// Resource types that are orders: only physicians write them.
-const ORDERS: &[&str] = &["MedicationRequest", "ServiceRequest", "DeviceRequest", "NutritionOrder", "VisionPrescription"];
+const ORDERS: &[&str] =
+    &["MedicationRequest", "ServiceRequest", "DeviceRequest", "NutritionOrder", "VisionPrescription"];
 /// What a pharmacist may write.
-const PHARMACY: &[&str] = &["MedicationDispense", "MedicationAdministration", "MedicationStatement", "DetectedIssue", "Communication"];
+const PHARMACY: &[&str] =
+    &["MedicationDispense", "MedicationAdministration", "MedicationStatement", "DetectedIssue", "Communication"];
 
 /// Decides one access. The caller supplies `facts` for the patient in scope
 /// (ignored when the scope is not one patient).
@@ -305,7 +307,8 @@ pub fn decide(subject: &Subject, action: Action, target: Target, mode: &Mode, fa
             } else {
                 Decision::permit(Basis::RoleReferenceData, PurposeOfUse::Operations)
             }
-        } else if subject.has(Role::Admin) || (subject.has(Role::Physician) && rt != "Organization" && rt != "Endpoint") {
+        } else if subject.has(Role::Admin) || (subject.has(Role::Physician) && rt != "Organization" && rt != "Endpoint")
+        {
             Decision::permit(Basis::RoleReferenceData, PurposeOfUse::Operations)
         } else {
             Decision::deny(Basis::RoleNotPermitted)
@@ -386,9 +389,12 @@ mod tests {
     const REL: Facts = Facts { care_relationship: true, break_glass: false };
     const NONE: Facts = Facts { care_relationship: false, break_glass: false };
     const BTG: Facts = Facts { care_relationship: false, break_glass: true };
-    const EMERG: Mode = Mode::Emergency { phase: Phase::Activation, drill: false, open_access: true, registration: true };
-    const DRILL: Mode = Mode::Emergency { phase: Phase::Activation, drill: true, open_access: true, registration: true };
-    const EMERG_CLOSED: Mode = Mode::Emergency { phase: Phase::Recovery, drill: false, open_access: false, registration: false };
+    const EMERG: Mode =
+        Mode::Emergency { phase: Phase::Activation, drill: false, open_access: true, registration: true };
+    const DRILL: Mode =
+        Mode::Emergency { phase: Phase::Activation, drill: true, open_access: true, registration: true };
+    const EMERG_CLOSED: Mode =
+        Mode::Emergency { phase: Phase::Recovery, drill: false, open_access: false, registration: false };
 
     use Action::*;
     use PatientScope::*;
@@ -455,7 +461,11 @@ mod tests {
     fn policy_table() {
         for (i, (roles, action, rt, scope, facts, mode, permit, basis)) in TABLE.iter().enumerate() {
             let d = decide(&subj(roles), *action, t(rt, *scope), mode, *facts);
-            assert_eq!((d.permit, d.basis), (*permit, *basis), "row {i}: {roles:?} {action:?} {rt} {scope:?} {facts:?} {mode}");
+            assert_eq!(
+                (d.permit, d.basis),
+                (*permit, *basis),
+                "row {i}: {roles:?} {action:?} {rt} {scope:?} {facts:?} {mode}"
+            );
             assert_eq!(d.permit, d.purpose.is_some(), "row {i}: a permit always carries a purpose");
         }
     }

@@ -35,13 +35,7 @@ impl Timestamp {
         let micros = self.0.rem_euclid(MICROS_PER_SEC);
         let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400);
-        format!(
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60,
-            micros / 1000
-        )
+        format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", sod / 3600, (sod / 60) % 60, sod % 60, micros / 1000)
     }
     /// The calendar date (UTC) as `YYYYMMDD`, used for provisional ids.
     pub fn ymd(self) -> (i64, u32, u32) {
@@ -73,9 +67,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
     }
 }
@@ -268,7 +260,13 @@ fn parse_date_time_inner(s: &str, allow_minutes: bool) -> Option<DateRange> {
     };
     let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mi * 60 + ss - tz_off_secs;
     let low = secs * MICROS_PER_SEC + frac_us;
-    let width = if precision == Precision::Minute { 60 * MICROS_PER_SEC } else if sec_part.is_some_and(|p| p.contains('.')) { 1 } else { MICROS_PER_SEC };
+    let width = if precision == Precision::Minute {
+        60 * MICROS_PER_SEC
+    } else if sec_part.is_some_and(|p| p.contains('.')) {
+        1
+    } else {
+        MICROS_PER_SEC
+    };
     Some(DateRange { low, high: low + width, precision, has_tz })
 }
 
@@ -310,8 +308,18 @@ mod tests {
     #[test]
     fn bad_dates_rejected() {
         for s in [
-            "", "24", "2024-13", "2023-02-29", "2024-1-01", "2024-01-01T", "2024-01-01T25:00:00Z",
-            "2024-01-01T10:00Z", "2024-01-01T10:00:00+9:00", "2024-01-01T10:00:00.Z", "abcd", "2024-00-01",
+            "",
+            "24",
+            "2024-13",
+            "2023-02-29",
+            "2024-1-01",
+            "2024-01-01T",
+            "2024-01-01T25:00:00Z",
+            "2024-01-01T10:00Z",
+            "2024-01-01T10:00:00+9:00",
+            "2024-01-01T10:00:00.Z",
+            "abcd",
+            "2024-00-01",
         ] {
             assert!(parse_date_time(s).is_none(), "{s} should be rejected");
         }

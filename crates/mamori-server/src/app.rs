@@ -20,7 +20,9 @@ pub fn router(st: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::fhir::routes())
         .merge(crate::ops::routes())
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"}))) })
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
+        })
         .layer(middleware::from_fn_with_state(st.clone(), common))
         .with_state(st)
 }
@@ -29,9 +31,13 @@ fn request_id(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
         .map(str::to_owned)
-        .unwrap_or_else(|| mamori_audit::merkle::to_hex(&mamori_store::accounts::random_bytes::<8>().unwrap_or_default()))
+        .unwrap_or_else(|| {
+            mamori_audit::merkle::to_hex(&mamori_store::accounts::random_bytes::<8>().unwrap_or_default())
+        })
 }
 
 async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -65,7 +71,9 @@ async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Res
 async fn healthz(State(st): State<AppState>) -> Response {
     let size = st.store.read(|c| mamori_store::audit_log::size(c)).await;
     match size {
-        Ok(n) => Json(json!({"status": "ok", "mode": st.mode.get().header_value(), "audit_tree_size": n})).into_response(),
+        Ok(n) => {
+            Json(json!({"status": "ok", "mode": st.mode.get().header_value(), "audit_tree_size": n})).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
@@ -96,19 +96,6 @@ pub struct LogSection {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerSection::default(),
-            tls: TlsSection::default(),
-            database: DatabaseSection::default(),
-            auth: AuthSection::default(),
-            audit: AuditSection::default(),
-            institution: InstitutionSection::default(),
-            log: LogSection::default(),
-        }
-    }
-}
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
@@ -136,7 +123,11 @@ impl Default for AuthSection {
 }
 impl Default for AuditSection {
     fn default() -> Self {
-        AuditSection { origin: "mamori.local/audit".into(), checkpoint_every_events: 1000, checkpoint_every_seconds: 60 }
+        AuditSection {
+            origin: "mamori.local/audit".into(),
+            checkpoint_every_events: 1000,
+            checkpoint_every_seconds: 60,
+        }
     }
 }
 impl Default for InstitutionSection {
@@ -173,7 +164,9 @@ impl Config {
             Err(e) => return Err(ConfigError::Read(path, e)),
         };
         apply_env(&mut value, std::env::vars())?;
-        let cfg: Config = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -205,7 +198,10 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| ConfigError::Invalid(format!("server.listen '{}' is not an address:port", self.server.listen)))
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("server.listen '{}' is not an address:port", self.server.listen)))
     }
 
     /// The base URL for links.
@@ -226,23 +222,34 @@ impl Config {
 /// Applies `MAMORI_<SECTION>_<KEY>` (or `..._FILE`) to known keys.
 fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
     let defaults = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    let Some(defaults) = defaults.as_table() else { return Ok(()) };
+    let Some(defaults) = defaults.as_table() else {
+        return Ok(());
+    };
     let vars: Vec<(String, String)> = vars.collect();
     for (section, keys) in defaults {
-        let Some(keys) = keys.as_table() else { continue };
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
         for (key, default) in keys {
             let name = format!("MAMORI_{}_{}", section.to_uppercase(), key.to_uppercase());
             let file_name = format!("{name}_FILE");
             let raw = if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
                 v.clone()
             } else if let Some((_, f)) = vars.iter().find(|(k, _)| *k == file_name) {
-                std::fs::read_to_string(f).map_err(|e| ConfigError::Env(file_name.clone(), e.to_string()))?.trim_end().to_owned()
+                std::fs::read_to_string(f)
+                    .map_err(|e| ConfigError::Env(file_name.clone(), e.to_string()))?
+                    .trim_end()
+                    .to_owned()
             } else {
                 continue;
             };
             let v = match default {
-                toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected an integer".into()))?),
-                toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected true or false".into()))?),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected an integer".into()))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.parse().map_err(|_| ConfigError::Env(name.clone(), "expected true or false".into()))?,
+                ),
                 _ => toml::Value::String(raw),
             };
             let sec = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -267,7 +274,15 @@ mod tests {
     #[test]
     fn env_overrides_and_validation() {
         let mut t = toml::Table::new();
-        apply_env(&mut t, vec![("MAMORI_SERVER_LISTEN".to_string(), "127.0.0.1:9999".to_string()), ("MAMORI_DATABASE_READERS".into(), "2".into())].into_iter()).unwrap();
+        apply_env(
+            &mut t,
+            vec![
+                ("MAMORI_SERVER_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+                ("MAMORI_DATABASE_READERS".into(), "2".into()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
         let c: Config = toml::Value::Table(t).try_into().unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9999");
         assert_eq!(c.database.readers, 2);

@@ -78,7 +78,9 @@ impl ApiError {
             ApiError::Gone(_) => "deleted",
             ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
             ApiError::TooLarge(_) => "too-costly",
-            ApiError::UnsupportedMediaType(_) | ApiError::NotAcceptable(_) | ApiError::MethodNotAllowed(_) => "not-supported",
+            ApiError::UnsupportedMediaType(_) | ApiError::NotAcceptable(_) | ApiError::MethodNotAllowed(_) => {
+                "not-supported"
+            }
             ApiError::TooManyRequests(_) => "throttled",
             ApiError::Unavailable(_) => "transient",
             ApiError::Internal(_) => "exception",
@@ -90,11 +92,20 @@ impl ApiError {
         match self {
             ApiError::BadRequest(i) | ApiError::Unprocessable(i) => i
                 .iter()
-                .map(|x| (if x.path.is_empty() { x.message.clone() } else { format!("{}: {}", x.path, x.message) }, (!x.path.is_empty()).then(|| x.path.clone())))
+                .map(|x| {
+                    (
+                        if x.path.is_empty() { x.message.clone() } else { format!("{}: {}", x.path, x.message) },
+                        (!x.path.is_empty()).then(|| x.path.clone()),
+                    )
+                })
                 .collect(),
             ApiError::TooLarge(n) => vec![(format!("request body larger than {n} bytes"), None)],
             ApiError::Internal(_) => vec![("internal error; the incident was logged".into(), None)],
-            ApiError::Unavailable(_) => vec![("the service is temporarily unable to record this request safely; nothing was changed. Try again.".into(), None)],
+            ApiError::Unavailable(_) => vec![(
+                "the service is temporarily unable to record this request safely; nothing was changed. Try again."
+                    .into(),
+                None,
+            )],
             ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
@@ -134,9 +145,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Gone(m) => ApiError::Gone(m),
-            StoreError::VersionConflict { expected, current } => {
-                ApiError::PreconditionFailed(format!("If-Match version {expected} does not match the current version {current}"))
-            }
+            StoreError::VersionConflict { expected, current } => ApiError::PreconditionFailed(format!(
+                "If-Match version {expected} does not match the current version {current}"
+            )),
             StoreError::Duplicate(m) => ApiError::Conflict(format!("{m} already exists")),
             StoreError::Invalid(i) => ApiError::BadRequest(i),
             StoreError::Unprocessable(i) => ApiError::Unprocessable(i),

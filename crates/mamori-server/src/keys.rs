@@ -13,7 +13,9 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier};
+use openssl::x509::extension::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
+};
 use openssl::x509::{X509NameBuilder, X509};
 use zeroize::Zeroizing;
 
@@ -73,7 +75,13 @@ fn serial() -> Result<openssl::asn1::Asn1Integer, KeyError> {
 }
 
 /// A self-signed ECDSA P-256 server certificate for the given names/IPs.
-pub fn self_signed_tls(cn: &str, org: &str, dns: &[&str], ips: &[&str], days: u32) -> Result<(String, Zeroizing<String>), KeyError> {
+pub fn self_signed_tls(
+    cn: &str,
+    org: &str,
+    dns: &[&str],
+    ips: &[&str],
+    days: u32,
+) -> Result<(String, Zeroizing<String>), KeyError> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
     let mut name = X509NameBuilder::new()?;
@@ -108,7 +116,9 @@ pub fn self_signed_tls(cn: &str, org: &str, dns: &[&str], ips: &[&str], days: u3
     b.append_extension(ski)?;
     b.sign(&key, MessageDigest::sha256())?;
     let cert = String::from_utf8(b.build().to_pem()?).map_err(|e| KeyError::Generate(e.to_string()))?;
-    let key_pem = Zeroizing::new(String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?);
+    let key_pem = Zeroizing::new(
+        String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
+    );
     Ok((cert, key_pem))
 }
 
@@ -135,7 +145,9 @@ pub fn institution_identity(cn: &str, days: u32) -> Result<(String, Zeroizing<St
     b.append_extension(ExtendedKeyUsage::new().email_protection().client_auth().build()?)?;
     b.sign(&key, MessageDigest::sha256())?;
     let cert = String::from_utf8(b.build().to_pem()?).map_err(|e| KeyError::Generate(e.to_string()))?;
-    let key_pem = Zeroizing::new(String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?);
+    let key_pem = Zeroizing::new(
+        String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
+    );
     Ok((cert, key_pem))
 }
 

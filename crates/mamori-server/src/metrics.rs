@@ -38,11 +38,17 @@ impl Metrics {
         let mut cum = 0;
         for (i, b) in BUCKETS_MS.iter().enumerate() {
             cum += self.buckets.get(i).map_or(0, |x| x.load(Ordering::Relaxed));
-            s.push_str(&format!("mamori_http_request_duration_seconds_bucket{{le=\"{}\"}} {cum}\n", *b as f64 / 1000.0));
+            s.push_str(&format!(
+                "mamori_http_request_duration_seconds_bucket{{le=\"{}\"}} {cum}\n",
+                *b as f64 / 1000.0
+            ));
         }
         let count = self.count.load(Ordering::Relaxed);
         s.push_str(&format!("mamori_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
-        s.push_str(&format!("mamori_http_request_duration_seconds_sum {}\n", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
+        s.push_str(&format!(
+            "mamori_http_request_duration_seconds_sum {}\n",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
         s.push_str(&format!("mamori_http_request_duration_seconds_count {count}\n"));
         for (name, help, v) in gauges {
             s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));

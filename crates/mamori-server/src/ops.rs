@@ -85,7 +85,13 @@ fn parse_roles(roles: &[String]) -> Result<Vec<Role>, ApiError> {
     let mut out = Vec::new();
     for r in roles {
         out.push(Role::parse(r).ok_or_else(|| {
-            ApiError::bad("roles", format!("unknown role '{r}'; known: {}", Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")))
+            ApiError::bad(
+                "roles",
+                format!(
+                    "unknown role '{r}'; known: {}",
+                    Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
         })?);
     }
     out.sort();
@@ -106,7 +112,8 @@ struct LoginReq {
 
 /// A fixed argon2id hash to verify against for unknown users, so that the
 /// response time does not tell whether a user exists.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0a6yqlj6JxtTmVhvA1sZ9ZqX3l2ZpQ1c7S4Q9k2w3xg";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0a6yqlj6JxtTmVhvA1sZ9ZqX3l2ZpQ1c7S4Q9k2w3xg";
 
 /// The outcome of checking credentials (computed off the async threads).
 enum Check {
@@ -133,7 +140,8 @@ pub async fn login(State(st): State<AppState>, parts: axum::http::request::Parts
         .await?;
     let pw = req.password.clone();
     let totp = req.totp.clone();
-    let found2 = found.as_ref().map(|(u, cr)| (u.clone(), cr.password_hash.clone(), cr.totp_secret.clone(), cr.totp_last_step));
+    let found2 =
+        found.as_ref().map(|(u, cr)| (u.clone(), cr.password_hash.clone(), cr.totp_secret.clone(), cr.totp_last_step));
     let check = tokio::task::spawn_blocking(move || {
         let Some((u, hash, secret, last_step)) = found2 else {
             let _ = accounts::verify_password(&pw, DUMMY_HASH);
@@ -150,7 +158,9 @@ pub async fn login(State(st): State<AppState>, parts: axum::http::request::Parts
             return Check::Fail("bad-password");
         }
         if let Some(secret) = secret {
-            let Some(code) = totp else { return Check::Fail("totp-required") };
+            let Some(code) = totp else {
+                return Check::Fail("totp-required");
+            };
             match accounts::totp_check(&secret, &code, now) {
                 Some(step) if last_step.is_none_or(|l| step > l) => return Check::Ok { totp_step: Some(step) },
                 Some(_) => return Check::Fail("totp-replayed"),
@@ -192,14 +202,18 @@ pub async fn login(State(st): State<AppState>, parts: axum::http::request::Parts
             Err(OpsError(ApiError::Unauthorized(msg.into())))
         }
         Check::Ok { totp_step } => {
-            let Some((user, _)) = found else { return Err(OpsError(ApiError::Internal("user vanished".into()))) };
+            let Some((user, _)) = found else {
+                return Err(OpsError(ApiError::Internal("user vanished".into())));
+            };
             if user.kind == SubjectKind::EmergencyAccount {
                 // Emergency accounts log in through their own path (with
                 // the person's real name), and only during an emergency.
                 let mut rec = ctx.record(user.name.as_str(), "emergency", "login-failure", 403, now);
                 rec.detail = Some(json!({"reason": "emergency-account-via-normal-login"}));
                 st.store.writer().audit(vec![rec]).await?;
-                return Err(OpsError(ApiError::Forbidden("emergency accounts log in through POST /api/v1/emergency-login".into())));
+                return Err(OpsError(ApiError::Forbidden(
+                    "emergency accounts log in through POST /api/v1/emergency-login".into(),
+                )));
             }
             let secret = accounts::new_token_secret()?;
             let s2 = secret.clone();
@@ -213,7 +227,16 @@ pub async fn login(State(st): State<AppState>, parts: axum::http::request::Parts
                     move |w| {
                         accounts::record_login_success(w.conn, u2.name.as_str(), totp_step)?;
                         let expires = w.now.plus_secs(ttl);
-                        let id = accounts::insert_token(w.conn, &s2, u2.name.as_str(), TokenKind::Session, Some("login"), w.now, expires, None)?;
+                        let id = accounts::insert_token(
+                            w.conn,
+                            &s2,
+                            u2.name.as_str(),
+                            TokenKind::Session,
+                            Some("login"),
+                            w.now,
+                            expires,
+                            None,
+                        )?;
                         let mut rec = ctx2.record(u2.name.as_str(), "staff", "login", 200, w.now);
                         rec.agent.roles = u2.roles.iter().map(|r| r.as_str().to_owned()).collect();
                         rec.detail = Some(json!({"token": id, "totp": totp_step.is_some()}));
@@ -366,7 +389,9 @@ pub async fn create_user_as(
         None => (accounts::random_password()?, true),
     };
     let p2 = pw.clone();
-    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2)).await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let c2 = by.clone();
     let c3 = by.clone();
     st.store
@@ -439,7 +464,9 @@ async fn update_user(State(st): State<AppState>, caller: Caller, Path(name): Pat
         require(may_administer(&caller.subject()), "changing users")?;
         let req: UpdateUserReq = json_body(body).await?;
         let roles = req.roles.as_deref().map(parse_roles).transpose()?;
-        if name == caller.user.name.as_str() && (req.disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin))) {
+        if name == caller.user.name.as_str()
+            && (req.disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin)))
+        {
             return Err(ApiError::Conflict("you cannot disable yourself or remove your own admin role".into()));
         }
         Ok::<_, ApiError>((req, roles))
@@ -457,7 +484,8 @@ async fn update_user(State(st): State<AppState>, caller: Caller, Path(name): Pat
         .writer()
         .write(
             move |w| {
-                let before = accounts::get_user(w.conn, &n2)?.ok_or_else(|| StoreError::NotFound(format!("user {n2}")))?;
+                let before =
+                    accounts::get_user(w.conn, &n2)?.ok_or_else(|| StoreError::NotFound(format!("user {n2}")))?;
                 if let Some(r) = &roles {
                     accounts::set_roles(w.conn, &n2, r)?;
                 }
@@ -471,12 +499,19 @@ async fn update_user(State(st): State<AppState>, caller: Caller, Path(name): Pat
                     if d.trim().is_empty() {
                         return Err(StoreError::invalid("display", "must not be empty"));
                     }
-                    w.conn.exec("UPDATE users SET display = $2 WHERE name = $1", mamori_store::p![n2.as_str(), d.as_str()])?;
+                    w.conn.exec(
+                        "UPDATE users SET display = $2 WHERE name = $1",
+                        mamori_store::p![n2.as_str(), d.as_str()],
+                    )?;
                 }
                 if let Some(d) = &req.department {
-                    w.conn.exec("UPDATE users SET department = $2 WHERE name = $1", mamori_store::p![n2.as_str(), d.as_deref()])?;
+                    w.conn.exec(
+                        "UPDATE users SET department = $2 WHERE name = $1",
+                        mamori_store::p![n2.as_str(), d.as_deref()],
+                    )?;
                 }
-                let after = accounts::get_user(w.conn, &n2)?.ok_or_else(|| StoreError::NotFound(format!("user {n2}")))?;
+                let after =
+                    accounts::get_user(w.conn, &n2)?.ok_or_else(|| StoreError::NotFound(format!("user {n2}")))?;
                 let mut rec = c2.record("user-update", 200, w.now);
                 rec.detail = Some(json!({"user": n2, "before": user_json(&before), "after": user_json(&after)}));
                 w.audit(&rec)?;
@@ -498,7 +533,9 @@ async fn reset_password(State(st): State<AppState>, caller: Caller, Path(name): 
     }
     let pw = accounts::random_password()?;
     let p2 = pw.clone();
-    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2)).await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let c2 = caller.clone();
     let c3 = caller.clone();
     let n2 = name.clone();
@@ -623,12 +660,14 @@ async fn issue_token(State(st): State<AppState>, caller: Caller, body: Body) -> 
         .writer()
         .write(
             move |w| {
-                let u = accounts::get_user(w.conn, &user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
+                let u =
+                    accounts::get_user(w.conn, &user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
                 if u.kind == SubjectKind::EmergencyAccount {
                     return Err(StoreError::Forbidden("emergency accounts cannot hold API tokens".into()));
                 }
                 let expires = w.now.plus_secs(ttl * 3600);
-                let id = accounts::insert_token(w.conn, &s2, &user, TokenKind::Api, label.as_deref(), w.now, expires, None)?;
+                let id =
+                    accounts::insert_token(w.conn, &s2, &user, TokenKind::Api, label.as_deref(), w.now, expires, None)?;
                 let mut rec = c2.record("token-issue", 201, w.now);
                 rec.detail = Some(json!({"user": user, "token": id, "expires": expires.to_rfc3339(), "label": label}));
                 w.audit(&rec)?;
@@ -641,7 +680,8 @@ async fn issue_token(State(st): State<AppState>, caller: Caller, body: Body) -> 
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"token": secret.as_str(), "id": id, "expires_at": expires.to_rfc3339()}))).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"token": secret.as_str(), "id": id, "expires_at": expires.to_rfc3339()})))
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -701,7 +741,8 @@ async fn assign_care(State(st): State<AppState>, caller: Caller, body: Body) -> 
         Err(e) => return Err(refuse(&st, &caller, "care-assign", e).await),
     };
     let pre = (|| {
-        let patient = PatientId::parse(req.patient.strip_prefix("Patient/").unwrap_or(&req.patient)).map_err(|e| ApiError::bad("patient", e.to_string()))?;
+        let patient = PatientId::parse(req.patient.strip_prefix("Patient/").unwrap_or(&req.patient))
+            .map_err(|e| ApiError::bad("patient", e.to_string()))?;
         if let Some(u) = &req.user {
             UserId::parse(u).map_err(|e| ApiError::bad("user", e.to_string()))?;
         }
@@ -761,7 +802,13 @@ async fn list_care(State(st): State<AppState>, caller: Caller, Query(f): Query<C
 async fn end_care(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> OpsResult {
     let s = caller.subject();
     if !(may_administer(&s) || s.has(Role::Clerk)) {
-        return Err(refuse(&st, &caller, "care-end", ApiError::Forbidden("ending care assignments needs the admin or clerk role".into())).await);
+        return Err(refuse(
+            &st,
+            &caller,
+            "care-end",
+            ApiError::Forbidden("ending care assignments needs the admin or clerk role".into()),
+        )
+        .await);
     }
     let c2 = caller.clone();
     let c3 = caller.clone();
@@ -786,4 +833,3 @@ async fn end_care(State(st): State<AppState>, caller: Caller, Path(id): Path<i64
         .await?;
     Ok(Json(json!(a)).into_response())
 }
-

@@ -82,7 +82,12 @@ pub struct DirLock(#[allow(dead_code)] File);
 /// offline commands refuse to write while a server runs).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, ServeError> {
     let path = dir.join("mamori.lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| ServeError::DataDir(format!("{}: {e}", path.display())))?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServeError::DataDir(format!("{}: {e}", path.display())))?;
     match f.try_lock() {
         Ok(()) => Ok(DirLock(f)),
         Err(_) => Err(ServeError::DataDir(format!(
@@ -114,7 +119,9 @@ pub fn load_signer(dd: &DataDir) -> Result<(Arc<NoteSigner>, NoteVerifier), Serv
 
 pub fn store_config(dd: &DataDir, cfg: &Config) -> Result<StoreConfig, ServeError> {
     if !cfg.database.url.is_empty() {
-        return Err(ServeError::DataDir("database.url: only the embedded SQLite store is available in this build".into()));
+        return Err(ServeError::DataDir(
+            "database.url: only the embedded SQLite store is available in this build".into(),
+        ));
     }
     Ok(StoreConfig {
         path: dd.db(),
@@ -142,7 +149,8 @@ fn init_files(dd: &DataDir, cfg: &Config) -> Result<(String, String), ServeError
     let vkey = signer.verifier().vkey();
     keys::write_public(&dd.audit_vkey(), format!("{vkey}\n").as_bytes())?;
     // TLS for localhost.
-    let (cert, key) = keys::self_signed_tls("localhost", &cfg.institution.name, &["localhost"], &["127.0.0.1", "::1"], 825)?;
+    let (cert, key) =
+        keys::self_signed_tls("localhost", &cfg.institution.name, &["localhost"], &["127.0.0.1", "::1"], 825)?;
     keys::write_secret(&dd.resolve(&cfg.tls.key), key.as_bytes())?;
     keys::write_public(&dd.resolve(&cfg.tls.cert), cert.as_bytes())?;
     // The institution's S/MIME identity for exchanges with partners.
@@ -191,7 +199,9 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
     let store = Store::open(&store_config(&dd, &cfg)?, clock.clone(), signer)?;
     let pw = accounts::random_password()?;
     let p2 = pw.clone();
-    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2)).await.map_err(|e| ServeError::DataDir(e.to_string()))??;
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2))
+        .await
+        .map_err(|e| ServeError::DataDir(e.to_string()))??;
     let vk2 = vkey.clone();
     store
         .writer()
@@ -327,7 +337,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     Ok(Running { addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
 }
 
-async fn accept_loop(st: AppState, listener: TcpListener, acceptor: TlsAcceptor, mut stop: oneshot::Receiver<()>, grace: Duration) {
+async fn accept_loop(
+    st: AppState,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut stop: oneshot::Receiver<()>,
+    grace: Duration,
+) {
     let app = crate::app::router(st.clone());
     let graceful = GracefulShutdown::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -401,7 +417,14 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let (signer, _) = load_signer(&dd)?;
     let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
     let base_url = cfg.base_url(cfg.listen_addr()?);
-    let state = AppState(Arc::new(Inner { store, cfg, mode: ModeCell::new(Mode::Normal), base_url, metrics: Default::default(), data_dir: dir.to_owned() }));
+    let state = AppState(Arc::new(Inner {
+        store,
+        cfg,
+        mode: ModeCell::new(Mode::Normal),
+        base_url,
+        metrics: Default::default(),
+        data_dir: dir.to_owned(),
+    }));
     Ok((state, lock))
 }
 
@@ -429,7 +452,10 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(init) = running.init.take() {
         println!("mamori: initialized a new data directory.");
         println!("  admin user:               admin");
-        println!("  one-time password:        {}   (shown once; it must be changed at first login)", init.admin_password.as_str());
+        println!(
+            "  one-time password:        {}   (shown once; it must be changed at first login)",
+            init.admin_password.as_str()
+        );
         println!("  audit log verifier key:   {}", init.vkey);
         println!("  TLS certificate SHA-256:  {}", init.tls_fingerprint);
     }

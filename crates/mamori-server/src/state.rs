@@ -8,8 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use mamori_audit::event::{Agent, AuditRecord, Entity};
-use mamori_core::mode::Mode;
 use mamori_core::ids::UserId;
+use mamori_core::mode::Mode;
 use mamori_core::policy::{Decision, Subject, SubjectKind};
 use mamori_store::accounts::{self, TokenInfo, User};
 use mamori_store::Store;
@@ -94,11 +94,24 @@ impl RequestCtx {
     }
 
     /// An audit record for an unauthenticated or system action.
-    pub fn record(&self, who: &str, kind: &str, action: &str, status: u16, now: mamori_core::time::Timestamp) -> AuditRecord {
+    pub fn record(
+        &self,
+        who: &str,
+        kind: &str,
+        action: &str,
+        status: u16,
+        now: mamori_core::time::Timestamp,
+    ) -> AuditRecord {
         AuditRecord {
             time: now.to_rfc3339(),
             mode: self.mode.header_value(),
-            agent: Agent { user: who.to_owned(), kind: kind.to_owned(), roles: Vec::new(), declared: None, address: self.addr.clone() },
+            agent: Agent {
+                user: who.to_owned(),
+                kind: kind.to_owned(),
+                roles: Vec::new(),
+                declared: None,
+                address: self.addr.clone(),
+            },
             action: action.to_owned(),
             entity: None,
             patients: Vec::new(),
@@ -185,7 +198,12 @@ impl LocalOperator {
             disabled: false,
             created: mamori_core::time::Timestamp(0),
         };
-        Caller { user, token_id: "local".into(), declared: Some(format!("{} (mamori CLI on the server host)", self.0)), ctx }
+        Caller {
+            user,
+            token_id: "local".into(),
+            declared: Some(format!("{} (mamori CLI on the server host)", self.0)),
+            ctx,
+        }
     }
 }
 
@@ -234,14 +252,13 @@ impl FromRequestParts<AppState> for Caller {
         }
         let Some(secret) = secret else {
             // No credentials at all is not an attack; it is not audited.
-            return Err(reject(ApiError::Unauthorized("authentication required: send Authorization: Bearer <token>".into())));
+            return Err(reject(ApiError::Unauthorized(
+                "authentication required: send Authorization: Bearer <token>".into(),
+            )));
         };
         let now = st.store.clock().now();
-        let found: Option<TokenInfo> = st
-            .store
-            .read(move |c| accounts::lookup_token(c, &secret, now))
-            .await
-            .map_err(|e| reject(e.into()))?;
+        let found: Option<TokenInfo> =
+            st.store.read(move |c| accounts::lookup_token(c, &secret, now)).await.map_err(|e| reject(e.into()))?;
         let Some(info) = found else {
             let rec = ctx.record("anonymous", "anonymous", "auth-failure", 401, now);
             st.store.writer().audit(vec![rec]).await.map_err(|e| reject(e.into()))?;

@@ -65,7 +65,9 @@ async fn every_access_is_audited_with_decision_and_mode() {
     let r = s.get(&format!("/fhir/Observation/{oid}"), &other).await;
     assert_eq!(r.status, 200);
     let list = s.get(&format!("/api/v1/care-assignments?patient={pid}"), &s.admin).await;
-    let id = list.body["assignments"].as_array().unwrap().iter().find(|a| a["user"] == "dr.b").unwrap()["id"].as_i64().unwrap();
+    let id = list.body["assignments"].as_array().unwrap().iter().find(|a| a["user"] == "dr.b").unwrap()["id"]
+        .as_i64()
+        .unwrap();
     assert_eq!(s.delete(&format!("/api/v1/care-assignments/{id}"), &s.admin).await.status, 200);
     let r = s.get(&format!("/fhir/Observation/{oid}"), &other).await;
     assert_eq!(r.status, 403);
@@ -99,19 +101,30 @@ async fn logins_lockout_tokens_and_first_password() {
     assert!(r.text.contains("password change required"));
     let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": "short"}))).await;
     assert_eq!(r.status, 400);
-    let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": "wrong", "new": PASSWORD}))).await;
+    let r = s
+        .req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": "wrong", "new": PASSWORD})))
+        .await;
     assert_eq!(r.status, 403);
-    let r = s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD}))).await;
+    let r =
+        s.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD}))).await;
     assert_eq!(r.status, 200);
     let t = s.login("ns.d", PASSWORD).await;
     assert_eq!(s.get("/fhir/Patient", &t).await.status, 200);
 
     // Wrong passwords are audited; the fifth locks the account.
     for i in 0..5 {
-        let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "ns.d", "password": format!("wrong{i}")}))).await;
+        let r = s
+            .req(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({"username": "ns.d", "password": format!("wrong{i}")})),
+            )
+            .await;
         assert_eq!(r.status, 401);
     }
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "ns.d", "password": PASSWORD}))).await;
+    let r =
+        s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "ns.d", "password": PASSWORD}))).await;
     assert_eq!(r.status, 401, "locked even with the right password");
     let fails = s.audits_where("login-failure");
     assert_eq!(fails.len(), 6);
@@ -140,7 +153,10 @@ async fn logins_lockout_tokens_and_first_password() {
     assert_eq!(s.get("/api/v1/users", &api).await.status, 401);
 
     // Disabling a user ends their sessions at once.
-    assert_eq!(s.req(Method::PATCH, "/api/v1/users/ns.d", Some(&s.admin), Some(json!({"disabled": true}))).await.status, 200);
+    assert_eq!(
+        s.req(Method::PATCH, "/api/v1/users/ns.d", Some(&s.admin), Some(json!({"disabled": true}))).await.status,
+        200
+    );
     assert_eq!(s.get("/fhir/Patient", &t).await.status, 401);
     // Logout revokes the session token.
     let t2 = s.user("dr.e", &["physician"]).await;
@@ -165,22 +181,51 @@ async fn totp_second_factor() {
     let b32 = r.body["secret"].as_str().unwrap();
     assert!(r.body["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/"));
     let secret = base32_decode(b32);
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD}))).await;
+    let r =
+        s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD}))).await;
     assert_eq!(r.status, 401);
     assert!(r.text.contains("one-time code"));
     let step = s.now().secs() / 30;
     let code = format!("{:06}", mamori_store::accounts::totp_code(&secret, step));
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    let r = s
+        .req(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // The same code cannot be used twice.
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    let r = s
+        .req(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code})),
+        )
+        .await;
     assert_eq!(r.status, 401);
     // A code from five minutes ago is refused; the current one works.
     s.clock.as_ref().unwrap().advance_secs(300);
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    let r = s
+        .req(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code})),
+        )
+        .await;
     assert_eq!(r.status, 401);
     let code = format!("{:06}", mamori_store::accounts::totp_code(&secret, s.now().secs() / 30));
-    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code}))).await;
+    let r = s
+        .req(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "dr.g", "password": PASSWORD, "totp": code})),
+        )
+        .await;
     assert_eq!(r.status, 200);
 }
 

@@ -26,13 +26,29 @@ async fn crud_versions_history_and_etags() {
     // update with the right ETag
     let mut p = r.body.clone();
     p["name"][0]["given"] = json!(["花子", "はなこ"]);
-    let r = s.raw(Method::PUT, &format!("/fhir/Patient/{pid}"), Some(&doc), Some((p.to_string(), "application/fhir+json")), &[("if-match", "W/\"1\"")]).await;
+    let r = s
+        .raw(
+            Method::PUT,
+            &format!("/fhir/Patient/{pid}"),
+            Some(&doc),
+            Some((p.to_string(), "application/fhir+json")),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["meta"]["versionId"], "2");
 
     // stale ETag: 412, nothing stored
     let before = s.snapshot();
-    let r = s.raw(Method::PUT, &format!("/fhir/Patient/{pid}"), Some(&doc), Some((p.to_string(), "application/fhir+json")), &[("if-match", "W/\"1\"")]).await;
+    let r = s
+        .raw(
+            Method::PUT,
+            &format!("/fhir/Patient/{pid}"),
+            Some(&doc),
+            Some((p.to_string(), "application/fhir+json")),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(r.status, 412, "{}", r.text);
     assert_eq!(r.body["resourceType"], "OperationOutcome");
     assert_eq!(s.snapshot(), before);
@@ -59,7 +75,13 @@ async fn crud_versions_history_and_etags() {
     assert_eq!(r.status, 200);
 
     // update-as-create with a client id
-    let r = s.put("/fhir/Patient/client-id-1", &doc, json!({"resourceType": "Patient", "id": "client-id-1", "gender": "male"})).await;
+    let r = s
+        .put(
+            "/fhir/Patient/client-id-1",
+            &doc,
+            json!({"resourceType": "Patient", "id": "client-id-1", "gender": "male"}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert!(r.header("location").unwrap().ends_with("/fhir/Patient/client-id-1/_history/1"));
 
@@ -105,7 +127,12 @@ async fn search_with_paging_and_parameters() {
         for e in r.body["entry"].as_array().unwrap() {
             seen.push(e["resource"]["id"].as_str().unwrap().to_owned());
         }
-        let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_owned());
+        let next = r.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
         match next {
             Some(n) => url = n.strip_prefix(&s.base).unwrap().to_owned(),
             None => break,
@@ -116,9 +143,15 @@ async fn search_with_paging_and_parameters() {
     assert_eq!(seen, sorted, "every patient exactly once, in stable order");
     // previous link from page 2 leads back to page 1
     let p1 = s.get("/fhir/Patient?_count=7", &doc).await;
-    let next = p1.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_owned();
+    let next = p1.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let p2 = s.get(next.strip_prefix(&s.base).unwrap(), &doc).await;
-    let prev = p2.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "previous").unwrap()["url"].as_str().unwrap().to_owned();
+    let prev = p2.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "previous").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let back = s.get(prev.strip_prefix(&s.base).unwrap(), &doc).await;
     assert_eq!(back.body["entry"], p1.body["entry"]);
 
@@ -148,13 +181,23 @@ async fn search_with_paging_and_parameters() {
     }
     let r = s.get(&format!("/fhir/Observation?patient={}&code=http://loinc.org|8867-4", ids[0]), &doc).await;
     assert_eq!(r.body["total"], 2, "{}", r.text);
-    let r = s.get(&format!("/fhir/Observation?subject=Patient/{}&category=vital-signs&date=2026-11-26", ids[0]), &doc).await;
+    let r = s
+        .get(&format!("/fhir/Observation?subject=Patient/{}&category=vital-signs&date=2026-11-26", ids[0]), &doc)
+        .await;
     assert_eq!(r.body["total"], 3, "{}", r.text);
     let r = s.get("/fhir/Observation?date=lt2020", &doc).await;
     assert_eq!(r.body["total"], 0);
 
     // POST _search
-    let r = s.raw(Method::POST, "/fhir/Patient/_search", Some(&doc), Some(("family=tanaka&_count=1".into(), "application/x-www-form-urlencoded")), &[]).await;
+    let r = s
+        .raw(
+            Method::POST,
+            "/fhir/Patient/_search",
+            Some(&doc),
+            Some(("family=tanaka&_count=1".into(), "application/x-www-form-urlencoded")),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["total"], 12);
 
@@ -192,14 +235,20 @@ async fn transaction_is_all_or_nothing_and_resolves_urns() {
     let pat_loc = entries[0]["response"]["location"].as_str().unwrap();
     let pid = pat_loc.split('/').rev().nth(2).unwrap().to_owned();
     let obs_loc = entries[2]["response"]["location"].as_str().unwrap().strip_prefix(&s.base).unwrap().to_owned();
-    let obs = s.get(&obs_loc.split("/_history").next().unwrap().to_owned(), &doc).await;
+    let obs = s.get(obs_loc.split("/_history").next().unwrap(), &doc).await;
     assert_eq!(obs.status, 200, "{}", obs.text);
     assert_eq!(obs.body["subject"]["reference"], format!("Patient/{pid}"));
     assert!(obs.body["encounter"]["reference"].as_str().unwrap().starts_with("Encounter/"));
 
     // The same bundle again: the conditional create matches, nothing new.
     let before = s.snapshot();
-    let r = s.post("/fhir", &doc, json!({"resourceType": "Bundle", "type": "transaction", "entry": [bundle["entry"][0].clone()]})).await;
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [bundle["entry"][0].clone()]}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.body["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"));
     assert_eq!(s.snapshot(), before);
@@ -266,7 +315,10 @@ async fn everything_returns_the_compartment() {
     let pid = s.patient(&doc, "阿部", "一郎").await;
     let other = s.patient(&doc, "他人", "二郎").await;
     for i in 0..3 {
-        assert_eq!(s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 60.0 + f64::from(i))).await.status, 201);
+        assert_eq!(
+            s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 60.0 + f64::from(i))).await.status,
+            201
+        );
     }
     assert_eq!(s.post("/fhir/Observation", &doc, observation(&other, "8867-4", 99.0)).await.status, 201);
     let r = s
@@ -275,7 +327,8 @@ async fn everything_returns_the_compartment() {
     assert_eq!(r.status, 201, "{}", r.text);
     let r = s.get(&format!("/fhir/Patient/{pid}/$everything"), &doc).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let types: Vec<&str> = r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let types: Vec<&str> =
+        r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
     assert_eq!(types.iter().filter(|t| **t == "Observation").count(), 3);
     assert_eq!(types.iter().filter(|t| **t == "Patient").count(), 1);
     assert_eq!(types.iter().filter(|t| **t == "Condition").count(), 1);
@@ -297,14 +350,17 @@ async fn capability_statement_is_truthful() {
     assert_eq!(r.body["fhirVersion"], "4.0.1");
     let res = r.body["rest"][0]["resource"].as_array().unwrap();
     let patient = res.iter().find(|r| r["type"] == "Patient").unwrap();
-    let names: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     for n in ["name", "family", "given", "birthdate", "gender", "identifier", "_id", "_lastUpdated"] {
         assert!(names.contains(&n), "{n}");
     }
     // every declared search parameter is accepted by the server
     let doc = s.user("dr.meta", &["physician"]).await;
     let own = s.patient(&doc, "Meta", "Own").await;
-    for r in res.iter().filter(|r| ["Patient", "Observation", "Encounter", "Condition", "Procedure"].contains(&r["type"].as_str().unwrap())) {
+    for r in res.iter().filter(|r| {
+        ["Patient", "Observation", "Encounter", "Condition", "Procedure"].contains(&r["type"].as_str().unwrap())
+    }) {
         for p in r["searchParam"].as_array().unwrap() {
             let name = p["name"].as_str().unwrap();
             let own_ref = format!("Patient/{own}");

@@ -81,8 +81,11 @@ pub fn check_password_policy(pw: &str) -> Result<()> {
     .iter()
     .filter(|x| **x)
     .count();
-    if n < 12 || n > 256 || classes < 2 {
-        return Err(StoreError::invalid("password", "a password needs 12 to 256 characters of at least two kinds (lower, upper, digits, symbols)"));
+    if !(12..=256).contains(&n) || classes < 2 {
+        return Err(StoreError::invalid(
+            "password",
+            "a password needs 12 to 256 characters of at least two kinds (lower, upper, digits, symbols)",
+        ));
     }
     Ok(())
 }
@@ -239,7 +242,10 @@ pub fn create_user(c: &mut dyn Conn, u: &NewUser<'_>, now: Timestamp) -> Result<
 pub fn set_roles(c: &mut dyn Conn, user: &str, roles: &[Role]) -> Result<()> {
     c.exec("DELETE FROM user_roles WHERE user_name = $1", p![user])?;
     for r in roles {
-        c.exec("INSERT INTO user_roles (user_name, role) VALUES ($1, $2) ON CONFLICT DO NOTHING", p![user, r.as_str()])?;
+        c.exec(
+            "INSERT INTO user_roles (user_name, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            p![user, r.as_str()],
+        )?;
     }
     Ok(())
 }
@@ -291,7 +297,11 @@ pub fn credentials(c: &mut dyn Conn, user: &str) -> Result<Option<Credentials>> 
 /// Records a failed login; locks the account after `max` failures.
 pub fn record_login_failure(c: &mut dyn Conn, user: &str, max: u32, lock_secs: i64, now: Timestamp) -> Result<bool> {
     c.exec("UPDATE users SET failed_logins = failed_logins + 1 WHERE name = $1", p![user])?;
-    let failed = c.query_one("SELECT failed_logins FROM users WHERE name = $1", p![user])?.map(|r| r.i64(0)).transpose()?.unwrap_or(0);
+    let failed = c
+        .query_one("SELECT failed_logins FROM users WHERE name = $1", p![user])?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
     if failed >= i64::from(max) {
         c.exec("UPDATE users SET locked_until = $2 WHERE name = $1", p![user, now.plus_secs(lock_secs).micros()])?;
         return Ok(true);
@@ -376,14 +386,20 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
         return Ok(None);
     }
     let h = token_hash(secret);
-    let Some(r) = c.query_one("SELECT user_name, kind, expires, revoked, declared, hash FROM tokens WHERE hash = $1", p![h.as_slice()])? else {
+    let Some(r) = c.query_one(
+        "SELECT user_name, kind, expires, revoked, declared, hash FROM tokens WHERE hash = $1",
+        p![h.as_slice()],
+    )?
+    else {
         return Ok(None);
     };
     // The lookup is by hash; compare again in constant time for form's sake.
     if !ct_eq(&r.blob(5)?, &h) || r.opt_i64(3)?.is_some() || r.i64(2)? <= now.micros() {
         return Ok(None);
     }
-    let Some(user) = get_user(c, &r.text(0)?)? else { return Ok(None) };
+    let Some(user) = get_user(c, &r.text(0)?)? else {
+        return Ok(None);
+    };
     if user.disabled {
         return Ok(None);
     }
@@ -393,7 +409,10 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
 
 /// Revokes tokens by id prefix (as shown by [`token_id`]) or all of a user's.
 pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now: Timestamp) -> Result<usize> {
-    let rows = c.query("SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND ($1 IS NULL OR user_name = $1)", p![user])?;
+    let rows = c.query(
+        "SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND ($1 IS NULL OR user_name = $1)",
+        p![user],
+    )?;
     let mut n = 0;
     for r in rows {
         let h = r.blob(0)?;
@@ -448,7 +467,13 @@ pub struct CareAssignment {
 
 /// Does `user` (or their department) have an active care relationship
 /// with `patient` at `now`?
-pub fn has_care_relationship(c: &mut dyn Conn, user: &str, department: Option<&str>, patient: &str, now: Timestamp) -> Result<bool> {
+pub fn has_care_relationship(
+    c: &mut dyn Conn,
+    user: &str,
+    department: Option<&str>,
+    patient: &str,
+    now: Timestamp,
+) -> Result<bool> {
     Ok(c
         .query_one(
             "SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR ($3 IS NOT NULL AND department = $3)) \
@@ -492,7 +517,10 @@ pub fn end_care(c: &mut dyn Conn, id: i64, now: Timestamp) -> Result<CareAssignm
     if c.exec("UPDATE care_assignments SET ended = $2 WHERE id = $1 AND ended IS NULL", p![id, now.micros()])? == 0 {
         return Err(StoreError::NotFound(format!("active care assignment {id}")));
     }
-    list_care(c, None, None)?.into_iter().find(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("care assignment {id}")))
+    list_care(c, None, None)?
+        .into_iter()
+        .find(|a| a.id == id)
+        .ok_or_else(|| StoreError::NotFound(format!("care assignment {id}")))
 }
 
 pub fn list_care(c: &mut dyn Conn, patient: Option<&str>, user: Option<&str>) -> Result<Vec<CareAssignment>> {
@@ -525,7 +553,13 @@ mod tests {
     #[test]
     fn totp_rfc6238_vectors() {
         let secret = b"12345678901234567890";
-        for (t, code8) in [(59i64, 94287082u32), (1111111109, 7081804), (1111111111, 14050471), (1234567890, 89005924), (2000000000, 69279037)] {
+        for (t, code8) in [
+            (59i64, 94287082u32),
+            (1111111109, 7081804),
+            (1111111111, 14050471),
+            (1234567890, 89005924),
+            (2000000000, 69279037),
+        ] {
             assert_eq!(totp_code(secret, t / 30), code8 % 1_000_000, "t={t}");
         }
         let now = Timestamp::from_secs(59);

@@ -105,7 +105,10 @@ impl NodeSource for DbNodes<'_> {
     fn node(&mut self, id: NodeId) -> Result<Hash> {
         let r = self
             .0
-            .query_one("SELECT hash FROM merkle_nodes WHERE level = $1 AND idx = $2", p![i64::from(id.level), id.index])?
+            .query_one(
+                "SELECT hash FROM merkle_nodes WHERE level = $1 AND idx = $2",
+                p![i64::from(id.level), id.index],
+            )?
             .ok_or_else(|| StoreError::Internal(format!("merkle node ({}, {}) missing", id.level, id.index)))?;
         Ok(r.hash32(0)?)
     }

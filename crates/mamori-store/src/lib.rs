@@ -57,9 +57,12 @@ pub fn open_sqlite(path: &Path, sync: Synchronous, read_only: bool) -> Result<Co
     let flags = if read_only {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let c = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let c = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     c.busy_timeout(Duration::from_secs(10)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     c.set_prepared_statement_cache_capacity(256);
     let sync = match sync {

@@ -58,17 +58,20 @@ fn version_row(r: &Row) -> Result<Version> {
 }
 
 pub fn current(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Current>> {
-    c.query_one("SELECT version, seq, last_updated, deleted, patient FROM resources WHERE rtype = $1 AND id = $2", p![rtype, id])?
-        .map(|r| {
-            Ok(Current {
-                version: r.u64(0)?,
-                seq: r.i64(1)?,
-                last_updated: Timestamp(r.i64(2)?),
-                deleted: r.bool(3)?,
-                patient: r.opt_text(4)?,
-            })
+    c.query_one(
+        "SELECT version, seq, last_updated, deleted, patient FROM resources WHERE rtype = $1 AND id = $2",
+        p![rtype, id],
+    )?
+    .map(|r| {
+        Ok(Current {
+            version: r.u64(0)?,
+            seq: r.i64(1)?,
+            last_updated: Timestamp(r.i64(2)?),
+            deleted: r.bool(3)?,
+            patient: r.opt_text(4)?,
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 /// The current version (including a tombstone), if the resource exists.
@@ -99,7 +102,9 @@ pub fn history(
 ) -> Result<Vec<Version>> {
     let (user, dept, now) = match restrict {
         crate::search::Restriction::None => (None, None, None),
-        crate::search::Restriction::CareOf { user, department, now } => (Some(user.as_str()), department.as_deref(), Some(now.micros())),
+        crate::search::Restriction::CareOf { user, department, now } => {
+            (Some(user.as_str()), department.as_deref(), Some(now.micros()))
+        }
     };
     let sql = format!(
         "SELECT {VERSION_COLS} FROM resource_versions WHERE ($1 IS NULL OR rtype = $1) AND ($2 IS NULL OR id = $2) \
@@ -108,7 +113,10 @@ pub fn history(
               AND start <= $8 AND (ended IS NULL OR ended > $8))) \
          ORDER BY seq DESC LIMIT $5"
     );
-    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now])?.iter().map(version_row).collect()
+    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now])?
+        .iter()
+        .map(version_row)
+        .collect()
 }
 
 /// Versions of a patient's compartment, for `$everything` and snapshots:
@@ -187,8 +195,16 @@ pub fn put(
 
 /// Adds a tombstone version. Deleting a missing or already deleted
 /// resource changes nothing and returns `None`.
-pub fn delete(c: &mut dyn Conn, rtype: ResourceType, id: &str, author: &str, now: Timestamp) -> Result<Option<Written>> {
-    let Some(prev) = current(c, rtype.as_str(), id)? else { return Ok(None) };
+pub fn delete(
+    c: &mut dyn Conn,
+    rtype: ResourceType,
+    id: &str,
+    author: &str,
+    now: Timestamp,
+) -> Result<Option<Written>> {
+    let Some(prev) = current(c, rtype.as_str(), id)? else {
+        return Ok(None);
+    };
     if prev.deleted {
         return Ok(None);
     }

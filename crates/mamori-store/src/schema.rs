@@ -1,8 +1,8 @@
 //! Schema migrations, per backend. Applied in order inside one transaction
 //! each; the applied version is kept in `meta.schema_version`.
 
-use crate::sql::{Backend, Conn, DbError};
 use crate::p;
+use crate::sql::{Backend, Conn, DbError};
 
 const SQLITE: &[(&str, &str)] = &[("0001_foundation", include_str!("../migrations/sqlite/0001_foundation.sql"))];
 
@@ -21,8 +21,15 @@ pub fn latest(b: Backend) -> usize {
 /// The schema version of a database (0 when empty).
 pub fn current(c: &mut dyn Conn) -> Result<usize, DbError> {
     let exists = match c.backend() {
-        Backend::Sqlite => c.query_one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", p![])?.is_some(),
-        Backend::Postgres => c.query_one("SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'", p![])?.is_some(),
+        Backend::Sqlite => {
+            c.query_one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", p![])?.is_some()
+        }
+        Backend::Postgres => c
+            .query_one(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'",
+                p![],
+            )?
+            .is_some(),
     };
     if !exists {
         return Ok(0);

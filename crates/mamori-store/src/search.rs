@@ -89,7 +89,9 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
     let param = clause.param;
     match cond {
         Cond::Id(id) => format!("r.id = {}", sql.bind(id.clone())),
-        Cond::LastUpdated(p, range) => date_sql(*p, "r.last_updated", "(r.last_updated + 1)", range.low, range.high, sql),
+        Cond::LastUpdated(p, range) => {
+            date_sql(*p, "r.last_updated", "(r.last_updated + 1)", range.low, range.high, sql)
+        }
         Cond::Token { system, code } => {
             let pm = sql.bind(param);
             let mut s = format!("r.id IN (SELECT id FROM idx_token WHERE rtype = {t} AND param = {pm}");
@@ -119,7 +121,9 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
             let pm = sql.bind(param);
             let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let v = sql.bind(format!("%{escaped}%"));
-            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')")
+            format!(
+                "r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')"
+            )
         }
         Cond::Date(p, range) => {
             let pm = sql.bind(param);
@@ -129,7 +133,8 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
         Cond::Reference { rtype, id } => {
             let pm = sql.bind(param);
             let tid = sql.bind(id.clone());
-            let mut s = format!("r.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
+            let mut s =
+                format!("r.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
             if let Some(tt) = rtype {
                 s.push_str(&format!(" AND target_type = {}", sql.bind(tt.clone())));
             }
@@ -169,7 +174,9 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
             Sort::Id => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
             Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
                 let t = s.bind(cur.last_updated);
-                s.text.push_str(&format!(" AND (r.last_updated {cmp} {t} OR (r.last_updated = {t} AND r.id {cmp} {id}))"));
+                s.text.push_str(&format!(
+                    " AND (r.last_updated {cmp} {t} OR (r.last_updated = {t} AND r.id {cmp} {id}))"
+                ));
             }
         }
     }
@@ -203,7 +210,10 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
     let (next, prev) = if backwards {
         (entries.last().map(key), if more { entries.first().map(key) } else { None })
     } else {
-        (if more { entries.last().map(key) } else { None }, if q.after.is_some() { entries.first().map(key) } else { None })
+        (
+            if more { entries.last().map(key) } else { None },
+            if q.after.is_some() { entries.first().map(key) } else { None },
+        )
     };
     Ok(Page { entries, total, next, prev })
 }

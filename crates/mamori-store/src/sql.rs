@@ -116,7 +116,9 @@ impl Row {
     pub fn text(&self, i: usize) -> Result<String, DbError> {
         match self.cell(i)? {
             Cell::Text(s) => Ok(s.clone()),
-            Cell::Blob(b) => String::from_utf8(b.clone()).map_err(|_| DbError::Decode(format!("column {i}: not UTF-8"))),
+            Cell::Blob(b) => {
+                String::from_utf8(b.clone()).map_err(|_| DbError::Decode(format!("column {i}: not UTF-8")))
+            }
             Cell::Int(v) => Ok(v.to_string()),
             Cell::Null => Err(DbError::Decode(format!("column {i}: unexpected NULL"))),
         }
@@ -276,7 +278,7 @@ mod tests {
         let mut c = rusqlite::Connection::open_in_memory().unwrap();
         c.batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB, d TEXT, PRIMARY KEY (a))").unwrap();
         c.exec("INSERT INTO t VALUES ($1, $2, $3, $4)", p![7i64, "x", vec![1u8, 2], Option::<String>::None]).unwrap();
-        let r = c.query_one("SELECT a, b, c, d FROM t WHERE a = $1", p![7i64]).unwrap().unwrap();
+        let r = Conn::query_one(&mut c, "SELECT a, b, c, d FROM t WHERE a = $1", p![7i64]).unwrap().unwrap();
         assert_eq!(r.i64(0).unwrap(), 7);
         assert_eq!(r.text(1).unwrap(), "x");
         assert_eq!(r.blob(2).unwrap(), vec![1, 2]);

@@ -38,7 +38,14 @@ impl WriteCtx<'_> {
     }
     /// Signs a checkpoint of the tree as it stands in this transaction.
     pub fn checkpoint(&mut self, reason: &str) -> Result<String> {
-        let note = audit_log::sign_checkpoint(self.conn, &self.audit.frontier, &self.audit.signer, &self.audit.origin, self.now, reason)?;
+        let note = audit_log::sign_checkpoint(
+            self.conn,
+            &self.audit.frontier,
+            &self.audit.signer,
+            &self.audit.origin,
+            self.now,
+            reason,
+        )?;
         self.audit.last_checkpoint = (self.audit.frontier.size(), Instant::now());
         self.audit.appended_since_checkpoint = 0;
         Ok(note)
@@ -89,7 +96,9 @@ where
     F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send,
 {
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
-        let Some(work) = self.work.take() else { return false };
+        let Some(work) = self.work.take() else {
+            return false;
+        };
         let r = work(ctx);
         let ok = r.is_ok();
         self.out = Some(r);
@@ -177,11 +186,7 @@ impl Writer {
 
     /// Appends audit events only (reads, denials, logins).
     pub async fn audit(&self, recs: Vec<AuditRecord>) -> Result<Vec<u64>> {
-        self.write(
-            move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(),
-            |_, _| Ok(()),
-        )
-        .await
+        self.write(move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(), |_, _| Ok(())).await
     }
 
     /// Signs a checkpoint now if the policy says one is due (called by a

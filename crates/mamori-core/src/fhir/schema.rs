@@ -94,12 +94,8 @@ pub const IDENTIFIER: T = T::Complex(&[
     e("period", PERIOD),
     e("assigner", T::Loose),
 ]);
-pub const REFERENCE: T = T::Complex(&[
-    e("reference", T::Str),
-    e("type", T::Uri),
-    e("identifier", IDENTIFIER),
-    e("display", T::Str),
-]);
+pub const REFERENCE: T =
+    T::Complex(&[e("reference", T::Str), e("type", T::Uri), e("identifier", IDENTIFIER), e("display", T::Str)]);
 pub const HUMAN_NAME: T = T::Complex(&[
     e("use", T::CodeIn(&["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"])),
     e("text", T::Str),
@@ -151,18 +147,11 @@ pub const META: T = T::Complex(&[
     many("security", CODING),
     many("tag", CODING),
 ]);
-pub const NARRATIVE: T = T::Complex(&[
-    req("status", T::CodeIn(&["generated", "extensions", "additional", "empty"])),
-    req("div", T::Xhtml),
-]);
+pub const NARRATIVE: T =
+    T::Complex(&[req("status", T::CodeIn(&["generated", "extensions", "additional", "empty"])), req("div", T::Xhtml)]);
 
-const ONSET: &[(&str, T)] = &[
-    ("DateTime", T::DateTime),
-    ("Age", QUANTITY),
-    ("Period", PERIOD),
-    ("Range", RANGE),
-    ("String", T::Str),
-];
+const ONSET: &[(&str, T)] =
+    &[("DateTime", T::DateTime), ("Age", QUANTITY), ("Period", PERIOD), ("Range", RANGE), ("String", T::Str)];
 
 // ---- resources ------------------------------------------------------------
 
@@ -207,8 +196,15 @@ pub const ENCOUNTER: &[E] = &[
     req(
         "status",
         T::CodeIn(&[
-            "planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
-            "entered-in-error", "unknown",
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
         ]),
     ),
     many("statusHistory", T::Complex(&[req("status", T::Code), req("period", PERIOD)])),
@@ -220,19 +216,13 @@ pub const ENCOUNTER: &[E] = &[
     e("subject", REFERENCE),
     many("episodeOfCare", REFERENCE),
     many("basedOn", REFERENCE),
-    many(
-        "participant",
-        T::Complex(&[many("type", CC), e("period", PERIOD), e("individual", REFERENCE)]),
-    ),
+    many("participant", T::Complex(&[many("type", CC), e("period", PERIOD), e("individual", REFERENCE)])),
     many("appointment", REFERENCE),
     e("period", PERIOD),
     e("length", QUANTITY),
     many("reasonCode", CC),
     many("reasonReference", REFERENCE),
-    many(
-        "diagnosis",
-        T::Complex(&[req("condition", REFERENCE), e("use", CC), e("rank", T::PosInt)]),
-    ),
+    many("diagnosis", T::Complex(&[req("condition", REFERENCE), e("use", CC), e("rank", T::PosInt)])),
     many("account", REFERENCE),
     e("hospitalization", T::Loose),
     many(
@@ -290,7 +280,13 @@ const REFERENCE_RANGE: T = T::Complex(&[
     e("text", T::Str),
 ]);
 const OBS_STATUS: T = T::CodeIn(&[
-    "registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error",
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
     "unknown",
 ]);
 
@@ -367,17 +363,20 @@ pub const MEDICATION_REQUEST: &[E] = &[
     many("identifier", IDENTIFIER),
     req(
         "status",
-        T::CodeIn(&[
-            "active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft",
-            "unknown",
-        ]),
+        T::CodeIn(&["active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"]),
     ),
     e("statusReason", CC),
     req(
         "intent",
         T::CodeIn(&[
-            "proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
-            "instance-order", "option",
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
         ]),
     ),
     many("category", CC),
@@ -416,8 +415,16 @@ pub const DIAGNOSTIC_REPORT: &[E] = &[
     req(
         "status",
         T::CodeIn(&[
-            "registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
-            "cancelled", "entered-in-error", "unknown",
+            "registered",
+            "partial",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "appended",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
         ]),
     ),
     many("category", CC),
@@ -471,8 +478,14 @@ pub const PROCEDURE: &[E] = &[
     req(
         "status",
         T::CodeIn(&[
-            "preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
-            "entered-in-error", "unknown",
+            "preparation",
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "stopped",
+            "completed",
+            "entered-in-error",
+            "unknown",
         ]),
     ),
     e("statusReason", CC),
@@ -486,10 +499,7 @@ pub const PROCEDURE: &[E] = &[
     ),
     e("recorder", REFERENCE),
     e("asserter", REFERENCE),
-    many(
-        "performer",
-        T::Complex(&[e("function", CC), req("actor", REFERENCE), e("onBehalfOf", REFERENCE)]),
-    ),
+    many("performer", T::Complex(&[e("function", CC), req("actor", REFERENCE), e("onBehalfOf", REFERENCE)])),
     e("location", REFERENCE),
     many("reasonCode", CC),
     many("reasonReference", REFERENCE),
@@ -528,12 +538,7 @@ pub const CARE_TEAM: &[E] = &[
     e("period", PERIOD),
     many(
         "participant",
-        T::Complex(&[
-            many("role", CC),
-            e("member", REFERENCE),
-            e("onBehalfOf", REFERENCE),
-            e("period", PERIOD),
-        ]),
+        T::Complex(&[many("role", CC), e("member", REFERENCE), e("onBehalfOf", REFERENCE), e("period", PERIOD)]),
     ),
     many("reasonCode", CC),
     many("reasonReference", REFERENCE),

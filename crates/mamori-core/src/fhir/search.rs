@@ -154,10 +154,13 @@ const CARETEAM: &[ParamDef] = &[
     tok("category", &["category"]),
     rf("participant", &["participant.member"], None),
 ];
-const PRACTITIONER: &[ParamDef] = &[IDENT, st("name", NAME_PATHS), st("family", &["name.family"]), st("given", &["name.given"])];
+const PRACTITIONER: &[ParamDef] =
+    &[IDENT, st("name", NAME_PATHS), st("family", &["name.family"]), st("given", &["name.given"])];
 const ORGANIZATION: &[ParamDef] = &[IDENT, st("name", &["name", "alias"]), tok("type", &["type"])];
-const CONSENT: &[ParamDef] = &[IDENT, PATIENT_PAT, tok("status", &["status"]), tok("category", &["category"]), date("date", &["dateTime"])];
-const PROVENANCE: &[ParamDef] = &[rf("target", &["target"], None), rf("agent", &["agent.who"], None), date("recorded", &["recorded"])];
+const CONSENT: &[ParamDef] =
+    &[IDENT, PATIENT_PAT, tok("status", &["status"]), tok("category", &["category"]), date("date", &["dateTime"])];
+const PROVENANCE: &[ParamDef] =
+    &[rf("target", &["target"], None), rf("agent", &["agent.who"], None), date("recorded", &["recorded"])];
 const MEDADMIN: &[ParamDef] = &[
     IDENT,
     SUBJECT,
@@ -468,7 +471,8 @@ pub fn parse_query(
     };
     let mut ignored = Vec::new();
     for (k, v) in pairs {
-        let bad = |why: &'static str| SearchError::BadValue { param: k.clone(), value: v.chars().take(60).collect(), why };
+        let bad =
+            |why: &'static str| SearchError::BadValue { param: k.clone(), value: v.chars().take(60).collect(), why };
         match k.as_str() {
             "_count" => {
                 let n: usize = v.parse().map_err(|_| bad("expected a non-negative integer"))?;
@@ -496,6 +500,14 @@ pub fn parse_query(
                     "none" => Total::None,
                     "accurate" | "estimate" => Total::Accurate,
                     _ => return Err(bad("expected none, estimate or accurate")),
+                };
+            }
+            // Aidbox's name for _total, sent by the fhirpy client's count().
+            "_totalMethod" => {
+                q.total = match v.as_str() {
+                    "none" => Total::None,
+                    "count" | "estimate" => Total::Accurate,
+                    _ => return Err(bad("expected count, estimate or none")),
                 };
             }
             "_summary" => {
@@ -527,7 +539,11 @@ pub fn parse_query(
 }
 
 fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
-    let bad = |why: &'static str| SearchError::BadValue { param: name.to_owned(), value: raw.chars().take(60).collect(), why };
+    let bad = |why: &'static str| SearchError::BadValue {
+        param: name.to_owned(),
+        value: raw.chars().take(60).collect(),
+        why,
+    };
     let unsupported_mod = |m: &str| SearchError::UnsupportedModifier(m.to_owned(), name.to_owned());
     let values = split_or(raw);
     if values.iter().any(String::is_empty) {
@@ -588,7 +604,8 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
                 if let Some(m) = modifier {
                     return Err(unsupported_mod(m));
                 }
-                let (p, r) = parse_prefixed_date(&v).ok_or_else(|| bad("expected [prefix]date, prefixes eq ne gt lt ge le sa eb"))?;
+                let (p, r) = parse_prefixed_date(&v)
+                    .ok_or_else(|| bad("expected [prefix]date, prefixes eq ne gt lt ge le sa eb"))?;
                 Cond::Date(p, r)
             }
             ParamKind::Reference => {
@@ -708,14 +725,23 @@ mod tests {
         let p = json!({"resourceType":"Patient","name":[{"family":"山田","given":["太郎"]},{"family":"ヤマダ"}],
             "identifier":[{"system":"urn:mrn","value":"123"}],"birthDate":"1980-05-01","gender":"male"});
         let e = index_entries(ResourceType::PATIENT, &p);
-        assert!(e.contains(&IndexEntry { param: "family", value: IndexValue::String { norm: "やまだ".into(), exact: "ヤマダ".into() } }));
-        assert!(e.contains(&IndexEntry { param: "identifier", value: IndexValue::Token { system: Some("urn:mrn".into()), code: "123".into() } }));
+        assert!(e.contains(&IndexEntry {
+            param: "family",
+            value: IndexValue::String { norm: "やまだ".into(), exact: "ヤマダ".into() }
+        }));
+        assert!(e.contains(&IndexEntry {
+            param: "identifier",
+            value: IndexValue::Token { system: Some("urn:mrn".into()), code: "123".into() }
+        }));
         assert!(e.iter().any(|x| x.param == "birthdate"));
         let o = json!({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
             "subject":{"reference":"Patient/p1"},"effectivePeriod":{"start":"2026-01-01"}});
         let ot = ResourceType::parse("Observation").unwrap();
         let e = index_entries(ot, &o);
-        assert!(e.contains(&IndexEntry { param: "patient", value: IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() } }));
+        assert!(e.contains(&IndexEntry {
+            param: "patient",
+            value: IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() }
+        }));
         assert!(e.iter().any(|x| matches!(x.value, IndexValue::Date { high: i64::MAX, .. })));
         assert_eq!(patient_of(ot, "o1", &o).as_deref(), Some("p1"));
     }
@@ -724,7 +750,12 @@ mod tests {
     fn parses_queries() {
         let (q, _) = parse_query(
             ResourceType::PATIENT,
-            &pairs(&[("name", "山田,yamada"), ("birthdate", "ge1980"), ("identifier", "urn:mrn|1"), ("_count", "5000")]),
+            &pairs(&[
+                ("name", "山田,yamada"),
+                ("birthdate", "ge1980"),
+                ("identifier", "urn:mrn|1"),
+                ("_count", "5000"),
+            ]),
             false,
         )
         .unwrap();

@@ -388,7 +388,11 @@ fn generic(cx: &mut Ctx, v: &Value, path: &str, depth: usize) {
 /// `urn:uuid:` (inside bundles), `#local` (contained), or an absolute URL.
 pub fn check_reference(s: &str) -> Result<(), String> {
     if let Some(rest) = s.strip_prefix('#') {
-        return if rest.is_empty() || is_fhir_id(rest) { Ok(()) } else { Err(format!("'{}' is not a valid contained reference", short(s))) };
+        return if rest.is_empty() || is_fhir_id(rest) {
+            Ok(())
+        } else {
+            Err(format!("'{}' is not a valid contained reference", short(s)))
+        };
     }
     if let Some(u) = s.strip_prefix("urn:uuid:") {
         return if is_uuid(u) { Ok(()) } else { Err(format!("'{}' is not a valid urn:uuid", short(s))) };
@@ -397,7 +401,11 @@ pub fn check_reference(s: &str) -> Result<(), String> {
         return Ok(());
     }
     if s.starts_with("https://") || s.starts_with("http://") {
-        return if s.chars().any(char::is_whitespace) { Err("a URL reference must not contain whitespace".into()) } else { Ok(()) };
+        return if s.chars().any(char::is_whitespace) {
+            Err("a URL reference must not contain whitespace".into())
+        } else {
+            Ok(())
+        };
     }
     LocalRef::parse(s).map(|_| ()).map_err(|e| e.to_string())
 }
@@ -451,22 +459,29 @@ mod tests {
     fn bad(v: Value, path: &str) {
         match validate_resource(&v) {
             Ok(_) => panic!("expected invalid: {v}"),
-            Err(issues) => assert!(
-                issues.iter().any(|i| i.path == path),
-                "expected an issue at {path}, got {issues:?}"
-            ),
+            Err(issues) => {
+                assert!(issues.iter().any(|i| i.path == path), "expected an issue at {path}, got {issues:?}")
+            }
         }
     }
 
     #[test]
     fn valid_resources() {
-        ok(json!({"resourceType":"Patient","name":[{"family":"山田","given":["太郎"]}],"gender":"male","birthDate":"1980-05-01"}));
-        ok(json!({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
+        ok(
+            json!({"resourceType":"Patient","name":[{"family":"山田","given":["太郎"]}],"gender":"male","birthDate":"1980-05-01"}),
+        );
+        ok(
+            json!({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
             "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-26T09:00:00+09:00",
-            "valueQuantity":{"value":72,"unit":"/min"}}));
+            "valueQuantity":{"value":72,"unit":"/min"}}),
+        );
         ok(json!({"resourceType":"Basic","code":{"text":"x"},"anything":{"reference":"Patient/x"}}));
-        ok(json!({"resourceType":"Patient","birthDate":"1980","_birthDate":{"extension":[{"url":"http://x","valueString":"approx"}]}}));
-        ok(json!({"resourceType":"Encounter","status":"in-progress","class":{"code":"EMER"},"subject":{"reference":"urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}}));
+        ok(
+            json!({"resourceType":"Patient","birthDate":"1980","_birthDate":{"extension":[{"url":"http://x","valueString":"approx"}]}}),
+        );
+        ok(
+            json!({"resourceType":"Encounter","status":"in-progress","class":{"code":"EMER"},"subject":{"reference":"urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}}),
+        );
     }
 
     #[test]
@@ -482,15 +497,33 @@ mod tests {
         bad(json!({"resourceType":"Patient","active":"yes"}), "Patient.active");
         bad(json!({"resourceType":"Observation","code":{"text":"x"}}), "Observation.status");
         bad(json!({"resourceType":"Observation","status":"final"}), "Observation.code");
-        bad(json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/"}}), "Observation.subject.reference");
-        bad(json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":"72"}}), "Observation.valueQuantity.value");
-        bad(json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueString":"a","valueBoolean":true}), "Observation.value[x]");
-        bad(json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"2026-11-26T09:00:00"}), "Observation.effectiveDateTime");
-        bad(json!({"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/1"}}), "MedicationRequest.medication[x]");
+        bad(
+            json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/"}}),
+            "Observation.subject.reference",
+        );
+        bad(
+            json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":"72"}}),
+            "Observation.valueQuantity.value",
+        );
+        bad(
+            json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueString":"a","valueBoolean":true}),
+            "Observation.value[x]",
+        );
+        bad(
+            json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"2026-11-26T09:00:00"}),
+            "Observation.effectiveDateTime",
+        );
+        bad(
+            json!({"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/1"}}),
+            "MedicationRequest.medication[x]",
+        );
         bad(json!({"resourceType":"Basic","code":{"text":"x"},"x":{"reference":"not a ref"}}), "Basic.x.reference");
         bad(json!({"resourceType":"Basic","code":null}), "Basic.code");
         bad(json!({"resourceType":"DocumentReference","status":"current"}), "DocumentReference.content");
-        bad(json!({"resourceType":"Encounter","status":"finished","class":{"code":"AMB"},"period":{"start":"2026-02-01","end":"2026-01-01"}}), "Encounter.period");
+        bad(
+            json!({"resourceType":"Encounter","status":"finished","class":{"code":"AMB"},"period":{"start":"2026-02-01","end":"2026-01-01"}}),
+            "Encounter.period",
+        );
     }
 
     #[test]

@@ -61,16 +61,28 @@ fn status_text(s: u16) -> String {
 
 fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ApiError> {
     let path = format!("Bundle.entry[{i}]");
-    let req = e.get("request").ok_or_else(|| ApiError::bad(&format!("{path}.request"), "each entry needs a request"))?;
-    let method = req.get("method").and_then(Value::as_str).ok_or_else(|| ApiError::bad(&format!("{path}.request.method"), "missing method"))?;
-    let url = req.get("url").and_then(Value::as_str).ok_or_else(|| ApiError::bad(&format!("{path}.request.url"), "missing url"))?;
+    let req =
+        e.get("request").ok_or_else(|| ApiError::bad(&format!("{path}.request"), "each entry needs a request"))?;
+    let method = req
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad(&format!("{path}.request.method"), "missing method"))?;
+    let url = req
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad(&format!("{path}.request.url"), "missing url"))?;
     let url = url.strip_prefix(&format!("{base}/fhir/")).unwrap_or(url).trim_start_matches('/');
     let (p, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
     let segs: Vec<&str> = p.split('/').collect();
-    let bad_url = || ApiError::bad(&format!("{path}.request.url"), format!("unsupported url '{}'", url.chars().take(80).collect::<String>()));
+    let bad_url = || {
+        ApiError::bad(
+            &format!("{path}.request.url"),
+            format!("unsupported url '{}'", url.chars().take(80).collect::<String>()),
+        )
+    };
     let rtype = ResourceType::parse(segs.first().copied().unwrap_or("")).map_err(|_| bad_url())?;
     let resource = e.get("resource").cloned();
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
@@ -87,7 +99,12 @@ fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ApiError> {
             Kind::Read { id: (*id).to_owned(), version: Some(v.parse().map_err(|_| bad_url())?) }
         }
         ("GET", [_], q) => Kind::Search { query: q.unwrap_or("").to_owned() },
-        ("PUT" | "DELETE", [_], Some(_)) => return Err(ApiError::bad(&format!("{path}.request.url"), "conditional update and delete are not supported")),
+        ("PUT" | "DELETE", [_], Some(_)) => {
+            return Err(ApiError::bad(
+                &format!("{path}.request.url"),
+                "conditional update and delete are not supported",
+            ))
+        }
         ("PATCH", _, _) => return Err(ApiError::bad(&format!("{path}.request.method"), "PATCH is not supported")),
         _ => return Err(bad_url()),
     };
@@ -95,11 +112,16 @@ fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ApiError> {
         match op {
             WriteOp::Delete { .. } => {}
             _ => {
-                let r = resource.as_ref().ok_or_else(|| ApiError::bad(&format!("{path}.resource"), "POST and PUT entries need a resource"))?;
+                let r = resource.as_ref().ok_or_else(|| {
+                    ApiError::bad(&format!("{path}.resource"), "POST and PUT entries need a resource")
+                })?;
                 validate_body(rtype, r).map_err(|e| prefix_error(e, &format!("{path}.resource")))?;
                 if let WriteOp::Update { id, .. } = op {
                     if r.get("id").and_then(Value::as_str) != Some(id) {
-                        return Err(ApiError::bad(&format!("{path}.resource.id"), "the resource id must match the request url"));
+                        return Err(ApiError::bad(
+                            &format!("{path}.resource.id"),
+                            "the resource id must match the request url",
+                        ));
                     }
                 }
             }
@@ -157,7 +179,9 @@ fn entry_error(e: &Entry, err: StoreError) -> StoreError {
         StoreError::Forbidden(m) => StoreError::Forbidden(format!("{prefix}: {m}")),
         StoreError::NotFound(m) => StoreError::NotFound(format!("{prefix}: {m}")),
         StoreError::Precondition(m) => StoreError::Precondition(format!("{prefix}: {m}")),
-        StoreError::VersionConflict { expected, current } => StoreError::Precondition(format!("{prefix}: If-Match version {expected} does not match the current version {current}")),
+        StoreError::VersionConflict { expected, current } => StoreError::Precondition(format!(
+            "{prefix}: If-Match version {expected} does not match the current version {current}"
+        )),
         other => other,
     }
 }
@@ -165,8 +189,15 @@ fn entry_error(e: &Entry, err: StoreError) -> StoreError {
 fn step_result(base: &str, rtype: ResourceType, step: &Step) -> EntryResult {
     match step {
         Step::Done { written, .. } => EntryResult {
-            status: if written.deleted { 204 } else if written.created { 201 } else { 200 },
-            location: (!written.deleted).then(|| format!("{base}/fhir/{}/{}/_history/{}", rtype, written.id, written.version)),
+            status: if written.deleted {
+                204
+            } else if written.created {
+                201
+            } else {
+                200
+            },
+            location: (!written.deleted)
+                .then(|| format!("{base}/fhir/{}/{}/_history/{}", rtype, written.id, written.version)),
             etag: Some(format!("W/\"{}\"", written.version)),
             last_modified: Some(written.last_updated.to_rfc3339()),
             resource: None,
@@ -188,12 +219,19 @@ fn step_result(base: &str, rtype: ResourceType, step: &Step) -> EntryResult {
             resource: None,
             outcome: None,
         },
-        Step::Denied { .. } => EntryResult { status: 403, location: None, etag: None, last_modified: None, resource: None, outcome: None },
+        Step::Denied { .. } => {
+            EntryResult { status: 403, location: None, etag: None, last_modified: None, resource: None, outcome: None }
+        }
     }
 }
 
 /// A GET entry: read or search, decided and audited like the REST calls.
-fn get_entry(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, e: &Entry) -> Result<(EntryResult, mamori_audit::event::AuditRecord), StoreError> {
+fn get_entry(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    base: &str,
+    e: &Entry,
+) -> Result<(EntryResult, mamori_audit::event::AuditRecord), StoreError> {
     let now = ctx.now;
     let subject = caller.subject();
     let mode = caller.mode();
@@ -206,25 +244,75 @@ fn get_entry(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, e: &Entry) -> 
             let action = if version.is_some() { "vread" } else { "read" };
             let Some(v) = v else {
                 let rec = caller.fhir_record(action, 404, Some(e.rtype.as_str()), Some(id), None, vec![], None, now);
-                return Ok((EntryResult { status: 404, location: None, etag: None, last_modified: None, resource: None, outcome: None }, rec));
+                return Ok((
+                    EntryResult {
+                        status: 404,
+                        location: None,
+                        etag: None,
+                        last_modified: None,
+                        resource: None,
+                        outcome: None,
+                    },
+                    rec,
+                ));
             };
             let f = facts(ctx.conn, caller, v.patient.as_deref(), now)?;
             let d = decide(&subject, Action::Read, target_of(e.rtype, v.patient.as_deref()), &mode, f);
-            let status = if !d.permit { 403 } else if v.deleted { 410 } else { 200 };
-            let rec = caller.fhir_record(action, status, Some(e.rtype.as_str()), Some(id), Some(v.version), v.patient.clone().into_iter().collect(), Some(&d), now);
+            let status = if !d.permit {
+                403
+            } else if v.deleted {
+                410
+            } else {
+                200
+            };
+            let rec = caller.fhir_record(
+                action,
+                status,
+                Some(e.rtype.as_str()),
+                Some(id),
+                Some(v.version),
+                v.patient.clone().into_iter().collect(),
+                Some(&d),
+                now,
+            );
             let resource = (status == 200).then(|| serde_json::from_str(&v.body).unwrap_or(Value::Null));
-            Ok((EntryResult { status, location: None, etag: Some(format!("W/\"{}\"", v.version)), last_modified: Some(v.last_updated.to_rfc3339()), resource, outcome: None }, rec))
+            Ok((
+                EntryResult {
+                    status,
+                    location: None,
+                    etag: Some(format!("W/\"{}\"", v.version)),
+                    last_modified: Some(v.last_updated.to_rfc3339()),
+                    resource,
+                    outcome: None,
+                },
+                rec,
+            ))
         }
         Kind::Search { query } => {
             let pairs = parse_pairs(query).map_err(|x| StoreError::invalid("", x.audit_text()))?;
             let (q, _) = parse_query(e.rtype, &pairs, false).map_err(|x| StoreError::invalid("", x.to_string()))?;
             let d = decide(&subject, Action::Search, search_target(e.rtype, None), &mode, Default::default());
             if !d.permit {
-                let rec = caller.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
-                return Ok((EntryResult { status: 403, location: None, etag: None, last_modified: None, resource: None, outcome: None }, rec));
+                let rec =
+                    caller.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
+                return Ok((
+                    EntryResult {
+                        status: 403,
+                        location: None,
+                        etag: None,
+                        last_modified: None,
+                        resource: None,
+                        outcome: None,
+                    },
+                    rec,
+                ));
             }
             let restrict = if d.obligations.contains(&mamori_core::policy::Obligation::RestrictToCareRelationships) {
-                Restriction::CareOf { user: caller.user.name.as_str().to_owned(), department: caller.user.department.clone(), now }
+                Restriction::CareOf {
+                    user: caller.user.name.as_str().to_owned(),
+                    department: caller.user.department.clone(),
+                    now,
+                }
             } else {
                 Restriction::None
             };
@@ -235,13 +323,24 @@ fn get_entry(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, e: &Entry) -> 
                 .map(|v| json!({"fullUrl": format!("{base}/fhir/{}/{}", v.rtype, v.id), "resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
                 .collect();
             let patients = page.entries.iter().filter_map(|v| v.patient.clone()).collect();
-            let mut rec = caller.fhir_record("search-type", 200, Some(e.rtype.as_str()), None, None, patients, Some(&d), now);
+            let mut rec =
+                caller.fhir_record("search-type", 200, Some(e.rtype.as_str()), None, None, patients, Some(&d), now);
             rec.query = Some(query.clone());
             let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
             if !entries.is_empty() {
                 bundle["entry"] = Value::Array(entries);
             }
-            Ok((EntryResult { status: 200, location: None, etag: None, last_modified: None, resource: Some(bundle), outcome: None }, rec))
+            Ok((
+                EntryResult {
+                    status: 200,
+                    location: None,
+                    etag: None,
+                    last_modified: None,
+                    resource: Some(bundle),
+                    outcome: None,
+                },
+                rec,
+            ))
         }
         Kind::Write(_) => Err(StoreError::Internal("not a read entry".into())),
     }
@@ -256,7 +355,12 @@ fn order_key(e: &Entry) -> u8 {
     }
 }
 
-fn run_transaction(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, mut entries: Vec<Entry>) -> Result<Vec<EntryResult>, StoreError> {
+fn run_transaction(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    base: &str,
+    mut entries: Vec<Entry>,
+) -> Result<Vec<EntryResult>, StoreError> {
     // 1. Conditional creates, then ids for the rest; map fullUrls.
     let mut map: HashMap<String, String> = HashMap::new();
     let mut assigned: HashMap<usize, String> = HashMap::new();
@@ -264,13 +368,15 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, mut entr
     for e in &entries {
         let Kind::Write(op) = &e.kind else { continue };
         let target = match op {
-            WriteOp::Create { if_none_exist: Some(cond) } => match super::write::conditional_match(ctx, e.rtype, cond).map_err(|x| entry_error(e, x))? {
-                Some((id, version)) => {
-                    matched.insert(e.index, Step::Matched { rtype: e.rtype, id: id.clone(), version });
-                    Some(id)
+            WriteOp::Create { if_none_exist: Some(cond) } => {
+                match super::write::conditional_match(ctx, e.rtype, cond).map_err(|x| entry_error(e, x))? {
+                    Some((id, version)) => {
+                        matched.insert(e.index, Step::Matched { rtype: e.rtype, id: id.clone(), version });
+                        Some(id)
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             WriteOp::Create { if_none_exist: None } => None,
             WriteOp::Update { id, .. } => Some(id.clone()),
             WriteOp::Delete { .. } => continue,
@@ -296,7 +402,9 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, mut entr
     let pending: HashSet<(String, String)> = entries
         .iter()
         .filter_map(|e| match &e.kind {
-            Kind::Write(WriteOp::Create { .. }) => assigned.get(&e.index).map(|id| (e.rtype.as_str().to_owned(), id.clone())),
+            Kind::Write(WriteOp::Create { .. }) => {
+                assigned.get(&e.index).map(|id| (e.rtype.as_str().to_owned(), id.clone()))
+            }
             Kind::Write(WriteOp::Update { id, .. }) => Some((e.rtype.as_str().to_owned(), id.clone())),
             _ => None,
         })
@@ -318,13 +426,30 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, mut entr
                         WriteOp::Create { .. } => WriteOp::Create { if_none_exist: None },
                         other => other.clone(),
                     };
-                    write_step(ctx, caller, e.rtype, &op, e.resource.clone(), assigned.get(&e.index).cloned(), &pending, false).map_err(|x| entry_error(e, x))?
+                    write_step(
+                        ctx,
+                        caller,
+                        e.rtype,
+                        &op,
+                        e.resource.clone(),
+                        assigned.get(&e.index).cloned(),
+                        &pending,
+                        false,
+                    )
+                    .map_err(|x| entry_error(e, x))?
                 };
                 if let Step::Denied { decision, what } = &step {
-                    return Err(StoreError::Forbidden(format!("Bundle.entry[{}]: writing {what} denied ({})", e.index, decision.basis.as_str())));
+                    return Err(StoreError::Forbidden(format!(
+                        "Bundle.entry[{}]: writing {what} denied ({})",
+                        e.index,
+                        decision.basis.as_str()
+                    )));
                 }
                 if let (Step::NothingToDelete { existed: false }, WriteOp::Delete { id }) = (&step, op) {
-                    return Err(StoreError::NotFound(format!("Bundle.entry[{}]: {}/{id} does not exist", e.index, e.rtype)));
+                    return Err(StoreError::NotFound(format!(
+                        "Bundle.entry[{}]: {}/{id} does not exist",
+                        e.index, e.rtype
+                    )));
                 }
                 if let Step::Done { written, .. } = &step {
                     if !written.deleted {
@@ -349,37 +474,65 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, mut entr
     // 4. References of everything written, now that all entries exist.
     for (idx, body) in &written_bodies {
         let v: Value = serde_json::from_str(body).map_err(|x| StoreError::Internal(x.to_string()))?;
-        records::check_references(ctx.conn, &v, &HashSet::new()).map_err(|x| match entries.iter().find(|e| e.index == *idx) {
-            Some(e) => entry_error(e, x),
-            None => x,
+        records::check_references(ctx.conn, &v, &HashSet::new()).map_err(|x| {
+            match entries.iter().find(|e| e.index == *idx) {
+                Some(e) => entry_error(e, x),
+                None => x,
+            }
         })?;
     }
     for r in &records {
         ctx.audit(r)?;
     }
-    Ok(results.into_iter().map(|r| r.unwrap_or(EntryResult { status: 500, location: None, etag: None, last_modified: None, resource: None, outcome: None })).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(EntryResult {
+                status: 500,
+                location: None,
+                etag: None,
+                last_modified: None,
+                resource: None,
+                outcome: None,
+            })
+        })
+        .collect())
 }
 
-fn run_batch(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, entries: Vec<Result<Entry, ApiError>>) -> Result<Vec<EntryResult>, StoreError> {
+fn run_batch(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    base: &str,
+    entries: Vec<Result<Entry, ApiError>>,
+) -> Result<Vec<EntryResult>, StoreError> {
     let mut out = Vec::new();
     for e in entries {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
-                let mut rec = caller.fhir_record("batch-entry", err.status().as_u16(), None, None, None, vec![], None, ctx.now);
+                let mut rec =
+                    caller.fhir_record("batch-entry", err.status().as_u16(), None, None, None, vec![], None, ctx.now);
                 rec.detail = Some(json!({"error": err.audit_text()}));
                 ctx.audit(&rec)?;
-                out.push(EntryResult { status: err.status().as_u16(), location: None, etag: None, last_modified: None, resource: None, outcome: Some(err.operation_outcome()) });
+                out.push(EntryResult {
+                    status: err.status().as_u16(),
+                    location: None,
+                    etag: None,
+                    last_modified: None,
+                    resource: None,
+                    outcome: Some(err.operation_outcome()),
+                });
                 continue;
             }
         };
         ctx.conn.batch("SAVEPOINT entry")?;
         let r = match &e.kind {
-            Kind::Write(op) => write_step(ctx, caller, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true).map(|step| {
-                let r = step_result(base, e.rtype, &step);
-                let rec = step_record(caller, op, e.rtype, &step, r.status, ctx.now);
-                (r, rec)
-            }),
+            Kind::Write(op) => write_step(ctx, caller, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true)
+                .map(|step| {
+                    let r = step_result(base, e.rtype, &step);
+                    let rec = step_record(caller, op, e.rtype, &step, r.status, ctx.now);
+                    (r, rec)
+                }),
             _ => get_entry(ctx, caller, base, &e),
         };
         match r {
@@ -396,10 +549,26 @@ fn run_batch(ctx: &mut WriteCtx<'_>, caller: &Caller, base: &str, entries: Vec<R
                     Kind::Read { .. } => "read",
                     Kind::Search { .. } => "search-type",
                 };
-                let mut rec = caller.fhir_record(action, api.status().as_u16(), Some(e.rtype.as_str()), None, None, vec![], None, ctx.now);
+                let mut rec = caller.fhir_record(
+                    action,
+                    api.status().as_u16(),
+                    Some(e.rtype.as_str()),
+                    None,
+                    None,
+                    vec![],
+                    None,
+                    ctx.now,
+                );
                 rec.detail = Some(json!({"error": api.audit_text(), "entry": e.index}));
                 ctx.audit(&rec)?;
-                out.push(EntryResult { status: api.status().as_u16(), location: None, etag: None, last_modified: None, resource: None, outcome: Some(api.operation_outcome()) });
+                out.push(EntryResult {
+                    status: api.status().as_u16(),
+                    location: None,
+                    etag: None,
+                    last_modified: None,
+                    resource: None,
+                    outcome: Some(api.operation_outcome()),
+                });
             }
         }
     }
@@ -438,7 +607,13 @@ fn response_bundle(kind: &str, results: &[EntryResult]) -> Value {
 }
 
 /// POST /fhir
-pub async fn batch_or_transaction(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+pub async fn batch_or_transaction(
+    State(st): State<AppState>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let now = st.store.clock().now();
     let limit = st.cfg.server.body_limit_bytes;
     let base = st.base_url.clone();
@@ -463,7 +638,8 @@ pub async fn batch_or_transaction(State(st): State<AppState>, caller: Caller, Ra
     let (kind, raw) = match pre {
         Ok(x) => x,
         Err(e) => {
-            let mut rec = caller.fhir_record("transaction", e.status().as_u16(), Some("Bundle"), None, None, vec![], None, now);
+            let mut rec =
+                caller.fhir_record("transaction", e.status().as_u16(), Some("Bundle"), None, None, vec![], None, now);
             rec.detail = Some(json!({"error": e.audit_text()}));
             return audited(&st, rec, Err(e)).await;
         }
@@ -476,7 +652,16 @@ pub async fn batch_or_transaction(State(st): State<AppState>, caller: Caller, Ra
         let entries = match parsed.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(e) => e,
             Err(e) => {
-                let mut rec = caller.fhir_record("transaction", e.status().as_u16(), Some("Bundle"), None, None, vec![], None, now);
+                let mut rec = caller.fhir_record(
+                    "transaction",
+                    e.status().as_u16(),
+                    Some("Bundle"),
+                    None,
+                    None,
+                    vec![],
+                    None,
+                    now,
+                );
                 rec.detail = Some(json!({"error": e.audit_text()}));
                 return audited(&st, rec, Err(e)).await;
             }
@@ -495,7 +680,16 @@ pub async fn batch_or_transaction(State(st): State<AppState>, caller: Caller, Ra
                 },
                 move |e, ctx| {
                     let api = ApiError::from(e.clone());
-                    let mut rec = c3.fhir_record("transaction", api.status().as_u16(), Some("Bundle"), None, None, vec![], None, ctx.now);
+                    let mut rec = c3.fhir_record(
+                        "transaction",
+                        api.status().as_u16(),
+                        Some("Bundle"),
+                        None,
+                        None,
+                        vec![],
+                        None,
+                        ctx.now,
+                    );
                     rec.detail = Some(json!({"error": api.audit_text(), "entries": n, "rolled_back": true}));
                     ctx.audit(&rec).map(|_| ())
                 },
@@ -520,7 +714,16 @@ pub async fn batch_or_transaction(State(st): State<AppState>, caller: Caller, Ra
                 },
                 move |e, ctx| {
                     let api = ApiError::from(e.clone());
-                    let rec = c3.fhir_record("batch", api.status().as_u16(), Some("Bundle"), None, None, vec![], None, ctx.now);
+                    let rec = c3.fhir_record(
+                        "batch",
+                        api.status().as_u16(),
+                        Some("Bundle"),
+                        None,
+                        None,
+                        vec![],
+                        None,
+                        ctx.now,
+                    );
                     ctx.audit(&rec).map(|_| ())
                 },
             )

@@ -24,11 +24,10 @@ fn kind(k: ParamKind) -> &'static str {
 pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Value {
     let mut resources = Vec::new();
     for t in R4_RESOURCE_TYPES {
-        let Ok(rt) = ResourceType::parse(t) else { continue };
-        let mut params = vec![
-            json!({"name": "_id", "type": "token"}),
-            json!({"name": "_lastUpdated", "type": "date"}),
-        ];
+        let Ok(rt) = ResourceType::parse(t) else {
+            continue;
+        };
+        let mut params = vec![json!({"name": "_id", "type": "token"}), json!({"name": "_lastUpdated", "type": "date"})];
         for p in params_for(rt) {
             params.push(json!({"name": p.name, "type": kind(p.kind)}));
         }

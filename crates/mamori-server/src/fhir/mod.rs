@@ -35,7 +35,10 @@ pub fn routes() -> Router<AppState> {
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/{rtype}", get(read::search_get).post(write::create))
-        .route("/fhir/{rtype}/{id}", get(read::read_or_history).put(write::update).delete(write::delete).post(read::search_post))
+        .route(
+            "/fhir/{rtype}/{id}",
+            get(read::read_or_history).put(write::update).delete(write::delete).post(read::search_post),
+        )
         .route("/fhir/{rtype}/{id}/{op}", get(read::instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(read::vread))
         .fallback(|| async { ApiError::NotFound("no such FHIR endpoint".into()) })
@@ -88,13 +91,20 @@ pub fn http_date(t: Timestamp) -> String {
 pub fn check_accept(headers: &HeaderMap, format: Option<&str>) -> Result<(), ApiError> {
     if let Some(f) = format {
         if !matches!(f, "json" | "application/json" | "application/fhir+json") {
-            return Err(ApiError::NotAcceptable(format!("_format={f} is not supported; mamori speaks application/fhir+json")));
+            return Err(ApiError::NotAcceptable(format!(
+                "_format={f} is not supported; mamori speaks application/fhir+json"
+            )));
         }
     }
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
     let ok = accept.split(',').any(|part| {
         let mt = part.split(';').next().unwrap_or("").trim();
-        matches!(mt, "application/fhir+json" | "application/json" | "application/*" | "*/*" | "application/json+fhir" | "")
+        matches!(
+            mt,
+            "application/fhir+json" | "application/json" | "application/*" | "*/*" | "application/json+fhir" | ""
+        )
     });
     if ok {
         Ok(())
@@ -138,11 +148,8 @@ pub fn parse_id(id: &str) -> Result<(), ApiError> {
 
 /// The access target for one resource (or a new one).
 pub fn target_of(rtype: ResourceType, patient: Option<&str>) -> Target {
-    let scope = if patient.is_some() || rtype == ResourceType::PATIENT {
-        PatientScope::One
-    } else {
-        PatientScope::None
-    };
+    let scope =
+        if patient.is_some() || rtype == ResourceType::PATIENT { PatientScope::One } else { PatientScope::None };
     Target { rtype, scope }
 }
 
@@ -160,9 +167,17 @@ pub fn search_target(rtype: ResourceType, one_patient: Option<&str>) -> Target {
 
 /// The facts the policy needs about the caller and a patient.
 pub fn facts(c: &mut dyn Conn, caller: &Caller, patient: Option<&str>, now: Timestamp) -> Result<Facts, StoreError> {
-    let Some(p) = patient else { return Ok(Facts::default()) };
+    let Some(p) = patient else {
+        return Ok(Facts::default());
+    };
     Ok(Facts {
-        care_relationship: accounts::has_care_relationship(c, caller.user.name.as_str(), caller.user.department.as_deref(), p, now)?,
+        care_relationship: accounts::has_care_relationship(
+            c,
+            caller.user.name.as_str(),
+            caller.user.department.as_deref(),
+            p,
+            now,
+        )?,
         break_glass: false,
     })
 }
@@ -180,7 +195,8 @@ impl BundleWriter {
             out.push_str(&format!(",\"total\":{t}"));
         }
         if !links.is_empty() {
-            let l: Vec<Value> = links.iter().map(|(rel, url)| serde_json::json!({"relation": rel, "url": url})).collect();
+            let l: Vec<Value> =
+                links.iter().map(|(rel, url)| serde_json::json!({"relation": rel, "url": url})).collect();
             out.push_str(&format!(",\"link\":{}", Value::Array(l)));
         }
         out.push_str(",\"entry\":[");
@@ -254,7 +270,11 @@ mod tests {
     #[test]
     fn bundle_writer_is_valid_json() {
         let mut b = BundleWriter::new("searchset", Some(1), &[("self", "https://x/fhir/Patient?name=%22".into())]);
-        b.entry(Some("https://x/fhir/Patient/1"), "{\"resourceType\":\"Patient\",\"id\":\"1\"}", &[("search", serde_json::json!({"mode":"match"}))]);
+        b.entry(
+            Some("https://x/fhir/Patient/1"),
+            "{\"resourceType\":\"Patient\",\"id\":\"1\"}",
+            &[("search", serde_json::json!({"mode":"match"}))],
+        );
         let v: Value = serde_json::from_str(&b.finish()).unwrap();
         assert_eq!(v["entry"][0]["resource"]["id"], "1");
         let empty: Value = serde_json::from_str(&BundleWriter::new("searchset", Some(0), &[]).finish()).unwrap();

@@ -13,7 +13,10 @@ use mamori_store::records::{self, Version};
 use mamori_store::search::{self, Restriction};
 use serde_json::json;
 
-use super::{check_accept, enc, facts, full_url, parse_id, parse_type, respond, search_target, target_of, version_headers, BundleWriter};
+use super::{
+    check_accept, enc, facts, full_url, parse_id, parse_type, respond, search_target, target_of, version_headers,
+    BundleWriter,
+};
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
 
@@ -50,8 +53,12 @@ fn decode(s: &str) -> Result<String, ApiError> {
         match b[i] {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or_else(|| ApiError::bad("", "malformed percent-encoding in query"))?;
-                bytes.push(u8::from_str_radix(hex, 16).map_err(|_| ApiError::bad("", "malformed percent-encoding in query"))?);
+                let hex =
+                    s.get(i + 1..i + 3).ok_or_else(|| ApiError::bad("", "malformed percent-encoding in query"))?;
+                bytes.push(
+                    u8::from_str_radix(hex, 16)
+                        .map_err(|_| ApiError::bad("", "malformed percent-encoding in query"))?,
+                );
                 i += 2;
             }
             c => bytes.push(c),
@@ -97,7 +104,16 @@ pub async fn read_or_history(
     let rtype = match pre {
         Ok(r) => r,
         Err(e) => {
-            let rec = caller.fhir_record("read", e.status().as_u16(), Some(&t).filter(|t| ResourceType::parse(t).is_ok()).map(String::as_str), None, None, vec![], None, now);
+            let rec = caller.fhir_record(
+                "read",
+                e.status().as_u16(),
+                Some(&t).filter(|t| ResourceType::parse(t).is_ok()).map(String::as_str),
+                None,
+                None,
+                vec![],
+                None,
+                now,
+            );
             return audited(&st, rec, Err(e)).await;
         }
     };
@@ -131,7 +147,16 @@ pub async fn read_or_history(
         version_headers(&mut r, &st.base_url, rtype.as_str(), &id, v.version, v.last_updated);
         Ok(r)
     };
-    let rec = caller.fhir_record("read", status_of(&resp), Some(rtype.as_str()), Some(&id), Some(v.version), patients, Some(&d), now);
+    let rec = caller.fhir_record(
+        "read",
+        status_of(&resp),
+        Some(rtype.as_str()),
+        Some(&id),
+        Some(v.version),
+        patients,
+        Some(&d),
+        now,
+    );
     audited(&st, rec, resp).await
 }
 
@@ -152,7 +177,14 @@ pub async fn vread(
     })();
     let (rtype, vn) = match pre {
         Ok(x) => x,
-        Err(e) => return audited(&st, caller.fhir_record("vread", e.status().as_u16(), None, None, None, vec![], None, now), Err(e)).await,
+        Err(e) => {
+            return audited(
+                &st,
+                caller.fhir_record("vread", e.status().as_u16(), None, None, None, vec![], None, now),
+                Err(e),
+            )
+            .await
+        }
     };
     let c2 = caller.clone();
     let id2 = id.clone();
@@ -182,7 +214,16 @@ pub async fn vread(
         version_headers(&mut r, &st.base_url, rtype.as_str(), &id, v.version, v.last_updated);
         Ok(r)
     };
-    let rec = caller.fhir_record("vread", status_of(&resp), Some(rtype.as_str()), Some(&id), Some(vn), v.patient.into_iter().collect(), Some(&d), now);
+    let rec = caller.fhir_record(
+        "vread",
+        status_of(&resp),
+        Some(rtype.as_str()),
+        Some(&id),
+        Some(vn),
+        v.patient.into_iter().collect(),
+        Some(&d),
+        now,
+    );
     audited(&st, rec, resp).await
 }
 
@@ -199,7 +240,10 @@ pub async fn instance_op(
         "$everything" if t == "Patient" => everything(st, caller, id, q, headers).await,
         _ => {
             let now = st.store.clock().now();
-            let e = ApiError::NotFound(format!("operation '{}' is not supported on {t}", op.chars().take(40).collect::<String>()));
+            let e = ApiError::NotFound(format!(
+                "operation '{}' is not supported on {t}",
+                op.chars().take(40).collect::<String>()
+            ));
             audited(&st, caller.fhir_record("operation", 404, None, None, None, vec![], None, now), Err(e)).await
         }
     }
@@ -214,7 +258,13 @@ fn history_entry(b: &mut BundleWriter, base: &str, v: &Version) {
         "PUT"
     };
     let url = if v.version == 1 && !v.deleted { v.rtype.clone() } else { format!("{}/{}", v.rtype, v.id) };
-    let status = if v.deleted { "204" } else if v.version == 1 { "201" } else { "200" };
+    let status = if v.deleted {
+        "204"
+    } else if v.version == 1 {
+        "201"
+    } else {
+        "200"
+    };
     b.entry(
         Some(&full_url(base, v)),
         if v.deleted { "" } else { &v.body },
@@ -225,7 +275,14 @@ fn history_entry(b: &mut BundleWriter, base: &str, v: &Version) {
     );
 }
 
-async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q: Option<String>, headers: HeaderMap) -> Response {
+async fn history(
+    st: AppState,
+    caller: Caller,
+    t: String,
+    id: Option<String>,
+    q: Option<String>,
+    headers: HeaderMap,
+) -> Response {
     let now = st.store.clock().now();
     let action = if id.is_some() { "history-instance" } else { "history-type" };
     let pre = (|| {
@@ -240,9 +297,20 @@ async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q:
         let mut before = None;
         for (k, v) in &pairs {
             match k.as_str() {
-                "_count" => count = v.parse::<usize>().map_err(|_| ApiError::bad("_count", "expected a non-negative integer"))?.min(MAX_COUNT),
-                "_since" => since = Some(Timestamp::parse_rfc3339(v).ok_or_else(|| ApiError::bad("_since", "expected an instant"))?),
-                "_cursor" => before = Some(v.parse::<i64>().map_err(|_| ApiError::bad("_cursor", "malformed paging cursor"))?),
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| ApiError::bad("_count", "expected a non-negative integer"))?
+                        .min(MAX_COUNT)
+                }
+                "_since" => {
+                    since = Some(
+                        Timestamp::parse_rfc3339(v).ok_or_else(|| ApiError::bad("_since", "expected an instant"))?,
+                    )
+                }
+                "_cursor" => {
+                    before = Some(v.parse::<i64>().map_err(|_| ApiError::bad("_cursor", "malformed paging cursor"))?)
+                }
                 "_format" | "_pretty" => {}
                 other => return Err(ApiError::bad(other, format!("unknown history parameter '{other}'"))),
             }
@@ -251,7 +319,14 @@ async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q:
     })();
     let (rtype, count, since, before) = match pre {
         Ok(x) => x,
-        Err(e) => return audited(&st, caller.fhir_record(action, e.status().as_u16(), None, None, None, vec![], None, now), Err(e)).await,
+        Err(e) => {
+            return audited(
+                &st,
+                caller.fhir_record(action, e.status().as_u16(), None, None, None, vec![], None, now),
+                Err(e),
+            )
+            .await
+        }
     };
     let c2 = caller.clone();
     let id2 = id.clone();
@@ -273,11 +348,16 @@ async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q:
                 return Ok((d, None));
             }
             let restrict = if d.obligations.contains(&Obligation::RestrictToCareRelationships) {
-                Restriction::CareOf { user: c2.user.name.as_str().to_owned(), department: c2.user.department.clone(), now }
+                Restriction::CareOf {
+                    user: c2.user.name.as_str().to_owned(),
+                    department: c2.user.department.clone(),
+                    now,
+                }
             } else {
                 Restriction::None
             };
-            let versions = records::history(c, Some(rtype.as_str()), id2.as_deref(), since, before, count + 1, &restrict)?;
+            let versions =
+                records::history(c, Some(rtype.as_str()), id2.as_deref(), since, before, count + 1, &restrict)?;
             Ok((d, Some(versions)))
         })
         .await;
@@ -291,11 +371,21 @@ async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q:
     };
     let Some(mut versions) = versions else {
         let e = deny_error(&d, &format!("the history of {what}"));
-        return audited(&st, caller.fhir_record(action, 403, Some(rtype.as_str()), id.as_deref(), None, vec![], Some(&d), now), Err(e)).await;
+        return audited(
+            &st,
+            caller.fhir_record(action, 403, Some(rtype.as_str()), id.as_deref(), None, vec![], Some(&d), now),
+            Err(e),
+        )
+        .await;
     };
     if id.is_some() && versions.is_empty() {
         let e = ApiError::NotFound(format!("{what} does not exist"));
-        return audited(&st, caller.fhir_record(action, 404, Some(rtype.as_str()), id.as_deref(), None, vec![], Some(&d), now), Err(e)).await;
+        return audited(
+            &st,
+            caller.fhir_record(action, 404, Some(rtype.as_str()), id.as_deref(), None, vec![], Some(&d), now),
+            Err(e),
+        )
+        .await;
     }
     let more = versions.len() > count;
     versions.truncate(count);
@@ -328,7 +418,8 @@ async fn history(st: AppState, caller: Caller, t: String, id: Option<String>, q:
 fn one_patient(q: &SearchQuery) -> Option<String> {
     let mut found: Option<String> = None;
     for Clause { param, any_of } in &q.clauses {
-        let is_patient_param = q.rtype == ResourceType::PATIENT && *param == "_id" || matches!(*param, "patient" | "subject");
+        let is_patient_param =
+            q.rtype == ResourceType::PATIENT && *param == "_id" || matches!(*param, "patient" | "subject");
         if !is_patient_param || any_of.len() != 1 {
             continue;
         }
@@ -348,7 +439,13 @@ fn one_patient(q: &SearchQuery) -> Option<String> {
 }
 
 /// GET /fhir/{type}
-pub async fn search_get(State(st): State<AppState>, caller: Caller, Path(t): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+pub async fn search_get(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
     search(st, caller, t, pairs, headers).await
 }
@@ -382,7 +479,13 @@ pub async fn search_post(
     search(st, caller, t, pairs, headers).await
 }
 
-async fn search(st: AppState, caller: Caller, t: String, pairs: Result<Vec<(String, String)>, ApiError>, headers: HeaderMap) -> Response {
+async fn search(
+    st: AppState,
+    caller: Caller,
+    t: String,
+    pairs: Result<Vec<(String, String)>, ApiError>,
+    headers: HeaderMap,
+) -> Response {
     let now = st.store.clock().now();
     let lenient = headers
         .get("prefer")
@@ -398,12 +501,22 @@ async fn search(st: AppState, caller: Caller, t: String, pairs: Result<Vec<(Stri
     let q = match pre {
         Ok(q) => q,
         Err(e) => {
-            let mut rec = caller.fhir_record("search-type", e.status().as_u16(), ResourceType::parse(&t).ok().map(|r| r.as_str()), None, None, vec![], None, now);
+            let mut rec = caller.fhir_record(
+                "search-type",
+                e.status().as_u16(),
+                ResourceType::parse(&t).ok().map(|r| r.as_str()),
+                None,
+                None,
+                vec![],
+                None,
+                now,
+            );
             rec.query = Some(format!("{}?…", t.chars().take(60).collect::<String>()));
             return audited(&st, rec, Err(e)).await;
         }
     };
-    let query_text: String = q.canonical.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
+    let query_text: String =
+        q.canonical.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
     let patient = one_patient(&q);
     let c2 = caller.clone();
     let subject = caller.subject();
@@ -418,7 +531,11 @@ async fn search(st: AppState, caller: Caller, t: String, pairs: Result<Vec<(Stri
                 return Ok((d, None));
             }
             let restrict = if d.obligations.contains(&Obligation::RestrictToCareRelationships) {
-                Restriction::CareOf { user: c2.user.name.as_str().to_owned(), department: c2.user.department.clone(), now }
+                Restriction::CareOf {
+                    user: c2.user.name.as_str().to_owned(),
+                    department: c2.user.department.clone(),
+                    now,
+                }
             } else {
                 Restriction::None
             };
@@ -469,9 +586,15 @@ async fn everything(st: AppState, caller: Caller, id: String, q: Option<String>,
         let mut after: Option<(String, String)> = None;
         for (k, v) in &pairs {
             match k.as_str() {
-                "_count" => count = v.parse::<usize>().map_err(|_| ApiError::bad("_count", "expected a non-negative integer"))?.clamp(1, MAX_COUNT),
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| ApiError::bad("_count", "expected a non-negative integer"))?
+                        .clamp(1, MAX_COUNT)
+                }
                 "_cursor" => {
-                    let (t, i) = v.split_once('/').ok_or_else(|| ApiError::bad("_cursor", "malformed paging cursor"))?;
+                    let (t, i) =
+                        v.split_once('/').ok_or_else(|| ApiError::bad("_cursor", "malformed paging cursor"))?;
                     after = Some((t.to_owned(), i.to_owned()));
                 }
                 "_format" | "_pretty" => {}
@@ -482,7 +605,14 @@ async fn everything(st: AppState, caller: Caller, id: String, q: Option<String>,
     })();
     let (count, after) = match pre {
         Ok(x) => x,
-        Err(e) => return audited(&st, caller.fhir_record("operation", e.status().as_u16(), Some("Patient"), None, None, vec![], None, now), Err(e)).await,
+        Err(e) => {
+            return audited(
+                &st,
+                caller.fhir_record("operation", e.status().as_u16(), Some("Patient"), None, None, vec![], None, now),
+                Err(e),
+            )
+            .await
+        }
     };
     let c2 = caller.clone();
     let subject = caller.subject();
@@ -495,7 +625,8 @@ async fn everything(st: AppState, caller: Caller, id: String, q: Option<String>,
             let f = facts(c, &c2, Some(&id2), now)?;
             // The compartment as a whole is clinical data: decided as a
             // read of a clinical type for this patient.
-            let clinical = ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
+            let clinical =
+                ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
             let d = decide(&subject, Action::Read, Target { rtype: clinical, scope: PatientScope::One }, &mode, f);
             if !d.permit || exists.as_ref().is_none_or(|e| e.deleted) {
                 return Ok((d, exists.is_some(), None));
@@ -508,14 +639,19 @@ async fn everything(st: AppState, caller: Caller, id: String, q: Option<String>,
         Ok(x) => x,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut rec = caller.fhir_record("operation", 200, Some("Patient"), Some(&id), None, vec![id.clone()], Some(&d), now);
+    let mut rec =
+        caller.fhir_record("operation", 200, Some("Patient"), Some(&id), None, vec![id.clone()], Some(&d), now);
     rec.query = Some("$everything".into());
     if !d.permit {
         rec.status = 403;
         return audited(&st, rec, Err(deny_error(&d, &format!("the record of Patient/{id}")))).await;
     }
     let Some(mut rows) = rows else {
-        let e = if exists { ApiError::Gone(format!("Patient/{id} was deleted")) } else { ApiError::NotFound(format!("Patient/{id} does not exist")) };
+        let e = if exists {
+            ApiError::Gone(format!("Patient/{id} was deleted"))
+        } else {
+            ApiError::NotFound(format!("Patient/{id} does not exist"))
+        };
         rec.status = e.status().as_u16();
         return audited(&st, rec, Err(e)).await;
     };
@@ -536,4 +672,3 @@ async fn everything(st: AppState, caller: Caller, id: String, q: Option<String>,
     rec.detail = Some(json!({"count": rows.len()}));
     audited(&st, rec, Ok(respond(StatusCode::OK, b.finish()))).await
 }
-

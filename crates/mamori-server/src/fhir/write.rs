@@ -18,7 +18,10 @@ use mamori_store::{accounts, search, StoreError};
 use serde_json::{json, Value};
 
 use super::read::{audited, parse_pairs};
-use super::{check_accept, check_content_type, facts, parse_id, parse_json, parse_type, read_body, respond, target_of, version_headers};
+use super::{
+    check_accept, check_content_type, facts, parse_id, parse_json, parse_type, read_body, respond, target_of,
+    version_headers,
+};
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
 
@@ -33,12 +36,24 @@ pub enum WriteOp {
 /// The result of one write inside a job.
 #[derive(Debug, Clone)]
 pub enum Step {
-    Done { written: Written, decision: Decision },
+    Done {
+        written: Written,
+        decision: Decision,
+    },
     /// Conditional create found exactly one match: nothing written.
-    Matched { rtype: ResourceType, id: String, version: u64 },
-    Denied { decision: Decision, what: String },
+    Matched {
+        rtype: ResourceType,
+        id: String,
+        version: u64,
+    },
+    Denied {
+        decision: Decision,
+        what: String,
+    },
     /// Delete of something that never existed, or is already deleted.
-    NothingToDelete { existed: bool },
+    NothingToDelete {
+        existed: bool,
+    },
 }
 
 /// Parses `If-Match: W/"3"`.
@@ -78,7 +93,9 @@ pub fn write_step(
     match op {
         WriteOp::Delete { id } => {
             let cur = records::current(ctx.conn, rtype.as_str(), id)?;
-            let Some(cur) = cur else { return Ok(Step::NothingToDelete { existed: false }) };
+            let Some(cur) = cur else {
+                return Ok(Step::NothingToDelete { existed: false });
+            };
             let f = facts(ctx.conn, caller, cur.patient.as_deref(), now)?;
             let d = decide(&subject, Action::Delete, target_of(rtype, cur.patient.as_deref()), &mode, f);
             if !d.permit {
@@ -113,9 +130,14 @@ pub fn write_step(
 
 /// Conditional create: the one existing resource matching `cond`, if any;
 /// an error if several match.
-pub fn conditional_match(ctx: &mut WriteCtx<'_>, rtype: ResourceType, cond: &str) -> Result<Option<(String, u64)>, StoreError> {
+pub fn conditional_match(
+    ctx: &mut WriteCtx<'_>,
+    rtype: ResourceType,
+    cond: &str,
+) -> Result<Option<(String, u64)>, StoreError> {
     let pairs = parse_pairs(cond).map_err(|_| StoreError::invalid("If-None-Exist", "malformed query"))?;
-    let (mut q, _) = parse_query(rtype, &pairs, false).map_err(|e| StoreError::invalid("If-None-Exist", e.to_string()))?;
+    let (mut q, _) =
+        parse_query(rtype, &pairs, false).map_err(|e| StoreError::invalid("If-None-Exist", e.to_string()))?;
     if q.clauses.is_empty() {
         return Err(StoreError::invalid("If-None-Exist", "needs at least one search parameter"));
     }
@@ -183,20 +205,41 @@ pub fn action_name(op: &WriteOp, step: Option<&Step>) -> &'static str {
 }
 
 /// Audit record of a finished step.
-pub fn step_record(caller: &Caller, op: &WriteOp, rtype: ResourceType, step: &Step, status: u16, now: mamori_core::time::Timestamp) -> mamori_audit::event::AuditRecord {
+pub fn step_record(
+    caller: &Caller,
+    op: &WriteOp,
+    rtype: ResourceType,
+    step: &Step,
+    status: u16,
+    now: mamori_core::time::Timestamp,
+) -> mamori_audit::event::AuditRecord {
     let action = action_name(op, Some(step));
     match step {
         Step::Done { written, decision } => {
             let patients = written.patient.iter().chain(written.previous_patient.iter()).cloned().collect();
-            caller.fhir_record(action, status, Some(rtype.as_str()), Some(&written.id), Some(written.version), patients, Some(decision), now)
+            caller.fhir_record(
+                action,
+                status,
+                Some(rtype.as_str()),
+                Some(&written.id),
+                Some(written.version),
+                patients,
+                Some(decision),
+                now,
+            )
         }
         Step::Matched { id, version, .. } => {
-            let mut r = caller.fhir_record(action, status, Some(rtype.as_str()), Some(id), Some(*version), vec![], None, now);
+            let mut r =
+                caller.fhir_record(action, status, Some(rtype.as_str()), Some(id), Some(*version), vec![], None, now);
             r.detail = Some(json!({"conditional": "matched existing"}));
             r
         }
-        Step::Denied { decision, .. } => caller.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], Some(decision), now),
-        Step::NothingToDelete { .. } => caller.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], None, now),
+        Step::Denied { decision, .. } => {
+            caller.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], Some(decision), now)
+        }
+        Step::NothingToDelete { .. } => {
+            caller.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], None, now)
+        }
     }
 }
 
@@ -222,7 +265,9 @@ fn written_response(st: &AppState, w: &Written, status: StatusCode, prefer: &str
     let mut r = respond(status, body);
     version_headers(&mut r, &st.base_url, w.rtype.as_str(), &w.id, w.version, w.last_updated);
     if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("{}/fhir/{}/{}/_history/{}", st.base_url, w.rtype, w.id, w.version)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("{}/fhir/{}/{}/_history/{}", st.base_url, w.rtype, w.id, w.version))
+        {
             r.headers_mut().insert(header::LOCATION, v);
         }
     }
@@ -230,7 +275,14 @@ fn written_response(st: &AppState, w: &Written, status: StatusCode, prefer: &str
 }
 
 /// Runs a single write as one job and answers.
-async fn run_single(st: AppState, caller: Caller, rtype: ResourceType, op: WriteOp, body: Option<Value>, prefer: &'static str) -> Response {
+async fn run_single(
+    st: AppState,
+    caller: Caller,
+    rtype: ResourceType,
+    op: WriteOp,
+    body: Option<Value>,
+    prefer: &'static str,
+) -> Response {
     let c2 = caller.clone();
     let op2 = op.clone();
     let c3 = caller.clone();
@@ -259,7 +311,16 @@ async fn run_single(st: AppState, caller: Caller, rtype: ResourceType, op: Write
                     WriteOp::Update { id, .. } | WriteOp::Delete { id } => Some(id.as_str()),
                     WriteOp::Create { .. } => None,
                 };
-                let mut rec = c3.fhir_record(action_name(&op3, None), status, Some(rtype.as_str()), id, None, vec![], None, ctx.now);
+                let mut rec = c3.fhir_record(
+                    action_name(&op3, None),
+                    status,
+                    Some(rtype.as_str()),
+                    id,
+                    None,
+                    vec![],
+                    None,
+                    ctx.now,
+                );
                 rec.detail = Some(json!({"error": ApiError::from(e.clone()).audit_text()}));
                 ctx.audit(&rec).map(|_| ())
             },
@@ -279,8 +340,12 @@ async fn run_single(st: AppState, caller: Caller, rtype: ResourceType, op: Write
             written_response(&st, &written, status, prefer)
         }
         Ok(Step::Matched { rtype, id, version, .. }) => {
-            let mut r = respond(StatusCode::OK, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "duplicate",
-                "diagnostics": format!("If-None-Exist matched {rtype}/{id}; nothing was created")}]}).to_string());
+            let mut r = respond(
+                StatusCode::OK,
+                json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "duplicate",
+                "diagnostics": format!("If-None-Exist matched {rtype}/{id}; nothing was created")}]})
+                .to_string(),
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("{}/fhir/{rtype}/{id}/_history/{version}", st.base_url)) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
@@ -293,13 +358,22 @@ async fn run_single(st: AppState, caller: Caller, rtype: ResourceType, op: Write
             }
             ApiError::Forbidden(msg).into_response()
         }
-        Ok(Step::NothingToDelete { existed: false }) => ApiError::NotFound("nothing to delete: the resource does not exist".into()).into_response(),
+        Ok(Step::NothingToDelete { existed: false }) => {
+            ApiError::NotFound("nothing to delete: the resource does not exist".into()).into_response()
+        }
         Ok(Step::NothingToDelete { existed: true }) => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
 /// A bad request before any job: audited, nothing changed.
-async fn reject(st: &AppState, caller: &Caller, action: &str, rtype: Option<&str>, id: Option<&str>, e: ApiError) -> Response {
+async fn reject(
+    st: &AppState,
+    caller: &Caller,
+    action: &str,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    e: ApiError,
+) -> Response {
     let now = st.store.clock().now();
     let mut rec = caller.fhir_record(action, e.status().as_u16(), rtype, id, None, vec![], None, now);
     rec.detail = Some(json!({"error": e.audit_text()}));
@@ -307,7 +381,14 @@ async fn reject(st: &AppState, caller: &Caller, action: &str, rtype: Option<&str
 }
 
 /// POST /fhir/{type}
-pub async fn create(State(st): State<AppState>, caller: Caller, Path(t): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+pub async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let limit = st.cfg.server.body_limit_bytes;
     let pre = async {
         let rtype = parse_type(&t)?;
@@ -317,18 +398,30 @@ pub async fn create(State(st): State<AppState>, caller: Caller, Path(t): Path<St
         let bytes = read_body(body, limit).await?;
         let v = parse_json(&bytes)?;
         validate_body(rtype, &v)?;
-        let ine = headers.get("if-none-exist").map(|h| h.to_str().map(str::to_owned).map_err(|_| ApiError::bad("If-None-Exist", "not ASCII"))).transpose()?;
+        let ine = headers
+            .get("if-none-exist")
+            .map(|h| h.to_str().map(str::to_owned).map_err(|_| ApiError::bad("If-None-Exist", "not ASCII")))
+            .transpose()?;
         Ok::<_, ApiError>((rtype, v, ine))
     }
     .await;
     match pre {
-        Ok((rtype, v, ine)) => run_single(st, caller, rtype, WriteOp::Create { if_none_exist: ine }, Some(v), prefer_return(&headers)).await,
+        Ok((rtype, v, ine)) => {
+            run_single(st, caller, rtype, WriteOp::Create { if_none_exist: ine }, Some(v), prefer_return(&headers))
+                .await
+        }
         Err(e) => reject(&st, &caller, "create", ResourceType::parse(&t).ok().map(|r| r.as_str()), None, e).await,
     }
 }
 
 /// PUT /fhir/{type}/{id}
-pub async fn update(State(st): State<AppState>, caller: Caller, Path((t, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+pub async fn update(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((t, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let limit = st.cfg.server.body_limit_bytes;
     let pre = async {
         let rtype = parse_type(&t)?;
@@ -344,15 +437,34 @@ pub async fn update(State(st): State<AppState>, caller: Caller, Path((t, id)): P
         validate_body(rtype, &v)?;
         match v.get("id").and_then(Value::as_str) {
             Some(bid) if bid == id => {}
-            Some(bid) => return Err(ApiError::bad(&format!("{rtype}.id"), format!("body id '{bid}' does not match the URL id '{id}'"))),
-            None => return Err(ApiError::bad(&format!("{rtype}.id"), "an update must carry the resource id in the body")),
+            Some(bid) => {
+                return Err(ApiError::bad(
+                    &format!("{rtype}.id"),
+                    format!("body id '{bid}' does not match the URL id '{id}'"),
+                ))
+            }
+            None => {
+                return Err(ApiError::bad(&format!("{rtype}.id"), "an update must carry the resource id in the body"))
+            }
         }
         Ok::<_, ApiError>((rtype, v, if_match))
     }
     .await;
     match pre {
-        Ok((rtype, v, if_match)) => run_single(st, caller, rtype, WriteOp::Update { id, if_match }, Some(v), prefer_return(&headers)).await,
-        Err(e) => reject(&st, &caller, "update", ResourceType::parse(&t).ok().map(|r| r.as_str()), Some(&id).filter(|i| mamori_core::ids::is_fhir_id(i)).map(String::as_str), e).await,
+        Ok((rtype, v, if_match)) => {
+            run_single(st, caller, rtype, WriteOp::Update { id, if_match }, Some(v), prefer_return(&headers)).await
+        }
+        Err(e) => {
+            reject(
+                &st,
+                &caller,
+                "update",
+                ResourceType::parse(&t).ok().map(|r| r.as_str()),
+                Some(&id).filter(|i| mamori_core::ids::is_fhir_id(i)).map(String::as_str),
+                e,
+            )
+            .await
+        }
     }
 }
 

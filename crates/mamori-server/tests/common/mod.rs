@@ -54,7 +54,11 @@ impl TestServer {
     pub async fn start_with(tag: &str, clock: Option<ManualClock>) -> TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("mamori.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n").unwrap();
+        std::fs::write(
+            dir.join("mamori.toml"),
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n",
+        )
+        .unwrap();
         Self::boot(dir, clock).await
     }
 
@@ -76,7 +80,9 @@ impl TestServer {
             let pw = init.admin_password.to_string();
             s.running = Some(running);
             let tok = s.login("admin", &pw).await;
-            let r = s.req(Method::POST, "/api/v1/auth/password", Some(&tok), Some(json!({"current": pw, "new": PASSWORD}))).await;
+            let r = s
+                .req(Method::POST, "/api/v1/auth/password", Some(&tok), Some(json!({"current": pw, "new": PASSWORD})))
+                .await;
             assert_eq!(r.status, 200, "{}", r.text);
             s.admin = s.login("admin", PASSWORD).await;
         } else {
@@ -101,7 +107,8 @@ impl TestServer {
     }
 
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(self.dir.join("mamori.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+        rusqlite::Connection::open_with_flags(self.dir.join("mamori.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
     }
 
     pub fn count(&self, sql: &str) -> i64 {
@@ -124,7 +131,8 @@ impl TestServer {
 
     /// The decoded leaf of the newest audit event.
     pub fn last_audit(&self) -> Value {
-        let leaf: Vec<u8> = self.db().query_row("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        let leaf: Vec<u8> =
+            self.db().query_row("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
         let s = String::from_utf8(leaf).unwrap();
         serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
     }
@@ -141,7 +149,14 @@ impl TestServer {
             .collect()
     }
 
-    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<(String, &str)>, headers: &[(&str, &str)]) -> Resp {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(String, &str)>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut rb = self.client.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             rb = rb.bearer_auth(t);
@@ -179,7 +194,8 @@ impl TestServer {
     }
 
     pub async fn login(&self, user: &str, pw: &str) -> String {
-        let r = self.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw}))).await;
+        let r =
+            self.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw}))).await;
         assert_eq!(r.status, 200, "login {user}: {}", r.text);
         r.body["token"].as_str().unwrap().to_owned()
     }
@@ -190,11 +206,19 @@ impl TestServer {
     }
 
     pub async fn user_in(&self, name: &str, roles: &[&str], dept: Option<&str>) -> String {
-        let r = self.post("/api/v1/users", &self.admin, json!({"name": name, "display": format!("Test {name}"), "roles": roles, "department": dept})).await;
+        let r = self
+            .post(
+                "/api/v1/users",
+                &self.admin,
+                json!({"name": name, "display": format!("Test {name}"), "roles": roles, "department": dept}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.text);
         let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
         let t = self.login(name, &otp).await;
-        let r = self.req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD}))).await;
+        let r = self
+            .req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD})))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         self.login(name, PASSWORD).await
     }

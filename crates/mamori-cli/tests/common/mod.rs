@@ -1,0 +1,122 @@
+//! Runs the real `mamori` binary as a separate process.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
+pub const PASSWORD: &str = "Correct horse 42!";
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let d = std::env::temp_dir().join(format!("mamori-cli-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    pub admin_password: Option<String>,
+}
+
+/// Starts `mamori serve` on an ephemeral port; waits until it listens.
+pub fn serve(dir: &Path) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("MAMORI_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mamori");
+    let out = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut admin_password = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("mamori exited before listening");
+        }
+        if let Some(rest) = line.trim().strip_prefix("one-time password:") {
+            admin_password = Some(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("mamori: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return Proc { child, port, admin_password };
+        }
+    }
+}
+
+pub fn client(dir: &Path) -> reqwest::blocking::Client {
+    let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+    reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn base(p: &Proc) -> String {
+    format!("https://localhost:{}", p.port)
+}
+
+pub fn login(c: &reqwest::blocking::Client, base: &str, user: &str, pw: &str) -> String {
+    let r =
+        c.post(format!("{base}/api/v1/auth/login")).json(&json!({"username": user, "password": pw})).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().unwrap()["token"].as_str().unwrap().to_owned()
+}
+
+/// On a fresh server: admin password changed, a physician with a token.
+pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (String, String) {
+    let t = login(c, base, "admin", admin_otp);
+    let r = c
+        .post(format!("{base}/api/v1/auth/password"))
+        .bearer_auth(&t)
+        .json(&json!({"current": admin_otp, "new": PASSWORD}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let admin = login(c, base, "admin", PASSWORD);
+    let r = c
+        .post(format!("{base}/api/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "dr.k", "display": "Dr K", "roles": ["physician"], "password": PASSWORD}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t = login(c, base, "dr.k", PASSWORD);
+    let r = c
+        .post(format!("{base}/api/v1/auth/password"))
+        .bearer_auth(&t)
+        .json(&json!({"current": PASSWORD, "new": "Another horse 43!"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    (admin, login(c, base, "dr.k", "Another horse 43!"))
+}
+
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(BIN).args(args).env("MAMORI_LOG_LEVEL", "warn").output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
