@@ -48,7 +48,12 @@ async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Res
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     req.extensions_mut().insert(RequestId(rid.clone()));
     req.extensions_mut().insert(RequestMode(mode));
+    let mutating_ops = method != axum::http::Method::GET && req.uri().path().starts_with("/api/");
     let mut resp = next.run(req).await;
+    if mutating_ops && resp.status().is_success() {
+        // Accounts, tokens or roles may have changed: forget cached tokens.
+        st.tokens.invalidate();
+    }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&mode.header_value()) {
         h.insert(HeaderName::from_static("mamori-mode"), v);

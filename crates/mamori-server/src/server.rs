@@ -288,6 +288,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let base_url = cfg.base_url(addr);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let state = AppState(Arc::new(Inner {
+        tokens: Default::default(),
         store,
         cfg,
         mode: ModeCell::new(Mode::Normal),
@@ -418,6 +419,7 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
     let base_url = cfg.base_url(cfg.listen_addr()?);
     let state = AppState(Arc::new(Inner {
+        tokens: Default::default(),
         store,
         cfg,
         mode: ModeCell::new(Mode::Normal),

@@ -40,6 +40,7 @@ impl ModeCell {
 pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
+    pub tokens: TokenCache,
     pub store: Store,
     pub cfg: Config,
     pub mode: ModeCell,
@@ -52,6 +53,43 @@ impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+/// Live tokens seen recently, so that most requests authenticate without a
+/// database round trip. Any successful change through the operations API
+/// (revocations, role changes, disabling a user, ...) invalidates every
+/// entry before its response is sent, so a revocation is effective for
+/// every request that starts after it returns. Expiry is checked against
+/// the clock on each use.
+#[derive(Default)]
+pub struct TokenCache {
+    generation: std::sync::atomic::AtomicU64,
+    map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (u64, TokenInfo)>>,
+}
+
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
+    }
+    fn get(&self, hash: &[u8], now: mamori_core::time::Timestamp) -> Option<TokenInfo> {
+        let g = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let m = self.map.lock().ok()?;
+        let (gen, info) = m.get(hash)?;
+        (*gen == g && info.expires > now).then(|| info.clone())
+    }
+    fn put(&self, hash: Vec<u8>, gen: u64, info: TokenInfo) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= TOKEN_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(hash, (gen, info));
+        }
     }
 }
 
@@ -257,8 +295,22 @@ impl FromRequestParts<AppState> for Caller {
             )));
         };
         let now = st.store.clock().now();
-        let found: Option<TokenInfo> =
-            st.store.read(move |c| accounts::lookup_token(c, &secret, now)).await.map_err(|e| reject(e.into()))?;
+        let hash = accounts::token_hash(&secret);
+        let found: Option<TokenInfo> = match st.tokens.get(&hash, now) {
+            Some(hit) => Some(hit),
+            None => {
+                let gen = st.tokens.generation.load(std::sync::atomic::Ordering::SeqCst);
+                let found = st
+                    .store
+                    .read(move |c| accounts::lookup_token(c, &secret, now))
+                    .await
+                    .map_err(|e| reject(e.into()))?;
+                if let Some(info) = &found {
+                    st.tokens.put(hash, gen, info.clone());
+                }
+                found
+            }
+        };
         let Some(info) = found else {
             let rec = ctx.record("anonymous", "anonymous", "auth-failure", 401, now);
             st.store.writer().audit(vec![rec]).await.map_err(|e| reject(e.into()))?;

@@ -39,10 +39,16 @@ pub fn random_password() -> Result<Zeroizing<String>> {
     Ok(s)
 }
 
-/// A random resource id in UUID form (a valid FHIR id).
+/// A new resource id: a UUIDv7 (RFC 9562), i.e. 48 bits of milliseconds
+/// then 74 random bits. Time-ordered ids keep inserts into the id-keyed
+/// B-trees local (measured: creates no longer slow down as tables grow);
+/// they reveal no more than `meta.lastUpdated` already does.
 pub fn new_id() -> Result<String> {
     let mut b = random_bytes::<16>()?;
-    b[6] = (b[6] & 0x0f) | 0x40;
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = mamori_audit::merkle::to_hex(&b);
     Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
@@ -481,6 +487,17 @@ pub fn has_care_relationship(
             p![patient, user, department, now.micros()],
         )?
         .is_some())
+}
+
+/// Records a care relationship the server itself establishes (e.g. for
+/// the clinician who registers a patient); the caller vouches that user and
+/// patient exist.
+pub fn assign_care_unchecked(c: &mut dyn Conn, patient: &str, user: &str, reason: &str, now: Timestamp) -> Result<()> {
+    c.exec(
+        "INSERT INTO care_assignments (patient, user_name, reason, assigned_by, start) VALUES ($1, $2, $3, $2, $4)",
+        p![patient, user, reason, now.micros()],
+    )?;
+    Ok(())
 }
 
 pub fn assign_care(

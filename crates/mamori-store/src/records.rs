@@ -178,7 +178,7 @@ pub fn put(
     let patient = patient_of(rtype, id, &body);
     let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
     write_version(c, rtype, id, version, now, false, patient.as_deref(), author, &text, prev.is_some())?;
-    reindex(c, rtype, id, Some(&body))?;
+    reindex(c, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
     let previous_patient = prev.as_ref().and_then(|p| p.patient.clone()).filter(|pp| Some(pp) != patient.as_ref());
     Ok(Written {
         rtype,
@@ -210,7 +210,7 @@ pub fn delete(
     }
     let version = prev.version + 1;
     write_version(c, rtype, id, version, now, true, prev.patient.as_deref(), author, "", true)?;
-    reindex(c, rtype, id, None)?;
+    reindex(c, rtype, id, None, true)?;
     Ok(Some(Written {
         rtype,
         id: id.to_owned(),
@@ -260,10 +260,18 @@ fn write_version(
 }
 
 /// Replaces the index rows of a resource (none for a tombstone).
-fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>) -> Result<()> {
+/// `had_rows`: the previous version was indexed (not new, not deleted).
+fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>, had_rows: bool) -> Result<()> {
     let t = rtype.as_str();
-    for table in ["idx_token", "idx_string", "idx_date", "idx_ref"] {
-        c.exec(&format!("DELETE FROM {table} WHERE rtype = $1 AND id = $2"), p![t, id])?;
+    if had_rows {
+        for sql in [
+            "DELETE FROM idx_token WHERE rtype = $1 AND id = $2",
+            "DELETE FROM idx_string WHERE rtype = $1 AND id = $2",
+            "DELETE FROM idx_date WHERE rtype = $1 AND id = $2",
+            "DELETE FROM idx_ref WHERE rtype = $1 AND id = $2",
+        ] {
+            c.exec(sql, p![t, id])?;
+        }
     }
     let Some(body) = body else { return Ok(()) };
     for e in index_entries(rtype, body) {

@@ -200,7 +200,7 @@ pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
 // ---- index extraction -----------------------------------------------------
 
 /// One row of the search index for the current version of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IndexValue {
     Token { system: Option<String>, code: String },
     String { norm: String, exact: String },
@@ -208,7 +208,7 @@ pub enum IndexValue {
     Reference { rtype: String, id: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexEntry {
     pub param: &'static str,
     pub value: IndexValue,
@@ -226,7 +226,7 @@ pub fn index_entries(rtype: ResourceType, res: &Value) -> Vec<IndexEntry> {
             }
         }
     }
-    out.sort_by(|a, b| (a.param, format!("{:?}", a.value)).cmp(&(b.param, format!("{:?}", b.value))));
+    out.sort_unstable();
     out.dedup();
     out
 }

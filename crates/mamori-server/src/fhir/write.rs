@@ -189,7 +189,7 @@ fn create_or_update(
     let written = records::put(ctx.conn, rtype, id, body, if_match, author, now)?;
     // A clinician who registers a patient is caring for that patient.
     if rtype == ResourceType::PATIENT && written.created && (subject.has(Role::Physician) || subject.has(Role::Nurse)) {
-        accounts::assign_care(ctx.conn, id, Some(author), None, Some("registered the patient"), author, now)?;
+        accounts::assign_care_unchecked(ctx.conn, id, author, "registered the patient", now)?;
     }
     Ok(Step::Done { written, decision })
 }

@@ -1,0 +1,329 @@
+//! mamori benchmarks: programs that print figures and, in the same run, the
+//! baseline they are compared with. See docs/benchmarks.md.
+//!
+//!   cargo run --release -p mamori-bench -- fhir [--seconds 10] [--clients 32]
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mamori_core::time::SystemClock;
+use serde_json::{json, Value};
+
+struct Args {
+    cmd: String,
+    seconds: u64,
+    clients: usize,
+    runs: usize,
+    only: Option<String>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args { cmd: String::new(), seconds: 8, clients: 32, runs: 3, only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
+            "--clients" => a.clients = it.next().context("--clients N")?.parse()?,
+            "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
+            "--only" => a.only = Some(it.next().context("--only creates|reads|searches")?),
+            c if a.cmd.is_empty() => a.cmd = c.to_owned(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn patient_json(i: u64) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("B{i}")}],
+           "name": [{"family": format!("山田{:04}", i % 5000), "given": ["太郎"]}, {"family": format!("ヤマダ{:04}", i % 5000), "given": ["タロウ"]}],
+           "gender": "male", "birthDate": "1970-05-01",
+           "address": [{"city": "大阪市", "line": ["北区 1-2-3"]}]})
+}
+
+/// Baseline: raw SQLite inserts of the same JSON, one durable transaction
+/// each, WAL + synchronous=FULL (mamori's default durability).
+fn baseline_sqlite(dir: &std::path::Path, n: u64) -> Result<(f64, f64, f64)> {
+    let path = dir.join("baseline.db");
+    let _ = std::fs::remove_file(&path);
+    let c = rusqlite::Connection::open(&path)?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE r (id TEXT PRIMARY KEY, body TEXT NOT NULL);",
+    )?;
+    let mut lat = Vec::with_capacity(n as usize);
+    let start = Instant::now();
+    for i in 0..n {
+        let body = patient_json(i).to_string();
+        let t = Instant::now();
+        c.execute("INSERT INTO r (id, body) VALUES (?1, ?2)", rusqlite::params![format!("id{i}"), body])?;
+        lat.push(t.elapsed());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    Ok((rate, pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
+struct Load {
+    ops: u64,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+}
+
+async fn load<F, Fut>(clients: usize, secs: u64, f: F) -> Load
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let lats = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (stop, counter, errors, lats, f) = (stop.clone(), counter.clone(), errors.clone(), lats.clone(), f.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if f(i).await {
+                    mine.push(t.elapsed());
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Ok(mut l) = lats.lock() {
+                l.extend(mine);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = lats.lock().map(|g| g.clone()).unwrap_or_default();
+    l.sort();
+    Load {
+        ops: l.len() as u64,
+        rate: l.len() as f64 / elapsed,
+        p50: pct(&l, 0.5),
+        p99: pct(&l, 0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
+    match r {
+        Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+async fn fhir(a: &Args) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mamori-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("mamori.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"full\"\n",
+    )?;
+    let running = mamori_server::server::start(mamori_server::server::ServeOptions {
+        data: dir.clone(),
+        listen: None,
+        clock: Arc::new(SystemClock),
+    })
+    .await?;
+    let base = format!("https://localhost:{}", running.addr.port());
+    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .pool_max_idle_per_host(a.clients)
+        .build()?;
+    let otp = running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
+    let post = |path: &str, tok: Option<&str>, body: Value| {
+        let mut rb = client.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = tok {
+            rb = rb.bearer_auth(t);
+        }
+        rb.send()
+    };
+    let tok =
+        post("/api/v1/auth/login", None, json!({"username": "admin", "password": otp})).await?.json::<Value>().await?
+            ["token"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+    post("/api/v1/auth/password", Some(&tok), json!({"current": otp, "new": "Bench password 1!"})).await?;
+    let admin = post("/api/v1/auth/login", None, json!({"username": "admin", "password": "Bench password 1!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
+    )
+    .await?;
+    let t = post("/api/v1/auth/login", None, json!({"username": "dr.bench", "password": "Bench password 1!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    post("/api/v1/auth/password", Some(&t), json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
+        .await?;
+    let doc = post("/api/v1/auth/login", None, json!({"username": "dr.bench", "password": "Bench password 2!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+
+    println!(
+        "mamori-bench fhir: {} clients, {} s per run, {} runs (medians reported), HTTPS keep-alive, synchronous=full",
+        a.clients, a.seconds, a.runs
+    );
+    let mut base_rates = Vec::new();
+    let mut base_lat = (Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        let (r, p50, p99) = baseline_sqlite(&dir, 2000)?;
+        base_rates.push(r);
+        base_lat.0.push(p50);
+        base_lat.1.push(p99);
+    }
+    let baseline = median(base_rates);
+    println!(
+        "baseline  raw SQLite insert, 1 txn each     {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms",
+        baseline,
+        median(base_lat.0),
+        median(base_lat.1)
+    );
+
+    let ids: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut results: Vec<(&str, Vec<Load>)> =
+        vec![("audited creates", vec![]), ("audited reads", vec![]), ("audited searches", vec![])];
+    for _ in 0..a.runs {
+        let (c, b, d, ids2) = (client.clone(), base.clone(), doc.clone(), ids.clone());
+        let creates = load(a.clients, a.seconds, move |i| {
+            let (c, b, d, ids2) = (c.clone(), b.clone(), d.clone(), ids2.clone());
+            async move {
+                match c
+                    .post(format!("{b}/fhir/Patient"))
+                    .bearer_auth(&d)
+                    .header("content-type", "application/fhir+json")
+                    .body(patient_json(i).to_string())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 201 => {
+                        if let Some(loc) = r.headers().get("location").and_then(|v| v.to_str().ok()) {
+                            if let (Some(id), Ok(mut g)) = (loc.split('/').rev().nth(2), ids2.lock()) {
+                                g.push(id.to_owned());
+                            }
+                        }
+                        let _ = r.bytes().await;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        println!("  run: creates {:.0}/s p50 {:.2} ms p99 {:.2} ms", creates.rate, creates.p50, creates.p99);
+        results[0].1.push(creates);
+        if a.only.as_deref() == Some("creates") {
+            continue;
+        }
+        let all: Arc<Vec<String>> = Arc::new(ids.lock().map(|g| g.clone()).unwrap_or_default());
+        let (c, b, d) = (client.clone(), base.clone(), doc.clone());
+        let reads = load(a.clients, a.seconds, move |i| {
+            let (c, b, d, all) = (c.clone(), b.clone(), d.clone(), all.clone());
+            async move {
+                let id = all
+                    .get((i.wrapping_mul(2_654_435_761) % all.len().max(1) as u64) as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                ok200(c.get(format!("{b}/fhir/Patient/{id}")).bearer_auth(&d).send().await).await
+            }
+        })
+        .await;
+        results[1].1.push(reads);
+        let (c, b, d) = (client.clone(), base.clone(), doc.clone());
+        let searches = load(a.clients / 2, a.seconds, move |i| {
+            let (c, b, d) = (c.clone(), b.clone(), d.clone());
+            async move {
+                // Half by medical record number, half by family name (a
+                // handful of matches each), as at a reception desk.
+                let url = if i % 2 == 0 {
+                    format!("{b}/fhir/Patient?identifier=urn:mrn|B{}", i % 20_000)
+                } else {
+                    format!(
+                        "{b}/fhir/Patient?family={}&_count=10",
+                        mamori_server::fhir::enc(&format!("やまだ{:04}", i % 5000))
+                    )
+                };
+                ok200(c.get(url).bearer_auth(&d).send().await).await
+            }
+        })
+        .await;
+        results[2].1.push(searches);
+    }
+    let mut create_rate = 0.0;
+    for (name, runs) in &results {
+        let rate = median(runs.iter().map(|l| l.rate).collect());
+        let errors: u64 = runs.iter().map(|l| l.errors).sum();
+        let ops: u64 = runs.iter().map(|l| l.ops).sum();
+        println!(
+            "mamori    {name:<32} {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms   ({ops} ok, {errors} errors)",
+            rate,
+            median(runs.iter().map(|l| l.p50).collect()),
+            median(runs.iter().map(|l| l.p99).collect())
+        );
+        if *name == "audited creates" {
+            create_rate = rate;
+        }
+    }
+    println!("ratio     audited creates / raw insert baseline: {:.2}x", create_rate / baseline);
+    let audit: i64 =
+        rusqlite::Connection::open(dir.join("mamori.db"))?
+            .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))?;
+    println!("audit     events committed during the run: {audit}");
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match a.cmd.as_str() {
+        "fhir" => rt.block_on(fhir(&a)),
+        _ => bail!("usage: mamori-bench fhir [--seconds N] [--clients N] [--runs N]"),
+    }
+}
