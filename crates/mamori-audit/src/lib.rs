@@ -7,5 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod fhir;
 pub mod merkle;
 pub mod note;
+pub mod verify;

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
+mod witness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,70 @@ enum Cmd {
     /// Care relationships between staff and patients.
     #[command(subcommand)]
     Care(CareCmd),
+    /// The tamper-evident audit log: verify, export, witness.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the audit log offline: of a data directory (every event,
+    /// checkpoint, signature, index and proof node), or of an export file
+    /// with only a pinned key. Names the first problem; exits 1 if any.
+    Verify {
+        /// Data directory (readable while the server runs).
+        #[arg(long, conflicts_with = "export", required_unless_present = "export")]
+        data: Option<PathBuf>,
+        /// An export file made by `mamori audit export`.
+        #[arg(long, requires = "key")]
+        export: Option<PathBuf>,
+        /// The log's verifier key (name+id+base64) or a file holding it.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only leaves, tree and checkpoints (skip the index and node checks).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Export events and the checkpoints covering them to a self-contained
+    /// file an external auditor verifies with `mamori audit verify --export`.
+    Export {
+        #[arg(long)]
+        data: PathBuf,
+        /// Output file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// First event index (default 0).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop at this tree size (clipped to the newest checkpoint).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Run a witness: fetch checkpoints, check consistency, cosign, and
+    /// raise an alert on any fork. Prints its own key on start.
+    Witness {
+        /// The witness's own directory (key and store).
+        #[arg(long)]
+        data: PathBuf,
+        /// The witness's name (its key name), e.g. witness.example-hospital.jp/w1.
+        #[arg(long, default_value = "mamori-witness")]
+        name: String,
+        /// The log's base URL, e.g. https://ehr.example:8443.
+        #[arg(long)]
+        log: String,
+        /// The log's verifier key (pinned), or a file holding it.
+        #[arg(long)]
+        log_key: String,
+        /// CA certificate to trust for the log's TLS.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 60)]
+        interval: u64,
+        /// One round, then exit (non-zero on an alert).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +373,17 @@ async fn run(cli: Cli) -> Result<()> {
                 let api = Api::connect(&target).await?;
                 api.ok(Method::DELETE, &format!("/api/v1/care-assignments/{id}"), None).await?;
                 println!("care assignment {id} ended");
+            }
+        },
+        Cmd::Audit(c) => match c {
+            AuditCmd::Verify { data, export, key, quick } => match (data, export) {
+                (Some(d), None) => audit::verify_data(&d, key.as_deref(), quick)?,
+                (None, Some(f)) => audit::verify_export(&f, key.as_deref().unwrap_or_default())?,
+                _ => anyhow::bail!("give --data DIR or --export FILE --key KEY"),
+            },
+            AuditCmd::Export { data, out, from, to } => audit::export(&data, &out, from, to)?,
+            AuditCmd::Witness { data, name, log, log_key, ca, interval, once } => {
+                witness::run(data, name, log, log_key, ca, interval, once).await?
             }
         },
     }

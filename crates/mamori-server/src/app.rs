@@ -20,6 +20,7 @@ pub fn router(st: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::fhir::routes())
         .merge(crate::ops::routes())
+        .merge(crate::audit_api::routes())
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })

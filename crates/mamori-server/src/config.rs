@@ -17,7 +17,34 @@ pub struct Config {
     pub auth: AuthSection,
     pub audit: AuditSection,
     pub institution: InstitutionSection,
+    pub syslog: SyslogSection,
     pub log: LogSection,
+}
+
+/// Streaming the audit log to an IHE ATNA / RFC 5425 collector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogSection {
+    /// host:port of the collector (TLS, RFC 5425 octet counting); empty
+    /// disables streaming.
+    pub collector: String,
+    /// CA certificate (PEM) that issued the collector's certificate.
+    pub ca: String,
+    /// Client certificate and key (PEM) for mutual TLS, if the collector
+    /// requires one (ATNA does).
+    pub client_cert: String,
+    pub client_key: String,
+    /// HOSTNAME field of the messages; empty: the institution id or "mamori".
+    pub hostname: String,
+    /// Events re-sent after a reconnect (RFC 5425 has no acknowledgements;
+    /// collectors drop duplicates by the index in the structured data).
+    pub resend_window: u64,
+}
+
+impl Default for SyslogSection {
+    fn default() -> Self {
+        SyslogSection { collector: String::new(), ca: String::new(), client_cert: String::new(), client_key: String::new(), hostname: String::new(), resend_window: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +104,8 @@ pub struct AuditSection {
     pub checkpoint_every_events: u64,
     /// ...or after this many seconds with new events.
     pub checkpoint_every_seconds: u64,
+    /// Witnesses whose cosignatures are accepted: C2SP vkeys (type 0x04).
+    pub witnesses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +114,9 @@ pub struct InstitutionSection {
     /// The 10-digit medical institution code (医療機関コード), if any.
     pub id: String,
     pub name: String,
+    /// Local time zone as minutes east of UTC (540 = JST), for per-day
+    /// reports and document dates.
+    pub utc_offset_minutes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,12 +159,13 @@ impl Default for AuditSection {
             origin: "mamori.local/audit".into(),
             checkpoint_every_events: 1000,
             checkpoint_every_seconds: 60,
+            witnesses: Vec::new(),
         }
     }
 }
 impl Default for InstitutionSection {
     fn default() -> Self {
-        InstitutionSection { id: String::new(), name: "mamori hospital".into() }
+        InstitutionSection { id: String::new(), name: "mamori hospital".into(), utc_offset_minutes: 540 }
     }
 }
 impl Default for LogSection {
@@ -187,6 +220,12 @@ impl Config {
         }
         if self.audit.checkpoint_every_events == 0 || self.audit.checkpoint_every_seconds == 0 {
             return Err(ConfigError::Invalid("audit checkpoint intervals must be positive".into()));
+        }
+        for w in &self.audit.witnesses {
+            match mamori_audit::note::NoteVerifier::parse(w) {
+                Ok(v) if v.is_cosigner() => {}
+                _ => return Err(ConfigError::Invalid(format!("audit.witnesses: '{w}' is not a cosignature/v1 verifier key"))),
+            }
         }
         if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {
             return Err(ConfigError::Invalid("auth limits must be positive".into()));

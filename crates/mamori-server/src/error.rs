@@ -140,6 +140,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The FHIR (OperationOutcome) response of this error.
+    pub fn into_response_fhir(self) -> Response {
+        self.into_response()
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

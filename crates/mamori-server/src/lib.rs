@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit_api;
 pub mod config;
 pub mod error;
 pub mod fhir;
@@ -14,4 +15,5 @@ pub mod metrics;
 pub mod ops;
 pub mod server;
 pub mod state;
+pub mod syslog;
 pub mod tls;

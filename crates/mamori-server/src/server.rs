@@ -314,8 +314,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         .await?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let st = state.clone();
+    let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
+    let syslog = tokio::spawn(crate::syslog::forward(state.clone(), bg_rx));
     let task = tokio::spawn(async move {
         accept_loop(st.clone(), listener, TlsAcceptor::from(tls_cfg), stop_rx, grace).await;
+        let _ = bg_stop.send(true);
+        let _ = syslog.await;
         let ctx = RequestCtx { addr: None, request_id: None, mode: st.mode.get() };
         let rec = ctx.record("system", "system", "server-stop", 200, st.store.clock().now());
         let r = st

@@ -7,7 +7,8 @@
 
 use mamori_audit::event::AuditRecord;
 use mamori_audit::merkle::{self, Frontier, Hash, NodeId, NodeSource};
-use mamori_audit::note::{Checkpoint, NoteSigner};
+use mamori_audit::note::{Checkpoint, NoteSigner, NoteVerifier};
+use mamori_audit::verify::{LogVerifier, Report};
 use mamori_core::time::Timestamp;
 
 use crate::error::{Result, StoreError};
@@ -38,6 +39,9 @@ pub fn append(c: &mut dyn Conn, frontier: &mut Frontier, rec: &AuditRecord, time
         Some(e) => (Some(e.rtype.as_str()), e.id.as_deref()),
         None => (None, None),
     };
+    // The time column is the event's own time, so that it can be checked
+    // against the leaf.
+    let time = Timestamp::parse_rfc3339(&rec.time).unwrap_or(time);
     c.exec(
         "INSERT INTO audit_events (seq, time, agent, action, rtype, rid, status, purpose, leaf) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         p![seq, time.micros(), rec.agent.user.as_str(), rec.action.as_str(), rtype, rid, rec.status, rec.purpose.as_deref(), leaf.as_slice()],
@@ -132,4 +136,415 @@ impl From<DbError> for merkle::ProofError<StoreError> {
     fn from(e: DbError) -> Self {
         merkle::ProofError::Source(StoreError::Db(e))
     }
+}
+
+// ---- verification and export -------------------------------------------------------
+
+/// Events are read in chunks of this many rows (memory stays bounded).
+const CHUNK: usize = 20_000;
+
+/// Verifies the whole audit log in a database (a consistent read snapshot):
+/// every leaf recomputed and compared with its recorded hash, the tree
+/// rebuilt and checked against every signed checkpoint, and (with `deep`)
+/// the query columns and patient index against the leaves and every stored
+/// proof node against its children.
+pub fn verify(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool) -> Result<Report> {
+    c.batch("BEGIN")?;
+    let r = verify_in_txn(c, vkey, origin, deep);
+    let _ = c.batch("COMMIT");
+    r
+}
+
+fn verify_in_txn(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool) -> Result<Report> {
+    let mut v = LogVerifier::new(vkey.clone(), origin, Frontier::new());
+    for r in c.query("SELECT size, note FROM checkpoints ORDER BY size", p![])? {
+        v.checkpoint(r.u64(0)?, &r.text(1)?);
+    }
+    let mut patients: Vec<(String, u64)> = Vec::new();
+    let mut next: i64 = -1;
+    loop {
+        let rows = c.query(
+            "SELECT e.seq, e.leaf, n.hash, e.time, e.agent, e.action, e.rtype, e.rid, e.status, e.purpose \
+             FROM audit_events e LEFT JOIN merkle_nodes n ON n.level = 0 AND n.idx = e.seq \
+             WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
+            p![next, CHUNK],
+        )?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let seq = r.u64(0)?;
+            let leaf = r.blob(1)?;
+            let recorded: Option<Hash> = r.opt_blob(2)?.and_then(|b| b.try_into().ok());
+            if recorded.is_none() {
+                v.event_problem(seq, "its leaf hash is missing from the proof nodes".into());
+            }
+            v.leaf(seq, &leaf, recorded.as_ref());
+            if deep {
+                match AuditRecord::from_leaf(&leaf) {
+                    Err(e) => v.event_problem(seq, e.to_string()),
+                    Ok(rec) => {
+                        let t = Timestamp::parse_rfc3339(&rec.time).map(|t| t.micros());
+                        let (rt, rid) = match &rec.entity {
+                            Some(e) => (Some(e.rtype.clone()), e.id.clone()),
+                            None => (None, None),
+                        };
+                        let columns_ok = t == Some(r.i64(3)?)
+                            && rec.agent.user == r.text(4)?
+                            && rec.action == r.text(5)?
+                            && rt == r.opt_text(6)?
+                            && rid == r.opt_text(7)?
+                            && i64::from(rec.status) == r.i64(8)?
+                            && rec.purpose == r.opt_text(9)?;
+                        if !columns_ok {
+                            v.event_problem(seq, "its query columns (time, agent, action, entity, status, purpose) differ from the event".into());
+                        }
+                        for p in rec.patients {
+                            patients.push((p, seq));
+                        }
+                    }
+                }
+            }
+            next = i64::try_from(seq).unwrap_or(i64::MAX);
+        }
+    }
+    if deep {
+        patients.sort();
+        let mut stored: Vec<(String, u64)> = Vec::with_capacity(patients.len());
+        let mut after = (String::new(), -1i64);
+        loop {
+            let rows = c.query(
+                "SELECT patient, seq FROM audit_patients WHERE patient > $1 OR (patient = $1 AND seq > $2) ORDER BY patient, seq LIMIT $3",
+                p![after.0.as_str(), after.1, CHUNK],
+            )?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let pair = (r.text(0)?, r.u64(1)?);
+                after = (pair.0.clone(), i64::try_from(pair.1).unwrap_or(i64::MAX));
+                stored.push(pair);
+            }
+        }
+        if let Some(i) = (0..patients.len().max(stored.len())).find(|i| patients.get(*i) != stored.get(*i)) {
+            let seq = patients.get(i).or(stored.get(i)).map_or(0, |p| p.1);
+            v.event_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
+        }
+        verify_nodes(c, &mut v)?;
+    }
+    Ok(v.finish())
+}
+
+/// Every stored node above the leaves equals the hash of its two stored
+/// children (level 0 was compared with the recomputed leaf hashes).
+fn verify_nodes(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
+    let mut level = 1i64;
+    loop {
+        let mut after = -1i64;
+        let mut any = false;
+        loop {
+            let parents = c.query("SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx > $2 ORDER BY idx LIMIT $3", p![level, after, CHUNK])?;
+            if parents.is_empty() {
+                break;
+            }
+            any = true;
+            let first = parents.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
+            let last = parents.last().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
+            let kids = c.query(
+                "SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx >= $2 AND idx <= $3 ORDER BY idx",
+                p![level - 1, first * 2, last * 2 + 1],
+            )?;
+            let mut kid_map = std::collections::HashMap::with_capacity(kids.len());
+            for k in &kids {
+                kid_map.insert(k.i64(0)?, k.hash32(1)?);
+            }
+            for r in &parents {
+                let idx = r.i64(0)?;
+                let ok = match (kid_map.get(&(idx * 2)), kid_map.get(&(idx * 2 + 1))) {
+                    (Some(l), Some(rt)) => merkle::node_hash(l, rt) == r.hash32(1)?,
+                    _ => false,
+                };
+                if !ok {
+                    v.node_problem(u32::try_from(level).unwrap_or(u32::MAX), u64::try_from(idx).unwrap_or(0));
+                }
+                after = idx;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        level += 1;
+    }
+}
+
+/// The header line of an export file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExportHeader {
+    pub format: String,
+    pub origin: String,
+    /// The log's verifier key as recorded in the data directory
+    /// (informative: a verifier must pin the key it trusts).
+    pub vkey: String,
+    /// First exported event index.
+    pub start: u64,
+    /// The complete subtrees covering events `[0, start)`, base64.
+    pub start_frontier: Vec<String>,
+    /// One past the last exported event: the size of the newest checkpoint.
+    pub end: u64,
+    pub exported_at: String,
+}
+
+pub const EXPORT_FORMAT: &str = "mamori-audit-export/v1";
+
+/// Writes events `[from, to)` and the checkpoints covering them as NDJSON.
+/// `to` is clipped to the newest signed checkpoint, so that everything
+/// exported is covered by a signature.
+pub fn export(c: &mut dyn Conn, out: &mut dyn std::io::Write, vkey: &str, origin: &str, from: u64, to: Option<u64>, now: Timestamp) -> Result<ExportHeader> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let io = |e: std::io::Error| StoreError::Internal(format!("writing the export: {e}"));
+    c.batch("BEGIN")?;
+    let result = (|| {
+        let latest = latest_checkpoint(c)?.map(|(s, _, _)| s).unwrap_or(0);
+        let end = to.map_or(latest, |t| t.min(latest));
+        // The end must be a checkpointed size: take the largest one <= end.
+        let end = c
+            .query_one("SELECT MAX(size) FROM checkpoints WHERE size <= $1", p![end])?
+            .and_then(|r| r.opt_i64(0).ok().flatten())
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        if from >= end {
+            return Err(StoreError::invalid("from", format!("nothing to export: the newest checkpoint covers {end} events")));
+        }
+        let mut frontier = Vec::new();
+        for id in Frontier::node_ids(from) {
+            frontier.push(b64.encode(DbNodes(c).node(id)?));
+        }
+        let header = ExportHeader {
+            format: EXPORT_FORMAT.into(),
+            origin: origin.into(),
+            vkey: vkey.into(),
+            start: from,
+            start_frontier: frontier,
+            end,
+            exported_at: now.to_rfc3339(),
+        };
+        writeln!(out, "{}", serde_json::to_string(&header).map_err(|e| StoreError::Internal(e.to_string()))?).map_err(io)?;
+        for r in c.query("SELECT size, note FROM checkpoints WHERE size > $1 AND size <= $2 ORDER BY size", p![from, end])? {
+            writeln!(out, "{}", serde_json::json!({"size": r.u64(0)?, "checkpoint": r.text(1)?})).map_err(io)?;
+        }
+        let mut next = i64::try_from(from).unwrap_or(0) - 1;
+        loop {
+            let rows = c.query("SELECT seq, leaf FROM audit_events WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3", p![next, end, CHUNK])?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let seq = r.u64(0)?;
+                writeln!(out, "{}", serde_json::json!({"index": seq, "leaf": b64.encode(r.blob(1)?)})).map_err(io)?;
+                next = i64::try_from(seq).unwrap_or(i64::MAX);
+            }
+        }
+        out.flush().map_err(io)?;
+        Ok(header)
+    })();
+    let _ = c.batch("COMMIT");
+    result
+}
+
+/// Verifies an export file with nothing but the pinned verifier key.
+pub fn verify_export(input: impl std::io::BufRead, vkey: &NoteVerifier) -> Result<(ExportHeader, Report)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |line: usize, why: String| StoreError::invalid("export", format!("line {line}: {why}"));
+    let mut lines = input.lines().enumerate();
+    let (_, first) = lines.next().ok_or_else(|| bad(1, "empty file".into()))?;
+    let first = first.map_err(|e| bad(1, e.to_string()))?;
+    let header: ExportHeader = serde_json::from_str(&first).map_err(|e| bad(1, format!("not an export header: {e}")))?;
+    if header.format != EXPORT_FORMAT {
+        return Err(bad(1, format!("unknown format '{}'", header.format)));
+    }
+    let mut nodes = Vec::new();
+    for h in &header.start_frontier {
+        let v = b64.decode(h).map_err(|_| bad(1, "bad frontier hash".into()))?;
+        nodes.push(Hash::try_from(v.as_slice()).map_err(|_| bad(1, "bad frontier hash".into()))?);
+    }
+    let start = Frontier::from_nodes(header.start, nodes).ok_or_else(|| bad(1, "frontier does not match the start index".into()))?;
+    let mut v = LogVerifier::new(vkey.clone(), &header.origin, start);
+    let mut saw_checkpoint = false;
+    let mut leaves_started = false;
+    for (i, line) in lines {
+        let line = line.map_err(|e| bad(i + 1, e.to_string()))?;
+        if line.is_empty() {
+            continue;
+        }
+        let j: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(i + 1, e.to_string()))?;
+        if let Some(note) = j.get("checkpoint").and_then(serde_json::Value::as_str) {
+            if leaves_started {
+                return Err(bad(i + 1, "checkpoints must come before the events".into()));
+            }
+            let size = j.get("size").and_then(serde_json::Value::as_u64).ok_or_else(|| bad(i + 1, "checkpoint without size".into()))?;
+            v.checkpoint(size, note);
+            saw_checkpoint = true;
+        } else {
+            leaves_started = true;
+            let idx = j.get("index").and_then(serde_json::Value::as_u64).ok_or_else(|| bad(i + 1, "event without index".into()))?;
+            let leaf = j.get("leaf").and_then(serde_json::Value::as_str).and_then(|l| b64.decode(l).ok()).ok_or_else(|| bad(i + 1, "event without a base64 leaf".into()))?;
+            v.leaf(idx, &leaf, None);
+        }
+    }
+    if !saw_checkpoint {
+        return Err(StoreError::invalid("export", "the export contains no checkpoint: nothing in it can be verified"));
+    }
+    Ok((header, v.finish()))
+}
+
+// ---- cosignatures -----------------------------------------------------------------
+
+/// Stores a witness's cosignature line for a stored checkpoint.
+pub fn add_cosignature(c: &mut dyn Conn, size: u64, witness: &str, line: &str, time: u64, now: Timestamp) -> Result<bool> {
+    let n = c.exec(
+        "INSERT INTO cosignatures (size, witness, line, time, received) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, time = excluded.time, received = excluded.received",
+        p![size, witness, line, time, now.micros()],
+    )?;
+    Ok(n > 0)
+}
+
+/// The checkpoint note with every stored cosignature line appended.
+pub fn cosigned_checkpoint(c: &mut dyn Conn, size: u64) -> Result<Option<String>> {
+    let Some(mut note) = checkpoint_at(c, size)? else { return Ok(None) };
+    for r in c.query("SELECT line FROM cosignatures WHERE size = $1 ORDER BY witness", p![size])? {
+        note.push_str(&r.text(0)?);
+        note.push('\n');
+    }
+    Ok(Some(note))
+}
+
+/// Checkpoints newest first: (size, time, reason, witnesses).
+pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Timestamp, String, Vec<String>)>> {
+    let rows = c.query(
+        "SELECT size, time, reason FROM checkpoints WHERE ($1 IS NULL OR size < $1) ORDER BY size DESC LIMIT $2",
+        p![before, limit],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let size = r.u64(0)?;
+        let w = c.query("SELECT witness FROM cosignatures WHERE size = $1 ORDER BY witness", p![size])?.iter().map(|x| x.text(0)).collect::<Result<Vec<_>, _>>()?;
+        out.push((size, Timestamp(r.i64(1)?), r.text(2)?, w));
+    }
+    Ok(out)
+}
+
+pub fn get_cursor(c: &mut dyn Conn, name: &str) -> Result<Option<i64>> {
+    Ok(c.query_one("SELECT value FROM cursors WHERE name = $1", p![name])?.map(|r| r.i64(0)).transpose()?)
+}
+
+pub fn set_cursor(c: &mut dyn Conn, name: &str, value: i64) -> Result<()> {
+    c.exec("INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value", p![name, value])?;
+    Ok(())
+}
+
+// ---- queries for auditors ------------------------------------------------------------
+
+/// A search of the audit log (all given filters must match).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub patient: Option<String>,
+    pub agent: Option<String>,
+    /// Action names (any of).
+    pub actions: Option<Vec<String>>,
+    pub purpose: Option<String>,
+    /// Only refusals (status 401/403).
+    pub denied: bool,
+    /// HTTP-style status range [min, max].
+    pub status: Option<(u16, u16)>,
+    /// Time range [from, to) in microseconds.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Keyset paging, newest first: events with seq < before.
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+fn event_where(q: &EventQuery, params: &mut Vec<crate::sql::Val<'static>>) -> String {
+    let mut bind = |v: crate::sql::Val<'static>| {
+        params.push(v);
+        format!("${}", params.len())
+    };
+    let mut w = vec!["1 = 1".to_owned()];
+    if let Some(p) = &q.patient {
+        w.push(format!("e.seq IN (SELECT seq FROM audit_patients WHERE patient = {})", bind(p.clone().into())));
+    }
+    if let Some(a) = &q.agent {
+        w.push(format!("e.agent = {}", bind(a.clone().into())));
+    }
+    if let Some(acts) = &q.actions {
+        let list: Vec<String> = acts.iter().map(|a| bind(a.clone().into())).collect();
+        w.push(format!("e.action IN ({})", if list.is_empty() { "NULL".into() } else { list.join(", ") }));
+    }
+    if let Some(p) = &q.purpose {
+        w.push(format!("e.purpose = {}", bind(p.clone().into())));
+    }
+    if q.denied {
+        w.push("e.status IN (401, 403)".into());
+    }
+    if let Some((lo, hi)) = q.status {
+        w.push(format!("e.status >= {} AND e.status <= {}", bind(i64::from(lo).into()), bind(i64::from(hi).into())));
+    }
+    if let Some(f) = q.from {
+        w.push(format!("e.time >= {}", bind(f.into())));
+    }
+    if let Some(t) = q.to {
+        w.push(format!("e.time < {}", bind(t.into())));
+    }
+    if let Some(b) = q.before {
+        w.push(format!("e.seq < {}", bind(b.into())));
+    }
+    w.join(" AND ")
+}
+
+/// Matching events, newest first: (index, leaf bytes).
+pub fn search_events(c: &mut dyn Conn, q: &EventQuery) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut params = Vec::new();
+    let w = event_where(q, &mut params);
+    params.push(q.limit.into());
+    let sql = format!("SELECT e.seq, e.leaf FROM audit_events e WHERE {w} ORDER BY e.seq DESC LIMIT ${}", params.len());
+    c.query(&sql, &params)?.iter().map(|r| Ok((r.u64(0)?, r.blob(1)?))).collect()
+}
+
+pub fn count_events(c: &mut dyn Conn, q: &EventQuery) -> Result<u64> {
+    let mut params = Vec::new();
+    let w = event_where(&EventQuery { before: None, ..q.clone() }, &mut params);
+    Ok(c.query_one(&format!("SELECT COUNT(*) FROM audit_events e WHERE {w}"), &params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
+}
+
+/// Per-day counts in local time (`offset_minutes` east of UTC):
+/// (day, total, denied, break-glass, emergency).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DayCount {
+    pub day: String,
+    pub total: u64,
+    pub denied: u64,
+    pub break_glass: u64,
+    pub emergency: u64,
+}
+
+pub fn daily_counts(c: &mut dyn Conn, from: i64, to: i64, offset_minutes: i64) -> Result<Vec<DayCount>> {
+    let off = offset_minutes * 60 * 1_000_000;
+    let day = 86_400_000_000i64;
+    let rows = c.query(
+        "SELECT (time + $1) / $2 AS d, COUNT(*), \
+                SUM(CASE WHEN status IN (401, 403) THEN 1 ELSE 0 END), \
+                SUM(CASE WHEN purpose = 'BTG' THEN 1 ELSE 0 END), \
+                SUM(CASE WHEN purpose = 'ETREAT' THEN 1 ELSE 0 END) \
+         FROM audit_events WHERE time >= $3 AND time < $4 GROUP BY d ORDER BY d",
+        p![off, day, from, to],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let d = r.i64(0)?;
+            let (y, m, dd) = mamori_core::time::civil_from_days(d);
+            Ok(DayCount { day: format!("{y:04}-{m:02}-{dd:02}"), total: r.u64(1)?, denied: r.u64(2)?, break_glass: r.u64(3)?, emergency: r.u64(4)? })
+        })
+        .collect()
 }

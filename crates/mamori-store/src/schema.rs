@@ -4,7 +4,10 @@
 use crate::p;
 use crate::sql::{Backend, Conn, DbError};
 
-const SQLITE: &[(&str, &str)] = &[("0001_foundation", include_str!("../migrations/sqlite/0001_foundation.sql"))];
+const SQLITE: &[(&str, &str)] = &[
+    ("0001_foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
+    ("0002_cosignatures", include_str!("../migrations/sqlite/0002_cosignatures.sql")),
+];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
     match b {

@@ -5,6 +5,7 @@
 //! change, reads and searches before the response is sent. If the audit
 //! event cannot be committed, the request fails (rule 1).
 
+mod audit_event;
 mod bundle;
 mod capability;
 mod read;

@@ -93,6 +93,9 @@ pub async fn read_or_history(
     if id == "_history" {
         return history(st, caller, t, None, q, headers).await;
     }
+    if t == "AuditEvent" {
+        return super::audit_event::read(st, caller, id, headers).await;
+    }
     let now = st.store.clock().now();
     let pre = (|| {
         let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
@@ -486,6 +489,9 @@ async fn search(
     pairs: Result<Vec<(String, String)>, ApiError>,
     headers: HeaderMap,
 ) -> Response {
+    if t == "AuditEvent" {
+        return super::audit_event::search(st, caller, pairs, headers).await;
+    }
     let now = st.store.clock().now();
     let lenient = headers
         .get("prefer")
