@@ -80,12 +80,13 @@ pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
     }
     let mut entities = Vec::new();
     if let Some(e) = &r.entity {
-        let reference = match (&e.id, e.version) {
-            (Some(id), Some(v)) => format!("{}/{id}/_history/{v}", e.rtype),
-            (Some(id), None) => format!("{}/{id}", e.rtype),
-            (None, _) => e.rtype.clone(),
-        };
-        let mut ent = json!({"what": {"reference": reference}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}});
+        let mut ent = json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}});
+        match (&e.id, e.version) {
+            (Some(id), Some(v)) => ent["what"] = json!({"reference": format!("{}/{id}/_history/{v}", e.rtype)}),
+            (Some(id), None) => ent["what"] = json!({"reference": format!("{}/{id}", e.rtype)}),
+            // A search or a type-level interaction: the type, not an instance.
+            (None, _) => ent["name"] = json!(e.rtype),
+        }
         if let Some(q) = &r.query {
             use base64::Engine;
             ent["query"] = json!(base64::engine::general_purpose::STANDARD.encode(q.as_bytes()));

@@ -118,11 +118,32 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
         let mut next = if first { cursor } else { (cursor - i64::try_from(cfg.resend_window).unwrap_or(0)).max(-1) };
         first = false;
         tracing::info!(collector = %cfg.collector, from = next + 1, "syslog: connected; streaming the audit log");
+        // The collector never sends; a read that ends means it closed.
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut sink = [0u8; 512];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            let _ = closed_tx.send(());
+        });
+        // Sent but not yet counted as delivered: (last index, when sent).
+        let mut pending: std::collections::VecDeque<(i64, tokio::time::Instant)> = std::collections::VecDeque::new();
         loop {
             if *stop.borrow() {
-                let _ = stream.shutdown().await;
+                // A clean stop: the connection was up until now.
+                if let Some((last, _)) = pending.back() {
+                    save_cursor(&st, *last).await;
+                }
+                let _ = wr.shutdown().await;
+                watcher.abort();
                 return;
             }
+            if closed.try_recv().is_ok() {
+                tracing::warn!(collector = %cfg.collector, "syslog: the collector closed the connection; reconnecting and re-sending");
+                break;
+            }
+            settle(&st, &mut pending).await;
             let after = next;
             let rows = st
                 .store
@@ -140,7 +161,7 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
             };
             if rows.is_empty() {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
@@ -158,8 +179,8 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
                 last = i64::try_from(*seq).unwrap_or(i64::MAX);
             }
             if let Err(e) = async {
-                stream.write_all(&buf).await?;
-                stream.flush().await
+                wr.write_all(&buf).await?;
+                wr.flush().await
             }
             .await
             {
@@ -167,11 +188,36 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
                 break;
             }
             next = last;
-            let r = st.store.writer().write(move |w| audit_log::set_cursor(w.conn, CURSOR, last), |_, _| Ok(())).await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "syslog: cannot save the delivery cursor");
-            }
+            pending.push_back((last, tokio::time::Instant::now()));
         }
+        watcher.abort();
+    }
+}
+
+/// How long a connection must stay up after a write before what was
+/// written counts as delivered.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// A batch counts as delivered once the connection has stayed up for
+/// [`SETTLE`] after it was written: saves the newest such batch's index.
+async fn settle(st: &AppState, pending: &mut std::collections::VecDeque<(i64, tokio::time::Instant)>) {
+    let mut done = None;
+    while let Some((last, at)) = pending.front() {
+        if at.elapsed() < SETTLE {
+            break;
+        }
+        done = Some(*last);
+        pending.pop_front();
+    }
+    if let Some(last) = done {
+        save_cursor(st, last).await;
+    }
+}
+
+async fn save_cursor(st: &AppState, last: i64) {
+    let r = st.store.writer().write(move |w| audit_log::set_cursor(w.conn, CURSOR, last), |_, _| Ok(())).await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "syslog: cannot save the delivery cursor");
     }
 }
 

@@ -261,6 +261,7 @@ impl Conn for rusqlite::Connection {
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         self.execute_batch(sql).map_err(sqlite_err)
     }
+
 }
 
 #[cfg(test)]

@@ -553,7 +553,8 @@ async fn search(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Some(page) = page else {
-        let mut rec = caller.fhir_record("search-type", 403, Some(q.rtype.as_str()), None, None, vec![], Some(&d), now);
+        let named: Vec<String> = one_patient(&q).into_iter().collect();
+        let mut rec = caller.fhir_record("search-type", 403, Some(q.rtype.as_str()), None, None, named, Some(&d), now);
         rec.query = Some(query_text);
         return audited(&st, rec, Err(deny_error(&d, &format!("{} search", q.rtype)))).await;
     };

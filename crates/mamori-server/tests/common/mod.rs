@@ -17,6 +17,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub admin: String,
     pub clock: Option<ManualClock>,
+    /// Whether dropping this value removes the data directory.
+    pub owns_dir: bool,
 }
 
 pub struct Resp {
@@ -75,7 +77,7 @@ impl TestServer {
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
             .build()
             .unwrap();
-        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock };
+        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock, owns_dir: true };
         if let Some(init) = running.init.as_ref() {
             let pw = init.admin_password.to_string();
             s.running = Some(running);
@@ -103,7 +105,8 @@ impl TestServer {
         let dir = self.dir.clone();
         let clock = self.clock.clone();
         let s = Self::boot(dir, clock).await;
-        *self = s;
+        let mut old = std::mem::replace(self, s);
+        old.owns_dir = false;
     }
 
     pub fn db(&self) -> rusqlite::Connection {
@@ -247,7 +250,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if self.owns_dir && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
