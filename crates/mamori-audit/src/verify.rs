@@ -15,8 +15,8 @@ use crate::note::{Checkpoint, NoteVerifier};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Finding {
-    #[error("event {index}: missing (the log jumps from event {prev} to {index})")]
-    Gap { prev: u64, index: u64 },
+    #[error("event {first}: missing (events {first}..{next} were removed: the log jumps to event {next})")]
+    Gap { first: u64, next: u64 },
     #[error("event {index}: its bytes do not match its recorded leaf hash (the event was edited)")]
     LeafMismatch { index: u64 },
     #[error("event {index}: {why}")]
@@ -33,6 +33,21 @@ pub enum Finding {
     Misfiled { size: u64, stored_as: u64 },
     #[error("merkle node ({level}, {index}) stored for proofs does not match the events")]
     NodeMismatch { level: u32, index: u64 },
+    /// Derived data (query columns, the patient index) disagrees with the
+    /// events: reports built from it would mislead.
+    #[error("event {index}: {why}")]
+    IndexMismatch { index: u64, why: String },
+}
+
+impl Finding {
+    /// Problems with the evidence itself come before problems with data
+    /// derived from it.
+    fn rank(&self) -> u8 {
+        match self {
+            Finding::NodeMismatch { .. } | Finding::IndexMismatch { .. } => 1,
+            _ => 0,
+        }
+    }
 }
 
 /// The outcome of a verification.
@@ -120,7 +135,7 @@ impl LogVerifier {
     pub fn leaf(&mut self, index: u64, bytes: &[u8], recorded: Option<&Hash>) {
         if index != self.next_index {
             if index > self.next_index {
-                self.find(Finding::Gap { prev: self.next_index.saturating_sub(1), index });
+                self.find(Finding::Gap { first: self.next_index, next: index });
             } else {
                 self.find(Finding::BadEvent { index, why: "out of order".into() });
             }
@@ -141,6 +156,11 @@ impl LogVerifier {
     /// A problem found by the caller with one event (e.g. non-canonical).
     pub fn event_problem(&mut self, index: u64, why: String) {
         self.find(Finding::BadEvent { index, why });
+    }
+
+    /// Derived data of one event (columns, patient index) is wrong.
+    pub fn index_problem(&mut self, index: u64, why: String) {
+        self.find(Finding::IndexMismatch { index, why });
     }
 
     /// A stored proof node that does not match the recomputed tree.
@@ -171,6 +191,7 @@ impl LogVerifier {
             self.find(Finding::Truncated { size, have });
         }
         self.report.root = Some(self.frontier.root());
+        self.report.findings.sort_by_key(Finding::rank);
         self.report
     }
 
@@ -241,7 +262,7 @@ mod tests {
         let mut l = indexed(&leaves);
         l.remove(70);
         let r = run(&s, &l, &notes);
-        assert_eq!(r.findings.first(), Some(&Finding::Gap { prev: 69, index: 71 }));
+        assert_eq!(r.findings.first(), Some(&Finding::Gap { first: 70, next: 71 }));
         // swapped events 5 and 6
         let mut l = indexed(&leaves);
         let a = l[5].1.clone();

@@ -99,7 +99,7 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
             tokio::time::timeout(Duration::from_secs(10), tls.connect(name.clone(), tcp)).await.map_err(|_| "TLS handshake timed out".to_owned())?.map_err(|e| e.to_string())
         }
         .await;
-        let mut stream = match conn {
+        let stream = match conn {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(collector = %cfg.collector, error = %e, retry_in_ms = backoff.as_millis() as u64, "syslog: collector unreachable; events are kept and will be sent");

@@ -197,7 +197,7 @@ fn verify_in_txn(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool
                             && i64::from(rec.status) == r.i64(8)?
                             && rec.purpose == r.opt_text(9)?;
                         if !columns_ok {
-                            v.event_problem(seq, "its query columns (time, agent, action, entity, status, purpose) differ from the event".into());
+                            v.index_problem(seq, "its query columns (time, agent, action, entity, status, purpose) differ from the event".into());
                         }
                         for p in rec.patients {
                             patients.push((p, seq));
@@ -228,7 +228,7 @@ fn verify_in_txn(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool
         }
         if let Some(i) = (0..patients.len().max(stored.len())).find(|i| patients.get(*i) != stored.get(*i)) {
             let seq = patients.get(i).or(stored.get(i)).map_or(0, |p| p.1);
-            v.event_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
+            v.index_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
         }
         verify_nodes(c, &mut v)?;
     }
