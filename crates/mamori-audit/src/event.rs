@@ -13,66 +13,68 @@ use serde_json::Value;
 
 pub const LEAF_PREFIX: &[u8] = b"mamori-audit/v1\n";
 
-/// Who acted.
+/// Who acted. Fields are declared in the order of their names, so that
+/// serde writes the canonical (sorted-key) form directly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Agent {
-    /// User name, or `system`, `anonymous`, a partner or maintenance id.
-    pub user: String,
+    /// The client's network address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// For emergency accounts: the real name and affiliation given at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<String>,
     /// staff | emergency | system | anonymous | partner | maintenance
     pub kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
-    /// For emergency accounts: the real name and affiliation given at login.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub declared: Option<String>,
-    /// The client's network address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    /// User name, or `system`, `anonymous`, a partner or maintenance id.
+    pub user: String,
 }
 
 /// What was touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entity {
-    #[serde(rename = "type")]
-    pub rtype: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub rtype: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
 
-/// One audit event. Field names are part of the leaf format.
+/// One audit event. Field names are part of the leaf format; fields are
+/// declared in the order of their names (see [`Agent`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// RFC 3339 UTC time with millisecond precision.
-    pub time: String,
-    /// The operating mode (`normal`, `emergency; phase=...`, `drill; phase=...`).
-    pub mode: String,
-    pub agent: Agent,
     /// read, vread, search, history, create, update, delete, operation,
     /// login, logout, login-failure, ... (docs/audit-format.md lists them)
     pub action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entity: Option<Entity>,
-    /// Patients whose data the action concerned (distinct, sorted).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub patients: Vec<String>,
-    /// HTTP-style status of the outcome (200, 201, 403, 412, ...).
-    pub status: u16,
+    pub agent: Agent,
     /// Policy basis of the decision (e.g. care-relationship, break-glass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basis: Option<String>,
-    /// HL7 v3 PurposeOfUse (TREAT, ETREAT, BTG, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purpose: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
-    /// The search query, or other free text describing the action.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
     /// Structured detail (reason for break-glass, counts, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<Entity>,
+    /// The operating mode (`normal`, `emergency; phase=...`, `drill; phase=...`).
+    pub mode: String,
+    /// Patients whose data the action concerned (distinct, sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
+    /// HL7 v3 PurposeOfUse (TREAT, ETREAT, BTG, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The search query, or other free text describing the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// HTTP-style status of the outcome (200, 201, 403, 412, ...).
+    pub status: u16,
+    /// RFC 3339 UTC time with millisecond precision.
+    pub time: String,
 }
 
 impl AuditRecord {
@@ -81,8 +83,23 @@ impl AuditRecord {
         self.status < 400
     }
 
-    /// The canonical leaf bytes.
+    /// The canonical leaf bytes. With fields declared in name order and
+    /// `detail` a sorted map, serde's compact output is the canonical form
+    /// (checked by `fast_path_is_canonical`); [`canonical_json`] is the
+    /// reference used to check stored leaves.
     pub fn leaf_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(LEAF_PREFIX);
+        if serde_json::to_writer(&mut out, self).is_err() {
+            out.truncate(LEAF_PREFIX.len());
+            let v = serde_json::to_value(self).unwrap_or(Value::Null);
+            canonical_json(&v, &mut out);
+        }
+        out
+    }
+
+    /// The canonical leaf bytes computed through the reference encoder.
+    pub fn leaf_bytes_reference(&self) -> Vec<u8> {
         let v = serde_json::to_value(self).unwrap_or(Value::Null);
         let mut out = LEAF_PREFIX.to_vec();
         canonical_json(&v, &mut out);
@@ -93,7 +110,7 @@ impl AuditRecord {
     pub fn from_leaf(bytes: &[u8]) -> Result<AuditRecord, LeafError> {
         let json = bytes.strip_prefix(LEAF_PREFIX).ok_or(LeafError::Version)?;
         let rec: AuditRecord = serde_json::from_slice(json).map_err(|e| LeafError::Json(e.to_string()))?;
-        if rec.leaf_bytes() != bytes {
+        if rec.leaf_bytes_reference() != bytes {
             return Err(LeafError::NotCanonical);
         }
         Ok(rec)
@@ -205,6 +222,24 @@ mod tests {
             "mamori-audit/v1\n{\"action\":\"read\",\"agent\":{\"address\":\"127.0.0.1\",\"kind\":\"staff\",\"roles\":[\"physician\"],\"user\":\"dr.sato\"},\"basis\":\"role-demographics\",\"detail\":{\"a\":\"患者\\n\",\"z\":1},\"entity\":{\"id\":\"p1\",\"type\":\"Patient\",\"version\":3},\"mode\":\"normal\",\"patients\":[\"p1\"],\"purpose\":\"TREAT\",\"request\":\"r1\",\"status\":200,\"time\":\"2026-11-26T09:00:00.000Z\"}"
         );
         assert_eq!(AuditRecord::from_leaf(&leaf).unwrap(), r);
+    }
+
+    #[test]
+    fn fast_path_is_canonical() {
+        let mut r = sample();
+        for detail in [
+            serde_json::json!({"z": {"b": 1, "a": [true, null, 1.5, "\u{1}\u{1f}\u{7f}\"\\\n\t\r\u{8}\u{c}"]}, "A": "é/漢字"}),
+            serde_json::json!([{"y": 1, "x": -2}]),
+            serde_json::json!("x"),
+        ] {
+            r.detail = Some(detail);
+            r.agent.declared = Some("山田 太郎 (救急 応援)\u{0}".into());
+            assert_eq!(String::from_utf8(r.leaf_bytes()).unwrap(), String::from_utf8(r.leaf_bytes_reference()).unwrap());
+        }
+        r.detail = None;
+        r.entity = None;
+        r.patients.clear();
+        assert_eq!(r.leaf_bytes(), r.leaf_bytes_reference());
     }
 
     #[test]

@@ -319,11 +319,170 @@ async fn fhir(a: &Args) -> Result<()> {
     Ok(())
 }
 
+fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
+    use mamori_audit::event::{Agent, AuditRecord, Entity};
+    AuditRecord {
+        time: mamori_core::time::Timestamp(1_795_000_000_000_000 + i as i64 * 1000).to_rfc3339(),
+        mode: "normal".into(),
+        agent: Agent { user: format!("dr.{}", i % 50), kind: "staff".into(), roles: vec!["physician".into()], declared: None, address: Some("10.1.2.3".into()) },
+        action: "read".into(),
+        entity: Some(Entity { rtype: "Observation".into(), id: Some(format!("01a2175b-45fe-75e7-a988-{:012x}", i)), version: Some(1) }),
+        patients: vec![format!("01a2175b-45fd-7422-bc3f-{:012x}", i % 10_000)],
+        status: 200,
+        basis: Some("care-relationship".into()),
+        purpose: Some("TREAT".into()),
+        request: Some(format!("{i:016x}")),
+        query: None,
+        detail: None,
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Result<(mamori_store::Store, mamori_audit::note::NoteVerifier)> {
+    let pkcs8 = mamori_audit::note::generate_pkcs8()?;
+    let signer = Arc::new(mamori_audit::note::NoteSigner::from_pkcs8("bench/audit", &pkcs8)?);
+    let v = signer.verifier();
+    let cfg = mamori_store::StoreConfig {
+        path: dir.join("audit.db"),
+        synchronous: mamori_store::Synchronous::Full,
+        readers: 2,
+        checkpoint: mamori_store::CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
+        origin: "bench/audit".into(),
+    };
+    Ok((mamori_store::Store::open(&cfg, Arc::new(SystemClock), signer)?, v))
+}
+
+/// Baseline: one event per write + fdatasync, on the same disk.
+fn baseline_fsync(dir: &std::path::Path, secs: u64) -> Result<(f64, f64, f64)> {
+    use std::io::Write;
+    let path = dir.join("baseline.log");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let leaf = audit_record(i).leaf_bytes();
+        let t = Instant::now();
+        f.write_all(&leaf)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+        i += 1;
+    }
+    let rate = i as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    let _ = std::fs::remove_file(&path);
+    Ok((rate, pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
+async fn audit(a: &Args) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mamori-bench-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    println!("mamori-bench audit: {} concurrent appenders, {} s per run, {} runs (medians), synchronous=full", a.clients, a.seconds, a.runs);
+    let mut base = Vec::new();
+    for _ in 0..a.runs {
+        base.push(baseline_fsync(&dir, a.seconds.min(3))?);
+    }
+    let b_rate = median(base.iter().map(|x| x.0).collect());
+    println!("baseline  one fsync per event (write + fdatasync)   {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms", b_rate, median(base.iter().map(|x| x.1).collect()), median(base.iter().map(|x| x.2).collect()));
+    let (store, vkey) = open_store(&dir)?;
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        let w = store.writer().clone();
+        let l = load(a.clients, a.seconds, move |i| {
+            let w = w.clone();
+            async move { w.audit(vec![audit_record(i)]).await.is_ok() }
+        })
+        .await;
+        runs.push(l);
+    }
+    let rate = median(runs.iter().map(|l| l.rate).collect());
+    println!(
+        "mamori    durable audit appends (group commit)      {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms",
+        rate,
+        median(runs.iter().map(|l| l.p50).collect()),
+        median(runs.iter().map(|l| l.p99).collect())
+    );
+    println!("ratio     group commit / one fsync per event: {:.1}x", rate / b_rate);
+    if a.only.as_deref() == Some("appends") {
+        return Ok(());
+    }
+
+    // verify: fill to 1,000,000 events, then verify and compare with
+    // hashing the same leaf bytes.
+    let target = 1_000_000u64;
+    let have = store.read(|c| mamori_store::audit_log::size(c)).await?;
+    let t = Instant::now();
+    let mut i = have;
+    let mut inflight = Vec::new();
+    while i < target {
+        let n = (target - i).min(2000);
+        let recs: Vec<_> = (i..i + n).map(audit_record).collect();
+        inflight.push(tokio::spawn({
+            let w = store.writer().clone();
+            async move { w.audit(recs).await }
+        }));
+        if inflight.len() >= 4 {
+            for h in inflight.drain(..) {
+                h.await??;
+            }
+        }
+        i += n;
+    }
+    for h in inflight.drain(..) {
+        h.await??;
+    }
+    store.writer().write(|w| w.checkpoint("bench").map(|_| ()), |_, _| Ok(())).await?;
+    println!("fill      {} events appended in batches of 2000 in {:.1} s", target - have, t.elapsed().as_secs_f64());
+    drop(store);
+    let db = dir.join("audit.db");
+    let mut results = Vec::new();
+    for deep in [false, true] {
+        let mut c = mamori_store::open_sqlite(&db, mamori_store::Synchronous::Full, true)?;
+        let t = Instant::now();
+        let r = mamori_store::audit_log::verify(&mut c, &vkey, "bench/audit", deep)?;
+        let secs = t.elapsed().as_secs_f64();
+        if !r.ok() {
+            bail!("verification failed: {:?}", r.findings.first());
+        }
+        results.push((deep, r.events, secs));
+    }
+    // Baseline: SHA-256 of the same leaf bytes, already in memory.
+    let c = rusqlite::Connection::open(&db)?;
+    let mut st = c.prepare("SELECT leaf FROM audit_events ORDER BY seq")?;
+    let leaves: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let bytes: usize = leaves.iter().map(Vec::len).sum();
+    let mut hash_secs = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut acc = 0u8;
+        for l in &leaves {
+            acc ^= ring::digest::digest(&ring::digest::SHA256, l).as_ref()[0];
+        }
+        std::hint::black_box(acc);
+        hash_secs.push(t.elapsed().as_secs_f64());
+    }
+    let hs = median(hash_secs);
+    let hash_rate = leaves.len() as f64 / hs;
+    println!("baseline  raw SHA-256 of the same {} leaves ({:.0} MB)   {:>9.0} events/s  ({:.0} MB/s)", leaves.len(), bytes as f64 / 1e6, hash_rate, bytes as f64 / 1e6 / hs);
+    for (deep, n, secs) in results {
+        let rate = n as f64 / secs;
+        println!(
+            "mamori    audit verify {:<27} {:>9.0} events/s  ({n} events in {secs:.2} s)   ratio to raw hashing {:.2}",
+            if deep { "(deep: + indexes, nodes)" } else { "(leaves, tree, checkpoints)" },
+            rate,
+            rate / hash_rate
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = args()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match a.cmd.as_str() {
         "fhir" => rt.block_on(fhir(&a)),
-        _ => bail!("usage: mamori-bench fhir [--seconds N] [--clients N] [--runs N]"),
+        "audit" => rt.block_on(audit(&a)),
+        _ => bail!("usage: mamori-bench (fhir|audit) [--seconds N] [--clients N] [--runs N]"),
     }
 }

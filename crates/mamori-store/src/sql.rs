@@ -184,6 +184,29 @@ pub trait Conn {
 
 // ---- SQLite ------------------------------------------------------------------
 
+thread_local! {
+    /// Rewritten statements, per thread (each connection is used by one
+    /// thread at a time); bounded.
+    static REWRITTEN: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<str>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `$N` placeholders as SQLite's `?N`, cached.
+fn sqlite_sql_cached(sql: &str) -> std::rc::Rc<str> {
+    REWRITTEN.with(|c| {
+        if let Some(s) = c.borrow().get(sql) {
+            return s.clone();
+        }
+        let s: std::rc::Rc<str> = std::rc::Rc::from(sqlite_sql(sql).as_ref());
+        let mut m = c.borrow_mut();
+        if m.len() >= 1024 {
+            m.clear();
+        }
+        m.insert(sql.to_owned(), s.clone());
+        s
+    })
+}
+
 /// Rewrites `$N` placeholders to SQLite's `?N`.
 fn sqlite_sql(sql: &str) -> Cow<'_, str> {
     if !sql.contains('$') {
@@ -234,11 +257,11 @@ impl Conn for rusqlite::Connection {
         Backend::Sqlite
     }
     fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError> {
-        let mut st = self.prepare_cached(&sqlite_sql(sql)).map_err(sqlite_err)?;
+        let mut st = self.prepare_cached(&sqlite_sql_cached(sql)).map_err(sqlite_err)?;
         st.execute(rusqlite::params_from_iter(params.iter())).map_err(sqlite_err)
     }
     fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError> {
-        let mut st = self.prepare_cached(&sqlite_sql(sql)).map_err(sqlite_err)?;
+        let mut st = self.prepare_cached(&sqlite_sql_cached(sql)).map_err(sqlite_err)?;
         let n = st.column_count();
         let mut rows = st.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_err)?;
         let mut out = Vec::new();

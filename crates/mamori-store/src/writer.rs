@@ -73,6 +73,13 @@ pub(crate) struct AuditState {
 }
 
 pub(crate) trait Job: Send {
+    /// Whether the job runs in its own savepoint, so that its failure
+    /// rolls back only its own changes. Jobs that can only fail with the
+    /// database (appending audit events) skip the savepoint; if one fails,
+    /// the whole batch is rolled back and every caller gets the error.
+    fn isolated(&self) -> bool {
+        true
+    }
     /// Runs the job; false when it failed (its savepoint is rolled back).
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
     /// After a rollback: records the failure (e.g. its audit event).
@@ -84,6 +91,7 @@ pub(crate) trait Job: Send {
 type FailFn = Box<dyn FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send>;
 
 struct Typed<T, F> {
+    isolated: bool,
     work: Option<F>,
     on_fail: Option<FailFn>,
     out: Option<Result<T>>,
@@ -95,6 +103,9 @@ where
     T: Send + 'static,
     F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send,
 {
+    fn isolated(&self) -> bool {
+        self.isolated
+    }
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
         let Some(work) = self.work.take() else {
             return false;
@@ -178,15 +189,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     {
+        self.submit(true, work, on_fail).await
+    }
+
+    async fn submit<T, F>(
+        &self,
+        isolated: bool,
+        work: F,
+        on_fail: impl FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        let job = Typed { work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
+        let job = Typed { isolated, work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
         self.tx.send(Box::new(job)).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("writer stopped before answering".into()))?
     }
 
     /// Appends audit events only (reads, denials, logins).
     pub async fn audit(&self, recs: Vec<AuditRecord>) -> Result<Vec<u64>> {
-        self.write(move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(), |_, _| Ok(())).await
+        self.submit(false, move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(), |_, _| Ok(()))
+            .await
     }
 
     /// Signs a checkpoint now if the policy says one is due (called by a
@@ -209,6 +234,12 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
         }
         let now = clock.now();
         for job in jobs.iter_mut() {
+            if !job.isolated() {
+                if !job.run(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state }) {
+                    return Err(StoreError::Unavailable("appending to the audit log failed".into()));
+                }
+                continue;
+            }
             conn.batch("SAVEPOINT job")?;
             let before = state.frontier.clone();
             let before_count = state.appended_since_checkpoint;
