@@ -41,19 +41,54 @@ pub fn actions_for_code(code: &str) -> Option<&'static [&'static str]> {
 }
 
 fn rest_interaction(action: &str) -> bool {
-    matches!(action, "create" | "read" | "vread" | "update" | "delete" | "search-type" | "search-system" | "history-instance" | "history-type" | "batch" | "transaction" | "operation")
+    matches!(
+        action,
+        "create"
+            | "read"
+            | "vread"
+            | "update"
+            | "delete"
+            | "search-type"
+            | "search-system"
+            | "history-instance"
+            | "history-type"
+            | "batch"
+            | "transaction"
+            | "operation"
+    )
 }
 
 /// Renders event `index` of the log named `origin`.
 pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
     let (type_, subtype) = match r.action.as_str() {
-        "login" => (json!({"system": DCM, "code": "110114", "display": "User Authentication"}), json!([{"system": DCM, "code": "110122", "display": "Login"}])),
-        "logout" => (json!({"system": DCM, "code": "110114", "display": "User Authentication"}), json!([{"system": DCM, "code": "110123", "display": "Logout"}])),
-        "login-failure" | "auth-failure" => (json!({"system": DCM, "code": "110114", "display": "User Authentication"}), json!([{"system": DCM, "code": "110122", "display": "Login"}])),
-        a if rest_interaction(a) => (json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}), json!([{"system": REST, "code": a}])),
-        a if a.starts_with("audit-") || a.starts_with("checkpoint") => (json!({"system": DCM, "code": "110101", "display": "Audit Log Used"}), json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}])),
-        a if a.starts_with("system-") || a.starts_with("server-") => (json!({"system": DCM, "code": "110100", "display": "Application Activity"}), json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}])),
-        a => (json!({"system": DCM, "code": "110113", "display": "Security Alert"}), json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}])),
+        "login" => (
+            json!({"system": DCM, "code": "110114", "display": "User Authentication"}),
+            json!([{"system": DCM, "code": "110122", "display": "Login"}]),
+        ),
+        "logout" => (
+            json!({"system": DCM, "code": "110114", "display": "User Authentication"}),
+            json!([{"system": DCM, "code": "110123", "display": "Logout"}]),
+        ),
+        "login-failure" | "auth-failure" => (
+            json!({"system": DCM, "code": "110114", "display": "User Authentication"}),
+            json!([{"system": DCM, "code": "110122", "display": "Login"}]),
+        ),
+        a if rest_interaction(a) => (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
+            json!([{"system": REST, "code": a}]),
+        ),
+        a if a.starts_with("audit-") || a.starts_with("checkpoint") => (
+            json!({"system": DCM, "code": "110101", "display": "Audit Log Used"}),
+            json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}]),
+        ),
+        a if a.starts_with("system-") || a.starts_with("server-") => (
+            json!({"system": DCM, "code": "110100", "display": "Application Activity"}),
+            json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}]),
+        ),
+        a => (
+            json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
+            json!([{"system": "https://mamori.dev/fhir/CodeSystem/action", "code": a}]),
+        ),
     };
     let outcome = match r.status {
         s if s < 400 => "0",
@@ -70,7 +105,12 @@ pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
         user["name"] = json!(d);
     }
     if !r.agent.roles.is_empty() {
-        user["role"] = json!(r.agent.roles.iter().map(|x| json!({"coding": [{"system": "https://mamori.dev/fhir/CodeSystem/role", "code": x}]})).collect::<Vec<_>>());
+        user["role"] = json!(r
+            .agent
+            .roles
+            .iter()
+            .map(|x| json!({"coding": [{"system": "https://mamori.dev/fhir/CodeSystem/role", "code": x}]}))
+            .collect::<Vec<_>>());
     }
     if let Some(a) = &r.agent.address {
         user["network"] = json!({"address": a, "type": "2"});
@@ -142,7 +182,13 @@ mod tests {
         let r = AuditRecord {
             time: "2026-11-26T09:00:00.000Z".into(),
             mode: "normal".into(),
-            agent: Agent { user: "dr.x".into(), kind: "staff".into(), roles: vec!["physician".into()], declared: None, address: Some("10.0.0.5".into()) },
+            agent: Agent {
+                user: "dr.x".into(),
+                kind: "staff".into(),
+                roles: vec!["physician".into()],
+                declared: None,
+                address: Some("10.0.0.5".into()),
+            },
             action: "read".into(),
             entity: Some(Entity { rtype: "Observation".into(), id: Some("o1".into()), version: Some(2) }),
             patients: vec!["p1".into()],

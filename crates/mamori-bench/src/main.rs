@@ -324,9 +324,19 @@ fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
     AuditRecord {
         time: mamori_core::time::Timestamp(1_795_000_000_000_000 + i as i64 * 1000).to_rfc3339(),
         mode: "normal".into(),
-        agent: Agent { user: format!("dr.{}", i % 50), kind: "staff".into(), roles: vec!["physician".into()], declared: None, address: Some("10.1.2.3".into()) },
+        agent: Agent {
+            user: format!("dr.{}", i % 50),
+            kind: "staff".into(),
+            roles: vec!["physician".into()],
+            declared: None,
+            address: Some("10.1.2.3".into()),
+        },
         action: "read".into(),
-        entity: Some(Entity { rtype: "Observation".into(), id: Some(format!("01a2175b-45fe-75e7-a988-{:012x}", i)), version: Some(1) }),
+        entity: Some(Entity {
+            rtype: "Observation".into(),
+            id: Some(format!("01a2175b-45fe-75e7-a988-{:012x}", i)),
+            version: Some(1),
+        }),
         patients: vec![format!("01a2175b-45fd-7422-bc3f-{:012x}", i % 10_000)],
         status: 200,
         basis: Some("care-relationship".into()),
@@ -377,13 +387,21 @@ async fn audit(a: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mamori-bench-audit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    println!("mamori-bench audit: {} concurrent appenders, {} s per run, {} runs (medians), synchronous=full", a.clients, a.seconds, a.runs);
+    println!(
+        "mamori-bench audit: {} concurrent appenders, {} s per run, {} runs (medians), synchronous=full",
+        a.clients, a.seconds, a.runs
+    );
     let mut base = Vec::new();
     for _ in 0..a.runs {
         base.push(baseline_fsync(&dir, a.seconds.min(3))?);
     }
     let b_rate = median(base.iter().map(|x| x.0).collect());
-    println!("baseline  one fsync per event (write + fdatasync)   {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms", b_rate, median(base.iter().map(|x| x.1).collect()), median(base.iter().map(|x| x.2).collect()));
+    println!(
+        "baseline  one fsync per event (write + fdatasync)   {:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms",
+        b_rate,
+        median(base.iter().map(|x| x.1).collect()),
+        median(base.iter().map(|x| x.2).collect())
+    );
     let (store, vkey) = open_store(&dir)?;
     let mut runs = Vec::new();
     for _ in 0..a.runs {
@@ -438,8 +456,9 @@ async fn audit(a: &Args) -> Result<()> {
     let mut results = Vec::new();
     for deep in [false, true] {
         let mut c = mamori_store::open_sqlite(&db, mamori_store::Synchronous::Full, true)?;
+        let mut n = mamori_store::open_sqlite(&db, mamori_store::Synchronous::Full, true)?;
         let t = Instant::now();
-        let r = mamori_store::audit_log::verify(&mut c, &vkey, "bench/audit", deep)?;
+        let r = mamori_store::audit_log::verify(&mut c, Some(&mut n), &vkey, "bench/audit", deep)?;
         let secs = t.elapsed().as_secs_f64();
         if !r.ok() {
             bail!("verification failed: {:?}", r.findings.first());
@@ -463,7 +482,13 @@ async fn audit(a: &Args) -> Result<()> {
     }
     let hs = median(hash_secs);
     let hash_rate = leaves.len() as f64 / hs;
-    println!("baseline  raw SHA-256 of the same {} leaves ({:.0} MB)   {:>9.0} events/s  ({:.0} MB/s)", leaves.len(), bytes as f64 / 1e6, hash_rate, bytes as f64 / 1e6 / hs);
+    println!(
+        "baseline  raw SHA-256 of the same {} leaves ({:.0} MB)   {:>9.0} events/s  ({:.0} MB/s)",
+        leaves.len(),
+        bytes as f64 / 1e6,
+        hash_rate,
+        bytes as f64 / 1e6 / hs
+    );
     for (deep, n, secs) in results {
         let rate = n as f64 / secs;
         println!(

@@ -14,8 +14,13 @@ use mamori_store::{audit_log, open_sqlite, Synchronous};
 
 /// A verifier key given inline (`name+id+base64`) or as a file holding one.
 pub fn parse_key(arg: &str) -> Result<NoteVerifier> {
-    let text = if Path::new(arg).exists() { std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))? } else { arg.to_owned() };
-    NoteVerifier::parse(text.trim()).map_err(|e| anyhow::anyhow!("{e}: expected a verifier key like name+1a2b3c4d+AbC... (or a file holding one)"))
+    let text = if Path::new(arg).exists() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    NoteVerifier::parse(text.trim())
+        .map_err(|e| anyhow::anyhow!("{e}: expected a verifier key like name+1a2b3c4d+AbC... (or a file holding one)"))
 }
 
 fn print_report(what: &str, r: &Report) -> Result<()> {
@@ -38,7 +43,7 @@ fn print_report(what: &str, r: &Report) -> Result<()> {
     }
 }
 
-pub fn verify_data(dir: &Path, key: Option<&str>, quick: bool) -> Result<()> {
+pub fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
         bail!("{} is not an initialized mamori data directory", dir.display());
@@ -47,13 +52,17 @@ pub fn verify_data(dir: &Path, key: Option<&str>, quick: bool) -> Result<()> {
     let vkey = match key {
         Some(k) => parse_key(k)?,
         None => {
-            eprintln!("note: trusting the key in {}; pin the key you recorded at installation with --key", dd.audit_vkey().display());
+            eprintln!(
+                "note: trusting the key in {}; pin the key you recorded at installation with --key",
+                dd.audit_vkey().display()
+            );
             parse_key(&dd.audit_vkey().to_string_lossy())?
         }
     };
     let mut c = open_sqlite(&dd.db(), Synchronous::Full, true)?;
+    let mut nodes = open_sqlite(&dd.db(), Synchronous::Full, true)?;
     let started = std::time::Instant::now();
-    let r = audit_log::verify(&mut c, &vkey, &cfg.audit.origin, !quick)?;
+    let r = audit_log::verify(&mut c, Some(&mut nodes), &vkey, &cfg.audit.origin, deep)?;
     eprintln!("verified in {:.2} s", started.elapsed().as_secs_f64());
     print_report(&dir.display().to_string(), &r)
 }
@@ -62,7 +71,14 @@ pub fn verify_export(file: &Path, key: &str) -> Result<()> {
     let vkey = parse_key(key)?;
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let (h, r) = audit_log::verify_export(BufReader::new(f), &vkey)?;
-    eprintln!("export of {} events [{}..{}) of log '{}', made {}", h.end - h.start, h.start, h.end, h.origin, h.exported_at);
+    eprintln!(
+        "export of {} events [{}..{}) of log '{}', made {}",
+        h.end - h.start,
+        h.start,
+        h.end,
+        h.origin,
+        h.exported_at
+    );
     print_report(&file.display().to_string(), &r)
 }
 
@@ -74,7 +90,11 @@ pub fn export(dir: &Path, out: &PathBuf, from: u64, to: Option<u64>) -> Result<(
     let cfg = Config::load(dir)?;
     let vkey = std::fs::read_to_string(dd.audit_vkey())?.trim().to_owned();
     let mut c = open_sqlite(&dd.db(), Synchronous::Full, true)?;
-    let f = std::fs::File::options().write(true).create_new(true).open(out).with_context(|| format!("creating {} (it must not exist)", out.display()))?;
+    let f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("creating {} (it must not exist)", out.display()))?;
     let mut w = BufWriter::new(f);
     let h = match audit_log::export(&mut c, &mut w, &vkey, &cfg.audit.origin, from, to, SystemClock.now()) {
         Ok(h) => h,

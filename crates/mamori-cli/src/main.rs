@@ -71,9 +71,11 @@ enum AuditCmd {
         /// The log's verifier key (name+id+base64) or a file holding it.
         #[arg(long)]
         key: Option<String>,
-        /// Only leaves, tree and checkpoints (skip the index and node checks).
+        /// Also check the data derived from the events: the query columns,
+        /// the patient index behind "who looked at this patient", and every
+        /// stored proof node.
         #[arg(long)]
-        quick: bool,
+        deep: bool,
     },
     /// Export events and the checkpoints covering them to a self-contained
     /// file an external auditor verifies with `mamori audit verify --export`.
@@ -376,8 +378,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Audit(c) => match c {
-            AuditCmd::Verify { data, export, key, quick } => match (data, export) {
-                (Some(d), None) => audit::verify_data(&d, key.as_deref(), quick)?,
+            AuditCmd::Verify { data, export, key, deep } => match (data, export) {
+                (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,
                 (None, Some(f)) => audit::verify_export(&f, key.as_deref().unwrap_or_default())?,
                 _ => anyhow::bail!("give --data DIR or --export FILE --key KEY"),
             },

@@ -73,7 +73,12 @@ impl Witness {
     }
 
     async fn get_text(&self, path: &str) -> Result<String> {
-        let r = self.client.get(format!("{}{path}", self.log)).send().await.with_context(|| format!("cannot reach {}", self.log))?;
+        let r = self
+            .client
+            .get(format!("{}{path}", self.log))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.log))?;
         if !r.status().is_success() {
             bail!("{path}: HTTP {}", r.status());
         }
@@ -82,7 +87,10 @@ impl Witness {
 
     fn alert(&self, origin: &str, what: &str, evidence: &str) -> Result<Round> {
         let now = SystemClock.now().micros();
-        self.db.execute("INSERT INTO alerts (time, origin, what, evidence) VALUES (?1, ?2, ?3, ?4)", params![now, origin, what, evidence])?;
+        self.db.execute(
+            "INSERT INTO alerts (time, origin, what, evidence) VALUES (?1, ?2, ?3, ?4)",
+            params![now, origin, what, evidence],
+        )?;
         eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         eprintln!("!!! WITNESS ALERT for {origin}: {what}");
         eprintln!("!!! The audit log is not append-only as promised. Evidence kept in the witness store.");
@@ -93,27 +101,44 @@ impl Witness {
     /// One round: fetch, check, cosign, hand back.
     pub async fn round(&self) -> Result<Round> {
         let text = self.get_text("/api/v1/audit/checkpoint").await?;
-        let (cp, note) = Checkpoint::open(&text, &self.log_key).map_err(|e| anyhow!("the log's checkpoint does not verify with the pinned log key: {e}"))?;
+        let (cp, note) = Checkpoint::open(&text, &self.log_key)
+            .map_err(|e| anyhow!("the log's checkpoint does not verify with the pinned log key: {e}"))?;
         let origin = cp.origin.clone();
         let last: Option<(u64, Vec<u8>, String)> = self
             .db
-            .query_row("SELECT size, root, note FROM seen WHERE origin = ?1 ORDER BY size DESC LIMIT 1", params![origin], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT size, root, note FROM seen WHERE origin = ?1 ORDER BY size DESC LIMIT 1",
+                params![origin],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         // The same size seen before must have the same root.
         let same: Option<(Vec<u8>, String)> = self
             .db
-            .query_row("SELECT root, note FROM seen WHERE origin = ?1 AND size = ?2", params![origin, cp.size as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT root, note FROM seen WHERE origin = ?1 AND size = ?2",
+                params![origin, cp.size as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         if let Some((root, old)) = same {
             if root != cp.root {
-                return self.alert(&origin, &format!("fork: two different roots for tree size {}", cp.size), &format!("{old}\n---\n{text}"));
+                return self.alert(
+                    &origin,
+                    &format!("fork: two different roots for tree size {}", cp.size),
+                    &format!("{old}\n---\n{text}"),
+                );
             }
             return Ok(Round::Unchanged(cp.size));
         }
         let round = match &last {
             None => Round::FirstSeen(cp.size),
             Some((size, _, old)) if *size > cp.size => {
-                return self.alert(&origin, &format!("the log shrank: it now presents size {} after {size}", cp.size), &format!("{old}\n---\n{text}"));
+                return self.alert(
+                    &origin,
+                    &format!("the log shrank: it now presents size {} after {size}", cp.size),
+                    &format!("{old}\n---\n{text}"),
+                );
             }
             Some((size, root, old)) => {
                 // The log must still stand by what it signed at the old size...
@@ -121,21 +146,36 @@ impl Witness {
                 if let Ok(again) = again {
                     if let Ok((cp_again, _)) = Checkpoint::open(&again, &self.log_key) {
                         if cp_again.root.as_slice() != root.as_slice() {
-                            return self.alert(&origin, &format!("fork: the log re-signed size {size} with a different root"), &format!("{old}\n---\n{again}"));
+                            return self.alert(
+                                &origin,
+                                &format!("fork: the log re-signed size {size} with a different root"),
+                                &format!("{old}\n---\n{again}"),
+                            );
                         }
                     }
                 }
                 // ...and the new tree must extend the old one.
-                let proof: Value = serde_json::from_str(&self.get_text(&format!("/api/v1/audit/proof/consistency?first={size}&second={}", cp.size)).await?)?;
+                let proof: Value = serde_json::from_str(
+                    &self.get_text(&format!("/api/v1/audit/proof/consistency?first={size}&second={}", cp.size)).await?,
+                )?;
                 let hashes: Vec<Hash> = proof["proof"]
                     .as_array()
                     .ok_or_else(|| anyhow!("malformed consistency proof"))?
                     .iter()
-                    .map(|h| h.as_str().and_then(|s| B64.decode(s).ok()).and_then(|b| Hash::try_from(b.as_slice()).ok()).ok_or_else(|| anyhow!("malformed proof hash")))
+                    .map(|h| {
+                        h.as_str()
+                            .and_then(|s| B64.decode(s).ok())
+                            .and_then(|b| Hash::try_from(b.as_slice()).ok())
+                            .ok_or_else(|| anyhow!("malformed proof hash"))
+                    })
                     .collect::<Result<_>>()?;
                 let old_root: Hash = root.as_slice().try_into().map_err(|_| anyhow!("corrupt witness store"))?;
                 if !verify_consistency(*size, cp.size, &old_root, &cp.root, &hashes) {
-                    return self.alert(&origin, &format!("inconsistent extension: size {} does not extend size {size}", cp.size), &format!("{old}\n---\n{text}\n---\n{proof}"));
+                    return self.alert(
+                        &origin,
+                        &format!("inconsistent extension: size {} does not extend size {size}", cp.size),
+                        &format!("{old}\n---\n{text}\n---\n{proof}"),
+                    );
                 }
                 Round::Extended { from: *size, to: cp.size }
             }
@@ -147,11 +187,24 @@ impl Witness {
             params![origin, cp.size as i64, cp.root.to_vec(), text, t as i64],
         )?;
         // Hand the cosignature back; the log serves it with the checkpoint.
-        let cosigned = format!("{}\n{}{line}", note.body, note.signatures.iter().map(|(n, b)| format!("\u{2014} {n} {}\n", B64.encode(b))).collect::<String>());
-        let r = self.client.post(format!("{}/api/v1/audit/cosignatures", self.log)).header("content-type", "text/plain").body(cosigned).send().await;
+        let cosigned = format!(
+            "{}\n{}{line}",
+            note.body,
+            note.signatures.iter().map(|(n, b)| format!("\u{2014} {n} {}\n", B64.encode(b))).collect::<String>()
+        );
+        let r = self
+            .client
+            .post(format!("{}/api/v1/audit/cosignatures", self.log))
+            .header("content-type", "text/plain")
+            .body(cosigned)
+            .send()
+            .await;
         match r {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => eprintln!("note: the log did not accept the cosignature: HTTP {} (is this witness in its audit.witnesses?)", r.status()),
+            Ok(r) => eprintln!(
+                "note: the log did not accept the cosignature: HTTP {} (is this witness in its audit.witnesses?)",
+                r.status()
+            ),
             Err(e) => eprintln!("note: could not hand the cosignature back: {e}"),
         }
         Ok(round)
@@ -159,7 +212,15 @@ impl Witness {
 }
 
 /// `mamori audit witness`.
-pub async fn run(dir: PathBuf, name: String, log: String, log_key: String, ca: Option<PathBuf>, interval: u64, once: bool) -> Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    name: String,
+    log: String,
+    log_key: String,
+    ca: Option<PathBuf>,
+    interval: u64,
+    once: bool,
+) -> Result<()> {
     let key = crate::audit::parse_key(&log_key)?;
     let w = Witness::open(&dir, &name, &log, key, ca.as_deref())?;
     eprintln!("witness {} watching {log}", w.vkey());

@@ -34,7 +34,13 @@ fn populated(tag: &str) -> (std::path::PathBuf, String) {
     let b = base(&p);
     let (_admin, doc) = setup(&c, &b, p.admin_password.as_deref().unwrap());
     for i in 0..30 {
-        let r = c.post(format!("{b}/fhir/Patient")).bearer_auth(&doc).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient", "name": [{"family": format!("T{i}")}]}).to_string()).send().unwrap();
+        let r = c
+            .post(format!("{b}/fhir/Patient"))
+            .bearer_auth(&doc)
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient", "name": [{"family": format!("T{i}")}]}).to_string())
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 201);
         let id = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_owned();
         assert_eq!(c.get(format!("{b}/fhir/Patient/{id}")).bearer_auth(&doc).send().unwrap().status(), 200);
@@ -47,7 +53,7 @@ fn populated(tag: &str) -> (std::path::PathBuf, String) {
 }
 
 fn verify(dir: &Path, vkey: &str) -> (i32, String) {
-    let (code, out, err) = run(&["audit", "verify", "--data", dir.to_str().unwrap(), "--key", vkey]);
+    let (code, out, err) = run(&["audit", "verify", "--data", dir.to_str().unwrap(), "--key", vkey, "--deep"]);
     (code, format!("{out}{err}"))
 }
 
@@ -57,47 +63,95 @@ fn verify_names_each_tampering() {
     let (code, out) = verify(&dir, &vkey);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK:"), "{out}");
-    let n: i64 = Connection::open(dir.join("mamori.db")).unwrap().query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0)).unwrap();
+    let n: i64 = Connection::open(dir.join("mamori.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
+        .unwrap();
     assert!(n > 60);
     let k = 40i64;
 
     // (what, the tampering, what `verify` must say)
     type Tamper = fn(&Connection, i64);
     let cases: Vec<(&str, Tamper, String)> = vec![
-        ("edit one event", |db, k| {
-            let leaf: Vec<u8> = db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
-            let s = String::from_utf8(leaf).unwrap().replacen("\"status\":200", "\"status\":201", 1);
-            db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![s.into_bytes(), k]).unwrap();
-        }, format!("event {k}: its bytes do not match")),
-        ("edit one event and its leaf hash", |db, k| {
-            let leaf: Vec<u8> = db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
-            let s = String::from_utf8(leaf).unwrap().replacen("dr.k", "dr.x", 1).into_bytes();
-            let h = mamori_audit::merkle::leaf_hash(&s);
-            db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![s, k]).unwrap();
-            db.execute("UPDATE merkle_nodes SET hash = ?1 WHERE level = 0 AND idx = ?2", params![h.to_vec(), k]).unwrap();
-        }, "hash to a different root".into()),
-        ("delete an event", |db, k| {
-            db.execute("DELETE FROM audit_events WHERE seq = ?1", [k]).unwrap();
-        }, format!("event {k}: missing")),
-        ("swap two events", |db, k| {
-            let a: Vec<u8> = db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
-            let b: Vec<u8> = db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k + 1], |r| r.get(0)).unwrap();
-            db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![b, k]).unwrap();
-            db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![a, k + 1]).unwrap();
-        }, format!("event {k}: its bytes do not match")),
-        ("truncate the log", |db, k| {
-            db.execute("DELETE FROM audit_events WHERE seq >= ?1", [k]).unwrap();
-        }, "was truncated".into()),
-        ("replace a checkpoint signature", |db, _| {
-            let (size, note): (i64, String) = db.query_row("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-            let other = mamori_audit::note::NoteSigner::from_pkcs8("mamori.local/audit", &mamori_audit::note::generate_pkcs8().unwrap()).unwrap();
-            let body = mamori_audit::note::SignedNote::parse(&note).unwrap().body;
-            let forged = format!("{body}\n{}", other.sign_line(&body));
-            db.execute("UPDATE checkpoints SET note = ?1 WHERE size = ?2", params![forged, size]).unwrap();
-        }, "signature does not verify".into()),
-        ("hide an access from the patient report", |db, k| {
-            db.execute("DELETE FROM audit_patients WHERE seq = (SELECT MIN(seq) FROM audit_patients WHERE seq >= ?1)", [k]).unwrap();
-        }, "patient index".into()),
+        (
+            "edit one event",
+            |db, k| {
+                let leaf: Vec<u8> =
+                    db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
+                let s = String::from_utf8(leaf).unwrap().replacen("\"status\":200", "\"status\":201", 1);
+                db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![s.into_bytes(), k]).unwrap();
+            },
+            format!("event {k}: its bytes do not match"),
+        ),
+        (
+            "edit one event and its leaf hash",
+            |db, k| {
+                let leaf: Vec<u8> =
+                    db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
+                let s = String::from_utf8(leaf).unwrap().replacen("dr.k", "dr.x", 1).into_bytes();
+                let h = mamori_audit::merkle::leaf_hash(&s);
+                db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![s, k]).unwrap();
+                db.execute("UPDATE merkle_nodes SET hash = ?1 WHERE level = 0 AND idx = ?2", params![h.to_vec(), k])
+                    .unwrap();
+            },
+            "hash to a different root".into(),
+        ),
+        (
+            "delete an event",
+            |db, k| {
+                db.execute("DELETE FROM audit_events WHERE seq = ?1", [k]).unwrap();
+            },
+            format!("event {k}: missing"),
+        ),
+        (
+            "swap two events",
+            |db, k| {
+                let a: Vec<u8> =
+                    db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k], |r| r.get(0)).unwrap();
+                let b: Vec<u8> =
+                    db.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [k + 1], |r| r.get(0)).unwrap();
+                db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![b, k]).unwrap();
+                db.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", params![a, k + 1]).unwrap();
+            },
+            format!("event {k}: its bytes do not match"),
+        ),
+        (
+            "truncate the log",
+            |db, k| {
+                db.execute("DELETE FROM audit_events WHERE seq >= ?1", [k]).unwrap();
+            },
+            "was truncated".into(),
+        ),
+        (
+            "replace a checkpoint signature",
+            |db, _| {
+                let (size, note): (i64, String) = db
+                    .query_row("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap();
+                let other = mamori_audit::note::NoteSigner::from_pkcs8(
+                    "mamori.local/audit",
+                    &mamori_audit::note::generate_pkcs8().unwrap(),
+                )
+                .unwrap();
+                let body = mamori_audit::note::SignedNote::parse(&note).unwrap().body;
+                let forged = format!("{body}\n{}", other.sign_line(&body));
+                db.execute("UPDATE checkpoints SET note = ?1 WHERE size = ?2", params![forged, size]).unwrap();
+            },
+            "signature does not verify".into(),
+        ),
+        (
+            "hide an access from the patient report",
+            |db, k| {
+                db.execute(
+                    "DELETE FROM audit_patients WHERE seq = (SELECT MIN(seq) FROM audit_patients WHERE seq >= ?1)",
+                    [k],
+                )
+                .unwrap();
+            },
+            "patient index".into(),
+        ),
     ];
     for (what, tamper, expect) in cases {
         let copy = temp_dir("tamper-copy");
@@ -114,7 +168,11 @@ fn verify_names_each_tampering() {
     }
 
     // A key that is not the log's: refused.
-    let other = mamori_audit::note::NoteSigner::from_pkcs8("mamori.local/audit", &mamori_audit::note::generate_pkcs8().unwrap()).unwrap();
+    let other = mamori_audit::note::NoteSigner::from_pkcs8(
+        "mamori.local/audit",
+        &mamori_audit::note::generate_pkcs8().unwrap(),
+    )
+    .unwrap();
     let (code, out) = verify(&dir, &other.verifier().vkey());
     assert_eq!(code, 1, "{out}");
     let (code, out, err) = run(&["audit", "verify", "--data", dir.to_str().unwrap(), "--key", "not-a-key"]);
@@ -124,7 +182,8 @@ fn verify_names_each_tampering() {
     // Export: verifies with only the key; a changed byte or another key fails.
     let exp = dir.join("../").join(format!("export-{}.ndjson", std::process::id()));
     let _ = std::fs::remove_file(&exp);
-    let (code, out, err) = run(&["audit", "export", "--data", dir.to_str().unwrap(), "--out", exp.to_str().unwrap(), "--from", "10"]);
+    let (code, out, err) =
+        run(&["audit", "export", "--data", dir.to_str().unwrap(), "--out", exp.to_str().unwrap(), "--from", "10"]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = run(&["audit", "verify", "--export", exp.to_str().unwrap(), "--key", &vkey]);
     assert_eq!(code, 0, "{out}{err}");
@@ -164,7 +223,23 @@ fn witness_cosigns_and_catches_a_rewritten_history() {
     let (_admin, doc) = setup(&c, &b, p.admin_password.as_deref().unwrap());
     let vkey = std::fs::read_to_string(dir.join("keys/audit.vkey")).unwrap().trim().to_owned();
     let ca = dir.join("tls/cert.pem");
-    let witness = |log: &str| run(&["audit", "witness", "--data", wdir.to_str().unwrap(), "--name", "witness.test/w1", "--log", log, "--log-key", &vkey, "--ca", ca.to_str().unwrap(), "--once"]);
+    let witness = |log: &str| {
+        run(&[
+            "audit",
+            "witness",
+            "--data",
+            wdir.to_str().unwrap(),
+            "--name",
+            "witness.test/w1",
+            "--log",
+            log,
+            "--log-key",
+            &vkey,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--once",
+        ])
+    };
     let (code, out, err) = witness(&b);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("FirstSeen"), "{out}");
@@ -172,14 +247,21 @@ fn witness_cosigns_and_catches_a_rewritten_history() {
     let wkey = std::fs::read_to_string(wdir.join("witness.vkey")).unwrap().trim().to_owned();
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    let cfg = std::fs::read_to_string(dir.join("mamori.toml")).unwrap().replace("witnesses = []", &format!("witnesses = [\"{wkey}\"]"));
+    let cfg = std::fs::read_to_string(dir.join("mamori.toml"))
+        .unwrap()
+        .replace("witnesses = []", &format!("witnesses = [\"{wkey}\"]"));
     std::fs::write(dir.join("mamori.toml"), cfg).unwrap();
     let mut p = serve(&dir);
     let b = base(&p);
     let doc2 = login(&c, &b, "dr.k", "Another horse 43!");
     let _ = doc;
     for _ in 0..5 {
-        c.post(format!("{b}/fhir/Patient")).bearer_auth(&doc2).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient"}).to_string()).send().unwrap();
+        c.post(format!("{b}/fhir/Patient"))
+            .bearer_auth(&doc2)
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient"}).to_string())
+            .send()
+            .unwrap();
     }
     p.child.kill().unwrap(); // the stop checkpoint is not needed: start signs one
     p.child.wait().unwrap();
@@ -209,17 +291,32 @@ fn witness_cosigns_and_catches_a_rewritten_history() {
             let mut nodes = Vec::new();
             f.append(mamori_audit::merkle::leaf_hash(l), |id, h| nodes.push((id, *h)));
             for (id, h) in nodes {
-                db.execute("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)", params![id.level, id.index as i64, h.to_vec()]).unwrap();
+                db.execute(
+                    "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+                    params![id.level, id.index as i64, h.to_vec()],
+                )
+                .unwrap();
             }
         }
         db.execute("DELETE FROM cosignatures", []).unwrap();
         db.execute("DELETE FROM checkpoints", []).unwrap();
         let pem = std::fs::read_to_string(dir.join("keys/audit.key")).unwrap();
         use base64::Engine;
-        let der = base64::engine::general_purpose::STANDARD.decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .unwrap();
         let signer = mamori_audit::note::NoteSigner::from_pkcs8("mamori.local/audit", &der).unwrap();
-        let cp = mamori_audit::note::Checkpoint { origin: "mamori.local/audit".into(), size: f.size(), root: f.root(), extensions: vec![] };
-        db.execute("INSERT INTO checkpoints (size, time, reason, note) VALUES (?1, 0, 'forged', ?2)", params![f.size() as i64, cp.sign(&signer)]).unwrap();
+        let cp = mamori_audit::note::Checkpoint {
+            origin: "mamori.local/audit".into(),
+            size: f.size(),
+            root: f.root(),
+            extensions: vec![],
+        };
+        db.execute(
+            "INSERT INTO checkpoints (size, time, reason, note) VALUES (?1, 0, 'forged', ?2)",
+            params![f.size() as i64, cp.sign(&signer)],
+        )
+        .unwrap();
     }
     let (code, out) = verify(&dir, &vkey);
     assert_eq!(code, 0, "a consistently re-signed log passes verification on its own:\n{out}");
@@ -229,7 +326,10 @@ fn witness_cosigns_and_catches_a_rewritten_history() {
     assert_ne!(code, 0, "the witness must refuse:\n{out}{err}");
     assert!(err.contains("WITNESS ALERT"), "{err}");
     assert!(err.contains("inconsistent extension") || err.contains("fork"), "{err}");
-    let alerts: i64 = Connection::open(wdir.join("witness.db")).unwrap().query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0)).unwrap();
+    let alerts: i64 = Connection::open(wdir.join("witness.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(alerts, 1);
     p.child.kill().unwrap();
     p.child.wait().unwrap();
@@ -265,7 +365,10 @@ fn kill_9_under_load_loses_no_acknowledged_event() {
                     let req = match (i % 3, &last_id) {
                         (1, Some(id)) => c.get(format!("{b}/fhir/Patient/{id}")),
                         (2, _) => c.get(format!("{b}/fhir/Patient?_count=5")),
-                        _ => c.post(format!("{b}/fhir/Patient")).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient"}).to_string()),
+                        _ => c
+                            .post(format!("{b}/fhir/Patient"))
+                            .header("content-type", "application/fhir+json")
+                            .body(json!({"resourceType": "Patient"}).to_string()),
                     };
                     match req.bearer_auth(&doc).header("x-request-id", &rid).send() {
                         Ok(r) if r.status().is_success() => {

@@ -99,7 +99,10 @@ async fn inclusion(State(st): State<AppState>, Query(q): Query<InclusionQ>) -> R
             };
             let n = audit_log::size(c)?;
             if size > n || q.index >= size {
-                return Err(mamori_store::StoreError::invalid("index", format!("event {} is not in a tree of size {size} (the log has {n} events)", q.index)));
+                return Err(mamori_store::StoreError::invalid(
+                    "index",
+                    format!("event {} is not in a tree of size {size} (the log has {n} events)", q.index),
+                ));
             }
             let mut src = DbNodes(c);
             let proof = merkle::inclusion_proof(&mut src, q.index, size)?;
@@ -132,7 +135,10 @@ async fn consistency(State(st): State<AppState>, Query(q): Query<ConsistencyQ>) 
             };
             let n = audit_log::size(c)?;
             if q.first > second || second > n {
-                return Err(mamori_store::StoreError::invalid("first", format!("sizes {} and {second} do not fit a log of {n} events", q.first)));
+                return Err(mamori_store::StoreError::invalid(
+                    "first",
+                    format!("sizes {} and {second} do not fit a log of {n} events", q.first),
+                ));
             }
             let mut src = DbNodes(c);
             let proof = merkle::consistency_proof(&mut src, q.first, second)?;
@@ -159,7 +165,9 @@ async fn cosign(State(st): State<AppState>, body: Body) -> R {
     let stored = stored.ok_or_else(|| ApiError::NotFound(format!("no checkpoint at size {size}")))?;
     let stored_body = SignedNote::parse(&stored).map_err(|e| ApiError::Internal(e.to_string()))?.body;
     if stored_body != note.body {
-        return Err(OpsError(ApiError::Conflict("the cosigned checkpoint differs from the one this log signed at that size".into())));
+        return Err(OpsError(ApiError::Conflict(
+            "the cosigned checkpoint differs from the one this log signed at that size".into(),
+        )));
     }
     let mut accepted = Vec::new();
     for w in &st.cfg.audit.witnesses {
@@ -170,7 +178,9 @@ async fn cosign(State(st): State<AppState>, body: Body) -> R {
         }
     }
     if accepted.is_empty() {
-        return Err(OpsError(ApiError::Forbidden("no valid cosignature by a configured witness (audit.witnesses)".into())));
+        return Err(OpsError(ApiError::Forbidden(
+            "no valid cosignature by a configured witness (audit.witnesses)".into(),
+        )));
     }
     let names: Vec<String> = accepted.iter().map(|a| a.0.clone()).collect();
     let n2 = names.clone();
@@ -181,7 +191,8 @@ async fn cosign(State(st): State<AppState>, body: Body) -> R {
                 for (name, line, t) in &accepted {
                     audit_log::add_cosignature(w.conn, size, name, line, *t, w.now)?;
                 }
-                let ctx = crate::state::RequestCtx { addr: None, request_id: None, mode: mamori_core::mode::Mode::Normal };
+                let ctx =
+                    crate::state::RequestCtx { addr: None, request_id: None, mode: mamori_core::mode::Mode::Normal };
                 let mut rec = ctx.record("system", "system", "checkpoint-cosigned", 200, w.now);
                 rec.detail = Some(json!({"size": size, "witnesses": n2}));
                 w.audit(&rec)?;
@@ -203,7 +214,10 @@ async fn event(State(st): State<AppState>, caller: Caller, Path(index): Path<u64
     let mut a = caller.record("audit-read", 200, st.store.clock().now());
     a.query = Some(format!("event {index}"));
     st.store.writer().audit(vec![a]).await?;
-    Ok(Json(json!({"index": index, "event": rec, "leaf": B64.encode(&leaf), "leaf_hash": B64.encode(leaf_hash(&leaf))})).into_response())
+    Ok(Json(
+        json!({"index": index, "event": rec, "leaf": B64.encode(&leaf), "leaf_hash": B64.encode(leaf_hash(&leaf))}),
+    )
+    .into_response())
 }
 
 async fn verify_live(State(st): State<AppState>, caller: Caller) -> R {
@@ -214,7 +228,7 @@ async fn verify_live(State(st): State<AppState>, caller: Caller) -> R {
     let (_, vkey) = crate::server::load_signer(&dd).map_err(|e| ApiError::Internal(e.to_string()))?;
     let origin = st.cfg.audit.origin.clone();
     let started = std::time::Instant::now();
-    let report = st.store.read(move |c| audit_log::verify(c, &vkey, &origin, true)).await?;
+    let report = st.store.read(move |c| audit_log::verify(c, None, &vkey, &origin, true)).await?;
     let mut a = caller.record("audit-verify", 200, st.store.clock().now());
     a.detail = Some(json!({"ok": report.ok(), "events": report.events}));
     st.store.writer().audit(vec![a]).await?;
@@ -241,7 +255,8 @@ struct ReportQ {
 
 /// A date (local day) or instant; `end` takes the end of a day.
 fn parse_when(s: &str, offset_min: i64, end: bool) -> Result<i64, ApiError> {
-    let r = mamori_core::time::parse_search_date(s).ok_or_else(|| ApiError::bad("from/to", format!("'{s}' is not a date or instant")))?;
+    let r = mamori_core::time::parse_search_date(s)
+        .ok_or_else(|| ApiError::bad("from/to", format!("'{s}' is not a date or instant")))?;
     let shift = if r.has_tz { 0 } else { offset_min * 60_000_000 };
     Ok(if end { r.high - shift } else { r.low - shift })
 }
@@ -278,18 +293,31 @@ async fn report(State(st): State<AppState>, caller: Caller, Path(kind): Path<Str
     let now = st.store.clock().now().micros();
     let pre = (|| {
         let to = q.to.as_deref().map(|s| parse_when(s, off, true)).transpose()?.unwrap_or(now + 1);
-        let from = q.from.as_deref().map(|s| parse_when(s, off, false)).transpose()?.unwrap_or(to - 30 * 86_400_000_000);
+        let from =
+            q.from.as_deref().map(|s| parse_when(s, off, false)).transpose()?.unwrap_or(to - 30 * 86_400_000_000);
         if from >= to {
             return Err(ApiError::bad("from", "from must be before to"));
         }
-        let mut eq = audit_log::EventQuery { from: Some(from), to: Some(to), limit: q.limit.unwrap_or(1000).clamp(1, 10_000), ..Default::default() };
+        let mut eq = audit_log::EventQuery {
+            from: Some(from),
+            to: Some(to),
+            limit: q.limit.unwrap_or(1000).clamp(1, 10_000),
+            ..Default::default()
+        };
         match kind.as_str() {
             "patient" => {
-                let p = q.patient.clone().ok_or_else(|| ApiError::bad("patient", "the patient report needs ?patient=ID"))?;
-                mamori_core::ids::PatientId::parse(p.strip_prefix("Patient/").unwrap_or(&p)).map_err(|e| ApiError::bad("patient", e.to_string()))?;
+                let p = q
+                    .patient
+                    .clone()
+                    .ok_or_else(|| ApiError::bad("patient", "the patient report needs ?patient=ID"))?;
+                mamori_core::ids::PatientId::parse(p.strip_prefix("Patient/").unwrap_or(&p))
+                    .map_err(|e| ApiError::bad("patient", e.to_string()))?;
                 eq.patient = Some(p.strip_prefix("Patient/").unwrap_or(&p).to_owned());
             }
-            "user" => eq.agent = Some(q.user.clone().ok_or_else(|| ApiError::bad("user", "the user report needs ?user=NAME"))?),
+            "user" => {
+                eq.agent =
+                    Some(q.user.clone().ok_or_else(|| ApiError::bad("user", "the user report needs ?user=NAME"))?)
+            }
             "denied" => eq.denied = true,
             "daily" => {}
             other => return Err(ApiError::NotFound(format!("no report '{other}' (patient, user, denied, daily)"))),
@@ -310,12 +338,15 @@ async fn report(State(st): State<AppState>, caller: Caller, Path(kind): Path<Str
             }
             let total = audit_log::count_events(c, &eq2)?;
             let rows = audit_log::search_events(c, &eq2)?;
-            let events: Vec<_> = rows.iter().filter_map(|(i, l)| AuditRecord::from_leaf(l).ok().map(|r| event_json(*i, &r))).collect();
+            let events: Vec<_> =
+                rows.iter().filter_map(|(i, l)| AuditRecord::from_leaf(l).ok().map(|r| event_json(*i, &r))).collect();
             Ok(json!({"total": total, "events": events}))
         })
         .await?;
     let mut a = caller.record("audit-report", 200, st.store.clock().now());
-    a.detail = Some(json!({"report": kind, "user": eq.agent, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}));
+    a.detail = Some(
+        json!({"report": kind, "user": eq.agent, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}),
+    );
     if let Some(p) = &eq.patient {
         a.patients = vec![p.clone()];
     }

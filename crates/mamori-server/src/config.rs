@@ -43,7 +43,14 @@ pub struct SyslogSection {
 
 impl Default for SyslogSection {
     fn default() -> Self {
-        SyslogSection { collector: String::new(), ca: String::new(), client_cert: String::new(), client_key: String::new(), hostname: String::new(), resend_window: 1000 }
+        SyslogSection {
+            collector: String::new(),
+            ca: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
+            hostname: String::new(),
+            resend_window: 1000,
+        }
     }
 }
 
@@ -224,7 +231,11 @@ impl Config {
         for w in &self.audit.witnesses {
             match mamori_audit::note::NoteVerifier::parse(w) {
                 Ok(v) if v.is_cosigner() => {}
-                _ => return Err(ConfigError::Invalid(format!("audit.witnesses: '{w}' is not a cosignature/v1 verifier key"))),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "audit.witnesses: '{w}' is not a cosignature/v1 verifier key"
+                    )))
+                }
             }
         }
         if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {

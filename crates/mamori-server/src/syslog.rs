@@ -42,7 +42,8 @@ pub fn format_message(index: u64, r: &AuditRecord, hostname: &str, origin: &str)
 }
 
 fn connector(cfg: &SyslogSection, data: &std::path::Path) -> Result<TlsConnector, String> {
-    let resolve = |p: &str| if std::path::Path::new(p).is_absolute() { std::path::PathBuf::from(p) } else { data.join(p) };
+    let resolve =
+        |p: &str| if std::path::Path::new(p).is_absolute() { std::path::PathBuf::from(p) } else { data.join(p) };
     let mut roots = rustls::RootCertStore::empty();
     for c in crate::tls::load_certs(&resolve(&cfg.ca)).map_err(|e| e.to_string())? {
         roots.add(c).map_err(|e| e.to_string())?;
@@ -82,7 +83,8 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    let host = cfg.collector.rsplit_once(':').map_or(cfg.collector.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    let host =
+        cfg.collector.rsplit_once(':').map_or(cfg.collector.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
     let Ok(name) = ServerName::try_from(host.clone()) else {
         tracing::error!(collector = %cfg.collector, "syslog: invalid collector host name");
         return;
@@ -95,8 +97,14 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
         }
         // Connect.
         let conn = async {
-            let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&cfg.collector)).await.map_err(|_| "connect timed out".to_owned())?.map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(10), tls.connect(name.clone(), tcp)).await.map_err(|_| "TLS handshake timed out".to_owned())?.map_err(|e| e.to_string())
+            let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&cfg.collector))
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(10), tls.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_owned())?
+                .map_err(|e| e.to_string())
         }
         .await;
         let stream = match conn {
@@ -148,8 +156,13 @@ pub async fn forward(st: AppState, mut stop: watch::Receiver<bool>) {
             let rows = st
                 .store
                 .read(move |c| {
-                    let rows = c.query("SELECT seq, leaf FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2", mamori_store::p![after, BATCH])?;
-                    rows.iter().map(|r| Ok((r.u64(0)?, r.blob(1)?))).collect::<Result<Vec<_>, mamori_store::StoreError>>()
+                    let rows = c.query(
+                        "SELECT seq, leaf FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        mamori_store::p![after, BATCH],
+                    )?;
+                    rows.iter()
+                        .map(|r| Ok((r.u64(0)?, r.blob(1)?)))
+                        .collect::<Result<Vec<_>, mamori_store::StoreError>>()
                 })
                 .await;
             let rows = match rows {

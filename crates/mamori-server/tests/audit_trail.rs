@@ -41,13 +41,22 @@ async fn proofs_verify_against_signed_checkpoints() {
     let new = checkpoint(&s).await;
     assert!(new.size > old.size, "{} > {}", new.size, old.size);
     // consistency between the two signed checkpoints, public endpoint
-    let r = s.req(Method::GET, &format!("/api/v1/audit/proof/consistency?first={}&second={}", old.size, new.size), None, None).await;
+    let r = s
+        .req(
+            Method::GET,
+            &format!("/api/v1/audit/proof/consistency?first={}&second={}", old.size, new.size),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(verify_consistency(old.size, new.size, &old.root, &new.root, &hashes(&r.body["proof"])));
     // inclusion of every 7th event; the leaf hash must match the event bytes
     let aud = s.user("aud.p", &["auditor"]).await;
     for idx in (0..old.size).step_by(7) {
-        let r = s.req(Method::GET, &format!("/api/v1/audit/proof/inclusion?index={idx}&size={}", new.size), None, None).await;
+        let r = s
+            .req(Method::GET, &format!("/api/v1/audit/proof/inclusion?index={idx}&size={}", new.size), None, None)
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let leaf = b64(&r.body["leaf_hash"]);
         assert!(verify_inclusion(&leaf, idx, new.size, &hashes(&r.body["proof"]), &new.root), "event {idx}");
@@ -95,7 +104,10 @@ async fn fhir_audit_event_and_review_reports() {
         assert!(mamori_core::fhir::validate::validate_resource(ev).is_ok(), "{ev}");
         assert!(ev["entity"].as_array().unwrap().iter().any(|x| x["what"]["reference"] == format!("Patient/{pid}")));
     }
-    assert!(entries.iter().any(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"] == "dr.snoop" && e["resource"]["outcome"] == "4"));
+    assert!(entries
+        .iter()
+        .any(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"] == "dr.snoop"
+            && e["resource"]["outcome"] == "4"));
     let last = s.last_audit();
     assert_eq!(last["action"], "search-type");
     assert_eq!(last["entity"]["type"], "AuditEvent");
@@ -107,7 +119,10 @@ async fn fhir_audit_event_and_review_reports() {
     assert!(r.body["entry"].as_array().unwrap().iter().all(|e| e["resource"]["action"] == "C"));
     let r = s.get("/fhir/AuditEvent?purpose=TREAT&_count=2", &aud).await;
     assert_eq!(r.body["entry"].as_array().unwrap().len(), 2);
-    let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_owned();
+    let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r2 = s.get(next.strip_prefix(&s.base).unwrap(), &aud).await;
     assert_ne!(r2.body["entry"][0]["resource"]["id"], r.body["entry"][0]["resource"]["id"]);
     let one = r.body["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
@@ -131,11 +146,18 @@ async fn fhir_audit_event_and_review_reports() {
     assert_eq!(s.get("/api/v1/audit/reports/patient", &aud).await.status, 400);
     assert_eq!(s.get("/api/v1/audit/reports/daily", &doc).await.status, 403);
     let report_events = s.audits_where("audit-report");
-    assert!(report_events.iter().any(|e| e["patients"] == json!([pid])), "the disclosure report is itself audited against the patient");
+    assert!(
+        report_events.iter().any(|e| e["patients"] == json!([pid])),
+        "the disclosure report is itself audited against the patient"
+    );
 }
 
 /// A TLS syslog collector that records the index of every message.
-async fn collector(port: u16, dir: &std::path::Path, seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
+async fn collector(
+    port: u16,
+    dir: &std::path::Path,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) -> tokio::task::JoinHandle<()> {
     use tokio::io::AsyncReadExt;
     let certs = mamori_server::tls::load_certs(&dir.join("col.pem")).unwrap();
     let key = mamori_server::tls::load_key(&dir.join("col.key")).unwrap();
@@ -181,7 +203,8 @@ async fn collector(port: u16, dir: &std::path::Path, seen: std::sync::Arc<std::s
                         if !msg.starts_with("<8") {
                             eprintln!("COLLECTOR: bad message {msg}");
                         }
-                        let idx: u64 = msg.split("index=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+                        let idx: u64 =
+                            msg.split("index=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
                         let json = msg.split('\u{feff}').nth(1).unwrap();
                         let v: Value = serde_json::from_str(json).unwrap();
                         assert_eq!(v["resourceType"], "AuditEvent");
@@ -200,7 +223,8 @@ async fn syslog_stream_survives_collector_outage_and_restart() {
     let cdir = common::temp_dir("collector");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::create_dir_all(&cdir).unwrap();
-    let (cert, key) = mamori_server::keys::self_signed_tls("localhost", "collector", &["localhost"], &["127.0.0.1"], 30).unwrap();
+    let (cert, key) =
+        mamori_server::keys::self_signed_tls("localhost", "collector", &["localhost"], &["127.0.0.1"], 30).unwrap();
     std::fs::write(cdir.join("col.pem"), &cert).unwrap();
     mamori_server::keys::write_secret(&cdir.join("col.key"), key.as_bytes()).unwrap();
     let port = {
@@ -227,7 +251,10 @@ async fn syslog_stream_survives_collector_outage_and_restart() {
         let db = dir.join("mamori.db");
         async move {
             for _ in 0..200 {
-                let total: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap().query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0)).unwrap();
+                let total: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .unwrap()
+                    .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
+                    .unwrap();
                 let got: std::collections::BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
                 if total >= n && got.len() as i64 >= total && (0..total as u64).all(|i| got.contains(&i)) {
                     return total;
@@ -235,8 +262,15 @@ async fn syslog_stream_survives_collector_outage_and_restart() {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let got: std::collections::BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
-            let total: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap().query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0)).unwrap();
-            panic!("collector did not receive every event: got {} distinct, first missing {:?}, total {total}", got.len(), (0..).find(|i| !got.contains(i)));
+            let total: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
+                .unwrap();
+            panic!(
+                "collector did not receive every event: got {} distinct, first missing {:?}, total {total}",
+                got.len(),
+                (0..).find(|i| !got.contains(i))
+            );
         }
     };
     wait_for(19).await;

@@ -13,7 +13,7 @@ use mamori_core::time::Timestamp;
 
 use crate::error::{Result, StoreError};
 use crate::p;
-use crate::sql::{Conn, DbError};
+use crate::sql::{CellRef, Conn, DbError};
 
 /// Size of the committed audit log.
 pub fn size(c: &mut dyn Conn) -> Result<u64> {
@@ -148,133 +148,344 @@ const CHUNK: usize = 20_000;
 /// rebuilt and checked against every signed checkpoint, and (with `deep`)
 /// the query columns and patient index against the leaves and every stored
 /// proof node against its children.
-pub fn verify(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool) -> Result<Report> {
+///
+/// `nodes`, a second connection to the same database, lets the recorded
+/// leaf hashes be read in parallel instead of joined (faster); its snapshot
+/// is taken after the first one's, so it holds every node the events need.
+pub fn verify(
+    c: &mut dyn Conn,
+    nodes: Option<&mut (dyn Conn + Send)>,
+    vkey: &NoteVerifier,
+    origin: &str,
+    deep: bool,
+) -> Result<Report> {
     c.batch("BEGIN")?;
-    let r = verify_in_txn(c, vkey, origin, deep);
+    // Start the read snapshot now (SQLite begins it at the first read).
+    let r = c
+        .query_one("SELECT COUNT(*) FROM checkpoints", p![])
+        .map_err(StoreError::from)
+        .and_then(|_| verify_in_txn(c, nodes, vkey, origin, deep));
     let _ = c.batch("COMMIT");
     r
 }
 
-fn verify_in_txn(c: &mut dyn Conn, vkey: &NoteVerifier, origin: &str, deep: bool) -> Result<Report> {
+/// Leaves travel from the reading thread to the hashing thread in
+/// batches: one buffer of bytes, with (index, end offset, recorded hash).
+#[derive(Default)]
+struct LeafBatch {
+    bytes: Vec<u8>,
+    items: Vec<(u64, usize, Option<Hash>)>,
+}
+
+const BATCH_ITEMS: usize = 4096;
+
+fn verify_in_txn(
+    c: &mut dyn Conn,
+    nodes: Option<&mut (dyn Conn + Send)>,
+    vkey: &NoteVerifier,
+    origin: &str,
+    deep: bool,
+) -> Result<Report> {
     let mut v = LogVerifier::new(vkey.clone(), origin, Frontier::new());
     for r in c.query("SELECT size, note FROM checkpoints ORDER BY size", p![])? {
         v.checkpoint(r.u64(0)?, &r.text(1)?);
     }
-    let mut patients: Vec<(String, u64)> = Vec::new();
-    let mut next: i64 = -1;
-    loop {
-        let rows = c.query(
-            "SELECT e.seq, e.leaf, n.hash, e.time, e.agent, e.action, e.rtype, e.rid, e.status, e.purpose \
-             FROM audit_events e LEFT JOIN merkle_nodes n ON n.level = 0 AND n.idx = e.seq \
-             WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
-            p![next, CHUNK],
-        )?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in &rows {
-            let seq = r.u64(0)?;
-            let leaf = r.blob(1)?;
-            let recorded: Option<Hash> = r.opt_blob(2)?.and_then(|b| b.try_into().ok());
-            if recorded.is_none() {
-                v.event_problem(seq, "its leaf hash is missing from the proof nodes".into());
-            }
-            v.leaf(seq, &leaf, recorded.as_ref());
-            if deep {
-                match AuditRecord::from_leaf(&leaf) {
-                    Err(e) => v.event_problem(seq, e.to_string()),
-                    Ok(rec) => {
-                        let t = Timestamp::parse_rfc3339(&rec.time).map(|t| t.micros());
-                        let (rt, rid) = match &rec.entity {
-                            Some(e) => (Some(e.rtype.clone()), e.id.clone()),
-                            None => (None, None),
-                        };
-                        let columns_ok = t == Some(r.i64(3)?)
-                            && rec.agent.user == r.text(4)?
-                            && rec.action == r.text(5)?
-                            && rt == r.opt_text(6)?
-                            && rid == r.opt_text(7)?
-                            && i64::from(rec.status) == r.i64(8)?
-                            && rec.purpose == r.opt_text(9)?;
-                        if !columns_ok {
-                            v.index_problem(seq, "its query columns (time, agent, action, entity, status, purpose) differ from the event".into());
+    // Core pass: this thread reads, a second thread hashes and rebuilds
+    // the tree (the two run in parallel).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<LeafBatch>(4);
+    let parallel_nodes = nodes.is_some();
+    let (ntx, nrx) = std::sync::mpsc::sync_channel::<Vec<(u64, Hash)>>(4);
+    let mut v = std::thread::scope(|s| -> Result<LogVerifier> {
+        let node_reader = nodes.map(|nc| {
+            s.spawn(move || -> Result<()> {
+                nc.batch("BEGIN")?;
+                let mut buf = Vec::with_capacity(BATCH_ITEMS);
+                let r =
+                    nc.for_each("SELECT idx, hash FROM merkle_nodes WHERE level = 0 ORDER BY idx", p![], &mut |r| {
+                        let idx =
+                            u64::try_from(r.first().map(CellRef::i64).transpose()?.unwrap_or(-1)).unwrap_or(u64::MAX);
+                        if let Some(h) = r.get(1).and_then(CellRef::bytes).and_then(|b| Hash::try_from(b).ok()) {
+                            buf.push((idx, h));
                         }
-                        for p in rec.patients {
-                            patients.push((p, seq));
+                        if buf.len() >= BATCH_ITEMS
+                            && ntx.send(std::mem::replace(&mut buf, Vec::with_capacity(BATCH_ITEMS))).is_err()
+                        {
+                            return Ok(false);
                         }
+                        Ok(true)
+                    });
+                let _ = ntx.send(buf);
+                drop(ntx);
+                let _ = nc.batch("COMMIT");
+                r.map_err(StoreError::from)
+            })
+        });
+        let hasher = s.spawn(move || {
+            let mut v = v;
+            // Recorded leaf hashes from the parallel reader, merged by index.
+            let mut recorded_iter = nrx.into_iter().flatten().peekable();
+            for b in rx {
+                let mut start = 0;
+                for (seq, end, joined) in &b.items {
+                    let leaf = b.bytes.get(start..*end).unwrap_or_default();
+                    let recorded = if parallel_nodes {
+                        while recorded_iter.peek().is_some_and(|(i, _)| i < seq) {
+                            recorded_iter.next();
+                        }
+                        recorded_iter.peek().filter(|(i, _)| i == seq).map(|(_, h)| *h)
+                    } else {
+                        *joined
+                    };
+                    if recorded.is_none() {
+                        v.event_problem(*seq, "its leaf hash is missing from the proof nodes".into());
                     }
+                    v.leaf(*seq, leaf, recorded.as_ref());
+                    start = *end;
                 }
             }
-            next = i64::try_from(seq).unwrap_or(i64::MAX);
+            v
+        });
+        let mut batch = LeafBatch::default();
+        let sql = if parallel_nodes {
+            "SELECT e.seq, e.leaf, NULL FROM audit_events e ORDER BY e.seq"
+        } else {
+            "SELECT e.seq, e.leaf, n.hash FROM audit_events e LEFT JOIN merkle_nodes n ON n.level = 0 AND n.idx = e.seq ORDER BY e.seq"
+        };
+        let read = c.for_each(sql, p![], &mut |row| {
+            let seq = row.first().map(CellRef::i64).transpose()?.unwrap_or(-1);
+            let leaf = row.get(1).and_then(CellRef::bytes).unwrap_or_default();
+            let recorded = row.get(2).and_then(CellRef::bytes).and_then(|b| Hash::try_from(b).ok());
+            batch.bytes.extend_from_slice(leaf);
+            batch.items.push((u64::try_from(seq).unwrap_or(u64::MAX), batch.bytes.len(), recorded));
+            if batch.items.len() >= BATCH_ITEMS {
+                let full = std::mem::take(&mut batch);
+                if tx.send(full).is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        });
+        if !batch.items.is_empty() {
+            let _ = tx.send(batch);
         }
-    }
+        drop(tx);
+        let v = hasher.join().map_err(|_| StoreError::Internal("the verifier's hashing thread failed".into()))?;
+        read?;
+        if let Some(n) = node_reader {
+            n.join().map_err(|_| StoreError::Internal("the verifier's node reader failed".into()))??;
+        }
+        Ok(v)
+    })?;
     if deep {
-        patients.sort();
-        let mut stored: Vec<(String, u64)> = Vec::with_capacity(patients.len());
-        let mut after = (String::new(), -1i64);
-        loop {
-            let rows = c.query(
-                "SELECT patient, seq FROM audit_patients WHERE patient > $1 OR (patient = $1 AND seq > $2) ORDER BY patient, seq LIMIT $3",
-                p![after.0.as_str(), after.1, CHUNK],
-            )?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                let pair = (r.text(0)?, r.u64(1)?);
-                after = (pair.0.clone(), i64::try_from(pair.1).unwrap_or(i64::MAX));
-                stored.push(pair);
-            }
-        }
-        if let Some(i) = (0..patients.len().max(stored.len())).find(|i| patients.get(*i) != stored.get(*i)) {
-            let seq = patients.get(i).or(stored.get(i)).map_or(0, |p| p.1);
-            v.index_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
-        }
+        verify_derived(c, &mut v)?;
         verify_nodes(c, &mut v)?;
     }
     Ok(v.finish())
 }
 
+/// One event's stored columns, to compare with its leaf.
+struct Columns {
+    seq: u64,
+    time: Option<i64>,
+    agent: Option<String>,
+    action: Option<String>,
+    rtype: Option<String>,
+    rid: Option<String>,
+    status: Option<i64>,
+    purpose: Option<String>,
+}
+
+/// Problems by event index, and the (patient, event index) pairs named.
+type Checked = (Vec<(u64, String)>, Vec<(String, u64)>);
+
+/// Parses leaves and compares them with their columns; returns the
+/// problems and the (patient, event) pairs the leaves name.
+fn check_columns(batch: Vec<(Columns, Vec<u8>)>) -> Checked {
+    let mut problems = Vec::new();
+    let mut patients = Vec::new();
+    for (col, leaf) in batch {
+        match AuditRecord::from_leaf(&leaf) {
+            Err(e) => problems.push((col.seq, e.to_string())),
+            Ok(rec) => {
+                let (rt, rid) = match &rec.entity {
+                    Some(e) => (Some(e.rtype.clone()), e.id.clone()),
+                    None => (None, None),
+                };
+                let ok = Timestamp::parse_rfc3339(&rec.time).map(|t| t.micros()) == col.time
+                    && Some(&rec.agent.user) == col.agent.as_ref()
+                    && Some(&rec.action) == col.action.as_ref()
+                    && rt == col.rtype
+                    && rid == col.rid
+                    && Some(i64::from(rec.status)) == col.status
+                    && rec.purpose == col.purpose;
+                if !ok {
+                    problems.push((
+                        col.seq,
+                        "its query columns (time, agent, action, entity, status, purpose) differ from the event".into(),
+                    ));
+                }
+                patients.extend(rec.patients.into_iter().map(|p| (p, col.seq)));
+            }
+        }
+    }
+    (problems, patients)
+}
+
+/// The query columns and the patient index must agree with the leaves.
+/// Leaves are parsed on two threads while this one reads.
+fn verify_derived(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
+    let (mut problems, mut patients) = std::thread::scope(|s| -> Result<Checked> {
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Columns, Vec<u8>)>>(4);
+            senders.push(tx);
+            workers.push(s.spawn(move || {
+                let mut out = (Vec::new(), Vec::new());
+                for b in rx {
+                    let (p, q) = check_columns(b);
+                    out.0.extend(p);
+                    out.1.extend(q);
+                }
+                out
+            }));
+        }
+        let mut batch = Vec::with_capacity(BATCH_ITEMS);
+        let mut turn = 0usize;
+        let read = c.for_each(
+            "SELECT seq, leaf, time, agent, action, rtype, rid, status, purpose FROM audit_events ORDER BY seq",
+            p![],
+            &mut |r| {
+                let text = |i: usize| match r.get(i) {
+                    Some(CellRef::Text(t)) => Some((*t).to_owned()),
+                    _ => None,
+                };
+                let int = |i: usize| match r.get(i) {
+                    Some(CellRef::Int(x)) => Some(*x),
+                    _ => None,
+                };
+                let col = Columns {
+                    seq: u64::try_from(int(0).unwrap_or(-1)).unwrap_or(u64::MAX),
+                    time: int(2),
+                    agent: text(3),
+                    action: text(4),
+                    rtype: text(5),
+                    rid: text(6),
+                    status: int(7),
+                    purpose: text(8),
+                };
+                batch.push((col, r.get(1).and_then(CellRef::bytes).unwrap_or_default().to_vec()));
+                if batch.len() >= BATCH_ITEMS {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ITEMS));
+                    turn += 1;
+                    if let Some(tx) = senders.get(turn % 2) {
+                        if tx.send(full).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok(true)
+            },
+        );
+        if let Some(tx) = senders.first() {
+            let _ = tx.send(batch);
+        }
+        drop(senders);
+        let mut all = (Vec::new(), Vec::new());
+        for w in workers {
+            let (p, q) = w.join().map_err(|_| StoreError::Internal("a verifier thread failed".into()))?;
+            all.0.extend(p);
+            all.1.extend(q);
+        }
+        read?;
+        Ok(all)
+    })?;
+    problems.sort();
+    for (seq, why) in problems {
+        v.index_problem(seq, why);
+    }
+    patients.sort();
+    let mut i = 0usize;
+    let mut mismatch: Option<u64> = None;
+    c.for_each("SELECT patient, seq FROM audit_patients ORDER BY patient, seq", p![], &mut |r| {
+        let pat = match r.first() {
+            Some(CellRef::Text(t)) => *t,
+            _ => "",
+        };
+        let seq = u64::try_from(r.get(1).map(CellRef::i64).transpose()?.unwrap_or(-1)).unwrap_or(u64::MAX);
+        match patients.get(i) {
+            Some((p, s)) if p == pat && *s == seq => {
+                i += 1;
+                Ok(true)
+            }
+            other => {
+                mismatch = Some(other.map_or(seq, |x| x.1.min(seq)));
+                Ok(false)
+            }
+        }
+    })?;
+    if mismatch.is_none() && i < patients.len() {
+        mismatch = patients.get(i).map(|x| x.1);
+    }
+    if let Some(seq) = mismatch {
+        v.index_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
+    }
+    Ok(())
+}
+
 /// Every stored node above the leaves equals the hash of its two stored
 /// children (level 0 was compared with the recomputed leaf hashes).
+/// Works level by level in windows, so memory stays bounded.
 fn verify_nodes(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
-    let mut level = 1i64;
-    loop {
-        let mut after = -1i64;
+    const WINDOW: i64 = 1 << 16;
+    for level in 1i64..64 {
         let mut any = false;
+        let mut start = 0i64;
         loop {
-            let parents = c.query("SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx > $2 ORDER BY idx LIMIT $3", p![level, after, CHUNK])?;
-            if parents.is_empty() {
+            let mut kids: Vec<Option<Hash>> = vec![None; (2 * WINDOW) as usize];
+            c.for_each(
+                "SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                p![level - 1, start * 2, (start + WINDOW) * 2],
+                &mut |r| {
+                    let idx = r.first().map(CellRef::i64).transpose()?.unwrap_or(0);
+                    if let (Some(slot), Some(h)) =
+                        (kids.get_mut((idx - start * 2) as usize), r.get(1).and_then(CellRef::bytes))
+                    {
+                        *slot = Hash::try_from(h).ok();
+                    }
+                    Ok(true)
+                },
+            )?;
+            let mut seen = 0usize;
+            c.for_each(
+                "SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                p![level, start, start + WINDOW],
+                &mut |r| {
+                    seen += 1;
+                    let idx = r.first().map(CellRef::i64).transpose()?.unwrap_or(0);
+                    let off = ((idx - start) * 2) as usize;
+                    let stored = r.get(1).and_then(CellRef::bytes).and_then(|h| Hash::try_from(h).ok());
+                    let ok = match (kids.get(off).copied().flatten(), kids.get(off + 1).copied().flatten(), stored) {
+                        (Some(l), Some(rt), Some(h)) => merkle::node_hash(&l, &rt) == h,
+                        _ => false,
+                    };
+                    if !ok {
+                        v.node_problem(u32::try_from(level).unwrap_or(u32::MAX), u64::try_from(idx).unwrap_or(0));
+                    }
+                    Ok(true)
+                },
+            )?;
+            if seen == 0 {
                 break;
             }
             any = true;
-            let first = parents.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
-            let last = parents.last().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
-            let kids = c.query(
-                "SELECT idx, hash FROM merkle_nodes WHERE level = $1 AND idx >= $2 AND idx <= $3 ORDER BY idx",
-                p![level - 1, first * 2, last * 2 + 1],
-            )?;
-            let mut kid_map = std::collections::HashMap::with_capacity(kids.len());
-            for k in &kids {
-                kid_map.insert(k.i64(0)?, k.hash32(1)?);
-            }
-            for r in &parents {
-                let idx = r.i64(0)?;
-                let ok = match (kid_map.get(&(idx * 2)), kid_map.get(&(idx * 2 + 1))) {
-                    (Some(l), Some(rt)) => merkle::node_hash(l, rt) == r.hash32(1)?,
-                    _ => false,
-                };
-                if !ok {
-                    v.node_problem(u32::try_from(level).unwrap_or(u32::MAX), u64::try_from(idx).unwrap_or(0));
-                }
-                after = idx;
-            }
+            start += WINDOW;
         }
         if !any {
             return Ok(());
         }
-        level += 1;
     }
+    Ok(())
 }
 
 /// The header line of an export file.
@@ -299,7 +510,15 @@ pub const EXPORT_FORMAT: &str = "mamori-audit-export/v1";
 /// Writes events `[from, to)` and the checkpoints covering them as NDJSON.
 /// `to` is clipped to the newest signed checkpoint, so that everything
 /// exported is covered by a signature.
-pub fn export(c: &mut dyn Conn, out: &mut dyn std::io::Write, vkey: &str, origin: &str, from: u64, to: Option<u64>, now: Timestamp) -> Result<ExportHeader> {
+pub fn export(
+    c: &mut dyn Conn,
+    out: &mut dyn std::io::Write,
+    vkey: &str,
+    origin: &str,
+    from: u64,
+    to: Option<u64>,
+    now: Timestamp,
+) -> Result<ExportHeader> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let io = |e: std::io::Error| StoreError::Internal(format!("writing the export: {e}"));
@@ -313,7 +532,10 @@ pub fn export(c: &mut dyn Conn, out: &mut dyn std::io::Write, vkey: &str, origin
             .and_then(|r| r.opt_i64(0).ok().flatten())
             .map_or(0, |v| u64::try_from(v).unwrap_or(0));
         if from >= end {
-            return Err(StoreError::invalid("from", format!("nothing to export: the newest checkpoint covers {end} events")));
+            return Err(StoreError::invalid(
+                "from",
+                format!("nothing to export: the newest checkpoint covers {end} events"),
+            ));
         }
         let mut frontier = Vec::new();
         for id in Frontier::node_ids(from) {
@@ -328,13 +550,19 @@ pub fn export(c: &mut dyn Conn, out: &mut dyn std::io::Write, vkey: &str, origin
             end,
             exported_at: now.to_rfc3339(),
         };
-        writeln!(out, "{}", serde_json::to_string(&header).map_err(|e| StoreError::Internal(e.to_string()))?).map_err(io)?;
-        for r in c.query("SELECT size, note FROM checkpoints WHERE size > $1 AND size <= $2 ORDER BY size", p![from, end])? {
+        writeln!(out, "{}", serde_json::to_string(&header).map_err(|e| StoreError::Internal(e.to_string()))?)
+            .map_err(io)?;
+        for r in
+            c.query("SELECT size, note FROM checkpoints WHERE size > $1 AND size <= $2 ORDER BY size", p![from, end])?
+        {
             writeln!(out, "{}", serde_json::json!({"size": r.u64(0)?, "checkpoint": r.text(1)?})).map_err(io)?;
         }
         let mut next = i64::try_from(from).unwrap_or(0) - 1;
         loop {
-            let rows = c.query("SELECT seq, leaf FROM audit_events WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3", p![next, end, CHUNK])?;
+            let rows = c.query(
+                "SELECT seq, leaf FROM audit_events WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3",
+                p![next, end, CHUNK],
+            )?;
             if rows.is_empty() {
                 break;
             }
@@ -359,7 +587,8 @@ pub fn verify_export(input: impl std::io::BufRead, vkey: &NoteVerifier) -> Resul
     let mut lines = input.lines().enumerate();
     let (_, first) = lines.next().ok_or_else(|| bad(1, "empty file".into()))?;
     let first = first.map_err(|e| bad(1, e.to_string()))?;
-    let header: ExportHeader = serde_json::from_str(&first).map_err(|e| bad(1, format!("not an export header: {e}")))?;
+    let header: ExportHeader =
+        serde_json::from_str(&first).map_err(|e| bad(1, format!("not an export header: {e}")))?;
     if header.format != EXPORT_FORMAT {
         return Err(bad(1, format!("unknown format '{}'", header.format)));
     }
@@ -368,7 +597,8 @@ pub fn verify_export(input: impl std::io::BufRead, vkey: &NoteVerifier) -> Resul
         let v = b64.decode(h).map_err(|_| bad(1, "bad frontier hash".into()))?;
         nodes.push(Hash::try_from(v.as_slice()).map_err(|_| bad(1, "bad frontier hash".into()))?);
     }
-    let start = Frontier::from_nodes(header.start, nodes).ok_or_else(|| bad(1, "frontier does not match the start index".into()))?;
+    let start = Frontier::from_nodes(header.start, nodes)
+        .ok_or_else(|| bad(1, "frontier does not match the start index".into()))?;
     let mut v = LogVerifier::new(vkey.clone(), &header.origin, start);
     let mut saw_checkpoint = false;
     let mut leaves_started = false;
@@ -382,13 +612,23 @@ pub fn verify_export(input: impl std::io::BufRead, vkey: &NoteVerifier) -> Resul
             if leaves_started {
                 return Err(bad(i + 1, "checkpoints must come before the events".into()));
             }
-            let size = j.get("size").and_then(serde_json::Value::as_u64).ok_or_else(|| bad(i + 1, "checkpoint without size".into()))?;
+            let size = j
+                .get("size")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(i + 1, "checkpoint without size".into()))?;
             v.checkpoint(size, note);
             saw_checkpoint = true;
         } else {
             leaves_started = true;
-            let idx = j.get("index").and_then(serde_json::Value::as_u64).ok_or_else(|| bad(i + 1, "event without index".into()))?;
-            let leaf = j.get("leaf").and_then(serde_json::Value::as_str).and_then(|l| b64.decode(l).ok()).ok_or_else(|| bad(i + 1, "event without a base64 leaf".into()))?;
+            let idx = j
+                .get("index")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(i + 1, "event without index".into()))?;
+            let leaf = j
+                .get("leaf")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|l| b64.decode(l).ok())
+                .ok_or_else(|| bad(i + 1, "event without a base64 leaf".into()))?;
             v.leaf(idx, &leaf, None);
         }
     }
@@ -401,7 +641,14 @@ pub fn verify_export(input: impl std::io::BufRead, vkey: &NoteVerifier) -> Resul
 // ---- cosignatures -----------------------------------------------------------------
 
 /// Stores a witness's cosignature line for a stored checkpoint.
-pub fn add_cosignature(c: &mut dyn Conn, size: u64, witness: &str, line: &str, time: u64, now: Timestamp) -> Result<bool> {
+pub fn add_cosignature(
+    c: &mut dyn Conn,
+    size: u64,
+    witness: &str,
+    line: &str,
+    time: u64,
+    now: Timestamp,
+) -> Result<bool> {
     let n = c.exec(
         "INSERT INTO cosignatures (size, witness, line, time, received) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, time = excluded.time, received = excluded.received",
@@ -420,8 +667,11 @@ pub fn cosigned_checkpoint(c: &mut dyn Conn, size: u64) -> Result<Option<String>
     Ok(Some(note))
 }
 
-/// Checkpoints newest first: (size, time, reason, witnesses).
-pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Timestamp, String, Vec<String>)>> {
+/// A stored checkpoint: size, time, reason, witnesses who cosigned it.
+pub type CheckpointInfo = (u64, Timestamp, String, Vec<String>);
+
+/// Checkpoints newest first.
+pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> Result<Vec<CheckpointInfo>> {
     let rows = c.query(
         "SELECT size, time, reason FROM checkpoints WHERE ($1 IS NULL OR size < $1) ORDER BY size DESC LIMIT $2",
         p![before, limit],
@@ -429,7 +679,11 @@ pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> 
     let mut out = Vec::new();
     for r in rows {
         let size = r.u64(0)?;
-        let w = c.query("SELECT witness FROM cosignatures WHERE size = $1 ORDER BY witness", p![size])?.iter().map(|x| x.text(0)).collect::<Result<Vec<_>, _>>()?;
+        let w = c
+            .query("SELECT witness FROM cosignatures WHERE size = $1 ORDER BY witness", p![size])?
+            .iter()
+            .map(|x| x.text(0))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push((size, Timestamp(r.i64(1)?), r.text(2)?, w));
     }
     Ok(out)
@@ -440,7 +694,10 @@ pub fn get_cursor(c: &mut dyn Conn, name: &str) -> Result<Option<i64>> {
 }
 
 pub fn set_cursor(c: &mut dyn Conn, name: &str, value: i64) -> Result<()> {
-    c.exec("INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value", p![name, value])?;
+    c.exec(
+        "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        p![name, value],
+    )?;
     Ok(())
 }
 
@@ -515,7 +772,10 @@ pub fn search_events(c: &mut dyn Conn, q: &EventQuery) -> Result<Vec<(u64, Vec<u
 pub fn count_events(c: &mut dyn Conn, q: &EventQuery) -> Result<u64> {
     let mut params = Vec::new();
     let w = event_where(&EventQuery { before: None, ..q.clone() }, &mut params);
-    Ok(c.query_one(&format!("SELECT COUNT(*) FROM audit_events e WHERE {w}"), &params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
+    Ok(c.query_one(&format!("SELECT COUNT(*) FROM audit_events e WHERE {w}"), &params)?
+        .map(|r| r.u64(0))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 /// Per-day counts in local time (`offset_minutes` east of UTC):
@@ -544,7 +804,13 @@ pub fn daily_counts(c: &mut dyn Conn, from: i64, to: i64, offset_minutes: i64) -
         .map(|r| {
             let d = r.i64(0)?;
             let (y, m, dd) = mamori_core::time::civil_from_days(d);
-            Ok(DayCount { day: format!("{y:04}-{m:02}-{dd:02}"), total: r.u64(1)?, denied: r.u64(2)?, break_glass: r.u64(3)?, emergency: r.u64(4)? })
+            Ok(DayCount {
+                day: format!("{y:04}-{m:02}-{dd:02}"),
+                total: r.u64(1)?,
+                denied: r.u64(2)?,
+                break_glass: r.u64(3)?,
+                emergency: r.u64(4)?,
+            })
         })
         .collect()
 }

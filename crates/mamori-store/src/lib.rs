@@ -122,11 +122,7 @@ impl Store {
             conns.push(Mutex::new(open_sqlite(&cfg.path, cfg.synchronous, true)?));
         }
         let writer = Writer::start(Box::new(w), clock.clone(), signer, cfg.origin.clone(), cfg.checkpoint)?;
-        Ok(Store {
-            writer,
-            readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }),
-            clock,
-        })
+        Ok(Store { writer, readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }), clock })
     }
 
     pub fn writer(&self) -> &Writer {

@@ -86,6 +86,31 @@ pub enum Cell {
     Blob(Vec<u8>),
 }
 
+/// A borrowed column value, for streaming large results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CellRef<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> CellRef<'a> {
+    pub fn i64(&self) -> Result<i64, DbError> {
+        match self {
+            CellRef::Int(v) => Ok(*v),
+            other => Err(DbError::Decode(format!("expected integer, got {other:?}"))),
+        }
+    }
+    pub fn bytes(&self) -> Option<&'a [u8]> {
+        match self {
+            CellRef::Blob(b) => Some(b),
+            CellRef::Text(t) => Some(t.as_bytes()),
+            _ => None,
+        }
+    }
+}
+
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row(pub Vec<Cell>);
@@ -176,6 +201,31 @@ pub trait Conn {
     fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError>;
     /// Executes several statements without parameters (DDL, BEGIN, ...).
     fn batch(&mut self, sql: &str) -> Result<(), DbError>;
+
+    /// Streams a query's rows to `f` with borrowed cells, without collecting
+    /// them; `f` returns false to stop early.
+    fn for_each(
+        &mut self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: &mut dyn FnMut(&[CellRef<'_>]) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        for r in self.query(sql, params)? {
+            let cells: Vec<CellRef<'_>> =
+                r.0.iter()
+                    .map(|c| match c {
+                        Cell::Null => CellRef::Null,
+                        Cell::Int(v) => CellRef::Int(*v),
+                        Cell::Text(s) => CellRef::Text(s),
+                        Cell::Blob(b) => CellRef::Blob(b),
+                    })
+                    .collect();
+            if !f(&cells)? {
+                break;
+            }
+        }
+        Ok(())
+    }
 
     fn query_one(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
@@ -284,7 +334,36 @@ impl Conn for rusqlite::Connection {
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         self.execute_batch(sql).map_err(sqlite_err)
     }
-
+    fn for_each(
+        &mut self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: &mut dyn FnMut(&[CellRef<'_>]) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        use rusqlite::types::ValueRef;
+        let mut st = self.prepare_cached(&sqlite_sql_cached(sql)).map_err(sqlite_err)?;
+        let n = st.column_count();
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_err)?;
+        if n > 16 {
+            return Err(DbError::Other("for_each supports at most 16 columns".into()));
+        }
+        while let Some(r) = rows.next().map_err(sqlite_err)? {
+            let mut cells = [CellRef::Null; 16];
+            for (i, cell) in cells.iter_mut().enumerate().take(n) {
+                *cell = match r.get_ref(i).map_err(sqlite_err)? {
+                    ValueRef::Null => CellRef::Null,
+                    ValueRef::Integer(v) => CellRef::Int(v),
+                    ValueRef::Real(x) => CellRef::Int(x as i64),
+                    ValueRef::Text(t) => CellRef::Text(std::str::from_utf8(t).unwrap_or("")),
+                    ValueRef::Blob(b) => CellRef::Blob(b),
+                };
+            }
+            if !f(&cells[..n])? {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,9 @@ fn parse(pairs: &[(String, String)]) -> Result<(EventQuery, usize, String), ApiE
     let mut q = EventQuery { limit: 50, ..Default::default() };
     let mut canonical = Vec::new();
     for (k, v) in pairs {
-        let bad = |why: &str| ApiError::bad(k, format!("invalid value '{}' for {k}: {why}", v.chars().take(60).collect::<String>()));
+        let bad = |why: &str| {
+            ApiError::bad(k, format!("invalid value '{}' for {k}: {why}", v.chars().take(60).collect::<String>()))
+        };
         match k.as_str() {
             "patient" | "entity" => q.patient = Some(v.strip_prefix("Patient/").unwrap_or(v).to_owned()),
             "agent" | "agent.identifier" => q.agent = Some(v.rsplit('|').next().unwrap_or(v).to_owned()),
@@ -104,7 +106,12 @@ fn parse(pairs: &[(String, String)]) -> Result<(EventQuery, usize, String), ApiE
     Ok((q, limit, canonical.join("&")))
 }
 
-pub async fn search(st: AppState, caller: Caller, pairs: Result<Vec<(String, String)>, ApiError>, headers: HeaderMap) -> Response {
+pub async fn search(
+    st: AppState,
+    caller: Caller,
+    pairs: Result<Vec<(String, String)>, ApiError>,
+    headers: HeaderMap,
+) -> Response {
     let now = st.store.clock().now();
     let d = decide(&caller.subject(), Action::Search, target(), &caller.mode(), Default::default());
     let mut rec = caller.fhir_record("search-type", 200, Some("AuditEvent"), None, None, vec![], Some(&d), now);
@@ -153,7 +160,11 @@ pub async fn search(st: AppState, caller: Caller, pairs: Result<Vec<(String, Str
     for (idx, leaf) in &rows {
         if let Ok(r) = AuditRecord::from_leaf(leaf) {
             let ev = to_audit_event(*idx, &r, &st.cfg.audit.origin);
-            b.entry(Some(&format!("{base}/fhir/AuditEvent/{idx}")), &ev.to_string(), &[("search", json!({"mode": "match"}))]);
+            b.entry(
+                Some(&format!("{base}/fhir/AuditEvent/{idx}")),
+                &ev.to_string(),
+                &[("search", json!({"mode": "match"}))],
+            );
         }
     }
     rec.detail = Some(json!({"count": rows.len()}));
