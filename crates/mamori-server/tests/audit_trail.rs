@@ -192,8 +192,7 @@ async fn collector(
                     };
                     buf.extend_from_slice(&chunk[..n]);
                     // octet-counted frames: "LEN SP MSG"
-                    loop {
-                        let Some(sp) = buf.iter().position(|b| *b == b' ') else { break };
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
                         let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
                         if buf.len() < sp + 1 + len {
                             break;
@@ -290,6 +289,6 @@ async fn syslog_stream_survives_collector_outage_and_restart() {
     }
     let total = wait_for(36).await;
     let dups = seen.lock().unwrap().len() as i64 - total;
-    assert!(dups >= 0 && dups < 200, "at least once, few duplicates: {dups}");
+    assert!((0..200).contains(&dups), "at least once, few duplicates: {dups}");
     col.abort();
 }
