@@ -328,6 +328,8 @@ async fn report(State(st): State<AppState>, caller: Caller, Path(kind): Path<Str
         Ok(x) => x,
         Err(e) => return Err(refuse(&st, &caller, "audit-report", e).await),
     };
+    // The derived indexes must cover every event before they are queried.
+    st.store.writer().flush_index().await?;
     let kind2 = kind.clone();
     let eq2 = eq.clone();
     let body = st

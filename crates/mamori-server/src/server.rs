@@ -329,6 +329,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
                 move |w| {
                     w.audit(&rec)?;
                     w.checkpoint("server-stop")?;
+                    w.flush_index()?;
                     Ok(())
                 },
                 |_, _| Ok(()),

@@ -46,12 +46,6 @@ pub fn append(c: &mut dyn Conn, frontier: &mut Frontier, rec: &AuditRecord, time
         "INSERT INTO audit_events (seq, time, agent, action, rtype, rid, status, purpose, leaf) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         p![seq, time.micros(), rec.agent.user.as_str(), rec.action.as_str(), rtype, rid, rec.status, rec.purpose.as_deref(), leaf.as_slice()],
     )?;
-    for patient in &rec.patients {
-        c.exec(
-            "INSERT INTO audit_patients (patient, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            p![patient.as_str(), seq],
-        )?;
-    }
     let mut nodes: Vec<(NodeId, Hash)> = Vec::with_capacity(4);
     frontier.append(merkle::leaf_hash(&leaf), |id, h| nodes.push((id, *h)));
     for (id, h) in nodes {
@@ -61,6 +55,86 @@ pub fn append(c: &mut dyn Conn, frontier: &mut Frontier, rec: &AuditRecord, time
         )?;
     }
     Ok(seq)
+}
+
+// ---- the derived indexes (who accessed which patient; what each user did) --
+
+/// The cursor naming the last event the derived indexes cover.
+pub const INDEX_CURSOR: &str = "audit-index";
+
+/// Index entries of events appended but not yet indexed.
+#[derive(Debug, Clone, Default)]
+pub struct PendingIndex {
+    pub patients: Vec<(String, u64)>,
+    pub agents: Vec<(String, u64)>,
+    pub last: Option<u64>,
+}
+
+impl PendingIndex {
+    pub fn add(&mut self, seq: u64, rec: &AuditRecord) {
+        for p in &rec.patients {
+            self.patients.push((p.clone(), seq));
+        }
+        self.agents.push((rec.agent.user.clone(), seq));
+        self.last = Some(seq);
+    }
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+    /// A position to roll back to (entries only grow between flushes).
+    pub fn mark(&self) -> (usize, usize, Option<u64>) {
+        (self.patients.len(), self.agents.len(), self.last)
+    }
+    pub fn rollback(&mut self, m: (usize, usize, Option<u64>)) {
+        self.patients.truncate(m.0);
+        self.agents.truncate(m.1);
+        self.last = m.2;
+    }
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+}
+
+/// Writes pending index entries in key order (each index page is written
+/// once per flush instead of once per commit) and advances the cursor.
+pub fn flush_index(c: &mut dyn Conn, pending: &mut PendingIndex) -> Result<()> {
+    let Some(last) = pending.last else { return Ok(()) };
+    pending.patients.sort_unstable();
+    pending.agents.sort_unstable();
+    for (p, s) in &pending.patients {
+        c.exec("INSERT INTO audit_patients (patient, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING", p![p.as_str(), *s])?;
+    }
+    for (a, s) in &pending.agents {
+        c.exec("INSERT INTO audit_agents (agent, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING", p![a.as_str(), *s])?;
+    }
+    set_cursor(c, INDEX_CURSOR, i64::try_from(last).unwrap_or(i64::MAX))?;
+    *pending = PendingIndex::default();
+    Ok(())
+}
+
+/// Rebuilds the pending entries of events appended after the cursor (at
+/// start, after a crash or an offline append).
+pub fn load_pending_index(c: &mut dyn Conn) -> Result<PendingIndex> {
+    let upto = get_cursor(c, INDEX_CURSOR)?.unwrap_or(-1);
+    let mut pending = PendingIndex::default();
+    let mut err = None;
+    c.for_each("SELECT seq, leaf FROM audit_events WHERE seq > $1 ORDER BY seq", p![upto], &mut |r| {
+        let seq = u64::try_from(r.first().map(CellRef::i64).transpose()?.unwrap_or(-1)).unwrap_or(u64::MAX);
+        match AuditRecord::from_leaf(r.get(1).and_then(CellRef::bytes).unwrap_or_default()) {
+            Ok(rec) => pending.add(seq, &rec),
+            Err(e) => {
+                err = Some(StoreError::Internal(format!(
+                    "audit event {seq} cannot be read ({e}); run `mamori audit verify`"
+                )));
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(pending),
+    }
 }
 
 /// Signs and stores a checkpoint of the current tree; returns its text.
@@ -295,17 +369,14 @@ struct Columns {
     purpose: Option<String>,
 }
 
-/// Problems by event index, and the (patient, event index) pairs named.
-type Checked = (Vec<(u64, String)>, Vec<(String, u64)>);
-
 /// Parses leaves and compares them with their columns; returns the
-/// problems and the (patient, event) pairs the leaves name.
-fn check_columns(batch: Vec<(Columns, Vec<u8>)>) -> Checked {
-    let mut problems = Vec::new();
-    let mut patients = Vec::new();
+/// problems and the (patient, event) and (agent, event) pairs the leaves
+/// name, for events the derived indexes should already cover (`upto`).
+fn check_columns(batch: Vec<(Columns, Vec<u8>)>, upto: i64) -> Checked {
+    let mut out = Checked::default();
     for (col, leaf) in batch {
         match AuditRecord::from_leaf(&leaf) {
-            Err(e) => problems.push((col.seq, e.to_string())),
+            Err(e) => out.problems.push((col.seq, e.to_string())),
             Ok(rec) => {
                 let (rt, rid) = match &rec.entity {
                     Some(e) => (Some(e.rtype.clone()), e.id.clone()),
@@ -319,33 +390,74 @@ fn check_columns(batch: Vec<(Columns, Vec<u8>)>) -> Checked {
                     && Some(i64::from(rec.status)) == col.status
                     && rec.purpose == col.purpose;
                 if !ok {
-                    problems.push((
+                    out.problems.push((
                         col.seq,
                         "its query columns (time, agent, action, entity, status, purpose) differ from the event".into(),
                     ));
                 }
-                patients.extend(rec.patients.into_iter().map(|p| (p, col.seq)));
+                if i64::try_from(col.seq).unwrap_or(i64::MAX) <= upto {
+                    out.patients.extend(rec.patients.into_iter().map(|p| (p, col.seq)));
+                    out.agents.push((rec.agent.user, col.seq));
+                }
             }
         }
     }
-    (problems, patients)
+    out
 }
 
-/// The query columns and the patient index must agree with the leaves.
+/// What the parsing threads found.
+#[derive(Default)]
+struct Checked {
+    problems: Vec<(u64, String)>,
+    patients: Vec<(String, u64)>,
+    agents: Vec<(String, u64)>,
+}
+
+/// Compares a derived index table, in key order, with the sorted pairs the
+/// leaves name; returns the first event where they differ.
+fn compare_index(c: &mut dyn Conn, sql: &str, expected: &[(String, u64)], upto: i64) -> Result<Option<u64>> {
+    let mut i = 0usize;
+    let mut mismatch: Option<u64> = None;
+    c.for_each(sql, p![upto], &mut |r| {
+        let key = match r.first() {
+            Some(CellRef::Text(t)) => *t,
+            _ => "",
+        };
+        let seq = u64::try_from(r.get(1).map(CellRef::i64).transpose()?.unwrap_or(-1)).unwrap_or(u64::MAX);
+        match expected.get(i) {
+            Some((k, s)) if k == key && *s == seq => {
+                i += 1;
+                Ok(true)
+            }
+            other => {
+                mismatch = Some(other.map_or(seq, |x| x.1.min(seq)));
+                Ok(false)
+            }
+        }
+    })?;
+    if mismatch.is_none() && i < expected.len() {
+        mismatch = expected.get(i).map(|x| x.1);
+    }
+    Ok(mismatch)
+}
+
+/// The query columns and the derived indexes must agree with the leaves.
 /// Leaves are parsed on two threads while this one reads.
 fn verify_derived(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
-    let (mut problems, mut patients) = std::thread::scope(|s| -> Result<Checked> {
+    let upto = get_cursor(c, INDEX_CURSOR)?.unwrap_or(-1);
+    let mut found = std::thread::scope(|s| -> Result<Checked> {
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for _ in 0..2 {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Columns, Vec<u8>)>>(4);
             senders.push(tx);
             workers.push(s.spawn(move || {
-                let mut out = (Vec::new(), Vec::new());
+                let mut out = Checked::default();
                 for b in rx {
-                    let (p, q) = check_columns(b);
-                    out.0.extend(p);
-                    out.1.extend(q);
+                    let c = check_columns(b, upto);
+                    out.problems.extend(c.problems);
+                    out.patients.extend(c.patients);
+                    out.agents.extend(c.agents);
                 }
                 out
             }));
@@ -391,44 +503,37 @@ fn verify_derived(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
             let _ = tx.send(batch);
         }
         drop(senders);
-        let mut all = (Vec::new(), Vec::new());
+        let mut all = Checked::default();
         for w in workers {
-            let (p, q) = w.join().map_err(|_| StoreError::Internal("a verifier thread failed".into()))?;
-            all.0.extend(p);
-            all.1.extend(q);
+            let c = w.join().map_err(|_| StoreError::Internal("a verifier thread failed".into()))?;
+            all.problems.extend(c.problems);
+            all.patients.extend(c.patients);
+            all.agents.extend(c.agents);
         }
         read?;
         Ok(all)
     })?;
-    problems.sort();
-    for (seq, why) in problems {
+    found.problems.sort();
+    for (seq, why) in std::mem::take(&mut found.problems) {
         v.index_problem(seq, why);
     }
-    patients.sort();
-    let mut i = 0usize;
-    let mut mismatch: Option<u64> = None;
-    c.for_each("SELECT patient, seq FROM audit_patients ORDER BY patient, seq", p![], &mut |r| {
-        let pat = match r.first() {
-            Some(CellRef::Text(t)) => *t,
-            _ => "",
-        };
-        let seq = u64::try_from(r.get(1).map(CellRef::i64).transpose()?.unwrap_or(-1)).unwrap_or(u64::MAX);
-        match patients.get(i) {
-            Some((p, s)) if p == pat && *s == seq => {
-                i += 1;
-                Ok(true)
-            }
-            other => {
-                mismatch = Some(other.map_or(seq, |x| x.1.min(seq)));
-                Ok(false)
-            }
-        }
-    })?;
-    if mismatch.is_none() && i < patients.len() {
-        mismatch = patients.get(i).map(|x| x.1);
-    }
-    if let Some(seq) = mismatch {
+    found.patients.sort();
+    if let Some(seq) = compare_index(
+        c,
+        "SELECT patient, seq FROM audit_patients WHERE seq <= $1 ORDER BY patient, seq",
+        &found.patients,
+        upto,
+    )? {
         v.index_problem(seq, "the patient index (who looked at which patient) differs from the events".into());
+    }
+    found.agents.sort();
+    if let Some(seq) = compare_index(
+        c,
+        "SELECT agent, seq FROM audit_agents WHERE seq <= $1 ORDER BY agent, seq",
+        &found.agents,
+        upto,
+    )? {
+        v.index_problem(seq, "the user index (what each user did) differs from the events".into());
     }
     Ok(())
 }
@@ -733,7 +838,7 @@ fn event_where(q: &EventQuery, params: &mut Vec<crate::sql::Val<'static>>) -> St
         w.push(format!("e.seq IN (SELECT seq FROM audit_patients WHERE patient = {})", bind(p.clone().into())));
     }
     if let Some(a) = &q.agent {
-        w.push(format!("e.agent = {}", bind(a.clone().into())));
+        w.push(format!("e.seq IN (SELECT seq FROM audit_agents WHERE agent = {})", bind(a.clone().into())));
     }
     if let Some(acts) = &q.actions {
         let list: Vec<String> = acts.iter().map(|a| bind(a.clone().into())).collect();

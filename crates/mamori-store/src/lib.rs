@@ -117,6 +117,10 @@ impl Store {
     pub fn open(cfg: &StoreConfig, clock: Arc<dyn Clock>, signer: Arc<NoteSigner>) -> Result<Store> {
         let mut w = open_sqlite(&cfg.path, cfg.synchronous, false)?;
         schema::migrate(&mut w)?;
+        // Checkpoint the WAL every ~12 MiB instead of every 4 MiB: pages
+        // rewritten by many commits are copied back once (measured: less
+        // writer time on audit appends).
+        w.batch("PRAGMA wal_autocheckpoint = 3000")?;
         let mut conns = Vec::new();
         for _ in 0..cfg.readers.max(1) {
             conns.push(Mutex::new(open_sqlite(&cfg.path, cfg.synchronous, true)?));

@@ -34,7 +34,14 @@ impl WriteCtx<'_> {
     pub fn audit(&mut self, rec: &AuditRecord) -> Result<u64> {
         let seq = audit_log::append(self.conn, &mut self.audit.frontier, rec, self.now)?;
         self.audit.appended_since_checkpoint += 1;
+        self.audit.pending_index.add(seq, rec);
         Ok(seq)
+    }
+    /// Brings the derived indexes (patients, agents) up to date now.
+    pub fn flush_index(&mut self) -> Result<()> {
+        audit_log::flush_index(self.conn, &mut self.audit.pending_index)?;
+        self.audit.last_index_flush = Instant::now();
+        Ok(())
     }
     /// Signs a checkpoint of the tree as it stands in this transaction.
     pub fn checkpoint(&mut self, reason: &str) -> Result<String> {
@@ -70,7 +77,13 @@ pub(crate) struct AuditState {
     policy: CheckpointPolicy,
     last_checkpoint: (u64, Instant),
     appended_since_checkpoint: u64,
+    pending_index: audit_log::PendingIndex,
+    last_index_flush: Instant,
 }
+
+/// Flush the derived indexes at least this often, or at this size.
+const INDEX_FLUSH_EVERY: Duration = Duration::from_secs(1);
+const INDEX_FLUSH_SIZE: usize = 50_000;
 
 pub(crate) trait Job: Send {
     /// Whether the job runs in its own savepoint, so that its failure
@@ -148,6 +161,7 @@ impl Writer {
         policy: CheckpointPolicy,
     ) -> Result<Writer> {
         let frontier = audit_log::load_frontier(conn.as_mut())?;
+        let pending_index = audit_log::load_pending_index(conn.as_mut())?;
         let last = audit_log::latest_checkpoint(conn.as_mut())?.map_or(0, |(s, _, _)| s);
         let mut state = AuditState {
             appended_since_checkpoint: frontier.size().saturating_sub(last),
@@ -156,6 +170,8 @@ impl Writer {
             origin,
             policy,
             last_checkpoint: (last, Instant::now()),
+            pending_index,
+            last_index_flush: Instant::now(),
         };
         let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);
         std::thread::Builder::new()
@@ -214,6 +230,12 @@ impl Writer {
             .await
     }
 
+    /// Brings the derived audit indexes up to date (before a query that
+    /// uses them).
+    pub async fn flush_index(&self) -> Result<()> {
+        self.submit(false, |ctx| ctx.flush_index(), |_, _| Ok(())).await
+    }
+
     /// Signs a checkpoint now if the policy says one is due (called by a
     /// timer so that an idle log still gets its time-based checkpoint).
     pub async fn checkpoint_if_due(&self) -> Result<()> {
@@ -224,6 +246,7 @@ impl Writer {
 fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut jobs: Vec<Box<dyn Job>>) {
     let snapshot = state.frontier.clone();
     let snapshot_meta = (state.last_checkpoint, state.appended_since_checkpoint);
+    let index_mark = state.pending_index.mark();
     let result = (|| -> Result<()> {
         conn.batch("BEGIN IMMEDIATE")?;
         // Another process (an offline CLI command) may have appended: the
@@ -231,6 +254,7 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
         if audit_log::size(conn)? != state.frontier.size() {
             tracing::warn!("audit log changed outside this writer; reloading the Merkle frontier");
             state.frontier = audit_log::load_frontier(conn)?;
+            state.pending_index = audit_log::load_pending_index(conn)?;
         }
         let now = clock.now();
         for job in jobs.iter_mut() {
@@ -243,6 +267,7 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
             conn.batch("SAVEPOINT job")?;
             let before = state.frontier.clone();
             let before_count = state.appended_since_checkpoint;
+            let before_index = state.pending_index.mark();
             // A panicking job (a bug) must not take the writer down: it is
             // treated as a failed job and rolled back.
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -258,6 +283,7 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
                 conn.batch("ROLLBACK TO job; RELEASE job")?;
                 state.frontier = before;
                 state.appended_since_checkpoint = before_count;
+                state.pending_index.rollback(before_index);
                 job.after_failure(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })?;
             }
         }
@@ -266,6 +292,11 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
                 || state.last_checkpoint.1.elapsed() >= state.policy.every);
         if due {
             WriteCtx { conn: &mut *conn, now, audit: &mut *state }.checkpoint("periodic")?;
+        }
+        if !state.pending_index.is_empty()
+            && (state.pending_index.len() >= INDEX_FLUSH_SIZE || state.last_index_flush.elapsed() >= INDEX_FLUSH_EVERY)
+        {
+            WriteCtx { conn: &mut *conn, now, audit: &mut *state }.flush_index()?;
         }
         conn.batch("COMMIT")?;
         Ok(())
@@ -281,6 +312,16 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
             let _ = conn.batch("ROLLBACK");
             state.frontier = snapshot;
             (state.last_checkpoint, state.appended_since_checkpoint) = snapshot_meta;
+            // A flush in this batch may have cleared entries: rebuild them
+            // from the committed state if so.
+            if state.pending_index.mark().1 < index_mark.1 {
+                match audit_log::load_pending_index(conn) {
+                    Ok(p) => state.pending_index = p,
+                    Err(e) => tracing::error!(error = %e, "cannot rebuild the pending audit index"),
+                }
+            } else {
+                state.pending_index.rollback(index_mark);
+            }
             for j in jobs {
                 j.finish(Err(StoreError::Unavailable(format!("commit failed: {e}"))));
             }

@@ -131,6 +131,9 @@ pub async fn search(
         }
     };
     rec.query = Some(query_text.clone());
+    if let Err(e) = st.store.writer().flush_index().await {
+        return ApiError::from(e).into_response_fhir();
+    }
     let q2 = q.clone();
     let found = st
         .store

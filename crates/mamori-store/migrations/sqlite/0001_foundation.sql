@@ -127,13 +127,22 @@ CREATE TABLE audit_events (
     purpose TEXT,
     leaf    BLOB NOT NULL                        -- canonical encoding (docs/audit-format.md)
 );
-CREATE INDEX audit_user ON audit_events (agent, seq);
 CREATE INDEX audit_time ON audit_events (time);
 
+-- Who accessed which patient, and what each user did: derived from the
+-- events by the writer in sorted batches (about once a second, and before
+-- every query that uses them); the cursor 'audit-index' in `cursors` says
+-- up to which event they are complete.
 CREATE TABLE audit_patients (
     patient TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     PRIMARY KEY (patient, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE audit_agents (
+    agent TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (agent, seq)
 ) WITHOUT ROWID;
 
 -- Complete nodes of the Merkle tree: level 0 are leaf hashes.
