@@ -21,7 +21,7 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { cmd: String::new(), seconds: 8, clients: 32, runs: 3, only: None };
+    let mut a = Args { cmd: String::new(), seconds: 8, clients: 0, runs: 3, only: None };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
@@ -450,7 +450,7 @@ async fn audit(a: &Args) -> Result<()> {
         h.await??;
     }
     store.writer().write(|w| w.checkpoint("bench").map(|_| ()), |_, _| Ok(())).await?;
-    println!("fill      {} events appended in batches of 2000 in {:.1} s", target - have, t.elapsed().as_secs_f64());
+    println!("fill      {} events appended in batches of 2000 in {:.1} s", target.saturating_sub(have), t.elapsed().as_secs_f64());
     drop(store);
     let db = dir.join("audit.db");
     let mut results = Vec::new();
@@ -504,6 +504,10 @@ async fn audit(a: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = args()?;
+    let mut a = a;
+    if a.clients == 0 {
+        a.clients = if a.cmd == "audit" { 256 } else { 32 };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match a.cmd.as_str() {
         "fhir" => rt.block_on(fhir(&a)),
