@@ -6,6 +6,7 @@
 //! (except [`time::SystemClock`], which callers inject).
 #![forbid(unsafe_code)]
 
+pub mod bcp;
 pub mod fhir;
 pub mod ids;
 pub mod mode;
