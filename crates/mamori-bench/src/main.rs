@@ -450,7 +450,11 @@ async fn audit(a: &Args) -> Result<()> {
         h.await??;
     }
     store.writer().write(|w| w.checkpoint("bench").map(|_| ()), |_, _| Ok(())).await?;
-    println!("fill      {} events appended in batches of 2000 in {:.1} s", target.saturating_sub(have), t.elapsed().as_secs_f64());
+    println!(
+        "fill      {} events appended in batches of 2000 in {:.1} s",
+        target.saturating_sub(have),
+        t.elapsed().as_secs_f64()
+    );
     drop(store);
     let db = dir.join("audit.db");
     let mut results = Vec::new();

@@ -64,11 +64,16 @@ impl Api {
 
     /// Calls the API; returns the status and the JSON body.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        self.call_raw(method, path, body.map(|b| (b.to_string(), "application/json"))).await
+    }
+
+    /// Calls with a raw body of the given content type.
+    pub async fn call_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<(u16, Value)> {
         match self {
             Api::Remote { client, base, token } => {
                 let mut rb = client.request(method, format!("{base}{path}")).bearer_auth(token);
-                if let Some(b) = body {
-                    rb = rb.json(b);
+                if let Some((b, ct)) = body {
+                    rb = rb.header("content-type", ct).body(b);
                 }
                 let resp = rb.send().await.with_context(|| format!("cannot reach {base}"))?;
                 let status = resp.status().as_u16();
@@ -77,11 +82,12 @@ impl Api {
             }
             Api::Local { router, .. } => {
                 let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-                let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+                let ct = body.as_ref().map_or("application/json", |(_, c)| *c);
+                let mut req = Request::builder().method(method).uri(path).header("content-type", ct);
                 if let Some(ext) = req.extensions_mut() {
                     ext.insert(LocalOperator(format!("OS user {user}")));
                 }
-                let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))?;
+                let req = req.body(body.map_or_else(Body::empty, |(b, _)| Body::from(b)))?;
                 let resp = router.clone().oneshot(req).await.map_err(|e| anyhow!("{e}"))?;
                 let status = resp.status().as_u16();
                 let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
@@ -97,17 +103,26 @@ impl Api {
     /// Calls and fails with the server's message on a non-2xx status.
     pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let (status, v) = self.call(method, path, body).await?;
-        if (200..300).contains(&status) {
-            return Ok(v);
-        }
-        let msg = v
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| v.pointer("/issue/0/diagnostics").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| v.to_string());
-        bail!("{msg} (HTTP {status})")
+        check(status, v)
     }
+
+    pub async fn ok_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<Value> {
+        let (status, v) = self.call_raw(method, path, body).await?;
+        check(status, v)
+    }
+}
+
+fn check(status: u16, v: Value) -> Result<Value> {
+    if (200..300).contains(&status) {
+        return Ok(v);
+    }
+    let msg = v
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| v.pointer("/issue/0/diagnostics").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| v.to_string());
+    bail!("{msg} (HTTP {status})")
 }
 
 /// An HTTPS client trusting only `ca` (or the system's roots if none).

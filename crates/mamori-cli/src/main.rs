@@ -5,6 +5,7 @@
 
 mod api;
 mod audit;
+mod bcp;
 mod witness;
 
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ enum Cmd {
     /// The tamper-evident audit log: verify, export, witness.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The emergency procedure (BCP): plan, declarations, phases, checklists, reviews.
+    #[command(subcommand)]
+    Bcp(bcp::BcpCmd),
+    /// Sealed emergency accounts.
+    #[command(subcommand, name = "emergency-accounts")]
+    EmergencyAccounts(bcp::AccountsCmd),
 }
 
 #[derive(Subcommand)]
@@ -377,6 +384,8 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("care assignment {id} ended");
             }
         },
+        Cmd::Bcp(c) => bcp::run(c).await?,
+        Cmd::EmergencyAccounts(c) => bcp::accounts(c).await?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,

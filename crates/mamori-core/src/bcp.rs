@@ -37,7 +37,9 @@ impl Cause {
         }
     }
     pub fn parse(s: &str) -> Option<Cause> {
-        [Cause::Disaster, Cause::CyberAttack, Cause::SystemFailure, Cause::MassCasualty, Cause::Other].into_iter().find(|c| c.as_str() == s)
+        [Cause::Disaster, Cause::CyberAttack, Cause::SystemFailure, Cause::MassCasualty, Cause::Other]
+            .into_iter()
+            .find(|c| c.as_str() == s)
     }
 }
 
@@ -346,7 +348,9 @@ impl Plan {
 pub const DEFAULT_PLAN: &str = include_str!("../../../docs/example-bcp-plan.toml");
 
 fn is_slug(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn line_of(text: &str, offset: usize) -> String {
@@ -525,7 +529,9 @@ impl AccountState {
         }
     }
     pub fn parse(s: &str) -> Option<AccountState> {
-        [AccountState::AwaitingEnvelope, AccountState::Sealed, AccountState::InUse, AccountState::Retired].into_iter().find(|a| a.as_str() == s)
+        [AccountState::AwaitingEnvelope, AccountState::Sealed, AccountState::InUse, AccountState::Retired]
+            .into_iter()
+            .find(|a| a.as_str() == s)
     }
 }
 
@@ -565,7 +571,7 @@ mod tests {
         for phase in Phase::ALL {
             assert!(!p.required_items(phase).is_empty(), "{phase:?}");
         }
-        assert!(p.criteria_for(Cause::CyberAttack).len() >= 1);
+        assert!(!p.criteria_for(Cause::CyberAttack).is_empty());
         assert!(p.is_decider("nobody", &[Role::BcpDecider]));
         // round trip
         assert_eq!(Plan::from_toml(&p.to_toml()).unwrap(), p);
@@ -599,7 +605,10 @@ mod tests {
         assert_eq!(Active(Resumption).apply(&BcpEvent::Advance(Recovery)), Ok(Active(Recovery)));
         assert_eq!(Active(Recovery).apply(&BcpEvent::Advance(FullRecovery)), Ok(Active(FullRecovery)));
         assert_eq!(Active(FullRecovery).apply(&done), Ok(Closed));
-        let over = BcpEvent::ReturnToNormal { checklist_complete: false, override_reason: Some("ward power restored; items verified by phone".into()) };
+        let over = BcpEvent::ReturnToNormal {
+            checklist_complete: false,
+            override_reason: Some("ward power restored; items verified by phone".into()),
+        };
         assert_eq!(Active(FullRecovery).apply(&over), Ok(Closed));
         let sd = BcpEvent::StandDown { reason: "ordinary fault".into() };
         assert_eq!(Active(Activation).apply(&sd), Ok(StoodDown));
@@ -608,12 +617,25 @@ mod tests {
 
     #[test]
     fn every_illegal_transition_is_refused() {
-        let states = [Proposed, Active(Activation), Active(Resumption), Active(Recovery), Active(FullRecovery), Closed, StoodDown];
+        let states = [
+            Proposed,
+            Active(Activation),
+            Active(Resumption),
+            Active(Recovery),
+            Active(FullRecovery),
+            Closed,
+            StoodDown,
+        ];
         let mut legal = 0;
         for s in states {
             for to in Phase::ALL {
                 let r = s.apply(&BcpEvent::Advance(to));
-                let ok = matches!((s, to), (Active(Activation), Resumption) | (Active(Resumption), Recovery) | (Active(Recovery), FullRecovery));
+                let ok = matches!(
+                    (s, to),
+                    (Active(Activation), Resumption)
+                        | (Active(Resumption), Recovery)
+                        | (Active(Recovery), FullRecovery)
+                );
                 assert_eq!(r.is_ok(), ok, "{s:?} -> {to:?}");
                 legal += usize::from(ok);
             }
@@ -630,10 +652,14 @@ mod tests {
             Err(TransitionError::ChecklistIncomplete)
         );
         assert_eq!(
-            Active(FullRecovery).apply(&BcpEvent::ReturnToNormal { checklist_complete: false, override_reason: Some("  ".into()) }),
+            Active(FullRecovery)
+                .apply(&BcpEvent::ReturnToNormal { checklist_complete: false, override_reason: Some("  ".into()) }),
             Err(TransitionError::ChecklistIncomplete)
         );
-        assert_eq!(Active(Activation).apply(&BcpEvent::StandDown { reason: " ".into() }), Err(TransitionError::ReasonRequired));
+        assert_eq!(
+            Active(Activation).apply(&BcpEvent::StandDown { reason: " ".into() }),
+            Err(TransitionError::ReasonRequired)
+        );
     }
 
     #[test]

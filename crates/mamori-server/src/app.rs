@@ -21,6 +21,9 @@ pub fn router(st: AppState) -> Router {
         .merge(crate::fhir::routes())
         .merge(crate::ops::routes())
         .merge(crate::audit_api::routes())
+        .merge(crate::bcp_api::routes())
+        .merge(crate::breakglass::routes())
+        .merge(crate::eaccounts::routes())
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })

@@ -18,7 +18,33 @@ pub struct Config {
     pub audit: AuditSection,
     pub institution: InstitutionSection,
     pub syslog: SyslogSection,
+    pub notify: NotifySection,
     pub log: LogSection,
+}
+
+/// Where announcements (declarations, break-glass, emergency-account use,
+/// alerts) are delivered besides the UI banner and the audit log (which
+/// also streams to syslog).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySection {
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// A short name, used in delivery records.
+    pub name: String,
+    /// https:// URL receiving a JSON POST per announcement.
+    pub url: String,
+    /// File holding a shared secret: each POST carries
+    /// `X-Mamori-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    #[serde(default)]
+    pub secret_file: String,
+    /// CA certificate (PEM) to trust for this URL; empty: the system roots.
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// Streaming the audit log to an IHE ATNA / RFC 5425 collector.
@@ -113,6 +139,9 @@ pub struct AuditSection {
     pub checkpoint_every_seconds: u64,
     /// Witnesses whose cosignatures are accepted: C2SP vkeys (type 0x04).
     pub witnesses: Vec<String>,
+    /// The server verifies its own audit log this often (minutes) and
+    /// raises a possible-emergency alert if it fails.
+    pub self_verify_minutes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +196,7 @@ impl Default for AuditSection {
             checkpoint_every_events: 1000,
             checkpoint_every_seconds: 60,
             witnesses: Vec::new(),
+            self_verify_minutes: 15,
         }
     }
 }
@@ -227,6 +257,16 @@ impl Config {
         }
         if self.audit.checkpoint_every_events == 0 || self.audit.checkpoint_every_seconds == 0 {
             return Err(ConfigError::Invalid("audit checkpoint intervals must be positive".into()));
+        }
+        for (i, w) in self.notify.webhooks.iter().enumerate() {
+            if !w.url.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!("notify.webhooks[{i}].url must be an https:// URL")));
+            }
+            if w.name.is_empty() || !w.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.webhooks[{i}].name must be a short name (letters, digits, '-', '_')"
+                )));
+            }
         }
         for w in &self.audit.witnesses {
             match mamori_audit::note::NoteVerifier::parse(w) {

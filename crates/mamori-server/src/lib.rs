@@ -7,11 +7,16 @@
 
 pub mod app;
 pub mod audit_api;
+pub mod bcp_api;
+pub mod breakglass;
 pub mod config;
+pub mod detect;
+pub mod eaccounts;
 pub mod error;
 pub mod fhir;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod server;
 pub mod state;

@@ -332,7 +332,11 @@ async fn me(caller: Caller) -> OpsResult {
 
 async fn mode(State(st): State<AppState>, caller: Caller) -> OpsResult {
     let m = caller.mode();
-    Ok(Json(json!({"mode": m.header_value(), "state": m, "since": Value::Null, "checked_at": st.store.clock().now().to_rfc3339()})).into_response())
+    let open = st.store.read(mamori_store::emergency::open_declaration).await?;
+    let decl = open.map(|d| {
+        json!({"id": d.id, "cause": d.cause, "drill": d.drill, "state": d.state.as_str(), "declared_at": d.declared_at.to_rfc3339(), "declared_by": d.declared_by, "reason": d.reason})
+    });
+    Ok(Json(json!({"mode": m.header_value(), "state": m, "declaration": decl, "checked_at": st.store.clock().now().to_rfc3339()})).into_response())
 }
 
 // ---- users -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
 use crate::keys::{self, KeyError};
-use crate::state::{AppState, Inner, ModeCell, PeerAddr, RequestCtx};
+use crate::state::{AppState, PeerAddr, RequestCtx};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -287,15 +287,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let addr = listener.local_addr().map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
     let base_url = cfg.base_url(addr);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_seconds);
-    let state = AppState(Arc::new(Inner {
-        tokens: Default::default(),
-        store,
-        cfg,
-        mode: ModeCell::new(Mode::Normal),
-        base_url: base_url.clone(),
-        metrics: Default::default(),
-        data_dir: dd.0.clone(),
-    }));
+    let state = AppState::new(store, cfg, base_url.clone(), dd.0.clone());
     // Anchor the start in the audit log.
     let ctx = RequestCtx { addr: None, request_id: None, mode: state.mode.get() };
     let mut rec = ctx.record("system", "system", "server-start", 200, state.store.clock().now());
@@ -312,14 +304,24 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
             |_, _| Ok(()),
         )
         .await?;
+    // The mode in force is the one the database says.
+    let mode = state.store.read(mamori_store::emergency::current_mode).await?;
+    state.set_mode(mode);
     let (stop_tx, stop_rx) = oneshot::channel();
     let st = state.clone();
     let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
-    let syslog = tokio::spawn(crate::syslog::forward(state.clone(), bg_rx));
+    let background = vec![
+        tokio::spawn(crate::syslog::forward(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::notify::deliver(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::breakglass::expire(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::detect::run(state.clone(), bg_rx)),
+    ];
     let task = tokio::spawn(async move {
         accept_loop(st.clone(), listener, TlsAcceptor::from(tls_cfg), stop_rx, grace).await;
         let _ = bg_stop.send(true);
-        let _ = syslog.await;
+        for t in background {
+            let _ = t.await;
+        }
         let ctx = RequestCtx { addr: None, request_id: None, mode: st.mode.get() };
         let rec = ctx.record("system", "system", "server-stop", 200, st.store.clock().now());
         let r = st
@@ -423,15 +425,9 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let (signer, _) = load_signer(&dd)?;
     let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
     let base_url = cfg.base_url(cfg.listen_addr()?);
-    let state = AppState(Arc::new(Inner {
-        tokens: Default::default(),
-        store,
-        cfg,
-        mode: ModeCell::new(Mode::Normal),
-        base_url,
-        metrics: Default::default(),
-        data_dir: dir.to_owned(),
-    }));
+    let state = AppState::new(store, cfg, base_url, dir.to_owned());
+    let mode = state.store.read(mamori_store::emergency::current_mode).await?;
+    state.set_mode(mode);
     Ok((state, lock))
 }
 

@@ -40,6 +40,10 @@ impl ModeCell {
 pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
+    /// Announcements to open screens (server-sent events).
+    pub events: tokio::sync::broadcast::Sender<crate::notify::Announcement>,
+    /// The mode header value, for open screens.
+    pub mode_watch: tokio::sync::watch::Sender<String>,
     pub tokens: TokenCache,
     pub store: Store,
     pub cfg: Config,
@@ -90,6 +94,29 @@ impl TokenCache {
             }
             m.insert(hash, (gen, info));
         }
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, cfg: Config, base_url: String, data_dir: PathBuf) -> AppState {
+        AppState(Arc::new(Inner {
+            events: tokio::sync::broadcast::channel(256).0,
+            mode_watch: tokio::sync::watch::channel(String::new()).0,
+            tokens: TokenCache::default(),
+            store,
+            cfg,
+            mode: ModeCell::new(Mode::Normal),
+            base_url,
+            metrics: Metrics::default(),
+            data_dir,
+        }))
+    }
+
+    /// Changes the mode in force (after the change committed) and tells
+    /// every open screen.
+    pub fn set_mode(&self, m: Mode) {
+        self.mode.set(m);
+        let _ = self.mode_watch.send(serde_json::json!({"mode": m.header_value(), "state": m}).to_string());
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod audit_log;
+pub mod emergency;
 pub mod error;
 pub mod records;
 pub mod schema;

@@ -7,6 +7,7 @@ use crate::sql::{Backend, Conn, DbError};
 const SQLITE: &[(&str, &str)] = &[
     ("0001_foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
     ("0002_cosignatures", include_str!("../migrations/sqlite/0002_cosignatures.sql")),
+    ("0003_emergency", include_str!("../migrations/sqlite/0003_emergency.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

@@ -179,7 +179,7 @@ pub fn facts(c: &mut dyn Conn, caller: &Caller, patient: Option<&str>, now: Time
             p,
             now,
         )?,
-        break_glass: false,
+        break_glass: mamori_store::emergency::has_live_grant(c, caller.user.name.as_str(), p, now)?,
     })
 }
 

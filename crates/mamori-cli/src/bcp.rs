@@ -1,0 +1,309 @@
+//! `mamori bcp ...` and `mamori emergency-accounts ...`: the emergency
+//! procedure from the command line (a decider's token, or offline on the
+//! data directory as the local operator).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use axum::http::Method;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::api::{Api, Target};
+
+#[derive(Subcommand)]
+pub enum BcpCmd {
+    /// The BCP plan.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// The current mode and the open declaration.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Declare an emergency (or a drill) naming the plan's criteria met.
+    Declare {
+        /// disaster | cyber_attack | system_failure | mass_casualty | other
+        #[arg(long)]
+        cause: String,
+        /// Comma-separated criterion ids from the plan.
+        #[arg(long, value_delimiter = ',', required = true)]
+        criteria: Vec<String>,
+        #[arg(long)]
+        reason: String,
+        /// A drill: the whole procedure, without relaxing real access.
+        #[arg(long)]
+        drill: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Confirm a proposed declaration (second decider).
+    Confirm {
+        id: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move to the next phase, return to normal, or stand down.
+    Transition {
+        id: i64,
+        /// resumption | recovery | full_recovery | normal | stand_down
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        note: Option<String>,
+        /// Return to normal with the full-recovery checklist incomplete.
+        #[arg(long = "override")]
+        override_reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Tick a checklist item.
+    Check {
+        id: i64,
+        phase: String,
+        item: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the after-action review, or complete it with lessons learned.
+    Review {
+        id: i64,
+        #[arg(long)]
+        lessons: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The draft report to the authorities for a cyber attack.
+    IncidentReport {
+        id: i64,
+        /// Record that the report was made: mhlw | police | patients.
+        #[arg(long)]
+        reported: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Alerts (possible emergencies, misuse of emergency accounts).
+    Alerts {
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PlanCmd {
+    /// Validate and import a TOML plan (see docs/example-bcp-plan.toml).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the plan in force (TOML).
+    Show {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCmd {
+    /// Provision sealed emergency accounts (then print each envelope).
+    Provision {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Comma-separated clinical roles (default physician).
+        #[arg(long, value_delimiter = ',', default_value = "physician")]
+        role: Vec<String>,
+        /// Accounts for drills only.
+        #[arg(long)]
+        drill: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List emergency accounts and their states.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Generate the credential and print the sealed envelope (once).
+    Envelope {
+        account: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn run(cmd: BcpCmd) -> Result<()> {
+    match cmd {
+        BcpCmd::Plan(PlanCmd::Import { file, target }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let api = Api::connect(&target).await?;
+            let v = api.ok_raw(Method::PUT, "/api/v1/bcp/plan", Some((text, "application/toml"))).await?;
+            println!("imported the BCP plan as version {}", v["version"]);
+        }
+        BcpCmd::Plan(PlanCmd::Show { target }) => {
+            let api = Api::connect(&target).await?;
+            let (status, v) = api.call(Method::GET, "/api/v1/bcp/plan?format=toml", None).await?;
+            anyhow::ensure!(status == 200, "HTTP {status}: {v}");
+            println!("{}", v.as_str().unwrap_or_default());
+        }
+        BcpCmd::Status { target } => {
+            let api = Api::connect(&target).await?;
+            let mode = api.ok(Method::GET, "/api/v1/mode", None).await?;
+            println!("mode: {}", mode["mode"].as_str().unwrap_or(""));
+            let list = api.ok(Method::GET, "/api/v1/bcp/declarations", None).await?;
+            if let Some(open) = list["declarations"]
+                .as_array()
+                .and_then(|a| a.iter().find(|d| !matches!(d["state"].as_str(), Some("closed" | "stood_down"))))
+            {
+                print(&api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{}", open["id"]), None).await?);
+            } else {
+                println!("no open declaration");
+            }
+        }
+        BcpCmd::Declare { cause, criteria, reason, drill, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api
+                .ok(
+                    Method::POST,
+                    "/api/v1/bcp/declarations",
+                    Some(&json!({"cause": cause, "criteria": criteria, "reason": reason, "drill": drill})),
+                )
+                .await?;
+            println!(
+                "declaration {} is {}{}",
+                v["id"],
+                v["state"].as_str().unwrap_or(""),
+                if drill { " (DRILL)" } else { "" }
+            );
+        }
+        BcpCmd::Confirm { id, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::POST, &format!("/api/v1/bcp/declarations/{id}/confirm"), None).await?;
+            println!("declaration {id} is {}", v["state"].as_str().unwrap_or(""));
+        }
+        BcpCmd::Transition { id, to, note, override_reason, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api
+                .ok(
+                    Method::POST,
+                    &format!("/api/v1/bcp/declarations/{id}/transitions"),
+                    Some(&json!({"to": to, "note": note, "override_reason": override_reason})),
+                )
+                .await?;
+            println!("declaration {id} is {}", v["state"].as_str().unwrap_or(""));
+        }
+        BcpCmd::Check { id, phase, item, note, target } => {
+            let api = Api::connect(&target).await?;
+            api.ok(
+                Method::POST,
+                &format!("/api/v1/bcp/declarations/{id}/checklist/{phase}/{item}"),
+                Some(&json!({"note": note})),
+            )
+            .await?;
+            println!("ticked {phase}/{item}");
+        }
+        BcpCmd::Review { id, lessons, target } => {
+            let api = Api::connect(&target).await?;
+            if let Some(l) = lessons {
+                api.ok(Method::PUT, &format!("/api/v1/bcp/declarations/{id}/review"), Some(&json!({"lessons": l})))
+                    .await?;
+                println!("review of declaration {id} completed");
+            } else {
+                print(&api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{id}/review"), None).await?);
+            }
+        }
+        BcpCmd::IncidentReport { id, reported, note, target } => {
+            let api = Api::connect(&target).await?;
+            if let Some(r) = reported {
+                api.ok(
+                    Method::POST,
+                    &format!("/api/v1/bcp/declarations/{id}/incident-report/{r}"),
+                    Some(&json!({"note": note})),
+                )
+                .await?;
+                println!("recorded: reported to {r}");
+            } else {
+                let v = api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{id}/incident-report"), None).await?;
+                println!("{}", v["text"].as_str().unwrap_or_default());
+            }
+        }
+        BcpCmd::Alerts { open, target } => {
+            let api = Api::connect(&target).await?;
+            print(&api.ok(Method::GET, &format!("/api/v1/alerts?open={open}"), None).await?);
+        }
+    }
+    Ok(())
+}
+
+pub async fn accounts(cmd: AccountsCmd) -> Result<()> {
+    match cmd {
+        AccountsCmd::Provision { count, role, drill, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api
+                .ok(
+                    Method::POST,
+                    "/api/v1/emergency-accounts",
+                    Some(&json!({"count": count, "roles": role, "drill": drill})),
+                )
+                .await?;
+            for a in v["accounts"].as_array().into_iter().flatten() {
+                println!("{}", a.as_str().unwrap_or(""));
+            }
+            eprintln!("print each envelope: mamori emergency-accounts envelope ACCOUNT");
+        }
+        AccountsCmd::List { target } => {
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::GET, "/api/v1/emergency-accounts", None).await?;
+            for a in v["accounts"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<18} {:<6} {:<20} {}",
+                    a["account"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or(""),
+                    if a["drill"].as_bool() == Some(true) { "drill" } else { "real" },
+                    a["roles"]
+                        .as_array()
+                        .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                    a["declared_person"].as_str().unwrap_or("")
+                );
+            }
+        }
+        AccountsCmd::Envelope { account, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::POST, &format!("/api/v1/emergency-accounts/{account}/envelope"), None).await?;
+            let line = "=".repeat(64);
+            println!("{line}");
+            println!(
+                "  非常用アカウント（封緘）/ SEALED EMERGENCY ACCOUNT{}",
+                if v["drill"].as_bool() == Some(true) { "  [訓練用 / DRILL]" } else { "" }
+            );
+            println!("  {}", v["institution"].as_str().unwrap_or(""));
+            println!("{line}");
+            println!("  アカウント / Account : {}", v["account"].as_str().unwrap_or(""));
+            println!("  パスワード / Password: {}", v["password"].as_str().unwrap_or(""));
+            println!(
+                "  権限 / Roles        : {}",
+                v["roles"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+            println!("  印刷日時 / Printed   : {}", v["printed_at"].as_str().unwrap_or(""));
+            println!("{line}");
+            println!("  {}", v["instructions"]["ja"].as_str().unwrap_or(""));
+            println!("  {}", v["instructions"]["en"].as_str().unwrap_or(""));
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
