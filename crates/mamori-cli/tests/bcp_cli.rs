@@ -27,7 +27,14 @@ fn bcp_and_emergency_accounts_from_the_cli() {
     let d = dir.to_str().unwrap();
 
     // Offline: import the plan, provision and print an emergency account.
-    let (code, out, err) = run(&["bcp", "plan", "import", concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/example-bcp-plan.toml"), "--data", d]);
+    let (code, out, err) = run(&[
+        "bcp",
+        "plan",
+        "import",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/example-bcp-plan.toml"),
+        "--data",
+        d,
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("version 1"), "{out}");
     let bad = dir.join("bad.toml");
@@ -35,7 +42,8 @@ fn bcp_and_emergency_accounts_from_the_cli() {
     let (code, _, err) = run(&["bcp", "plan", "import", bad.to_str().unwrap(), "--data", d]);
     assert_eq!(code, 1);
     assert!(err.contains("line 1"), "{err}");
-    let (code, out, err) = run(&["emergency-accounts", "provision", "--count", "2", "--role", "physician,nurse", "--data", d]);
+    let (code, out, err) =
+        run(&["emergency-accounts", "provision", "--count", "2", "--role", "physician,nurse", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
     let names: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(names.len(), 2);
@@ -55,7 +63,12 @@ fn bcp_and_emergency_accounts_from_the_cli() {
     let b = base(&p);
     let ca = dir.join("tls/cert.pem");
     let t = login(&c, &b, "chief", PASSWORD);
-    let r = c.post(format!("{b}/api/v1/auth/password")).bearer_auth(&t).json(&json!({"current": PASSWORD, "new": "Chief passphrase 9"})).send().unwrap();
+    let r = c
+        .post(format!("{b}/api/v1/auth/password"))
+        .bearer_auth(&t)
+        .json(&json!({"current": PASSWORD, "new": "Chief passphrase 9"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let chief = login(&c, &b, "chief", "Chief passphrase 9");
     let online = |args: &[&str]| {
@@ -63,14 +76,27 @@ fn bcp_and_emergency_accounts_from_the_cli() {
         all.extend(["--server", &b, "--token", &chief, "--ca", ca.to_str().unwrap()]);
         run(&all)
     };
-    let (code, out, err) = online(&["bcp", "declare", "--cause", "disaster", "--criteria", "earthquake", "--reason", "震度6強、サーバー室浸水 / server room flooded"]);
+    let (code, out, err) = online(&[
+        "bcp",
+        "declare",
+        "--cause",
+        "disaster",
+        "--criteria",
+        "earthquake",
+        "--reason",
+        "震度6強、サーバー室浸水 / server room flooded",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let id: String = out.split_whitespace().nth(1).unwrap().to_owned();
     let (code, out, _) = online(&["bcp", "status"]);
     assert_eq!(code, 0);
     assert!(out.contains("emergency; phase=activation"), "{out}");
     // The emergency account works now.
-    let r = c.post(format!("{b}/api/v1/emergency-login")).json(&json!({"account": names[0], "password": password, "real_name": "応援 花子", "affiliation": "近隣病院"})).send().unwrap();
+    let r = c
+        .post(format!("{b}/api/v1/emergency-login"))
+        .json(&json!({"account": names[0], "password": password, "real_name": "応援 花子", "affiliation": "近隣病院"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (code, _, err) = online(&["bcp", "transition", &id, "--to", "recovery"]);
     assert_eq!(code, 1, "skipping a phase");
@@ -81,7 +107,15 @@ fn bcp_and_emergency_accounts_from_the_cli() {
     }
     let (code, _, _) = online(&["bcp", "check", &id, "full_recovery", "summary", "--note", "done"]);
     assert_eq!(code, 0);
-    let (code, out, err) = online(&["bcp", "transition", &id, "--to", "normal", "--override", "残りは電話で確認済み / rest confirmed by phone"]);
+    let (code, out, err) = online(&[
+        "bcp",
+        "transition",
+        &id,
+        "--to",
+        "normal",
+        "--override",
+        "残りは電話で確認済み / rest confirmed by phone",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("closed"));
     let (code, out, _) = online(&["bcp", "review", &id]);

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bcp;
+pub mod consent;
 pub mod fhir;
 pub mod ids;
 pub mod mode;

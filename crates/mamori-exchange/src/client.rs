@@ -1,0 +1,185 @@
+//! The AS2 HTTP client: HTTPS with mamori's client certificate, trusting
+//! only the partner's own CA, no redirects, no proxies, and failures
+//! classified by where they happened (EX-B1a: the segment of the path).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::ring as ring_provider;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::as2::Outgoing;
+use crate::mime::Headers;
+
+/// The cipher suites and groups mamori offers and accepts (GL-TLS): the
+/// high-security profile of Japan's TLS cipher-suite configuration
+/// guideline, TLS 1.3/1.2 with AES-GCM and ECDHE on P-256/P-384.
+pub fn provider() -> CryptoProvider {
+    use ring_provider::cipher_suite as cs;
+    use ring_provider::kx_group;
+    CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        kx_groups: vec![kx_group::SECP256R1, kx_group::SECP384R1],
+        ..ring_provider::default_provider()
+    }
+}
+
+/// Where along the path a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    /// Our side: building, signing, encrypting, our configuration.
+    Sender,
+    /// The network between us (connection refused, timeout, reset).
+    Path,
+    /// TLS authentication of the partner (its certificate) or of us by it.
+    PartnerTls,
+    /// The partner's processing: HTTP errors, MDN errors (decryption,
+    /// verification), missing or invalid MDNs.
+    Partner,
+}
+
+impl Segment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Segment::Sender => "sender",
+            Segment::Path => "path",
+            Segment::PartnerTls => "partner_tls",
+            Segment::Partner => "partner",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (segment: {})", segment.as_str())]
+pub struct SendError {
+    pub segment: Segment,
+    pub message: String,
+    /// Worth retrying later.
+    pub transient: bool,
+}
+
+/// mamori's TLS client identity.
+pub struct ClientIdentity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// An HTTP client for one partner: trusts only `ca_pem`, presents `id`.
+pub fn client_for(ca_pem: &str, id: &ClientIdentity, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile_certs(ca_pem)?;
+    for c in certs {
+        roots.add(c).map_err(|e| format!("partner CA: {e}"))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| format!("client certificate: {e}"))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = openssl::x509::X509::stack_from_pem(pem.as_bytes())
+        .map_err(|e| format!("partner CA: {e}"))?
+        .iter()
+        .map(|c| c.to_der().map(CertificateDer::from))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("partner CA: no certificate".into());
+    }
+    Ok(certs)
+}
+
+/// The partner's HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+fn classify(e: &reqwest::Error) -> SendError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut tls = None;
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            tls = Some(r.to_string());
+            break;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                tls = Some(r.to_string());
+                break;
+            }
+        }
+        src = s.source();
+    }
+    let chain = {
+        let mut parts = vec![e.to_string()];
+        let mut s = std::error::Error::source(e);
+        while let Some(x) = s {
+            parts.push(x.to_string());
+            s = x.source();
+        }
+        parts.join(": ")
+    };
+    match tls {
+        Some(t) => SendError { segment: Segment::PartnerTls, message: format!("TLS: {t}"), transient: true },
+        None if e.is_timeout() => {
+            SendError { segment: Segment::Path, message: format!("timed out: {chain}"), transient: true }
+        }
+        None => SendError { segment: Segment::Path, message: chain, transient: true },
+    }
+}
+
+/// Posts an AS2 message (or an asynchronous MDN) and reads the response,
+/// up to `max_response` bytes.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    out: &Outgoing,
+    max_response: usize,
+) -> Result<Response, SendError> {
+    let mut req = client.post(url);
+    for (k, v) in &out.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let mut resp = req.body(out.body.clone()).send().await.map_err(|e| classify(&e))?;
+    let status = resp.status().as_u16();
+    let mut headers = Headers::default();
+    for (k, v) in resp.headers() {
+        headers.push(k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+        if body.len() + chunk.len() > max_response {
+            return Err(SendError {
+                segment: Segment::Partner,
+                message: format!("the partner's response exceeds {max_response} bytes"),
+                transient: false,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response { status, headers, body })
+}
