@@ -150,6 +150,7 @@ async fn fhir(a: &Args) -> Result<()> {
     let running = mamori_server::server::start(mamori_server::server::ServeOptions {
         data: dir.clone(),
         listen: None,
+        as2_listen: None,
         clock: Arc::new(SystemClock),
     })
     .await?;

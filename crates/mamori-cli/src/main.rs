@@ -42,6 +42,10 @@ enum Cmd {
         /// Listen address (default from mamori.toml: 127.0.0.1:8443).
         #[arg(long, env = "MAMORI_LISTEN")]
         listen: Option<String>,
+        /// AS2 listen address for partner institutions (mutual TLS, path
+        /// /as2); default from mamori.toml `exchange.listen` (off).
+        #[arg(long, env = "MAMORI_AS2_LISTEN")]
+        as2_listen: Option<String>,
     },
     /// Users and roles.
     #[command(subcommand)]
@@ -257,10 +261,11 @@ fn q(s: &str) -> String {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve { data, listen } => {
+        Cmd::Serve { data, listen, as2_listen } => {
             mamori_server::server::run(mamori_server::server::ServeOptions {
                 data,
                 listen,
+                as2_listen,
                 clock: Arc::new(SystemClock),
             })
             .await?;

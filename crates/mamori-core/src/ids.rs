@@ -41,6 +41,12 @@ impl ResourceType {
     }
     pub const PATIENT: ResourceType = ResourceType("Patient");
     pub const AUDIT_EVENT: ResourceType = ResourceType("AuditEvent");
+    pub const ORGANIZATION: ResourceType = ResourceType("Organization");
+    pub const ENDPOINT: ResourceType = ResourceType("Endpoint");
+    pub const BINARY: ResourceType = ResourceType("Binary");
+    pub const DOCUMENT_REFERENCE: ResourceType = ResourceType("DocumentReference");
+    pub const COMPOSITION: ResourceType = ResourceType("Composition");
+    pub const CONSENT: ResourceType = ResourceType("Consent");
 }
 
 impl fmt::Display for ResourceType {

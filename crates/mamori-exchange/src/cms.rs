@@ -55,12 +55,18 @@ fn crypto(e: openssl::error::ErrorStack) -> CmsError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContentCipher {
+    #[serde(rename = "aes-128-cbc")]
     Aes128Cbc,
+    #[serde(rename = "aes-192-cbc")]
     Aes192Cbc,
+    #[serde(rename = "aes-256-cbc")]
     Aes256Cbc,
+    #[serde(rename = "aes-128-gcm")]
     Aes128Gcm,
+    #[serde(rename = "aes-256-gcm")]
     Aes256Gcm,
     /// Triple DES (legacy; inbound only, where a profile allows it).
+    #[serde(rename = "des-ede3-cbc")]
     DesEde3Cbc,
     /// Anything else, by OID.
     #[serde(untagged)]
@@ -132,6 +138,7 @@ pub enum KeyTransport {
     /// RSAES-PKCS1-v1_5 (RFC 8017): what most AS2 software expects.
     RsaPkcs1,
     /// RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 4055).
+    #[serde(rename = "rsa-oaep-sha256")]
     RsaOaepSha256,
     /// RSAES-OAEP with other (e.g. the default SHA-1) parameters.
     RsaOaepOther,
@@ -154,11 +161,16 @@ impl KeyTransport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Digest {
+    #[serde(rename = "sha-256", alias = "sha256")]
     Sha256,
+    #[serde(rename = "sha-384", alias = "sha384")]
     Sha384,
+    #[serde(rename = "sha-512", alias = "sha512")]
     Sha512,
+    #[serde(rename = "sha-224", alias = "sha224")]
     Sha224,
     /// Legacy; inbound only where a profile allows it.
+    #[serde(rename = "sha1", alias = "sha-1")]
     Sha1,
     Md5,
 }

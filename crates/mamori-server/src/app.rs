@@ -24,9 +24,20 @@ pub fn router(st: AppState) -> Router {
         .merge(crate::bcp_api::routes())
         .merge(crate::breakglass::routes())
         .merge(crate::eaccounts::routes())
+        .merge(crate::exchange::partners::routes())
+        .merge(crate::exchange::send::routes())
+        .merge(crate::exchange::inbound::routes())
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })
+        .layer(middleware::from_fn_with_state(st.clone(), common))
+        .with_state(st)
+}
+
+/// The AS2 listener's router: only `POST /as2`, with the same middleware.
+pub fn as2_router(st: AppState) -> Router {
+    crate::exchange::inbound::as2_routes()
+        .fallback(|| async { (StatusCode::NOT_FOUND, "this listener serves POST /as2 only\n") })
         .layer(middleware::from_fn_with_state(st.clone(), common))
         .with_state(st)
 }

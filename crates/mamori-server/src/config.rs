@@ -19,7 +19,52 @@ pub struct Config {
     pub institution: InstitutionSection,
     pub syslog: SyslogSection,
     pub notify: NotifySection,
+    pub exchange: ExchangeSection,
     pub log: LogSection,
+}
+
+/// Exchange with partner institutions over AS2 (guideline 6.10).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeSection {
+    /// This institution's AS2 identifier; empty: the institution id, or "mamori".
+    pub as2_id: String,
+    /// Listen address of the AS2 endpoint (mutual TLS); empty: no inbound AS2.
+    pub listen: String,
+    /// The URL partners post to (for asynchronous receipts and onboarding);
+    /// empty: https://localhost:<port>/as2 for a loopback listener.
+    pub public_url: String,
+    /// Host names and IP addresses in the exchange TLS certificate made at
+    /// first start.
+    pub tls_names: Vec<String>,
+    /// Largest accepted AS2 message, in bytes.
+    pub max_message_bytes: usize,
+    /// Retry schedule of the outbox: first delay, doubling up to the
+    /// maximum, for at most this many attempts.
+    pub retry_initial_seconds: u64,
+    pub retry_max_seconds: u64,
+    pub max_attempts: u32,
+    /// Timeout of one delivery attempt (connect, send, receipt).
+    pub send_timeout_seconds: u64,
+    /// Warn this many days before a partner's or our certificate expires.
+    pub cert_expiry_warn_days: i64,
+}
+
+impl Default for ExchangeSection {
+    fn default() -> Self {
+        ExchangeSection {
+            as2_id: String::new(),
+            listen: String::new(),
+            public_url: String::new(),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            max_message_bytes: 64 * 1024 * 1024,
+            retry_initial_seconds: 30,
+            retry_max_seconds: 3600,
+            max_attempts: 10,
+            send_timeout_seconds: 120,
+            cert_expiry_warn_days: 30,
+        }
+    }
 }
 
 /// Where announcements (declarations, break-glass, emergency-account use,
@@ -281,6 +326,27 @@ impl Config {
         if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {
             return Err(ConfigError::Invalid("auth limits must be positive".into()));
         }
+        let x = &self.exchange;
+        if !x.as2_id.is_empty() && !x.as2_id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            return Err(ConfigError::Invalid("exchange.as2_id: printable ASCII without spaces or quotes".into()));
+        }
+        if !x.listen.is_empty() && x.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!("exchange.listen '{}' is not an address:port", x.listen)));
+        }
+        if !x.public_url.is_empty() && !x.public_url.starts_with("https://") {
+            return Err(ConfigError::Invalid("exchange.public_url must be an https:// URL".into()));
+        }
+        if x.max_message_bytes < 1024
+            || x.retry_initial_seconds == 0
+            || x.retry_max_seconds < x.retry_initial_seconds
+            || x.max_attempts == 0
+            || x.send_timeout_seconds == 0
+            || x.cert_expiry_warn_days < 1
+        {
+            return Err(ConfigError::Invalid(
+                "exchange limits must be positive (and retry_max >= retry_initial)".into(),
+            ));
+        }
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::Invalid("server.body_limit_bytes must be at least 1024".into()));
         }
@@ -301,6 +367,29 @@ impl Config {
         }
         let host = if bound.ip().is_loopback() { "localhost".to_owned() } else { bound.ip().to_string() };
         format!("https://{host}:{}", bound.port())
+    }
+
+    /// This institution's AS2 identifier.
+    pub fn as2_id(&self) -> String {
+        if !self.exchange.as2_id.is_empty() {
+            self.exchange.as2_id.clone()
+        } else if !self.institution.id.is_empty() {
+            self.institution.id.clone()
+        } else {
+            "mamori".into()
+        }
+    }
+
+    /// The URL partners post AS2 messages to.
+    pub fn as2_url(&self, bound: Option<SocketAddr>) -> String {
+        if !self.exchange.public_url.is_empty() {
+            return self.exchange.public_url.trim_end_matches('/').to_owned();
+        }
+        match bound {
+            Some(a) if a.ip().is_loopback() => format!("https://localhost:{}/as2", a.port()),
+            Some(a) => format!("https://{}/as2", a),
+            None => String::new(),
+        }
     }
 
     /// The default configuration as commented TOML, written at first start.

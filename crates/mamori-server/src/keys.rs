@@ -151,6 +151,84 @@ pub fn institution_identity(cn: &str, days: u32) -> Result<(String, Zeroizing<St
     Ok((cert, key_pem))
 }
 
+/// The institution's exchange CA: a self-signed ECDSA P-256 CA that
+/// issues the certificate of the AS2 endpoint and client. Partners import
+/// its certificate as this institution's TLS CA.
+pub fn exchange_ca(org: &str, days: u32) -> Result<(String, Zeroizing<String>), KeyError> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, &format!("{org} exchange CA"))?;
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let sn = serial()?;
+    b.set_serial_number(&sn)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&key)?;
+    b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    b.set_not_after(&*Asn1Time::days_from_now(days)?)?;
+    b.append_extension(BasicConstraints::new().critical().ca().pathlen(0).build()?)?;
+    b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
+    b.append_extension(ski)?;
+    b.sign(&key, MessageDigest::sha256())?;
+    let cert = String::from_utf8(b.build().to_pem()?).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let key_pem = Zeroizing::new(
+        String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
+    );
+    Ok((cert, key_pem))
+}
+
+/// A TLS certificate issued by the exchange CA, for both the AS2 server
+/// and client side (serverAuth and clientAuth).
+pub fn exchange_tls(
+    ca_cert_pem: &[u8],
+    ca_key_pem: &[u8],
+    org: &str,
+    names: &[String],
+    days: u32,
+) -> Result<(String, Zeroizing<String>), KeyError> {
+    let ca = X509::from_pem(ca_cert_pem)?;
+    let ca_key = PKey::private_key_from_pem(ca_key_pem)?;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, names.first().map_or("localhost", String::as_str))?;
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let sn = serial()?;
+    b.set_serial_number(&sn)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(ca.subject_name())?;
+    b.set_pubkey(&key)?;
+    b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    b.set_not_after(&*Asn1Time::days_from_now(days)?)?;
+    b.append_extension(BasicConstraints::new().critical().build()?)?;
+    b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
+    b.append_extension(ExtendedKeyUsage::new().server_auth().client_auth().build()?)?;
+    let mut san = SubjectAlternativeName::new();
+    for n in names {
+        if n.parse::<std::net::IpAddr>().is_ok() {
+            san.ip(n);
+        } else {
+            san.dns(n);
+        }
+    }
+    let san = san.build(&b.x509v3_context(Some(&ca), None))?;
+    b.append_extension(san)?;
+    b.sign(&ca_key, MessageDigest::sha256())?;
+    let cert = String::from_utf8(b.build().to_pem()?).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let key_pem = Zeroizing::new(
+        String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
+    );
+    Ok((cert, key_pem))
+}
+
 /// PEM-wraps DER bytes.
 pub fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod detect;
 pub mod eaccounts;
 pub mod error;
+pub mod exchange;
 pub mod fhir;
 pub mod keys;
 pub mod metrics;

@@ -19,7 +19,7 @@ use mamori_store::accounts::{self, NewUser};
 use mamori_store::{CheckpointPolicy, Store, StoreConfig, Synchronous};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use zeroize::Zeroizing;
@@ -240,16 +240,20 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
 pub struct ServeOptions {
     pub data: PathBuf,
     pub listen: Option<String>,
+    /// The AS2 listener (mutual TLS); overrides `exchange.listen`.
+    pub as2_listen: Option<String>,
     pub clock: Arc<dyn Clock>,
 }
 
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The AS2 listener's address, if it runs.
+    pub as2_addr: Option<SocketAddr>,
     pub base_url: String,
     pub state: AppState,
     pub init: Option<InitReport>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
     _lock: DirLock,
 }
@@ -258,7 +262,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, records the stop.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
         let _ = (&mut self.task).await;
     }
@@ -279,15 +283,35 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         cfg.server.listen = l.clone();
         cfg.validate()?;
     }
+    if let Some(l) = &opts.as2_listen {
+        cfg.exchange.listen = l.clone();
+        cfg.validate()?;
+    }
     let (signer, _) = load_signer(&dd)?;
+    crate::exchange::ensure_keys(&dd, &cfg)?;
+    let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
     let store = Store::open(&store_config(&dd, &cfg)?, opts.clock.clone(), signer)?;
     let tls_cfg = tls::server_config(&dd.resolve(&cfg.tls.cert), &dd.resolve(&cfg.tls.key), &cfg.tls.min_version)?;
     let listen = cfg.listen_addr()?;
     let listener = TcpListener::bind(listen).await.map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
     let addr = listener.local_addr().map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
+    let as2_listener = if cfg.exchange.listen.is_empty() {
+        None
+    } else {
+        let l = TcpListener::bind(&cfg.exchange.listen)
+            .await
+            .map_err(|e| ServeError::Listen(cfg.exchange.listen.clone(), e))?;
+        let a = l.local_addr().map_err(|e| ServeError::Listen(cfg.exchange.listen.clone(), e))?;
+        Some((l, a))
+    };
+    let as2_addr = as2_listener.as_ref().map(|(_, a)| *a);
+    if let Ok(mut u) = xctx.as2_url.write() {
+        *u = cfg.as2_url(as2_addr);
+    }
     let base_url = cfg.base_url(addr);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_seconds);
-    let state = AppState::new(store, cfg, base_url.clone(), dd.0.clone());
+    let state = AppState::new(store, cfg, base_url.clone(), dd.0.clone(), xctx);
+    crate::exchange::reload(&state).await;
     // Anchor the start in the audit log.
     let ctx = RequestCtx { addr: None, request_id: None, mode: state.mode.get() };
     let mut rec = ctx.record("system", "system", "server-start", 200, state.store.clock().now());
@@ -307,17 +331,36 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     // The mode in force is the one the database says.
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
     state.set_mode(mode);
-    let (stop_tx, stop_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let st = state.clone();
     let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
     let background = vec![
         tokio::spawn(crate::syslog::forward(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::notify::deliver(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::breakglass::expire(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::exchange::outbox::run(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::detect::run(state.clone(), bg_rx)),
     ];
+    let as2_task = as2_listener.map(|(l, _)| {
+        let st = state.clone();
+        let stop = stop_rx.clone();
+        let app = crate::app::as2_router(st.clone());
+        tokio::spawn(async move {
+            let acceptor = {
+                let st = st.clone();
+                move || st.exchange.server_config().map(TlsAcceptor::from)
+            };
+            accept_loop(st, l, acceptor, app, stop, grace, Listener::As2).await;
+        })
+    });
     let task = tokio::spawn(async move {
-        accept_loop(st.clone(), listener, TlsAcceptor::from(tls_cfg), stop_rx, grace).await;
+        let app = crate::app::router(st.clone());
+        let main_acceptor = TlsAcceptor::from(tls_cfg);
+        accept_loop(st.clone(), listener, move || Some(main_acceptor.clone()), app, stop_rx, grace, Listener::Main)
+            .await;
+        if let Some(t) = as2_task {
+            let _ = t.await;
+        }
         let _ = bg_stop.send(true);
         for t in background {
             let _ = t.await;
@@ -342,23 +385,34 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         }
         tracing::info!("server stopped");
     });
-    Ok(Running { addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
+    Ok(Running { addr, as2_addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
+}
+
+/// Which listener an accept loop serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// HTTPS for people and API clients; also drives periodic checkpoints.
+    Main,
+    /// AS2 with client certificates; refused handshakes are audited.
+    As2,
 }
 
 async fn accept_loop(
     st: AppState,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    mut stop: oneshot::Receiver<()>,
+    acceptor: impl Fn() -> Option<TlsAcceptor>,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
     grace: Duration,
+    role: Listener,
 ) {
-    let app = crate::app::router(st.clone());
     let graceful = GracefulShutdown::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let refusals = Arc::new(crate::exchange::inbound::RefusalLimiter::default());
     loop {
         tokio::select! {
-            _ = &mut stop => break,
-            _ = ticker.tick() => {
+            _ = stop.changed() => break,
+            _ = ticker.tick(), if role == Listener::Main => {
                 if let Err(e) = st.store.writer().checkpoint_if_due().await {
                     tracing::error!(error = %e, "periodic checkpoint failed");
                 }
@@ -372,15 +426,22 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let Some(acceptor) = acceptor() else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
                 let app = app.clone();
                 let watcher = graceful.watcher();
+                let st = st.clone();
+                let refusals = refusals.clone();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            if role == Listener::As2 {
+                                crate::exchange::inbound::audit_handshake_refusal(&st, &refusals, peer, &e.to_string()).await;
+                            }
                             return;
                         }
                         Err(_) => {
@@ -388,8 +449,12 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    let certs = crate::exchange::inbound::PeerCerts(
+                        tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.to_vec()).collect()).unwrap_or_default(),
+                    );
                     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(PeerAddr(peer));
+                        req.extensions_mut().insert(certs.clone());
                         app.clone().oneshot(req.map(axum::body::Body::new))
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
@@ -423,9 +488,11 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let lock = lock_dir(dir)?;
     let cfg = Config::load(dir)?;
     let (signer, _) = load_signer(&dd)?;
+    crate::exchange::ensure_keys(&dd, &cfg)?;
+    let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
     let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
     let base_url = cfg.base_url(cfg.listen_addr()?);
-    let state = AppState::new(store, cfg, base_url, dir.to_owned());
+    let state = AppState::new(store, cfg, base_url, dir.to_owned(), xctx);
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
     state.set_mode(mode);
     Ok((state, lock))
@@ -463,6 +530,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         println!("  TLS certificate SHA-256:  {}", init.tls_fingerprint);
     }
     println!("mamori: listening on {} (FHIR base {}/fhir)", running.addr, running.base_url);
+    if let Some(a) = running.as2_addr {
+        println!("mamori: AS2 (mutual TLS) on {a}, endpoint {}", running.state.exchange.as2_url());
+    }
     shutdown_signal().await;
     running.shutdown().await;
     Ok(())

@@ -51,6 +51,7 @@ pub struct Inner {
     pub base_url: String,
     pub metrics: Metrics,
     pub data_dir: PathBuf,
+    pub exchange: Arc<crate::exchange::Ctx>,
 }
 
 impl std::ops::Deref for AppState {
@@ -98,7 +99,13 @@ impl TokenCache {
 }
 
 impl AppState {
-    pub fn new(store: Store, cfg: Config, base_url: String, data_dir: PathBuf) -> AppState {
+    pub fn new(
+        store: Store,
+        cfg: Config,
+        base_url: String,
+        data_dir: PathBuf,
+        exchange: crate::exchange::Ctx,
+    ) -> AppState {
         AppState(Arc::new(Inner {
             events: tokio::sync::broadcast::channel(256).0,
             mode_watch: tokio::sync::watch::channel(String::new()).0,
@@ -109,6 +116,7 @@ impl AppState {
             base_url,
             metrics: Metrics::default(),
             data_dir,
+            exchange: Arc::new(exchange),
         }))
     }
 

@@ -6,31 +6,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::ring as ring_provider;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::keys::{read_secret, KeyError};
 
-/// The cipher suites and groups mamori offers (GL-TLS).
-pub fn provider() -> CryptoProvider {
-    use ring_provider::cipher_suite as cs;
-    use ring_provider::kx_group;
-    CryptoProvider {
-        cipher_suites: vec![
-            cs::TLS13_AES_256_GCM_SHA384,
-            cs::TLS13_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        ],
-        kx_groups: vec![kx_group::SECP256R1, kx_group::SECP384R1],
-        ..ring_provider::default_provider()
-    }
-}
+/// The cipher suites and groups mamori offers (GL-TLS); shared with the
+/// AS2 client.
+pub use mamori_exchange::client::provider;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

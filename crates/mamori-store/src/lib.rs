@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod audit_log;
 pub mod emergency;
 pub mod error;
+pub mod exchange;
 pub mod records;
 pub mod schema;
 pub mod search;

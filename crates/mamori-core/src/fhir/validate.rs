@@ -360,6 +360,9 @@ fn generic(cx: &mut Ctx, v: &Value, path: &str, depth: usize) {
                                 cx.err(&p, m);
                             }
                         }
+                        // Elements named `reference` that are themselves
+                        // References (Consent.provision.actor.reference).
+                        None if val.is_object() => generic(cx, val, &p, depth + 1),
                         None => cx.err(&p, "a reference must be a string"),
                     }
                     continue;

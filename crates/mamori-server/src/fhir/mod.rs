@@ -9,7 +9,7 @@ mod audit_event;
 mod bundle;
 mod capability;
 mod read;
-mod write;
+pub mod write;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -90,6 +90,13 @@ pub fn write_step(
     let subject = caller.subject();
     let mode = caller.mode();
     let author = caller.user.name.as_str().to_owned();
+    if let WriteOp::Delete { id } | WriteOp::Update { id, .. } = op {
+        if crate::exchange::partners::is_mirror(rtype.as_str(), id) {
+            return Err(StoreError::Forbidden(format!(
+                "{rtype}/{id} mirrors the partner registry and is read-only; change it through /api/v1/partners"
+            )));
+        }
+    }
     match op {
         WriteOp::Delete { id } => {
             let cur = records::current(ctx.conn, rtype.as_str(), id)?;

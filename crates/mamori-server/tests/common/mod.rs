@@ -54,11 +54,16 @@ impl TestServer {
     }
 
     pub async fn start_with(tag: &str, clock: Option<ManualClock>) -> TestServer {
+        Self::start_cfg(tag, "", clock).await
+    }
+
+    /// With extra configuration (TOML sections appended).
+    pub async fn start_cfg(tag: &str, extra: &str, clock: Option<ManualClock>) -> TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("mamori.toml"),
-            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n",
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n{extra}"),
         )
         .unwrap();
         Self::boot(dir, clock).await
@@ -69,7 +74,9 @@ impl TestServer {
             Some(m) => Arc::new(m.clone()),
             None => Arc::new(SystemClock),
         };
-        let running = start(ServeOptions { data: dir.clone(), listen: None, clock: c }).await.expect("server starts");
+        let running = start(ServeOptions { data: dir.clone(), listen: None, as2_listen: None, clock: c })
+            .await
+            .expect("server starts");
         let base = format!("https://localhost:{}", running.addr.port());
         let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
         let client = reqwest::Client::builder()

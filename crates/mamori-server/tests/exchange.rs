@@ -1,0 +1,657 @@
+//! Exchange with partner institutions (guideline 6.10) over real AS2:
+//! two mamori nodes on loopback with mutual TLS and signed receipts, the
+//! legal basis of a send, and attacks on the AS2 endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mamori_exchange::as2::{self, Disposition, MdnRequest};
+use mamori_exchange::client::{self, ClientIdentity};
+use mamori_exchange::cms::{ContentCipher, Identity, KeyTransport};
+use openssl::x509::X509;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const AS2_CFG: &str =
+    "[exchange]\nlisten = \"127.0.0.1:0\"\nretry_initial_seconds = 1\nretry_max_seconds = 2\nmax_attempts = 3\n";
+
+async fn node(tag: &str, as2_id: &str, extra: &str) -> TestServer {
+    TestServer::start_cfg(tag, &format!("{AS2_CFG}as2_id = \"{as2_id}\"\n{extra}"), None).await
+}
+
+fn terms() -> Value {
+    json!({
+        "sender_side": "送信側機器の障害は送信元病院の情報システム部が対応 / sender's IT department",
+        "path": "インターネット区間は各自の回線契約 / each party's own carrier",
+        "recipient_side": "受信側機器の障害は受信側が対応 / recipient's IT department",
+        "fault_isolation": "双方の連絡窓口が協議して切り分け / both contacts isolate jointly",
+        "stopping": "いずれの当事者も書面連絡で停止できる / either party may stop on written notice",
+        "patient_enquiries": "各施設の患者相談窓口 / each institution's patient desk",
+        "operations_contact": "03-0000-0000"
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn partner_doc(
+    id: &str,
+    as2_id: &str,
+    endpoint: &str,
+    signing: &str,
+    tls_ca: &str,
+    relationship: &str,
+    purposes: &[&str],
+) -> Value {
+    json!({
+        "id": id, "name": format!("Partner {id}"), "as2_id": as2_id, "endpoint": endpoint,
+        "relationship": relationship,
+        "contract": {"reference": format!("C-2026-{id}")},
+        "demarcation": terms(),
+        "network": {"kind": "internet_tls", "secured_by": "institution"},
+        "purposes": purposes,
+        "certificates": {"signing": signing, "encryption": signing, "tls_ca": tls_ca}
+    })
+}
+
+/// Registers `other` at `at` as partner `id`.
+async fn register(at: &TestServer, other: &TestServer, id: &str, relationship: &str, purposes: &[&str]) -> Value {
+    let ident = other.get("/api/v1/exchange/identity", &other.admin).await;
+    assert_eq!(ident.status, 200, "{}", ident.text);
+    let b = &ident.body;
+    let doc = partner_doc(
+        id,
+        b["as2_id"].as_str().unwrap(),
+        b["endpoint"].as_str().unwrap(),
+        b["certificates"]["signing"].as_str().unwrap(),
+        b["certificates"]["tls_ca"].as_str().unwrap(),
+        relationship,
+        purposes,
+    );
+    let r = at.post("/api/v1/partners", &at.admin, doc.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    doc
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn message_state(s: &TestServer, id: &str, want: &str) -> Value {
+    wait_for(&format!("message {id} to be {want}"), || async {
+        let r = s.get(&format!("/api/v1/exchange/messages/{id}"), &s.admin).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        (r.body["state"] == want).then_some(r.body)
+    })
+    .await
+}
+
+/// A physician with a patient (with a shared identifier) and an observation.
+async fn chart(s: &TestServer, doc: &str) -> (String, String, String) {
+    let tok = s.user(doc, &["physician"]).await;
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &tok,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.392.200119.6.102", "value": "06-1234-5678"}],
+                   "name": [{"family": "山田", "given": ["花子"]}], "gender": "female", "birthDate": "1960-04-01"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let p = r.body["id"].as_str().unwrap().to_owned();
+    s.assign(&p, doc).await;
+    let r = s.post("/fhir/Observation", &tok, observation(&p, "8867-4", 72.0)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    (tok, p, r.body["id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_a_referral_with_signed_receipts() {
+    let a = node("xa", "HOSP-A", "").await;
+    let b = node("xb", "CLINIC-B", "").await;
+    register(&a, &b, "1310000002", "third_party", &["referral", "consultation"]).await;
+    register(&b, &a, "1310000001", "third_party", &["referral_reply", "consultation"]).await;
+    let (doc, pa, obs) = chart(&a, "dr-a").await;
+    // The same patient is known at B (same insurance identifier).
+    let clerk_b = b.user("clerk-b", &["clerk"]).await;
+    let r = b
+        .post(
+            "/fhir/Patient",
+            &clerk_b,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.392.200119.6.102", "value": "06-1234-5678"}],
+                   "name": [{"family": "山田", "given": ["花子"]}], "gender": "female", "birthDate": "1960-04-01"}),
+        )
+        .await;
+    let pb = r.body["id"].as_str().unwrap().to_owned();
+
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral",
+                   "documents": [format!("Observation/{obs}")], "note": "心房細動の精査をお願いします。"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["messages"][0]["basis"]["kind"], "implied_consent");
+    let m = message_state(&a, &mid, "delivered").await;
+    let hops: Vec<&str> = m["hops"].as_array().unwrap().iter().map(|h| h["hop"].as_str().unwrap()).collect();
+    assert_eq!(
+        hops,
+        [
+            "accepted",
+            "signed",
+            "encrypted",
+            "handed_to_network",
+            "mdn_received",
+            "mdn_verified",
+            "responsibility_transferred"
+        ]
+    );
+    assert_eq!(m["partner_terms"]["demarcation"]["path"], terms()["path"]);
+    assert_eq!(m["mdn"], "processed");
+
+    // B's ledger has the same message with the same MIC.
+    let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
+    let ins = r.body["messages"].as_array().unwrap();
+    assert_eq!(ins.len(), 1, "{}", r.text);
+    assert_eq!(ins[0]["message_id"], m["message_id"]);
+    assert_eq!(ins[0]["mic"], m["mic"]);
+    assert_eq!(ins[0]["state"], "stored");
+    assert_eq!(ins[0]["partner"], "1310000001");
+    let r = b.get(&format!("/api/v1/exchange/messages/{}", ins[0]["id"].as_str().unwrap()), &b.admin).await;
+    let bh: Vec<&str> = r.body["hops"].as_array().unwrap().iter().map(|h| h["hop"].as_str().unwrap()).collect();
+    assert_eq!(bh, ["received", "decrypted", "verified", "stored", "mdn_issued"]);
+
+    // Filed into B's patient by identifier, as a DocumentReference holding the signed Bundle.
+    let drs =
+        b.count(&format!("SELECT COUNT(*) FROM resources WHERE rtype = 'DocumentReference' AND patient = '{pb}'"));
+    assert_eq!(drs, 1);
+    let body: String = b
+        .db()
+        .query_row("SELECT v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = 'DocumentReference'", [], |r| r.get(0))
+        .unwrap();
+    let dr: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dr["author"][0]["reference"], "Organization/partner-1310000001");
+    use base64::Engine as _;
+    let bundle: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(dr["content"][0]["attachment"]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bundle["type"], "document");
+    assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "Composition");
+    assert!(bundle.to_string().contains("心房細動"));
+    assert!(bundle["entry"].as_array().unwrap().iter().any(|e| e["resource"]["resourceType"] == "Observation"));
+
+    // Both audit trails show it.
+    let sent = a.audits_where("exchange-send");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["patients"], json!([pa]));
+    assert_eq!(sent[0]["basis"], "implied_consent");
+    assert_eq!(a.audits_where("exchange-delivered").len(), 1);
+    let got = b.audits_where("exchange-receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["status"], 200);
+    assert_eq!(got[0]["patients"], json!([pb]));
+
+    // The registry is mirrored read-only in FHIR.
+    let r = a.get("/fhir/Organization/partner-1310000002", &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["name"], "Partner 1310000002");
+    let r = a.get("/fhir/Endpoint/partner-1310000002", &doc).await;
+    assert_eq!(r.body["connectionType"]["code"], "as2");
+    let r = a
+        .put(
+            "/fhir/Organization/partner-1310000002",
+            &a.admin,
+            json!({"resourceType": "Organization", "id": "partner-1310000002", "name": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    // The ledger export for contract reviews.
+    let r = a.raw(Method::GET, "/api/v1/exchange/ledger?format=csv", Some(&a.admin), None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("C-2026-1310000002") && r.text.contains("responsibility_transferred"), "{}", r.text);
+    let r = a.get("/api/v1/exchange/ledger", &doc).await;
+    assert_eq!(r.status, 403);
+
+    // And a reply back, with an asynchronous receipt this time.
+    let r = b.get("/api/v1/partners/1310000001", &b.admin).await;
+    let mut reg = r.body["registration"].clone();
+    reg["profile"] = json!({"mdn": "async", "cipher": "aes-256-gcm", "key_transport": "rsa-oaep-sha256"});
+    let r = b
+        .raw(
+            Method::PUT,
+            "/api/v1/partners/1310000001",
+            Some(&b.admin),
+            Some((reg.to_string(), "application/json")),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let dr_b = b.user("dr-b", &["physician"]).await;
+    b.assign(&pb, "dr-b").await;
+    let r = b
+        .post("/api/v1/exchange/messages", &dr_b, json!({"patient": pb, "recipients": ["1310000001"], "purpose": "referral_reply", "note": "ご紹介ありがとうございました。"}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let rid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&b, &rid, "delivered").await;
+    let hops: Vec<&str> = m["hops"].as_array().unwrap().iter().map(|h| h["hop"].as_str().unwrap()).collect();
+    assert!(hops.contains(&"accepted_by_partner") && hops.contains(&"responsibility_transferred"), "{hops:?}");
+    assert_eq!(m["algorithms"]["cipher"], "aes-256-gcm");
+    // A's async receipt went out through its outbox.
+    wait_for("A's asynchronous MDN to be delivered", || async {
+        let r = a.get("/api/v1/exchange/messages?direction=out", &a.admin).await;
+        r.body["messages"].as_array().unwrap().iter().find(|m| m["kind"] == "mdn" && m["state"] == "delivered").cloned()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_needs_identified_recipients_and_a_legal_basis() {
+    let a = node("xl", "HOSP-A", "").await;
+    let b = node("xm", "CLINIC-B", "").await;
+    register(&a, &b, "1310000002", "third_party", &["referral", "research"]).await;
+    let (doc, pa, obs) = chart(&a, "dr-a").await;
+    let before = a.count("SELECT COUNT(*) FROM exchange_messages");
+    let send = |recipients: Value, purpose: &str, extra: Value| {
+        let mut body = json!({"patient": pa, "recipients": recipients, "purpose": purpose, "documents": [format!("Observation/{obs}")]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // One unknown recipient refuses the whole send (EX-B1d).
+    let r = a
+        .post("/api/v1/exchange/messages", &doc, send(json!(["1310000002", "9999999999"]), "referral", json!({})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("9999999999") && r.text.contains("not an identified partner"), "{}", r.text);
+    // Research is third-party provision without implied consent.
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!(["1310000002"]), "research", json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("explicit consent"), "{}", r.text);
+    // A purpose the contract does not cover.
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!(["1310000002"]), "claims", json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    // Protection of life outside an emergency.
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            send(
+                json!(["1310000002"]),
+                "referral",
+                json!({"basis": "protection_of_life", "justification": "unconscious, transferred for surgery"}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    // Another patient's data in the document.
+    let (_, _, oobs) = chart(&a, "dr-o").await;
+    let r = a
+        .post("/api/v1/exchange/messages", &doc, json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral", "documents": [format!("Observation/{oobs}")]}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    // No access to the patient.
+    let nurse = a.user("nurse-x", &["nurse"]).await;
+    let r = a.post("/api/v1/exchange/messages", &nurse, send(json!(["1310000002"]), "referral", json!({}))).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    // Malformed requests.
+    for bad in [
+        json!({"patient": pa}),
+        json!({"patient": pa, "recipients": [], "purpose": "referral", "note": "x"}),
+        json!({"patient": pa, "recipients": ["1310000002"], "purpose": "gossip", "note": "x"}),
+    ] {
+        let r = a.post("/api/v1/exchange/messages", &doc, bad).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+    }
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), before, "refusals change nothing");
+    assert!(a.audits_where("exchange-send").iter().all(|e| e["status"] != 202));
+
+    // The patient's explicit consent makes research possible...
+    let consent = json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{pa}")},
+        "provision": {"type": "permit", "actor": [{"role": {"text": "recipient"}, "reference": {"reference": "Organization/partner-1310000002"}}],
+                      "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}});
+    let r = a.post("/fhir/Consent", &doc, consent).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!(["1310000002"]), "research", json!({}))).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["messages"][0]["basis"]["kind"], "explicit_consent");
+    // ...and an objection stops even a referral.
+    let deny = json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{pa}")},
+        "provision": {"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}});
+    let r = a.post("/fhir/Consent", &doc, deny).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!(["1310000002"]), "referral", json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("objected"), "{}", r.text);
+
+    // A suspended partner receives nothing.
+    let r = a.post("/api/v1/partners/1310000002/suspend", &a.admin, json!({"reason": "contract under review"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!(["1310000002"]), "research", json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("suspended"), "{}", r.text);
+    // Only admins manage the registry; bad registrations are refused.
+    let r = a.post("/api/v1/partners/1310000002/activate", &doc, json!({"reason": "contract renewed"})).await;
+    assert_eq!(r.status, 403);
+    let mut bad = partner_doc("bad id!", "A B", "http://x", "not a cert", "", "third_party", &[]);
+    bad["demarcation"]["path"] = json!("");
+    let r = a.post("/api/v1/partners", &a.admin, bad).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    for want in ["id:", "as2_id", "endpoint", "demarcation.path", "purposes", "certificates.signing"] {
+        assert!(r.text.contains(want), "{want}: {}", r.text);
+    }
+}
+
+/// A third institution's material, made like mamori makes its own.
+struct Outsider {
+    id: Identity,
+    cert_pem: String,
+    ca_pem: String,
+    tls: ClientIdentity,
+}
+
+fn outsider(name: &str) -> Outsider {
+    use mamori_server::keys;
+    let (ca, ca_key) = keys::exchange_ca(name, 30).unwrap();
+    let (tls, tls_key) = keys::exchange_tls(ca.as_bytes(), ca_key.as_bytes(), name, &["localhost".into()], 30).unwrap();
+    let (cert, key) = keys::institution_identity(name, 30).unwrap();
+    let certs = rustls_pemfile::certs(&mut tls.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let tkey = rustls_pemfile::private_key(&mut tls_key.as_bytes()).unwrap().unwrap();
+    Outsider {
+        id: Identity::from_pem(cert.as_bytes(), key.as_bytes()).unwrap(),
+        cert_pem: cert,
+        ca_pem: ca,
+        tls: ClientIdentity { certs, key: tkey },
+    }
+}
+
+struct Target {
+    url: String,
+    as2_id: String,
+    cert: X509,
+    ca_pem: String,
+}
+
+async fn target(b: &TestServer) -> Target {
+    let r = b.get("/api/v1/exchange/identity", &b.admin).await;
+    Target {
+        url: r.body["endpoint"].as_str().unwrap().to_owned(),
+        as2_id: r.body["as2_id"].as_str().unwrap().to_owned(),
+        cert: X509::from_pem(r.body["certificates"]["encryption"].as_str().unwrap().as_bytes()).unwrap(),
+        ca_pem: r.body["certificates"]["tls_ca"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn message(from: &str, signer: &Identity, t: &Target, mid: &str, payload: &[u8]) -> as2::Outgoing {
+    let signed = as2::sign_payload(signer, "application/fhir+json", "d.json", payload).unwrap();
+    as2::envelope(
+        from,
+        &t.as2_id,
+        mid,
+        "test",
+        "now",
+        &signed,
+        &t.cert,
+        &ContentCipher::Aes256Cbc,
+        &KeyTransport::RsaPkcs1,
+        &MdnRequest { notify_to: from.into(), async_url: None },
+    )
+    .unwrap()
+}
+
+fn doc_bundle() -> Vec<u8> {
+    json!({"resourceType": "Bundle", "type": "document", "entry": [
+        {"fullUrl": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0a11", "resource": {"resourceType": "Composition", "status": "final", "type": {"text": "note"},
+          "date": "2026-11-26", "author": [{"display": "x"}], "title": "t", "subject": {"reference": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0a12"}}},
+        {"fullUrl": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0a12", "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "nobody"}]}}]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn post_as2(o: &Outsider, t: &Target, out: &as2::Outgoing) -> Result<client::Response, client::SendError> {
+    let c = client::client_for(&t.ca_pem, &o.tls, Duration::from_secs(20)).unwrap();
+    client::post(&c, &t.url, out, 1 << 20).await
+}
+
+fn disposition(r: &client::Response, signer: &X509) -> Disposition {
+    let mdn = as2::parse_mdn(&r.headers, &r.body, Some(signer), &[mamori_exchange::cms::Digest::Sha256])
+        .expect("a signed MDN");
+    mdn.report.disposition
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_the_as2_endpoint_are_refused_audited_and_quarantined() {
+    let b = node("xt", "CLINIC-B", "max_message_bytes = 200000\n").await;
+    let t = target(&b).await;
+    let c = outsider("Clinic C");
+    let d = outsider("Clinic D");
+    for (o, id, as2_id) in [(&c, "1310000003", "CLINIC-C"), (&d, "1310000004", "CLINIC-D")] {
+        let r = b
+            .post(
+                "/api/v1/partners",
+                &b.admin,
+                partner_doc(
+                    id,
+                    as2_id,
+                    "https://localhost:1/as2",
+                    &o.cert_pem,
+                    &o.ca_pem,
+                    "third_party",
+                    &["referral"],
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let b_cert = t.cert.clone();
+    let stored = |b: &TestServer| b.count("SELECT COUNT(*) FROM exchange_inbound");
+
+    // A valid message is accepted (and queued for matching: no such patient here).
+    let ok = message("CLINIC-C", &c.id, &t, "m1@c", &doc_bundle());
+    let r = post_as2(&c, &t, &ok).await.unwrap();
+    assert_eq!(
+        disposition(&r, &b_cert),
+        Disposition::Processed,
+        "{}",
+        String::from_utf8_lossy(&r.body).chars().take(900).collect::<String>()
+    );
+    assert_eq!(stored(&b), 1);
+    let r = b.get("/api/v1/exchange/inbound?state=unmatched", &b.admin).await;
+    assert_eq!(r.body["inbound"].as_array().unwrap().len(), 1, "{}", r.text);
+
+    // Replayed Message-ID.
+    let r = post_as2(&c, &t, &ok).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Warning("duplicate-document".into()));
+    // C's TLS certificate, but signed with D's key.
+    let r = post_as2(&c, &t, &message("CLINIC-C", &d.id, &t, "m2@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Error("authentication-failed".into()));
+    // C's TLS certificate claiming to be D.
+    let r = post_as2(&c, &t, &message("CLINIC-D", &d.id, &t, "m3@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Error("authentication-failed".into()));
+    // Tampered ciphertext.
+    let mut tampered = message("CLINIC-C", &c.id, &t, "m4@c", &doc_bundle());
+    let n = tampered.body.len();
+    tampered.body[n - 30] ^= 0x40;
+    let r = post_as2(&c, &t, &tampered).await.unwrap();
+    assert!(
+        matches!(disposition(&r, &b_cert), Disposition::Error(m) if m == "decryption-failed" || m == "authentication-failed")
+    );
+    // Tampered signed content, re-encrypted to B.
+    let signed = as2::sign_payload(&c.id, "application/fhir+json", "d.json", &doc_bundle()).unwrap();
+    let altered = String::from_utf8(signed.entity.clone()).unwrap().replace("nobody", "someone");
+    let der =
+        mamori_exchange::cms::encrypt(altered.as_bytes(), &t.cert, &ContentCipher::Aes256Cbc, &KeyTransport::RsaPkcs1)
+            .unwrap();
+    let mut out = message("CLINIC-C", &c.id, &t, "m5@c", &doc_bundle());
+    out.body = der;
+    let r = post_as2(&c, &t, &out).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Error("authentication-failed".into()));
+    // Unsigned (but encrypted) message.
+    let entity = mamori_exchange::mime::entity(&[("Content-Type", "application/fhir+json")], &doc_bundle());
+    out.body =
+        mamori_exchange::cms::encrypt(&entity, &t.cert, &ContentCipher::Aes256Cbc, &KeyTransport::RsaPkcs1).unwrap();
+    for h in out.headers.iter_mut().filter(|h| h.0 == "Message-ID") {
+        h.1 = "<m6@c>".into();
+    }
+    let r = post_as2(&c, &t, &out).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Error("insufficient-message-security".into()));
+    // Unknown AS2 sender (with a registered TLS identity).
+    let r = post_as2(&c, &t, &message("NOBODY", &c.id, &t, "m7@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &b_cert), Disposition::Error("unknown-trading-partner".into()));
+    // Oversize body.
+    let big = message("CLINIC-C", &c.id, &t, "m8@c", &vec![b' '; 300_000]);
+    let r = post_as2(&c, &t, &big).await.unwrap();
+    assert_eq!(r.status, 413);
+    // Not AS2 at all.
+    let r = post_as2(
+        &c,
+        &t,
+        &as2::Outgoing { headers: vec![("Content-Type".into(), "text/plain".into())], body: b"hello".to_vec() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+
+    // No client certificate, or one from an unregistered CA: no handshake.
+    let stranger = outsider("Stranger");
+    let r = post_as2(&stranger, &t, &ok).await;
+    assert_eq!(r.unwrap_err().segment, client::Segment::PartnerTls);
+    let plain = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert!(plain.post(&t.url).body("x").send().await.is_err());
+    let refused = wait_for("handshake refusals in the audit log", || async {
+        let n = b.audits_where("as2-tls-refused").len();
+        (n >= 2).then_some(json!(n))
+    })
+    .await;
+    assert!(refused.as_u64().unwrap() >= 2);
+
+    // Nothing but the one valid document was stored; everything else was quarantined, audited, alerted.
+    assert_eq!(stored(&b), 1);
+    assert_eq!(b.count("SELECT COUNT(*) FROM resources WHERE rtype = 'DocumentReference'"), 0);
+    let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
+    assert_eq!(q.body["quarantine"].as_array().unwrap().len(), 9, "{}", q.text);
+    let rec = b.audits_where("exchange-receive");
+    assert_eq!(rec.iter().filter(|e| e["status"] == 200).count(), 1);
+    assert_eq!(rec.len(), 10);
+    let alerts = b.get("/api/v1/alerts", &b.admin).await;
+    assert!(
+        alerts.text.contains("authentication-failed") && alerts.text.contains("duplicate-document"),
+        "{}",
+        alerts.text
+    );
+
+    // A person matches the queued document to a patient.
+    let clerk = b.user("clerk", &["clerk"]).await;
+    let p = b.patient(&clerk, "Nobody", "Known").await;
+    let inbound = b.get("/api/v1/exchange/inbound?state=unmatched", &clerk).await;
+    let msg = inbound.body["inbound"][0]["message"].as_str().unwrap().to_owned();
+    assert_eq!(inbound.body["inbound"][0]["summary"]["patient"]["identifier"][0]["value"], "nobody");
+    let r = b.post(&format!("/api/v1/exchange/inbound/{msg}/match"), &clerk, json!({"patient": p})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        b.count(&format!("SELECT COUNT(*) FROM resources WHERE rtype = 'DocumentReference' AND patient = '{p}'")),
+        1
+    );
+    let r = b.post(&format!("/api/v1/exchange/inbound/{msg}/match"), &clerk, json!({"patient": p})).await;
+    assert_eq!(r.status, 412, "{}", r.text);
+    let nurse = b.user("nurse", &["nurse"]).await;
+    let r = b.get("/api/v1/exchange/inbound", &nurse).await;
+    assert_eq!(r.status, 403);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_partner_outages_and_restarts() {
+    let port = free_port();
+    let mut b = TestServer::start_cfg(
+        "xo-b",
+        &format!("[exchange]\nlisten = \"127.0.0.1:{port}\"\nas2_id = \"CLINIC-B\"\n"),
+        None,
+    )
+    .await;
+    let mut a = node("xo-a", "HOSP-A", "").await;
+    register(&a, &b, "1310000002", "third_party", &["referral"]).await;
+    register(&b, &a, "1310000001", "third_party", &["referral"]).await;
+    let (doc, pa, obs) = chart(&a, "dr-a").await;
+    b.stop().await;
+    let r = a
+        .post("/api/v1/exchange/messages", &doc, json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral", "documents": [format!("Observation/{obs}")]}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&a, &mid, "retry").await;
+    assert_eq!(m["failure"]["segment"], "path", "{m}");
+    // A restarts while the partner is down: the message is still there.
+    a.restart().await;
+    let m = a.get(&format!("/api/v1/exchange/messages/{mid}"), &a.admin).await.body;
+    assert!(matches!(m["state"].as_str(), Some("retry" | "queued" | "sending")), "{m}");
+    // The partner comes back on the same address: delivered, once.
+    b.restart().await;
+    let m = message_state(&a, &mid, "delivered").await;
+    assert!(m["attempts"].as_i64().unwrap() >= 2);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1);
+
+    // A partner that never answers: a visible failure, an alert, never dropped silently.
+    let r = a.get("/api/v1/partners/1310000002", &a.admin).await;
+    let mut reg = r.body["registration"].clone();
+    reg["endpoint"] = json!(format!("https://localhost:{}/as2", free_port()));
+    let v = r.body["version"].as_i64().unwrap();
+    let r = a
+        .raw(
+            Method::PUT,
+            "/api/v1/partners/1310000002",
+            Some(&a.admin),
+            Some((reg.to_string(), "application/json")),
+            &[("if-match", &format!("W/\"{v}\""))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral", "note": "再送"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&a, &mid, "failed").await;
+    assert_eq!(m["attempts"], 3);
+    assert_eq!(m["failure"]["segment"], "path");
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_outbox"), 0);
+    let alerts = a.get("/api/v1/alerts", &a.admin).await;
+    assert!(alerts.text.contains("exchange-failed"), "{}", alerts.text);
+    assert_eq!(a.audits_where("exchange-failed").len(), 1);
+}
