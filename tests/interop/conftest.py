@@ -19,10 +19,14 @@ PASSWORD = "Correct horse 42!"
 
 
 class Mamori:
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, extra_args=(), config=""):
         self.data = data
+        self.as2_port = None
+        if config:
+            data.mkdir(parents=True, exist_ok=True)
+            (data / "mamori.toml").write_text(config)
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0"],
+            [BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -36,6 +40,11 @@ class Mamori:
             m = re.match(r"mamori: listening on \S+:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
+                if "--as2-listen" not in extra_args:
+                    break
+            m = re.match(r"mamori: AS2 \(mutual TLS\) on \S+:(\d+)", line)
+            if m:
+                self.as2_port = int(m.group(1))
                 break
         else:
             raise RuntimeError("mamori exited before listening")
@@ -70,14 +79,30 @@ class Mamori:
             self.proc.kill()
 
 
-@pytest.fixture
-def mamori():
-    d = Path(tempfile.mkdtemp(prefix="mamori-py-"))
-    m = Mamori(d / "data")
+def _started(m):
     t = m.login("admin", m.admin_otp)
     r = m.api("POST", "/api/v1/auth/password", t, {"current": m.admin_otp, "new": PASSWORD})
     assert r.status_code == 200, r.text
     m.admin = m.login("admin", PASSWORD)
+    return m
+
+
+@pytest.fixture
+def mamori():
+    d = Path(tempfile.mkdtemp(prefix="mamori-py-"))
+    m = _started(Mamori(d / "data"))
+    yield m
+    m.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mamori_as2():
+    """A mamori server with its AS2 listener (AS2 id MAMORI-H)."""
+    d = Path(tempfile.mkdtemp(prefix="mamori-py-as2-"))
+    cfg = '[exchange]\nas2_id = "MAMORI-H"\nretry_initial_seconds = 1\nretry_max_seconds = 2\nmax_attempts = 3\n'
+    m = _started(Mamori(d / "data", ("--as2-listen", "127.0.0.1:0"), cfg))
+    m.tmp = d
     yield m
     m.stop()
     shutil.rmtree(d, ignore_errors=True)
