@@ -69,9 +69,23 @@ impl Api {
 
     /// Calls with a raw body of the given content type.
     pub async fn call_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<(u16, Value)> {
+        self.call_with(method, path, body, None).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(String, &str)>,
+        if_match: Option<i64>,
+    ) -> Result<(u16, Value)> {
+        let etag = if_match.map(|v| format!("W/\"{v}\""));
         match self {
             Api::Remote { client, base, token } => {
                 let mut rb = client.request(method, format!("{base}{path}")).bearer_auth(token);
+                if let Some(e) = &etag {
+                    rb = rb.header("if-match", e);
+                }
                 if let Some((b, ct)) = body {
                     rb = rb.header("content-type", ct).body(b);
                 }
@@ -84,6 +98,9 @@ impl Api {
                 let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
                 let ct = body.as_ref().map_or("application/json", |(_, c)| *c);
                 let mut req = Request::builder().method(method).uri(path).header("content-type", ct);
+                if let Some(e) = &etag {
+                    req = req.header("if-match", e);
+                }
                 if let Some(ext) = req.extensions_mut() {
                     ext.insert(LocalOperator(format!("OS user {user}")));
                 }
@@ -103,6 +120,12 @@ impl Api {
     /// Calls and fails with the server's message on a non-2xx status.
     pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let (status, v) = self.call(method, path, body).await?;
+        check(status, v)
+    }
+
+    /// Calls with `If-Match: W/"<version>"` (optimistic locking).
+    pub async fn ok_etag(&self, method: Method, path: &str, body: &Value, version: i64) -> Result<Value> {
+        let (status, v) = self.call_with(method, path, Some((body.to_string(), "application/json")), Some(version)).await?;
         check(status, v)
     }
 

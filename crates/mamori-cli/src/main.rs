@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod bcp;
+mod exchange;
 mod witness;
 
 use std::path::PathBuf;
@@ -65,6 +66,12 @@ enum Cmd {
     /// Sealed emergency accounts.
     #[command(subcommand, name = "emergency-accounts")]
     EmergencyAccounts(bcp::AccountsCmd),
+    /// The partner registry (institutions mamori exchanges with).
+    #[command(subcommand)]
+    Partner(exchange::PartnerCmd),
+    /// Exchanges with partners: send, ledger, received documents.
+    #[command(subcommand)]
+    Exchange(exchange::ExchangeCmd),
 }
 
 #[derive(Subcommand)]
@@ -391,6 +398,8 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Cmd::Bcp(c) => bcp::run(c).await?,
         Cmd::EmergencyAccounts(c) => bcp::accounts(c).await?,
+        Cmd::Partner(c) => exchange::partner(c).await?,
+        Cmd::Exchange(c) => exchange::exchange(c).await?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,

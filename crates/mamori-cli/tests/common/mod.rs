@@ -21,15 +21,23 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub struct Proc {
     pub child: Child,
     pub port: u16,
+    pub as2_port: Option<u16>,
     pub admin_password: Option<String>,
 }
 
 /// Starts `mamori serve` on an ephemeral port; waits until it listens.
 pub fn serve(dir: &Path) -> Proc {
+    serve_with(dir, &[])
+}
+
+/// With extra arguments (e.g. `--as2-listen 127.0.0.1:0`).
+pub fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
+    let want_as2 = extra.contains(&"--as2-listen");
     let mut child = Command::new(BIN)
         .args(["serve", "--data"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("MAMORI_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -38,6 +46,8 @@ pub fn serve(dir: &Path) -> Proc {
     let out = child.stdout.take().unwrap();
     let mut reader = BufReader::new(out);
     let mut admin_password = None;
+    let mut port: u16 = 0;
+    let mut as2_port = None;
     let mut line = String::new();
     loop {
         line.clear();
@@ -49,7 +59,16 @@ pub fn serve(dir: &Path) -> Proc {
         }
         if let Some(rest) = line.strip_prefix("mamori: listening on ") {
             let addr = rest.split_whitespace().next().unwrap();
-            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            if want_as2 {
+                continue;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("mamori: AS2 (mutual TLS) on ") {
+            let addr = rest.split([',', ' ']).next().unwrap();
+            as2_port = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
+        }
+        if port != 0 && (!want_as2 || as2_port.is_some()) {
             // Keep draining stdout so the child never blocks on a full pipe.
             std::thread::spawn(move || {
                 let mut sink = String::new();
@@ -57,7 +76,7 @@ pub fn serve(dir: &Path) -> Proc {
                     sink.clear();
                 }
             });
-            return Proc { child, port, admin_password };
+            return Proc { child, port, as2_port, admin_password };
         }
     }
 }

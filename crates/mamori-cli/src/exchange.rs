@@ -1,0 +1,372 @@
+//! `mamori partner ...` and `mamori exchange ...`: the partner registry and
+//! exchanges from the command line (through a running server's API with a
+//! token, or offline on the data directory as the local operator).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use axum::http::Method;
+use base64::Engine as _;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::api::{Api, Target};
+
+#[derive(Subcommand)]
+pub enum PartnerCmd {
+    /// Register a partner from a TOML or JSON file (see docs/example-partner.toml).
+    /// Certificates may be PEM text or paths relative to the file.
+    Add {
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace a partner's registration (a new version) from a file.
+    Update {
+        #[arg(long)]
+        file: PathBuf,
+        /// The version being replaced (optimistic locking).
+        #[arg(long)]
+        version: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List partners, with certificates that expire soon.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a partner's registration, certificates and terms.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop exchanging with a partner (nothing is sent or accepted).
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Resume exchanging with a partner.
+    Activate {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ExchangeCmd {
+    /// This institution's AS2 identity (what partners register); with
+    /// --out, also writes the certificates there as PEM files.
+    Identity {
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a patient's documents to partners (signed, encrypted, AS2).
+    Send {
+        #[arg(long)]
+        patient: String,
+        /// Partner ids (comma-separated); all must be registered and active.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// referral | referral_reply | consultation | testing | claims | research | other
+        #[arg(long)]
+        purpose: String,
+        /// Stored resources to include (Type/id; a Composition becomes the document's).
+        #[arg(long = "doc")]
+        docs: Vec<String>,
+        /// Files to attach: PATH:CONTENT-TYPE[:TITLE].
+        #[arg(long = "attach")]
+        attachments: Vec<String>,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        /// delegation | explicit_consent | implied_consent | protection_of_life
+        #[arg(long)]
+        basis: Option<String>,
+        #[arg(long)]
+        justification: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The exchange ledger.
+    List {
+        /// out | in
+        #[arg(long)]
+        direction: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        partner: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One message with every hop and the partner's terms.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Export the ledger for a contract review.
+    Ledger {
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        partner: Option<String>,
+        /// ndjson | csv
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Received documents (matched, or waiting for a person to match them).
+    Inbound {
+        /// matched | unmatched
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// File a received document into a patient's record.
+    Match {
+        message: String,
+        #[arg(long)]
+        patient: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// What failed verification (kept apart from clinical data).
+    Quarantine {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Reads a registration file (TOML or JSON); certificate values that are
+/// not PEM text are read as files relative to it.
+pub fn read_registration(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?
+    } else {
+        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+        serde_json::to_value(t)?
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(certs) = v.get_mut("certificates").and_then(Value::as_object_mut) {
+        for (k, c) in certs.iter_mut() {
+            if let Some(s) = c.as_str() {
+                if !s.contains("-----BEGIN") {
+                    let p = base.join(s);
+                    let pem = std::fs::read_to_string(&p)
+                        .with_context(|| format!("certificates.{k}: cannot read {}", p.display()))?;
+                    *c = Value::String(pem);
+                }
+            }
+        }
+    }
+    Ok(v)
+}
+
+fn enc(s: &str) -> String {
+    mamori_server::fhir::enc(s)
+}
+
+pub async fn partner(c: PartnerCmd) -> Result<()> {
+    match c {
+        PartnerCmd::Add { file, target } => {
+            let doc = read_registration(&file)?;
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::POST, "/api/v1/partners", Some(&doc)).await?;
+            println!("registered partner {} (version {})", v["id"].as_str().unwrap_or(""), v["version"]);
+        }
+        PartnerCmd::Update { file, version, target } => {
+            let doc = read_registration(&file)?;
+            let id = doc["id"].as_str().context("the file has no id")?.to_owned();
+            let api = Api::connect(&target).await?;
+            let path = format!("/api/v1/partners/{}", enc(&id));
+            let version = match version {
+                Some(v) => v,
+                None => api.ok(Method::GET, &path, None).await?["version"].as_i64().unwrap_or(0),
+            };
+            let v = api.ok_etag(Method::PUT, &path, &doc, version).await?;
+            println!("partner {id} is now version {}", v["version"]);
+        }
+        PartnerCmd::List { target } => {
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::GET, "/api/v1/partners", None).await?;
+            for p in v["partners"].as_array().into_iter().flatten() {
+                let exp = p["expiring_certificates"].as_array().map_or(0, Vec::len);
+                println!(
+                    "{:<14} {:<10} {:<12} {:<16} {}{}",
+                    p["id"].as_str().unwrap_or(""),
+                    p["status"].as_str().unwrap_or(""),
+                    p["relationship"].as_str().unwrap_or(""),
+                    p["as2_id"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    if exp > 0 { format!("  [{exp} certificate(s) expiring]") } else { String::new() }
+                );
+            }
+        }
+        PartnerCmd::Show { id, target } => {
+            let api = Api::connect(&target).await?;
+            let mut v = api.ok(Method::GET, &format!("/api/v1/partners/{}", enc(&id)), None).await?;
+            if let Some(r) = v.get_mut("registration").and_then(|r| r.get_mut("certificates")) {
+                *r = json!("(see certificate details below)");
+            }
+            print(&v);
+        }
+        PartnerCmd::Suspend { id, reason, target } => {
+            let api = Api::connect(&target).await?;
+            api.ok(Method::POST, &format!("/api/v1/partners/{}/suspend", enc(&id)), Some(&json!({"reason": reason}))).await?;
+            println!("exchange with partner {id} suspended");
+        }
+        PartnerCmd::Activate { id, reason, target } => {
+            let api = Api::connect(&target).await?;
+            api.ok(Method::POST, &format!("/api/v1/partners/{}/activate", enc(&id)), Some(&json!({"reason": reason})))
+                .await?;
+            println!("exchange with partner {id} resumed");
+        }
+    }
+    Ok(())
+}
+
+fn attachment(spec: &str) -> Result<Value> {
+    let mut it = spec.splitn(3, ':');
+    let path = it.next().unwrap_or_default();
+    let Some(ct) = it.next() else { bail!("--attach {spec}: expected PATH:CONTENT-TYPE[:TITLE]") };
+    let title = it
+        .next()
+        .map(str::to_owned)
+        .unwrap_or_else(|| Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let data = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    Ok(json!({"content_type": ct, "title": title, "data": base64::engine::general_purpose::STANDARD.encode(data)}))
+}
+
+pub async fn exchange(c: ExchangeCmd) -> Result<()> {
+    match c {
+        ExchangeCmd::Identity { out, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api.ok(Method::GET, "/api/v1/exchange/identity", None).await?;
+            println!("AS2 id:    {}", v["as2_id"].as_str().unwrap_or(""));
+            println!("endpoint:  {}", v["endpoint"].as_str().unwrap_or("(no AS2 listener)"));
+            for group in v["certificate_info"].as_array().into_iter().flatten() {
+                for c in group.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<9}  {}  expires {}  SHA-256 {}",
+                        c["role"].as_str().unwrap_or(""),
+                        c["subject"].as_str().unwrap_or(""),
+                        c["not_after"].as_str().unwrap_or(""),
+                        c["sha256"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir)?;
+                for (name, key) in [("signing.pem", "signing"), ("encryption.pem", "encryption"), ("tls-ca.pem", "tls_ca")] {
+                    std::fs::write(dir.join(name), v["certificates"][key].as_str().unwrap_or(""))?;
+                }
+                println!("wrote signing.pem, encryption.pem and tls-ca.pem to {}", dir.display());
+            }
+        }
+        ExchangeCmd::Send { patient, to, purpose, docs, attachments, title, note, basis, justification, target } => {
+            let atts = attachments.iter().map(|a| attachment(a)).collect::<Result<Vec<_>>>()?;
+            let api = Api::connect(&target).await?;
+            let v = api
+                .ok(
+                    Method::POST,
+                    "/api/v1/exchange/messages",
+                    Some(&json!({"patient": patient, "recipients": to, "purpose": purpose, "documents": docs,
+                                 "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification})),
+                )
+                .await?;
+            for m in v["messages"].as_array().into_iter().flatten() {
+                println!(
+                    "queued {} to {} (Message-ID {}, basis {})",
+                    m["id"].as_str().unwrap_or(""),
+                    m["partner"].as_str().unwrap_or(""),
+                    m["message_id"].as_str().unwrap_or(""),
+                    m["basis"]["kind"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ExchangeCmd::List { direction, state, partner, target } => {
+            let api = Api::connect(&target).await?;
+            let mut q = vec![];
+            for (k, v) in [("direction", direction), ("state", state), ("partner", partner)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            let v = api.ok(Method::GET, &format!("/api/v1/exchange/messages?{}", q.join("&")), None).await?;
+            for m in v["messages"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<3} {:<8} {:<14} {:<12} {}{}",
+                    m["created_at"].as_str().unwrap_or(""),
+                    m["direction"].as_str().unwrap_or(""),
+                    m["kind"].as_str().unwrap_or(""),
+                    m["partner"].as_str().unwrap_or(""),
+                    m["state"].as_str().unwrap_or(""),
+                    m["id"].as_str().unwrap_or(""),
+                    m["failure"]["reason"].as_str().map(|f| format!("  ({f})")).unwrap_or_default()
+                );
+            }
+        }
+        ExchangeCmd::Show { id, target } => {
+            let api = Api::connect(&target).await?;
+            print(&api.ok(Method::GET, &format!("/api/v1/exchange/messages/{}", enc(&id)), None).await?);
+        }
+        ExchangeCmd::Ledger { from, to, partner, format, out, target } => {
+            let api = Api::connect(&target).await?;
+            let mut q = vec![format!("format={}", enc(&format))];
+            for (k, v) in [("from", from), ("to", to), ("partner", partner)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            let v = api.ok(Method::GET, &format!("/api/v1/exchange/ledger?{}", q.join("&")), None).await?;
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
+            let n = text.lines().count().saturating_sub(usize::from(format == "csv"));
+            println!("wrote {n} message(s) to {}", out.display());
+        }
+        ExchangeCmd::Inbound { state, target } => {
+            let api = Api::connect(&target).await?;
+            let q = state.map(|s| format!("?state={}", enc(&s))).unwrap_or_default();
+            print(&api.ok(Method::GET, &format!("/api/v1/exchange/inbound{q}"), None).await?);
+        }
+        ExchangeCmd::Match { message, patient, target } => {
+            let api = Api::connect(&target).await?;
+            let v = api
+                .ok(Method::POST, &format!("/api/v1/exchange/inbound/{}/match", enc(&message)), Some(&json!({"patient": patient})))
+                .await?;
+            println!("filed as {} in Patient/{patient}", v["document"].as_str().unwrap_or(""));
+        }
+        ExchangeCmd::Quarantine { target } => {
+            let api = Api::connect(&target).await?;
+            print(&api.ok(Method::GET, "/api/v1/exchange/quarantine", None).await?);
+        }
+    }
+    Ok(())
+}
