@@ -2,7 +2,10 @@
 //! baseline they are compared with. See docs/benchmarks.md.
 //!
 //!   cargo run --release -p mamori-bench -- fhir [--seconds 10] [--clients 32]
+//!   cargo run --release -p mamori-bench -- exchange [--runs 3] [--clients 4] [--only crypto]
 #![forbid(unsafe_code)]
+
+mod exchange;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,12 +15,12 @@ use anyhow::{bail, Context, Result};
 use mamori_core::time::SystemClock;
 use serde_json::{json, Value};
 
-struct Args {
-    cmd: String,
-    seconds: u64,
-    clients: usize,
-    runs: usize,
-    only: Option<String>,
+pub struct Args {
+    pub cmd: String,
+    pub seconds: u64,
+    pub clients: usize,
+    pub runs: usize,
+    pub only: Option<String>,
 }
 
 fn args() -> Result<Args> {
@@ -44,7 +47,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -511,12 +514,17 @@ fn main() -> Result<()> {
     let a = args()?;
     let mut a = a;
     if a.clients == 0 {
-        a.clients = if a.cmd == "audit" { 256 } else { 32 };
+        a.clients = match a.cmd.as_str() {
+            "audit" => 256,
+            "exchange" => 4,
+            _ => 32,
+        };
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match a.cmd.as_str() {
         "fhir" => rt.block_on(fhir(&a)),
         "audit" => rt.block_on(audit(&a)),
-        _ => bail!("usage: mamori-bench (fhir|audit) [--seconds N] [--clients N] [--runs N]"),
+        "exchange" => rt.block_on(exchange::run(&a)),
+        _ => bail!("usage: mamori-bench (fhir|audit|exchange) [--seconds N] [--clients N] [--runs N]"),
     }
 }

@@ -125,7 +125,8 @@ impl Api {
 
     /// Calls with `If-Match: W/"<version>"` (optimistic locking).
     pub async fn ok_etag(&self, method: Method, path: &str, body: &Value, version: i64) -> Result<Value> {
-        let (status, v) = self.call_with(method, path, Some((body.to_string(), "application/json")), Some(version)).await?;
+        let (status, v) =
+            self.call_with(method, path, Some((body.to_string(), "application/json")), Some(version)).await?;
         check(status, v)
     }
 

@@ -236,7 +236,8 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
         }
         PartnerCmd::Suspend { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(Method::POST, &format!("/api/v1/partners/{}/suspend", enc(&id)), Some(&json!({"reason": reason}))).await?;
+            api.ok(Method::POST, &format!("/api/v1/partners/{}/suspend", enc(&id)), Some(&json!({"reason": reason})))
+                .await?;
             println!("exchange with partner {id} suspended");
         }
         PartnerCmd::Activate { id, reason, target } => {
@@ -281,7 +282,9 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
             }
             if let Some(dir) = out {
                 std::fs::create_dir_all(&dir)?;
-                for (name, key) in [("signing.pem", "signing"), ("encryption.pem", "encryption"), ("tls-ca.pem", "tls_ca")] {
+                for (name, key) in
+                    [("signing.pem", "signing"), ("encryption.pem", "encryption"), ("tls-ca.pem", "tls_ca")]
+                {
                     std::fs::write(dir.join(name), v["certificates"][key].as_str().unwrap_or(""))?;
                 }
                 println!("wrote signing.pem, encryption.pem and tls-ca.pem to {}", dir.display());
@@ -359,7 +362,11 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         ExchangeCmd::Match { message, patient, target } => {
             let api = Api::connect(&target).await?;
             let v = api
-                .ok(Method::POST, &format!("/api/v1/exchange/inbound/{}/match", enc(&message)), Some(&json!({"patient": patient})))
+                .ok(
+                    Method::POST,
+                    &format!("/api/v1/exchange/inbound/{}/match", enc(&message)),
+                    Some(&json!({"patient": patient})),
+                )
                 .await?;
             println!("filed as {} in Patient/{patient}", v["document"].as_str().unwrap_or(""));
         }

@@ -17,7 +17,8 @@ struct Node {
 fn node(tag: &str, as2_id: &str) -> Node {
     let dir = temp_dir(tag);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("mamori.toml"), format!("[exchange]\nas2_id = \"{as2_id}\"\nretry_initial_seconds = 1\n")).unwrap();
+    std::fs::write(dir.join("mamori.toml"), format!("[exchange]\nas2_id = \"{as2_id}\"\nretry_initial_seconds = 1\n"))
+        .unwrap();
     let proc = serve_with(&dir, &["--as2-listen", "127.0.0.1:0"]);
     let c = client(&dir);
     let (admin, doc) = setup(&c, &base(&proc), proc.admin_password.as_deref().unwrap());
@@ -39,7 +40,8 @@ fn registration(at: &Node, other: &Node, id: &str) -> std::path::PathBuf {
     assert_eq!(code, 0, "{out}{err}");
     let endpoint = out.lines().find_map(|l| l.strip_prefix("endpoint:")).unwrap().trim().to_owned();
     let as2_id = out.lines().find_map(|l| l.strip_prefix("AS2 id:")).unwrap().trim().to_owned();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/example-partner.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/example-partner.toml")).unwrap();
     let toml = example
         .replace("id = \"1310000002\"", &format!("id = \"{id}\""))
         .replace("institution_code = \"1310000002\"", &format!("institution_code = \"{id}\""))
@@ -92,7 +94,12 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
         .send()
         .unwrap();
     let p = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_owned();
-    let r = c.post(format!("{ab}/api/v1/care-assignments")).bearer_auth(&a.admin).json(&json!({"patient": p, "user": "dr.k"})).send().unwrap();
+    let r = c
+        .post(format!("{ab}/api/v1/care-assignments"))
+        .bearer_auth(&a.admin)
+        .json(&json!({"patient": p, "user": "dr.k"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201);
     let att = a.dir.join("ecg.txt");
     std::fs::write(&att, "sinus rhythm").unwrap();
@@ -100,7 +107,20 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
     let (code, out, err) = cli(
         &a,
         &a.doc,
-        &["exchange", "send", "--patient", &p, "--to", "1310000002", "--purpose", "referral", "--note", "精査をお願いします", "--attach", &spec],
+        &[
+            "exchange",
+            "send",
+            "--patient",
+            &p,
+            "--to",
+            "1310000002",
+            "--purpose",
+            "referral",
+            "--note",
+            "精査をお願いします",
+            "--attach",
+            &spec,
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("queued") && out.contains("implied_consent"), "{out}");
@@ -126,7 +146,11 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
     // Suspended: nothing more goes out.
     let (code, out, err) = cli(&a, &a.admin, &["partner", "suspend", "1310000002", "--reason", "contract review"]);
     assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = cli(&a, &a.doc, &["exchange", "send", "--patient", &p, "--to", "1310000002", "--purpose", "referral", "--note", "x"]);
+    let (code, _, err) = cli(
+        &a,
+        &a.doc,
+        &["exchange", "send", "--patient", &p, "--to", "1310000002", "--purpose", "referral", "--note", "x"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("suspended"), "{err}");
 

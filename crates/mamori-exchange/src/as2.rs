@@ -72,16 +72,20 @@ pub fn sign_payload(
     if !safe_token(content_type) || !filename.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
         return Err(CmsError::Malformed("content type or file name has characters not allowed in a header".into()));
     }
-    let disposition = format!("attachment; filename=\"{filename}\"");
-    let part1 = mime::entity(
-        &[
-            ("Content-Type", content_type),
-            ("Content-Transfer-Encoding", "binary"),
-            ("Content-Disposition", &disposition),
-        ],
-        payload,
+    // One buffer: the payload is copied once; part 1 is signed in place.
+    let b = mime::boundary(&[payload]);
+    let ct = format!("multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"{b}\"");
+    let part1_headers = format!(
+        "Content-Type: {content_type}\r\nContent-Transfer-Encoding: binary\r\nContent-Disposition: attachment; filename=\"{filename}\"\r\n\r\n"
     );
-    let sig = cms::sign_detached(id, &part1)?;
+    let mut entity = Vec::with_capacity(payload.len() + 8192);
+    entity.extend_from_slice(format!("Content-Type: {ct}\r\n\r\n--{b}\r\n").as_bytes());
+    let start = entity.len();
+    entity.extend_from_slice(part1_headers.as_bytes());
+    entity.extend_from_slice(payload);
+    let part1 = start..entity.len();
+    let sig = cms::sign_detached(id, &entity[part1.clone()])?;
+    let mic = Mic::of(&entity[part1], Digest::Sha256)?;
     let part2 = mime::entity(
         &[
             ("Content-Type", "application/pkcs7-signature; name=\"smime.p7s\"; smime-type=signed-data"),
@@ -90,11 +94,9 @@ pub fn sign_payload(
         ],
         mime::base64_lines(&sig).as_bytes(),
     );
-    let b = mime::boundary(&[payload]);
-    let body = mime::multipart_body(&b, &[&part1, &part2]);
-    let ct = format!("multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"{b}\"");
-    let entity = mime::entity(&[("Content-Type", &ct)], &body);
-    let mic = Mic::of(&part1, Digest::Sha256)?;
+    entity.extend_from_slice(format!("\r\n--{b}\r\n").as_bytes());
+    entity.extend_from_slice(&part2);
+    entity.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
     let payload_sha256 = hex(&Digest::Sha256.hash(payload)?);
     Ok(SignedPayload { entity, mic, payload_sha256 })
 }

@@ -497,26 +497,40 @@ pub fn encrypt(data: &[u8], recipient: &X509, cipher: &ContentCipher, kt: &KeyTr
     let ktri = der::seq(&[&der::small_int(0), &der::seq(&[&issuer, &der::uint(&serial)]), &kalg, &der::octets(&ek)]);
     let ris = der::tlv(der::SET, &[&ktri]);
 
-    // Content encryption.
-    if cipher.is_aead() {
+    // Content encryption. The ciphertext is copied once, into the final
+    // buffer, whose nested headers are computed from the lengths.
+    let (content_type, calg, ct, mac) = if cipher.is_aead() {
         let mut nonce = [0u8; 12];
         openssl::rand::rand_bytes(&mut nonce).map_err(crypto)?;
         let mut tag = [0u8; 16];
         let ct = symm::encrypt_aead(ossl, &cek, Some(&nonce), &[], data, &mut tag).map_err(crypto)?;
         let params = der::seq(&[&der::octets(&nonce), &der::small_int(16)]);
-        let calg = der::seq(&[&der::oid(arcs), &params]);
-        let eci = der::seq(&[&der::oid(ID_DATA), &calg, &der::tlv(der::ctx_prim(0), &[&ct])]);
-        let aed = der::seq(&[&der::small_int(0), &ris, &eci, &der::octets(&tag)]);
-        Ok(der::seq(&[&der::oid(ID_AUTH_ENVELOPED_DATA), &der::tlv(der::ctx_cons(0), &[&aed])]))
+        (ID_AUTH_ENVELOPED_DATA, der::seq(&[&der::oid(arcs), &params]), ct, Some(der::octets(&tag)))
     } else {
         let mut iv = vec![0u8; ossl.iv_len().unwrap_or(16)];
         openssl::rand::rand_bytes(&mut iv).map_err(crypto)?;
         let ct = symm::encrypt(ossl, &cek, Some(&iv), data).map_err(crypto)?;
-        let calg = der::seq(&[&der::oid(arcs), &der::octets(&iv)]);
-        let eci = der::seq(&[&der::oid(ID_DATA), &calg, &der::tlv(der::ctx_prim(0), &[&ct])]);
-        let ed = der::seq(&[&der::small_int(0), &ris, &eci]);
-        Ok(der::seq(&[&der::oid(ID_ENVELOPED_DATA), &der::tlv(der::ctx_cons(0), &[&ed])]))
+        (ID_ENVELOPED_DATA, der::seq(&[&der::oid(arcs), &der::octets(&iv)]), ct, None)
+    };
+    let version = der::small_int(0);
+    let data_oid = der::oid(ID_DATA);
+    let ct_hdr = der::header(der::ctx_prim(0), ct.len());
+    let eci_len = data_oid.len() + calg.len() + ct_hdr.len() + ct.len();
+    let eci_hdr = der::header(der::SEQUENCE, eci_len);
+    let mac = mac.unwrap_or_default();
+    let ed_len = version.len() + ris.len() + eci_hdr.len() + eci_len + mac.len();
+    let ed_hdr = der::header(der::SEQUENCE, ed_len);
+    let explicit_hdr = der::header(der::ctx_cons(0), ed_hdr.len() + ed_len);
+    let type_oid = der::oid(content_type);
+    let ci_len = type_oid.len() + explicit_hdr.len() + ed_hdr.len() + ed_len;
+    let ci_hdr = der::header(der::SEQUENCE, ci_len);
+    let mut out = Vec::with_capacity(ci_hdr.len() + ci_len);
+    for part in [&ci_hdr, &type_oid, &explicit_hdr, &ed_hdr, &version, &ris, &eci_hdr, &data_oid, &calg, &ct_hdr] {
+        out.extend_from_slice(part);
     }
+    out.extend_from_slice(&ct);
+    out.extend_from_slice(&mac);
+    Ok(out)
 }
 
 /// Decrypts an EnvelopedData or AuthEnvelopedData addressed to `id`.

@@ -111,6 +111,14 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
+/// The tag and length octets of a value of `len` bytes.
+pub fn header(tag: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6);
+    out.push(tag);
+    push_len(&mut out, len);
+    out
+}
+
 /// A TLV from its parts.
 pub fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();

@@ -218,13 +218,35 @@ pub fn base64_lines(data: &[u8]) -> String {
     out
 }
 
-/// A random boundary that does not occur in `avoid`.
+/// Whether `needle` occurs in `hay` (first-byte scan, then compare).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else { return true };
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..=hay.len() - needle.len()].iter().position(|&b| b == first) {
+            None => return false,
+            Some(p) => {
+                if hay[i + p..].starts_with(needle) {
+                    return true;
+                }
+                i += p + 1;
+            }
+        }
+    }
+    false
+}
+
+const BOUNDARY_PREFIX: &str = "----=_mamori_";
+
+/// A random boundary (96 random bits) that does not occur in `avoid`.
 pub fn boundary(avoid: &[&[u8]]) -> String {
+    // Content without the fixed prefix cannot contain any of our boundaries.
+    let risky: Vec<&[u8]> = avoid.iter().copied().filter(|a| contains(a, BOUNDARY_PREFIX.as_bytes())).collect();
     loop {
         let mut r = [0u8; 12];
         let _ = openssl::rand::rand_bytes(&mut r);
-        let b = format!("----=_mamori_{}", r.iter().map(|x| format!("{x:02x}")).collect::<String>());
-        if !avoid.iter().any(|a| a.windows(b.len()).any(|w| w == b.as_bytes())) {
+        let b = format!("{BOUNDARY_PREFIX}{}", r.iter().map(|x| format!("{x:02x}")).collect::<String>());
+        if !risky.iter().any(|a| contains(a, b.as_bytes())) {
             return b;
         }
     }
@@ -311,6 +333,17 @@ mod tests {
         assert_eq!(split_multipart(body, "B").unwrap(), vec![&b"\r\n--Bx"[..]]);
         assert!(split_multipart(b"--B\r\nno close", "B").is_err());
         assert!(split_multipart(b"--B--\r\n", "B").is_err());
+    }
+
+    #[test]
+    fn substring_search() {
+        assert!(contains(b"abc----=_mamori_x", b"----=_mamori_"));
+        assert!(!contains(b"abc----=_mamor", b"----=_mamori_"));
+        assert!(contains(b"aab", b"ab"));
+        assert!(!contains(b"", b"a"));
+        assert!(contains(b"x", b""));
+        let b = boundary(&[b"----=_mamori_ inside"]);
+        assert!(b.starts_with("----=_mamori_") && b.len() == 13 + 24);
     }
 
     #[test]

@@ -436,6 +436,7 @@ fn file_document(
     message_id: &str,
     partner: &Partner,
     patient: &str,
+    content_type: &str,
     payload: &[u8],
     summary: &Value,
     author: &str,
@@ -454,7 +455,7 @@ fn file_document(
         "author": [{"reference": format!("Organization/{}", partner.fhir_id()), "display": partner.name}],
         "description": summary.get("title").and_then(Value::as_str).unwrap_or("received document"),
         "content": [{"attachment": {
-            "contentType": "application/fhir+json",
+            "contentType": content_type,
             "data": base64::engine::general_purpose::STANDARD.encode(payload),
             "size": payload.len(),
             "title": summary.get("title").and_then(Value::as_str).unwrap_or("received document"),
@@ -557,7 +558,7 @@ async fn store_accepted(st: &AppState, rec: Inbound, opened: as2::Opened, summar
                 let mut patients = Vec::new();
                 let matched = match &local {
                     Some(pid) => {
-                        let (doc, version) = file_document(w, &id, &rec.message_id, &p, pid, &opened.payload, &summary, "system")?;
+                        let (doc, version) = file_document(w, &id, &rec.message_id, &p, pid, &opened.content_type, &opened.payload, &summary, "system")?;
                         xs::add_hop(w.conn, &id, "stored", "receiver", &json!({"patient": pid, "document": format!("DocumentReference/{doc}"), "matched_by": "identifier"}), w.now)?;
                         let mut c = system_record(&st2, rec.addr.clone(), "create", 201, w.now);
                         c.entity = Some(mamori_audit::event::Entity { rtype: "DocumentReference".into(), id: Some(doc), version: Some(version) });
@@ -898,8 +899,17 @@ async fn match_patient(
                     .ok_or_else(|| StoreError::NotFound(format!("partner {}", m.partner)))?;
                 let p = partner_of(&row)?;
                 let user = c2.user.name.as_str().to_owned();
-                let (doc, version) =
-                    file_document(w, &m2, &m.message_id, &p, &patient, &ib.payload, &ib.summary, &user)?;
+                let (doc, version) = file_document(
+                    w,
+                    &m2,
+                    &m.message_id,
+                    &p,
+                    &patient,
+                    m.content_type.as_deref().unwrap_or("application/octet-stream"),
+                    &ib.payload,
+                    &ib.summary,
+                    &user,
+                )?;
                 xs::add_hop(
                     w.conn,
                     &m2,

@@ -43,6 +43,7 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
         }
         let now = st.store.clock().now();
         let due = st.store.read(move |c| xs::due_outbound(c, now, 8)).await.unwrap_or_default();
+        let busy = !due.is_empty();
         let mut set = tokio::task::JoinSet::new();
         for m in due {
             let st = st.clone();
@@ -54,6 +55,10 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
                 let msg = format!("no receipt (MDN) within the agreed time; last state {}", m.state);
                 finish_failed(&st, &m, Segment::Partner, &msg).await;
             }
+        }
+        if busy {
+            // More may be due at once: look again without waiting.
+            continue;
         }
         tokio::select! {
             _ = stop.changed() => {},
