@@ -205,6 +205,18 @@ pub struct Plan {
     pub rules: BTreeMap<Phase, PhaseRules>,
     #[serde(default)]
     pub break_glass: BreakGlassRules,
+    #[serde(default)]
+    pub registration: RegistrationRules,
+}
+
+/// Registration without the reception desk outside declared emergencies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationRules {
+    /// Departments whose staff may register provisional patients at any
+    /// time (e.g. the emergency room).
+    #[serde(default)]
+    pub always_departments: Vec<String>,
 }
 
 /// One problem in a plan, by location.
@@ -340,6 +352,7 @@ impl Plan {
             checklists: BTreeMap::new(),
             rules: BTreeMap::new(),
             break_glass: BreakGlassRules::default(),
+            registration: RegistrationRules::default(),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bcp;
 pub mod consent;
+pub mod continuity;
 pub mod fhir;
 pub mod ids;
 pub mod mode;

@@ -27,6 +27,10 @@ pub fn router(st: AppState) -> Router {
         .merge(crate::exchange::partners::routes())
         .merge(crate::exchange::send::routes())
         .merge(crate::exchange::inbound::routes())
+        .merge(crate::continuity::registration::routes())
+        .merge(crate::continuity::merge::routes())
+        .merge(crate::continuity::snapshot::routes())
+        .merge(crate::continuity::reconcile::routes())
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })
@@ -75,6 +79,11 @@ async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Res
     }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         h.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if let Some(n) = st.node() {
+        if let Ok(v) = HeaderValue::from_str(&format!("standalone; node={n}")) {
+            h.insert(HeaderName::from_static("mamori-node"), v);
+        }
     }
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

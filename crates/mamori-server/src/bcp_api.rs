@@ -353,7 +353,11 @@ async fn transition(State(st): State<AppState>, caller: Caller, Path(id): Path<i
                     plan.required_items(phase).iter().filter(|i| !ticked.contains(&i.id.as_str())).map(|i| i.id.clone()).collect()
                 };
                 let event = match req.to.as_str() {
-                    "normal" => BcpEvent::ReturnToNormal { checklist_complete: done(Phase::FullRecovery).is_empty(), override_reason: req.override_reason.clone() },
+                    // Open reconciliation tasks (EM-C2) count as an incomplete checklist.
+                    "normal" => BcpEvent::ReturnToNormal {
+                        checklist_complete: done(Phase::FullRecovery).is_empty() && mamori_store::continuity::open_tasks(w.conn)? == 0,
+                        override_reason: req.override_reason.clone(),
+                    },
                     "stand_down" => BcpEvent::StandDown { reason: note.unwrap_or_default().to_owned() },
                     other => BcpEvent::Advance(Phase::parse(other).ok_or_else(|| StoreError::invalid("to", "one of resumption, recovery, full_recovery, normal, stand_down"))?),
                 };

@@ -20,7 +20,59 @@ pub struct Config {
     pub syslog: SyslogSection,
     pub notify: NotifySection,
     pub exchange: ExchangeSection,
+    pub snapshot: SnapshotSection,
     pub log: LogSection,
+}
+
+/// Offline reference snapshots (GL-BACKUP); see docs/snapshots.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSection {
+    /// Where snapshot files are written (relative: inside the data
+    /// directory); point it at removable or write-once media.
+    pub dir: String,
+    /// Take a snapshot automatically this often (hours); 0: only on request.
+    pub every_hours: u64,
+    /// Snapshot files kept in `dir` (older ones are deleted).
+    pub keep: usize,
+    /// Patients with any change in this many days are included...
+    pub activity_days: i64,
+    /// ...with these resource types (current versions)...
+    pub types: Vec<String>,
+    /// ...of which these are limited to the last `recent_days`.
+    pub recent_types: Vec<String>,
+    pub recent_days: i64,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        SnapshotSection {
+            dir: "snapshots".into(),
+            every_hours: 0,
+            keep: 7,
+            activity_days: 30,
+            types: [
+                "Patient",
+                "AllergyIntolerance",
+                "Condition",
+                "MedicationRequest",
+                "MedicationStatement",
+                "Observation",
+                "DocumentReference",
+                "Encounter",
+                "Procedure",
+                "Immunization",
+                "CarePlan",
+                "Flag",
+                "Consent",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            recent_types: ["Observation", "DocumentReference", "Encounter"].iter().map(|s| s.to_string()).collect(),
+            recent_days: 30,
+        }
+    }
 }
 
 /// Exchange with partner institutions over AS2 (guideline 6.10).
@@ -198,6 +250,9 @@ pub struct InstitutionSection {
     /// Local time zone as minutes east of UTC (540 = JST), for per-day
     /// reports and document dates.
     pub utc_offset_minutes: i64,
+    /// This node's short code in provisional patient ids
+    /// (`T-<date>-<node>-<n>`); standalone nodes use their own.
+    pub node: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,7 +302,12 @@ impl Default for AuditSection {
 }
 impl Default for InstitutionSection {
     fn default() -> Self {
-        InstitutionSection { id: String::new(), name: "mamori hospital".into(), utc_offset_minutes: 540 }
+        InstitutionSection {
+            id: String::new(),
+            name: "mamori hospital".into(),
+            utc_offset_minutes: 540,
+            node: "HQ".into(),
+        }
     }
 }
 impl Default for LogSection {
@@ -325,6 +385,17 @@ impl Config {
         }
         if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {
             return Err(ConfigError::Invalid("auth limits must be positive".into()));
+        }
+        if self.snapshot.keep == 0 || self.snapshot.activity_days < 1 || self.snapshot.recent_days < 1 {
+            return Err(ConfigError::Invalid("snapshot.keep, activity_days and recent_days must be positive".into()));
+        }
+        for t in self.snapshot.types.iter().chain(&self.snapshot.recent_types) {
+            if mamori_core::ids::ResourceType::parse(t).is_err() {
+                return Err(ConfigError::Invalid(format!("snapshot: '{t}' is not a FHIR R4 resource type")));
+            }
+        }
+        if !mamori_core::continuity::valid_node(&self.institution.node) {
+            return Err(ConfigError::Invalid("institution.node: 1-12 letters or digits".into()));
         }
         let x = &self.exchange;
         if !x.as2_id.is_empty() && !x.as2_id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {

@@ -10,6 +10,7 @@ pub mod audit_api;
 pub mod bcp_api;
 pub mod breakglass;
 pub mod config;
+pub mod continuity;
 pub mod detect;
 pub mod eaccounts;
 pub mod error;

@@ -331,6 +331,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     // The mode in force is the one the database says.
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
     state.set_mode(mode);
+    load_standalone(&state).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let st = state.clone();
     let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
@@ -339,6 +340,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         tokio::spawn(crate::notify::deliver(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::breakglass::expire(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::exchange::outbox::run(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::continuity::snapshot::schedule(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::detect::run(state.clone(), bg_rx)),
     ];
     let as2_task = as2_listener.map(|(l, _)| {
@@ -495,7 +497,20 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let state = AppState::new(store, cfg, base_url, dir.to_owned(), xctx);
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
     state.set_mode(mode);
+    load_standalone(&state).await?;
     Ok((state, lock))
+}
+
+/// A standalone node knows it is one (its entries are stamped).
+async fn load_standalone(state: &AppState) -> Result<(), ServeError> {
+    let sa = state.store.read(mamori_store::continuity::standalone).await?;
+    if let Some(s) = &sa {
+        tracing::info!(node = %s.node, snapshot = %s.snapshot, "standalone node");
+    }
+    if let Ok(mut g) = state.standalone.write() {
+        *g = sa;
+    }
+    Ok(())
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -530,6 +545,11 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         println!("  TLS certificate SHA-256:  {}", init.tls_fingerprint);
     }
     println!("mamori: listening on {} (FHIR base {}/fhir)", running.addr, running.base_url);
+    if let Some(n) = running.state.node() {
+        println!(
+            "mamori: STANDALONE node {n} (records are stamped with the node; export with `mamori standalone export`)"
+        );
+    }
     if let Some(a) = running.as2_addr {
         println!("mamori: AS2 (mutual TLS) on {a}, endpoint {}", running.state.exchange.as2_url());
     }

@@ -52,6 +52,8 @@ pub struct Inner {
     pub metrics: Metrics,
     pub data_dir: PathBuf,
     pub exchange: Arc<crate::exchange::Ctx>,
+    /// Set when this server is a standalone node started from a snapshot.
+    pub standalone: RwLock<Option<mamori_store::continuity::Standalone>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,7 +119,13 @@ impl AppState {
             metrics: Metrics::default(),
             data_dir,
             exchange: Arc::new(exchange),
+            standalone: RwLock::new(None),
         }))
+    }
+
+    /// The standalone node's id, if this server is one.
+    pub fn node(&self) -> Option<String> {
+        self.standalone.read().ok().and_then(|g| g.as_ref().map(|s| s.node.clone()))
     }
 
     /// Changes the mode in force (after the change committed) and tells
@@ -143,6 +151,8 @@ pub struct RequestMode(pub Mode);
 /// Who is calling, authenticated by a bearer token or session.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The standalone node this server is, if any: new entries are stamped with it.
+    pub node: Option<String>,
     pub user: User,
     pub token_id: String,
     pub declared: Option<String>,
@@ -272,6 +282,7 @@ impl LocalOperator {
             created: mamori_core::time::Timestamp(0),
         };
         Caller {
+            node: None,
             user,
             token_id: "local".into(),
             declared: Some(format!("{} (mamori CLI on the server host)", self.0)),
@@ -320,8 +331,11 @@ impl FromRequestParts<AppState> for Caller {
         let ctx = RequestCtx::from_parts(parts, st.mode.get());
         let secret = bearer(&parts.headers).or_else(|| session_cookie(&parts.headers));
         let reject = |err: ApiError| AuthRejection { err, fhir };
+        let node = st.node();
         if let Some(op) = parts.extensions.get::<LocalOperator>() {
-            return Ok(op.caller(ctx));
+            let mut c = op.caller(ctx);
+            c.node = node;
+            return Ok(c);
         }
         let Some(secret) = secret else {
             // No credentials at all is not an attack; it is not audited.
@@ -351,7 +365,7 @@ impl FromRequestParts<AppState> for Caller {
             st.store.writer().audit(vec![rec]).await.map_err(|e| reject(e.into()))?;
             return Err(reject(ApiError::Unauthorized("invalid, expired or revoked token".into())));
         };
-        let caller = Caller { user: info.user, token_id: info.id, declared: info.declared, ctx };
+        let caller = Caller { node, user: info.user, token_id: info.id, declared: info.declared, ctx };
         // A first-login password must be changed before anything else.
         if caller.user.must_change && !parts.uri.path().starts_with("/api/v1/auth/") {
             return Err(reject(ApiError::Forbidden("password change required: POST /api/v1/auth/password".into())));

@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod audit_log;
+pub mod continuity;
 pub mod emergency;
 pub mod error;
 pub mod exchange;

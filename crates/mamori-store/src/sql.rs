@@ -109,6 +109,12 @@ impl<'a> CellRef<'a> {
             _ => None,
         }
     }
+    pub fn text(&self) -> Option<&'a str> {
+        match self {
+            CellRef::Text(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// One result row.

@@ -462,6 +462,9 @@ pub async fn search_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if t == "Patient" && id == "$merge" {
+        return crate::continuity::merge::fhir_merge(st, caller, headers, body).await;
+    }
     if id != "_search" {
         let now = st.store.clock().now();
         let e = ApiError::MethodNotAllowed("POST to an instance is not supported; use PUT to update".into());

@@ -90,6 +90,10 @@ pub fn write_step(
     let subject = caller.subject();
     let mode = caller.mode();
     let author = caller.user.name.as_str().to_owned();
+    let mut body = body;
+    if let (Some(node), Some(b)) = (&caller.node, body.as_mut()) {
+        crate::continuity::standalone::stamp(b, node);
+    }
     if let WriteOp::Delete { id } | WriteOp::Update { id, .. } = op {
         if crate::exchange::partners::is_mirror(rtype.as_str(), id) {
             return Err(StoreError::Forbidden(format!(

@@ -101,6 +101,31 @@ impl TestServer {
         s
     }
 
+    /// Boots an initialized directory whose admin still has the one-time
+    /// password `otp` (e.g. a standalone node just made from a snapshot).
+    pub async fn boot_otp(dir: PathBuf, otp: &str) -> TestServer {
+        let c: Arc<dyn Clock> = Arc::new(SystemClock);
+        let running = start(ServeOptions { data: dir.clone(), listen: None, as2_listen: None, clock: c })
+            .await
+            .expect("server starts");
+        let base = format!("https://localhost:{}", running.addr.port());
+        let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        let mut s =
+            TestServer { running: Some(running), dir, base, client, admin: String::new(), clock: None, owns_dir: true };
+        let tok = s.login("admin", otp).await;
+        let r = s
+            .req(Method::POST, "/api/v1/auth/password", Some(&tok), Some(json!({"current": otp, "new": PASSWORD})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        s.admin = s.login("admin", PASSWORD).await;
+        s
+    }
+
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
