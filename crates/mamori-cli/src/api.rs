@@ -69,14 +69,20 @@ impl Api {
 
     /// Calls with a raw body of the given content type.
     pub async fn call_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<(u16, Value)> {
-        self.call_with(method, path, body, None).await
+        self.call_with(method, path, body.map(|(b, ct)| (b.into_bytes(), ct)), None).await
+    }
+
+    /// Calls with a binary body; fails with the server's message on a non-2xx status.
+    pub async fn ok_bytes(&self, method: Method, path: &str, body: Vec<u8>, ct: &str) -> Result<Value> {
+        let (status, v) = self.call_with(method, path, Some((body, ct)), None).await?;
+        check(status, v)
     }
 
     async fn call_with(
         &self,
         method: Method,
         path: &str,
-        body: Option<(String, &str)>,
+        body: Option<(Vec<u8>, &str)>,
         if_match: Option<i64>,
     ) -> Result<(u16, Value)> {
         let etag = if_match.map(|v| format!("W/\"{v}\""));
@@ -125,8 +131,9 @@ impl Api {
 
     /// Calls with `If-Match: W/"<version>"` (optimistic locking).
     pub async fn ok_etag(&self, method: Method, path: &str, body: &Value, version: i64) -> Result<Value> {
-        let (status, v) =
-            self.call_with(method, path, Some((body.to_string(), "application/json")), Some(version)).await?;
+        let (status, v) = self
+            .call_with(method, path, Some((body.to_string().into_bytes(), "application/json")), Some(version))
+            .await?;
         check(status, v)
     }
 

@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod bcp;
+mod continuity;
 mod exchange;
 mod witness;
 
@@ -72,6 +73,17 @@ enum Cmd {
     /// Exchanges with partners: send, ledger, received documents.
     #[command(subcommand)]
     Exchange(exchange::ExchangeCmd),
+    /// Offline reference snapshots sealed for custodians.
+    #[command(subcommand)]
+    Snapshot(continuity::SnapshotCmd),
+    /// Run a standalone node from a snapshot (no network), or export what it recorded.
+    Standalone(continuity::StandaloneArgs),
+    /// Bring what standalone nodes recorded into the central system.
+    #[command(subcommand)]
+    Reconcile(continuity::ReconcileCmd),
+    /// Registration without the reception desk, merges.
+    #[command(subcommand)]
+    Patient(continuity::PatientCmd),
 }
 
 #[derive(Subcommand)]
@@ -400,6 +412,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::EmergencyAccounts(c) => bcp::accounts(c).await?,
         Cmd::Partner(c) => exchange::partner(c).await?,
         Cmd::Exchange(c) => exchange::exchange(c).await?,
+        Cmd::Snapshot(c) => continuity::snapshot_cmd(c).await?,
+        Cmd::Standalone(c) => continuity::standalone_cmd(c).await?,
+        Cmd::Reconcile(c) => continuity::reconcile_cmd(c).await?,
+        Cmd::Patient(c) => continuity::patient_cmd(c).await?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,

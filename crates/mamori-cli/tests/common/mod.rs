@@ -32,12 +32,17 @@ pub fn serve(dir: &Path) -> Proc {
 
 /// With extra arguments (e.g. `--as2-listen 127.0.0.1:0`).
 pub fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
-    let want_as2 = extra.contains(&"--as2-listen");
+    let mut args = vec!["serve", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+/// Runs a long-lived `mamori` command that serves (serve, standalone);
+/// waits until it listens.
+pub fn spawn(args: &[&str]) -> Proc {
+    let want_as2 = args.contains(&"--as2-listen");
     let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
+        .args(args)
         .env("MAMORI_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
