@@ -3,8 +3,10 @@
 //!
 //!   cargo run --release -p mamori-bench -- fhir [--seconds 10] [--clients 32]
 //!   cargo run --release -p mamori-bench -- exchange [--runs 3] [--clients 4] [--only crypto]
+//!   cargo run --release -p mamori-bench -- continuity [--runs 1] [--clients PATIENTS]
 #![forbid(unsafe_code)]
 
+mod continuity;
 mod exchange;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -517,6 +519,7 @@ fn main() -> Result<()> {
         a.clients = match a.cmd.as_str() {
             "audit" => 256,
             "exchange" => 4,
+            "continuity" => 10_000,
             _ => 32,
         };
     }
@@ -525,6 +528,7 @@ fn main() -> Result<()> {
         "fhir" => rt.block_on(fhir(&a)),
         "audit" => rt.block_on(audit(&a)),
         "exchange" => rt.block_on(exchange::run(&a)),
-        _ => bail!("usage: mamori-bench (fhir|audit|exchange) [--seconds N] [--clients N] [--runs N]"),
+        "continuity" => rt.block_on(continuity::run(&a)),
+        _ => bail!("usage: mamori-bench (fhir|audit|exchange|continuity) [--seconds N] [--clients N] [--runs N]"),
     }
 }

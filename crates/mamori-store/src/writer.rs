@@ -93,6 +93,13 @@ pub(crate) trait Job: Send {
     fn isolated(&self) -> bool {
         true
     }
+    /// Whether the job runs alone in its own transaction, without a
+    /// savepoint (large jobs: SQLite's in-memory savepoint journal makes
+    /// every statement of a huge savepoint cost time proportional to it).
+    /// If it fails, its whole transaction is rolled back.
+    fn exclusive(&self) -> bool {
+        false
+    }
     /// Runs the job; false when it failed (its savepoint is rolled back).
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
     /// After a rollback: records the failure (e.g. its audit event).
@@ -105,6 +112,7 @@ type FailFn = Box<dyn FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Sen
 
 struct Typed<T, F> {
     isolated: bool,
+    exclusive: bool,
     work: Option<F>,
     on_fail: Option<FailFn>,
     out: Option<Result<T>>,
@@ -118,6 +126,9 @@ where
 {
     fn isolated(&self) -> bool {
         self.isolated
+    }
+    fn exclusive(&self) -> bool {
+        self.exclusive
     }
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
         let Some(work) = self.work.take() else {
@@ -177,10 +188,19 @@ impl Writer {
         std::thread::Builder::new()
             .name("mamori-writer".into())
             .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
+                let mut next: Option<Box<dyn Job>> = None;
+                while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+                    if first.exclusive() {
+                        run_exclusive(conn.as_mut(), clock.as_ref(), &mut state, first);
+                        continue;
+                    }
                     let mut jobs = vec![first];
                     while jobs.len() < MAX_BATCH {
                         match rx.try_recv() {
+                            Ok(j) if j.exclusive() => {
+                                next = Some(j);
+                                break;
+                            }
                             Ok(j) => jobs.push(j),
                             Err(_) => break,
                         }
@@ -205,12 +225,27 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     {
-        self.submit(true, work, on_fail).await
+        self.submit(true, false, work, on_fail).await
+    }
+
+    /// As [`Writer::write`], for a large job: it runs alone in its own
+    /// transaction (all or nothing), after the jobs queued before it.
+    pub async fn write_exclusive<T, F>(
+        &self,
+        work: F,
+        on_fail: impl FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.submit(true, true, work, on_fail).await
     }
 
     async fn submit<T, F>(
         &self,
         isolated: bool,
+        exclusive: bool,
         work: F,
         on_fail: impl FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
     ) -> Result<T>
@@ -219,27 +254,93 @@ impl Writer {
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Typed { isolated, work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
+        let job = Typed { isolated, exclusive, work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
         self.tx.send(Box::new(job)).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("writer stopped before answering".into()))?
     }
 
     /// Appends audit events only (reads, denials, logins).
     pub async fn audit(&self, recs: Vec<AuditRecord>) -> Result<Vec<u64>> {
-        self.submit(false, move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(), |_, _| Ok(()))
-            .await
+        self.submit(
+            false,
+            false,
+            move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(),
+            |_, _| Ok(()),
+        )
+        .await
     }
 
     /// Brings the derived audit indexes up to date (before a query that
     /// uses them).
     pub async fn flush_index(&self) -> Result<()> {
-        self.submit(false, |ctx| ctx.flush_index(), |_, _| Ok(())).await
+        self.submit(false, false, |ctx| ctx.flush_index(), |_, _| Ok(())).await
     }
 
     /// Signs a checkpoint now if the policy says one is due (called by a
     /// timer so that an idle log still gets its time-based checkpoint).
     pub async fn checkpoint_if_due(&self) -> Result<()> {
         self.write(|_ctx| Ok(()), |_, _| Ok(())).await
+    }
+}
+
+/// Runs one exclusive job in its own transaction; on failure the whole
+/// transaction is rolled back and the failure recorded in a new one.
+fn run_exclusive(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut job: Box<dyn Job>) {
+    let snapshot = state.frontier.clone();
+    let snapshot_meta = (state.last_checkpoint, state.appended_since_checkpoint);
+    let index_mark = state.pending_index.mark();
+    let restore = |conn: &mut dyn Conn, state: &mut AuditState| {
+        let _ = conn.batch("ROLLBACK");
+        state.frontier = snapshot.clone();
+        (state.last_checkpoint, state.appended_since_checkpoint) = snapshot_meta;
+        if state.pending_index.mark().1 < index_mark.1 {
+            if let Ok(p) = audit_log::load_pending_index(conn) {
+                state.pending_index = p;
+            }
+        } else {
+            state.pending_index.rollback(index_mark);
+        }
+    };
+    let attempt = (|| -> Result<bool> {
+        conn.batch("BEGIN IMMEDIATE")?;
+        if audit_log::size(conn)? != state.frontier.size() {
+            state.frontier = audit_log::load_frontier(conn)?;
+            state.pending_index = audit_log::load_pending_index(conn)?;
+        }
+        let now = clock.now();
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job.run(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("an exclusive write job panicked; rolled back");
+            false
+        });
+        if ok {
+            conn.batch("COMMIT")?;
+        }
+        Ok(ok)
+    })();
+    match attempt {
+        Ok(true) => job.finish(Ok(())),
+        Ok(false) => {
+            restore(conn, state);
+            let failure = (|| -> Result<()> {
+                conn.batch("BEGIN IMMEDIATE")?;
+                let now = clock.now();
+                job.after_failure(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })?;
+                conn.batch("COMMIT").map_err(StoreError::from)
+            })();
+            if let Err(e) = failure {
+                tracing::error!(error = %e, "could not record a failed exclusive job");
+                restore(conn, state);
+            }
+            job.finish(Ok(()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "exclusive job's commit failed; rolled back");
+            restore(conn, state);
+            job.finish(Err(StoreError::Unavailable(format!("commit failed: {e}"))));
+        }
     }
 }
 

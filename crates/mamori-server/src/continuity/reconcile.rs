@@ -424,7 +424,7 @@ async fn import(State(st): State<AppState>, caller: Caller, body: Body) -> Resul
     let report = st
         .store
         .writer()
-        .write(
+        .write_exclusive(
             move |w| {
                 if cs::import_report(w.conn, &eid)?.is_some() {
                     return Err(StoreError::Duplicate(format!("export {eid} was imported meanwhile")));

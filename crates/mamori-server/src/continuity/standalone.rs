@@ -59,7 +59,7 @@ fn e<T: std::fmt::Display>(x: T) -> ServeError {
 
 /// A node certificate issued by the snapshot key: the centre accepts the
 /// node's exports because custodians opened the snapshot for it.
-fn node_identity(
+pub fn node_identity(
     node: &str,
     institution: &str,
     key_id: &str,
