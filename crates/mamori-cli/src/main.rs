@@ -8,6 +8,7 @@ mod audit;
 mod bcp;
 mod continuity;
 mod exchange;
+mod maintenance;
 mod witness;
 
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ enum Cmd {
         /// /as2); default from mamori.toml `exchange.listen` (off).
         #[arg(long, env = "MAMORI_AS2_LISTEN")]
         as2_listen: Option<String>,
+        /// Remote-maintenance listen address (client certificates); default
+        /// from mamori.toml `maintenance.listen` (off).
+        #[arg(long, env = "MAMORI_MAINT_LISTEN")]
+        maint_listen: Option<String>,
     },
     /// Users and roles.
     #[command(subcommand)]
@@ -84,6 +89,9 @@ enum Cmd {
     /// Registration without the reception desk, merges.
     #[command(subcommand)]
     Patient(continuity::PatientCmd),
+    /// Remote maintenance: vendors, people, windows, approvals, reviews.
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCmd),
 }
 
 #[derive(Subcommand)]
@@ -280,7 +288,10 @@ fn q(s: &str) -> String {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve { data, listen, as2_listen } => {
+        Cmd::Serve { data, listen, as2_listen, maint_listen } => {
+            if let Some(m) = maint_listen {
+                std::env::set_var("MAMORI_MAINTENANCE_LISTEN", m);
+            }
             mamori_server::server::run(mamori_server::server::ServeOptions {
                 data,
                 listen,
@@ -416,6 +427,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Standalone(c) => continuity::standalone_cmd(c).await?,
         Cmd::Reconcile(c) => continuity::reconcile_cmd(c).await?,
         Cmd::Patient(c) => continuity::patient_cmd(c).await?,
+        Cmd::Maintenance(c) => maintenance::run(c).await?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,

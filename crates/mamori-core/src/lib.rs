@@ -11,6 +11,7 @@ pub mod consent;
 pub mod continuity;
 pub mod fhir;
 pub mod ids;
+pub mod maintenance;
 pub mod mode;
 pub mod policy;
 pub mod time;

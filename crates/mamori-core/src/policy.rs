@@ -29,11 +29,22 @@ pub enum Role {
     Admin,
     Auditor,
     BcpDecider,
+    /// A vendor's maintenance person inside an approved window with the
+    /// patient-data scope: read-only (never given to staff accounts).
+    Maintenance,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] =
-        [Role::Physician, Role::Nurse, Role::Pharmacist, Role::Clerk, Role::Admin, Role::Auditor, Role::BcpDecider];
+    pub const ALL: [Role; 8] = [
+        Role::Physician,
+        Role::Nurse,
+        Role::Pharmacist,
+        Role::Clerk,
+        Role::Admin,
+        Role::Auditor,
+        Role::BcpDecider,
+        Role::Maintenance,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Physician => "physician",
@@ -43,6 +54,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Auditor => "auditor",
             Role::BcpDecider => "bcp-decider",
+            Role::Maintenance => "maintenance",
         }
     }
     pub fn parse(s: &str) -> Option<Role> {
@@ -159,6 +171,8 @@ pub enum Basis {
     RoleNotPermitted,
     EmergencyAccountSealed,
     NotStorable,
+    /// A maintenance window with the patient-data scope (read-only).
+    MaintenanceAccess,
 }
 
 impl Basis {
@@ -176,6 +190,7 @@ impl Basis {
             Basis::RoleNotPermitted => "role-not-permitted",
             Basis::EmergencyAccountSealed => "emergency-account-sealed",
             Basis::NotStorable => "not-storable",
+            Basis::MaintenanceAccess => "maintenance-access",
         }
     }
 }
@@ -268,6 +283,14 @@ pub fn decide(subject: &Subject, action: Action, target: Target, mode: &Mode, fa
 
     if subject.kind == SubjectKind::EmergencyAccount && mode.is_normal() {
         return Decision::deny(Basis::EmergencyAccountSealed);
+    }
+    // Maintenance: read-only, and only when the window grants patient data.
+    if subject.has(Role::Maintenance) {
+        return if !action.is_write() && target.rtype != ResourceType::AUDIT_EVENT {
+            Decision::permit(Basis::MaintenanceAccess, PurposeOfUse::SystemAdmin)
+        } else {
+            Decision::deny(Basis::RoleNotPermitted)
+        };
     }
     if action.is_write() && NOT_STORABLE.contains(&rt) {
         return Decision::deny(Basis::NotStorable);

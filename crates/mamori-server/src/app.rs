@@ -31,6 +31,7 @@ pub fn router(st: AppState) -> Router {
         .merge(crate::continuity::merge::routes())
         .merge(crate::continuity::snapshot::routes())
         .merge(crate::continuity::reconcile::routes())
+        .merge(crate::maintenance::routes())
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })
@@ -42,6 +43,24 @@ pub fn router(st: AppState) -> Router {
 pub fn as2_router(st: AppState) -> Router {
     crate::exchange::inbound::as2_routes()
         .fallback(|| async { (StatusCode::NOT_FOUND, "this listener serves POST /as2 only\n") })
+        .layer(middleware::from_fn_with_state(st.clone(), common))
+        .with_state(st)
+}
+
+/// The maintenance listener's router: login and requests, then, behind the
+/// session guard, the scoped operations and read-only FHIR.
+pub fn maint_router(st: AppState) -> Router {
+    let guarded = crate::maintenance::session_routes()
+        .merge(crate::fhir::routes())
+        .layer(middleware::from_fn_with_state(st.clone(), crate::maintenance::guard));
+    crate::maintenance::listener_routes()
+        .merge(guarded)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "not-found", "message": "not available to remote maintenance"})),
+            )
+        })
         .layer(middleware::from_fn_with_state(st.clone(), common))
         .with_state(st)
 }

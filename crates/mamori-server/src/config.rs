@@ -21,7 +21,37 @@ pub struct Config {
     pub notify: NotifySection,
     pub exchange: ExchangeSection,
     pub snapshot: SnapshotSection,
+    pub maintenance: MaintenanceSection,
     pub log: LogSection,
+}
+
+/// Remote maintenance (docs/maintenance.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSection {
+    /// Listen address of the maintenance listener (client certificates from
+    /// mamori's maintenance CA); empty: no remote maintenance.
+    pub listen: String,
+    /// Approvals a maintenance window needs (1 or 2), not counting the requester.
+    pub approvals: u8,
+    /// Longest window, in hours.
+    pub max_window_hours: i64,
+    /// A closed window must be reviewed within this many hours.
+    pub review_due_hours: i64,
+    /// Validity of maintenance client certificates, in days.
+    pub cert_days: u32,
+}
+
+impl Default for MaintenanceSection {
+    fn default() -> Self {
+        MaintenanceSection {
+            listen: String::new(),
+            approvals: 1,
+            max_window_hours: 12,
+            review_due_hours: 72,
+            cert_days: 90,
+        }
+    }
 }
 
 /// Offline reference snapshots (GL-BACKUP); see docs/snapshots.md.
@@ -385,6 +415,13 @@ impl Config {
         }
         if self.auth.max_failed_logins == 0 || self.auth.login_ttl_minutes <= 0 || self.auth.api_token_ttl_hours <= 0 {
             return Err(ConfigError::Invalid("auth limits must be positive".into()));
+        }
+        let m = &self.maintenance;
+        if !m.listen.is_empty() && m.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!("maintenance.listen '{}' is not an address:port", m.listen)));
+        }
+        if !(1..=2).contains(&m.approvals) || m.max_window_hours < 1 || m.review_due_hours < 1 || m.cert_days < 1 {
+            return Err(ConfigError::Invalid("maintenance: approvals 1 or 2; hours and days positive".into()));
         }
         if self.snapshot.keep == 0 || self.snapshot.activity_days < 1 || self.snapshot.recent_days < 1 {
             return Err(ConfigError::Invalid("snapshot.keep, activity_days and recent_days must be positive".into()));

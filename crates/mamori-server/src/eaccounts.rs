@@ -139,7 +139,9 @@ async fn provision(State(st): State<AppState>, caller: Caller, body: Body) -> R 
         }
         let mut roles = Vec::new();
         for r in &req.roles {
-            let role = Role::parse(r).ok_or_else(|| ApiError::bad("roles", format!("unknown role '{r}'")))?;
+            let role = Role::parse(r)
+                .filter(|r| *r != Role::Maintenance)
+                .ok_or_else(|| ApiError::bad("roles", format!("unknown role '{r}'")))?;
             if !role.is_clinical() {
                 return Err(ApiError::bad(
                     "roles",

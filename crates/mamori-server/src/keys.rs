@@ -155,10 +155,15 @@ pub fn institution_identity(cn: &str, days: u32) -> Result<(String, Zeroizing<St
 /// issues the certificate of the AS2 endpoint and client. Partners import
 /// its certificate as this institution's TLS CA.
 pub fn exchange_ca(org: &str, days: u32) -> Result<(String, Zeroizing<String>), KeyError> {
+    named_ca(&format!("{org} exchange CA"), org, days)
+}
+
+/// A self-signed ECDSA P-256 CA (pathlen 0) named `cn`.
+pub fn named_ca(cn: &str, org: &str, days: u32) -> Result<(String, Zeroizing<String>), KeyError> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
     let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::COMMONNAME, &format!("{org} exchange CA"))?;
+    name.append_entry_by_nid(Nid::COMMONNAME, cn)?;
     name.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
     let name = name.build();
     let mut b = X509::builder()?;
@@ -227,6 +232,50 @@ pub fn exchange_tls(
         String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
     );
     Ok((cert, key_pem))
+}
+
+/// A client certificate for a maintenance person, issued by the
+/// maintenance CA: (certificate PEM, key PEM, SHA-256 hex, serial hex, not-after unix).
+pub fn client_cert(
+    ca_cert_pem: &[u8],
+    ca_key_pem: &[u8],
+    cn: &str,
+    org: &str,
+    days: u32,
+) -> Result<(String, Zeroizing<String>, String, String, i64), KeyError> {
+    let ca = X509::from_pem(ca_cert_pem)?;
+    let ca_key = PKey::private_key_from_pem(ca_key_pem)?;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, cn)?;
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let sn = serial()?;
+    let serial_hex = sn.to_bn()?.to_hex_str()?.to_string();
+    b.set_serial_number(&sn)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(ca.subject_name())?;
+    b.set_pubkey(&key)?;
+    b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    let na = Asn1Time::days_from_now(days)?;
+    b.set_not_after(&na)?;
+    b.append_extension(BasicConstraints::new().critical().build()?)?;
+    b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
+    b.sign(&ca_key, MessageDigest::sha256())?;
+    let cert = b.build();
+    let sha: String = cert.digest(MessageDigest::sha256())?.iter().map(|x| format!("{x:02x}")).collect();
+    let epoch = Asn1Time::from_unix(0)?;
+    let d = epoch.diff(&na)?;
+    let not_after = i64::from(d.days) * 86_400 + i64::from(d.secs);
+    let pem = String::from_utf8(cert.to_pem()?).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let key_pem = Zeroizing::new(
+        String::from_utf8(key.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Generate(e.to_string()))?,
+    );
+    Ok((pem, key_pem, sha, serial_hex, not_after))
 }
 
 /// PEM-wraps DER bytes.

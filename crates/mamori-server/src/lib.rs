@@ -17,6 +17,7 @@ pub mod error;
 pub mod exchange;
 pub mod fhir;
 pub mod keys;
+pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

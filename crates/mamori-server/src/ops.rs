@@ -84,12 +84,23 @@ fn user_json(u: &accounts::User) -> Value {
 fn parse_roles(roles: &[String]) -> Result<Vec<Role>, ApiError> {
     let mut out = Vec::new();
     for r in roles {
+        if r == Role::Maintenance.as_str() {
+            return Err(ApiError::bad(
+                "roles",
+                "maintenance people have their own accounts: /api/v1/maintenance/people",
+            ));
+        }
         out.push(Role::parse(r).ok_or_else(|| {
             ApiError::bad(
                 "roles",
                 format!(
                     "unknown role '{r}'; known: {}",
-                    Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    Role::ALL
+                        .iter()
+                        .filter(|r| **r != Role::Maintenance)
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?);

@@ -248,6 +248,8 @@ pub struct ServeOptions {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The maintenance listener's address, if it runs.
+    pub maint_addr: Option<SocketAddr>,
     /// The AS2 listener's address, if it runs.
     pub as2_addr: Option<SocketAddr>,
     pub base_url: String,
@@ -289,8 +291,20 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     }
     let (signer, _) = load_signer(&dd)?;
     crate::exchange::ensure_keys(&dd, &cfg)?;
+    crate::maintenance::ensure_ca(&dd, &cfg.institution.name)?;
     let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
     let store = Store::open(&store_config(&dd, &cfg)?, opts.clock.clone(), signer)?;
+    let maint_cfg = if cfg.maintenance.listen.is_empty() {
+        None
+    } else {
+        let roots = tls::load_certs(&dd.0.join(crate::maintenance::CA_CERT))?;
+        Some(tls::mtls_server_config(
+            &dd.resolve(&cfg.tls.cert),
+            &dd.resolve(&cfg.tls.key),
+            &cfg.tls.min_version,
+            roots,
+        )?)
+    };
     let tls_cfg = tls::server_config(&dd.resolve(&cfg.tls.cert), &dd.resolve(&cfg.tls.key), &cfg.tls.min_version)?;
     let listen = cfg.listen_addr()?;
     let listener = TcpListener::bind(listen).await.map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
@@ -305,6 +319,17 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         Some((l, a))
     };
     let as2_addr = as2_listener.as_ref().map(|(_, a)| *a);
+    let maint_listener = match &maint_cfg {
+        None => None,
+        Some(_) => {
+            let l = TcpListener::bind(&cfg.maintenance.listen)
+                .await
+                .map_err(|e| ServeError::Listen(cfg.maintenance.listen.clone(), e))?;
+            let a = l.local_addr().map_err(|e| ServeError::Listen(cfg.maintenance.listen.clone(), e))?;
+            Some((l, a))
+        }
+    };
+    let maint_addr = maint_listener.as_ref().map(|(_, a)| *a);
     if let Ok(mut u) = xctx.as2_url.write() {
         *u = cfg.as2_url(as2_addr);
     }
@@ -341,6 +366,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         tokio::spawn(crate::breakglass::expire(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::exchange::outbox::run(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::continuity::snapshot::schedule(state.clone(), bg_rx.clone())),
+        tokio::spawn(crate::maintenance::run(state.clone(), bg_rx.clone())),
         tokio::spawn(crate::detect::run(state.clone(), bg_rx)),
     ];
     let as2_task = as2_listener.map(|(l, _)| {
@@ -355,12 +381,24 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
             accept_loop(st, l, acceptor, app, stop, grace, Listener::As2).await;
         })
     });
+    let maint_task = maint_listener.zip(maint_cfg).map(|((l, _), cfg)| {
+        let st = state.clone();
+        let stop = stop_rx.clone();
+        let app = crate::app::maint_router(st.clone());
+        let acceptor = TlsAcceptor::from(cfg);
+        tokio::spawn(async move {
+            accept_loop(st, l, move || Some(acceptor.clone()), app, stop, grace, Listener::As2).await;
+        })
+    });
     let task = tokio::spawn(async move {
         let app = crate::app::router(st.clone());
         let main_acceptor = TlsAcceptor::from(tls_cfg);
         accept_loop(st.clone(), listener, move || Some(main_acceptor.clone()), app, stop_rx, grace, Listener::Main)
             .await;
         if let Some(t) = as2_task {
+            let _ = t.await;
+        }
+        if let Some(t) = maint_task {
             let _ = t.await;
         }
         let _ = bg_stop.send(true);
@@ -387,7 +425,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         }
         tracing::info!("server stopped");
     });
-    Ok(Running { addr, as2_addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
+    Ok(Running { addr, maint_addr, as2_addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
 }
 
 /// Which listener an accept loop serves.
@@ -491,6 +529,7 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let cfg = Config::load(dir)?;
     let (signer, _) = load_signer(&dd)?;
     crate::exchange::ensure_keys(&dd, &cfg)?;
+    crate::maintenance::ensure_ca(&dd, &cfg.institution.name)?;
     let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
     let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
     let base_url = cfg.base_url(cfg.listen_addr()?);
@@ -553,7 +592,14 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(a) = running.as2_addr {
         println!("mamori: AS2 (mutual TLS) on {a}, endpoint {}", running.state.exchange.as2_url());
     }
-    shutdown_signal().await;
+    if let Some(a) = running.maint_addr {
+        println!("mamori: remote maintenance (client certificates) on {a}");
+    }
+    let st = running.state.clone();
+    tokio::select! {
+        _ = shutdown_signal() => {},
+        _ = st.restart.notified() => tracing::warn!("restart requested by remote maintenance; stopping"),
+    }
     running.shutdown().await;
     Ok(())
 }

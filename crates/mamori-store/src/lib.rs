@@ -17,6 +17,7 @@ pub mod continuity;
 pub mod emergency;
 pub mod error;
 pub mod exchange;
+pub mod maintenance;
 pub mod records;
 pub mod schema;
 pub mod search;

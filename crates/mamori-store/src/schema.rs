@@ -10,6 +10,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0003_emergency", include_str!("../migrations/sqlite/0003_emergency.sql")),
     ("0004_exchange", include_str!("../migrations/sqlite/0004_exchange.sql")),
     ("0005_continuity", include_str!("../migrations/sqlite/0005_continuity.sql")),
+    ("0006_maintenance", include_str!("../migrations/sqlite/0006_maintenance.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

@@ -65,8 +65,14 @@ async fn exclusive_jobs_are_all_or_nothing() {
     assert_eq!(count(&s).await, 20_001);
     // Ordinary jobs around it still work.
     let (a, b) = tokio::join!(
-        s.writer().write(|w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('a', 1)", p![]).map_err(Into::into), |_, _| Ok(())),
-        s.writer().write_exclusive(|w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('b', 1)", p![]).map_err(Into::into), |_, _| Ok(())),
+        s.writer().write(
+            |w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('a', 1)", p![]).map_err(Into::into),
+            |_, _| Ok(())
+        ),
+        s.writer().write_exclusive(
+            |w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('b', 1)", p![]).map_err(Into::into),
+            |_, _| Ok(())
+        ),
     );
     a.unwrap();
     b.unwrap();
