@@ -387,7 +387,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         let app = crate::app::maint_router(st.clone());
         let acceptor = TlsAcceptor::from(cfg);
         tokio::spawn(async move {
-            accept_loop(st, l, move || Some(acceptor.clone()), app, stop, grace, Listener::As2).await;
+            accept_loop(st, l, move || Some(acceptor.clone()), app, stop, grace, Listener::Maintenance).await;
         })
     });
     let task = tokio::spawn(async move {
@@ -435,6 +435,8 @@ enum Listener {
     Main,
     /// AS2 with client certificates; refused handshakes are audited.
     As2,
+    /// Remote maintenance with client certificates; refused handshakes are audited.
+    Maintenance,
 }
 
 async fn accept_loop(
@@ -479,8 +481,13 @@ async fn accept_loop(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            if role == Listener::As2 {
-                                crate::exchange::inbound::audit_handshake_refusal(&st, &refusals, peer, &e.to_string()).await;
+                            let action = match role {
+                                Listener::As2 => Some("as2-tls-refused"),
+                                Listener::Maintenance => Some("maintenance-tls-refused"),
+                                Listener::Main => None,
+                            };
+                            if let Some(action) = action {
+                                crate::exchange::inbound::audit_handshake_refusal(&st, &refusals, peer, &e.to_string(), action).await;
                             }
                             return;
                         }

@@ -194,6 +194,13 @@ async fn remote_maintenance_is_narrow_approved_time_boxed_and_reviewed() {
         .build()
         .unwrap();
     assert!(anon.get(format!("{m}/api/v1/maintenance/ops/db")).bearer_auth(&token).send().await.is_err());
+    for _ in 0..50 {
+        if !s.audits_where("maintenance-tls-refused").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.audits_where("maintenance-tls-refused").len(), 1);
     // Another person's certificate with this token.
     let suzuki = person(&s, "acme.suzuki", &["127.0.0.0/8"]).await;
     let (st, _) =

@@ -963,7 +963,13 @@ async fn quarantine_list(State(st): State<AppState>, caller: Caller) -> Result<R
 pub struct RefusalLimiter(std::sync::Mutex<(i64, u32, u64)>);
 
 /// Audits a refused TLS handshake (no or unknown client certificate).
-pub async fn audit_handshake_refusal(st: &AppState, lim: &RefusalLimiter, peer: std::net::SocketAddr, err: &str) {
+pub async fn audit_handshake_refusal(
+    st: &AppState,
+    lim: &RefusalLimiter,
+    peer: std::net::SocketAddr,
+    err: &str,
+    action: &str,
+) {
     let now = st.store.clock().now();
     let minute = now.secs() / 60;
     let suppressed = {
@@ -978,7 +984,7 @@ pub async fn audit_handshake_refusal(st: &AppState, lim: &RefusalLimiter, peer: 
         }
         std::mem::take(&mut g.2)
     };
-    let mut rec = system_record(st, Some(peer.ip().to_string()), "as2-tls-refused", 401, now);
+    let mut rec = system_record(st, Some(peer.ip().to_string()), action, 401, now);
     rec.agent.user = "anonymous".into();
     rec.agent.kind = "anonymous".into();
     rec.detail = Some(json!({"error": err, "suppressed_since_last": suppressed}));
