@@ -53,6 +53,11 @@ enum Cmd {
         /// from mamori.toml `maintenance.listen` (off).
         #[arg(long, env = "MAMORI_MAINT_LISTEN")]
         maint_listen: Option<String>,
+        /// Seed a synthetic demo hospital (staff, ~50 patients, BCP plan,
+        /// emergency accounts, a partner clinic node) on an empty directory;
+        /// refused on a directory that holds real data.
+        #[arg(long)]
+        demo: bool,
     },
     /// Users and roles.
     #[command(subcommand)]
@@ -288,17 +293,16 @@ fn q(s: &str) -> String {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve { data, listen, as2_listen, maint_listen } => {
+        Cmd::Serve { data, listen, as2_listen, maint_listen, demo } => {
             if let Some(m) = maint_listen {
                 std::env::set_var("MAMORI_MAINTENANCE_LISTEN", m);
             }
-            mamori_server::server::run(mamori_server::server::ServeOptions {
-                data,
-                listen,
-                as2_listen,
-                clock: Arc::new(SystemClock),
-            })
-            .await?;
+            let opts = mamori_server::server::ServeOptions { data, listen, as2_listen, clock: Arc::new(SystemClock) };
+            if demo {
+                mamori_server::demo::run_demo(opts).await?;
+            } else {
+                mamori_server::server::run(opts).await?;
+            }
         }
         Cmd::User(c) => match c {
             UserCmd::Add { name, display, role, department, target } => {

@@ -14,7 +14,21 @@ use serde_json::json;
 
 use crate::state::{AppState, RequestId, RequestMode};
 
+/// The main listener's router: the APIs and the web UI. The API part is
+/// also kept in the state for the UI's in-process calls.
 pub fn router(st: AppState) -> Router {
+    let api = api_router(st.clone());
+    if let Ok(mut g) = st.api_router.write() {
+        *g = Some(api.clone());
+    }
+    let ui = crate::ui::routes()
+        .layer(middleware::from_fn_with_state(st.clone(), crate::ui::security_headers))
+        .layer(middleware::from_fn_with_state(st.clone(), common))
+        .with_state(st);
+    api.merge(ui)
+}
+
+fn api_router(st: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

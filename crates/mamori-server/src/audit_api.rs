@@ -251,6 +251,10 @@ struct ReportQ {
     from: Option<String>,
     to: Option<String>,
     limit: Option<usize>,
+    /// Action names, comma-separated (any of).
+    action: Option<String>,
+    /// A purpose of use code (TREAT, ETREAT, BTG, ...).
+    purpose: Option<String>,
 }
 
 /// A date (local day) or instant; `end` takes the end of a day.
@@ -320,7 +324,23 @@ async fn report(State(st): State<AppState>, caller: Caller, Path(kind): Path<Str
             }
             "denied" => eq.denied = true,
             "daily" => {}
-            other => return Err(ApiError::NotFound(format!("no report '{other}' (patient, user, denied, daily)"))),
+            "search" => {
+                if let Some(p) = q.patient.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+                    let p = p.strip_prefix("Patient/").unwrap_or(p);
+                    mamori_core::ids::PatientId::parse(p).map_err(|e| ApiError::bad("patient", e.to_string()))?;
+                    eq.patient = Some(p.to_owned());
+                }
+                eq.agent = q.user.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
+            }
+            other => {
+                return Err(ApiError::NotFound(format!("no report '{other}' (patient, user, denied, daily, search)")))
+            }
+        }
+        if let Some(a) = q.action.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+            eq.actions = Some(a.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
+        }
+        if let Some(p) = q.purpose.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            eq.purpose = Some(p.to_owned());
         }
         Ok((from, to, eq))
     })();
@@ -347,7 +367,7 @@ async fn report(State(st): State<AppState>, caller: Caller, Path(kind): Path<Str
         .await?;
     let mut a = caller.record("audit-report", 200, st.store.clock().now());
     a.detail = Some(
-        json!({"report": kind, "user": eq.agent, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}),
+        json!({"report": kind, "user": eq.agent, "actions": eq.actions, "purpose": eq.purpose, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}),
     );
     if let Some(p) = &eq.patient {
         a.patients = vec![p.clone()];

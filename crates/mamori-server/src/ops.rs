@@ -338,6 +338,7 @@ async fn me(caller: Caller) -> OpsResult {
     let mut v = user_json(&caller.user);
     v["mode"] = json!(caller.mode().header_value());
     v["token"] = json!(caller.token_id);
+    v["declared"] = json!(caller.declared);
     Ok(Json(v).into_response())
 }
 

@@ -390,11 +390,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
             accept_loop(st, l, move || Some(acceptor.clone()), app, stop, grace, Listener::Maintenance).await;
         })
     });
+    // Built before the listener task starts, so that in-process callers
+    // (the web UI, the demo seeding) find the API router set.
+    let app = crate::app::router(st.clone());
     let task = tokio::spawn(async move {
-        let app = crate::app::router(st.clone());
         let main_acceptor = TlsAcceptor::from(tls_cfg);
         accept_loop(st.clone(), listener, move || Some(main_acceptor.clone()), app, stop_rx, grace, Listener::Main)
             .await;
+        if let Ok(mut g) = st.api_router.write() {
+            g.take();
+        }
         if let Some(t) = as2_task {
             let _ = t.await;
         }

@@ -56,6 +56,9 @@ pub struct Inner {
     pub standalone: RwLock<Option<mamori_store::continuity::Standalone>>,
     /// Asked to stop for a restart (remote maintenance `restart` scope).
     pub restart: tokio::sync::Notify,
+    /// The API router, for the web UI's in-process calls (set by
+    /// [`crate::app::router`], cleared at shutdown to break the cycle).
+    pub api_router: RwLock<Option<axum::Router>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -123,6 +126,7 @@ impl AppState {
             exchange: Arc::new(exchange),
             standalone: RwLock::new(None),
             restart: tokio::sync::Notify::new(),
+            api_router: RwLock::new(None),
         }))
     }
 
@@ -332,7 +336,11 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let fhir = parts.uri.path().starts_with("/fhir");
         let ctx = RequestCtx::from_parts(parts, st.mode.get());
-        let secret = bearer(&parts.headers).or_else(|| session_cookie(&parts.headers));
+        // The session cookie authenticates only the UI's event stream: every
+        // other API call of the UI is made in process with the bearer token,
+        // so a forged cross-site request carrying the cookie gets nowhere.
+        let cookie_ok = parts.method == axum::http::Method::GET && parts.uri.path() == "/api/v1/events";
+        let secret = bearer(&parts.headers).or_else(|| if cookie_ok { session_cookie(&parts.headers) } else { None });
         let reject = |err: ApiError| AuthRejection { err, fhir };
         if let Some(m) = parts.extensions.get::<crate::maintenance::MaintenanceCaller>() {
             return Ok(m.0.clone());

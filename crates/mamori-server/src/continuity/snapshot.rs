@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/snapshots", get(list).post(create_now))
         .route("/api/v1/snapshots/custodians", get(custodians).post(init_custodians))
+        .route("/api/v1/snapshots/{id}/verify", axum::routing::post(verify_one))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -638,6 +639,47 @@ async fn create_now(State(st): State<AppState>, caller: Caller) -> Result<Respon
         Ok(f) => Ok((StatusCode::CREATED, Json(json!(f))).into_response()),
         Err(e) => Err(refuse(&st, &caller, "snapshot-create", e).await),
     }
+}
+
+/// Verifies a listed snapshot file as an outside reader would: structure,
+/// digest, the institution's signature (pinned to this institution's
+/// certificate) and the audit checkpoint (pinned to this log's key).
+async fn verify_one(
+    State(st): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, OpsError> {
+    const ACTION: &str = "snapshot-verify";
+    if !may_see(&caller) {
+        return Err(
+            refuse(&st, &caller, ACTION, ApiError::Forbidden("snapshots are for admins and auditors".into())).await
+        );
+    }
+    let rows = st.store.read(|c| cs::snapshots(c, 10_000)).await?;
+    let Some(row) = rows.into_iter().find(|r| r.id == id) else {
+        return Err(refuse(&st, &caller, ACTION, ApiError::NotFound(format!("snapshot {id}"))).await);
+    };
+    let dd = crate::server::DataDir(st.data_dir.clone());
+    let pin = std::fs::read(dd.0.join("keys/institution.cert.pem"))
+        .ok()
+        .and_then(|p| X509::from_pem(&p).ok())
+        .ok_or_else(|| ApiError::Internal("the institution certificate is unreadable".into()))?;
+    let vkey = std::fs::read_to_string(dd.0.join("keys/audit.vkey"))
+        .map_err(|e| ApiError::Internal(format!("the audit key: {e}")))?;
+    let path = PathBuf::from(&row.file);
+    let started = std::time::Instant::now();
+    let res = tokio::task::spawn_blocking(move || verify_file(&path, Some(&pin), Some(&vkey)))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let (ok, detail) = match &res {
+        Ok(v) => (true, json!({"snapshot": id, "ok": true, "header": v, "seconds": secs})),
+        Err(e) => (false, json!({"snapshot": id, "ok": false, "error": e.to_string(), "seconds": secs})),
+    };
+    let mut rec = caller.record(ACTION, if ok { 200 } else { 422 }, st.store.clock().now());
+    rec.detail = Some(json!({"snapshot": id, "ok": ok, "error": detail.get("error")}));
+    st.store.writer().audit(vec![rec]).await?;
+    Ok(Json(detail).into_response())
 }
 
 async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response, OpsError> {

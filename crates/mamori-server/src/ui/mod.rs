@@ -1,0 +1,355 @@
+//! The web UI (Japanese first, English selectable): server-rendered pages
+//! with a small script of our own for the live mode banner and countdowns.
+//! No CDN, no inline script or style (strict Content-Security-Policy).
+//!
+//! Every action goes through the same HTTP API as any other client: a page
+//! handler calls the API in process, with the user's own session token, so
+//! the same policy decides and the same audit events are written. Forms
+//! carry a CSRF token checked against an HttpOnly, SameSite=Strict cookie.
+
+pub mod admin;
+pub mod audit;
+pub mod bcp;
+pub mod care;
+pub mod exchange;
+pub mod html;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::state::{AppState, PeerAddr, RequestId, SESSION_COOKIE};
+pub use html::{esc, Lang};
+
+pub const CSRF_COOKIE: &str = "mamori_csrf";
+pub const LANG_COOKIE: &str = "mamori_lang";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route(
+            "/ui/static/app.css",
+            get(|| async { static_file("text/css; charset=utf-8", include_str!("static/app.css")) }),
+        )
+        .route(
+            "/ui/static/app.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", include_str!("static/app.js")) }),
+        )
+        .route("/ui/login", get(care::login_page).post(care::login_post))
+        .route("/ui/emergency-login", get(care::emergency_page).post(care::emergency_post))
+        .route("/ui/password", get(care::password_page).post(care::password_post))
+        .route("/ui/logout", post(care::logout))
+        .route("/ui/lang", get(lang_switch))
+        .route("/ui/", get(care::home))
+        .route("/ui/patients", get(care::search))
+        .route("/ui/patients/{id}", get(care::chart))
+        .route("/ui/patients/{id}/break-glass", post(care::break_glass))
+        .route("/ui/register", get(care::register_page).post(care::register_post))
+        .route("/ui/provisional", get(care::provisional))
+        .route("/ui/merge", get(care::merge_page).post(care::merge_post))
+        .merge(bcp::routes())
+        .merge(audit::routes())
+        .merge(exchange::routes())
+        .merge(admin::routes())
+}
+
+fn static_file(ct: &'static str, body: &'static str) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    r
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+pub fn set_cookie(name: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
+    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+    HeaderValue::from_str(&format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}"))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The UI language: the cookie, else Accept-Language, else Japanese.
+pub fn lang_of(headers: &HeaderMap) -> Lang {
+    match cookie(headers, LANG_COOKIE).as_deref() {
+        Some("en") => return Lang::En,
+        Some("ja") => return Lang::Ja,
+        _ => {}
+    }
+    let al = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match al.split(',').next().map(|s| s.trim().to_ascii_lowercase()) {
+        Some(s) if s.starts_with("en") => Lang::En,
+        _ => Lang::Ja,
+    }
+}
+
+async fn lang_switch(
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let to = if q.get("to").map(String::as_str) == Some("en") { "en" } else { "ja" };
+    let back =
+        q.get("back").filter(|b| b.starts_with("/ui/") && !b.contains("//")).cloned().unwrap_or_else(|| "/ui/".into());
+    let mut r = Redirect::to(&back).into_response();
+    r.headers_mut().append(header::SET_COOKIE, set_cookie(LANG_COOKIE, to, Some(365 * 86_400)));
+    let _ = headers;
+    r
+}
+
+/// A new CSRF token.
+pub fn new_csrf() -> String {
+    mamori_audit::merkle::to_hex(&mamori_store::accounts::random_bytes::<16>().unwrap_or_default())
+}
+
+/// Parses an `application/x-www-form-urlencoded` body.
+pub async fn form(body: Body) -> Vec<(String, String)> {
+    let bytes = axum::body::to_bytes(body, 8 << 20).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn field<'a>(f: &'a [(String, String)], k: &str) -> &'a str {
+    f.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str()).unwrap_or("")
+}
+
+pub fn fields<'a>(f: &'a [(String, String)], k: &str) -> Vec<&'a str> {
+    f.iter().filter(|(a, _)| a == k).map(|(_, v)| v.as_str()).collect()
+}
+
+/// An API response as the UI sees it.
+pub struct Api {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Api {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// The server's explanation of a failure.
+    pub fn message(&self) -> String {
+        self.body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| {
+                self.body.get("issue").and_then(Value::as_array).map(|a| {
+                    a.iter().filter_map(|i| i.get("diagnostics").and_then(Value::as_str)).collect::<Vec<_>>().join("; ")
+                })
+            })
+            .unwrap_or_else(|| format!("HTTP {}", self.status))
+    }
+}
+
+/// A logged-in user's page context.
+pub struct Ui {
+    pub st: AppState,
+    pub token: String,
+    pub lang: Lang,
+    pub csrf: String,
+    pub me: Value,
+    pub path: String,
+    peer: Option<PeerAddr>,
+    rid: Option<String>,
+    set_csrf: bool,
+}
+
+impl Ui {
+    pub fn t<'a>(&self, ja: &'a str, en: &'a str) -> &'a str {
+        self.lang.t(ja, en)
+    }
+    pub fn roles(&self) -> Vec<String> {
+        self.me["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect()
+    }
+    pub fn has(&self, role: &str) -> bool {
+        self.roles().iter().any(|r| r == role)
+    }
+    pub fn clinical(&self) -> bool {
+        self.has("physician") || self.has("nurse") || self.has("pharmacist")
+    }
+    /// Calls the API in process as this user.
+    pub async fn api(&self, method: Method, path: &str, body: Option<&Value>) -> Api {
+        call_api(&self.st, Some(&self.token), method, path, body, self.peer, self.rid.as_deref()).await
+    }
+    pub async fn get(&self, path: &str) -> Api {
+        self.api(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> Api {
+        self.api(Method::POST, path, Some(body)).await
+    }
+    /// Checks the CSRF field of a submitted form: `Some(refusal)` if it
+    /// does not match the cookie.
+    pub fn csrf_rejects(&self, f: &[(String, String)]) -> Option<Response> {
+        if !self.csrf.is_empty() && field(f, "csrf") == self.csrf {
+            None
+        } else {
+            Some((StatusCode::FORBIDDEN, "the form has expired; reload the page and try again / フォームの有効期限が切れました。再読み込みしてください").into_response())
+        }
+    }
+    /// A complete page.
+    pub fn page(&self, title: &str, body: &str) -> Response {
+        let mut r = html::layout(self, title, body).into_response();
+        if self.set_csrf {
+            r.headers_mut().append(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &self.csrf, None));
+        }
+        r
+    }
+    pub fn csrf_field(&self) -> String {
+        format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(&self.csrf))
+    }
+}
+
+/// Calls the API router in process.
+pub async fn call_api(
+    st: &AppState,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    peer: Option<PeerAddr>,
+    rid: Option<&str>,
+) -> Api {
+    let Some(router) = st.api_router.read().ok().and_then(|g| g.clone()) else {
+        return Api { status: 503, body: json!({"message": "starting"}) };
+    };
+    let is_fhir = path.starts_with("/fhir");
+    let mut b = axum::http::Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(r) = rid {
+        b = b.header("x-request-id", r);
+    }
+    let ct = if is_fhir { "application/fhir+json" } else { "application/json" };
+    let req = match body {
+        Some(v) => b.header(header::CONTENT_TYPE, ct).body(Body::from(v.to_string())),
+        None => b.body(Body::empty()),
+    };
+    let Ok(mut req) = req else {
+        return Api { status: 500, body: json!({"message": "bad internal request"}) };
+    };
+    if let Some(p) = peer {
+        req.extensions_mut().insert(p);
+    }
+    match router.oneshot(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap_or_default();
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            Api { status, body }
+        }
+        Err(e) => Api { status: 500, body: json!({"message": e.to_string()}) },
+    }
+}
+
+/// Redirects to the login page when there is no valid session.
+pub struct LoginFirst(Response);
+
+impl IntoResponse for LoginFirst {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl FromRequestParts<AppState> for Ui {
+    type Rejection = LoginFirst;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let lang = lang_of(&parts.headers);
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/ui/".into());
+        let to_login = || {
+            let next =
+                if parts.method == Method::GET { format!("?next={}", crate::fhir::enc(&path)) } else { String::new() };
+            LoginFirst(Redirect::to(&format!("/ui/login{next}")).into_response())
+        };
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
+        let peer = parts.extensions.get::<PeerAddr>().copied();
+        let rid = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        let me = call_api(st, Some(&token), Method::GET, "/api/v1/auth/me", None, peer, rid.as_deref()).await;
+        if !me.ok() {
+            return Err(to_login());
+        }
+        if me.body["must_change_password"] == true
+            && !parts.uri.path().starts_with("/ui/password")
+            && parts.uri.path() != "/ui/logout"
+        {
+            return Err(LoginFirst(Redirect::to("/ui/password").into_response()));
+        }
+        let existing = cookie(&parts.headers, CSRF_COOKIE);
+        let set_csrf = existing.is_none();
+        Ok(Ui {
+            st: st.clone(),
+            token,
+            lang,
+            csrf: existing.unwrap_or_else(new_csrf),
+            me: me.body,
+            path,
+            peer,
+            rid,
+            set_csrf,
+        })
+    }
+}
+
+/// The user's display name from `/api/v1/auth/me`.
+pub fn who(me: &Value) -> String {
+    me["display"].as_str().or_else(|| me["name"].as_str()).unwrap_or("").to_owned()
+}
+
+/// Sets the UI's security headers (strict CSP).
+pub async fn security_headers(State(_st): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let is_ui = req.uri().path().starts_with("/ui") || req.uri().path() == "/";
+    let mut r = next.run(req).await;
+    if is_ui {
+        let h = r.headers_mut();
+        h.insert(
+            HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+        );
+    }
+    r
+}
+
+use axum::http::HeaderName;

@@ -1,0 +1,427 @@
+//! The web UI over real HTTPS, as a browser without JavaScript sees it:
+//! login and CSRF, cookies, security headers, output escaping, the
+//! cookie's narrow reach into the API, logout, the language, and the
+//! demo hospital. The JavaScript-driven flows run in headless Chromium
+//! (tests/browser).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{TestServer, PASSWORD};
+use reqwest::redirect::Policy;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A cookie-keeping client that does not follow redirects.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    lang: &'static str,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    set_cookies: Vec<String>,
+    text: String,
+}
+
+impl Page {
+    fn location(&self) -> String {
+        self.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    }
+    fn header(&self, k: &str) -> String {
+        self.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    }
+}
+
+impl Browser {
+    fn new(s: &TestServer) -> Browser {
+        let pem = std::fs::read(s.dir.join("tls/cert.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        Browser { client, base: s.base.clone(), cookies: HashMap::new(), lang: "ja" }
+    }
+
+    async fn send(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let mut rb = self.client.request(method, format!("{}{path}", self.base)).header("accept-language", self.lang);
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rb = rb.header("cookie", c.join("; "));
+        }
+        if let Some(f) = form {
+            rb = rb.form(f);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let set_cookies: Vec<String> =
+            headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        for sc in &set_cookies {
+            let kv = sc.split(';').next().unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            if v.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let text = r.text().await.unwrap();
+        Page { status, headers, set_cookies, text }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Posts a form with the CSRF token of the cookie.
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.cookies.get("mamori_csrf").cloned().unwrap_or_default();
+        let mut f: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+        f.extend_from_slice(fields);
+        self.send(Method::POST, path, Some(&f)).await
+    }
+
+    async fn login(&mut self, user: &str, pw: &str) -> Page {
+        let p = self.get("/ui/login").await;
+        assert_eq!(p.status, 200);
+        self.post("/ui/login", &[("username", user), ("password", pw), ("next", "/ui/")]).await
+    }
+}
+
+#[tokio::test]
+async fn login_sets_strict_cookies_and_pages_carry_strict_headers() {
+    let s = TestServer::start("ui-login").await;
+    s.user("doc", &["physician"]).await;
+    let mut b = Browser::new(&s);
+    let p = b.get("/ui/").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "not logged in: to the login page");
+    assert!(p.location().starts_with("/ui/login?next="), "{}", p.location());
+
+    let p = b.get("/ui/login").await;
+    let csp = p.header("content-security-policy");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(p.text.contains("ユーザー名"), "Japanese by default");
+    let csrf = &p.set_cookies[0];
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(csrf.contains(attr), "{csrf} lacks {attr}");
+    }
+
+    // Wrong password: an explanation, no session.
+    let p = b.post("/ui/login", &[("username", "doc"), ("password", "wrong password 1"), ("next", "/ui/")]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("パスワード") && p.text.contains("違います"), "{}", p.text);
+    assert!(!b.cookies.contains_key("mamori_session"));
+
+    // Without the CSRF token: refused, no session.
+    let mut b2 = Browser::new(&s);
+    let p = b2
+        .send(Method::POST, "/ui/login", Some(&[("username", "doc"), ("password", PASSWORD), ("next", "/ui/")]))
+        .await;
+    assert!(!b2.cookies.contains_key("mamori_session"), "login CSRF: {}", p.status);
+
+    // Right password: a session cookie, strict.
+    let p = b.login("doc", PASSWORD).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.location(), "/ui/");
+    let sess = p.set_cookies.iter().find(|c| c.starts_with("mamori_session=")).expect("session cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(sess.contains(attr), "{sess} lacks {attr}");
+    }
+    let p = b.get("/ui/").await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.header("cache-control"), "no-store", "no clinical page is cached");
+    assert!(p.text.contains("id=\"mode-banner\"") && p.text.contains("通常運用"), "the mode banner is on every page");
+    // An open redirect through `next` is not possible.
+    let mut b3 = Browser::new(&s);
+    b3.get("/ui/login").await;
+    let p =
+        b3.post("/ui/login", &[("username", "doc"), ("password", PASSWORD), ("next", "https://evil.example/")]).await;
+    assert_eq!(p.location(), "/ui/");
+}
+
+#[tokio::test]
+async fn first_login_forces_a_password_change() {
+    let s = TestServer::start("ui-first").await;
+    let r = s.post("/api/v1/users", &s.admin, json!({"name": "newbie", "display": "New", "roles": ["nurse"]})).await;
+    let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
+    let mut b = Browser::new(&s);
+    let p = b.login("newbie", &otp).await;
+    assert_eq!(p.location(), "/ui/password");
+    // Every page leads back to the change until it is done.
+    let p = b.get("/ui/patients").await;
+    assert_eq!(p.location(), "/ui/password");
+    let p = b.get("/ui/password").await;
+    assert_eq!(p.status, 200);
+    // Mismatch and policy failures explain themselves and change nothing.
+    let p = b.post("/ui/password", &[("current", &otp), ("new", "Another pass 77"), ("new2", "Different 77 x")]).await;
+    assert!(p.text.contains("一致しません"), "{}", p.text);
+    let p = b.post("/ui/password", &[("current", &otp), ("new", "short"), ("new2", "short")]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("notice error"));
+    assert_eq!(b.get("/ui/").await.location(), "/ui/password");
+    let p = b.post("/ui/password", &[("current", &otp), ("new", "Another pass 77"), ("new2", "Another pass 77")]).await;
+    assert_eq!(p.location(), "/ui/", "{}", p.text);
+    assert_eq!(b.get("/ui/").await.status, 200);
+    s.login("newbie", "Another pass 77").await;
+}
+
+#[tokio::test]
+async fn hostile_names_are_escaped_everywhere() {
+    let s = TestServer::start("ui-escape").await;
+    let doc = s.user("doc", &["physician"]).await;
+    let evil = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
+    let r = s
+        .post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "name": [{"family": evil, "given": ["'onmouseover='x"]}], "gender": "male"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    s.assign(&id, "doc").await;
+    s.post("/fhir/Observation", &doc, json!({"resourceType": "Observation", "status": "final", "code": {"text": evil},
+        "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": "2026-11-26T09:00:00+09:00", "valueString": evil}))
+        .await;
+    let mut b = Browser::new(&s);
+    b.login("doc", PASSWORD).await;
+    for path in [format!("/ui/patients?q={}", "%3Cscript"), format!("/ui/patients/{id}")] {
+        let p = b.get(&path).await;
+        assert_eq!(p.status, 200, "{path}");
+        assert!(!p.text.contains("<script>alert"), "{path}: raw script in the page");
+        assert!(!p.text.contains("<img src=x"), "{path}: raw tag in the page");
+        assert!(!p.text.contains("'onmouseover='"), "{path}: raw attribute breakout");
+        assert!(p.text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{path}: the name is shown, escaped");
+    }
+}
+
+#[tokio::test]
+async fn break_glass_through_the_ui_is_the_api_decision_audited_the_same_way() {
+    let s = TestServer::start("ui-bg").await;
+    let doc = s.user("doc", &["physician"]).await;
+    let other = s.user("other", &["physician"]).await;
+    let pid = s.patient(&doc, "Kimura", "Aoi").await;
+    s.assign(&pid, "doc").await;
+    let _ = other;
+    let mut b = Browser::new(&s);
+    b.login("other", PASSWORD).await;
+    let p = b.get(&format!("/ui/patients/{pid}")).await;
+    assert_eq!(p.status, 200);
+    assert!(
+        p.text.contains("担当関係がありません") && p.text.contains("break-glass"),
+        "explains the refusal and offers break-glass"
+    );
+
+    // A forged form (no CSRF token) does nothing.
+    let before = s.audits_where("break-glass-start").len();
+    let p = b
+        .send(
+            Method::POST,
+            &format!("/ui/patients/{pid}/break-glass"),
+            Some(&[("reason", "forged request from elsewhere"), ("minutes", "30")]),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.audits_where("break-glass-start").len(), before, "nothing happened");
+
+    // A too-short reason is refused by the API and explained.
+    let p = b.post(&format!("/ui/patients/{pid}/break-glass"), &[("reason", "x"), ("minutes", "30")]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("notice error"), "{}", p.text);
+
+    let p = b
+        .post(
+            &format!("/ui/patients/{pid}/break-glass"),
+            &[("reason", "意識障害で救急搬送、既往歴の確認が必要"), ("minutes", "30")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let p = b.get(&format!("/ui/patients/{pid}")).await;
+    assert!(p.text.contains("class=\"countdown\" data-expires="), "the countdown is shown");
+    assert!(!p.text.contains("担当関係がありません"));
+    let ev = s.audits_where("break-glass-start");
+    let last = ev.last().unwrap();
+    assert_eq!(last["agent"]["user"], "other");
+    assert_eq!(last["status"], 201);
+    assert!(
+        last["agent"]["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1")),
+        "the browser's address is recorded: {last}"
+    );
+}
+
+#[tokio::test]
+async fn the_session_cookie_reaches_only_the_event_stream() {
+    let s = TestServer::start("ui-cookie").await;
+    let doc = s.user("doc", &["physician"]).await;
+    let pid = s.patient(&doc, "Abe", "Rin").await;
+    s.assign(&pid, "doc").await;
+    let mut b = Browser::new(&s);
+    b.login("doc", PASSWORD).await;
+    let cookie = format!("mamori_session={}", b.cookies["mamori_session"]);
+    let h = [("cookie", cookie.as_str())];
+    let r = s.raw(Method::GET, &format!("/fhir/Patient/{pid}"), None, None, &h).await;
+    assert_eq!(r.status, 401, "a cookie does not authenticate FHIR");
+    let r = s
+        .raw(
+            Method::POST,
+            "/api/v1/break-glass",
+            None,
+            Some((json!({"patient": pid, "reason": "cross-site forgery attempt"}).to_string(), "application/json")),
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, 401, "nor a state-changing API call");
+    // The event stream does accept it (EventSource cannot send headers).
+    let resp =
+        s.client.get(format!("{}/api/v1/events", s.base)).header("cookie", cookie.as_str()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_everywhere() {
+    let s = TestServer::start("ui-logout").await;
+    s.user("doc", &["physician"]).await;
+    let mut b = Browser::new(&s);
+    b.login("doc", PASSWORD).await;
+    let token = b.cookies["mamori_session"].clone();
+    assert_eq!(s.get("/api/v1/auth/me", &token).await.status, 200);
+    let p = b.post("/ui/logout", &[]).await;
+    assert_eq!(p.location(), "/ui/login");
+    assert!(!b.cookies.contains_key("mamori_session"), "the cookie is cleared");
+    assert_eq!(s.get("/api/v1/auth/me", &token).await.status, 401, "the token is revoked");
+    let mut again = Browser::new(&s);
+    again.cookies.insert("mamori_session".into(), token);
+    assert_eq!(again.get("/ui/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn english_by_accept_language_or_switch() {
+    let s = TestServer::start("ui-lang").await;
+    s.user("doc", &["physician"]).await;
+    let mut b = Browser::new(&s);
+    b.lang = "en-GB,en;q=0.9";
+    let p = b.get("/ui/login").await;
+    assert!(p.text.contains("User name") && p.text.contains("lang=\"en\""));
+    b.login("doc", PASSWORD).await;
+    assert!(b.get("/ui/").await.text.contains("Normal operation"));
+    let p = b.get("/ui/lang?to=ja&back=/ui/").await;
+    assert_eq!(p.location(), "/ui/");
+    assert!(b.get("/ui/").await.text.contains("通常運用"), "the switch wins over Accept-Language");
+    // The switch does not redirect off-site.
+    assert_eq!(b.get("/ui/lang?to=en&back=//evil.example/").await.location(), "/ui/");
+}
+
+#[tokio::test]
+async fn roles_see_their_screens_and_the_api_still_decides() {
+    let s = TestServer::start("ui-roles").await;
+    s.user("nurse1", &["nurse"]).await;
+    s.user("aud", &["auditor"]).await;
+    let mut n = Browser::new(&s);
+    n.login("nurse1", PASSWORD).await;
+    let home = n.get("/ui/").await;
+    assert!(
+        !home.text.contains("/ui/admin") && !home.text.contains("/ui/audit\""),
+        "no admin or audit links for a nurse"
+    );
+    // Typing the address does not help: the API refuses and the page says so.
+    let p = n.get("/ui/admin/users").await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("notice error"), "{}", p.text);
+    let p = n.get("/ui/audit/search?user=aud").await;
+    assert!(p.text.contains("notice error"));
+    let mut a = Browser::new(&s);
+    a.login("aud", PASSWORD).await;
+    let p = a.get("/ui/audit").await;
+    assert!(
+        p.text.contains("<pre class=\"checkpoint\">") && p.text.contains("<svg class=\"bars\""),
+        "checkpoint and chart"
+    );
+    let p = a.post("/ui/audit/verify", &[]).await;
+    assert!(p.text.contains("notice ok"), "{}", p.text);
+    let p = a.get("/ui/audit/search?user=nurse1&action=audit-report").await;
+    assert!(p.text.contains("audit-report") && p.text.contains("403"), "the nurse's refused attempt is in the log");
+}
+
+#[tokio::test]
+async fn demo_seeds_a_hospital_and_refuses_real_data_directories() {
+    use mamori_core::time::SystemClock;
+    use mamori_server::server::ServeOptions;
+    let dir = common::temp_dir("ui-demo");
+    let opts = |d: &std::path::Path| ServeOptions {
+        data: d.to_owned(),
+        listen: Some("127.0.0.1:0".into()),
+        as2_listen: None,
+        clock: std::sync::Arc::new(SystemClock),
+    };
+    let demo = mamori_server::demo::start_demo(opts(&dir)).await.expect("demo starts");
+    assert!(demo.credentials.iter().any(|c| c.user == "dr.sato"));
+    assert!(demo.credentials.iter().any(|c| c.user.starts_with("em-")), "sealed emergency accounts");
+    let st = demo.main.state.clone();
+    let n = st
+        .store
+        .read(|c| Ok(mamori_store::records::counts(c)?.into_iter().find(|(t, _)| t == "Patient").map_or(0, |x| x.1)))
+        .await
+        .unwrap();
+    assert_eq!(n, 50);
+    let p = mamori_server::demo::op(&st, Method::GET, "/api/v1/partners/demo-clinic", None).await.unwrap();
+    assert_eq!(p["status"], "active");
+    // Every seeded record is marked as test data.
+    let pw = demo.credentials.iter().find(|c| c.user == "dr.sato").unwrap().password.clone();
+    let base = format!("https://localhost:{}", demo.main.addr.port());
+    let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let tok: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "dr.sato", "password": pw}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bundle: Value = client
+        .get(format!("{base}/fhir/Patient/demo-p001/$everything"))
+        .bearer_auth(tok["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = bundle["entry"].as_array().unwrap();
+    assert!(entries.len() > 10, "a coherent chart: {}", entries.len());
+    for e in entries {
+        assert_eq!(e["resource"]["meta"]["security"][0]["code"], "HTEST", "{}", e["resource"]["id"]);
+    }
+    demo.main.shutdown().await;
+    demo.partner.shutdown().await;
+    // A second start reuses the directory without seeding again.
+    let demo = mamori_server::demo::start_demo(opts(&dir)).await.expect("restart");
+    assert!(demo.credentials.is_empty());
+    demo.main.shutdown().await;
+    demo.partner.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A real data directory is refused, and left untouched.
+    let real = TestServer::start("ui-demo-real").await;
+    let dir = real.dir.clone();
+    let mut real = real;
+    real.stop().await;
+    let before = std::fs::metadata(dir.join("mamori.db")).unwrap().len();
+    let e = mamori_server::demo::start_demo(opts(&dir)).await.err().expect("refused");
+    assert!(e.to_string().contains("real (non-demo)"), "{e}");
+    assert_eq!(std::fs::metadata(dir.join("mamori.db")).unwrap().len(), before);
+    assert!(!dir.join("partner-node").exists());
+}
