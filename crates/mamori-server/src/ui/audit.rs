@@ -67,7 +67,17 @@ pub async fn overview(ui: Ui) -> Response {
     let daily = ui.get("/api/v1/audit/reports/daily").await;
     body.push_str(&format!("<h2>{}</h2>", ui.t("日別アクセス数（30日）", "Accesses per day (30 days)")));
     if daily.ok() {
-        let days: Vec<Value> = daily.body["days"].as_array().cloned().unwrap_or_default();
+        // Every day of the period, zero where nothing happened.
+        let have: Vec<Value> = daily.body["days"].as_array().cloned().unwrap_or_default();
+        let now = ui.st.store.clock().now().micros() + ui.st.cfg.institution.utc_offset_minutes * 60_000_000;
+        let days: Vec<Value> = (0..30)
+            .rev()
+            .map(|back| {
+                let (y, m, d) = mamori_core::time::Timestamp(now - back * 86_400_000_000).ymd();
+                let day = format!("{y:04}-{m:02}-{d:02}");
+                have.iter().find(|x| x["day"] == day.as_str()).cloned().unwrap_or_else(|| json!({"day": day, "total": 0, "denied": 0, "break_glass": 0, "emergency": 0}))
+            })
+            .collect();
         body.push_str(&format!(
             "<p>{} <span class=\"legend total\">■</span> {} <span class=\"legend denied\">■</span> {} <span class=\"legend bg\">■</span> {}</p>",
             day_bars(&days),
@@ -83,7 +93,7 @@ pub async fn overview(ui: Ui) -> Response {
             ui.t("緊急アクセス", "Break-glass"),
             ui.t("非常時診療", "Emergency care")
         ));
-        for d in days.iter().rev() {
+        for d in days.iter().rev().filter(|d| d["total"].as_u64().unwrap_or(0) > 0) {
             let hl = if d["denied"].as_u64().unwrap_or(0) > 0 || d["break_glass"].as_u64().unwrap_or(0) > 0 {
                 " class=\"hl\""
             } else {

@@ -245,10 +245,11 @@ fn declare_form(ui: &Ui, plan: &Value) -> String {
             )
         })
         .collect();
-    let causes: String = ["cyber_attack", "disaster", "system_failure", "mass_casualty", "other"]
+    let auto = format!("<option value=\"\">{}</option>", ui.t("基準から自動で判定", "From the criteria"));
+    let causes: String = auto + &["cyber_attack", "disaster", "system_failure", "mass_casualty", "other"]
         .iter()
         .map(|c| format!("<option value=\"{c}\">{}</option>", esc(&cause_name(ui, c))))
-        .collect();
+        .collect::<String>();
     format!(
         r#"<form method="post" action="/ui/bcp/declare" class="card" id="declare">{csrf}
 <h2>{h}</h2><p class="muted">{intro}</p>
@@ -399,7 +400,20 @@ pub async fn declare(ui: Ui, body: Body) -> Response {
         return r;
     }
     let criteria: Vec<&str> = fields(&f, "criteria");
-    let req = json!({"cause": field(&f, "cause"), "criteria": criteria, "reason": field(&f, "reason").trim(), "drill": field(&f, "drill") == "1"});
+    let mut cause = field(&f, "cause").to_owned();
+    if cause.is_empty() {
+        // The cause class of the first criterion ticked.
+        let plan = ui.get("/api/v1/bcp/plan").await;
+        cause = plan.body["plan"]["criteria"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| criteria.first().is_some_and(|f| c["id"] == *f))
+            .and_then(|c| c["cause"].as_str())
+            .unwrap_or("other")
+            .to_owned();
+    }
+    let req = json!({"cause": cause, "criteria": criteria, "reason": field(&f, "reason").trim(), "drill": field(&f, "drill") == "1"});
     let r = ui.post("/api/v1/bcp/declarations", &req).await;
     back_with(&ui, &r)
 }

@@ -52,30 +52,24 @@ pub fn ev(v: &Value) -> String {
     }
 }
 
+/// A phase's name for people.
+pub fn phase_label(lang: Lang, phase: &str) -> &'static str {
+    match phase {
+        "activation" => lang.t("初動", "activation"),
+        "resumption" => lang.t("業務再開", "resumption"),
+        "recovery" => lang.t("業務回復", "recovery"),
+        "full_recovery" => lang.t("全面復旧", "full recovery"),
+        _ => "",
+    }
+}
+
 /// The mode banner's class and text.
 pub fn mode_banner(lang: Lang, mode: &str) -> (String, String) {
+    let phase = phase_label(lang, mode.split("phase=").nth(1).unwrap_or("").split(';').next().unwrap_or("").trim());
     if mode.starts_with("drill") {
-        let phase = mode.split("phase=").nth(1).unwrap_or("");
-        (
-            "banner drill".into(),
-            format!(
-                "{} — {} {}",
-                lang.t("訓練中（実際の非常時ではありません）", "DRILL (not a real emergency)"),
-                lang.t("フェーズ", "phase"),
-                esc(phase)
-            ),
-        )
+        ("banner drill".into(), format!("{} — {} {}", lang.t("訓練中（実際の非常時ではありません）", "DRILL (not a real emergency)"), lang.t("フェーズ", "phase"), phase))
     } else if mode.starts_with("emergency") {
-        let phase = mode.split("phase=").nth(1).unwrap_or("");
-        (
-            "banner emergency".into(),
-            format!(
-                "{} — {} {}",
-                lang.t("非常時運用中", "EMERGENCY OPERATION"),
-                lang.t("フェーズ", "phase"),
-                esc(phase)
-            ),
-        )
+        ("banner emergency".into(), format!("{} — {} {}", lang.t("非常時運用中", "EMERGENCY OPERATION"), lang.t("フェーズ", "phase"), phase))
     } else {
         ("banner normal".into(), lang.t("通常運用", "Normal operation").to_owned())
     }

@@ -9,7 +9,9 @@
     var el = document.getElementById("mode-banner");
     var tx = document.getElementById("mode-text");
     if (!el || !tx || typeof mode !== "string") return;
-    var phase = (mode.split("phase=")[1] || "");
+    var raw = (mode.split("phase=")[1] || "").split(";")[0].trim();
+    var names = { activation: ["初動", "activation"], resumption: ["業務再開", "resumption"], recovery: ["業務回復", "recovery"], full_recovery: ["全面復旧", "full recovery"] };
+    var phase = names[raw] ? t(names[raw][0], names[raw][1]) : "";
     if (mode.indexOf("drill") === 0) {
       el.className = "banner drill";
       tx.textContent = t("訓練中（実際の非常時ではありません）", "DRILL (not a real emergency)") + " — " + t("フェーズ", "phase") + " " + phase;
