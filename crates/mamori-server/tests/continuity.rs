@@ -202,6 +202,26 @@ async fn snapshot_to_standalone_node_and_back() {
     assert!(matches!(snapshot::verify_file(&flipped, None, None), Err(SnapError::Container(_))));
     let cut = copy_with(&file, |b| b.truncate(b.len() - 300));
     assert!(snapshot::verify_file(&cut, None, None).is_err());
+    // The same check through the API (the admin screen's "verify"): intact,
+    // then caught after the file is altered in place; both audited.
+    let sid = r.body["id"].as_str().unwrap().to_owned();
+    let v = c.post(&format!("/api/v1/snapshots/{sid}/verify"), &c.admin, json!({})).await;
+    assert_eq!(v.status, 200, "{}", v.text);
+    assert_eq!(v.body["ok"], true, "{}", v.text);
+    let original = std::fs::read(&file).unwrap();
+    let mut altered = original.clone();
+    let mid = altered.len() / 2;
+    altered[mid] ^= 1;
+    std::fs::write(&file, &altered).unwrap();
+    let v = c.post(&format!("/api/v1/snapshots/{sid}/verify"), &c.admin, json!({})).await;
+    assert_eq!(v.body["ok"], false, "{}", v.text);
+    assert!(v.body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(c.post("/api/v1/snapshots/nope/verify", &c.admin, json!({})).await.status, 404);
+    assert_eq!(c.post(&format!("/api/v1/snapshots/{sid}/verify"), &doc, json!({})).await.status, 403);
+    let audits = c.audits_where("snapshot-verify");
+    assert_eq!(audits.iter().filter(|a| a["status"] == 200).count(), 1);
+    assert_eq!(audits.iter().filter(|a| a["status"] == 422).count(), 1);
     let (other_cert, _) = mamori_server::keys::institution_identity("another hospital", 30).unwrap();
     let other_cert = openssl::x509::X509::from_pem(other_cert.as_bytes()).unwrap();
     assert!(matches!(snapshot::verify_file(&file, Some(&other_cert), None), Err(SnapError::OtherInstitution(_))));

@@ -75,7 +75,10 @@ pub async fn overview(ui: Ui) -> Response {
             .map(|back| {
                 let (y, m, d) = mamori_core::time::Timestamp(now - back * 86_400_000_000).ymd();
                 let day = format!("{y:04}-{m:02}-{d:02}");
-                have.iter().find(|x| x["day"] == day.as_str()).cloned().unwrap_or_else(|| json!({"day": day, "total": 0, "denied": 0, "break_glass": 0, "emergency": 0}))
+                have.iter()
+                    .find(|x| x["day"] == day.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| json!({"day": day, "total": 0, "denied": 0, "break_glass": 0, "emergency": 0}))
             })
             .collect();
         body.push_str(&format!(

@@ -246,10 +246,11 @@ fn declare_form(ui: &Ui, plan: &Value) -> String {
         })
         .collect();
     let auto = format!("<option value=\"\">{}</option>", ui.t("基準から自動で判定", "From the criteria"));
-    let causes: String = auto + &["cyber_attack", "disaster", "system_failure", "mass_casualty", "other"]
-        .iter()
-        .map(|c| format!("<option value=\"{c}\">{}</option>", esc(&cause_name(ui, c))))
-        .collect::<String>();
+    let causes: String = auto
+        + &["cyber_attack", "disaster", "system_failure", "mass_casualty", "other"]
+            .iter()
+            .map(|c| format!("<option value=\"{c}\">{}</option>", esc(&cause_name(ui, c))))
+            .collect::<String>();
     format!(
         r#"<form method="post" action="/ui/bcp/declare" class="card" id="declare">{csrf}
 <h2>{h}</h2><p class="muted">{intro}</p>

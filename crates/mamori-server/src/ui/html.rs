@@ -67,9 +67,20 @@ pub fn phase_label(lang: Lang, phase: &str) -> &'static str {
 pub fn mode_banner(lang: Lang, mode: &str) -> (String, String) {
     let phase = phase_label(lang, mode.split("phase=").nth(1).unwrap_or("").split(';').next().unwrap_or("").trim());
     if mode.starts_with("drill") {
-        ("banner drill".into(), format!("{} — {} {}", lang.t("訓練中（実際の非常時ではありません）", "DRILL (not a real emergency)"), lang.t("フェーズ", "phase"), phase))
+        (
+            "banner drill".into(),
+            format!(
+                "{} — {} {}",
+                lang.t("訓練中（実際の非常時ではありません）", "DRILL (not a real emergency)"),
+                lang.t("フェーズ", "phase"),
+                phase
+            ),
+        )
     } else if mode.starts_with("emergency") {
-        ("banner emergency".into(), format!("{} — {} {}", lang.t("非常時運用中", "EMERGENCY OPERATION"), lang.t("フェーズ", "phase"), phase))
+        (
+            "banner emergency".into(),
+            format!("{} — {} {}", lang.t("非常時運用中", "EMERGENCY OPERATION"), lang.t("フェーズ", "phase"), phase),
+        )
     } else {
         ("banner normal".into(), lang.t("通常運用", "Normal operation").to_owned())
     }
