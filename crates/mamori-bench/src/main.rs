@@ -359,6 +359,7 @@ fn open_store(dir: &std::path::Path) -> Result<(mamori_store::Store, mamori_audi
     let v = signer.verifier();
     let cfg = mamori_store::StoreConfig {
         path: dir.join("audit.db"),
+        url: None,
         synchronous: mamori_store::Synchronous::Full,
         readers: 2,
         checkpoint: mamori_store::CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },

@@ -384,6 +384,12 @@ impl Config {
         if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
             return Err(ConfigError::Invalid("database.synchronous must be \"full\" or \"normal\"".into()));
         }
+        let url = self.database.url.trim();
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(ConfigError::Invalid(
+                "database.url must be empty (embedded SQLite) or a postgres:// URL".into(),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));
         }

@@ -70,8 +70,10 @@ impl DataDir {
     fn marker(&self) -> PathBuf {
         self.0.join(".initializing")
     }
+    /// Initialized: the institution's keys are there and no initialization
+    /// is in progress (the database may be SQLite here or PostgreSQL).
     pub fn is_initialized(&self) -> bool {
-        self.db().exists() && !self.marker().exists()
+        self.audit_vkey().exists() && !self.marker().exists()
     }
 }
 
@@ -118,13 +120,10 @@ pub fn load_signer(dd: &DataDir) -> Result<(Arc<NoteSigner>, NoteVerifier), Serv
 }
 
 pub fn store_config(dd: &DataDir, cfg: &Config) -> Result<StoreConfig, ServeError> {
-    if !cfg.database.url.is_empty() {
-        return Err(ServeError::DataDir(
-            "database.url: only the embedded SQLite store is available in this build".into(),
-        ));
-    }
+    let url = cfg.database.url.trim();
     Ok(StoreConfig {
         path: dd.db(),
+        url: (!url.is_empty()).then(|| url.to_owned()),
         synchronous: if cfg.database.synchronous == "normal" { Synchronous::Normal } else { Synchronous::Full },
         readers: cfg.database.readers,
         checkpoint: CheckpointPolicy {
@@ -197,6 +196,17 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
     let (vkey, tls_fingerprint) = init_files(&dd, &cfg)?;
     let (signer, _) = load_signer(&dd)?;
     let store = Store::open(&store_config(&dd, &cfg)?, clock.clone(), signer)?;
+    // A shared database that already holds an institution: another server
+    // joins it with a copy of the first server's data directory, never with
+    // new keys (its audit log would not verify).
+    let users = store.read(|c| Ok(c.query_one("SELECT COUNT(*) FROM users", mamori_store::p![])?)).await?;
+    if users.and_then(|r| r.i64(0).ok()).unwrap_or(0) > 0 {
+        return Err(ServeError::DataDir(
+            "the database at database.url already belongs to an initialized mamori; to add a server, \
+             copy the first server's data directory (keys, tls, mamori.toml) instead of initializing a new one"
+                .into(),
+        ));
+    }
     let pw = accounts::random_password()?;
     let p2 = pw.clone();
     let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2))

@@ -22,14 +22,10 @@ fn merge_params(source: &str, target: &str, preview: bool) -> Value {
 }
 
 fn obs_subject(s: &TestServer, id: &str) -> String {
-    let body: String = s
-        .db()
-        .query_row(
-            "SELECT v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = 'Observation' AND r.id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let body = s.text(
+        "SELECT v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = 'Observation' AND r.id = $1",
+        &[id],
+    );
     serde_json::from_str::<Value>(&body).unwrap()["subject"]["reference"].as_str().unwrap().to_owned()
 }
 

@@ -413,10 +413,7 @@ async fn a_drill_runs_the_procedure_but_never_relaxes_real_access() {
     let r = emergency_login(&s, &drill_acc, &drill_pw).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // Announcements are marked as a drill.
-    let n: String = s
-        .db()
-        .query_row("SELECT payload FROM notifications WHERE event = 'emergency-declared'", [], |r| r.get(0))
-        .unwrap();
+    let n = s.text("SELECT payload FROM notifications WHERE event = 'emergency-declared'", &[]);
     let v: Value = serde_json::from_str(&n).unwrap();
     assert_eq!(v["drill"], true);
     assert!(v["message"].as_str().unwrap().contains("DRILL"));

@@ -179,10 +179,10 @@ async fn two_nodes_exchange_a_referral_with_signed_receipts() {
     let drs =
         b.count(&format!("SELECT COUNT(*) FROM resources WHERE rtype = 'DocumentReference' AND patient = '{pb}'"));
     assert_eq!(drs, 1);
-    let body: String = b
-        .db()
-        .query_row("SELECT v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = 'DocumentReference'", [], |r| r.get(0))
-        .unwrap();
+    let body = b.text(
+        "SELECT v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = 'DocumentReference'",
+        &[],
+    );
     let dr: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(dr["author"][0]["reference"], "Organization/partner-1310000001");
     use base64::Engine as _;

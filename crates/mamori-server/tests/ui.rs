@@ -419,9 +419,11 @@ async fn demo_seeds_a_hospital_and_refuses_real_data_directories() {
     let dir = real.dir.clone();
     let mut real = real;
     real.stop().await;
-    let before = std::fs::metadata(dir.join("mamori.db")).unwrap().len();
+    let users = real.count("SELECT COUNT(*) FROM users");
+    let before = std::fs::metadata(dir.join("mamori.toml")).unwrap().len();
     let e = mamori_server::demo::start_demo(opts(&dir)).await.err().expect("refused");
     assert!(e.to_string().contains("real (non-demo)"), "{e}");
-    assert_eq!(std::fs::metadata(dir.join("mamori.db")).unwrap().len(), before);
+    assert_eq!(std::fs::metadata(dir.join("mamori.toml")).unwrap().len(), before);
+    assert_eq!(real.count("SELECT COUNT(*) FROM users"), users);
     assert!(!dir.join("partner-node").exists());
 }

@@ -416,7 +416,7 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
 /// Revokes tokens by id prefix (as shown by [`token_id`]) or all of a user's.
 pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now: Timestamp) -> Result<usize> {
     let rows = c.query(
-        "SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND ($1 IS NULL OR user_name = $1)",
+        "SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND (CAST($1 AS TEXT) IS NULL OR user_name = $1)",
         p![user],
     )?;
     let mut n = 0;
@@ -441,7 +441,7 @@ pub struct TokenListing {
 }
 
 pub fn list_tokens(c: &mut dyn Conn, user: Option<&str>) -> Result<Vec<TokenListing>> {
-    c.query("SELECT hash, user_name, kind, label, created, expires, revoked FROM tokens WHERE ($1 IS NULL OR user_name = $1) ORDER BY created", p![user])?
+    c.query("SELECT hash, user_name, kind, label, created, expires, revoked FROM tokens WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY created", p![user])?
         .iter()
         .map(|r| {
             Ok(TokenListing {
@@ -482,7 +482,7 @@ pub fn has_care_relationship(
 ) -> Result<bool> {
     Ok(c
         .query_one(
-            "SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR ($3 IS NOT NULL AND department = $3)) \
+            "SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR (CAST($3 AS TEXT) IS NOT NULL AND department = $3)) \
              AND start <= $4 AND (ended IS NULL OR ended > $4) LIMIT 1",
             p![patient, user, department, now.micros()],
         )?
@@ -543,7 +543,7 @@ pub fn end_care(c: &mut dyn Conn, id: i64, now: Timestamp) -> Result<CareAssignm
 pub fn list_care(c: &mut dyn Conn, patient: Option<&str>, user: Option<&str>) -> Result<Vec<CareAssignment>> {
     c.query(
         "SELECT id, patient, user_name, department, reason, assigned_by, start, ended FROM care_assignments \
-         WHERE ($1 IS NULL OR patient = $1) AND ($2 IS NULL OR user_name = $2) ORDER BY id",
+         WHERE (CAST($1 AS TEXT) IS NULL OR patient = $1) AND (CAST($2 AS TEXT) IS NULL OR user_name = $2) ORDER BY id",
         p![patient, user],
     )?
     .iter()

@@ -778,7 +778,7 @@ pub type CheckpointInfo = (u64, Timestamp, String, Vec<String>);
 /// Checkpoints newest first.
 pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> Result<Vec<CheckpointInfo>> {
     let rows = c.query(
-        "SELECT size, time, reason FROM checkpoints WHERE ($1 IS NULL OR size < $1) ORDER BY size DESC LIMIT $2",
+        "SELECT size, time, reason FROM checkpoints WHERE (CAST($1 AS BIGINT) IS NULL OR size < $1) ORDER BY size DESC LIMIT $2",
         p![before, limit],
     )?;
     let mut out = Vec::new();

@@ -17,7 +17,7 @@ fn json_col(r: &Row, i: usize) -> Result<Value> {
 pub fn next_provisional(c: &mut dyn Conn, day: &str) -> Result<u64> {
     let r = c
         .query_one(
-            "INSERT INTO provisional_seq (day, n) VALUES ($1, 1) ON CONFLICT (day) DO UPDATE SET n = n + 1 RETURNING n",
+            "INSERT INTO provisional_seq (day, n) VALUES ($1, 1) ON CONFLICT (day) DO UPDATE SET n = provisional_seq.n + 1 RETURNING n",
             p![day],
         )?
         .ok_or_else(|| StoreError::Internal("no number".into()))?;
@@ -88,7 +88,7 @@ pub fn merge(c: &mut dyn Conn, id: i64) -> Result<Option<Merge>> {
 
 pub fn merges(c: &mut dyn Conn, patient: Option<&str>, limit: usize) -> Result<Vec<Merge>> {
     c.query(
-        &format!("SELECT {MERGE_COLS} FROM merges WHERE ($1 IS NULL OR source = $1 OR target = $1) ORDER BY id DESC LIMIT $2"),
+        &format!("SELECT {MERGE_COLS} FROM merges WHERE (CAST($1 AS TEXT) IS NULL OR source = $1 OR target = $1) ORDER BY id DESC LIMIT $2"),
         p![patient, limit],
     )?
     .iter()
@@ -341,7 +341,7 @@ pub fn task(c: &mut dyn Conn, id: i64) -> Result<Option<Task>> {
 
 pub fn tasks(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Task>> {
     c.query(
-        &format!("SELECT {TASK_COLS} FROM reconcile_tasks WHERE ($1 IS NULL OR state = $1) ORDER BY id LIMIT $2"),
+        &format!("SELECT {TASK_COLS} FROM reconcile_tasks WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY id LIMIT $2"),
         p![state, limit],
     )?
     .iter()

@@ -389,7 +389,7 @@ pub fn grant(c: &mut dyn Conn, id: i64) -> Result<Option<Grant>> {
 
 pub fn grants(c: &mut dyn Conn, review: Option<&str>, user: Option<&str>, limit: usize) -> Result<Vec<Grant>> {
     c.query(
-        &format!("SELECT {GRANT_COLS} FROM break_glass WHERE ($1 IS NULL OR review = $1) AND ($2 IS NULL OR user_name = $2) ORDER BY id DESC LIMIT $3"),
+        &format!("SELECT {GRANT_COLS} FROM break_glass WHERE (CAST($1 AS TEXT) IS NULL OR review = $1) AND (CAST($2 AS TEXT) IS NULL OR user_name = $2) ORDER BY id DESC LIMIT $3"),
         p![review, user, limit],
     )?
     .iter()
@@ -653,7 +653,7 @@ pub fn due_deliveries(c: &mut dyn Conn, now: Timestamp, limit: usize) -> Result<
 
 pub fn deliveries(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Delivery>> {
     c.query(
-        &format!("{DELIVERY_SQL} WHERE ($1 IS NULL OR d.state = $1) ORDER BY d.notification DESC LIMIT $2"),
+        &format!("{DELIVERY_SQL} WHERE (CAST($1 AS TEXT) IS NULL OR d.state = $1) ORDER BY d.notification DESC LIMIT $2"),
         p![state, limit],
     )?
     .iter()

@@ -260,9 +260,9 @@ pub struct MessageQuery {
 pub fn messages(c: &mut dyn Conn, q: &MessageQuery) -> Result<Vec<MessageRow>> {
     c.query(
         &format!(
-            "SELECT {MESSAGE_COLS} FROM exchange_messages WHERE ($1 IS NULL OR direction = $1) AND ($2 IS NULL OR partner = $2) \
-             AND ($3 IS NULL OR patient = $3) AND ($4 IS NULL OR state = $4) AND ($5 IS NULL OR send_id = $5) \
-             AND ($6 IS NULL OR created_at >= $6) AND ($7 IS NULL OR created_at < $7) AND ($9 IS NULL OR created_by = $9) \
+            "SELECT {MESSAGE_COLS} FROM exchange_messages WHERE (CAST($1 AS TEXT) IS NULL OR direction = $1) AND (CAST($2 AS TEXT) IS NULL OR partner = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR patient = $3) AND (CAST($4 AS TEXT) IS NULL OR state = $4) AND (CAST($5 AS TEXT) IS NULL OR send_id = $5) \
+             AND (CAST($6 AS BIGINT) IS NULL OR created_at >= $6) AND (CAST($7 AS BIGINT) IS NULL OR created_at < $7) AND (CAST($9 AS TEXT) IS NULL OR created_by = $9) \
              ORDER BY created_at DESC, id DESC LIMIT $8"
         ),
         p![
@@ -466,7 +466,7 @@ pub fn inbound(c: &mut dyn Conn, message: &str, with_payload: bool) -> Result<Op
 pub fn inbound_list(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Inbound>> {
     c.query(
         "SELECT message, state, patient, document, matched_by, matched_at, summary, NULL FROM exchange_inbound \
-         WHERE ($1 IS NULL OR state = $1) ORDER BY message DESC LIMIT $2",
+         WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY message DESC LIMIT $2",
         p![state, limit],
     )?
     .iter()

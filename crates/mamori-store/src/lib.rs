@@ -18,6 +18,7 @@ pub mod emergency;
 pub mod error;
 pub mod exchange;
 pub mod maintenance;
+pub mod pg;
 pub mod records;
 pub mod schema;
 pub mod search;
@@ -48,12 +49,29 @@ pub enum Synchronous {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite database file (the embedded default).
     pub path: PathBuf,
+    /// A `postgres://` URL: the PostgreSQL backend instead of `path`.
+    pub url: Option<String>,
     pub synchronous: Synchronous,
     pub readers: usize,
     pub checkpoint: CheckpointPolicy,
     /// The checkpoint origin line (the log's name).
     pub origin: String,
+}
+
+/// A URL with its password, if any, replaced (for messages and logs).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &cred[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Opens a SQLite connection with mamori's settings.
@@ -89,7 +107,7 @@ pub fn open_sqlite(path: &Path, sync: Synchronous, read_only: bool) -> Result<Co
 }
 
 struct ReaderPool {
-    conns: Vec<Mutex<Connection>>,
+    conns: Vec<Mutex<Box<dyn Conn + Send>>>,
     next: AtomicUsize,
 }
 
@@ -98,13 +116,13 @@ impl ReaderPool {
         // Take a free connection if there is one, else wait on the next.
         for m in &self.conns {
             if let Ok(mut g) = m.try_lock() {
-                return f(&mut *g);
+                return f(g.as_mut());
             }
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len().max(1);
         let m = self.conns.get(i).ok_or_else(|| StoreError::Unavailable("no reader connections".into()))?;
         let mut g = m.lock().map_err(|_| StoreError::Unavailable("reader connection poisoned".into()))?;
-        f(&mut *g)
+        f(g.as_mut())
     }
 }
 
@@ -114,23 +132,85 @@ pub struct Store {
     writer: Writer,
     readers: Arc<ReaderPool>,
     clock: Arc<dyn Clock>,
+    backend: sql::Backend,
+    url: Option<String>,
+    leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the SQLite store.
+    /// Opens (creating and migrating if needed) the store: SQLite at
+    /// `cfg.path`, or PostgreSQL when `cfg.url` is set.
+    ///
+    /// Runs on a thread of its own: PostgreSQL's synchronous client must
+    /// not block an async thread.
     pub fn open(cfg: &StoreConfig, clock: Arc<dyn Clock>, signer: Arc<NoteSigner>) -> Result<Store> {
-        let mut w = open_sqlite(&cfg.path, cfg.synchronous, false)?;
-        schema::migrate(&mut w)?;
-        // Checkpoint the WAL every ~12 MiB instead of every 4 MiB: pages
-        // rewritten by many commits are copied back once (measured: less
-        // writer time on audit appends).
-        w.batch("PRAGMA wal_autocheckpoint = 3000")?;
-        let mut conns = Vec::new();
-        for _ in 0..cfg.readers.max(1) {
-            conns.push(Mutex::new(open_sqlite(&cfg.path, cfg.synchronous, true)?));
-        }
-        let writer = Writer::start(Box::new(w), clock.clone(), signer, cfg.origin.clone(), cfg.checkpoint)?;
-        Ok(Store { writer, readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }), clock })
+        std::thread::scope(|s| {
+            s.spawn(|| Self::open_here(cfg, clock, signer))
+                .join()
+                .map_err(|_| StoreError::Internal("opening the store panicked".into()))?
+        })
+    }
+
+    fn open_here(cfg: &StoreConfig, clock: Arc<dyn Clock>, signer: Arc<NoteSigner>) -> Result<Store> {
+        let mut conns: Vec<Mutex<Box<dyn Conn + Send>>> = Vec::new();
+        let (w, backend): (Box<dyn Conn + Send>, _) = match &cfg.url {
+            Some(url) => {
+                let mut w = pg::PgConn::connect(url)
+                    .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", redact_url(url))))?;
+                schema::migrate(&mut w)?;
+                for _ in 0..cfg.readers.max(1) {
+                    let c = pg::PgConn::connect(url)
+                        .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", redact_url(url))))?;
+                    conns.push(Mutex::new(Box::new(c)));
+                }
+                (Box::new(w), sql::Backend::Postgres)
+            }
+            None => {
+                let mut w = open_sqlite(&cfg.path, cfg.synchronous, false)?;
+                schema::migrate(&mut w)?;
+                // Checkpoint the WAL every ~12 MiB instead of every 4 MiB:
+                // pages rewritten by many commits are copied back once
+                // (measured: less writer time on audit appends).
+                w.batch("PRAGMA wal_autocheckpoint = 3000")?;
+                for _ in 0..cfg.readers.max(1) {
+                    conns.push(Mutex::new(Box::new(open_sqlite(&cfg.path, cfg.synchronous, true)?)));
+                }
+                (Box::new(w), sql::Backend::Sqlite)
+            }
+        };
+        // On SQLite this process is the only server: always the leader. On
+        // PostgreSQL the server's cluster task sets it while it holds the
+        // leader lock.
+        let leader = Arc::new(std::sync::atomic::AtomicBool::new(backend == sql::Backend::Sqlite));
+        let writer = Writer::start(w, clock.clone(), signer, cfg.origin.clone(), cfg.checkpoint, leader.clone())?;
+        Ok(Store {
+            writer,
+            readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }),
+            clock,
+            backend,
+            url: cfg.url.clone(),
+            leader,
+        })
+    }
+
+    pub fn backend(&self) -> sql::Backend {
+        self.backend
+    }
+
+    /// The PostgreSQL URL, if the store is on PostgreSQL.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// Whether this server is the leader (signs periodic checkpoints, runs
+    /// background work). Always true on SQLite.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    /// Sets leadership (PostgreSQL: the holder of the leader lock).
+    pub fn set_leader(&self, v: bool) {
+        self.leader.store(v, Ordering::SeqCst);
     }
 
     pub fn writer(&self) -> &Writer {

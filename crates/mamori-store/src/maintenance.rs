@@ -270,7 +270,7 @@ pub fn request(c: &mut dyn Conn, id: i64) -> Result<Option<Request>> {
 
 pub fn requests(c: &mut dyn Conn, state: Option<&str>, review: Option<&str>, limit: usize) -> Result<Vec<Request>> {
     c.query(
-        &format!("SELECT {REQ_COLS} FROM maint_requests WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR review = $2) ORDER BY id DESC LIMIT $3"),
+        &format!("SELECT {REQ_COLS} FROM maint_requests WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) AND (CAST($2 AS TEXT) IS NULL OR review = $2) ORDER BY id DESC LIMIT $3"),
         p![state, review, limit],
     )?
     .iter()
@@ -410,7 +410,7 @@ pub fn end_sessions(
     now: Timestamp,
 ) -> Result<usize> {
     Ok(c.exec(
-        "UPDATE maint_sessions SET ended = $3, end_reason = $4 WHERE ended IS NULL AND ($1 IS NULL OR request = $1) AND ($2 IS NULL OR person = $2)",
+        "UPDATE maint_sessions SET ended = $3, end_reason = $4 WHERE ended IS NULL AND (CAST($1 AS BIGINT) IS NULL OR request = $1) AND (CAST($2 AS TEXT) IS NULL OR person = $2)",
         p![request, person, now.micros(), reason],
     )?)
 }

@@ -107,9 +107,9 @@ pub fn history(
         }
     };
     let sql = format!(
-        "SELECT {VERSION_COLS} FROM resource_versions WHERE ($1 IS NULL OR rtype = $1) AND ($2 IS NULL OR id = $2) \
-         AND ($3 IS NULL OR last_updated >= $3) AND ($4 IS NULL OR seq < $4) \
-         AND ($6 IS NULL OR patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR ($7 IS NOT NULL AND department = $7)) \
+        "SELECT {VERSION_COLS} FROM resource_versions WHERE (CAST($1 AS TEXT) IS NULL OR rtype = $1) AND (CAST($2 AS TEXT) IS NULL OR id = $2) \
+         AND (CAST($3 AS BIGINT) IS NULL OR last_updated >= $3) AND (CAST($4 AS BIGINT) IS NULL OR seq < $4) \
+         AND (CAST($6 AS TEXT) IS NULL OR patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR (CAST($7 AS TEXT) IS NOT NULL AND department = $7)) \
               AND start <= $8 AND (ended IS NULL OR ended > $8))) \
          ORDER BY seq DESC LIMIT $5"
     );

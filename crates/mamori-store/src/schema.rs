@@ -13,10 +13,19 @@ const SQLITE: &[(&str, &str)] = &[
     ("0006_maintenance", include_str!("../migrations/sqlite/0006_maintenance.sql")),
 ];
 
+const POSTGRES: &[(&str, &str)] = &[
+    ("0001_foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
+    ("0002_cosignatures", include_str!("../migrations/postgres/0002_cosignatures.sql")),
+    ("0003_emergency", include_str!("../migrations/postgres/0003_emergency.sql")),
+    ("0004_exchange", include_str!("../migrations/postgres/0004_exchange.sql")),
+    ("0005_continuity", include_str!("../migrations/postgres/0005_continuity.sql")),
+    ("0006_maintenance", include_str!("../migrations/postgres/0006_maintenance.sql")),
+];
+
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
     match b {
         Backend::Sqlite => SQLITE,
-        Backend::Postgres => &[],
+        Backend::Postgres => POSTGRES,
     }
 }
 
@@ -48,30 +57,39 @@ pub fn current(c: &mut dyn Conn) -> Result<usize, DbError> {
 }
 
 /// Applies every pending migration. Refuses a database newer than this build.
+/// Each step runs in a write transaction (on PostgreSQL under the writers'
+/// advisory lock), so servers starting together migrate once.
 pub fn migrate(c: &mut dyn Conn) -> Result<usize, DbError> {
     let all = migrations(c.backend());
-    let cur = current(c)?;
-    if cur > all.len() {
-        return Err(DbError::Other(format!(
-            "database schema version {cur} is newer than this mamori ({}); upgrade mamori",
-            all.len()
-        )));
-    }
-    for (i, (_name, sql)) in all.iter().enumerate().skip(cur) {
-        c.batch("BEGIN")?;
-        let r = c.batch(sql).and_then(|_| {
+    loop {
+        c.batch("BEGIN IMMEDIATE")?;
+        let step = (|| -> Result<bool, DbError> {
+            let cur = current(c)?;
+            if cur > all.len() {
+                return Err(DbError::Other(format!(
+                    "database schema version {cur} is newer than this mamori ({}); upgrade mamori",
+                    all.len()
+                )));
+            }
+            let Some((_name, sql)) = all.get(cur) else { return Ok(false) };
+            c.batch(sql)?;
             c.exec(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                p![(i + 1).to_string()],
-            )
-        });
-        match r {
-            Ok(_) => c.batch("COMMIT")?,
+                p![(cur + 1).to_string()],
+            )?;
+            Ok(true)
+        })();
+        match step {
+            Ok(more) => {
+                c.batch("COMMIT")?;
+                if !more {
+                    return Ok(all.len());
+                }
+            }
             Err(e) => {
                 let _ = c.batch("ROLLBACK");
                 return Err(e);
             }
         }
     }
-    Ok(all.len())
 }

@@ -57,7 +57,7 @@ fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
         let d = sql.bind(department.clone());
         let n = sql.bind(now.micros());
         sql.text.push_str(&format!(
-            " AND r.patient IN (SELECT patient FROM care_assignments WHERE (user_name = {u} OR ({d} IS NOT NULL AND department = {d})) \
+            " AND r.patient IN (SELECT patient FROM care_assignments WHERE (user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND department = {d})) \
              AND start <= {n} AND (ended IS NULL OR ended > {n}))"
         ));
     }

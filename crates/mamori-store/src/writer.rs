@@ -79,6 +79,22 @@ pub(crate) struct AuditState {
     appended_since_checkpoint: u64,
     pending_index: audit_log::PendingIndex,
     last_index_flush: Instant,
+    /// Whether this server signs periodic checkpoints (the leader).
+    leader: Arc<std::sync::atomic::AtomicBool>,
+    /// PostgreSQL: several servers append, so the derived indexes are
+    /// flushed in every transaction (nothing stays pending in memory).
+    shared: bool,
+}
+
+impl AuditState {
+    /// Reloads the tree and the counters after another process appended.
+    fn reload(&mut self, conn: &mut dyn Conn) -> Result<()> {
+        self.frontier = audit_log::load_frontier(conn)?;
+        self.pending_index = audit_log::load_pending_index(conn)?;
+        let last = audit_log::latest_checkpoint(conn)?.map_or(0, |(s, _, _)| s);
+        self.appended_since_checkpoint = self.frontier.size().saturating_sub(last);
+        Ok(())
+    }
 }
 
 /// Flush the derived indexes at least this often, or at this size.
@@ -170,7 +186,9 @@ impl Writer {
         signer: Arc<NoteSigner>,
         origin: String,
         policy: CheckpointPolicy,
+        leader: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Writer> {
+        let shared = conn.backend() == crate::sql::Backend::Postgres;
         let frontier = audit_log::load_frontier(conn.as_mut())?;
         let pending_index = audit_log::load_pending_index(conn.as_mut())?;
         let last = audit_log::latest_checkpoint(conn.as_mut())?.map_or(0, |(s, _, _)| s);
@@ -183,6 +201,8 @@ impl Writer {
             last_checkpoint: (last, Instant::now()),
             pending_index,
             last_index_flush: Instant::now(),
+            leader,
+            shared,
         };
         let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);
         std::thread::Builder::new()
@@ -304,8 +324,7 @@ fn run_exclusive(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState,
     let attempt = (|| -> Result<bool> {
         conn.batch("BEGIN IMMEDIATE")?;
         if audit_log::size(conn)? != state.frontier.size() {
-            state.frontier = audit_log::load_frontier(conn)?;
-            state.pending_index = audit_log::load_pending_index(conn)?;
+            state.reload(conn)?;
         }
         let now = clock.now();
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -353,9 +372,12 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
         // Another process (an offline CLI command) may have appended: the
         // tree in memory must be the committed one.
         if audit_log::size(conn)? != state.frontier.size() {
-            tracing::warn!("audit log changed outside this writer; reloading the Merkle frontier");
-            state.frontier = audit_log::load_frontier(conn)?;
-            state.pending_index = audit_log::load_pending_index(conn)?;
+            if state.shared {
+                tracing::debug!("another server appended to the audit log; reloading the Merkle frontier");
+            } else {
+                tracing::warn!("audit log changed outside this writer; reloading the Merkle frontier");
+            }
+            state.reload(conn)?;
         }
         let now = clock.now();
         for job in jobs.iter_mut() {
@@ -389,13 +411,16 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
             }
         }
         let due = state.appended_since_checkpoint > 0
+            && state.leader.load(std::sync::atomic::Ordering::SeqCst)
             && (state.appended_since_checkpoint >= state.policy.every_events
                 || state.last_checkpoint.1.elapsed() >= state.policy.every);
         if due {
             WriteCtx { conn: &mut *conn, now, audit: &mut *state }.checkpoint("periodic")?;
         }
         if !state.pending_index.is_empty()
-            && (state.pending_index.len() >= INDEX_FLUSH_SIZE || state.last_index_flush.elapsed() >= INDEX_FLUSH_EVERY)
+            && (state.shared
+                || state.pending_index.len() >= INDEX_FLUSH_SIZE
+                || state.last_index_flush.elapsed() >= INDEX_FLUSH_EVERY)
         {
             WriteCtx { conn: &mut *conn, now, audit: &mut *state }.flush_index()?;
         }

@@ -16,6 +16,7 @@ fn store(tag: &str) -> (Store, std::path::PathBuf) {
     let signer = Arc::new(NoteSigner::from_pkcs8("test/log", &generate_pkcs8().unwrap()).unwrap());
     let cfg = StoreConfig {
         path: dir.join("t.db"),
+        url: None,
         synchronous: Synchronous::Normal,
         readers: 1,
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },

@@ -19,6 +19,8 @@ pub struct TestServer {
     pub clock: Option<ManualClock>,
     /// Whether dropping this value removes the data directory.
     pub owns_dir: bool,
+    /// PostgreSQL: the server's URL and schema (dropped with the directory).
+    pub pg: Option<(String, String)>,
 }
 
 pub struct Resp {
@@ -35,6 +37,52 @@ impl Resp {
 }
 
 pub const PASSWORD: &str = "Correct horse 42!";
+
+/// The backend the suite runs on: `MAMORI_TEST_BACKEND=postgres` runs every
+/// server of the suite on PostgreSQL (`MAMORI_TEST_PG`, default the local
+/// `postgres://postgres@127.0.0.1:5432/test`), each in a schema of its own
+/// that is dropped afterwards; otherwise on SQLite.
+pub fn pg_base() -> Option<String> {
+    match std::env::var("MAMORI_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        ),
+        _ => None,
+    }
+}
+
+/// Runs `f` on a fresh connection to a PostgreSQL URL, on a thread of its
+/// own (the synchronous client must not run on the test's runtime).
+pub fn on_pg<T: Send>(url: &str, f: impl FnOnce(&mut mamori_store::pg::PgConn) -> T + Send) -> T {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut c = mamori_store::pg::PgConn::connect(url).expect("PostgreSQL for the tests is reachable");
+            f(&mut c)
+        })
+        .join()
+        .expect("PostgreSQL helper thread")
+    })
+}
+
+/// A schema of its own for one test server: its URL, and the schema name.
+pub fn pg_schema(base: &str, tag: &str) -> (String, String) {
+    let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let schema = format!("t_{tag}_{}_{n:x}", std::process::id());
+    on_pg(base, |c| {
+        use mamori_store::sql::Conn;
+        c.batch(&format!("CREATE SCHEMA {schema}")).unwrap();
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    (format!("{base}{sep}options=-csearch_path%3D{schema}"), schema)
+}
+
+pub fn drop_pg_schema(base: &str, schema: &str) {
+    on_pg(base, |c| {
+        use mamori_store::sql::Conn;
+        let _ = c.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    });
+}
 
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -61,12 +109,24 @@ impl TestServer {
     pub async fn start_cfg(tag: &str, extra: &str, clock: Option<ManualClock>) -> TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
+        let url = pg_base().map(|b| pg_schema(&b, tag).0).unwrap_or_default();
         std::fs::write(
             dir.join("mamori.toml"),
-            format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n{extra}"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\nurl = \"{url}\"\n{extra}"
+            ),
         )
         .unwrap();
         Self::boot(dir, clock).await
+    }
+
+    /// The PostgreSQL URL in a data directory's configuration, if any.
+    pub fn pg_of(dir: &std::path::Path) -> Option<(String, String)> {
+        let t = std::fs::read_to_string(dir.join("mamori.toml")).ok()?;
+        let line = t.lines().find(|l| l.trim_start().starts_with("url = \"postgres"))?;
+        let url = line.split('"').nth(1)?.to_owned();
+        let schema = url.rsplit("search_path%3D").next()?.to_owned();
+        Some((url, schema))
     }
 
     pub async fn boot(dir: PathBuf, clock: Option<ManualClock>) -> TestServer {
@@ -84,7 +144,8 @@ impl TestServer {
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
             .build()
             .unwrap();
-        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock, owns_dir: true };
+        let pg = Self::pg_of(&dir);
+        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock, owns_dir: true, pg };
         if let Some(init) = running.init.as_ref() {
             let pw = init.admin_password.to_string();
             s.running = Some(running);
@@ -115,8 +176,17 @@ impl TestServer {
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
             .build()
             .unwrap();
-        let mut s =
-            TestServer { running: Some(running), dir, base, client, admin: String::new(), clock: None, owns_dir: true };
+        let pg = Self::pg_of(&dir);
+        let mut s = TestServer {
+            running: Some(running),
+            dir,
+            base,
+            client,
+            admin: String::new(),
+            clock: None,
+            owns_dir: true,
+            pg,
+        };
         let tok = s.login("admin", otp).await;
         let r = s
             .req(Method::POST, "/api/v1/auth/password", Some(&tok), Some(json!({"current": otp, "new": PASSWORD})))
@@ -141,13 +211,45 @@ impl TestServer {
         old.owns_dir = false;
     }
 
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(self.dir.join("mamori.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap()
+    /// Runs `f` on a connection to the server's database, whichever
+    /// backend it is on (SQLite read-only; PostgreSQL in its schema).
+    pub fn with_db<T: Send>(&self, f: impl FnOnce(&mut dyn mamori_store::sql::Conn) -> T + Send) -> T {
+        match &self.pg {
+            Some((url, _)) => on_pg(url, |c| f(c)),
+            None => {
+                let mut c = rusqlite::Connection::open_with_flags(
+                    self.dir.join("mamori.db"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                f(&mut c)
+            }
+        }
+    }
+
+    /// The first column of the rows of a query with text parameters.
+    pub fn col(&self, sql: &str, params: &[&str]) -> Vec<mamori_store::sql::Cell> {
+        let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+        self.with_db(|c| {
+            let vals: Vec<mamori_store::sql::Val<'_>> = params.iter().map(|p| p.as_str().into()).collect();
+            c.query(sql, &vals).unwrap().into_iter().map(|r| r.0.into_iter().next().unwrap()).collect()
+        })
+    }
+
+    /// One text (or blob as UTF-8) value.
+    pub fn text(&self, sql: &str, params: &[&str]) -> String {
+        match self.col(sql, params).into_iter().next().expect("a row") {
+            mamori_store::sql::Cell::Text(t) => t,
+            mamori_store::sql::Cell::Blob(b) => String::from_utf8(b).unwrap(),
+            other => panic!("not text: {other:?}"),
+        }
     }
 
     pub fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        match self.col(sql, &[]).into_iter().next().expect("a row") {
+            mamori_store::sql::Cell::Int(v) => v,
+            other => panic!("not an integer: {other:?}"),
+        }
     }
 
     /// Rows that a change would touch: versions, current pointers, index.
@@ -166,19 +268,20 @@ impl TestServer {
 
     /// The decoded leaf of the newest audit event.
     pub fn last_audit(&self) -> Value {
-        let leaf: Vec<u8> =
-            self.db().query_row("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
-        let s = String::from_utf8(leaf).unwrap();
+        let s = self.text("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", &[]);
         serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
     }
 
     pub fn audits_where(&self, action: &str) -> Vec<Value> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT leaf FROM audit_events WHERE action = ?1 ORDER BY seq").unwrap();
-        st.query_map([action], |r| r.get::<_, Vec<u8>>(0))
-            .unwrap()
-            .map(|l| {
-                let s = String::from_utf8(l.unwrap()).unwrap();
+        self.col("SELECT leaf FROM audit_events WHERE action = $1 ORDER BY seq", &[action])
+            .into_iter()
+            .map(|c| {
+                let l = match c {
+                    mamori_store::sql::Cell::Blob(b) => b,
+                    mamori_store::sql::Cell::Text(t) => t.into_bytes(),
+                    other => panic!("leaf: {other:?}"),
+                };
+                let s = String::from_utf8(l).unwrap();
                 serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
             })
             .collect()
@@ -284,6 +387,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if self.owns_dir && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            if let (Some((_, schema)), Some(base)) = (&self.pg, pg_base()) {
+                drop_pg_schema(&base, schema);
+            }
         }
     }
 }

@@ -1,0 +1,353 @@
+//! The PostgreSQL backend of [`Conn`]: the same `$N` statements as on
+//! SQLite, prepared once per connection and cached.
+//!
+//! Values adapt to the parameter types PostgreSQL infers (an integer bound
+//! where the server expects text is sent as its decimal text, and so on),
+//! and result cells are decoded from any integer, boolean, numeric, text or
+//! bytea column, so that the store's SQL is written once for both backends.
+//!
+//! This module must never build SQL from values: values are always bound.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+
+use postgres::types::{FromSql, IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+
+use crate::sql::{Backend, Cell, CellRef, Conn, DbError, Row, Val};
+
+/// The advisory lock key every writer transaction takes (transaction
+/// scope): appends to the audit log are serialized across servers, so each
+/// server integrates its events into the one Merkle tree in commit order.
+pub const WRITE_LOCK: i64 = 0x6d61_6d6f_7269_0001;
+/// The advisory lock key of the leader (session scope): the one server
+/// that runs background work and signs periodic checkpoints.
+pub const LEADER_LOCK: i64 = 0x6d61_6d6f_7269_0002;
+/// The LISTEN/NOTIFY channel servers tell each other about changes on.
+pub const CHANNEL: &str = "mamori";
+
+/// A PostgreSQL connection with a statement cache; reconnects when the
+/// server closed it (outside a transaction).
+pub struct PgConn {
+    url: String,
+    /// Always `Some` until dropped.
+    client: Option<Client>,
+    stmts: HashMap<String, Statement>,
+    in_tx: bool,
+}
+
+const STMT_CACHE_MAX: usize = 512;
+
+pub(crate) fn pg_err(e: &postgres::Error) -> DbError {
+    use postgres::error::SqlState;
+    match e.code() {
+        Some(c) if c.code().starts_with("23") => DbError::Unique(e.to_string()),
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            DbError::Busy(e.to_string())
+        }
+        _ => DbError::Other(match e.as_db_error() {
+            Some(d) => format!("{}: {}", d.code().code(), d.message()),
+            None => e.to_string(),
+        }),
+    }
+}
+
+/// The synchronous client runs its own small runtime, which must be
+/// neither started nor dropped on an async thread: both happen here on a
+/// thread of their own.
+fn connect_off_runtime(url: &str) -> Result<Client, DbError> {
+    let url = url.to_owned();
+    std::thread::scope(|s| {
+        s.spawn(move || Client::connect(&url, NoTls))
+            .join()
+            .map_err(|_| DbError::Other("connecting thread panicked".into()))?
+            .map_err(|e| DbError::Other(format!("cannot connect: {e}")))
+    })
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(c));
+        }
+    }
+}
+
+impl PgConn {
+    pub fn connect(url: &str) -> Result<PgConn, DbError> {
+        let client = connect_off_runtime(url)?;
+        Ok(PgConn { url: url.to_owned(), client: Some(client), stmts: HashMap::new(), in_tx: false })
+    }
+
+    /// The underlying client (LISTEN, notifications).
+    pub fn client(&mut self) -> Result<&mut Client, DbError> {
+        self.client.as_mut().ok_or_else(|| DbError::Other("connection closed".into()))
+    }
+
+    fn ensure(&mut self) -> Result<(), DbError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            if self.in_tx {
+                self.in_tx = false;
+                return Err(DbError::Other("connection lost inside a transaction".into()));
+            }
+            if let Some(old) = self.client.take() {
+                let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(old));
+            }
+            self.client = Some(connect_off_runtime(&self.url)?);
+            self.stmts.clear();
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self, sql: &str) -> Result<Statement, DbError> {
+        self.ensure()?;
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client()?.prepare(sql).map_err(|e| {
+            let d = pg_err(&e);
+            if std::env::var_os("MAMORI_PG_TRACE").is_some() {
+                eprintln!("PG PREPARE ERROR {d} IN: {sql}");
+            }
+            d
+        })?;
+        if self.stmts.len() >= STMT_CACHE_MAX {
+            self.stmts.clear();
+        }
+        self.stmts.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn run<T>(
+        &mut self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: impl FnOnce(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>,
+    ) -> Result<T, DbError> {
+        let st = self.stmt(sql)?;
+        if st.params().len() != params.len() {
+            return Err(DbError::Other(format!(
+                "statement expects {} parameters, got {}",
+                st.params().len(),
+                params.len()
+            )));
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let r = f(self.client()?, &st, &refs);
+        if let Err(e) = &r {
+            // A statement prepared before a schema change may be stale.
+            if e.code() == Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+                self.stmts.remove(sql);
+            }
+        }
+        r.map_err(|e| {
+            let d = pg_err(&e);
+            tracing::debug!(sql, error = %d, "statement failed");
+            if std::env::var_os("MAMORI_PG_TRACE").is_some() {
+                eprintln!("PG ERROR {d} IN: {sql}");
+            }
+            d
+        })
+    }
+}
+
+/// `SQLite`-only statements have no meaning here.
+fn translate_batch(sql: &str) -> Option<&str> {
+    let t = sql.trim();
+    if t.eq_ignore_ascii_case("BEGIN IMMEDIATE") {
+        return None;
+    }
+    if t.to_ascii_uppercase().starts_with("PRAGMA") {
+        return Some("");
+    }
+    Some(sql)
+}
+
+impl Conn for PgConn {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+    fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError> {
+        let n = self.run(sql, params, |c, st, p| c.execute(st, p))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+    fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError> {
+        let rows = self.run(sql, params, |c, st, p| c.query(st, p))?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<_, PgCell>(i).map(|c| c.0).map_err(|e| DbError::Decode(e.to_string())))
+                    .collect::<Result<Vec<Cell>, DbError>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        self.ensure()?;
+        let sql = match translate_batch(sql) {
+            // A writer transaction: serialized across servers.
+            None => {
+                self.client()?
+                    .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
+                    .map_err(|e| pg_err(&e))?;
+                self.in_tx = true;
+                return Ok(());
+            }
+            Some("") => return Ok(()),
+            Some(s) => s,
+        };
+        let upper = sql.trim().to_ascii_uppercase();
+        let r = self.client()?.batch_execute(sql).map_err(|e| pg_err(&e));
+        if upper.starts_with("BEGIN") {
+            self.in_tx = r.is_ok();
+        } else if upper == "COMMIT" || upper == "ROLLBACK" {
+            self.in_tx = false;
+        }
+        r
+    }
+    fn for_each(
+        &mut self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: &mut dyn FnMut(&[CellRef<'_>]) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let st = self.stmt(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let mut it = self.client()?.query_raw(&st, refs).map_err(|e| pg_err(&e))?;
+        while let Some(r) = it.next().map_err(|e| pg_err(&e))? {
+            let cells: Vec<Cell> = (0..r.len())
+                .map(|i| r.try_get::<_, PgCell>(i).map(|c| c.0).map_err(|e| DbError::Decode(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            let refs: Vec<CellRef<'_>> = cells
+                .iter()
+                .map(|c| match c {
+                    Cell::Null => CellRef::Null,
+                    Cell::Int(v) => CellRef::Int(*v),
+                    Cell::Text(s) => CellRef::Text(s),
+                    Cell::Blob(b) => CellRef::Blob(b),
+                })
+                .collect();
+            if !f(&refs)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+type BoxErr = Box<dyn StdError + Sync + Send>;
+
+fn is_text(ty: &Type) -> bool {
+    [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME, Type::UNKNOWN].contains(ty)
+}
+
+impl ToSql for Val<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut postgres::types::private::BytesMut) -> Result<IsNull, BoxErr> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                Type::NUMERIC => Err(format!("cannot bind integer {v} as numeric; cast the parameter").into()),
+                ref t if is_text(t) => v.to_string().to_sql(&Type::TEXT, out),
+                ref t => Err(format!("cannot bind an integer as {t}").into()),
+            },
+            Val::Text(s) => match *ty {
+                Type::INT8 => s.parse::<i64>()?.to_sql(ty, out),
+                Type::INT4 => s.parse::<i32>()?.to_sql(ty, out),
+                Type::BYTEA => s.as_bytes().to_sql(ty, out),
+                ref t if is_text(t) => s.as_ref().to_sql(&Type::TEXT, out),
+                ref t => Err(format!("cannot bind text as {t}").into()),
+            },
+            Val::Blob(b) => match *ty {
+                Type::BYTEA => b.as_ref().to_sql(ty, out),
+                ref t if is_text(t) => std::str::from_utf8(b)?.to_sql(&Type::TEXT, out),
+                ref t => Err(format!("cannot bind bytes as {t}").into()),
+            },
+        }
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    postgres::types::to_sql_checked!();
+}
+
+/// Any cell the store reads, decoded from its wire type.
+struct PgCell(Cell);
+
+impl<'a> FromSql<'a> for PgCell {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxErr> {
+        Ok(PgCell(match *ty {
+            Type::INT8 => Cell::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Cell::Int(i64::from(i32::from_sql(ty, raw)?)),
+            Type::INT2 => Cell::Int(i64::from(i16::from_sql(ty, raw)?)),
+            Type::OID => Cell::Int(i64::from(u32::from_sql(ty, raw)?)),
+            Type::BOOL => Cell::Int(i64::from(bool::from_sql(ty, raw)?)),
+            Type::FLOAT8 => Cell::Int(f64::from_sql(ty, raw)? as i64),
+            Type::FLOAT4 => Cell::Int(f32::from_sql(ty, raw)? as i64),
+            Type::NUMERIC => Cell::Int(numeric_to_i64(raw)?),
+            Type::BYTEA => Cell::Blob(raw.to_vec()),
+            ref t if is_text(t) => Cell::Text(String::from_sql(&Type::TEXT, raw)?),
+            ref t => return Err(format!("unsupported column type {t}").into()),
+        }))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, BoxErr> {
+        Ok(PgCell(Cell::Null))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// The integer part of a binary NUMERIC (what SUM over BIGINT returns).
+fn numeric_to_i64(raw: &[u8]) -> Result<i64, BoxErr> {
+    let u16_at = |i: usize| -> Result<u16, BoxErr> {
+        Ok(u16::from_be_bytes([
+            *raw.get(i).ok_or("short numeric")?,
+            *raw.get(i + 1).ok_or("short numeric")?,
+        ]))
+    };
+    let ndigits = usize::from(u16_at(0)?);
+    let weight = i32::from(u16_at(2)? as i16);
+    let sign = u16_at(4)?;
+    if sign == 0xC000 {
+        return Err("NaN numeric".into());
+    }
+    let mut v: i128 = 0;
+    for k in 0..=weight.max(-1) {
+        let idx = usize::try_from(k).unwrap_or(usize::MAX);
+        let d = if idx < ndigits { i128::from(u16_at(8 + 2 * idx)?) } else { 0 };
+        v = v * 10_000 + d;
+    }
+    if sign == 0x4000 {
+        v = -v;
+    }
+    Ok(i64::try_from(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_decoding() {
+        // 123456789 = 1|2345|6789, weight 2, positive.
+        let raw = [0, 3, 0, 2, 0, 0, 0, 0, 0, 1, 0x09, 0x29, 0x1A, 0x85];
+        assert_eq!(numeric_to_i64(&raw).unwrap(), 123_456_789);
+        // -42.5 = 42|5000, weight 0, negative: integer part -42.
+        let raw = [0, 2, 0, 0, 0x40, 0, 0, 1, 0, 42, 0x13, 0x88];
+        assert_eq!(numeric_to_i64(&raw).unwrap(), -42);
+        // 0: no digits.
+        assert_eq!(numeric_to_i64(&[0, 0, 0, 0, 0, 0, 0, 0]).unwrap(), 0);
+        // 20000 = 2|0000 stored as one digit with weight 1.
+        assert_eq!(numeric_to_i64(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 2]).unwrap(), 20_000);
+    }
+}
