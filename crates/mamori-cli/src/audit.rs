@@ -10,7 +10,7 @@ use mamori_audit::verify::Report;
 use mamori_core::time::{Clock, SystemClock};
 use mamori_server::config::Config;
 use mamori_server::server::DataDir;
-use mamori_store::{audit_log, open_sqlite, Synchronous};
+use mamori_store::{audit_log, open_conn};
 
 /// A verifier key given inline (`name+id+base64`) or as a file holding one.
 pub fn parse_key(arg: &str) -> Result<NoteVerifier> {
@@ -43,6 +43,12 @@ fn print_report(what: &str, r: &Report) -> Result<()> {
     }
 }
 
+/// The PostgreSQL URL of a data directory's configuration, if any.
+pub fn db_url(cfg: &Config) -> Option<String> {
+    let u = cfg.database.url.trim();
+    (!u.is_empty()).then(|| u.to_owned())
+}
+
 pub fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
@@ -59,10 +65,11 @@ pub fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
             parse_key(&dd.audit_vkey().to_string_lossy())?
         }
     };
-    let mut c = open_sqlite(&dd.db(), Synchronous::Full, true)?;
-    let mut nodes = open_sqlite(&dd.db(), Synchronous::Full, true)?;
+    let url = db_url(&cfg);
+    let mut c = open_conn(&dd.db(), url.as_deref(), true)?;
+    let mut nodes = open_conn(&dd.db(), url.as_deref(), true)?;
     let started = std::time::Instant::now();
-    let r = audit_log::verify(&mut c, Some(&mut nodes), &vkey, &cfg.audit.origin, deep)?;
+    let r = audit_log::verify(c.as_mut(), Some(nodes.as_mut()), &vkey, &cfg.audit.origin, deep)?;
     eprintln!("verified in {:.2} s", started.elapsed().as_secs_f64());
     print_report(&dir.display().to_string(), &r)
 }
@@ -89,14 +96,15 @@ pub fn export(dir: &Path, out: &PathBuf, from: u64, to: Option<u64>) -> Result<(
     }
     let cfg = Config::load(dir)?;
     let vkey = std::fs::read_to_string(dd.audit_vkey())?.trim().to_owned();
-    let mut c = open_sqlite(&dd.db(), Synchronous::Full, true)?;
+    let mut conn = open_conn(&dd.db(), db_url(&cfg).as_deref(), true)?;
+    let c = conn.as_mut();
     let f = std::fs::File::options()
         .write(true)
         .create_new(true)
         .open(out)
         .with_context(|| format!("creating {} (it must not exist)", out.display()))?;
     let mut w = BufWriter::new(f);
-    let h = match audit_log::export(&mut c, &mut w, &vkey, &cfg.audit.origin, from, to, SystemClock.now()) {
+    let h = match audit_log::export(c, &mut w, &vkey, &cfg.audit.origin, from, to, SystemClock.now()) {
         Ok(h) => h,
         Err(e) => {
             drop(w);

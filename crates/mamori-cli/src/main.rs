@@ -71,6 +71,13 @@ enum Cmd {
     /// The tamper-evident audit log: verify, export, witness.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Bring the database (SQLite or PostgreSQL, per mamori.toml) to this
+    /// version's schema. `mamori serve` does this too at start.
+    Migrate {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// The emergency procedure (BCP): plan, declarations, phases, checklists, reviews.
     #[command(subcommand)]
     Bcp(bcp::BcpCmd),
@@ -432,17 +439,45 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Reconcile(c) => continuity::reconcile_cmd(c).await?,
         Cmd::Patient(c) => continuity::patient_cmd(c).await?,
         Cmd::Maintenance(c) => maintenance::run(c).await?,
+        Cmd::Migrate { data } => off_runtime(|| migrate(&data))?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
-                (Some(d), None) => audit::verify_data(&d, key.as_deref(), deep)?,
+                (Some(d), None) => off_runtime(|| audit::verify_data(&d, key.as_deref(), deep))?,
                 (None, Some(f)) => audit::verify_export(&f, key.as_deref().unwrap_or_default())?,
                 _ => anyhow::bail!("give --data DIR or --export FILE --key KEY"),
             },
-            AuditCmd::Export { data, out, from, to } => audit::export(&data, &out, from, to)?,
+            AuditCmd::Export { data, out, from, to } => off_runtime(|| audit::export(&data, &out, from, to))?,
             AuditCmd::Witness { data, name, log, log_key, ca, interval, once } => {
                 witness::run(data, name, log, log_key, ca, interval, once).await?
             }
         },
+    }
+    Ok(())
+}
+
+/// Runs blocking database work on a thread of its own (PostgreSQL's
+/// synchronous client must not block the runtime's thread).
+fn off_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| s.spawn(f).join().map_err(|_| anyhow::anyhow!("worker thread panicked"))?)
+}
+
+/// `mamori migrate`: brings the database of a data directory to this
+/// build's schema (SQLite or PostgreSQL), and says where it stands.
+fn migrate(dir: &std::path::Path) -> anyhow::Result<()> {
+    let dd = mamori_server::server::DataDir(dir.to_owned());
+    if !dd.is_initialized() {
+        anyhow::bail!("{} is not an initialized mamori data directory", dir.display());
+    }
+    let cfg = mamori_server::config::Config::load(dir)?;
+    let url = audit::db_url(&cfg);
+    let mut c = mamori_store::open_conn(&dd.db(), url.as_deref(), false)?;
+    let before = mamori_store::schema::current(c.as_mut())?;
+    let after = mamori_store::schema::migrate(c.as_mut())?;
+    let what = url.as_deref().map_or_else(|| dd.db().display().to_string(), mamori_store::redact_url);
+    if before == after {
+        println!("{what}: schema version {after}, up to date");
+    } else {
+        println!("{what}: schema version {before} -> {after}");
     }
     Ok(())
 }

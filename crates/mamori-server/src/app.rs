@@ -134,7 +134,18 @@ async fn healthz(State(st): State<AppState>) -> Response {
     let size = st.store.read(|c| mamori_store::audit_log::size(c)).await;
     match size {
         Ok(n) => {
-            Json(json!({"status": "ok", "mode": st.mode.get().header_value(), "audit_tree_size": n})).into_response()
+            let backend = match st.store.backend() {
+                mamori_store::sql::Backend::Sqlite => "sqlite",
+                mamori_store::sql::Backend::Postgres => "postgres",
+            };
+            Json(json!({
+                "status": "ok",
+                "mode": st.mode.get().header_value(),
+                "audit_tree_size": n,
+                "backend": backend,
+                "leader": st.is_leader(),
+            }))
+            .into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "health check failed");

@@ -9,6 +9,7 @@ pub mod app;
 pub mod audit_api;
 pub mod bcp_api;
 pub mod breakglass;
+pub mod cluster;
 pub mod config;
 pub mod continuity;
 pub mod demo;

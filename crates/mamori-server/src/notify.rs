@@ -16,14 +16,14 @@ use mamori_core::policy::Role;
 use mamori_core::time::Timestamp;
 use mamori_store::emergency;
 use mamori_store::writer::WriteCtx;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
 use crate::state::{AppState, Caller};
 
 /// Who may see an announcement on their screen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "who")]
 pub enum Audience {
     Everyone,
@@ -49,7 +49,7 @@ impl Audience {
 }
 
 /// One announcement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Announcement {
     pub id: i64,
     pub event: String,
@@ -59,8 +59,14 @@ pub struct Announcement {
     pub severity: String,
     pub message: String,
     pub detail: Value,
-    #[serde(skip)]
+    /// Not shown to clients; carried beside the announcement between
+    /// servers.
+    #[serde(skip, default = "nobody")]
     pub audience: Audience,
+}
+
+fn nobody() -> Audience {
+    Audience::Roles(Vec::new())
 }
 
 /// Records an announcement in a write job: its audit event and one
@@ -105,6 +111,9 @@ pub fn announce(
 /// Sends committed announcements to the open screens.
 pub fn publish(st: &AppState, list: impl IntoIterator<Item = Announcement>) {
     for a in list {
+        if let Some(c) = st.cluster.get() {
+            c.send(crate::cluster::Notice::Announce { audience: a.audience.clone(), announcement: a.clone() });
+        }
         let _ = st.events.send(a);
     }
 }

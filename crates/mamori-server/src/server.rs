@@ -346,6 +346,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let base_url = cfg.base_url(addr);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let state = AppState::new(store, cfg, base_url.clone(), dd.0.clone(), xctx);
+    let cluster_rx = state.store.url().map(|url| {
+        let (c, rx) = crate::cluster::start(url, state.store.clone());
+        let _ = state.cluster.set(c);
+        state.tokens.disable();
+        rx
+    });
     crate::exchange::reload(&state).await;
     // Anchor the start in the audit log.
     let ctx = RequestCtx { addr: None, request_id: None, mode: state.mode.get() };
@@ -365,20 +371,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         .await?;
     // The mode in force is the one the database says.
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
-    state.set_mode(mode);
+    state.set_mode_local(mode);
     load_standalone(&state).await?;
+    let cluster_task = cluster_rx.map(|rx| tokio::spawn(crate::cluster::apply(state.clone(), rx)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let st = state.clone();
     let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
-    let background = vec![
-        tokio::spawn(crate::syslog::forward(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::notify::deliver(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::breakglass::expire(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::exchange::outbox::run(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::continuity::snapshot::schedule(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::maintenance::run(state.clone(), bg_rx.clone())),
-        tokio::spawn(crate::detect::run(state.clone(), bg_rx)),
-    ];
+    let background = vec![tokio::spawn(background_while_leader(state.clone(), bg_rx))];
     let as2_task = as2_listener.map(|(l, _)| {
         let st = state.clone();
         let stop = stop_rx.clone();
@@ -420,6 +419,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         for t in background {
             let _ = t.await;
         }
+        if let Some(c) = st.cluster.get() {
+            c.stop();
+        }
+        if let Some(t) = cluster_task {
+            t.abort();
+        }
         let ctx = RequestCtx { addr: None, request_id: None, mode: st.mode.get() };
         let rec = ctx.record("system", "system", "server-stop", 200, st.store.clock().now());
         let r = st
@@ -441,6 +446,54 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         tracing::info!("server stopped");
     });
     Ok(Running { addr, maint_addr, as2_addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
+}
+
+/// The background work (deliveries, forwarding, expiry, scans) runs on
+/// the leader only: always on SQLite; on PostgreSQL while this server holds
+/// the leader lock, stopped when it loses it.
+async fn background_while_leader(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut leader = match state.cluster.get() {
+        Some(c) => c.leader_watch(),
+        None => watch::channel(true).1,
+    };
+    loop {
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                r = leader.changed() => if r.is_err() { return },
+            }
+        }
+        let (term, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(crate::syslog::forward(state.clone(), rx.clone())),
+            tokio::spawn(crate::notify::deliver(state.clone(), rx.clone())),
+            tokio::spawn(crate::breakglass::expire(state.clone(), rx.clone())),
+            tokio::spawn(crate::exchange::outbox::run(state.clone(), rx.clone())),
+            tokio::spawn(crate::continuity::snapshot::schedule(state.clone(), rx.clone())),
+            tokio::spawn(crate::maintenance::run(state.clone(), rx.clone())),
+            tokio::spawn(crate::detect::run(state.clone(), rx)),
+        ];
+        let stopping = loop {
+            tokio::select! {
+                r = stop.changed() => if r.is_err() || *stop.borrow() { break true },
+                r = leader.changed() => match r {
+                    Err(_) => break true,
+                    Ok(()) if !*leader.borrow() => {
+                        tracing::warn!("leadership lost: stopping background work");
+                        break false;
+                    }
+                    Ok(()) => {}
+                },
+            }
+        };
+        let _ = term.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Which listener an accept loop serves.
@@ -557,7 +610,7 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, 
     let base_url = cfg.base_url(cfg.listen_addr()?);
     let state = AppState::new(store, cfg, base_url, dir.to_owned(), xctx);
     let mode = state.store.read(mamori_store::emergency::current_mode).await?;
-    state.set_mode(mode);
+    state.set_mode_local(mode);
     load_standalone(&state).await?;
     Ok((state, lock))
 }

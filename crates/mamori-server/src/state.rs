@@ -59,6 +59,9 @@ pub struct Inner {
     /// The API router, for the web UI's in-process calls (set by
     /// [`crate::app::router`], cleared at shutdown to break the cycle).
     pub api_router: RwLock<Option<axum::Router>>,
+    /// The other servers on the same PostgreSQL database (set at start;
+    /// unset means a single server).
+    pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 impl std::ops::Deref for AppState {
@@ -76,6 +79,9 @@ impl std::ops::Deref for AppState {
 /// the clock on each use.
 #[derive(Default)]
 pub struct TokenCache {
+    /// Off on PostgreSQL: another server may revoke a token, and the next
+    /// request must see it.
+    disabled: std::sync::atomic::AtomicBool,
     generation: std::sync::atomic::AtomicU64,
     map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (u64, TokenInfo)>>,
 }
@@ -89,13 +95,24 @@ impl TokenCache {
             m.clear();
         }
     }
+    /// Turns the cache off (several servers share the database).
+    pub fn disable(&self) {
+        self.disabled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.invalidate();
+    }
     fn get(&self, hash: &[u8], now: mamori_core::time::Timestamp) -> Option<TokenInfo> {
+        if self.disabled.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let g = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let m = self.map.lock().ok()?;
         let (gen, info) = m.get(hash)?;
         (*gen == g && info.expires > now).then(|| info.clone())
     }
     fn put(&self, hash: Vec<u8>, gen: u64, info: TokenInfo) {
+        if self.disabled.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut m) = self.map.lock() {
             if m.len() >= TOKEN_CACHE_MAX {
                 m.clear();
@@ -127,6 +144,7 @@ impl AppState {
             standalone: RwLock::new(None),
             restart: tokio::sync::Notify::new(),
             api_router: RwLock::new(None),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 
@@ -135,11 +153,25 @@ impl AppState {
         self.standalone.read().ok().and_then(|g| g.as_ref().map(|s| s.node.clone()))
     }
 
-    /// Changes the mode in force (after the change committed) and tells
-    /// every open screen.
+    /// Changes the mode in force (after the change committed), tells
+    /// every open screen and the other servers.
     pub fn set_mode(&self, m: Mode) {
+        self.set_mode_local(m);
+        if let Some(c) = self.cluster.get() {
+            c.send(crate::cluster::Notice::Mode);
+        }
+    }
+
+    /// As [`AppState::set_mode`], on this server only (at start, or when
+    /// another server said the mode changed).
+    pub fn set_mode_local(&self, m: Mode) {
         self.mode.set(m);
         let _ = self.mode_watch.send(serde_json::json!({"mode": m.header_value(), "state": m}).to_string());
+    }
+
+    /// Whether this server leads (always on SQLite).
+    pub fn is_leader(&self) -> bool {
+        self.cluster.get().is_none_or(crate::cluster::Cluster::is_leader)
     }
 }
 

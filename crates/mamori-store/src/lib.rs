@@ -106,6 +106,19 @@ pub fn open_sqlite(path: &Path, sync: Synchronous, read_only: bool) -> Result<Co
     Ok(c)
 }
 
+/// One connection to a store's database, outside the server (offline
+/// commands): SQLite at `path`, or PostgreSQL at `url`. On PostgreSQL it
+/// must be used off async threads.
+pub fn open_conn(path: &Path, url: Option<&str>, read_only: bool) -> Result<Box<dyn Conn + Send>> {
+    match url {
+        Some(u) => Ok(Box::new(
+            pg::PgConn::connect(u)
+                .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", redact_url(u))))?,
+        )),
+        None => Ok(Box::new(open_sqlite(path, Synchronous::Full, read_only)?)),
+    }
+}
+
 struct ReaderPool {
     conns: Vec<Mutex<Box<dyn Conn + Send>>>,
     next: AtomicUsize,
