@@ -4,10 +4,12 @@
 //!   cargo run --release -p mamori-bench -- fhir [--seconds 10] [--clients 32]
 //!   cargo run --release -p mamori-bench -- exchange [--runs 3] [--clients 4] [--only crypto]
 //!   cargo run --release -p mamori-bench -- continuity [--runs 1] [--clients PATIENTS]
+//!   cargo run --release -p mamori-bench -- pg [--seconds 10] [--clients 32] [--runs 1]
 #![forbid(unsafe_code)]
 
 mod continuity;
 mod exchange;
+mod pg;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +56,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn patient_json(i: u64) -> Value {
+pub fn patient_json(i: u64) -> Value {
     json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("B{i}")}],
            "name": [{"family": format!("山田{:04}", i % 5000), "given": ["太郎"]}, {"family": format!("ヤマダ{:04}", i % 5000), "given": ["タロウ"]}],
            "gender": "male", "birthDate": "1970-05-01",
@@ -83,15 +85,15 @@ fn baseline_sqlite(dir: &std::path::Path, n: u64) -> Result<(f64, f64, f64)> {
     Ok((rate, pct(&lat, 0.5), pct(&lat, 0.99)))
 }
 
-struct Load {
-    ops: u64,
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    errors: u64,
+pub struct Load {
+    pub ops: u64,
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub errors: u64,
 }
 
-async fn load<F, Fut>(clients: usize, secs: u64, f: F) -> Load
+pub async fn load<F, Fut>(clients: usize, secs: u64, f: F) -> Load
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = bool> + Send,
@@ -137,7 +139,7 @@ where
     }
 }
 
-async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
+pub async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
     match r {
         Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
         _ => false,
@@ -530,6 +532,7 @@ fn main() -> Result<()> {
         "audit" => rt.block_on(audit(&a)),
         "exchange" => rt.block_on(exchange::run(&a)),
         "continuity" => rt.block_on(continuity::run(&a)),
-        _ => bail!("usage: mamori-bench (fhir|audit|exchange|continuity) [--seconds N] [--clients N] [--runs N]"),
+        "pg" => rt.block_on(pg::run(&a)),
+        _ => bail!("usage: mamori-bench (fhir|audit|exchange|continuity|pg) [--seconds N] [--clients N] [--runs N]"),
     }
 }

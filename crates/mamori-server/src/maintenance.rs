@@ -626,7 +626,8 @@ async fn op_db_check(State(st): State<AppState>) -> R {
                 // PostgreSQL checks its pages itself (data checksums,
                 // amcheck for the DBA): here, that every table answers.
                 mamori_store::sql::Backend::Postgres => {
-                    for t in ["resources", "resource_versions", "audit_events", "merkle_nodes", "checkpoints", "users"] {
+                    for t in ["resources", "resource_versions", "audit_events", "merkle_nodes", "checkpoints", "users"]
+                    {
                         c.query_one(&format!("SELECT COUNT(*) FROM {t}"), mamori_store::p![])?;
                     }
                     Ok(vec!["ok".to_owned()])

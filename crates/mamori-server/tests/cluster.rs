@@ -49,7 +49,9 @@ async fn two_servers_one_database() {
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::write(
         dir_a.join("mamori.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[audit]\ncheckpoint_every_seconds = 1\n"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[audit]\ncheckpoint_every_seconds = 1\n"
+        ),
     )
     .unwrap();
     let a = TestServer::boot(dir_a.clone(), None).await;
@@ -59,8 +61,11 @@ async fn two_servers_one_database() {
     // new keys to an institution's database.
     let stray = temp_dir("cluster-stray");
     std::fs::create_dir_all(&stray).unwrap();
-    std::fs::write(stray.join("mamori.toml"), format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n"))
-        .unwrap();
+    std::fs::write(
+        stray.join("mamori.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
     let e = mamori_server::server::start(mamori_server::server::ServeOptions {
         data: stray.clone(),
         listen: None,

@@ -653,7 +653,9 @@ pub fn due_deliveries(c: &mut dyn Conn, now: Timestamp, limit: usize) -> Result<
 
 pub fn deliveries(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Delivery>> {
     c.query(
-        &format!("{DELIVERY_SQL} WHERE (CAST($1 AS TEXT) IS NULL OR d.state = $1) ORDER BY d.notification DESC LIMIT $2"),
+        &format!(
+            "{DELIVERY_SQL} WHERE (CAST($1 AS TEXT) IS NULL OR d.state = $1) ORDER BY d.notification DESC LIMIT $2"
+        ),
         p![state, limit],
     )?
     .iter()

@@ -310,10 +310,7 @@ impl<'a> FromSql<'a> for PgCell {
 /// The integer part of a binary NUMERIC (what SUM over BIGINT returns).
 fn numeric_to_i64(raw: &[u8]) -> Result<i64, BoxErr> {
     let u16_at = |i: usize| -> Result<u16, BoxErr> {
-        Ok(u16::from_be_bytes([
-            *raw.get(i).ok_or("short numeric")?,
-            *raw.get(i + 1).ok_or("short numeric")?,
-        ]))
+        Ok(u16::from_be_bytes([*raw.get(i).ok_or("short numeric")?, *raw.get(i + 1).ok_or("short numeric")?]))
     };
     let ndigits = usize::from(u16_at(0)?);
     let weight = i32::from(u16_at(2)? as i16);

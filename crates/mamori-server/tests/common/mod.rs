@@ -44,9 +44,9 @@ pub const PASSWORD: &str = "Correct horse 42!";
 /// that is dropped afterwards; otherwise on SQLite.
 pub fn pg_base() -> Option<String> {
     match std::env::var("MAMORI_TEST_BACKEND").as_deref() {
-        Ok("postgres") => Some(
-            std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-        ),
+        Ok("postgres") => {
+            Some(std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()))
+        }
         _ => None,
     }
 }
@@ -67,7 +67,8 @@ pub fn on_pg<T: Send>(url: &str, f: impl FnOnce(&mut mamori_store::pg::PgConn) -
 /// A schema of its own for one test server: its URL, and the schema name.
 pub fn pg_schema(base: &str, tag: &str) -> (String, String) {
     let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let tag: String =
+        tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     let schema = format!("t_{tag}_{}_{n:x}", std::process::id());
     on_pg(base, |c| {
         use mamori_store::sql::Conn;

@@ -1,0 +1,247 @@
+//! `mamori-bench pg`: audited FHIR creates and reads on PostgreSQL through
+//! one and two mamori servers, with `pgbench` (TPC-B-like) on the same
+//! PostgreSQL measured in the same run as the baseline.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mamori_core::time::SystemClock;
+use mamori_store::sql::Conn;
+use serde_json::{json, Value};
+
+use crate::{load, median, ok200, patient_json, Args, Load};
+
+const DB: &str = "mamori_bench";
+
+fn pg_url() -> String {
+    std::env::var("MAMORI_BENCH_PG").unwrap_or_else(|_| format!("postgres://postgres@127.0.0.1:5432/{DB}"))
+}
+
+/// Creates the benchmark database if needed (through the `test` database).
+fn ensure_db() -> Result<()> {
+    let admin = "postgres://postgres@127.0.0.1:5432/test";
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            let mut c = mamori_store::pg::PgConn::connect(admin)?;
+            let exists = c.query_one("SELECT 1 FROM pg_database WHERE datname = $1", mamori_store::p![DB])?.is_some();
+            if !exists {
+                c.batch(&format!("CREATE DATABASE {DB}"))?;
+            }
+            let mut b = mamori_store::pg::PgConn::connect(&pg_url())?;
+            b.batch("DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("setup thread panicked"))?
+    })
+}
+
+/// pgbench TPC-B-like on the same server: transactions per second.
+fn pgbench(clients: usize, secs: u64) -> Result<f64> {
+    let init =
+        Command::new("pgbench").args(["-h", "127.0.0.1", "-U", "postgres", "-i", "-q", "-s", "10", DB]).output()?;
+    if !init.status.success() {
+        bail!("pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-c", &clients.to_string(), "-j", "2", "-T", &secs.to_string(), DB])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench output: {text}"))?;
+    Ok(tps)
+}
+
+struct Node {
+    running: mamori_server::server::Running,
+    base: String,
+}
+
+async fn start(dir: &std::path::Path) -> Result<Node> {
+    let running = mamori_server::server::start(mamori_server::server::ServeOptions {
+        data: dir.to_owned(),
+        listen: None,
+        as2_listen: None,
+        clock: Arc::new(SystemClock),
+    })
+    .await?;
+    let base = format!("https://localhost:{}", running.addr.port());
+    Ok(Node { running, base })
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_name() == "mamori.lock" {
+            continue;
+        }
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn login(c: &reqwest::Client, base: &str, user: &str, pw: &str) -> Result<String> {
+    let v: Value = c
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["token"].as_str().map(str::to_owned).context("login failed")
+}
+
+async fn creates(c: &reqwest::Client, bases: Vec<String>, tok: &str, clients: usize, secs: u64) -> Load {
+    let (c, tok) = (c.clone(), tok.to_owned());
+    load(clients, secs, move |i| {
+        let (c, tok) = (c.clone(), tok.clone());
+        let b = bases[usize::try_from(i).unwrap_or(0) % bases.len()].clone();
+        async move {
+            matches!(
+                c.post(format!("{b}/fhir/Patient"))
+                    .bearer_auth(&tok)
+                    .header("content-type", "application/fhir+json")
+                    .body(patient_json(i).to_string())
+                    .send()
+                    .await,
+                Ok(r) if r.status() == 201
+            )
+        }
+    })
+    .await
+}
+
+async fn reads(c: &reqwest::Client, bases: Vec<String>, tok: &str, id: &str, clients: usize, secs: u64) -> Load {
+    let (c, tok, id) = (c.clone(), tok.to_owned(), id.to_owned());
+    load(clients, secs, move |i| {
+        let (c, tok) = (c.clone(), tok.clone());
+        let url = format!("{}/fhir/Patient/{id}", bases[usize::try_from(i).unwrap_or(0) % bases.len()]);
+        async move { ok200(c.get(url).bearer_auth(&tok).send().await).await }
+    })
+    .await
+}
+
+pub async fn run(a: &Args) -> Result<()> {
+    ensure_db()?;
+    let url = format!("{}?options=-csearch_path%3Dbench", pg_url());
+    let dir = std::env::temp_dir().join(format!("mamori-bench-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("mamori.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n"),
+    )?;
+    let a1 = start(&dir).await?;
+    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .pool_max_idle_per_host(a.clients)
+        .build()?;
+    let otp = a1.running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
+    let t = login(&client, &a1.base, "admin", &otp).await?;
+    client
+        .post(format!("{}/api/v1/auth/password", a1.base))
+        .bearer_auth(&t)
+        .json(&json!({"current": otp, "new": "Bench password 1!"}))
+        .send()
+        .await?;
+    let admin = login(&client, &a1.base, "admin", "Bench password 1!").await?;
+    client
+        .post(format!("{}/api/v1/users", a1.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}))
+        .send()
+        .await?;
+    let t = login(&client, &a1.base, "dr.bench", "Bench password 1!").await?;
+    client
+        .post(format!("{}/api/v1/auth/password", a1.base))
+        .bearer_auth(&t)
+        .json(&json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
+        .send()
+        .await?;
+    let doc = login(&client, &a1.base, "dr.bench", "Bench password 2!").await?;
+    let id = client
+        .post(format!("{}/fhir/Patient", a1.base))
+        .bearer_auth(&doc)
+        .header("content-type", "application/fhir+json")
+        .body(patient_json(0).to_string())
+        .send()
+        .await?
+        .json::<Value>()
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Care relationship for reads: the creator's own patient is readable
+    // only with one, so read as admin-assigned physician.
+    client
+        .post(format!("{}/api/v1/care-assignments", a1.base))
+        .bearer_auth(&admin)
+        .json(&json!({"patient": id, "user": "dr.bench"}))
+        .send()
+        .await?;
+
+    println!(
+        "mamori-bench pg: {} clients, {} s per run, {} runs (medians), HTTPS keep-alive, PostgreSQL {}",
+        a.clients,
+        a.seconds,
+        a.runs,
+        mamori_store::redact_url(&pg_url())
+    );
+    let mut tps = Vec::new();
+    for _ in 0..a.runs {
+        tps.push(pgbench(a.clients, a.seconds)?);
+    }
+    let baseline = median(tps);
+    println!("baseline  pgbench TPC-B-like (scale 10), {} clients   {:>9.0} tps", a.clients, baseline);
+
+    let report = |name: &str, runs: Vec<Load>| {
+        let rate = median(runs.iter().map(|l| l.rate).collect());
+        let p50 = median(runs.iter().map(|l| l.p50).collect());
+        let p99 = median(runs.iter().map(|l| l.p99).collect());
+        let errors: u64 = runs.iter().map(|l| l.errors).sum();
+        println!(
+            "{name:<34} {rate:>9.0} /s   p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  errors {errors}  ratio to pgbench {:.2}",
+            rate / baseline
+        );
+    };
+    let one = vec![a1.base.clone()];
+    let mut c1 = Vec::new();
+    let mut r1 = Vec::new();
+    for _ in 0..a.runs {
+        c1.push(creates(&client, one.clone(), &doc, a.clients, a.seconds).await);
+        r1.push(reads(&client, one.clone(), &doc, &id, a.clients, a.seconds).await);
+    }
+    report("audited creates, 1 server", c1);
+    report("audited reads, 1 server", r1);
+
+    let dir2 = std::env::temp_dir().join(format!("mamori-bench-pg2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir2);
+    copy_dir(&dir, &dir2)?;
+    let a2 = start(&dir2).await?;
+    let two = vec![a1.base.clone(), a2.base.clone()];
+    let mut c2 = Vec::new();
+    let mut r2 = Vec::new();
+    for _ in 0..a.runs {
+        c2.push(creates(&client, two.clone(), &doc, a.clients, a.seconds).await);
+        r2.push(reads(&client, two.clone(), &doc, &id, a.clients, a.seconds).await);
+    }
+    report("audited creates, 2 servers", c2);
+    report("audited reads, 2 servers", r2);
+    a2.running.shutdown().await;
+    a1.running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir2);
+    Ok(())
+}
