@@ -41,7 +41,7 @@ pub enum Notice {
     /// The mode changed: re-read it from the database.
     Mode,
     /// An announcement for open screens.
-    Announce { announcement: Announcement, audience: Audience },
+    Announce { announcement: Box<Announcement>, audience: Audience },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -213,7 +213,7 @@ pub async fn apply(state: AppState, mut rx: mpsc::UnboundedReceiver<Notice>) {
             },
             Notice::Announce { mut announcement, audience } => {
                 announcement.audience = audience;
-                let _ = state.events.send(announcement);
+                let _ = state.events.send(*announcement);
             }
         }
     }

@@ -112,7 +112,10 @@ pub fn announce(
 pub fn publish(st: &AppState, list: impl IntoIterator<Item = Announcement>) {
     for a in list {
         if let Some(c) = st.cluster.get() {
-            c.send(crate::cluster::Notice::Announce { audience: a.audience.clone(), announcement: a.clone() });
+            c.send(crate::cluster::Notice::Announce {
+                audience: a.audience.clone(),
+                announcement: Box::new(a.clone()),
+            });
         }
         let _ = st.events.send(a);
     }
