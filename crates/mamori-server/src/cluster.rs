@@ -61,12 +61,6 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A single server (SQLite): always the leader, tells no one.
-    pub fn single() -> Cluster {
-        let (_tx, rx) = watch::channel(true);
-        Cluster { id: String::new(), out: None, leader: rx, stop: Arc::new(AtomicBool::new(false)) }
-    }
-
     /// Whether this server is the leader now.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()

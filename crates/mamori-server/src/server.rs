@@ -452,9 +452,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
 /// the leader only: always on SQLite; on PostgreSQL while this server holds
 /// the leader lock, stopped when it loses it.
 async fn background_while_leader(state: AppState, mut stop: watch::Receiver<bool>) {
+    // A single server leads for good: the sender is kept for as long as
+    // this task runs (a dropped sender would read as "stop").
+    let (_single, single_rx) = watch::channel(true);
     let mut leader = match state.cluster.get() {
         Some(c) => c.leader_watch(),
-        None => watch::channel(true).1,
+        None => single_rx,
     };
     loop {
         while !*leader.borrow_and_update() {
