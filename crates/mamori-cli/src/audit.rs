@@ -23,7 +23,7 @@ pub fn parse_key(arg: &str) -> Result<NoteVerifier> {
         .map_err(|e| anyhow::anyhow!("{e}: expected a verifier key like name+1a2b3c4d+AbC... (or a file holding one)"))
 }
 
-fn print_report(what: &str, r: &Report) -> Result<()> {
+pub fn print_report(what: &str, r: &Report) -> Result<()> {
     use base64::Engine;
     if r.ok() {
         println!(

@@ -7,6 +7,7 @@ mod api;
 mod audit;
 mod bcp;
 mod continuity;
+mod db;
 mod exchange;
 mod maintenance;
 mod witness;
@@ -77,6 +78,17 @@ enum Cmd {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+    },
+    /// Move a stopped SQLite data directory's database into an empty
+    /// PostgreSQL database, then check it: row counts per table and the
+    /// audit log verified on the target. The SQLite file is left as it was.
+    CopyToPostgres {
+        /// Data directory (on SQLite; its server stopped).
+        #[arg(long)]
+        data: PathBuf,
+        /// The target: postgres://user@host:port/dbname
+        #[arg(long)]
+        url: String,
     },
     /// The emergency procedure (BCP): plan, declarations, phases, checklists, reviews.
     #[command(subcommand)]
@@ -440,6 +452,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Patient(c) => continuity::patient_cmd(c).await?,
         Cmd::Maintenance(c) => maintenance::run(c).await?,
         Cmd::Migrate { data } => off_runtime(|| migrate(&data))?,
+        Cmd::CopyToPostgres { data, url } => off_runtime(|| db::copy_to_postgres(&data, &url))?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => off_runtime(|| audit::verify_data(&d, key.as_deref(), deep))?,

@@ -1,7 +1,7 @@
 //! Several mamori servers on one PostgreSQL database.
 //!
 //! - **Leader.** One server at a time holds a session-level advisory lock
-//!   ([`mamori_store::pg::LEADER_LOCK`]) on a connection of its own. The
+//!   ([`mamori_store::pg::TRY_LEADER_LOCK_SQL`]) on a connection of its own. The
 //!   leader signs the periodic audit checkpoints and runs the background
 //!   work (outbox delivery, announcements to webhooks, syslog forwarding,
 //!   break-glass expiry, scheduled snapshots, maintenance and attack
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mamori_store::pg::{PgConn, CHANNEL, LEADER_LOCK};
+use mamori_store::pg::{channel, PgConn, TRY_LEADER_LOCK_SQL};
 use mamori_store::sql::Conn;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -137,7 +137,16 @@ fn listen_loop(
                 continue;
             }
         };
-        if let Err(e) = conn.batch(&format!("LISTEN {CHANNEL}")) {
+        // One channel per schema: other deployments in the same database
+        // never see this one's notices.
+        let chan = match conn.query_one("SELECT current_schema()", mamori_store::p![]) {
+            Ok(Some(r)) => channel(&r.text(0).unwrap_or_default()),
+            _ => {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(e) = conn.batch(&format!("LISTEN {chan}")) {
             tracing::warn!(error = %e, "LISTEN failed; retrying");
             std::thread::sleep(Duration::from_secs(1));
             continue;
@@ -149,7 +158,7 @@ fn listen_loop(
             while !stop.load(Ordering::SeqCst) {
                 if !is_leader {
                     let got = conn
-                        .query_one("SELECT pg_try_advisory_lock($1)", mamori_store::p![LEADER_LOCK])
+                        .query_one(TRY_LEADER_LOCK_SQL, mamori_store::p![])
                         .map_err(|e| e.to_string())?
                         .map(|r| r.bool(0))
                         .transpose()
@@ -163,7 +172,7 @@ fn listen_loop(
                     }
                 }
                 while let Ok(payload) = out.try_recv() {
-                    conn.exec("SELECT pg_notify($1, $2)", mamori_store::p![CHANNEL, payload])
+                    conn.query("SELECT pg_notify($1, $2)", mamori_store::p![chan.as_str(), payload])
                         .map_err(|e| e.to_string())?;
                 }
                 let client = conn.client().map_err(|e| e.to_string())?;

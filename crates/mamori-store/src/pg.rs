@@ -16,15 +16,24 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::sql::{Backend, Cell, CellRef, Conn, DbError, Row, Val};
 
-/// The advisory lock key every writer transaction takes (transaction
-/// scope): appends to the audit log are serialized across servers, so each
-/// server integrates its events into the one Merkle tree in commit order.
-pub const WRITE_LOCK: i64 = 0x6d61_6d6f_7269_0001;
-/// The advisory lock key of the leader (session scope): the one server
-/// that runs background work and signs periodic checkpoints.
-pub const LEADER_LOCK: i64 = 0x6d61_6d6f_7269_0002;
-/// The LISTEN/NOTIFY channel servers tell each other about changes on.
-pub const CHANNEL: &str = "mamori";
+// Advisory locks are per database; the keys are per schema (its name's
+// hash, then the lock's number), so that deployments in different schemas
+// of one database do not share them.
+
+/// Every writer transaction takes this lock (transaction scope): appends
+/// to the audit log are serialized across servers, so each server
+/// integrates its events into the one Merkle tree in commit order.
+pub const WRITE_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema()), 1)";
+/// The leader's lock (session scope): the one server that runs background
+/// work and signs periodic checkpoints.
+pub const TRY_LEADER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtext(current_schema()), 2)";
+
+/// The LISTEN/NOTIFY channel of a schema (channels are per database).
+pub fn channel(schema: &str) -> String {
+    // FNV-1a: a stable, identifier-safe name.
+    let h = schema.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("mamori_{h:016x}")
+}
 
 /// A PostgreSQL connection with a statement cache; reconnects when the
 /// server closed it (outside a transaction).
@@ -191,9 +200,7 @@ impl Conn for PgConn {
         let sql = match translate_batch(sql) {
             // A writer transaction: serialized across servers.
             None => {
-                self.client()?
-                    .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
-                    .map_err(|e| pg_err(&e))?;
+                self.client()?.batch_execute(&format!("BEGIN; {WRITE_LOCK_SQL}")).map_err(|e| pg_err(&e))?;
                 self.in_tx = true;
                 return Ok(());
             }
