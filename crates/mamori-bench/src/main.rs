@@ -327,7 +327,7 @@ async fn fhir(a: &Args) -> Result<()> {
     Ok(())
 }
 
-fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
+pub fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
     use mamori_audit::event::{Agent, AuditRecord, Entity};
     AuditRecord {
         time: mamori_core::time::Timestamp(1_795_000_000_000_000 + i as i64 * 1000).to_rfc3339(),

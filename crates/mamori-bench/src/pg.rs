@@ -29,7 +29,10 @@ fn ensure_db() -> Result<()> {
                 c.batch(&format!("CREATE DATABASE {DB}"))?;
             }
             let mut b = mamori_store::pg::PgConn::connect(&pg_url())?;
-            b.batch("DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")?;
+            b.batch(
+                "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench; \
+                 DROP SCHEMA IF EXISTS bench_audit CASCADE; CREATE SCHEMA bench_audit",
+            )?;
             Ok(())
         })
         .join()
@@ -205,6 +208,44 @@ pub async fn run(a: &Args) -> Result<()> {
     }
     let baseline = median(tps);
     println!("baseline  pgbench TPC-B-like (scale 10), {} clients   {:>9.0} tps", a.clients, baseline);
+
+    // The audit benchmark of issue 3 on PostgreSQL: durable appends through
+    // the store's group-commit writer, 256 concurrent appenders.
+    {
+        let pkcs8 = mamori_audit::note::generate_pkcs8()?;
+        let signer = Arc::new(mamori_audit::note::NoteSigner::from_pkcs8("bench/audit", &pkcs8)?);
+        let cfg = mamori_store::StoreConfig {
+            path: dir.join("unused.db"),
+            url: Some(format!("{}?options=-csearch_path%3Dbench_audit", pg_url())),
+            synchronous: mamori_store::Synchronous::Full,
+            readers: 2,
+            checkpoint: mamori_store::CheckpointPolicy {
+                every_events: 1000,
+                every: std::time::Duration::from_secs(60),
+            },
+            origin: "bench/audit".into(),
+        };
+        let store = mamori_store::Store::open(&cfg, Arc::new(SystemClock), signer)?;
+        store.set_leader(true);
+        let mut runs = Vec::new();
+        for _ in 0..a.runs {
+            let w = store.writer().clone();
+            runs.push(
+                load(256, a.seconds, move |i| {
+                    let w = w.clone();
+                    async move { w.audit(vec![crate::audit_record(i)]).await.is_ok() }
+                })
+                .await,
+            );
+        }
+        let rate = median(runs.iter().map(|l| l.rate).collect());
+        println!(
+            "durable audit appends (256 appenders)   {rate:>9.0} /s   p50 {:>6.2} ms  p99 {:>6.2} ms  ratio to pgbench {:.2}",
+            median(runs.iter().map(|l| l.p50).collect()),
+            median(runs.iter().map(|l| l.p99).collect()),
+            rate / baseline
+        );
+    }
 
     let report = |name: &str, runs: Vec<Load>| {
         let rate = median(runs.iter().map(|l| l.rate).collect());

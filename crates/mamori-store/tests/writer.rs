@@ -1,37 +1,108 @@
-//! The group-commit writer's exclusive jobs: all or nothing, failures
-//! recorded, ordinary jobs unaffected.
+//! The group-commit writer on both backends (SQLite, and PostgreSQL at
+//! `MAMORI_TEST_PG`, default the local server, each test in a schema of its
+//! own): exclusive jobs all or nothing, a failing job in a batch rolled back
+//! alone with its failure recorded, audit appends that verify.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mamori_audit::event::{Agent, AuditRecord};
 use mamori_audit::note::{generate_pkcs8, NoteSigner};
 use mamori_core::time::SystemClock;
-use mamori_store::{p, CheckpointPolicy, Store, StoreConfig, StoreError, Synchronous};
+use mamori_store::pg::PgConn;
+use mamori_store::sql::{Backend, Conn};
+use mamori_store::{audit_log, p, CheckpointPolicy, Store, StoreConfig, StoreError, Synchronous};
 
-fn store(tag: &str) -> (Store, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("mamori-store-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn pg_base() -> String {
+    std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs a statement on the test server from a thread of its own (the
+/// synchronous client must not block the test's runtime).
+fn admin(sql: String) {
+    std::thread::spawn(move || {
+        let mut c = PgConn::connect(&pg_base()).expect("PostgreSQL for the tests is reachable");
+        c.batch(&sql).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// A store under test, and what to remove afterwards.
+struct Fixture {
+    store: Option<Store>,
+    signer: Arc<NoteSigner>,
+    dir: std::path::PathBuf,
+    schema: Option<String>,
+}
+
+impl Fixture {
+    fn store(&self) -> &Store {
+        self.store.as_ref().unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.store.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(s) = &self.schema {
+            admin(format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
+        }
+    }
+}
+
+fn fixture(tag: &str, backend: Backend) -> Fixture {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("mamori-store-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let (url, schema) = match backend {
+        Backend::Sqlite => (None, None),
+        Backend::Postgres => {
+            let name = format!("s_{tag}_{}_{n:x}", std::process::id());
+            admin(format!("CREATE SCHEMA {name}"));
+            (Some(format!("{}?options=-csearch_path%3D{name}", pg_base())), Some(name))
+        }
+    };
     let signer = Arc::new(NoteSigner::from_pkcs8("test/log", &generate_pkcs8().unwrap()).unwrap());
     let cfg = StoreConfig {
         path: dir.join("t.db"),
-        url: None,
+        url,
         synchronous: Synchronous::Normal,
         readers: 1,
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "test/log".into(),
     };
-    (Store::open(&cfg, Arc::new(SystemClock), signer).unwrap(), dir)
+    let store = Store::open(&cfg, Arc::new(SystemClock), signer.clone()).unwrap();
+    assert_eq!(store.backend(), backend);
+    Fixture { store: Some(store), signer, dir, schema }
 }
 
 async fn count(s: &Store) -> i64 {
     s.read(|c| Ok(c.query_one("SELECT COUNT(*) FROM provisional_seq", p![])?.unwrap().i64(0)?)).await.unwrap()
 }
 
-#[tokio::test]
-async fn exclusive_jobs_are_all_or_nothing() {
-    let (s, dir) = store("excl");
+macro_rules! both {
+    ($name:ident, $sqlite:ident, $pg:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $name(Backend::Sqlite).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            $name(Backend::Postgres).await;
+        }
+    };
+}
+
+both!(exclusive_jobs_are_all_or_nothing, exclusive_jobs_sqlite, exclusive_jobs_postgres);
+both!(failing_job_rolls_back_alone, failing_job_sqlite, failing_job_postgres);
+both!(audit_appends_verify, audit_appends_sqlite, audit_appends_postgres);
+
+async fn exclusive_jobs_are_all_or_nothing(b: Backend) {
+    let f = fixture("excl", b);
+    let s = f.store();
     // A large job commits as a whole.
     s.writer()
         .write_exclusive(
@@ -45,7 +116,7 @@ async fn exclusive_jobs_are_all_or_nothing() {
         )
         .await
         .unwrap();
-    assert_eq!(count(&s).await, 20_000);
+    assert_eq!(count(s).await, 20_000);
     // A failing one leaves nothing behind, and its failure is recorded.
     let r: Result<(), StoreError> = s
         .writer()
@@ -63,9 +134,9 @@ async fn exclusive_jobs_are_all_or_nothing() {
         )
         .await;
     assert!(r.is_err());
-    assert_eq!(count(&s).await, 20_001);
+    assert_eq!(count(s).await, 20_001);
     // Ordinary jobs around it still work.
-    let (a, b) = tokio::join!(
+    let (a, c) = tokio::join!(
         s.writer().write(
             |w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('a', 1)", p![]).map_err(Into::into),
             |_, _| Ok(())
@@ -76,8 +147,98 @@ async fn exclusive_jobs_are_all_or_nothing() {
         ),
     );
     a.unwrap();
-    b.unwrap();
-    assert_eq!(count(&s).await, 20_003);
-    drop(s);
-    let _ = std::fs::remove_dir_all(dir);
+    c.unwrap();
+    assert_eq!(count(s).await, 20_003);
+}
+
+/// Jobs committed together: one failing with a database error (a
+/// duplicate key, which aborts the transaction on PostgreSQL until its
+/// savepoint is rolled back) takes none of the others with it.
+async fn failing_job_rolls_back_alone(b: Backend) {
+    let f = fixture("batch", b);
+    let s = f.store();
+    s.writer()
+        .write(
+            |w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('taken', 1)", p![]).map_err(Into::into),
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..60 {
+        let w = s.writer().clone();
+        jobs.push(tokio::spawn(async move {
+            w.write(
+                move |w| {
+                    w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ($1, 1)", p![format!("j{i}")])?;
+                    if i % 6 == 0 {
+                        // The duplicate: this job fails after a first insert.
+                        w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('taken', 2)", p![])?;
+                    }
+                    Ok(())
+                },
+                move |_, w| {
+                    w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ($1, 9)", p![format!("failed{i}")])?;
+                    Ok(())
+                },
+            )
+            .await
+        }));
+    }
+    let mut failed = 0;
+    for j in jobs {
+        if j.await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 10);
+    // 1 + 50 committed jobs + 10 recorded failures; no first insert of a failed job.
+    assert_eq!(count(s).await, 61);
+    let ghosts = s
+        .read(|c| {
+            Ok(c.query_one("SELECT COUNT(*) FROM provisional_seq WHERE day IN ('j0', 'j6', 'j54')", p![])?
+                .unwrap()
+                .i64(0)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ghosts, 0);
+}
+
+fn record(i: u64) -> AuditRecord {
+    AuditRecord {
+        time: mamori_core::time::Timestamp(1_795_000_000_000_000 + i as i64 * 1000).to_rfc3339(),
+        mode: "normal".into(),
+        agent: Agent { user: format!("u{}", i % 7), kind: "staff".into(), ..Agent::default() },
+        action: "read".into(),
+        entity: None,
+        patients: vec![format!("p{}", i % 13)],
+        status: 200,
+        basis: None,
+        purpose: None,
+        request: None,
+        query: None,
+        detail: None,
+    }
+}
+
+async fn audit_appends_verify(b: Backend) {
+    let f = fixture("audit", b);
+    let s = f.store();
+    let mut handles = Vec::new();
+    for k in 0..20u64 {
+        let w = s.writer().clone();
+        handles.push(tokio::spawn(async move { w.audit((0..25).map(|i| record(k * 25 + i)).collect()).await }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for h in handles {
+        seqs.extend(h.await.unwrap().unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..500).collect::<Vec<u64>>(), "leaf indexes are dense and unique");
+    s.writer().write(|w| w.checkpoint("test").map(|_| ()), |_, _| Ok(())).await.unwrap();
+    let v = f.signer.verifier();
+    let r = s.read(move |c| audit_log::verify(c, None, &v, "test/log", false)).await.unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.events, 500);
 }
