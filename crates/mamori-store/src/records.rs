@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Result, StoreError};
 use crate::p;
-use crate::sql::{Conn, Row};
+use crate::sql::{insert_rows, Conn, Row, Val};
 
 /// The current state of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,26 +274,29 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
         }
     }
     let Some(body) = body else { return Ok(()) };
+    // Rows per table, written several per statement.
+    let (mut tokens, mut strings, mut dates, mut refs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in index_entries(rtype, body) {
+        let head = [Val::from(t), Val::from(id), Val::from(e.param)];
         match e.value {
-            IndexValue::Token { system, code } => c.exec(
-                "INSERT INTO idx_token (rtype, id, param, system, code) VALUES ($1, $2, $3, $4, $5)",
-                p![t, id, e.param, system, code],
-            )?,
-            IndexValue::String { norm, exact } => c.exec(
-                "INSERT INTO idx_string (rtype, id, param, norm, exact) VALUES ($1, $2, $3, $4, $5)",
-                p![t, id, e.param, norm, exact],
-            )?,
-            IndexValue::Date { low, high } => c.exec(
-                "INSERT INTO idx_date (rtype, id, param, low, high) VALUES ($1, $2, $3, $4, $5)",
-                p![t, id, e.param, low, high],
-            )?,
-            IndexValue::Reference { rtype: tt, id: tid } => c.exec(
-                "INSERT INTO idx_ref (rtype, id, param, target_type, target_id) VALUES ($1, $2, $3, $4, $5)",
-                p![t, id, e.param, tt, tid],
-            )?,
-        };
+            IndexValue::Token { system, code } => {
+                tokens.push(head.into_iter().chain([Val::from(system), Val::from(code)]).collect::<Vec<_>>())
+            }
+            IndexValue::String { norm, exact } => {
+                strings.push(head.into_iter().chain([Val::from(norm), Val::from(exact)]).collect())
+            }
+            IndexValue::Date { low, high } => {
+                dates.push(head.into_iter().chain([Val::from(low), Val::from(high)]).collect())
+            }
+            IndexValue::Reference { rtype: tt, id: tid } => {
+                refs.push(head.into_iter().chain([Val::from(tt), Val::from(tid)]).collect())
+            }
+        }
     }
+    insert_rows(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
+    insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
+    insert_rows(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
+    insert_rows(c, "INSERT INTO idx_ref (rtype, id, param, target_type, target_id)", "", 5, refs)?;
     Ok(())
 }
 
