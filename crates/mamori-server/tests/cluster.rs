@@ -19,6 +19,18 @@ fn pg() -> String {
     })
 }
 
+/// The same server over verified TLS (`sslmode=verify-full`, host name
+/// `localhost`, the server's own certificate as the root): the cluster runs
+/// on encrypted, authenticated connections.
+fn tls(plain: &str) -> String {
+    let cert = common::on_pg(plain, |c| {
+        c.query_one("SHOW ssl_cert_file", mamori_store::p![]).unwrap().unwrap().text(0).unwrap()
+    });
+    let host = plain.replacen("@127.0.0.1:", "@localhost:", 1);
+    let sep = if host.contains('?') { '&' } else { '?' };
+    format!("{host}{sep}sslmode=verify-full&sslrootcert={cert}")
+}
+
 /// Copies a data directory for a second server (keys, TLS, configuration).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -43,7 +55,7 @@ async fn health(s: &TestServer) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_one_database() {
-    let base = pg();
+    let base = tls(&pg());
     let (url, schema) = pg_schema(&base, "cluster");
     let dir_a = temp_dir("cluster-a");
     std::fs::create_dir_all(&dir_a).unwrap();
@@ -56,6 +68,7 @@ async fn two_servers_one_database() {
     .unwrap();
     let a = TestServer::boot(dir_a.clone(), None).await;
     assert_eq!(health(&a).await["backend"], "postgres");
+    assert!(url.contains("sslmode=verify-full"));
 
     // A second server on a new, empty directory is refused: it would bring
     // new keys to an institution's database.

@@ -65,16 +65,149 @@ pub(crate) fn pg_err(e: &postgres::Error) -> DbError {
     }
 }
 
+/// How to protect the connection, from the URL's `sslmode` (libpq's
+/// names and meanings): absent or `disable`: plain (a database on the same
+/// host or a private segment); `prefer`/`require`: TLS without checking the
+/// server's certificate; `verify-ca`: TLS with the certificate checked
+/// against `sslrootcert` (or the system's roots); `verify-full`: also the
+/// host name. Use `verify-full` for any database across a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits mamori's TLS options off a URL: the URL for the client, the mode
+/// and the root certificate file.
+pub fn tls_options(url: &str) -> Result<(String, TlsMode, Option<String>), DbError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), TlsMode::Disable, None));
+    };
+    let (mut keep, mut mode, mut root) = (Vec::new(), TlsMode::Disable, None);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "sslmode" => {
+                mode = match v {
+                    "disable" => TlsMode::Disable,
+                    "prefer" => TlsMode::Prefer,
+                    "require" => TlsMode::Require,
+                    "verify-ca" => TlsMode::VerifyCa,
+                    "verify-full" => TlsMode::VerifyFull,
+                    other => return Err(DbError::Other(format!("unknown sslmode {other:?}"))),
+                }
+            }
+            "sslrootcert" => root = Some(percent_decode(v)),
+            _ => keep.push(kv),
+        }
+    }
+    keep.push(match mode {
+        TlsMode::Disable => "sslmode=disable",
+        TlsMode::Prefer => "sslmode=prefer",
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => "sslmode=require",
+    });
+    if root.is_some() && !matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+        return Err(DbError::Other("sslrootcert is only used with sslmode=verify-ca or verify-full".into()));
+    }
+    Ok((format!("{base}?{}", keep.join("&")), mode, root))
+}
+
+/// Why the server's certificate was refused, as OpenSSL said it.
+type Refusal = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn tls_connector(
+    mode: TlsMode,
+    root: Option<&str>,
+    refusal: Refusal,
+) -> Result<postgres_openssl::MakeTlsConnector, DbError> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let e = |e: openssl::error::ErrorStack| DbError::Other(format!("TLS setup: {e}"));
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(e)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(e)?;
+    match mode {
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            match root {
+                Some(r) => b.set_ca_file(r).map_err(|x| DbError::Other(format!("sslrootcert {r}: {x}")))?,
+                None => b.set_default_verify_paths().map_err(e)?,
+            }
+            b.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+                if !ok {
+                    if let Ok(mut g) = refusal.lock() {
+                        g.get_or_insert_with(|| format!("server certificate refused: {}", ctx.error()));
+                    }
+                }
+                ok
+            });
+        }
+        _ => b.set_verify(SslVerifyMode::NONE),
+    }
+    let mut c = postgres_openssl::MakeTlsConnector::new(b.build());
+    if mode != TlsMode::VerifyFull {
+        c.set_callback(|cfg, _| {
+            cfg.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(c)
+}
+
+/// A connection failure with its causes (e.g. why a certificate was refused).
+fn connect_err(e: &postgres::Error, why: Option<String>) -> DbError {
+    let mut msg = format!("cannot connect: {e}");
+    if let Some(w) = why {
+        // OpenSSL's own chain repeats itself; the verification result says it.
+        msg.push_str(&format!(" ({w})"));
+        return DbError::Other(msg);
+    }
+    let mut src = StdError::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    DbError::Other(msg)
+}
+
 /// The synchronous client runs its own small runtime, which must be
 /// neither started nor dropped on an async thread: both happen here on a
 /// thread of their own.
 fn connect_off_runtime(url: &str) -> Result<Client, DbError> {
-    let url = url.to_owned();
+    let (url, mode, root) = tls_options(url)?;
     std::thread::scope(|s| {
-        s.spawn(move || Client::connect(&url, NoTls))
-            .join()
-            .map_err(|_| DbError::Other("connecting thread panicked".into()))?
-            .map_err(|e| DbError::Other(format!("cannot connect: {e}")))
+        s.spawn(move || match mode {
+            TlsMode::Disable => Client::connect(&url, NoTls).map_err(|e| connect_err(&e, None)),
+            _ => {
+                let refusal = Refusal::default();
+                Client::connect(&url, tls_connector(mode, root.as_deref(), refusal.clone())?).map_err(|e| {
+                    let why = refusal.lock().ok().and_then(|g| g.clone());
+                    connect_err(&e, why)
+                })
+            }
+        })
+        .join()
+        .map_err(|_| DbError::Other("connecting thread panicked".into()))?
     })
 }
 
@@ -340,6 +473,21 @@ fn numeric_to_i64(raw: &[u8]) -> Result<i64, BoxErr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_options_follow_libpq() {
+        let (u, m, r) = tls_options("postgres://u@h/db").unwrap();
+        assert_eq!((u.as_str(), m, r), ("postgres://u@h/db", TlsMode::Disable, None));
+        let (u, m, r) =
+            tls_options("postgres://u@h/db?options=-csearch_path%3Dx&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem")
+                .unwrap();
+        assert_eq!(u, "postgres://u@h/db?options=-csearch_path%3Dx&sslmode=require");
+        assert_eq!(m, TlsMode::VerifyFull);
+        assert_eq!(r.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(tls_options("postgres://h/db?sslmode=require").unwrap().1, TlsMode::Require);
+        assert!(tls_options("postgres://h/db?sslmode=allow-anything").is_err());
+        assert!(tls_options("postgres://h/db?sslmode=require&sslrootcert=/x").is_err());
+    }
 
     #[test]
     fn numeric_decoding() {
