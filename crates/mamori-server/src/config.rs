@@ -390,6 +390,9 @@ impl Config {
                 "database.url must be empty (embedded SQLite) or a postgres:// URL".into(),
             ));
         }
+        if !url.is_empty() {
+            mamori_store::pg::tls_options(url).map_err(|e| ConfigError::Invalid(format!("database.url: {e}")))?;
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));
         }
@@ -584,6 +587,12 @@ mod tests {
         let mut c = Config::default();
         c.tls.min_version = "1.0".into();
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.database.url = "postgres://mamori@db.example.org/mamori".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sslmode=verify-full"), "{e}");
+        c.database.url = "postgres://mamori@db.example.org/mamori?sslmode=verify-full".into();
+        assert!(c.validate().is_ok());
         assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1").is_err());
     }
 }

@@ -100,12 +100,29 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether every host of a URL is this machine (loopback or a Unix socket).
+fn local_only(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hosts.is_empty() {
+        return true; // the default Unix socket
+    }
+    hosts.split(',').all(|h| {
+        let h = h
+            .strip_prefix('[')
+            .map_or_else(|| h.rsplit_once(':').map_or(h, |(host, _)| host), |v6| v6.split(']').next().unwrap_or(""));
+        h == "localhost" || h == "::1" || h.starts_with("127.") || h.starts_with('/') || h.starts_with("%2F")
+    })
+}
+
 /// Splits mamori's TLS options off a URL: the URL for the client, the mode
-/// and the root certificate file.
+/// and the root certificate file. Secure by default: a database on another
+/// host needs `sslmode=verify-full` or `verify-ca`, or an explicit
+/// `sslmode=disable` (e.g. a private segment the operator vouches for).
 pub fn tls_options(url: &str) -> Result<(String, TlsMode, Option<String>), DbError> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), TlsMode::Disable, None));
-    };
+    let explicit = url.contains("sslmode=");
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let (mut keep, mut mode, mut root) = (Vec::new(), TlsMode::Disable, None);
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -123,6 +140,13 @@ pub fn tls_options(url: &str) -> Result<(String, TlsMode, Option<String>), DbErr
             "sslrootcert" => root = Some(percent_decode(v)),
             _ => keep.push(kv),
         }
+    }
+    if !local_only(base) && !explicit {
+        return Err(DbError::Other(
+            "the database is on another host: add sslmode=verify-full&sslrootcert=CA.pem to database.url \
+             (or sslmode=disable to send it unencrypted, on a network you trust)"
+                .into(),
+        ));
     }
     keep.push(match mode {
         TlsMode::Disable => "sslmode=disable",
@@ -476,8 +500,21 @@ mod tests {
 
     #[test]
     fn tls_options_follow_libpq() {
-        let (u, m, r) = tls_options("postgres://u@h/db").unwrap();
-        assert_eq!((u.as_str(), m, r), ("postgres://u@h/db", TlsMode::Disable, None));
+        let (u, m, r) = tls_options("postgres://u@localhost/db").unwrap();
+        assert_eq!((u.as_str(), m, r), ("postgres://u@localhost/db?sslmode=disable", TlsMode::Disable, None));
+        // Another host: TLS must be asked for, or plain text explicitly.
+        let e = tls_options("postgres://u:pw@db.example.org:5432/db").unwrap_err();
+        assert!(e.to_string().contains("sslmode=verify-full"), "{e}");
+        assert!(tls_options("postgres://u@db.example.org/db?sslmode=disable").is_ok());
+        assert!(tls_options("postgres://u@127.0.0.1,10.0.0.2/db").is_err());
+        for local in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres:///db",
+            "postgres://u@%2Fvar%2Frun/db",
+        ] {
+            assert!(tls_options(local).is_ok(), "{local}");
+        }
         let (u, m, r) =
             tls_options("postgres://u@h/db?options=-csearch_path%3Dx&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem")
                 .unwrap();
