@@ -335,6 +335,12 @@ fn run_exclusive(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState,
             false
         });
         if ok {
+            // Shared database: this transaction's events are indexed before
+            // it commits, so that the index cursor, advanced by every
+            // server in turn, never claims events it does not cover.
+            if state.shared && !state.pending_index.is_empty() {
+                WriteCtx { conn: &mut *conn, now, audit: &mut *state }.flush_index()?;
+            }
             conn.batch("COMMIT")?;
         }
         Ok(ok)
