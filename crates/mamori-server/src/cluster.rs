@@ -128,8 +128,20 @@ fn listen_loop(
     leader: &watch::Sender<bool>,
     stop: &AtomicBool,
 ) {
+    // The leader's lock lives as long as this connection. If a server's
+    // host vanishes without closing it, keepalives on both ends bound how
+    // long: this side gives leadership up after ~11 s of silence (client
+    // keepalives), and PostgreSQL drops the session, freeing the lock for
+    // another server, after ~25 s (server keepalives), so the two never
+    // overlap.
+    let url = if url.contains("keepalives") {
+        url.to_owned()
+    } else {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}keepalives_idle=5&keepalives_interval=2&keepalives_retries=3")
+    };
     while !stop.load(Ordering::SeqCst) {
-        let mut conn = match PgConn::connect(url) {
+        let mut conn = match PgConn::connect(&url) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster connection failed; retrying");
@@ -137,6 +149,11 @@ fn listen_loop(
                 continue;
             }
         };
+        if let Err(e) =
+            conn.batch("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+        {
+            tracing::warn!(error = %e, "cannot set keepalives on the cluster connection");
+        }
         // One channel per schema: other deployments in the same database
         // never see this one's notices.
         let chan = match conn.query_one("SELECT current_schema()", mamori_store::p![]) {
