@@ -8,8 +8,8 @@
 //!   detection scans), so each of these runs once. When the leader dies,
 //!   PostgreSQL releases its lock with its connection and another server
 //!   takes it within about a second.
-//! - **Change notices.** A mode change and an announcement to open screens
-//!   are sent to the other servers with `NOTIFY mamori`; each server
+//! - **Change notices.** A mode change, a change of the partner registry
+//!   (the AS2 listener's trust) and an announcement to open screens are sent to the other servers with `NOTIFY mamori`; each server
 //!   LISTENs and applies them (the mode is re-read from the database, never
 //!   taken from the message). Login tokens are not cached on PostgreSQL,
 //!   so a revocation on one server holds on every server for the next
@@ -40,6 +40,8 @@ use crate::state::AppState;
 pub enum Notice {
     /// The mode changed: re-read it from the database.
     Mode,
+    /// The partner registry changed: rebuild the AS2 listener's trust.
+    Partners,
     /// An announcement for open screens.
     Announce { announcement: Box<Announcement>, audience: Audience },
 }
@@ -170,6 +172,7 @@ fn listen_loop(
         }
         // Changes missed while disconnected: re-read what is cached.
         let _ = incoming.send(Notice::Mode);
+        let _ = incoming.send(Notice::Partners);
         let mut is_leader = false;
         let r = (|| -> Result<(), String> {
             while !stop.load(Ordering::SeqCst) {
@@ -231,6 +234,7 @@ pub async fn apply(state: AppState, mut rx: mpsc::UnboundedReceiver<Notice>) {
                 Ok(m) => state.set_mode_local(m),
                 Err(e) => tracing::error!(error = %e, "cannot re-read the mode after a notice"),
             },
+            Notice::Partners => crate::exchange::reload(&state).await,
             Notice::Announce { mut announcement, audience } => {
                 announcement.audience = audience;
                 let _ = state.events.send(*announcement);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{observation, pg_schema, temp_dir, TestServer};
+use common::{copy_dir, observation, pg_schema, temp_dir, TestServer};
 use mamori_store::sql::Conn;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -29,24 +29,6 @@ fn tls(plain: &str) -> String {
     let host = plain.replacen("@127.0.0.1:", "@localhost:", 1);
     let sep = if host.contains('?') { '&' } else { '?' };
     format!("{host}{sep}sslmode=verify-full&sslrootcert={cert}")
-}
-
-/// Copies a data directory for a second server (keys, TLS, configuration).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if name == "mamori.lock" {
-            continue;
-        }
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(&name));
-        } else {
-            std::fs::copy(&p, to.join(&name)).unwrap();
-        }
-    }
 }
 
 async fn health(s: &TestServer) -> Value {

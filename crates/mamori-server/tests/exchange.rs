@@ -263,6 +263,80 @@ async fn two_nodes_exchange_a_referral_with_signed_receipts() {
     .await;
 }
 
+/// Two servers of one institution on PostgreSQL (always PostgreSQL): a
+/// partner registered on one is trusted by the other's AS2 listener, and
+/// the outbox, run by the leader only, delivers each message once whichever
+/// server accepted the send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_deliver_each_message_once() {
+    let base = pg_base().unwrap_or_else(|| {
+        std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    });
+    let (url, schema) = pg_schema(&base, "xcluster");
+    let dir1 = temp_dir("xc-a1");
+    std::fs::create_dir_all(&dir1).unwrap();
+    std::fs::write(
+        dir1.join("mamori.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n{AS2_CFG}as2_id = \"HOSP-A\"\n"),
+    )
+    .unwrap();
+    let a1 = TestServer::boot(dir1.clone(), None).await;
+    let dir2 = temp_dir("xc-a2");
+    copy_dir(&dir1, &dir2);
+    let mut a2 = TestServer::boot(dir2, None).await;
+    a2.pg = None;
+    let b = node("xc-b", "CLINIC-B", "").await;
+
+    // Registered on A1; B knows A by A2's endpoint, so B's sends arrive at
+    // A2, whose listener must trust B from the notice alone.
+    register(&a1, &b, "1310000002", "third_party", &["referral", "consultation"]).await;
+    register(&b, &a2, "1310000001", "third_party", &["referral_reply", "consultation"]).await;
+    let (doc_b, pb, obs_b) = chart(&b, "dr-b").await;
+    let r = b
+        .post(
+            "/api/v1/exchange/messages",
+            &doc_b,
+            json!({"patient": pb, "recipients": ["1310000001"], "purpose": "consultation",
+                   "documents": [format!("Observation/{obs_b}")]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    message_state(&b, &mid, "delivered").await;
+
+    // Sends accepted by either server, delivered once each.
+    let (doc_a, pa, obs) = chart(&a1, "dr-a").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let s = if i % 2 == 0 { &a1 } else { &a2 };
+        let r = s
+            .post(
+                "/api/v1/exchange/messages",
+                &doc_a,
+                json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral",
+                       "documents": [format!("Observation/{obs}")], "note": format!("referral {i}")}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        ids.push(r.body["messages"][0]["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let m = message_state(&a2, id, "delivered").await;
+        let handed = m["hops"].as_array().unwrap().iter().filter(|h| h["hop"] == "handed_to_network").count();
+        assert_eq!(handed, 1, "sent once: {m}");
+    }
+    // Let any second sender show itself, then count at B.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
+    assert_eq!(r.body["messages"].as_array().unwrap().len(), 4, "{}", r.text);
+    let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
+    assert_eq!(q.status, 200, "{}", q.text);
+    assert_eq!(q.body["quarantine"].as_array().unwrap().len(), 0, "{}", q.text);
+    drop(a2);
+    drop(a1);
+    drop_pg_schema(&base, &schema);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_needs_identified_recipients_and_a_legal_basis() {
     let a = node("xl", "HOSP-A", "").await;

@@ -179,6 +179,15 @@ pub async fn reload(st: &AppState) {
     }
 }
 
+/// After a change of the registry here: reload, and tell the other
+/// servers to reload too.
+pub async fn partners_changed(st: &AppState) {
+    reload(st).await;
+    if let Some(c) = st.cluster.get() {
+        c.send(crate::cluster::Notice::Partners);
+    }
+}
+
 /// SHA-256 fingerprint (hex) of DER bytes.
 pub fn fingerprint(der: &[u8]) -> String {
     openssl::sha::sha256(der).iter().map(|b| format!("{b:02x}")).collect()

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, OpsError};
-use crate::exchange::{partner_of, reload};
+use crate::exchange::{partner_of, partners_changed};
 use crate::notify::{self, Audience};
 use crate::ops::refuse;
 use crate::state::{AppState, Caller};
@@ -209,7 +209,7 @@ async fn save(st: AppState, caller: Caller, path_id: Option<String>, body: Body,
             },
         )
         .await?;
-    reload(&st).await;
+    partners_changed(&st).await;
     let status = if creating { StatusCode::CREATED } else { StatusCode::OK };
     Ok((
         status,
@@ -320,7 +320,7 @@ async fn set_status(
         )
         .await?;
     notify::publish(&st, [a]);
-    reload(&st).await;
+    partners_changed(&st).await;
     Ok(Json(json!({"id": id, "version": version, "status": status})).into_response())
 }
 

@@ -85,6 +85,25 @@ pub fn drop_pg_schema(base: &str, schema: &str) {
     });
 }
 
+/// Copies a data directory for a second server on the same database
+/// (keys, TLS, configuration; not the lock).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == "mamori.lock" {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(&name));
+        } else {
+            std::fs::copy(&p, to.join(&name)).unwrap();
+        }
+    }
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let d = std::env::temp_dir().join(format!("mamori-test-{tag}-{}-{n}", std::process::id()));
