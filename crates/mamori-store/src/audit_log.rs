@@ -140,16 +140,7 @@ pub fn flush_index(c: &mut dyn Conn, pending: &mut PendingIndex) -> Result<()> {
 
 /// Inserts (text, integer) rows, several per statement, skipping rows
 /// already there.
-/// SQLite runs in process: one cached statement per row is as fast there
-/// (measured), so only PostgreSQL gets the multi-row statements.
 fn insert_pairs(c: &mut dyn Conn, insert: &str, rows: &[(String, u64)]) -> Result<()> {
-    if c.backend() == Backend::Sqlite {
-        let sql = format!("{insert} VALUES ($1, $2) ON CONFLICT DO NOTHING");
-        for (k, s) in rows {
-            c.exec(&sql, p![k.as_str(), *s])?;
-        }
-        return Ok(());
-    }
     let rows = rows.iter().map(|(k, s)| vec![Val::from(k.as_str()), Val::from(*s)]).collect();
     Ok(crate::sql::insert_rows(c, insert, "ON CONFLICT DO NOTHING", 2, rows)?)
 }

@@ -52,14 +52,7 @@ fn tabs(ui: &Ui) -> String {
         ("/ui/admin/snapshots", ui.t("参照用スナップショット", "Snapshots")),
         ("/ui/admin/reconcile", ui.t("突合せ（非常時記録）", "Reconciliation")),
     ];
-    let links: Vec<String> = items
-        .iter()
-        .map(|(h, l)| {
-            let cur = if ui.path.split('?').next() == Some(h) { " aria-current=\"page\"" } else { "" };
-            format!("<a href=\"{h}\"{cur}>{}</a>", esc(l))
-        })
-        .collect();
-    format!("<nav class=\"tabs noprint\">{}</nav>", links.join(""))
+    super::html::tabs(ui, &items)
 }
 
 fn done(ui: &Ui, r: &Api, back: &str) -> Response {

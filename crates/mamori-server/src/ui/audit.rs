@@ -35,14 +35,7 @@ fn tabs(ui: &Ui) -> String {
         ("/ui/audit/break-glass", ui.t("緊急アクセスの確認", "Break-glass reviews")),
         ("/ui/audit/maintenance", ui.t("保守作業の確認", "Maintenance reviews")),
     ];
-    let links: Vec<String> = items
-        .iter()
-        .map(|(h, l)| {
-            let cur = if ui.path.split('?').next() == Some(h) { " aria-current=\"page\"" } else { "" };
-            format!("<a href=\"{h}\"{cur}>{}</a>", esc(l))
-        })
-        .collect();
-    format!("<nav class=\"tabs noprint\">{}</nav>", links.join(""))
+    super::html::tabs(ui, &items)
 }
 
 fn q(params: &HashMap<String, String>, k: &str) -> String {

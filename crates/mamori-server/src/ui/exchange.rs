@@ -33,14 +33,7 @@ fn tabs(ui: &Ui) -> String {
         ("/ui/exchange/inbound", ui.t("受信文書の患者照合", "Inbound documents")),
         ("/ui/exchange/partners", ui.t("連携先", "Partners")),
     ];
-    let links: Vec<String> = items
-        .iter()
-        .map(|(h, l)| {
-            let cur = if ui.path.split('?').next() == Some(h) { " aria-current=\"page\"" } else { "" };
-            format!("<a href=\"{h}\"{cur}>{}</a>", esc(l))
-        })
-        .collect();
-    format!("<nav class=\"tabs\">{}</nav>", links.join(""))
+    super::html::tabs(ui, &items)
 }
 
 const PURPOSES: [(&str, &str, &str); 7] = [

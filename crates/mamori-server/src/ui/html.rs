@@ -175,6 +175,20 @@ pub fn bare(lang: Lang, title: &str, mode: &str, body: &str) -> Html<String> {
 }
 
 /// An error or notice box.
+/// A section's tab bar; the current page is marked for screen readers and
+/// styling. Tabs are not printed (reports print without them).
+pub fn tabs(ui: &Ui, items: &[(&str, &str)]) -> String {
+    let here = ui.path.split('?').next();
+    let links: String = items
+        .iter()
+        .map(|(h, l)| {
+            let cur = if here == Some(*h) { " aria-current=\"page\"" } else { "" };
+            format!("<a href=\"{h}\"{cur}>{}</a>", esc(l))
+        })
+        .collect();
+    format!("<nav class=\"tabs noprint\">{links}</nav>")
+}
+
 pub fn notice(kind: &str, text: &str) -> String {
     format!("<p class=\"notice {kind}\" role=\"alert\">{}</p>", esc(text))
 }
