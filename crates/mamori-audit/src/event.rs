@@ -23,10 +23,17 @@ pub struct Agent {
     /// For emergency accounts: the real name and affiliation given at login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared: Option<String>,
-    /// staff | emergency | system | anonymous | partner | maintenance
+    /// Who issued the token the agent acted with, when not the agent
+    /// itself (an admin, for a service account's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// staff | emergency | service | system | anonymous | partner | maintenance
     pub kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The id of the token (session or API) the agent acted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// User name, or `system`, `anonymous`, a partner or maintenance id.
     pub user: String,
 }
@@ -200,6 +207,8 @@ mod tests {
                 kind: "staff".into(),
                 roles: vec!["physician".into()],
                 declared: None,
+                issuer: None,
+                token: None,
                 address: Some("127.0.0.1".into()),
             },
             action: "read".into(),

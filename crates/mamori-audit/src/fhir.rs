@@ -118,6 +118,9 @@ pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
     if let Some(p) = &purpose {
         user["purposeOfUse"] = p.clone();
     }
+    if let Some(t) = &r.agent.token {
+        user["altId"] = json!(format!("token:{t}"));
+    }
     let mut entities = Vec::new();
     if let Some(e) = &r.entity {
         let mut ent = json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}});
@@ -144,6 +147,21 @@ pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
     if let Some(b) = &r.basis {
         ext.push(json!({"url": BASIS_EXTENSION, "valueCode": b}));
     }
+    let mut agents = vec![user];
+    if let Some(i) = &r.agent.issuer {
+        // Whoever issued the token the user acted with (an admin, for a
+        // service account) answers for it too.
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "authserver", "display": "authorization server"}], "text": "token issuer"},
+            "who": {"identifier": {"system": "https://mamori.dev/fhir/NamingSystem/user", "value": i}},
+            "requestor": false,
+        }));
+    }
+    agents.push(json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
+        "who": {"display": origin},
+        "requestor": false,
+    }));
     let mut ev = json!({
         "resourceType": "AuditEvent",
         "id": index.to_string(),
@@ -153,11 +171,7 @@ pub fn to_audit_event(index: u64, r: &AuditRecord, origin: &str) -> Value {
         "action": action_code(&r.action),
         "recorded": r.time,
         "outcome": outcome,
-        "agent": [user, {
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
-            "who": {"display": origin},
-            "requestor": false,
-        }],
+        "agent": agents,
         "source": {"observer": {"display": origin}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
     });
     if r.status >= 400 {
@@ -187,6 +201,8 @@ mod tests {
                 kind: "staff".into(),
                 roles: vec!["physician".into()],
                 declared: None,
+                issuer: None,
+                token: None,
                 address: Some("10.0.0.5".into()),
             },
             action: "read".into(),

@@ -293,7 +293,7 @@ async fn fhir(a: &Args) -> Result<()> {
                 } else {
                     format!(
                         "{b}/fhir/Patient?family={}&_count=10",
-                        mamori_server::fhir::enc(&format!("やまだ{:04}", i % 5000))
+                        mamori_service::records::enc(&format!("やまだ{:04}", i % 5000))
                     )
                 };
                 ok200(c.get(url).bearer_auth(&d).send().await).await
@@ -338,6 +338,8 @@ pub fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
             roles: vec!["physician".into()],
             declared: None,
             address: Some("10.1.2.3".into()),
+            issuer: None,
+            token: None,
         },
         action: "read".into(),
         entity: Some(Entity {

@@ -1,21 +1,29 @@
 //! How CLI commands reach the system: a running server over HTTPS with a
-//! bearer token, or, when no server runs, the same API in-process on the
-//! data directory (as the local operator; audited like any caller).
+//! bearer token, or, when no server runs, the use cases themselves
+//! (`mamori-service`) in process on the data directory, as the local
+//! operator (an administrator on the server's host; audited like any
+//! caller). Each command names both: the HTTP request, and the use case it
+//! stands for.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use axum::body::Body;
-use axum::http::{Method, Request};
+use anyhow::{bail, Context, Result};
 use mamori_core::time::SystemClock;
-use mamori_server::state::LocalOperator;
+use mamori_service::init::DirLock;
+use mamori_service::{Actor, RequestCtx, ServiceError, Services};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
-use tower::ServiceExt;
 
+/// Where commands go.
 pub enum Api {
+    /// A running server.
     Remote { client: reqwest::Client, base: String, token: String },
-    Local { router: axum::Router, _lock: mamori_server::server::DirLock, _state: mamori_server::state::AppState },
+    /// The data directory of a stopped server, opened in process.
+    Local { svc: Services, actor: Actor, _lock: DirLock },
 }
 
 /// Where to send commands: `--server URL --token T`, or `--data DIR`.
@@ -38,6 +46,47 @@ pub struct Target {
     pub ca: Option<PathBuf>,
 }
 
+/// The HTTP request of a command (for a running server).
+pub struct Http {
+    method: Method,
+    path: String,
+    body: Option<(Vec<u8>, &'static str)>,
+    if_match: Option<i64>,
+}
+
+impl Http {
+    /// `GET path`.
+    pub fn get(path: impl Into<String>) -> Self {
+        Http { method: Method::GET, path: path.into(), body: None, if_match: None }
+    }
+    /// `DELETE path`.
+    pub fn delete(path: impl Into<String>) -> Self {
+        Http { method: Method::DELETE, path: path.into(), body: None, if_match: None }
+    }
+    /// `method path` with a JSON body.
+    pub fn json(method: Method, path: impl Into<String>, body: &Value) -> Self {
+        Http { method, path: path.into(), body: Some((body.to_string().into_bytes(), "application/json")), if_match: None }
+    }
+    /// `POST path` with a JSON body.
+    pub fn post(path: impl Into<String>, body: &Value) -> Self {
+        Http::json(Method::POST, path, body)
+    }
+    /// `method path` with a raw body of a content type.
+    pub fn raw(method: Method, path: impl Into<String>, body: Vec<u8>, ct: &'static str) -> Self {
+        Http { method, path: path.into(), body: Some((body, ct)), if_match: None }
+    }
+    /// With `If-Match: W/"<version>"` (optimistic locking).
+    pub fn if_match(mut self, version: Option<i64>) -> Self {
+        self.if_match = version;
+        self
+    }
+}
+
+/// A command's JSON arguments as its use case's typed command.
+pub fn de<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
+    serde_json::from_value(v).map_err(|e| ServiceError::invalid("", format!("invalid arguments: {e}")))
+}
+
 impl Api {
     pub async fn connect(t: &Target) -> Result<Api> {
         if let Some(server) = &t.server {
@@ -57,89 +106,49 @@ impl Api {
         let Some(dir) = &t.data else {
             bail!("say where: --data DIR (server stopped) or --server URL --token TOKEN (server running)");
         };
-        let (state, lock) = mamori_server::server::open_local(dir, Arc::new(SystemClock)).await?;
-        let router = mamori_server::app::router(state.clone());
-        Ok(Api::Local { router, _lock: lock, _state: state })
+        let (svc, lock) = mamori_service::init::open_local(dir, Arc::new(SystemClock)).await?;
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let mut actor = Actor::local_operator(&format!("OS user {user}"), RequestCtx::background(svc.mode.get()));
+        actor.node = svc.node();
+        Ok(Api::Local { svc, actor, _lock: lock })
     }
 
-    /// Calls the API; returns the status and the JSON body.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        self.call_raw(method, path, body.map(|b| (b.to_string(), "application/json"))).await
-    }
-
-    /// Calls with a raw body of the given content type.
-    pub async fn call_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<(u16, Value)> {
-        self.call_with(method, path, body.map(|(b, ct)| (b.into_bytes(), ct)), None).await
-    }
-
-    /// Calls with a binary body; fails with the server's message on a non-2xx status.
-    pub async fn ok_bytes(&self, method: Method, path: &str, body: Vec<u8>, ct: &str) -> Result<Value> {
-        let (status, v) = self.call_with(method, path, Some((body, ct)), None).await?;
-        check(status, v)
-    }
-
-    async fn call_with(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<(Vec<u8>, &str)>,
-        if_match: Option<i64>,
-    ) -> Result<(u16, Value)> {
-        let etag = if_match.map(|v| format!("W/\"{v}\""));
+    /// Runs a command: its HTTP request on a running server, or its use
+    /// case in process. Returns the JSON answer; fails with the server's
+    /// message on a refusal.
+    pub async fn exec<T, F, Fut>(&self, http: Http, local: F) -> Result<Value>
+    where
+        T: Serialize,
+        F: FnOnce(Services, Actor) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
         match self {
-            Api::Remote { client, base, token } => {
-                let mut rb = client.request(method, format!("{base}{path}")).bearer_auth(token);
-                if let Some(e) = &etag {
-                    rb = rb.header("if-match", e);
-                }
-                if let Some((b, ct)) = body {
-                    rb = rb.header("content-type", ct).body(b);
-                }
-                let resp = rb.send().await.with_context(|| format!("cannot reach {base}"))?;
-                let status = resp.status().as_u16();
-                let text = resp.text().await?;
-                Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+            Api::Remote { .. } => {
+                let (status, v) = self.send(http).await?;
+                check(status, v)
             }
-            Api::Local { router, .. } => {
-                let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-                let ct = body.as_ref().map_or("application/json", |(_, c)| *c);
-                let mut req = Request::builder().method(method).uri(path).header("content-type", ct);
-                if let Some(e) = &etag {
-                    req = req.header("if-match", e);
-                }
-                if let Some(ext) = req.extensions_mut() {
-                    ext.insert(LocalOperator(format!("OS user {user}")));
-                }
-                let req = req.body(body.map_or_else(Body::empty, |(b, _)| Body::from(b)))?;
-                let resp = router.clone().oneshot(req).await.map_err(|e| anyhow!("{e}"))?;
-                let status = resp.status().as_u16();
-                let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
-                Ok((
-                    status,
-                    serde_json::from_slice(&bytes)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
-                ))
-            }
+            Api::Local { svc, actor, .. } => match local(svc.clone(), actor.clone()).await {
+                Ok(v) => Ok(serde_json::to_value(v)?),
+                Err(e) => bail!("{} (HTTP {})", e.message(), e.status()),
+            },
         }
     }
 
-    /// Calls and fails with the server's message on a non-2xx status.
-    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
-        let (status, v) = self.call(method, path, body).await?;
-        check(status, v)
-    }
-
-    /// Calls with `If-Match: W/"<version>"` (optimistic locking).
-    pub async fn ok_etag(&self, method: Method, path: &str, body: &Value, version: i64) -> Result<Value> {
-        let (status, v) = self
-            .call_with(method, path, Some((body.to_string().into_bytes(), "application/json")), Some(version))
-            .await?;
-        check(status, v)
-    }
-
-    pub async fn ok_raw(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<Value> {
-        let (status, v) = self.call_raw(method, path, body).await?;
-        check(status, v)
+    /// Sends an HTTP request to the running server (status and JSON, or
+    /// the text of a non-JSON answer).
+    async fn send(&self, http: Http) -> Result<(u16, Value)> {
+        let Api::Remote { client, base, token } = self else { bail!("no server to send to") };
+        let mut rb = client.request(http.method, format!("{base}{}", http.path)).bearer_auth(token);
+        if let Some(v) = http.if_match {
+            rb = rb.header("if-match", format!("W/\"{v}\""));
+        }
+        if let Some((b, ct)) = http.body {
+            rb = rb.header("content-type", ct).body(b);
+        }
+        let resp = rb.send().await.with_context(|| format!("cannot reach {base}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 }
 

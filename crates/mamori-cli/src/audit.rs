@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use mamori_audit::note::NoteVerifier;
 use mamori_audit::verify::Report;
 use mamori_core::time::{Clock, SystemClock};
-use mamori_server::config::Config;
-use mamori_server::server::DataDir;
+use mamori_service::config::Config;
+use mamori_service::init::DataDir;
 use mamori_store::{audit_log, open_conn};
 
 /// A verifier key given inline (`name+id+base64`) or as a file holding one.

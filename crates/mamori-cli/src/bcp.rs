@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use axum::http::Method;
+use mamori_service::{bcp, eaccounts};
+use reqwest::Method;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::api::{Api, Target};
+use crate::api::{de, Api, Http, Target};
 
 #[derive(Subcommand)]
 pub enum BcpCmd {
@@ -147,38 +148,41 @@ pub async fn run(cmd: BcpCmd) -> Result<()> {
         BcpCmd::Plan(PlanCmd::Import { file, target }) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let api = Api::connect(&target).await?;
-            let v = api.ok_raw(Method::PUT, "/api/v1/bcp/plan", Some((text, "application/toml"))).await?;
+            let http = Http::raw(Method::PUT, "/api/v1/bcp/plan", text.clone().into_bytes(), "application/toml");
+            let v = api.exec(http, |s, a| async move { bcp::put_plan(&s, &a, text).await.map(|v| json!({"version": v})) }).await?;
             println!("imported the BCP plan as version {}", v["version"]);
         }
         BcpCmd::Plan(PlanCmd::Show { target }) => {
             let api = Api::connect(&target).await?;
-            let (status, v) = api.call(Method::GET, "/api/v1/bcp/plan?format=toml", None).await?;
-            anyhow::ensure!(status == 200, "HTTP {status}: {v}");
+            let http = Http::get("/api/v1/bcp/plan?format=toml");
+            let v = api.exec(http, |s, a| async move { bcp::plan(&s, &a, true).await }).await?;
             println!("{}", v.as_str().unwrap_or_default());
         }
         BcpCmd::Status { target } => {
             let api = Api::connect(&target).await?;
-            let mode = api.ok(Method::GET, "/api/v1/mode", None).await?;
+            let mode = api.exec(Http::get("/api/v1/mode"), |s, a| async move { bcp::mode(&s, &a).await }).await?;
             println!("mode: {}", mode["mode"].as_str().unwrap_or(""));
-            let list = api.ok(Method::GET, "/api/v1/bcp/declarations", None).await?;
+            let list = api
+                .exec(Http::get("/api/v1/bcp/declarations"), |s, a| async move {
+                    bcp::list(&s, &a).await.map(|d| json!({"declarations": d}))
+                })
+                .await?;
             if let Some(open) = list["declarations"]
                 .as_array()
                 .and_then(|a| a.iter().find(|d| !matches!(d["state"].as_str(), Some("closed" | "stood_down"))))
             {
-                print(&api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{}", open["id"]), None).await?);
+                let id = open["id"].as_i64().unwrap_or(0);
+                let http = Http::get(format!("/api/v1/bcp/declarations/{id}"));
+                print(&api.exec(http, |s, a| async move { bcp::show(&s, &a, id).await }).await?);
             } else {
                 println!("no open declaration");
             }
         }
         BcpCmd::Declare { cause, criteria, reason, drill, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    "/api/v1/bcp/declarations",
-                    Some(&json!({"cause": cause, "criteria": criteria, "reason": reason, "drill": drill})),
-                )
-                .await?;
+            let body = json!({"cause": cause, "criteria": criteria, "reason": reason, "drill": drill});
+            let http = Http::post("/api/v1/bcp/declarations", &body);
+            let v = api.exec(http, |s, a| async move { bcp::declare(&s, &a, de(body)?).await }).await?;
             println!(
                 "declaration {} is {}{}",
                 v["id"],
@@ -188,58 +192,55 @@ pub async fn run(cmd: BcpCmd) -> Result<()> {
         }
         BcpCmd::Confirm { id, target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::POST, &format!("/api/v1/bcp/declarations/{id}/confirm"), None).await?;
+            let http = Http::post(format!("/api/v1/bcp/declarations/{id}/confirm"), &json!({}));
+            let v = api.exec(http, |s, a| async move { bcp::confirm(&s, &a, id).await }).await?;
             println!("declaration {id} is {}", v["state"].as_str().unwrap_or(""));
         }
         BcpCmd::Transition { id, to, note, override_reason, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    &format!("/api/v1/bcp/declarations/{id}/transitions"),
-                    Some(&json!({"to": to, "note": note, "override_reason": override_reason})),
-                )
-                .await?;
+            let body = json!({"to": to, "note": note, "override_reason": override_reason});
+            let http = Http::post(format!("/api/v1/bcp/declarations/{id}/transitions"), &body);
+            let v = api.exec(http, |s, a| async move { bcp::transition(&s, &a, id, de(body)?).await }).await?;
             println!("declaration {id} is {}", v["state"].as_str().unwrap_or(""));
         }
         BcpCmd::Check { id, phase, item, note, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(
-                Method::POST,
-                &format!("/api/v1/bcp/declarations/{id}/checklist/{phase}/{item}"),
-                Some(&json!({"note": note})),
-            )
-            .await?;
+            let body = json!({"note": note});
+            let http = Http::post(format!("/api/v1/bcp/declarations/{id}/checklist/{phase}/{item}"), &body);
+            let (p2, i2) = (phase.clone(), item.clone());
+            api.exec(http, |s, a| async move { bcp::tick(&s, &a, id, &p2, &i2, de(body)?).await }).await?;
             println!("ticked {phase}/{item}");
         }
         BcpCmd::Review { id, lessons, target } => {
             let api = Api::connect(&target).await?;
             if let Some(l) = lessons {
-                api.ok(Method::PUT, &format!("/api/v1/bcp/declarations/{id}/review"), Some(&json!({"lessons": l})))
-                    .await?;
+                let body = json!({"lessons": l});
+                let http = Http::json(Method::PUT, format!("/api/v1/bcp/declarations/{id}/review"), &body);
+                api.exec(http, |s, a| async move { bcp::put_review(&s, &a, id, de(body)?).await }).await?;
                 println!("review of declaration {id} completed");
             } else {
-                print(&api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{id}/review"), None).await?);
+                let http = Http::get(format!("/api/v1/bcp/declarations/{id}/review"));
+                print(&api.exec(http, |s, a| async move { bcp::get_review(&s, &a, id).await }).await?);
             }
         }
         BcpCmd::IncidentReport { id, reported, note, target } => {
             let api = Api::connect(&target).await?;
             if let Some(r) = reported {
-                api.ok(
-                    Method::POST,
-                    &format!("/api/v1/bcp/declarations/{id}/incident-report/{r}"),
-                    Some(&json!({"note": note})),
-                )
-                .await?;
+                let body = json!({"note": note});
+                let http = Http::post(format!("/api/v1/bcp/declarations/{id}/incident-report/{r}"), &body);
+                let r2 = r.clone();
+                api.exec(http, |s, a| async move { bcp::reported(&s, &a, id, &r2, de(body)?).await }).await?;
                 println!("recorded: reported to {r}");
             } else {
-                let v = api.ok(Method::GET, &format!("/api/v1/bcp/declarations/{id}/incident-report"), None).await?;
+                let http = Http::get(format!("/api/v1/bcp/declarations/{id}/incident-report"));
+                let v = api.exec(http, |s, a| async move { bcp::incident_report(&s, &a, id).await }).await?;
                 println!("{}", v["text"].as_str().unwrap_or_default());
             }
         }
         BcpCmd::Alerts { open, target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, &format!("/api/v1/alerts?open={open}"), None).await?);
+            let http = Http::get(format!("/api/v1/alerts?open={open}"));
+            print(&api.exec(http, |s, a| async move { bcp::alerts(&s, &a, open).await.map(|l| json!({"alerts": l})) }).await?);
         }
     }
     Ok(())
@@ -249,13 +250,9 @@ pub async fn accounts(cmd: AccountsCmd) -> Result<()> {
     match cmd {
         AccountsCmd::Provision { count, role, drill, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    "/api/v1/emergency-accounts",
-                    Some(&json!({"count": count, "roles": role, "drill": drill})),
-                )
-                .await?;
+            let body = json!({"count": count, "roles": role, "drill": drill});
+            let http = Http::post("/api/v1/emergency-accounts", &body);
+            let v = api.exec(http, |s, a| async move { eaccounts::provision(&s, &a, de(body)?).await }).await?;
             for a in v["accounts"].as_array().into_iter().flatten() {
                 println!("{}", a.as_str().unwrap_or(""));
             }
@@ -263,7 +260,11 @@ pub async fn accounts(cmd: AccountsCmd) -> Result<()> {
         }
         AccountsCmd::List { target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::GET, "/api/v1/emergency-accounts", None).await?;
+            let v = api
+                .exec(Http::get("/api/v1/emergency-accounts"), |s, a| async move {
+                    eaccounts::list(&s, &a).await.map(|l| json!({"accounts": l}))
+                })
+                .await?;
             for a in v["accounts"].as_array().into_iter().flatten() {
                 println!(
                     "{:<12} {:<18} {:<6} {:<20} {}",
@@ -280,7 +281,8 @@ pub async fn accounts(cmd: AccountsCmd) -> Result<()> {
         }
         AccountsCmd::Envelope { account, target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::POST, &format!("/api/v1/emergency-accounts/{account}/envelope"), None).await?;
+            let http = Http::post(format!("/api/v1/emergency-accounts/{account}/envelope"), &json!({}));
+            let v = api.exec(http, |s, a| async move { eaccounts::envelope(&s, &a, &account).await }).await?;
             let line = "=".repeat(64);
             println!("{line}");
             println!(

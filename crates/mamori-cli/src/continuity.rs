@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use axum::http::Method;
+use mamori_service::continuity::merge::{self as merge_svc};
+use mamori_service::continuity::{merge, reconcile, registration};
+use reqwest::Method;
 use clap::{Args, Subcommand};
 use mamori_core::time::SystemClock;
-use mamori_server::continuity::snapshot::{self, KeyMaterial};
-use mamori_server::continuity::standalone;
+use mamori_service::continuity::snapshot::{self, KeyMaterial};
+use mamori_service::continuity::standalone;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::api::{Api, Target};
+use crate::api::{de, Api, Http, Target};
 
 fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -127,13 +129,9 @@ pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
                 None => None,
             };
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    "/api/v1/snapshots/custodians",
-                    Some(&json!({"threshold": threshold, "custodians": custodians, "passphrase": passphrase})),
-                )
-                .await?;
+            let body = json!({"threshold": threshold, "custodians": custodians, "passphrase": passphrase});
+            let http = Http::post("/api/v1/snapshots/custodians", &body);
+            let v = api.exec(http, |s, a| async move { snapshot::init_custodians(&s, &a, de(body)?).await }).await?;
             let line = "=".repeat(72);
             println!(
                 "snapshot key {} (any {} of {} custodians)",
@@ -153,11 +151,13 @@ pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
         }
         SnapshotCmd::Custodians(CustodiansCmd::List { target }) => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, "/api/v1/snapshots/custodians", None).await?);
+            let http = Http::get("/api/v1/snapshots/custodians");
+            print(&api.exec(http, |s, a| async move { snapshot::custodians(&s, &a).await.map(|k| json!({"keys": k})) }).await?);
         }
         SnapshotCmd::Create { target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::POST, "/api/v1/snapshots", Some(&json!({}))).await?;
+            let http = Http::post("/api/v1/snapshots", &json!({}));
+            let v = api.exec(http, |s, a| async move { snapshot::create_now(&s, &a).await }).await?;
             println!(
                 "wrote {} ({} patients, {} resources, {} bytes, SHA-256 {})",
                 v["file"].as_str().unwrap_or(""),
@@ -169,7 +169,13 @@ pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
         }
         SnapshotCmd::List { target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, "/api/v1/snapshots", None).await?);
+            let http = Http::get("/api/v1/snapshots");
+            print(
+                &api.exec(http, |s, a| async move {
+                    snapshot::list(&s, &a).await.map(|(rows, dir)| json!({"snapshots": rows, "dir": dir}))
+                })
+                .await?,
+            );
         }
         SnapshotCmd::Verify { file, cert, data } => {
             let (pin, vkey) = match (&cert, &data) {
@@ -368,7 +374,8 @@ pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
         ReconcileCmd::Import { file, target } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let api = Api::connect(&target).await?;
-            let v = api.ok_bytes(Method::POST, "/api/v1/reconcile/imports", bytes, "application/octet-stream").await?;
+            let http = Http::raw(Method::POST, "/api/v1/reconcile/imports", bytes.clone(), "application/octet-stream");
+            let v = api.exec(http, |s, a| async move { reconcile::import(&s, &a, bytes).await }).await?;
             if v["already_imported"] == true {
                 println!("already imported; nothing changed");
             }
@@ -395,16 +402,15 @@ pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
         }
         ReconcileCmd::Imports { target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, "/api/v1/reconcile/imports", None).await?);
+            let http = Http::get("/api/v1/reconcile/imports");
+            print(&api.exec(http, |s, a| async move { reconcile::imports(&s, &a).await.map(|i| json!({"imports": i})) }).await?);
         }
         ReconcileCmd::Tasks { all, target } => {
             let api = Api::connect(&target).await?;
+            let http = Http::get(if all { "/api/v1/reconcile/tasks?state=all" } else { "/api/v1/reconcile/tasks" });
+            let state = all.then(|| "all".to_owned());
             let v = api
-                .ok(
-                    Method::GET,
-                    if all { "/api/v1/reconcile/tasks?state=all" } else { "/api/v1/reconcile/tasks" },
-                    None,
-                )
+                .exec(http, |s, a| async move { reconcile::tasks(&s, &a, state).await.map(|t| json!({"tasks": t})) })
                 .await?;
             for t in v["tasks"].as_array().into_iter().flatten() {
                 println!(
@@ -454,7 +460,8 @@ pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
                 body["discard"] = json!(true);
             }
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::POST, &format!("/api/v1/reconcile/tasks/{id}/resolve"), Some(&body)).await?;
+            let http = Http::post(format!("/api/v1/reconcile/tasks/{id}/resolve"), &body);
+            let v = api.exec(http, |s, a| async move { reconcile::resolve(&s, &a, id, de(body)?).await }).await?;
             println!("task {id} resolved: {}", v["resolution"]);
         }
     }
@@ -536,7 +543,8 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
             if kanji.is_some() || kana.is_some() {
                 body["name"] = json!({"kanji": kanji, "kana": kana});
             }
-            let v = api.ok(Method::POST, "/api/v1/registrations", Some(&body)).await?;
+            let http = Http::post("/api/v1/registrations", &body);
+            let v = api.exec(http, |s, a| async move { registration::register(&s, &a, de(body)?).await }).await?;
             println!(
                 "registered Patient/{} as {}",
                 v["id"].as_str().unwrap_or(""),
@@ -545,7 +553,12 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
         }
         PatientCmd::Provisional { target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::GET, "/api/v1/registrations", None).await?;
+            let http = Http::get("/api/v1/registrations");
+            let v = api
+                .exec(http, |s, a| async move {
+                    registration::list(&s, &a, true).await.map(|p| json!({"provisional": p}))
+                })
+                .await?;
             for p in v["provisional"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<6} {:<7} {:<6} {}  {}",
@@ -573,23 +586,24 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
                 params.push(json!({"name": "reason", "valueString": r}));
             }
             let body = json!({"resourceType": "Parameters", "parameter": params});
-            let v = api
-                .ok_raw(Method::POST, "/fhir/Patient/$merge", Some((body.to_string(), "application/fhir+json")))
-                .await?;
+            let http = Http::raw(Method::POST, "/fhir/Patient/$merge", body.to_string().into_bytes(), "application/fhir+json");
+            let v = api.exec(http, |s, a| async move { merge::fhir_merge(&s, &a, Ok(body)).await }).await?;
             for p in v["parameter"].as_array().into_iter().flatten().filter(|p| p["name"] == "outcome") {
                 println!("{}", p["resource"]["issue"][0]["diagnostics"].as_str().unwrap_or(""));
             }
         }
         PatientCmd::Unmerge { merge, reason, target } => {
             let api = Api::connect(&target).await?;
-            let v =
-                api.ok(Method::POST, &format!("/api/v1/merges/{merge}/undo"), Some(&json!({"reason": reason}))).await?;
+            let body = json!({"reason": reason});
+            let http = Http::post(format!("/api/v1/merges/{merge}/undo"), &body);
+            let v = api.exec(http, |s, a| async move { merge_svc::undo(&s, &a, merge, de(body)?).await }).await?;
             println!("merge {merge} undone; restored {}", v["restored"]);
         }
         PatientCmd::Merges { patient, target } => {
             let api = Api::connect(&target).await?;
-            let q = patient.map(|p| format!("?patient={}", mamori_server::fhir::enc(&p))).unwrap_or_default();
-            print(&api.ok(Method::GET, &format!("/api/v1/merges{q}"), None).await?);
+            let q = patient.as_ref().map(|p| format!("?patient={}", mamori_service::records::enc(p))).unwrap_or_default();
+            let http = Http::get(format!("/api/v1/merges{q}"));
+            print(&api.exec(http, |s, a| async move { merge_svc::list(&s, &a, patient).await.map(|m| json!({"merges": m})) }).await?);
         }
     }
     Ok(())

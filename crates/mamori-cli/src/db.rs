@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use mamori_server::config::Config;
-use mamori_server::server::{lock_dir, DataDir};
+use mamori_service::config::Config;
+use mamori_service::init::{lock_dir, DataDir};
 use mamori_store::pg::PgConn;
 use mamori_store::{audit_log, copy, redact_url};
 

@@ -5,12 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use axum::http::Method;
+use mamori_exchange::partner::Status;
+use mamori_service::exchange::{inbound, partners, send};
+use reqwest::Method;
 use base64::Engine as _;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::api::{Api, Target};
+use crate::api::{de, Api, Http, Target};
 
 #[derive(Subcommand)]
 pub enum PartnerCmd {
@@ -187,7 +189,7 @@ pub fn read_registration(path: &Path) -> Result<Value> {
 }
 
 fn enc(s: &str) -> String {
-    mamori_server::fhir::enc(s)
+    mamori_service::records::enc(s)
 }
 
 pub async fn partner(c: PartnerCmd) -> Result<()> {
@@ -195,7 +197,8 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
         PartnerCmd::Add { file, target } => {
             let doc = read_registration(&file)?;
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::POST, "/api/v1/partners", Some(&doc)).await?;
+            let http = Http::post("/api/v1/partners", &doc);
+            let v = api.exec(http, |s, a| async move { partners::save(&s, &a, None, de(doc), None).await }).await?;
             println!("registered partner {} (version {})", v["id"].as_str().unwrap_or(""), v["version"]);
         }
         PartnerCmd::Update { file, version, target } => {
@@ -205,14 +208,26 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
             let path = format!("/api/v1/partners/{}", enc(&id));
             let version = match version {
                 Some(v) => v,
-                None => api.ok(Method::GET, &path, None).await?["version"].as_i64().unwrap_or(0),
+                None => {
+                    let i2 = id.clone();
+                    let cur = api.exec(Http::get(&path), |s, a| async move { partners::show(&s, &a, &i2).await }).await?;
+                    cur["version"].as_i64().unwrap_or(0)
+                }
             };
-            let v = api.ok_etag(Method::PUT, &path, &doc, version).await?;
+            let http = Http::json(Method::PUT, &path, &doc).if_match(Some(version));
+            let i2 = id.clone();
+            let v = api
+                .exec(http, |s, a| async move { partners::save(&s, &a, Some(i2), de(doc), Some(version)).await })
+                .await?;
             println!("partner {id} is now version {}", v["version"]);
         }
         PartnerCmd::List { target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::GET, "/api/v1/partners", None).await?;
+            let v = api
+                .exec(Http::get("/api/v1/partners"), |s, a| async move {
+                    partners::list(&s, &a).await.map(|l| json!({"partners": l}))
+                })
+                .await?;
             for p in v["partners"].as_array().into_iter().flatten() {
                 let exp = p["expiring_certificates"].as_array().map_or(0, Vec::len);
                 println!(
@@ -228,7 +243,8 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
         }
         PartnerCmd::Show { id, target } => {
             let api = Api::connect(&target).await?;
-            let mut v = api.ok(Method::GET, &format!("/api/v1/partners/{}", enc(&id)), None).await?;
+            let http = Http::get(format!("/api/v1/partners/{}", enc(&id)));
+            let mut v = api.exec(http, |s, a| async move { partners::show(&s, &a, &id).await }).await?;
             if let Some(r) = v.get_mut("registration").and_then(|r| r.get_mut("certificates")) {
                 *r = json!("(see certificate details below)");
             }
@@ -236,17 +252,24 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
         }
         PartnerCmd::Suspend { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(Method::POST, &format!("/api/v1/partners/{}/suspend", enc(&id)), Some(&json!({"reason": reason})))
-                .await?;
+            set_status(&api, &id, &reason, Status::Suspended).await?;
             println!("exchange with partner {id} suspended");
         }
         PartnerCmd::Activate { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(Method::POST, &format!("/api/v1/partners/{}/activate", enc(&id)), Some(&json!({"reason": reason})))
-                .await?;
+            set_status(&api, &id, &reason, Status::Active).await?;
             println!("exchange with partner {id} resumed");
         }
     }
+    Ok(())
+}
+
+async fn set_status(api: &Api, id: &str, reason: &str, status: Status) -> Result<()> {
+    let verb = if status == Status::Suspended { "suspend" } else { "activate" };
+    let body = json!({"reason": reason});
+    let http = Http::post(format!("/api/v1/partners/{}/{verb}", enc(id)), &body);
+    let id = id.to_owned();
+    api.exec(http, |s, a| async move { partners::set_status(&s, &a, &id, de(body)?, status).await }).await?;
     Ok(())
 }
 
@@ -266,7 +289,9 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
     match c {
         ExchangeCmd::Identity { out, target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::GET, "/api/v1/exchange/identity", None).await?;
+            let v = api
+                .exec(Http::get("/api/v1/exchange/identity"), |s, a| async move { partners::identity(&s, &a).await })
+                .await?;
             println!("AS2 id:    {}", v["as2_id"].as_str().unwrap_or(""));
             println!("endpoint:  {}", v["endpoint"].as_str().unwrap_or("(no AS2 listener)"));
             for group in v["certificate_info"].as_array().into_iter().flatten() {
@@ -293,14 +318,10 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         ExchangeCmd::Send { patient, to, purpose, docs, attachments, title, note, basis, justification, target } => {
             let atts = attachments.iter().map(|a| attachment(a)).collect::<Result<Vec<_>>>()?;
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    "/api/v1/exchange/messages",
-                    Some(&json!({"patient": patient, "recipients": to, "purpose": purpose, "documents": docs,
-                                 "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification})),
-                )
-                .await?;
+            let body = json!({"patient": patient, "recipients": to, "purpose": purpose, "documents": docs,
+                              "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification});
+            let http = Http::post("/api/v1/exchange/messages", &body);
+            let v = api.exec(http, |s, a| async move { send::send(&s, &a, de(body)).await }).await?;
             for m in v["messages"].as_array().into_iter().flatten() {
                 println!(
                     "queued {} to {} (Message-ID {}, basis {})",
@@ -314,12 +335,16 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         ExchangeCmd::List { direction, state, partner, target } => {
             let api = Api::connect(&target).await?;
             let mut q = vec![];
-            for (k, v) in [("direction", direction), ("state", state), ("partner", partner)] {
+            for (k, v) in [("direction", &direction), ("state", &state), ("partner", &partner)] {
                 if let Some(v) = v {
-                    q.push(format!("{k}={}", enc(&v)));
+                    q.push(format!("{k}={}", enc(v)));
                 }
             }
-            let v = api.ok(Method::GET, &format!("/api/v1/exchange/messages?{}", q.join("&")), None).await?;
+            let http = Http::get(format!("/api/v1/exchange/messages?{}", q.join("&")));
+            let filter = send::MessageFilter { direction, partner, state, ..Default::default() };
+            let v = api
+                .exec(http, |s, a| async move { send::list(&s, &a, filter).await.map(|m| json!({"messages": m})) })
+                .await?;
             for m in v["messages"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<3} {:<8} {:<14} {:<12} {}{}",
@@ -335,17 +360,20 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         }
         ExchangeCmd::Show { id, target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, &format!("/api/v1/exchange/messages/{}", enc(&id)), None).await?);
+            let http = Http::get(format!("/api/v1/exchange/messages/{}", enc(&id)));
+            print(&api.exec(http, |s, a| async move { send::show(&s, &a, &id).await }).await?);
         }
         ExchangeCmd::Ledger { from, to, partner, format, out, target } => {
             let api = Api::connect(&target).await?;
             let mut q = vec![format!("format={}", enc(&format))];
-            for (k, v) in [("from", from), ("to", to), ("partner", partner)] {
+            for (k, v) in [("from", &from), ("to", &to), ("partner", &partner)] {
                 if let Some(v) = v {
-                    q.push(format!("{k}={}", enc(&v)));
+                    q.push(format!("{k}={}", enc(v)));
                 }
             }
-            let v = api.ok(Method::GET, &format!("/api/v1/exchange/ledger?{}", q.join("&")), None).await?;
+            let http = Http::get(format!("/api/v1/exchange/ledger?{}", q.join("&")));
+            let lq = send::LedgerQuery { from, to, partner, format: Some(format.clone()) };
+            let v = api.exec(http, |s, a| async move { send::ledger(&s, &a, lq).await.map(|(_, body)| body) }).await?;
             let text = match v {
                 Value::String(s) => s,
                 other => other.to_string(),
@@ -356,23 +384,25 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         }
         ExchangeCmd::Inbound { state, target } => {
             let api = Api::connect(&target).await?;
-            let q = state.map(|s| format!("?state={}", enc(&s))).unwrap_or_default();
-            print(&api.ok(Method::GET, &format!("/api/v1/exchange/inbound{q}"), None).await?);
+            let q = state.as_ref().map(|s| format!("?state={}", enc(s))).unwrap_or_default();
+            let http = Http::get(format!("/api/v1/exchange/inbound{q}"));
+            print(&api.exec(http, |s, a| async move { inbound::list(&s, &a, state).await.map(|i| json!({"inbound": i})) }).await?);
         }
         ExchangeCmd::Match { message, patient, target } => {
             let api = Api::connect(&target).await?;
+            let body = json!({"patient": patient});
+            let http = Http::post(format!("/api/v1/exchange/inbound/{}/match", enc(&message)), &body);
             let v = api
-                .ok(
-                    Method::POST,
-                    &format!("/api/v1/exchange/inbound/{}/match", enc(&message)),
-                    Some(&json!({"patient": patient})),
-                )
+                .exec(http, |s, a| async move {
+                    inbound::file(&s, &a, &message, de(body)?).await.map(|doc| json!({"document": format!("DocumentReference/{doc}")}))
+                })
                 .await?;
             println!("filed as {} in Patient/{patient}", v["document"].as_str().unwrap_or(""));
         }
         ExchangeCmd::Quarantine { target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, "/api/v1/exchange/quarantine", None).await?);
+            let http = Http::get("/api/v1/exchange/quarantine");
+            print(&api.exec(http, |s, a| async move { inbound::quarantine_list(&s, &a).await.map(|q| json!({"quarantine": q})) }).await?);
         }
     }
     Ok(())

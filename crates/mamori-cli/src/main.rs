@@ -17,12 +17,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
-use axum::http::Method;
+use mamori_service::accounts;
+use reqwest::Method;
 use clap::{Parser, Subcommand};
 use mamori_core::time::SystemClock;
 use serde_json::{json, Value};
 
-use api::{Api, Target};
+use api::{de, Api, Http, Target};
 
 #[derive(Parser)]
 #[command(
@@ -209,6 +210,27 @@ enum UserCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Account changes awaiting a second administrator (clinical role
+    /// grants, password resets of clinical accounts).
+    Requests {
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve an account request (an administrator other than the one who asked).
+    Approve {
+        id: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reject an account request.
+    Reject {
+        id: i64,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Give a user a new one-time password (and end their sessions).
     ResetPassword {
         name: String,
@@ -307,7 +329,28 @@ fn print(v: &Value) {
 }
 
 fn q(s: &str) -> String {
-    mamori_server::fhir::enc(s)
+    mamori_service::records::enc(s)
+}
+
+async fn decide_request(target: &Target, id: i64, approve: bool) -> Result<()> {
+    let api = Api::connect(target).await?;
+    let verb = if approve { "approve" } else { "reject" };
+    let http = Http::post(format!("/api/v1/account-requests/{id}/{verb}"), &json!({}));
+    let v = api.exec(http, |s, a| async move { accounts::decide_request(&s, &a, id, approve).await }).await?;
+    println!("account request {id}: {}", v["request"]["state"].as_str().unwrap_or(""));
+    if let Some(p) = v.get("one_time_password").and_then(Value::as_str) {
+        println!("one-time password: {p}   (shown once; it must be changed at first login)");
+    }
+    Ok(())
+}
+
+async fn set_disabled(target: &Target, name: &str, disabled: bool) -> Result<()> {
+    let api = Api::connect(target).await?;
+    let body = json!({"disabled": disabled});
+    let http = Http::json(Method::PATCH, format!("/api/v1/users/{}", q(name)), &body);
+    let n = name.to_owned();
+    api.exec(http, |s, a| async move { accounts::update_user(&s, &a, &n, de(body)?).await }).await?;
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -326,28 +369,46 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::User(c) => match c {
             UserCmd::Add { name, display, role, department, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api
-                    .ok(
-                        Method::POST,
-                        "/api/v1/users",
-                        Some(&json!({"name": name, "display": display, "roles": role, "department": department})),
-                    )
-                    .await?;
+                let body = json!({"name": name, "display": display, "roles": role, "department": department});
+                let http = Http::post("/api/v1/users", &body);
+                let v = api.exec(http, |s, a| async move { accounts::create_user(&s, &a, de(body)?).await }).await?;
                 println!("created user {name}");
                 if let Some(p) = v.get("one_time_password").and_then(Value::as_str) {
                     println!("one-time password: {p}   (shown once; it must be changed at first login)");
                 }
+                if let Some(r) = v.get("pending_request").and_then(Value::as_i64) {
+                    println!(
+                        "clinical roles await a second administrator: account request {r} \
+                         (mamori user approve {r}); the account holds {} until then",
+                        v["roles"]
+                    );
+                }
             }
             UserCmd::Role { name, set, target } => {
                 let api = Api::connect(&target).await?;
+                let body = json!({"roles": set});
+                let http = Http::json(Method::PATCH, format!("/api/v1/users/{}", q(&name)), &body);
+                print(&api.exec(http, |s, a| async move { accounts::update_user(&s, &a, &name, de(body)?).await }).await?);
+            }
+            UserCmd::Requests { all, target } => {
+                let api = Api::connect(&target).await?;
+                let path = if all { "/api/v1/account-requests?state=all" } else { "/api/v1/account-requests" };
                 print(
-                    &api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"roles": set})))
-                        .await?,
+                    &api.exec(Http::get(path), |s, a| async move {
+                        accounts::list_requests(&s, &a, !all).await.map(|r| json!({"requests": r}))
+                    })
+                    .await?,
                 );
             }
+            UserCmd::Approve { id, target } => decide_request(&target, id, true).await?,
+            UserCmd::Reject { id, target } => decide_request(&target, id, false).await?,
             UserCmd::List { target } => {
                 let api = Api::connect(&target).await?;
-                let v = api.ok(Method::GET, "/api/v1/users", None).await?;
+                let v = api
+                    .exec(Http::get("/api/v1/users"), |s, a| async move {
+                        accounts::list_users(&s, &a).await.map(|u| json!({"users": u}))
+                    })
+                    .await?;
                 for u in v.get("users").and_then(Value::as_array).into_iter().flatten() {
                     println!(
                         "{:<20} {:<12} {:<40} {}",
@@ -367,31 +428,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             UserCmd::ResetPassword { name, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api.ok(Method::POST, &format!("/api/v1/users/{}/reset-password", q(&name)), None).await?;
-                println!("one-time password for {name}: {}", v["one_time_password"].as_str().unwrap_or(""));
+                let http = Http::post(format!("/api/v1/users/{}/reset-password", q(&name)), &json!({}));
+                let n2 = name.clone();
+                let v = api.exec(http, |s, a| async move { accounts::reset_password(&s, &a, &n2).await }).await?;
+                match (v["one_time_password"].as_str(), v["pending_request"].as_i64()) {
+                    (Some(p), _) => println!("one-time password for {name}: {p}"),
+                    (None, Some(r)) => println!("a second administrator approves the reset: account request {r}"),
+                    _ => println!("{v}"),
+                }
             }
             UserCmd::Disable { name, target } => {
-                let api = Api::connect(&target).await?;
-                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": true}))).await?;
+                set_disabled(&target, &name, true).await?;
                 println!("disabled {name}; their tokens were revoked");
             }
             UserCmd::Enable { name, target } => {
-                let api = Api::connect(&target).await?;
-                api.ok(Method::PATCH, &format!("/api/v1/users/{}", q(&name)), Some(&json!({"disabled": false})))
-                    .await?;
+                set_disabled(&target, &name, false).await?;
                 println!("enabled {name}");
             }
         },
         Cmd::Token(c) => match c {
             TokenCmd::Issue { user, label, ttl_hours, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api
-                    .ok(
-                        Method::POST,
-                        "/api/v1/tokens",
-                        Some(&json!({"user": user, "label": label, "ttl_hours": ttl_hours})),
-                    )
-                    .await?;
+                let body = json!({"user": user, "label": label, "ttl_hours": ttl_hours});
+                let http = Http::post("/api/v1/tokens", &body);
+                let v = api.exec(http, |s, a| async move { accounts::issue_token(&s, &a, de(body)?).await }).await?;
                 println!("{}", v["token"].as_str().unwrap_or(""));
                 eprintln!(
                     "token id {} for {user}, expires {}",
@@ -401,44 +461,55 @@ async fn run(cli: Cli) -> Result<()> {
             }
             TokenCmd::List { user, target } => {
                 let api = Api::connect(&target).await?;
-                let path = match user {
-                    Some(u) => format!("/api/v1/tokens?user={}", q(&u)),
+                let path = match &user {
+                    Some(u) => format!("/api/v1/tokens?user={}", q(u)),
                     None => "/api/v1/tokens".into(),
                 };
-                print(&api.ok(Method::GET, &path, None).await?);
+                print(
+                    &api.exec(Http::get(path), |s, a| async move {
+                        accounts::list_tokens(&s, &a, user).await.map(|t| json!({"tokens": t}))
+                    })
+                    .await?,
+                );
             }
             TokenCmd::Revoke { id, target } => {
                 let api = Api::connect(&target).await?;
-                api.ok(Method::DELETE, &format!("/api/v1/tokens/{}", q(&id)), None).await?;
+                let http = Http::delete(format!("/api/v1/tokens/{}", q(&id)));
+                let i2 = id.clone();
+                api.exec(http, |s, a| async move { accounts::revoke_token(&s, &a, &i2).await }).await?;
                 println!("revoked {id}");
             }
         },
         Cmd::Care(c) => match c {
             CareCmd::Assign { patient, user, department, reason, target } => {
                 let api = Api::connect(&target).await?;
-                let v = api
-                    .ok(
-                        Method::POST,
-                        "/api/v1/care-assignments",
-                        Some(&json!({"patient": patient, "user": user, "department": department, "reason": reason})),
-                    )
-                    .await?;
-                println!("care assignment {} created", v["id"]);
+                let body = json!({"patient": patient, "user": user, "department": department, "reason": reason});
+                let http = Http::post("/api/v1/care-assignments", &body);
+                let id = api.exec(http, |s, a| async move { accounts::assign_care(&s, &a, de(body)?).await }).await?;
+                // The server answers {"id": n}; in process, the id itself.
+                println!("care assignment {} created", id.get("id").unwrap_or(&id));
             }
             CareCmd::List { patient, user, target } => {
                 let api = Api::connect(&target).await?;
                 let mut qs = Vec::new();
-                if let Some(p) = patient {
-                    qs.push(format!("patient={}", q(&p)));
+                if let Some(p) = &patient {
+                    qs.push(format!("patient={}", q(p)));
                 }
-                if let Some(u) = user {
-                    qs.push(format!("user={}", q(&u)));
+                if let Some(u) = &user {
+                    qs.push(format!("user={}", q(u)));
                 }
-                print(&api.ok(Method::GET, &format!("/api/v1/care-assignments?{}", qs.join("&")), None).await?);
+                let http = Http::get(format!("/api/v1/care-assignments?{}", qs.join("&")));
+                print(
+                    &api.exec(http, |s, a| async move {
+                        accounts::list_care(&s, &a, patient, user).await.map(|l| json!({"assignments": l}))
+                    })
+                    .await?,
+                );
             }
             CareCmd::End { id, target } => {
                 let api = Api::connect(&target).await?;
-                api.ok(Method::DELETE, &format!("/api/v1/care-assignments/{id}"), None).await?;
+                let http = Http::delete(format!("/api/v1/care-assignments/{id}"));
+                api.exec(http, |s, a| async move { accounts::end_care(&s, &a, id).await }).await?;
                 println!("care assignment {id} ended");
             }
         },
@@ -477,11 +548,11 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow:
 /// `mamori migrate`: brings the database of a data directory to this
 /// build's schema (SQLite or PostgreSQL), and says where it stands.
 fn migrate(dir: &std::path::Path) -> anyhow::Result<()> {
-    let dd = mamori_server::server::DataDir(dir.to_owned());
+    let dd = mamori_service::init::DataDir(dir.to_owned());
     if !dd.is_initialized() {
         anyhow::bail!("{} is not an initialized mamori data directory", dir.display());
     }
-    let cfg = mamori_server::config::Config::load(dir)?;
+    let cfg = mamori_service::config::Config::load(dir)?;
     let url = audit::db_url(&cfg);
     let mut c = mamori_store::open_conn(&dd.db(), url.as_deref(), false)?;
     let before = mamori_store::schema::current(c.as_mut())?;

@@ -6,11 +6,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use axum::http::Method;
+use mamori_service::maintenance as maint;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::api::{Api, Target};
+use crate::api::{de, Api, Http, Target};
 
 fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -132,23 +132,16 @@ pub async fn run(c: MaintenanceCmd) -> Result<()> {
     match c {
         MaintenanceCmd::VendorAdd { id, name, contact, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(
-                Method::POST,
-                "/api/v1/maintenance/vendors",
-                Some(&json!({"id": id, "name": name, "contact": contact})),
-            )
-            .await?;
+            let body = json!({"id": id, "name": name, "contact": contact});
+            let http = Http::post("/api/v1/maintenance/vendors", &body);
+            api.exec(http, |s, a| async move { maint::add_vendor(&s, &a, de(body)?).await }).await?;
             println!("vendor {id} registered");
         }
         MaintenanceCmd::PersonAdd { id, vendor, display, sources, out, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(
-                    Method::POST,
-                    "/api/v1/maintenance/people",
-                    Some(&json!({"id": id, "vendor": vendor, "display": display, "sources": sources})),
-                )
-                .await?;
+            let body = json!({"id": id, "vendor": vendor, "display": display, "sources": sources});
+            let http = Http::post("/api/v1/maintenance/people", &body);
+            let v = api.exec(http, |s, a| async move { maint::add_person(&s, &a, de(body)?).await }).await?;
             std::fs::create_dir_all(&out)?;
             let write = |name: &str, text: &str, mode: u32| -> Result<()> {
                 let p = out.join(name);
@@ -173,9 +166,10 @@ pub async fn run(c: MaintenanceCmd) -> Result<()> {
         }
         MaintenanceCmd::PersonLeave { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(Method::POST, &format!("/api/v1/maintenance/people/{id}/leave"), Some(&json!({"reason": reason})))
-                .await?;
+            let body = json!({"reason": reason});
+            let http = Http::post(format!("/api/v1/maintenance/people/{id}/leave"), &body);
+            let i2 = id.clone();
+            let v = api.exec(http, |s, a| async move { maint::person_leaves(&s, &a, &i2, de(body)?).await }).await?;
             println!(
                 "{id} has left: {} certificate(s) revoked, {} session(s) ended",
                 v["certificates_revoked"], v["sessions_ended"]
@@ -183,22 +177,26 @@ pub async fn run(c: MaintenanceCmd) -> Result<()> {
         }
         MaintenanceCmd::Request { person, reason, scopes, start, end, emergency, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(Method::POST, "/api/v1/maintenance/requests",
-                    Some(&json!({"person": person, "reason": reason, "scopes": scopes, "start": start, "end": end, "emergency": emergency})))
-                .await?;
+            let body = json!({"person": person, "reason": reason, "scopes": scopes, "start": start, "end": end, "emergency": emergency});
+            let http = Http::post("/api/v1/maintenance/requests", &body);
+            let v = api.exec(http, |s, a| async move { maint::staff_request(&s, &a, de(body)?).await }).await?;
             println!("maintenance request {} awaits {} approval(s)", v["id"], v["needs_approvals"]);
         }
         MaintenanceCmd::List { state, review, target } => {
             let api = Api::connect(&target).await?;
             let mut q = vec![];
-            if let Some(s) = state {
+            if let Some(s) = &state {
                 q.push(format!("state={s}"));
             }
-            if let Some(r) = review {
+            if let Some(r) = &review {
                 q.push(format!("review={r}"));
             }
-            let v = api.ok(Method::GET, &format!("/api/v1/maintenance/requests?{}", q.join("&")), None).await?;
+            let http = Http::get(format!("/api/v1/maintenance/requests?{}", q.join("&")));
+            let v = api
+                .exec(http, |s, a| async move {
+                    maint::list_requests(&s, &a, state, review).await.map(|r| json!({"requests": r}))
+                })
+                .await?;
             for r in v["requests"].as_array().into_iter().flatten() {
                 println!(
                     "{:>4}  {:<9} {:<16} review={:<10} {}  {}",
@@ -213,13 +211,14 @@ pub async fn run(c: MaintenanceCmd) -> Result<()> {
         }
         MaintenanceCmd::Show { id, target } => {
             let api = Api::connect(&target).await?;
-            print(&api.ok(Method::GET, &format!("/api/v1/maintenance/requests/{id}"), None).await?);
+            let http = Http::get(format!("/api/v1/maintenance/requests/{id}"));
+            print(&api.exec(http, |s, a| async move { maint::show_request(&s, &a, id).await }).await?);
         }
         MaintenanceCmd::Approve { id, note, target } => {
             let api = Api::connect(&target).await?;
-            let v = api
-                .ok(Method::POST, &format!("/api/v1/maintenance/requests/{id}/approve"), Some(&json!({"note": note})))
-                .await?;
+            let body = json!({"note": note});
+            let http = Http::post(format!("/api/v1/maintenance/requests/{id}/approve"), &body);
+            let v = api.exec(http, |s, a| async move { maint::approve(&s, &a, id, de(body)?).await }).await?;
             println!(
                 "request {id}: {} ({} of {} approvals)",
                 v["state"].as_str().unwrap_or(""),
@@ -229,37 +228,30 @@ pub async fn run(c: MaintenanceCmd) -> Result<()> {
         }
         MaintenanceCmd::Reject { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(
-                Method::POST,
-                &format!("/api/v1/maintenance/requests/{id}/reject"),
-                Some(&json!({"reason": reason})),
-            )
-            .await?;
+            let body = json!({"reason": reason});
+            let http = Http::post(format!("/api/v1/maintenance/requests/{id}/reject"), &body);
+            api.exec(http, |s, a| async move { maint::decide_as(&s, &a, id, de(body)?, "rejected").await }).await?;
             println!("request {id} rejected");
         }
         MaintenanceCmd::Revoke { id, reason, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(
-                Method::POST,
-                &format!("/api/v1/maintenance/requests/{id}/revoke"),
-                Some(&json!({"reason": reason})),
-            )
-            .await?;
+            let body = json!({"reason": reason});
+            let http = Http::post(format!("/api/v1/maintenance/requests/{id}/revoke"), &body);
+            api.exec(http, |s, a| async move { maint::decide_as(&s, &a, id, de(body)?, "revoked").await }).await?;
             println!("request {id} revoked; its sessions are cut");
         }
         MaintenanceCmd::Review { id, outcome, note, target } => {
             let api = Api::connect(&target).await?;
-            api.ok(
-                Method::POST,
-                &format!("/api/v1/maintenance/requests/{id}/review"),
-                Some(&json!({"outcome": outcome, "note": note})),
-            )
-            .await?;
+            let body = json!({"outcome": outcome, "note": note});
+            let http = Http::post(format!("/api/v1/maintenance/requests/{id}/review"), &body);
+            api.exec(http, |s, a| async move { maint::review(&s, &a, id, de(body)?).await }).await?;
             println!("request {id} reviewed: {outcome}");
         }
         MaintenanceCmd::Report { target } => {
             let api = Api::connect(&target).await?;
-            let v = api.ok(Method::GET, "/api/v1/maintenance/report", None).await?;
+            let v = api
+                .exec(Http::get("/api/v1/maintenance/report"), |s, a| async move { maint::report(&s, &a).await })
+                .await?;
             for p in v["people"].as_array().into_iter().flatten() {
                 println!(
                     "{:<20} {:<10} {:<7} last used: {:<25} windows: {:>3}  pending reviews: {}",

@@ -54,7 +54,7 @@ impl Witness {
             let s = NoteSigner::cosigner_from_pkcs8(name, &pkcs8)?;
             std::fs::write(dir.join("witness.vkey"), format!("{}\n", s.verifier().vkey()))?;
         }
-        let pkcs8 = mamori_server::keys::read_secret(&key_path)?;
+        let pkcs8 = mamori_service::keys::read_secret(&key_path)?;
         let vk = std::fs::read_to_string(dir.join("witness.vkey"))?;
         let v = NoteVerifier::parse(vk.trim())?;
         let signer = NoteSigner::cosigner_from_pkcs8(&v.name, &pkcs8)?;

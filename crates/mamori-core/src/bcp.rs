@@ -207,6 +207,29 @@ pub struct Plan {
     pub break_glass: BreakGlassRules,
     #[serde(default)]
     pub registration: RegistrationRules,
+    #[serde(default)]
+    pub records: RecordsRules,
+}
+
+/// Who keeps the medical records (診療情報管理): merges patients, files
+/// received documents into patients' records and brings offline records
+/// back, without clinical access otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsRules {
+    /// Roles that keep the records.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Users that keep the records (in addition to the roles).
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+impl Default for RecordsRules {
+    /// Reception and medical records staff (clerks), as before plans named them.
+    fn default() -> Self {
+        RecordsRules { roles: vec![Role::Clerk], users: Vec::new() }
+    }
 }
 
 /// Registration without the reception desk outside declared emergencies.
@@ -323,6 +346,11 @@ impl Plan {
     pub fn is_decider(&self, user: &str, roles: &[Role]) -> bool {
         self.deciders.users.iter().any(|u| u == user) || roles.iter().any(|r| self.deciders.roles.contains(r))
     }
+    /// Whether the plan names this user (or one of its roles) as keeper of
+    /// the medical records.
+    pub fn is_records_manager(&self, user: &str, roles: &[Role]) -> bool {
+        self.records.users.iter().any(|u| u == user) || roles.iter().any(|r| self.records.roles.contains(r))
+    }
 
     /// The criteria that fit a detected cause (offered with alerts).
     pub fn criteria_for(&self, cause: Cause) -> Vec<&Criterion> {
@@ -353,6 +381,7 @@ impl Plan {
             rules: BTreeMap::new(),
             break_glass: BreakGlassRules::default(),
             registration: RegistrationRules::default(),
+            records: RecordsRules::default(),
         })
     }
 }

@@ -47,6 +47,11 @@ impl ResourceType {
     pub const DOCUMENT_REFERENCE: ResourceType = ResourceType("DocumentReference");
     pub const COMPOSITION: ResourceType = ResourceType("Composition");
     pub const CONSENT: ResourceType = ResourceType("Consent");
+    pub const PROVENANCE: ResourceType = ResourceType("Provenance");
+    /// The type an access to a patient's whole record (`$everything`, a
+    /// merge, an export) is decided as: a clinical record any clinician
+    /// reads and a physician writes.
+    pub const OBSERVATION: ResourceType = ResourceType("Observation");
 }
 
 impl fmt::Display for ResourceType {

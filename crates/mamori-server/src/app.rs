@@ -1,6 +1,7 @@
-//! The router and the middleware every request passes through: request
-//! id, the mode snapshot and `Mamori-Mode` header, security headers,
-//! metrics and a log line (without patient data).
+//! The routers and the middleware every request passes through: request
+//! id, the mode snapshot and `Mamori-Mode` header, a tracing span per
+//! request (request id, route, mode) so that a logged failure ties to its
+//! request, security headers, metrics.
 
 use std::time::Instant;
 
@@ -10,64 +11,43 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use mamori_service::{jobs, Services};
 use serde_json::json;
+use tracing::Instrument;
 
-use crate::state::{AppState, RequestId, RequestMode};
+use crate::http::{RequestId, RequestMode};
 
-/// The main listener's router: the APIs and the web UI. The API part is
-/// also kept in the state for the UI's in-process calls.
-pub fn router(st: AppState) -> Router {
-    let api = api_router(st.clone());
-    if let Ok(mut g) = st.api_router.write() {
-        *g = Some(api.clone());
-    }
-    let ui = crate::ui::routes()
-        .layer(middleware::from_fn_with_state(st.clone(), crate::ui::security_headers))
-        .layer(middleware::from_fn_with_state(st.clone(), common))
-        .with_state(st);
-    api.merge(ui)
-}
-
-fn api_router(st: AppState) -> Router {
+/// The main listener's router: the APIs and the web UI.
+pub fn router(svc: Services) -> Router {
+    let ui = crate::ui::routes().layer(middleware::from_fn(crate::ui::security_headers));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(crate::fhir::routes())
-        .merge(crate::ops::routes())
-        .merge(crate::audit_api::routes())
-        .merge(crate::bcp_api::routes())
-        .merge(crate::breakglass::routes())
-        .merge(crate::eaccounts::routes())
-        .merge(crate::exchange::partners::routes())
-        .merge(crate::exchange::send::routes())
-        .merge(crate::exchange::inbound::routes())
-        .merge(crate::continuity::registration::routes())
-        .merge(crate::continuity::merge::routes())
-        .merge(crate::continuity::snapshot::routes())
-        .merge(crate::continuity::reconcile::routes())
-        .merge(crate::maintenance::routes())
+        .merge(crate::api::routes())
+        .merge(ui)
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"error": "not-found", "message": "no such endpoint"})))
         })
-        .layer(middleware::from_fn_with_state(st.clone(), common))
-        .with_state(st)
+        .layer(middleware::from_fn_with_state(svc.clone(), common))
+        .with_state(svc)
 }
 
 /// The AS2 listener's router: only `POST /as2`, with the same middleware.
-pub fn as2_router(st: AppState) -> Router {
-    crate::exchange::inbound::as2_routes()
+pub fn as2_router(svc: Services) -> Router {
+    crate::api::as2_routes()
         .fallback(|| async { (StatusCode::NOT_FOUND, "this listener serves POST /as2 only\n") })
-        .layer(middleware::from_fn_with_state(st.clone(), common))
-        .with_state(st)
+        .layer(middleware::from_fn_with_state(svc.clone(), common))
+        .with_state(svc)
 }
 
 /// The maintenance listener's router: login and requests, then, behind the
 /// session guard, the scoped operations and read-only FHIR.
-pub fn maint_router(st: AppState) -> Router {
-    let guarded = crate::maintenance::session_routes()
+pub fn maint_router(svc: Services) -> Router {
+    let guarded = crate::api::maintenance::session_routes()
         .merge(crate::fhir::routes())
-        .layer(middleware::from_fn_with_state(st.clone(), crate::maintenance::guard));
-    crate::maintenance::listener_routes()
+        .layer(middleware::from_fn_with_state(svc.clone(), crate::api::maintenance::guard));
+    crate::api::maintenance::listener_routes()
         .merge(guarded)
         .fallback(|| async {
             (
@@ -75,8 +55,8 @@ pub fn maint_router(st: AppState) -> Router {
                 Json(json!({"error": "not-found", "message": "not available to remote maintenance"})),
             )
         })
-        .layer(middleware::from_fn_with_state(st.clone(), common))
-        .with_state(st)
+        .layer(middleware::from_fn_with_state(svc.clone(), common))
+        .with_state(svc)
 }
 
 fn request_id(req: &Request) -> String {
@@ -92,20 +72,16 @@ fn request_id(req: &Request) -> String {
         })
 }
 
-async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn common(State(svc): State<Services>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let rid = request_id(&req);
-    let mode = st.mode.get();
+    let mode = svc.mode.get();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     req.extensions_mut().insert(RequestId(rid.clone()));
     req.extensions_mut().insert(RequestMode(mode));
-    let mutating_ops = method != axum::http::Method::GET && req.uri().path().starts_with("/api/");
-    let mut resp = next.run(req).await;
-    if mutating_ops && resp.status().is_success() {
-        // Accounts, tokens or roles may have changed: forget cached tokens.
-        st.tokens.invalidate();
-    }
+    let span = tracing::info_span!("request", request_id = %rid, %method, route = %route, mode = %mode.header_value());
+    let mut resp = next.run(req).instrument(span.clone()).await;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&mode.header_value()) {
         h.insert(HeaderName::from_static("mamori-mode"), v);
@@ -113,7 +89,7 @@ async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Res
     if let Ok(v) = HeaderValue::from_str(&rid) {
         h.insert(HeaderName::from_static("x-request-id"), v);
     }
-    if let Some(n) = st.node() {
+    if let Some(n) = svc.node() {
         if let Ok(v) = HeaderValue::from_str(&format!("standalone; node={n}")) {
             h.insert(HeaderName::from_static("mamori-node"), v);
         }
@@ -125,28 +101,14 @@ async fn common(State(st): State<AppState>, mut req: Request, next: Next) -> Res
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let status = resp.status().as_u16();
-    st.metrics.observe(status, micros);
-    tracing::info!(request_id = %rid, %method, route = %route, status, ms = micros as f64 / 1000.0, "request");
+    svc.metrics.observe(status, micros);
+    span.in_scope(|| tracing::info!(status, ms = micros as f64 / 1000.0, "request"));
     resp
 }
 
-async fn healthz(State(st): State<AppState>) -> Response {
-    let size = st.store.read(|c| mamori_store::audit_log::size(c)).await;
-    match size {
-        Ok(n) => {
-            let backend = match st.store.backend() {
-                mamori_store::sql::Backend::Sqlite => "sqlite",
-                mamori_store::sql::Backend::Postgres => "postgres",
-            };
-            Json(json!({
-                "status": "ok",
-                "mode": st.mode.get().header_value(),
-                "audit_tree_size": n,
-                "backend": backend,
-                "leader": st.is_leader(),
-            }))
-            .into_response()
-        }
+async fn healthz(State(svc): State<Services>) -> Response {
+    match jobs::health(&svc).await {
+        Ok(h) => Json(h).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
@@ -154,12 +116,6 @@ async fn healthz(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
-    let size = st.store.read(|c| mamori_store::audit_log::size(c)).await.unwrap_or(0);
-    let emergency = u64::from(!st.mode.get().is_normal());
-    let body = st.metrics.render(&[
-        ("mamori_audit_tree_size", "Number of events in the audit log.", size),
-        ("mamori_emergency_declared", "1 while an emergency (or drill) is declared.", emergency),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+async fn metrics(State(svc): State<Services>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], jobs::metrics_text(&svc).await).into_response()
 }

@@ -9,18 +9,17 @@
 //! directory without the `DEMO` marker is refused: synthetic patients are
 //! never mixed into real records.
 
-use axum::body::Body;
-use axum::http::{header, Method, Request};
 use mamori_core::ids::UserId;
 use mamori_core::policy::{Role, SubjectKind};
 use mamori_core::time::Timestamp;
+use mamori_service::exchange::partners;
+use mamori_service::init::DataDir;
+use mamori_service::{accounts as acc, bcp, eaccounts, keys, Actor, RequestCtx, ServiceError, Services};
 use mamori_store::accounts::{self, NewUser};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use tower::ServiceExt;
 
-use crate::server::{start, DataDir, Running, ServeError, ServeOptions};
-use crate::state::{AppState, LocalOperator};
+use crate::server::{start, Running, ServeError, ServeOptions};
 
 /// The file that marks a data directory as a demo.
 pub const MARKER: &str = "DEMO";
@@ -74,7 +73,16 @@ pub struct Demo {
 }
 
 fn err(m: impl Into<String>) -> ServeError {
-    ServeError::DataDir(m.into())
+    ServeError::data_dir(m)
+}
+
+fn seeding(what: &str) -> impl Fn(ServiceError) -> ServeError + '_ {
+    move |e| err(format!("demo seeding: {what}: {}", e.message()))
+}
+
+/// The local operator seeding the demo (an administrator on the host).
+fn operator(st: &Services) -> Actor {
+    Actor::local_operator("demo seeding", RequestCtx::background(st.mode.get()))
 }
 
 /// Whether `dir` may be used for the demo, and whether it is new.
@@ -112,14 +120,14 @@ pub async fn start_demo(opts: ServeOptions) -> Result<Demo, ServeError> {
     let pdir = dir.join(PARTNER_DIR);
     if fresh {
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        crate::keys::write_public(&dir.join("mamori.toml"), MAIN_TOML.as_bytes())?;
+        keys::write_public(&dir.join("mamori.toml"), MAIN_TOML.as_bytes())?;
     }
     let clock = opts.clock.clone();
     let mut main = start(opts).await?;
     let admin_password = main.init.take().map(|i| i.admin_password.to_string());
     if fresh {
         std::fs::create_dir_all(&pdir).map_err(|e| err(format!("{}: {e}", pdir.display())))?;
-        crate::keys::write_public(&pdir.join("mamori.toml"), PARTNER_TOML.as_bytes())?;
+        keys::write_public(&pdir.join("mamori.toml"), PARTNER_TOML.as_bytes())?;
     }
     let partner_fresh = !DataDir(pdir.clone()).is_initialized();
     let mut partner =
@@ -131,13 +139,13 @@ pub async fn start_demo(opts: ServeOptions) -> Result<Demo, ServeError> {
     }
     if partner_fresh {
         credentials.extend(seed_partner(&partner.state).await?);
-        crate::keys::write_public(&pdir.join(MARKER), b"mamori demo partner node: synthetic data only\n")?;
+        keys::write_public(&pdir.join(MARKER), b"mamori demo partner node: synthetic data only\n")?;
     }
     link(&main.state, &partner.state, "demo-clinic", "みなとクリニック（デモ）/ Minato Clinic (demo)").await?;
     link(&partner.state, &main.state, "demo-hospital", "みまもり総合病院（デモ）/ Mimamori General Hospital (demo)")
         .await?;
     if fresh {
-        crate::keys::write_public(&dir.join(MARKER), b"mamori demo hospital: synthetic data only (HTEST)\n")?;
+        keys::write_public(&dir.join(MARKER), b"mamori demo hospital: synthetic data only (HTEST)\n")?;
     }
     Ok(Demo { main, partner, credentials, admin_password })
 }
@@ -171,31 +179,9 @@ pub async fn run_demo(opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Calls the API in process as the local operator (an administrator).
-pub async fn op(st: &AppState, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ServeError> {
-    let router = st.api_router.read().ok().and_then(|g| g.clone()).ok_or_else(|| err("the server is not running"))?;
-    let ct = if path.starts_with("/fhir") { "application/fhir+json" } else { "application/json" };
-    let mut req = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header(header::CONTENT_TYPE, ct)
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .map_err(|e| err(e.to_string()))?;
-    req.extensions_mut().insert(LocalOperator("demo seeding".into()));
-    let resp = router.oneshot(req).await.map_err(|e| err(e.to_string()))?;
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.map_err(|e| err(e.to_string()))?;
-    let v: Value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    if !status.is_success() {
-        return Err(err(format!("demo seeding: {method} {path}: {status}: {v}")));
-    }
-    Ok(v)
-}
-
 /// Creates staff accounts with known demo passwords (no forced change).
 async fn staff(
-    st: &AppState,
+    st: &Services,
     node: &'static str,
     people: &[(&str, &str, &[Role], Option<&str>)],
 ) -> Result<Vec<Credential>, ServeError> {
@@ -237,11 +223,7 @@ async fn staff(
                         },
                         w.now,
                     )?;
-                    let ctx = crate::state::RequestCtx {
-                        addr: None,
-                        request_id: None,
-                        mode: mamori_core::mode::Mode::Normal,
-                    };
+                    let ctx = RequestCtx::background(mamori_core::mode::Mode::Normal);
                     let mut rec = ctx.record("system", "system", "user-create", 201, w.now);
                     rec.detail =
                         Some(json!({"user": name, "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
@@ -256,7 +238,7 @@ async fn staff(
     Ok(out)
 }
 
-async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, ServeError> {
+async fn seed_main(st: &Services, now: Timestamp) -> Result<Vec<Credential>, ServeError> {
     use Role::*;
     let mut creds = staff(
         st,
@@ -270,6 +252,7 @@ async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, Ser
             ("aud.yamamoto", "山本 誠 / Yamamoto Makoto", &[Auditor], Some("医療安全管理室")),
             ("bcp.kobayashi", "小林 隆 / Kobayashi Takashi", &[BcpDecider], Some("病院長室")),
             ("it.watanabe", "渡辺 直樹 / Watanabe Naoki", &[Admin], Some("情報システム部")),
+            ("it.kimura", "木村 彩 / Kimura Aya", &[Admin], Some("情報システム部")),
         ],
     )
     .await?;
@@ -283,7 +266,8 @@ async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, Ser
         for r in &chart {
             let t = mamori_core::ids::ResourceType::parse(r["resourceType"].as_str().unwrap_or(""))
                 .map_err(|e| err(e.to_string()))?;
-            crate::fhir::write::validate_body(t, r).map_err(|e| err(format!("demo record {}: {e:?}", r["id"])))?;
+            mamori_service::records::validate_body(t, r)
+                .map_err(|e| err(format!("demo record {}: {}", r["id"], e.message())))?;
         }
         st.store
             .writer()
@@ -302,11 +286,7 @@ async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, Ser
                             w.now,
                         )?;
                     }
-                    let ctx = crate::state::RequestCtx {
-                        addr: None,
-                        request_id: None,
-                        mode: mamori_core::mode::Mode::Normal,
-                    };
+                    let ctx = RequestCtx::background(mamori_core::mode::Mode::Normal);
                     let mut rec = ctx.record("system", "system", "demo-seed", 201, w.now);
                     rec.patients = vec![pid0.clone()];
                     rec.detail = Some(json!({"resources": chart.len(), "security": "HTEST"}));
@@ -319,23 +299,34 @@ async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, Ser
     }
     // Care: internal medicine looks after patients 1-20, the ER doctor
     // after 21-25; 26-50 have no care relationship here (break-glass).
+    let me = operator(st);
     for i in 1..=25 {
-        let body = if i <= 20 {
-            json!({"patient": pid(i), "department": "内科", "reason": "外来主治 / outpatient care (demo)"})
+        let req = if i <= 20 {
+            acc::CareRequest {
+                patient: pid(i),
+                user: None,
+                department: Some("内科".into()),
+                reason: Some("外来主治 / outpatient care (demo)".into()),
+            }
         } else {
-            json!({"patient": pid(i), "user": "dr.tanaka", "reason": "救急外来 / ER (demo)"})
+            acc::CareRequest {
+                patient: pid(i),
+                user: Some("dr.tanaka".into()),
+                department: None,
+                reason: Some("救急外来 / ER (demo)".into()),
+            }
         };
-        op(st, Method::POST, "/api/v1/care-assignments", Some(&body)).await?;
+        acc::assign_care(st, &me, req).await.map_err(seeding("care"))?;
     }
     // Two sealed emergency accounts, their envelopes "printed" here.
-    let v =
-        op(st, Method::POST, "/api/v1/emergency-accounts", Some(&json!({"count": 2, "roles": ["physician"]}))).await?;
-    for name in v["accounts"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-        let e = op(st, Method::POST, &format!("/api/v1/emergency-accounts/{name}/envelope"), Some(&json!({}))).await?;
+    let req = eaccounts::Provision { count: 2, roles: vec!["physician".into()], drill: false };
+    let v = eaccounts::provision(st, &me, req).await.map_err(seeding("emergency accounts"))?;
+    for name in &v.accounts {
+        let e = eaccounts::envelope(st, &me, name).await.map_err(seeding("envelope"))?;
         creds.push(Credential {
             node: "hospital",
-            user: name.to_owned(),
-            password: e["password"].as_str().unwrap_or("").to_owned(),
+            user: name.clone(),
+            password: e.password.clone(),
             roles: "physician (sealed emergency account: emergencies only)".into(),
             display: "非常用アカウント / sealed emergency account".into(),
         });
@@ -343,25 +334,13 @@ async fn seed_main(st: &AppState, now: Timestamp) -> Result<Vec<Credential>, Ser
     Ok(creds)
 }
 
-async fn put_plan(st: &AppState) -> Result<(), ServeError> {
-    // The plan endpoint takes TOML: call it with the right content type.
-    let router = st.api_router.read().ok().and_then(|g| g.clone()).ok_or_else(|| err("not running"))?;
-    let mut req = Request::builder()
-        .method(Method::PUT)
-        .uri("/api/v1/bcp/plan")
-        .header(header::CONTENT_TYPE, "application/toml")
-        .body(Body::from(include_str!("../../../docs/example-bcp-plan.toml")))
-        .map_err(|e| err(e.to_string()))?;
-    req.extensions_mut().insert(LocalOperator("demo seeding".into()));
-    let resp = router.oneshot(req).await.map_err(|e| err(e.to_string()))?;
-    if !resp.status().is_success() {
-        let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
-        return Err(err(format!("demo plan: {}", String::from_utf8_lossy(&b))));
-    }
+async fn put_plan(st: &Services) -> Result<(), ServeError> {
+    let text = include_str!("../../../docs/example-bcp-plan.toml").to_owned();
+    bcp::put_plan(st, &operator(st), text).await.map_err(seeding("the BCP plan"))?;
     Ok(())
 }
 
-async fn seed_partner(st: &AppState) -> Result<Vec<Credential>, ServeError> {
+async fn seed_partner(st: &Services) -> Result<Vec<Credential>, ServeError> {
     staff(
         st,
         "clinic",
@@ -374,8 +353,8 @@ async fn seed_partner(st: &AppState) -> Result<Vec<Credential>, ServeError> {
 }
 
 /// Registers (or updates, e.g. for new ports) `other` as a partner of `at`.
-async fn link(at: &AppState, other: &AppState, id: &str, name: &str) -> Result<(), ServeError> {
-    let ident = op(other, Method::GET, "/api/v1/exchange/identity", None).await?;
+async fn link(at: &Services, other: &Services, id: &str, name: &str) -> Result<(), ServeError> {
+    let ident = partners::identity(other, &operator(other)).await.map_err(seeding("identity"))?;
     let doc = json!({
         "id": id, "name": name, "as2_id": ident["as2_id"], "endpoint": ident["endpoint"],
         "relationship": "third_party",
@@ -393,11 +372,14 @@ async fn link(at: &AppState, other: &AppState, id: &str, name: &str) -> Result<(
         "purposes": ["referral", "referral_reply", "consultation"],
         "certificates": {"signing": ident["certificates"]["signing"], "encryption": ident["certificates"]["encryption"], "tls_ca": ident["certificates"]["tls_ca"]}
     });
-    match op(at, Method::GET, &format!("/api/v1/partners/{id}"), None).await {
-        Ok(existing) if existing["endpoint"] == ident["endpoint"] => Ok(()),
-        Ok(_) => op(at, Method::PUT, &format!("/api/v1/partners/{id}"), Some(&doc)).await.map(|_| ()),
-        Err(_) => op(at, Method::POST, "/api/v1/partners", Some(&doc)).await.map(|_| ()),
-    }
+    let me = operator(at);
+    let p = || serde_json::from_value(doc.clone()).map_err(|e| ServiceError::invalid("", e.to_string()));
+    let saved = match partners::show(at, &me, id).await {
+        Ok(existing) if existing["endpoint"] == ident["endpoint"] => return Ok(()),
+        Ok(_) => partners::save(at, &me, Some(id.to_owned()), p(), None).await,
+        Err(_) => partners::save(at, &me, None, p(), None).await,
+    };
+    saved.map(|_| ()).map_err(seeding("partner"))
 }
 
 // ---- synthetic patients -----------------------------------------------------------------------
@@ -705,7 +687,7 @@ pub fn patients(now: Timestamp) -> Vec<Vec<Value>> {
             "date": datetime(visits[5]),
             "description": "外来経過記録 / Outpatient progress note",
             "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "title": "progress-note.txt",
-                "data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, summary.as_bytes())}}]
+                "data": mamori_service::continuity::container::b64(summary.as_bytes())}}]
         }));
         out.push(res);
     }

@@ -1,30 +1,18 @@
-//! mamori-server: the HTTPS application — FHIR R4 REST API, operations
-//! API, TLS, authentication, first-run initialization.
-//!
-//! Handlers never touch the database directly for writes: every change
-//! and every audit event goes through the store's group-commit writer.
+//! mamori-server: the HTTPS adapter. It extracts a request, calls one use
+//! case of `mamori-service` with the caller as an `Actor`, and renders the
+//! answer (FHIR R4 JSON, the operations API's JSON, the web UI's pages,
+//! AS2). It decides nothing itself: authorization, validation, audit and
+//! state changes are the service layer's.
 #![forbid(unsafe_code)]
 
+mod api;
 pub mod app;
-pub mod audit_api;
-pub mod bcp_api;
-pub mod breakglass;
-pub mod cluster;
-pub mod config;
-pub mod continuity;
 pub mod demo;
-pub mod detect;
-pub mod eaccounts;
-pub mod error;
-pub mod exchange;
 pub mod fhir;
-pub mod keys;
-pub mod maintenance;
-pub mod metrics;
-pub mod notify;
-pub mod ops;
+pub mod http;
 pub mod server;
-pub mod state;
-pub mod syslog;
-pub mod tls;
 pub mod ui;
+
+// The service layer's modules that tools and tests of the server reach
+// through this crate.
+pub use mamori_service::{config, continuity, keys, tls};

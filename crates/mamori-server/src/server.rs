@@ -1,269 +1,89 @@
-//! Starting and stopping a server: first-run initialization of a data
-//! directory, the TLS accept loop, graceful shutdown.
+//! Starting and stopping a server: the listeners (HTTPS, AS2 with client
+//! certificates, remote maintenance), the TLS accept loop, graceful
+//! shutdown. First-run initialization and opening the services are
+//! `mamori_service::init`'s.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use mamori_audit::note::{generate_pkcs8, NoteSigner, NoteVerifier};
-use mamori_core::ids::UserId;
-use mamori_core::mode::Mode;
-use mamori_core::policy::{Role, SubjectKind};
 use mamori_core::time::Clock;
-use mamori_store::accounts::{self, NewUser};
-use mamori_store::{CheckpointPolicy, Store, StoreConfig, Synchronous};
+use mamori_service::config::Config;
+use mamori_service::exchange::inbound::{audit_handshake_refusal, PeerCerts, RefusalLimiter};
+use mamori_service::init::{self, DataDir, DirLock, InitError, InitReport};
+use mamori_service::{jobs, tls, Services};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use zeroize::Zeroizing;
 
-use crate::config::{Config, ConfigError};
-use crate::keys::{self, KeyError};
-use crate::state::{AppState, PeerAddr, RequestCtx};
-use crate::tls::{self, TlsError};
+use crate::http::PeerAddr;
 
+/// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// The data directory, its configuration, keys or store.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("store: {0}")]
-    Store(#[from] mamori_store::StoreError),
-    #[error("{0}")]
-    DataDir(String),
+    Init(#[from] InitError),
+    /// A listener could not bind.
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
 }
 
-/// Paths inside a data directory.
-pub struct DataDir(pub PathBuf);
+impl ServeError {
+    /// A problem with the data directory.
+    pub fn data_dir(m: impl Into<String>) -> Self {
+        ServeError::Init(InitError::DataDir(m.into()))
+    }
+}
 
-impl DataDir {
-    pub fn db(&self) -> PathBuf {
-        self.0.join("mamori.db")
-    }
-    pub fn audit_key(&self) -> PathBuf {
-        self.0.join("keys/audit.key")
-    }
-    pub fn audit_vkey(&self) -> PathBuf {
-        self.0.join("keys/audit.vkey")
-    }
-    pub fn resolve(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.0.join(p)
+macro_rules! via_init {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ServeError {
+            fn from(e: $t) -> Self {
+                ServeError::Init(e.into())
+            }
         }
-    }
-    fn marker(&self) -> PathBuf {
-        self.0.join(".initializing")
-    }
-    /// Initialized: the institution's keys are there and no initialization
-    /// is in progress (the database may be SQLite here or PostgreSQL).
-    pub fn is_initialized(&self) -> bool {
-        self.audit_vkey().exists() && !self.marker().exists()
-    }
+    )*};
 }
-
-/// Holds the data directory's lock for as long as it lives.
-pub struct DirLock(#[allow(dead_code)] File);
-
-/// Takes the exclusive lock on a data directory (one server at a time;
-/// offline commands refuse to write while a server runs).
-pub fn lock_dir(dir: &Path) -> Result<DirLock, ServeError> {
-    let path = dir.join("mamori.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ServeError::DataDir(format!("{}: {e}", path.display())))?;
-    match f.try_lock() {
-        Ok(()) => Ok(DirLock(f)),
-        Err(_) => Err(ServeError::DataDir(format!(
-            "{} is in use by a running mamori server; stop it, or use the server's API (--server/--token)",
-            dir.display()
-        ))),
-    }
-}
-
-/// What first-run initialization produced, shown once to the operator.
-pub struct InitReport {
-    pub admin_password: Zeroizing<String>,
-    pub vkey: String,
-    pub tls_fingerprint: String,
-}
-
-/// Loads the audit signer and its public key.
-pub fn load_signer(dd: &DataDir) -> Result<(Arc<NoteSigner>, NoteVerifier), ServeError> {
-    let vkey_text = std::fs::read_to_string(dd.audit_vkey()).map_err(|e| KeyError::Io(dd.audit_vkey(), e))?;
-    let v = NoteVerifier::parse(vkey_text.trim()).map_err(|e| KeyError::Format(dd.audit_vkey(), e.to_string()))?;
-    let pem = keys::read_secret(&dd.audit_key())?;
-    let der = keys::pem_der(&dd.audit_key(), &pem, "PRIVATE KEY")?;
-    let s = NoteSigner::from_pkcs8(&v.name, &der).map_err(|e| KeyError::Format(dd.audit_key(), e.to_string()))?;
-    if s.verifier() != v {
-        return Err(ServeError::DataDir("keys/audit.key does not match keys/audit.vkey".into()));
-    }
-    Ok((Arc::new(s), v))
-}
-
-pub fn store_config(dd: &DataDir, cfg: &Config) -> Result<StoreConfig, ServeError> {
-    let url = cfg.database.url.trim();
-    Ok(StoreConfig {
-        path: dd.db(),
-        url: (!url.is_empty()).then(|| url.to_owned()),
-        synchronous: if cfg.database.synchronous == "normal" { Synchronous::Normal } else { Synchronous::Full },
-        readers: cfg.database.readers,
-        checkpoint: CheckpointPolicy {
-            every_events: cfg.audit.checkpoint_every_events,
-            every: Duration::from_secs(cfg.audit.checkpoint_every_seconds),
-        },
-        origin: cfg.audit.origin.clone(),
-    })
-}
-
-fn init_files(dd: &DataDir, cfg: &Config) -> Result<(String, String), ServeError> {
-    let dir = &dd.0;
-    keys::create_private_dir(&dir.join("keys"))?;
-    keys::create_private_dir(&dir.join("tls"))?;
-    if !dir.join("mamori.toml").exists() {
-        keys::write_public(&dir.join("mamori.toml"), Config::default_toml().as_bytes())?;
-    }
-    // The audit log's signing key: Ed25519, named after the log's origin.
-    let pkcs8 = generate_pkcs8().map_err(|e| KeyError::Generate(e.to_string()))?;
-    let signer = NoteSigner::from_pkcs8(&cfg.audit.origin, &pkcs8).map_err(|e| KeyError::Generate(e.to_string()))?;
-    keys::write_secret(&dd.audit_key(), keys::pem("PRIVATE KEY", &pkcs8).as_bytes())?;
-    let vkey = signer.verifier().vkey();
-    keys::write_public(&dd.audit_vkey(), format!("{vkey}\n").as_bytes())?;
-    // TLS for localhost.
-    let (cert, key) =
-        keys::self_signed_tls("localhost", &cfg.institution.name, &["localhost"], &["127.0.0.1", "::1"], 825)?;
-    keys::write_secret(&dd.resolve(&cfg.tls.key), key.as_bytes())?;
-    keys::write_public(&dd.resolve(&cfg.tls.cert), cert.as_bytes())?;
-    // The institution's S/MIME identity for exchanges with partners.
-    let (icert, ikey) = keys::institution_identity(&cfg.institution.name, 825)?;
-    keys::write_secret(&dir.join("keys/institution.key.pem"), ikey.as_bytes())?;
-    keys::write_public(&dir.join("keys/institution.cert.pem"), icert.as_bytes())?;
-    let fp = openssl::x509::X509::from_pem(cert.as_bytes())
-        .and_then(|x| x.digest(openssl::hash::MessageDigest::sha256()))
-        .map(|d| mamori_audit::merkle::to_hex(&d))
-        .map_err(|e| KeyError::Generate(e.to_string()))?;
-    Ok((vkey, fp))
-}
-
-/// Initializes an empty data directory: configuration, keys, TLS
-/// certificate, database, and the `admin` account with a one-time password.
-pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport, ServeError> {
-    let dd = DataDir(dir.to_owned());
-    std::fs::create_dir_all(dir).map_err(|e| ServeError::DataDir(format!("{}: {e}", dir.display())))?;
-    if dd.marker().exists() {
-        // An interrupted initialization: start it over.
-        for p in ["keys", "tls"] {
-            let _ = std::fs::remove_dir_all(dir.join(p));
-        }
-        for p in ["mamori.db", "mamori.db-wal", "mamori.db-shm"] {
-            let _ = std::fs::remove_file(dir.join(p));
-        }
-    } else {
-        let foreign: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|e| ServeError::DataDir(format!("{}: {e}", dir.display())))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "mamori.toml" && n != "mamori.lock")
-            .collect();
-        if !foreign.is_empty() {
-            return Err(ServeError::DataDir(format!(
-                "{} is neither empty nor a mamori data directory (found: {}); choose an empty directory",
-                dir.display(),
-                foreign.join(", ")
-            )));
-        }
-    }
-    keys::write_public(&dd.marker(), b"initialization in progress\n")?;
-    let cfg = Config::load(dir)?;
-    let (vkey, tls_fingerprint) = init_files(&dd, &cfg)?;
-    let (signer, _) = load_signer(&dd)?;
-    let store = Store::open(&store_config(&dd, &cfg)?, clock.clone(), signer)?;
-    // A shared database that already holds an institution: another server
-    // joins it with a copy of the first server's data directory, never with
-    // new keys (its audit log would not verify).
-    let users = store.read(|c| Ok(c.query_one("SELECT COUNT(*) FROM users", mamori_store::p![])?)).await?;
-    if users.and_then(|r| r.i64(0).ok()).unwrap_or(0) > 0 {
-        return Err(ServeError::DataDir(
-            "the database at database.url already belongs to an initialized mamori; to add a server, \
-             copy the first server's data directory (keys, tls, mamori.toml) instead of initializing a new one"
-                .into(),
-        ));
-    }
-    let pw = accounts::random_password()?;
-    let p2 = pw.clone();
-    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&p2))
-        .await
-        .map_err(|e| ServeError::DataDir(e.to_string()))??;
-    let vk2 = vkey.clone();
-    store
-        .writer()
-        .write(
-            move |w| {
-                let admin = UserId::parse("admin").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
-                accounts::create_user(
-                    w.conn,
-                    &NewUser {
-                        name: &admin,
-                        display: "Administrator",
-                        kind: SubjectKind::Staff,
-                        department: None,
-                        roles: &[Role::Admin],
-                        password_hash: Some(&hash),
-                        must_change: true,
-                        created_by: "system",
-                    },
-                    w.now,
-                )?;
-                let ctx = RequestCtx { addr: None, request_id: None, mode: Mode::Normal };
-                let mut rec = ctx.record("system", "system", "system-init", 200, w.now);
-                rec.detail = Some(json!({"audit_vkey": vk2, "admin": "created with a one-time password"}));
-                w.audit(&rec)?;
-                w.checkpoint("init")?;
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )
-        .await?;
-    std::fs::remove_file(dd.marker()).map_err(|e| ServeError::DataDir(e.to_string()))?;
-    Ok(InitReport { admin_password: pw, vkey, tls_fingerprint })
-}
+via_init!(
+    mamori_service::config::ConfigError,
+    mamori_service::keys::KeyError,
+    mamori_service::tls::TlsError,
+    mamori_store::StoreError
+);
 
 /// How to start a server.
 pub struct ServeOptions {
+    /// The data directory.
     pub data: PathBuf,
+    /// The main listener (overrides `server.listen`).
     pub listen: Option<String>,
     /// The AS2 listener (mutual TLS); overrides `exchange.listen`.
     pub as2_listen: Option<String>,
+    /// The clock.
     pub clock: Arc<dyn Clock>,
 }
 
 /// A running server.
 pub struct Running {
+    /// The main listener's address.
     pub addr: SocketAddr,
     /// The maintenance listener's address, if it runs.
     pub maint_addr: Option<SocketAddr>,
     /// The AS2 listener's address, if it runs.
     pub as2_addr: Option<SocketAddr>,
+    /// The public base URL.
     pub base_url: String,
-    pub state: AppState,
+    /// The services it serves.
+    pub state: Services,
+    /// What the first start of the data directory made.
     pub init: Option<InitReport>,
     stop: Option<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
@@ -274,22 +94,32 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, records the stop.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(true);
+            s.send_replace(true);
         }
-        let _ = (&mut self.task).await;
+        if let Err(e) = (&mut self.task).await {
+            tracing::error!(error = %e, "the server task ended abnormally");
+        }
     }
     /// Waits until the server stops by itself (signal).
     pub async fn wait(mut self) {
-        let _ = (&mut self.task).await;
+        if let Err(e) = (&mut self.task).await {
+            tracing::error!(error = %e, "the server task ended abnormally");
+        }
     }
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let l = TcpListener::bind(addr).await.map_err(|e| ServeError::Listen(addr.to_owned(), e))?;
+    let a = l.local_addr().map_err(|e| ServeError::Listen(addr.to_owned(), e))?;
+    Ok((l, a))
 }
 
 /// Starts a server: initializes the data directory on first start.
 pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let dd = DataDir(opts.data.clone());
-    std::fs::create_dir_all(&dd.0).map_err(|e| ServeError::DataDir(format!("{}: {e}", dd.0.display())))?;
-    let lock = lock_dir(&dd.0)?;
-    let init = if dd.is_initialized() { None } else { Some(initialize(&dd.0, opts.clock.clone()).await?) };
+    std::fs::create_dir_all(&dd.0).map_err(|e| ServeError::data_dir(format!("{}: {e}", dd.0.display())))?;
+    let lock = init::lock_dir(&dd.0)?;
+    let report = if dd.is_initialized() { None } else { Some(init::initialize(&dd.0, opts.clock.clone()).await?) };
     let mut cfg = Config::load(&dd.0)?;
     if let Some(l) = &opts.listen {
         cfg.server.listen = l.clone();
@@ -299,15 +129,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         cfg.exchange.listen = l.clone();
         cfg.validate()?;
     }
-    let (signer, _) = load_signer(&dd)?;
-    crate::exchange::ensure_keys(&dd, &cfg)?;
-    crate::maintenance::ensure_ca(&dd, &cfg.institution.name)?;
-    let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
-    let store = Store::open(&store_config(&dd, &cfg)?, opts.clock.clone(), signer)?;
+    init::ensure_maintenance_ca(&dd, &cfg.institution.name)?;
     let maint_cfg = if cfg.maintenance.listen.is_empty() {
         None
     } else {
-        let roots = tls::load_certs(&dd.0.join(crate::maintenance::CA_CERT))?;
+        let roots = tls::load_certs(&dd.0.join(init::MAINT_CA_CERT))?;
         Some(tls::mtls_server_config(
             &dd.resolve(&cfg.tls.cert),
             &dd.resolve(&cfg.tls.key),
@@ -317,107 +143,70 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     };
     let tls_cfg = tls::server_config(&dd.resolve(&cfg.tls.cert), &dd.resolve(&cfg.tls.key), &cfg.tls.min_version)?;
     let listen = cfg.listen_addr()?;
-    let listener = TcpListener::bind(listen).await.map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Listen(cfg.server.listen.clone(), e))?;
-    let as2_listener = if cfg.exchange.listen.is_empty() {
-        None
-    } else {
-        let l = TcpListener::bind(&cfg.exchange.listen)
-            .await
-            .map_err(|e| ServeError::Listen(cfg.exchange.listen.clone(), e))?;
-        let a = l.local_addr().map_err(|e| ServeError::Listen(cfg.exchange.listen.clone(), e))?;
-        Some((l, a))
-    };
-    let as2_addr = as2_listener.as_ref().map(|(_, a)| *a);
-    let maint_listener = match &maint_cfg {
+    let (listener, addr) = bind(&listen.to_string()).await?;
+    let as2 = if cfg.exchange.listen.is_empty() { None } else { Some(bind(&cfg.exchange.listen).await?) };
+    let as2_addr = as2.as_ref().map(|(_, a)| *a);
+    let maint = match &maint_cfg {
         None => None,
-        Some(_) => {
-            let l = TcpListener::bind(&cfg.maintenance.listen)
-                .await
-                .map_err(|e| ServeError::Listen(cfg.maintenance.listen.clone(), e))?;
-            let a = l.local_addr().map_err(|e| ServeError::Listen(cfg.maintenance.listen.clone(), e))?;
-            Some((l, a))
-        }
+        Some(_) => Some(bind(&cfg.maintenance.listen).await?),
     };
-    let maint_addr = maint_listener.as_ref().map(|(_, a)| *a);
-    if let Ok(mut u) = xctx.as2_url.write() {
-        *u = cfg.as2_url(as2_addr);
-    }
+    let maint_addr = maint.as_ref().map(|(_, a)| *a);
     let base_url = cfg.base_url(addr);
+    let as2_url = cfg.as2_url(as2_addr);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_seconds);
-    let state = AppState::new(store, cfg, base_url.clone(), dd.0.clone(), xctx);
-    let cluster_rx = state.store.url().map(|url| {
-        let (c, rx) = crate::cluster::start(url, state.store.clone());
-        let _ = state.cluster.set(c);
-        state.tokens.disable();
+    let svc = init::open(&dd, cfg, base_url.clone(), opts.clock.clone()).await?;
+    if let Ok(mut u) = svc.exchange.as2_url.write() {
+        *u = as2_url;
+    }
+    let cluster_rx = svc.store.url().map(|url| {
+        let (c, rx) = mamori_service::cluster::start(url, svc.store.clone());
+        if svc.cluster.set(c).is_err() {
+            tracing::error!("the cluster was already set");
+        }
+        svc.tokens.disable();
         rx
     });
-    crate::exchange::reload(&state).await;
+    mamori_service::exchange::reload(&svc).await;
     // Anchor the start in the audit log.
-    let ctx = RequestCtx { addr: None, request_id: None, mode: state.mode.get() };
-    let mut rec = ctx.record("system", "system", "server-start", 200, state.store.clock().now());
-    rec.detail = Some(json!({"version": env!("CARGO_PKG_VERSION"), "listen": addr.to_string()}));
-    state
-        .store
-        .writer()
-        .write(
-            move |w| {
-                w.audit(&rec)?;
-                w.checkpoint("server-start")?;
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )
+    svc.record_lifecycle("server-start", json!({"version": env!("CARGO_PKG_VERSION"), "listen": addr.to_string()}))
         .await?;
-    // The mode in force is the one the database says.
-    let mode = state.store.read(mamori_store::emergency::current_mode).await?;
-    state.set_mode_local(mode);
-    load_standalone(&state).await?;
-    let cluster_task = cluster_rx.map(|rx| tokio::spawn(crate::cluster::apply(state.clone(), rx)));
+    let cluster_task = cluster_rx.map(|rx| tokio::spawn(mamori_service::cluster::apply(svc.clone(), rx)));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let st = state.clone();
-    let (bg_stop, bg_rx) = tokio::sync::watch::channel(false);
-    let background = vec![tokio::spawn(background_while_leader(state.clone(), bg_rx))];
-    let as2_task = as2_listener.map(|(l, _)| {
-        let st = state.clone();
-        let stop = stop_rx.clone();
-        let app = crate::app::as2_router(st.clone());
+    let (bg_stop, bg_rx) = watch::channel(false);
+    let background = tokio::spawn(jobs::run_while_leader(svc.clone(), bg_rx));
+    let as2_task = as2.map(|(l, _)| {
+        let (svc, stop) = (svc.clone(), stop_rx.clone());
+        let app = crate::app::as2_router(svc.clone());
         tokio::spawn(async move {
             let acceptor = {
-                let st = st.clone();
-                move || st.exchange.server_config().map(TlsAcceptor::from)
+                let svc = svc.clone();
+                move || svc.exchange.server_config().map(TlsAcceptor::from)
             };
-            accept_loop(st, l, acceptor, app, stop, grace, Listener::As2).await;
+            accept_loop(svc, l, acceptor, app, stop, grace, Listener::As2).await;
         })
     });
-    let maint_task = maint_listener.zip(maint_cfg).map(|((l, _), cfg)| {
-        let st = state.clone();
-        let stop = stop_rx.clone();
-        let app = crate::app::maint_router(st.clone());
+    let maint_task = maint.zip(maint_cfg).map(|((l, _), cfg)| {
+        let (svc, stop) = (svc.clone(), stop_rx.clone());
+        let app = crate::app::maint_router(svc.clone());
         let acceptor = TlsAcceptor::from(cfg);
         tokio::spawn(async move {
-            accept_loop(st, l, move || Some(acceptor.clone()), app, stop, grace, Listener::Maintenance).await;
+            accept_loop(svc, l, move || Some(acceptor.clone()), app, stop, grace, Listener::Maintenance).await;
         })
     });
-    // Built before the listener task starts, so that in-process callers
-    // (the web UI, the demo seeding) find the API router set.
-    let app = crate::app::router(st.clone());
+    let app = crate::app::router(svc.clone());
+    let st = svc.clone();
     let task = tokio::spawn(async move {
         let main_acceptor = TlsAcceptor::from(tls_cfg);
         accept_loop(st.clone(), listener, move || Some(main_acceptor.clone()), app, stop_rx, grace, Listener::Main)
             .await;
-        if let Ok(mut g) = st.api_router.write() {
-            g.take();
+        for t in [as2_task, maint_task].into_iter().flatten() {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a listener ended abnormally");
+            }
         }
-        if let Some(t) = as2_task {
-            let _ = t.await;
-        }
-        if let Some(t) = maint_task {
-            let _ = t.await;
-        }
-        let _ = bg_stop.send(true);
-        for t in background {
-            let _ = t.await;
+        bg_stop.send_replace(true);
+        if let Err(e) = background.await {
+            tracing::error!(error = %e, "the background jobs ended abnormally");
         }
         if let Some(c) = st.cluster.get() {
             c.stop();
@@ -425,78 +214,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         if let Some(t) = cluster_task {
             t.abort();
         }
-        let ctx = RequestCtx { addr: None, request_id: None, mode: st.mode.get() };
-        let rec = ctx.record("system", "system", "server-stop", 200, st.store.clock().now());
-        let r = st
-            .store
-            .writer()
-            .write(
-                move |w| {
-                    w.audit(&rec)?;
-                    w.checkpoint("server-stop")?;
-                    w.flush_index()?;
-                    Ok(())
-                },
-                |_, _| Ok(()),
-            )
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = st.record_lifecycle("server-stop", serde_json::Value::Null).await {
             tracing::error!(error = %e, "could not record the server stop");
         }
         tracing::info!("server stopped");
     });
-    Ok(Running { addr, maint_addr, as2_addr, base_url, state, init, stop: Some(stop_tx), task, _lock: lock })
-}
-
-/// The background work (deliveries, forwarding, expiry, scans) runs on
-/// the leader only: always on SQLite; on PostgreSQL while this server holds
-/// the leader lock, stopped when it loses it.
-async fn background_while_leader(state: AppState, mut stop: watch::Receiver<bool>) {
-    // A single server leads for good: the sender is kept for as long as
-    // this task runs (a dropped sender would read as "stop").
-    let (_single, single_rx) = watch::channel(true);
-    let mut leader = match state.cluster.get() {
-        Some(c) => c.leader_watch(),
-        None => single_rx,
-    };
-    loop {
-        while !*leader.borrow_and_update() {
-            tokio::select! {
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-                r = leader.changed() => if r.is_err() { return },
-            }
-        }
-        let (term, rx) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(crate::syslog::forward(state.clone(), rx.clone())),
-            tokio::spawn(crate::notify::deliver(state.clone(), rx.clone())),
-            tokio::spawn(crate::breakglass::expire(state.clone(), rx.clone())),
-            tokio::spawn(crate::exchange::outbox::run(state.clone(), rx.clone())),
-            tokio::spawn(crate::continuity::snapshot::schedule(state.clone(), rx.clone())),
-            tokio::spawn(crate::maintenance::run(state.clone(), rx.clone())),
-            tokio::spawn(crate::detect::run(state.clone(), rx)),
-        ];
-        let stopping = loop {
-            tokio::select! {
-                r = stop.changed() => if r.is_err() || *stop.borrow() { break true },
-                r = leader.changed() => match r {
-                    Err(_) => break true,
-                    Ok(()) if !*leader.borrow() => {
-                        tracing::warn!("leadership lost: stopping background work");
-                        break false;
-                    }
-                    Ok(()) => {}
-                },
-            }
-        };
-        let _ = term.send(true);
-        for t in tasks {
-            let _ = t.await;
-        }
-        if stopping {
-            return;
-        }
-    }
+    Ok(Running { addr, maint_addr, as2_addr, base_url, state: svc, init: report, stop: Some(stop_tx), task, _lock: lock })
 }
 
 /// Which listener an accept loop serves.
@@ -511,7 +234,7 @@ enum Listener {
 }
 
 async fn accept_loop(
-    st: AppState,
+    st: Services,
     listener: TcpListener,
     acceptor: impl Fn() -> Option<TlsAcceptor>,
     app: axum::Router,
@@ -521,7 +244,7 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let refusals = Arc::new(crate::exchange::inbound::RefusalLimiter::default());
+    let refusals = Arc::new(RefusalLimiter::default());
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -542,7 +265,9 @@ async fn accept_loop(
                 let Some(acceptor) = acceptor() else {
                     continue;
                 };
-                let _ = tcp.set_nodelay(true);
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
                 let app = app.clone();
                 let watcher = graceful.watcher();
                 let st = st.clone();
@@ -558,7 +283,7 @@ async fn accept_loop(
                                 Listener::Main => None,
                             };
                             if let Some(action) = action {
-                                crate::exchange::inbound::audit_handshake_refusal(&st, &refusals, peer, &e.to_string(), action).await;
+                                audit_handshake_refusal(&st, &refusals, peer, &e.to_string(), action).await;
                             }
                             return;
                         }
@@ -567,7 +292,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let certs = crate::exchange::inbound::PeerCerts(
+                    let certs = PeerCerts(
                         tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.to_vec()).collect()).unwrap_or_default(),
                     );
                     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -592,44 +317,6 @@ async fn accept_loop(
     }
 }
 
-/// Opens an initialized data directory in-process, for offline CLI
-/// commands: same API, policy and audit as the server, no listener.
-pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(AppState, DirLock), ServeError> {
-    let dd = DataDir(dir.to_owned());
-    if !dd.is_initialized() {
-        return Err(ServeError::DataDir(format!(
-            "{} is not an initialized mamori data directory (run `mamori serve --data {}` once)",
-            dir.display(),
-            dir.display()
-        )));
-    }
-    let lock = lock_dir(dir)?;
-    let cfg = Config::load(dir)?;
-    let (signer, _) = load_signer(&dd)?;
-    crate::exchange::ensure_keys(&dd, &cfg)?;
-    crate::maintenance::ensure_ca(&dd, &cfg.institution.name)?;
-    let xctx = crate::exchange::Ctx::load(&dd, &cfg)?;
-    let store = Store::open(&store_config(&dd, &cfg)?, clock, signer)?;
-    let base_url = cfg.base_url(cfg.listen_addr()?);
-    let state = AppState::new(store, cfg, base_url, dir.to_owned(), xctx);
-    let mode = state.store.read(mamori_store::emergency::current_mode).await?;
-    state.set_mode_local(mode);
-    load_standalone(&state).await?;
-    Ok((state, lock))
-}
-
-/// A standalone node knows it is one (its entries are stamped).
-async fn load_standalone(state: &AppState) -> Result<(), ServeError> {
-    let sa = state.store.read(mamori_store::continuity::standalone).await?;
-    if let Some(s) = &sa {
-        tracing::info!(node = %s.node, snapshot = %s.snapshot, "standalone node");
-    }
-    if let Ok(mut g) = state.standalone.write() {
-        *g = sa;
-    }
-    Ok(())
-}
-
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -643,7 +330,9 @@ pub async fn shutdown_signal() {
             }
         }
         _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot wait for a signal");
+            }
         }
     }
 }

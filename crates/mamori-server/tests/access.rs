@@ -93,6 +93,11 @@ async fn logins_lockout_tokens_and_first_password() {
     let s = TestServer::start("login").await;
     let r = s.post("/api/v1/users", &s.admin, json!({"name": "ns.d", "display": "Nurse D", "roles": ["nurse"]})).await;
     let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
+    // The nurse role is a clinical grant: a second administrator approves it.
+    assert_eq!(r.body["roles"], json!([]), "{}", r.text);
+    let req = r.body["pending_request"].as_i64().expect("a request for the second admin");
+    let a = s.post(&format!("/api/v1/account-requests/{req}/approve"), &s.admin2, json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
 
     // The one-time password works, but only for changing it.
     let t = s.login("ns.d", &otp).await;

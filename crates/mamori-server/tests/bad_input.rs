@@ -82,7 +82,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let hostile = "<script>alert('x')</script>\"; DROP TABLE resources; --";
     let r = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "name": [{"family": hostile}]})).await;
     assert_eq!(r.status, 201);
-    let r = s.get(&format!("/fhir/Patient?family={}", mamori_server::fhir::enc(hostile)), &doc).await;
+    let r = s.get(&format!("/fhir/Patient?family={}", mamori_service::records::enc(hostile)), &doc).await;
     assert_eq!(r.body["total"], 1, "{}", r.text);
     assert_eq!(r.body["entry"][0]["resource"]["name"][0]["family"], hostile);
 }

@@ -201,7 +201,10 @@ async fn two_nodes_exchange_a_referral_with_signed_receipts() {
     let sent = a.audits_where("exchange-send");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["patients"], json!([pa]));
-    assert_eq!(sent[0]["basis"], "implied_consent");
+    // The decision to let the data leave is the read of it (the sender's
+    // care relationship); the legal basis for the recipient is recorded too.
+    assert_eq!(sent[0]["basis"], "care-relationship");
+    assert_eq!(sent[0]["detail"]["legal_basis"], "implied_consent");
     assert_eq!(a.audits_where("exchange-delivered").len(), 1);
     let got = b.audits_where("exchange-receive");
     assert_eq!(got.len(), 1);
@@ -328,6 +331,7 @@ async fn two_servers_deliver_each_message_once() {
     // Let any second sender show itself, then count at B.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["messages"].as_array().unwrap().len(), 4, "{}", r.text);
     let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
     assert_eq!(q.status, 200, "{}", q.text);
@@ -555,7 +559,11 @@ async fn attacks_on_the_as2_endpoint_are_refused_audited_and_quarantined() {
         String::from_utf8_lossy(&r.body).chars().take(900).collect::<String>()
     );
     assert_eq!(stored(&b), 1);
-    let r = b.get("/api/v1/exchange/inbound?state=unmatched", &b.admin).await;
+    // Received documents name patients: the records desk reads them, not
+    // the administrator (separation of duties).
+    assert_eq!(b.get("/api/v1/exchange/inbound?state=unmatched", &b.admin).await.status, 403);
+    let desk = b.user("clerk.desk", &["clerk"]).await;
+    let r = b.get("/api/v1/exchange/inbound?state=unmatched", &desk).await;
     assert_eq!(r.body["inbound"].as_array().unwrap().len(), 1, "{}", r.text);
 
     // Replayed Message-ID.

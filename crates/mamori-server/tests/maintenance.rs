@@ -89,7 +89,7 @@ async fn remote_maintenance_is_narrow_approved_time_boxed_and_reviewed() {
     let clock = mamori_core::time::ManualClock::new(SystemClock.now());
     let s = TestServer::start_cfg("maint", "[maintenance]\nlisten = \"127.0.0.1:0\"\n", Some(clock.clone())).await;
     let m = format!("https://localhost:{}", s.running.as_ref().unwrap().maint_addr.unwrap().port());
-    let admin2 = s.user("admin2", &["admin"]).await;
+    let admin2 = s.admin2.clone();
     let auditor = s.user("aud", &["auditor"]).await;
     let doc = s.user("dr", &["physician"]).await;
     let pat = s.patient(&doc, "保守", "確認").await;

@@ -371,7 +371,8 @@ async fn demo_seeds_a_hospital_and_refuses_real_data_directories() {
         .await
         .unwrap();
     assert_eq!(n, 50);
-    let p = mamori_server::demo::op(&st, Method::GET, "/api/v1/partners/demo-clinic", None).await.unwrap();
+    let op = mamori_service::Actor::local_operator("test", mamori_service::RequestCtx::background(st.mode.get()));
+    let p = mamori_service::exchange::partners::show(&st, &op, "demo-clinic").await.unwrap();
     assert_eq!(p["status"], "active");
     // Every seeded record is marked as test data.
     let pw = demo.credentials.iter().find(|c| c.user == "dr.sato").unwrap().password.clone();

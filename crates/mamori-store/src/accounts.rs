@@ -156,7 +156,7 @@ pub struct User {
 
 impl User {
     pub fn subject(&self) -> Subject {
-        Subject { user: self.name.clone(), roles: self.roles.clone(), kind: self.kind }
+        Subject { user: self.name.clone(), roles: self.roles.clone(), kind: self.kind, must_change_password: self.must_change }
     }
 }
 
@@ -167,16 +167,16 @@ fn kind_str(k: SubjectKind) -> &'static str {
     }
 }
 
-fn parse_kind(s: &str) -> Result<SubjectKind> {
-    match s {
-        "staff" => Ok(SubjectKind::Staff),
-        "emergency" => Ok(SubjectKind::EmergencyAccount),
-        other => Err(StoreError::Internal(format!("unknown user kind '{other}' in database"))),
+fn parse_kind(s: &str, service: bool) -> Result<SubjectKind> {
+    match (s, service) {
+        ("staff", false) => Ok(SubjectKind::Staff),
+        ("staff", true) => Ok(SubjectKind::Service),
+        ("emergency", _) => Ok(SubjectKind::EmergencyAccount),
+        (other, _) => Err(StoreError::Internal(format!("unknown user kind '{other}' in database"))),
     }
 }
 
-const USER_COLS: &str =
-    "name, display, kind, department, password_hash IS NOT NULL, must_change, totp_secret IS NOT NULL, failed_logins, locked_until, disabled, created";
+const USER_COLS: &str = "name, display, kind, department, password_hash IS NOT NULL, must_change, totp_secret IS NOT NULL, failed_logins, locked_until, disabled, created, service";
 
 fn user_row(c: &mut dyn Conn, r: &Row) -> Result<User> {
     let name = UserId::parse(&r.text(0)?).map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -184,7 +184,7 @@ fn user_row(c: &mut dyn Conn, r: &Row) -> Result<User> {
     Ok(User {
         name,
         display: r.text(1)?,
-        kind: parse_kind(&r.text(2)?)?,
+        kind: parse_kind(&r.text(2)?, r.bool(11)?)?,
         department: r.opt_text(3)?,
         has_password: r.bool(4)?,
         must_change: r.bool(5)?,
@@ -228,21 +228,31 @@ pub struct NewUser<'a> {
     pub created_by: &'a str,
 }
 
+/// Names no account may take.
+pub const RESERVED_NAMES: &[&str] = &["system", "anonymous"];
+
+/// Creates an account (the caller has validated the display name and
+/// that the name is not reserved).
 pub fn create_user(c: &mut dyn Conn, u: &NewUser<'_>, now: Timestamp) -> Result<()> {
-    if u.display.trim().is_empty() || u.display.chars().count() > 200 {
-        return Err(StoreError::invalid("display", "a display name of 1 to 200 characters is required"));
-    }
-    if matches!(u.name.as_str(), "system" | "anonymous") {
-        return Err(StoreError::invalid("name", format!("'{}' is reserved", u.name)));
-    }
     if get_user(c, u.name.as_str())?.is_some() {
         return Err(StoreError::Duplicate(format!("user {}", u.name)));
     }
     c.exec(
-        "INSERT INTO users (name, display, kind, department, password_hash, must_change, created, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        p![u.name.as_str(), u.display, kind_str(u.kind), u.department, u.password_hash, u.must_change, now.micros(), u.created_by],
+        "INSERT INTO users (name, display, kind, department, password_hash, must_change, created, created_by, service) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        p![u.name.as_str(), u.display, kind_str(u.kind), u.department, u.password_hash, u.must_change, now.micros(), u.created_by, u.kind == SubjectKind::Service],
     )?;
     set_roles(c, u.name.as_str(), u.roles)
+}
+
+/// Sets an account's display name and department.
+pub fn set_details(c: &mut dyn Conn, user: &str, display: Option<&str>, department: Option<Option<&str>>) -> Result<()> {
+    if let Some(d) = display {
+        c.exec("UPDATE users SET display = $2 WHERE name = $1", p![user, d])?;
+    }
+    if let Some(d) = department {
+        c.exec("UPDATE users SET department = $2 WHERE name = $1", p![user, d])?;
+    }
+    Ok(())
 }
 
 pub fn set_roles(c: &mut dyn Conn, user: &str, roles: &[Role]) -> Result<()> {
@@ -356,21 +366,27 @@ pub fn token_id(hash: &[u8]) -> String {
     mamori_audit::merkle::to_hex(hash.get(..6).unwrap_or(hash))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn insert_token(
-    c: &mut dyn Conn,
-    secret: &str,
-    user: &str,
-    kind: TokenKind,
-    label: Option<&str>,
-    now: Timestamp,
-    expires: Timestamp,
-    declared: Option<&str>,
-) -> Result<String> {
-    let h = token_hash(secret);
+/// A token to store.
+pub struct NewToken<'a> {
+    /// The secret (only its hash is stored).
+    pub secret: &'a str,
+    /// The holder.
+    pub user: &'a str,
+    pub kind: TokenKind,
+    pub label: Option<&'a str>,
+    pub expires: Timestamp,
+    /// Emergency accounts: the real name and affiliation given at login.
+    pub declared: Option<&'a str>,
+    /// Who issued it, when not the holder.
+    pub issued_by: Option<&'a str>,
+}
+
+/// Stores a token; returns its id.
+pub fn insert_token(c: &mut dyn Conn, t: &NewToken<'_>, now: Timestamp) -> Result<String> {
+    let h = token_hash(t.secret);
     c.exec(
-        "INSERT INTO tokens (hash, user_name, kind, label, created, expires, declared) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        p![h.as_slice(), user, kind.as_str(), label, now.micros(), expires.micros(), declared],
+        "INSERT INTO tokens (hash, user_name, kind, label, created, expires, declared, issued_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        p![h.as_slice(), t.user, t.kind.as_str(), t.label, now.micros(), t.expires.micros(), t.declared, t.issued_by],
     )?;
     Ok(token_id(&h))
 }
@@ -383,6 +399,8 @@ pub struct TokenInfo {
     pub id: String,
     pub expires: Timestamp,
     pub declared: Option<String>,
+    /// Who issued it, when not the holder.
+    pub issued_by: Option<String>,
 }
 
 /// Looks up a presented secret; `None` unless live (not expired, not
@@ -393,7 +411,7 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
     }
     let h = token_hash(secret);
     let Some(r) = c.query_one(
-        "SELECT user_name, kind, expires, revoked, declared, hash FROM tokens WHERE hash = $1",
+        "SELECT user_name, kind, expires, revoked, declared, hash, issued_by FROM tokens WHERE hash = $1",
         p![h.as_slice()],
     )?
     else {
@@ -410,7 +428,14 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
         return Ok(None);
     }
     let kind = if r.text(1)? == "session" { TokenKind::Session } else { TokenKind::Api };
-    Ok(Some(TokenInfo { user, kind, id: token_id(&h), expires: Timestamp(r.i64(2)?), declared: r.opt_text(4)? }))
+    Ok(Some(TokenInfo {
+        user,
+        kind,
+        id: token_id(&h),
+        expires: Timestamp(r.i64(2)?),
+        declared: r.opt_text(4)?,
+        issued_by: r.opt_text(6)?,
+    }))
 }
 
 /// Revokes tokens by id prefix (as shown by [`token_id`]) or all of a user's.
@@ -429,7 +454,7 @@ pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now:
     Ok(n)
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenListing {
     pub id: String,
     pub user: String,
@@ -438,10 +463,13 @@ pub struct TokenListing {
     pub created: String,
     pub expires: String,
     pub revoked: Option<String>,
+    /// Who issued it, when not the holder.
+    #[serde(default)]
+    pub issued_by: Option<String>,
 }
 
 pub fn list_tokens(c: &mut dyn Conn, user: Option<&str>) -> Result<Vec<TokenListing>> {
-    c.query("SELECT hash, user_name, kind, label, created, expires, revoked FROM tokens WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY created", p![user])?
+    c.query("SELECT hash, user_name, kind, label, created, expires, revoked, issued_by FROM tokens WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY created", p![user])?
         .iter()
         .map(|r| {
             Ok(TokenListing {
@@ -452,9 +480,164 @@ pub fn list_tokens(c: &mut dyn Conn, user: Option<&str>) -> Result<Vec<TokenList
                 created: Timestamp(r.i64(4)?).to_rfc3339(),
                 expires: Timestamp(r.i64(5)?).to_rfc3339(),
                 revoked: r.opt_i64(6)?.map(|t| Timestamp(t).to_rfc3339()),
+                issued_by: r.opt_text(7)?,
             })
         })
         .collect()
+}
+
+// ---- account changes a second admin approves --------------------------------------
+
+/// What an account request changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestKind {
+    /// Give the account these roles (some clinical).
+    RoleGrant,
+    /// A new one-time password for an account holding a clinical role.
+    PasswordReset,
+}
+
+impl RequestKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::RoleGrant => "role-grant",
+            RequestKind::PasswordReset => "password-reset",
+        }
+    }
+    fn parse(s: &str) -> Result<RequestKind> {
+        match s {
+            "role-grant" => Ok(RequestKind::RoleGrant),
+            "password-reset" => Ok(RequestKind::PasswordReset),
+            other => Err(StoreError::Internal(format!("unknown account request kind '{other}' in database"))),
+        }
+    }
+}
+
+/// The state of an account request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Rejected,
+    /// A newer request for the same account and kind replaced it.
+    Superseded,
+}
+
+impl RequestState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Rejected => "rejected",
+            RequestState::Superseded => "superseded",
+        }
+    }
+    fn parse(s: &str) -> Result<RequestState> {
+        match s {
+            "pending" => Ok(RequestState::Pending),
+            "approved" => Ok(RequestState::Approved),
+            "rejected" => Ok(RequestState::Rejected),
+            "superseded" => Ok(RequestState::Superseded),
+            other => Err(StoreError::Internal(format!("unknown account request state '{other}' in database"))),
+        }
+    }
+}
+
+/// An account change waiting for (or decided by) a second admin.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AccountRequest {
+    pub id: i64,
+    pub kind: RequestKind,
+    pub user: String,
+    /// For a role grant: the roles the account would hold.
+    pub roles: Vec<Role>,
+    pub reason: Option<String>,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub state: RequestState,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+}
+
+const REQUEST_COLS: &str = "id, kind, user_name, roles, reason, requested_by, requested_at, state, decided_by, decided_at";
+
+fn request_row(r: &Row) -> Result<AccountRequest> {
+    let roles = r
+        .opt_text(3)?
+        .unwrap_or_default()
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| Role::parse(x).ok_or_else(|| StoreError::Internal(format!("unknown role '{x}' in database"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(AccountRequest {
+        id: r.i64(0)?,
+        kind: RequestKind::parse(&r.text(1)?)?,
+        user: r.text(2)?,
+        roles,
+        reason: r.opt_text(4)?,
+        requested_by: r.text(5)?,
+        requested_at: Timestamp(r.i64(6)?).to_rfc3339(),
+        state: RequestState::parse(&r.text(7)?)?,
+        decided_by: r.opt_text(8)?,
+        decided_at: r.opt_i64(9)?.map(|t| Timestamp(t).to_rfc3339()),
+    })
+}
+
+/// Records a request; an earlier pending one of the same kind for the
+/// same account is superseded. Returns the new request's id.
+pub fn insert_request(
+    c: &mut dyn Conn,
+    kind: RequestKind,
+    user: &str,
+    roles: &[Role],
+    reason: Option<&str>,
+    by: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    c.exec(
+        "UPDATE account_requests SET state = 'superseded', decided_at = $3 WHERE user_name = $1 AND kind = $2 AND state = 'pending'",
+        p![user, kind.as_str(), now.micros()],
+    )?;
+    let list = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+    let r = c
+        .query_one(
+            "INSERT INTO account_requests (kind, user_name, roles, reason, requested_by, requested_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending') RETURNING id",
+            p![kind.as_str(), user, (!list.is_empty()).then_some(list), reason, by, now.micros()],
+        )?
+        .ok_or_else(|| StoreError::Internal("no id".into()))?;
+    Ok(r.i64(0)?)
+}
+
+/// One request.
+pub fn request(c: &mut dyn Conn, id: i64) -> Result<Option<AccountRequest>> {
+    c.query_one(&format!("SELECT {REQUEST_COLS} FROM account_requests WHERE id = $1"), p![id])?
+        .map(|r| request_row(&r))
+        .transpose()
+}
+
+/// Requests, newest first; only pending ones if `pending`.
+pub fn requests(c: &mut dyn Conn, pending: bool, limit: usize) -> Result<Vec<AccountRequest>> {
+    c.query(
+        &format!(
+            "SELECT {REQUEST_COLS} FROM account_requests WHERE ($1 = 0 OR state = 'pending') ORDER BY id DESC LIMIT $2"
+        ),
+        p![pending, limit],
+    )?
+    .iter()
+    .map(request_row)
+    .collect()
+}
+
+/// Decides a pending request; false if it was no longer pending.
+pub fn decide_request(c: &mut dyn Conn, id: i64, approve: bool, by: &str, now: Timestamp) -> Result<bool> {
+    let state = if approve { RequestState::Approved } else { RequestState::Rejected };
+    Ok(c.exec(
+        "UPDATE account_requests SET state = $2, decided_by = $3, decided_at = $4 WHERE id = $1 AND state = 'pending'",
+        p![id, state.as_str(), by, now.micros()],
+    )? == 1)
 }
 
 // ---- care assignments ---------------------------------------------------------------

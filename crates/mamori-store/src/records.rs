@@ -6,7 +6,8 @@
 
 use std::collections::HashSet;
 
-use mamori_core::fhir::search::{index_entries, patient_of, IndexValue};
+use mamori_core::fhir::compartment::{patients_named, references_in, resolved_through};
+use mamori_core::fhir::search::{index_entries, IndexValue};
 use mamori_core::fhir::validate::Issue;
 use mamori_core::ids::{LocalRef, ResourceType};
 use mamori_core::time::Timestamp;
@@ -23,7 +24,8 @@ pub struct Current {
     pub seq: i64,
     pub last_updated: Timestamp,
     pub deleted: bool,
-    pub patient: Option<String>,
+    /// Whose data it is (fhir::compartment), the primary patient first.
+    pub patients: Vec<String>,
 }
 
 /// One stored version.
@@ -35,15 +37,36 @@ pub struct Version {
     pub version: u64,
     pub last_updated: Timestamp,
     pub deleted: bool,
-    pub patient: Option<String>,
+    /// Whose data this version is, the primary patient first.
+    pub patients: Vec<String>,
     pub author: String,
     /// The JSON text; empty for a tombstone.
     pub body: String,
 }
 
-const VERSION_COLS: &str = "seq, rtype, id, version, last_updated, deleted, patient, author, body";
+impl Version {
+    /// The primary patient, if the version is patient data.
+    pub fn patient(&self) -> Option<&str> {
+        self.patients.first().map(String::as_str)
+    }
+}
 
-fn version_row(r: &Row) -> Result<Version> {
+/// The columns of [`version_row`], qualified by `alias` (`v.` or empty).
+fn version_cols(alias: &str) -> String {
+    ["seq", "rtype", "id", "version", "last_updated", "deleted", "patient", "other_patients", "author", "body"]
+        .iter()
+        .map(|c| format!("{alias}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The patients of a version from its two columns.
+fn patients_of(primary: Option<String>, others: Option<String>) -> Vec<String> {
+    primary.into_iter().chain(others.iter().flat_map(|o| o.split(' ').map(str::to_owned))).collect()
+}
+
+/// Decodes the columns of [`version_cols`].
+pub(crate) fn version_row(r: &Row) -> Result<Version> {
     Ok(Version {
         seq: r.i64(0)?,
         rtype: r.text(1)?,
@@ -51,15 +74,19 @@ fn version_row(r: &Row) -> Result<Version> {
         version: r.u64(3)?,
         last_updated: Timestamp(r.i64(4)?),
         deleted: r.bool(5)?,
-        patient: r.opt_text(6)?,
-        author: r.text(7)?,
-        body: r.text(8)?,
+        patients: patients_of(r.opt_text(6)?, r.opt_text(7)?),
+        author: r.text(8)?,
+        body: r.text(9)?,
     })
 }
 
+pub(crate) const VERSION_SELECT_COLUMNS: &str =
+    "v.seq, v.rtype, v.id, v.version, v.last_updated, v.deleted, v.patient, v.other_patients, v.author, v.body";
+
 pub fn current(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Current>> {
     c.query_one(
-        "SELECT version, seq, last_updated, deleted, patient FROM resources WHERE rtype = $1 AND id = $2",
+        "SELECT r.version, r.seq, r.last_updated, r.deleted, v.patient, v.other_patients FROM resources r \
+         JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.id = $2",
         p![rtype, id],
     )?
     .map(|r| {
@@ -68,23 +95,71 @@ pub fn current(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Current
             seq: r.i64(1)?,
             last_updated: Timestamp(r.i64(2)?),
             deleted: r.bool(3)?,
-            patient: r.opt_text(4)?,
+            patients: patients_of(r.opt_text(4)?, r.opt_text(5)?),
         })
     })
     .transpose()
 }
 
+/// Every patient any version of a resource was the data of (its history
+/// reveals them all).
+pub fn history_patients(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in c.query(
+        "SELECT DISTINCT patient, other_patients FROM resource_versions WHERE rtype = $1 AND id = $2",
+        p![rtype, id],
+    )? {
+        for p in patients_of(r.opt_text(0)?, r.opt_text(1)?) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether any resource other than the Patient itself is in the
+/// patient's compartment (a Patient id with records is never "new").
+pub fn has_records(c: &mut dyn Conn, patient: &str) -> Result<bool> {
+    Ok(c.query_one(
+        "SELECT 1 FROM resource_compartments WHERE patient = $1 AND NOT (rtype = 'Patient' AND id = $1) LIMIT 1",
+        p![patient],
+    )?
+    .is_some())
+}
+
+/// Whose data a resource is: the patients it names and, for a type
+/// resolved through its targets (Provenance), the targets' patients.
+pub fn compartment_of(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: &Value) -> Result<Vec<String>> {
+    let mut out = patients_named(rtype, id, body);
+    if let Some(element) = resolved_through(rtype) {
+        for target in references_in(body, element) {
+            if let Some(cur) = current(c, target.rtype.as_str(), target.id.as_str())? {
+                for p in cur.patients {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The current version (including a tombstone), if the resource exists.
 pub fn read(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Version>> {
     let sql = format!(
-        "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.id = $2",
-        VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ")
+        "SELECT {VERSION_SELECT_COLUMNS} FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.id = $2"
     );
     c.query_one(&sql, p![rtype, id])?.map(|r| version_row(&r)).transpose()
 }
 
 pub fn vread(c: &mut dyn Conn, rtype: &str, id: &str, version: u64) -> Result<Option<Version>> {
-    let sql = format!("SELECT {VERSION_COLS} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3");
+    let sql = format!(
+        "SELECT {} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3",
+        version_cols("")
+    );
     c.query_one(&sql, p![rtype, id, version])?.map(|r| version_row(&r)).transpose()
 }
 
@@ -100,20 +175,27 @@ pub fn history(
     limit: usize,
     restrict: &crate::search::Restriction,
 ) -> Result<Vec<Version>> {
-    let (user, dept, now) = match restrict {
-        crate::search::Restriction::None => (None, None, None),
-        crate::search::Restriction::CareOf { user, department, now } => {
-            (Some(user.as_str()), department.as_deref(), Some(now.micros()))
+    use crate::search::Restriction;
+    let (reference_only, user, dept, now) = match restrict {
+        Restriction::None => (false, None, None, None),
+        Restriction::ReferenceDataOnly => (true, None, None, None),
+        Restriction::CareOf { user, department, now } => {
+            (false, Some(user.as_str()), department.as_deref(), Some(now.micros()))
         }
     };
+    // Across patients, a version naming several patients is left out (its
+    // other patients are not checked here): never too much, at worst too
+    // little, and an instance history decides on every patient.
     let sql = format!(
-        "SELECT {VERSION_COLS} FROM resource_versions WHERE (CAST($1 AS TEXT) IS NULL OR rtype = $1) AND (CAST($2 AS TEXT) IS NULL OR id = $2) \
+        "SELECT {} FROM resource_versions WHERE (CAST($1 AS TEXT) IS NULL OR rtype = $1) AND (CAST($2 AS TEXT) IS NULL OR id = $2) \
          AND (CAST($3 AS BIGINT) IS NULL OR last_updated >= $3) AND (CAST($4 AS BIGINT) IS NULL OR seq < $4) \
-         AND (CAST($6 AS TEXT) IS NULL OR patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR (CAST($7 AS TEXT) IS NOT NULL AND department = $7)) \
-              AND start <= $8 AND (ended IS NULL OR ended > $8))) \
-         ORDER BY seq DESC LIMIT $5"
+         AND ($9 = 0 OR patient IS NULL) \
+         AND (CAST($6 AS TEXT) IS NULL OR patient IS NULL OR (other_patients IS NULL AND patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR (CAST($7 AS TEXT) IS NOT NULL AND department = $7)) \
+              AND start <= $8 AND (ended IS NULL OR ended > $8)))) \
+         ORDER BY seq DESC LIMIT $5",
+        version_cols("")
     );
-    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now])?
+    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now, reference_only])?
         .iter()
         .map(version_row)
         .collect()
@@ -124,10 +206,10 @@ pub fn history(
 pub fn compartment(c: &mut dyn Conn, patient: &str, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<Version>> {
     let (at, ai) = after.unwrap_or(("", ""));
     let sql = format!(
-        "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq \
-         WHERE r.patient = $1 AND r.deleted = 0 AND (r.rtype > $2 OR (r.rtype = $2 AND r.id > $3)) \
-         ORDER BY r.rtype, r.id LIMIT $4",
-        VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ")
+        "SELECT {VERSION_SELECT_COLUMNS} FROM resource_compartments rc \
+         JOIN resources r ON r.rtype = rc.rtype AND r.id = rc.id JOIN resource_versions v ON v.seq = r.seq \
+         WHERE rc.patient = $1 AND r.deleted = 0 AND (rc.rtype > $2 OR (rc.rtype = $2 AND rc.id > $3)) \
+         ORDER BY rc.rtype, rc.id LIMIT $4"
     );
     c.query(&sql, p![patient, at, ai, limit])?.iter().map(version_row).collect()
 }
@@ -139,9 +221,12 @@ pub struct Written {
     pub id: String,
     pub version: u64,
     pub last_updated: Timestamp,
-    pub patient: Option<String>,
-    /// The patient compartment of the previous version, if different.
-    pub previous_patient: Option<String>,
+    /// Whose data the new version is.
+    pub patients: Vec<String>,
+    /// Patients of the previous version that the new one no longer names.
+    pub previous_patients: Vec<String>,
+    /// No version of this resource existed before (not even a tombstone).
+    pub first: bool,
     pub created: bool,
     pub deleted: bool,
     /// The stored JSON text (empty for a tombstone).
@@ -175,18 +260,20 @@ pub fn put(
         m.insert("lastUpdated".into(), Value::String(now.to_rfc3339()));
     }
     obj.insert("meta".into(), meta);
-    let patient = patient_of(rtype, id, &body);
+    let patients = compartment_of(c, rtype, id, &body)?;
     let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
-    write_version(c, rtype, id, version, now, false, patient.as_deref(), author, &text, prev.is_some())?;
+    let before = prev.as_ref().map(|p| p.patients.as_slice()).unwrap_or_default();
+    write_version(c, rtype, id, version, now, false, &patients, before, author, &text, prev.is_some())?;
     reindex(c, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
-    let previous_patient = prev.as_ref().and_then(|p| p.patient.clone()).filter(|pp| Some(pp) != patient.as_ref());
+    let previous_patients = before.iter().filter(|p| !patients.contains(p)).cloned().collect();
     Ok(Written {
         rtype,
         id: id.to_owned(),
         version,
         last_updated: now,
-        patient,
-        previous_patient,
+        patients,
+        previous_patients,
+        first: prev.is_none(),
         created: prev.as_ref().is_none_or(|p| p.deleted),
         deleted: false,
         body: text,
@@ -209,15 +296,16 @@ pub fn delete(
         return Ok(None);
     }
     let version = prev.version + 1;
-    write_version(c, rtype, id, version, now, true, prev.patient.as_deref(), author, "", true)?;
+    write_version(c, rtype, id, version, now, true, &prev.patients, &prev.patients, author, "", true)?;
     reindex(c, rtype, id, None, true)?;
     Ok(Some(Written {
         rtype,
         id: id.to_owned(),
         version,
         last_updated: now,
-        patient: prev.patient.clone(),
-        previous_patient: None,
+        patients: prev.patients.clone(),
+        previous_patients: Vec::new(),
+        first: false,
         created: false,
         deleted: true,
         body: String::new(),
@@ -232,16 +320,19 @@ fn write_version(
     version: u64,
     now: Timestamp,
     deleted: bool,
-    patient: Option<&str>,
+    patients: &[String],
+    before: &[String],
     author: &str,
     body: &str,
     exists: bool,
 ) -> Result<()> {
+    let patient = patients.first().map(String::as_str);
+    let others = patients.get(1..).filter(|o| !o.is_empty()).map(|o| o.join(" "));
     let seq = c
         .query_one(
-            "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, patient, author, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
-            p![rtype.as_str(), id, version, now.micros(), deleted, patient, author, body],
+            "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, patient, other_patients, author, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+            p![rtype.as_str(), id, version, now.micros(), deleted, patient, others, author, body],
         )?
         .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
         .i64(0)?;
@@ -256,7 +347,51 @@ fn write_version(
             p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
         )?;
     }
+    if patients != before {
+        set_compartment(c, rtype.as_str(), id, patients, !before.is_empty())?;
+    }
     Ok(())
+}
+
+/// Replaces a resource's rows in `resource_compartments`.
+fn set_compartment(c: &mut dyn Conn, rtype: &str, id: &str, patients: &[String], had_rows: bool) -> Result<()> {
+    if had_rows {
+        c.exec("DELETE FROM resource_compartments WHERE rtype = $1 AND id = $2", p![rtype, id])?;
+    }
+    let rows = patients.iter().map(|p| vec![Val::from(p.as_str()), Val::from(rtype), Val::from(id)]).collect();
+    insert_rows(c, "INSERT INTO resource_compartments (patient, rtype, id)", "", 3, rows)?;
+    Ok(())
+}
+
+/// Recomputes every resource's compartment from its current body (the
+/// data step of migration 7: before it, only `subject`, `patient` and
+/// `beneficiary` placed a resource in a compartment). Provenances last,
+/// since they take their targets' patients.
+pub fn rebuild_compartments(c: &mut dyn Conn) -> Result<u64> {
+    let rows = c.query(
+        "SELECT v.seq, v.rtype, v.id, v.body, v.patient, v.other_patients FROM resources r \
+         JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0 \
+         ORDER BY CASE WHEN r.rtype = 'Provenance' THEN 1 ELSE 0 END, r.rtype, r.id",
+        p![],
+    )?;
+    let mut changed = 0;
+    for r in rows {
+        let (seq, rt, id, body) = (r.i64(0)?, r.text(1)?, r.text(2)?, r.text(3)?);
+        let before = patients_of(r.opt_text(4)?, r.opt_text(5)?);
+        let Ok(rtype) = ResourceType::parse(&rt) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+        let patients = compartment_of(c, rtype, &id, &v)?;
+        if patients == before {
+            continue;
+        }
+        let patient = patients.first().map(String::as_str);
+        let others = patients.get(1..).filter(|o| !o.is_empty()).map(|o| o.join(" "));
+        c.exec("UPDATE resource_versions SET patient = $2, other_patients = $3 WHERE seq = $1", p![seq, patient, others])?;
+        c.exec("UPDATE resources SET patient = $3 WHERE rtype = $1 AND id = $2", p![rt.as_str(), id.as_str(), patient])?;
+        set_compartment(c, &rt, &id, &patients, true)?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// Replaces the index rows of a resource (none for a tombstone).
@@ -336,7 +471,8 @@ pub fn references(v: &Value) -> Vec<(String, String)> {
 /// Referential integrity: every relative reference must name an existing,
 /// not deleted resource (or one created in the same transaction); every
 /// `#id` a contained resource. `urn:uuid:` must have been resolved.
-pub fn check_references(c: &mut dyn Conn, v: &Value, pending: &HashSet<(String, String)>) -> Result<()> {
+/// Returns the problems found (none: the references hold).
+pub fn check_references(c: &mut dyn Conn, v: &Value, pending: &HashSet<(String, String)>) -> Result<Vec<Issue>> {
     let contained: HashSet<String> = v
         .get("contained")
         .and_then(Value::as_array)
@@ -371,11 +507,7 @@ pub fn check_references(c: &mut dyn Conn, v: &Value, pending: &HashSet<(String, 
             None => issues.push(Issue { path, message: format!("{lr} does not exist") }),
         }
     }
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::Unprocessable(issues))
-    }
+    Ok(issues)
 }
 
 /// Counts of current resources per type (for metrics and migrations).

@@ -11,6 +11,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0004_exchange", include_str!("../migrations/sqlite/0004_exchange.sql")),
     ("0005_continuity", include_str!("../migrations/sqlite/0005_continuity.sql")),
     ("0006_maintenance", include_str!("../migrations/sqlite/0006_maintenance.sql")),
+    ("0007_service_layer", include_str!("../migrations/sqlite/0007_service_layer.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -20,12 +21,25 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0004_exchange", include_str!("../migrations/postgres/0004_exchange.sql")),
     ("0005_continuity", include_str!("../migrations/postgres/0005_continuity.sql")),
     ("0006_maintenance", include_str!("../migrations/postgres/0006_maintenance.sql")),
+    ("0007_service_layer", include_str!("../migrations/postgres/0007_service_layer.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
     match b {
         Backend::Sqlite => SQLITE,
         Backend::Postgres => POSTGRES,
+    }
+}
+
+/// Work a migration does in Rust after its SQL, in the same transaction.
+fn data_step(name: &str, c: &mut dyn Conn) -> Result<(), DbError> {
+    match name {
+        // Compartments computed from bodies (every referenced patient).
+        "0007_service_layer" => crate::records::rebuild_compartments(c).map(|_| ()).map_err(|e| match e {
+            crate::StoreError::Db(d) => d,
+            other => DbError::Other(other.to_string()),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -71,8 +85,9 @@ pub fn migrate(c: &mut dyn Conn) -> Result<usize, DbError> {
                     all.len()
                 )));
             }
-            let Some((_name, sql)) = all.get(cur) else { return Ok(false) };
+            let Some((name, sql)) = all.get(cur) else { return Ok(false) };
             c.batch(sql)?;
+            data_step(name, c)?;
             c.exec(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 p![(cur + 1).to_string()],

@@ -14,8 +14,10 @@ use crate::sql::{Conn, Val};
 pub enum Restriction {
     /// No restriction (the policy permitted a search across patients).
     None,
-    /// Only patients with an active care assignment for this user (or the
-    /// user's department) at `now`.
+    /// Only resources that name no patient (reference data).
+    ReferenceDataOnly,
+    /// Reference data, and resources whose patients all have an active
+    /// care assignment for this user (or the user's department) at `now`.
     CareOf { user: String, department: Option<String>, now: Timestamp },
 }
 
@@ -52,14 +54,23 @@ fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
         }
         sql.text.push_str(&format!(" AND ({})", ors.join(" OR ")));
     }
-    if let Restriction::CareOf { user, department, now } = restriction {
-        let u = sql.bind(user.clone());
-        let d = sql.bind(department.clone());
-        let n = sql.bind(now.micros());
-        sql.text.push_str(&format!(
-            " AND r.patient IN (SELECT patient FROM care_assignments WHERE (user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND department = {d})) \
-             AND start <= {n} AND (ended IS NULL OR ended > {n}))"
-        ));
+    match restriction {
+        Restriction::None => {}
+        Restriction::ReferenceDataOnly => sql.text.push_str(" AND r.patient IS NULL"),
+        Restriction::CareOf { user, department, now } => {
+            let u = sql.bind(user.clone());
+            let d = sql.bind(department.clone());
+            let n = sql.bind(now.micros());
+            let care = format!(
+                "SELECT patient FROM care_assignments WHERE (user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND department = {d})) \
+                 AND start <= {n} AND (ended IS NULL OR ended > {n})"
+            );
+            // Every patient the resource names must be in the user's care.
+            sql.text.push_str(&format!(
+                " AND (r.patient IS NULL OR (r.patient IN ({care}) AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
+                 WHERE rc.rtype = r.rtype AND rc.id = r.id AND rc.patient NOT IN ({care}))))"
+            ));
+        }
     }
 }
 
@@ -157,9 +168,10 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
     }
     let mut s = Sql {
-        text: "SELECT v.seq, v.rtype, v.id, v.version, v.last_updated, v.deleted, v.patient, v.author, v.body \
-               FROM resources r JOIN resource_versions v ON v.seq = r.seq"
-            .into(),
+        text: format!(
+            "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
+            crate::records::VERSION_SELECT_COLUMNS
+        ),
         params: Vec::new(),
     };
     where_clause(q, restriction, &mut s);
@@ -189,17 +201,7 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
     let rows = c.query(&s.text, &s.params)?;
     let mut entries = Vec::with_capacity(rows.len());
     for r in &rows {
-        entries.push(Version {
-            seq: r.i64(0)?,
-            rtype: r.text(1)?,
-            id: r.text(2)?,
-            version: r.u64(3)?,
-            last_updated: Timestamp(r.i64(4)?),
-            deleted: r.bool(5)?,
-            patient: r.opt_text(6)?,
-            author: r.text(7)?,
-            body: r.text(8)?,
-        });
+        entries.push(crate::records::version_row(r)?);
     }
     let more = entries.len() > q.count;
     entries.truncate(q.count);

@@ -124,21 +124,22 @@ pub(crate) trait Job: Send {
     fn finish(self: Box<Self>, commit: Result<()>);
 }
 
-type FailFn = Box<dyn FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send>;
+type FailFn<E> = Box<dyn FnOnce(&E, &mut WriteCtx<'_>) -> Result<()> + Send>;
 
-struct Typed<T, F> {
+struct Typed<T, E, F> {
     isolated: bool,
     exclusive: bool,
     work: Option<F>,
-    on_fail: Option<FailFn>,
-    out: Option<Result<T>>,
-    reply: oneshot::Sender<Result<T>>,
+    on_fail: Option<FailFn<E>>,
+    out: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<T, F> Job for Typed<T, F>
+impl<T, E, F> Job for Typed<T, E, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send,
 {
     fn isolated(&self) -> bool {
         self.isolated
@@ -164,8 +165,8 @@ where
     fn finish(self: Box<Self>, commit: Result<()>) {
         let r = match (commit, self.out) {
             (Ok(()), Some(r)) => r,
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err(StoreError::Internal("job did not run".into())),
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => Err(StoreError::Internal("job did not run".into()).into()),
         };
         let _ = self.reply.send(r);
     }
@@ -248,8 +249,38 @@ impl Writer {
         self.submit(true, false, work, on_fail).await
     }
 
-    /// As [`Writer::write`], for a large job: it runs alone in its own
+    /// As [`Writer::write`], for a job that fails with an error type of its
+    /// own (a store error converts into it); the job is rolled back on any
+    /// error.
+    pub async fn run<T, E, F>(
+        &self,
+        work: F,
+        on_fail: impl FnOnce(&E, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(true, false, work, on_fail).await
+    }
+
+    /// As [`Writer::run`], for a large job: it runs alone in its own
     /// transaction (all or nothing), after the jobs queued before it.
+    pub async fn run_exclusive<T, E, F>(
+        &self,
+        work: F,
+        on_fail: impl FnOnce(&E, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(true, true, work, on_fail).await
+    }
+
+    /// As [`Writer::write`], exclusive (see [`Writer::run_exclusive`]).
     pub async fn write_exclusive<T, F>(
         &self,
         work: F,
@@ -262,16 +293,17 @@ impl Writer {
         self.submit(true, true, work, on_fail).await
     }
 
-    async fn submit<T, F>(
+    async fn submit<T, E, F>(
         &self,
         isolated: bool,
         exclusive: bool,
         work: F,
-        on_fail: impl FnOnce(&StoreError, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
-    ) -> Result<T>
+        on_fail: impl FnOnce(&E, &mut WriteCtx<'_>) -> Result<()> + Send + 'static,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = Typed { isolated, exclusive, work: Some(work), on_fail: Some(Box::new(on_fail)), out: None, reply };
@@ -285,7 +317,7 @@ impl Writer {
             false,
             false,
             move |ctx| recs.iter().map(|r| ctx.audit(r)).collect::<Result<Vec<u64>>>(),
-            |_, _| Ok(()),
+            |_: &StoreError, _| Ok(()),
         )
         .await
     }
@@ -293,7 +325,7 @@ impl Writer {
     /// Brings the derived audit indexes up to date (before a query that
     /// uses them).
     pub async fn flush_index(&self) -> Result<()> {
-        self.submit(false, false, |ctx| ctx.flush_index(), |_, _| Ok(())).await
+        self.submit(false, false, |ctx| ctx.flush_index(), |_: &StoreError, _| Ok(())).await
     }
 
     /// Signs a checkpoint now if the policy says one is due (called by a

@@ -1,6 +1,7 @@
 //! FHIR R4 resource helpers: the type list, structural validation, search
 //! parameters and index extraction, compartments.
 
+pub mod compartment;
 pub mod resource_types;
 pub mod schema;
 pub mod search;

@@ -307,24 +307,6 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
     }
 }
 
-/// The patient whose compartment a resource belongs to, if any: the Patient
-/// itself, or the Patient its `subject`/`patient`/`beneficiary` refers to.
-pub fn patient_of(rtype: ResourceType, id: &str, res: &Value) -> Option<String> {
-    if rtype == ResourceType::PATIENT {
-        return Some(id.to_owned());
-    }
-    for k in ["subject", "patient", "beneficiary"] {
-        if let Some(r) = res.get(k).and_then(|v| v.get("reference")).and_then(Value::as_str) {
-            if let Ok(r) = LocalRef::parse(r) {
-                if r.rtype == ResourceType::PATIENT {
-                    return Some(r.id.as_str().to_owned());
-                }
-            }
-        }
-    }
-    None
-}
-
 /// Case-, width- and accent-insensitive form of a string, with katakana
 /// folded to hiragana so that "ヤマダ", "ﾔﾏﾀﾞ" and "やまだ" match.
 pub fn normalize(s: &str) -> String {
@@ -743,7 +725,6 @@ mod tests {
             value: IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() }
         }));
         assert!(e.iter().any(|x| matches!(x.value, IndexValue::Date { high: i64::MAX, .. })));
-        assert_eq!(patient_of(ot, "o1", &o).as_deref(), Some("p1"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use mamori_core::ids::ResourceType;
 use serde_json::{json, Value};
 
 use super::respond;
-use crate::state::AppState;
+use mamori_service::Services;
 
 fn kind(k: ParamKind) -> &'static str {
     match k {
@@ -81,7 +81,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
     })
 }
 
-pub async fn metadata(State(st): State<AppState>) -> Response {
+pub(crate) async fn metadata(State(st): State<Services>) -> Response {
     let now = st.store.clock().now().to_rfc3339();
     respond(StatusCode::OK, capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now).to_string())
 }

@@ -6,21 +6,24 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{Path, Query};
-use axum::http::Method;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use mamori_service::continuity::{reconcile as rec, snapshot};
+use mamori_service::records::enc;
+use mamori_service::{accounts, eaccounts as eacc, maintenance as maint, Services};
 use serde_json::{json, Value};
 
 use super::html::{ev, notice, when};
-use super::{esc, field, fields, form, Api, Ui};
-use crate::state::AppState;
+use super::{cmd, esc, field, fields, form, Api, Ui};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/admin", get(|| async { Redirect::to("/ui/admin/users") }))
         .route("/ui/admin/users", get(users).post(user_create))
         .route("/ui/admin/users/{name}", post(user_update))
+        .route("/ui/admin/requests", get(requests))
+        .route("/ui/admin/requests/{id}", post(request_decide))
         .route("/ui/admin/care", get(care).post(care_assign))
         .route("/ui/admin/care/{id}/end", post(care_end))
         .route("/ui/admin/emergency-accounts", get(eaccounts).post(eaccounts_provision))
@@ -46,6 +49,7 @@ const ROLES: [(&str, &str, &str); 7] = [
 fn tabs(ui: &Ui) -> String {
     let items = [
         ("/ui/admin/users", ui.t("利用者と権限", "Users and roles")),
+        ("/ui/admin/requests", ui.t("承認待ちの変更", "Changes to approve")),
         ("/ui/admin/care", ui.t("担当関係", "Care assignments")),
         ("/ui/admin/emergency-accounts", ui.t("非常用アカウント", "Emergency accounts")),
         ("/ui/admin/maintenance", ui.t("リモート保守", "Remote maintenance")),
@@ -87,8 +91,8 @@ pub async fn users(ui: Ui) -> Response {
 }
 
 async fn users_page(ui: &Ui, created: Option<String>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/users").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(accounts::list_users(&ui.svc, &ui.actor).await.map(|u| json!({"users": u})));
     let mut body = tabs(ui);
     if let Some(c) = created {
         body.push_str(&c);
@@ -153,7 +157,7 @@ async fn users_page(ui: &Ui, created: Option<String>) -> Response {
         } else {
             format!(
                 "<form method=\"post\" action=\"/ui/admin/users/{n}\" class=\"inline\">{csrf}<input type=\"hidden\" name=\"op\" value=\"{op}\"><button type=\"submit\" class=\"secondary\">{l}</button></form> <form method=\"post\" action=\"/ui/admin/users/{n}\" class=\"inline\">{csrf}<input type=\"hidden\" name=\"op\" value=\"reset\"><button type=\"submit\" class=\"secondary\">{rl}</button></form>",
-                n = crate::fhir::enc(name),
+                n = enc(name),
                 csrf = ui.csrf_field(),
                 op = if u["disabled"] == true { "enable" } else { "disable" },
                 l = if u["disabled"] == true { ui.t("有効にする", "Enable") } else { ui.t("無効にする", "Disable") },
@@ -190,11 +194,19 @@ pub async fn user_create(ui: Ui, body: Body) -> Response {
         return r;
     }
     let req = json!({"name": field(&f, "name").trim(), "display": field(&f, "display").trim(), "roles": fields(&f, "roles"), "department": opt(&f, "department")});
-    let r = ui.post("/api/v1/users", &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(accounts::create_user(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         return done(&ui, &r, "/ui/admin/users");
     }
-    let msg = one_time(&ui, field(&f, "name").trim(), r.body["one_time_password"].as_str().unwrap_or(""));
+    // The one-time password is shown on this answer only (never in a URL);
+    // submitting the form again is refused: the account exists.
+    let mut msg = one_time(&ui, field(&f, "name").trim(), r.body["one_time_password"].as_str().unwrap_or(""));
+    if let Some(id) = r.body["pending_request"].as_i64() {
+        msg.push_str(&pending(&ui, id));
+    }
     users_page(&ui, Some(msg)).await
 }
 
@@ -203,34 +215,117 @@ pub async fn user_update(ui: Ui, Path(name): Path<String>, body: Body) -> Respon
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let n = crate::fhir::enc(&name);
     match field(&f, "op") {
         "reset" => {
-            let r = ui.post(&format!("/api/v1/users/{n}/reset-password"), &json!({})).await;
+            let r = Api::of(accounts::reset_password(&ui.svc, &ui.actor, &name).await);
             if !r.ok() {
                 return done(&ui, &r, "/ui/admin/users");
             }
-            let msg = one_time(&ui, &name, r.body["one_time_password"].as_str().unwrap_or(""));
+            let msg = match (r.body["one_time_password"].as_str(), r.body["pending_request"].as_i64()) {
+                (Some(pw), _) => one_time(&ui, &name, pw),
+                (None, Some(id)) => pending(&ui, id),
+                (None, None) => String::new(),
+            };
             users_page(&ui, Some(msg)).await
         }
-        op => {
-            let r =
-                ui.api(Method::PATCH, &format!("/api/v1/users/{n}"), Some(&json!({"disabled": op == "disable"}))).await;
+        op @ ("enable" | "disable") => {
+            let change = accounts::AccountChange { disabled: Some(op == "disable"), ..Default::default() };
+            let r = Api::of(accounts::update_user(&ui.svc, &ui.actor, &name, change).await);
             done(&ui, &r, "/ui/admin/users")
         }
+        _ => Redirect::to("/ui/admin/users").into_response(),
+    }
+}
+
+fn pending(ui: &Ui, id: i64) -> String {
+    notice(
+        "info",
+        &format!(
+            "{} #{id} — {}",
+            ui.t("承認依頼", "Request"),
+            ui.t(
+                "診療上の役割の付与・パスワード再発行は、別の管理者の承認後に有効になります。",
+                "Clinical roles (and password resets of clinical accounts) take effect once another administrator approves."
+            )
+        ),
+    )
+}
+
+// ---- account changes a second admin approves ---------------------------------------------------
+
+pub async fn requests(ui: Ui) -> Response {
+    let r = Api::of(accounts::list_requests(&ui.svc, &ui.actor, false).await.map(|r| json!({"requests": r})));
+    let mut body = tabs(&ui);
+    if !r.ok() {
+        body.push_str(&notice("error", &r.message()));
+        return ui.page(ui.t("承認待ちの変更", "Changes to approve"), &body);
+    }
+    body.push_str(&format!(
+        "<p class=\"muted\">{}</p><table><thead><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
+        ui.t(
+            "診療記録に触れる権限の付与は、依頼した管理者とは別の管理者が承認します（職務の分離）。",
+            "A grant that reaches clinical records is approved by an administrator other than the one who asked (separation of duties)."
+        ),
+        ui.t("内容", "Change"),
+        ui.t("利用者", "User"),
+        ui.t("依頼者", "Asked by"),
+        ui.t("日時", "When"),
+        ui.t("状態", "State"),
+    ));
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    for q in r.body["requests"].as_array().into_iter().flatten() {
+        let id = q["id"].as_i64().unwrap_or(0);
+        let what = format!(
+            "{} {}",
+            ev(&q["kind"]),
+            q["roles"].as_array().into_iter().flatten().map(ev).collect::<Vec<_>>().join(", ")
+        );
+        let actions = if q["state"] == "pending" {
+            format!(
+                "<form method=\"post\" action=\"/ui/admin/requests/{id}\" class=\"inline\">{csrf}<button type=\"submit\" name=\"decision\" value=\"approve\">{a}</button> <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"secondary\">{rj}</button></form>",
+                csrf = ui.csrf_field(),
+                a = ui.t("承認", "Approve"),
+                rj = ui.t("却下", "Reject"),
+            )
+        } else {
+            format!("{} {}", ev(&q["decided_by"]), when(&q["decided_at"], off))
+        };
+        body.push_str(&format!(
+            "<tr><td>{id}</td><td>{what}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{actions}</td></tr>",
+            ev(&q["user"]),
+            ev(&q["requested_by"]),
+            when(&q["requested_at"], off),
+            ev(&q["state"]),
+        ));
+    }
+    body.push_str("</tbody></table>");
+    ui.page(ui.t("承認待ちの変更", "Changes to approve"), &body)
+}
+
+pub async fn request_decide(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+    let f = form(body).await;
+    if let Some(r) = ui.csrf_rejects(&f) {
+        return r;
+    }
+    let approve = field(&f, "decision") == "approve";
+    let r = Api::of(accounts::decide_request(&ui.svc, &ui.actor, id, approve).await);
+    match r.body["one_time_password"].as_str() {
+        // A reset's one-time password goes to the approving admin, once.
+        Some(pw) if r.ok() => {
+            let user = r.body["request"]["user"].as_str().unwrap_or("").to_owned();
+            users_page(&ui, Some(one_time(&ui, &user, pw))).await
+        }
+        _ => done(&ui, &r, "/ui/admin/requests"),
     }
 }
 
 // ---- care assignments --------------------------------------------------------------------
 
 pub async fn care(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
-    let mut qs = vec![];
-    for k in ["patient", "user"] {
-        if let Some(v) = q.get(k).filter(|v| !v.trim().is_empty()) {
-            qs.push(format!("{k}={}", crate::fhir::enc(v.trim())));
-        }
-    }
-    let r = ui.get(&format!("/api/v1/care-assignments?{}", qs.join("&"))).await;
+    let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let r = Api::of(
+        accounts::list_care(&ui.svc, &ui.actor, get("patient"), get("user")).await.map(|a| json!({"assignments": a})),
+    );
     let mut body = tabs(&ui);
     body.push_str(&format!(
         r#"<form method="post" action="/ui/admin/care" class="card">{csrf}<h2>{h}</h2><div class="grid">
@@ -296,7 +391,10 @@ pub async fn care_assign(ui: Ui, body: Body) -> Response {
         return r;
     }
     let req = json!({"patient": field(&f, "patient").trim().trim_start_matches("Patient/"), "user": opt(&f, "user"), "department": opt(&f, "department"), "reason": opt(&f, "reason")});
-    let r = ui.post("/api/v1/care-assignments", &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(accounts::assign_care(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     done(&ui, &r, "/ui/admin/care")
 }
 
@@ -305,15 +403,15 @@ pub async fn care_end(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.api(Method::DELETE, &format!("/api/v1/care-assignments/{id}"), None).await;
+    let r = Api::of(accounts::end_care(&ui.svc, &ui.actor, id).await);
     done(&ui, &r, "/ui/admin/care")
 }
 
 // ---- emergency accounts -------------------------------------------------------------------
 
 pub async fn eaccounts(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/emergency-accounts").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(eacc::list(&ui.svc, &ui.actor).await.map(|a| json!({"accounts": a})));
     let mut body = tabs(&ui);
     body.push_str(&format!(
         r#"<form method="post" action="/ui/admin/emergency-accounts" class="card">{csrf}<h2>{h}</h2><div class="grid">
@@ -347,7 +445,7 @@ pub async fn eaccounts(ui: Ui) -> Response {
         let action = if st == "awaiting_envelope" || st == "created" {
             format!(
                 "<form method=\"post\" action=\"/ui/admin/emergency-accounts/{}/envelope\" class=\"inline\">{}<button type=\"submit\">{}</button></form>",
-                crate::fhir::enc(name),
+                enc(name),
                 ui.csrf_field(),
                 ui.t("封筒を印刷して封緘", "Print the sealed envelope")
             )
@@ -380,7 +478,10 @@ pub async fn eaccounts_provision(ui: Ui, body: Body) -> Response {
     }
     let count: u32 = field(&f, "count").parse().unwrap_or(1);
     let req = json!({"count": count, "roles": fields(&f, "roles"), "drill": field(&f, "drill") == "1"});
-    let r = ui.post("/api/v1/emergency-accounts", &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(eacc::provision(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     done(&ui, &r, "/ui/admin/emergency-accounts")
 }
 
@@ -389,7 +490,7 @@ pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response 
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.post(&format!("/api/v1/emergency-accounts/{}/envelope", crate::fhir::enc(&name)), &json!({})).await;
+    let r = Api::of(eacc::envelope(&ui.svc, &ui.actor, &name).await);
     if !r.ok() {
         return done(&ui, &r, "/ui/admin/emergency-accounts");
     }
@@ -427,8 +528,8 @@ pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response 
 // ---- maintenance ----------------------------------------------------------------------------
 
 pub async fn maintenance(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/maintenance/requests").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(maint::list_requests(&ui.svc, &ui.actor, None, None).await.map(|r| json!({"requests": r})));
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -485,12 +586,21 @@ pub async fn maintenance_decide(ui: Ui, Path((id, action)): Path<(i64, String)>,
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let req = match action.as_str() {
-        "approve" => json!({"note": opt(&f, "note")}),
-        "reject" | "revoke" => json!({"reason": field(&f, "reason")}),
+    let r = match action.as_str() {
+        "approve" => {
+            let note = field(&f, "note").trim();
+            let req = maint::Note { note: (!note.is_empty()).then(|| note.to_owned()) };
+            Api::of(maint::approve(&ui.svc, &ui.actor, id, req).await)
+        }
+        to @ ("reject" | "revoke") => {
+            let to = if to == "reject" { "rejected" } else { "revoked" };
+            match cmd(json!({"reason": field(&f, "reason")})) {
+                Ok(req) => Api::of(maint::decide_as(&ui.svc, &ui.actor, id, req, to).await),
+                Err(e) => Api::of::<()>(Err(e)),
+            }
+        }
         _ => return Redirect::to("/ui/admin/maintenance").into_response(),
     };
-    let r = ui.post(&format!("/api/v1/maintenance/requests/{id}/{action}"), &req).await;
     done(&ui, &r, "/ui/admin/maintenance")
 }
 
@@ -501,8 +611,8 @@ pub async fn snapshots(ui: Ui) -> Response {
 }
 
 async fn snapshots_page(ui: &Ui, msg: Option<String>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/snapshots").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(snapshot::list(&ui.svc, &ui.actor).await.map(|(rows, dir)| json!({"snapshots": rows, "dir": dir})));
     let mut body = tabs(ui);
     if let Some(m) = msg {
         body.push_str(&m);
@@ -532,7 +642,7 @@ async fn snapshots_page(ui: &Ui, msg: Option<String>) -> Response {
             ev(&s["resources"]),
             s["bytes"].as_f64().unwrap_or(0.0) / 1e6,
             esc(&s["sha256"].as_str().unwrap_or("").chars().take(16).collect::<String>()),
-            crate::fhir::enc(s["id"].as_str().unwrap_or("")),
+            enc(s["id"].as_str().unwrap_or("")),
             ui.csrf_field(),
             ui.t("検証", "Verify")
         ));
@@ -546,16 +656,8 @@ pub async fn snapshot_create(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.post("/api/v1/snapshots", &json!({})).await;
-    let msg = if r.ok() {
-        notice(
-            "ok",
-            &format!("{} ({} {})", ui.t("作成しました", "Created"), r.body["resources"], ui.t("リソース", "resources")),
-        )
-    } else {
-        notice("error", &r.message())
-    };
-    snapshots_page(&ui, Some(msg)).await
+    let r = Api::of(snapshot::create_now(&ui.svc, &ui.actor).await);
+    done(&ui, &r, "/ui/admin/snapshots")
 }
 
 pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
@@ -563,7 +665,7 @@ pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Resp
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.post(&format!("/api/v1/snapshots/{}/verify", crate::fhir::enc(&id)), &json!({})).await;
+    let r = Api::of(snapshot::verify_one(&ui.svc, &ui.actor, &id).await);
     let msg = if r.ok() && r.body["ok"] == true {
         notice(
             "ok",
@@ -591,8 +693,8 @@ pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Resp
 // ---- reconciliation -------------------------------------------------------------------------
 
 pub async fn reconcile(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/reconcile/tasks?state=open").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(rec::tasks(&ui.svc, &ui.actor, Some("open".into())).await.map(|t| json!({"tasks": t})));
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -656,6 +758,9 @@ pub async fn reconcile_resolve(ui: Ui, Path(id): Path<i64>, body: Body) -> Respo
         "unknown_patient" => req["assign_to"] = json!(field(&f, "assign_to").trim().trim_start_matches("Patient/")),
         _ => {}
     }
-    let r = ui.post(&format!("/api/v1/reconcile/tasks/{id}/resolve"), &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(rec::resolve(&ui.svc, &ui.actor, id, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     done(&ui, &r, "/ui/admin/reconcile")
 }

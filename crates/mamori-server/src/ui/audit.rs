@@ -9,13 +9,17 @@ use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use mamori_service::{audit, breakglass, maintenance, Services};
 use serde_json::{json, Value};
 
 use super::html::{day_bars, ev, notice, when};
-use super::{esc, field, form, Ui};
-use crate::state::AppState;
+use super::{cmd, esc, field, form, Api, Ui};
 
-pub fn routes() -> Router<AppState> {
+fn opt(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+pub fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/audit", get(overview))
         .route("/ui/audit/verify", post(verify))
@@ -44,7 +48,7 @@ fn q(params: &HashMap<String, String>, k: &str) -> String {
 
 pub async fn overview(ui: Ui) -> Response {
     let mut body = tabs(&ui);
-    let cp = ui.get("/api/v1/audit/checkpoint").await;
+    let cp = Api::of(audit::latest(&ui.svc).await);
     body.push_str(&format!("<h2>{}</h2>", ui.t("最新の署名付きチェックポイント", "Latest signed checkpoint")));
     if cp.ok() {
         body.push_str(&format!("<pre class=\"checkpoint\">{}</pre>", ev(&cp.body)));
@@ -57,12 +61,12 @@ pub async fn overview(ui: Ui) -> Response {
         ui.t("監査ログ全体を今すぐ検証", "Verify the whole audit log now"),
         ui.t("全イベントからツリーを再計算し、すべてのチェックポイントの署名と整合性を確認します。", "Recomputes the tree from every event and checks every checkpoint's signature and consistency.")
     ));
-    let daily = ui.get("/api/v1/audit/reports/daily").await;
+    let daily = Api::audited(audit::report(&ui.svc, &ui.actor, "daily", audit::ReportQuery::default()).await);
     body.push_str(&format!("<h2>{}</h2>", ui.t("日別アクセス数（30日）", "Accesses per day (30 days)")));
     if daily.ok() {
         // Every day of the period, zero where nothing happened.
         let have: Vec<Value> = daily.body["days"].as_array().cloned().unwrap_or_default();
-        let now = ui.st.store.clock().now().micros() + ui.st.cfg.institution.utc_offset_minutes * 60_000_000;
+        let now = ui.svc.now().micros() + ui.svc.cfg.institution.utc_offset_minutes * 60_000_000;
         let days: Vec<Value> = (0..30)
             .rev()
             .map(|back| {
@@ -116,7 +120,7 @@ pub async fn verify(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.get("/api/v1/audit/verify").await;
+    let r = Api::of(audit::verify_live(&ui.svc, &ui.actor).await);
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -191,7 +195,7 @@ fn events_table(ui: &Ui, events: &[Value], off: i64) -> String {
 }
 
 pub async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
     let (patient, user, from, to, action, purpose) =
         (q(&p, "patient"), q(&p, "user"), q(&p, "from"), q(&p, "to"), q(&p, "action"), q(&p, "purpose"));
     let denied = p.get("denied").is_some_and(|v| v == "1");
@@ -228,20 +232,16 @@ pub async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Respons
     ));
     if !p.is_empty() {
         let kind = if denied { "denied" } else { "search" };
-        let mut qs = vec!["limit=500".to_owned()];
-        for (k, v) in [
-            ("patient", &patient),
-            ("user", &user),
-            ("from", &from),
-            ("to", &to),
-            ("action", &action),
-            ("purpose", &purpose),
-        ] {
-            if !v.is_empty() {
-                qs.push(format!("{k}={}", crate::fhir::enc(v)));
-            }
-        }
-        let r = ui.get(&format!("/api/v1/audit/reports/{kind}?{}", qs.join("&"))).await;
+        let rq = audit::ReportQuery {
+            patient: opt(&patient),
+            user: opt(&user),
+            from: opt(&from),
+            to: opt(&to),
+            limit: Some(500),
+            action: opt(&action),
+            purpose: opt(&purpose),
+        };
+        let r = Api::audited(audit::report(&ui.svc, &ui.actor, kind, rq).await);
         if r.ok() {
             let events: Vec<Value> = r.body["events"].as_array().cloned().unwrap_or_default();
             body.push_str(&format!(
@@ -260,7 +260,7 @@ pub async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Respons
 }
 
 pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
     let (patient, from, to) = (q(&p, "patient"), q(&p, "from"), q(&p, "to"));
     let mut body = tabs(&ui);
     body.push_str(&format!(
@@ -278,14 +278,14 @@ pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) ->
         b = ui.t("作成", "Make the report"),
     ));
     if !patient.is_empty() {
-        let mut qs = vec![format!("patient={}", crate::fhir::enc(&patient)), "limit=10000".into()];
-        if !from.is_empty() {
-            qs.push(format!("from={}", crate::fhir::enc(&from)));
-        }
-        if !to.is_empty() {
-            qs.push(format!("to={}", crate::fhir::enc(&to)));
-        }
-        let r = ui.get(&format!("/api/v1/audit/reports/patient?{}", qs.join("&"))).await;
+        let rq = audit::ReportQuery {
+            patient: opt(&patient),
+            from: opt(&from),
+            to: opt(&to),
+            limit: Some(10_000),
+            ..audit::ReportQuery::default()
+        };
+        let r = Api::audited(audit::report(&ui.svc, &ui.actor, "patient", rq).await);
         if !r.ok() {
             body.push_str(&notice("error", &r.message()));
         } else {
@@ -300,7 +300,7 @@ pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) ->
                 ui.t("件数", "Events"),
                 r.body["total"],
                 ui.t("発行", "Issued by"),
-                esc(&ui.st.cfg.institution.name),
+                esc(&ui.svc.cfg.institution.name),
                 ui.t("印刷", "Print")
             ));
             body.push_str(&events_table(&ui, &events, off));
@@ -317,9 +317,9 @@ pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) ->
 }
 
 pub async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
     let state = p.get("review").cloned().unwrap_or_else(|| "pending".into());
-    let r = ui.get(&format!("/api/v1/break-glass?review={}", crate::fhir::enc(&state))).await;
+    let r = Api::of(breakglass::list(&ui.svc, &ui.actor, Some(state.clone())).await.map(|g| json!({"grants": g})));
     let mut body = tabs(&ui);
     body.push_str(&format!(
         "<p><a href=\"/ui/audit/break-glass?review=pending\">{}</a> · <a href=\"/ui/audit/break-glass?review=accepted\">{}</a> · <a href=\"/ui/audit/break-glass?review=questioned\">{}</a></p>",
@@ -356,8 +356,8 @@ pub async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Re
         ));
         body.push_str(&format!(
             "<p><a href=\"/ui/audit/search?user={}&amp;patient={}\">{}</a></p>",
-            crate::fhir::enc(g["user"].as_str().unwrap_or("")),
-            crate::fhir::enc(g["patient"].as_str().unwrap_or("")),
+            mamori_service::records::enc(g["user"].as_str().unwrap_or("")),
+            mamori_service::records::enc(g["patient"].as_str().unwrap_or("")),
             ui.t("この利用者がこの患者に行った操作を見る", "See what this user did with this patient")
         ));
         if g["review"] == "pending" {
@@ -396,12 +396,10 @@ pub async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Resp
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui
-        .post(
-            &format!("/api/v1/break-glass/{id}/review"),
-            &json!({"outcome": field(&f, "outcome"), "note": field(&f, "note")}),
-        )
-        .await;
+    let r = match cmd(json!({"outcome": field(&f, "outcome"), "note": field(&f, "note")})) {
+        Ok(req) => Api::of(breakglass::review(&ui.svc, &ui.actor, id, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         return ui.page(
             ui.t("緊急アクセスの確認", "Break-glass reviews"),
@@ -416,8 +414,10 @@ pub async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Resp
 }
 
 pub async fn maintenance(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/maintenance/requests?review=pending").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(
+        maintenance::list_requests(&ui.svc, &ui.actor, None, Some("pending".into())).await.map(|r| json!({"requests": r})),
+    );
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -463,12 +463,8 @@ pub async fn maintenance_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Resp
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui
-        .post(
-            &format!("/api/v1/maintenance/requests/{id}/review"),
-            &json!({"outcome": field(&f, "outcome"), "note": field(&f, "note")}),
-        )
-        .await;
+    let req = maintenance::Review { outcome: field(&f, "outcome").to_owned(), note: field(&f, "note").to_owned() };
+    let r = Api::of(maintenance::review(&ui.svc, &ui.actor, id, req).await);
     if !r.ok() {
         return ui.page(ui.t("保守作業の確認", "Maintenance reviews"), &notice("error", &r.message()));
     }

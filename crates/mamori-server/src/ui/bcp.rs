@@ -5,17 +5,17 @@
 
 use axum::body::Body;
 use axum::extract::Path;
-use axum::http::Method;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use mamori_core::policy::Operation;
+use mamori_service::{bcp, Services};
 use serde_json::{json, Value};
 
 use super::html::{ev, notice, when};
-use super::{esc, field, fields, form, Ui};
-use crate::state::AppState;
+use super::{cmd, esc, field, fields, form, Api, Ui};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/bcp", get(console))
         .route("/ui/bcp/declare", post(declare))
@@ -77,13 +77,13 @@ fn back_with(ui: &Ui, r: &super::Api) -> Response {
 }
 
 pub async fn console(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let plan = ui.get("/api/v1/bcp/plan").await;
-    let mode = ui.get("/api/v1/mode").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let plan = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
+    let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
     let p = &plan.body["plan"];
     let mut body = String::new();
     let decl = mode.body["declaration"].clone();
-    let decider = ui.has("bcp-decider") || ui.has("admin");
+    let decider = ui.may(Operation::NotificationRead);
     if decl.is_null() {
         body.push_str(&notice("ok", ui.t("現在、非常時宣言はありません。", "No emergency is declared.")));
         if decider {
@@ -91,11 +91,11 @@ pub async fn console(ui: Ui) -> Response {
         }
     } else {
         let id = decl["id"].as_i64().unwrap_or(0);
-        let d = ui.get(&format!("/api/v1/bcp/declarations/{id}")).await;
+        let d = Api::of(bcp::show(&ui.svc, &ui.actor, id).await);
         body.push_str(&declaration_view(&ui, &d.body, off));
     }
     // Alerts: possible emergencies the detectors raised.
-    let alerts = ui.get("/api/v1/alerts?open=true").await;
+    let alerts = Api::of(bcp::alerts(&ui.svc, &ui.actor, true).await.map(|a| json!({"alerts": a})));
     let items: Vec<&Value> = alerts.body["alerts"].as_array().into_iter().flatten().collect();
     body.push_str(&format!(
         "<h2>{}</h2>",
@@ -186,7 +186,7 @@ pub async fn console(ui: Ui) -> Response {
         body.push_str("</ul>");
     }
     // Past declarations, with their reports.
-    let list = ui.get("/api/v1/bcp/declarations").await;
+    let list = Api::of(bcp::list(&ui.svc, &ui.actor).await.map(|d| json!({"declarations": d})));
     body.push_str(&format!(
         "<h2>{}</h2><table><thead><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
         ui.t("宣言の履歴", "Declarations"),
@@ -404,7 +404,7 @@ pub async fn declare(ui: Ui, body: Body) -> Response {
     let mut cause = field(&f, "cause").to_owned();
     if cause.is_empty() {
         // The cause class of the first criterion ticked.
-        let plan = ui.get("/api/v1/bcp/plan").await;
+        let plan = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
         cause = plan.body["plan"]["criteria"]
             .as_array()
             .into_iter()
@@ -415,7 +415,10 @@ pub async fn declare(ui: Ui, body: Body) -> Response {
             .to_owned();
     }
     let req = json!({"cause": cause, "criteria": criteria, "reason": field(&f, "reason").trim(), "drill": field(&f, "drill") == "1"});
-    let r = ui.post("/api/v1/bcp/declarations", &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(bcp::declare(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     back_with(&ui, &r)
 }
 
@@ -424,7 +427,7 @@ pub async fn confirm(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.post(&format!("/api/v1/bcp/declarations/{id}/confirm"), &json!({})).await;
+    let r = Api::of(bcp::confirm(&ui.svc, &ui.actor, id).await);
     back_with(&ui, &r)
 }
 
@@ -433,12 +436,7 @@ pub async fn tick(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let path = format!(
-        "/api/v1/bcp/declarations/{id}/checklist/{}/{}",
-        crate::fhir::enc(field(&f, "phase")),
-        crate::fhir::enc(field(&f, "item"))
-    );
-    let r = ui.post(&path, &json!({})).await;
+    let r = Api::of(bcp::tick(&ui.svc, &ui.actor, id, field(&f, "phase"), field(&f, "item"), bcp::Tick::default()).await);
     back_with(&ui, &r)
 }
 
@@ -456,7 +454,10 @@ pub async fn transition(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
         }
     };
     let req = json!({"to": field(&f, "to"), "note": opt("note"), "override_reason": opt("override_reason")});
-    let r = ui.post(&format!("/api/v1/bcp/declarations/{id}/transitions"), &req).await;
+    let r = match cmd(req) {
+        Ok(req) => Api::of(bcp::transition(&ui.svc, &ui.actor, id, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     back_with(&ui, &r)
 }
 
@@ -465,13 +466,13 @@ pub async fn ack(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui.post(&format!("/api/v1/alerts/{id}/ack"), &json!({})).await;
+    let r = Api::of(bcp::ack(&ui.svc, &ui.actor, id).await);
     back_with(&ui, &r)
 }
 
 pub async fn review(ui: Ui, Path(id): Path<i64>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get(&format!("/api/v1/bcp/declarations/{id}/review")).await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(bcp::get_review(&ui.svc, &ui.actor, id).await);
     let title = format!("{} #{id}", ui.t("事後レビュー", "After-action review"));
     if !r.ok() {
         return ui.page(&title, &notice("error", &r.message()));
@@ -486,7 +487,7 @@ pub async fn review(ui: Ui, Path(id): Path<i64>) -> Response {
         esc(&report)
     );
     if r.body["completed_by"].is_null() {
-        if ui.has("bcp-decider") || ui.has("admin") {
+        if ui.may(Operation::BcpReviewWrite) {
             body.push_str(&format!(
                 "<form method=\"post\" action=\"/ui/bcp/{id}/review\" class=\"card\">{}<label for=\"lessons\">{}</label><textarea id=\"lessons\" name=\"lessons\" required></textarea><p><button type=\"submit\">{}</button></p></form>",
                 ui.csrf_field(),
@@ -511,13 +512,7 @@ pub async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = ui
-        .api(
-            Method::PUT,
-            &format!("/api/v1/bcp/declarations/{id}/review"),
-            Some(&json!({"lessons": field(&f, "lessons")})),
-        )
-        .await;
+    let r = Api::of(bcp::put_review(&ui.svc, &ui.actor, id, bcp::Lessons { lessons: field(&f, "lessons").to_owned() }).await);
     if !r.ok() {
         return ui.page(ui.t("事後レビュー", "After-action review"), &notice("error", &r.message()));
     }
@@ -525,8 +520,8 @@ pub async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
 }
 
 pub async fn incident(ui: Ui, Path(id): Path<i64>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get(&format!("/api/v1/bcp/declarations/{id}/incident-report")).await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(bcp::incident_report(&ui.svc, &ui.actor, id).await);
     let title = format!("{} #{id}", ui.t("サイバー攻撃被害の報告", "Cyber-incident report"));
     if !r.ok() {
         return ui.page(&title, &notice("error", &r.message()));
@@ -536,7 +531,7 @@ pub async fn incident(ui: Ui, Path(id): Path<i64>) -> Response {
         ui.t("印刷", "Print"),
         ev(&r.body["text"])
     );
-    if ui.has("bcp-decider") || ui.has("admin") {
+    if ui.may(Operation::IncidentReportRecord) {
         body.push_str(&format!(
             "<h2 class=\"noprint\">{}</h2><div class=\"noprint\">",
             ui.t("報告済みの記録", "Record a report as made")
@@ -568,9 +563,8 @@ pub async fn reported(ui: Ui, Path((id, recipient)): Path<(i64, String)>, body: 
         return r;
     }
     let note = field(&f, "note").trim();
-    let req = if note.is_empty() { json!({}) } else { json!({"note": note}) };
-    let r =
-        ui.post(&format!("/api/v1/bcp/declarations/{id}/incident-report/{}", crate::fhir::enc(&recipient)), &req).await;
+    let req = bcp::Reported { note: (!note.is_empty()).then(|| note.to_owned()) };
+    let r = Api::of(bcp::reported(&ui.svc, &ui.actor, id, &recipient, req).await);
     if !r.ok() {
         return ui.page(ui.t("報告", "Report"), &notice("error", &r.message()));
     }

@@ -5,13 +5,18 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{json, Value};
 
+use mamori_core::policy::Operation;
+use mamori_service::continuity::{merge, registration};
+use mamori_service::records::{enc, read};
+use mamori_service::{accounts, bcp, breakglass, eaccounts, Services};
+
 use super::html::{bare, ev, notice, sparkline, when, Lang};
-use super::{call_api, cookie, esc, field, form, lang_of, new_csrf, set_cookie, Ui, CSRF_COOKIE};
-use crate::state::{AppState, PeerAddr, SESSION_COOKIE};
+use super::{cmd, cookie, esc, field, form, lang_of, new_csrf, set_cookie, Api, Ui, CSRF_COOKIE};
+use crate::http::{Ctx, SESSION_COOKIE};
 
 fn safe_next(n: &str) -> String {
     if n.starts_with("/ui/") && !n.starts_with("//") && !n.contains("\\") {
@@ -21,7 +26,7 @@ fn safe_next(n: &str) -> String {
     }
 }
 
-async fn current_mode(st: &AppState) -> String {
+fn current_mode(st: &Services) -> String {
     st.mode.get().header_value()
 }
 
@@ -52,28 +57,23 @@ fn with_csrf_cookie(mut r: Response, csrf: &str) -> Response {
 }
 
 pub async fn login_page(
-    State(st): State<AppState>,
+    State(st): State<Services>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let lang = lang_of(&headers);
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_else(new_csrf);
     let next = safe_next(q.get("next").map(String::as_str).unwrap_or(""));
-    let mode = current_mode(&st).await;
+    let mode = current_mode(&st);
     let r = bare(lang, lang.t("ログイン", "Log in"), &mode, &login_form(lang, &csrf, &next, None)).into_response();
     with_csrf_cookie(r, &csrf)
 }
 
-pub async fn login_post(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<PeerAddr>>,
-    body: Body,
-) -> Response {
+pub async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
     let lang = lang_of(&headers);
     let f = form(body).await;
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
-    let mode = current_mode(&st).await;
+    let mode = current_mode(&st);
     let next = safe_next(field(&f, "next"));
     if csrf.is_empty() || field(&f, "csrf") != csrf {
         let c = new_csrf();
@@ -96,7 +96,10 @@ pub async fn login_post(
     }
     let totp = field(&f, "totp").trim();
     let body = json!({"username": field(&f, "username"), "password": field(&f, "password"), "totp": if totp.is_empty() { Value::Null } else { json!(totp) }});
-    let r = call_api(&st, None, Method::POST, "/api/v1/auth/login", Some(&body), peer.map(|p| p.0), None).await;
+    let r = match cmd(body) {
+        Ok(req) => Api::of(accounts::login(&st, ctx, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         let msg = match r.status {
             401 => lang.t(
@@ -142,10 +145,10 @@ fn emergency_form(lang: Lang, csrf: &str, error: Option<&str>) -> String {
     )
 }
 
-pub async fn emergency_page(State(st): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn emergency_page(State(st): State<Services>, headers: HeaderMap) -> Response {
     let lang = lang_of(&headers);
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_else(new_csrf);
-    let mode = current_mode(&st).await;
+    let mode = current_mode(&st);
     with_csrf_cookie(
         bare(lang, lang.t("非常用アカウント", "Emergency account"), &mode, &emergency_form(lang, &csrf, None))
             .into_response(),
@@ -153,16 +156,11 @@ pub async fn emergency_page(State(st): State<AppState>, headers: HeaderMap) -> R
     )
 }
 
-pub async fn emergency_post(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<PeerAddr>>,
-    body: Body,
-) -> Response {
+pub async fn emergency_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
     let lang = lang_of(&headers);
     let f = form(body).await;
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
-    let mode = current_mode(&st).await;
+    let mode = current_mode(&st);
     if csrf.is_empty() || field(&f, "csrf") != csrf {
         return bare(
             lang,
@@ -173,7 +171,10 @@ pub async fn emergency_post(
         .into_response();
     }
     let body = json!({"account": field(&f, "account"), "password": field(&f, "password"), "real_name": field(&f, "real_name"), "affiliation": field(&f, "affiliation")});
-    let r = call_api(&st, None, Method::POST, "/api/v1/emergency-login", Some(&body), peer.map(|p| p.0), None).await;
+    let r = match cmd(body) {
+        Ok(req) => Api::of(eaccounts::emergency_login(&st, ctx, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         return bare(
             lang,
@@ -222,7 +223,10 @@ pub async fn password_post(ui: Ui, body: Body) -> Response {
     if field(&f, "new") != field(&f, "new2") {
         return password_form(&ui, Some(ui.t("新しいパスワードが一致しません。", "The new passwords differ.").into()));
     }
-    let r = ui.post("/api/v1/auth/password", &json!({"current": field(&f, "current"), "new": field(&f, "new")})).await;
+    let r = match cmd(json!({"current": field(&f, "current"), "new": field(&f, "new")})) {
+        Ok(req) => Api::of(accounts::change_password(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         return password_form(&ui, Some(r.message()));
     }
@@ -234,7 +238,9 @@ pub async fn logout(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let _ = ui.post("/api/v1/auth/logout", &json!({})).await;
+    if let Err(e) = accounts::logout(&ui.svc, &ui.actor).await {
+        tracing::warn!(error = %e, "logout failed; the session cookie is cleared anyway");
+    }
     let mut resp = Redirect::to("/ui/login").into_response();
     resp.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));
     resp
@@ -242,21 +248,21 @@ pub async fn logout(ui: Ui, body: Body) -> Response {
 
 pub async fn home(ui: Ui) -> Response {
     let mut body = String::new();
-    let mode = ui.get("/api/v1/mode").await;
+    let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
     if let Some(d) = mode.body.get("declaration").filter(|d| !d.is_null()) {
         body.push_str(&notice(
             "info",
             &format!("{}: {} — {}", ui.t("宣言", "Declaration"), ev(&d["state"]), d["reason"].as_str().unwrap_or("")),
         ));
     }
-    if ui.clinical() || ui.has("clerk") {
+    if ui.may(Operation::ProvisionalRead) {
         body.push_str(&format!(
             r#"<form method="get" action="/ui/patients" class="card"><label for="q">{l}</label><input id="q" name="q" type="search" placeholder="{ph}" autofocus> <button type="submit">{b}</button></form>"#,
             l = ui.t("患者検索（氏名・カナ・ID）", "Find a patient (name, kana, id)"),
             ph = ui.t("例: やまだ", "e.g. Yamada"),
             b = ui.t("検索", "Search")
         ));
-        let bg = ui.get("/api/v1/break-glass").await;
+        let bg = Api::of(breakglass::list(&ui.svc, &ui.actor, None).await.map(|g| json!({"grants": g})));
         let me = ui.me["name"].clone();
         let live: Vec<&Value> = bg.body["grants"]
             .as_array()
@@ -272,8 +278,8 @@ pub async fn home(ui: Ui) -> Response {
             body.push_str("</ul>");
         }
     }
-    if ui.has("admin") || ui.has("bcp-decider") || ui.has("auditor") {
-        let a = ui.get("/api/v1/alerts").await;
+    if ui.may(Operation::AlertRead) {
+        let a = Api::of(bcp::alerts(&ui.svc, &ui.actor, false).await.map(|a| json!({"alerts": a})));
         let open: Vec<&Value> =
             a.body["alerts"].as_array().into_iter().flatten().filter(|x| x["acked_at"].is_null()).take(10).collect();
         if !open.is_empty() {
@@ -347,22 +353,24 @@ pub async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Respons
         b = ui.t("検索", "Search"),
     );
     let mut params = vec![];
-    if !name.is_empty() {
-        params.push(format!("name={}", crate::fhir::enc(&name)));
-    }
-    if !ident.is_empty() {
-        params.push(format!("identifier={}", crate::fhir::enc(&ident)));
-    }
-    if !birth.is_empty() {
-        params.push(format!("birthdate={}", crate::fhir::enc(&birth)));
+    for (k, v) in [("name", &name), ("identifier", &ident), ("birthdate", &birth)] {
+        if !v.is_empty() {
+            params.push((k.to_owned(), v.clone()));
+        }
     }
     if !params.is_empty() {
-        params.push("_count=50".into());
-        let r = ui.get(&format!("/fhir/Patient?{}", params.join("&"))).await;
-        if !r.ok() {
-            body.push_str(&notice("error", &r.message()));
-        } else {
-            let entries = r.body["entry"].as_array().cloned().unwrap_or_default();
+        params.push(("_count".into(), "50".into()));
+        let r = read::search(&ui.svc, &ui.actor, "Patient", params, false).await;
+        if let Err(e) = &r {
+            body.push_str(&notice("error", &e.message()));
+        } else if let Ok(found) = r {
+            let entries: Vec<Value> = found
+                .into_inner()
+                .page
+                .entries
+                .iter()
+                .map(|v| json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
+                .collect();
             body.push_str(&format!("<p class=\"muted\">{} {}</p>", entries.len(), ui.t("件", "found")));
             body.push_str(&format!(
                 "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>ID</th></tr></thead><tbody>",
@@ -442,10 +450,9 @@ fn break_glass_form(ui: &Ui, id: &str, why: &str) -> String {
     )
 }
 
-pub async fn chart(ui: Ui, Path(id): Path<String>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let pid = crate::fhir::enc(&id);
-    let p = ui.get(&format!("/fhir/Patient/{pid}")).await;
+pub async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let p = Api::resource(read::read(&ui.svc, &ui.actor, "Patient", &id).await);
     if p.status == 403 {
         return ui.page(ui.t("カルテ", "Chart"), &break_glass_form(&ui, &id, &p.message()));
     }
@@ -469,6 +476,12 @@ pub async fn chart(ui: Ui, Path(id): Path<String>) -> Response {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(src) = q.get("merged") {
+        body.push_str(&notice(
+            "ok",
+            &format!("{} Patient/{} → Patient/{}", ui.t("統合しました:", "Merged:"), src, id),
+        ));
+    }
     if is_provisional(pt) {
         body.push_str(&notice(
             "info",
@@ -478,7 +491,7 @@ pub async fn chart(ui: Ui, Path(id): Path<String>) -> Response {
             ),
         ));
     }
-    let grants = ui.get("/api/v1/break-glass").await;
+    let grants = Api::of(breakglass::list(&ui.svc, &ui.actor, None).await.map(|g| json!({"grants": g})));
     if let Some(g) = grants.body["grants"]
         .as_array()
         .into_iter()
@@ -493,17 +506,23 @@ pub async fn chart(ui: Ui, Path(id): Path<String>) -> Response {
             ev(&g["reason"])
         ));
     }
-    let all = ui.get(&format!("/fhir/Patient/{pid}/$everything?_count=1000")).await;
-    if all.status == 403 {
-        body.push_str(&break_glass_form(&ui, &id, &all.message()));
-        return ui.page(&name_of(pt), &body);
-    }
-    if !all.ok() {
-        body.push_str(&notice("error", &all.message()));
-        return ui.page(&name_of(pt), &body);
-    }
-    let entries: Vec<Value> =
-        all.body["entry"].as_array().cloned().unwrap_or_default().into_iter().map(|e| e["resource"].clone()).collect();
+    let all = read::everything(&ui.svc, &ui.actor, &id, &[("_count".into(), "1000".into())]).await;
+    let entries: Vec<Value> = match all {
+        Ok(page) => page
+            .into_inner()
+            .rows
+            .iter()
+            .map(|v| serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null))
+            .collect(),
+        Err(e) if e.status() == 403 => {
+            body.push_str(&break_glass_form(&ui, &id, &e.message()));
+            return ui.page(&name_of(pt), &body);
+        }
+        Err(e) => {
+            body.push_str(&notice("error", &e.message()));
+            return ui.page(&name_of(pt), &body);
+        }
+    };
     let of = |t: &str| entries.iter().filter(|r| r["resourceType"] == t).collect::<Vec<_>>();
     let list = |title: &str, items: Vec<String>| -> String {
         if items.is_empty() {
@@ -598,9 +617,10 @@ pub async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response
         return r;
     }
     let minutes: u32 = field(&f, "minutes").parse().unwrap_or(60);
-    let r = ui
-        .post("/api/v1/break-glass", &json!({"patient": id, "reason": field(&f, "reason"), "minutes": minutes}))
-        .await;
+    let r = match cmd(json!({"patient": id, "reason": field(&f, "reason"), "minutes": minutes})) {
+        Ok(req) => Api::of(breakglass::request(&ui.svc, &ui.actor, req).await),
+        Err(e) => Api::of::<()>(Err(e)),
+    };
     if !r.ok() {
         return ui.page(
             ui.t("緊急アクセス", "Break the glass"),
@@ -612,7 +632,7 @@ pub async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response
             ),
         );
     }
-    Redirect::to(&format!("/ui/patients/{}", crate::fhir::enc(&id))).into_response()
+    Redirect::to(&format!("/ui/patients/{}", enc(&id))).into_response()
 }
 
 pub async fn register_page(ui: Ui) -> Response {
@@ -692,19 +712,22 @@ pub async fn register_post(ui: Ui, body: Body) -> Response {
     if !field(&f, "kanji").trim().is_empty() || !field(&f, "kana").trim().is_empty() {
         req["name"] = json!({"kanji": opt("kanji"), "kana": opt("kana")});
     }
-    let r = ui.post("/api/v1/registrations", &req).await;
-    if !r.ok() {
-        return register_form(&ui, Some(r.message()));
+    let r = match cmd(req) {
+        Ok(req) => registration::register(&ui.svc, &ui.actor, req).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(reg) => Redirect::to(&format!("/ui/patients/{}", enc(&reg.id))).into_response(),
+        Err(e) => register_form(&ui, Some(e.message())),
     }
-    Redirect::to(&format!("/ui/patients/{}", crate::fhir::enc(r.body["id"].as_str().unwrap_or("")))).into_response()
 }
 
 pub async fn provisional(ui: Ui) -> Response {
-    let r = ui.get("/api/v1/registrations").await;
+    let r = Api::of(registration::list(&ui.svc, &ui.actor, true).await.map(|p| json!({"provisional": p})));
     if !r.ok() {
         return ui.page(ui.t("仮登録患者", "Provisional patients"), &notice("error", &r.message()));
     }
-    let off = ui.st.cfg.institution.utc_offset_minutes;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
     let mut body = format!(
         "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
         ui.t("仮ID", "Provisional id"),
@@ -781,7 +804,7 @@ pub async fn merge_post(ui: Ui, body: Body) -> Response {
         field(&f, "reason").trim(),
     );
     let preview = field(&f, "step") == "preview";
-    let r = ui.api(Method::POST, "/fhir/Patient/$merge", Some(&merge_params(source, target, preview, reason))).await;
+    let r = Api::of(merge::fhir_merge(&ui.svc, &ui.actor, Ok(merge_params(source, target, preview, reason))).await);
     let outcome = r.body["parameter"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["name"] == "outcome"))
@@ -804,13 +827,6 @@ pub async fn merge_post(ui: Ui, body: Body) -> Response {
         );
         return ui.page(ui.t("統合の確認", "Confirm the merge"), &body);
     }
-    ui.page(
-        ui.t("統合しました", "Merged"),
-        &format!(
-            "{}<p><a href=\"/ui/patients/{}\">{}</a></p>",
-            notice("ok", &outcome.unwrap_or_default()),
-            esc(target),
-            ui.t("カルテを開く", "Open the chart")
-        ),
-    )
+    // Done: the chart of the surviving record (a reload does not merge again).
+    Redirect::to(&format!("/ui/patients/{}?merged={}", enc(target), enc(source))).into_response()
 }

@@ -9,13 +9,16 @@ use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use mamori_core::policy::Operation;
+use mamori_service::exchange::{inbound as inb, partners as parts, send};
+use mamori_service::records::{enc, read};
+use mamori_service::Services;
 use serde_json::{json, Value};
 
 use super::html::{ev, notice, when};
-use super::{esc, field, fields, form, Ui};
-use crate::state::AppState;
+use super::{cmd, esc, field, fields, form, Api, Ui};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/exchange", get(send_page))
         .route("/ui/exchange/send", post(send_post))
@@ -88,18 +91,25 @@ pub async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Resp
     if patient.is_empty() {
         return ui.page(ui.t("情報交換", "Exchange"), &body);
     }
-    let pid = crate::fhir::enc(&patient);
-    let p = ui.get(&format!("/fhir/Patient/{pid}")).await;
+    let p = Api::resource(read::read(&ui.svc, &ui.actor, "Patient", &patient).await);
     if !p.ok() {
         body.push_str(&notice("error", &p.message()));
         return ui.page(ui.t("情報交換", "Exchange"), &body);
     }
-    let all = ui.get(&format!("/fhir/Patient/{pid}/$everything?_count=500")).await;
+    let all = Api::of(read::everything(&ui.svc, &ui.actor, &patient, &[("_count".into(), "500".into())]).await.map(|page| {
+        let entries: Vec<Value> = page
+            .into_inner()
+            .rows
+            .iter()
+            .map(|v| json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
+            .collect();
+        json!({"entry": entries})
+    }));
     if !all.ok() {
         body.push_str(&notice("error", &all.message()));
         return ui.page(ui.t("情報交換", "Exchange"), &body);
     }
-    let partners = ui.get("/api/v1/partners").await;
+    let partners = Api::of(parts::list(&ui.svc, &ui.actor).await.map(|p| json!({"partners": p})));
     let popts: String = partners.body["partners"]
         .as_array()
         .into_iter()
@@ -197,47 +207,46 @@ pub async fn send_post(ui: Ui, body: Body) -> Response {
     if !field(&f, "basis").is_empty() {
         req["basis"] = json!(field(&f, "basis"));
     }
-    let r = ui.post("/api/v1/exchange/messages", &req).await;
+    let r = send::send(&ui.svc, &ui.actor, cmd(req)).await;
     let mut body = tabs(&ui);
-    if !r.ok() {
-        body.push_str(&notice("error", &r.message()));
-        body.push_str(&format!(
-            "<p><a href=\"/ui/exchange?patient={}\">{}</a></p>",
-            crate::fhir::enc(field(&f, "patient")),
-            ui.t("送信画面に戻る", "Back to the form")
-        ));
-        return ui.page(ui.t("送信できませんでした", "Not sent"), &body);
-    }
-    body.push_str(&notice(
-        "ok",
-        ui.t(
-            "送信キューに入れました。配達と受領確認（署名付きMDN）は記録で確認できます。",
-            "Queued. Delivery and the signed receipt (MDN) show in the ledger.",
-        ),
-    ));
-    body.push_str("<ul>");
-    for m in r.body["messages"].as_array().into_iter().flatten() {
-        body.push_str(&format!(
-            "<li><a href=\"/ui/exchange/messages/{id}\">{id}</a> → {} ({})</li>",
-            ev(&m["partner"]),
-            ev(&m["message_id"]),
-            id = ev(&m["id"])
-        ));
-    }
-    body.push_str("</ul>");
-    ui.page(ui.t("送信しました", "Sent"), &body)
+    let sent = match r {
+        Ok(s) => s,
+        Err(e) => {
+            body.push_str(&notice("error", &e.message()));
+            body.push_str(&format!(
+                "<p><a href=\"/ui/exchange?patient={}\">{}</a></p>",
+                enc(field(&f, "patient")),
+                ui.t("送信画面に戻る", "Back to the form")
+            ));
+            return ui.page(ui.t("送信できませんでした", "Not sent"), &body);
+        }
+    };
+    // Queued: the ledger of this send (a reload does not send again).
+    Redirect::to(&format!("/ui/exchange/messages?send={}", enc(&sent.send))).into_response()
 }
 
 pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let mut qs = vec!["limit=200".to_owned()];
-    for k in ["direction", "partner", "patient", "state"] {
-        if let Some(v) = q.get(k).filter(|v| !v.is_empty()) {
-            qs.push(format!("{k}={}", crate::fhir::enc(v)));
-        }
-    }
-    let r = ui.get(&format!("/api/v1/exchange/messages?{}", qs.join("&"))).await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let get = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    let filter = send::MessageFilter {
+        direction: get("direction"),
+        partner: get("partner"),
+        patient: get("patient"),
+        state: get("state"),
+        send: get("send"),
+        limit: Some(200),
+    };
+    let r = Api::of(send::list(&ui.svc, &ui.actor, filter).await.map(|m| json!({"messages": m})));
     let mut body = tabs(&ui);
+    if q.contains_key("send") && r.ok() {
+        body.push_str(&notice(
+            "ok",
+            ui.t(
+                "送信キューに入れました。配達と受領確認（署名付きMDN）は記録で確認できます。",
+                "Queued. Delivery and the signed receipt (MDN) show in the ledger.",
+            ),
+        ));
+    }
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
         return ui.page(ui.t("送受信の記録", "Message ledger"), &body);
@@ -262,11 +271,11 @@ pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Respo
             ev(&m["purpose"]),
             state_badge(&ui, m["state"].as_str().unwrap_or("")),
             ev(&m["created_by"]),
-            id = crate::fhir::enc(m["id"].as_str().unwrap_or("")),
+            id = enc(m["id"].as_str().unwrap_or("")),
         ));
     }
     body.push_str("</tbody></table>");
-    if ui.has("admin") || ui.has("auditor") {
+    if ui.may(Operation::ExchangeMessageReadAll) {
         body.push_str(&format!(
             "<p class=\"muted\">{}: <code>GET /api/v1/exchange/ledger?format=csv</code></p>",
             ui.t("契約見直し用の台帳エクスポート（CSV/NDJSON）", "Ledger export for contract reviews (CSV/NDJSON)")
@@ -276,8 +285,8 @@ pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Respo
 }
 
 pub async fn message(ui: Ui, Path(id): Path<String>) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get(&format!("/api/v1/exchange/messages/{}", crate::fhir::enc(&id))).await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(send::show(&ui.svc, &ui.actor, &id).await);
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -338,8 +347,8 @@ pub async fn message(ui: Ui, Path(id): Path<String>) -> Response {
 }
 
 pub async fn inbound(ui: Ui) -> Response {
-    let off = ui.st.cfg.institution.utc_offset_minutes;
-    let r = ui.get("/api/v1/exchange/inbound?state=unmatched").await;
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(inb::list(&ui.svc, &ui.actor, Some("unmatched".into())).await.map(|i| json!({"inbound": i})));
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));
@@ -377,7 +386,7 @@ pub async fn inbound(ui: Ui) -> Response {
             dl = ui.t("文書日付", "Dated"),
             date = when(&s["date"], off),
             ml = ui.t("メッセージ", "Message"),
-            mid = crate::fhir::enc(msg),
+            mid = enc(msg),
             mide = esc(msg),
             pl = ui.t("文書上の患者", "Patient in the document"),
             names = names.join(" / "),
@@ -401,9 +410,7 @@ pub async fn match_post(ui: Ui, Path(message): Path<String>, body: Body) -> Resp
         return r;
     }
     let patient = field(&f, "patient").trim().trim_start_matches("Patient/").to_owned();
-    let r = ui
-        .post(&format!("/api/v1/exchange/inbound/{}/match", crate::fhir::enc(&message)), &json!({"patient": patient}))
-        .await;
+    let r = Api::of(inb::file(&ui.svc, &ui.actor, &message, inb::FileInbound { patient }).await);
     if !r.ok() {
         return ui.page(
             ui.t("受信文書の患者照合", "Inbound documents"),
@@ -414,7 +421,7 @@ pub async fn match_post(ui: Ui, Path(message): Path<String>, body: Body) -> Resp
 }
 
 pub async fn partners(ui: Ui) -> Response {
-    let r = ui.get("/api/v1/partners").await;
+    let r = Api::of(parts::list(&ui.svc, &ui.actor).await.map(|p| json!({"partners": p})));
     let mut body = tabs(&ui);
     if !r.ok() {
         body.push_str(&notice("error", &r.message()));

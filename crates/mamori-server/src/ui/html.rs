@@ -4,6 +4,8 @@
 use axum::response::Html;
 use serde_json::Value;
 
+use mamori_core::policy::Operation;
+
 use super::Ui;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,21 +90,21 @@ pub fn mode_banner(lang: Lang, mode: &str) -> (String, String) {
 
 fn nav(ui: &Ui) -> String {
     let mut links: Vec<(&str, String)> = vec![("/ui/", ui.t("ホーム", "Home").into())];
-    if ui.clinical() || ui.has("clerk") {
+    if ui.may(Operation::ProvisionalRead) {
         links.push(("/ui/patients", ui.t("患者検索", "Patients").into()));
         links.push(("/ui/register", ui.t("緊急登録", "Emergency registration").into()));
         links.push(("/ui/provisional", ui.t("仮登録患者", "Provisional patients").into()));
     }
-    if ui.has("bcp-decider") || ui.has("admin") {
+    if ui.may(Operation::NotificationRead) {
         links.push(("/ui/bcp", ui.t("BCPコンソール", "BCP console").into()));
     }
-    if ui.has("auditor") {
+    if ui.may(Operation::AuditRead) {
         links.push(("/ui/audit", ui.t("監査", "Audit").into()));
     }
-    if ui.clinical() || ui.has("admin") || ui.has("auditor") || ui.has("clerk") {
+    if ui.may(Operation::ExchangeSend) || ui.may(Operation::ExchangeMessageReadAll) || ui.may(Operation::InboundRead) {
         links.push(("/ui/exchange", ui.t("情報交換", "Exchange").into()));
     }
-    if ui.has("admin") {
+    if ui.may(Operation::UserRead) {
         links.push(("/ui/admin", ui.t("管理", "Administration").into()));
     }
     links
@@ -120,7 +122,7 @@ pub fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
     let mode = ui.me["mode"].as_str().unwrap_or("normal");
     let (cls, text) = mode_banner(ui.lang, mode);
     let other = if ui.lang == Lang::Ja { ("en", "English") } else { ("ja", "日本語") };
-    let user = format!("{} ({})", esc(&super::who(&ui.me)), esc(&ui.roles().join(", ")));
+    let user = format!("{} ({})", esc(&super::who(&ui.me)), esc(&ui.actor.user.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")));
     let declared = ui.me["declared"]
         .as_str()
         .map(|d| format!(" — {} {}", ui.t("本人:", "acting person:"), esc(d)))
@@ -149,7 +151,7 @@ pub fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
         declared = declared,
         olang = other.0,
         olabel = other.1,
-        back = esc(&crate::fhir::enc(&ui.path)),
+        back = esc(&mamori_service::records::enc(&ui.path)),
         csrf = ui.csrf_field(),
         logout = ui.t("ログアウト", "Log out"),
         body = body,

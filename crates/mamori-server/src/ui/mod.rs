@@ -2,10 +2,13 @@
 //! with a small script of our own for the live mode banner and countdowns.
 //! No CDN, no inline script or style (strict Content-Security-Policy).
 //!
-//! Every action goes through the same HTTP API as any other client: a page
-//! handler calls the API in process, with the user's own session token, so
-//! the same policy decides and the same audit events are written. Forms
-//! carry a CSRF token checked against an HttpOnly, SameSite=Strict cookie.
+//! A page handler calls the same use cases as the HTTP API
+//! (`mamori-service`), as the user of the session cookie, so the same
+//! policy decides and the same audit events are written. What a screen
+//! offers is the policy's preview ([`Ui::may`]), never a role check of
+//! its own. Forms carry a CSRF token checked against an HttpOnly,
+//! SameSite=Strict cookie; a form that changes something answers with a
+//! redirect.
 
 pub mod admin;
 pub mod audit;
@@ -17,22 +20,26 @@ pub mod html;
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use mamori_core::policy::{Facts, Operation};
+use mamori_service::{accounts, Actor, Audited, ServiceError, Services};
+use mamori_store::records::Version;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-use crate::state::{AppState, PeerAddr, RequestId, SESSION_COOKIE};
+use crate::http::{ctx_of, session_cookie};
 pub use html::{esc, Lang};
 
 pub const CSRF_COOKIE: &str = "mamori_csrf";
 pub const LANG_COOKIE: &str = "mamori_lang";
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Services> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route(
@@ -96,7 +103,6 @@ pub fn lang_of(headers: &HeaderMap) -> Lang {
 }
 
 async fn lang_switch(
-    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
     let to = if q.get("to").map(String::as_str) == Some("en") { "en" } else { "ja" };
@@ -104,7 +110,6 @@ async fn lang_switch(
         q.get("back").filter(|b| b.starts_with("/ui/") && !b.contains("//")).cloned().unwrap_or_else(|| "/ui/".into());
     let mut r = Redirect::to(&back).into_response();
     r.headers_mut().append(header::SET_COOKIE, set_cookie(LANG_COOKIE, to, Some(365 * 86_400)));
-    let _ = headers;
     r
 }
 
@@ -157,41 +162,62 @@ pub fn fields<'a>(f: &'a [(String, String)], k: &str) -> Vec<&'a str> {
     f.iter().filter(|(a, _)| a == k).map(|(_, v)| v.as_str()).collect()
 }
 
-/// An API response as the UI sees it.
+/// A use case's answer as a page sees it: a status and a JSON view of
+/// the value (or `{"error", "message"}`).
 pub struct Api {
     pub status: u16,
     pub body: Value,
 }
 
 impl Api {
+    /// The view of a use case's result.
+    pub fn of<T: Serialize>(r: Result<T, ServiceError>) -> Api {
+        match r {
+            Ok(v) => Api { status: 200, body: serde_json::to_value(v).unwrap_or(Value::Null) },
+            Err(e) => Api::err(&e),
+        }
+    }
+    /// The view of a read of patient data (audited before it is shown).
+    pub fn audited<T: Serialize>(r: Result<Audited<T>, ServiceError>) -> Api {
+        Api::of(r.map(Audited::into_inner))
+    }
+    /// The view of a stored resource read (its JSON).
+    pub fn resource(r: Result<Audited<Version>, ServiceError>) -> Api {
+        match r {
+            Ok(v) => Api { status: 200, body: serde_json::from_str(&v.into_inner().body).unwrap_or(Value::Null) },
+            Err(e) => Api::err(&e),
+        }
+    }
+    fn err(e: &ServiceError) -> Api {
+        if matches!(e, ServiceError::Internal { .. } | ServiceError::Unavailable(_)) {
+            tracing::error!(error = %e, "a page's use case failed");
+        }
+        Api { status: e.status(), body: json!({"error": e.code(), "message": e.message()}) }
+    }
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
-    /// The server's explanation of a failure.
+    /// The explanation of a failure.
     pub fn message(&self) -> String {
-        self.body
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| {
-                self.body.get("issue").and_then(Value::as_array).map(|a| {
-                    a.iter().filter_map(|i| i.get("diagnostics").and_then(Value::as_str)).collect::<Vec<_>>().join("; ")
-                })
-            })
-            .unwrap_or_else(|| format!("HTTP {}", self.status))
+        self.body.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {}", self.status))
     }
+}
+
+/// A form turned into a use case's command (a malformed one is a 400).
+pub fn cmd<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
+    serde_json::from_value(v).map_err(|e| ServiceError::invalid("", format!("invalid form: {e}")))
 }
 
 /// A logged-in user's page context.
 pub struct Ui {
-    pub st: AppState,
-    pub token: String,
+    pub svc: Services,
+    /// Who acts, authenticated by the session cookie.
+    pub actor: Actor,
     pub lang: Lang,
     pub csrf: String,
+    /// The account, as shown on pages.
     pub me: Value,
     pub path: String,
-    peer: Option<PeerAddr>,
-    rid: Option<String>,
     set_csrf: bool,
 }
 
@@ -199,24 +225,21 @@ impl Ui {
     pub fn t<'a>(&self, ja: &'a str, en: &'a str) -> &'a str {
         self.lang.t(ja, en)
     }
-    pub fn roles(&self) -> Vec<String> {
-        self.me["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect()
+    /// Whether the policy would let this user do `op` (what a screen
+    /// offers; the use case decides again, and audits, when it is done).
+    pub fn may(&self, op: Operation) -> bool {
+        mamori_service::authz::decide(&self.actor, &op, Facts::default()).permit
     }
-    pub fn has(&self, role: &str) -> bool {
-        self.roles().iter().any(|r| r == role)
-    }
+    /// Whether the user may read some patient's records (offered the
+    /// patient search).
     pub fn clinical(&self) -> bool {
-        self.has("physician") || self.has("nurse") || self.has("pharmacist")
-    }
-    /// Calls the API in process as this user.
-    pub async fn api(&self, method: Method, path: &str, body: Option<&Value>) -> Api {
-        call_api(&self.st, Some(&self.token), method, path, body, self.peer, self.rid.as_deref()).await
-    }
-    pub async fn get(&self, path: &str) -> Api {
-        self.api(Method::GET, path, None).await
-    }
-    pub async fn post(&self, path: &str, body: &Value) -> Api {
-        self.api(Method::POST, path, Some(body)).await
+        self.may(Operation::ProvisionalRegister) || self.may(Operation::Record {
+            action: mamori_core::policy::Action::Search,
+            target: mamori_core::policy::Target {
+                rtype: mamori_core::ids::ResourceType::OBSERVATION,
+                scope: mamori_core::policy::PatientScope::Any,
+            },
+        })
     }
     /// Checks the CSRF field of a submitted form: `Some(refusal)` if it
     /// does not match the cookie.
@@ -240,50 +263,6 @@ impl Ui {
     }
 }
 
-/// Calls the API router in process.
-pub async fn call_api(
-    st: &AppState,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-    peer: Option<PeerAddr>,
-    rid: Option<&str>,
-) -> Api {
-    let Some(router) = st.api_router.read().ok().and_then(|g| g.clone()) else {
-        return Api { status: 503, body: json!({"message": "starting"}) };
-    };
-    let is_fhir = path.starts_with("/fhir");
-    let mut b = axum::http::Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if let Some(r) = rid {
-        b = b.header("x-request-id", r);
-    }
-    let ct = if is_fhir { "application/fhir+json" } else { "application/json" };
-    let req = match body {
-        Some(v) => b.header(header::CONTENT_TYPE, ct).body(Body::from(v.to_string())),
-        None => b.body(Body::empty()),
-    };
-    let Ok(mut req) = req else {
-        return Api { status: 500, body: json!({"message": "bad internal request"}) };
-    };
-    if let Some(p) = peer {
-        req.extensions_mut().insert(p);
-    }
-    match router.oneshot(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap_or_default();
-            let body = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            Api { status, body }
-        }
-        Err(e) => Api { status: 500, body: json!({"message": e.to_string()}) },
-    }
-}
-
 /// Redirects to the login page when there is no valid session.
 pub struct LoginFirst(Response);
 
@@ -293,43 +272,31 @@ impl IntoResponse for LoginFirst {
     }
 }
 
-impl FromRequestParts<AppState> for Ui {
+impl FromRequestParts<Services> for Ui {
     type Rejection = LoginFirst;
 
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, Self::Rejection> {
         let lang = lang_of(&parts.headers);
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/ui/".into());
         let to_login = || {
-            let next =
-                if parts.method == Method::GET { format!("?next={}", crate::fhir::enc(&path)) } else { String::new() };
+            let next = if parts.method == Method::GET {
+                format!("?next={}", mamori_service::records::enc(&path))
+            } else {
+                String::new()
+            };
             LoginFirst(Redirect::to(&format!("/ui/login{next}")).into_response())
         };
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
-        let peer = parts.extensions.get::<PeerAddr>().copied();
-        let rid = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
-        let me = call_api(st, Some(&token), Method::GET, "/api/v1/auth/me", None, peer, rid.as_deref()).await;
-        if !me.ok() {
+        let Some(token) = session_cookie(&parts.headers) else { return Err(to_login()) };
+        let Ok(actor) = accounts::authenticate(svc, token, ctx_of(parts, svc)).await else {
             return Err(to_login());
-        }
-        if me.body["must_change_password"] == true
-            && !parts.uri.path().starts_with("/ui/password")
-            && parts.uri.path() != "/ui/logout"
-        {
+        };
+        if actor.user.must_change && !parts.uri.path().starts_with("/ui/password") && parts.uri.path() != "/ui/logout" {
             return Err(LoginFirst(Redirect::to("/ui/password").into_response()));
         }
         let existing = cookie(&parts.headers, CSRF_COOKIE);
         let set_csrf = existing.is_none();
-        Ok(Ui {
-            st: st.clone(),
-            token,
-            lang,
-            csrf: existing.unwrap_or_else(new_csrf),
-            me: me.body,
-            path,
-            peer,
-            rid,
-            set_csrf,
-        })
+        let me = serde_json::to_value(accounts::describe(&actor)).unwrap_or(Value::Null);
+        Ok(Ui { svc: svc.clone(), actor, lang, csrf: existing.unwrap_or_else(new_csrf), me, path, set_csrf })
     }
 }
 
@@ -339,7 +306,7 @@ pub fn who(me: &Value) -> String {
 }
 
 /// Sets the UI's security headers (strict CSP).
-pub async fn security_headers(State(_st): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+pub async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
     let is_ui = req.uri().path().starts_with("/ui") || req.uri().path() == "/";
     let mut r = next.run(req).await;
     if is_ui {
@@ -351,5 +318,3 @@ pub async fn security_headers(State(_st): State<AppState>, req: Request, next: a
     }
     r
 }
-
-use axum::http::HeaderName;

@@ -16,6 +16,9 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub admin: String,
+    /// A second administrator: approves the clinical role grants the
+    /// first one asks for (separation of duties).
+    pub admin2: String,
     pub clock: Option<ManualClock>,
     /// Whether dropping this value removes the data directory.
     pub owns_dir: bool,
@@ -165,7 +168,17 @@ impl TestServer {
             .build()
             .unwrap();
         let pg = Self::pg_of(&dir);
-        let mut s = TestServer { running: None, dir, base, client, admin: String::new(), clock, owns_dir: true, pg };
+        let mut s = TestServer {
+            running: None,
+            dir,
+            base,
+            client,
+            admin: String::new(),
+            admin2: String::new(),
+            clock,
+            owns_dir: true,
+            pg,
+        };
         if let Some(init) = running.init.as_ref() {
             let pw = init.admin_password.to_string();
             s.running = Some(running);
@@ -175,11 +188,30 @@ impl TestServer {
                 .await;
             assert_eq!(r.status, 200, "{}", r.text);
             s.admin = s.login("admin", PASSWORD).await;
+            s.admin2 = s.second_admin().await;
         } else {
             s.running = Some(running);
             s.admin = s.login("admin", PASSWORD).await;
+            s.admin2 = s.login("admin2", PASSWORD).await;
         }
         s
+    }
+
+    /// Creates `admin2` (an administrator grant needs no approval) and
+    /// returns its token.
+    async fn second_admin(&self) -> String {
+        let r = self
+            .post("/api/v1/users", &self.admin, json!({"name": "admin2", "display": "Second Admin", "roles": ["admin"]}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert!(r.body.get("pending_request").is_none(), "{}", r.text);
+        let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
+        let t = self.login("admin2", &otp).await;
+        let r = self
+            .req(Method::POST, "/api/v1/auth/password", Some(&t), Some(json!({"current": otp, "new": PASSWORD})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        self.login("admin2", PASSWORD).await
     }
 
     /// Boots an initialized directory whose admin still has the one-time
@@ -203,6 +235,7 @@ impl TestServer {
             base,
             client,
             admin: String::new(),
+            admin2: String::new(),
             clock: None,
             owns_dir: true,
             pg,
@@ -213,6 +246,7 @@ impl TestServer {
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         s.admin = s.login("admin", PASSWORD).await;
+        s.admin2 = s.second_admin().await;
         s
     }
 
@@ -372,6 +406,11 @@ impl TestServer {
             )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
+        // Clinical roles wait for the second administrator.
+        if let Some(req) = r.body["pending_request"].as_i64() {
+            let a = self.post(&format!("/api/v1/account-requests/{req}/approve"), &self.admin2, json!({})).await;
+            assert_eq!(a.status, 200, "{}", a.text);
+        }
         let otp = r.body["one_time_password"].as_str().unwrap().to_owned();
         let t = self.login(name, &otp).await;
         let r = self

@@ -1,0 +1,42 @@
+//! mamori-service: every use case of mamori, without HTTP.
+//!
+//! Each use case takes a typed command and an [`Actor`] and returns a
+//! typed result. It gathers the facts, asks the policy once through
+//! [`authz::decide`] (the only caller of `mamori_core::policy::authorize`),
+//! writes the change and its audit event in one group-commit job (or the
+//! audit event of a read before handing out the data as [`Audited<T>`]),
+//! and applies what must happen after the commit (a mode change,
+//! announcements). The HTTP adapter, the web UI and the CLI call these
+//! functions directly; nothing here knows HTTP.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod actor;
+pub mod audit;
+pub mod audited;
+pub mod bcp;
+pub mod breakglass;
+pub mod authz;
+pub mod cluster;
+pub mod commit;
+pub mod config;
+pub mod continuity;
+pub mod detect;
+pub mod eaccounts;
+pub mod error;
+pub mod exchange;
+pub mod init;
+pub mod jobs;
+pub mod keys;
+pub mod maintenance;
+pub mod metrics;
+pub mod notify;
+pub mod records;
+pub mod services;
+pub mod syslog;
+pub mod tls;
+
+pub use actor::{Actor, RequestCtx, TokenRef};
+pub use audited::Audited;
+pub use error::{Result, ServiceError};
+pub use services::Services;

@@ -1,0 +1,160 @@
+//! The FHIR record store's use cases: read, vread, history, search,
+//! `$everything`, create, update, delete, batch and transaction Bundles.
+//!
+//! Every interaction is decided per patient, for every patient the data
+//! concerns (a resource is the data of every patient it names), and
+//! audited: writes in the same transaction as the change, reads before the
+//! data is handed out as [`crate::Audited`]. If the audit event cannot be
+//! committed, the interaction fails (rule 1).
+
+pub mod bundle;
+pub mod read;
+pub mod write;
+
+use mamori_audit::event::AuditRecord;
+use mamori_core::fhir::validate::{validate_resource, Issue};
+use mamori_core::ids::{is_fhir_id, ResourceType};
+use mamori_core::policy::{Decision, Obligation};
+use mamori_core::time::Timestamp;
+use mamori_store::search::Restriction;
+use serde_json::{json, Value};
+
+use crate::actor::Actor;
+use crate::error::ServiceError;
+use crate::services::Services;
+
+pub use write::{Step, WriteOp};
+
+/// Parses `a=b&c=d` (a query string or a form body), percent-decoding.
+pub fn parse_pairs(q: &str) -> Result<Vec<(String, String)>, ServiceError> {
+    let mut out = Vec::new();
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
+
+fn decode(s: &str) -> Result<String, ServiceError> {
+    let mut bytes = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).ok_or_else(|| ServiceError::invalid("", "malformed percent-encoding in query"))?;
+                bytes.push(
+                    u8::from_str_radix(hex, 16).map_err(|_| ServiceError::invalid("", "malformed percent-encoding in query"))?,
+                );
+                i += 2;
+            }
+            c => bytes.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).map_err(|_| ServiceError::invalid("", "query is not UTF-8"))
+}
+
+/// URL-encodes a query component.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Parses a resource type named in a request.
+pub fn parse_type(t: &str) -> Result<ResourceType, ServiceError> {
+    ResourceType::parse(t).map_err(|e| ServiceError::NotFound(e.to_string()))
+}
+
+/// Checks an id named in a request.
+pub fn parse_id(id: &str) -> Result<(), ServiceError> {
+    if is_fhir_id(id) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid("id", format!("'{}' is not a valid FHIR id", id.chars().take(70).collect::<String>())))
+    }
+}
+
+/// Parses `If-Match: W/"3"`.
+pub fn parse_etag(v: &str) -> Result<u64, ServiceError> {
+    let t = v.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    t.trim_matches('"').parse().map_err(|_| ServiceError::invalid("If-Match", "expected an ETag like W/\"3\""))
+}
+
+/// Validates a resource body for `rtype`, including that a type which
+/// records care names a patient.
+pub fn validate_body(rtype: ResourceType, body: &Value) -> Result<(), ServiceError> {
+    let t = validate_resource(body).map_err(ServiceError::Invalid)?;
+    if t != rtype {
+        return Err(ServiceError::invalid("resourceType", format!("body is a {t}, but the URL names {rtype}")));
+    }
+    Ok(())
+}
+
+/// A resource of a clinical type must name its patient (a write's last
+/// check, on the body as stored: a bundle's `urn:uuid:` references are
+/// resolved by then). Genuinely patient-independent types are exempt.
+pub fn require_patient(rtype: ResourceType, id: &str, body: &Value) -> Result<(), ServiceError> {
+    if mamori_core::fhir::compartment::requires_patient(rtype)
+        && mamori_core::fhir::compartment::patients_named(rtype, id, body).is_empty()
+    {
+        return Err(ServiceError::Unprocessable(vec![Issue {
+            path: rtype.as_str().to_owned(),
+            message: format!(
+                "a {rtype} is part of a patient's record: it must name its patient (subject or patient: {{\"reference\": \"Patient/<id>\"}})"
+            ),
+        }]));
+    }
+    Ok(())
+}
+
+/// The restriction a search decision asks for.
+pub(crate) fn restriction(d: &Decision, actor: &Actor, now: Timestamp) -> Restriction {
+    if d.has(Obligation::ReferenceDataOnly) {
+        Restriction::ReferenceDataOnly
+    } else if d.has(Obligation::RestrictToCareRelationships) {
+        Restriction::CareOf { user: actor.name().to_owned(), department: actor.user.department.clone(), now }
+    } else {
+        Restriction::None
+    }
+}
+
+/// Audits a request refused before it reached the store (malformed input,
+/// a format the client cannot have) under its FHIR interaction's name.
+pub async fn reject(
+    svc: &Services,
+    actor: &Actor,
+    action: &str,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    e: ServiceError,
+) -> ServiceError {
+    let mut rec = actor.fhir_record(action, e.status(), rtype, id, None, vec![], e.decision(), svc.now());
+    rec.detail = Some(json!({"error": e.message()}));
+    match svc.audit(vec![rec]).await {
+        Ok(_) => e,
+        Err(se) => se,
+    }
+}
+
+/// An audit record for an error of a FHIR interaction.
+pub(crate) fn error_record(
+    actor: &Actor,
+    action: &str,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    e: &ServiceError,
+    now: Timestamp,
+) -> AuditRecord {
+    let mut rec = actor.fhir_record(action, e.status(), rtype, id, None, vec![], e.decision(), now);
+    rec.detail = Some(json!({"error": e.message()}));
+    rec
+}

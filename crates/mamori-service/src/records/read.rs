@@ -1,0 +1,464 @@
+//! Reads: read, vread, history, search, `$everything`. Each is decided for
+//! every patient whose data it reveals, and audited (with those patients)
+//! before the data is handed out.
+
+use mamori_core::fhir::search::{parse_query, Clause, Cond, SearchQuery, MAX_COUNT};
+use mamori_core::ids::ResourceType;
+use mamori_core::policy::{Action, Decision, Facts, Operation, PatientScope, Target};
+use mamori_core::time::Timestamp;
+use mamori_store::records::{self, Version};
+use mamori_store::search::{self, Page};
+use mamori_store::sql::Conn;
+use mamori_store::StoreError;
+use serde_json::json;
+
+use super::{enc, error_record, parse_id, parse_type, restriction};
+use crate::actor::Actor;
+use crate::audited::Audited;
+use crate::authz;
+use crate::error::ServiceError;
+use crate::services::Services;
+
+/// Audits `rec` and hands out `value`, or audits the error and returns it.
+async fn answer<T>(
+    svc: &Services,
+    rec: mamori_audit::event::AuditRecord,
+    value: Result<T, ServiceError>,
+) -> Result<Audited<T>, ServiceError> {
+    match value {
+        Ok(v) => svc.audited(rec, v).await,
+        Err(e) => {
+            svc.audit(vec![rec]).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Whether `d` permits; else the error for `what`.
+fn permitted(d: &Decision, what: &str) -> Result<(), ServiceError> {
+    if d.permit {
+        Ok(())
+    } else {
+        Err(ServiceError::denied(&format!("access to {what}"), d))
+    }
+}
+
+/// `GET /fhir/{type}/{id}`: the current version, decided on every patient
+/// it names.
+pub async fn read(svc: &Services, actor: &Actor, rtype: &str, id: &str) -> Result<Audited<Version>, ServiceError> {
+    vread_or_read(svc, actor, rtype, id, None).await
+}
+
+/// `GET /fhir/{type}/{id}/_history/{vid}`: that version, decided on the
+/// patients it named.
+pub async fn vread(
+    svc: &Services,
+    actor: &Actor,
+    rtype: &str,
+    id: &str,
+    version: &str,
+) -> Result<Audited<Version>, ServiceError> {
+    vread_or_read(svc, actor, rtype, id, Some(version)).await
+}
+
+async fn vread_or_read(
+    svc: &Services,
+    actor: &Actor,
+    t: &str,
+    id: &str,
+    version: Option<&str>,
+) -> Result<Audited<Version>, ServiceError> {
+    let now = svc.now();
+    let action = if version.is_some() { "vread" } else { "read" };
+    let pre = (|| {
+        let rtype = parse_type(t)?;
+        parse_id(id)?;
+        let vn = version
+            .map(|v| v.parse::<u64>().map_err(|_| ServiceError::invalid("versionId", "version ids are positive integers")))
+            .transpose()?;
+        Ok::<_, ServiceError>((rtype, vn))
+    })();
+    let (rtype, vn) = match pre {
+        Ok(x) => x,
+        Err(e) => {
+            let known = ResourceType::parse(t).ok().map(|r| r.as_str());
+            return Err(super::reject(svc, actor, action, known, None, e).await);
+        }
+    };
+    let (a2, id2) = (actor.clone(), id.to_owned());
+    let found = svc
+        .store
+        .read(move |c| {
+            let v = match vn {
+                Some(n) => records::vread(c, rtype.as_str(), &id2, n)?,
+                None => records::read(c, rtype.as_str(), &id2)?,
+            };
+            let d = match &v {
+                Some(v) => Some(authz::decide_record(c, &a2, Action::Read, rtype, &v.patients, now)?),
+                None => None,
+            };
+            Ok((v, d))
+        })
+        .await?;
+    let (Some(v), Some(d)) = found else {
+        let e = ServiceError::NotFound(match vn {
+            Some(n) => format!("{rtype}/{id}/_history/{n} does not exist"),
+            None => format!("{rtype}/{id} does not exist"),
+        });
+        let rec = actor.fhir_record(action, 404, Some(rtype.as_str()), Some(id), vn, vec![], None, now);
+        return answer(svc, rec, Err(e)).await;
+    };
+    let result = if !d.permit {
+        Err(ServiceError::denied(&format!("access to {rtype}/{id}"), &d))
+    } else if v.deleted {
+        Err(ServiceError::Gone(match vn {
+            Some(n) => format!("{rtype}/{id} version {n} is a deletion"),
+            None => format!("{rtype}/{id} was deleted (version {})", v.version),
+        }))
+    } else {
+        Ok(())
+    };
+    let status = result.as_ref().map_or_else(ServiceError::status, |()| 200);
+    let rec = actor.fhir_record(
+        action,
+        status,
+        Some(rtype.as_str()),
+        Some(id),
+        Some(vn.unwrap_or(v.version)),
+        v.patients.clone(),
+        Some(&d),
+        now,
+    );
+    answer(svc, rec, result.map(|()| v)).await
+}
+
+/// A history query.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// The type.
+    pub rtype: String,
+    /// One resource's history, or the type's.
+    pub id: Option<String>,
+    /// The query parameters (`_count`, `_since`, `_cursor`).
+    pub params: Vec<(String, String)>,
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The type.
+    pub rtype: ResourceType,
+    /// The resource, for an instance history.
+    pub id: Option<String>,
+    /// The page size asked for.
+    pub count: usize,
+    /// The versions.
+    pub versions: Vec<Version>,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<i64>,
+}
+
+/// `_history` of a resource or a type. An instance history is decided on
+/// every patient any of its versions named (it reveals them all).
+pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<Audited<HistoryPage>, ServiceError> {
+    let now = svc.now();
+    let action = if q.id.is_some() { "history-instance" } else { "history-type" };
+    let pre = (|| {
+        let rtype = parse_type(&q.rtype)?;
+        if let Some(i) = &q.id {
+            parse_id(i)?;
+        }
+        let mut count = 50usize;
+        let mut since = None;
+        let mut before = None;
+        for (k, v) in &q.params {
+            match k.as_str() {
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| ServiceError::invalid("_count", "expected a non-negative integer"))?
+                        .min(MAX_COUNT)
+                }
+                "_since" => {
+                    since = Some(
+                        Timestamp::parse_rfc3339(v).ok_or_else(|| ServiceError::invalid("_since", "expected an instant"))?,
+                    )
+                }
+                "_cursor" => {
+                    before =
+                        Some(v.parse::<i64>().map_err(|_| ServiceError::invalid("_cursor", "malformed paging cursor"))?)
+                }
+                "_format" | "_pretty" => {}
+                other => return Err(ServiceError::invalid(other, format!("unknown history parameter '{other}'"))),
+            }
+        }
+        Ok::<_, ServiceError>((rtype, count, since, before))
+    })();
+    let (rtype, count, since, before) = match pre {
+        Ok(x) => x,
+        Err(e) => return Err(super::reject(svc, actor, action, None, None, e).await),
+    };
+    let (a2, id2) = (actor.clone(), q.id.clone());
+    let r = svc
+        .store
+        .read(move |c| {
+            let (d, patients) = match &id2 {
+                Some(i) => {
+                    let patients = records::history_patients(c, rtype.as_str(), i)?;
+                    (authz::decide_record(c, &a2, Action::History, rtype, &patients, now)?, patients)
+                }
+                None => {
+                    let op = Operation::Record { action: Action::History, target: Target { rtype, scope: PatientScope::Any } };
+                    (authz::decide(&a2, &op, Facts::default()), Vec::new())
+                }
+            };
+            if !d.permit {
+                return Ok((d, patients, None));
+            }
+            let restrict = if id2.is_some() { search::Restriction::None } else { restriction(&d, &a2, now) };
+            let versions =
+                records::history(c, Some(rtype.as_str()), id2.as_deref(), since, before, count + 1, &restrict)?;
+            Ok((d, patients, Some(versions)))
+        })
+        .await?;
+    let (d, decided_on, versions) = r;
+    let what = match &q.id {
+        Some(i) => format!("{rtype}/{i}"),
+        None => rtype.to_string(),
+    };
+    let Some(mut versions) = versions else {
+        let rec = actor.fhir_record(action, 403, Some(rtype.as_str()), q.id.as_deref(), None, decided_on, Some(&d), now);
+        return answer(svc, rec, Err(ServiceError::denied(&format!("access to the history of {what}"), &d))).await;
+    };
+    if q.id.is_some() && versions.is_empty() {
+        let rec = actor.fhir_record(action, 404, Some(rtype.as_str()), q.id.as_deref(), None, vec![], Some(&d), now);
+        return answer(svc, rec, Err(ServiceError::NotFound(format!("{what} does not exist")))).await;
+    }
+    let more = versions.len() > count;
+    versions.truncate(count);
+    let next = if more { versions.last().map(|v| v.seq) } else { None };
+    let patients: Vec<String> = versions.iter().flat_map(|v| v.patients.iter().cloned()).collect();
+    let mut rec = actor.fhir_record(action, 200, Some(rtype.as_str()), q.id.as_deref(), None, patients, Some(&d), now);
+    rec.detail = Some(json!({"count": versions.len()}));
+    svc.audited(rec, HistoryPage { rtype, id: q.id, count, versions, next }).await
+}
+
+/// The single patient a query is about, if it names exactly one.
+fn one_patient(q: &SearchQuery) -> Option<String> {
+    let mut found: Option<String> = None;
+    for Clause { param, any_of } in &q.clauses {
+        let is_patient_param =
+            q.rtype == ResourceType::PATIENT && *param == "_id" || matches!(*param, "patient" | "subject");
+        if !is_patient_param || any_of.len() != 1 {
+            continue;
+        }
+        let id = match any_of.first() {
+            Some(Cond::Id(i)) => Some(i.clone()),
+            Some(Cond::Reference { rtype, id }) if rtype.as_deref().is_none_or(|t| t == "Patient") => Some(id.clone()),
+            _ => None,
+        };
+        if let Some(i) = id {
+            if found.as_ref().is_some_and(|f| *f != i) {
+                return None;
+            }
+            found = Some(i);
+        }
+    }
+    found
+}
+
+/// A search's page, with its canonical query (for links).
+#[derive(Debug, Clone)]
+pub struct SearchResult {
+    /// The parsed query.
+    pub query: SearchQuery,
+    /// The canonical query string.
+    pub query_text: String,
+    /// The page.
+    pub page: Page,
+    /// Matches left out because they also name a patient the actor may
+    /// not see.
+    pub withheld: usize,
+}
+
+/// Drops the entries that name a patient the actor may not read (beyond
+/// the patients already decided on); returns how many were dropped.
+fn withhold(
+    c: &mut dyn Conn,
+    actor: &Actor,
+    entries: &mut Vec<Version>,
+    decided: &[String],
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let before = entries.len();
+    let mut keep = Vec::with_capacity(entries.len());
+    for v in entries.drain(..) {
+        if v.patients.iter().all(|p| decided.contains(p)) {
+            keep.push(v);
+            continue;
+        }
+        let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
+        if authz::decide_record(c, actor, Action::Read, rtype, &v.patients, now)?.permit {
+            keep.push(v);
+        }
+    }
+    *entries = keep;
+    Ok(before - entries.len())
+}
+
+/// A search of one type. A query naming exactly one patient is decided on
+/// that patient; any other search across patients is restricted (to the
+/// actor's own patients, or to reference data) unless an emergency opens
+/// access. Matches that also name another patient are decided on that
+/// patient too.
+pub async fn search(
+    svc: &Services,
+    actor: &Actor,
+    t: &str,
+    pairs: Vec<(String, String)>,
+    lenient: bool,
+) -> Result<Audited<SearchResult>, ServiceError> {
+    let now = svc.now();
+    let pre = (|| {
+        let rtype = parse_type(t)?;
+        let (q, _ignored) = parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))?;
+        Ok::<_, ServiceError>(q)
+    })();
+    let q = match pre {
+        Ok(q) => q,
+        Err(e) => {
+            let mut rec = error_record(actor, "search-type", ResourceType::parse(t).ok().map(|r| r.as_str()), None, &e, now);
+            rec.query = Some(format!("{}?…", t.chars().take(60).collect::<String>()));
+            svc.audit(vec![rec]).await?;
+            return Err(e);
+        }
+    };
+    let query_text: String =
+        q.canonical.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
+    let patient = one_patient(&q);
+    let (a2, q2, p2) = (actor.clone(), q.clone(), patient.clone());
+    let r = svc
+        .store
+        .read(move |c| {
+            let decided: Vec<String> = p2.into_iter().collect();
+            let d = if decided.is_empty() {
+                let op = Operation::Record { action: Action::Search, target: Target { rtype: q2.rtype, scope: PatientScope::Any } };
+                authz::decide(&a2, &op, Facts::default())
+            } else {
+                let op = Operation::Record { action: Action::Search, target: Target { rtype: q2.rtype, scope: PatientScope::One } };
+                authz::decide_patients(c, &a2, &op, &decided, Facts::default(), now)?
+            };
+            if !d.permit {
+                return Ok((d, None));
+            }
+            let mut page = search::search(c, &q2, &restriction(&d, &a2, now))?;
+            let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
+            Ok((d, Some((page, withheld))))
+        })
+        .await?;
+    let (d, found) = r;
+    let Some((page, withheld)) = found else {
+        let mut rec =
+            actor.fhir_record("search-type", 403, Some(q.rtype.as_str()), None, None, patient.into_iter().collect(), Some(&d), now);
+        rec.query = Some(query_text);
+        let e = ServiceError::denied(&format!("access to the {} search", q.rtype), &d);
+        svc.audit(vec![rec]).await?;
+        return Err(e);
+    };
+    let patients: Vec<String> = page.entries.iter().flat_map(|v| v.patients.iter().cloned()).collect();
+    let mut rec = actor.fhir_record("search-type", 200, Some(q.rtype.as_str()), None, None, patients, Some(&d), now);
+    rec.query = Some(query_text.clone());
+    rec.detail = Some(json!({"count": page.entries.len(), "withheld": withheld}));
+    svc.audited(rec, SearchResult { query: q, query_text, page, withheld }).await
+}
+
+/// One page of a patient's whole record.
+#[derive(Debug, Clone)]
+pub struct EverythingPage {
+    /// The patient.
+    pub patient: String,
+    /// The page size.
+    pub count: usize,
+    /// The resources (current, not deleted), by type and id.
+    pub rows: Vec<Version>,
+    /// The cursor of the next page (`type/id`), if there is one.
+    pub next: Option<String>,
+}
+
+/// `GET /fhir/Patient/{id}/$everything`: the patient's compartment,
+/// decided as a read of that patient's clinical records (and of any other
+/// patient a resource in it also names).
+pub async fn everything(
+    svc: &Services,
+    actor: &Actor,
+    id: &str,
+    params: &[(String, String)],
+) -> Result<Audited<EverythingPage>, ServiceError> {
+    let now = svc.now();
+    let pre = (|| {
+        parse_id(id)?;
+        let mut count = 1000usize;
+        let mut after: Option<(String, String)> = None;
+        for (k, v) in params {
+            match k.as_str() {
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| ServiceError::invalid("_count", "expected a non-negative integer"))?
+                        .clamp(1, MAX_COUNT)
+                }
+                "_cursor" => {
+                    let (t, i) =
+                        v.split_once('/').ok_or_else(|| ServiceError::invalid("_cursor", "malformed paging cursor"))?;
+                    after = Some((t.to_owned(), i.to_owned()));
+                }
+                "_format" | "_pretty" => {}
+                other => return Err(ServiceError::invalid(other, format!("unsupported $everything parameter '{other}'"))),
+            }
+        }
+        Ok::<_, ServiceError>((count, after))
+    })();
+    let (count, after) = match pre {
+        Ok(x) => x,
+        Err(e) => return Err(super::reject(svc, actor, "operation", Some("Patient"), None, e).await),
+    };
+    let (a2, id2) = (actor.clone(), id.to_owned());
+    let r = svc
+        .store
+        .read(move |c| {
+            let exists = records::current(c, "Patient", &id2)?;
+            let d = authz::decide_clinical_read(c, &a2, std::slice::from_ref(&id2), now)?;
+            if !d.permit || exists.as_ref().is_none_or(|e| e.deleted) {
+                return Ok((d, exists.is_some(), None));
+            }
+            let a = after.as_ref().map(|(t, i)| (t.as_str(), i.as_str()));
+            let mut rows = records::compartment(c, &id2, a, count + 1)?;
+            let more = rows.len() > count;
+            rows.truncate(count);
+            let next = if more { rows.last().map(|l| format!("{}/{}", l.rtype, l.id)) } else { None };
+            let withheld = withhold(c, &a2, &mut rows, std::slice::from_ref(&id2), now)?;
+            Ok((d, true, Some((rows, next, withheld))))
+        })
+        .await?;
+    let (d, exists, rows) = r;
+    let mut rec = actor.fhir_record("operation", 200, Some("Patient"), Some(id), None, vec![id.to_owned()], Some(&d), now);
+    rec.query = Some("$everything".into());
+    if let Err(e) = permitted(&d, &format!("the record of Patient/{id}")) {
+        rec.status = 403;
+        return answer(svc, rec, Err(e)).await;
+    }
+    let Some((rows, next, withheld)) = rows else {
+        let e = if exists {
+            ServiceError::Gone(format!("Patient/{id} was deleted"))
+        } else {
+            ServiceError::NotFound(format!("Patient/{id} does not exist"))
+        };
+        rec.status = e.status();
+        return answer(svc, rec, Err(e)).await;
+    };
+    let mut patients: Vec<String> = rows.iter().flat_map(|v| v.patients.iter().cloned()).collect();
+    patients.push(id.to_owned());
+    crate::actor::set_patients(&mut rec, patients);
+    rec.detail = Some(json!({"count": rows.len(), "withheld": withheld}));
+    svc.audited(rec, EverythingPage { patient: id.to_owned(), count, rows, next }).await
+}

@@ -1,0 +1,310 @@
+//! Writes: create (incl. conditional), update (with `If-Match`), delete.
+//! Each runs inside one group-commit job: facts, decision, change and
+//! audit event commit together.
+
+use std::collections::HashSet;
+
+use mamori_core::fhir::search::parse_query;
+use mamori_core::ids::ResourceType;
+use mamori_core::policy::{Action, Decision, Facts, Operation, PatientScope, PurposeOfUse, Target};
+use mamori_core::time::Timestamp;
+use mamori_store::records::{self, Written};
+use mamori_store::writer::WriteCtx;
+use mamori_store::{accounts, search};
+use serde_json::{json, Value};
+
+use super::{error_record, parse_pairs, restriction};
+use crate::actor::Actor;
+use crate::audited::Audited;
+use crate::authz;
+use crate::error::ServiceError;
+use crate::services::Services;
+
+/// What a write should do.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create, unless the `If-None-Exist` query matches one resource.
+    Create {
+        /// The conditional-create query.
+        if_none_exist: Option<String>,
+    },
+    /// Update (or create with this id).
+    Update {
+        /// The resource's id.
+        id: String,
+        /// The `If-Match` version.
+        if_match: Option<u64>,
+    },
+    /// Delete.
+    Delete {
+        /// The resource's id.
+        id: String,
+    },
+}
+
+/// The result of one write inside a job.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Written.
+    Done {
+        /// What was stored.
+        written: Written,
+        /// The decision it was made under.
+        decision: Decision,
+    },
+    /// A conditional create found exactly one match: nothing written.
+    Matched {
+        /// Its type.
+        rtype: ResourceType,
+        /// Its id.
+        id: String,
+        /// Its version.
+        version: u64,
+        /// The decision to reveal it.
+        decision: Decision,
+    },
+    /// Delete of something that never existed, or is already deleted.
+    NothingToDelete {
+        /// Whether it ever existed.
+        existed: bool,
+    },
+}
+
+/// The interaction name for the audit log.
+pub fn action_name(op: &WriteOp, step: Option<&Step>) -> &'static str {
+    match (op, step) {
+        (WriteOp::Delete { .. }, _) => "delete",
+        (WriteOp::Create { .. }, _) => "create",
+        (WriteOp::Update { .. }, Some(Step::Done { written, .. })) if written.created => "create",
+        (WriteOp::Update { .. }, _) => "update",
+    }
+}
+
+/// Whether a patient's registration makes the registering person part of
+/// the patient's care: a clinician (the decision's purpose is treatment)
+/// creating a patient id that never existed and has no records.
+fn registers_for_care(d: &Decision) -> bool {
+    matches!(d.purpose, Some(PurposeOfUse::Treat | PurposeOfUse::EmergencyTreat))
+}
+
+/// Performs one write in a job. `pending` names resources this job will
+/// create (bundle entries), for the reference check; with `check_refs`
+/// false the caller checks references itself after all entries. A denial
+/// is an error (the job's savepoint is rolled back).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_step(
+    ctx: &mut WriteCtx<'_>,
+    actor: &Actor,
+    rtype: ResourceType,
+    op: &WriteOp,
+    body: Option<Value>,
+    assigned_id: Option<String>,
+    pending: &HashSet<(String, String)>,
+    check_refs: bool,
+) -> Result<Step, ServiceError> {
+    let now = ctx.now;
+    let author = actor.name().to_owned();
+    let mut body = body;
+    if let (Some(node), Some(b)) = (&actor.node, body.as_mut()) {
+        crate::continuity::standalone::stamp(b, node);
+    }
+    if let WriteOp::Delete { id } | WriteOp::Update { id, .. } = op {
+        if crate::exchange::is_mirror(rtype.as_str(), id) {
+            return Err(ServiceError::forbidden(format!(
+                "{rtype}/{id} mirrors the partner registry and is read-only; change it through /api/v1/partners"
+            )));
+        }
+    }
+    match op {
+        WriteOp::Delete { id } => {
+            let Some(cur) = records::current(ctx.conn, rtype.as_str(), id)? else {
+                return Ok(Step::NothingToDelete { existed: false });
+            };
+            let d = authz::decide_record(ctx.conn, actor, Action::Delete, rtype, &cur.patients, now)?;
+            if !d.permit {
+                return Err(ServiceError::denied(&format!("deleting {rtype}/{id}"), &d));
+            }
+            match records::delete(ctx.conn, rtype, id, &author, now)? {
+                Some(written) => Ok(Step::Done { written, decision: d }),
+                None => Ok(Step::NothingToDelete { existed: true }),
+            }
+        }
+        WriteOp::Create { if_none_exist } => {
+            let body = body.ok_or_else(|| ServiceError::invalid("", "a resource body is required"))?;
+            if let Some(cond) = if_none_exist {
+                if let Some(m) = conditional_match(ctx, actor, rtype, cond)? {
+                    return Ok(m);
+                }
+            }
+            let id = match assigned_id {
+                Some(i) => i,
+                None => accounts::new_id()?,
+            };
+            create_or_update(ctx, actor, rtype, &id, body, None, pending, check_refs, &author)
+        }
+        WriteOp::Update { id, if_match } => {
+            let body = body.ok_or_else(|| ServiceError::invalid("", "a resource body is required"))?;
+            create_or_update(ctx, actor, rtype, id, body, *if_match, pending, check_refs, &author)
+        }
+    }
+}
+
+/// Conditional create: the one resource matching `cond` among those the
+/// actor may find (the search is decided and restricted like any search,
+/// and the match is decided as a read), if any; an error if several match.
+pub(crate) fn conditional_match(
+    ctx: &mut WriteCtx<'_>,
+    actor: &Actor,
+    rtype: ResourceType,
+    cond: &str,
+) -> Result<Option<Step>, ServiceError> {
+    let pairs = parse_pairs(cond).map_err(|_| ServiceError::invalid("If-None-Exist", "malformed query"))?;
+    let (mut q, _) =
+        parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid("If-None-Exist", e.to_string()))?;
+    if q.clauses.is_empty() {
+        return Err(ServiceError::invalid("If-None-Exist", "needs at least one search parameter"));
+    }
+    q.count = 2;
+    let op = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
+    let d = authz::decide(actor, &op, Facts::default());
+    if !d.permit {
+        return Err(ServiceError::denied(&format!("the If-None-Exist search of {rtype}"), &d));
+    }
+    let page = search::search(ctx.conn, &q, &restriction(&d, actor, ctx.now))?;
+    match page.entries.as_slice() {
+        [] => Ok(None),
+        [one] => {
+            let read = authz::decide_record(ctx.conn, actor, Action::Read, rtype, &one.patients, ctx.now)?;
+            if !read.permit {
+                return Err(ServiceError::denied(&format!("the resource If-None-Exist matched ({rtype})"), &read));
+            }
+            Ok(Some(Step::Matched { rtype, id: one.id.clone(), version: one.version, decision: read }))
+        }
+        _ => Err(ServiceError::Precondition("If-None-Exist matched more than one resource".into())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_or_update(
+    ctx: &mut WriteCtx<'_>,
+    actor: &Actor,
+    rtype: ResourceType,
+    id: &str,
+    body: Value,
+    if_match: Option<u64>,
+    pending: &HashSet<(String, String)>,
+    check_refs: bool,
+    author: &str,
+) -> Result<Step, ServiceError> {
+    let now = ctx.now;
+    super::require_patient(rtype, id, &body)?;
+    let prev = records::current(ctx.conn, rtype.as_str(), id)?;
+    let action = if prev.as_ref().is_some_and(|p| !p.deleted) { Action::Update } else { Action::Create };
+    // Every patient of the new version, and of the previous one (its data
+    // is changed too), must be writable.
+    let mut patients = records::compartment_of(ctx.conn, rtype, id, &body)?;
+    for p in prev.iter().flat_map(|p| p.patients.iter()) {
+        if !patients.contains(p) {
+            patients.push(p.clone());
+        }
+    }
+    let d = authz::decide_record(ctx.conn, actor, action, rtype, &patients, now)?;
+    if !d.permit {
+        return Err(ServiceError::denied(&format!("writing {rtype}/{id}"), &d));
+    }
+    if check_refs {
+        let issues = records::check_references(ctx.conn, &body, pending)?;
+        if !issues.is_empty() {
+            return Err(ServiceError::Unprocessable(issues));
+        }
+    }
+    let written = records::put(ctx.conn, rtype, id, body, if_match, author, now)?;
+    // A clinician who registers a genuinely new patient (never existed, no
+    // records under that id) is caring for that patient; a re-created or
+    // tombstoned id is not a new patient.
+    if rtype == ResourceType::PATIENT && written.first && registers_for_care(&d) && !records::has_records(ctx.conn, id)? {
+        accounts::assign_care_unchecked(ctx.conn, id, author, "registered the patient", now)?;
+    }
+    Ok(Step::Done { written, decision: d })
+}
+
+/// Audit record of a finished step.
+pub(crate) fn step_record(
+    actor: &Actor,
+    op: &WriteOp,
+    rtype: ResourceType,
+    step: &Step,
+    status: u16,
+    now: Timestamp,
+) -> mamori_audit::event::AuditRecord {
+    let action = action_name(op, Some(step));
+    match step {
+        Step::Done { written, decision } => {
+            let patients = written.patients.iter().chain(written.previous_patients.iter()).cloned().collect();
+            actor.fhir_record(
+                action,
+                status,
+                Some(rtype.as_str()),
+                Some(&written.id),
+                Some(written.version),
+                patients,
+                Some(decision),
+                now,
+            )
+        }
+        Step::Matched { id, version, decision, .. } => {
+            let mut r =
+                actor.fhir_record(action, status, Some(rtype.as_str()), Some(id), Some(*version), vec![], Some(decision), now);
+            r.detail = Some(json!({"conditional": "matched existing"}));
+            r
+        }
+        Step::NothingToDelete { .. } => actor.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], None, now),
+    }
+}
+
+/// The status a finished step answers with.
+pub fn step_status(step: &Step) -> u16 {
+    match step {
+        Step::Done { written, .. } if written.created => 201,
+        Step::Done { written, .. } if written.deleted => 204,
+        Step::Done { .. } | Step::Matched { .. } => 200,
+        Step::NothingToDelete { existed: false } => 404,
+        Step::NothingToDelete { existed: true } => 204,
+    }
+}
+
+/// Runs a single write (create, update or delete) as one job. The answer
+/// may carry the stored resource, so it is [`Audited`].
+pub async fn write(
+    svc: &Services,
+    actor: &Actor,
+    rtype: ResourceType,
+    op: WriteOp,
+    body: Option<Value>,
+) -> Result<Audited<Step>, ServiceError> {
+    let (a2, op2, a3, op3) = (actor.clone(), op.clone(), actor.clone(), op.clone());
+    let r = svc
+        .store
+        .writer()
+        .run(
+            move |ctx| {
+                let step = write_step(ctx, &a2, rtype, &op2, body, None, &HashSet::new(), true)?;
+                let rec = step_record(&a2, &op2, rtype, &step, step_status(&step), ctx.now);
+                let event = ctx.audit(&rec)?;
+                Ok((step, event))
+            },
+            move |e: &ServiceError, ctx| {
+                let id = match &op3 {
+                    WriteOp::Update { id, .. } | WriteOp::Delete { id } => Some(id.as_str()),
+                    WriteOp::Create { .. } => None,
+                };
+                ctx.audit(&error_record(&a3, action_name(&op3, None), Some(rtype.as_str()), id, e, ctx.now)).map(|_| ())
+            },
+        )
+        .await?;
+    let (step, event) = r;
+    if let Step::NothingToDelete { existed: false } = step {
+        return Err(ServiceError::NotFound("nothing to delete: the resource does not exist".into()));
+    }
+    Ok(Audited::committed(step, event))
+}
