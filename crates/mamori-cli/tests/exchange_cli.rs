@@ -81,7 +81,7 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
     // A physician cannot change the registry.
     let (code, _, err) = cli(&a, &a.doc, &["partner", "suspend", "1310000002", "--reason", "testing roles"]);
     assert_eq!(code, 1);
-    assert!(err.contains("admin"), "{err}");
+    assert!(err.contains("partner registry: denied (role-not-permitted)") && err.contains("403"), "{err}");
 
     // A referral with an attachment.
     let c = client(&a.dir);
@@ -134,9 +134,14 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(delivered, "the referral was delivered");
-    let (code, out, _) = cli(&b, &b.admin, &["exchange", "inbound", "--state", "unmatched"]);
+    // Inbound documents hold patient data: clinical staff read them, the
+    // administrator does not.
+    let (code, out, _) = cli(&b, &b.doc, &["exchange", "inbound", "--state", "unmatched"]);
     assert_eq!(code, 0);
     assert!(out.contains("佐藤"), "{out}");
+    let (code, _, err) = cli(&b, &b.admin, &["exchange", "inbound", "--state", "unmatched"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("denied") && err.contains("403"), "{err}");
     let ledger = a.dir.join("ledger.csv");
     let (code, out, err) = cli(&a, &a.admin, &["exchange", "ledger", "--out", ledger.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");

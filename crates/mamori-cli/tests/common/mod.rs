@@ -25,6 +25,17 @@ pub struct Proc {
     pub admin_password: Option<String>,
 }
 
+/// A test that fails must not leave its server running (it would hold
+/// the test harness's output pipe open, and the port).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `mamori serve` on an ephemeral port; waits until it listens.
 pub fn serve(dir: &Path) -> Proc {
     serve_with(dir, &[])
@@ -118,6 +129,24 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
         .unwrap();
     assert_eq!(r.status(), 200);
     let admin = login(c, base, "admin", PASSWORD);
+    // A clinical role grant waits for a second administrator (separation
+    // of duties): make one, and let it approve dr.k's physician role.
+    let r = c
+        .post(format!("{base}/api/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "admin2", "display": "Second admin", "roles": ["admin"], "password": PASSWORD}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t = login(c, base, "admin2", PASSWORD);
+    let r = c
+        .post(format!("{base}/api/v1/auth/password"))
+        .bearer_auth(&t)
+        .json(&json!({"current": PASSWORD, "new": "Another horse 43!"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let admin2 = login(c, base, "admin2", "Another horse 43!");
     let r = c
         .post(format!("{base}/api/v1/users"))
         .bearer_auth(&admin)
@@ -125,6 +154,14 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
+    let req = r.json::<serde_json::Value>().unwrap()["pending_request"].as_i64().expect("physician grant is pending");
+    let r = c
+        .post(format!("{base}/api/v1/account-requests/{req}/approve"))
+        .bearer_auth(&admin2)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     let t = login(c, base, "dr.k", PASSWORD);
     let r = c
         .post(format!("{base}/api/v1/auth/password"))
