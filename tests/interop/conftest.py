@@ -65,6 +65,11 @@ class Mamori:
     def user(self, admin, name, roles):
         r = self.api("POST", "/api/v1/users", admin, {"name": name, "display": name, "roles": roles})
         assert r.status_code == 201, r.text
+        # A clinical role waits for a second administrator's approval.
+        pending = r.json().get("pending_request")
+        if pending is not None:
+            a = self.api("POST", f"/api/v1/account-requests/{pending}/approve", self.admin2, {})
+            assert a.status_code == 200, a.text
         otp = r.json()["one_time_password"]
         t = self.login(name, otp)
         r = self.api("POST", "/api/v1/auth/password", t, {"current": otp, "new": PASSWORD})
@@ -84,6 +89,7 @@ def _started(m):
     r = m.api("POST", "/api/v1/auth/password", t, {"current": m.admin_otp, "new": PASSWORD})
     assert r.status_code == 200, r.text
     m.admin = m.login("admin", PASSWORD)
+    m.admin2 = m.user(m.admin, "admin2", ["admin"])
     return m
 
 

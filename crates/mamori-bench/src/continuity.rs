@@ -138,9 +138,12 @@ pub async fn run(a: &Args) -> Result<()> {
     let mut file = None;
     for _ in 0..a.runs.max(1) {
         let t = Instant::now();
-        let f = snapshot::create_now(&st, &mamori_service::Actor::local_operator("bench", mamori_service::RequestCtx::background(st.mode.get())))
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let f = snapshot::create_now(
+            &st,
+            &mamori_service::Actor::local_operator("bench", mamori_service::RequestCtx::background(st.mode.get())),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         create_s.push(t.elapsed().as_secs_f64());
         let path = std::path::PathBuf::from(&f.file);
         let t = Instant::now();

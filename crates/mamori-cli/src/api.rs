@@ -23,7 +23,7 @@ pub enum Api {
     /// A running server.
     Remote { client: reqwest::Client, base: String, token: String },
     /// The data directory of a stopped server, opened in process.
-    Local { svc: Services, actor: Actor, _lock: DirLock },
+    Local { svc: Services, actor: Box<Actor>, _lock: DirLock },
 }
 
 /// Where to send commands: `--server URL --token T`, or `--data DIR`.
@@ -65,7 +65,12 @@ impl Http {
     }
     /// `method path` with a JSON body.
     pub fn json(method: Method, path: impl Into<String>, body: &Value) -> Self {
-        Http { method, path: path.into(), body: Some((body.to_string().into_bytes(), "application/json")), if_match: None }
+        Http {
+            method,
+            path: path.into(),
+            body: Some((body.to_string().into_bytes(), "application/json")),
+            if_match: None,
+        }
     }
     /// `POST path` with a JSON body.
     pub fn post(path: impl Into<String>, body: &Value) -> Self {
@@ -110,7 +115,7 @@ impl Api {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let mut actor = Actor::local_operator(&format!("OS user {user}"), RequestCtx::background(svc.mode.get()));
         actor.node = svc.node();
-        Ok(Api::Local { svc, actor, _lock: lock })
+        Ok(Api::Local { svc, actor: Box::new(actor), _lock: lock })
     }
 
     /// Runs a command: its HTTP request on a running server, or its use
@@ -127,7 +132,7 @@ impl Api {
                 let (status, v) = self.send(http).await?;
                 check(status, v)
             }
-            Api::Local { svc, actor, .. } => match local(svc.clone(), actor.clone()).await {
+            Api::Local { svc, actor, .. } => match local(svc.clone(), (**actor).clone()).await {
                 Ok(v) => Ok(serde_json::to_value(v)?),
                 Err(e) => bail!("{} (HTTP {})", e.message(), e.status()),
             },

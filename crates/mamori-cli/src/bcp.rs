@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::Subcommand;
 use mamori_service::{bcp, eaccounts};
 use reqwest::Method;
-use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::api::{de, Api, Http, Target};
@@ -149,7 +149,9 @@ pub async fn run(cmd: BcpCmd) -> Result<()> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let api = Api::connect(&target).await?;
             let http = Http::raw(Method::PUT, "/api/v1/bcp/plan", text.clone().into_bytes(), "application/toml");
-            let v = api.exec(http, |s, a| async move { bcp::put_plan(&s, &a, text).await.map(|v| json!({"version": v})) }).await?;
+            let v = api
+                .exec(http, |s, a| async move { bcp::put_plan(&s, &a, text).await.map(|v| json!({"version": v})) })
+                .await?;
             println!("imported the BCP plan as version {}", v["version"]);
         }
         BcpCmd::Plan(PlanCmd::Show { target }) => {
@@ -240,7 +242,10 @@ pub async fn run(cmd: BcpCmd) -> Result<()> {
         BcpCmd::Alerts { open, target } => {
             let api = Api::connect(&target).await?;
             let http = Http::get(format!("/api/v1/alerts?open={open}"));
-            print(&api.exec(http, |s, a| async move { bcp::alerts(&s, &a, open).await.map(|l| json!({"alerts": l})) }).await?);
+            print(
+                &api.exec(http, |s, a| async move { bcp::alerts(&s, &a, open).await.map(|l| json!({"alerts": l})) })
+                    .await?,
+            );
         }
     }
     Ok(())

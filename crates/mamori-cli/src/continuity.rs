@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use mamori_service::continuity::merge::{self as merge_svc};
-use mamori_service::continuity::{merge, reconcile, registration};
-use reqwest::Method;
 use clap::{Args, Subcommand};
 use mamori_core::time::SystemClock;
+use mamori_service::continuity::merge::{self as merge_svc};
 use mamori_service::continuity::snapshot::{self, KeyMaterial};
 use mamori_service::continuity::standalone;
+use mamori_service::continuity::{merge, reconcile, registration};
+use reqwest::Method;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -152,7 +152,10 @@ pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
         SnapshotCmd::Custodians(CustodiansCmd::List { target }) => {
             let api = Api::connect(&target).await?;
             let http = Http::get("/api/v1/snapshots/custodians");
-            print(&api.exec(http, |s, a| async move { snapshot::custodians(&s, &a).await.map(|k| json!({"keys": k})) }).await?);
+            print(
+                &api.exec(http, |s, a| async move { snapshot::custodians(&s, &a).await.map(|k| json!({"keys": k})) })
+                    .await?,
+            );
         }
         SnapshotCmd::Create { target } => {
             let api = Api::connect(&target).await?;
@@ -403,7 +406,10 @@ pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
         ReconcileCmd::Imports { target } => {
             let api = Api::connect(&target).await?;
             let http = Http::get("/api/v1/reconcile/imports");
-            print(&api.exec(http, |s, a| async move { reconcile::imports(&s, &a).await.map(|i| json!({"imports": i})) }).await?);
+            print(
+                &api.exec(http, |s, a| async move { reconcile::imports(&s, &a).await.map(|i| json!({"imports": i})) })
+                    .await?,
+            );
         }
         ReconcileCmd::Tasks { all, target } => {
             let api = Api::connect(&target).await?;
@@ -554,8 +560,8 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
         PatientCmd::Provisional { target } => {
             let api = Api::connect(&target).await?;
             let http = Http::get("/api/v1/registrations");
-            let v = api
-                .exec(http, |s, a| async move {
+            let v =
+                api.exec(http, |s, a| async move {
                     registration::list(&s, &a, true).await.map(|p| json!({"provisional": p}))
                 })
                 .await?;
@@ -586,7 +592,8 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
                 params.push(json!({"name": "reason", "valueString": r}));
             }
             let body = json!({"resourceType": "Parameters", "parameter": params});
-            let http = Http::raw(Method::POST, "/fhir/Patient/$merge", body.to_string().into_bytes(), "application/fhir+json");
+            let http =
+                Http::raw(Method::POST, "/fhir/Patient/$merge", body.to_string().into_bytes(), "application/fhir+json");
             let v = api.exec(http, |s, a| async move { merge::fhir_merge(&s, &a, Ok(body)).await }).await?;
             for p in v["parameter"].as_array().into_iter().flatten().filter(|p| p["name"] == "outcome") {
                 println!("{}", p["resource"]["issue"][0]["diagnostics"].as_str().unwrap_or(""));
@@ -601,9 +608,16 @@ pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
         }
         PatientCmd::Merges { patient, target } => {
             let api = Api::connect(&target).await?;
-            let q = patient.as_ref().map(|p| format!("?patient={}", mamori_service::records::enc(p))).unwrap_or_default();
+            let q =
+                patient.as_ref().map(|p| format!("?patient={}", mamori_service::records::enc(p))).unwrap_or_default();
             let http = Http::get(format!("/api/v1/merges{q}"));
-            print(&api.exec(http, |s, a| async move { merge_svc::list(&s, &a, patient).await.map(|m| json!({"merges": m})) }).await?);
+            print(
+                &api.exec(
+                    http,
+                    |s, a| async move { merge_svc::list(&s, &a, patient).await.map(|m| json!({"merges": m})) },
+                )
+                .await?,
+            );
         }
     }
     Ok(())

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use clap::Subcommand;
 use mamori_exchange::partner::Status;
 use mamori_service::exchange::{inbound, partners, send};
 use reqwest::Method;
-use base64::Engine as _;
-use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::api::{de, Api, Http, Target};
@@ -210,7 +210,8 @@ pub async fn partner(c: PartnerCmd) -> Result<()> {
                 Some(v) => v,
                 None => {
                     let i2 = id.clone();
-                    let cur = api.exec(Http::get(&path), |s, a| async move { partners::show(&s, &a, &i2).await }).await?;
+                    let cur =
+                        api.exec(Http::get(&path), |s, a| async move { partners::show(&s, &a, &i2).await }).await?;
                     cur["version"].as_i64().unwrap_or(0)
                 }
             };
@@ -386,7 +387,13 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
             let api = Api::connect(&target).await?;
             let q = state.as_ref().map(|s| format!("?state={}", enc(s))).unwrap_or_default();
             let http = Http::get(format!("/api/v1/exchange/inbound{q}"));
-            print(&api.exec(http, |s, a| async move { inbound::list(&s, &a, state).await.map(|i| json!({"inbound": i})) }).await?);
+            print(
+                &api.exec(
+                    http,
+                    |s, a| async move { inbound::list(&s, &a, state).await.map(|i| json!({"inbound": i})) },
+                )
+                .await?,
+            );
         }
         ExchangeCmd::Match { message, patient, target } => {
             let api = Api::connect(&target).await?;
@@ -394,7 +401,9 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
             let http = Http::post(format!("/api/v1/exchange/inbound/{}/match", enc(&message)), &body);
             let v = api
                 .exec(http, |s, a| async move {
-                    inbound::file(&s, &a, &message, de(body)?).await.map(|doc| json!({"document": format!("DocumentReference/{doc}")}))
+                    inbound::file(&s, &a, &message, de(body)?)
+                        .await
+                        .map(|doc| json!({"document": format!("DocumentReference/{doc}")}))
                 })
                 .await?;
             println!("filed as {} in Patient/{patient}", v["document"].as_str().unwrap_or(""));
@@ -402,7 +411,12 @@ pub async fn exchange(c: ExchangeCmd) -> Result<()> {
         ExchangeCmd::Quarantine { target } => {
             let api = Api::connect(&target).await?;
             let http = Http::get("/api/v1/exchange/quarantine");
-            print(&api.exec(http, |s, a| async move { inbound::quarantine_list(&s, &a).await.map(|q| json!({"quarantine": q})) }).await?);
+            print(
+                &api.exec(http, |s, a| async move {
+                    inbound::quarantine_list(&s, &a).await.map(|q| json!({"quarantine": q}))
+                })
+                .await?,
+            );
         }
     }
     Ok(())

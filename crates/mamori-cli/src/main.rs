@@ -17,10 +17,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
-use mamori_service::accounts;
-use reqwest::Method;
 use clap::{Parser, Subcommand};
 use mamori_core::time::SystemClock;
+use mamori_service::accounts;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use api::{de, Api, Http, Target};
@@ -388,7 +388,10 @@ async fn run(cli: Cli) -> Result<()> {
                 let api = Api::connect(&target).await?;
                 let body = json!({"roles": set});
                 let http = Http::json(Method::PATCH, format!("/api/v1/users/{}", q(&name)), &body);
-                print(&api.exec(http, |s, a| async move { accounts::update_user(&s, &a, &name, de(body)?).await }).await?);
+                print(
+                    &api.exec(http, |s, a| async move { accounts::update_user(&s, &a, &name, de(body)?).await })
+                        .await?,
+                );
             }
             UserCmd::Requests { all, target } => {
                 let api = Api::connect(&target).await?;

@@ -6,8 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use mamori_service::maintenance as maint;
 use clap::Subcommand;
+use mamori_service::maintenance as maint;
 use serde_json::{json, Value};
 
 use crate::api::{de, Api, Http, Target};

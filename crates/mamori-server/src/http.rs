@@ -101,8 +101,7 @@ impl FromRequestParts<Services> for Caller {
         // UI's forms are served by its own handlers, so a forged
         // cross-site request carrying the cookie reaches no API.
         let cookie_ok = parts.method == axum::http::Method::GET && parts.uri.path() == "/api/v1/events";
-        let secret =
-            bearer(&parts.headers).or_else(|| if cookie_ok { session_cookie(&parts.headers) } else { None });
+        let secret = bearer(&parts.headers).or_else(|| if cookie_ok { session_cookie(&parts.headers) } else { None });
         let Some(secret) = secret else {
             // No credentials at all is not an attack; it is not audited.
             return Err(reject(ServiceError::Unauthenticated(

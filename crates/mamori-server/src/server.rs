@@ -219,7 +219,17 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         }
         tracing::info!("server stopped");
     });
-    Ok(Running { addr, maint_addr, as2_addr, base_url, state: svc, init: report, stop: Some(stop_tx), task, _lock: lock })
+    Ok(Running {
+        addr,
+        maint_addr,
+        as2_addr,
+        base_url,
+        state: svc,
+        init: report,
+        stop: Some(stop_tx),
+        task,
+        _lock: lock,
+    })
 }
 
 /// Which listener an accept loop serves.
@@ -249,7 +259,7 @@ async fn accept_loop(
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick(), if role == Listener::Main => {
-                if let Err(e) = st.store.writer().checkpoint_if_due().await {
+                if let Err(e) = mamori_service::jobs::checkpoint_if_due(&st).await {
                     tracing::error!(error = %e, "periodic checkpoint failed");
                 }
             }

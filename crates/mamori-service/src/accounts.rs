@@ -12,7 +12,9 @@
 
 use mamori_core::ids::{PatientId, UserId};
 use mamori_core::policy::{Decision, Facts, Obligation, Operation, Role, RoleSet, SubjectKind};
-use mamori_store::accounts::{self, AccountRequest, CareAssignment, NewToken, NewUser, RequestKind, TokenKind, TokenListing, User};
+use mamori_store::accounts::{
+    self, AccountRequest, CareAssignment, NewToken, NewUser, RequestKind, TokenKind, TokenListing, User,
+};
 use mamori_store::writer::WriteCtx;
 use mamori_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -99,7 +101,10 @@ fn parse_roles(roles: &[String]) -> Result<Vec<Role>, ServiceError> {
         out.push(Role::parse(r).ok_or_else(|| {
             ServiceError::invalid(
                 "roles",
-                format!("unknown role '{r}'; known: {}", Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "unknown role '{r}'; known: {}",
+                    Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                ),
             )
         })?);
     }
@@ -157,7 +162,10 @@ async fn read_gate(
 
 async fn user_of(svc: &Services, name: &str) -> Result<User, ServiceError> {
     let n = name.to_owned();
-    svc.store.read(move |c| accounts::get_user(c, &n)).await?.ok_or_else(|| ServiceError::NotFound(format!("user {name}")))
+    svc.store
+        .read(move |c| accounts::get_user(c, &n))
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("user {name}")))
 }
 
 // ---- authentication ---------------------------------------------------------------------
@@ -529,7 +537,8 @@ pub async fn create_user(svc: &Services, actor: &Actor, req: NewAccount) -> Resu
         Err(e) => return Err(svc.refused(actor, ACTION, e).await),
     };
     let approval = d.has(Obligation::SecondAdminApproval);
-    let now_roles: Vec<Role> = if approval { roles.iter().copied().filter(|r| !r.is_clinical()).collect() } else { roles.clone() };
+    let now_roles: Vec<Role> =
+        if approval { roles.iter().copied().filter(|r| !r.is_clinical()).collect() } else { roles.clone() };
     let (pw, generated) = match (kind, req.password) {
         (SubjectKind::Service, _) => (None, false),
         (_, Some(p)) => (Some(p), false),
@@ -610,7 +619,12 @@ pub struct Changed {
 /// Changes an account's roles, status, display name or department. A role
 /// change that adds a clinical role waits for a second admin (nothing of
 /// the role change applies until then).
-pub async fn update_user(svc: &Services, actor: &Actor, name: &str, req: AccountChange) -> Result<Changed, ServiceError> {
+pub async fn update_user(
+    svc: &Services,
+    actor: &Actor,
+    name: &str,
+    req: AccountChange,
+) -> Result<Changed, ServiceError> {
     const ACTION: &str = "user-update";
     let target = match user_of(svc, name).await {
         Ok(u) => u,
@@ -650,11 +664,13 @@ pub async fn update_user(svc: &Services, actor: &Actor, name: &str, req: Account
     let (a2, n2) = (actor.clone(), name.to_owned());
     let (user, pending) = svc
         .change(actor, ACTION, move |w| {
-            let before = accounts::get_user(w.conn, &n2)?.ok_or_else(|| ServiceError::NotFound(format!("user {n2}")))?;
+            let before =
+                accounts::get_user(w.conn, &n2)?.ok_or_else(|| ServiceError::NotFound(format!("user {n2}")))?;
             let mut pending = None;
             if let Some(r) = &roles {
                 if approval {
-                    pending = Some(accounts::insert_request(w.conn, RequestKind::RoleGrant, &n2, r, None, a2.name(), w.now)?);
+                    pending =
+                        Some(accounts::insert_request(w.conn, RequestKind::RoleGrant, &n2, r, None, a2.name(), w.now)?);
                 } else {
                     accounts::set_roles(w.conn, &n2, r)?;
                 }
@@ -718,14 +734,20 @@ pub async fn reset_password(svc: &Services, actor: &Actor, name: &str) -> Result
     if d.has(Obligation::SecondAdminApproval) {
         let id = svc
             .change(actor, ACTION, move |w| {
-                let id = accounts::insert_request(w.conn, RequestKind::PasswordReset, &n2, &[], None, a2.name(), w.now)?;
+                let id =
+                    accounts::insert_request(w.conn, RequestKind::PasswordReset, &n2, &[], None, a2.name(), w.now)?;
                 let mut rec = a2.decided(ACTION, 202, &d, w.now);
                 rec.detail = Some(json!({"user": n2, "pending_request": id}));
                 w.audit(&rec)?;
                 Ok(id)
             })
             .await?;
-        return Ok(Reset { name: name.to_owned(), one_time_password: None, must_change_password: true, pending_request: Some(id) });
+        return Ok(Reset {
+            name: name.to_owned(),
+            one_time_password: None,
+            must_change_password: true,
+            pending_request: Some(id),
+        });
     }
     let pw = accounts::random_password()?;
     let hashed = hash(pw.clone()).await?;
@@ -779,7 +801,9 @@ pub async fn enroll_totp(svc: &Services, actor: &Actor, name: &str) -> Result<To
     let b32 = accounts::base32(&secret);
     let issuer = crate::records::enc(&svc.cfg.institution.name);
     Ok(TotpEnrolled {
-        otpauth_uri: format!("otpauth://totp/{issuer}:{name}?secret={b32}&issuer={issuer}&algorithm=SHA1&digits=6&period=30"),
+        otpauth_uri: format!(
+            "otpauth://totp/{issuer}:{name}?secret={b32}&issuer={issuer}&algorithm=SHA1&digits=6&period=30"
+        ),
         secret: b32,
     })
 }
@@ -791,8 +815,15 @@ pub async fn remove_totp(svc: &Services, actor: &Actor, name: &str) -> Result<()
         Ok(u) => u,
         Err(e) => return Err(svc.refused(actor, ACTION, e).await),
     };
-    let d = gate(svc, actor, ACTION, Operation::UserTotpChange { target: target.kind }, Facts::default(), "removing a second factor")
-        .await?;
+    let d = gate(
+        svc,
+        actor,
+        ACTION,
+        Operation::UserTotpChange { target: target.kind },
+        Facts::default(),
+        "removing a second factor",
+    )
+    .await?;
     let (a2, n2) = (actor.clone(), name.to_owned());
     svc.change(actor, ACTION, move |w| {
         accounts::set_totp(w.conn, &n2, None)?;
@@ -807,8 +838,13 @@ pub async fn remove_totp(svc: &Services, actor: &Actor, name: &str) -> Result<()
 // ---- account changes a second admin approves ---------------------------------------------
 
 /// The account requests, newest first (admins).
-pub async fn list_requests(svc: &Services, actor: &Actor, pending_only: bool) -> Result<Vec<AccountRequest>, ServiceError> {
-    read_gate(svc, actor, "account-request-list", Operation::AccountRequestRead, Facts::default(), "account requests").await?;
+pub async fn list_requests(
+    svc: &Services,
+    actor: &Actor,
+    pending_only: bool,
+) -> Result<Vec<AccountRequest>, ServiceError> {
+    read_gate(svc, actor, "account-request-list", Operation::AccountRequestRead, Facts::default(), "account requests")
+        .await?;
     Ok(svc.store.read(move |c| accounts::requests(c, pending_only, 500)).await?)
 }
 
@@ -826,13 +862,19 @@ pub struct RequestDecided {
 /// Approves or rejects an account request. Never the admin who asked,
 /// never for the approver's own account; the change is decided again
 /// against the account as it is now.
-pub async fn decide_request(svc: &Services, actor: &Actor, id: i64, approve: bool) -> Result<RequestDecided, ServiceError> {
+pub async fn decide_request(
+    svc: &Services,
+    actor: &Actor,
+    id: i64,
+    approve: bool,
+) -> Result<RequestDecided, ServiceError> {
     const ACTION: &str = "account-request-decide";
     let req = match svc.store.read(move |c| accounts::request(c, id)).await? {
         Some(r) => r,
         None => return Err(svc.refused(actor, ACTION, ServiceError::NotFound(format!("account request {id}"))).await),
     };
-    let facts = Facts { own: req.requested_by == actor.name(), target_is_self: req.user == actor.name(), ..Facts::default() };
+    let facts =
+        Facts { own: req.requested_by == actor.name(), target_is_self: req.user == actor.name(), ..Facts::default() };
     let d = gate(svc, actor, ACTION, Operation::AccountRequestDecide, facts, "deciding account requests").await?;
     // The change itself, decided against the account as it is now (the
     // approver's own grant of it is the second person's).
@@ -966,7 +1008,11 @@ pub async fn issue_token(svc: &Services, actor: &Actor, req: TokenRequest) -> Re
 }
 
 /// Tokens: one's own, or (admins) anyone's.
-pub async fn list_tokens(svc: &Services, actor: &Actor, user: Option<String>) -> Result<Vec<TokenListing>, ServiceError> {
+pub async fn list_tokens(
+    svc: &Services,
+    actor: &Actor,
+    user: Option<String>,
+) -> Result<Vec<TokenListing>, ServiceError> {
     let own = user.as_deref().is_none_or(|u| u == actor.name());
     let op = if own { Operation::OwnSession } else { Operation::TokenManage };
     read_gate(svc, actor, "token-list", op, Facts::default(), "listing other users' tokens").await?;
@@ -1063,7 +1109,8 @@ pub async fn assign_care(svc: &Services, actor: &Actor, req: CareRequest) -> Res
         )?;
         let mut rec = a2.decided(ACTION, 201, &d, w.now);
         rec.patients = vec![patient.as_str().to_owned()];
-        rec.detail = Some(json!({"assignment": id, "user": req.user, "department": req.department, "reason": req.reason}));
+        rec.detail =
+            Some(json!({"assignment": id, "user": req.user, "department": req.department, "reason": req.reason}));
         w.audit(&rec)?;
         Ok(id)
     })

@@ -139,7 +139,13 @@ impl Actor {
         ctx: RequestCtx,
     ) -> Actor {
         Actor {
-            user: synthetic(person, "maintenance", SubjectKind::Maintenance, Vec::new(), Some(format!("vendor:{vendor}"))),
+            user: synthetic(
+                person,
+                "maintenance",
+                SubjectKind::Maintenance,
+                Vec::new(),
+                Some(format!("vendor:{vendor}")),
+            ),
             token: None,
             declared: Some(declared),
             ctx,
@@ -166,12 +172,6 @@ impl Actor {
     /// The account's name.
     pub fn name(&self) -> &str {
         self.user.name.as_str()
-    }
-
-    /// Whether the account holds `role` (for presentation only: what a
-    /// screen offers; the decision is always [`mamori_core::policy::authorize`]'s).
-    pub fn holds(&self, role: Role) -> bool {
-        self.user.roles.contains(&role)
     }
 
     /// An audit record of this actor's action.

@@ -124,7 +124,8 @@ pub async fn cosign(st: &Services, text: &str) -> Result<Value, ServiceError> {
     let size = cp.size;
     let stored = st.store.read(move |c| audit_log::checkpoint_at(c, size)).await?;
     let stored = stored.ok_or_else(|| ServiceError::NotFound(format!("no checkpoint at size {size}")))?;
-    let stored_body = SignedNote::parse(&stored).map_err(|e| ServiceError::internal_from("a stored checkpoint", e))?.body;
+    let stored_body =
+        SignedNote::parse(&stored).map_err(|e| ServiceError::internal_from("a stored checkpoint", e))?.body;
     if stored_body != note.body {
         return Err(ServiceError::Conflict(
             "the cosigned checkpoint differs from the one this log signed at that size".into(),
@@ -150,7 +151,13 @@ pub async fn cosign(st: &Services, text: &str) -> Result<Value, ServiceError> {
                 for (name, line, t) in &accepted {
                     audit_log::add_cosignature(w.conn, size, name, line, *t, w.now)?;
                 }
-                let mut rec = RequestCtx::background(mamori_core::mode::Mode::Normal).record("system", "system", "checkpoint-cosigned", 200, w.now);
+                let mut rec = RequestCtx::background(mamori_core::mode::Mode::Normal).record(
+                    "system",
+                    "system",
+                    "checkpoint-cosigned",
+                    200,
+                    w.now,
+                );
                 rec.detail = Some(json!({"size": size, "witnesses": n2}));
                 w.audit(&rec)?;
                 Ok(())
@@ -289,21 +296,25 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
                 eq.patient = Some(p.strip_prefix("Patient/").unwrap_or(&p).to_owned());
             }
             "user" => {
-                eq.agent =
-                    Some(q.user.clone().ok_or_else(|| ServiceError::invalid("user", "the user report needs ?user=NAME"))?)
+                eq.agent = Some(
+                    q.user.clone().ok_or_else(|| ServiceError::invalid("user", "the user report needs ?user=NAME"))?,
+                )
             }
             "denied" => eq.denied = true,
             "daily" => {}
             "search" => {
                 if let Some(p) = q.patient.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
                     let p = p.strip_prefix("Patient/").unwrap_or(p);
-                    mamori_core::ids::PatientId::parse(p).map_err(|e| ServiceError::invalid("patient", e.to_string()))?;
+                    mamori_core::ids::PatientId::parse(p)
+                        .map_err(|e| ServiceError::invalid("patient", e.to_string()))?;
                     eq.patient = Some(p.to_owned());
                 }
                 eq.agent = q.user.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
             }
             other => {
-                return Err(ServiceError::NotFound(format!("no report '{other}' (patient, user, denied, daily, search)")))
+                return Err(ServiceError::NotFound(format!(
+                    "no report '{other}' (patient, user, denied, daily, search)"
+                )))
             }
         }
         if let Some(a) = q.action.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
@@ -395,7 +406,10 @@ fn parse_search(pairs: &[(String, String)]) -> Result<(EventQuery, usize, String
     let mut canonical = Vec::new();
     for (k, v) in pairs {
         let bad = |why: &str| {
-            ServiceError::invalid(k, format!("invalid value '{}' for {k}: {why}", v.chars().take(60).collect::<String>()))
+            ServiceError::invalid(
+                k,
+                format!("invalid value '{}' for {k}: {why}", v.chars().take(60).collect::<String>()),
+            )
         };
         match k.as_str() {
             "patient" | "entity" => q.patient = Some(v.strip_prefix("Patient/").unwrap_or(v).to_owned()),
@@ -474,7 +488,11 @@ pub struct EventPage {
 }
 
 /// `GET /fhir/AuditEvent?…` (auditors); the search is itself audited.
-pub async fn fhir_search(st: &Services, actor: &Actor, pairs: Result<Vec<(String, String)>, ServiceError>) -> Result<Audited<EventPage>, ServiceError> {
+pub async fn fhir_search(
+    st: &Services,
+    actor: &Actor,
+    pairs: Result<Vec<(String, String)>, ServiceError>,
+) -> Result<Audited<EventPage>, ServiceError> {
     let now = st.now();
     let d = authz::decide(actor, &audit_event_op(Action::Search), Facts::default());
     let mut rec = actor.fhir_record("search-type", 200, Some("AuditEvent"), None, None, vec![], Some(&d), now);

@@ -88,7 +88,11 @@ pub fn decide_patients(
     let mut decisions = Vec::with_capacity(patients.len());
     for p in patients {
         let pf = patient_facts(c, actor, p, now)?;
-        decisions.push(decide(actor, op, Facts { care_relationship: pf.care_relationship, break_glass: pf.break_glass, ..base }));
+        decisions.push(decide(
+            actor,
+            op,
+            Facts { care_relationship: pf.care_relationship, break_glass: pf.break_glass, ..base },
+        ));
     }
     policy::combine(decisions).ok_or_else(|| StoreError::Internal("no decision".into()))
 }
@@ -103,7 +107,8 @@ pub fn decide_record(
     patients: &[String],
     now: Timestamp,
 ) -> Result<Decision, StoreError> {
-    let scope = if patients.is_empty() && rtype != ResourceType::PATIENT { PatientScope::None } else { PatientScope::One };
+    let scope =
+        if patients.is_empty() && rtype != ResourceType::PATIENT { PatientScope::None } else { PatientScope::One };
     let op = Operation::Record { action, target: Target { rtype, scope } };
     decide_patients(c, actor, &op, patients, Facts::default(), now)
 }

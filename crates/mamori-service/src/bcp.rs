@@ -26,7 +26,13 @@ use crate::notify::{self, Announcement, Audience};
 use crate::services::Services;
 
 /// Decides with the plan's facts about the actor; audits a refusal.
-async fn gate(svc: &Services, actor: &Actor, action: &str, op: Operation, what: &str) -> Result<Decision, ServiceError> {
+async fn gate(
+    svc: &Services,
+    actor: &Actor,
+    action: &str,
+    op: Operation,
+    what: &str,
+) -> Result<Decision, ServiceError> {
     let a = actor.clone();
     let facts = svc.store.read(move |c| authz::plan_facts(c, &a)).await?;
     match authz::require(actor, &op, facts, what) {
@@ -36,14 +42,26 @@ async fn gate(svc: &Services, actor: &Actor, action: &str, op: Operation, what: 
 }
 
 /// Decides a read, audits it either way.
-async fn read_gate(svc: &Services, actor: &Actor, action: &str, op: Operation, what: &str) -> Result<Decision, ServiceError> {
+async fn read_gate(
+    svc: &Services,
+    actor: &Actor,
+    action: &str,
+    op: Operation,
+    what: &str,
+) -> Result<Decision, ServiceError> {
     let d = gate(svc, actor, action, op, what).await?;
     svc.audit(vec![actor.decided(action, 200, &d, svc.now())]).await?;
     Ok(d)
 }
 
 /// Decides inside a job with the plan's facts.
-fn decide_in(w: &mut WriteCtx<'_>, actor: &Actor, op: Operation, own: bool, what: &str) -> Result<Decision, ServiceError> {
+fn decide_in(
+    w: &mut WriteCtx<'_>,
+    actor: &Actor,
+    op: Operation,
+    own: bool,
+    what: &str,
+) -> Result<Decision, ServiceError> {
     let facts = Facts { own, ..authz::plan_facts(w.conn, actor)? };
     authz::require(actor, &op, facts, what)
 }
@@ -81,7 +99,9 @@ pub async fn put_plan(svc: &Services, actor: &Actor, text: String) -> Result<i64
         Ok(p) => p,
         Err(errs) => {
             let e = ServiceError::Invalid(
-                errs.into_iter().map(|e| mamori_core::fhir::validate::Issue { path: e.path, message: e.message }).collect(),
+                errs.into_iter()
+                    .map(|e| mamori_core::fhir::validate::Issue { path: e.path, message: e.message })
+                    .collect(),
             );
             return Err(svc.refused(actor, ACTION, e).await);
         }
@@ -94,7 +114,8 @@ pub async fn put_plan(svc: &Services, actor: &Actor, text: String) -> Result<i64
             let d = decide_in(w, &a2, Operation::BcpPlanChange { deciders_changed }, false, "importing the BCP plan")?;
             let v = emergency::import_plan(w.conn, &text, a2.name(), w.now)?;
             let mut rec = a2.decided(ACTION, 200, &d, w.now);
-            rec.detail = Some(json!({"version": v, "criteria": plan.criteria.len(), "deciders_changed": deciders_changed}));
+            rec.detail =
+                Some(json!({"version": v, "criteria": plan.criteria.len(), "deciders_changed": deciders_changed}));
             w.audit(&rec)?;
             // The rules of the current phase may have changed.
             let mode = emergency::current_mode(w.conn)?;
@@ -271,13 +292,16 @@ pub async fn confirm(svc: &Services, actor: &Actor, id: i64) -> Result<Value, Se
     let (a2, st2) = (actor.clone(), svc.clone());
     let out = svc
         .change(actor, ACTION, move |w| {
-            let d = emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
-            let dec = decide_in(w, &a2, Operation::BcpConfirm, d.declared_by == a2.name(), "confirming this declaration")?;
+            let d = emergency::declaration(w.conn, id)?
+                .ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
+            let dec =
+                decide_in(w, &a2, Operation::BcpConfirm, d.declared_by == a2.name(), "confirming this declaration")?;
             let (_, plan) = emergency::current_plan(w.conn)?;
             let to = d.state.apply(&BcpEvent::Confirm).map_err(|e| ServiceError::Precondition(e.to_string()))?;
             emergency::set_confirmed(w.conn, id, a2.name())?;
             emergency::record_transition(w.conn, id, d.state.as_str(), to, a2.name(), w.now, Some("confirmed"), None)?;
-            let mut decl = emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::internal("declaration vanished"))?;
+            let mut decl =
+                emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::internal("declaration vanished"))?;
             let mut rec = a2.decided(ACTION, 200, &dec, w.now);
             rec.detail = Some(json!({"declaration": id}));
             w.audit(&rec)?;
@@ -405,7 +429,8 @@ fn end_emergency_powers(
             ended.push(g.id);
         }
     }
-    let mut rec = RequestCtx::background(st.mode.get()).record("system", "system", "emergency-powers-ended", 200, w.now);
+    let mut rec =
+        RequestCtx::background(st.mode.get()).record("system", "system", "emergency-powers-ended", 200, w.now);
     rec.detail = Some(
         json!({"declaration": decl.id, "retired_accounts": retired, "replacements": replacements, "ended_grants": ended}),
     );
@@ -481,9 +506,14 @@ fn after_action_report(c: &mut dyn mamori_store::sql::Conn, id: i64) -> mamori_s
             "SELECT leaf FROM audit_events WHERE time >= $1 AND time <= $2 AND status = 403",
             mamori_store::p![decl.declared_at.micros(), end.micros()],
             &mut |r| {
-                let marked = r.first().and_then(mamori_store::sql::CellRef::bytes).and_then(|l| AuditRecord::from_leaf(l).ok()).is_some_and(|rec| {
-                    rec.detail.as_ref().and_then(|d| d.get("drill")).and_then(Value::as_str) == Some("would-permit-in-emergency")
-                });
+                let marked = r
+                    .first()
+                    .and_then(mamori_store::sql::CellRef::bytes)
+                    .and_then(|l| AuditRecord::from_leaf(l).ok())
+                    .is_some_and(|rec| {
+                        rec.detail.as_ref().and_then(|d| d.get("drill")).and_then(Value::as_str)
+                            == Some("would-permit-in-emergency")
+                    });
                 if marked {
                     n += 1;
                 }
@@ -559,7 +589,14 @@ pub struct Tick {
 }
 
 /// Ticks a checklist item of the current or a past phase (the BCP team).
-pub async fn tick(svc: &Services, actor: &Actor, id: i64, phase: &str, item: &str, req: Tick) -> Result<bool, ServiceError> {
+pub async fn tick(
+    svc: &Services,
+    actor: &Actor,
+    id: i64,
+    phase: &str,
+    item: &str,
+    req: Tick,
+) -> Result<bool, ServiceError> {
     const ACTION: &str = "bcp-checklist";
     let (a2, phase, item) = (actor.clone(), phase.to_owned(), item.to_owned());
     svc.change(actor, ACTION, move |w| {
@@ -567,7 +604,8 @@ pub async fn tick(svc: &Services, actor: &Actor, id: i64, phase: &str, item: &st
         let (_, plan) = emergency::current_plan(w.conn)?;
         let p = Phase::parse(&phase)
             .ok_or_else(|| ServiceError::invalid("phase", "activation, resumption, recovery or full_recovery"))?;
-        let d = emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
+        let d =
+            emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
         let reached = match d.state {
             DeclState::Active(cur) => p <= cur,
             _ => false,
@@ -607,7 +645,8 @@ pub async fn get_review(svc: &Services, actor: &Actor, id: i64) -> Result<Value,
                     (write_review(svc, id).await?, None, None, None)
                 }
                 _ => {
-                    let e = ServiceError::NotFound(format!("no review for declaration {id}: it opens at return to normal"));
+                    let e =
+                        ServiceError::NotFound(format!("no review for declaration {id}: it opens at return to normal"));
                     return Err(svc.refused(actor, ACTION, e).await);
                 }
             }
@@ -637,7 +676,13 @@ pub async fn put_review(svc: &Services, actor: &Actor, id: i64, req: Lessons) ->
     const ACTION: &str = "bcp-review";
     let d = gate(svc, actor, ACTION, Operation::BcpReviewWrite, "completing the BCP review").await?;
     if req.lessons.trim().chars().count() < 10 {
-        return Err(svc.refused(actor, ACTION, ServiceError::invalid("lessons", "write the lessons learned (at least 10 characters)")).await);
+        return Err(svc
+            .refused(
+                actor,
+                ACTION,
+                ServiceError::invalid("lessons", "write the lessons learned (at least 10 characters)"),
+            )
+            .await);
     }
     if svc.store.read(move |c| emergency::review(c, id)).await?.is_none() {
         // A review opens at return to normal; make its report first if needed.
@@ -841,7 +886,13 @@ pub struct Reported {
 
 /// Records that the report was made to `recipient` (mhlw, police,
 /// patients) (the BCP team).
-pub async fn reported(svc: &Services, actor: &Actor, id: i64, recipient: &str, req: Reported) -> Result<(), ServiceError> {
+pub async fn reported(
+    svc: &Services,
+    actor: &Actor,
+    id: i64,
+    recipient: &str,
+    req: Reported,
+) -> Result<(), ServiceError> {
     const ACTION: &str = "incident-reported";
     let d = gate(svc, actor, ACTION, Operation::IncidentReportRecord, "recording reports").await?;
     if !matches!(recipient, "mhlw" | "police" | "patients") {
@@ -849,7 +900,8 @@ pub async fn reported(svc: &Services, actor: &Actor, id: i64, recipient: &str, r
     }
     let (a2, recipient) = (actor.clone(), recipient.to_owned());
     svc.change(actor, ACTION, move |w| {
-        let decl = emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
+        let decl =
+            emergency::declaration(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("declaration {id}")))?;
         if decl.cause != Cause::CyberAttack {
             return Err(ServiceError::invalid("declaration", "only cyber-attack declarations have authority reports"));
         }
@@ -875,7 +927,9 @@ pub async fn alerts(svc: &Services, actor: &Actor, open: bool) -> Result<Vec<Val
         .map(|a| {
             let mut v = json!(a);
             // Offer the plan's matching criteria with a possible emergency.
-            if let Some(cause) = a.detail.as_ref().and_then(|d| d.get("cause")).and_then(Value::as_str).and_then(Cause::parse) {
+            if let Some(cause) =
+                a.detail.as_ref().and_then(|d| d.get("cause")).and_then(Value::as_str).and_then(Cause::parse)
+            {
                 v["matching_criteria"] = json!(plan
                     .criteria_for(cause)
                     .iter()

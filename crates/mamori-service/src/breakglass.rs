@@ -158,7 +158,9 @@ pub async fn list(svc: &Services, actor: &Actor, review: Option<String>) -> Resu
     const ACTION: &str = "break-glass-list";
     if let Some(r) = &review {
         if !matches!(r.as_str(), "pending" | "accepted" | "questioned") {
-            return Err(svc.refused(actor, ACTION, ServiceError::invalid("review", "pending, accepted or questioned")).await);
+            return Err(svc
+                .refused(actor, ACTION, ServiceError::invalid("review", "pending, accepted or questioned"))
+                .await);
         }
     }
     let all = authz::decide(actor, &Operation::BreakGlassReadAll, Facts::default());
@@ -180,7 +182,9 @@ pub async fn show(svc: &Services, actor: &Actor, id: i64) -> Result<GrantView, S
     const ACTION: &str = "break-glass-read";
     let g = match svc.store.read(move |c| emergency::grant(c, id)).await? {
         Some(g) => g,
-        None => return Err(svc.refused(actor, ACTION, ServiceError::NotFound(format!("break-glass grant {id}"))).await),
+        None => {
+            return Err(svc.refused(actor, ACTION, ServiceError::NotFound(format!("break-glass grant {id}"))).await)
+        }
     };
     let facts = Facts { own: g.user == actor.name(), ..Facts::default() };
     let d = match authz::require(actor, &Operation::BreakGlassRead, facts, "the grant") {
@@ -208,7 +212,8 @@ pub async fn review(svc: &Services, actor: &Actor, id: i64, req: Review) -> Resu
     const ACTION: &str = "break-glass-review";
     let a2 = actor.clone();
     svc.change(actor, ACTION, move |w| {
-        let g = emergency::grant(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("break-glass grant {id}")))?;
+        let g =
+            emergency::grant(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("break-glass grant {id}")))?;
         let facts = Facts { own: g.user == a2.name(), ..Facts::default() };
         let d = authz::require(&a2, &Operation::BreakGlassReview, facts, "reviewing this break-glass use")?;
         if req.note.trim().chars().count() < 5 {
@@ -232,7 +237,8 @@ pub async fn end(svc: &Services, actor: &Actor, id: i64) -> Result<(), ServiceEr
     let (a2, s2) = (actor.clone(), svc.clone());
     let out = svc
         .change(actor, ACTION, move |w| {
-            let g = emergency::grant(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("break-glass grant {id}")))?;
+            let g = emergency::grant(w.conn, id)?
+                .ok_or_else(|| ServiceError::NotFound(format!("break-glass grant {id}")))?;
             let facts = Facts { own: g.user == a2.name(), ..Facts::default() };
             authz::require(&a2, &Operation::BreakGlassEnd, facts, "ending this grant")?;
             if !g.live(w.now) {

@@ -126,7 +126,13 @@ pub fn retire_and_replace(w: &mut WriteCtx<'_>, acc: &EmergencyAccount, why: &st
     let roles: Vec<Role> = acc.roles.iter().filter_map(|r| Role::parse(r)).collect();
     let new = create_account(w, &roles, acc.drill, "system")?;
     emergency::set_replaced_by(w.conn, &acc.user, &new)?;
-    let mut rec = RequestCtx::background(mamori_core::mode::Mode::Normal).record("system", "system", "emergency-account-retired", 200, w.now);
+    let mut rec = RequestCtx::background(mamori_core::mode::Mode::Normal).record(
+        "system",
+        "system",
+        "emergency-account-retired",
+        200,
+        w.now,
+    );
     rec.detail = Some(json!({"account": acc.user, "replacement": new, "why": why, "declared_person": acc.declared}));
     w.audit(&rec)?;
     Ok(new)
@@ -167,7 +173,12 @@ pub struct Provisioned {
 pub async fn provision(svc: &Services, actor: &Actor, req: Provision) -> Result<Provisioned, ServiceError> {
     const ACTION: &str = "emergency-account-provision";
     let pre = (|| {
-        let d = authz::require(actor, &Operation::EmergencyAccountManage, Facts::default(), "provisioning emergency accounts")?;
+        let d = authz::require(
+            actor,
+            &Operation::EmergencyAccountManage,
+            Facts::default(),
+            "provisioning emergency accounts",
+        )?;
         if req.count == 0 || req.count > 50 {
             return Err(ServiceError::invalid("count", "between 1 and 50"));
         }
@@ -244,7 +255,9 @@ pub async fn envelope(svc: &Services, actor: &Actor, name: &str) -> Result<Envel
             let acc = emergency::emergency_account(w.conn, &n2)?
                 .ok_or_else(|| ServiceError::NotFound(format!("emergency account {n2}")))?;
             acc.state.apply(AccountEvent::EnvelopePrinted).map_err(|e| {
-                ServiceError::Precondition(format!("{e}: the envelope of {n2} was already printed; to re-issue, retire it"))
+                ServiceError::Precondition(format!(
+                    "{e}: the envelope of {n2} was already printed; to re-issue, retire it"
+                ))
             })?;
             accounts::set_password(w.conn, &n2, &hash, false)?;
             emergency::set_account_state(w.conn, &n2, AccountState::Sealed, w.now, None)?;
@@ -301,7 +314,11 @@ pub struct EmergencySession {
 /// (a drill account during a drill), with the person's real name; any
 /// other attempt is refused and, for a sealed or retired account,
 /// announced to everyone.
-pub async fn emergency_login(svc: &Services, ctx: RequestCtx, req: EmergencyLogin) -> Result<EmergencySession, ServiceError> {
+pub async fn emergency_login(
+    svc: &Services,
+    ctx: RequestCtx,
+    req: EmergencyLogin,
+) -> Result<EmergencySession, ServiceError> {
     let st = svc;
     let mode = st.mode.get();
     let now = st.now();
@@ -343,7 +360,8 @@ pub async fn emergency_login(svc: &Services, ctx: RequestCtx, req: EmergencyLogi
                     if acc.drill {
                         "this is a drill account; no drill is running".into()
                     } else {
-                        "a drill is running: real emergency accounts stay sealed. This attempt has been announced.".into()
+                        "a drill is running: real emergency accounts stay sealed. This attempt has been announced."
+                            .into()
                     },
                 ))
             } else if req.real_name.trim().chars().count() < 2 || req.affiliation.trim().chars().count() < 2 {
@@ -439,7 +457,10 @@ pub async fn emergency_login(svc: &Services, ctx: RequestCtx, req: EmergencyLogi
                     if first { "emergency-account-unsealed" } else { "emergency-account-login" },
                     acc.drill,
                     "warning",
-                    &format!("非常用アカウント {} が使用されています：{d2} / Emergency account {} in use by {d2}", acc.user, acc.user),
+                    &format!(
+                        "非常用アカウント {} が使用されています：{d2} / Emergency account {} in use by {d2}",
+                        acc.user, acc.user
+                    ),
                     json!({"account": acc.user, "declared": d2, "first_use": first}),
                     Audience::Everyone,
                 )?;

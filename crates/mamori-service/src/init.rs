@@ -244,7 +244,8 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
                     },
                     w.now,
                 )?;
-                let mut rec = RequestCtx::background(Mode::Normal).record("system", "system", "system-init", 200, w.now);
+                let mut rec =
+                    RequestCtx::background(Mode::Normal).record("system", "system", "system-init", 200, w.now);
                 rec.detail = Some(json!({"audit_vkey": vk2, "admin": "created with a one-time password"}));
                 w.audit(&rec)?;
                 w.checkpoint("init")?;

@@ -74,6 +74,13 @@ pub struct Health {
     pub leader: bool,
 }
 
+/// Signs a checkpoint of the audit log if one is due (the main listener
+/// ticks this every second; the writer decides whether it is time).
+pub async fn checkpoint_if_due(svc: &Services) -> Result<(), crate::ServiceError> {
+    svc.store.writer().checkpoint_if_due().await?;
+    Ok(())
+}
+
 /// The health check: the store answers.
 pub async fn health(svc: &Services) -> Result<Health, crate::ServiceError> {
     let n = svc.store.read(|c| mamori_store::audit_log::size(c)).await?;
@@ -81,7 +88,13 @@ pub async fn health(svc: &Services) -> Result<Health, crate::ServiceError> {
         mamori_store::sql::Backend::Sqlite => "sqlite",
         mamori_store::sql::Backend::Postgres => "postgres",
     };
-    Ok(Health { status: "ok", mode: svc.mode.get().header_value(), audit_tree_size: n, backend, leader: svc.is_leader() })
+    Ok(Health {
+        status: "ok",
+        mode: svc.mode.get().header_value(),
+        audit_tree_size: n,
+        backend,
+        leader: svc.is_leader(),
+    })
 }
 
 /// The Prometheus text of `GET /metrics`.

@@ -40,7 +40,14 @@ fn fp(certs: &PeerCerts) -> Option<String> {
     certs.0.first().map(|d| crate::exchange::fingerprint(d))
 }
 
-fn system_rec(st: &Services, addr: Option<IpAddr>, who: &str, action: &str, status: u16, now: Timestamp) -> AuditRecord {
+fn system_rec(
+    st: &Services,
+    addr: Option<IpAddr>,
+    who: &str,
+    action: &str,
+    status: u16,
+    now: Timestamp,
+) -> AuditRecord {
     let mut r = RequestCtx { addr: addr.map(|a| a.to_string()), request_id: None, mode: st.mode.get() }.record(
         who,
         "maintenance",
@@ -167,15 +174,33 @@ pub async fn login(st: &Services, certs: &PeerCerts, a: Option<IpAddr>, req: Log
     let Some(step) =
         accounts::totp_check(&p.totp_secret, &req.totp, now).filter(|s| p.totp_last_step.is_none_or(|l| *s > l))
     else {
-        return Err(refused(st, a, &p.id, "wrong or reused second factor (TOTP)", 401, json!({"request": req.request})).await);
+        return Err(refused(
+            st,
+            a,
+            &p.id,
+            "wrong or reused second factor (TOTP)",
+            401,
+            json!({"request": req.request}),
+        )
+        .await);
     };
     let rid = req.request;
     let r = st.store.read(move |c| ms::request(c, rid)).await.map_err(unavailable)?;
     let Some(r) = r.filter(|r| r.person == p.id) else {
-        return Err(refused(st, a, &p.id, "no such maintenance request for this person", 403, json!({"request": rid})).await);
+        return Err(
+            refused(st, a, &p.id, "no such maintenance request for this person", 403, json!({"request": rid})).await
+        );
     };
     if r.state != "approved" {
-        return Err(refused(st, a, &p.id, &format!("the request is {}, not approved", r.state), 403, json!({"request": rid})).await);
+        return Err(refused(
+            st,
+            a,
+            &p.id,
+            &format!("the request is {}, not approved", r.state),
+            403,
+            json!({"request": rid}),
+        )
+        .await);
     }
     if !in_window(r.start, r.end, now) {
         return Err(refused(
@@ -210,7 +235,9 @@ pub async fn login(st: &Services, certs: &PeerCerts, a: Option<IpAddr>, req: Log
                 ms::touch(w.conn, &p2.id, Some(step), w.now)?;
                 let mut rec = system_rec(&st2, a, &p2.id, "maintenance-login", 200, w.now);
                 rec.agent.declared = Some(format!("maintenance request #{rid} ({})", p2.vendor));
-                rec.detail = Some(json!({"request": rid, "window_end": sess.expires.to_rfc3339(), "certificate": sess.cert_sha256}));
+                rec.detail = Some(
+                    json!({"request": rid, "window_end": sess.expires.to_rfc3339(), "certificate": sess.cert_sha256}),
+                );
                 w.audit(&rec).map(|_| ())
             },
             |_, _| Ok(()),
@@ -311,7 +338,12 @@ async fn create_request(
 }
 
 /// A maintenance person asks for a window over the maintenance listener.
-pub async fn vendor_request(st: &Services, certs: &PeerCerts, a: Option<IpAddr>, req: NewRequest) -> Result<Value, Refused> {
+pub async fn vendor_request(
+    st: &Services,
+    certs: &PeerCerts,
+    a: Option<IpAddr>,
+    req: NewRequest,
+) -> Result<Value, Refused> {
     let p = identify(st, certs, a).await?;
     let now = st.now();
     let Some(step) = req
@@ -354,7 +386,15 @@ pub async fn authenticate(
     ctx: RequestCtx,
 ) -> Result<MaintenanceCall, Refused> {
     let Some(token) = token else {
-        return Err(refused(st, a, "anonymous", "log in first: POST /api/v1/maintenance/login", 401, json!({"path": path})).await);
+        return Err(refused(
+            st,
+            a,
+            "anonymous",
+            "log in first: POST /api/v1/maintenance/login",
+            401,
+            json!({"path": path}),
+        )
+        .await);
     };
     let hash = accounts::token_hash(&token);
     let h2 = hash.clone();
@@ -364,7 +404,9 @@ pub async fn authenticate(
     };
     let p = identify(st, certs, a).await?;
     if p.id != sess.person || fp(certs).as_deref() != Some(sess.cert_sha256.as_str()) {
-        return Err(refused(st, a, &p.id, "the session belongs to another certificate", 403, json!({"path": path})).await);
+        return Err(
+            refused(st, a, &p.id, "the session belongs to another certificate", 403, json!({"path": path})).await
+        );
     }
     let now = st.now();
     let rid = sess.request;
@@ -422,7 +464,15 @@ pub async fn authenticate(
                 s.as_str(),
                 scopes.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
             );
-            return Err(refused(st, a, &p.id, &why, 403, json!({"request": rid, "path": path, "method": method, "basis": d.basis.as_str()})).await);
+            return Err(refused(
+                st,
+                a,
+                &p.id,
+                &why,
+                403,
+                json!({"request": rid, "path": path, "method": method, "basis": d.basis.as_str()}),
+            )
+            .await);
         }
     }
     Ok(MaintenanceCall { actor, request: rid, person: p.id, scope })
@@ -451,9 +501,12 @@ pub async fn record_call(st: &Services, call: &MaintenanceCall, method: &str, pa
 /// The current session's window.
 pub async fn session_info(st: &Services, call: &MaintenanceCall) -> Result<Value, ServiceError> {
     let rid = call.request;
-    let r = st.store.read(move |c| ms::request(c, rid)).await?.ok_or_else(|| ServiceError::NotFound("request".into()))?;
-    Ok(json!({"person": call.person, "request": rid, "scopes": call.actor.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-              "window": {"start": r.start.to_rfc3339(), "end": r.end.to_rfc3339()}, "reason": r.reason}))
+    let r =
+        st.store.read(move |c| ms::request(c, rid)).await?.ok_or_else(|| ServiceError::NotFound("request".into()))?;
+    Ok(
+        json!({"person": call.person, "request": rid, "scopes": call.actor.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+              "window": {"start": r.start.to_rfc3339(), "end": r.end.to_rfc3339()}, "reason": r.reason}),
+    )
 }
 
 /// Ends the session of `token`.
@@ -552,7 +605,8 @@ pub async fn op_db_check(st: &Services, actor: &Actor) -> Result<Value, ServiceE
                 // PostgreSQL checks its pages itself (data checksums,
                 // amcheck for the DBA): here, that every table answers.
                 mamori_store::sql::Backend::Postgres => {
-                    for t in ["resources", "resource_versions", "audit_events", "merkle_nodes", "checkpoints", "users"] {
+                    for t in ["resources", "resource_versions", "audit_events", "merkle_nodes", "checkpoints", "users"]
+                    {
                         c.query_one(&format!("SELECT COUNT(*) FROM {t}"), mamori_store::p![])?;
                     }
                     Ok(vec!["ok".to_owned()])
@@ -590,7 +644,14 @@ pub async fn op_restart(st: &Services, actor: &Actor) -> Result<Value, ServiceEr
 
 // ---- the hospital side (main listener) ---------------------------------------------------
 
-async fn gate(st: &Services, actor: &Actor, action: &str, op: Operation, facts: Facts, what: &str) -> Result<Decision, ServiceError> {
+async fn gate(
+    st: &Services,
+    actor: &Actor,
+    action: &str,
+    op: Operation,
+    facts: Facts,
+    what: &str,
+) -> Result<Decision, ServiceError> {
     match authz::require(actor, &op, facts, what) {
         Ok(d) => Ok(d),
         Err(e) => Err(st.refused(actor, action, e).await),
@@ -605,7 +666,8 @@ async fn read_gate(st: &Services, actor: &Actor, action: &str) -> Result<Decisio
 }
 
 fn valid_id(s: &str) -> bool {
-    (2..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    (2..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// A vendor to register.
@@ -625,7 +687,8 @@ pub async fn add_vendor(st: &Services, actor: &Actor, req: NewVendor) -> Result<
     const A: &str = "maintenance-vendor-add";
     let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     if !valid_id(&req.id) || req.name.trim().is_empty() || req.contact.trim().is_empty() {
-        let e = ServiceError::invalid("id", "id: 2-64 lowercase letters, digits, '.', '_', '-'; name and contact required");
+        let e =
+            ServiceError::invalid("id", "id: 2-64 lowercase letters, digits, '.', '_', '-'; name and contact required");
         return Err(st.refused(actor, A, e).await);
     }
     let a2 = actor.clone();
@@ -671,7 +734,8 @@ pub struct NewPerson {
 fn issue(st: &Services, person: &str, vendor: &str) -> Result<(String, String, String, String, i64), ServiceError> {
     let dd = DataDir(st.data_dir.clone());
     let ca = std::fs::read(dd.0.join(CA_CERT)).map_err(|e| ServiceError::internal_from("the maintenance CA", e))?;
-    let key = keys::read_secret(&dd.0.join(CA_KEY)).map_err(|e| ServiceError::internal_from("the maintenance CA key", e))?;
+    let key =
+        keys::read_secret(&dd.0.join(CA_KEY)).map_err(|e| ServiceError::internal_from("the maintenance CA key", e))?;
     let (c, k, sha, serial, na) = keys::client_cert(&ca, &key, person, vendor, st.cfg.maintenance.cert_days)
         .map_err(|e| ServiceError::internal_from("issuing a client certificate", e))?;
     Ok((c, k.to_string(), sha, serial, na))
@@ -682,8 +746,15 @@ fn issue(st: &Services, person: &str, vendor: &str) -> Result<(String, String, S
 pub async fn add_person(st: &Services, actor: &Actor, req: NewPerson) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-person-add";
     let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
-    if !valid_id(&req.id) || req.display.trim().is_empty() || req.sources.is_empty() || req.sources.iter().any(|c| !valid_cidr(c)) {
-        let e = ServiceError::invalid("", "id (lowercase), display, and sources as CIDR blocks (e.g. 203.0.113.0/28) are required");
+    if !valid_id(&req.id)
+        || req.display.trim().is_empty()
+        || req.sources.is_empty()
+        || req.sources.iter().any(|c| !valid_cidr(c))
+    {
+        let e = ServiceError::invalid(
+            "",
+            "id (lowercase), display, and sources as CIDR blocks (e.g. 203.0.113.0/28) are required",
+        );
         return Err(st.refused(actor, A, e).await);
     }
     let (cert, key, sha, serial, na) = issue(st, &req.id, &req.vendor)?;
@@ -774,7 +845,9 @@ pub async fn reissue(st: &Services, actor: &Actor, id: &str) -> Result<Value, Se
     let i2 = id.to_owned();
     let p = match st.store.read(move |c| ms::person(c, &i2)).await?.filter(|p| p.state == "active") {
         Some(p) => p,
-        None => return Err(st.refused(actor, A, ServiceError::NotFound(format!("active maintenance person {id}"))).await),
+        None => {
+            return Err(st.refused(actor, A, ServiceError::NotFound(format!("active maintenance person {id}"))).await)
+        }
     };
     let (cert, key, sha, serial, na) = issue(st, &p.id, &p.vendor)?;
     let (a2, sha2) = (actor.clone(), sha.clone());
@@ -789,13 +862,16 @@ pub async fn reissue(st: &Services, actor: &Actor, id: &str) -> Result<Value, Se
         Ok(())
     })
     .await?;
-    Ok(json!({"certificate": cert, "private_key": key, "certificate_sha256": sha, "not_after": Timestamp::from_secs(na).to_rfc3339()}))
+    Ok(
+        json!({"certificate": cert, "private_key": key, "certificate_sha256": sha, "not_after": Timestamp::from_secs(na).to_rfc3339()}),
+    )
 }
 
 /// Staff ask for a window on a vendor's behalf (admins, BCP deciders).
 pub async fn staff_request(st: &Services, actor: &Actor, req: NewRequest) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-request";
-    let d = gate(st, actor, A, Operation::MaintenanceRequest, Facts::default(), "asking for maintenance windows").await?;
+    let d =
+        gate(st, actor, A, Operation::MaintenanceRequest, Facts::default(), "asking for maintenance windows").await?;
     let Some(person) = req.person.clone() else {
         return Err(st.refused(actor, A, ServiceError::invalid("person", "required")).await);
     };
@@ -819,7 +895,12 @@ fn summary_patients(r: &ms::Request) -> Vec<String> {
 
 /// Windows by state and review (admins, auditors, BCP deciders); audited
 /// with the patients the windows' summaries name.
-pub async fn list_requests(st: &Services, actor: &Actor, state: Option<String>, review: Option<String>) -> Result<Value, ServiceError> {
+pub async fn list_requests(
+    st: &Services,
+    actor: &Actor,
+    state: Option<String>,
+    review: Option<String>,
+) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-request-list";
     let d = gate(st, actor, A, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
     let now = st.now();
@@ -896,14 +977,26 @@ pub async fn approve(st: &Services, actor: &Actor, id: i64, req: Note) -> Result
 
 /// Rejects (a requested window) or revokes (a requested or approved one;
 /// its sessions end) (admins).
-pub async fn decide_as(st: &Services, actor: &Actor, id: i64, req: Reason, to: &'static str) -> Result<Value, ServiceError> {
+pub async fn decide_as(
+    st: &Services,
+    actor: &Actor,
+    id: i64,
+    req: Reason,
+    to: &'static str,
+) -> Result<Value, ServiceError> {
     let action = if to == "rejected" { "maintenance-reject" } else { "maintenance-revoke" };
-    let d = gate(st, actor, action, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+    let d =
+        gate(st, actor, action, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     let (a2, st2) = (actor.clone(), st.clone());
     let out = st
         .change(actor, action, move |w| {
-            let r = ms::request(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("maintenance request {id}")))?;
-            let ok_from = if to == "rejected" { r.state == "requested" } else { matches!(r.state.as_str(), "requested" | "approved") };
+            let r =
+                ms::request(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("maintenance request {id}")))?;
+            let ok_from = if to == "rejected" {
+                r.state == "requested"
+            } else {
+                matches!(r.state.as_str(), "requested" | "approved")
+            };
             if !ok_from {
                 return Err(ServiceError::Precondition(format!("request {id} is {}", r.state)));
             }
@@ -914,9 +1007,20 @@ pub async fn decide_as(st: &Services, actor: &Actor, id: i64, req: Reason, to: &
             w.audit(&rec)?;
             let mut effects = Vec::new();
             if to == "revoked" {
-                let msg = format!("保守作業 #{id} を取り消しました / Maintenance window #{id} revoked: {}", req.reason.trim());
-                let a = notify::announce(w, &st2, "maintenance-revoked", false, "warning", &msg, json!({"request": id}),
-                    Audience::Roles(told(Notice::MaintenanceReview)))?;
+                let msg = format!(
+                    "保守作業 #{id} を取り消しました / Maintenance window #{id} revoked: {}",
+                    req.reason.trim()
+                );
+                let a = notify::announce(
+                    w,
+                    &st2,
+                    "maintenance-revoked",
+                    false,
+                    "warning",
+                    &msg,
+                    json!({"request": id}),
+                    Audience::Roles(told(Notice::MaintenanceReview)),
+                )?;
                 effects.push(crate::commit::Effect::Announce(vec![a]));
             }
             Ok(crate::commit::Outcome::with(json!({"request": id, "state": to}), effects))
@@ -939,7 +1043,9 @@ pub struct Review {
 pub async fn review(st: &Services, actor: &Actor, id: i64, req: Review) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-review";
     if !matches!(req.outcome.as_str(), "accepted" | "questioned") || req.note.trim().is_empty() {
-        return Err(st.refused(actor, A, ServiceError::invalid("outcome", "accepted or questioned, with a note")).await);
+        return Err(st
+            .refused(actor, A, ServiceError::invalid("outcome", "accepted or questioned, with a note"))
+            .await);
     }
     let (a2, outcome) = (actor.clone(), req.outcome.clone());
     st.change(actor, A, move |w| {

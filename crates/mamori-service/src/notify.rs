@@ -301,7 +301,10 @@ pub async fn deliver(st: Services, mut stop: watch::Receiver<bool>) {
                 Ok(()) => {
                     st.store
                         .writer()
-                        .write(move |w| emergency::mark_delivered(w.conn, n, &ch, w.now), |_: &mamori_store::StoreError, _| Ok(()))
+                        .write(
+                            move |w| emergency::mark_delivered(w.conn, n, &ch, w.now),
+                            |_: &mamori_store::StoreError, _| Ok(()),
+                        )
                         .await
                 }
                 Err(e) => {

@@ -131,7 +131,13 @@ impl TokenCache {
 
 impl Services {
     /// Assembles the services over an open store.
-    pub fn new(store: Store, cfg: Config, base_url: String, data_dir: PathBuf, exchange: crate::exchange::Ctx) -> Services {
+    pub fn new(
+        store: Store,
+        cfg: Config,
+        base_url: String,
+        data_dir: PathBuf,
+        exchange: crate::exchange::Ctx,
+    ) -> Services {
         Services(Arc::new(Inner {
             events: tokio::sync::broadcast::channel(256).0,
             mode_watch: tokio::sync::watch::channel(String::new()).0,

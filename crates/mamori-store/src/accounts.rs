@@ -156,7 +156,12 @@ pub struct User {
 
 impl User {
     pub fn subject(&self) -> Subject {
-        Subject { user: self.name.clone(), roles: self.roles.clone(), kind: self.kind, must_change_password: self.must_change }
+        Subject {
+            user: self.name.clone(),
+            roles: self.roles.clone(),
+            kind: self.kind,
+            must_change_password: self.must_change,
+        }
     }
 }
 
@@ -245,7 +250,12 @@ pub fn create_user(c: &mut dyn Conn, u: &NewUser<'_>, now: Timestamp) -> Result<
 }
 
 /// Sets an account's display name and department.
-pub fn set_details(c: &mut dyn Conn, user: &str, display: Option<&str>, department: Option<Option<&str>>) -> Result<()> {
+pub fn set_details(
+    c: &mut dyn Conn,
+    user: &str,
+    display: Option<&str>,
+    department: Option<Option<&str>>,
+) -> Result<()> {
     if let Some(d) = display {
         c.exec("UPDATE users SET display = $2 WHERE name = $1", p![user, d])?;
     }
@@ -561,7 +571,8 @@ pub struct AccountRequest {
     pub decided_at: Option<String>,
 }
 
-const REQUEST_COLS: &str = "id, kind, user_name, roles, reason, requested_by, requested_at, state, decided_by, decided_at";
+const REQUEST_COLS: &str =
+    "id, kind, user_name, roles, reason, requested_by, requested_at, state, decided_by, decided_at";
 
 fn request_row(r: &Row) -> Result<AccountRequest> {
     let roles = r

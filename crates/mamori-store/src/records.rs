@@ -156,10 +156,8 @@ pub fn read(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Version>> 
 }
 
 pub fn vread(c: &mut dyn Conn, rtype: &str, id: &str, version: u64) -> Result<Option<Version>> {
-    let sql = format!(
-        "SELECT {} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3",
-        version_cols("")
-    );
+    let sql =
+        format!("SELECT {} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3", version_cols(""));
     c.query_one(&sql, p![rtype, id, version])?.map(|r| version_row(&r)).transpose()
 }
 
@@ -386,8 +384,14 @@ pub fn rebuild_compartments(c: &mut dyn Conn) -> Result<u64> {
         }
         let patient = patients.first().map(String::as_str);
         let others = patients.get(1..).filter(|o| !o.is_empty()).map(|o| o.join(" "));
-        c.exec("UPDATE resource_versions SET patient = $2, other_patients = $3 WHERE seq = $1", p![seq, patient, others])?;
-        c.exec("UPDATE resources SET patient = $3 WHERE rtype = $1 AND id = $2", p![rt.as_str(), id.as_str(), patient])?;
+        c.exec(
+            "UPDATE resource_versions SET patient = $2, other_patients = $3 WHERE seq = $1",
+            p![seq, patient, others],
+        )?;
+        c.exec(
+            "UPDATE resources SET patient = $3 WHERE rtype = $1 AND id = $2",
+            p![rt.as_str(), id.as_str(), patient],
+        )?;
         set_compartment(c, &rt, &id, &patients, true)?;
         changed += 1;
     }

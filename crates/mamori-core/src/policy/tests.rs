@@ -7,7 +7,12 @@ use crate::maintenance::Scope;
 use crate::mode::{Mode, Phase};
 
 fn subj(roles: &[Role]) -> Subject {
-    Subject { user: UserId::parse("u").unwrap(), roles: roles.to_vec(), kind: SubjectKind::Staff, must_change_password: false }
+    Subject {
+        user: UserId::parse("u").unwrap(),
+        roles: roles.to_vec(),
+        kind: SubjectKind::Staff,
+        must_change_password: false,
+    }
 }
 fn kind(k: SubjectKind, roles: &[Role]) -> Subject {
     Subject { kind: k, ..subj(roles) }
@@ -114,43 +119,162 @@ fn table() -> Vec<(Subject, Operation, Mode, Facts, bool, Basis)> {
         (subj(&[]), rec(Read, "Practitioner", PatientScope::None), N, NONE, false, Basis::RoleNotPermitted),
         (subj(&[Clerk, Nurse]), rec(Read, "Observation", One), N, REL, true, Basis::CareRelationship),
         // ---- emergency accounts: sealed in normal times
-        (kind(K::EmergencyAccount, &[Physician]), rec(Read, "Patient", One), N, REL, false, Basis::EmergencyAccountSealed),
+        (
+            kind(K::EmergencyAccount, &[Physician]),
+            rec(Read, "Patient", One),
+            N,
+            REL,
+            false,
+            Basis::EmergencyAccountSealed,
+        ),
         (kind(K::EmergencyAccount, &[Physician]), O::OwnSession, N, NONE, false, Basis::EmergencyAccountSealed),
-        (kind(K::EmergencyAccount, &[Physician]), rec(Read, "Observation", One), EMERG, NONE, true, Basis::EmergencyAccess),
-        (kind(K::EmergencyAccount, &[Physician]), O::OwnPasswordChange, EMERG, NONE, false, Basis::EmergencyAccountManaged),
+        (
+            kind(K::EmergencyAccount, &[Physician]),
+            rec(Read, "Observation", One),
+            EMERG,
+            NONE,
+            true,
+            Basis::EmergencyAccess,
+        ),
+        (
+            kind(K::EmergencyAccount, &[Physician]),
+            O::OwnPasswordChange,
+            EMERG,
+            NONE,
+            false,
+            Basis::EmergencyAccountManaged,
+        ),
         (kind(K::EmergencyAccount, &[Physician]), O::BreakGlassRequest, EMERG, NONE, false, Basis::RoleNotPermitted),
         // ---- maintenance people: the window's scopes, patient data read-only
         (kind(K::Maintenance, &[]), rec(Read, "Observation", One), N, SCOPE, true, Basis::MaintenanceAccess),
         (kind(K::Maintenance, &[]), rec(Read, "Observation", One), N, NONE, false, Basis::NotInScope),
         (kind(K::Maintenance, &[]), rec(Update, "Observation", One), N, SCOPE, false, Basis::NotInScope),
         (kind(K::Maintenance, &[]), rec(Read, "AuditEvent", Any), N, SCOPE, false, Basis::NotInScope),
-        (kind(K::Maintenance, &[]), O::MaintenanceScoped { scope: Scope::Database }, N, SCOPE, true, Basis::MaintenanceScope),
+        (
+            kind(K::Maintenance, &[]),
+            O::MaintenanceScoped { scope: Scope::Database },
+            N,
+            SCOPE,
+            true,
+            Basis::MaintenanceScope,
+        ),
         (kind(K::Maintenance, &[]), O::MaintenanceScoped { scope: Scope::Restart }, N, NONE, false, Basis::NotInScope),
         (kind(K::Maintenance, &[]), O::UserRead, N, SCOPE, false, Basis::RoleNotPermitted),
         // ---- separation of duties
         (subj(&[Admin]), O::TokenIssue { holder: K::Staff }, N, NONE, false, Basis::SeparationOfDuties),
         (subj(&[Admin]), O::TokenIssue { holder: K::Service }, N, NONE, true, Basis::RoleAdmin),
         (subj(&[Admin]), O::TokenIssue { holder: K::Staff }, N, SELF, true, Basis::Own),
-        (kind(K::EmergencyAccount, &[Physician]), O::TokenIssue { holder: K::EmergencyAccount }, EMERG, SELF, false, Basis::RoleNotPermitted),
-        (subj(&[Admin]), O::UserRolesChange { from: roles(&[Admin]), to: roles(&[Admin, Physician]), target: K::Staff }, N, SELF, false, Basis::SeparationOfDuties),
-        (subj(&[Admin]), O::UserRolesChange { from: roles(&[Nurse]), to: roles(&[Admin, Nurse]), target: K::Staff }, N, NONE, false, Basis::SeparationOfDuties),
-        (subj(&[Admin]), O::UserRolesChange { from: roles(&[Admin]), to: roles(&[Auditor]), target: K::Staff }, N, SELF, false, Basis::SelfLockout),
-        (subj(&[Admin]), O::UserRolesChange { from: roles(&[Clerk]), to: roles(&[Physician]), target: K::Staff }, N, NONE, true, Basis::RoleAdmin),
-        (subj(&[Admin]), O::UserRolesChange { from: roles(&[Physician]), to: roles(&[Admin]), target: K::EmergencyAccount }, EMERG, NONE, false, Basis::EmergencyAccountManaged),
+        (
+            kind(K::EmergencyAccount, &[Physician]),
+            O::TokenIssue { holder: K::EmergencyAccount },
+            EMERG,
+            SELF,
+            false,
+            Basis::RoleNotPermitted,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserRolesChange { from: roles(&[Admin]), to: roles(&[Admin, Physician]), target: K::Staff },
+            N,
+            SELF,
+            false,
+            Basis::SeparationOfDuties,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserRolesChange { from: roles(&[Nurse]), to: roles(&[Admin, Nurse]), target: K::Staff },
+            N,
+            NONE,
+            false,
+            Basis::SeparationOfDuties,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserRolesChange { from: roles(&[Admin]), to: roles(&[Auditor]), target: K::Staff },
+            N,
+            SELF,
+            false,
+            Basis::SelfLockout,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserRolesChange { from: roles(&[Clerk]), to: roles(&[Physician]), target: K::Staff },
+            N,
+            NONE,
+            true,
+            Basis::RoleAdmin,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserRolesChange { from: roles(&[Physician]), to: roles(&[Admin]), target: K::EmergencyAccount },
+            EMERG,
+            NONE,
+            false,
+            Basis::EmergencyAccountManaged,
+        ),
         (subj(&[Admin]), O::UserCreate { roles: roles(&[Physician]), kind: K::Staff }, N, NONE, true, Basis::RoleAdmin),
-        (subj(&[Admin]), O::UserCreate { roles: roles(&[Physician, Admin]), kind: K::Staff }, N, NONE, false, Basis::SeparationOfDuties),
-        (subj(&[Physician]), O::UserCreate { roles: roles(&[Clerk]), kind: K::Staff }, N, NONE, false, Basis::RoleNotPermitted),
-        (subj(&[Admin]), O::UserPasswordReset { target: K::EmergencyAccount, target_clinical: true }, N, NONE, false, Basis::EmergencyAccountManaged),
-        (subj(&[Admin]), O::UserStatusChange { enable: false, disable: true, target: K::Staff }, N, SELF, false, Basis::SelfLockout),
-        (subj(&[Admin]), O::UserStatusChange { enable: true, disable: false, target: K::EmergencyAccount }, N, NONE, false, Basis::EmergencyAccountManaged),
+        (
+            subj(&[Admin]),
+            O::UserCreate { roles: roles(&[Physician, Admin]), kind: K::Staff },
+            N,
+            NONE,
+            false,
+            Basis::SeparationOfDuties,
+        ),
+        (
+            subj(&[Physician]),
+            O::UserCreate { roles: roles(&[Clerk]), kind: K::Staff },
+            N,
+            NONE,
+            false,
+            Basis::RoleNotPermitted,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserPasswordReset { target: K::EmergencyAccount, target_clinical: true },
+            N,
+            NONE,
+            false,
+            Basis::EmergencyAccountManaged,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserStatusChange { enable: false, disable: true, target: K::Staff },
+            N,
+            SELF,
+            false,
+            Basis::SelfLockout,
+        ),
+        (
+            subj(&[Admin]),
+            O::UserStatusChange { enable: true, disable: false, target: K::EmergencyAccount },
+            N,
+            NONE,
+            false,
+            Basis::EmergencyAccountManaged,
+        ),
         (subj(&[Admin]), O::AccountRequestDecide, N, OWN, false, Basis::SamePerson),
         (subj(&[Admin]), O::AccountRequestDecide, N, SELF, false, Basis::SeparationOfDuties),
         (subj(&[Admin]), O::AccountRequestDecide, N, NONE, true, Basis::RoleAdmin),
-        (kind(K::System, &[Admin]), O::UserCreate { roles: roles(&[Physician]), kind: K::Staff }, N, NONE, true, Basis::System),
+        (
+            kind(K::System, &[Admin]),
+            O::UserCreate { roles: roles(&[Physician]), kind: K::Staff },
+            N,
+            NONE,
+            true,
+            Basis::System,
+        ),
         (kind(K::System, &[Admin]), rec(Read, "Observation", One), N, REL, false, Basis::RoleNotPermitted),
         (kind(K::Service, &[Nurse]), O::OwnPasswordChange, N, NONE, false, Basis::RoleNotPermitted),
         // ---- a one-time password is changed before anything else
-        (Subject { must_change_password: true, ..subj(&[Physician]) }, rec(Read, "Observation", One), N, REL, false, Basis::PasswordChangeRequired),
+        (
+            Subject { must_change_password: true, ..subj(&[Physician]) },
+            rec(Read, "Observation", One),
+            N,
+            REL,
+            false,
+            Basis::PasswordChangeRequired,
+        ),
         (Subject { must_change_password: true, ..subj(&[Admin]) }, O::OwnPasswordChange, N, NONE, true, Basis::Own),
         // ---- care assignments
         (subj(&[Physician]), O::CareAssign, N, REL, true, Basis::CareRelationship),
@@ -199,7 +323,14 @@ fn table() -> Vec<(Subject, Operation, Mode, Facts, bool, Basis)> {
         // ---- maintenance approvals
         (subj(&[Admin]), O::MaintenanceApprove { emergency_request: false }, N, OWN, false, Basis::SamePerson),
         (subj(&[BcpDecider]), O::MaintenanceApprove { emergency_request: true }, EMERG, NONE, true, Basis::BcpTeam),
-        (subj(&[BcpDecider]), O::MaintenanceApprove { emergency_request: true }, DRILL, NONE, false, Basis::RoleNotPermitted),
+        (
+            subj(&[BcpDecider]),
+            O::MaintenanceApprove { emergency_request: true },
+            DRILL,
+            NONE,
+            false,
+            Basis::RoleNotPermitted,
+        ),
         (subj(&[Physician]), O::MaintenanceScoped { scope: Scope::Database }, N, SCOPE, false, Basis::RoleNotPermitted),
         // ---- the audit log
         (subj(&[Auditor]), O::AuditRead, N, NONE, true, Basis::RoleAuditor),
@@ -211,13 +342,7 @@ fn table() -> Vec<(Subject, Operation, Mode, Facts, bool, Basis)> {
 fn policy_table() {
     for (i, (s, op, mode, facts, permit, basis)) in table().into_iter().enumerate() {
         let d = authorize(&s, &op, &mode, &facts);
-        assert_eq!(
-            (d.permit, d.basis),
-            (permit, basis),
-            "row {i}: {:?} {:?} {op:?} {mode} {facts:?}",
-            s.kind,
-            s.roles
-        );
+        assert_eq!((d.permit, d.basis), (permit, basis), "row {i}: {:?} {:?} {op:?} {mode} {facts:?}", s.kind, s.roles);
     }
 }
 
@@ -287,7 +412,16 @@ pub(super) fn every_operation() -> Vec<Operation> {
     use SubjectKind as K;
     let mut out = Vec::new();
     for a in [Read, Search, History, Create, Update, Delete] {
-        for rt in ["Observation", "MedicationRequest", "MedicationDispense", "Patient", "Practitioner", "Organization", "AuditEvent", "CareTeam"] {
+        for rt in [
+            "Observation",
+            "MedicationRequest",
+            "MedicationDispense",
+            "Patient",
+            "Practitioner",
+            "Organization",
+            "AuditEvent",
+            "CareTeam",
+        ] {
             for scope in [PatientScope::None, One, Any] {
                 out.push(rec(a, rt, scope));
             }

@@ -143,4 +143,3 @@ async fn list_care(State(svc): State<Services>, c: Caller, Query(f): Query<CareF
 async fn end_care(State(svc): State<Services>, c: Caller, Path(id): Path<i64>) -> ApiResult {
     ok(accounts::end_care(&svc, &c, id).await?)
 }
-

@@ -67,10 +67,17 @@ async fn register(State(svc): State<Services>, c: Caller, body: Body) -> ApiResu
     saved(partners::save(&svc, &c, None, p, None).await?, StatusCode::CREATED)
 }
 
-async fn update(State(svc): State<Services>, c: Caller, Path(id): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
-    let expected = match headers.get("if-match").map(|v| {
-        v.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag)
-    }) {
+async fn update(
+    State(svc): State<Services>,
+    c: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let expected = match headers
+        .get("if-match")
+        .map(|v| v.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
+    {
         None => None,
         Some(Ok(n)) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
         Some(Err(e)) => return Err(ApiError(svc.refused(&c, "partner-update", e).await)),
@@ -161,8 +168,8 @@ async fn receive(
     };
     let req = As2Request { addr: addr.map(|a| a.0 .0.ip().to_string()), peer, headers, body };
     let answer = inbound::receive(&svc, req).await;
-    let mut r = (StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), answer.body)
-        .into_response();
+    let mut r =
+        (StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), answer.body).into_response();
     for (k, v) in answer.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
             r.headers_mut().insert(k, v);

@@ -46,7 +46,14 @@ pub(crate) fn respond(status: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 /// Headers describing a stored version.
-pub(crate) fn version_headers(r: &mut Response, base: &str, rtype: &str, id: &str, version: u64, last_updated: Timestamp) {
+pub(crate) fn version_headers(
+    r: &mut Response,
+    base: &str,
+    rtype: &str,
+    id: &str,
+    version: u64,
+    last_updated: Timestamp,
+) {
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
         h.insert(header::ETAG, v);

@@ -59,7 +59,9 @@ async fn run(svc: Services, c: Caller, rtype: ResourceType, op: WriteOp, body: O
             let mut r = respond(status, body);
             version_headers(&mut r, base, w.rtype.as_str(), &w.id, w.version, w.last_updated);
             if w.created {
-                if let Ok(v) = HeaderValue::from_str(&format!("{base}/fhir/{}/{}/_history/{}", w.rtype, w.id, w.version)) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{base}/fhir/{}/{}/_history/{}", w.rtype, w.id, w.version))
+                {
                     r.headers_mut().insert(header::LOCATION, v);
                 }
             }

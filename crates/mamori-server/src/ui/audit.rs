@@ -416,7 +416,9 @@ pub async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Resp
 pub async fn maintenance(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(
-        maintenance::list_requests(&ui.svc, &ui.actor, None, Some("pending".into())).await.map(|r| json!({"requests": r})),
+        maintenance::list_requests(&ui.svc, &ui.actor, None, Some("pending".into()))
+            .await
+            .map(|r| json!({"requests": r})),
     );
     let mut body = tabs(&ui);
     if !r.ok() {

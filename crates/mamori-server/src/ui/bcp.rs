@@ -436,7 +436,8 @@ pub async fn tick(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = Api::of(bcp::tick(&ui.svc, &ui.actor, id, field(&f, "phase"), field(&f, "item"), bcp::Tick::default()).await);
+    let r =
+        Api::of(bcp::tick(&ui.svc, &ui.actor, id, field(&f, "phase"), field(&f, "item"), bcp::Tick::default()).await);
     back_with(&ui, &r)
 }
 
@@ -512,7 +513,9 @@ pub async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = Api::of(bcp::put_review(&ui.svc, &ui.actor, id, bcp::Lessons { lessons: field(&f, "lessons").to_owned() }).await);
+    let r = Api::of(
+        bcp::put_review(&ui.svc, &ui.actor, id, bcp::Lessons { lessons: field(&f, "lessons").to_owned() }).await,
+    );
     if !r.ok() {
         return ui.page(ui.t("事後レビュー", "After-action review"), &notice("error", &r.message()));
     }

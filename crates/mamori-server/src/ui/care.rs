@@ -477,10 +477,7 @@ pub async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<Strin
             .join(", ")
     );
     if let Some(src) = q.get("merged") {
-        body.push_str(&notice(
-            "ok",
-            &format!("{} Patient/{} → Patient/{}", ui.t("統合しました:", "Merged:"), src, id),
-        ));
+        body.push_str(&notice("ok", &format!("{} Patient/{} → Patient/{}", ui.t("統合しました:", "Merged:"), src, id)));
     }
     if is_provisional(pt) {
         body.push_str(&notice(

@@ -96,15 +96,16 @@ pub async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Resp
         body.push_str(&notice("error", &p.message()));
         return ui.page(ui.t("情報交換", "Exchange"), &body);
     }
-    let all = Api::of(read::everything(&ui.svc, &ui.actor, &patient, &[("_count".into(), "500".into())]).await.map(|page| {
-        let entries: Vec<Value> = page
-            .into_inner()
-            .rows
-            .iter()
-            .map(|v| json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
-            .collect();
-        json!({"entry": entries})
-    }));
+    let all =
+        Api::of(read::everything(&ui.svc, &ui.actor, &patient, &[("_count".into(), "500".into())]).await.map(|page| {
+            let entries: Vec<Value> = page
+                .into_inner()
+                .rows
+                .iter()
+                .map(|v| json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
+                .collect();
+            json!({"entry": entries})
+        }));
     if !all.ok() {
         body.push_str(&notice("error", &all.message()));
         return ui.page(ui.t("情報交換", "Exchange"), &body);

@@ -122,7 +122,11 @@ pub fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
     let mode = ui.me["mode"].as_str().unwrap_or("normal");
     let (cls, text) = mode_banner(ui.lang, mode);
     let other = if ui.lang == Lang::Ja { ("en", "English") } else { ("ja", "日本語") };
-    let user = format!("{} ({})", esc(&super::who(&ui.me)), esc(&ui.actor.user.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")));
+    let user = format!(
+        "{} ({})",
+        esc(&super::who(&ui.me)),
+        esc(&ui.actor.user.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))
+    );
     let declared = ui.me["declared"]
         .as_str()
         .map(|d| format!(" — {} {}", ui.t("本人:", "acting person:"), esc(d)))

@@ -102,9 +102,7 @@ pub fn lang_of(headers: &HeaderMap) -> Lang {
     }
 }
 
-async fn lang_switch(
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
+async fn lang_switch(axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>) -> Response {
     let to = if q.get("to").map(String::as_str) == Some("en") { "en" } else { "ja" };
     let back =
         q.get("back").filter(|b| b.starts_with("/ui/") && !b.contains("//")).cloned().unwrap_or_else(|| "/ui/".into());
@@ -199,7 +197,11 @@ impl Api {
     }
     /// The explanation of a failure.
     pub fn message(&self) -> String {
-        self.body.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {}", self.status))
+        self.body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
 }
 
@@ -233,13 +235,14 @@ impl Ui {
     /// Whether the user may read some patient's records (offered the
     /// patient search).
     pub fn clinical(&self) -> bool {
-        self.may(Operation::ProvisionalRegister) || self.may(Operation::Record {
-            action: mamori_core::policy::Action::Search,
-            target: mamori_core::policy::Target {
-                rtype: mamori_core::ids::ResourceType::OBSERVATION,
-                scope: mamori_core::policy::PatientScope::Any,
-            },
-        })
+        self.may(Operation::ProvisionalRegister)
+            || self.may(Operation::Record {
+                action: mamori_core::policy::Action::Search,
+                target: mamori_core::policy::Target {
+                    rtype: mamori_core::ids::ResourceType::OBSERVATION,
+                    scope: mamori_core::policy::PatientScope::Any,
+                },
+            })
     }
     /// Checks the CSRF field of a submitted form: `Some(refusal)` if it
     /// does not match the cookie.

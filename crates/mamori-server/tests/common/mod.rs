@@ -201,7 +201,11 @@ impl TestServer {
     /// returns its token.
     async fn second_admin(&self) -> String {
         let r = self
-            .post("/api/v1/users", &self.admin, json!({"name": "admin2", "display": "Second Admin", "roles": ["admin"]}))
+            .post(
+                "/api/v1/users",
+                &self.admin,
+                json!({"name": "admin2", "display": "Second Admin", "roles": ["admin"]}),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
         assert!(r.body.get("pending_request").is_none(), "{}", r.text);

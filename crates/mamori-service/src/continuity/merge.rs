@@ -217,7 +217,11 @@ pub fn apply(w: &mut WriteCtx<'_>, p: &Plan, reason: Option<&str>, author: &str)
 /// its preview: decided for both patients (the preview names every
 /// resource of the source, so it is decided the same way). Returns the
 /// Parameters answer.
-pub async fn fhir_merge(svc: &Services, actor: &Actor, params: Result<Value, ServiceError>) -> Result<Value, ServiceError> {
+pub async fn fhir_merge(
+    svc: &Services,
+    actor: &Actor,
+    params: Result<Value, ServiceError>,
+) -> Result<Value, ServiceError> {
     let now = svc.now();
     let none = |e: ServiceError| (e, Vec::new());
     let result = async {

@@ -159,7 +159,12 @@ struct Ctx<'a> {
 }
 
 /// Applies entries in a job; returns the report.
-fn apply(w: &mut WriteCtx<'_>, cx: &Ctx<'_>, entries: &[Entry], mut rejected: Vec<Value>) -> Result<Value, ServiceError> {
+fn apply(
+    w: &mut WriteCtx<'_>,
+    cx: &Ctx<'_>,
+    entries: &[Entry],
+    mut rejected: Vec<Value>,
+) -> Result<Value, ServiceError> {
     let in_export: HashSet<String> =
         entries.iter().filter(|e| e.t == "Patient" && !e.deleted).map(|e| e.id.clone()).collect();
     let mut out = Vec::new();

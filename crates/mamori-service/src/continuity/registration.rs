@@ -137,8 +137,11 @@ pub async fn register(svc: &Services, actor: &Actor, req: Register) -> Result<Re
     let off = svc.cfg.institution.utc_offset_minutes;
     svc.change(actor, ACTION, move |w| {
         let (_, plan) = emergency::current_plan(w.conn)?;
-        let open =
-            may_register_provisionally(&a2.mode(), a2.user.department.as_deref(), &plan.registration.always_departments);
+        let open = may_register_provisionally(
+            &a2.mode(),
+            a2.user.department.as_deref(),
+            &plan.registration.always_departments,
+        );
         let facts = Facts { registration_open: open.is_ok(), ..Facts::default() };
         let d = authz::require(&a2, &Operation::ProvisionalRegister, facts, "registration without the reception desk")?;
         let ymd = super::local_ymd(w.now, off);
@@ -152,11 +155,16 @@ pub async fn register(svc: &Services, actor: &Actor, req: Register) -> Result<Re
         if matches!(d.purpose, Some(PurposeOfUse::Treat | PurposeOfUse::EmergencyTreat)) {
             accounts::assign_care_unchecked(w.conn, &id, &user, "provisional registration", w.now)?;
         }
-        let mut rec = a2.fhir_record("create", 201, Some("Patient"), Some(&id), Some(1), vec![id.clone()], Some(&d), w.now);
+        let mut rec =
+            a2.fhir_record("create", 201, Some("Patient"), Some(&id), Some(1), vec![id.clone()], Some(&d), w.now);
         rec.action = ACTION.into();
         rec.detail = Some(json!({"provisional_id": pid, "triage": req.triage.as_str(), "node": node}));
         w.audit(&rec)?;
-        Ok(Registered { id, provisional_id: pid, patient: serde_json::from_str::<Value>(&written.body).unwrap_or(Value::Null) })
+        Ok(Registered {
+            id,
+            provisional_id: pid,
+            patient: serde_json::from_str::<Value>(&written.body).unwrap_or(Value::Null),
+        })
     })
     .await
 }
@@ -203,7 +211,8 @@ pub async fn list(svc: &Services, actor: &Actor, open: bool) -> Result<Vec<Value
                 if let Some(v) = records::read(c, "Patient", &id)? {
                     let p: Value = serde_json::from_str(&v.body).unwrap_or(Value::Null);
                     let merged = p["link"].as_array().is_some_and(|a| a.iter().any(|l| l["type"] == "replaced-by"));
-                    let confirmed = p["meta"]["tag"].as_array().is_some_and(|a| !a.iter().any(|t| t["code"] == "provisional"));
+                    let confirmed =
+                        p["meta"]["tag"].as_array().is_some_and(|a| !a.iter().any(|t| t["code"] == "provisional"));
                     if !open || (!merged && !confirmed && p["active"] != false) {
                         out.push(summary(&id, &p));
                     }

@@ -381,7 +381,8 @@ async fn create(st: &Services, actor: &Actor) -> Result<SnapshotFile, ServiceErr
         .map_err(|e| ServiceError::internal_from("the snapshot key", e))?;
     let (k, wrapped, prefix) = data_key(&public).map_err(|e| ServiceError::internal_from("the data key", e))?;
     let x = st.exchange.clone();
-    let cert_pem = x.identity.cert.to_pem().map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
+    let cert_pem =
+        x.identity.cert.to_pem().map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
     let cert_pem = String::from_utf8(cert_pem).unwrap_or_default();
     let vkey = std::fs::read_to_string(DataDir(st.data_dir.clone()).audit_vkey()).unwrap_or_default();
     let cfg = st.cfg.snapshot.clone();
@@ -609,12 +610,13 @@ pub struct CustodianShare {
 /// Creates the custodians' key; returns the shares once (admins).
 pub async fn init_custodians(st: &Services, actor: &Actor, req: CustodiansInit) -> Result<CustodiansKey, ServiceError> {
     const ACTION: &str = "snapshot-key-create";
-    let pre = authz::require(actor, &Operation::SnapshotManage, Facts::default(), "managing snapshot keys").and_then(|d| {
-        if req.custodians.iter().any(|c| c.trim().is_empty()) {
-            return Err(ServiceError::invalid("custodians", "names must not be empty"));
-        }
-        Ok(d)
-    });
+    let pre =
+        authz::require(actor, &Operation::SnapshotManage, Facts::default(), "managing snapshot keys").and_then(|d| {
+            if req.custodians.iter().any(|c| c.trim().is_empty()) {
+                return Err(ServiceError::invalid("custodians", "names must not be empty"));
+            }
+            Ok(d)
+        });
     let decision = match pre {
         Ok(d) => d,
         Err(e) => return Err(st.refused(actor, ACTION, e).await),
@@ -748,7 +750,9 @@ pub async fn verify_one(st: &Services, actor: &Actor, id: &str) -> Result<Verifi
     let seconds = started.elapsed().as_secs_f64();
     let v = match res {
         Ok(h) => Verification { snapshot: id.to_owned(), ok: true, header: Some(h), error: None, seconds },
-        Err(e) => Verification { snapshot: id.to_owned(), ok: false, header: None, error: Some(e.to_string()), seconds },
+        Err(e) => {
+            Verification { snapshot: id.to_owned(), ok: false, header: None, error: Some(e.to_string()), seconds }
+        }
     };
     let mut rec = actor.decided(ACTION, if v.ok { 200 } else { 422 }, &decision, st.now());
     rec.detail = Some(json!({"snapshot": id, "ok": v.ok, "error": v.error}));

@@ -30,9 +30,9 @@ use serde_json::{json, Value};
 
 use super::container::{self, b64, ContainerError, EXPORT_MAGIC};
 use super::snapshot::{self, KeyMaterial, SnapError};
-use crate::keys;
-use crate::init::{self as server, DataDir, InitError as ServeError, InitReport};
 use crate::actor::RequestCtx;
+use crate::init::{self as server, DataDir, InitError as ServeError, InitReport};
+use crate::keys;
 
 pub const NODE_KEY: &str = "keys/node.key.pem";
 pub const NODE_CERT: &str = "keys/node.cert.pem";

@@ -141,7 +141,8 @@ fn system_record(
     status: u16,
     now: Timestamp,
 ) -> mamori_audit::event::AuditRecord {
-    let mut r = RequestCtx { addr, request_id: None, mode: st.mode.get() }.record("system", "system", action, status, now);
+    let mut r =
+        RequestCtx { addr, request_id: None, mode: st.mode.get() }.record("system", "system", action, status, now);
     r.agent.kind = "partner".into();
     r
 }
@@ -811,7 +812,8 @@ pub async fn list(svc: &Services, actor: &Actor, state: Option<String>) -> Resul
     let rows = svc.store.read(move |c| xs::inbound_list(c, state.as_deref(), 500)).await?;
     let rows = json!(rows);
     let mut rec = actor.decided(ACTION, 200, &d, svc.now());
-    let patients = rows.as_array().into_iter().flatten().filter_map(|r| r["patient"].as_str().map(str::to_owned)).collect();
+    let patients =
+        rows.as_array().into_iter().flatten().filter_map(|r| r["patient"].as_str().map(str::to_owned)).collect();
     set_patients(&mut rec, patients);
     rec.detail = Some(json!({"count": rows.as_array().map_or(0, Vec::len)}));
     svc.audit(vec![rec]).await?;
@@ -870,7 +872,8 @@ pub async fn file(svc: &Services, actor: &Actor, message: &str, req: FileInbound
             )));
         }
         let m = xs::message(w.conn, &m2)?.ok_or_else(|| ServiceError::NotFound(format!("message {m2}")))?;
-        let row = xs::partner(w.conn, &m.partner)?.ok_or_else(|| ServiceError::NotFound(format!("partner {}", m.partner)))?;
+        let row =
+            xs::partner(w.conn, &m.partner)?.ok_or_else(|| ServiceError::NotFound(format!("partner {}", m.partner)))?;
         let p = partner_of(&row)?;
         let user = a2.name().to_owned();
         let (doc, version) = file_document(
@@ -894,8 +897,11 @@ pub async fn file(svc: &Services, actor: &Actor, message: &str, req: FileInbound
         )?;
         let mut rec = a2.decided(ACTION, 200, &d, w.now);
         rec.patients = vec![p2.clone()];
-        rec.entity =
-            Some(mamori_audit::event::Entity { rtype: "DocumentReference".into(), id: Some(doc.clone()), version: Some(version) });
+        rec.entity = Some(mamori_audit::event::Entity {
+            rtype: "DocumentReference".into(),
+            id: Some(doc.clone()),
+            version: Some(version),
+        });
         rec.detail = Some(json!({"message": m2, "partner": m.partner}));
         w.audit(&rec)?;
         Ok(doc)

@@ -22,8 +22,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
 
 use crate::config::Config;
-use crate::keys::{self, KeyError};
 use crate::init::{DataDir, InitError as ServeError};
+use crate::keys::{self, KeyError};
 use crate::services::Services;
 use crate::tls::{self, TlsError};
 

@@ -15,9 +15,9 @@ use mamori_store::exchange::{self as xs, MessageRow};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::actor::RequestCtx;
 use crate::exchange::partner_of;
 use crate::notify::{self, Audience};
-use crate::actor::RequestCtx;
 use crate::services::Services;
 
 /// The delay before attempt `n + 1` after `n` failed attempts.

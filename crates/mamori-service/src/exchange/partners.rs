@@ -20,7 +20,13 @@ use crate::exchange::partner_of;
 use crate::notify::{self, Audience};
 use crate::services::Services;
 
-async fn gate(svc: &Services, actor: &Actor, action: &str, op: Operation, what: &str) -> Result<Decision, ServiceError> {
+async fn gate(
+    svc: &Services,
+    actor: &Actor,
+    action: &str,
+    op: Operation,
+    what: &str,
+) -> Result<Decision, ServiceError> {
     match authz::require(actor, &op, Facts::default(), what) {
         Ok(d) => Ok(d),
         Err(e) => Err(svc.refused(actor, action, e).await),
@@ -57,7 +63,11 @@ pub async fn show(svc: &Services, actor: &Actor, id: &str) -> Result<Value, Serv
     svc.audit(vec![actor.decided("partner-read", 200, &d, svc.now())]).await?;
     let id2 = id.to_owned();
     let st = svc;
-    let row = st.store.read(move |c| xs::partner(c, &id2)).await?.ok_or_else(|| ServiceError::NotFound(format!("partner {id}")))?;
+    let row = st
+        .store
+        .read(move |c| xs::partner(c, &id2))
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("partner {id}")))?;
     let p = partner_of(&row)?;
     let now = st.now();
     let mut v = summary(&row, &p, now, st.cfg.exchange.cert_expiry_warn_days);
@@ -96,7 +106,10 @@ fn write_partner(
 fn validate(st: &Services, p: &Partner) -> Result<Vec<mamori_exchange::partner::CertInfo>, ServiceError> {
     p.validate(st.now()).map_err(|issues| {
         ServiceError::Unprocessable(
-            issues.into_iter().map(|m| mamori_core::fhir::validate::Issue { path: String::new(), message: m }).collect(),
+            issues
+                .into_iter()
+                .map(|m| mamori_core::fhir::validate::Issue { path: String::new(), message: m })
+                .collect(),
         )
     })
 }
@@ -173,11 +186,19 @@ pub struct StatusChange {
 }
 
 /// Suspends or reactivates a partner (admins); announced.
-pub async fn set_status(svc: &Services, actor: &Actor, id: &str, req: StatusChange, status: Status) -> Result<Saved, ServiceError> {
+pub async fn set_status(
+    svc: &Services,
+    actor: &Actor,
+    id: &str,
+    req: StatusChange,
+    status: Status,
+) -> Result<Saved, ServiceError> {
     let action = if status == Status::Suspended { "partner-suspend" } else { "partner-activate" };
     let d = gate(svc, actor, action, Operation::PartnerManage, "changing the partner registry").await?;
     if req.reason.trim().chars().count() < 5 {
-        return Err(svc.refused(actor, action, ServiceError::invalid("reason", "a reason of at least 5 characters")).await);
+        return Err(svc
+            .refused(actor, action, ServiceError::invalid("reason", "a reason of at least 5 characters"))
+            .await);
     }
     let (a2, st2, id2) = (actor.clone(), svc.clone(), id.to_owned());
     let out = svc
@@ -193,15 +214,42 @@ pub async fn set_status(svc: &Services, actor: &Actor, id: &str, req: StatusChan
             p.status = status;
             let v = write_partner(w, &p, Some(row.version), a2.name(), Some(req.reason.trim()))?;
             let mut rec = a2.decided(action, 200, &d, w.now);
-            rec.entity = Some(mamori_audit::event::Entity { rtype: "Organization".into(), id: Some(p.fhir_id()), version: None });
+            rec.entity = Some(mamori_audit::event::Entity {
+                rtype: "Organization".into(),
+                id: Some(p.fhir_id()),
+                version: None,
+            });
             rec.detail = Some(json!({"partner": p.id, "version": v, "reason": req.reason.trim()}));
             w.audit(&rec)?;
             let msg = if status == Status::Suspended {
-                format!("連携先 {} ({}) との交換を停止しました / Exchange with partner {} ({}) suspended: {}", p.name, p.id, p.name, p.id, req.reason.trim())
+                format!(
+                    "連携先 {} ({}) との交換を停止しました / Exchange with partner {} ({}) suspended: {}",
+                    p.name,
+                    p.id,
+                    p.name,
+                    p.id,
+                    req.reason.trim()
+                )
             } else {
-                format!("連携先 {} ({}) との交換を再開しました / Exchange with partner {} ({}) resumed: {}", p.name, p.id, p.name, p.id, req.reason.trim())
+                format!(
+                    "連携先 {} ({}) との交換を再開しました / Exchange with partner {} ({}) resumed: {}",
+                    p.name,
+                    p.id,
+                    p.name,
+                    p.id,
+                    req.reason.trim()
+                )
             };
-            let a = notify::announce(w, &st2, action, false, "warning", &msg, json!({"partner": p.id, "version": v}), Audience::Roles(told(Notice::PartnerStatus)))?;
+            let a = notify::announce(
+                w,
+                &st2,
+                action,
+                false,
+                "warning",
+                &msg,
+                json!({"partner": p.id, "version": v}),
+                Audience::Roles(told(Notice::PartnerStatus)),
+            )?;
             Ok(Outcome::with(v, vec![Effect::Announce(vec![a]), Effect::PartnersChanged]))
         })
         .await?;
@@ -215,8 +263,10 @@ pub async fn identity(svc: &Services, actor: &Actor) -> Result<Value, ServiceErr
     svc.audit(vec![actor.decided("exchange-identity-read", 200, &d, svc.now())]).await?;
     let st = svc;
     let x = &st.exchange;
-    let cert_pem = x.identity.cert.to_pem().map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
-    let cert_pem = String::from_utf8(cert_pem).map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
+    let cert_pem =
+        x.identity.cert.to_pem().map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
+    let cert_pem =
+        String::from_utf8(cert_pem).map_err(|e| ServiceError::internal_from("the institution certificate", e))?;
     Ok(json!({
         "as2_id": x.as2_id,
         "name": st.cfg.institution.name,

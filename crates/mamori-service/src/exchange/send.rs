@@ -94,7 +94,13 @@ struct Gathered {
     partners: Vec<(Partner, i64)>,
 }
 
-fn gather(c: &mut dyn Conn, actor: &Actor, req: &Send, patient: &str, now: Timestamp) -> Result<Gathered, ServiceError> {
+fn gather(
+    c: &mut dyn Conn,
+    actor: &Actor,
+    req: &Send,
+    patient: &str,
+    now: Timestamp,
+) -> Result<Gathered, ServiceError> {
     let pv =
         records::read(c, "Patient", patient)?.ok_or_else(|| ServiceError::NotFound(format!("Patient/{patient}")))?;
     if pv.deleted {
@@ -305,7 +311,9 @@ fn check_bundle(b: &Value, patient: &str) -> Result<(), ServiceError> {
         let r = e.get("resource").ok_or_else(|| bad(&format!("bundle.entry[{i}]"), "resource required"))?;
         let rt = validate_resource(r).map_err(ServiceError::Invalid)?;
         let id = r.get("id").and_then(Value::as_str).unwrap_or("");
-        let others = patients_named(rt, id, r).into_iter().any(|p| p != patient && !(rt == ResourceType::PATIENT && id.is_empty()));
+        let others = patients_named(rt, id, r)
+            .into_iter()
+            .any(|p| p != patient && !(rt == ResourceType::PATIENT && id.is_empty()));
         if others {
             return Err(unprocessable(vec![format!(
                 "bundle.entry[{i}] ({rt}) is also another patient's data; a document may hold one patient's data only"
@@ -459,7 +467,10 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
     let bundle_id = bundle.pointer("/identifier/value").and_then(Value::as_str).unwrap_or("").to_owned();
     let payload = serde_json::to_vec(&bundle).map_err(|e| ServiceError::internal_from("the document", e))?;
     if payload.len() > st.cfg.exchange.max_message_bytes {
-        return Err(ServiceError::TooLarge(format!("the document is larger than {} bytes", st.cfg.exchange.max_message_bytes)));
+        return Err(ServiceError::TooLarge(format!(
+            "the document is larger than {} bytes",
+            st.cfg.exchange.max_message_bytes
+        )));
     }
     let mut documents: Vec<String> = composition.iter().map(|(id, _)| format!("Composition/{id}")).collect();
     documents.extend(g.composition.iter().map(|(id, _)| format!("Composition/{id}")));
@@ -650,7 +661,11 @@ pub struct MessageFilter {
 pub async fn list(svc: &Services, actor: &Actor, q: MessageFilter) -> Result<Vec<Value>, ServiceError> {
     const ACTION: &str = "exchange-message-list";
     let all = authz::decide(actor, &Operation::ExchangeMessageReadAll, Facts::default());
-    let d = if all.permit { all } else { authz::decide(actor, &Operation::ExchangeMessageRead, Facts { own: true, ..Facts::default() }) };
+    let d = if all.permit {
+        all
+    } else {
+        authz::decide(actor, &Operation::ExchangeMessageRead, Facts { own: true, ..Facts::default() })
+    };
     if !d.permit {
         return Err(svc.refused(actor, ACTION, ServiceError::denied("sent messages", &d)).await);
     }
@@ -697,7 +712,8 @@ pub async fn show(svc: &Services, actor: &Actor, id: &str) -> Result<Value, Serv
     let d = authz::decide(actor, &Operation::ExchangeMessageRead, facts);
     if !d.permit {
         // Someone else's message is not there for the caller.
-        let mut rec = crate::commit::failure_record(actor, ACTION, &ServiceError::NotFound(format!("message {id}")), svc.now());
+        let mut rec =
+            crate::commit::failure_record(actor, ACTION, &ServiceError::NotFound(format!("message {id}")), svc.now());
         set_decision(&mut rec, &d);
         svc.audit(vec![rec]).await?;
         return Err(ServiceError::NotFound(format!("message {id}")));

@@ -55,8 +55,12 @@ pub struct EntryResult {
     /// The resource (a read) or searchset Bundle (a search).
     pub resource: Option<Value>,
     /// The error, as the issues to report.
-    pub error: Option<(String, Vec<(String, Option<String>)>)>,
+    pub error: Option<(String, Vec<EntryIssue>)>,
 }
+
+/// One OperationOutcome issue of a failed entry: its diagnostics and,
+/// where known, the FHIRPath of the element at fault.
+pub type EntryIssue = (String, Option<String>);
 
 impl EntryResult {
     fn status_only(status: u16) -> Self {
@@ -80,17 +84,24 @@ fn invalid(path: &str, msg: impl Into<String>) -> ServiceError {
 fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ServiceError> {
     let path = format!("Bundle.entry[{i}]");
     let req = e.get("request").ok_or_else(|| invalid(&format!("{path}.request"), "each entry needs a request"))?;
-    let method =
-        req.get("method").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{path}.request.method"), "missing method"))?;
-    let url = req.get("url").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{path}.request.url"), "missing url"))?;
+    let method = req
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(&format!("{path}.request.method"), "missing method"))?;
+    let url =
+        req.get("url").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{path}.request.url"), "missing url"))?;
     let url = url.strip_prefix(&format!("{base}/fhir/")).unwrap_or(url).trim_start_matches('/');
     let (p, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
     let segs: Vec<&str> = p.split('/').collect();
-    let bad_url =
-        || invalid(&format!("{path}.request.url"), format!("unsupported url '{}'", url.chars().take(80).collect::<String>()));
+    let bad_url = || {
+        invalid(
+            &format!("{path}.request.url"),
+            format!("unsupported url '{}'", url.chars().take(80).collect::<String>()),
+        )
+    };
     let rtype = ResourceType::parse(segs.first().copied().unwrap_or("")).map_err(|_| bad_url())?;
     let resource = e.get("resource").cloned();
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
@@ -178,7 +189,9 @@ fn entry_error(e: &Entry, err: ServiceError) -> ServiceError {
             }
             ServiceError::Unprocessable(i)
         }
-        ServiceError::Denied { message, decision } => ServiceError::Denied { message: format!("{prefix}: {message}"), decision },
+        ServiceError::Denied { message, decision } => {
+            ServiceError::Denied { message: format!("{prefix}: {message}"), decision }
+        }
         ServiceError::NotFound(m) => ServiceError::NotFound(format!("{prefix}: {m}")),
         ServiceError::Precondition(m) => ServiceError::Precondition(format!("{prefix}: {m}")),
         other => other,
@@ -189,7 +202,8 @@ fn step_result(base: &str, rtype: ResourceType, step: &Step) -> EntryResult {
     match step {
         Step::Done { written, .. } => EntryResult {
             status: step_status(step),
-            location: (!written.deleted).then(|| format!("{base}/fhir/{}/{}/_history/{}", rtype, written.id, written.version)),
+            location: (!written.deleted)
+                .then(|| format!("{base}/fhir/{}/{}/_history/{}", rtype, written.id, written.version)),
             etag: Some(format!("W/\"{}\"", written.version)),
             last_modified: Some(written.last_updated.to_rfc3339()),
             resource: None,
@@ -260,10 +274,14 @@ fn get_entry(
         Kind::Search { query } => {
             let pairs = parse_pairs(query)?;
             let (q, _) = parse_query(e.rtype, &pairs, false).map_err(|x| ServiceError::invalid("", x.to_string()))?;
-            let op = Operation::Record { action: Action::Search, target: Target { rtype: e.rtype, scope: PatientScope::Any } };
+            let op = Operation::Record {
+                action: Action::Search,
+                target: Target { rtype: e.rtype, scope: PatientScope::Any },
+            };
             let d = authz::decide(actor, &op, Facts::default());
             if !d.permit {
-                let rec = actor.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
+                let rec =
+                    actor.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
                 return Ok((EntryResult::status_only(403), rec));
             }
             let page = search::search(ctx.conn, &q, &restriction(&d, actor, now))?;
@@ -273,7 +291,8 @@ fn get_entry(
                 .map(|v| json!({"fullUrl": format!("{base}/fhir/{}/{}", v.rtype, v.id), "resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
                 .collect();
             let patients = page.entries.iter().flat_map(|v| v.patients.iter().cloned()).collect();
-            let mut rec = actor.fhir_record("search-type", 200, Some(e.rtype.as_str()), None, None, patients, Some(&d), now);
+            let mut rec =
+                actor.fhir_record("search-type", 200, Some(e.rtype.as_str()), None, None, patients, Some(&d), now);
             rec.query = Some(query.clone());
             let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
             if !entries.is_empty() {
@@ -370,11 +389,23 @@ fn run_transaction(
                         WriteOp::Create { .. } => WriteOp::Create { if_none_exist: None },
                         other => other.clone(),
                     };
-                    write_step(ctx, actor, e.rtype, &op, e.resource.clone(), assigned.get(&e.index).cloned(), &pending, false)
-                        .map_err(|x| entry_error(e, x))?
+                    write_step(
+                        ctx,
+                        actor,
+                        e.rtype,
+                        &op,
+                        e.resource.clone(),
+                        assigned.get(&e.index).cloned(),
+                        &pending,
+                        false,
+                    )
+                    .map_err(|x| entry_error(e, x))?
                 };
                 if let (Step::NothingToDelete { existed: false }, WriteOp::Delete { id }) = (&step, op) {
-                    return Err(ServiceError::NotFound(format!("Bundle.entry[{}]: {}/{id} does not exist", e.index, e.rtype)));
+                    return Err(ServiceError::NotFound(format!(
+                        "Bundle.entry[{}]: {}/{id} does not exist",
+                        e.index, e.rtype
+                    )));
                 }
                 if let Step::Done { written, .. } = &step {
                     if !written.deleted {
@@ -426,17 +457,21 @@ fn run_batch(
             Ok(e) => e,
             Err(err) => {
                 ctx.audit(&error_record(actor, "batch-entry", None, None, &err, ctx.now))?;
-                out.push(EntryResult { error: Some((err.code().to_owned(), err.issues())), ..EntryResult::status_only(err.status()) });
+                out.push(EntryResult {
+                    error: Some((err.code().to_owned(), err.issues())),
+                    ..EntryResult::status_only(err.status())
+                });
                 continue;
             }
         };
         ctx.conn.batch("SAVEPOINT entry")?;
         let r = match &e.kind {
-            Kind::Write(op) => write_step(ctx, actor, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true).map(|step| {
-                let r = step_result(base, e.rtype, &step);
-                let rec = step_record(actor, op, e.rtype, &step, r.status, ctx.now);
-                (r, rec)
-            }),
+            Kind::Write(op) => write_step(ctx, actor, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true)
+                .map(|step| {
+                    let r = step_result(base, e.rtype, &step);
+                    let rec = step_record(actor, op, e.rtype, &step, r.status, ctx.now);
+                    (r, rec)
+                }),
             _ => get_entry(ctx, actor, base, &e),
         };
         match r {
@@ -458,7 +493,10 @@ fn run_batch(
                     d.insert("entry".into(), json!(e.index));
                 }
                 ctx.audit(&rec)?;
-                out.push(EntryResult { error: Some((err.code().to_owned(), err.issues())), ..EntryResult::status_only(err.status()) });
+                out.push(EntryResult {
+                    error: Some((err.code().to_owned(), err.issues())),
+                    ..EntryResult::status_only(err.status())
+                });
             }
         }
     }
@@ -467,7 +505,11 @@ fn run_batch(
 
 /// Runs a batch or transaction Bundle (already parsed from JSON). The
 /// results carry resources read in the job, so they are [`Audited`].
-pub async fn run(svc: &Services, actor: &Actor, bundle: Value) -> Result<Audited<(BundleKind, Vec<EntryResult>)>, ServiceError> {
+pub async fn run(
+    svc: &Services,
+    actor: &Actor,
+    bundle: Value,
+) -> Result<Audited<(BundleKind, Vec<EntryResult>)>, ServiceError> {
     let base = svc.base_url.clone();
     let pre = (|| {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
@@ -486,7 +528,8 @@ pub async fn run(svc: &Services, actor: &Actor, bundle: Value) -> Result<Audited
         Ok(x) => x,
         Err(e) => return Err(super::reject(svc, actor, "transaction", Some("Bundle"), None, e).await),
     };
-    let parsed: Vec<Result<Entry, ServiceError>> = raw.iter().enumerate().map(|(i, e)| parse_entry(i, e, &base)).collect();
+    let parsed: Vec<Result<Entry, ServiceError>> =
+        raw.iter().enumerate().map(|(i, e)| parse_entry(i, e, &base)).collect();
     let (a2, a3) = (actor.clone(), actor.clone());
     let n = parsed.len();
     let (results, event) = match kind {
@@ -500,7 +543,8 @@ pub async fn run(svc: &Services, actor: &Actor, bundle: Value) -> Result<Audited
                 .run(
                     move |ctx| {
                         let results = run_transaction(ctx, &a2, &base, entries)?;
-                        let mut rec = a2.fhir_record("transaction", 200, Some("Bundle"), None, None, vec![], None, ctx.now);
+                        let mut rec =
+                            a2.fhir_record("transaction", 200, Some("Bundle"), None, None, vec![], None, ctx.now);
                         rec.detail = Some(json!({"entries": n}));
                         let event = ctx.audit(&rec)?;
                         Ok((results, event))

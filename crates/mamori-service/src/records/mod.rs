@@ -43,9 +43,12 @@ fn decode(s: &str) -> Result<String, ServiceError> {
         match c {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or_else(|| ServiceError::invalid("", "malformed percent-encoding in query"))?;
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .ok_or_else(|| ServiceError::invalid("", "malformed percent-encoding in query"))?;
                 bytes.push(
-                    u8::from_str_radix(hex, 16).map_err(|_| ServiceError::invalid("", "malformed percent-encoding in query"))?,
+                    u8::from_str_radix(hex, 16)
+                        .map_err(|_| ServiceError::invalid("", "malformed percent-encoding in query"))?,
                 );
                 i += 2;
             }
@@ -78,7 +81,10 @@ pub fn parse_id(id: &str) -> Result<(), ServiceError> {
     if is_fhir_id(id) {
         Ok(())
     } else {
-        Err(ServiceError::invalid("id", format!("'{}' is not a valid FHIR id", id.chars().take(70).collect::<String>())))
+        Err(ServiceError::invalid(
+            "id",
+            format!("'{}' is not a valid FHIR id", id.chars().take(70).collect::<String>()),
+        ))
     }
 }
 

@@ -74,7 +74,9 @@ async fn vread_or_read(
         let rtype = parse_type(t)?;
         parse_id(id)?;
         let vn = version
-            .map(|v| v.parse::<u64>().map_err(|_| ServiceError::invalid("versionId", "version ids are positive integers")))
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| ServiceError::invalid("versionId", "version ids are positive integers"))
+            })
             .transpose()?;
         Ok::<_, ServiceError>((rtype, vn))
     })();
@@ -181,12 +183,14 @@ pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<A
                 }
                 "_since" => {
                     since = Some(
-                        Timestamp::parse_rfc3339(v).ok_or_else(|| ServiceError::invalid("_since", "expected an instant"))?,
+                        Timestamp::parse_rfc3339(v)
+                            .ok_or_else(|| ServiceError::invalid("_since", "expected an instant"))?,
                     )
                 }
                 "_cursor" => {
-                    before =
-                        Some(v.parse::<i64>().map_err(|_| ServiceError::invalid("_cursor", "malformed paging cursor"))?)
+                    before = Some(
+                        v.parse::<i64>().map_err(|_| ServiceError::invalid("_cursor", "malformed paging cursor"))?,
+                    )
                 }
                 "_format" | "_pretty" => {}
                 other => return Err(ServiceError::invalid(other, format!("unknown history parameter '{other}'"))),
@@ -208,7 +212,10 @@ pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<A
                     (authz::decide_record(c, &a2, Action::History, rtype, &patients, now)?, patients)
                 }
                 None => {
-                    let op = Operation::Record { action: Action::History, target: Target { rtype, scope: PatientScope::Any } };
+                    let op = Operation::Record {
+                        action: Action::History,
+                        target: Target { rtype, scope: PatientScope::Any },
+                    };
                     (authz::decide(&a2, &op, Facts::default()), Vec::new())
                 }
             };
@@ -227,7 +234,8 @@ pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<A
         None => rtype.to_string(),
     };
     let Some(mut versions) = versions else {
-        let rec = actor.fhir_record(action, 403, Some(rtype.as_str()), q.id.as_deref(), None, decided_on, Some(&d), now);
+        let rec =
+            actor.fhir_record(action, 403, Some(rtype.as_str()), q.id.as_deref(), None, decided_on, Some(&d), now);
         return answer(svc, rec, Err(ServiceError::denied(&format!("access to the history of {what}"), &d))).await;
     };
     if q.id.is_some() && versions.is_empty() {
@@ -321,13 +329,15 @@ pub async fn search(
     let now = svc.now();
     let pre = (|| {
         let rtype = parse_type(t)?;
-        let (q, _ignored) = parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))?;
+        let (q, _ignored) =
+            parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))?;
         Ok::<_, ServiceError>(q)
     })();
     let q = match pre {
         Ok(q) => q,
         Err(e) => {
-            let mut rec = error_record(actor, "search-type", ResourceType::parse(t).ok().map(|r| r.as_str()), None, &e, now);
+            let mut rec =
+                error_record(actor, "search-type", ResourceType::parse(t).ok().map(|r| r.as_str()), None, &e, now);
             rec.query = Some(format!("{}?…", t.chars().take(60).collect::<String>()));
             svc.audit(vec![rec]).await?;
             return Err(e);
@@ -342,10 +352,16 @@ pub async fn search(
         .read(move |c| {
             let decided: Vec<String> = p2.into_iter().collect();
             let d = if decided.is_empty() {
-                let op = Operation::Record { action: Action::Search, target: Target { rtype: q2.rtype, scope: PatientScope::Any } };
+                let op = Operation::Record {
+                    action: Action::Search,
+                    target: Target { rtype: q2.rtype, scope: PatientScope::Any },
+                };
                 authz::decide(&a2, &op, Facts::default())
             } else {
-                let op = Operation::Record { action: Action::Search, target: Target { rtype: q2.rtype, scope: PatientScope::One } };
+                let op = Operation::Record {
+                    action: Action::Search,
+                    target: Target { rtype: q2.rtype, scope: PatientScope::One },
+                };
                 authz::decide_patients(c, &a2, &op, &decided, Facts::default(), now)?
             };
             if !d.permit {
@@ -358,8 +374,16 @@ pub async fn search(
         .await?;
     let (d, found) = r;
     let Some((page, withheld)) = found else {
-        let mut rec =
-            actor.fhir_record("search-type", 403, Some(q.rtype.as_str()), None, None, patient.into_iter().collect(), Some(&d), now);
+        let mut rec = actor.fhir_record(
+            "search-type",
+            403,
+            Some(q.rtype.as_str()),
+            None,
+            None,
+            patient.into_iter().collect(),
+            Some(&d),
+            now,
+        );
         rec.query = Some(query_text);
         let e = ServiceError::denied(&format!("access to the {} search", q.rtype), &d);
         svc.audit(vec![rec]).await?;
@@ -413,7 +437,9 @@ pub async fn everything(
                     after = Some((t.to_owned(), i.to_owned()));
                 }
                 "_format" | "_pretty" => {}
-                other => return Err(ServiceError::invalid(other, format!("unsupported $everything parameter '{other}'"))),
+                other => {
+                    return Err(ServiceError::invalid(other, format!("unsupported $everything parameter '{other}'")))
+                }
             }
         }
         Ok::<_, ServiceError>((count, after))
@@ -441,7 +467,8 @@ pub async fn everything(
         })
         .await?;
     let (d, exists, rows) = r;
-    let mut rec = actor.fhir_record("operation", 200, Some("Patient"), Some(id), None, vec![id.to_owned()], Some(&d), now);
+    let mut rec =
+        actor.fhir_record("operation", 200, Some("Patient"), Some(id), None, vec![id.to_owned()], Some(&d), now);
     rec.query = Some("$everything".into());
     if let Err(e) = permitted(&d, &format!("the record of Patient/{id}")) {
         rec.status = 403;

@@ -222,7 +222,8 @@ fn create_or_update(
     // A clinician who registers a genuinely new patient (never existed, no
     // records under that id) is caring for that patient; a re-created or
     // tombstoned id is not a new patient.
-    if rtype == ResourceType::PATIENT && written.first && registers_for_care(&d) && !records::has_records(ctx.conn, id)? {
+    if rtype == ResourceType::PATIENT && written.first && registers_for_care(&d) && !records::has_records(ctx.conn, id)?
+    {
         accounts::assign_care_unchecked(ctx.conn, id, author, "registered the patient", now)?;
     }
     Ok(Step::Done { written, decision: d })
@@ -253,12 +254,22 @@ pub(crate) fn step_record(
             )
         }
         Step::Matched { id, version, decision, .. } => {
-            let mut r =
-                actor.fhir_record(action, status, Some(rtype.as_str()), Some(id), Some(*version), vec![], Some(decision), now);
+            let mut r = actor.fhir_record(
+                action,
+                status,
+                Some(rtype.as_str()),
+                Some(id),
+                Some(*version),
+                vec![],
+                Some(decision),
+                now,
+            );
             r.detail = Some(json!({"conditional": "matched existing"}));
             r
         }
-        Step::NothingToDelete { .. } => actor.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], None, now),
+        Step::NothingToDelete { .. } => {
+            actor.fhir_record(action, status, Some(rtype.as_str()), None, None, vec![], None, now)
+        }
     }
 }
 
