@@ -737,3 +737,48 @@ async fn the_outbox_survives_partner_outages_and_restarts() {
     assert!(alerts.text.contains("exchange-failed"), "{}", alerts.text);
     assert_eq!(a.audits_where("exchange-failed").len(), 1);
 }
+
+/// Issue 12: a stored Composition once carried another patient's data to
+/// the partner for a physician without care, a clerk and a pharmacist.
+/// A send is a read of every resource sent, decided per patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_is_decided_as_a_read_of_every_resource_sent() {
+    let a = node("xr", "HOSP-A", "").await;
+    let b = node("xs", "CLINIC-B", "").await;
+    register(&a, &b, "1310000002", "third_party", &["referral"]).await;
+    let (doc, pa, obs) = chart(&a, "dr-a").await;
+    let comp = json!({"resourceType": "Composition", "status": "final",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "57133-1"}]},
+        "subject": {"reference": format!("Patient/{pa}")}, "date": "2026-12-01T10:00:00+09:00",
+        "author": [{"display": "dr-a"}], "title": "紹介状",
+        "section": [{"title": "所見", "entry": [{"reference": format!("Observation/{obs}")}]}]});
+    let r = a.post("/fhir/Composition", &doc, comp).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let cid = r.body["id"].as_str().unwrap().to_owned();
+    let body = json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral",
+                      "documents": [format!("Composition/{cid}"), format!("Observation/{obs}")]});
+    let before = a.count("SELECT COUNT(*) FROM exchange_messages");
+    let other = a.user("dr-other", &["physician"]).await;
+    let clerk = a.user("clerk-x", &["clerk"]).await;
+    let pharm = a.user("ph-x", &["pharmacist"]).await;
+    for (who, t) in [("physician without care", &other), ("clerk", &clerk), ("pharmacist without care", &pharm)] {
+        let r = a.post("/api/v1/exchange/messages", t, body.clone()).await;
+        assert_eq!(r.status, 403, "{who}: {}", r.text);
+        let ev = a.last_audit();
+        assert_eq!(ev["action"], "exchange-send", "{who}: {ev}");
+        assert_eq!(ev["status"], 403, "{who}: {ev}");
+    }
+    // Another patient's record listed in pa's send: refused as a whole.
+    let (_doc_c, _pc, obs_c) = chart(&a, "dr-c").await;
+    let mut mixed = body.clone();
+    mixed["documents"] = json!([format!("Observation/{obs}"), format!("Observation/{obs_c}")]);
+    let r = a.post("/api/v1/exchange/messages", &doc, mixed).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("another patient"), "{}", r.text);
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), before, "nothing was queued");
+    // The physician who cares for the patient sends; the basis is the read's.
+    let r = a.post("/api/v1/exchange/messages", &doc, body).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let ev = a.audits_where("exchange-send").pop().unwrap();
+    assert_eq!(ev["basis"], "care-relationship", "{ev}");
+}
