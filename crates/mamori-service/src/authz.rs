@@ -85,6 +85,14 @@ pub fn decide_patients(
     if patients.is_empty() {
         return Ok(decide(actor, op, base));
     }
+    // When the patient facts cannot change the decision (demographics,
+    // a role that is refused anyway), do not look them up: the rules give
+    // the same answer with none and with all of them.
+    let without = decide(actor, op, Facts { care_relationship: false, break_glass: false, ..base });
+    let with = decide(actor, op, Facts { care_relationship: true, break_glass: true, ..base });
+    if without == with {
+        return Ok(without);
+    }
     let mut decisions = Vec::with_capacity(patients.len());
     for p in patients {
         let pf = patient_facts(c, actor, p, now)?;
