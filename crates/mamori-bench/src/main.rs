@@ -190,12 +190,40 @@ async fn fhir(a: &Args) -> Result<()> {
         .as_str()
         .unwrap_or("")
         .to_owned();
+    // A clinical role waits for a second administrator's approval.
     post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
+    )
+    .await?;
+    let t = post("/api/v1/auth/login", None, json!({"username": "adm2", "password": "Bench password 1!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    post("/api/v1/auth/password", Some(&t), json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
+        .await?;
+    let admin2 = post("/api/v1/auth/login", None, json!({"username": "adm2", "password": "Bench password 2!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let created = post(
         "/api/v1/users",
         Some(&admin),
         json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
     )
+    .await?
+    .json::<Value>()
     .await?;
+    let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
+    let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
+    anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
     let t = post("/api/v1/auth/login", None, json!({"username": "dr.bench", "password": "Bench password 1!"}))
         .await?
         .json::<Value>()
