@@ -197,22 +197,7 @@ async fn fhir(a: &Args) -> Result<()> {
         json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
     )
     .await?;
-    let t = post("/api/v1/auth/login", None, json!({"username": "adm2", "password": "Bench password 1!"}))
-        .await?
-        .json::<Value>()
-        .await?["token"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    post("/api/v1/auth/password", Some(&t), json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
-        .await?;
-    let admin2 = post("/api/v1/auth/login", None, json!({"username": "adm2", "password": "Bench password 2!"}))
-        .await?
-        .json::<Value>()
-        .await?["token"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let admin2 = first_login(&post, "adm2").await?;
     let created = post(
         "/api/v1/users",
         Some(&admin),
@@ -224,22 +209,7 @@ async fn fhir(a: &Args) -> Result<()> {
     let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
     let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
     anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
-    let t = post("/api/v1/auth/login", None, json!({"username": "dr.bench", "password": "Bench password 1!"}))
-        .await?
-        .json::<Value>()
-        .await?["token"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    post("/api/v1/auth/password", Some(&t), json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
-        .await?;
-    let doc = post("/api/v1/auth/login", None, json!({"username": "dr.bench", "password": "Bench password 2!"}))
-        .await?
-        .json::<Value>()
-        .await?["token"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let doc = first_login(&post, "dr.bench").await?;
 
     println!(
         "mamori-bench fhir: {} clients, {} s per run, {} runs (medians reported), HTTPS keep-alive, synchronous=full",
@@ -565,4 +535,18 @@ fn main() -> Result<()> {
         "pg" => rt.block_on(pg::run(&a)),
         _ => bail!("usage: mamori-bench (fhir|audit|exchange|continuity|pg) [--seconds N] [--clients N] [--runs N]"),
     }
+}
+
+/// The first login of an account created with "Bench password 1!": the
+/// password is changed (as a first login must) and a new session opened.
+async fn first_login<F, Fut>(post: &F, user: &str) -> anyhow::Result<String>
+where
+    F: Fn(&str, Option<&str>, Value) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let login = |pw: &'static str| post("/api/v1/auth/login", None, json!({"username": user, "password": pw}));
+    let t = login("Bench password 1!").await?.json::<Value>().await?["token"].as_str().unwrap_or("").to_owned();
+    post("/api/v1/auth/password", Some(&t), json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
+        .await?;
+    Ok(login("Bench password 2!").await?.json::<Value>().await?["token"].as_str().unwrap_or("").to_owned())
 }

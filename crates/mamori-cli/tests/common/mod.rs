@@ -138,15 +138,7 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let t = login(c, base, "admin2", PASSWORD);
-    let r = c
-        .post(format!("{base}/api/v1/auth/password"))
-        .bearer_auth(&t)
-        .json(&json!({"current": PASSWORD, "new": "Another horse 43!"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let admin2 = login(c, base, "admin2", "Another horse 43!");
+    let admin2 = first_login(c, base, "admin2");
     let r = c
         .post(format!("{base}/api/v1/users"))
         .bearer_auth(&admin)
@@ -162,7 +154,13 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let t = login(c, base, "dr.k", PASSWORD);
+    (admin, first_login(c, base, "dr.k"))
+}
+
+/// The first login of an account created with `PASSWORD`: changes it (as
+/// the first login must) and returns a token of the new session.
+pub fn first_login(c: &reqwest::blocking::Client, base: &str, name: &str) -> String {
+    let t = login(c, base, name, PASSWORD);
     let r = c
         .post(format!("{base}/api/v1/auth/password"))
         .bearer_auth(&t)
@@ -170,7 +168,7 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    (admin, login(c, base, "dr.k", "Another horse 43!"))
+    login(c, base, name, "Another horse 43!")
 }
 
 pub fn run(args: &[&str]) -> (i32, String, String) {
