@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod continuity;
+pub mod demo;
 pub mod detect;
 pub mod eaccounts;
 pub mod error;
