@@ -428,3 +428,95 @@ async fn demo_seeds_a_hospital_and_refuses_real_data_directories() {
     assert_eq!(real.count("SELECT COUNT(*) FROM users"), users);
     assert!(!dir.join("partner-node").exists());
 }
+
+/// The `form_key` a rendered form carries (the first one on the page
+/// after `marker`).
+fn form_key(page: &str, marker: &str) -> String {
+    let at = page.find(marker).unwrap_or_else(|| panic!("{marker} on the page"));
+    let rest = &page[at..];
+    let v = rest.split("name=\"form_key\" value=\"").nth(1).expect("a form key");
+    v.split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_form_acts_once_and_a_one_time_password_is_shown_once() {
+    let s = TestServer::start("ui-once").await;
+    s.user("it2", &["admin"]).await;
+    let doc = s.user("doc", &["physician"]).await;
+    let pid = s.patient(&doc, "Mori", "Ren").await;
+    let mut a = Browser::new(&s);
+    a.login("it2", PASSWORD).await;
+    let care = |s: &TestServer| match s
+        .col("SELECT COUNT(*) FROM care_assignments WHERE patient = $1 AND user_name = $2", &[pid.as_str(), "doc"])[0]
+    {
+        mamori_store::sql::Cell::Int(n) => n,
+        ref other => panic!("{other:?}"),
+    };
+    let before = care(&s);
+
+    // Submitted twice (a double click, a reload of the POST): one care
+    // assignment, and both answers lead to the same place.
+    let page = a.get("/ui/admin/care").await;
+    let key = form_key(&page.text, "action=\"/ui/admin/care\"");
+    let fields = [("form_key", key.as_str()), ("patient", pid.as_str()), ("user", "doc"), ("reason", "主治医")];
+    let first = a.post("/ui/admin/care", &fields).await;
+    let second = a.post("/ui/admin/care", &fields).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+    assert_eq!(second.status, StatusCode::SEE_OTHER, "{}", second.text);
+    assert_eq!(first.location(), second.location());
+    let after = care(&s);
+    assert_eq!(after, before + 1, "one assignment");
+    // A freshly rendered form has a new key: a deliberate second
+    // submission is a new one.
+    let again = form_key(&a.get("/ui/admin/care").await.text, "action=\"/ui/admin/care\"");
+    assert_ne!(again, key);
+    // A malformed key is refused and changes nothing.
+    let bad = [("form_key", "zz"), ("patient", pid.as_str()), ("user", "doc")];
+    let p = a.post("/ui/admin/care", &bad).await;
+    assert!(p.text.contains("notice error"), "{}", p.text);
+    assert_eq!(care(&s), after);
+
+    // A new user's one-time password: the form redirects, the page it
+    // leads to shows the password once, and a resubmission creates nothing.
+    let page = a.get("/ui/admin/users").await;
+    let key = form_key(&page.text, "action=\"/ui/admin/users\"");
+    let fields = [("form_key", key.as_str()), ("name", "clerk9"), ("display", "Clerk Nine"), ("roles", "clerk")];
+    let p = a.post("/ui/admin/users", &fields).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let to = p.location();
+    assert!(to.starts_with("/ui/admin/users?flash="), "{to}");
+    assert!(!p.text.contains("secret"), "the POST's answer carries no password");
+    let shown = a.get(&to).await;
+    let pw = shown
+        .text
+        .split("<code class=\"secret\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("the one-time password is shown")
+        .to_owned();
+    assert!(pw.len() >= 12, "{pw}");
+    let again = a.get(&to).await;
+    assert!(!again.text.contains("class=\"secret\""), "shown once only");
+    let replay = a.post("/ui/admin/users", &fields).await;
+    assert_eq!((replay.status, replay.location()), (StatusCode::SEE_OTHER, to.clone()), "{}", replay.text);
+    assert_eq!(s.col("SELECT COUNT(*) FROM users WHERE name = 'clerk9'", &[])[0], mamori_store::sql::Cell::Int(1));
+    let r = s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "clerk9", "password": pw}))).await;
+    assert_eq!(r.status, 200, "the password shown works: {}", r.text);
+    // Another person's browser cannot take it.
+    let mut other = Browser::new(&s);
+    other.login("it2", PASSWORD).await;
+    let page = other.get("/ui/admin/users").await;
+    let key = form_key(&page.text, "action=\"/ui/admin/users\"");
+    let p = other
+        .post(
+            "/ui/admin/users",
+            &[("form_key", key.as_str()), ("name", "clerk10"), ("display", "Clerk Ten"), ("roles", "clerk")],
+        )
+        .await;
+    let flash = p.location();
+    let mut nurse = Browser::new(&s);
+    s.user("nurse7", &["nurse"]).await;
+    nurse.login("nurse7", PASSWORD).await;
+    assert!(!nurse.get(&flash).await.text.contains("class=\"secret\""), "not another user's");
+    assert!(other.get(&flash).await.text.contains("class=\"secret\""), "still there for its owner");
+}

@@ -26,6 +26,7 @@ pub mod detect;
 pub mod eaccounts;
 pub mod error;
 pub mod exchange;
+pub mod forms;
 pub mod init;
 pub mod jobs;
 pub mod keys;

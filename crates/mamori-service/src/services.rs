@@ -66,6 +66,8 @@ pub struct Inner {
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// Request counters and latencies (Prometheus text).
     pub metrics: crate::metrics::Metrics,
+    /// Results shown once (one-time passwords, envelopes), in memory.
+    pub flash: crate::forms::Flash,
 }
 
 impl std::ops::Deref for Services {
@@ -152,6 +154,7 @@ impl Services {
             restart: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
             metrics: crate::metrics::Metrics::default(),
+            flash: crate::forms::Flash::default(),
         }))
     }
 

@@ -18,6 +18,7 @@ pub mod copy;
 pub mod emergency;
 pub mod error;
 pub mod exchange;
+pub mod forms;
 pub mod maintenance;
 pub mod pg;
 pub mod records;

@@ -12,6 +12,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0005_continuity", include_str!("../migrations/sqlite/0005_continuity.sql")),
     ("0006_maintenance", include_str!("../migrations/sqlite/0006_maintenance.sql")),
     ("0007_service_layer", include_str!("../migrations/sqlite/0007_service_layer.sql")),
+    ("0008_form_submissions", include_str!("../migrations/sqlite/0008_form_submissions.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -22,6 +23,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0005_continuity", include_str!("../migrations/postgres/0005_continuity.sql")),
     ("0006_maintenance", include_str!("../migrations/postgres/0006_maintenance.sql")),
     ("0007_service_layer", include_str!("../migrations/postgres/0007_service_layer.sql")),
+    ("0008_form_submissions", include_str!("../migrations/postgres/0008_form_submissions.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

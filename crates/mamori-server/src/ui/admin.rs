@@ -15,7 +15,7 @@ use mamori_service::{accounts, eaccounts as eacc, maintenance as maint, Services
 use serde_json::{json, Value};
 
 use super::html::{ev, notice, when};
-use super::{cmd, esc, field, fields, form, Api, Ui};
+use super::{cmd, esc, field, fields, form, Api, Next, Ui};
 
 pub fn routes() -> Router<Services> {
     Router::new()
@@ -27,7 +27,7 @@ pub fn routes() -> Router<Services> {
         .route("/ui/admin/care", get(care).post(care_assign))
         .route("/ui/admin/care/{id}/end", post(care_end))
         .route("/ui/admin/emergency-accounts", get(eaccounts).post(eaccounts_provision))
-        .route("/ui/admin/emergency-accounts/{name}/envelope", post(envelope))
+        .route("/ui/admin/emergency-accounts/{name}/envelope", get(envelope_page).post(envelope))
         .route("/ui/admin/maintenance", get(maintenance))
         .route("/ui/admin/maintenance/{id}/{action}", post(maintenance_decide))
         .route("/ui/admin/snapshots", get(snapshots).post(snapshot_create))
@@ -75,6 +75,16 @@ fn done(ui: &Ui, r: &Api, back: &str) -> Response {
     }
 }
 
+/// Where a form that succeeded leads (`to`), or the page that says why
+/// it did not.
+fn then(ui: &Ui, r: &Api, to: &str) -> Next {
+    if r.ok() {
+        Ok(to.to_owned())
+    } else {
+        Err(Box::new(done(ui, r, to)))
+    }
+}
+
 fn opt(f: &[(String, String)], k: &str) -> Value {
     let v = field(f, k).trim();
     if v.is_empty() {
@@ -86,8 +96,9 @@ fn opt(f: &[(String, String)], k: &str) -> Value {
 
 // ---- users -----------------------------------------------------------------------
 
-pub async fn users(ui: Ui) -> Response {
-    users_page(&ui, None).await
+pub async fn users(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+    let shown = ui.flash(&q);
+    users_page(&ui, shown).await
 }
 
 async fn users_page(ui: &Ui, created: Option<String>) -> Response {
@@ -193,21 +204,22 @@ pub async fn user_create(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let req = json!({"name": field(&f, "name").trim(), "display": field(&f, "display").trim(), "roles": fields(&f, "roles"), "department": opt(&f, "department")});
-    let r = match cmd(req) {
-        Ok(req) => Api::of(accounts::create_user(&ui.svc, &ui.actor, req).await),
-        Err(e) => Api::of::<()>(Err(e)),
-    };
-    if !r.ok() {
-        return done(&ui, &r, "/ui/admin/users");
-    }
-    // The one-time password is shown on this answer only (never in a URL);
-    // submitting the form again is refused: the account exists.
-    let mut msg = one_time(&ui, field(&f, "name").trim(), r.body["one_time_password"].as_str().unwrap_or(""));
-    if let Some(id) = r.body["pending_request"].as_i64() {
-        msg.push_str(&pending(&ui, id));
-    }
-    users_page(&ui, Some(msg)).await
+    ui.once(&f, || async {
+        let req = json!({"name": field(&f, "name").trim(), "display": field(&f, "display").trim(), "roles": fields(&f, "roles"), "department": opt(&f, "department")});
+        let r = match cmd(req) {
+            Ok(req) => Api::of(accounts::create_user(&ui.svc, &ui.actor, req).await),
+            Err(e) => Api::of::<()>(Err(e)),
+        };
+        then(&ui, &r, "/ui/admin/users")?;
+        // The one-time password is shown once, on the page this leads to
+        // (kept in memory, never in a URL or the database).
+        let mut msg = one_time(&ui, field(&f, "name").trim(), r.body["one_time_password"].as_str().unwrap_or(""));
+        if let Some(id) = r.body["pending_request"].as_i64() {
+            msg.push_str(&pending(&ui, id));
+        }
+        ui.flash_to("/ui/admin/users", msg)
+    })
+    .await
 }
 
 pub async fn user_update(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
@@ -217,16 +229,17 @@ pub async fn user_update(ui: Ui, Path(name): Path<String>, body: Body) -> Respon
     }
     match field(&f, "op") {
         "reset" => {
-            let r = Api::of(accounts::reset_password(&ui.svc, &ui.actor, &name).await);
-            if !r.ok() {
-                return done(&ui, &r, "/ui/admin/users");
-            }
-            let msg = match (r.body["one_time_password"].as_str(), r.body["pending_request"].as_i64()) {
-                (Some(pw), _) => one_time(&ui, &name, pw),
-                (None, Some(id)) => pending(&ui, id),
-                (None, None) => String::new(),
-            };
-            users_page(&ui, Some(msg)).await
+            ui.once(&f, || async {
+                let r = Api::of(accounts::reset_password(&ui.svc, &ui.actor, &name).await);
+                then(&ui, &r, "/ui/admin/users")?;
+                let msg = match (r.body["one_time_password"].as_str(), r.body["pending_request"].as_i64()) {
+                    (Some(pw), _) => one_time(&ui, &name, pw),
+                    (None, Some(id)) => pending(&ui, id),
+                    (None, None) => String::new(),
+                };
+                ui.flash_to("/ui/admin/users", msg)
+            })
+            .await
         }
         op @ ("enable" | "disable") => {
             let change = accounts::AccountChange { disabled: Some(op == "disable"), ..Default::default() };
@@ -308,15 +321,19 @@ pub async fn request_decide(ui: Ui, Path(id): Path<i64>, body: Body) -> Response
         return r;
     }
     let approve = field(&f, "decision") == "approve";
-    let r = Api::of(accounts::decide_request(&ui.svc, &ui.actor, id, approve).await);
-    match r.body["one_time_password"].as_str() {
-        // A reset's one-time password goes to the approving admin, once.
-        Some(pw) if r.ok() => {
-            let user = r.body["request"]["user"].as_str().unwrap_or("").to_owned();
-            users_page(&ui, Some(one_time(&ui, &user, pw))).await
+    ui.once(&f, || async {
+        let r = Api::of(accounts::decide_request(&ui.svc, &ui.actor, id, approve).await);
+        then(&ui, &r, "/ui/admin/requests")?;
+        match r.body["one_time_password"].as_str() {
+            // A reset's one-time password goes to the approving admin, once.
+            Some(pw) => {
+                let user = r.body["request"]["user"].as_str().unwrap_or("").to_owned();
+                ui.flash_to("/ui/admin/users", one_time(&ui, &user, pw))
+            }
+            None => Ok("/ui/admin/requests".to_owned()),
         }
-        _ => done(&ui, &r, "/ui/admin/requests"),
-    }
+    })
+    .await
 }
 
 // ---- care assignments --------------------------------------------------------------------
@@ -390,12 +407,15 @@ pub async fn care_assign(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let req = json!({"patient": field(&f, "patient").trim().trim_start_matches("Patient/"), "user": opt(&f, "user"), "department": opt(&f, "department"), "reason": opt(&f, "reason")});
-    let r = match cmd(req) {
-        Ok(req) => Api::of(accounts::assign_care(&ui.svc, &ui.actor, req).await),
-        Err(e) => Api::of::<()>(Err(e)),
-    };
-    done(&ui, &r, "/ui/admin/care")
+    ui.once(&f, || async {
+        let req = json!({"patient": field(&f, "patient").trim().trim_start_matches("Patient/"), "user": opt(&f, "user"), "department": opt(&f, "department"), "reason": opt(&f, "reason")});
+        let r = match cmd(req) {
+            Ok(req) => Api::of(accounts::assign_care(&ui.svc, &ui.actor, req).await),
+            Err(e) => Api::of::<()>(Err(e)),
+        };
+        then(&ui, &r, "/ui/admin/care")
+    })
+    .await
 }
 
 pub async fn care_end(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
@@ -477,12 +497,15 @@ pub async fn eaccounts_provision(ui: Ui, body: Body) -> Response {
         return r;
     }
     let count: u32 = field(&f, "count").parse().unwrap_or(1);
-    let req = json!({"count": count, "roles": fields(&f, "roles"), "drill": field(&f, "drill") == "1"});
-    let r = match cmd(req) {
-        Ok(req) => Api::of(eacc::provision(&ui.svc, &ui.actor, req).await),
-        Err(e) => Api::of::<()>(Err(e)),
-    };
-    done(&ui, &r, "/ui/admin/emergency-accounts")
+    ui.once(&f, || async {
+        let req = json!({"count": count, "roles": fields(&f, "roles"), "drill": field(&f, "drill") == "1"});
+        let r = match cmd(req) {
+            Ok(req) => Api::of(eacc::provision(&ui.svc, &ui.actor, req).await),
+            Err(e) => Api::of::<()>(Err(e)),
+        };
+        then(&ui, &r, "/ui/admin/emergency-accounts")
+    })
+    .await
 }
 
 pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
@@ -490,12 +513,45 @@ pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response 
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = Api::of(eacc::envelope(&ui.svc, &ui.actor, &name).await);
-    if !r.ok() {
-        return done(&ui, &r, "/ui/admin/emergency-accounts");
+    ui.once(&f, || async {
+        let r = Api::of(eacc::envelope(&ui.svc, &ui.actor, &name).await);
+        then(&ui, &r, "/ui/admin/emergency-accounts")?;
+        // Printed from the page this leads to, once (kept in memory only).
+        let to = format!("/ui/admin/emergency-accounts/{}/envelope", enc(&name));
+        ui.flash_to(&to, envelope_html(&ui, &r.body))
+    })
+    .await
+}
+
+/// The envelope printed once after [`envelope`]; a second look finds it
+/// gone.
+pub async fn envelope_page(ui: Ui, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let title = ui.t("非常用アカウントの封筒", "Emergency account envelope");
+    match ui.flash(&q) {
+        Some(body) => ui.page(title, &body),
+        None => ui.page(
+            title,
+            &format!(
+                "{}{}<p><a href=\"/ui/admin/emergency-accounts\">{}</a></p>",
+                tabs(&ui),
+                notice(
+                    "error",
+                    &format!(
+                        "{} ({name})",
+                        ui.t(
+                            "封筒は一度だけ表示され、もう表示できません。印刷できなかった場合は、このアカウントを廃止して新しく用意してください。",
+                            "The envelope was shown once and cannot be shown again. If it was not printed, retire this account and provision a new one."
+                        )
+                    )
+                ),
+                ui.t("非常用アカウントへ戻る", "Back to emergency accounts")
+            ),
+        ),
     }
-    let e = &r.body;
-    let body = format!(
+}
+
+fn envelope_html(ui: &Ui, e: &Value) -> String {
+    format!(
         r#"<p class="noprint">{warn} <button type="button" class="secondary" data-print>{print}</button></p>
 <section class="envelope"><h2>{inst}</h2><h3>{title}{drill}</h3>
 <p>{al}: <code>{acc}</code></p><p>{pl}: <code class="secret">{pw}</code></p><p>{rl}: {roles}</p>
@@ -521,8 +577,7 @@ pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response 
         en = ev(&e["instructions"]["en"]),
         printed = ui.t("印刷日時", "Printed"),
         at = ev(&e["printed_at"]),
-    );
-    ui.page(ui.t("非常用アカウントの封筒", "Emergency account envelope"), &body)
+    )
 }
 
 // ---- maintenance ----------------------------------------------------------------------------
@@ -656,8 +711,11 @@ pub async fn snapshot_create(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = Api::of(snapshot::create_now(&ui.svc, &ui.actor).await);
-    done(&ui, &r, "/ui/admin/snapshots")
+    ui.once(&f, || async {
+        let r = Api::of(snapshot::create_now(&ui.svc, &ui.actor).await);
+        then(&ui, &r, "/ui/admin/snapshots")
+    })
+    .await
 }
 
 pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Response {

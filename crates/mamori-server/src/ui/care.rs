@@ -709,14 +709,19 @@ pub async fn register_post(ui: Ui, body: Body) -> Response {
     if !field(&f, "kanji").trim().is_empty() || !field(&f, "kana").trim().is_empty() {
         req["name"] = json!({"kanji": opt("kanji"), "kana": opt("kana")});
     }
-    let r = match cmd(req) {
-        Ok(req) => registration::register(&ui.svc, &ui.actor, req).await,
-        Err(e) => Err(e),
-    };
-    match r {
-        Ok(reg) => Redirect::to(&format!("/ui/patients/{}", enc(&reg.id))).into_response(),
-        Err(e) => register_form(&ui, Some(e.message())),
-    }
+    // A repeated submission (reload, double click) leads to the patient
+    // the first one registered, not to a second provisional patient.
+    ui.once(&f, || async {
+        let r = match cmd(req) {
+            Ok(req) => registration::register(&ui.svc, &ui.actor, req).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(reg) => Ok(format!("/ui/patients/{}", enc(&reg.id))),
+            Err(e) => Err(Box::new(register_form(&ui, Some(e.message())))),
+        }
+    })
+    .await
 }
 
 pub async fn provisional(ui: Ui) -> Response {

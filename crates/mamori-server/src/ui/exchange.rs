@@ -208,22 +208,24 @@ pub async fn send_post(ui: Ui, body: Body) -> Response {
     if !field(&f, "basis").is_empty() {
         req["basis"] = json!(field(&f, "basis"));
     }
-    let r = send::send(&ui.svc, &ui.actor, cmd(req)).await;
-    let mut body = tabs(&ui);
-    let sent = match r {
-        Ok(s) => s,
-        Err(e) => {
-            body.push_str(&notice("error", &e.message()));
-            body.push_str(&format!(
-                "<p><a href=\"/ui/exchange?patient={}\">{}</a></p>",
-                enc(field(&f, "patient")),
-                ui.t("送信画面に戻る", "Back to the form")
-            ));
-            return ui.page(ui.t("送信できませんでした", "Not sent"), &body);
+    // Queued: the ledger of this send. A reload of the ledger, a double
+    // click or a resubmission of the same form does not send again.
+    ui.once(&f, || async {
+        match send::send(&ui.svc, &ui.actor, cmd(req)).await {
+            Ok(sent) => Ok(format!("/ui/exchange/messages?send={}", enc(&sent.send))),
+            Err(e) => {
+                let mut body = tabs(&ui);
+                body.push_str(&notice("error", &e.message()));
+                body.push_str(&format!(
+                    "<p><a href=\"/ui/exchange?patient={}\">{}</a></p>",
+                    enc(field(&f, "patient")),
+                    ui.t("送信画面に戻る", "Back to the form")
+                ));
+                Err(Box::new(ui.page(ui.t("送信できませんでした", "Not sent"), &body)))
+            }
         }
-    };
-    // Queued: the ledger of this send (a reload does not send again).
-    Redirect::to(&format!("/ui/exchange/messages?send={}", enc(&sent.send))).into_response()
+    })
+    .await
 }
 
 pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use mamori_core::policy::{Facts, Operation};
-use mamori_service::{accounts, Actor, Audited, ServiceError, Services};
+use mamori_service::{accounts, forms, Actor, Audited, ServiceError, Services};
 use mamori_store::records::Version;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -210,6 +210,10 @@ pub fn cmd<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
     serde_json::from_value(v).map_err(|e| ServiceError::invalid("", format!("invalid form: {e}")))
 }
 
+/// Where a form's action leads the browser next, or the page that says
+/// why nothing changed.
+pub type Next = Result<String, Box<Response>>;
+
 /// A logged-in user's page context.
 pub struct Ui {
     pub svc: Services,
@@ -261,8 +265,75 @@ impl Ui {
         }
         r
     }
+    /// The hidden fields every form carries: the CSRF token and a key of
+    /// its own, new on each rendering, so that the form acts once
+    /// ([`Ui::once`]).
     pub fn csrf_field(&self) -> String {
-        format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(&self.csrf))
+        format!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"form_key\" value=\"{}\">",
+            esc(&self.csrf),
+            new_csrf()
+        )
+    }
+    /// Runs a state-changing form's action once, then redirects (Post/
+    /// Redirect/Get). `act` answers where the browser goes next, or the
+    /// page that says why nothing changed. A repeated submission of the
+    /// same form (reload, double click, back and resubmit) does not act
+    /// again: it is sent where the first one led.
+    pub async fn once<Fut>(&self, f: &[(String, String)], act: impl FnOnce() -> Fut) -> Response
+    where
+        Fut: std::future::Future<Output = Next>,
+    {
+        let key = field(f, "form_key");
+        if key.is_empty() {
+            // A form posted by a client that does not send keys.
+            return match act().await {
+                Ok(to) => Redirect::to(&to).into_response(),
+                Err(page) => *page,
+            };
+        }
+        match forms::claim(&self.svc, &self.actor, key).await {
+            Err(e) => self.page(self.t("送信できませんでした", "Not submitted"), &html::notice("error", &e.message())),
+            Ok(forms::Claim::Done(to)) => Redirect::to(&to).into_response(),
+            Ok(forms::Claim::Running) => self.page(
+                self.t("処理中です", "Already submitted"),
+                &html::notice(
+                    "info",
+                    self.t(
+                        "このフォームは送信済みで、処理中です。二重に実行はしません。結果は一覧で確認してください。",
+                        "This form was already submitted and is being processed; it is not done twice. See the result in the list.",
+                    ),
+                ),
+            ),
+            Ok(forms::Claim::Fresh) => match act().await {
+                Ok(to) => {
+                    if let Err(e) = forms::settle(&self.svc, &self.actor, key, &to).await {
+                        tracing::warn!(error = %e, "could not record a form's result; a resubmission will show 'already submitted'");
+                    }
+                    Redirect::to(&to).into_response()
+                }
+                Err(page) => {
+                    if let Err(e) = forms::release(&self.svc, &self.actor, key).await {
+                        tracing::warn!(error = %e, "could not release a failed form's key");
+                    }
+                    *page
+                }
+            },
+        }
+    }
+    /// Keeps a result to be shown once (a one-time password) for the page
+    /// at `to`, and answers `to` with the flash's id.
+    pub fn flash_to(&self, to: &str, content: String) -> Next {
+        match self.svc.flash.put(self.actor.name(), content) {
+            Ok(id) => Ok(format!("{to}{}flash={id}", if to.contains('?') { '&' } else { '?' })),
+            Err(e) => {
+                Err(Box::new(self.page(self.t("表示できません", "Cannot show"), &html::notice("error", &e.message()))))
+            }
+        }
+    }
+    /// The result kept for this page, once.
+    pub fn flash(&self, q: &HashMap<String, String>) -> Option<String> {
+        q.get("flash").and_then(|id| self.svc.flash.take(self.actor.name(), id))
     }
 }
 
