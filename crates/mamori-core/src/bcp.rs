@@ -19,14 +19,20 @@ use crate::policy::Role;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// A natural disaster (earthquake, flood, fire).
     Disaster,
+    /// A cyber attack (ransomware, intrusion).
     CyberAttack,
+    /// A failure of the systems themselves (hardware, software, network, power).
     SystemFailure,
+    /// Many casualties at once.
     MassCasualty,
+    /// Anything else the plan names.
     Other,
 }
 
 impl Cause {
+    /// The cause's name in plans, the database and the API (`cyber_attack`).
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Disaster => "disaster",
@@ -36,6 +42,7 @@ impl Cause {
             Cause::Other => "other",
         }
     }
+    /// Parses a name made by [`Cause::as_str`].
     pub fn parse(s: &str) -> Option<Cause> {
         [Cause::Disaster, Cause::CyberAttack, Cause::SystemFailure, Cause::MassCasualty, Cause::Other]
             .into_iter()
@@ -47,18 +54,26 @@ impl Cause {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Text {
+    /// Japanese.
     pub ja: String,
+    /// English.
     pub en: String,
 }
 
+/// One criterion of an emergency: a situation the plan says justifies a
+/// declaration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Criterion {
+    /// Its id, referred to by declarations (1-64 of `a-z`, `0-9`, `-`, `_`).
     pub id: String,
+    /// The kind of cause it covers (alerts offer the criteria of their cause).
     pub cause: Cause,
+    /// What the situation is.
     pub description: Text,
 }
 
+/// Who may declare an emergency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Deciders {
@@ -73,14 +88,18 @@ pub struct Deciders {
     pub two_person: bool,
 }
 
+/// A member of the emergency team and how to reach them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
+    /// The person (name and title).
     pub name: String,
     /// The function in the emergency team (本部長, 情報システム担当, ...).
     pub function: String,
+    /// Telephone number(s).
     #[serde(default)]
     pub phone: Option<String>,
+    /// E-mail address.
     #[serde(default)]
     pub email: Option<String>,
     /// Other ways to reach them when networks fail (radio, messenger, in person).
@@ -88,20 +107,26 @@ pub struct Contact {
     pub alternate: Vec<String>,
 }
 
+/// An outside company the hospital depends on, and how to reach it in an
+/// emergency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contractor {
+    /// The company.
     pub name: String,
     /// What they provide (EHR vendor, network, data centre, ...).
     pub service: String,
+    /// Its emergency contact (hotline, phone number).
     pub contact: String,
     /// The agreed route for joint troubleshooting (窓口・エスカレーション).
     pub escalation: String,
 }
 
+/// A document prepared for emergencies (notices, manuals, report forms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
+    /// What the document is.
     pub title: Text,
     /// Who it is for (patients, staff, authorities, press).
     pub audience: String,
@@ -109,10 +134,13 @@ pub struct Document {
     pub location: String,
 }
 
+/// One item of a phase's checklist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChecklistItem {
+    /// Its id, unique within the phase (1-64 of `a-z`, `0-9`, `-`, `_`).
     pub id: String,
+    /// What to do or check.
     pub text: Text,
     /// Must be done before leaving the phase (default true).
     #[serde(default = "yes")]
@@ -138,11 +166,14 @@ pub struct PhaseRules {
     pub target_minutes: Option<u32>,
 }
 
+/// The limits of break-glass access under the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlassRules {
+    /// Duration of a grant when the request names none, in minutes (default 60).
     #[serde(default = "default_bg")]
     pub default_minutes: u32,
+    /// Longest grant that may be asked for, in minutes (default 480, at most 1440).
     #[serde(default = "max_bg")]
     pub max_minutes: u32,
 }
@@ -160,6 +191,7 @@ impl Default for BreakGlassRules {
     }
 }
 
+/// How emergencies are noticed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Detection {
@@ -186,16 +218,23 @@ impl Default for Detection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
+    /// The plan's title.
     pub title: Text,
     /// The basic policy (基本方針).
     pub policy: Text,
+    /// The situations that justify a declaration (at least one).
     pub criteria: Vec<Criterion>,
+    /// Who may declare.
     pub deciders: Deciders,
+    /// How emergencies are detected, and the mass-modification alert threshold.
     #[serde(default)]
     pub detection: Detection,
+    /// The emergency team's contact list (each reachable at least one way).
     pub team: Vec<Contact>,
+    /// The outside companies to call.
     #[serde(default)]
     pub contractors: Vec<Contractor>,
+    /// The documents prepared for emergencies.
     #[serde(default)]
     pub documents: Vec<Document>,
     /// Per phase: the checklist.
@@ -203,10 +242,14 @@ pub struct Plan {
     /// Per phase: the emergency rules in force.
     #[serde(default)]
     pub rules: BTreeMap<Phase, PhaseRules>,
+    /// Limits of break-glass access.
     #[serde(default)]
     pub break_glass: BreakGlassRules,
+    /// Who may register patients without the reception desk outside
+    /// emergencies.
     #[serde(default)]
     pub registration: RegistrationRules,
+    /// Who keeps the medical records.
     #[serde(default)]
     pub records: RecordsRules,
 }
@@ -245,7 +288,10 @@ pub struct RegistrationRules {
 /// One problem in a plan, by location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanError {
+    /// Where: a dotted path into the plan (`criteria[0].id`), or `line N` for
+    /// a TOML syntax error.
     pub path: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -266,6 +312,7 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The plan as TOML (what [`Plan::from_toml`] reads back).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -334,10 +381,12 @@ impl Plan {
         }
     }
 
+    /// The criterion with this id.
     pub fn criterion(&self, id: &str) -> Option<&Criterion> {
         self.criteria.iter().find(|c| c.id == id)
     }
 
+    /// The rules in force in a phase (all off if the plan gives none).
     pub fn rules(&self, phase: Phase) -> PhaseRules {
         self.rules.get(&phase).copied().unwrap_or_default()
     }
@@ -408,6 +457,7 @@ fn line_of(text: &str, offset: usize) -> String {
 pub enum DeclState {
     /// Waiting for a second decider's confirmation (two-person rule).
     Proposed,
+    /// Declared and in force, in this phase.
     Active(Phase),
     /// Returned to normal after full recovery.
     Closed,
@@ -416,6 +466,8 @@ pub enum DeclState {
 }
 
 impl DeclState {
+    /// The state's name in the database and the API: `proposed`, a phase
+    /// name, `closed` or `stood_down`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeclState::Proposed => "proposed",
@@ -424,6 +476,7 @@ impl DeclState {
             DeclState::StoodDown => "stood_down",
         }
     }
+    /// Parses a name made by [`DeclState::as_str`].
     pub fn parse(s: &str) -> Option<DeclState> {
         match s {
             "proposed" => Some(DeclState::Proposed),
@@ -432,6 +485,7 @@ impl DeclState {
             other => Phase::parse(other).map(DeclState::Active),
         }
     }
+    /// Whether the declaration can still change (proposed or active).
     pub fn is_open(self) -> bool {
         matches!(self, DeclState::Proposed | DeclState::Active(_))
     }
@@ -446,26 +500,48 @@ pub enum BcpEvent {
     Advance(Phase),
     /// From full recovery back to normal: the full-recovery checklist must
     /// be complete, unless a decider overrides with a reason.
-    ReturnToNormal { checklist_complete: bool, override_reason: Option<String> },
+    ReturnToNormal {
+        /// Whether every required item of the full-recovery checklist is done.
+        checklist_complete: bool,
+        /// The decider's reason to return to normal with the checklist
+        /// incomplete.
+        override_reason: Option<String>,
+    },
     /// During activation (or while proposed): not an emergency after all.
-    StandDown { reason: String },
+    StandDown {
+        /// Why (required, not blank).
+        reason: String,
+    },
 }
 
+/// Why a declaration cannot make a transition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransitionError {
+    /// A phase skipped or repeated: phases advance one at a time.
     #[error("cannot go from {from} to {to}: phases advance one at a time (activation → resumption → recovery → full_recovery → normal)")]
-    Skip { from: &'static str, to: &'static str },
+    Skip {
+        /// The declaration's state.
+        from: &'static str,
+        /// The phase asked for.
+        to: &'static str,
+    },
+    /// The declaration is closed or stood down (its state's name).
     #[error("the declaration is {0}; it cannot change any more")]
     Ended(&'static str),
+    /// A confirmation of a declaration that is not proposed.
     #[error("only a proposed declaration can be confirmed")]
     NotProposed,
+    /// Return to normal with the checklist incomplete and no override reason.
     #[error("the full-recovery checklist is incomplete: finish it, or override with a reason")]
     ChecklistIncomplete,
+    /// Return to normal from a state other than full recovery (its name).
     #[error("return to normal is possible only from full_recovery (now {0})")]
     NotFullRecovery(&'static str),
+    /// A stand-down after activation (the state's name).
     #[error("a declaration can be stood down only while proposed or in activation (now {0})")]
     TooLateToStandDown(&'static str),
+    /// A stand-down without a reason.
     #[error("a reason is required")]
     ReasonRequired,
 }
@@ -541,7 +617,9 @@ pub fn check_break_glass(reason: &str, minutes: Option<u32>, rules: &BreakGlassR
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewOutcome {
+    /// The use was justified.
     Accepted,
+    /// The use needs follow-up: the reviewer doubts it was justified.
     Questioned,
 }
 
@@ -562,6 +640,7 @@ pub enum AccountState {
 }
 
 impl AccountState {
+    /// The state's name in the database and the API (`awaiting_envelope`).
     pub fn as_str(self) -> &'static str {
         match self {
             AccountState::AwaitingEnvelope => "awaiting_envelope",
@@ -570,6 +649,7 @@ impl AccountState {
             AccountState::Retired => "retired",
         }
     }
+    /// Parses a name made by [`AccountState::as_str`].
     pub fn parse(s: &str) -> Option<AccountState> {
         [AccountState::AwaitingEnvelope, AccountState::Sealed, AccountState::InUse, AccountState::Retired]
             .into_iter()
@@ -577,8 +657,10 @@ impl AccountState {
     }
 }
 
+/// What happens to an emergency account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountEvent {
+    /// Its sealed envelope was printed.
     EnvelopePrinted,
     /// A login while an emergency (of the account's kind: real or drill) is declared.
     Unseal,
@@ -587,6 +669,8 @@ pub enum AccountEvent {
 }
 
 impl AccountState {
+    /// The one transition function of an emergency account's life; the error
+    /// says why the event is not possible.
     pub fn apply(self, ev: AccountEvent) -> Result<AccountState, String> {
         use AccountState::*;
         match (self, ev) {

@@ -59,6 +59,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// Every purpose, in declaration order.
     pub const ALL: [Purpose; 7] = [
         Purpose::Referral,
         Purpose::ReferralReply,
@@ -68,6 +69,7 @@ impl Purpose {
         Purpose::Research,
         Purpose::Other,
     ];
+    /// The purpose's name in the database and the API (`referral_reply`).
     pub fn as_str(self) -> &'static str {
         match self {
             Purpose::Referral => "referral",
@@ -79,6 +81,7 @@ impl Purpose {
             Purpose::Other => "other",
         }
     }
+    /// Parses a name made by [`Purpose::as_str`].
     pub fn parse(s: &str) -> Option<Purpose> {
         Purpose::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -108,13 +111,30 @@ pub const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Basis {
-    Delegation { contract: String },
-    ExplicitConsent { consent: String },
-    ImpliedConsent { purpose: Purpose },
-    ProtectionOfLife { justification: String },
+    /// 委託: the partner processes the information under contract.
+    Delegation {
+        /// The contract it is sent under.
+        contract: String,
+    },
+    /// An active Consent of the patient permits this recipient and purpose.
+    ExplicitConsent {
+        /// The permitting Consent (`Consent/<id>`).
+        consent: String,
+    },
+    /// Implied consent: a purpose of the patient's own care, not objected to.
+    ImpliedConsent {
+        /// The purpose it covers.
+        purpose: Purpose,
+    },
+    /// The protection-of-life exception, during a real emergency.
+    ProtectionOfLife {
+        /// The sender's written justification.
+        justification: String,
+    },
 }
 
 impl Basis {
+    /// Which kind of basis this is.
     pub fn kind(&self) -> BasisKind {
         match self {
             Basis::Delegation { .. } => BasisKind::Delegation,
@@ -129,13 +149,18 @@ impl Basis {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BasisKind {
+    /// 委託: the partner processes the information under contract.
     Delegation,
+    /// An active Consent of the patient permits it.
     ExplicitConsent,
+    /// Implied consent for a purpose of the patient's own care.
     ImpliedConsent,
+    /// The protection-of-life exception (real emergencies only).
     ProtectionOfLife,
 }
 
 impl BasisKind {
+    /// The kind's name in the database and the API (`explicit_consent`).
     pub fn as_str(self) -> &'static str {
         match self {
             BasisKind::Delegation => "delegation",
@@ -144,6 +169,7 @@ impl BasisKind {
             BasisKind::ProtectionOfLife => "protection_of_life",
         }
     }
+    /// Parses a name made by [`BasisKind::as_str`].
     pub fn parse(s: &str) -> Option<BasisKind> {
         [BasisKind::Delegation, BasisKind::ExplicitConsent, BasisKind::ImpliedConsent, BasisKind::ProtectionOfLife]
             .into_iter()
@@ -155,12 +181,17 @@ impl BasisKind {
 /// and period. Empty lists mean "any".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provision {
+    /// Whether the rule permits (`true`) or denies (`false`).
     pub permit: bool,
     /// Recipient references: `Organization/partner-<id>` or a partner id.
     pub actors: Vec<String>,
     /// ActReason codes.
     pub purposes: Vec<String>,
+    /// Start of the period it applies in (microseconds since the Unix epoch,
+    /// inclusive); `None` from the beginning of time.
     pub start: Option<i64>,
+    /// End of the period it applies in (microseconds since the Unix epoch,
+    /// exclusive); `None` without end.
     pub end: Option<i64>,
 }
 
@@ -169,6 +200,7 @@ pub struct Provision {
 pub struct ConsentRule {
     /// `Consent/<id>`.
     pub reference: String,
+    /// Whether the Consent's status is `active`; an inactive one says nothing.
     pub active: bool,
     /// The base rule.
     pub base: Provision,
@@ -266,17 +298,26 @@ impl ConsentRule {
 /// Everything the decision needs.
 #[derive(Debug, Clone)]
 pub struct SendRequest<'a> {
+    /// The recipient partner's id.
     pub partner: &'a str,
+    /// How the partner is related to the institution.
     pub relationship: Relationship,
+    /// The partner's contract (recorded as the basis of a delegation).
     pub contract: &'a str,
     /// Purposes the partner's registration allows.
     pub partner_purposes: &'a [Purpose],
+    /// Why the information is sent.
     pub purpose: Purpose,
     /// A basis the sender asked for, if any.
     pub requested: Option<BasisKind>,
+    /// The written justification for the protection-of-life exception.
     pub justification: Option<&'a str>,
+    /// The patient's Consents.
     pub consents: &'a [ConsentRule],
+    /// The operating mode (the protection-of-life exception needs a real
+    /// emergency).
     pub mode: Mode,
+    /// When the send is decided (Consent periods are checked against it).
     pub now: Timestamp,
 }
 

@@ -42,6 +42,7 @@ pub enum Triage {
 }
 
 impl Triage {
+    /// The category's code in the patient's triage extension and audit detail (`red`).
     pub fn as_str(self) -> &'static str {
         match self {
             Triage::Red => "red",
@@ -50,6 +51,7 @@ impl Triage {
             Triage::Black => "black",
         }
     }
+    /// The category as shown to staff, in Japanese and English.
     pub fn label(self) -> &'static str {
         match self {
             Triage::Red => "赤 / immediate",
@@ -118,7 +120,9 @@ pub fn repoint_patient(v: &mut Value, from: &str, to: &str) -> usize {
 /// The central state of a resource an offline entry concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Central {
+    /// The resource's current version number centrally.
     pub version: u64,
+    /// Whether the current central version is a deletion.
     pub deleted: bool,
     /// The central content equals the offline content.
     pub same_content: bool,
@@ -136,7 +140,10 @@ pub enum Reconcile {
     /// Nothing to do (already applied, or the same content).
     Unchanged,
     /// Changed on both sides (or deleted centrally): keep both, ask a person.
-    Conflict { reason: String },
+    Conflict {
+        /// What was changed where, for the person who resolves it.
+        reason: String,
+    },
 }
 
 /// The data-consistency rule of docs/reconciliation.md: never overwrite a
@@ -195,7 +202,9 @@ fn gf_inv(a: u8) -> u8 {
 /// One share: its x coordinate (1..=255) and the y bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The x coordinate, 1..=255; distinct for each share of a secret.
     pub x: u8,
+    /// The polynomials' values at `x`, one byte per byte of the secret.
     pub y: Vec<u8>,
 }
 

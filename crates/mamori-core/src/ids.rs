@@ -8,12 +8,16 @@ use crate::fhir::resource_types::R4_RESOURCE_TYPES;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdError {
+    /// Not a FHIR id (the input, cut to 80 bytes).
     #[error("'{0}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")]
     ResourceId(String),
+    /// Not a resource type of FHIR R4 (the input, cut to 80 bytes).
     #[error("'{0}' is not an R4 resource type")]
     ResourceType(String),
+    /// Not a valid user name (the input, cut to 80 bytes).
     #[error("'{0}' is not a valid user name (1-64 of a-z, 0-9, '.', '_', '-')")]
     UserName(String),
+    /// Not a `Type/id` reference (the input, cut to 80 bytes).
     #[error("'{0}' is not a valid reference (expected Type/id)")]
     Reference(String),
 }
@@ -28,6 +32,7 @@ pub fn is_fhir_id(s: &str) -> bool {
 pub struct ResourceType(&'static str);
 
 impl ResourceType {
+    /// Parses a resource type name, which must be one of R4's.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         R4_RESOURCE_TYPES
             .binary_search(&s)
@@ -36,17 +41,27 @@ impl ResourceType {
             .map(|t| ResourceType(t))
             .ok_or_else(|| IdError::ResourceType(truncate(s)))
     }
+    /// The type's name (`Patient`).
     pub fn as_str(&self) -> &'static str {
         self.0
     }
+    /// `Patient`.
     pub const PATIENT: ResourceType = ResourceType("Patient");
+    /// `AuditEvent`.
     pub const AUDIT_EVENT: ResourceType = ResourceType("AuditEvent");
+    /// `Organization`.
     pub const ORGANIZATION: ResourceType = ResourceType("Organization");
+    /// `Endpoint`.
     pub const ENDPOINT: ResourceType = ResourceType("Endpoint");
+    /// `Binary`.
     pub const BINARY: ResourceType = ResourceType("Binary");
+    /// `DocumentReference`.
     pub const DOCUMENT_REFERENCE: ResourceType = ResourceType("DocumentReference");
+    /// `Composition`.
     pub const COMPOSITION: ResourceType = ResourceType("Composition");
+    /// `Consent`.
     pub const CONSENT: ResourceType = ResourceType("Consent");
+    /// `Provenance`.
     pub const PROVENANCE: ResourceType = ResourceType("Provenance");
     /// The type an access to a patient's whole record (`$everything`, a
     /// merge, an export) is decided as: a clinical record any clinician
@@ -73,9 +88,11 @@ macro_rules! string_id {
         pub struct $name(String);
 
         impl $name {
+            /// Parses and checks an identifier.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 if $check(s) { Ok($name(s.to_owned())) } else { Err($err(truncate(s))) }
             }
+            /// The identifier as text.
             pub fn as_str(&self) -> &str { &self.0 }
         }
         impl TryFrom<String> for $name {
@@ -122,11 +139,14 @@ impl From<PatientId> for ResourceId {
     }
 }
 impl PatientId {
+    /// The same id, as the id of a Patient.
     pub fn from_resource_id(id: &ResourceId) -> PatientId {
         PatientId(id.0.clone())
     }
 }
 
+/// Is `s` a valid user name: 1-64 of `a-z`, `0-9`, `.`, `_`, `-`, starting
+/// with a letter or digit?
 pub fn is_user_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -153,7 +173,9 @@ pub struct AuditIndex(pub u64);
 /// A local reference `Type/id`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LocalRef {
+    /// The referenced resource's type.
     pub rtype: ResourceType,
+    /// The referenced resource's id.
     pub id: ResourceId,
 }
 

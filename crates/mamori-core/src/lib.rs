@@ -5,6 +5,7 @@
 //! this crate touches a file, a socket, a database or the system clock
 //! (except [`time::SystemClock`], which callers inject).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bcp;
 pub mod consent;

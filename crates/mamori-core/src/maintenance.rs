@@ -26,8 +26,10 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Every scope, in declaration order.
     pub const ALL: [Scope; 6] =
         [Scope::Configuration, Scope::Logs, Scope::Database, Scope::Audit, Scope::Restart, Scope::PatientData];
+    /// The scope's name in the database and the API (`patient_data`).
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Configuration => "configuration",
@@ -38,6 +40,7 @@ impl Scope {
             Scope::PatientData => "patient_data",
         }
     }
+    /// Parses a name made by [`Scope::as_str`].
     pub fn parse(s: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|x| x.as_str() == s)
     }

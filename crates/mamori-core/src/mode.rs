@@ -7,14 +7,22 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Initial response: confirm the event, set up the HQ, switch to alternate
+    /// operation (EM-B2).
     Activation,
+    /// Core functions resume with alternate means (EM-B3).
     Resumption,
+    /// The scope widens and full recovery is planned (EM-B4).
     Recovery,
+    /// Switch-back, restore and reconciliation; its checklist is required
+    /// before the return to normal (EM-B5).
     FullRecovery,
 }
 
 impl Phase {
+    /// The phases in order.
     pub const ALL: [Phase; 4] = [Phase::Activation, Phase::Resumption, Phase::Recovery, Phase::FullRecovery];
+    /// The phase's name in plans, the database and the API (`full_recovery`).
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Activation => "activation",
@@ -23,6 +31,7 @@ impl Phase {
             Phase::FullRecovery => "full_recovery",
         }
     }
+    /// Parses a name made by [`Phase::as_str`].
     pub fn parse(s: &str) -> Option<Phase> {
         Phase::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -32,9 +41,13 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Mode {
+    /// No emergency is declared.
     Normal,
+    /// An emergency (or a drill of one) is declared and in force.
     Emergency {
+        /// The phase it is in.
         phase: Phase,
+        /// Whether it is a drill: rules are exercised but grant nothing real.
         drill: bool,
         /// Whether the plan opens clinical access to all patients in this
         /// phase (ETREAT). In a drill this is evaluated but never granted.
@@ -45,6 +58,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// No emergency or drill is declared.
     pub fn is_normal(&self) -> bool {
         matches!(self, Mode::Normal)
     }
@@ -52,6 +66,7 @@ impl Mode {
     pub fn is_real_emergency(&self) -> bool {
         matches!(self, Mode::Emergency { drill: false, .. })
     }
+    /// A drill is declared.
     pub fn is_drill(&self) -> bool {
         matches!(self, Mode::Emergency { drill: true, .. })
     }

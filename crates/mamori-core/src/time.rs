@@ -14,18 +14,23 @@ use std::sync::Arc;
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
+/// Microseconds in one second.
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 
 impl Timestamp {
+    /// The timestamp `s` seconds after the epoch (saturating).
     pub fn from_secs(s: i64) -> Self {
         Timestamp(s.saturating_mul(MICROS_PER_SEC))
     }
+    /// Microseconds since the Unix epoch.
     pub fn micros(self) -> i64 {
         self.0
     }
+    /// Whole seconds since the Unix epoch, rounded down.
     pub fn secs(self) -> i64 {
         self.0.div_euclid(MICROS_PER_SEC)
     }
+    /// This timestamp moved by `s` seconds (negative: earlier), saturating.
     pub fn plus_secs(self, s: i64) -> Self {
         Timestamp(self.0.saturating_add(s.saturating_mul(MICROS_PER_SEC)))
     }
@@ -59,9 +64,11 @@ impl fmt::Display for Timestamp {
 
 /// Where "now" comes from.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
     fn now(&self) -> Timestamp;
 }
 
+/// The system's real-time clock: the one clock of a running server.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -77,12 +84,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock stopped at `start`.
     pub fn new(start: Timestamp) -> Self {
         ManualClock(Arc::new(AtomicI64::new(start.0)))
     }
+    /// Moves the clock forward by `s` seconds (backward if negative).
     pub fn advance_secs(&self, s: i64) {
         self.0.fetch_add(s * MICROS_PER_SEC, Ordering::SeqCst);
     }
+    /// Sets the clock to `t`.
     pub fn set(&self, t: Timestamp) {
         self.0.store(t.0, Ordering::SeqCst);
     }
@@ -106,6 +116,8 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The proleptic Gregorian date `(year, month, day)` of a day count since
+/// 1970-01-01 (the inverse of [`days_from_civil`]).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -133,12 +145,18 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
+/// How much of a date/dateTime was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
+    /// `YYYY`.
     Year,
+    /// `YYYY-MM`.
     Month,
+    /// `YYYY-MM-DD`.
     Day,
+    /// `hh:mm` without seconds (search values only).
     Minute,
+    /// Seconds, with or without a fraction.
     Second,
 }
 
@@ -146,9 +164,13 @@ pub enum Precision {
 /// microseconds it denotes. Values without a zone are read as UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DateRange {
+    /// Start of the interval, inclusive (microseconds since the epoch, UTC).
     pub low: i64,
+    /// End of the interval, exclusive (microseconds since the epoch, UTC).
     pub high: i64,
+    /// How much of the value was given (determines the interval's width).
     pub precision: Precision,
+    /// Whether the value had a time zone (`Z` or `±hh:mm`).
     pub has_tz: bool,
 }
 

@@ -1,5 +1,6 @@
 //! The resource types of FHIR R4 (4.0.1), sorted for binary search.
 
+/// The names of every resource type of FHIR R4, sorted.
 pub const R4_RESOURCE_TYPES: &[&str] = &[
     "Account",
     "ActivityDefinition",

@@ -8,24 +8,41 @@
 /// The type of an element.
 #[derive(Debug, Clone, Copy)]
 pub enum T {
+    /// FHIR `string`: not empty, not blank.
     Str,
+    /// FHIR `markdown`: not empty.
     Markdown,
+    /// FHIR `code`: a non-empty string without leading or trailing whitespace.
     Code,
     /// A code from a required binding.
     CodeIn(&'static [&'static str]),
+    /// FHIR `uri`: a non-empty string without whitespace.
     Uri,
+    /// FHIR `id`: 1-64 of `A-Za-z0-9-.`.
     Id,
+    /// FHIR `boolean`.
     Bool,
+    /// FHIR `integer`: 32 bits, signed.
     Int,
+    /// FHIR `positiveInt`: greater than zero.
     PosInt,
+    /// FHIR `unsignedInt`: zero or more.
     UnsignedInt,
+    /// FHIR `decimal`: any JSON number.
     Decimal,
+    /// FHIR `date`: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`.
     Date,
+    /// FHIR `dateTime`: a date, or a date and time with a time zone.
     DateTime,
+    /// FHIR `instant`: a date and time to the second with a time zone.
     Instant,
+    /// FHIR `time`: `hh:mm:ss`.
     Time,
+    /// FHIR `base64Binary`.
     Base64,
+    /// The narrative's XHTML `div` (checked as a non-empty string).
     Xhtml,
+    /// A data type or backbone element with these elements.
     Complex(&'static [E]),
     /// An object whose content is only checked for well-formed references.
     Loose,
@@ -34,16 +51,23 @@ pub enum T {
 /// One element: name, type, cardinality.
 #[derive(Debug, Clone, Copy)]
 pub struct E {
+    /// The element's JSON name (the stem `value` for a choice `value[x]`).
     pub name: &'static str,
+    /// Its type, or the types of a choice.
     pub ty: Ty,
+    /// Minimum cardinality: 1 if the element is required.
     pub min: u8,
+    /// Whether it is an array (cardinality `..*`).
     pub many: bool,
 }
 
 /// An element's type, or the alternatives of a choice element (`value[x]`).
 #[derive(Debug, Clone, Copy)]
 pub enum Ty {
+    /// A single type.
     One(T),
+    /// A choice element: each alternative's type suffix (`DateTime` in
+    /// `onsetDateTime`) and its type.
     Choice(&'static [(&'static str, T)]),
 }
 
@@ -68,6 +92,7 @@ const fn choice1(name: &'static str, alts: &'static [(&'static str, T)]) -> E {
 
 // ---- data types -----------------------------------------------------------
 
+/// FHIR `Coding`.
 pub const CODING: T = T::Complex(&[
     e("system", T::Uri),
     e("version", T::Str),
@@ -75,8 +100,11 @@ pub const CODING: T = T::Complex(&[
     e("display", T::Str),
     e("userSelected", T::Bool),
 ]);
+/// FHIR `CodeableConcept`.
 pub const CC: T = T::Complex(&[many("coding", CODING), e("text", T::Str)]);
+/// FHIR `Period`.
 pub const PERIOD: T = T::Complex(&[e("start", T::DateTime), e("end", T::DateTime)]);
+/// FHIR `Quantity` (also used for `Age`, `Duration`, `SimpleQuantity`).
 pub const QUANTITY: T = T::Complex(&[
     e("value", T::Decimal),
     e("comparator", T::CodeIn(&["<", "<=", ">=", ">"])),
@@ -84,8 +112,11 @@ pub const QUANTITY: T = T::Complex(&[
     e("system", T::Uri),
     e("code", T::Code),
 ]);
+/// FHIR `Range`.
 pub const RANGE: T = T::Complex(&[e("low", QUANTITY), e("high", QUANTITY)]);
+/// FHIR `Ratio`.
 pub const RATIO: T = T::Complex(&[e("numerator", QUANTITY), e("denominator", QUANTITY)]);
+/// FHIR `Identifier`.
 pub const IDENTIFIER: T = T::Complex(&[
     e("use", T::CodeIn(&["usual", "official", "temp", "secondary", "old"])),
     e("type", CC),
@@ -94,8 +125,10 @@ pub const IDENTIFIER: T = T::Complex(&[
     e("period", PERIOD),
     e("assigner", T::Loose),
 ]);
+/// FHIR `Reference`.
 pub const REFERENCE: T =
     T::Complex(&[e("reference", T::Str), e("type", T::Uri), e("identifier", IDENTIFIER), e("display", T::Str)]);
+/// FHIR `HumanName`.
 pub const HUMAN_NAME: T = T::Complex(&[
     e("use", T::CodeIn(&["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"])),
     e("text", T::Str),
@@ -105,6 +138,7 @@ pub const HUMAN_NAME: T = T::Complex(&[
     many("suffix", T::Str),
     e("period", PERIOD),
 ]);
+/// FHIR `Address`.
 pub const ADDRESS: T = T::Complex(&[
     e("use", T::CodeIn(&["home", "work", "temp", "old", "billing"])),
     e("type", T::CodeIn(&["postal", "physical", "both"])),
@@ -117,6 +151,7 @@ pub const ADDRESS: T = T::Complex(&[
     e("country", T::Str),
     e("period", PERIOD),
 ]);
+/// FHIR `ContactPoint`.
 pub const CONTACT_POINT: T = T::Complex(&[
     e("system", T::CodeIn(&["phone", "fax", "email", "pager", "url", "sms", "other"])),
     e("value", T::Str),
@@ -124,11 +159,13 @@ pub const CONTACT_POINT: T = T::Complex(&[
     e("rank", T::PosInt),
     e("period", PERIOD),
 ]);
+/// FHIR `Annotation`.
 pub const ANNOTATION: T = T::Complex(&[
     choice("author", &[("Reference", REFERENCE), ("String", T::Str)]),
     e("time", T::DateTime),
     req("text", T::Markdown),
 ]);
+/// FHIR `Attachment`.
 pub const ATTACHMENT: T = T::Complex(&[
     e("contentType", T::Code),
     e("language", T::Code),
@@ -139,6 +176,7 @@ pub const ATTACHMENT: T = T::Complex(&[
     e("title", T::Str),
     e("creation", T::DateTime),
 ]);
+/// FHIR `Meta`.
 pub const META: T = T::Complex(&[
     e("versionId", T::Id),
     e("lastUpdated", T::Instant),
@@ -147,6 +185,7 @@ pub const META: T = T::Complex(&[
     many("security", CODING),
     many("tag", CODING),
 ]);
+/// FHIR `Narrative`.
 pub const NARRATIVE: T =
     T::Complex(&[req("status", T::CodeIn(&["generated", "extensions", "additional", "empty"])), req("div", T::Xhtml)]);
 
@@ -155,6 +194,7 @@ const ONSET: &[(&str, T)] =
 
 // ---- resources ------------------------------------------------------------
 
+/// The elements of a FHIR `Patient`.
 pub const PATIENT: &[E] = &[
     many("identifier", IDENTIFIER),
     e("active", T::Bool),
@@ -191,6 +231,7 @@ pub const PATIENT: &[E] = &[
     ),
 ];
 
+/// The elements of a FHIR `Encounter`.
 pub const ENCOUNTER: &[E] = &[
     many("identifier", IDENTIFIER),
     req(
@@ -238,6 +279,7 @@ pub const ENCOUNTER: &[E] = &[
     e("partOf", REFERENCE),
 ];
 
+/// The elements of a FHIR `Condition`.
 pub const CONDITION: &[E] = &[
     many("identifier", IDENTIFIER),
     e("clinicalStatus", CC),
@@ -290,6 +332,7 @@ const OBS_STATUS: T = T::CodeIn(&[
     "unknown",
 ]);
 
+/// The elements of a FHIR `Observation`.
 pub const OBSERVATION: &[E] = &[
     many("identifier", IDENTIFIER),
     many("basedOn", REFERENCE),
@@ -329,6 +372,7 @@ pub const OBSERVATION: &[E] = &[
     ),
 ];
 
+/// The elements of a FHIR `AllergyIntolerance`.
 pub const ALLERGY_INTOLERANCE: &[E] = &[
     many("identifier", IDENTIFIER),
     e("clinicalStatus", CC),
@@ -359,6 +403,7 @@ pub const ALLERGY_INTOLERANCE: &[E] = &[
     ),
 ];
 
+/// The elements of a FHIR `MedicationRequest`.
 pub const MEDICATION_REQUEST: &[E] = &[
     many("identifier", IDENTIFIER),
     req(
@@ -409,6 +454,7 @@ pub const MEDICATION_REQUEST: &[E] = &[
     many("eventHistory", REFERENCE),
 ];
 
+/// The elements of a FHIR `DiagnosticReport`.
 pub const DIAGNOSTIC_REPORT: &[E] = &[
     many("identifier", IDENTIFIER),
     many("basedOn", REFERENCE),
@@ -444,6 +490,7 @@ pub const DIAGNOSTIC_REPORT: &[E] = &[
     many("presentedForm", ATTACHMENT),
 ];
 
+/// The elements of a FHIR `DocumentReference`.
 pub const DOCUMENT_REFERENCE: &[E] = &[
     e("masterIdentifier", IDENTIFIER),
     many("identifier", IDENTIFIER),
@@ -469,6 +516,7 @@ pub const DOCUMENT_REFERENCE: &[E] = &[
     e("context", T::Loose),
 ];
 
+/// The elements of a FHIR `Procedure`.
 pub const PROCEDURE: &[E] = &[
     many("identifier", IDENTIFIER),
     many("instantiatesCanonical", T::Uri),
@@ -515,6 +563,7 @@ pub const PROCEDURE: &[E] = &[
     many("usedCode", CC),
 ];
 
+/// The elements of a FHIR `Practitioner`.
 pub const PRACTITIONER: &[E] = &[
     many("identifier", IDENTIFIER),
     e("active", T::Bool),
@@ -528,6 +577,7 @@ pub const PRACTITIONER: &[E] = &[
     many("communication", CC),
 ];
 
+/// The elements of a FHIR `CareTeam`.
 pub const CARE_TEAM: &[E] = &[
     many("identifier", IDENTIFIER),
     e("status", T::CodeIn(&["proposed", "active", "suspended", "inactive", "entered-in-error"])),

@@ -12,18 +12,26 @@ use unicode_normalization::UnicodeNormalization;
 use crate::ids::{is_fhir_id, LocalRef, ResourceType};
 use crate::time::{parse_date_time, parse_search_date, DateRange, Timestamp};
 
+/// How a search parameter matches, after FHIR's search parameter types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamKind {
+    /// A code, optionally with its system (`[system|]code`).
     Token,
+    /// Text, matched case-, width- and accent-insensitively (see [`normalize`]).
     String,
+    /// A date or period, matched with a prefix (`ge2024-01-01`).
     Date,
+    /// A reference to another resource (`Type/id` or `id`).
     Reference,
 }
 
+/// A search parameter of a resource type and where its values are found.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamDef {
+    /// The parameter's name in a search request (`birthdate`).
     pub name: &'static str,
+    /// How its values are indexed and matched.
     pub kind: ParamKind,
     /// Element paths, dot-separated; concrete names for choice elements.
     pub paths: &'static [&'static str],
@@ -193,6 +201,7 @@ pub fn params_for(rtype: ResourceType) -> &'static [ParamDef] {
     }
 }
 
+/// The definition of search parameter `name` on `rtype`, if mamori supports it.
 pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
     params_for(rtype).iter().find(|p| p.name == name)
 }
@@ -202,15 +211,44 @@ pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
 /// One row of the search index for the current version of a resource.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IndexValue {
-    Token { system: Option<String>, code: String },
-    String { norm: String, exact: String },
-    Date { low: i64, high: i64 },
-    Reference { rtype: String, id: String },
+    /// A code (also an identifier's or contact point's value).
+    Token {
+        /// The code system, if the element names one.
+        system: Option<String>,
+        /// The code.
+        code: String,
+    },
+    /// Text.
+    String {
+        /// The [`normalize`]d form (matched by default and by `:contains`).
+        norm: String,
+        /// The text as written (matched by `:exact`).
+        exact: String,
+    },
+    /// A date, dateTime or period as the half-open interval `[low, high)`.
+    Date {
+        /// Start, in microseconds since the Unix epoch (`i64::MIN` for a
+        /// period without a start).
+        low: i64,
+        /// End, exclusive, in microseconds since the Unix epoch (`i64::MAX`
+        /// for a period without an end).
+        high: i64,
+    },
+    /// A local reference (`Patient/p1`).
+    Reference {
+        /// The referenced resource's type.
+        rtype: String,
+        /// The referenced resource's id.
+        id: String,
+    },
 }
 
+/// One search parameter's value in a resource: a row of the search index.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexEntry {
+    /// The search parameter's name (a [`ParamDef::name`]).
     pub param: &'static str,
+    /// The value the resource holds for it.
     pub value: IndexValue,
 }
 
@@ -336,28 +374,59 @@ pub fn normalize(s: &str) -> String {
 
 // ---- query parsing ---------------------------------------------------------
 
+/// A FHIR date search prefix; `eq` when none is given.
+/// [`date_matches`] defines what each means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
+    /// `eq`: the value's range lies within the searched range.
     Eq,
+    /// `ne`: the value's range does not lie within the searched range.
     Ne,
+    /// `gt`: the value ends after the searched range ends.
     Gt,
+    /// `lt`: the value starts before the searched range starts.
     Lt,
+    /// `ge`: the value ends after the searched range starts.
     Ge,
+    /// `le`: the value starts before the searched range ends.
     Le,
+    /// `sa` (starts after): the value starts at or after the searched range's end.
     Sa,
+    /// `eb` (ends before): the value ends at or before the searched range's start.
     Eb,
 }
 
+/// One alternative of a [`Clause`]: a condition on one index value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cond {
+    /// `_id` equals this id.
     Id(String),
+    /// `_lastUpdated` satisfies the prefix for the range.
     LastUpdated(Prefix, DateRange),
-    Token { system: Option<Option<String>>, code: Option<String> },
+    /// A token (`[system|]code`).
+    Token {
+        /// `None` for any system (`code`), `Some(None)` for no system
+        /// (`|code`), `Some(Some(s))` for system `s` (`s|code`).
+        system: Option<Option<String>>,
+        /// `None` for any code of the system (`system|`).
+        code: Option<String>,
+    },
+    /// The normalized text starts with this (the default string match).
     StringStarts(String),
+    /// The text equals this exactly, as written (`:exact`).
     StringExact(String),
+    /// The normalized text contains this (`:contains`).
     StringContains(String),
+    /// A date parameter satisfies the prefix for the range.
     Date(Prefix, DateRange),
-    Reference { rtype: Option<String>, id: String },
+    /// A reference.
+    Reference {
+        /// The referenced type, if known (from the value, a `:Type`
+        /// modifier or the parameter's only target); `None` matches any.
+        rtype: Option<String>,
+        /// The referenced resource's id.
+        id: String,
+    },
 }
 
 /// A parameter with all its comma-separated alternatives (OR).
@@ -365,30 +434,44 @@ pub enum Cond {
 pub struct Clause {
     /// The index parameter name (`_id`/`_lastUpdated` for the special ones).
     pub param: &'static str,
+    /// The alternatives; the clause matches if any of them does.
     pub any_of: Vec<Cond>,
 }
 
+/// The order of a search's results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
+    /// By id, ascending (the default).
     Id,
+    /// By last update, oldest first (`_sort=_lastUpdated`).
     LastUpdatedAsc,
+    /// By last update, newest first (`_sort=-_lastUpdated`).
     LastUpdatedDesc,
 }
 
+/// Whether a search counts all its matches (`_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Total {
+    /// No total (`_total=none`): the count query is skipped.
     None,
+    /// An exact total (asked for as `accurate` or `estimate`).
     Accurate,
 }
 
 /// A parsed search: all clauses must match (AND).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchQuery {
+    /// The resource type searched.
     pub rtype: ResourceType,
+    /// The conditions, all of which must match.
     pub clauses: Vec<Clause>,
+    /// The page size (`_count`), at most [`MAX_COUNT`].
     pub count: usize,
+    /// The order of the results (`_sort`).
     pub sort: Sort,
+    /// Whether the total is counted (`_total`).
     pub total: Total,
+    /// `_summary=count`: only the total, no entries.
     pub summary_count: bool,
     /// Keyset cursor: the sort key of the last entry of the previous page.
     pub after: Option<Cursor>,
@@ -398,16 +481,21 @@ pub struct SearchQuery {
     pub canonical: Vec<(String, String)>,
 }
 
+/// A position in a result list for keyset paging: the sort key of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
+    /// The entry's last update, in microseconds since the Unix epoch.
     pub last_updated: i64,
+    /// The entry's resource id (breaks ties between equal times).
     pub id: String,
 }
 
 impl Cursor {
+    /// The cursor as a `_cursor`/`_before` parameter value (`<micros>.<id>`).
     pub fn encode(&self) -> String {
         format!("{}.{}", self.last_updated, self.id)
     }
+    /// Parses a value made by [`Cursor::encode`]; `None` if malformed.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (t, id) = s.split_once('.')?;
         let last_updated = t.parse().ok()?;
@@ -415,20 +503,34 @@ impl Cursor {
     }
 }
 
+/// A search request that cannot be run as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SearchError {
+    /// A parameter this resource type does not support (name, type).
     #[error("unknown search parameter '{0}' for {1}")]
     UnknownParam(String, ResourceType),
+    /// A modifier this parameter does not support (modifier, parameter).
     #[error("unsupported modifier ':{0}' on parameter '{1}'")]
     UnsupportedModifier(String, String),
+    /// A value that does not parse for its parameter.
     #[error("invalid value '{value}' for parameter '{param}': {why}")]
-    BadValue { param: String, value: String, why: &'static str },
+    BadValue {
+        /// The parameter's name.
+        param: String,
+        /// The value, cut to 60 characters.
+        value: String,
+        /// What was expected.
+        why: &'static str,
+    },
+    /// A value mamori does not support.
     #[error("unsupported value for {0}")]
     Unsupported(String),
 }
 
+/// The page size when the request gives no `_count`.
 pub const DEFAULT_COUNT: usize = 20;
+/// The largest page size; a larger `_count` is lowered to it.
 pub const MAX_COUNT: usize = 1000;
 
 const IGNORED: &[&str] = &["_format", "_pretty"];
@@ -679,6 +781,7 @@ pub fn date_matches(p: Prefix, s: DateRange, low: i64, high: i64) -> bool {
     }
 }
 
+/// The one-second range starting at `t`, for comparisons with "now".
 pub fn now_range(t: Timestamp) -> DateRange {
     DateRange { low: t.0, high: t.0 + 1, precision: crate::time::Precision::Second, has_tz: true }
 }

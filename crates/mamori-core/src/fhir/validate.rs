@@ -17,6 +17,7 @@ use crate::time::{parse_date_time, Precision};
 pub struct Issue {
     /// FHIRPath-like location, e.g. `Patient.name[0].family`.
     pub path: String,
+    /// What is wrong, for the client's OperationOutcome.
     pub message: String,
 }
 
@@ -413,6 +414,7 @@ pub fn check_reference(s: &str) -> Result<(), String> {
     LocalRef::parse(s).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Is `s` a UUID in its canonical textual form (8-4-4-4-12 hex digits)?
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
