@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The first bytes of every v1 leaf: the format's version line.
 pub const LEAF_PREFIX: &[u8] = b"mamori-audit/v1\n";
 
 /// Who acted. Fields are declared in the order of their names, so that
@@ -29,6 +30,7 @@ pub struct Agent {
     pub issuer: Option<String>,
     /// staff | emergency | service | system | anonymous | partner | maintenance
     pub kind: String,
+    /// The roles the agent held (role names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
     /// The id of the token (session or API) the agent acted with.
@@ -41,10 +43,13 @@ pub struct Agent {
 /// What was touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entity {
+    /// The resource's id, if the action concerned one resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The FHIR resource type (`type` in the leaf).
     #[serde(rename = "type")]
     pub rtype: String,
+    /// The resource's version, if one version was concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
@@ -56,6 +61,7 @@ pub struct AuditRecord {
     /// read, vread, search, history, create, update, delete, operation,
     /// login, logout, login-failure, ... (docs/audit-format.md lists them)
     pub action: String,
+    /// Who acted.
     pub agent: Agent,
     /// Policy basis of the decision (e.g. care-relationship, break-glass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +69,7 @@ pub struct AuditRecord {
     /// Structured detail (reason for break-glass, counts, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
+    /// The resource acted on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<Entity>,
     /// The operating mode (`normal`, `emergency; phase=...`, `drill; phase=...`).
@@ -76,6 +83,7 @@ pub struct AuditRecord {
     /// The search query, or other free text describing the action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// The request id (`X-Request-ID`), if the request had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
     /// HTTP-style status of the outcome (200, 201, 403, 412, ...).
@@ -126,13 +134,17 @@ impl AuditRecord {
     }
 }
 
+/// Why leaf bytes are not a valid v1 audit event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LeafError {
+    /// The bytes do not start with [`LEAF_PREFIX`].
     #[error("unknown leaf version")]
     Version,
+    /// The JSON does not parse as an event (the parser's message).
     #[error("leaf is not valid JSON: {0}")]
     Json(String),
+    /// The event parses but does not re-encode to exactly the same bytes.
     #[error("leaf is not in canonical form")]
     NotCanonical,
 }

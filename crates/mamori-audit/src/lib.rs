@@ -5,6 +5,7 @@
 //! checkpoints and cosignatures ([`note`]). No IO: the store persists nodes
 //! and checkpoints; the verifier reads them.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod event;
 pub mod fhir;

@@ -9,8 +9,10 @@
 
 use ring::digest::{Context, SHA256};
 
+/// A SHA-256 digest: a leaf, node or root hash.
 pub type Hash = [u8; 32];
 
+/// The RFC 6962 leaf hash of leaf bytes: `SHA-256(0x00 || leaf)`.
 pub fn leaf_hash(leaf: &[u8]) -> Hash {
     let mut c = Context::new(&SHA256);
     c.update(&[0x00]);
@@ -18,6 +20,7 @@ pub fn leaf_hash(leaf: &[u8]) -> Hash {
     to_hash(c)
 }
 
+/// The RFC 6962 hash of an interior node: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut c = Context::new(&SHA256);
     c.update(&[0x01]);
@@ -41,7 +44,9 @@ fn to_hash(c: Context) -> Hash {
 /// `index * 2^level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId {
+    /// Height above the leaves (0 for a leaf).
     pub level: u32,
+    /// Position among the nodes of its level, from 0 at the left.
     pub index: u64,
 }
 
@@ -54,6 +59,7 @@ pub struct Frontier {
 }
 
 impl Frontier {
+    /// The frontier of the empty tree.
     pub fn new() -> Self {
         Frontier::default()
     }
@@ -76,6 +82,7 @@ impl Frontier {
         (nodes.len() == size.count_ones() as usize).then_some(Frontier { size, nodes })
     }
 
+    /// The number of leaves appended.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -99,6 +106,7 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The root hash (MTH) of the tree so far; [`empty_root`] when empty.
     pub fn root(&self) -> Hash {
         fold_right(&self.nodes).unwrap_or_else(empty_root)
     }
@@ -116,7 +124,9 @@ fn fold_right(nodes: &[Hash]) -> Option<Hash> {
 
 /// Where proofs get complete nodes from (the store's node table).
 pub trait NodeSource {
+    /// Why a node could not be had.
     type Error;
+    /// The hash of the complete node `id`.
     fn node(&mut self, id: NodeId) -> Result<Hash, Self::Error>;
 }
 
@@ -124,10 +134,23 @@ pub trait NodeSource {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProofError<E> {
+    /// An inclusion proof for a leaf the tree does not have.
     #[error("index {index} is not in a tree of size {size}")]
-    OutOfRange { index: u64, size: u64 },
+    OutOfRange {
+        /// The leaf asked for.
+        index: u64,
+        /// The tree's size.
+        size: u64,
+    },
+    /// A consistency proof from a larger tree to a smaller one.
     #[error("tree sizes {first} and {second} do not allow a consistency proof")]
-    BadSizes { first: u64, second: u64 },
+    BadSizes {
+        /// The older tree's size.
+        first: u64,
+        /// The newer tree's size.
+        second: u64,
+    },
+    /// The node source failed.
     #[error("node store: {0}")]
     Source(E),
 }
@@ -322,9 +345,11 @@ pub struct MemTree {
 }
 
 impl MemTree {
+    /// An empty tree.
     pub fn new() -> Self {
         MemTree::default()
     }
+    /// Appends a leaf by its leaf hash, keeping every complete node created.
     pub fn push_leaf_hash(&mut self, h: Hash) {
         let levels = &mut self.levels;
         self.frontier.append(h, |id, hash| {
@@ -337,15 +362,19 @@ impl MemTree {
             }
         });
     }
+    /// Appends leaf bytes (hashed with [`leaf_hash`]).
     pub fn push(&mut self, leaf: &[u8]) {
         self.push_leaf_hash(leaf_hash(leaf));
     }
+    /// The number of leaves.
     pub fn size(&self) -> u64 {
         self.frontier.size()
     }
+    /// The root hash of the tree.
     pub fn root(&self) -> Hash {
         self.frontier.root()
     }
+    /// The tree's right edge (what the store persists between appends).
     pub fn frontier(&self) -> &Frontier {
         &self.frontier
     }
@@ -367,6 +396,7 @@ impl NodeSource for MemTree {
     }
 }
 
+/// Lower-case hexadecimal of `h`.
 pub fn to_hex(h: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(h.len() * 2);
@@ -377,6 +407,7 @@ pub fn to_hex(h: &[u8]) -> String {
     s
 }
 
+/// Bytes from hexadecimal (either case); `None` if `s` is not hex.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;

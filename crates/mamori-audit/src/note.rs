@@ -21,15 +21,21 @@ const SIG_ED25519: u8 = 0x01;
 const SIG_COSIGNATURE_V1: u8 = 0x04;
 const EM_DASH: &str = "\u{2014}";
 
+/// Why a note, a key or a signature is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NoteError {
+    /// The text is not a well-formed signed note or checkpoint (what is wrong).
     #[error("malformed note: {0}")]
     Malformed(&'static str),
+    /// A key name or verifier key that does not parse, or a private key that is
+    /// not PKCS#8 Ed25519.
     #[error("malformed verifier key")]
     BadKey,
+    /// No signature line by this key name verifies.
     #[error("no valid signature by {0}")]
     NoSignature(String),
+    /// The system's random generator failed to make a key.
     #[error("key generation failed")]
     KeyGen,
 }
@@ -85,9 +91,11 @@ impl NoteSigner {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NoteError::BadKey)?;
         Ok(NoteSigner { name: name.to_owned(), pair, alg })
     }
+    /// The key name (for the institution's audit key, the log's origin).
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The public key that verifies this signer's signatures.
     pub fn verifier(&self) -> NoteVerifier {
         let mut pk = [0u8; 32];
         pk.copy_from_slice(self.pair.public_key().as_ref());
@@ -116,12 +124,15 @@ impl NoteSigner {
 /// A public verifier key, encoded as a C2SP vkey `name+hexid+base64(alg||pk)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
+    /// The key name, as it appears in signature lines.
     pub name: String,
+    /// The raw Ed25519 public key.
     pub pubkey: [u8; 32],
     alg: u8,
 }
 
 impl NoteVerifier {
+    /// Parses a vkey (`name+hexid+base64(alg||pk)`), checking its key id.
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
         // The base64 key may itself contain '+': split off name and id only.
         let mut parts = vkey.trim().splitn(3, '+');
@@ -144,12 +155,15 @@ impl NoteVerifier {
         }
         Ok(v)
     }
+    /// The vkey text: `name+hexid+base64(alg||pk)`.
     pub fn vkey(&self) -> String {
         let id = key_id(&self.name, self.alg, &self.pubkey);
         let mut raw = vec![self.alg];
         raw.extend_from_slice(&self.pubkey);
         format!("{}+{}+{}", self.name, crate::merkle::to_hex(&id), B64.encode(raw))
     }
+    /// Whether this is a witness key (cosignature/v1) rather than a
+    /// checkpoint signer.
     pub fn is_cosigner(&self) -> bool {
         self.alg == SIG_COSIGNATURE_V1
     }
@@ -178,11 +192,17 @@ impl NoteVerifier {
 /// A parsed signed note: its body and signature lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedNote {
+    /// The note's text up to and including the last newline before the blank
+    /// line.
     pub body: String,
+    /// Each signature line's key name and decoded blob (key id, then for a
+    /// cosignature its timestamp, then the signature).
     pub signatures: Vec<(String, Vec<u8>)>,
 }
 
 impl SignedNote {
+    /// Parses a note's text (at most 1 MiB): body, blank line, signature lines.
+    /// Signatures are not checked here: see [`SignedNote::verified_by`].
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         if text.len() > 1 << 20 {
             return Err(NoteError::Malformed("too large"));
@@ -218,6 +238,7 @@ impl SignedNote {
             .ok_or_else(|| NoteError::NoSignature(v.name.clone()))
     }
 
+    /// The note's text again (body, blank line, signature lines).
     pub fn text(&self) -> String {
         let mut s = self.body.clone();
         s.push('\n');
@@ -231,13 +252,18 @@ impl SignedNote {
 /// A checkpoint body: origin, size, root, extension lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log's origin line (its name).
     pub origin: String,
+    /// The number of leaves in the tree.
     pub size: u64,
+    /// The tree's root hash.
     pub root: Hash,
+    /// Extension lines after the root, as given (`key value`).
     pub extensions: Vec<String>,
 }
 
 impl Checkpoint {
+    /// The checkpoint's body text (each line ending in a newline).
     pub fn body(&self) -> String {
         let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
         for e in &self.extensions {
@@ -247,6 +273,7 @@ impl Checkpoint {
         s
     }
 
+    /// Parses a checkpoint body (what [`Checkpoint::body`] writes).
     pub fn parse_body(body: &str) -> Result<Self, NoteError> {
         let mut lines =
             body.strip_suffix('\n').ok_or(NoteError::Malformed("body must end with a newline"))?.split('\n');

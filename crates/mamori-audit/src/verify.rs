@@ -15,28 +15,90 @@ use crate::note::{Checkpoint, NoteVerifier};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Finding {
+    /// Events are missing between two that are present.
     #[error("event {first}: missing (events {first}..{next} were removed: the log jumps to event {next})")]
-    Gap { first: u64, next: u64 },
+    Gap {
+        /// The first missing index.
+        first: u64,
+        /// The index of the next event present.
+        next: u64,
+    },
+    /// An event's bytes do not hash to the leaf hash stored for proofs.
     #[error("event {index}: its bytes do not match its recorded leaf hash (the event was edited)")]
-    LeafMismatch { index: u64 },
+    LeafMismatch {
+        /// The event's index.
+        index: u64,
+    },
+    /// An event that is unreadable, not canonical or out of order.
     #[error("event {index}: {why}")]
-    BadEvent { index: u64, why: String },
+    BadEvent {
+        /// The event's index.
+        index: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A checkpoint whose signature does not verify.
     #[error("checkpoint {size}: signature does not verify with {key} ({why})")]
-    BadSignature { size: u64, key: String, why: String },
+    BadSignature {
+        /// The tree size it is stored under.
+        size: u64,
+        /// The name of the verifier key.
+        key: String,
+        /// Why it does not verify.
+        why: String,
+    },
+    /// A checkpoint signed for another log.
     #[error("checkpoint {size}: origin '{found}' is not this log's ('{expected}')")]
-    WrongOrigin { size: u64, expected: String, found: String },
+    WrongOrigin {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// This log's origin.
+        expected: String,
+        /// The checkpoint's origin.
+        found: String,
+    },
+    /// The events up to a checkpoint's size do not hash to its root.
     #[error("checkpoint {size}: the events up to it hash to a different root (events {from}..{size} were altered, reordered or removed)")]
-    RootMismatch { size: u64, from: u64 },
+    RootMismatch {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// The size of the last checkpoint that matched (the change is
+        /// after it).
+        from: u64,
+    },
+    /// A checkpoint covers more events than the log has.
     #[error("checkpoint {size}: the log has only {have} events (it was truncated)")]
-    Truncated { size: u64, have: u64 },
+    Truncated {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// The number of events the log has.
+        have: u64,
+    },
+    /// A checkpoint stored under a size other than its own.
     #[error("checkpoint {size}: stored under size {stored_as}")]
-    Misfiled { size: u64, stored_as: u64 },
+    Misfiled {
+        /// The tree size in the signed checkpoint.
+        size: u64,
+        /// The size it is stored under.
+        stored_as: u64,
+    },
+    /// A Merkle node stored for proofs differs from the recomputed tree.
     #[error("merkle node ({level}, {index}) stored for proofs does not match the events")]
-    NodeMismatch { level: u32, index: u64 },
+    NodeMismatch {
+        /// The node's level (0 for a leaf).
+        level: u32,
+        /// The node's index within its level.
+        index: u64,
+    },
     /// Derived data (query columns, the patient index) disagrees with the
     /// events: reports built from it would mislead.
     #[error("event {index}: {why}")]
-    IndexMismatch { index: u64, why: String },
+    IndexMismatch {
+        /// The event's index.
+        index: u64,
+        /// What disagrees.
+        why: String,
+    },
 }
 
 impl Finding {
@@ -53,15 +115,20 @@ impl Finding {
 /// The outcome of a verification.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The number of events read.
     pub events: u64,
+    /// The number of checkpoints read.
     pub checkpoints: u64,
+    /// The root hash of the tree the events make (set by [`LogVerifier::finish`]).
     pub root: Option<Hash>,
     /// The newest checkpoint whose root matched.
     pub last_good_checkpoint: Option<u64>,
+    /// What did not match: at most 50, problems with the evidence first.
     pub findings: Vec<Finding>,
 }
 
 impl Report {
+    /// Whether nothing was found.
     pub fn ok(&self) -> bool {
         self.findings.is_empty()
     }
@@ -184,6 +251,8 @@ impl LogVerifier {
         }
     }
 
+    /// Ends the pass: checkpoints never reached are reported as truncation;
+    /// returns the report.
     pub fn finish(mut self) -> Report {
         let have = self.frontier.size();
         let pending: Vec<u64> = self.pending.keys().copied().collect();
