@@ -106,12 +106,14 @@ proptest! {
     fn leaf_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut b = mamori_audit::event::LEAF_PREFIX.to_vec();
         b.extend(bytes);
-        let _ = mamori_audit::event::AuditRecord::from_leaf(&b);
+        // Ok or Err are both fine for random bytes: only a panic fails.
+        mamori_audit::event::AuditRecord::from_leaf(&b).ok();
     }
 
     #[test]
     fn checkpoint_parsing_never_panics(text in ".{0,300}") {
-        let _ = mamori_audit::note::SignedNote::parse(&text);
-        let _ = mamori_audit::note::Checkpoint::parse_body(&text);
+        // Ok or Err are both fine for random text: only a panic fails.
+        mamori_audit::note::SignedNote::parse(&text).ok();
+        mamori_audit::note::Checkpoint::parse_body(&text).ok();
     }
 }
