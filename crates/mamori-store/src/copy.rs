@@ -136,7 +136,10 @@ pub fn sqlite_to_postgres(src: &mut rusqlite::Connection, dst: &mut dyn Conn) ->
             Ok(counts)
         }
         Err(e) => {
-            let _ = dst.batch("ROLLBACK");
+            // The copy's own error is the one to report.
+            if let Err(r) = dst.batch("ROLLBACK") {
+                tracing::debug!(error = %r, "cannot roll back the failed copy to PostgreSQL");
+            }
             Err(e)
         }
     }

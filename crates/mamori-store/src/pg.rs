@@ -238,7 +238,9 @@ fn connect_off_runtime(url: &str) -> Result<Client, DbError> {
 impl Drop for PgConn {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
-            let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(c));
+            if let Err(e) = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(c)) {
+                tracing::warn!(error = %e, "cannot start a thread to close a PostgreSQL connection; closed here");
+            }
         }
     }
 }
@@ -261,7 +263,9 @@ impl PgConn {
                 return Err(DbError::Other("connection lost inside a transaction".into()));
             }
             if let Some(old) = self.client.take() {
-                let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(old));
+                if let Err(e) = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(old)) {
+                    tracing::warn!(error = %e, "cannot start a thread to close a PostgreSQL connection; closed here");
+                }
             }
             self.client = Some(connect_off_runtime(&self.url)?);
             self.stmts.clear();

@@ -104,7 +104,10 @@ pub fn migrate(c: &mut dyn Conn) -> Result<usize, DbError> {
                 }
             }
             Err(e) => {
-                let _ = c.batch("ROLLBACK");
+                // The migration's own error is the one to report.
+                if let Err(r) = c.batch("ROLLBACK") {
+                    tracing::debug!(error = %r, "cannot roll back a failed schema migration step");
+                }
                 return Err(e);
             }
         }

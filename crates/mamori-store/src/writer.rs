@@ -168,7 +168,9 @@ where
             (Err(e), _) => Err(e.into()),
             (Ok(()), None) => Err(StoreError::Internal("job did not run".into()).into()),
         };
-        let _ = self.reply.send(r);
+        // Fails only when the caller stopped waiting (its request was
+        // cancelled): the job is committed or not either way.
+        self.reply.send(r).ok();
     }
 }
 
@@ -342,7 +344,9 @@ fn run_exclusive(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState,
     let snapshot_meta = (state.last_checkpoint, state.appended_since_checkpoint);
     let index_mark = state.pending_index.mark();
     let restore = |conn: &mut dyn Conn, state: &mut AuditState| {
-        let _ = conn.batch("ROLLBACK");
+        if let Err(e) = conn.batch("ROLLBACK") {
+            tracing::debug!(error = %e, "cannot roll back a failed exclusive job");
+        }
         state.frontier = snapshot.clone();
         (state.last_checkpoint, state.appended_since_checkpoint) = snapshot_meta;
         if state.pending_index.mark().1 < index_mark.1 {
@@ -473,7 +477,9 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
         }
         Err(e) => {
             tracing::error!(error = %e, "group commit failed; batch rolled back");
-            let _ = conn.batch("ROLLBACK");
+            if let Err(r) = conn.batch("ROLLBACK") {
+                tracing::debug!(error = %r, "cannot roll back the failed group commit");
+            }
             state.frontier = snapshot;
             (state.last_checkpoint, state.appended_since_checkpoint) = snapshot_meta;
             // A flush in this batch may have cleared entries: rebuild them

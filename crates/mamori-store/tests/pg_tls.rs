@@ -81,5 +81,6 @@ fn verified_tls_works_and_wrong_peers_are_refused() {
     .err()
     .expect("missing CA file refused");
     assert!(e.to_string().contains("sslrootcert"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
+    // Best effort: a leftover temporary directory harms no test.
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -46,7 +46,8 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.store.take();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Best effort: a leftover temporary directory harms no test.
+        std::fs::remove_dir_all(&self.dir).ok();
         if let Some(s) = &self.schema {
             admin(format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
         }
