@@ -65,12 +65,14 @@ fn argon() -> Argon2<'static> {
     Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
+/// Hashes a password with argon2id and a random salt (PHC string format).
 pub fn hash_password(pw: &str) -> Result<String> {
     let salt_bytes = random_bytes::<16>()?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
     Ok(argon().hash_password(pw.as_bytes(), &salt).map_err(|e| StoreError::Internal(e.to_string()))?.to_string())
 }
 
+/// Whether `pw` matches a hash made by [`hash_password`].
 pub fn verify_password(pw: &str, stored: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|h| argon().verify_password(pw.as_bytes(), &h).is_ok())
 }
@@ -98,8 +100,11 @@ pub fn check_password_policy(pw: &str) -> Result<()> {
 
 // ---- TOTP (RFC 6238, HMAC-SHA1, 30 s, 6 digits) ------------------------------
 
+/// The TOTP time step, in seconds.
 pub const TOTP_STEP: i64 = 30;
 
+/// The 6-digit TOTP code (RFC 6238, HMAC-SHA1) of a secret for time step
+/// `step` (seconds since the epoch divided by [`TOTP_STEP`]).
 pub fn totp_code(secret: &[u8], step: i64) -> u32 {
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
     let tag = hmac::sign(&key, &step.to_be_bytes());
@@ -138,23 +143,37 @@ pub fn base32(data: &[u8]) -> String {
 
 // ---- users ---------------------------------------------------------------------
 
+/// An account as stored (without its secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// The login name.
     pub name: UserId,
+    /// The name shown to people.
     pub display: String,
+    /// Staff, service account or emergency account.
     pub kind: SubjectKind,
+    /// The department, if any (care can be assigned to a department).
     pub department: Option<String>,
+    /// The roles it holds, sorted.
     pub roles: Vec<Role>,
+    /// The password must be changed at the next login.
     pub must_change: bool,
+    /// A password is set.
     pub has_password: bool,
+    /// A TOTP second factor is enrolled.
     pub has_totp: bool,
+    /// Failed logins since the last success.
     pub failed_logins: u32,
+    /// Logins are refused until then (after too many failures).
     pub locked_until: Option<Timestamp>,
+    /// The account is disabled: no login, no token works.
     pub disabled: bool,
+    /// When it was created.
     pub created: Timestamp,
 }
 
 impl User {
+    /// The account as the access policy sees it.
     pub fn subject(&self) -> Subject {
         Subject {
             user: self.name.clone(),
@@ -202,6 +221,7 @@ fn user_row(c: &mut dyn Conn, r: &Row) -> Result<User> {
     })
 }
 
+/// The roles of `user`, sorted.
 pub fn roles_of(c: &mut dyn Conn, user: &str) -> Result<Vec<Role>> {
     let mut roles = Vec::new();
     for r in c.query("SELECT role FROM user_roles WHERE user_name = $1 ORDER BY role", p![user])? {
@@ -212,24 +232,35 @@ pub fn roles_of(c: &mut dyn Conn, user: &str) -> Result<Vec<Role>> {
     Ok(roles)
 }
 
+/// The account `name`.
 pub fn get_user(c: &mut dyn Conn, name: &str) -> Result<Option<User>> {
     let row = c.query_one(&format!("SELECT {USER_COLS} FROM users WHERE name = $1"), p![name])?;
     row.map(|r| user_row(c, &r)).transpose()
 }
 
+/// Every account, by name.
 pub fn list_users(c: &mut dyn Conn) -> Result<Vec<User>> {
     let rows = c.query(&format!("SELECT {USER_COLS} FROM users ORDER BY name"), p![])?;
     rows.iter().map(|r| user_row(c, r)).collect()
 }
 
+/// An account to create.
 pub struct NewUser<'a> {
+    /// The login name.
     pub name: &'a UserId,
+    /// The name shown to people.
     pub display: &'a str,
+    /// Staff, service account or emergency account.
     pub kind: SubjectKind,
+    /// The department, if any.
     pub department: Option<&'a str>,
+    /// The roles it holds.
     pub roles: &'a [Role],
+    /// The password's hash, if it has one (from [`hash_password`]).
     pub password_hash: Option<&'a str>,
+    /// The password must be changed at the first login.
     pub must_change: bool,
+    /// Who created it.
     pub created_by: &'a str,
 }
 
@@ -265,6 +296,7 @@ pub fn set_details(
     Ok(())
 }
 
+/// Replaces the roles of `user`.
 pub fn set_roles(c: &mut dyn Conn, user: &str, roles: &[Role]) -> Result<()> {
     c.exec("DELETE FROM user_roles WHERE user_name = $1", p![user])?;
     for r in roles {
@@ -276,6 +308,7 @@ pub fn set_roles(c: &mut dyn Conn, user: &str, roles: &[Role]) -> Result<()> {
     Ok(())
 }
 
+/// Sets a new password hash, clearing failed logins and any lock.
 pub fn set_password(c: &mut dyn Conn, user: &str, hash: &str, must_change: bool) -> Result<()> {
     let n = c.exec(
         "UPDATE users SET password_hash = $2, must_change = $3, failed_logins = 0, locked_until = NULL WHERE name = $1",
@@ -287,6 +320,7 @@ pub fn set_password(c: &mut dyn Conn, user: &str, hash: &str, must_change: bool)
     Ok(())
 }
 
+/// Disables or enables an account; `NotFound` if there is none.
 pub fn set_disabled(c: &mut dyn Conn, user: &str, disabled: bool) -> Result<()> {
     if c.exec("UPDATE users SET disabled = $2 WHERE name = $1", p![user, disabled])? == 0 {
         return Err(StoreError::NotFound(format!("user {user}")));
@@ -294,6 +328,7 @@ pub fn set_disabled(c: &mut dyn Conn, user: &str, disabled: bool) -> Result<()> 
     Ok(())
 }
 
+/// Enrolls a TOTP secret (or removes it with `None`).
 pub fn set_totp(c: &mut dyn Conn, user: &str, secret: Option<&[u8]>) -> Result<()> {
     if c.exec("UPDATE users SET totp_secret = $2, totp_last_step = NULL WHERE name = $1", p![user, secret])? == 0 {
         return Err(StoreError::NotFound(format!("user {user}")));
@@ -303,11 +338,15 @@ pub fn set_totp(c: &mut dyn Conn, user: &str, secret: Option<&[u8]>) -> Result<(
 
 /// The secrets needed to check a login.
 pub struct Credentials {
+    /// The password's hash, if a password is set.
     pub password_hash: Option<String>,
+    /// The TOTP secret, if one is enrolled.
     pub totp_secret: Option<Zeroizing<Vec<u8>>>,
+    /// The last TOTP step accepted (a code is never accepted twice).
     pub totp_last_step: Option<i64>,
 }
 
+/// The secrets needed to check a login by `user`.
 pub fn credentials(c: &mut dyn Conn, user: &str) -> Result<Option<Credentials>> {
     c.query_one("SELECT password_hash, totp_secret, totp_last_step FROM users WHERE name = $1", p![user])?
         .map(|r| {
@@ -335,6 +374,8 @@ pub fn record_login_failure(c: &mut dyn Conn, user: &str, max: u32, lock_secs: i
     Ok(false)
 }
 
+/// Records a successful login: clears failures and the lock, and
+/// remembers the TOTP step used.
 pub fn record_login_success(c: &mut dyn Conn, user: &str, totp_step: Option<i64>) -> Result<()> {
     c.exec(
         "UPDATE users SET failed_logins = 0, locked_until = NULL, totp_last_step = COALESCE($2, totp_last_step) WHERE name = $1",
@@ -345,9 +386,12 @@ pub fn record_login_success(c: &mut dyn Conn, user: &str, totp_step: Option<i64>
 
 // ---- tokens ----------------------------------------------------------------------
 
+/// What a bearer token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
+    /// A long-lived API token (service accounts, tools).
     Api,
+    /// A login session.
     Session,
 }
 
@@ -366,6 +410,7 @@ pub fn new_token_secret() -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(format!("mmr_{}", B64URL.encode(b.as_slice()))))
 }
 
+/// The SHA-256 of a token's secret (what is stored).
 pub fn token_hash(secret: &str) -> Vec<u8> {
     digest(&SHA256, secret.as_bytes()).as_ref().to_vec()
 }
@@ -382,8 +427,11 @@ pub struct NewToken<'a> {
     pub secret: &'a str,
     /// The holder.
     pub user: &'a str,
+    /// API token or session.
     pub kind: TokenKind,
+    /// A label saying what it is for.
     pub label: Option<&'a str>,
+    /// When it stops working.
     pub expires: Timestamp,
     /// Emergency accounts: the real name and affiliation given at login.
     pub declared: Option<&'a str>,
@@ -404,10 +452,15 @@ pub fn insert_token(c: &mut dyn Conn, t: &NewToken<'_>, now: Timestamp) -> Resul
 /// A live token's owner.
 #[derive(Debug, Clone)]
 pub struct TokenInfo {
+    /// The holder.
     pub user: User,
+    /// API token or session.
     pub kind: TokenKind,
+    /// Its id ([`token_id`]).
     pub id: String,
+    /// When it stops working.
     pub expires: Timestamp,
+    /// Emergency accounts: the real name and affiliation given at login.
     pub declared: Option<String>,
     /// Who issued it, when not the holder.
     pub issued_by: Option<String>,
@@ -464,20 +517,29 @@ pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now:
     Ok(n)
 }
 
+/// A token as listed to administrators (never the secret).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenListing {
+    /// Its id ([`token_id`]).
     pub id: String,
+    /// The holder.
     pub user: String,
+    /// `api` or `session`.
     pub kind: String,
+    /// Its label.
     pub label: Option<String>,
+    /// When it was created (RFC 3339).
     pub created: String,
+    /// When it stops working (RFC 3339).
     pub expires: String,
+    /// When it was revoked (RFC 3339).
     pub revoked: Option<String>,
     /// Who issued it, when not the holder.
     #[serde(default)]
     pub issued_by: Option<String>,
 }
 
+/// The tokens of `user` (or of everyone), oldest first.
 pub fn list_tokens(c: &mut dyn Conn, user: Option<&str>) -> Result<Vec<TokenListing>> {
     c.query("SELECT hash, user_name, kind, label, created, expires, revoked, issued_by FROM tokens WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY created", p![user])?
         .iter()
@@ -528,8 +590,11 @@ impl RequestKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RequestState {
+    /// Waiting for a second admin.
     Pending,
+    /// Approved and applied.
     Approved,
+    /// Refused.
     Rejected,
     /// A newer request for the same account and kind replaced it.
     Superseded,
@@ -558,16 +623,25 @@ impl RequestState {
 /// An account change waiting for (or decided by) a second admin.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AccountRequest {
+    /// Its number.
     pub id: i64,
+    /// What it changes.
     pub kind: RequestKind,
+    /// The account it changes.
     pub user: String,
     /// For a role grant: the roles the account would hold.
     pub roles: Vec<Role>,
+    /// The reason given.
     pub reason: Option<String>,
+    /// The admin who asked.
     pub requested_by: String,
+    /// When it was asked (RFC 3339).
     pub requested_at: String,
+    /// Where it stands.
     pub state: RequestState,
+    /// The second admin who decided it.
     pub decided_by: Option<String>,
+    /// When it was decided or superseded (RFC 3339).
     pub decided_at: Option<String>,
 }
 
@@ -653,15 +727,24 @@ pub fn decide_request(c: &mut dyn Conn, id: i64, approve: bool, by: &str, now: T
 
 // ---- care assignments ---------------------------------------------------------------
 
+/// A care relationship: a user or a department takes care of a patient.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CareAssignment {
+    /// Its number.
     pub id: i64,
+    /// The patient (Patient id).
     pub patient: String,
+    /// The user, for a personal assignment.
     pub user: Option<String>,
+    /// The department, for a department's assignment.
     pub department: Option<String>,
+    /// Why (e.g. admission, referral).
     pub reason: Option<String>,
+    /// Who assigned it.
     pub assigned_by: String,
+    /// When it started (RFC 3339).
     pub start: String,
+    /// When it ended (RFC 3339); `None` while active.
     pub ended: Option<String>,
 }
 
@@ -694,6 +777,8 @@ pub fn assign_care_unchecked(c: &mut dyn Conn, patient: &str, user: &str, reason
     Ok(())
 }
 
+/// Assigns care of `patient` to exactly one of `user` or `department`;
+/// both must exist. Returns the assignment's id.
 pub fn assign_care(
     c: &mut dyn Conn,
     patient: &str,
@@ -724,6 +809,7 @@ pub fn assign_care(
     Ok(r.i64(0)?)
 }
 
+/// Ends an active care assignment and returns it.
 pub fn end_care(c: &mut dyn Conn, id: i64, now: Timestamp) -> Result<CareAssignment> {
     if c.exec("UPDATE care_assignments SET ended = $2 WHERE id = $1 AND ended IS NULL", p![id, now.micros()])? == 0 {
         return Err(StoreError::NotFound(format!("active care assignment {id}")));
@@ -734,6 +820,7 @@ pub fn end_care(c: &mut dyn Conn, id: i64, now: Timestamp) -> Result<CareAssignm
         .ok_or_else(|| StoreError::NotFound(format!("care assignment {id}")))
 }
 
+/// The care assignments, optionally of one patient or one user, oldest first.
 pub fn list_care(c: &mut dyn Conn, patient: Option<&str>, user: Option<&str>) -> Result<Vec<CareAssignment>> {
     c.query(
         "SELECT id, patient, user_name, department, reason, assigned_by, start, ended FROM care_assignments \

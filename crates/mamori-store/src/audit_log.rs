@@ -95,12 +95,16 @@ pub const INDEX_CURSOR: &str = "audit-index";
 /// Index entries of events appended but not yet indexed.
 #[derive(Debug, Clone, Default)]
 pub struct PendingIndex {
+    /// (patient, event index) for each patient each pending event concerned.
     pub patients: Vec<(String, u64)>,
+    /// (agent's user name, event index) for each pending event.
     pub agents: Vec<(String, u64)>,
+    /// The index of the last event added.
     pub last: Option<u64>,
 }
 
 impl PendingIndex {
+    /// Adds the index entries of event `seq`.
     pub fn add(&mut self, seq: u64, rec: &AuditRecord) {
         for p in &rec.patients {
             self.patients.push((p.clone(), seq));
@@ -108,6 +112,7 @@ impl PendingIndex {
         self.agents.push((rec.agent.user.clone(), seq));
         self.last = Some(seq);
     }
+    /// The number of pending events.
     pub fn len(&self) -> usize {
         self.agents.len()
     }
@@ -115,11 +120,14 @@ impl PendingIndex {
     pub fn mark(&self) -> (usize, usize, Option<u64>) {
         (self.patients.len(), self.agents.len(), self.last)
     }
+    /// Drops the entries added since [`PendingIndex::mark`] returned `m`
+    /// (their transaction rolled back).
     pub fn rollback(&mut self, m: (usize, usize, Option<u64>)) {
         self.patients.truncate(m.0);
         self.agents.truncate(m.1);
         self.last = m.2;
     }
+    /// Whether no event is pending.
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }
@@ -204,6 +212,7 @@ pub fn latest_checkpoint(c: &mut dyn Conn) -> Result<Option<(u64, Timestamp, Str
         .transpose()
 }
 
+/// The signed note of the checkpoint at tree size `size`, if one was signed.
 pub fn checkpoint_at(c: &mut dyn Conn, size: u64) -> Result<Option<String>> {
     Ok(c.query_one("SELECT note FROM checkpoints WHERE size = $1", p![size])?.map(|r| r.text(0)).transpose()?)
 }
@@ -640,7 +649,9 @@ fn verify_nodes(c: &mut dyn Conn, v: &mut LogVerifier) -> Result<()> {
 /// The header line of an export file.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExportHeader {
+    /// The export format: [`EXPORT_FORMAT`].
     pub format: String,
+    /// The log's origin (the checkpoints' first line).
     pub origin: String,
     /// The log's verifier key as recorded in the data directory
     /// (informative: a verifier must pin the key it trusts).
@@ -651,9 +662,11 @@ pub struct ExportHeader {
     pub start_frontier: Vec<String>,
     /// One past the last exported event: the size of the newest checkpoint.
     pub end: u64,
+    /// When the export was written (RFC 3339).
     pub exported_at: String,
 }
 
+/// The value of [`ExportHeader::format`] for this version of the format.
 pub const EXPORT_FORMAT: &str = "mamori-audit-export/v1";
 
 /// Writes events `[from, to)` and the checkpoints covering them as NDJSON.
@@ -841,10 +854,13 @@ pub fn list_checkpoints(c: &mut dyn Conn, before: Option<u64>, limit: usize) -> 
     Ok(out)
 }
 
+/// The value of the named cursor (a position in the audit log kept by
+/// a background task, e.g. the syslog stream's), if set.
 pub fn get_cursor(c: &mut dyn Conn, name: &str) -> Result<Option<i64>> {
     Ok(c.query_one("SELECT value FROM cursors WHERE name = $1", p![name])?.map(|r| r.i64(0)).transpose()?)
 }
 
+/// Sets the named cursor.
 pub fn set_cursor(c: &mut dyn Conn, name: &str, value: i64) -> Result<()> {
     c.exec(
         "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -858,10 +874,13 @@ pub fn set_cursor(c: &mut dyn Conn, name: &str, value: i64) -> Result<()> {
 /// A search of the audit log (all given filters must match).
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
+    /// Only events concerning this patient (Patient id).
     pub patient: Option<String>,
+    /// Only events by this agent (user name).
     pub agent: Option<String>,
     /// Action names (any of).
     pub actions: Option<Vec<String>>,
+    /// Only events with this purpose of use (`TREAT`, `BTG`, ...).
     pub purpose: Option<String>,
     /// Only refusals (status 401/403).
     pub denied: bool,
@@ -869,9 +888,11 @@ pub struct EventQuery {
     pub status: Option<(u16, u16)>,
     /// Time range [from, to) in microseconds.
     pub from: Option<i64>,
+    /// End of the time range, exclusive (see `from`).
     pub to: Option<i64>,
     /// Keyset paging, newest first: events with seq < before.
     pub before: Option<u64>,
+    /// The most events to return.
     pub limit: usize,
 }
 
@@ -921,6 +942,7 @@ pub fn search_events(c: &mut dyn Conn, q: &EventQuery) -> Result<Vec<(u64, Vec<u
     c.query(&sql, &params)?.iter().map(|r| Ok((r.u64(0)?, r.blob(1)?))).collect()
 }
 
+/// How many events match `q` (ignoring its paging).
 pub fn count_events(c: &mut dyn Conn, q: &EventQuery) -> Result<u64> {
     let mut params = Vec::new();
     let w = event_where(&EventQuery { before: None, ..q.clone() }, &mut params);
@@ -934,13 +956,20 @@ pub fn count_events(c: &mut dyn Conn, q: &EventQuery) -> Result<u64> {
 /// (day, total, denied, break-glass, emergency).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DayCount {
+    /// The local date (`YYYY-MM-DD`).
     pub day: String,
+    /// Events that day.
     pub total: u64,
+    /// Refusals (status 401 or 403).
     pub denied: u64,
+    /// Break-glass accesses (purpose `BTG`).
     pub break_glass: u64,
+    /// Emergency accesses (purpose `ETREAT`).
     pub emergency: u64,
 }
 
+/// Event counts per local day for events in `[from, to)` (microseconds
+/// since the epoch), days starting `offset_minutes` east of UTC.
 pub fn daily_counts(c: &mut dyn Conn, from: i64, to: i64, offset_minutes: i64) -> Result<Vec<DayCount>> {
     let off = offset_minutes * 60 * 1_000_000;
     let day = 86_400_000_000i64;

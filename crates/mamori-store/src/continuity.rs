@@ -26,20 +26,35 @@ pub fn next_provisional(c: &mut dyn Conn, day: &str) -> Result<u64> {
 
 // ---- merges ---------------------------------------------------------------------------
 
+/// A patient merge (`$merge`): one patient's record moved into another's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Merge {
+    /// Its number.
     pub id: i64,
+    /// The patient merged away (Patient id).
     pub source: String,
+    /// The patient kept (Patient id).
     pub target: String,
+    /// `merged`, or `unmerged` once undone.
     pub state: String,
+    /// What was rewritten (JSON list of `[type, id, version before, version after]`),
+    /// for undoing it.
     pub changes: Value,
+    /// Why the merge was made.
     pub reason: Option<String>,
+    /// Who merged.
     pub by_user: String,
+    /// When.
     pub at: Timestamp,
+    /// Who undid it.
     pub undone_by: Option<String>,
+    /// When it was undone.
     pub undone_at: Option<Timestamp>,
+    /// Who reviewed it.
     pub reviewed_by: Option<String>,
+    /// When it was reviewed.
     pub reviewed_at: Option<Timestamp>,
+    /// The reviewer's note.
     pub review: Option<String>,
 }
 
@@ -64,6 +79,7 @@ fn merge_row(r: &Row) -> Result<Merge> {
     })
 }
 
+/// Records a merge of `source` into `target` and returns its number.
 pub fn insert_merge(
     c: &mut dyn Conn,
     source: &str,
@@ -82,10 +98,12 @@ pub fn insert_merge(
     Ok(r.i64(0)?)
 }
 
+/// The merge with this number.
 pub fn merge(c: &mut dyn Conn, id: i64) -> Result<Option<Merge>> {
     c.query_one(&format!("SELECT {MERGE_COLS} FROM merges WHERE id = $1"), p![id])?.map(|r| merge_row(&r)).transpose()
 }
 
+/// The newest `limit` merges, optionally only those involving one patient.
 pub fn merges(c: &mut dyn Conn, patient: Option<&str>, limit: usize) -> Result<Vec<Merge>> {
     c.query(
         &format!("SELECT {MERGE_COLS} FROM merges WHERE (CAST($1 AS TEXT) IS NULL OR source = $1 OR target = $1) ORDER BY id DESC LIMIT $2"),
@@ -96,6 +114,7 @@ pub fn merges(c: &mut dyn Conn, patient: Option<&str>, limit: usize) -> Result<V
     .collect()
 }
 
+/// Records that a merge was undone; `false` if it already was.
 pub fn mark_unmerged(c: &mut dyn Conn, id: i64, by: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE merges SET state = 'unmerged', undone_by = $2, undone_at = $3 WHERE id = $1 AND state = 'merged'",
@@ -103,6 +122,7 @@ pub fn mark_unmerged(c: &mut dyn Conn, id: i64, by: &str, now: Timestamp) -> Res
     )? > 0)
 }
 
+/// Records the review of a merge; `false` if it was already reviewed.
 pub fn review_merge(c: &mut dyn Conn, id: i64, by: &str, note: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE merges SET reviewed_by = $2, reviewed_at = $3, review = $4 WHERE id = $1 AND reviewed_at IS NULL",
@@ -112,15 +132,25 @@ pub fn review_merge(c: &mut dyn Conn, id: i64, by: &str, note: &str, now: Timest
 
 // ---- snapshot keys and files ----------------------------------------------------------
 
+/// A snapshot key: the public half in clear, the private half sealed under
+/// a secret split among custodians.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotKey {
+    /// Its id.
     pub id: String,
+    /// When it was made.
     pub created: Timestamp,
+    /// Who made it.
     pub created_by: String,
+    /// How many custodians' shares open the private key.
     pub threshold: i64,
+    /// The custodians' names (JSON list).
     pub custodians: Value,
+    /// The public key (PEM) snapshots are encrypted to.
     pub public_pem: String,
+    /// The sealed private key and its optional passphrase wrap (JSON).
     pub sealed: Value,
+    /// Whether it is the key new snapshots use (only the newest is).
     pub active: bool,
 }
 
@@ -139,6 +169,7 @@ fn key_row(r: &Row) -> Result<SnapshotKey> {
     })
 }
 
+/// Stores a new key and makes it the only active one.
 pub fn insert_key(c: &mut dyn Conn, k: &SnapshotKey) -> Result<()> {
     c.exec("UPDATE snapshot_keys SET active = 0", p![])?;
     c.exec(
@@ -156,29 +187,42 @@ pub fn insert_key(c: &mut dyn Conn, k: &SnapshotKey) -> Result<()> {
     Ok(())
 }
 
+/// The key new snapshots use.
 pub fn active_key(c: &mut dyn Conn) -> Result<Option<SnapshotKey>> {
     c.query_one(&format!("SELECT {KEY_COLS} FROM snapshot_keys WHERE active = 1"), p![])?
         .map(|r| key_row(&r))
         .transpose()
 }
 
+/// Every key, newest first.
 pub fn keys(c: &mut dyn Conn) -> Result<Vec<SnapshotKey>> {
     c.query(&format!("SELECT {KEY_COLS} FROM snapshot_keys ORDER BY created DESC"), p![])?.iter().map(key_row).collect()
 }
 
+/// A snapshot written for standalone nodes.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotFile {
+    /// Its id.
     pub id: String,
+    /// When it was written.
     pub created: Timestamp,
+    /// Where it was written (the file's path).
     pub file: String,
+    /// The file's size in bytes.
     pub bytes: i64,
+    /// The file's SHA-256 (hex).
     pub sha256: String,
+    /// How many patients it holds.
     pub patients: i64,
+    /// How many resources it holds.
     pub resources: i64,
+    /// The id of the snapshot key it is encrypted to.
     pub key_id: String,
+    /// Who made it.
     pub by_user: String,
 }
 
+/// Records a snapshot written.
 pub fn insert_snapshot(c: &mut dyn Conn, s: &SnapshotFile) -> Result<()> {
     c.exec(
         "INSERT INTO snapshots (id, created, file, bytes, sha256, patients, resources, key_id, by_user) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -187,6 +231,7 @@ pub fn insert_snapshot(c: &mut dyn Conn, s: &SnapshotFile) -> Result<()> {
     Ok(())
 }
 
+/// The newest `limit` snapshots.
 pub fn snapshots(c: &mut dyn Conn, limit: usize) -> Result<Vec<SnapshotFile>> {
     c.query(
         "SELECT id, created, file, bytes, sha256, patients, resources, key_id, by_user FROM snapshots ORDER BY created DESC LIMIT $1",
@@ -211,15 +256,22 @@ pub fn snapshots(c: &mut dyn Conn, limit: usize) -> Result<Vec<SnapshotFile>> {
 
 // ---- standalone nodes ------------------------------------------------------------------
 
+/// What a standalone node is: its identity and where its data came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Standalone {
+    /// The node's id (in its provisional patient ids).
     pub node: String,
+    /// The id of the snapshot it started from.
     pub snapshot: String,
+    /// The institution whose snapshot it is.
     pub institution: String,
+    /// The id of the snapshot key the snapshot was encrypted to.
     pub key_id: String,
+    /// When the node was set up.
     pub created: Timestamp,
 }
 
+/// This node's standalone identity, if it is a standalone node.
 pub fn standalone(c: &mut dyn Conn) -> Result<Option<Standalone>> {
     c.query_one("SELECT node, snapshot, institution, key_id, created FROM standalone", p![])?
         .map(|r| {
@@ -234,6 +286,7 @@ pub fn standalone(c: &mut dyn Conn) -> Result<Option<Standalone>> {
         .transpose()
 }
 
+/// Records this node's standalone identity (once, when it is set up).
 pub fn set_standalone(c: &mut dyn Conn, s: &Standalone) -> Result<()> {
     c.exec(
         "INSERT INTO standalone (node, snapshot, institution, key_id, created) VALUES ($1, $2, $3, $4, $5)",
@@ -242,6 +295,8 @@ pub fn set_standalone(c: &mut dyn Conn, s: &Standalone) -> Result<()> {
     Ok(())
 }
 
+/// Records the version of a resource the snapshot brought: `central` at the
+/// centre, `local` on this node.
 pub fn add_reference(c: &mut dyn Conn, rtype: &str, id: &str, central: u64, local: u64) -> Result<()> {
     c.exec(
         "INSERT INTO reference_resources (rtype, id, central_version, local_version) VALUES ($1, $2, $3, $4)",
@@ -262,10 +317,12 @@ pub fn reference(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<(u64,
 
 // ---- reconciliation ---------------------------------------------------------------------
 
+/// The report of the import of export `id`, if it was imported.
 pub fn import_report(c: &mut dyn Conn, id: &str) -> Result<Option<Value>> {
     c.query_one("SELECT report FROM reconcile_imports WHERE id = $1", p![id])?.map(|r| json_col(&r, 0)).transpose()
 }
 
+/// Records the import of a node's export, with its report.
 pub fn insert_import(c: &mut dyn Conn, id: &str, node: &str, by: &str, report: &Value, now: Timestamp) -> Result<()> {
     c.exec(
         "INSERT INTO reconcile_imports (id, node, imported_at, by_user, report) VALUES ($1, $2, $3, $4, $5)",
@@ -274,6 +331,7 @@ pub fn insert_import(c: &mut dyn Conn, id: &str, node: &str, by: &str, report: &
     Ok(())
 }
 
+/// The reports of the newest `limit` imports.
 pub fn imports(c: &mut dyn Conn, limit: usize) -> Result<Vec<Value>> {
     c.query("SELECT report FROM reconcile_imports ORDER BY imported_at DESC LIMIT $1", p![limit])?
         .iter()
@@ -281,18 +339,31 @@ pub fn imports(c: &mut dyn Conn, limit: usize) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// A reconciliation task: an offline entry a person must look at.
 #[derive(Debug, Clone, Serialize)]
 pub struct Task {
+    /// Its number.
     pub id: i64,
+    /// The id of the export the entry came in.
     pub import: String,
+    /// `conflict`, `match` (a provisional patient to match) or `unknown_patient`.
     pub kind: String,
+    /// The resource type of the entry.
     pub rtype: String,
+    /// The resource id of the entry.
     pub rid: String,
+    /// `open` or `resolved`.
     pub state: String,
+    /// What the task is about (JSON: the offline version, the reason,
+    /// suggestions).
     pub detail: Value,
+    /// How it was resolved (JSON).
     pub resolution: Option<Value>,
+    /// Who resolved it.
     pub resolved_by: Option<String>,
+    /// When it was resolved.
     pub resolved_at: Option<Timestamp>,
+    /// When it was created.
     pub created: Timestamp,
 }
 
@@ -314,6 +385,7 @@ fn task_row(r: &Row) -> Result<Task> {
     })
 }
 
+/// Records an open task and returns its number.
 #[allow(clippy::too_many_arguments)]
 pub fn insert_task(
     c: &mut dyn Conn,
@@ -333,12 +405,14 @@ pub fn insert_task(
     Ok(r.i64(0)?)
 }
 
+/// The task with this number.
 pub fn task(c: &mut dyn Conn, id: i64) -> Result<Option<Task>> {
     c.query_one(&format!("SELECT {TASK_COLS} FROM reconcile_tasks WHERE id = $1"), p![id])?
         .map(|r| task_row(&r))
         .transpose()
 }
 
+/// The first `limit` tasks, optionally only those in one state.
 pub fn tasks(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Task>> {
     c.query(
         &format!("SELECT {TASK_COLS} FROM reconcile_tasks WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY id LIMIT $2"),
@@ -349,6 +423,7 @@ pub fn tasks(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<
     .collect()
 }
 
+/// How many tasks are open.
 pub fn open_tasks(c: &mut dyn Conn) -> Result<i64> {
     Ok(c.query_one("SELECT COUNT(*) FROM reconcile_tasks WHERE state = 'open'", p![])?
         .map(|r| r.i64(0))
@@ -356,6 +431,7 @@ pub fn open_tasks(c: &mut dyn Conn) -> Result<i64> {
         .unwrap_or(0))
 }
 
+/// Resolves an open task; `false` if it was not open.
 pub fn resolve_task(c: &mut dyn Conn, id: i64, resolution: &Value, by: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE reconcile_tasks SET state = 'resolved', resolution = $2, resolved_by = $3, resolved_at = $4 WHERE id = $1 AND state = 'open'",
@@ -399,6 +475,8 @@ pub fn applied(c: &mut dyn Conn, node: &str, rtype: &str, id: &str) -> Result<Op
     .transpose()
 }
 
+/// Records the last local version of a node's resource applied centrally,
+/// and the central version it became.
 pub fn set_applied(c: &mut dyn Conn, node: &str, rtype: &str, id: &str, local: u64, central: u64) -> Result<()> {
     c.exec(
         "INSERT INTO reconcile_applied (node, rtype, id, local_version, central_version) VALUES ($1, $2, $3, $4, $5) \

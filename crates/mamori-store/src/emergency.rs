@@ -32,6 +32,8 @@ pub fn current_plan(c: &mut dyn Conn) -> Result<(i64, Plan)> {
     }
 }
 
+/// The plan in force as its TOML text, with its version (0 and the built-in
+/// example if none was imported).
 pub fn current_plan_toml(c: &mut dyn Conn) -> Result<(i64, String)> {
     match c.query_one("SELECT version, toml FROM bcp_plans ORDER BY version DESC LIMIT 1", p![])? {
         Some(r) => Ok((r.i64(0)?, r.text(1)?)),
@@ -52,19 +54,32 @@ pub fn import_plan(c: &mut dyn Conn, toml: &str, by: &str, now: Timestamp) -> Re
 
 // ---- declarations --------------------------------------------------------------------------
 
+/// A declaration of an emergency or a drill (a row of `bcp_declarations`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Declaration {
+    /// Its number.
     pub id: i64,
+    /// What caused the emergency.
     pub cause: Cause,
+    /// The ids of the plan's criteria it was declared under.
     pub criteria: Vec<String>,
+    /// The declarer's account of the situation.
     pub reason: String,
+    /// Whether it is a drill.
     pub drill: bool,
+    /// Where it stands.
     pub state: DeclState,
+    /// The version of the plan in force when it was declared.
     pub plan_version: i64,
+    /// Who declared it (user name).
     pub declared_by: String,
+    /// The second decider who confirmed it (two-person rule), if any.
     pub confirmed_by: Option<String>,
+    /// When it was declared.
     pub declared_at: Timestamp,
+    /// When it was closed or stood down.
     pub closed_at: Option<Timestamp>,
+    /// The signed audit checkpoint (note text) taken when it was declared.
     pub checkpoint: Option<String>,
 }
 
@@ -98,12 +113,14 @@ pub fn open_declaration(c: &mut dyn Conn) -> Result<Option<Declaration>> {
         .transpose()
 }
 
+/// The declaration with this id.
 pub fn declaration(c: &mut dyn Conn, id: i64) -> Result<Option<Declaration>> {
     c.query_one(&format!("SELECT {DECL_COLS} FROM bcp_declarations WHERE id = $1"), p![id])?
         .map(|r| decl_row(&r))
         .transpose()
 }
 
+/// The newest `limit` declarations, newest first.
 pub fn declarations(c: &mut dyn Conn, limit: usize) -> Result<Vec<Declaration>> {
     c.query(&format!("SELECT {DECL_COLS} FROM bcp_declarations ORDER BY id DESC LIMIT $1"), p![limit])?
         .iter()
@@ -111,6 +128,8 @@ pub fn declarations(c: &mut dyn Conn, limit: usize) -> Result<Vec<Declaration>> 
         .collect()
 }
 
+/// Records a new declaration and returns its id; `Duplicate` if one is
+/// already open.
 #[allow(clippy::too_many_arguments)]
 pub fn insert_declaration(
     c: &mut dyn Conn,
@@ -137,6 +156,8 @@ pub fn insert_declaration(
     Ok(r.i64(0)?)
 }
 
+/// Records a transition of declaration `id` from state `from` to `to`, and
+/// sets its state (and its closing time, for `closed` or `stood_down`).
 #[allow(clippy::too_many_arguments)]
 pub fn record_transition(
     c: &mut dyn Conn,
@@ -160,26 +181,36 @@ pub fn record_transition(
     Ok(())
 }
 
+/// Records the second decider who confirmed a proposed declaration.
 pub fn set_confirmed(c: &mut dyn Conn, id: i64, by: &str) -> Result<()> {
     c.exec("UPDATE bcp_declarations SET confirmed_by = $2 WHERE id = $1", p![id, by])?;
     Ok(())
 }
 
+/// Records the signed audit checkpoint taken at declaration.
 pub fn set_checkpoint(c: &mut dyn Conn, id: i64, note: &str) -> Result<()> {
     c.exec("UPDATE bcp_declarations SET checkpoint = $2 WHERE id = $1", p![id, note])?;
     Ok(())
 }
 
+/// One recorded change of a declaration's state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
+    /// The state it left (its name).
     pub from: String,
+    /// The state it entered (its name).
     pub to: String,
+    /// Who made the change.
     pub by: String,
+    /// When.
     pub at: Timestamp,
+    /// The note given with it.
     pub note: Option<String>,
+    /// The reason given for returning to normal with the checklist incomplete.
     pub override_reason: Option<String>,
 }
 
+/// The transitions of declaration `id`, oldest first.
 pub fn transitions(c: &mut dyn Conn, id: i64) -> Result<Vec<Transition>> {
     c.query("SELECT from_state, to_state, by_user, at, note, override_reason FROM bcp_transitions WHERE declaration = $1 ORDER BY id", p![id])?
         .iter()
@@ -187,15 +218,22 @@ pub fn transitions(c: &mut dyn Conn, id: i64) -> Result<Vec<Transition>> {
         .collect()
 }
 
+/// One checklist item marked done.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tick {
+    /// The phase whose checklist the item belongs to (its name).
     pub phase: String,
+    /// The item's id in the plan.
     pub item: String,
+    /// Who marked it done.
     pub by: String,
+    /// When.
     pub at: Timestamp,
+    /// The note given with it.
     pub note: Option<String>,
 }
 
+/// Marks a checklist item of a phase done; `false` if it already was.
 pub fn tick(
     c: &mut dyn Conn,
     id: i64,
@@ -212,6 +250,8 @@ pub fn tick(
     Ok(n > 0)
 }
 
+/// The checklist items marked done for declaration `id`, in the order they
+/// were done.
 pub fn ticks(c: &mut dyn Conn, id: i64) -> Result<Vec<Tick>> {
     c.query(
         "SELECT phase, item, done_by, done_at, note FROM bcp_checklist WHERE declaration = $1 ORDER BY done_at",
@@ -247,6 +287,7 @@ pub fn current_mode(c: &mut dyn Conn) -> Result<Mode> {
     Ok(mode_of(decl.as_ref(), &plan))
 }
 
+/// Stores (or replaces) the generated after-action report of declaration `id`.
 pub fn save_review(c: &mut dyn Conn, id: i64, report: &Value) -> Result<()> {
     c.exec(
         "INSERT INTO bcp_reviews (declaration, report) VALUES ($1, $2) ON CONFLICT (declaration) DO UPDATE SET report = excluded.report",
@@ -258,6 +299,7 @@ pub fn save_review(c: &mut dyn Conn, id: i64, report: &Value) -> Result<()> {
 /// A review: the generated report, the lessons, who completed it and when.
 pub type Review = (Value, Option<String>, Option<String>, Option<Timestamp>);
 
+/// The after-action review of declaration `id`, if one was generated.
 pub fn review(c: &mut dyn Conn, id: i64) -> Result<Option<Review>> {
     c.query_one("SELECT report, lessons, completed_by, completed_at FROM bcp_reviews WHERE declaration = $1", p![id])?
         .map(|r| {
@@ -271,6 +313,8 @@ pub fn review(c: &mut dyn Conn, id: i64) -> Result<Option<Review>> {
         .transpose()
 }
 
+/// Completes the after-action review with the lessons learned; `NotFound` if
+/// no report was generated.
 pub fn complete_review(c: &mut dyn Conn, id: i64, lessons: &str, by: &str, now: Timestamp) -> Result<()> {
     if c.exec(
         "UPDATE bcp_reviews SET lessons = $2, completed_by = $3, completed_at = $4 WHERE declaration = $1",
@@ -282,6 +326,8 @@ pub fn complete_review(c: &mut dyn Conn, id: i64, lessons: &str, by: &str, now: 
     Ok(())
 }
 
+/// Records that the report to `recipient` (`mhlw`, `police` or `patients`)
+/// was made; `false` if it was already recorded.
 pub fn record_report(
     c: &mut dyn Conn,
     id: i64,
@@ -299,6 +345,7 @@ pub fn record_report(
 /// A report made to an authority: recipient, by whom, when, note.
 pub type ReportDone = (String, String, Timestamp, Option<String>);
 
+/// The reports to authorities recorded for declaration `id`, oldest first.
 pub fn reports_done(c: &mut dyn Conn, id: i64) -> Result<Vec<ReportDone>> {
     c.query(
         "SELECT recipient, done_by, done_at, note FROM incident_reports WHERE declaration = $1 ORDER BY done_at",
@@ -311,19 +358,32 @@ pub fn reports_done(c: &mut dyn Conn, id: i64) -> Result<Vec<ReportDone>> {
 
 // ---- break-glass -----------------------------------------------------------------------
 
+/// A break-glass grant: one user's time-limited access to one patient.
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
+    /// Its number.
     pub id: i64,
+    /// Who was granted access (user name).
     pub user: String,
+    /// The patient (Patient id).
     pub patient: String,
+    /// The reason the user gave.
     pub reason: String,
+    /// The duration asked for, in minutes.
     pub minutes: i64,
+    /// When access started.
     pub started: Timestamp,
+    /// When access ends by itself.
     pub expires: Timestamp,
+    /// When the grant was ended early or announced as expired, if it was.
     pub ended: Option<Timestamp>,
+    /// The review's state: `pending`, `accepted` or `questioned`.
     pub review: String,
+    /// Who reviewed the use.
     pub reviewed_by: Option<String>,
+    /// When it was reviewed.
     pub reviewed_at: Option<Timestamp>,
+    /// The reviewer's note.
     pub review_note: Option<String>,
 }
 
@@ -348,11 +408,13 @@ fn grant_row(r: &Row) -> Result<Grant> {
 }
 
 impl Grant {
+    /// Whether the grant gives access at `now`.
     pub fn live(&self, now: Timestamp) -> bool {
         self.ended.is_none() && self.started <= now && now < self.expires
     }
 }
 
+/// Records a grant for `minutes` from `now` and returns it.
 pub fn insert_grant(
     c: &mut dyn Conn,
     user: &str,
@@ -381,12 +443,15 @@ pub fn has_live_grant(c: &mut dyn Conn, user: &str, patient: &str, now: Timestam
         .is_some())
 }
 
+/// The grant with this id.
 pub fn grant(c: &mut dyn Conn, id: i64) -> Result<Option<Grant>> {
     c.query_one(&format!("SELECT {GRANT_COLS} FROM break_glass WHERE id = $1"), p![id])?
         .map(|r| grant_row(&r))
         .transpose()
 }
 
+/// The newest `limit` grants, optionally only those in one review state or of
+/// one user, newest first.
 pub fn grants(c: &mut dyn Conn, review: Option<&str>, user: Option<&str>, limit: usize) -> Result<Vec<Grant>> {
     c.query(
         &format!("SELECT {GRANT_COLS} FROM break_glass WHERE (CAST($1 AS TEXT) IS NULL OR review = $1) AND (CAST($2 AS TEXT) IS NULL OR user_name = $2) ORDER BY id DESC LIMIT $3"),
@@ -405,10 +470,13 @@ pub fn expired_unannounced(c: &mut dyn Conn, now: Timestamp) -> Result<Vec<Grant
         .collect()
 }
 
+/// Ends a grant at `at`; `false` if it was already ended.
 pub fn end_grant(c: &mut dyn Conn, id: i64, at: Timestamp) -> Result<bool> {
     Ok(c.exec("UPDATE break_glass SET ended = $2 WHERE id = $1 AND ended IS NULL", p![id, at.micros()])? > 0)
 }
 
+/// Records the review of a grant; `false` if it was already reviewed (or
+/// does not exist).
 pub fn review_grant(
     c: &mut dyn Conn,
     id: i64,
@@ -429,18 +497,30 @@ pub fn review_grant(
 
 // ---- emergency accounts -----------------------------------------------------------------
 
+/// A sealed emergency account (EM-B8): its life and who it was.
 #[derive(Debug, Clone, Serialize)]
 pub struct EmergencyAccount {
+    /// The account's user name.
     pub user: String,
+    /// Where it is in its life.
     pub state: AccountState,
+    /// Whether it is for drills (usable only while a drill is declared).
     pub drill: bool,
+    /// When it was provisioned.
     pub created: Timestamp,
+    /// Who provisioned it.
     pub created_by: String,
+    /// When its envelope was printed and it was sealed.
     pub sealed_at: Option<Timestamp>,
+    /// When it was first used.
     pub unsealed_at: Option<Timestamp>,
+    /// The real name and affiliation given at its first login.
     pub declared: Option<String>,
+    /// When it was retired.
     pub retired_at: Option<Timestamp>,
+    /// The account that replaces it, once one was provisioned.
     pub replaced_by: Option<String>,
+    /// The roles it holds (role names).
     pub roles: Vec<String>,
 }
 
@@ -467,16 +547,19 @@ fn account_row(c: &mut dyn Conn, r: &Row) -> Result<EmergencyAccount> {
 const ACCOUNT_COLS: &str =
     "user_name, state, drill, created, created_by, sealed_at, unsealed_at, declared, retired_at, replaced_by";
 
+/// Every emergency account, oldest first.
 pub fn emergency_accounts(c: &mut dyn Conn) -> Result<Vec<EmergencyAccount>> {
     let rows = c.query(&format!("SELECT {ACCOUNT_COLS} FROM emergency_accounts ORDER BY created, user_name"), p![])?;
     rows.iter().map(|r| account_row(c, r)).collect()
 }
 
+/// The emergency account with this user name.
 pub fn emergency_account(c: &mut dyn Conn, user: &str) -> Result<Option<EmergencyAccount>> {
     let row = c.query_one(&format!("SELECT {ACCOUNT_COLS} FROM emergency_accounts WHERE user_name = $1"), p![user])?;
     row.map(|r| account_row(c, &r)).transpose()
 }
 
+/// Records a new emergency account, awaiting its envelope.
 pub fn insert_emergency_account(c: &mut dyn Conn, user: &str, drill: bool, by: &str, now: Timestamp) -> Result<()> {
     c.exec(
         "INSERT INTO emergency_accounts (user_name, state, drill, created, created_by) VALUES ($1, 'awaiting_envelope', $2, $3, $4)",
@@ -485,6 +568,8 @@ pub fn insert_emergency_account(c: &mut dyn Conn, user: &str, drill: bool, by: &
     Ok(())
 }
 
+/// Sets an account's state, recording the time of sealing, first use or
+/// retirement, and the declared identity given at first use.
 pub fn set_account_state(
     c: &mut dyn Conn,
     user: &str,
@@ -507,6 +592,7 @@ pub fn set_account_state(
     Ok(())
 }
 
+/// Records the account that replaces a retired one.
 pub fn set_replaced_by(c: &mut dyn Conn, user: &str, by: &str) -> Result<()> {
     c.exec("UPDATE emergency_accounts SET replaced_by = $2 WHERE user_name = $1", p![user, by])?;
     Ok(())
@@ -514,18 +600,28 @@ pub fn set_replaced_by(c: &mut dyn Conn, user: &str, by: &str) -> Result<()> {
 
 // ---- alerts -----------------------------------------------------------------------------
 
+/// An alert: a possible emergency or a security event for the operators.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
+    /// Its number.
     pub id: i64,
+    /// When it was raised.
     pub time: Timestamp,
+    /// What kind of alert (e.g. `emergency-account-misuse`).
     pub kind: String,
+    /// `info`, `warning` or `critical`.
     pub severity: String,
+    /// The message shown to operators.
     pub message: String,
+    /// Structured detail, if any.
     pub detail: Option<Value>,
+    /// Who acknowledged it.
     pub acked_by: Option<String>,
+    /// When it was acknowledged.
     pub acked_at: Option<Timestamp>,
 }
 
+/// Records a new alert and returns its id.
 pub fn insert_alert(
     c: &mut dyn Conn,
     kind: &str,
@@ -543,6 +639,8 @@ pub fn insert_alert(
     Ok(r.i64(0)?)
 }
 
+/// The newest `limit` alerts (only unacknowledged ones with `open_only`),
+/// newest first.
 pub fn alerts(c: &mut dyn Conn, open_only: bool, limit: usize) -> Result<Vec<Alert>> {
     c.query(
         "SELECT id, time, kind, severity, message, detail, acked_by, acked_at FROM alerts WHERE ($1 = 0 OR acked_at IS NULL) ORDER BY id DESC LIMIT $2",
@@ -564,6 +662,7 @@ pub fn alerts(c: &mut dyn Conn, open_only: bool, limit: usize) -> Result<Vec<Ale
     .collect()
 }
 
+/// Acknowledges an alert; `false` if it already was (or does not exist).
 pub fn ack_alert(c: &mut dyn Conn, id: i64, by: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE alerts SET acked_by = $2, acked_at = $3 WHERE id = $1 AND acked_at IS NULL",
@@ -607,18 +706,30 @@ pub fn enqueue(
     Ok(id)
 }
 
+/// One announcement's delivery on one channel, with the announcement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Delivery {
+    /// The announcement's id.
     pub notification: i64,
+    /// The channel: `webhook:<name>` or `email:<address>`.
     pub channel: String,
+    /// `pending`, `delivered` or `failed` (for good).
     pub state: String,
+    /// Attempts made so far.
     pub attempts: i64,
+    /// When the next attempt is due.
     pub next_attempt: Timestamp,
+    /// The last attempt's error.
     pub last_error: Option<String>,
+    /// When it was delivered.
     pub delivered_at: Option<Timestamp>,
+    /// The announcement's event name.
     pub event: String,
+    /// Whether the announcement is part of a drill.
     pub drill: bool,
+    /// The announcement's content.
     pub payload: Value,
+    /// When the announcement was made.
     pub time: Timestamp,
 }
 
@@ -641,6 +752,7 @@ fn delivery_row(r: &Row) -> Result<Delivery> {
     })
 }
 
+/// Pending deliveries due at `now`, earliest first, at most `limit`.
 pub fn due_deliveries(c: &mut dyn Conn, now: Timestamp, limit: usize) -> Result<Vec<Delivery>> {
     c.query(
         &format!("{DELIVERY_SQL} WHERE d.state = 'pending' AND d.next_attempt <= $1 ORDER BY d.next_attempt LIMIT $2"),
@@ -651,6 +763,7 @@ pub fn due_deliveries(c: &mut dyn Conn, now: Timestamp, limit: usize) -> Result<
     .collect()
 }
 
+/// The newest `limit` deliveries, optionally only those in one state.
 pub fn deliveries(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Delivery>> {
     c.query(
         &format!(
@@ -663,6 +776,7 @@ pub fn deliveries(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result
     .collect()
 }
 
+/// Records a successful delivery.
 pub fn mark_delivered(c: &mut dyn Conn, notification: i64, channel: &str, now: Timestamp) -> Result<()> {
     c.exec(
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $3, last_error = NULL WHERE notification = $1 AND channel = $2",

@@ -11,14 +11,22 @@ use crate::sql::{Conn, Row};
 
 // ---- partners ---------------------------------------------------------------------------
 
+/// A partner's registration in force (a row of `partners`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PartnerRow {
+    /// The partner's id.
     pub id: String,
+    /// The registration's version, from 1; every change adds one.
     pub version: i64,
+    /// The partner's AS2 identifier (`AS2-From`/`AS2-To`); unique.
     pub as2_id: String,
+    /// `active` or `suspended`.
     pub status: String,
+    /// The registration itself, as JSON text.
     pub doc: String,
+    /// Who made the last change.
     pub updated_by: String,
+    /// When the last change was made.
     pub updated_at: Timestamp,
 }
 
@@ -36,18 +44,21 @@ fn partner_row(r: &Row) -> Result<PartnerRow> {
     })
 }
 
+/// The registration of partner `id`.
 pub fn partner(c: &mut dyn Conn, id: &str) -> Result<Option<PartnerRow>> {
     c.query_one(&format!("SELECT {PARTNER_COLS} FROM partners WHERE id = $1"), p![id])?
         .map(|r| partner_row(&r))
         .transpose()
 }
 
+/// The partner registered with this AS2 identifier.
 pub fn partner_by_as2(c: &mut dyn Conn, as2_id: &str) -> Result<Option<PartnerRow>> {
     c.query_one(&format!("SELECT {PARTNER_COLS} FROM partners WHERE as2_id = $1"), p![as2_id])?
         .map(|r| partner_row(&r))
         .transpose()
 }
 
+/// Every partner, by id.
 pub fn partners(c: &mut dyn Conn) -> Result<Vec<PartnerRow>> {
     c.query(&format!("SELECT {PARTNER_COLS} FROM partners ORDER BY id"), p![])?.iter().map(partner_row).collect()
 }
@@ -109,33 +120,62 @@ pub fn put_partner(
 
 // ---- messages ---------------------------------------------------------------------------
 
+/// One AS2 message of the exchange ledger, either direction.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct MessageRow {
+    /// mamori's id of the message (a UUIDv7).
     pub id: String,
+    /// `out` (sent by mamori) or `in` (received).
     pub direction: String,
     /// `document`, or `mdn` for an asynchronous receipt mamori sends.
     pub kind: String,
+    /// The AS2 Message-ID, without `<>`.
     pub message_id: String,
+    /// The partner's id; empty when an inbound sender is unknown.
     pub partner: String,
+    /// The version of the partner's registration in force at the time.
     pub partner_version: Option<i64>,
+    /// Outbound: the send request the message belongs to.
     pub send_id: Option<String>,
+    /// The patient whose information the message carries, if known.
     pub patient: Option<String>,
+    /// Why the information was sent (a consent purpose name).
     pub purpose: Option<String>,
+    /// Outbound: the recorded legal basis of the send (JSON).
     pub basis: Option<Value>,
+    /// Where the message stands: outbound `queued`, `sending`, `retry`,
+    /// `awaiting_mdn`, `delivered` or `failed`; inbound `stored` or `rejected`.
     pub state: String,
+    /// The MIME type of the payload.
     pub content_type: Option<String>,
+    /// The payload's SHA-256, in hex.
     pub payload_sha256: Option<String>,
+    /// The payload's size in bytes.
     pub size: Option<i64>,
+    /// The message integrity check the receipt must return
+    /// (`<base64>, sha-256`).
     pub mic: Option<String>,
+    /// The signature and encryption algorithms used (JSON).
     pub algorithms: Option<Value>,
+    /// Delivery attempts made so far.
     pub attempts: i64,
+    /// When the next attempt is due.
     pub next_attempt: Option<Timestamp>,
+    /// When an asynchronous MDN is overdue.
     pub deadline: Option<Timestamp>,
+    /// The segment responsible for a failure (`sender`, `path`, `partner_tls`,
+    /// `partner`).
     pub failure_segment: Option<String>,
+    /// What failed.
     pub failure: Option<String>,
+    /// The disposition of the MDN received or sent.
     pub mdn: Option<String>,
+    /// Who created the row: the sending user; for inbound rows `partner:<id>`,
+    /// `as2:<AS2-From>` or `system`.
     pub created_by: String,
+    /// When it was created.
     pub created_at: Timestamp,
+    /// When it last changed.
     pub updated_at: Timestamp,
 }
 
@@ -220,6 +260,7 @@ pub fn insert_message(c: &mut dyn Conn, m: &MessageRow) -> Result<()> {
     }
 }
 
+/// The message with mamori's id `id`.
 pub fn message(c: &mut dyn Conn, id: &str) -> Result<Option<MessageRow>> {
     c.query_one(&format!("SELECT {MESSAGE_COLS} FROM exchange_messages WHERE id = $1"), p![id])?
         .map(|r| message_row(&r))
@@ -246,17 +287,27 @@ pub fn message_by_as2(
 /// Filters for listing the ledger.
 #[derive(Debug, Clone, Default)]
 pub struct MessageQuery {
+    /// Only this direction (`out` or `in`).
     pub direction: Option<String>,
+    /// Only messages with this partner.
     pub partner: Option<String>,
+    /// Only messages about this patient.
     pub patient: Option<String>,
+    /// Only messages in this state.
     pub state: Option<String>,
+    /// Only the messages of this send request.
     pub send_id: Option<String>,
+    /// Only messages created by this user.
     pub created_by: Option<String>,
+    /// Created at or after this time.
     pub from: Option<Timestamp>,
+    /// Created before this time.
     pub to: Option<Timestamp>,
+    /// The most rows to return (1 to 100 000).
     pub limit: usize,
 }
 
+/// The ledger rows matching `q`, newest first.
 pub fn messages(c: &mut dyn Conn, q: &MessageQuery) -> Result<Vec<MessageRow>> {
     c.query(
         &format!(
@@ -341,15 +392,22 @@ pub fn update_message(c: &mut dyn Conn, m: &MessageRow, now: Timestamp) -> Resul
 
 // ---- hops -------------------------------------------------------------------------------
 
+/// One hop of a message: a step and whose responsibility it was then.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hop {
+    /// Its position in the message's path, from 1.
     pub seq: i64,
+    /// When it happened.
     pub at: Timestamp,
+    /// The step (`signed`, `handed_to_network`, `mdn_verified`, `delivered`, ...).
     pub hop: String,
+    /// Who was responsible then: `sender`, `path`, `receiver`, a partner id, ...
     pub party: String,
+    /// Further detail (JSON).
     pub detail: Option<Value>,
 }
 
+/// Records the next hop of `message`.
 pub fn add_hop(c: &mut dyn Conn, message: &str, hop: &str, party: &str, detail: &Value, now: Timestamp) -> Result<()> {
     c.exec(
         "INSERT INTO exchange_hops (message, seq, at, hop, party, detail) \
@@ -359,6 +417,7 @@ pub fn add_hop(c: &mut dyn Conn, message: &str, hop: &str, party: &str, detail: 
     Ok(())
 }
 
+/// The hops of `message`, in order.
 pub fn hops(c: &mut dyn Conn, message: &str) -> Result<Vec<Hop>> {
     c.query("SELECT seq, at, hop, party, detail FROM exchange_hops WHERE message = $1 ORDER BY seq", p![message])?
         .iter()
@@ -394,11 +453,15 @@ pub fn outbox_put(
 
 /// A queued body: its URL (if not the partner's endpoint), headers, bytes.
 pub struct Queued {
+    /// The URL to send to; `None` for the partner's registered endpoint.
     pub url: Option<String>,
+    /// The HTTP headers, in order.
     pub headers: Vec<(String, String)>,
+    /// The body, already signed and encrypted for the recipient.
     pub body: Vec<u8>,
 }
 
+/// The queued body of `message`, if it is still queued.
 pub fn outbox_get(c: &mut dyn Conn, message: &str) -> Result<Option<Queued>> {
     match c.query_one("SELECT url, headers, body FROM exchange_outbox WHERE message = $1", p![message])? {
         None => Ok(None),
@@ -410,6 +473,7 @@ pub fn outbox_get(c: &mut dyn Conn, message: &str) -> Result<Option<Queued>> {
     }
 }
 
+/// Removes the queued body of `message` (the send ended).
 pub fn outbox_delete(c: &mut dyn Conn, message: &str) -> Result<()> {
     c.exec("DELETE FROM exchange_outbox WHERE message = $1", p![message])?;
     Ok(())
@@ -417,15 +481,25 @@ pub fn outbox_delete(c: &mut dyn Conn, message: &str) -> Result<()> {
 
 // ---- inbound documents ------------------------------------------------------------------
 
+/// A verified inbound document and the record it went into.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inbound {
+    /// The ledger id of the message that carried it.
     pub message: String,
+    /// `unmatched` until someone files it into a patient's record, then
+    /// `matched`.
     pub state: String,
+    /// The patient it was filed under.
     pub patient: Option<String>,
+    /// The DocumentReference it was filed as (`DocumentReference/<id>`).
     pub document: Option<String>,
+    /// Who filed it.
     pub matched_by: Option<String>,
+    /// When it was filed.
     pub matched_at: Option<Timestamp>,
+    /// What the document says about its patient (JSON), for matching.
     pub summary: Value,
+    /// The document's bytes (empty unless asked for).
     #[serde(skip)]
     pub payload: Vec<u8>,
 }
@@ -443,6 +517,7 @@ fn inbound_row(r: &Row) -> Result<Inbound> {
     })
 }
 
+/// Stores a verified inbound document, unmatched.
 pub fn insert_inbound(c: &mut dyn Conn, message: &str, payload: &[u8], summary: &Value) -> Result<()> {
     c.exec(
         "INSERT INTO exchange_inbound (message, payload, state, summary) VALUES ($1, $2, 'unmatched', $3)",
@@ -451,6 +526,7 @@ pub fn insert_inbound(c: &mut dyn Conn, message: &str, payload: &[u8], summary: 
     Ok(())
 }
 
+/// The inbound document of `message`, with its bytes if `with_payload`.
 pub fn inbound(c: &mut dyn Conn, message: &str, with_payload: bool) -> Result<Option<Inbound>> {
     let payload = if with_payload { "payload" } else { "NULL" };
     c.query_one(
@@ -463,6 +539,8 @@ pub fn inbound(c: &mut dyn Conn, message: &str, with_payload: bool) -> Result<Op
     .transpose()
 }
 
+/// The newest `limit` inbound documents, optionally only those in one state
+/// (without their bytes).
 pub fn inbound_list(c: &mut dyn Conn, state: Option<&str>, limit: usize) -> Result<Vec<Inbound>> {
     c.query(
         "SELECT message, state, patient, document, matched_by, matched_at, summary, NULL FROM exchange_inbound \
@@ -492,20 +570,33 @@ pub fn mark_matched(
 
 // ---- quarantine -------------------------------------------------------------------------
 
+/// An inbound message that failed verification, kept apart from clinical
+/// data.
 #[derive(Debug, Clone, Serialize)]
 pub struct Quarantined {
+    /// Its number.
     pub id: i64,
+    /// The ledger id, if the message got one.
     pub message: Option<String>,
+    /// When it arrived.
     pub at: Timestamp,
+    /// The fingerprint of the sender's TLS client certificate.
     pub peer: Option<String>,
+    /// The `AS2-From` it claimed.
     pub claimed_from: Option<String>,
+    /// The AS2 Message-ID it claimed.
     pub message_id: Option<String>,
+    /// Why it was refused.
     pub reason: String,
+    /// The disposition returned in the MDN, if one was sent.
     pub disposition: Option<String>,
+    /// The HTTP headers received (JSON).
     pub headers: Value,
+    /// The size of the kept body in bytes, if kept.
     pub size: Option<i64>,
 }
 
+/// Keeps a refused inbound message in the quarantine; returns its number.
 #[allow(clippy::too_many_arguments)]
 pub fn quarantine(
     c: &mut dyn Conn,
@@ -529,6 +620,7 @@ pub fn quarantine(
     Ok(r.i64(0)?)
 }
 
+/// The newest `limit` quarantined messages (without their bodies).
 pub fn quarantined(c: &mut dyn Conn, limit: usize) -> Result<Vec<Quarantined>> {
     c.query(
         "SELECT id, message, at, peer, claimed_from, message_id, reason, disposition, headers, length(body) \

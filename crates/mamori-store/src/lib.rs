@@ -10,6 +10,7 @@
 //! Reads run on a pool of read-only connections; writes only through the
 //! writer. Nothing here decides access: callers bring a policy decision.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accounts;
 pub mod audit_log;
@@ -45,18 +46,24 @@ pub use writer::{CheckpointPolicy, WriteCtx, Writer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
+    /// `synchronous = FULL`.
     Full,
+    /// `synchronous = NORMAL`.
     Normal,
 }
 
+/// How to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// The SQLite database file (the embedded default).
     pub path: PathBuf,
     /// A `postgres://` URL: the PostgreSQL backend instead of `path`.
     pub url: Option<String>,
+    /// SQLite durability (ignored on PostgreSQL).
     pub synchronous: Synchronous,
+    /// The number of read-only connections (at least one is opened).
     pub readers: usize,
+    /// When the writer signs audit checkpoints.
     pub checkpoint: CheckpointPolicy,
     /// The checkpoint origin line (the log's name).
     pub origin: String,
@@ -216,6 +223,7 @@ impl Store {
         })
     }
 
+    /// Which database the store is on.
     pub fn backend(&self) -> sql::Backend {
         self.backend
     }
@@ -236,10 +244,12 @@ impl Store {
         self.leader.store(v, Ordering::SeqCst);
     }
 
+    /// The group-commit writer: every write goes through it.
     pub fn writer(&self) -> &Writer {
         &self.writer
     }
 
+    /// The clock every "now" of the store comes from.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }

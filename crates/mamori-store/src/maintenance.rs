@@ -13,15 +13,22 @@ fn json_col(r: &Row, i: usize) -> Result<Value> {
     Ok(r.opt_text(i)?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null))
 }
 
+/// A maintenance vendor (a company whose people may maintain the system).
 #[derive(Debug, Clone, Serialize)]
 pub struct Vendor {
+    /// Its id.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// How to reach it.
     pub contact: String,
+    /// When it was registered.
     pub created: Timestamp,
+    /// Who registered it.
     pub created_by: String,
 }
 
+/// Registers a vendor; `Duplicate` if the id is taken.
 pub fn insert_vendor(c: &mut dyn Conn, v: &Vendor) -> Result<()> {
     c.exec(
         "INSERT INTO maint_vendors (id, name, contact, created, created_by) VALUES ($1, $2, $3, $4, $5)",
@@ -34,6 +41,7 @@ pub fn insert_vendor(c: &mut dyn Conn, v: &Vendor) -> Result<()> {
     Ok(())
 }
 
+/// Every vendor, by id.
 pub fn vendors(c: &mut dyn Conn) -> Result<Vec<Vendor>> {
     c.query("SELECT id, name, contact, created, created_by FROM maint_vendors ORDER BY id", p![])?
         .iter()
@@ -49,25 +57,39 @@ pub fn vendors(c: &mut dyn Conn) -> Result<Vec<Vendor>> {
         .collect()
 }
 
+/// The vendor with this id.
 pub fn vendor(c: &mut dyn Conn, id: &str) -> Result<Option<Vendor>> {
     Ok(vendors(c)?.into_iter().find(|v| v.id == id))
 }
 
+/// A maintenance person: one dedicated account of a vendor's employee.
 #[derive(Debug, Clone, Serialize)]
 pub struct Person {
+    /// The person's id (their login on the maintenance listener).
     pub id: String,
+    /// The vendor's id.
     pub vendor: String,
+    /// The name shown to people.
     pub display: String,
+    /// `active`, or `left` once they no longer work on the system.
     pub state: String,
+    /// The TOTP secret of their second factor.
     #[serde(skip)]
     pub totp_secret: Vec<u8>,
+    /// The last TOTP step accepted (a code is never accepted twice).
     #[serde(skip)]
     pub totp_last_step: Option<i64>,
+    /// The network blocks they may connect from (JSON list of CIDR blocks).
     pub sources: Value,
+    /// The SHA-256 fingerprint (hex) of their current client certificate.
     pub cert_sha256: String,
+    /// When the account was created.
     pub created: Timestamp,
+    /// Who created it.
     pub created_by: String,
+    /// When they left.
     pub left_at: Option<Timestamp>,
+    /// When they last used the maintenance listener.
     pub last_used: Option<Timestamp>,
 }
 
@@ -91,6 +113,7 @@ fn person_row(r: &Row) -> Result<Person> {
     })
 }
 
+/// Stores a new person; `Duplicate` if the id is taken.
 pub fn insert_person(c: &mut dyn Conn, p: &Person) -> Result<()> {
     c.exec(
         &format!(
@@ -115,18 +138,21 @@ pub fn insert_person(c: &mut dyn Conn, p: &Person) -> Result<()> {
     Ok(())
 }
 
+/// The person with this id.
 pub fn person(c: &mut dyn Conn, id: &str) -> Result<Option<Person>> {
     c.query_one(&format!("SELECT {PERSON_COLS} FROM maint_people WHERE id = $1"), p![id])?
         .map(|r| person_row(&r))
         .transpose()
 }
 
+/// The person whose current client certificate has this SHA-256 fingerprint.
 pub fn person_by_cert(c: &mut dyn Conn, sha256: &str) -> Result<Option<Person>> {
     c.query_one(&format!("SELECT {PERSON_COLS} FROM maint_people WHERE cert_sha256 = $1"), p![sha256])?
         .map(|r| person_row(&r))
         .transpose()
 }
 
+/// Every person, by vendor and id.
 pub fn people(c: &mut dyn Conn) -> Result<Vec<Person>> {
     c.query(&format!("SELECT {PERSON_COLS} FROM maint_people ORDER BY vendor, id"), p![])?
         .iter()
@@ -134,11 +160,13 @@ pub fn people(c: &mut dyn Conn) -> Result<Vec<Person>> {
         .collect()
 }
 
+/// Records a person's new current client certificate.
 pub fn set_person_cert(c: &mut dyn Conn, id: &str, sha256: &str) -> Result<()> {
     c.exec("UPDATE maint_people SET cert_sha256 = $2 WHERE id = $1", p![id, sha256])?;
     Ok(())
 }
 
+/// Marks a person as left; `false` if they already were (or do not exist).
 pub fn mark_left(c: &mut dyn Conn, id: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE maint_people SET state = 'left', left_at = $2 WHERE id = $1 AND state = 'active'",
@@ -146,6 +174,7 @@ pub fn mark_left(c: &mut dyn Conn, id: &str, now: Timestamp) -> Result<bool> {
     )? > 0)
 }
 
+/// Records a use of the maintenance listener, and the TOTP step accepted.
 pub fn touch(c: &mut dyn Conn, id: &str, totp_step: Option<i64>, now: Timestamp) -> Result<()> {
     c.exec(
         "UPDATE maint_people SET last_used = $2, totp_last_step = COALESCE($3, totp_last_step) WHERE id = $1",
@@ -154,6 +183,8 @@ pub fn touch(c: &mut dyn Conn, id: &str, totp_step: Option<i64>, now: Timestamp)
     Ok(())
 }
 
+/// Records a client certificate issued to `person` (`not_after` in seconds
+/// since the epoch).
 pub fn insert_cert(
     c: &mut dyn Conn,
     sha256: &str,
@@ -176,6 +207,7 @@ pub fn cert(c: &mut dyn Conn, sha256: &str) -> Result<Option<(i64, bool)>> {
         .transpose()
 }
 
+/// Revokes every certificate of `person`; returns how many were revoked.
 pub fn revoke_certs(c: &mut dyn Conn, person: &str, by: &str, now: Timestamp) -> Result<usize> {
     Ok(c.exec(
         "UPDATE maint_certs SET revoked_at = $2, revoked_by = $3 WHERE person = $1 AND revoked_at IS NULL",
@@ -183,29 +215,53 @@ pub fn revoke_certs(c: &mut dyn Conn, person: &str, by: &str, now: Timestamp) ->
     )?)
 }
 
+/// A maintenance window asked for by or for a maintenance person.
 #[derive(Debug, Clone, Serialize)]
 pub struct Request {
+    /// Its number.
     pub id: i64,
+    /// The maintenance person's id.
     pub person: String,
+    /// Why the window is needed.
     pub reason: String,
+    /// What may be done in it (JSON list of scope names).
     pub scopes: Value,
+    /// When the window opens.
     pub start: Timestamp,
+    /// When the window closes.
     pub end: Timestamp,
+    /// Asked for during an emergency (a BCP decider may approve it alone).
     pub emergency: bool,
+    /// `requested`, `approved`, `rejected`, `revoked` or `closed`.
     pub state: String,
+    /// Who asked (the person, or a staff user for them).
     pub requested_by: String,
+    /// When it was asked.
     pub requested_at: Timestamp,
+    /// The approvals so far (JSON list of `{by, at}`).
     pub approvals: Value,
+    /// How many approvals it needs.
     pub needed: i64,
+    /// Who approved, rejected or revoked it.
     pub decided_by: Option<String>,
+    /// When that decision was made.
     pub decided_at: Option<Timestamp>,
+    /// The note given with the decision.
     pub decision_note: Option<String>,
+    /// When it was closed out.
     pub closed_at: Option<Timestamp>,
+    /// What happened in the window (JSON), made when it was closed.
     pub summary: Value,
+    /// The review's state: `pending`, `accepted` or `questioned`; `None`
+    /// before the window was closed.
     pub review: Option<String>,
+    /// When the review is due.
     pub review_due: Option<Timestamp>,
+    /// Who reviewed it.
     pub reviewed_by: Option<String>,
+    /// When it was reviewed.
     pub reviewed_at: Option<Timestamp>,
+    /// The reviewer's note.
     pub review_note: Option<String>,
 }
 
@@ -239,6 +295,7 @@ fn req_row(r: &Row) -> Result<Request> {
     })
 }
 
+/// Records a new window request and returns its number.
 #[allow(clippy::too_many_arguments)]
 pub fn insert_request(
     c: &mut dyn Conn,
@@ -262,12 +319,14 @@ pub fn insert_request(
     Ok(r.i64(0)?)
 }
 
+/// The window request with this number.
 pub fn request(c: &mut dyn Conn, id: i64) -> Result<Option<Request>> {
     c.query_one(&format!("SELECT {REQ_COLS} FROM maint_requests WHERE id = $1"), p![id])?
         .map(|r| req_row(&r))
         .transpose()
 }
 
+/// The newest `limit` requests, optionally in one state or review state.
 pub fn requests(c: &mut dyn Conn, state: Option<&str>, review: Option<&str>, limit: usize) -> Result<Vec<Request>> {
     c.query(
         &format!("SELECT {REQ_COLS} FROM maint_requests WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) AND (CAST($2 AS TEXT) IS NULL OR review = $2) ORDER BY id DESC LIMIT $3"),
@@ -278,11 +337,13 @@ pub fn requests(c: &mut dyn Conn, state: Option<&str>, review: Option<&str>, lim
     .collect()
 }
 
+/// Replaces the list of approvals of a request.
 pub fn set_approvals(c: &mut dyn Conn, id: i64, approvals: &Value) -> Result<()> {
     c.exec("UPDATE maint_requests SET approvals = $2 WHERE id = $1", p![id, approvals.to_string()])?;
     Ok(())
 }
 
+/// Records a decision on a request: its new state, by whom, with a note.
 pub fn decide(c: &mut dyn Conn, id: i64, state: &str, by: &str, note: Option<&str>, now: Timestamp) -> Result<()> {
     c.exec(
         "UPDATE maint_requests SET state = $2, decided_by = $3, decided_at = $4, decision_note = $5 WHERE id = $1",
@@ -302,6 +363,8 @@ pub fn to_close(c: &mut dyn Conn, now: Timestamp) -> Result<Vec<Request>> {
     .collect()
 }
 
+/// Closes out a window with its summary and opens its review, due at
+/// `review_due`.
 pub fn close(
     c: &mut dyn Conn,
     id: i64,
@@ -317,6 +380,7 @@ pub fn close(
     Ok(())
 }
 
+/// Records the review of a closed window; `false` if it was not pending.
 pub fn review(c: &mut dyn Conn, id: i64, outcome: &str, by: &str, note: &str, now: Timestamp) -> Result<bool> {
     Ok(c.exec(
         "UPDATE maint_requests SET review = $2, reviewed_by = $3, reviewed_at = $4, review_note = $5 WHERE id = $1 AND review = 'pending'",
@@ -335,23 +399,34 @@ pub fn overdue(c: &mut dyn Conn, now: Timestamp) -> Result<Vec<Request>> {
     .collect()
 }
 
+/// Records that the overdue review was reported (so it is reported once).
 pub fn mark_overdue_reported(c: &mut dyn Conn, id: i64) -> Result<()> {
     c.exec("UPDATE maint_requests SET overdue_reported = 1 WHERE id = $1", p![id])?;
     Ok(())
 }
 
+/// A session on the maintenance listener, within one approved window.
 #[derive(Debug, Clone, Serialize)]
 pub struct Session {
+    /// The window's request number.
     pub request: i64,
+    /// The maintenance person's id.
     pub person: String,
+    /// The SHA-256 fingerprint (hex) of the client certificate used.
     pub cert_sha256: String,
+    /// The client's network address.
     pub address: Option<String>,
+    /// When the session started.
     pub started: Timestamp,
+    /// When it expires.
     pub expires: Timestamp,
+    /// When it ended early.
     pub ended: Option<Timestamp>,
+    /// Why it ended (e.g. the window was revoked).
     pub end_reason: Option<String>,
 }
 
+/// Stores a session under the hash of its token.
 pub fn insert_session(c: &mut dyn Conn, hash: &[u8], s: &Session) -> Result<()> {
     c.exec(
         "INSERT INTO maint_sessions (token_hash, request, person, cert_sha256, address, started, expires) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -360,6 +435,7 @@ pub fn insert_session(c: &mut dyn Conn, hash: &[u8], s: &Session) -> Result<()> 
     Ok(())
 }
 
+/// The session whose token has this hash.
 pub fn session(c: &mut dyn Conn, hash: &[u8]) -> Result<Option<Session>> {
     c.query_one(
         "SELECT request, person, cert_sha256, address, started, expires, ended, end_reason FROM maint_sessions WHERE token_hash = $1",
@@ -380,6 +456,7 @@ pub fn session(c: &mut dyn Conn, hash: &[u8]) -> Result<Option<Session>> {
     .transpose()
 }
 
+/// The sessions of window `request`, oldest first.
 pub fn sessions_of(c: &mut dyn Conn, request: i64) -> Result<Vec<Session>> {
     c.query(
         "SELECT request, person, cert_sha256, address, started, expires, ended, end_reason FROM maint_sessions WHERE request = $1 ORDER BY started",

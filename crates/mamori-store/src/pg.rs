@@ -73,10 +73,17 @@ pub(crate) fn pg_err(e: &postgres::Error) -> DbError {
 /// host name. Use `verify-full` for any database across a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
+    /// Plain TCP.
     Disable,
+    /// TLS if the server offers it, without checking its certificate; plain
+    /// otherwise.
     Prefer,
+    /// TLS without checking the server's certificate.
     Require,
+    /// TLS, the certificate checked against `sslrootcert` (or the system's
+    /// roots).
     VerifyCa,
+    /// As `VerifyCa`, and the host name checked too.
     VerifyFull,
 }
 
@@ -246,6 +253,8 @@ impl Drop for PgConn {
 }
 
 impl PgConn {
+    /// Connects to the PostgreSQL database at `url` (a `postgres://` URL;
+    /// `sslmode` and `sslrootcert` as for libpq).
     pub fn connect(url: &str) -> Result<PgConn, DbError> {
         let client = connect_off_runtime(url)?;
         Ok(PgConn { url: url.to_owned(), client: Some(client), stmts: HashMap::new(), in_tx: false })

@@ -20,9 +20,13 @@ use crate::sql::{insert_rows, Conn, Row, Val};
 /// The current state of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
+    /// The current version number (1-based).
     pub version: u64,
+    /// The current version's position in the global order of writes.
     pub seq: i64,
+    /// When the current version was written.
     pub last_updated: Timestamp,
+    /// Whether the current version is a tombstone.
     pub deleted: bool,
     /// Whose data it is (fhir::compartment), the primary patient first.
     pub patients: Vec<String>,
@@ -31,14 +35,22 @@ pub struct Current {
 /// One stored version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
+    /// The version's position in the global order of writes (unique,
+    /// increasing).
     pub seq: i64,
+    /// The resource type.
     pub rtype: String,
+    /// The resource id.
     pub id: String,
+    /// The version number (1-based).
     pub version: u64,
+    /// When it was written.
     pub last_updated: Timestamp,
+    /// Whether it is a tombstone.
     pub deleted: bool,
     /// Whose data this version is, the primary patient first.
     pub patients: Vec<String>,
+    /// Who wrote it (user name).
     pub author: String,
     /// The JSON text; empty for a tombstone.
     pub body: String,
@@ -83,6 +95,7 @@ pub(crate) fn version_row(r: &Row) -> Result<Version> {
 pub(crate) const VERSION_SELECT_COLUMNS: &str =
     "v.seq, v.rtype, v.id, v.version, v.last_updated, v.deleted, v.patient, v.other_patients, v.author, v.body";
 
+/// The current state of `rtype/id`, if it ever existed.
 pub fn current(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Current>> {
     c.query_one(
         "SELECT r.version, r.seq, r.last_updated, r.deleted, v.patient, v.other_patients FROM resources r \
@@ -155,6 +168,7 @@ pub fn read(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Option<Version>> 
     c.query_one(&sql, p![rtype, id])?.map(|r| version_row(&r)).transpose()
 }
 
+/// Version `version` of `rtype/id` (`vread`), if it exists.
 pub fn vread(c: &mut dyn Conn, rtype: &str, id: &str, version: u64) -> Result<Option<Version>> {
     let sql =
         format!("SELECT {} FROM resource_versions WHERE rtype = $1 AND id = $2 AND version = $3", version_cols(""));
@@ -215,9 +229,13 @@ pub fn compartment(c: &mut dyn Conn, patient: &str, after: Option<(&str, &str)>,
 /// The result of a write.
 #[derive(Debug, Clone)]
 pub struct Written {
+    /// The resource type.
     pub rtype: ResourceType,
+    /// The resource id.
     pub id: String,
+    /// The new version number.
     pub version: u64,
+    /// When it was written.
     pub last_updated: Timestamp,
     /// Whose data the new version is.
     pub patients: Vec<String>,
@@ -225,7 +243,10 @@ pub struct Written {
     pub previous_patients: Vec<String>,
     /// No version of this resource existed before (not even a tombstone).
     pub first: bool,
+    /// The resource did not exist before, or was deleted (HTTP 201 rather
+    /// than 200).
     pub created: bool,
+    /// The new version is a tombstone.
     pub deleted: bool,
     /// The stored JSON text (empty for a tombstone).
     pub body: String,

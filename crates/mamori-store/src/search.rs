@@ -18,13 +18,22 @@ pub enum Restriction {
     ReferenceDataOnly,
     /// Reference data, and resources whose patients all have an active
     /// care assignment for this user (or the user's department) at `now`.
-    CareOf { user: String, department: Option<String>, now: Timestamp },
+    CareOf {
+        /// The user (user name).
+        user: String,
+        /// The user's department, if any.
+        department: Option<String>,
+        /// When the care assignments must be active.
+        now: Timestamp,
+    },
 }
 
 /// One page of results.
 #[derive(Debug, Clone)]
 pub struct Page {
+    /// The matching versions of this page, in the requested order.
     pub entries: Vec<Version>,
+    /// The number of matches, if it was counted.
     pub total: Option<u64>,
     /// Cursor for the next page, if there is one.
     pub next: Option<Cursor>,

@@ -9,9 +9,13 @@ use std::borrow::Cow;
 /// A bound parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val<'a> {
+    /// SQL `NULL`.
     Null,
+    /// An integer (also booleans, as 0 or 1).
     Int(i64),
+    /// Text.
     Text(Cow<'a, str>),
+    /// Bytes.
     Blob(Cow<'a, [u8]>),
 }
 
@@ -80,28 +84,38 @@ macro_rules! p {
 /// A column value of a result row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
+    /// SQL `NULL`.
     Null,
+    /// An integer (booleans are 0 or 1).
     Int(i64),
+    /// Text.
     Text(String),
+    /// Bytes.
     Blob(Vec<u8>),
 }
 
 /// A borrowed column value, for streaming large results.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CellRef<'a> {
+    /// SQL `NULL`.
     Null,
+    /// An integer.
     Int(i64),
+    /// Text.
     Text(&'a str),
+    /// Bytes.
     Blob(&'a [u8]),
 }
 
 impl<'a> CellRef<'a> {
+    /// The integer; an error for any other kind.
     pub fn i64(&self) -> Result<i64, DbError> {
         match self {
             CellRef::Int(v) => Ok(*v),
             other => Err(DbError::Decode(format!("expected integer, got {other:?}"))),
         }
     }
+    /// The bytes of a blob or of text; `None` for `NULL` or an integer.
     pub fn bytes(&self) -> Option<&'a [u8]> {
         match self {
             CellRef::Blob(b) => Some(b),
@@ -109,6 +123,7 @@ impl<'a> CellRef<'a> {
             _ => None,
         }
     }
+    /// The text; `None` for any other kind.
     pub fn text(&self) -> Option<&'a str> {
         match self {
             CellRef::Text(t) => Some(t),
@@ -125,6 +140,7 @@ impl Row {
     fn cell(&self, i: usize) -> Result<&Cell, DbError> {
         self.0.get(i).ok_or_else(|| DbError::Decode(format!("no column {i}")))
     }
+    /// Column `i` as an integer (text is parsed).
     pub fn i64(&self, i: usize) -> Result<i64, DbError> {
         match self.cell(i)? {
             Cell::Int(v) => Ok(*v),
@@ -132,18 +148,23 @@ impl Row {
             other => Err(DbError::Decode(format!("column {i}: expected integer, got {other:?}"))),
         }
     }
+    /// Column `i` as an integer, `None` if `NULL`.
     pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, DbError> {
         match self.cell(i)? {
             Cell::Null => Ok(None),
             _ => self.i64(i).map(Some),
         }
     }
+    /// Column `i` as a non-negative integer.
     pub fn u64(&self, i: usize) -> Result<u64, DbError> {
         u64::try_from(self.i64(i)?).map_err(|_| DbError::Decode(format!("column {i}: negative")))
     }
+    /// Column `i` as a boolean (non-zero is true).
     pub fn bool(&self, i: usize) -> Result<bool, DbError> {
         Ok(self.i64(i)? != 0)
     }
+    /// Column `i` as text (blobs must be UTF-8; integers are formatted); an
+    /// error if `NULL`.
     pub fn text(&self, i: usize) -> Result<String, DbError> {
         match self.cell(i)? {
             Cell::Text(s) => Ok(s.clone()),
@@ -154,12 +175,14 @@ impl Row {
             Cell::Null => Err(DbError::Decode(format!("column {i}: unexpected NULL"))),
         }
     }
+    /// Column `i` as text, `None` if `NULL`.
     pub fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
         match self.cell(i)? {
             Cell::Null => Ok(None),
             _ => self.text(i).map(Some),
         }
     }
+    /// Column `i` as bytes (text gives its UTF-8 bytes).
     pub fn blob(&self, i: usize) -> Result<Vec<u8>, DbError> {
         match self.cell(i)? {
             Cell::Blob(b) => Ok(b.clone()),
@@ -167,17 +190,20 @@ impl Row {
             other => Err(DbError::Decode(format!("column {i}: expected blob, got {other:?}"))),
         }
     }
+    /// Column `i` as bytes, `None` if `NULL`.
     pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
         match self.cell(i)? {
             Cell::Null => Ok(None),
             _ => self.blob(i).map(Some),
         }
     }
+    /// Column `i` as a 32-byte hash.
     pub fn hash32(&self, i: usize) -> Result<[u8; 32], DbError> {
         self.blob(i)?.try_into().map_err(|_| DbError::Decode(format!("column {i}: not a 32-byte hash")))
     }
 }
 
+/// A database failure, the same for both backends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {
@@ -187,23 +213,31 @@ pub enum DbError {
     /// The database is locked or busy beyond the timeout.
     #[error("database busy: {0}")]
     Busy(String),
+    /// Any other failure of the database or the connection.
     #[error("database error: {0}")]
     Other(String),
+    /// A value of the wrong kind, or a missing column.
     #[error("cannot decode value: {0}")]
     Decode(String),
 }
 
+/// Which database a connection is to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite: the embedded default.
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
 /// A database connection (or transaction) the store's logic runs on.
 pub trait Conn {
+    /// Which database this connection is to (for the few statements that
+    /// differ).
     fn backend(&self) -> Backend;
     /// Executes a statement; returns the number of rows changed.
     fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError>;
+    /// Runs a query; returns all its rows.
     fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError>;
     /// Executes several statements without parameters (DDL, BEGIN, ...).
     fn batch(&mut self, sql: &str) -> Result<(), DbError>;
@@ -233,6 +267,7 @@ pub trait Conn {
         Ok(())
     }
 
+    /// Runs a query; returns its first row, if any.
     fn query_one(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }

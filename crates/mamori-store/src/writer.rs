@@ -24,7 +24,9 @@ use crate::sql::Conn;
 /// What a job sees: the transaction, the clock reading for the batch, and
 /// the audit log.
 pub struct WriteCtx<'a> {
+    /// The job's transaction.
     pub conn: &'a mut dyn Conn,
+    /// The time of the batch: one clock reading for every job in it.
     pub now: Timestamp,
     audit: &'a mut AuditState,
 }
@@ -57,6 +59,8 @@ impl WriteCtx<'_> {
         self.audit.appended_since_checkpoint = 0;
         Ok(note)
     }
+    /// The number of events in the audit log, including those appended in this
+    /// transaction.
     pub fn tree_size(&self) -> u64 {
         self.audit.frontier.size()
     }
@@ -66,7 +70,10 @@ impl WriteCtx<'_> {
 /// this much time passed with new events.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointPolicy {
+    /// Sign when this many events were appended since the last checkpoint.
     pub every_events: u64,
+    /// Sign when this much time passed since the last checkpoint and events
+    /// were appended.
     pub every: Duration,
 }
 
