@@ -2,8 +2,6 @@
 //! algorithm checks need. Input that is not DER (BER indefinite lengths,
 //! multi-byte tags) is refused; callers re-encode BER through OpenSSL first.
 
-use std::fmt::Write as _;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed DER: {0}")]
 pub struct DerError(pub &'static str);
@@ -186,13 +184,16 @@ pub fn oid_text(content: &[u8]) -> String {
             v = 0;
         }
     }
-    let mut s = String::new();
-    if let Some(&f) = arcs.first() {
-        let (a, b) = if f < 80 { (f / 40, f % 40) } else { (2, f - 80) };
-        let _ = write!(s, "{a}.{b}");
-    }
+    let mut s = match arcs.first() {
+        Some(&f) => {
+            let (a, b) = if f < 80 { (f / 40, f % 40) } else { (2, f - 80) };
+            format!("{a}.{b}")
+        }
+        None => String::new(),
+    };
     for a in arcs.iter().skip(1) {
-        let _ = write!(s, ".{a}");
+        s.push('.');
+        s.push_str(&a.to_string());
     }
     s
 }

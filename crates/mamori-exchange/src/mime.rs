@@ -244,7 +244,10 @@ pub fn boundary(avoid: &[&[u8]]) -> String {
     let risky: Vec<&[u8]> = avoid.iter().copied().filter(|a| contains(a, BOUNDARY_PREFIX.as_bytes())).collect();
     loop {
         let mut r = [0u8; 12];
-        let _ = openssl::rand::rand_bytes(&mut r);
+        if let Err(e) = openssl::rand::rand_bytes(&mut r) {
+            // The boundary is still checked against the content below.
+            tracing::warn!(error = %e, "no random bytes for a MIME boundary");
+        }
         let b = format!("{BOUNDARY_PREFIX}{}", r.iter().map(|x| format!("{x:02x}")).collect::<String>());
         if !risky.iter().any(|a| contains(a, b.as_bytes())) {
             return b;

@@ -7,30 +7,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-pub fn tmpdir(tag: &str) -> PathBuf {
+pub(crate) fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "mamori-exch-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
-    let _ = std::fs::remove_dir_all(&d);
+    // A leftover from an earlier run with the same process id; usually none.
+    std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-pub fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
     out
 }
 
-pub fn openssl_ok(dir: &Path, args: &[&str]) -> Vec<u8> {
+pub(crate) fn openssl_ok(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = openssl(dir, args);
     assert!(out.status.success(), "openssl {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
 /// A self-signed RSA identity `<name>.key.pem` / `<name>.cert.pem`.
-pub fn rsa_identity(dir: &Path, name: &str, bits: u32) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn rsa_identity(dir: &Path, name: &str, bits: u32) -> (Vec<u8>, Vec<u8>) {
     let key = format!("{name}.key.pem");
     let cert = format!("{name}.cert.pem");
     openssl_ok(
