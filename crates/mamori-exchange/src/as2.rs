@@ -22,11 +22,14 @@ pub const AS2_VERSION: &str = "1.1";
 /// A Message Integrity Check: a digest and its algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mic {
+    /// The digest, base64.
     pub b64: String,
+    /// The digest algorithm.
     pub digest: Digest,
 }
 
 impl Mic {
+    /// The MIC of `data` with `digest`.
     pub fn of(data: &[u8], digest: Digest) -> Result<Mic, CmsError> {
         Ok(Mic { b64: base64::engine::general_purpose::STANDARD.encode(digest.hash(data)?), digest })
     }
@@ -34,6 +37,8 @@ impl Mic {
     pub fn field(&self) -> String {
         format!("{}, {}", self.b64, self.digest.micalg())
     }
+    /// Parses a `Received-content-MIC` field value; `None` if the algorithm is
+    /// unknown or the value malformed.
     pub fn parse(v: &str) -> Option<Mic> {
         let (b, alg) = v.split_once(',')?;
         Some(Mic { b64: b.trim().to_owned(), digest: Digest::parse(alg)? })
@@ -49,6 +54,7 @@ impl Mic {
 pub struct SignedPayload {
     /// The complete entity (its Content-Type line, a blank line, the body).
     pub entity: Vec<u8>,
+    /// The MIC of the signed first part: what the receipt must return.
     pub mic: Mic,
     /// SHA-256 of the payload alone, hex.
     pub payload_sha256: String,
@@ -104,7 +110,9 @@ pub fn sign_payload(
 /// An HTTP message to send: header fields and body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
+    /// The header fields, in order.
     pub headers: Vec<(String, String)>,
+    /// The body.
     #[serde(skip)]
     pub body: Vec<u8>,
 }
@@ -179,26 +187,36 @@ pub fn unquote_name(v: &str) -> String {
 /// What the receiver's policy for one partner allows.
 #[derive(Debug, Clone)]
 pub struct InboundPolicy<'a> {
+    /// The only certificate whose signatures are accepted.
     pub signer: &'a X509,
+    /// Content encryptions accepted.
     pub ciphers: &'a [ContentCipher],
+    /// Key transports accepted.
     pub key_transports: &'a [KeyTransport],
+    /// Signature digests accepted.
     pub digests: &'a [Digest],
 }
 
 /// Why an inbound message failed, as an RFC 4130 disposition modifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
+    /// The message could not be decrypted.
     #[error("decryption-failed: {0}")]
     DecryptionFailed(String),
+    /// The signature is missing or does not verify.
     #[error("authentication-failed: {0}")]
     AuthenticationFailed(String),
+    /// The message is unencrypted, unsigned, or uses an algorithm this
+    /// partner may not use.
     #[error("insufficient-message-security: {0}")]
     InsufficientSecurity(String),
+    /// Anything else (malformed MIME, headers).
     #[error("unexpected-processing-error: {0}")]
     Unexpected(String),
 }
 
 impl Failure {
+    /// The RFC 4130 disposition modifier (`decryption-failed`, ...).
     pub fn modifier(&self) -> &'static str {
         match self {
             Failure::DecryptionFailed(_) => "decryption-failed",
@@ -212,11 +230,17 @@ impl Failure {
 /// A verified inbound payload.
 #[derive(Debug, Clone)]
 pub struct Opened {
+    /// The payload's MIME type.
     pub content_type: String,
+    /// The file name the sender gave, if any.
     pub filename: Option<String>,
+    /// The payload, decoded.
     pub payload: Vec<u8>,
+    /// The MIC of the signed part, for the receipt.
     pub mic: Mic,
+    /// How the message was encrypted.
     pub envelope: EnvelopeInfo,
+    /// How it was signed.
     pub signature: SignatureInfo,
 }
 
@@ -308,6 +332,7 @@ fn split_signed<'a>(ct: &ContentType, body: &'a [u8]) -> Result<(&'a [u8], Vec<u
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "modifier", rename_all = "snake_case")]
 pub enum Disposition {
+    /// `processed`: the message was received and accepted.
     Processed,
     /// `processed/warning: <modifier>`
     Warning(String),
@@ -318,6 +343,8 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// The `Disposition` field value
+    /// (`automatic-action/MDN-sent-automatically; processed`).
     pub fn field(&self) -> String {
         let tail = match self {
             Disposition::Processed => "processed".to_owned(),
@@ -327,6 +354,7 @@ impl Disposition {
         };
         format!("automatic-action/MDN-sent-automatically; {tail}")
     }
+    /// Parses a `Disposition` field value; anything unknown is a failure.
     pub fn parse(v: &str) -> Disposition {
         let tail = v.rsplit(';').next().unwrap_or("").trim();
         let (ty, modifier) = match tail.split_once(':') {
@@ -340,6 +368,7 @@ impl Disposition {
             _ => Disposition::Failed(if modifier.is_empty() { ty } else { modifier }),
         }
     }
+    /// The disposition without its action mode (`processed/error: ...`).
     pub fn short(&self) -> String {
         self.field().rsplit(';').next().unwrap_or("").trim().to_owned()
     }
@@ -348,11 +377,17 @@ impl Disposition {
 /// The machine-readable part of an MDN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MdnReport {
+    /// `Reporting-UA`: the software that wrote the MDN.
     pub reporting_ua: String,
+    /// `Original-Recipient` (the receiver's AS2 name).
     pub original_recipient: String,
+    /// `Final-Recipient` (the receiver's AS2 name).
     pub final_recipient: String,
+    /// `Original-Message-ID`: the message the MDN is for, without `<>`.
     pub original_message_id: String,
+    /// `Received-content-MIC`, if the MDN has one.
     pub mic: Option<Mic>,
+    /// What happened to the message.
     pub disposition: Disposition,
 }
 
@@ -420,19 +455,27 @@ pub fn build_mdn(
 /// A received MDN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMdn {
+    /// Whether it was signed (the signature was verified if a signer was given).
     pub signed: bool,
+    /// The MDN's own Message-ID, without `<>`.
     pub message_id: Option<String>,
+    /// Its machine-readable part.
     pub report: MdnReport,
 }
 
+/// Why a received MDN is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MdnError {
+    /// The body is not an MDN (what it is).
     #[error("not an MDN: {0}")]
     NotMdn(String),
+    /// A signed receipt was required and this one is not signed.
     #[error("the MDN is not signed, but a signed receipt was required")]
     Unsigned,
+    /// The signature does not verify against the partner's certificate.
     #[error("the MDN's signature does not verify against the partner's certificate: {0}")]
     BadSignature(String),
+    /// The MDN is malformed (what is wrong).
     #[error("malformed MDN: {0}")]
     Malformed(String),
 }

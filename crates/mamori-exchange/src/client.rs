@@ -49,6 +49,7 @@ pub enum Segment {
 }
 
 impl Segment {
+    /// The segment's name in the ledger and the API (`partner_tls`).
     pub fn as_str(self) -> &'static str {
         match self {
             Segment::Sender => "sender",
@@ -59,10 +60,13 @@ impl Segment {
     }
 }
 
+/// Why a send failed, and whose side it failed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (segment: {})", segment.as_str())]
 pub struct SendError {
+    /// Where along the path it failed.
     pub segment: Segment,
+    /// What failed.
     pub message: String,
     /// Worth retrying later.
     pub transient: bool,
@@ -70,7 +74,9 @@ pub struct SendError {
 
 /// mamori's TLS client identity.
 pub struct ClientIdentity {
+    /// The certificate chain presented, leaf first.
     pub certs: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf certificate.
     pub key: PrivateKeyDer<'static>,
 }
 
@@ -113,8 +119,11 @@ fn rustls_pemfile_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, Strin
 /// The partner's HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status.
     pub status: u16,
+    /// The response's header fields.
     pub headers: Headers,
+    /// The response body.
     pub body: Vec<u8>,
 }
 

@@ -26,17 +26,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::der::{self, Reader, Tlv};
 
+/// Why a CMS operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CmsError {
+    /// The structure does not parse (what is wrong).
     #[error("malformed CMS structure: {0}")]
     Malformed(String),
+    /// Decryption failed.
     #[error("decryption failed: {0}")]
     Decrypt(String),
+    /// The signature does not verify.
     #[error("signature verification failed: {0}")]
     Verify(String),
+    /// An algorithm that is not allowed, or not known.
     #[error("algorithm not allowed: {0}")]
     Algorithm(String),
+    /// OpenSSL failed otherwise (keys, certificates, randomness).
     #[error("crypto error: {0}")]
     Crypto(String),
 }
@@ -55,14 +61,19 @@ fn crypto(e: openssl::error::ErrorStack) -> CmsError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContentCipher {
+    /// AES-128 in CBC mode.
     #[serde(rename = "aes-128-cbc")]
     Aes128Cbc,
+    /// AES-192 in CBC mode (accepted inbound; never sent).
     #[serde(rename = "aes-192-cbc")]
     Aes192Cbc,
+    /// AES-256 in CBC mode (mamori's default).
     #[serde(rename = "aes-256-cbc")]
     Aes256Cbc,
+    /// AES-128 in GCM mode (AuthEnvelopedData).
     #[serde(rename = "aes-128-gcm")]
     Aes128Gcm,
+    /// AES-256 in GCM mode (AuthEnvelopedData).
     #[serde(rename = "aes-256-gcm")]
     Aes256Gcm,
     /// Triple DES (legacy; inbound only, where a profile allows it).
@@ -74,6 +85,8 @@ pub enum ContentCipher {
 }
 
 impl ContentCipher {
+    /// The name used in profiles (`aes-256-cbc`), or the OID of an unknown
+    /// cipher.
     pub fn name(&self) -> String {
         match self {
             ContentCipher::Aes128Cbc => "aes-128-cbc".into(),
@@ -85,6 +98,7 @@ impl ContentCipher {
             ContentCipher::Other(o) => o.clone(),
         }
     }
+    /// Whether it is an AEAD cipher (GCM), sent as AuthEnvelopedData.
     pub fn is_aead(&self) -> bool {
         matches!(self, ContentCipher::Aes128Gcm | ContentCipher::Aes256Gcm)
     }
@@ -142,11 +156,13 @@ pub enum KeyTransport {
     RsaOaepSha256,
     /// RSAES-OAEP with other (e.g. the default SHA-1) parameters.
     RsaOaepOther,
+    /// Anything else, by OID.
     #[serde(untagged)]
     Other(String),
 }
 
 impl KeyTransport {
+    /// The name used in profiles (`rsa-pkcs1`), or the OID of an unknown one.
     pub fn name(&self) -> String {
         match self {
             KeyTransport::RsaPkcs1 => "rsa-pkcs1".into(),
@@ -161,17 +177,22 @@ impl KeyTransport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Digest {
+    /// SHA-256 (what mamori signs with).
     #[serde(rename = "sha-256", alias = "sha256")]
     Sha256,
+    /// SHA-384.
     #[serde(rename = "sha-384", alias = "sha384")]
     Sha384,
+    /// SHA-512.
     #[serde(rename = "sha-512", alias = "sha512")]
     Sha512,
+    /// SHA-224.
     #[serde(rename = "sha-224", alias = "sha224")]
     Sha224,
     /// Legacy; inbound only where a profile allows it.
     #[serde(rename = "sha1", alias = "sha-1")]
     Sha1,
+    /// MD5: recognized only to be refused.
     Md5,
 }
 
@@ -194,6 +215,7 @@ impl Digest {
         let n: String = s.trim().chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
         Digest::ALL.into_iter().find(|d| d.micalg().replace('-', "") == n)
     }
+    /// The OpenSSL digest.
     pub fn md(self) -> MessageDigest {
         match self {
             Digest::Sha256 => MessageDigest::sha256(),
@@ -236,11 +258,15 @@ const MGF1: &[u64] = &[1, 2, 840, 113549, 1, 1, 8];
 
 /// An institution's signing and decryption identity.
 pub struct Identity {
+    /// The certificate (signing, and what partners encrypt to).
     pub cert: X509,
+    /// Its private key.
     pub key: PKey<Private>,
 }
 
 impl Identity {
+    /// An identity from a PEM certificate and its PEM private key; an error if
+    /// they do not match.
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Identity, CmsError> {
         let cert = X509::from_pem(cert).map_err(crypto)?;
         let key = PKey::private_key_from_pem(key).map_err(crypto)?;
@@ -369,7 +395,9 @@ pub fn verify_detached(sig: &[u8], data: &[u8], signer: &X509, allowed: &[Digest
 /// What an enveloped message says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvelopeInfo {
+    /// The content-encryption algorithm.
     pub cipher: ContentCipher,
+    /// The key transport of each recipient.
     pub key_transport: Vec<KeyTransport>,
     /// AuthEnvelopedData (AES-GCM) rather than EnvelopedData.
     pub authenticated: bool,

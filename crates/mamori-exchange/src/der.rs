@@ -2,15 +2,22 @@
 //! algorithm checks need. Input that is not DER (BER indefinite lengths,
 //! multi-byte tags) is refused; callers re-encode BER through OpenSSL first.
 
+/// DER that cannot be read (what is wrong).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed DER: {0}")]
 pub struct DerError(pub &'static str);
 
+/// The tag of a SEQUENCE.
 pub const SEQUENCE: u8 = 0x30;
+/// The tag of a SET.
 pub const SET: u8 = 0x31;
+/// The tag of an INTEGER.
 pub const INTEGER: u8 = 0x02;
+/// The tag of an OCTET STRING.
 pub const OCTET_STRING: u8 = 0x04;
+/// The tag of NULL.
 pub const NULL: u8 = 0x05;
+/// The tag of an OBJECT IDENTIFIER.
 pub const OID: u8 = 0x06;
 
 /// Context-specific constructed tag `[n]`.
@@ -25,7 +32,9 @@ pub const fn ctx_prim(n: u8) -> u8 {
 /// One tag-length-value.
 #[derive(Debug, Clone, Copy)]
 pub struct Tlv<'a> {
+    /// The tag (one byte: multi-byte tags are refused).
     pub tag: u8,
+    /// The value's content octets.
     pub content: &'a [u8],
     /// The whole encoding, tag and length included.
     pub raw: &'a [u8],
@@ -45,15 +54,19 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader over `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
+    /// Whether everything was read.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    /// The tag of the next TLV, without reading it.
     pub fn peek_tag(&self) -> Option<u8> {
         self.buf.first().copied()
     }
+    /// Reads the next TLV.
     pub fn read(&mut self) -> Result<Tlv<'a>, DerError> {
         let b = self.buf;
         let tag = *b.first().ok_or(DerError("unexpected end"))?;
@@ -129,14 +142,17 @@ pub fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// A SEQUENCE of the encoded parts.
 pub fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(SEQUENCE, parts)
 }
 
+/// An OCTET STRING of `b`.
 pub fn octets(b: &[u8]) -> Vec<u8> {
     tlv(OCTET_STRING, &[b])
 }
 
+/// NULL.
 pub fn null() -> Vec<u8> {
     vec![NULL, 0]
 }
@@ -152,6 +168,7 @@ pub fn uint(be: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A small non-negative INTEGER.
 pub fn small_int(v: u8) -> Vec<u8> {
     uint(&[v])
 }

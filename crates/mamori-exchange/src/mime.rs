@@ -4,6 +4,7 @@
 
 use base64::Engine as _;
 
+/// MIME that cannot be read (what is wrong).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed MIME: {0}")]
 pub struct MimeError(pub String);
@@ -17,12 +18,15 @@ fn err(s: impl Into<String>) -> MimeError {
 pub struct Headers(pub Vec<(String, String)>);
 
 impl Headers {
+    /// The first value of the field `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+    /// Appends a field.
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
         self.0.push((name.to_owned(), value.into()));
     }
+    /// The parsed `Content-Type` (`text/plain` when absent).
     pub fn content_type(&self) -> Result<ContentType, MimeError> {
         ContentType::parse(self.get("content-type").unwrap_or("text/plain"))
     }
@@ -69,11 +73,14 @@ fn trunc(s: &str) -> String {
 /// lower-cased, values unquoted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentType {
+    /// The lower-case `type/subtype`.
     pub mime: String,
+    /// The parameters: lower-case names, unquoted values.
     pub params: Vec<(String, String)>,
 }
 
 impl ContentType {
+    /// Parses a `Content-Type` field value.
     pub fn parse(s: &str) -> Result<ContentType, MimeError> {
         let mut chars = s.char_indices().peekable();
         let mut mime = String::new();
@@ -136,6 +143,7 @@ impl ContentType {
         }
         Ok(ContentType { mime, params })
     }
+    /// The value of parameter `name` (lower-case).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }

@@ -18,30 +18,41 @@ pub const INSTITUTION_CODE_SYSTEM: &str = "http://jpfhir.jp/fhir/core/IdSystem/i
 /// mamori's identifier system for partner ids.
 pub const PARTNER_ID_SYSTEM: &str = "urn:mamori:partner";
 
+/// A partner institution's registration: who it is, what was agreed, and
+/// how messages to and from it are protected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partner {
     /// Stable id, e.g. the 10-digit medical institution code.
     pub id: String,
+    /// The partner's name.
     pub name: String,
     /// The 10-digit medical institution code (医療機関コード), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub institution_code: Option<String>,
+    /// Its AS2 identifier (`AS2-From`/`AS2-To`); unique among partners.
     pub as2_id: String,
     /// `https://host:port/path` of the partner's AS2 endpoint.
     pub endpoint: String,
+    /// Whether it acts for the institution (delegation) or is a third party.
     pub relationship: Relationship,
+    /// The contract the exchange is under.
     pub contract: Contract,
+    /// Who is responsible for what, as the contract states.
     pub demarcation: Demarcation,
+    /// The network the exchange crosses.
     pub network: Network,
     /// Payload content types the partner may send and receive.
     #[serde(default = "default_document_types")]
     pub document_types: Vec<String>,
     /// Purposes the contract covers.
     pub purposes: Vec<Purpose>,
+    /// The algorithms used with it.
     #[serde(default)]
     pub profile: Profile,
+    /// Its certificates.
     pub certificates: Certificates,
+    /// Whether exchange with it is allowed now.
     #[serde(default)]
     pub status: Status,
 }
@@ -50,11 +61,13 @@ fn default_document_types() -> Vec<String> {
     vec!["application/fhir+json".into()]
 }
 
+/// The contract the exchange is under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
     /// The contract's reference (number, file, ...).
     pub reference: String,
+    /// Its end date (`YYYY-MM-DD`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<String>,
 }
@@ -80,6 +93,7 @@ pub struct Demarcation {
     pub operations_contact: String,
 }
 
+/// The kind of network between the institutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkKind {
@@ -91,28 +105,38 @@ pub enum NetworkKind {
     InternetTls,
 }
 
+/// Who secures the network path (EX-B3a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecuredBy {
+    /// The carrier (closed network or VPN service).
     Carrier,
+    /// The institutions themselves (TLS, their own VPN).
     Institution,
+    /// Both the carrier and the institutions.
     Both,
 }
 
+/// The network the exchange crosses (EX-B3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// The kind of network.
     pub kind: NetworkKind,
     /// Who secures the path, as the contract states (EX-B3a).
     pub secured_by: SecuredBy,
+    /// The carrier providing it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carrier: Option<String>,
 }
 
+/// How the partner returns its receipt (MDN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MdnMode {
+    /// In the HTTP response to the message.
     Sync,
+    /// Later, in a request of its own to mamori's AS2 endpoint.
     Async,
 }
 
@@ -122,13 +146,18 @@ pub enum MdnMode {
 pub struct Profile {
     /// Content encryption of what mamori sends.
     pub cipher: ContentCipher,
+    /// Key transport of what mamori sends (how the content key is encrypted
+    /// to the partner).
     pub key_transport: KeyTransport,
+    /// How mamori asks for the receipt.
     pub mdn: MdnMode,
     /// How long to wait for an asynchronous MDN before the send fails.
     pub async_mdn_timeout_minutes: u32,
     /// What mamori accepts from this partner.
     pub inbound_ciphers: Vec<ContentCipher>,
+    /// Key transports accepted from this partner.
     pub inbound_key_transports: Vec<KeyTransport>,
+    /// Signature digests accepted from this partner.
     pub inbound_digests: Vec<Digest>,
 }
 
@@ -166,23 +195,34 @@ pub struct Certificates {
     pub tls_ca: String,
 }
 
+/// Whether exchange with a partner is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Messages are sent to and accepted from it.
     #[default]
     Active,
+    /// Nothing is sent to it or accepted from it.
     Suspended,
 }
 
 /// What mamori shows about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertInfo {
+    /// Which certificate of the registration: `signing`, `encryption` or
+    /// `tls_ca`.
     pub role: &'static str,
+    /// The subject's distinguished name (`CN=..., O=...`).
     pub subject: String,
+    /// The issuer's distinguished name.
     pub issuer: String,
+    /// The SHA-256 fingerprint of the certificate (hex).
     pub sha256: String,
+    /// When it expires (RFC 3339).
     pub not_after: String,
+    /// When it expires (seconds since the Unix epoch).
     pub not_after_unix: i64,
+    /// Its key type and size (`RSA-2048`, `EC-prime256v1`).
     pub key: String,
 }
 
@@ -393,12 +433,15 @@ impl Partner {
         }
     }
 
+    /// The certificate that verifies the partner's signatures.
     pub fn signing_cert(&self) -> Result<X509, String> {
         X509::from_pem(self.certificates.signing.as_bytes()).map_err(|e| e.to_string())
     }
+    /// The certificate mamori encrypts to.
     pub fn encryption_cert(&self) -> Result<X509, String> {
         X509::from_pem(self.certificates.encryption.as_bytes()).map_err(|e| e.to_string())
     }
+    /// The CA certificates its TLS certificates are checked against.
     pub fn tls_cas(&self) -> Result<Vec<X509>, String> {
         X509::stack_from_pem(self.certificates.tls_ca.as_bytes()).map_err(|e| e.to_string())
     }
