@@ -79,7 +79,9 @@ impl Cluster {
         match serde_json::to_string(&Envelope { from: self.id.clone(), notice }) {
             // NOTIFY payloads are limited to 8000 bytes.
             Ok(s) if s.len() < 7900 => {
-                let _ = out.send(s);
+                if out.send(s).is_err() {
+                    tracing::debug!("the cluster thread has stopped; notice not sent to the other servers");
+                }
             }
             Ok(_) => tracing::warn!("cluster notice too large to send; other servers will not show it"),
             Err(e) => tracing::error!(error = %e, "cannot encode a cluster notice"),
@@ -107,7 +109,8 @@ pub fn start(url: &str, store: mamori_store::Store) -> (Cluster, mpsc::Unbounded
     let spawned = std::thread::Builder::new().name("mamori-cluster".into()).spawn(move || {
         listen_loop(&url, &me, &store, &out_rx, &in_tx, &leader_tx, &stop2);
         store.set_leader(false);
-        let _ = leader_tx.send(false);
+        // Fails only when the Cluster (holding the receiver) is gone.
+        leader_tx.send(false).ok();
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the cluster thread; this server will not lead");
@@ -117,7 +120,10 @@ pub fn start(url: &str, store: mamori_store::Store) -> (Cluster, mpsc::Unbounded
 
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        // Servers with equal ids would ignore each other's notices.
+        tracing::warn!("no random bytes for this server's cluster id");
+    }
     u64::from_le_bytes(b)
 }
 
@@ -170,9 +176,10 @@ fn listen_loop(
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        // Changes missed while disconnected: re-read what is cached.
-        let _ = incoming.send(Notice::Mode);
-        let _ = incoming.send(Notice::Partners);
+        // Changes missed while disconnected: re-read what is cached. The
+        // sends fail only when the receiving task has ended (shutdown).
+        incoming.send(Notice::Mode).ok();
+        incoming.send(Notice::Partners).ok();
         let mut is_leader = false;
         let r = (|| -> Result<(), String> {
             while !stop.load(Ordering::SeqCst) {
@@ -187,7 +194,8 @@ fn listen_loop(
                     if got {
                         is_leader = true;
                         store.set_leader(true);
-                        let _ = leader.send(true);
+                        // Fails only when the Cluster (holding the receiver) is gone.
+                        leader.send(true).ok();
                         tracing::info!("this server is now the leader");
                     }
                 }
@@ -205,7 +213,8 @@ fn listen_loop(
                 while let Some(msg) = it.next().map_err(|e| e.to_string())? {
                     match serde_json::from_str::<Envelope>(msg.payload()) {
                         Ok(env) if env.from != me => {
-                            let _ = incoming.send(env.notice);
+                            // Fails only when the receiving task has ended (shutdown).
+                            incoming.send(env.notice).ok();
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "unreadable cluster notice ignored"),
@@ -216,7 +225,8 @@ fn listen_loop(
         })();
         if is_leader {
             store.set_leader(false);
-            let _ = leader.send(false);
+            // Fails only when the Cluster (holding the receiver) is gone.
+            leader.send(false).ok();
             tracing::warn!("leadership given up");
         }
         if let Err(e) = r {
@@ -237,7 +247,8 @@ pub async fn apply(state: Services, mut rx: mpsc::UnboundedReceiver<Notice>) {
             Notice::Partners => crate::exchange::reload(&state).await,
             Notice::Announce { mut announcement, audience } => {
                 announcement.audience = audience;
-                let _ = state.events.send(*announcement);
+                // Fails only when no screen is open: nobody to tell.
+                state.events.send(*announcement).ok();
             }
         }
     }

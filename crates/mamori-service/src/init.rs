@@ -175,6 +175,16 @@ fn init_files(dd: &DataDir, cfg: &Config) -> Result<(String, String), InitError>
     Ok((vkey, fp))
 }
 
+/// Logs a leftover of an interrupted initialization that could not be
+/// removed; one that is not there is the usual case.
+fn warn_unless_removed(path: &Path, removed: std::io::Result<()>) {
+    if let Err(e) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted initialization");
+        }
+    }
+}
+
 /// Initializes an empty data directory: configuration, keys, TLS
 /// certificate, database, and the `admin` account with a one-time password.
 pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport, InitError> {
@@ -183,10 +193,10 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
     if dd.marker().exists() {
         // An interrupted initialization: start it over.
         for p in ["keys", "tls"] {
-            let _ = std::fs::remove_dir_all(dir.join(p));
+            warn_unless_removed(&dir.join(p), std::fs::remove_dir_all(dir.join(p)));
         }
         for p in ["mamori.db", "mamori.db-wal", "mamori.db-shm"] {
-            let _ = std::fs::remove_file(dir.join(p));
+            warn_unless_removed(&dir.join(p), std::fs::remove_file(dir.join(p)));
         }
     } else {
         let foreign: Vec<String> = std::fs::read_dir(dir)

@@ -316,7 +316,8 @@ mod tests {
     #[test]
     fn secret_files_are_private_and_checked() {
         let dir = std::env::temp_dir().join(format!("mamori-keys-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        // A leftover of an earlier run, if any.
+        fs::remove_dir_all(&dir).ok();
         create_private_dir(&dir).unwrap();
         let p = dir.join("k");
         write_secret(&p, b"secret").unwrap();

@@ -69,7 +69,9 @@ async fn refused(st: &Services, addr: Option<IpAddr>, who: &str, why: &str, stat
         o.insert("reason".into(), json!(why));
     }
     rec.detail = Some(d.clone());
-    let _ = st.store.writer().audit(vec![rec]).await;
+    if let Err(e) = st.store.writer().audit(vec![rec]).await {
+        tracing::error!(error = %e, "maintenance: could not audit a refusal");
+    }
     let kind = format!("maintenance-refused:{who}");
     let since = now.plus_secs(-600);
     let k2 = kind.clone();
@@ -355,7 +357,9 @@ pub async fn vendor_request(
         return Err(refused(st, a, &p.id, "wrong or reused second factor (TOTP)", 401, json!({})).await);
     };
     let pid = p.id.clone();
-    let _ = st.store.writer().write(move |w| ms::touch(w.conn, &pid, Some(step), w.now), |_, _| Ok(())).await;
+    if let Err(e) = st.store.writer().write(move |w| ms::touch(w.conn, &pid, Some(step), w.now), |_, _| Ok(())).await {
+        tracing::error!(error = %e, "maintenance: could not record the second factor's use");
+    }
     create_request(st, &p.id, &req, None, a).await.map_err(|e| Refused { status: e.status(), message: e.message() })
 }
 
@@ -423,7 +427,7 @@ pub async fn authenticate(
             "the approved window is over".into()
         };
         let why2 = why.clone();
-        let _ = st
+        if let Err(e) = st
             .store
             .writer()
             .write(
@@ -436,7 +440,10 @@ pub async fn authenticate(
                 },
                 |_, _| Ok(()),
             )
-            .await;
+            .await
+        {
+            tracing::error!(error = %e, "maintenance: could not record the end of a session");
+        }
         return Err(refused(st, a, &p.id, &why, 401, json!({"request": rid, "path": path})).await);
     }
     let scopes = scopes_of(&r.scopes);
@@ -482,7 +489,7 @@ pub async fn authenticate(
 pub async fn record_call(st: &Services, call: &MaintenanceCall, method: &str, path: &str, status: u16) {
     let (pid, actor, rid, scope) = (call.person.clone(), call.actor.clone(), call.request, call.scope);
     let q = format!("{method} {path}");
-    let _ = st
+    if let Err(e) = st
         .store
         .writer()
         .write(
@@ -495,7 +502,10 @@ pub async fn record_call(st: &Services, call: &MaintenanceCall, method: &str, pa
             },
             |_, _| Ok(()),
         )
-        .await;
+        .await
+    {
+        tracing::error!(error = %e, "maintenance: could not audit a call");
+    }
 }
 
 /// The current session's window.

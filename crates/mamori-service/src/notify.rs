@@ -123,7 +123,8 @@ pub(crate) fn publish(st: &Services, list: impl IntoIterator<Item = Announcement
                 announcement: Box::new(a.clone()),
             });
         }
-        let _ = st.events.send(a);
+        // Fails only when no screen is open: nobody to tell.
+        st.events.send(a).ok();
     }
 }
 
@@ -152,17 +153,20 @@ pub async fn raise_alert(st: &Services, kind: &str, severity: &str, message: &st
         Ok(a) => publish(st, [a]),
         Err(e) => {
             tracing::error!(error = %e, kind, message, "could not record an alert");
-            let _ = st.events.send(Announcement {
-                id: 0,
-                event: format!("alert-{kind}"),
-                drill: false,
-                time: st.now().to_rfc3339(),
-                mode: st.mode.get().header_value(),
-                severity: severity.to_owned(),
-                message: message.to_owned(),
-                detail: json!({"unrecorded": true}),
-                audience: audience(),
-            });
+            // Fails only when no screen is open: nobody to tell.
+            st.events
+                .send(Announcement {
+                    id: 0,
+                    event: format!("alert-{kind}"),
+                    drill: false,
+                    time: st.now().to_rfc3339(),
+                    mode: st.mode.get().header_value(),
+                    severity: severity.to_owned(),
+                    message: message.to_owned(),
+                    detail: json!({"unrecorded": true}),
+                    audience: audience(),
+                })
+                .ok();
         }
     }
 }
@@ -263,7 +267,7 @@ pub async fn deliver(st: Services, mut stop: watch::Receiver<bool>) {
         let due = st.store.read(move |c| emergency::due_deliveries(c, now, 50)).await.unwrap_or_default();
         for d in due {
             let Some((client, url, secret)) = clients.get(&d.channel) else {
-                let _ = st
+                if let Err(e) = st
                     .store
                     .writer()
                     .write(
@@ -278,7 +282,10 @@ pub async fn deliver(st: Services, mut stop: watch::Receiver<bool>) {
                         },
                         |_: &mamori_store::StoreError, _| Ok(()),
                     )
-                    .await;
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot record a delivery attempt");
+                }
                 continue;
             };
             let body = serde_json::to_vec(&d.payload).unwrap_or_default();

@@ -181,7 +181,9 @@ impl Services {
     /// another server said the mode changed).
     pub fn set_mode_local(&self, m: Mode) {
         self.mode.set(m);
-        let _ = self.mode_watch.send(serde_json::json!({"mode": m.header_value(), "state": m}).to_string());
+        // Fails only when no screen is open; a screen opened later starts
+        // from `self.mode`.
+        self.mode_watch.send(serde_json::json!({"mode": m.header_value(), "state": m}).to_string()).ok();
     }
 
     /// Whether this server leads (always on SQLite).

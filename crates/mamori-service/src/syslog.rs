@@ -133,7 +133,9 @@ pub async fn forward(st: Services, mut stop: watch::Receiver<bool>) {
             use tokio::io::AsyncReadExt;
             let mut sink = [0u8; 512];
             while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-            let _ = closed_tx.send(());
+            // Fails only when the stream below has already given up on
+            // this connection.
+            closed_tx.send(()).ok();
         });
         // Sent but not yet counted as delivered: (last index, when sent).
         let mut pending: std::collections::VecDeque<(i64, tokio::time::Instant)> = std::collections::VecDeque::new();
@@ -143,7 +145,9 @@ pub async fn forward(st: Services, mut stop: watch::Receiver<bool>) {
                 if let Some((last, _)) = pending.back() {
                     save_cursor(&st, *last).await;
                 }
-                let _ = wr.shutdown().await;
+                if let Err(e) = wr.shutdown().await {
+                    tracing::debug!(error = %e, "syslog: the connection did not close cleanly at stop");
+                }
                 watcher.abort();
                 return;
             }

@@ -482,7 +482,9 @@ async fn create(st: &Services, actor: &Actor) -> Result<SnapshotFile, ServiceErr
         })
         .await;
     let (patients, resources, manifest) = written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        if let Err(r) = std::fs::remove_file(&tmp) {
+            tracing::warn!(file = %tmp.display(), error = %r, "cannot remove an unfinished snapshot file");
+        }
         ServiceError::from(e)
     })?;
     std::fs::rename(&tmp, &final_path).map_err(|e| ServiceError::internal_from("renaming the snapshot", e))?;

@@ -158,7 +158,8 @@ pub async fn init(
             },
         );
         if r.is_ok() && !batch.is_empty() {
-            let _ = tx.blocking_send(batch);
+            // The importing loop only stops early on an error it returns.
+            tx.blocking_send(batch).ok();
         }
         r
     });

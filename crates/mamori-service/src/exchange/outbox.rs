@@ -146,7 +146,7 @@ async fn deliver(st: &Services, m: MessageRow) {
     let mid = m.id.clone();
     let url = queued.url.clone().unwrap_or_else(|| partner.endpoint.clone());
     let url2 = url.clone();
-    let _ = st
+    if let Err(e) = st
         .store
         .writer()
         .write(
@@ -155,7 +155,10 @@ async fn deliver(st: &Services, m: MessageRow) {
             },
             |_, _| Ok(()),
         )
-        .await;
+        .await
+    {
+        tracing::error!(error = %e, "outbox: could not record the hand-off to the network");
+    }
     let outgoing = as2::Outgoing { headers: queued.headers, body: queued.body };
     let resp = client::post(&client, &url2, &outgoing, 4 << 20).await;
     match resp {
