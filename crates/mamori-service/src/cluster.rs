@@ -43,7 +43,12 @@ pub enum Notice {
     /// The partner registry changed: rebuild the AS2 listener's trust.
     Partners,
     /// An announcement for open screens.
-    Announce { announcement: Box<Announcement>, audience: Audience },
+    Announce {
+        /// The announcement.
+        announcement: Box<Announcement>,
+        /// Who may see it (not part of the announcement's JSON).
+        audience: Audience,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

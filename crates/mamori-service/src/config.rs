@@ -8,20 +8,33 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The whole configuration: one field per section of `mamori.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[server]`: the HTTPS listener.
     pub server: ServerSection,
+    /// `[tls]`: its certificate and key.
     pub tls: TlsSection,
+    /// `[database]`: SQLite or PostgreSQL.
     pub database: DatabaseSection,
+    /// `[auth]`: logins, tokens, lockout.
     pub auth: AuthSection,
+    /// `[audit]`: checkpoints, witnesses, self-verification.
     pub audit: AuditSection,
+    /// `[institution]`: who runs this server.
     pub institution: InstitutionSection,
+    /// `[syslog]`: streaming the audit log to a collector.
     pub syslog: SyslogSection,
+    /// `[notify]`: where announcements are delivered.
     pub notify: NotifySection,
+    /// `[exchange]`: AS2 exchange with partners.
     pub exchange: ExchangeSection,
+    /// `[snapshot]`: offline reference snapshots.
     pub snapshot: SnapshotSection,
+    /// `[maintenance]`: remote maintenance.
     pub maintenance: MaintenanceSection,
+    /// `[log]`: the server's own log.
     pub log: LogSection,
 }
 
@@ -71,6 +84,7 @@ pub struct SnapshotSection {
     pub types: Vec<String>,
     /// ...of which these are limited to the last `recent_days`.
     pub recent_types: Vec<String>,
+    /// Days of history kept of `recent_types`.
     pub recent_days: i64,
 }
 
@@ -124,7 +138,9 @@ pub struct ExchangeSection {
     /// Retry schedule of the outbox: first delay, doubling up to the
     /// maximum, for at most this many attempts.
     pub retry_initial_seconds: u64,
+    /// The longest delay between attempts, in seconds.
     pub retry_max_seconds: u64,
+    /// Attempts before a message fails for good.
     pub max_attempts: u32,
     /// Timeout of one delivery attempt (connect, send, receipt).
     pub send_timeout_seconds: u64,
@@ -155,9 +171,11 @@ impl Default for ExchangeSection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySection {
+    /// Webhooks each announcement is posted to.
     pub webhooks: Vec<Webhook>,
 }
 
+/// One webhook announcements are posted to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
@@ -186,6 +204,7 @@ pub struct SyslogSection {
     /// Client certificate and key (PEM) for mutual TLS, if the collector
     /// requires one (ATNA does).
     pub client_cert: String,
+    /// The private key (PEM) of `client_cert`.
     pub client_key: String,
     /// HOSTNAME field of the messages; empty: the institution id or "mamori".
     pub hostname: String,
@@ -207,6 +226,7 @@ impl Default for SyslogSection {
     }
 }
 
+/// `[server]`: the HTTPS listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
@@ -220,6 +240,7 @@ pub struct ServerSection {
     pub shutdown_grace_seconds: u64,
 }
 
+/// `[tls]`: the HTTPS listener's certificate and key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
@@ -231,6 +252,7 @@ pub struct TlsSection {
     pub min_version: String,
 }
 
+/// `[database]`: where the data is kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSection {
@@ -242,6 +264,7 @@ pub struct DatabaseSection {
     pub readers: usize,
 }
 
+/// `[auth]`: logins, tokens, lockout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
@@ -255,6 +278,7 @@ pub struct AuthSection {
     pub lockout_minutes: i64,
 }
 
+/// `[audit]`: the audit log's checkpoints, witnesses and self-verification.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
@@ -271,11 +295,13 @@ pub struct AuditSection {
     pub self_verify_minutes: u64,
 }
 
+/// `[institution]`: who runs this server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstitutionSection {
     /// The 10-digit medical institution code (医療機関コード), if any.
     pub id: String,
+    /// The institution's name (in its certificates and snapshots).
     pub name: String,
     /// Local time zone as minutes east of UTC (540 = JST), for per-day
     /// reports and document dates.
@@ -285,6 +311,7 @@ pub struct InstitutionSection {
     pub node: String,
 }
 
+/// `[log]`: the server's own log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -346,15 +373,21 @@ impl Default for LogSection {
     }
 }
 
+/// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML or does not fit the configuration (file,
+    /// what is wrong).
     #[error("{0}: {1}")]
     Parse(PathBuf, String),
+    /// An environment variable that cannot be used (name, what is wrong).
     #[error("environment variable {0}: {1}")]
     Env(String, String),
+    /// A value out of range or inconsistent with another (what is wrong).
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -376,6 +409,7 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks the values serde cannot: addresses, URLs, ranges, names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
@@ -470,6 +504,7 @@ impl Config {
         Ok(())
     }
 
+    /// The HTTPS listen address (`server.listen`).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server
             .listen

@@ -17,6 +17,10 @@ use crate::services::Services;
 const EVERY: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_secs(600);
 
+/// Watches for possible emergencies every 10 seconds until `stop` changes,
+/// and raises an alert (at most one per cause every 10 minutes) when the
+/// database cannot be written, a user modifies more records per minute than
+/// the plan's threshold, or the audit log fails its periodic verification.
 pub async fn run(st: Services, mut stop: watch::Receiver<bool>) {
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut last_verify = Instant::now();

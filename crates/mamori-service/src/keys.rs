@@ -19,15 +19,20 @@ use openssl::x509::extension::{
 use openssl::x509::{X509NameBuilder, X509};
 use zeroize::Zeroizing;
 
+/// Why a key or certificate file cannot be read, written or made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
+    /// Reading or writing the file failed.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// A secret file that group or others can read (its mode).
     #[error("{0} is readable by group or others (mode {1:o}); run: chmod 600 {0}")]
     Permissions(PathBuf, u32),
+    /// The file's content is not what was expected (what is wrong).
     #[error("{0}: {1}")]
     Format(PathBuf, String),
+    /// OpenSSL could not generate a key or certificate.
     #[error("key generation failed: {0}")]
     Generate(String),
 }
@@ -49,6 +54,7 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| KeyError::Io(path.to_owned(), e))
 }
 
+/// Writes a public file (a certificate): readable by anyone.
 pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     fs::write(path, bytes).map_err(|e| KeyError::Io(path.to_owned(), e))
 }
@@ -63,6 +69,7 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     fs::read(path).map(Zeroizing::new).map_err(|e| KeyError::Io(path.to_owned(), e))
 }
 
+/// Creates a directory (and its parents) that only the owner can enter.
 pub fn create_private_dir(path: &Path) -> Result<(), KeyError> {
     fs::create_dir_all(path).map_err(|e| KeyError::Io(path.to_owned(), e))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| KeyError::Io(path.to_owned(), e))

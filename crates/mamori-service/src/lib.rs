@@ -9,6 +9,7 @@
 //! announcements). The HTTP adapter, the web UI and the CLI call these
 //! functions directly; nothing here knows HTTP.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accounts;
 pub mod actor;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Latency bucket upper bounds in milliseconds.
 const BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000];
 
+/// Counters of the HTTP requests served, for `GET /metrics`.
 #[derive(Default)]
 pub struct Metrics {
     by_class: [AtomicU64; 6],
@@ -14,6 +15,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one request: its status and how long it took, in microseconds.
     pub fn observe(&self, status: u16, micros: u64) {
         let class = (status / 100) as usize;
         if let Some(c) = self.by_class.get(class) {
@@ -28,6 +30,8 @@ impl Metrics {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The metrics in Prometheus text format, followed by `gauges`
+    /// (name, help text, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut s = String::new();
         s.push_str("# HELP mamori_http_requests_total HTTP requests by status class.\n# TYPE mamori_http_requests_total counter\n");

@@ -24,11 +24,15 @@ use crate::services::Services;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "who")]
 pub enum Audience {
+    /// Every signed-in user.
     Everyone,
+    /// The holders of any of these roles.
     Roles(Vec<Role>),
     /// These users, plus the roles given.
     Users {
+        /// The users (user names).
         users: Vec<String>,
+        /// The roles whose holders see it too.
         roles: Vec<Role>,
     },
 }
@@ -54,13 +58,21 @@ impl Audience {
 /// One announcement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Announcement {
+    /// The notification's id in the outbox; 0 if it could not be recorded.
     pub id: i64,
+    /// What happened (`emergency-declared`, `alert-<kind>`, ...).
     pub event: String,
+    /// Whether it is part of a drill.
     pub drill: bool,
+    /// When it was made (RFC 3339).
     pub time: String,
+    /// The mode in force then (the `Mamori-Mode` header's value).
     pub mode: String,
+    /// `info`, `warning` or `critical`.
     pub severity: String,
+    /// The text shown (marked `[DRILL 訓練]` in a drill).
     pub message: String,
+    /// Structured detail.
     pub detail: Value,
     /// Not shown to clients; carried beside the announcement between
     /// servers.

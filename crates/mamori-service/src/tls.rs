@@ -16,17 +16,22 @@ use crate::keys::{read_secret, KeyError};
 /// AS2 client.
 pub use mamori_exchange::client::provider;
 
+/// Why a TLS certificate, key or configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// The key file cannot be read (or is readable by others).
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A PEM file that cannot be read or holds nothing usable (file, why).
     #[error("{0}: {1}")]
     Pem(String, String),
+    /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
 }
 
+/// Reads a PEM certificate chain; an error if the file holds none.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = std::fs::read(path).map_err(|e| TlsError::Pem(path.display().to_string(), e.to_string()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
@@ -38,6 +43,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Reads a PEM private key (a secret file: mode 0600).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = read_secret(path)?;
     rustls_pemfile::private_key(&mut data.as_slice())

@@ -22,27 +22,38 @@ use openssl::sha::Sha256;
 use openssl::symm::{self, Cipher};
 use serde_json::{json, Value};
 
+/// The first 16 bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 16] = b"MAMORI-SNAPSHOT\n";
+/// The first 16 bytes of a standalone node's export file.
 pub const EXPORT_MAGIC: &[u8; 16] = b"MAMORI-EXPORT-1\n";
+/// Plaintext bytes per encrypted chunk (the last one may be shorter).
 pub const CHUNK: usize = 1 << 20;
 const MAX_HEADER: usize = 1 << 20;
 const MAX_CHUNK: usize = 16 << 20;
 const MAX_TRAILER: usize = 1 << 16;
 
+/// Why a snapshot or export file cannot be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    /// The file does not start with the magic of this kind of file.
     #[error("not a {0} file")]
     NotA(&'static str),
+    /// The file ends early.
     #[error("the file is truncated")]
     Truncated,
+    /// The file's structure is damaged (what is wrong).
     #[error("the file is damaged: {0}")]
     Corrupt(String),
+    /// The content does not match the signed manifest.
     #[error("the file was altered: its content does not match the signed manifest")]
     Altered,
+    /// The key material does not decrypt the file.
     #[error("the decryption key does not open this file (wrong key material, or the file was altered)")]
     WrongKey,
+    /// Reading or writing the file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// OpenSSL failed (keys, randomness, a signature).
     #[error("crypto: {0}")]
     Crypto(String),
 }
@@ -77,10 +88,12 @@ pub fn new_prefix() -> Result<[u8; 4], ContainerError> {
     Ok(p)
 }
 
+/// Standard base64 of `b`.
 pub fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// Bytes from standard base64; `Corrupt` if it is not base64.
 pub fn unb64(s: &str) -> Result<Vec<u8>, ContainerError> {
     base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| ContainerError::Corrupt(format!("base64: {e}")))
 }
@@ -94,11 +107,15 @@ pub struct Writer<W: Write> {
     header_hash: [u8; 32],
     buf: Vec<u8>,
     index: u64,
+    /// Plaintext bytes written so far (the lines with their newlines).
     pub plaintext_bytes: u64,
+    /// Bytes written to the output so far.
     pub written: u64,
 }
 
 impl<W: Write> Writer<W> {
+    /// Starts a container: writes the magic and the header; lines are
+    /// encrypted with `key`, chunk nonces start with `prefix`.
     pub fn new(
         mut out: W,
         magic: &[u8; 16],
@@ -215,9 +232,13 @@ fn read_n(r: &mut impl Read, n: usize) -> Result<Vec<u8>, ContainerError> {
 /// What [`verify`] found (before checking the signature, which needs the
 /// signer's certificate from the header).
 pub struct Verified {
+    /// The header (JSON).
     pub header: Value,
+    /// The manifest (JSON): hashes and counts.
     pub manifest: Value,
+    /// The manifest exactly as stored (what the signature covers).
     pub manifest_bytes: Vec<u8>,
+    /// The CMS detached signature (DER) of the manifest.
     pub signature: Vec<u8>,
 }
 

@@ -40,12 +40,21 @@ pub(crate) fn decide_merge(
 /// The parsed `$merge` Parameters.
 #[derive(Debug, Clone, Default)]
 pub struct MergeReq {
+    /// The patient to merge away (`source-patient`, a Patient id).
     pub source: Option<String>,
+    /// Or that patient by identifier (`source-patient-identifier`: system,
+    /// value).
     pub source_identifier: Option<(String, String)>,
+    /// The patient to keep (`target-patient`, a Patient id).
     pub target: Option<String>,
+    /// Or that patient by identifier (`target-patient-identifier`: system,
+    /// value).
     pub target_identifier: Option<(String, String)>,
+    /// The kept patient as it should read afterwards (`result-patient`).
     pub result: Option<Value>,
+    /// Only say what would change (`preview`).
     pub preview: bool,
+    /// Why the patients are merged (`reason`).
     pub reason: Option<String>,
 }
 
@@ -125,8 +134,11 @@ fn strip_meta(mut v: Value) -> Value {
 
 /// What a merge would write: (rtype, id, version before, new body).
 pub struct Plan {
+    /// The patient merged away.
     pub source: String,
+    /// The patient kept.
     pub target: String,
+    /// Each resource to rewrite: (type, id, version before, new body).
     pub writes: Vec<(String, String, u64, Value)>,
 }
 

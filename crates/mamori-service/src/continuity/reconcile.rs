@@ -35,14 +35,24 @@ const PARTICIPANT: &str = "http://terminology.hl7.org/CodeSystem/provenance-part
 /// One entry of a standalone export.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Entry {
+    /// The entry's id: `<node>:<type>/<id>/_history/<version>`.
     pub entry: String,
+    /// The resource type.
     pub t: String,
+    /// The resource id.
     pub id: String,
+    /// The version on the node.
     pub local_version: u64,
+    /// The central version the node's copy was based on (from the snapshot);
+    /// `None` for a resource created offline.
     pub base: Option<u64>,
+    /// Whether the node deleted the resource.
     pub deleted: bool,
+    /// Who wrote the version on the node.
     pub author: String,
+    /// When it was written on the node (RFC 3339).
     pub recorded_at: String,
+    /// The resource (`null` for a deletion).
     pub r: Value,
 }
 

@@ -34,18 +34,26 @@ use crate::error::ServiceError;
 use crate::init::DataDir;
 use crate::services::Services;
 
+/// Why a snapshot (or export) cannot be made or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapError {
+    /// The file itself (format, integrity, decryption).
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// The signature is not valid (why).
     #[error("the signature is not valid: {0}")]
     Signature(String),
+    /// The file was signed by another institution than the one expected
+    /// (the signer).
     #[error("the snapshot comes from another institution (signer {0}), not from the one expected")]
     OtherInstitution(String),
+    /// The audit checkpoint in the file does not verify (why).
     #[error("the audit checkpoint in the snapshot does not verify: {0}")]
     Checkpoint(String),
+    /// The key material does not open the snapshot key (why).
     #[error("key material: {0}")]
     Key(String),
+    /// Anything else.
     #[error("{0}")]
     Other(String),
 }
@@ -120,7 +128,9 @@ fn parse_share(text: &str) -> Result<(String, u8, Share), SnapError> {
 /// What opens a snapshot: custodians' shares and/or the passphrase.
 #[derive(Default)]
 pub struct KeyMaterial {
+    /// Custodians' shares (as handed out).
     pub shares: Vec<String>,
+    /// The passphrase, if the key was also wrapped with one.
     pub passphrase: Option<Zeroizing<String>>,
 }
 
@@ -232,6 +242,7 @@ fn rsa_oaep(key: &PKey<Public>, data: &[u8]) -> Result<Vec<u8>, SnapError> {
     Ok(out)
 }
 
+/// Decrypts RSA-OAEP (SHA-256, MGF1-SHA-256) with `key`.
 pub fn rsa_oaep_open(key: &PKey<Private>, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, SnapError> {
     let mut d = Decrypter::new(key).map_err(ossl)?;
     d.set_rsa_padding(Padding::PKCS1_OAEP).map_err(ossl)?;
@@ -307,9 +318,13 @@ pub fn verify_file(path: &Path, pin: Option<&X509>, pin_vkey: Option<&str>) -> R
 /// One resource from a snapshot.
 #[derive(Debug, Deserialize)]
 pub struct Record {
+    /// The resource type.
     pub t: String,
+    /// The resource id.
     pub id: String,
+    /// The resource's version at the centre.
     pub v: u64,
+    /// The resource, as JSON text.
     pub r: Box<serde_json::value::RawValue>,
 }
 

@@ -34,8 +34,12 @@ use crate::actor::RequestCtx;
 use crate::init::{self as server, DataDir, InitError as ServeError, InitReport};
 use crate::keys;
 
+/// The node's signing key (PEM), inside the data directory.
 pub const NODE_KEY: &str = "keys/node.key.pem";
+/// The node's certificate (PEM), inside the data directory.
 pub const NODE_CERT: &str = "keys/node.cert.pem";
+/// The central institution's certificate (PEM), which signs snapshots,
+/// inside the data directory.
 pub const CENTRAL_CERT: &str = "keys/central-institution.cert.pem";
 
 /// Marks a resource recorded on a standalone node.

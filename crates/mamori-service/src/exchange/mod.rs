@@ -27,12 +27,18 @@ use crate::keys::{self, KeyError};
 use crate::services::Services;
 use crate::tls::{self, TlsError};
 
-/// Key files of the exchange identity, inside the data directory.
+/// The institution's S/MIME certificate (PEM). This and the other key
+/// files of the exchange identity are inside the data directory.
 pub const INSTITUTION_CERT: &str = "keys/institution.cert.pem";
+/// The institution's S/MIME private key (PEM).
 pub const INSTITUTION_KEY: &str = "keys/institution.key.pem";
+/// The exchange CA's certificate (PEM): issues the AS2 TLS certificate.
 pub const EXCHANGE_CA_CERT: &str = "keys/exchange-ca.cert.pem";
+/// The exchange CA's private key (PEM).
 pub const EXCHANGE_CA_KEY: &str = "keys/exchange-ca.key.pem";
+/// The AS2 listener's and client's TLS certificate (PEM).
 pub const EXCHANGE_TLS_CERT: &str = "keys/exchange-tls.cert.pem";
+/// Its private key (PEM).
 pub const EXCHANGE_TLS_KEY: &str = "keys/exchange-tls.key.pem";
 
 /// Creates the exchange CA and TLS certificate if they are missing (data
@@ -57,6 +63,7 @@ pub fn ensure_keys(dd: &DataDir, cfg: &Config) -> Result<(), ServeError> {
 
 /// What the exchange needs at run time.
 pub struct Ctx {
+    /// This institution's AS2 identifier.
     pub as2_id: String,
     /// The institution's S/MIME identity (signing, decryption).
     pub identity: Arc<Identity>,
@@ -64,7 +71,9 @@ pub struct Ctx {
     pub tls: Arc<ClientIdentity>,
     tls_cert: std::path::PathBuf,
     tls_key: std::path::PathBuf,
+    /// The exchange CA's certificate (PEM), for partners to trust.
     pub ca_pem: String,
+    /// The AS2 TLS certificate (PEM), for partners to see.
     pub tls_cert_pem: String,
     /// Wakes the outbox worker.
     pub wake: tokio::sync::Notify,
@@ -80,6 +89,7 @@ fn read(dir: &Path, rel: &str) -> Result<Vec<u8>, ServeError> {
 }
 
 impl Ctx {
+    /// Loads the exchange identity from the data directory.
     pub fn load(dd: &DataDir, cfg: &Config) -> Result<Ctx, ServeError> {
         let cert = read(&dd.0, INSTITUTION_CERT)?;
         let key = keys::read_secret(&dd.0.join(INSTITUTION_KEY))?;
@@ -122,6 +132,7 @@ impl Ctx {
         Ok(c)
     }
 
+    /// The URL partners post to; empty until the AS2 listener is bound.
     pub fn as2_url(&self) -> String {
         self.as2_url.read().map(|s| s.clone()).unwrap_or_default()
     }

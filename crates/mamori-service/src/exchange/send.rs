@@ -627,6 +627,7 @@ async fn commit(st: &Services, actor: &Actor, p: Prepared, create: Decision) -> 
     Ok(Sent { send: send_id, messages: out })
 }
 
+/// A ledger row as the operations API shows it.
 pub fn message_json(m: &MessageRow) -> Value {
     json!({
         "id": m.id, "direction": m.direction, "kind": m.kind, "message_id": m.message_id, "partner": m.partner,
