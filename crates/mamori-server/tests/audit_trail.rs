@@ -217,7 +217,8 @@ async fn collector(
 
 #[tokio::test]
 async fn syslog_stream_survives_collector_outage_and_restart() {
-    let _ = tracing_subscriber::fmt().with_env_filter("mamori_server::syslog=info").with_test_writer().try_init();
+    // Fails if another test of this binary installed a subscriber first.
+    tracing_subscriber::fmt().with_env_filter("mamori_server::syslog=info").with_test_writer().try_init().ok();
     let dir = common::temp_dir("syslog");
     let cdir = common::temp_dir("collector");
     std::fs::create_dir_all(&dir).unwrap();

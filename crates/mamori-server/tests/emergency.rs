@@ -643,13 +643,15 @@ async fn webhook_receiver(
                             if k >= fail {
                                 got.lock().unwrap().push((body, sig));
                             }
-                            let _ = tls
-                                .write_all(
-                                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                        .as_bytes(),
-                                )
-                                .await;
-                            let _ = tls.shutdown().await;
+                            // An answer that does not arrive is a failed
+                            // delivery to mamori: the test's counts show it.
+                            tls.write_all(
+                                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                    .as_bytes(),
+                            )
+                            .await
+                            .ok();
+                            tls.shutdown().await.ok();
                             return;
                         }
                     }
@@ -719,7 +721,8 @@ async fn announcements_reach_a_webhook_with_retries_and_open_screens_live() {
         r.body["deliveries"].as_array().unwrap().iter().find(|d| d["event"] == "emergency-declared").unwrap().clone();
     assert_eq!(d["state"], "delivered");
     assert_eq!(d["attempts"], 3, "{d}");
-    let _ = std::fs::remove_dir_all(&hookdir);
+    // Best effort: a leftover temporary directory harms no test.
+    std::fs::remove_dir_all(&hookdir).ok();
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use mamori_server::server::{start, Running, ServeOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub running: Option<Running>,
     pub dir: PathBuf,
     pub base: String,
@@ -26,7 +26,7 @@ pub struct TestServer {
     pub pg: Option<(String, String)>,
 }
 
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,
     pub body: Value,
@@ -34,18 +34,18 @@ pub struct Resp {
 }
 
 impl Resp {
-    pub fn header(&self, k: &str) -> Option<String> {
+    pub(crate) fn header(&self, k: &str) -> Option<String> {
         self.headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
 }
 
-pub const PASSWORD: &str = "Correct horse 42!";
+pub(crate) const PASSWORD: &str = "Correct horse 42!";
 
 /// The backend the suite runs on: `MAMORI_TEST_BACKEND=postgres` runs every
 /// server of the suite on PostgreSQL (`MAMORI_TEST_PG`, default the local
 /// `postgres://postgres@127.0.0.1:5432/test`), each in a schema of its own
 /// that is dropped afterwards; otherwise on SQLite.
-pub fn pg_base() -> Option<String> {
+pub(crate) fn pg_base() -> Option<String> {
     match std::env::var("MAMORI_TEST_BACKEND").as_deref() {
         Ok("postgres") => {
             Some(std::env::var("MAMORI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()))
@@ -56,7 +56,7 @@ pub fn pg_base() -> Option<String> {
 
 /// Runs `f` on a fresh connection to a PostgreSQL URL, on a thread of its
 /// own (the synchronous client must not run on the test's runtime).
-pub fn on_pg<T: Send>(url: &str, f: impl FnOnce(&mut mamori_store::pg::PgConn) -> T + Send) -> T {
+pub(crate) fn on_pg<T: Send>(url: &str, f: impl FnOnce(&mut mamori_store::pg::PgConn) -> T + Send) -> T {
     std::thread::scope(|sc| {
         sc.spawn(|| {
             let mut c = mamori_store::pg::PgConn::connect(url).expect("PostgreSQL for the tests is reachable");
@@ -68,7 +68,7 @@ pub fn on_pg<T: Send>(url: &str, f: impl FnOnce(&mut mamori_store::pg::PgConn) -
 }
 
 /// A schema of its own for one test server: its URL, and the schema name.
-pub fn pg_schema(base: &str, tag: &str) -> (String, String) {
+pub(crate) fn pg_schema(base: &str, tag: &str) -> (String, String) {
     let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let tag: String =
         tag.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -81,16 +81,17 @@ pub fn pg_schema(base: &str, tag: &str) -> (String, String) {
     (format!("{base}{sep}options=-csearch_path%3D{schema}"), schema)
 }
 
-pub fn drop_pg_schema(base: &str, schema: &str) {
+pub(crate) fn drop_pg_schema(base: &str, schema: &str) {
     on_pg(base, |c| {
         use mamori_store::sql::Conn;
-        let _ = c.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        // Best effort: a leftover schema harms no test.
+        c.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).ok();
     });
 }
 
 /// Copies a data directory for a second server on the same database
 /// (keys, TLS, configuration; not the lock).
-pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -107,29 +108,30 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-pub fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let d = std::env::temp_dir().join(format!("mamori-test-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    // A leftover with the same name, if any (there normally is none).
+    std::fs::remove_dir_all(&d).ok();
     d
 }
 
 impl TestServer {
-    pub async fn start(tag: &str) -> TestServer {
+    pub(crate) async fn start(tag: &str) -> TestServer {
         Self::start_with(tag, None).await
     }
 
     /// With a manual clock starting now (for expiry tests).
-    pub async fn start_manual(tag: &str) -> TestServer {
+    pub(crate) async fn start_manual(tag: &str) -> TestServer {
         Self::start_with(tag, Some(ManualClock::new(SystemClock.now()))).await
     }
 
-    pub async fn start_with(tag: &str, clock: Option<ManualClock>) -> TestServer {
+    pub(crate) async fn start_with(tag: &str, clock: Option<ManualClock>) -> TestServer {
         Self::start_cfg(tag, "", clock).await
     }
 
     /// With extra configuration (TOML sections appended).
-    pub async fn start_cfg(tag: &str, extra: &str, clock: Option<ManualClock>) -> TestServer {
+    pub(crate) async fn start_cfg(tag: &str, extra: &str, clock: Option<ManualClock>) -> TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
         let url = pg_base().map(|b| pg_schema(&b, tag).0).unwrap_or_default();
@@ -144,7 +146,7 @@ impl TestServer {
     }
 
     /// The PostgreSQL URL in a data directory's configuration, if any.
-    pub fn pg_of(dir: &std::path::Path) -> Option<(String, String)> {
+    pub(crate) fn pg_of(dir: &std::path::Path) -> Option<(String, String)> {
         let t = std::fs::read_to_string(dir.join("mamori.toml")).ok()?;
         let line = t.lines().find(|l| l.trim_start().starts_with("url = \"postgres"))?;
         let url = line.split('"').nth(1)?.to_owned();
@@ -152,7 +154,7 @@ impl TestServer {
         Some((url, schema))
     }
 
-    pub async fn boot(dir: PathBuf, clock: Option<ManualClock>) -> TestServer {
+    pub(crate) async fn boot(dir: PathBuf, clock: Option<ManualClock>) -> TestServer {
         let c: Arc<dyn Clock> = match &clock {
             Some(m) => Arc::new(m.clone()),
             None => Arc::new(SystemClock),
@@ -220,7 +222,7 @@ impl TestServer {
 
     /// Boots an initialized directory whose admin still has the one-time
     /// password `otp` (e.g. a standalone node just made from a snapshot).
-    pub async fn boot_otp(dir: PathBuf, otp: &str) -> TestServer {
+    pub(crate) async fn boot_otp(dir: PathBuf, otp: &str) -> TestServer {
         let c: Arc<dyn Clock> = Arc::new(SystemClock);
         let running = start(ServeOptions { data: dir.clone(), listen: None, as2_listen: None, clock: c })
             .await
@@ -254,13 +256,13 @@ impl TestServer {
         s
     }
 
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
     }
 
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.stop().await;
         let dir = self.dir.clone();
         let clock = self.clock.clone();
@@ -271,7 +273,7 @@ impl TestServer {
 
     /// Runs `f` on a connection to the server's database, whichever
     /// backend it is on (SQLite read-only; PostgreSQL in its schema).
-    pub fn with_db<T: Send>(&self, f: impl FnOnce(&mut dyn mamori_store::sql::Conn) -> T + Send) -> T {
+    pub(crate) fn with_db<T: Send>(&self, f: impl FnOnce(&mut dyn mamori_store::sql::Conn) -> T + Send) -> T {
         match &self.pg {
             Some((url, _)) => on_pg(url, |c| f(c)),
             None => {
@@ -286,7 +288,7 @@ impl TestServer {
     }
 
     /// The first column of the rows of a query with text parameters.
-    pub fn col(&self, sql: &str, params: &[&str]) -> Vec<mamori_store::sql::Cell> {
+    pub(crate) fn col(&self, sql: &str, params: &[&str]) -> Vec<mamori_store::sql::Cell> {
         let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
         self.with_db(|c| {
             let vals: Vec<mamori_store::sql::Val<'_>> = params.iter().map(|p| p.as_str().into()).collect();
@@ -295,7 +297,7 @@ impl TestServer {
     }
 
     /// One text (or blob as UTF-8) value.
-    pub fn text(&self, sql: &str, params: &[&str]) -> String {
+    pub(crate) fn text(&self, sql: &str, params: &[&str]) -> String {
         match self.col(sql, params).into_iter().next().expect("a row") {
             mamori_store::sql::Cell::Text(t) => t,
             mamori_store::sql::Cell::Blob(b) => String::from_utf8(b).unwrap(),
@@ -303,7 +305,7 @@ impl TestServer {
         }
     }
 
-    pub fn count(&self, sql: &str) -> i64 {
+    pub(crate) fn count(&self, sql: &str) -> i64 {
         match self.col(sql, &[]).into_iter().next().expect("a row") {
             mamori_store::sql::Cell::Int(v) => v,
             other => panic!("not an integer: {other:?}"),
@@ -311,7 +313,7 @@ impl TestServer {
     }
 
     /// Rows that a change would touch: versions, current pointers, index.
-    pub fn snapshot(&self) -> (i64, i64, i64, i64) {
+    pub(crate) fn snapshot(&self) -> (i64, i64, i64, i64) {
         (
             self.count("SELECT COUNT(*) FROM resource_versions"),
             self.count("SELECT COUNT(*) FROM resources"),
@@ -320,17 +322,17 @@ impl TestServer {
         )
     }
 
-    pub fn audit_count(&self) -> i64 {
+    pub(crate) fn audit_count(&self) -> i64 {
         self.count("SELECT COUNT(*) FROM audit_events")
     }
 
     /// The decoded leaf of the newest audit event.
-    pub fn last_audit(&self) -> Value {
+    pub(crate) fn last_audit(&self) -> Value {
         let s = self.text("SELECT leaf FROM audit_events ORDER BY seq DESC LIMIT 1", &[]);
         serde_json::from_str(s.split_once('\n').unwrap().1).unwrap()
     }
 
-    pub fn audits_where(&self, action: &str) -> Vec<Value> {
+    pub(crate) fn audits_where(&self, action: &str) -> Vec<Value> {
         self.col("SELECT leaf FROM audit_events WHERE action = $1 ORDER BY seq", &[action])
             .into_iter()
             .map(|c| {
@@ -345,7 +347,7 @@ impl TestServer {
             .collect()
     }
 
-    pub async fn raw(
+    pub(crate) async fn raw(
         &self,
         method: Method,
         path: &str,
@@ -371,25 +373,25 @@ impl TestServer {
         Resp { status, headers, body, text }
     }
 
-    pub async fn req(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub(crate) async fn req(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
         let ct = if path.starts_with("/fhir") { "application/fhir+json" } else { "application/json" };
         self.raw(method, path, token, body.map(|b| (b.to_string(), ct)), &[]).await
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> Resp {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Resp {
         self.req(Method::GET, path, Some(token), None).await
     }
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
         self.req(Method::POST, path, Some(token), Some(body)).await
     }
-    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+    pub(crate) async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
         self.req(Method::PUT, path, Some(token), Some(body)).await
     }
-    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+    pub(crate) async fn delete(&self, path: &str, token: &str) -> Resp {
         self.req(Method::DELETE, path, Some(token), None).await
     }
 
-    pub async fn login(&self, user: &str, pw: &str) -> String {
+    pub(crate) async fn login(&self, user: &str, pw: &str) -> String {
         let r =
             self.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw}))).await;
         assert_eq!(r.status, 200, "login {user}: {}", r.text);
@@ -397,11 +399,11 @@ impl TestServer {
     }
 
     /// Creates a user with roles and returns a ready token (password set).
-    pub async fn user(&self, name: &str, roles: &[&str]) -> String {
+    pub(crate) async fn user(&self, name: &str, roles: &[&str]) -> String {
         self.user_in(name, roles, None).await
     }
 
-    pub async fn user_in(&self, name: &str, roles: &[&str], dept: Option<&str>) -> String {
+    pub(crate) async fn user_in(&self, name: &str, roles: &[&str], dept: Option<&str>) -> String {
         let r = self
             .post(
                 "/api/v1/users",
@@ -424,13 +426,13 @@ impl TestServer {
         self.login(name, PASSWORD).await
     }
 
-    pub async fn assign(&self, patient: &str, user: &str) {
+    pub(crate) async fn assign(&self, patient: &str, user: &str) {
         let r = self.post("/api/v1/care-assignments", &self.admin, json!({"patient": patient, "user": user})).await;
         assert_eq!(r.status, 201, "{}", r.text);
     }
 
     /// Creates a Patient as `token`; returns its id.
-    pub async fn patient(&self, token: &str, family: &str, given: &str) -> String {
+    pub(crate) async fn patient(&self, token: &str, family: &str, given: &str) -> String {
         let r = self
             .post("/fhir/Patient", token, json!({"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "gender": "female", "birthDate": "1970-01-01"}))
             .await;
@@ -438,7 +440,7 @@ impl TestServer {
         r.body["id"].as_str().unwrap().to_owned()
     }
 
-    pub fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         match &self.clock {
             Some(c) => c.now(),
             None => SystemClock.now(),
@@ -449,7 +451,8 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if self.owns_dir && !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            // Best effort: a leftover temporary directory harms no test.
+            std::fs::remove_dir_all(&self.dir).ok();
             if let (Some((_, schema)), Some(base)) = (&self.pg, pg_base()) {
                 drop_pg_schema(&base, schema);
             }
@@ -457,7 +460,7 @@ impl Drop for TestServer {
     }
 }
 
-pub fn observation(patient: &str, code: &str, value: f64) -> Value {
+pub(crate) fn observation(patient: &str, code: &str, value: f64) -> Value {
     json!({
         "resourceType": "Observation",
         "status": "final",
