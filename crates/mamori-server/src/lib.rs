@@ -11,7 +11,7 @@ pub mod demo;
 pub mod fhir;
 pub mod http;
 pub mod server;
-pub mod ui;
+mod ui;
 
 // The service layer's modules that tools and tests of the server reach
 // through this crate.

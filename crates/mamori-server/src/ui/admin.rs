@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::html::{ev, notice, when};
 use super::{cmd, esc, field, fields, form, Api, Next, Ui};
 
-pub fn routes() -> Router<Services> {
+pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/admin", get(|| async { Redirect::to("/ui/admin/users") }))
         .route("/ui/admin/users", get(users).post(user_create))
@@ -96,7 +96,7 @@ fn opt(f: &[(String, String)], k: &str) -> Value {
 
 // ---- users -----------------------------------------------------------------------
 
-pub async fn users(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn users(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let shown = ui.flash(&q);
     users_page(&ui, shown).await
 }
@@ -199,7 +199,7 @@ fn one_time(ui: &Ui, name: &str, pw: &str) -> String {
     )
 }
 
-pub async fn user_create(ui: Ui, body: Body) -> Response {
+pub(crate) async fn user_create(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -222,7 +222,7 @@ pub async fn user_create(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn user_update(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
+pub(crate) async fn user_update(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -266,7 +266,7 @@ fn pending(ui: &Ui, id: i64) -> String {
 
 // ---- account changes a second admin approves ---------------------------------------------------
 
-pub async fn requests(ui: Ui) -> Response {
+pub(crate) async fn requests(ui: Ui) -> Response {
     let r = Api::of(accounts::list_requests(&ui.svc, &ui.actor, false).await.map(|r| json!({"requests": r})));
     let mut body = tabs(&ui);
     if !r.ok() {
@@ -315,7 +315,7 @@ pub async fn requests(ui: Ui) -> Response {
     ui.page(ui.t("承認待ちの変更", "Changes to approve"), &body)
 }
 
-pub async fn request_decide(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn request_decide(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -338,7 +338,7 @@ pub async fn request_decide(ui: Ui, Path(id): Path<i64>, body: Body) -> Response
 
 // ---- care assignments --------------------------------------------------------------------
 
-pub async fn care(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn care(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let r = Api::of(
         accounts::list_care(&ui.svc, &ui.actor, get("patient"), get("user")).await.map(|a| json!({"assignments": a})),
@@ -402,7 +402,7 @@ pub async fn care(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response 
     ui.page(ui.t("担当関係", "Care assignments"), &body)
 }
 
-pub async fn care_assign(ui: Ui, body: Body) -> Response {
+pub(crate) async fn care_assign(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -418,7 +418,7 @@ pub async fn care_assign(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn care_end(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn care_end(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -429,7 +429,7 @@ pub async fn care_end(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
 
 // ---- emergency accounts -------------------------------------------------------------------
 
-pub async fn eaccounts(ui: Ui) -> Response {
+pub(crate) async fn eaccounts(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(eacc::list(&ui.svc, &ui.actor).await.map(|a| json!({"accounts": a})));
     let mut body = tabs(&ui);
@@ -491,7 +491,7 @@ pub async fn eaccounts(ui: Ui) -> Response {
     ui.page(ui.t("非常用アカウント", "Emergency accounts"), &body)
 }
 
-pub async fn eaccounts_provision(ui: Ui, body: Body) -> Response {
+pub(crate) async fn eaccounts_provision(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -508,7 +508,7 @@ pub async fn eaccounts_provision(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
+pub(crate) async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -525,7 +525,7 @@ pub async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Response 
 
 /// The envelope printed once after [`envelope`]; a second look finds it
 /// gone.
-pub async fn envelope_page(ui: Ui, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn envelope_page(ui: Ui, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let title = ui.t("非常用アカウントの封筒", "Emergency account envelope");
     match ui.flash(&q) {
         Some(body) => ui.page(title, &body),
@@ -582,7 +582,7 @@ fn envelope_html(ui: &Ui, e: &Value) -> String {
 
 // ---- maintenance ----------------------------------------------------------------------------
 
-pub async fn maintenance(ui: Ui) -> Response {
+pub(crate) async fn maintenance(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(maint::list_requests(&ui.svc, &ui.actor, None, None).await.map(|r| json!({"requests": r})));
     let mut body = tabs(&ui);
@@ -636,7 +636,7 @@ pub async fn maintenance(ui: Ui) -> Response {
     ui.page(ui.t("リモート保守", "Remote maintenance"), &body)
 }
 
-pub async fn maintenance_decide(ui: Ui, Path((id, action)): Path<(i64, String)>, body: Body) -> Response {
+pub(crate) async fn maintenance_decide(ui: Ui, Path((id, action)): Path<(i64, String)>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -661,7 +661,7 @@ pub async fn maintenance_decide(ui: Ui, Path((id, action)): Path<(i64, String)>,
 
 // ---- snapshots ------------------------------------------------------------------------------
 
-pub async fn snapshots(ui: Ui) -> Response {
+pub(crate) async fn snapshots(ui: Ui) -> Response {
     snapshots_page(&ui, None).await
 }
 
@@ -706,7 +706,7 @@ async fn snapshots_page(ui: &Ui, msg: Option<String>) -> Response {
     ui.page(ui.t("参照用スナップショット", "Snapshots"), &body)
 }
 
-pub async fn snapshot_create(ui: Ui, body: Body) -> Response {
+pub(crate) async fn snapshot_create(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -718,7 +718,7 @@ pub async fn snapshot_create(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
+pub(crate) async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -750,7 +750,7 @@ pub async fn snapshot_verify(ui: Ui, Path(id): Path<String>, body: Body) -> Resp
 
 // ---- reconciliation -------------------------------------------------------------------------
 
-pub async fn reconcile(ui: Ui) -> Response {
+pub(crate) async fn reconcile(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(rec::tasks(&ui.svc, &ui.actor, Some("open".into())).await.map(|t| json!({"tasks": t})));
     let mut body = tabs(&ui);
@@ -802,7 +802,7 @@ pub async fn reconcile(ui: Ui) -> Response {
     ui.page(ui.t("突合せ（非常時記録）", "Reconciliation"), &body)
 }
 
-pub async fn reconcile_resolve(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn reconcile_resolve(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;

@@ -19,7 +19,7 @@ fn opt(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
-pub fn routes() -> Router<Services> {
+pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/audit", get(overview))
         .route("/ui/audit/verify", post(verify))
@@ -46,7 +46,7 @@ fn q(params: &HashMap<String, String>, k: &str) -> String {
     params.get(k).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-pub async fn overview(ui: Ui) -> Response {
+pub(crate) async fn overview(ui: Ui) -> Response {
     let mut body = tabs(&ui);
     let cp = Api::of(audit::latest(&ui.svc).await);
     body.push_str(&format!("<h2>{}</h2>", ui.t("最新の署名付きチェックポイント", "Latest signed checkpoint")));
@@ -115,7 +115,7 @@ pub async fn overview(ui: Ui) -> Response {
     ui.page(ui.t("監査", "Audit"), &body)
 }
 
-pub async fn verify(ui: Ui, body: Body) -> Response {
+pub(crate) async fn verify(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -194,7 +194,7 @@ fn events_table(ui: &Ui, events: &[Value], off: i64) -> String {
     out
 }
 
-pub async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let (patient, user, from, to, action, purpose) =
         (q(&p, "patient"), q(&p, "user"), q(&p, "from"), q(&p, "to"), q(&p, "action"), q(&p, "purpose"));
@@ -259,7 +259,7 @@ pub async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Respons
     ui.page(ui.t("監査ログ検索", "Audit log search"), &body)
 }
 
-pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let (patient, from, to) = (q(&p, "patient"), q(&p, "from"), q(&p, "to"));
     let mut body = tabs(&ui);
@@ -316,7 +316,7 @@ pub async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) ->
     ui.page(ui.t("患者別アクセス記録", "Who looked at this patient"), &body)
 }
 
-pub async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let state = p.get("review").cloned().unwrap_or_else(|| "pending".into());
     let r = Api::of(breakglass::list(&ui.svc, &ui.actor, Some(state.clone())).await.map(|g| json!({"grants": g})));
@@ -391,7 +391,7 @@ pub async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Re
     ui.page(ui.t("緊急アクセスの確認", "Break-glass reviews"), &body)
 }
 
-pub async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -413,7 +413,7 @@ pub async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Resp
     Redirect::to("/ui/audit/break-glass").into_response()
 }
 
-pub async fn maintenance(ui: Ui) -> Response {
+pub(crate) async fn maintenance(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(
         maintenance::list_requests(&ui.svc, &ui.actor, None, Some("pending".into()))
@@ -460,7 +460,7 @@ pub async fn maintenance(ui: Ui) -> Response {
     ui.page(ui.t("保守作業の確認", "Maintenance reviews"), &body)
 }
 
-pub async fn maintenance_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn maintenance_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;

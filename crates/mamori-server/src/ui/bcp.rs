@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::html::{ev, notice, when};
 use super::{cmd, esc, field, fields, form, Api, Ui};
 
-pub fn routes() -> Router<Services> {
+pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/bcp", get(console))
         .route("/ui/bcp/declare", post(declare))
@@ -76,7 +76,7 @@ fn back_with(ui: &Ui, r: &super::Api) -> Response {
     }
 }
 
-pub async fn console(ui: Ui) -> Response {
+pub(crate) async fn console(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let plan = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
     let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
@@ -395,7 +395,7 @@ fn declaration_view(ui: &Ui, d: &Value, off: i64) -> String {
     out
 }
 
-pub async fn declare(ui: Ui, body: Body) -> Response {
+pub(crate) async fn declare(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -422,7 +422,7 @@ pub async fn declare(ui: Ui, body: Body) -> Response {
     back_with(&ui, &r)
 }
 
-pub async fn confirm(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn confirm(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -431,7 +431,7 @@ pub async fn confirm(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     back_with(&ui, &r)
 }
 
-pub async fn tick(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn tick(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -441,7 +441,7 @@ pub async fn tick(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     back_with(&ui, &r)
 }
 
-pub async fn transition(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn transition(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -462,7 +462,7 @@ pub async fn transition(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     back_with(&ui, &r)
 }
 
-pub async fn ack(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn ack(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -471,7 +471,7 @@ pub async fn ack(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     back_with(&ui, &r)
 }
 
-pub async fn review(ui: Ui, Path(id): Path<i64>) -> Response {
+pub(crate) async fn review(ui: Ui, Path(id): Path<i64>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(bcp::get_review(&ui.svc, &ui.actor, id).await);
     let title = format!("{} #{id}", ui.t("事後レビュー", "After-action review"));
@@ -508,7 +508,7 @@ pub async fn review(ui: Ui, Path(id): Path<i64>) -> Response {
     ui.page(&title, &body)
 }
 
-pub async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
+pub(crate) async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -522,7 +522,7 @@ pub async fn review_post(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
     Redirect::to(&format!("/ui/bcp/{id}/review")).into_response()
 }
 
-pub async fn incident(ui: Ui, Path(id): Path<i64>) -> Response {
+pub(crate) async fn incident(ui: Ui, Path(id): Path<i64>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(bcp::incident_report(&ui.svc, &ui.actor, id).await);
     let title = format!("{} #{id}", ui.t("サイバー攻撃被害の報告", "Cyber-incident report"));
@@ -560,7 +560,7 @@ pub async fn incident(ui: Ui, Path(id): Path<i64>) -> Response {
     ui.page(&title, &body)
 }
 
-pub async fn reported(ui: Ui, Path((id, recipient)): Path<(i64, String)>, body: Body) -> Response {
+pub(crate) async fn reported(ui: Ui, Path((id, recipient)): Path<(i64, String)>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;

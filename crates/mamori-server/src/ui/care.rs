@@ -56,7 +56,7 @@ fn with_csrf_cookie(mut r: Response, csrf: &str) -> Response {
     r
 }
 
-pub async fn login_page(
+pub(crate) async fn login_page(
     State(st): State<Services>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
@@ -69,7 +69,7 @@ pub async fn login_page(
     with_csrf_cookie(r, &csrf)
 }
 
-pub async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
     let lang = lang_of(&headers);
     let f = form(body).await;
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
@@ -145,7 +145,7 @@ fn emergency_form(lang: Lang, csrf: &str, error: Option<&str>) -> String {
     )
 }
 
-pub async fn emergency_page(State(st): State<Services>, headers: HeaderMap) -> Response {
+pub(crate) async fn emergency_page(State(st): State<Services>, headers: HeaderMap) -> Response {
     let lang = lang_of(&headers);
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_else(new_csrf);
     let mode = current_mode(&st);
@@ -156,7 +156,12 @@ pub async fn emergency_page(State(st): State<Services>, headers: HeaderMap) -> R
     )
 }
 
-pub async fn emergency_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn emergency_post(
+    State(st): State<Services>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let lang = lang_of(&headers);
     let f = form(body).await;
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
@@ -190,7 +195,7 @@ pub async fn emergency_post(State(st): State<Services>, Ctx(ctx): Ctx, headers: 
     resp
 }
 
-pub async fn password_page(ui: Ui) -> Response {
+pub(crate) async fn password_page(ui: Ui) -> Response {
     password_form(&ui, None)
 }
 
@@ -215,7 +220,7 @@ fn password_form(ui: &Ui, msg: Option<String>) -> Response {
     ui.page(ui.t("パスワードの変更", "Change password"), &body)
 }
 
-pub async fn password_post(ui: Ui, body: Body) -> Response {
+pub(crate) async fn password_post(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -233,7 +238,7 @@ pub async fn password_post(ui: Ui, body: Body) -> Response {
     Redirect::to("/ui/").into_response()
 }
 
-pub async fn logout(ui: Ui, body: Body) -> Response {
+pub(crate) async fn logout(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -246,7 +251,7 @@ pub async fn logout(ui: Ui, body: Body) -> Response {
     resp
 }
 
-pub async fn home(ui: Ui) -> Response {
+pub(crate) async fn home(ui: Ui) -> Response {
     let mut body = String::new();
     let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
     if let Some(d) = mode.body.get("declaration").filter(|d| !d.is_null()) {
@@ -335,7 +340,7 @@ fn badges(ui: &Ui, p: &Value) -> String {
     b
 }
 
-pub async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let get = |k: &str| q.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
     let (name, ident, birth) = (get("q"), get("identifier"), get("birthdate"));
     let mut body = format!(
@@ -450,7 +455,7 @@ fn break_glass_form(ui: &Ui, id: &str, why: &str) -> String {
     )
 }
 
-pub async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let p = Api::resource(read::read(&ui.svc, &ui.actor, "Patient", &id).await);
     if p.status == 403 {
@@ -608,7 +613,7 @@ pub async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<Strin
     ui.page(&name_of(pt), &body)
 }
 
-pub async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
+pub(crate) async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -632,7 +637,7 @@ pub async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response
     Redirect::to(&format!("/ui/patients/{}", enc(&id))).into_response()
 }
 
-pub async fn register_page(ui: Ui) -> Response {
+pub(crate) async fn register_page(ui: Ui) -> Response {
     register_form(&ui, None)
 }
 
@@ -688,7 +693,7 @@ fn register_form(ui: &Ui, err: Option<String>) -> Response {
     ui.page(ui.t("緊急登録", "Emergency registration"), &body)
 }
 
-pub async fn register_post(ui: Ui, body: Body) -> Response {
+pub(crate) async fn register_post(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -724,7 +729,7 @@ pub async fn register_post(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn provisional(ui: Ui) -> Response {
+pub(crate) async fn provisional(ui: Ui) -> Response {
     let r = Api::of(registration::list(&ui.svc, &ui.actor, true).await.map(|p| json!({"provisional": p})));
     if !r.ok() {
         return ui.page(ui.t("仮登録患者", "Provisional patients"), &notice("error", &r.message()));
@@ -760,7 +765,7 @@ pub async fn provisional(ui: Ui) -> Response {
     ui.page(ui.t("仮登録患者", "Provisional patients"), &body)
 }
 
-pub async fn merge_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn merge_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let source = q.get("source").cloned().unwrap_or_default();
     let body = format!(
         r#"<form method="post" action="/ui/merge" class="card">{csrf}<input type="hidden" name="step" value="preview">
@@ -795,7 +800,7 @@ fn merge_params(source: &str, target: &str, preview: bool, reason: &str) -> Valu
     json!({"resourceType": "Parameters", "parameter": p})
 }
 
-pub async fn merge_post(ui: Ui, body: Body) -> Response {
+pub(crate) async fn merge_post(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;

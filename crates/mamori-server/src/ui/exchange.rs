@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::html::{ev, notice, when};
 use super::{cmd, esc, field, fields, form, Api, Ui};
 
-pub fn routes() -> Router<Services> {
+pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/exchange", get(send_page))
         .route("/ui/exchange/send", post(send_post))
@@ -79,7 +79,7 @@ fn state_badge(ui: &Ui, s: &str) -> String {
     format!("<span class=\"badge {cls}\">{}{extra}</span>", esc(s))
 }
 
-pub async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let patient = q.get("patient").map(|s| s.trim().trim_start_matches("Patient/").to_owned()).unwrap_or_default();
     let mut body = tabs(&ui);
     body.push_str(&format!(
@@ -183,7 +183,7 @@ pub async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Resp
     ui.page(ui.t("情報交換", "Exchange"), &body)
 }
 
-pub async fn send_post(ui: Ui, body: Body) -> Response {
+pub(crate) async fn send_post(ui: Ui, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -228,7 +228,7 @@ pub async fn send_post(ui: Ui, body: Body) -> Response {
     .await
 }
 
-pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let get = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
     let filter = send::MessageFilter {
@@ -287,7 +287,7 @@ pub async fn messages(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Respo
     ui.page(ui.t("送受信の記録", "Message ledger"), &body)
 }
 
-pub async fn message(ui: Ui, Path(id): Path<String>) -> Response {
+pub(crate) async fn message(ui: Ui, Path(id): Path<String>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(send::show(&ui.svc, &ui.actor, &id).await);
     let mut body = tabs(&ui);
@@ -349,7 +349,7 @@ pub async fn message(ui: Ui, Path(id): Path<String>) -> Response {
     ui.page(&format!("{} {}", ui.t("メッセージ", "Message"), id), &body)
 }
 
-pub async fn inbound(ui: Ui) -> Response {
+pub(crate) async fn inbound(ui: Ui) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let r = Api::of(inb::list(&ui.svc, &ui.actor, Some("unmatched".into())).await.map(|i| json!({"inbound": i})));
     let mut body = tabs(&ui);
@@ -407,7 +407,7 @@ pub async fn inbound(ui: Ui) -> Response {
     ui.page(ui.t("受信文書の患者照合", "Inbound documents"), &body)
 }
 
-pub async fn match_post(ui: Ui, Path(message): Path<String>, body: Body) -> Response {
+pub(crate) async fn match_post(ui: Ui, Path(message): Path<String>, body: Body) -> Response {
     let f = form(body).await;
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
@@ -423,7 +423,7 @@ pub async fn match_post(ui: Ui, Path(message): Path<String>, body: Body) -> Resp
     Redirect::to("/ui/exchange/inbound").into_response()
 }
 
-pub async fn partners(ui: Ui) -> Response {
+pub(crate) async fn partners(ui: Ui) -> Response {
     let r = Api::of(parts::list(&ui.svc, &ui.actor).await.map(|p| json!({"partners": p})));
     let mut body = tabs(&ui);
     if !r.ok() {

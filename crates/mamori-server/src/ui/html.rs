@@ -9,19 +9,19 @@ use mamori_core::policy::Operation;
 use super::Ui;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
+pub(crate) enum Lang {
     Ja,
     En,
 }
 
 impl Lang {
-    pub fn t<'a>(self, ja: &'a str, en: &'a str) -> &'a str {
+    pub(crate) fn t<'a>(self, ja: &'a str, en: &'a str) -> &'a str {
         match self {
             Lang::Ja => ja,
             Lang::En => en,
         }
     }
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Lang::Ja => "ja",
             Lang::En => "en",
@@ -30,7 +30,7 @@ impl Lang {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {
@@ -46,7 +46,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Escaped text of a JSON value (strings unquoted).
-pub fn ev(v: &Value) -> String {
+pub(crate) fn ev(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => esc(s),
@@ -55,7 +55,7 @@ pub fn ev(v: &Value) -> String {
 }
 
 /// A phase's name for people.
-pub fn phase_label(lang: Lang, phase: &str) -> &'static str {
+pub(crate) fn phase_label(lang: Lang, phase: &str) -> &'static str {
     match phase {
         "activation" => lang.t("初動", "activation"),
         "resumption" => lang.t("業務再開", "resumption"),
@@ -66,7 +66,7 @@ pub fn phase_label(lang: Lang, phase: &str) -> &'static str {
 }
 
 /// The mode banner's class and text.
-pub fn mode_banner(lang: Lang, mode: &str) -> (String, String) {
+pub(crate) fn mode_banner(lang: Lang, mode: &str) -> (String, String) {
     let phase = phase_label(lang, mode.split("phase=").nth(1).unwrap_or("").split(';').next().unwrap_or("").trim());
     if mode.starts_with("drill") {
         (
@@ -118,7 +118,7 @@ fn nav(ui: &Ui) -> String {
 }
 
 /// The whole page around `body`.
-pub fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
+pub(crate) fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
     let mode = ui.me["mode"].as_str().unwrap_or("normal");
     let (cls, text) = mode_banner(ui.lang, mode);
     let other = if ui.lang == Lang::Ja { ("en", "English") } else { ("ja", "日本語") };
@@ -163,7 +163,7 @@ pub fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
 }
 
 /// A page for people not logged in (login, emergency login).
-pub fn bare(lang: Lang, title: &str, mode: &str, body: &str) -> Html<String> {
+pub(crate) fn bare(lang: Lang, title: &str, mode: &str, body: &str) -> Html<String> {
     let (cls, text) = mode_banner(lang, mode);
     let other = if lang == Lang::Ja { ("en", "English") } else { ("ja", "日本語") };
     Html(format!(
@@ -183,7 +183,7 @@ pub fn bare(lang: Lang, title: &str, mode: &str, body: &str) -> Html<String> {
 /// An error or notice box.
 /// A section's tab bar; the current page is marked for screen readers and
 /// styling. Tabs are not printed (reports print without them).
-pub fn tabs(ui: &Ui, items: &[(&str, &str)]) -> String {
+pub(crate) fn tabs(ui: &Ui, items: &[(&str, &str)]) -> String {
     let here = ui.path.split('?').next();
     let links: String = items
         .iter()
@@ -195,12 +195,12 @@ pub fn tabs(ui: &Ui, items: &[(&str, &str)]) -> String {
     format!("<nav class=\"tabs noprint\">{links}</nav>")
 }
 
-pub fn notice(kind: &str, text: &str) -> String {
+pub(crate) fn notice(kind: &str, text: &str) -> String {
     format!("<p class=\"notice {kind}\" role=\"alert\">{}</p>", esc(text))
 }
 
 /// A date-time for people (local time of the institution, minutes).
-pub fn when(v: &Value, offset_min: i64) -> String {
+pub(crate) fn when(v: &Value, offset_min: i64) -> String {
     let s = v.as_str().unwrap_or("");
     let parsed = match v.as_i64() {
         Some(micros) => Some(mamori_core::time::Timestamp(micros)),
@@ -218,7 +218,7 @@ pub fn when(v: &Value, offset_min: i64) -> String {
 }
 
 /// A small line chart of numeric values in time order (SVG, no script).
-pub fn sparkline(points: &[(i64, f64)]) -> String {
+pub(crate) fn sparkline(points: &[(i64, f64)]) -> String {
     if points.len() < 2 {
         return String::new();
     }
@@ -239,7 +239,7 @@ pub fn sparkline(points: &[(i64, f64)]) -> String {
 }
 
 /// Bars per day (SVG): total, with denials and break-glass highlighted.
-pub fn day_bars(days: &[Value]) -> String {
+pub(crate) fn day_bars(days: &[Value]) -> String {
     if days.is_empty() {
         return String::new();
     }

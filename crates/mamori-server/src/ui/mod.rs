@@ -10,12 +10,12 @@
 //! SameSite=Strict cookie; a form that changes something answers with a
 //! redirect.
 
-pub mod admin;
-pub mod audit;
-pub mod bcp;
-pub mod care;
-pub mod exchange;
-pub mod html;
+pub(crate) mod admin;
+pub(crate) mod audit;
+pub(crate) mod bcp;
+pub(crate) mod care;
+pub(crate) mod exchange;
+pub(crate) mod html;
 
 use std::collections::HashMap;
 
@@ -34,12 +34,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::http::{ctx_of, session_cookie};
-pub use html::{esc, Lang};
+pub(crate) use html::{esc, Lang};
 
-pub const CSRF_COOKIE: &str = "mamori_csrf";
-pub const LANG_COOKIE: &str = "mamori_lang";
+pub(crate) const CSRF_COOKIE: &str = "mamori_csrf";
+pub(crate) const LANG_COOKIE: &str = "mamori_lang";
 
-pub fn routes() -> Router<Services> {
+pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route(
@@ -75,21 +75,21 @@ fn static_file(ct: &'static str, body: &'static str) -> Response {
     r
 }
 
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         (k == name).then(|| v.to_owned())
     })
 }
 
-pub fn set_cookie(name: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
+pub(crate) fn set_cookie(name: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
     let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
     HeaderValue::from_str(&format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}"))
         .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// The UI language: the cookie, else Accept-Language, else Japanese.
-pub fn lang_of(headers: &HeaderMap) -> Lang {
+pub(crate) fn lang_of(headers: &HeaderMap) -> Lang {
     match cookie(headers, LANG_COOKIE).as_deref() {
         Some("en") => return Lang::En,
         Some("ja") => return Lang::Ja,
@@ -112,12 +112,12 @@ async fn lang_switch(axum::extract::Query(q): axum::extract::Query<HashMap<Strin
 }
 
 /// A new CSRF token.
-pub fn new_csrf() -> String {
+pub(crate) fn new_csrf() -> String {
     mamori_audit::merkle::to_hex(&mamori_store::accounts::random_bytes::<16>().unwrap_or_default())
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.
-pub async fn form(body: Body) -> Vec<(String, String)> {
+pub(crate) async fn form(body: Body) -> Vec<(String, String)> {
     let bytes = axum::body::to_bytes(body, 8 << 20).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
     text.split('&')
@@ -152,35 +152,35 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn field<'a>(f: &'a [(String, String)], k: &str) -> &'a str {
+pub(crate) fn field<'a>(f: &'a [(String, String)], k: &str) -> &'a str {
     f.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
-pub fn fields<'a>(f: &'a [(String, String)], k: &str) -> Vec<&'a str> {
+pub(crate) fn fields<'a>(f: &'a [(String, String)], k: &str) -> Vec<&'a str> {
     f.iter().filter(|(a, _)| a == k).map(|(_, v)| v.as_str()).collect()
 }
 
 /// A use case's answer as a page sees it: a status and a JSON view of
 /// the value (or `{"error", "message"}`).
-pub struct Api {
+pub(crate) struct Api {
     pub status: u16,
     pub body: Value,
 }
 
 impl Api {
     /// The view of a use case's result.
-    pub fn of<T: Serialize>(r: Result<T, ServiceError>) -> Api {
+    pub(crate) fn of<T: Serialize>(r: Result<T, ServiceError>) -> Api {
         match r {
             Ok(v) => Api { status: 200, body: serde_json::to_value(v).unwrap_or(Value::Null) },
             Err(e) => Api::err(&e),
         }
     }
     /// The view of a read of patient data (audited before it is shown).
-    pub fn audited<T: Serialize>(r: Result<Audited<T>, ServiceError>) -> Api {
+    pub(crate) fn audited<T: Serialize>(r: Result<Audited<T>, ServiceError>) -> Api {
         Api::of(r.map(Audited::into_inner))
     }
     /// The view of a stored resource read (its JSON).
-    pub fn resource(r: Result<Audited<Version>, ServiceError>) -> Api {
+    pub(crate) fn resource(r: Result<Audited<Version>, ServiceError>) -> Api {
         match r {
             Ok(v) => Api { status: 200, body: serde_json::from_str(&v.into_inner().body).unwrap_or(Value::Null) },
             Err(e) => Api::err(&e),
@@ -192,11 +192,11 @@ impl Api {
         }
         Api { status: e.status(), body: json!({"error": e.code(), "message": e.message()}) }
     }
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
     /// The explanation of a failure.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         self.body
             .get("message")
             .and_then(Value::as_str)
@@ -206,16 +206,16 @@ impl Api {
 }
 
 /// A form turned into a use case's command (a malformed one is a 400).
-pub fn cmd<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
+pub(crate) fn cmd<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
     serde_json::from_value(v).map_err(|e| ServiceError::invalid("", format!("invalid form: {e}")))
 }
 
 /// Where a form's action leads the browser next, or the page that says
 /// why nothing changed.
-pub type Next = Result<String, Box<Response>>;
+pub(crate) type Next = Result<String, Box<Response>>;
 
 /// A logged-in user's page context.
-pub struct Ui {
+pub(crate) struct Ui {
     pub svc: Services,
     /// Who acts, authenticated by the session cookie.
     pub actor: Actor,
@@ -228,29 +228,17 @@ pub struct Ui {
 }
 
 impl Ui {
-    pub fn t<'a>(&self, ja: &'a str, en: &'a str) -> &'a str {
+    pub(crate) fn t<'a>(&self, ja: &'a str, en: &'a str) -> &'a str {
         self.lang.t(ja, en)
     }
     /// Whether the policy would let this user do `op` (what a screen
     /// offers; the use case decides again, and audits, when it is done).
-    pub fn may(&self, op: Operation) -> bool {
+    pub(crate) fn may(&self, op: Operation) -> bool {
         mamori_service::authz::decide(&self.actor, &op, Facts::default()).permit
-    }
-    /// Whether the user may read some patient's records (offered the
-    /// patient search).
-    pub fn clinical(&self) -> bool {
-        self.may(Operation::ProvisionalRegister)
-            || self.may(Operation::Record {
-                action: mamori_core::policy::Action::Search,
-                target: mamori_core::policy::Target {
-                    rtype: mamori_core::ids::ResourceType::OBSERVATION,
-                    scope: mamori_core::policy::PatientScope::Any,
-                },
-            })
     }
     /// Checks the CSRF field of a submitted form: `Some(refusal)` if it
     /// does not match the cookie.
-    pub fn csrf_rejects(&self, f: &[(String, String)]) -> Option<Response> {
+    pub(crate) fn csrf_rejects(&self, f: &[(String, String)]) -> Option<Response> {
         if !self.csrf.is_empty() && field(f, "csrf") == self.csrf {
             None
         } else {
@@ -258,7 +246,7 @@ impl Ui {
         }
     }
     /// A complete page.
-    pub fn page(&self, title: &str, body: &str) -> Response {
+    pub(crate) fn page(&self, title: &str, body: &str) -> Response {
         let mut r = html::layout(self, title, body).into_response();
         if self.set_csrf {
             r.headers_mut().append(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &self.csrf, None));
@@ -268,7 +256,7 @@ impl Ui {
     /// The hidden fields every form carries: the CSRF token and a key of
     /// its own, new on each rendering, so that the form acts once
     /// ([`Ui::once`]).
-    pub fn csrf_field(&self) -> String {
+    pub(crate) fn csrf_field(&self) -> String {
         format!(
             "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"form_key\" value=\"{}\">",
             esc(&self.csrf),
@@ -280,7 +268,7 @@ impl Ui {
     /// page that says why nothing changed. A repeated submission of the
     /// same form (reload, double click, back and resubmit) does not act
     /// again: it is sent where the first one led.
-    pub async fn once<Fut>(&self, f: &[(String, String)], act: impl FnOnce() -> Fut) -> Response
+    pub(crate) async fn once<Fut>(&self, f: &[(String, String)], act: impl FnOnce() -> Fut) -> Response
     where
         Fut: std::future::Future<Output = Next>,
     {
@@ -323,7 +311,7 @@ impl Ui {
     }
     /// Keeps a result to be shown once (a one-time password) for the page
     /// at `to`, and answers `to` with the flash's id.
-    pub fn flash_to(&self, to: &str, content: String) -> Next {
+    pub(crate) fn flash_to(&self, to: &str, content: String) -> Next {
         match self.svc.flash.put(self.actor.name(), content) {
             Ok(id) => Ok(format!("{to}{}flash={id}", if to.contains('?') { '&' } else { '?' })),
             Err(e) => {
@@ -332,13 +320,13 @@ impl Ui {
         }
     }
     /// The result kept for this page, once.
-    pub fn flash(&self, q: &HashMap<String, String>) -> Option<String> {
+    pub(crate) fn flash(&self, q: &HashMap<String, String>) -> Option<String> {
         q.get("flash").and_then(|id| self.svc.flash.take(self.actor.name(), id))
     }
 }
 
 /// Redirects to the login page when there is no valid session.
-pub struct LoginFirst(Response);
+pub(crate) struct LoginFirst(Response);
 
 impl IntoResponse for LoginFirst {
     fn into_response(self) -> Response {
@@ -375,12 +363,12 @@ impl FromRequestParts<Services> for Ui {
 }
 
 /// The user's display name from `/api/v1/auth/me`.
-pub fn who(me: &Value) -> String {
+pub(crate) fn who(me: &Value) -> String {
     me["display"].as_str().or_else(|| me["name"].as_str()).unwrap_or("").to_owned()
 }
 
 /// Sets the UI's security headers (strict CSP).
-pub async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
     let is_ui = req.uri().path().starts_with("/ui") || req.uri().path() == "/";
     let mut r = next.run(req).await;
     if is_ui {
