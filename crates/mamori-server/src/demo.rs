@@ -52,8 +52,11 @@ pub use mamori_service::demo::Credential;
 
 /// What a demo start prints.
 pub struct Demo {
+    /// The demo hospital's server.
     pub main: Running,
+    /// The partner clinic's server.
     pub partner: Running,
+    /// The accounts seeded at the first start (empty on a restart).
     pub credentials: Vec<Credential>,
     /// The main node's `admin` one-time password, on the first start.
     pub admin_password: Option<String>,
@@ -164,7 +167,6 @@ pub async fn run_demo(opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Creates staff accounts with known demo passwords (no forced change).
 /// The path of a demo directory's partner node.
 pub fn partner_dir(dir: &Path) -> PathBuf {
     dir.join(PARTNER_DIR)

@@ -4,6 +4,7 @@
 //! AS2). It decides nothing itself: authorization, validation, audit and
 //! state changes are the service layer's.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod api;
 pub mod app;

@@ -21,6 +21,9 @@ fn kind(k: ParamKind) -> &'static str {
     }
 }
 
+/// The CapabilityStatement of `GET /fhir/metadata`: every R4 type served,
+/// with its interactions and search parameters, for the server at `base`,
+/// mamori `software_version`, dated `now` (RFC 3339).
 pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Value {
     let mut resources = Vec::new();
     for t in R4_RESOURCE_TYPES {
