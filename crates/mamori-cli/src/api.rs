@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Where commands go.
-pub enum Api {
+pub(crate) enum Api {
     /// A running server.
     Remote { client: reqwest::Client, base: String, token: String },
     /// The data directory of a stopped server, opened in process.
@@ -28,7 +28,7 @@ pub enum Api {
 
 /// Where to send commands: `--server URL --token T`, or `--data DIR`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Data directory of a stopped server (commands run in-process).
     #[arg(long, env = "MAMORI_DATA")]
     pub data: Option<PathBuf>,
@@ -47,7 +47,7 @@ pub struct Target {
 }
 
 /// The HTTP request of a command (for a running server).
-pub struct Http {
+pub(crate) struct Http {
     method: Method,
     path: String,
     body: Option<(Vec<u8>, &'static str)>,
@@ -56,15 +56,15 @@ pub struct Http {
 
 impl Http {
     /// `GET path`.
-    pub fn get(path: impl Into<String>) -> Self {
+    pub(crate) fn get(path: impl Into<String>) -> Self {
         Http { method: Method::GET, path: path.into(), body: None, if_match: None }
     }
     /// `DELETE path`.
-    pub fn delete(path: impl Into<String>) -> Self {
+    pub(crate) fn delete(path: impl Into<String>) -> Self {
         Http { method: Method::DELETE, path: path.into(), body: None, if_match: None }
     }
     /// `method path` with a JSON body.
-    pub fn json(method: Method, path: impl Into<String>, body: &Value) -> Self {
+    pub(crate) fn json(method: Method, path: impl Into<String>, body: &Value) -> Self {
         Http {
             method,
             path: path.into(),
@@ -73,27 +73,27 @@ impl Http {
         }
     }
     /// `POST path` with a JSON body.
-    pub fn post(path: impl Into<String>, body: &Value) -> Self {
+    pub(crate) fn post(path: impl Into<String>, body: &Value) -> Self {
         Http::json(Method::POST, path, body)
     }
     /// `method path` with a raw body of a content type.
-    pub fn raw(method: Method, path: impl Into<String>, body: Vec<u8>, ct: &'static str) -> Self {
+    pub(crate) fn raw(method: Method, path: impl Into<String>, body: Vec<u8>, ct: &'static str) -> Self {
         Http { method, path: path.into(), body: Some((body, ct)), if_match: None }
     }
     /// With `If-Match: W/"<version>"` (optimistic locking).
-    pub fn if_match(mut self, version: Option<i64>) -> Self {
+    pub(crate) fn if_match(mut self, version: Option<i64>) -> Self {
         self.if_match = version;
         self
     }
 }
 
 /// A command's JSON arguments as its use case's typed command.
-pub fn de<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
+pub(crate) fn de<T: DeserializeOwned>(v: Value) -> Result<T, ServiceError> {
     serde_json::from_value(v).map_err(|e| ServiceError::invalid("", format!("invalid arguments: {e}")))
 }
 
 impl Api {
-    pub async fn connect(t: &Target) -> Result<Api> {
+    pub(crate) async fn connect(t: &Target) -> Result<Api> {
         if let Some(server) = &t.server {
             let token = match (&t.token, &t.token_file) {
                 (Some(tok), _) => tok.clone(),
@@ -121,7 +121,7 @@ impl Api {
     /// Runs a command: its HTTP request on a running server, or its use
     /// case in process. Returns the JSON answer; fails with the server's
     /// message on a refusal.
-    pub async fn exec<T, F, Fut>(&self, http: Http, local: F) -> Result<Value>
+    pub(crate) async fn exec<T, F, Fut>(&self, http: Http, local: F) -> Result<Value>
     where
         T: Serialize,
         F: FnOnce(Services, Actor) -> Fut,
@@ -171,7 +171,7 @@ fn check(status: u16, v: Value) -> Result<Value> {
 }
 
 /// An HTTPS client trusting only `ca` (or the system's roots if none).
-pub fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
+pub(crate) fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().use_rustls_tls().https_only(true);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;

@@ -13,7 +13,7 @@ use mamori_service::init::DataDir;
 use mamori_store::{audit_log, open_conn};
 
 /// A verifier key given inline (`name+id+base64`) or as a file holding one.
-pub fn parse_key(arg: &str) -> Result<NoteVerifier> {
+pub(crate) fn parse_key(arg: &str) -> Result<NoteVerifier> {
     let text = if Path::new(arg).exists() {
         std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
     } else {
@@ -23,7 +23,7 @@ pub fn parse_key(arg: &str) -> Result<NoteVerifier> {
         .map_err(|e| anyhow::anyhow!("{e}: expected a verifier key like name+1a2b3c4d+AbC... (or a file holding one)"))
 }
 
-pub fn print_report(what: &str, r: &Report) -> Result<()> {
+pub(crate) fn print_report(what: &str, r: &Report) -> Result<()> {
     use base64::Engine;
     if r.ok() {
         println!(
@@ -44,12 +44,12 @@ pub fn print_report(what: &str, r: &Report) -> Result<()> {
 }
 
 /// The PostgreSQL URL of a data directory's configuration, if any.
-pub fn db_url(cfg: &Config) -> Option<String> {
+pub(crate) fn db_url(cfg: &Config) -> Option<String> {
     let u = cfg.database.url.trim();
     (!u.is_empty()).then(|| u.to_owned())
 }
 
-pub fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
+pub(crate) fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
         bail!("{} is not an initialized mamori data directory", dir.display());
@@ -74,7 +74,7 @@ pub fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
     print_report(&dir.display().to_string(), &r)
 }
 
-pub fn verify_export(file: &Path, key: &str) -> Result<()> {
+pub(crate) fn verify_export(file: &Path, key: &str) -> Result<()> {
     let vkey = parse_key(key)?;
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let (h, r) = audit_log::verify_export(BufReader::new(f), &vkey)?;
@@ -89,7 +89,7 @@ pub fn verify_export(file: &Path, key: &str) -> Result<()> {
     print_report(&file.display().to_string(), &r)
 }
 
-pub fn export(dir: &Path, out: &PathBuf, from: u64, to: Option<u64>) -> Result<()> {
+pub(crate) fn export(dir: &Path, out: &PathBuf, from: u64, to: Option<u64>) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
         bail!("{} is not an initialized mamori data directory", dir.display());
@@ -108,7 +108,10 @@ pub fn export(dir: &Path, out: &PathBuf, from: u64, to: Option<u64>) -> Result<(
         Ok(h) => h,
         Err(e) => {
             drop(w);
-            let _ = std::fs::remove_file(out);
+            // A partial export must not be mistaken for a whole one.
+            if let Err(r) = std::fs::remove_file(out) {
+                eprintln!("note: could not remove the partial export {}: {r}", out.display());
+            }
             return Err(e.into());
         }
     };

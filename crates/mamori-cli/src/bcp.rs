@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::api::{de, Api, Http, Target};
 
 #[derive(Subcommand)]
-pub enum BcpCmd {
+pub(crate) enum BcpCmd {
     /// The BCP plan.
     #[command(subcommand)]
     Plan(PlanCmd),
@@ -97,7 +97,7 @@ pub enum BcpCmd {
 }
 
 #[derive(Subcommand)]
-pub enum PlanCmd {
+pub(crate) enum PlanCmd {
     /// Validate and import a TOML plan (see docs/example-bcp-plan.toml).
     Import {
         file: PathBuf,
@@ -112,7 +112,7 @@ pub enum PlanCmd {
 }
 
 #[derive(Subcommand)]
-pub enum AccountsCmd {
+pub(crate) enum AccountsCmd {
     /// Provision sealed emergency accounts (then print each envelope).
     Provision {
         #[arg(long, default_value_t = 1)]
@@ -143,7 +143,7 @@ fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-pub async fn run(cmd: BcpCmd) -> Result<()> {
+pub(crate) async fn run(cmd: BcpCmd) -> Result<()> {
     match cmd {
         BcpCmd::Plan(PlanCmd::Import { file, target }) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -251,7 +251,7 @@ pub async fn run(cmd: BcpCmd) -> Result<()> {
     Ok(())
 }
 
-pub async fn accounts(cmd: AccountsCmd) -> Result<()> {
+pub(crate) async fn accounts(cmd: AccountsCmd) -> Result<()> {
     match cmd {
         AccountsCmd::Provision { count, role, drill, target } => {
             let api = Api::connect(&target).await?;

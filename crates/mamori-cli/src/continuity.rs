@@ -25,7 +25,7 @@ fn print(v: &Value) {
 }
 
 #[derive(Subcommand)]
-pub enum SnapshotCmd {
+pub(crate) enum SnapshotCmd {
     /// The custodians who can open snapshots.
     #[command(subcommand)]
     Custodians(CustodiansCmd),
@@ -61,7 +61,7 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Subcommand)]
-pub enum CustodiansCmd {
+pub(crate) enum CustodiansCmd {
     /// Make a new snapshot key and print each custodian's share once.
     Init {
         /// How many custodians must come together.
@@ -84,7 +84,7 @@ pub enum CustodiansCmd {
 }
 
 #[derive(Args, Clone)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// A custodian's share (repeat; prefer --share-file).
     #[arg(long = "share")]
     shares: Vec<String>,
@@ -116,7 +116,7 @@ impl KeyArgs {
     }
 }
 
-pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
+pub(crate) async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
     match c {
         SnapshotCmd::Custodians(CustodiansCmd::Init { threshold, custodians, passphrase_file, target }) => {
             let passphrase = match passphrase_file {
@@ -252,7 +252,7 @@ pub async fn snapshot_cmd(c: SnapshotCmd) -> Result<()> {
 /// `mamori standalone`: start (initializing from a snapshot the first time) or export.
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct StandaloneArgs {
+pub(crate) struct StandaloneArgs {
     #[command(subcommand)]
     cmd: Option<StandaloneCmd>,
     /// The node's data directory.
@@ -272,7 +272,7 @@ pub struct StandaloneArgs {
 }
 
 #[derive(Subcommand)]
-pub enum StandaloneCmd {
+pub(crate) enum StandaloneCmd {
     /// Export everything recorded on this node (the server must be stopped).
     Export {
         #[arg(long)]
@@ -282,7 +282,7 @@ pub enum StandaloneCmd {
     },
 }
 
-pub async fn standalone_cmd(a: StandaloneArgs) -> Result<()> {
+pub(crate) async fn standalone_cmd(a: StandaloneArgs) -> Result<()> {
     if let Some(StandaloneCmd::Export { data, out }) = a.cmd {
         let v = standalone::export(&data, &out, Arc::new(SystemClock)).await?;
         println!(
@@ -326,7 +326,7 @@ pub async fn standalone_cmd(a: StandaloneArgs) -> Result<()> {
 }
 
 #[derive(Subcommand)]
-pub enum ReconcileCmd {
+pub(crate) enum ReconcileCmd {
     /// Import a standalone node's export under the reconciliation rules.
     Import {
         file: PathBuf,
@@ -372,7 +372,7 @@ pub enum ReconcileCmd {
     },
 }
 
-pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
+pub(crate) async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
     match c {
         ReconcileCmd::Import { file, target } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -475,7 +475,7 @@ pub async fn reconcile_cmd(c: ReconcileCmd) -> Result<()> {
 }
 
 #[derive(Subcommand)]
-pub enum PatientCmd {
+pub(crate) enum PatientCmd {
     /// Register a patient without the reception desk (provisional id).
     Register {
         /// red | yellow | green | black (START triage)
@@ -540,7 +540,7 @@ pub enum PatientCmd {
     },
 }
 
-pub async fn patient_cmd(c: PatientCmd) -> Result<()> {
+pub(crate) async fn patient_cmd(c: PatientCmd) -> Result<()> {
     match c {
         PatientCmd::Register { triage, sex, age, age_band, features, found_at, arrival, note, kanji, kana, target } => {
             let api = Api::connect(&target).await?;

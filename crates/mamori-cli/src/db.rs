@@ -12,7 +12,7 @@ use mamori_store::{audit_log, copy, redact_url};
 
 use crate::audit::{parse_key, print_report};
 
-pub fn copy_to_postgres(dir: &Path, url: &str) -> Result<()> {
+pub(crate) fn copy_to_postgres(dir: &Path, url: &str) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
         bail!("{} is not an initialized mamori data directory", dir.display());

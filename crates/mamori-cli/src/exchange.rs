@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::api::{de, Api, Http, Target};
 
 #[derive(Subcommand)]
-pub enum PartnerCmd {
+pub(crate) enum PartnerCmd {
     /// Register a partner from a TOML or JSON file (see docs/example-partner.toml).
     /// Certificates may be PEM text or paths relative to the file.
     Add {
@@ -64,7 +64,7 @@ pub enum PartnerCmd {
 }
 
 #[derive(Subcommand)]
-pub enum ExchangeCmd {
+pub(crate) enum ExchangeCmd {
     /// This institution's AS2 identity (what partners register); with
     /// --out, also writes the certificates there as PEM files.
     Identity {
@@ -164,7 +164,7 @@ fn print(v: &Value) {
 
 /// Reads a registration file (TOML or JSON); certificate values that are
 /// not PEM text are read as files relative to it.
-pub fn read_registration(path: &Path) -> Result<Value> {
+pub(crate) fn read_registration(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut v: Value = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?
@@ -192,7 +192,7 @@ fn enc(s: &str) -> String {
     mamori_service::records::enc(s)
 }
 
-pub async fn partner(c: PartnerCmd) -> Result<()> {
+pub(crate) async fn partner(c: PartnerCmd) -> Result<()> {
     match c {
         PartnerCmd::Add { file, target } => {
             let doc = read_registration(&file)?;
@@ -286,7 +286,7 @@ fn attachment(spec: &str) -> Result<Value> {
     Ok(json!({"content_type": ct, "title": title, "data": base64::engine::general_purpose::STANDARD.encode(data)}))
 }
 
-pub async fn exchange(c: ExchangeCmd) -> Result<()> {
+pub(crate) async fn exchange(c: ExchangeCmd) -> Result<()> {
     match c {
         ExchangeCmd::Identity { out, target } => {
             let api = Api::connect(&target).await?;

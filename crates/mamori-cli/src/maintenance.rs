@@ -17,7 +17,7 @@ fn print(v: &Value) {
 }
 
 #[derive(Subcommand)]
-pub enum MaintenanceCmd {
+pub(crate) enum MaintenanceCmd {
     /// Register a vendor organisation.
     VendorAdd {
         id: String,
@@ -128,7 +128,7 @@ pub enum MaintenanceCmd {
     },
 }
 
-pub async fn run(c: MaintenanceCmd) -> Result<()> {
+pub(crate) async fn run(c: MaintenanceCmd) -> Result<()> {
     match c {
         MaintenanceCmd::VendorAdd { id, name, contact, target } => {
             let api = Api::connect(&target).await?;

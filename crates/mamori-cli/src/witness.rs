@@ -18,7 +18,7 @@ use mamori_core::time::{Clock, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-pub struct Witness {
+pub(crate) struct Witness {
     db: Connection,
     signer: NoteSigner,
     log_key: NoteVerifier,
@@ -28,7 +28,7 @@ pub struct Witness {
 
 /// What one round found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Round {
+pub(crate) enum Round {
     FirstSeen(u64),
     Unchanged(u64),
     Extended { from: u64, to: u64 },
@@ -45,7 +45,7 @@ fn private_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 impl Witness {
     /// Opens (creating on first use) the witness's store and key in `dir`.
-    pub fn open(dir: &Path, name: &str, log: &str, log_key: NoteVerifier, ca: Option<&Path>) -> Result<Witness> {
+    pub(crate) fn open(dir: &Path, name: &str, log: &str, log_key: NoteVerifier, ca: Option<&Path>) -> Result<Witness> {
         std::fs::create_dir_all(dir)?;
         let key_path = dir.join("witness.key");
         if !key_path.exists() {
@@ -68,7 +68,7 @@ impl Witness {
         Ok(Witness { db, signer, log_key, log: log.trim_end_matches('/').to_owned(), client })
     }
 
-    pub fn vkey(&self) -> String {
+    pub(crate) fn vkey(&self) -> String {
         self.signer.verifier().vkey()
     }
 
@@ -99,7 +99,7 @@ impl Witness {
     }
 
     /// One round: fetch, check, cosign, hand back.
-    pub async fn round(&self) -> Result<Round> {
+    pub(crate) async fn round(&self) -> Result<Round> {
         let text = self.get_text("/api/v1/audit/checkpoint").await?;
         let (cp, note) = Checkpoint::open(&text, &self.log_key)
             .map_err(|e| anyhow!("the log's checkpoint does not verify with the pinned log key: {e}"))?;
@@ -212,7 +212,7 @@ impl Witness {
 }
 
 /// `mamori audit witness`.
-pub async fn run(
+pub(crate) async fn run(
     dir: PathBuf,
     name: String,
     log: String,

@@ -166,7 +166,7 @@ fn verify_names_each_tampering() {
         assert_eq!(code, 1, "{what}: verify must fail\n{out}");
         let first = out.lines().find(|l| l.trim_start().starts_with("- ")).unwrap_or("");
         assert!(first.contains(&expect), "{what}: expected '{expect}' as the first finding, got:\n{out}");
-        let _ = std::fs::remove_dir_all(&copy);
+        remove_all(&[&copy]);
     }
 
     // A key that is not the log's: refused.
@@ -183,7 +183,7 @@ fn verify_names_each_tampering() {
 
     // Export: verifies with only the key; a changed byte or another key fails.
     let exp = dir.join("../").join(format!("export-{}.ndjson", std::process::id()));
-    let _ = std::fs::remove_file(&exp);
+    remove_all(&[&exp]);
     let (code, out, err) =
         run(&["audit", "export", "--data", dir.to_str().unwrap(), "--out", exp.to_str().unwrap(), "--from", "10"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -207,9 +207,7 @@ fn verify_names_each_tampering() {
     assert!(err.contains("different root"), "{err}");
     let (code, _, _) = run(&["audit", "verify", "--export", exp.to_str().unwrap(), "--key", &other.verifier().vkey()]);
     assert_eq!(code, 1);
-    let _ = std::fs::remove_file(&exp);
-    let _ = std::fs::remove_file(&bad);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&exp, &bad, &dir]);
 }
 
 /// The insider with the database and the signing key rewrites history and
@@ -335,8 +333,7 @@ fn witness_cosigns_and_catches_a_rewritten_history() {
     assert_eq!(alerts, 1);
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&wdir);
+    remove_all(&[&dir, &wdir]);
 }
 
 /// Several rounds of concurrent audited requests, `kill -9` at a random
@@ -419,5 +416,5 @@ fn kill_9_under_load_loses_no_acknowledged_event() {
     }
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&dir]);
 }

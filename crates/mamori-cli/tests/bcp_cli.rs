@@ -128,5 +128,5 @@ fn bcp_and_emergency_accounts_from_the_cli() {
     let (code, out, _) = run(&["emergency-accounts", "list", "--data", d]);
     assert_eq!(code, 0);
     assert!(out.contains("retired") && out.contains("応援 花子"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&dir]);
 }

@@ -162,6 +162,5 @@ fn snapshot_standalone_and_reconcile_from_the_cli() {
 
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&node);
+    remove_all(&[&dir, &node]);
 }

@@ -62,7 +62,7 @@ fn acknowledged_creates_survive_kill_9() {
     assert!(audited >= acked.len() as i64);
     p2.child.kill().unwrap();
     p2.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&dir]);
 }
 
 #[test]
@@ -89,5 +89,5 @@ fn sigterm_finishes_in_flight_requests_and_records_the_stop() {
     let last: String =
         db.query_row("SELECT action FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert_eq!(last, "server-stop");
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&dir]);
 }

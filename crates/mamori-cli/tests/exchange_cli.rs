@@ -162,6 +162,6 @@ fn partner_onboarding_and_a_referral_from_the_cli() {
     for n in [&mut a, &mut b] {
         n.proc.child.kill().unwrap();
         n.proc.child.wait().unwrap();
-        let _ = std::fs::remove_dir_all(&n.dir);
+        remove_all(&[&n.dir]);
     }
 }

@@ -184,8 +184,7 @@ fn leader_killed_under_load_loses_nothing() {
     assert!(out.contains("OK"), "{out}");
     drop(db);
     drop_schema(&name);
-    let _ = std::fs::remove_dir_all(&dir_a);
-    let _ = std::fs::remove_dir_all(&dir_b);
+    remove_all(&[&dir_a, &dir_b]);
 }
 
 #[test]
@@ -261,5 +260,5 @@ fn sqlite_directory_moves_to_postgres() {
     let (code, out, err) = run(&["audit", "verify", "--data", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     drop_schema(&name);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all(&[&dir]);
 }

@@ -8,17 +8,26 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
-pub const PASSWORD: &str = "Correct horse 42!";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mamori");
+pub(crate) const PASSWORD: &str = "Correct horse 42!";
 
-pub fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let d = std::env::temp_dir().join(format!("mamori-cli-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    remove_all(&[&d]);
     d
 }
 
-pub struct Proc {
+/// Removes files and directories a test made, best effort: anything left
+/// behind is in the system's temporary directory and harms no test.
+pub(crate) fn remove_all<P: AsRef<Path>>(paths: &[P]) {
+    for p in paths.iter().map(AsRef::as_ref) {
+        let removed = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+        removed.ok();
+    }
+}
+
+pub(crate) struct Proc {
     pub child: Child,
     pub port: u16,
     pub as2_port: Option<u16>,
@@ -30,19 +39,20 @@ pub struct Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // It may exit by itself in between; either way it is gone after.
+            self.child.kill().ok();
+            self.child.wait().ok();
         }
     }
 }
 
 /// Starts `mamori serve` on an ephemeral port; waits until it listens.
-pub fn serve(dir: &Path) -> Proc {
+pub(crate) fn serve(dir: &Path) -> Proc {
     serve_with(dir, &[])
 }
 
 /// With extra arguments (e.g. `--as2-listen 127.0.0.1:0`).
-pub fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
+pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
     let mut args = vec!["serve", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     spawn(&args)
@@ -50,7 +60,7 @@ pub fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
 
 /// Runs a long-lived `mamori` command that serves (serve, standalone);
 /// waits until it listens.
-pub fn spawn(args: &[&str]) -> Proc {
+pub(crate) fn spawn(args: &[&str]) -> Proc {
     let want_as2 = args.contains(&"--as2-listen");
     let mut child = Command::new(BIN)
         .args(args)
@@ -97,7 +107,7 @@ pub fn spawn(args: &[&str]) -> Proc {
     }
 }
 
-pub fn client(dir: &Path) -> reqwest::blocking::Client {
+pub(crate) fn client(dir: &Path) -> reqwest::blocking::Client {
     let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
     reqwest::blocking::Client::builder()
         .use_rustls_tls()
@@ -107,11 +117,11 @@ pub fn client(dir: &Path) -> reqwest::blocking::Client {
         .unwrap()
 }
 
-pub fn base(p: &Proc) -> String {
+pub(crate) fn base(p: &Proc) -> String {
     format!("https://localhost:{}", p.port)
 }
 
-pub fn login(c: &reqwest::blocking::Client, base: &str, user: &str, pw: &str) -> String {
+pub(crate) fn login(c: &reqwest::blocking::Client, base: &str, user: &str, pw: &str) -> String {
     let r =
         c.post(format!("{base}/api/v1/auth/login")).json(&json!({"username": user, "password": pw})).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -119,7 +129,7 @@ pub fn login(c: &reqwest::blocking::Client, base: &str, user: &str, pw: &str) ->
 }
 
 /// On a fresh server: admin password changed, a physician with a token.
-pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (String, String) {
+pub(crate) fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (String, String) {
     let t = login(c, base, "admin", admin_otp);
     let r = c
         .post(format!("{base}/api/v1/auth/password"))
@@ -159,7 +169,7 @@ pub fn setup(c: &reqwest::blocking::Client, base: &str, admin_otp: &str) -> (Str
 
 /// The first login of an account created with `PASSWORD`: changes it (as
 /// the first login must) and returns a token of the new session.
-pub fn first_login(c: &reqwest::blocking::Client, base: &str, name: &str) -> String {
+pub(crate) fn first_login(c: &reqwest::blocking::Client, base: &str, name: &str) -> String {
     let t = login(c, base, name, PASSWORD);
     let r = c
         .post(format!("{base}/api/v1/auth/password"))
@@ -171,7 +181,7 @@ pub fn first_login(c: &reqwest::blocking::Client, base: &str, name: &str) -> Str
     login(c, base, name, "Another horse 43!")
 }
 
-pub fn run(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(BIN).args(args).env("MAMORI_LOG_LEVEL", "warn").output().unwrap();
     (
         o.status.code().unwrap_or(-1),
