@@ -15,7 +15,7 @@ use mamori_store::{continuity as cs, records};
 use openssl::symm::{self, Cipher};
 use serde_json::{json, Value};
 
-use crate::Args;
+use crate::{clean_up, start_fresh, Args};
 
 fn observation(p: &str, i: u64) -> Value {
     json!({"resourceType": "Observation", "status": "final",
@@ -63,7 +63,7 @@ fn raw_sha256(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
 }
 
-pub async fn run(a: &Args) -> Result<()> {
+pub(crate) async fn run(a: &Args) -> Result<()> {
     let patients: u64 = if a.clients > 0 { a.clients as u64 } else { 10_000 };
     let per: u64 = 100;
     // MAMORI_BENCH_DIR keeps the loaded database between runs.
@@ -74,7 +74,7 @@ pub async fn run(a: &Args) -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("mamori-bench-c-{}", std::process::id())));
     let reuse = keep.is_some() && dir.join("mamori.db").exists();
     if !reuse {
-        let _ = std::fs::remove_dir_all(&dir);
+        start_fresh(&dir)?;
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("mamori.toml"),
@@ -255,7 +255,7 @@ pub async fn run(a: &Args) -> Result<()> {
     );
     running.shutdown().await;
     if keep.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+        clean_up(&dir);
     }
     Ok(())
 }

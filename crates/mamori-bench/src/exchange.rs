@@ -16,7 +16,7 @@ use mamori_exchange::mime::Headers;
 use openssl::x509::X509;
 use serde_json::{json, Value};
 
-use crate::{median, Args};
+use crate::{clean_up, median, start_fresh, Args};
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     let o = Command::new("openssl").args(args).current_dir(dir).output().context("run openssl")?;
@@ -305,9 +305,9 @@ async fn end_to_end(dir: &Path, messages: usize) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(a: &Args) -> Result<()> {
+pub(crate) async fn run(a: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mamori-bench-x-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    start_fresh(&dir)?;
     std::fs::create_dir_all(&dir)?;
     let runs = a.runs.max(3) * 3;
     let r = crypto(&dir, runs);
@@ -316,6 +316,6 @@ pub async fn run(a: &Args) -> Result<()> {
     } else {
         Ok(())
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(&dir);
     r.and(r2)
 }

@@ -67,7 +67,7 @@ pub fn patient_json(i: u64) -> Value {
 /// each, WAL + synchronous=FULL (mamori's default durability).
 fn baseline_sqlite(dir: &std::path::Path, n: u64) -> Result<(f64, f64, f64)> {
     let path = dir.join("baseline.db");
-    let _ = std::fs::remove_file(&path);
+    start_fresh(&path)?;
     let c = rusqlite::Connection::open(&path)?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE r (id TEXT PRIMARY KEY, body TEXT NOT NULL);",
@@ -83,6 +83,28 @@ fn baseline_sqlite(dir: &std::path::Path, n: u64) -> Result<(f64, f64, f64)> {
     let rate = n as f64 / start.elapsed().as_secs_f64();
     lat.sort();
     Ok((rate, pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
+/// Removes what an earlier run left at `path` (a directory or a file), so
+/// that this run starts from nothing; nothing there is fine. A leftover
+/// that cannot be removed is an error: figures measured on top of it would
+/// mislead.
+pub(crate) fn start_fresh(path: &std::path::Path) -> Result<()> {
+    let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes a run's scratch directory or file, best effort: the figures are
+/// printed, and a leftover in the system's temporary directory harms
+/// nothing.
+pub(crate) fn clean_up(path: &std::path::Path) {
+    let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    removed.ok();
 }
 
 pub struct Load {
@@ -125,7 +147,9 @@ where
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        let _ = t.await;
+        if let Err(e) = t.await {
+            eprintln!("a client task failed: {e}; its requests are missing from the figures");
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let mut l = lats.lock().map(|g| g.clone()).unwrap_or_default();
@@ -148,7 +172,7 @@ pub async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
 
 async fn fhir(a: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mamori-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    start_fresh(&dir)?;
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("mamori.toml"),
@@ -253,8 +277,8 @@ async fn fhir(a: &Args) -> Result<()> {
                                 g.push(id.to_owned());
                             }
                         }
-                        let _ = r.bytes().await;
-                        true
+                        // A body that cannot be read counts as an error, as in ok200.
+                        r.bytes().await.is_ok()
                     }
                     _ => false,
                 }
@@ -321,7 +345,7 @@ async fn fhir(a: &Args) -> Result<()> {
             .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))?;
     println!("audit     events committed during the run: {audit}");
     running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(&dir);
     Ok(())
 }
 
@@ -388,13 +412,13 @@ fn baseline_fsync(dir: &std::path::Path, secs: u64) -> Result<(f64, f64, f64)> {
     }
     let rate = i as f64 / start.elapsed().as_secs_f64();
     lat.sort();
-    let _ = std::fs::remove_file(&path);
+    clean_up(&path);
     Ok((rate, pct(&lat, 0.5), pct(&lat, 0.99)))
 }
 
 async fn audit(a: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mamori-bench-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    start_fresh(&dir)?;
     std::fs::create_dir_all(&dir)?;
     println!(
         "mamori-bench audit: {} concurrent appenders, {} s per run, {} runs (medians), synchronous=full",
@@ -511,7 +535,7 @@ async fn audit(a: &Args) -> Result<()> {
             rate / hash_rate
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(&dir);
     Ok(())
 }
 

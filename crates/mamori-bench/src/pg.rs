@@ -10,7 +10,7 @@ use mamori_core::time::SystemClock;
 use mamori_store::sql::Conn;
 use serde_json::{json, Value};
 
-use crate::{load, median, ok200, patient_json, Args, Load};
+use crate::{clean_up, load, median, ok200, patient_json, start_fresh, Args, Load};
 
 const DB: &str = "mamori_bench";
 
@@ -134,11 +134,11 @@ async fn reads(c: &reqwest::Client, bases: Vec<String>, tok: &str, id: &str, cli
     .await
 }
 
-pub async fn run(a: &Args) -> Result<()> {
+pub(crate) async fn run(a: &Args) -> Result<()> {
     ensure_db()?;
     let url = format!("{}?options=-csearch_path%3Dbench", pg_url());
     let dir = std::env::temp_dir().join(format!("mamori-bench-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    start_fresh(&dir)?;
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("mamori.toml"),
@@ -268,7 +268,7 @@ pub async fn run(a: &Args) -> Result<()> {
     report("audited reads, 1 server", r1);
 
     let dir2 = std::env::temp_dir().join(format!("mamori-bench-pg2-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir2);
+    start_fresh(&dir2)?;
     copy_dir(&dir, &dir2)?;
     let a2 = start(&dir2).await?;
     let two = vec![a1.base.clone(), a2.base.clone()];
@@ -282,7 +282,7 @@ pub async fn run(a: &Args) -> Result<()> {
     report("audited reads, 2 servers", r2);
     a2.running.shutdown().await;
     a1.running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&dir2);
+    clean_up(&dir);
+    clean_up(&dir2);
     Ok(())
 }
