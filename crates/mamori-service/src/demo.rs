@@ -250,7 +250,8 @@ pub async fn link(at: &Services, other: &Services, id: &str, name: &str) -> Resu
 
 // ---- synthetic patients -----------------------------------------------------------------------
 
-pub fn pid(i: usize) -> String {
+/// The id of the demo's `i`-th patient (`demo-p001`, ...).
+fn pid(i: usize) -> String {
     format!("demo-p{i:03}")
 }
 

@@ -525,7 +525,11 @@ pub(crate) async fn envelope(ui: Ui, Path(name): Path<String>, body: Body) -> Re
 
 /// The envelope printed once after [`envelope`]; a second look finds it
 /// gone.
-pub(crate) async fn envelope_page(ui: Ui, Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn envelope_page(
+    ui: Ui,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let title = ui.t("非常用アカウントの封筒", "Emergency account envelope");
     match ui.flash(&q) {
         Some(body) => ui.page(title, &body),
