@@ -357,8 +357,14 @@ pub async fn vendor_request(
         return Err(refused(st, a, &p.id, "wrong or reused second factor (TOTP)", 401, json!({})).await);
     };
     let pid = p.id.clone();
+    // A code whose use is not recorded could be replayed in its window:
+    // without the record, the request is refused.
     if let Err(e) = st.store.writer().write(move |w| ms::touch(w.conn, &pid, Some(step), w.now), |_, _| Ok(())).await {
         tracing::error!(error = %e, "maintenance: could not record the second factor's use");
+        return Err(Refused {
+            status: 503,
+            message: "the second factor's use could not be recorded; try again".into(),
+        });
     }
     create_request(st, &p.id, &req, None, a).await.map_err(|e| Refused { status: e.status(), message: e.message() })
 }
