@@ -258,12 +258,40 @@ pub fn put(
     c: &mut dyn Conn,
     rtype: ResourceType,
     id: &str,
-    mut body: Value,
+    body: Value,
     expected: Option<u64>,
     author: &str,
     now: Timestamp,
 ) -> Result<Written> {
     let prev = current(c, rtype.as_str(), id)?;
+    let patients = compartment_of(c, rtype, id, &body)?;
+    put_known(c, rtype, id, body, expected, author, now, Known { prev, patients })
+}
+
+/// What a caller of [`put_known`] already looked up, in the same
+/// transaction, about the resource it writes.
+#[derive(Debug, Clone)]
+pub struct Known {
+    /// [`current`] of the resource.
+    pub prev: Option<Current>,
+    /// [`compartment_of`] the new body.
+    pub patients: Vec<String>,
+}
+
+/// As [`put`], with the lookups the caller made already (a write decided
+/// on them does not repeat them).
+#[allow(clippy::too_many_arguments)]
+pub fn put_known(
+    c: &mut dyn Conn,
+    rtype: ResourceType,
+    id: &str,
+    mut body: Value,
+    expected: Option<u64>,
+    author: &str,
+    now: Timestamp,
+    known: Known,
+) -> Result<Written> {
+    let Known { prev, patients } = known;
     if let Some(exp) = expected {
         let cur = prev.as_ref().map_or(0, |p| p.version);
         if cur != exp {
@@ -279,7 +307,6 @@ pub fn put(
         m.insert("lastUpdated".into(), Value::String(now.to_rfc3339()));
     }
     obj.insert("meta".into(), meta);
-    let patients = compartment_of(c, rtype, id, &body)?;
     let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
     let before = prev.as_ref().map(|p| p.patients.as_slice()).unwrap_or_default();
     write_version(c, rtype, id, version, now, false, &patients, before, author, &text, prev.is_some())?;

@@ -202,7 +202,8 @@ fn create_or_update(
     let action = if prev.as_ref().is_some_and(|p| !p.deleted) { Action::Update } else { Action::Create };
     // Every patient of the new version, and of the previous one (its data
     // is changed too), must be writable.
-    let mut patients = records::compartment_of(ctx.conn, rtype, id, &body)?;
+    let named = records::compartment_of(ctx.conn, rtype, id, &body)?;
+    let mut patients = named.clone();
     for p in prev.iter().flat_map(|p| p.patients.iter()) {
         if !patients.contains(p) {
             patients.push(p.clone());
@@ -218,7 +219,8 @@ fn create_or_update(
             return Err(ServiceError::Unprocessable(issues));
         }
     }
-    let written = records::put(ctx.conn, rtype, id, body, if_match, author, now)?;
+    let known = records::Known { prev, patients: named };
+    let written = records::put_known(ctx.conn, rtype, id, body, if_match, author, now, known)?;
     // A clinician who registers a genuinely new patient (never existed, no
     // records under that id) is caring for that patient; a re-created or
     // tombstoned id is not a new patient.
