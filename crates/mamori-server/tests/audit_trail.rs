@@ -293,3 +293,54 @@ async fn syslog_stream_survives_collector_outage_and_restart() {
     assert!((0..200).contains(&dups), "at least once, few duplicates: {dups}");
     col.abort();
 }
+
+#[tokio::test]
+async fn the_patient_report_takes_the_record_number_and_refuses_an_unknown_one() {
+    let s = TestServer::start("audit-mrn").await;
+    let doc = s.user("dr.m", &["physician"]).await;
+    let aud = s.user("aud.m", &["auditor"]).await;
+    let nurse = s.user("ns.m", &["nurse"]).await;
+    let mrn_system = "urn:oid:1.2.392.100495.20.3.51.1";
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "identifier": [{"system": mrn_system, "value": "00011480"}],
+                   "name": [{"family": "森", "given": ["蓮"]}], "gender": "male", "birthDate": "1980-02-02"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pid = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&format!("/fhir/Patient/{pid}"), &doc).await.status, 200);
+
+    // The number staff see finds the same events as the id.
+    let by_id = s.get(&format!("/api/v1/audit/reports/patient?patient=Patient/{pid}"), &aud).await;
+    let by_mrn = s.get("/api/v1/audit/reports/patient?patient=00011480", &aud).await;
+    assert_eq!(by_mrn.status, 200, "{}", by_mrn.text);
+    assert_eq!(by_mrn.body["patient"], json!(pid));
+    assert!(by_mrn.body["total"].as_u64().unwrap() >= 2, "{}", by_mrn.text);
+    // The same events, plus the first report itself (a disclosure report
+    // is an access to the patient's record too).
+    assert_eq!(by_mrn.body["total"].as_u64().unwrap(), by_id.body["total"].as_u64().unwrap() + 1);
+    assert_eq!(s.last_audit()["patients"], json!([pid]), "the report is audited against the patient meant");
+
+    // An unknown number is "no such patient", never "nobody looked".
+    let r = s.get("/api/v1/audit/reports/patient?patient=00099999", &aud).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.text.contains("no patient has the id or medical record number"), "{}", r.text);
+    // Two patients with the number: ambiguous, say which.
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:other", "value": "00011480"}],
+                   "name": [{"family": "林"}], "gender": "female"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.get("/api/v1/audit/reports/patient?patient=00011480", &aud).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("several patients"), "{}", r.text);
+    // Only those who may see the reports learn whether a number exists.
+    assert_eq!(s.get("/api/v1/audit/reports/patient?patient=00099999", &nurse).await.status, 403);
+}

@@ -249,10 +249,25 @@ async fn two_nodes_exchange_a_referral_with_signed_receipts() {
     assert_eq!(r.status, 200, "{}", r.text);
     let dr_b = b.user("dr-b", &["physician"]).await;
     b.assign(&pb, "dr-b").await;
+    // Staff name the patient by the record number they see; an unknown
+    // number is an explicit 404 and nothing is queued.
+    let before = b.count("SELECT COUNT(*) FROM exchange_messages");
     let r = b
-        .post("/api/v1/exchange/messages", &dr_b, json!({"patient": pb, "recipients": ["1310000001"], "purpose": "referral_reply", "note": "ご紹介ありがとうございました。"}))
+        .post(
+            "/api/v1/exchange/messages",
+            &dr_b,
+            json!({"patient": "06-9999-9999", "recipients": ["1310000001"], "purpose": "referral_reply", "note": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.text.contains("no patient has the id or medical record number"), "{}", r.text);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_messages"), before);
+    let r = b
+        .post("/api/v1/exchange/messages", &dr_b, json!({"patient": "06-1234-5678", "recipients": ["1310000001"], "purpose": "referral_reply", "note": "ご紹介ありがとうございました。"}))
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+    let sent = b.audits_where("exchange-send");
+    assert_eq!(sent.last().unwrap()["patients"], json!([pb]), "sent and audited as the patient the number names");
     let rid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
     let m = message_state(&b, &rid, "delivered").await;
     let hops: Vec<&str> = m["hops"].as_array().unwrap().iter().map(|h| h["hop"].as_str().unwrap()).collect();

@@ -521,3 +521,34 @@ async fn a_form_acts_once_and_a_one_time_password_is_shown_once() {
     assert!(!nurse.get(&flash).await.text.contains("class=\"secret\""), "not another user's");
     assert!(other.get(&flash).await.text.contains("class=\"secret\""), "still there for its owner");
 }
+
+#[tokio::test]
+async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit_forms() {
+    let s = TestServer::start("ui-mrn").await;
+    let doc = s.user("dr.n", &["physician"]).await;
+    s.user("aud.n", &["auditor"]).await;
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.1", "value": "00011480"}],
+                   "name": [{"family": "森", "given": ["蓮"]}], "gender": "male", "birthDate": "1980-02-02"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pid = r.body["id"].as_str().unwrap().to_owned();
+    let mut b = Browser::new(&s);
+    b.login("dr.n", PASSWORD).await;
+    let p = b.get("/ui/exchange?patient=00011480").await;
+    assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, format!("/ui/exchange?patient={pid}")));
+    let p = b.get("/ui/exchange?patient=00099999").await;
+    assert!(p.text.contains("notice error") && p.text.contains("カルテ番号の患者はいません"), "{}", p.text);
+
+    let mut a = Browser::new(&s);
+    a.login("aud.n", PASSWORD).await;
+    let p = a.get("/ui/audit/patient?patient=00011480").await;
+    assert!(p.text.contains(&format!("Patient/{pid}")), "the report names the patient meant: {}", p.text);
+    assert!(!p.text.contains("notice error"), "{}", p.text);
+    let p = a.get("/ui/audit/patient?patient=00099999").await;
+    assert!(p.text.contains("notice error") && p.text.contains("no patient has the id"), "{}", p.text);
+}

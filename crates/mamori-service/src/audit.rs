@@ -270,6 +270,17 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
     const ACTION: &str = "audit-report";
     let d = gate(st, actor, ACTION).await?;
     let kind = kind.to_owned();
+    // The patient as staff name them: the id or the medical record number.
+    let typed = q.patient.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+    let resolved = match typed.clone() {
+        Some(p) if kind == "patient" || kind == "search" => {
+            match st.store.read(move |c| Ok(crate::records::resolve_patient(c, &p))).await.map_err(ServiceError::from) {
+                Ok(Ok(id)) => Some(id),
+                Ok(Err(e)) | Err(e) => return Err(st.refused(actor, ACTION, e).await),
+            }
+        }
+        _ => None,
+    };
     let off = st.cfg.institution.utc_offset_minutes;
     let now = st.now().micros();
     let pre = (|| {
@@ -287,13 +298,9 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
         };
         match kind.as_str() {
             "patient" => {
-                let p = q
-                    .patient
-                    .clone()
-                    .ok_or_else(|| ServiceError::invalid("patient", "the patient report needs ?patient=ID"))?;
-                mamori_core::ids::PatientId::parse(p.strip_prefix("Patient/").unwrap_or(&p))
-                    .map_err(|e| ServiceError::invalid("patient", e.to_string()))?;
-                eq.patient = Some(p.strip_prefix("Patient/").unwrap_or(&p).to_owned());
+                eq.patient = Some(resolved.clone().ok_or_else(|| {
+                    ServiceError::invalid("patient", "the patient report needs ?patient=ID or medical record number")
+                })?);
             }
             "user" => {
                 eq.agent = Some(
@@ -303,12 +310,7 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
             "denied" => eq.denied = true,
             "daily" => {}
             "search" => {
-                if let Some(p) = q.patient.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
-                    let p = p.strip_prefix("Patient/").unwrap_or(p);
-                    mamori_core::ids::PatientId::parse(p)
-                        .map_err(|e| ServiceError::invalid("patient", e.to_string()))?;
-                    eq.patient = Some(p.to_owned());
-                }
+                eq.patient = resolved.clone();
                 eq.agent = q.user.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
             }
             other => {
@@ -348,7 +350,7 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
         .await?;
     let mut a = actor.decided(ACTION, 200, &d, st.now());
     a.detail = Some(
-        json!({"report": kind, "user": eq.agent, "actions": eq.actions, "purpose": eq.purpose, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}),
+        json!({"report": kind, "patient_as_typed": typed, "user": eq.agent, "actions": eq.actions, "purpose": eq.purpose, "from": mamori_core::time::Timestamp(from).to_rfc3339(), "to": mamori_core::time::Timestamp(to).to_rfc3339()}),
     );
     // The patients the report shows.
     let mut patients: Vec<String> = body["events"]
@@ -362,6 +364,7 @@ pub async fn report(st: &Services, actor: &Actor, kind: &str, q: ReportQuery) ->
     set_patients(&mut a, patients);
     let mut body = body;
     body["report"] = json!(kind);
+    body["patient"] = json!(eq.patient);
     body["from"] = json!(mamori_core::time::Timestamp(from).to_rfc3339());
     body["to"] = json!(mamori_core::time::Timestamp(to).to_rfc3339());
     st.audited(a, body).await

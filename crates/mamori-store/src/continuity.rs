@@ -451,6 +451,19 @@ pub fn patients_with_identifier_system(c: &mut dyn Conn, system: &str) -> Result
     .collect()
 }
 
+/// The current (not deleted) patients with an identifier of this value,
+/// in any system (a medical record number as staff type it).
+pub fn patients_with_identifier(c: &mut dyn Conn, value: &str) -> Result<Vec<String>> {
+    c.query(
+        "SELECT DISTINCT r.id FROM idx_token t JOIN resources r ON r.rtype = 'Patient' AND r.id = t.id \
+         WHERE t.rtype = 'Patient' AND t.param = 'identifier' AND t.code = $1 AND r.deleted = 0 ORDER BY r.id LIMIT 10",
+        p![value],
+    )?
+    .iter()
+    .map(|r| Ok(r.text(0)?))
+    .collect()
+}
+
 /// Every current resource that refers to, or belongs to, `Patient/<id>`
 /// (other than the patient itself).
 pub fn referrers(c: &mut dyn Conn, patient: &str) -> Result<Vec<(String, String)>> {

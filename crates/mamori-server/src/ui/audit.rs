@@ -211,7 +211,7 @@ pub(crate) async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> 
 <div><label for="purpose">{prl}</label><select id="purpose" name="purpose">{popts}</select></div></div>
 <label class="check"><input type="checkbox" name="denied" value="1"{dchk}> {dl}</label>
 <p><button type="submit">{b}</button></p></form>"#,
-        pl = ui.t("患者ID", "Patient id"),
+        pl = ui.t("患者IDまたはカルテ番号", "Patient id or record number"),
         pv = esc(&patient),
         ul = ui.t("利用者", "User"),
         uv = esc(&user),
@@ -269,7 +269,7 @@ pub(crate) async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, Strin
 <div><label for="from">{fl}</label><input id="from" name="from" type="date" value="{fv}"></div>
 <div><label for="to">{tl}</label><input id="to" name="to" type="date" value="{tv}"></div></div>
 <p><button type="submit">{b}</button></p></form>"#,
-        pl = ui.t("患者ID", "Patient id"),
+        pl = ui.t("患者IDまたはカルテ番号", "Patient id or record number"),
         pv = esc(&patient),
         fl = ui.t("開始日", "From"),
         fv = esc(&from),
@@ -291,9 +291,14 @@ pub(crate) async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, Strin
         } else {
             let events: Vec<Value> = r.body["events"].as_array().cloned().unwrap_or_default();
             body.push_str(&format!(
-                "<section class=\"report\"><h2>{} Patient/{}</h2><p>{}: {} — {} · {}: {} · {}: {}</p><p class=\"noprint\"><button type=\"button\" class=\"secondary\" data-print>{}</button></p>",
+                "<section class=\"report\"><h2>{} Patient/{}{}</h2><p>{}: {} — {} · {}: {} · {}: {}</p><p class=\"noprint\"><button type=\"button\" class=\"secondary\" data-print>{}</button></p>",
                 ui.t("診療記録へのアクセス記録", "Accesses to the record of"),
-                esc(&patient),
+                ev(&r.body["patient"]),
+                if r.body["patient"].as_str() == Some(patient.trim().trim_start_matches("Patient/")) {
+                    String::new()
+                } else {
+                    format!(" ({} {})", ui.t("入力", "typed"), esc(&patient))
+                },
                 ui.t("期間", "Period"),
                 when(&r.body["from"], off),
                 when(&r.body["to"], off),

@@ -84,7 +84,7 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
     let mut body = tabs(&ui);
     body.push_str(&format!(
         r#"<form method="get" action="/ui/exchange" class="card"><label for="patient">{l}</label><input id="patient" name="patient" type="text" value="{v}" required> <button type="submit" class="secondary">{b}</button></form>"#,
-        l = ui.t("1. 患者ID", "1. Patient id"),
+        l = ui.t("1. 患者IDまたはカルテ番号", "1. Patient id or record number"),
         v = esc(&patient),
         b = ui.t("この患者の記録を表示", "Show this patient's records"),
     ));
@@ -92,6 +92,29 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
         return ui.page(ui.t("情報交換", "Exchange"), &body);
     }
     let p = Api::resource(read::read(&ui.svc, &ui.actor, "Patient", &patient).await);
+    if p.status == 404 {
+        // Not an id: the record number staff see (a search, decided and
+        // audited as one), then this page for the patient's id.
+        let q = vec![("identifier".to_owned(), patient.clone()), ("_count".to_owned(), "2".to_owned())];
+        let found = read::search(&ui.svc, &ui.actor, "Patient", q, false)
+            .await
+            .map(|f| f.into_inner().page.entries.iter().map(|v| v.id.clone()).collect::<Vec<_>>());
+        let msg = match found.as_deref() {
+            Ok([one]) => return Redirect::to(&format!("/ui/exchange?patient={}", enc(one))).into_response(),
+            Ok([]) => ui
+                .t("その患者IDまたはカルテ番号の患者はいません。", "No patient has this id or record number.")
+                .to_owned(),
+            Ok(_) => ui
+                .t(
+                    "このカルテ番号の患者が複数います。患者IDで指定してください。",
+                    "Several patients have this record number; give the patient id.",
+                )
+                .to_owned(),
+            Err(e) => e.message(),
+        };
+        body.push_str(&notice("error", &msg));
+        return ui.page(ui.t("情報交換", "Exchange"), &body);
+    }
     if !p.ok() {
         body.push_str(&notice("error", &p.message()));
         return ui.page(ui.t("情報交換", "Exchange"), &body);

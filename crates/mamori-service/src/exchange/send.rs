@@ -357,8 +357,12 @@ pub async fn send(svc: &Services, actor: &Actor, req: Result<Send, ServiceError>
         Ok(r) => Ok(r),
         Err(e) => {
             let mut rec = crate::commit::failure_record(actor, ACTION, &e, svc.now());
-            if let Some(p) = patient.filter(|p| mamori_core::ids::is_fhir_id(p)) {
-                rec.patients = vec![p];
+            // The refusal is in the record of the patient meant (typed as
+            // an id or a medical record number), if there is one.
+            if let Some(p) = patient {
+                if let Ok(Ok(id)) = svc.store.read(move |c| Ok(crate::records::resolve_patient(c, &p))).await {
+                    rec.patients = vec![id];
+                }
             }
             svc.audit(vec![rec]).await?;
             Err(e)
@@ -380,10 +384,10 @@ struct Prepared {
 
 async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, ServiceError> {
     authz::require(actor, &Operation::ExchangeSend, Facts::default(), "sending to partners")?;
-    let patient = PatientId::parse(req.patient.strip_prefix("Patient/").unwrap_or(&req.patient))
-        .map_err(|e| bad("patient", e.to_string()))?
-        .as_str()
-        .to_owned();
+    // The patient as staff name them: the id or the medical record number.
+    let typed = req.patient.clone();
+    let patient = st.store.read(move |c| Ok(crate::records::resolve_patient(c, &typed))).await??;
+    let patient = PatientId::parse(&patient).map_err(|e| bad("patient", e.to_string()))?.as_str().to_owned();
     let purpose = Purpose::parse(&req.purpose).ok_or_else(|| {
         bad("purpose", format!("one of: {}", Purpose::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")))
     })?;

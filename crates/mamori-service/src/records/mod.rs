@@ -122,6 +122,30 @@ pub fn require_patient(rtype: ResourceType, id: &str, body: &Value) -> Result<()
     Ok(())
 }
 
+/// The patient a person means: a patient id (`Patient/` optional) that
+/// exists, tombstones included, or else the medical record number (any
+/// identifier value) of exactly one current patient. An unknown or
+/// ambiguous identifier is an error, never an empty answer: "nobody
+/// looked at this patient" must not come from a mistyped number.
+pub fn resolve_patient(c: &mut dyn mamori_store::sql::Conn, input: &str) -> Result<String, ServiceError> {
+    let t = input.trim();
+    let t = t.strip_prefix("Patient/").unwrap_or(t);
+    if t.is_empty() {
+        return Err(ServiceError::invalid("patient", "give a patient id or medical record number"));
+    }
+    if is_fhir_id(t) && mamori_store::records::current(c, "Patient", t)?.is_some() {
+        return Ok(t.to_owned());
+    }
+    match mamori_store::continuity::patients_with_identifier(c, t)?.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ServiceError::NotFound(format!("no patient has the id or medical record number '{t}'"))),
+        _ => Err(ServiceError::invalid(
+            "patient",
+            format!("'{t}' is the record number of several patients; give the patient id"),
+        )),
+    }
+}
+
 /// The restriction a search decision asks for.
 pub(crate) fn restriction(d: &Decision, actor: &Actor, now: Timestamp) -> Restriction {
     if d.has(Obligation::ReferenceDataOnly) {
