@@ -220,10 +220,16 @@ test("send a document to the partner clinic; the ledger shows delivery", async (
   await page.selectOption("#partner", "demo-clinic");
   await page.selectOption("#purpose", "referral");
   await shot(page, "10-exchange-send");
+  // The confirmation names the recipient, the patient and what is sent.
+  let asked = "";
+  page.on("dialog", (d) => { asked = d.message(); });
   await page.click("form[action='/ui/exchange/send'] button[type=submit]");
   // The form answers with a redirect to the ledger of this send: a reload
   // shows it again and sends nothing more.
   await page.waitForURL(/\/ui\/exchange\/messages\?send=/);
+  assert.match(asked, /送り先: .*demo-clinic/, asked);
+  assert.match(asked, /患者: .*Patient\/demo-p001/, asked);
+  assert.match(asked, /送る記録: 1\n- /, asked);
   const rows = await page.locator("main tbody tr").count();
   assert.ok(rows >= 1, "the queued message is listed");
   await page.reload();

@@ -174,7 +174,7 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
         )
     });
     body.push_str(&format!(
-        r#"<form method="post" action="/ui/exchange/send" class="card" data-confirm="{confirm}">{csrf}<input type="hidden" name="patient" value="{pid}">
+        r#"<form method="post" action="/ui/exchange/send" class="card" data-confirm="{confirm}" data-confirm-send data-patient="{pname} (Patient/{pid})" data-l-to="{lto}" data-l-patient="{lpat}" data-l-docs="{ldocs}">{csrf}<input type="hidden" name="patient" value="{pid}">
 <p><strong>{pname}</strong> (Patient/{pid})</p>
 <fieldset><legend>{dl}</legend>{docs}</fieldset>
 <label for="title">{tl}</label><input id="title" name="title" type="text" value="{tv}">
@@ -188,6 +188,9 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
         csrf = ui.csrf_field(),
         pid = esc(&patient),
         pname = esc(&name),
+        lto = esc(ui.t("送り先", "To")),
+        lpat = esc(ui.t("患者", "Patient")),
+        ldocs = esc(ui.t("送る記録", "Records")),
         dl = ui.t("2. 送る記録", "2. Records to send"),
         docs = if docs.is_empty() { format!("<p class=\"muted\">{}</p>", ui.t("記録がありません（送り状だけを送れます）", "No records (you can send a letter only)")) } else { docs },
         tl = ui.t("文書の表題", "Title of the document"),

@@ -55,7 +55,19 @@
     if (e.target && e.target.hasAttribute && e.target.hasAttribute("data-print")) window.print();
   });
   document.addEventListener("submit", function (e) {
-    var q = e.target.getAttribute("data-confirm");
+    var f = e.target;
+    var q = f.getAttribute("data-confirm");
+    if (q && f.hasAttribute("data-confirm-send")) {
+      // A send names what leaves, and to whom, before it is signed.
+      var sel = f.querySelector("select[name=partner]");
+      var opt = sel && sel.options[sel.selectedIndex];
+      var docs = Array.prototype.map.call(f.querySelectorAll("input[name=documents]:checked"), function (c) {
+        return "- " + c.parentNode.textContent.trim();
+      });
+      q = f.getAttribute("data-l-to") + ": " + (opt ? opt.textContent : "") + "\n" +
+        f.getAttribute("data-l-patient") + ": " + f.getAttribute("data-patient") + "\n" +
+        f.getAttribute("data-l-docs") + ": " + docs.length + "\n" + docs.join("\n") + "\n\n" + q;
+    }
     if (q && !window.confirm(q)) e.preventDefault();
   });
 })();
