@@ -269,6 +269,17 @@ async fn declare_work_in_emergency_and_return_to_normal() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // Completed once: a second submission is refused and changes nothing.
+    let r = s
+        .put(
+            &format!("/api/v1/bcp/declarations/{id}/review"),
+            &decider,
+            json!({"lessons": "上書きの試み / an attempt to overwrite"}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    let r = s.get(&format!("/api/v1/bcp/declarations/{id}/review"), &decider).await;
+    assert_eq!(r.body["lessons"], "紙運用の様式が不足した / paper forms ran short");
 }
 
 #[tokio::test]

@@ -699,6 +699,14 @@ pub async fn put_review(svc: &Services, actor: &Actor, id: i64, req: Lessons) ->
     }
     let a2 = actor.clone();
     svc.change(actor, ACTION, move |w| {
+        // Completed once: the lessons as written stay (a second submission
+        // does not overwrite them).
+        if let Some((_, _, Some(who), Some(at))) = emergency::review(w.conn, id)? {
+            return Err(ServiceError::Conflict(format!(
+                "the review was completed by {who} at {}; its lessons are kept as written",
+                at.to_rfc3339()
+            )));
+        }
         emergency::complete_review(w.conn, id, req.lessons.trim(), a2.name(), w.now)?;
         let mut rec = a2.decided(ACTION, 200, &d, w.now);
         rec.detail = Some(json!({"declaration": id}));

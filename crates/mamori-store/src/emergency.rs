@@ -314,10 +314,12 @@ pub fn review(c: &mut dyn Conn, id: i64) -> Result<Option<Review>> {
 }
 
 /// Completes the after-action review with the lessons learned; `NotFound` if
-/// no report was generated.
+/// no report was generated or it was completed already (callers check
+/// [`review`] first to tell which).
 pub fn complete_review(c: &mut dyn Conn, id: i64, lessons: &str, by: &str, now: Timestamp) -> Result<()> {
     if c.exec(
-        "UPDATE bcp_reviews SET lessons = $2, completed_by = $3, completed_at = $4 WHERE declaration = $1",
+        "UPDATE bcp_reviews SET lessons = $2, completed_by = $3, completed_at = $4 \
+         WHERE declaration = $1 AND completed_at IS NULL",
         p![id, lessons, by, now.micros()],
     )? == 0
     {
