@@ -543,6 +543,13 @@ async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit
     assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, format!("/ui/exchange?patient={pid}")));
     let p = b.get("/ui/exchange?patient=00099999").await;
     assert!(p.text.contains("notice error") && p.text.contains("カルテ番号の患者はいません"), "{}", p.text);
+    // The home search box finds the patient by record number and by id.
+    for q in ["00011480", pid.as_str()] {
+        let p = b.get(&format!("/ui/patients?q={q}")).await;
+        assert!(p.text.contains(&format!("href=\"/ui/patients/{pid}\"")), "{q}: {}", p.text);
+    }
+    let p = b.get("/ui/patients?q=00099999").await;
+    assert!(p.text.contains("0 件"), "{}", p.text);
 
     let mut a = Browser::new(&s);
     a.login("aud.n", PASSWORD).await;

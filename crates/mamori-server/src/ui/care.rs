@@ -263,7 +263,7 @@ pub(crate) async fn home(ui: Ui) -> Response {
     if ui.may(Operation::ProvisionalRead) {
         body.push_str(&format!(
             r#"<form method="get" action="/ui/patients" class="card"><label for="q">{l}</label><input id="q" name="q" type="search" placeholder="{ph}" autofocus> <button type="submit">{b}</button></form>"#,
-            l = ui.t("患者検索（氏名・カナ・ID）", "Find a patient (name, kana, id)"),
+            l = ui.t("患者検索（氏名・カナ・患者ID・カルテ番号）", "Find a patient (name, kana, id, record number)"),
             ph = ui.t("例: やまだ", "e.g. Yamada"),
             b = ui.t("検索", "Search")
         ));
@@ -365,17 +365,42 @@ pub(crate) async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> 
     }
     if !params.is_empty() {
         params.push(("_count".into(), "50".into()));
-        let r = read::search(&ui.svc, &ui.actor, "Patient", params, false).await;
+        // One box for what staff type: a name, or the id or record number
+        // they see on a chart (each search decided and audited as one).
+        let mut searches = vec![params];
+        let id_like = !name.is_empty()
+            && ident.is_empty()
+            && birth.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if id_like {
+            searches.push(vec![("identifier".into(), name.clone()), ("_count".into(), "50".into())]);
+            searches.push(vec![("_id".into(), name.clone())]);
+        }
+        let mut r: Result<Vec<Value>, mamori_service::ServiceError> = Ok(Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for q in searches {
+            match read::search(&ui.svc, &ui.actor, "Patient", q, false).await {
+                Ok(found) => {
+                    if let Ok(list) = r.as_mut() {
+                        for v in &found.into_inner().page.entries {
+                            if seen.insert(v.id.clone()) {
+                                list.push(
+                                    json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}),
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
         if let Err(e) = &r {
             body.push_str(&notice("error", &e.message()));
-        } else if let Ok(found) = r {
-            let entries: Vec<Value> = found
-                .into_inner()
-                .page
-                .entries
-                .iter()
-                .map(|v| json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}))
-                .collect();
+        } else if let Ok(entries) = r {
             body.push_str(&format!("<p class=\"muted\">{} {}</p>", entries.len(), ui.t("件", "found")));
             body.push_str(&format!(
                 "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>ID</th></tr></thead><tbody>",
