@@ -559,3 +559,41 @@ async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit
     let p = a.get("/ui/audit/patient?patient=00099999").await;
     assert!(p.text.contains("notice error") && p.text.contains("no patient has the id"), "{}", p.text);
 }
+
+#[tokio::test]
+async fn an_emergency_login_starts_with_a_new_csrf_token() {
+    let s = TestServer::start("ui-elogin").await;
+    let decider = s.user("bcp.e", &["bcp-decider"]).await;
+    let r = s
+        .post("/api/v1/emergency-accounts", &s.admin, json!({"count": 1, "roles": ["physician"], "drill": false}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let name = r.body["accounts"][0].as_str().unwrap().to_owned();
+    let r = s.req(Method::POST, &format!("/api/v1/emergency-accounts/{name}/envelope"), Some(&s.admin), None).await;
+    let pw = r.body["password"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            "/api/v1/bcp/declarations",
+            &decider,
+            json!({"cause": "disaster", "criteria": ["earthquake"], "reason": "震度6強の地震 / JMA 6+ earthquake"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mut b = Browser::new(&s);
+    assert_eq!(b.get("/ui/emergency-login").await.status, 200);
+    let before = b.cookies.get("mamori_csrf").cloned().expect("a CSRF cookie before the login");
+    let p = b
+        .post(
+            "/ui/emergency-login",
+            &[
+                ("account", name.as_str()),
+                ("password", pw.as_str()),
+                ("real_name", "応援 太郎"),
+                ("affiliation", "DMAT 東病院"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let after = b.cookies.get("mamori_csrf").cloned().unwrap_or_default();
+    assert!(!after.is_empty() && after != before, "the token seen before the login is replaced");
+}

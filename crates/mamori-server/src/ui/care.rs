@@ -192,6 +192,9 @@ pub(crate) async fn emergency_post(
     let mut resp = Redirect::to("/ui/").into_response();
     resp.headers_mut()
         .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, r.body["token"].as_str().unwrap_or(""), None));
+    // A new session gets a new CSRF token, as at the ordinary login: one
+    // seen before the login (on a shared ward PC) is worthless after it.
+    resp.headers_mut().append(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &new_csrf(), None));
     resp
 }
 
