@@ -303,6 +303,25 @@ async fn logout_ends_the_session_everywhere() {
 }
 
 #[tokio::test]
+async fn an_unknown_ui_address_is_a_page_not_json() {
+    let s = TestServer::start("ui-404").await;
+    s.user("ns.x", &["nurse"]).await;
+    let mut b = Browser::new(&s);
+    // Before login: the login page, as for any UI address.
+    let p = b.get("/ui/no/such/page").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    b.login("ns.x", PASSWORD).await;
+    let p = b.get("/ui/no/such/page").await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert!(p.header("content-type").starts_with("text/html"), "{}", p.header("content-type"));
+    assert!(p.text.contains("ページが見つかりません") && p.text.contains("href=\"/ui/\""), "{}", p.text);
+    assert!(!p.header("content-security-policy").is_empty(), "the UI's security headers");
+    // The API's unknown addresses stay JSON.
+    let p = b.get("/api/v1/no-such-endpoint").await;
+    assert!(p.text.contains("\"not-found\""), "{}", p.text);
+}
+
+#[tokio::test]
 async fn english_by_accept_language_or_switch() {
     let s = TestServer::start("ui-lang").await;
     s.user("doc", &["physician"]).await;

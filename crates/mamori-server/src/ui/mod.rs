@@ -66,6 +66,28 @@ pub(crate) fn routes() -> Router<Services> {
         .merge(audit::routes())
         .merge(exchange::routes())
         .merge(admin::routes())
+        .route("/ui/{*rest}", get(not_found))
+}
+
+/// An unknown address under `/ui/`: a page in the user's language with a
+/// way back, not the API's JSON.
+async fn not_found(ui: Ui) -> Response {
+    let mut r = ui.page(
+        ui.t("ページが見つかりません", "Page not found"),
+        &format!(
+            "{}<p><a href=\"/ui/\">{}</a></p>",
+            html::notice(
+                "error",
+                ui.t(
+                    "このアドレスのページはありません。メニューから選んでください。",
+                    "There is no page at this address; choose one from the menu."
+                )
+            ),
+            ui.t("ホームへ戻る", "Back to the home page")
+        ),
+    );
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 fn static_file(ct: &'static str, body: &'static str) -> Response {
