@@ -616,3 +616,38 @@ async fn an_emergency_login_starts_with_a_new_csrf_token() {
     let after = b.cookies.get("mamori_csrf").cloned().unwrap_or_default();
     assert!(!after.is_empty() && after != before, "the token seen before the login is replaced");
 }
+
+#[tokio::test]
+async fn a_provisional_chart_shows_what_was_registered() {
+    let s = TestServer::start("ui-prov").await;
+    let decider = s.user("bcp.p", &["bcp-decider"]).await;
+    let doc = s.user("dr.p", &["physician"]).await;
+    let r = s
+        .post(
+            "/api/v1/bcp/declarations",
+            &decider,
+            json!({"cause": "disaster", "criteria": ["earthquake"], "reason": "震度6強の地震 / JMA 6+ earthquake"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .post(
+            "/api/v1/registrations",
+            &doc,
+            json!({"triage": "red", "sex": "male", "estimated_age": 40, "features": "右腕に<b>入れ墨</b>",
+                   "found_at": "駅前ロータリー", "arrival": "救急車"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (pid, prov) =
+        (r.body["id"].as_str().unwrap().to_owned(), r.body["provisional_id"].as_str().unwrap().to_owned());
+    let mut b = Browser::new(&s);
+    b.login("dr.p", PASSWORD).await;
+    let p = b.get(&format!("/ui/patients/{pid}")).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains(&format!("身元不明 {prov}")), "titled by the provisional id: {}", p.text);
+    for shown in ["赤（最優先治療）", "推定年齢", "40", "右腕に&lt;b&gt;入れ墨&lt;/b&gt;", "駅前ロータリー", "救急車"]
+    {
+        assert!(p.text.contains(shown), "{shown} on the chart");
+    }
+}

@@ -321,6 +321,47 @@ fn name_of(p: &Value) -> String {
     }
 }
 
+/// What was written at a registration without the reception desk
+/// (triage, estimated age, features, where found, arrival, note).
+fn registration_card(ui: &Ui, p: &Value) -> String {
+    let Some(fields) = p["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == mamori_service::continuity::registration::EXT)
+        .and_then(|e| e["extension"].as_array())
+    else {
+        return String::new();
+    };
+    let mut rows = String::new();
+    for f in fields {
+        let (label, value) = match f["url"].as_str().unwrap_or("") {
+            "triage" => {
+                let v = match f["valueCode"].as_str().unwrap_or("") {
+                    "red" => ui.t("赤（最優先治療）", "Red (immediate)"),
+                    "yellow" => ui.t("黄（待機的治療）", "Yellow (delayed)"),
+                    "green" => ui.t("緑（軽処置）", "Green (minor)"),
+                    "black" => ui.t("黒（救命困難・死亡）", "Black (expectant or deceased)"),
+                    other => other,
+                };
+                (ui.t("トリアージ", "Triage"), v.to_owned())
+            }
+            "estimated-age" => (ui.t("推定年齢", "Estimated age"), f["valueInteger"].to_string()),
+            "age-band" => (ui.t("年齢層", "Age band"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            "features" => (ui.t("身体的特徴", "Features"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            "found-at" => (ui.t("発見場所", "Where found"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            "arrival" => (ui.t("来院方法", "Arrival"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            "note" => (ui.t("メモ", "Note"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            _ => continue,
+        };
+        rows.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", esc(label), esc(&value)));
+    }
+    format!(
+        "<section class=\"card\"><h2>{}</h2><table>{rows}</table></section>",
+        ui.t("仮登録時の記録", "Recorded at registration")
+    )
+}
+
 fn is_provisional(p: &Value) -> bool {
     p["meta"]["tag"].as_array().is_some_and(|a| a.iter().any(|t| t["code"] == "provisional"))
 }
@@ -493,9 +534,17 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
         return ui.page(ui.t("カルテ", "Chart"), &notice("error", &p.message()));
     }
     let pt = &p.body;
+    let title = match name_of(pt) {
+        // An unidentified patient is named by the provisional id staff
+        // wrote on the wristband.
+        n if n == "—" && is_provisional(pt) => {
+            format!("{} {}", ui.t("身元不明", "Unidentified"), pt["identifier"][0]["value"].as_str().unwrap_or(""))
+        }
+        n => n,
+    };
     let mut body = format!(
         "<div class=\"card\"><p><strong>{}</strong>{}</p><p>{}: {} · {}: {} · ID: {}</p></div>",
-        esc(&name_of(pt)),
+        esc(&title),
         badges(&ui, pt),
         ui.t("性別", "Sex"),
         ev(&pt["gender"]),
@@ -520,6 +569,7 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
                 "A provisional patient: when the identity is known, medical records merges the record.",
             ),
         ));
+        body.push_str(&registration_card(&ui, pt));
     }
     let grants = Api::of(breakglass::list(&ui.svc, &ui.actor, None).await.map(|g| json!({"grants": g})));
     if let Some(g) = grants.body["grants"]
