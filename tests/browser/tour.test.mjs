@@ -98,7 +98,7 @@ test("login, and the first-login password change", async () => {
   await page.fill("#username", "admin");
   await page.fill("#password", "not the password");
   await page.click("form[action='/ui/login'] button[type=submit]");
-  assert.match(await page.textContent(".notice.error"), /違います/);
+  assert.match(await page.textContent(".notice.error"), /違うか、アカウントがロック中/);
   await login(page, "admin", adminOtp);
   assert.match(page.url(), /\/ui\/password$/);
   await page.fill("#current", adminOtp);

@@ -120,7 +120,7 @@ async fn login_sets_strict_cookies_and_pages_carry_strict_headers() {
     // Wrong password: an explanation, no session.
     let p = b.post("/ui/login", &[("username", "doc"), ("password", "wrong password 1"), ("next", "/ui/")]).await;
     assert_eq!(p.status, 200);
-    assert!(p.text.contains("パスワード") && p.text.contains("違います"), "{}", p.text);
+    assert!(p.text.contains("パスワード") && p.text.contains("違うか"), "{}", p.text);
     assert!(!b.cookies.contains_key("mamori_session"));
 
     // Without the CSRF token: refused, no session.
@@ -650,4 +650,21 @@ async fn a_provisional_chart_shows_what_was_registered() {
     {
         assert!(p.text.contains(shown), "{shown} on the chart");
     }
+}
+
+#[tokio::test]
+async fn a_locked_account_is_told_what_locks_it_and_for_how_long() {
+    let s = TestServer::start("ui-lock").await;
+    s.user("ns.l", &["nurse"]).await;
+    let mut b = Browser::new(&s);
+    for _ in 0..5 {
+        let p = b.login("ns.l", "wrong password 1!").await;
+        assert_eq!(p.status, 200);
+    }
+    // The right password now: the account is locked, and the page says
+    // what may have happened without confirming it to a guesser.
+    let p = b.login("ns.l", PASSWORD).await;
+    assert_eq!(p.status, 200, "not logged in");
+    assert!(p.text.contains("ロック中") && p.text.contains("5回続けて失敗") && p.text.contains("15分間"), "{}", p.text);
+    assert!(!b.cookies.contains_key("mamori_session"), "no session");
 }

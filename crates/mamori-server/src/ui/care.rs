@@ -101,11 +101,20 @@ pub(crate) async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, header
         Err(e) => Api::of::<()>(Err(e)),
     };
     if !r.ok() {
-        let msg = match r.status {
-            401 => lang.t(
-                "ユーザー名・パスワード・ワンタイムコードのいずれかが違います。",
-                "The user name, password or one-time code is wrong.",
+        let (max, minutes) = (st.cfg.auth.max_failed_logins, st.cfg.auth.lockout_minutes);
+        // The API does not say whether an account is locked (that would
+        // tell an attacker which names exist); the page says what locks
+        // it and for how long, so a locked person knows what happened.
+        let wrong = match lang {
+            Lang::Ja => format!(
+                "ユーザー名・パスワード・ワンタイムコードのいずれかが違うか、アカウントがロック中です。{max}回続けて失敗するとアカウントは{minutes}分間ロックされます。正しく入力してもログインできない場合は、時間をおくか管理者に連絡してください。"
             ),
+            Lang::En => format!(
+                "The user name, password or one-time code is wrong, or the account is locked. {max} failures in a row lock an account for {minutes} minutes; if the right password does not work, wait or call an administrator."
+            ),
+        };
+        let msg = match r.status {
+            401 => wrong.as_str(),
             423 | 429 => lang.t(
                 "失敗が続いたためアカウントは一時的にロックされています。しばらく待つか管理者に連絡してください。",
                 "The account is locked after repeated failures; wait, or call an administrator.",
