@@ -178,6 +178,11 @@ test("declare an emergency: the banner changes live, register without reception,
   await nurse.waitForSelector(".badge.provisional");
   await nurse.click("nav a[href='/ui/provisional']");
   assert.ok((await nurse.locator("tbody tr").count()) >= 1);
+  // dr.sato's break-glass chart (the grant of the test before) stays open.
+  const doctor = await session();
+  await login(doctor, "dr.sato", creds["hospital:dr.sato"]);
+  await doctor.goto(base + "/ui/patients/demo-p040");
+  await doctor.waitForFunction(() => /\d+:\d\d/.test(document.querySelector(".countdown").textContent));
   // Through the phases, then back to normal (with the reason the
   // checklist is not complete).
   for (const to of ["resumption", "recovery", "full_recovery"]) {
@@ -188,6 +193,9 @@ test("declare an emergency: the banner changes live, register without reception,
   await decider.click("button[name=to][value=normal]");
   await nurse.waitForSelector("#mode-banner.normal", { timeout: 15_000 });
   assert.match(await nurse.textContent("#mode-text"), /通常運用/);
+  // The return to normal ended the grant: the open chart stops counting.
+  await doctor.waitForFunction(() => /終了/.test(document.querySelector(".countdown").textContent), null, { timeout: 15_000 });
+  await doctor.context().close();
   await nurse.context().close();
   await decider.context().close();
 });

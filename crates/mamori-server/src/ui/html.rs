@@ -136,7 +136,7 @@ pub(crate) fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
 <html lang="{lang}">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} — mamori</title><link rel="stylesheet" href="/ui/static/app.css"><script src="/ui/static/app.js" defer></script></head>
-<body data-lang="{lang}">
+<body data-lang="{lang}" data-mode="{mode_attr}">
 <div id="mode-banner" class="{cls}" role="status" aria-live="assertive"><span id="mode-text">{text}</span></div>
 <div id="announcements" aria-live="polite"></div>
 <header><span class="brand">守り mamori</span><nav>{nav}</nav>
@@ -148,6 +148,7 @@ pub(crate) fn layout(ui: &Ui, title: &str, body: &str) -> Html<String> {
 </main></body></html>"#,
         lang = ui.lang.code(),
         title = esc(title),
+        mode_attr = esc(mode),
         cls = cls,
         text = text,
         nav = nav(ui),

@@ -35,11 +35,26 @@
   if (window.EventSource && document.getElementById("mode-banner") && document.querySelector("header nav")) {
     var es = new EventSource("/api/v1/events");
     es.addEventListener("mode", function (e) {
-      try { var m = JSON.parse(e.data); banner(m.mode); document.body.setAttribute("data-mode", m.mode); } catch (x) { /* ignore */ }
+      try {
+        var m = JSON.parse(e.data);
+        var before = document.body.getAttribute("data-mode") || "";
+        banner(m.mode);
+        document.body.setAttribute("data-mode", m.mode);
+        // The return to normal ends every live break-glass grant: the
+        // countdowns on this page stop and say so.
+        if (m.mode.indexOf("normal") === 0 && before && before.indexOf("normal") !== 0) endGrants();
+      } catch (x) { /* ignore */ }
     });
     es.addEventListener("announcement", function (e) {
       try { announce(JSON.parse(e.data)); } catch (x) { /* ignore */ }
     });
+  }
+  function endGrants() {
+    var els = document.querySelectorAll(".countdown[data-expires]");
+    for (var i = 0; i < els.length; i++) {
+      els[i].removeAttribute("data-expires");
+      els[i].textContent = t("終了（通常運用に復帰）", "ended (back to normal operation)");
+    }
   }
   function tick() {
     var els = document.querySelectorAll(".countdown[data-expires]");
