@@ -11,7 +11,7 @@
 //! the token and who issued it.
 
 use mamori_core::ids::{PatientId, UserId};
-use mamori_core::policy::{Decision, Facts, Obligation, Operation, Role, RoleSet, SubjectKind};
+use mamori_core::policy::{Facts, Obligation, Operation, Role, RoleSet, SubjectKind};
 use mamori_store::accounts::{
     self, AccountRequest, CareAssignment, NewToken, NewUser, RequestKind, TokenKind, TokenListing, User,
 };
@@ -129,35 +129,6 @@ async fn hash(pw: Zeroizing<String>) -> Result<String, ServiceError> {
         .await
         .map_err(|e| ServiceError::internal_from("password hashing", e))?
         .map_err(ServiceError::from)
-}
-
-/// Decides before an account action, auditing a refusal.
-async fn gate(
-    svc: &Services,
-    actor: &Actor,
-    action: &str,
-    op: Operation,
-    facts: Facts,
-    what: &str,
-) -> Result<Decision, ServiceError> {
-    match authz::require(actor, &op, facts, what) {
-        Ok(d) => Ok(d),
-        Err(e) => Err(svc.refused(actor, action, e).await),
-    }
-}
-
-/// Decides a read and audits it (permit or deny).
-async fn read_gate(
-    svc: &Services,
-    actor: &Actor,
-    action: &str,
-    op: Operation,
-    facts: Facts,
-    what: &str,
-) -> Result<Decision, ServiceError> {
-    let d = gate(svc, actor, action, op, facts, what).await?;
-    svc.audit(vec![actor.decided(action, 200, &d, svc.now())]).await?;
-    Ok(d)
 }
 
 async fn user_of(svc: &Services, name: &str) -> Result<User, ServiceError> {
@@ -373,7 +344,7 @@ pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Sessio
 
 /// Ends the caller's session (its token is revoked).
 pub async fn logout(svc: &Services, actor: &Actor) -> Result<(), ServiceError> {
-    let d = gate(svc, actor, "logout", Operation::OwnSession, Facts::default(), "logging out").await?;
+    let d = svc.gate(actor, "logout", Operation::OwnSession, Facts::default(), "logging out").await?;
     let a2 = actor.clone();
     svc.change(actor, "logout", move |w| {
         if let Some(t) = &a2.token {
@@ -398,7 +369,7 @@ pub struct PasswordChange {
 /// Changes the caller's own password (knowing the current one).
 pub async fn change_password(svc: &Services, actor: &Actor, req: PasswordChange) -> Result<(), ServiceError> {
     const ACTION: &str = "password-change";
-    let d = gate(svc, actor, ACTION, Operation::OwnPasswordChange, Facts::default(), "changing your password").await?;
+    let d = svc.gate(actor, ACTION, Operation::OwnPasswordChange, Facts::default(), "changing your password").await?;
     let name = actor.name().to_owned();
     let n2 = name.clone();
     let creds = svc.store.read(move |c| accounts::credentials(c, &n2)).await?;
@@ -431,7 +402,7 @@ pub async fn change_password(svc: &Services, actor: &Actor, req: PasswordChange)
 
 /// Who the caller is.
 pub async fn me(svc: &Services, actor: &Actor) -> Result<Me, ServiceError> {
-    read_gate(svc, actor, "session-read", Operation::OwnSession, Facts::default(), "your session").await?;
+    svc.read_gate(actor, "session-read", Operation::OwnSession, Facts::default(), "your session").await?;
     Ok(describe(actor))
 }
 
@@ -450,7 +421,7 @@ pub fn describe(actor: &Actor) -> Me {
 
 /// Every account (admins).
 pub async fn list_users(svc: &Services, actor: &Actor) -> Result<Vec<UserView>, ServiceError> {
-    read_gate(svc, actor, "user-list", Operation::UserRead, Facts::default(), "listing users").await?;
+    svc.read_gate(actor, "user-list", Operation::UserRead, Facts::default(), "listing users").await?;
     let users = svc.store.read(accounts::list_users).await?;
     Ok(users.iter().map(UserView::from).collect())
 }
@@ -458,7 +429,7 @@ pub async fn list_users(svc: &Services, actor: &Actor) -> Result<Vec<UserView>, 
 /// One account: one's own, or (admins) another's.
 pub async fn get_user(svc: &Services, actor: &Actor, name: &str) -> Result<UserView, ServiceError> {
     let op = if name == actor.name() { Operation::OwnSession } else { Operation::UserRead };
-    read_gate(svc, actor, "user-read", op, Facts::default(), "reading another user").await?;
+    svc.read_gate(actor, "user-read", op, Facts::default(), "reading another user").await?;
     Ok(UserView::from(&user_of(svc, name).await?))
 }
 
@@ -729,7 +700,7 @@ pub async fn reset_password(svc: &Services, actor: &Actor, name: &str) -> Result
         target_clinical: target.roles.iter().any(|r| r.is_clinical()),
     };
     let facts = Facts { target_is_self: name == actor.name(), ..Facts::default() };
-    let d = gate(svc, actor, ACTION, op, facts, "resetting passwords").await?;
+    let d = svc.gate(actor, ACTION, op, facts, "resetting passwords").await?;
     let (a2, n2) = (actor.clone(), name.to_owned());
     if d.has(Obligation::SecondAdminApproval) {
         let id = svc
@@ -787,7 +758,7 @@ pub async fn enroll_totp(svc: &Services, actor: &Actor, name: &str) -> Result<To
             Err(e) => return Err(svc.refused(actor, ACTION, e).await),
         }
     };
-    let d = gate(svc, actor, ACTION, op, Facts::default(), "enrolling a second factor").await?;
+    let d = svc.gate(actor, ACTION, op, Facts::default(), "enrolling a second factor").await?;
     let secret = Zeroizing::new(accounts::random_bytes::<20>()?.to_vec());
     let (s2, a2, n2) = (secret.clone(), actor.clone(), name.to_owned());
     svc.change(actor, ACTION, move |w| {
@@ -815,15 +786,15 @@ pub async fn remove_totp(svc: &Services, actor: &Actor, name: &str) -> Result<()
         Ok(u) => u,
         Err(e) => return Err(svc.refused(actor, ACTION, e).await),
     };
-    let d = gate(
-        svc,
-        actor,
-        ACTION,
-        Operation::UserTotpChange { target: target.kind },
-        Facts::default(),
-        "removing a second factor",
-    )
-    .await?;
+    let d = svc
+        .gate(
+            actor,
+            ACTION,
+            Operation::UserTotpChange { target: target.kind },
+            Facts::default(),
+            "removing a second factor",
+        )
+        .await?;
     let (a2, n2) = (actor.clone(), name.to_owned());
     svc.change(actor, ACTION, move |w| {
         accounts::set_totp(w.conn, &n2, None)?;
@@ -843,7 +814,7 @@ pub async fn list_requests(
     actor: &Actor,
     pending_only: bool,
 ) -> Result<Vec<AccountRequest>, ServiceError> {
-    read_gate(svc, actor, "account-request-list", Operation::AccountRequestRead, Facts::default(), "account requests")
+    svc.read_gate(actor, "account-request-list", Operation::AccountRequestRead, Facts::default(), "account requests")
         .await?;
     Ok(svc.store.read(move |c| accounts::requests(c, pending_only, 500)).await?)
 }
@@ -875,7 +846,7 @@ pub async fn decide_request(
     };
     let facts =
         Facts { own: req.requested_by == actor.name(), target_is_self: req.user == actor.name(), ..Facts::default() };
-    let d = gate(svc, actor, ACTION, Operation::AccountRequestDecide, facts, "deciding account requests").await?;
+    let d = svc.gate(actor, ACTION, Operation::AccountRequestDecide, facts, "deciding account requests").await?;
     // The change itself, decided against the account as it is now (the
     // approver's own grant of it is the second person's).
     let target = user_of(svc, &req.user).await?;
@@ -1015,7 +986,7 @@ pub async fn list_tokens(
 ) -> Result<Vec<TokenListing>, ServiceError> {
     let own = user.as_deref().is_none_or(|u| u == actor.name());
     let op = if own { Operation::OwnSession } else { Operation::TokenManage };
-    read_gate(svc, actor, "token-list", op, Facts::default(), "listing other users' tokens").await?;
+    svc.read_gate(actor, "token-list", op, Facts::default(), "listing other users' tokens").await?;
     let who = if own { Some(actor.name().to_owned()) } else { user };
     Ok(svc.store.read(move |c| accounts::list_tokens(c, who.as_deref())).await?)
 }
@@ -1029,7 +1000,7 @@ pub async fn revoke_token(svc: &Services, actor: &Actor, id: &str) -> Result<usi
     });
     let own = mine.await?.iter().any(|t| t.id == id);
     let op = if own { Operation::OwnSession } else { Operation::TokenManage };
-    let d = gate(svc, actor, ACTION, op, Facts::default(), "revoking other users' tokens").await?;
+    let d = svc.gate(actor, ACTION, op, Facts::default(), "revoking other users' tokens").await?;
     let (a2, id2) = (actor.clone(), id.to_owned());
     let n = svc
         .change(actor, ACTION, move |w| {
@@ -1130,7 +1101,7 @@ pub async fn list_care(
     let d = if all.permit {
         all
     } else {
-        gate(svc, actor, ACTION, Operation::OwnSession, Facts::default(), "care assignments").await?
+        svc.gate(actor, ACTION, Operation::OwnSession, Facts::default(), "care assignments").await?
     };
     let who = if d.basis == mamori_core::policy::Basis::Own { Some(actor.name().to_owned()) } else { user };
     let list = svc.store.read(move |c| accounts::list_care(c, patient.as_deref(), who.as_deref())).await?;
@@ -1144,7 +1115,7 @@ pub async fn list_care(
 /// Ends a care assignment (admins, clerks).
 pub async fn end_care(svc: &Services, actor: &Actor, id: i64) -> Result<CareAssignment, ServiceError> {
     const ACTION: &str = "care-end";
-    let d = gate(svc, actor, ACTION, Operation::CareEnd, Facts::default(), "ending care assignments").await?;
+    let d = svc.gate(actor, ACTION, Operation::CareEnd, Facts::default(), "ending care assignments").await?;
     let a2 = actor.clone();
     svc.change(actor, ACTION, move |w| {
         let a = accounts::end_care(w.conn, id, w.now)?;

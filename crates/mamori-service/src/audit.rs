@@ -169,10 +169,7 @@ pub async fn cosign(st: &Services, text: &str) -> Result<Value, ServiceError> {
 }
 
 async fn gate(st: &Services, actor: &Actor, action: &str) -> Result<Decision, ServiceError> {
-    match authz::require(actor, &Operation::AuditRead, Facts::default(), "the audit log") {
-        Ok(d) => Ok(d),
-        Err(e) => Err(st.refused(actor, action, e).await),
-    }
+    st.gate(actor, action, Operation::AuditRead, Facts::default(), "the audit log").await
 }
 
 /// One event with its leaf and leaf hash (auditors); audited with the

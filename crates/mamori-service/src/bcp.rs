@@ -35,10 +35,7 @@ async fn gate(
 ) -> Result<Decision, ServiceError> {
     let a = actor.clone();
     let facts = svc.store.read(move |c| authz::plan_facts(c, &a)).await?;
-    match authz::require(actor, &op, facts, what) {
-        Ok(d) => Ok(d),
-        Err(e) => Err(svc.refused(actor, action, e).await),
-    }
+    svc.gate(actor, action, op, facts, what).await
 }
 
 /// Decides a read, audits it either way.

@@ -5,6 +5,7 @@
 
 use mamori_audit::event::AuditRecord;
 use mamori_core::mode::Mode;
+use mamori_core::policy::{Decision, Facts, Operation};
 use mamori_store::writer::WriteCtx;
 use serde_json::json;
 
@@ -69,6 +70,37 @@ impl Services {
             Ok(_) => e,
             Err(se) => se,
         }
+    }
+
+    /// Decides `op` for `actor` with `facts`; a refusal is audited under
+    /// `action` before it is answered. The one way a use case gates.
+    pub(crate) async fn gate(
+        &self,
+        actor: &Actor,
+        action: &str,
+        op: Operation,
+        facts: Facts,
+        what: &str,
+    ) -> Result<Decision, ServiceError> {
+        match crate::authz::require(actor, &op, facts, what) {
+            Ok(d) => Ok(d),
+            Err(e) => Err(self.refused(actor, action, e).await),
+        }
+    }
+
+    /// As [`Services::gate`], for a read that reveals nothing about a
+    /// patient: the permit is audited too.
+    pub(crate) async fn read_gate(
+        &self,
+        actor: &Actor,
+        action: &str,
+        op: Operation,
+        facts: Facts,
+        what: &str,
+    ) -> Result<Decision, ServiceError> {
+        let d = self.gate(actor, action, op, facts, what).await?;
+        self.audit(vec![actor.decided(action, 200, &d, self.now())]).await?;
+        Ok(d)
     }
 
     /// Runs `job` (the change and its success audit event) in one write

@@ -660,25 +660,9 @@ pub async fn op_restart(st: &Services, actor: &Actor) -> Result<Value, ServiceEr
 
 // ---- the hospital side (main listener) ---------------------------------------------------
 
-async fn gate(
-    st: &Services,
-    actor: &Actor,
-    action: &str,
-    op: Operation,
-    facts: Facts,
-    what: &str,
-) -> Result<Decision, ServiceError> {
-    match authz::require(actor, &op, facts, what) {
-        Ok(d) => Ok(d),
-        Err(e) => Err(st.refused(actor, action, e).await),
-    }
-}
-
 /// Decides a read of maintenance records; audits it either way.
 async fn read_gate(st: &Services, actor: &Actor, action: &str) -> Result<Decision, ServiceError> {
-    let d = gate(st, actor, action, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
-    st.audit(vec![actor.decided(action, 200, &d, st.now())]).await?;
-    Ok(d)
+    st.read_gate(actor, action, Operation::MaintenanceRead, Facts::default(), "maintenance records").await
 }
 
 fn valid_id(s: &str) -> bool {
@@ -701,7 +685,7 @@ pub struct NewVendor {
 /// Registers a maintenance vendor (admins).
 pub async fn add_vendor(st: &Services, actor: &Actor, req: NewVendor) -> Result<(), ServiceError> {
     const A: &str = "maintenance-vendor-add";
-    let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     if !valid_id(&req.id) || req.name.trim().is_empty() || req.contact.trim().is_empty() {
         let e =
             ServiceError::invalid("id", "id: 2-64 lowercase letters, digits, '.', '_', '-'; name and contact required");
@@ -761,7 +745,7 @@ fn issue(st: &Services, person: &str, vendor: &str) -> Result<(String, String, S
 /// factor, shown once (admins).
 pub async fn add_person(st: &Services, actor: &Actor, req: NewPerson) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-person-add";
-    let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     if !valid_id(&req.id)
         || req.display.trim().is_empty()
         || req.sources.is_empty()
@@ -830,7 +814,7 @@ pub struct Reason {
 /// windows revoked (admins).
 pub async fn person_leaves(st: &Services, actor: &Actor, id: &str, req: Reason) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-person-left";
-    let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     let (a2, id) = (actor.clone(), id.to_owned());
     st.change(actor, A, move |w| {
         if !ms::mark_left(w.conn, &id, w.now)? {
@@ -857,7 +841,7 @@ pub async fn person_leaves(st: &Services, actor: &Actor, id: &str, req: Reason) 
 /// Reissues a person's certificate (the old one revoked) (admins).
 pub async fn reissue(st: &Services, actor: &Actor, id: &str) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-certificate-reissue";
-    let d = gate(st, actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     let i2 = id.to_owned();
     let p = match st.store.read(move |c| ms::person(c, &i2)).await?.filter(|p| p.state == "active") {
         Some(p) => p,
@@ -887,7 +871,7 @@ pub async fn reissue(st: &Services, actor: &Actor, id: &str) -> Result<Value, Se
 pub async fn staff_request(st: &Services, actor: &Actor, req: NewRequest) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-request";
     let d =
-        gate(st, actor, A, Operation::MaintenanceRequest, Facts::default(), "asking for maintenance windows").await?;
+        st.gate(actor, A, Operation::MaintenanceRequest, Facts::default(), "asking for maintenance windows").await?;
     let Some(person) = req.person.clone() else {
         return Err(st.refused(actor, A, ServiceError::invalid("person", "required")).await);
     };
@@ -918,7 +902,7 @@ pub async fn list_requests(
     review: Option<String>,
 ) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-request-list";
-    let d = gate(st, actor, A, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
     let now = st.now();
     let rows = st.store.read(move |c| ms::requests(c, state.as_deref(), review.as_deref(), 500)).await?;
     let mut rec = actor.decided(A, 200, &d, now);
@@ -930,7 +914,7 @@ pub async fn list_requests(
 /// One window with its sessions; audited with the patients it accessed.
 pub async fn show_request(st: &Services, actor: &Actor, id: i64) -> Result<Value, ServiceError> {
     const A: &str = "maintenance-request-read";
-    let d = gate(st, actor, A, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
+    let d = st.gate(actor, A, Operation::MaintenanceRead, Facts::default(), "maintenance records").await?;
     let now = st.now();
     let (r, sessions) = st.store.read(move |c| Ok((ms::request(c, id)?, ms::sessions_of(c, id)?))).await?;
     let r = match r {
@@ -1002,7 +986,7 @@ pub async fn decide_as(
 ) -> Result<Value, ServiceError> {
     let action = if to == "rejected" { "maintenance-reject" } else { "maintenance-revoke" };
     let d =
-        gate(st, actor, action, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
+        st.gate(actor, action, Operation::MaintenanceManage, Facts::default(), "managing remote maintenance").await?;
     let (a2, st2) = (actor.clone(), st.clone());
     let out = st
         .change(actor, action, move |w| {

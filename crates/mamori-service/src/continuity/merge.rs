@@ -345,10 +345,7 @@ pub async fn show(svc: &Services, actor: &Actor, id: i64) -> Result<Value, Servi
 async fn read_gate(svc: &Services, actor: &Actor, action: &str) -> Result<Decision, ServiceError> {
     let a = actor.clone();
     let facts = svc.store.read(move |c| authz::plan_facts(c, &a)).await?;
-    match authz::require(actor, &Operation::MergeRead, facts, "merges") {
-        Ok(d) => Ok(d),
-        Err(e) => Err(svc.refused(actor, action, e).await),
-    }
+    svc.gate(actor, action, Operation::MergeRead, facts, "merges").await
 }
 
 /// Why a merge is undone.

@@ -438,10 +438,7 @@ pub async fn import(svc: &Services, actor: &Actor, bytes: Vec<u8>) -> Result<Val
 async fn read_gate(svc: &Services, actor: &Actor, action: &str) -> Result<Decision, ServiceError> {
     let a = actor.clone();
     let facts = svc.store.read(move |c| authz::plan_facts(c, &a)).await?;
-    match authz::require(actor, &Operation::ReconcileRead, facts, "reconciliation") {
-        Ok(d) => Ok(d),
-        Err(e) => Err(svc.refused(actor, action, e).await),
-    }
+    svc.gate(actor, action, Operation::ReconcileRead, facts, "reconciliation").await
 }
 
 /// The import reports; audited with the patients they concern.

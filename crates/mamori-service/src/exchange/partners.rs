@@ -4,7 +4,7 @@
 //! applied to the AS2 listener's trust at once.
 
 use mamori_core::ids::ResourceType;
-use mamori_core::policy::{told, Decision, Facts, Notice, Operation};
+use mamori_core::policy::{told, Facts, Notice, Operation};
 use mamori_exchange::partner::{cert_infos, Partner, Status};
 use mamori_store::exchange::{self as xs, PartnerRow};
 use mamori_store::records;
@@ -13,25 +13,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::actor::Actor;
-use crate::authz;
 use crate::commit::{Effect, Outcome};
 use crate::error::ServiceError;
 use crate::exchange::partner_of;
 use crate::notify::{self, Audience};
 use crate::services::Services;
-
-async fn gate(
-    svc: &Services,
-    actor: &Actor,
-    action: &str,
-    op: Operation,
-    what: &str,
-) -> Result<Decision, ServiceError> {
-    match authz::require(actor, &op, Facts::default(), what) {
-        Ok(d) => Ok(d),
-        Err(e) => Err(svc.refused(actor, action, e).await),
-    }
-}
 
 fn summary(row: &PartnerRow, p: &Partner, now: mamori_core::time::Timestamp, warn_days: i64) -> Value {
     json!({
@@ -47,7 +33,7 @@ fn summary(row: &PartnerRow, p: &Partner, now: mamori_core::time::Timestamp, war
 
 /// The partner registry.
 pub async fn list(svc: &Services, actor: &Actor) -> Result<Vec<Value>, ServiceError> {
-    let d = gate(svc, actor, "partner-list", Operation::PartnerRead, "the partner registry").await?;
+    let d = svc.gate(actor, "partner-list", Operation::PartnerRead, Facts::default(), "the partner registry").await?;
     svc.audit(vec![actor.decided("partner-list", 200, &d, svc.now())]).await?;
     let rows = svc.store.read(xs::partners).await?;
     let now = svc.now();
@@ -59,7 +45,7 @@ pub async fn list(svc: &Services, actor: &Actor) -> Result<Vec<Value>, ServiceEr
 
 /// One partner, with its registration and certificates.
 pub async fn show(svc: &Services, actor: &Actor, id: &str) -> Result<Value, ServiceError> {
-    let d = gate(svc, actor, "partner-read", Operation::PartnerRead, "the partner registry").await?;
+    let d = svc.gate(actor, "partner-read", Operation::PartnerRead, Facts::default(), "the partner registry").await?;
     svc.audit(vec![actor.decided("partner-read", 200, &d, svc.now())]).await?;
     let id2 = id.to_owned();
     let st = svc;
@@ -135,7 +121,8 @@ pub async fn save(
     expected: Option<i64>,
 ) -> Result<Saved, ServiceError> {
     let action = if path_id.is_some() { "partner-update" } else { "partner-register" };
-    let d = gate(svc, actor, action, Operation::PartnerManage, "changing the partner registry").await?;
+    let d =
+        svc.gate(actor, action, Operation::PartnerManage, Facts::default(), "changing the partner registry").await?;
     let p = match p {
         Ok(p) => p,
         Err(e) => return Err(svc.refused(actor, action, e).await),
@@ -194,7 +181,8 @@ pub async fn set_status(
     status: Status,
 ) -> Result<Saved, ServiceError> {
     let action = if status == Status::Suspended { "partner-suspend" } else { "partner-activate" };
-    let d = gate(svc, actor, action, Operation::PartnerManage, "changing the partner registry").await?;
+    let d =
+        svc.gate(actor, action, Operation::PartnerManage, Facts::default(), "changing the partner registry").await?;
     if req.reason.trim().chars().count() < 5 {
         return Err(svc
             .refused(actor, action, ServiceError::invalid("reason", "a reason of at least 5 characters"))
@@ -259,7 +247,9 @@ pub async fn set_status(
 
 /// What a partner needs to register this institution.
 pub async fn identity(svc: &Services, actor: &Actor) -> Result<Value, ServiceError> {
-    let d = gate(svc, actor, "exchange-identity-read", Operation::PartnerRead, "the institution's identity").await?;
+    let d = svc
+        .gate(actor, "exchange-identity-read", Operation::PartnerRead, Facts::default(), "the institution's identity")
+        .await?;
     svc.audit(vec![actor.decided("exchange-identity-read", 200, &d, svc.now())]).await?;
     let st = svc;
     let x = &st.exchange;
