@@ -133,13 +133,9 @@ pub fn history_patients(c: &mut dyn Conn, rtype: &str, id: &str) -> Result<Vec<S
 }
 
 /// Whether any resource other than the Patient itself is in the
-/// patient's compartment (a Patient id with records is never "new").
+/// patient's compartment (which holds no row for the Patient) (a Patient id with records is never "new").
 pub fn has_records(c: &mut dyn Conn, patient: &str) -> Result<bool> {
-    Ok(c.query_one(
-        "SELECT 1 FROM resource_compartments WHERE patient = $1 AND NOT (rtype = 'Patient' AND id = $1) LIMIT 1",
-        p![patient],
-    )?
-    .is_some())
+    Ok(c.query_one("SELECT 1 FROM resource_compartments WHERE patient = $1 LIMIT 1", p![patient])?.is_some())
 }
 
 /// Whose data a resource is: the patients it names and, for a type
@@ -218,9 +214,10 @@ pub fn history(
 pub fn compartment(c: &mut dyn Conn, patient: &str, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<Version>> {
     let (at, ai) = after.unwrap_or(("", ""));
     let sql = format!(
-        "SELECT {VERSION_SELECT_COLUMNS} FROM resource_compartments rc \
+        "SELECT {VERSION_SELECT_COLUMNS} FROM \
+         (SELECT rtype, id FROM resource_compartments WHERE patient = $1 UNION ALL SELECT 'Patient', $1) rc \
          JOIN resources r ON r.rtype = rc.rtype AND r.id = rc.id JOIN resource_versions v ON v.seq = r.seq \
-         WHERE rc.patient = $1 AND r.deleted = 0 AND (rc.rtype > $2 OR (rc.rtype = $2 AND rc.id > $3)) \
+         WHERE r.deleted = 0 AND (rc.rtype > $2 OR (rc.rtype = $2 AND rc.id > $3)) \
          ORDER BY rc.rtype, rc.id LIMIT $4"
     );
     c.query(&sql, p![patient, at, ai, limit])?.iter().map(version_row).collect()
@@ -399,12 +396,17 @@ fn write_version(
     Ok(())
 }
 
-/// Replaces a resource's rows in `resource_compartments`.
+/// Replaces a resource's rows in `resource_compartments`. A Patient is
+/// not a row of its own compartment: the queries that list one add it.
 fn set_compartment(c: &mut dyn Conn, rtype: &str, id: &str, patients: &[String], had_rows: bool) -> Result<()> {
     if had_rows {
         c.exec("DELETE FROM resource_compartments WHERE rtype = $1 AND id = $2", p![rtype, id])?;
     }
-    let rows = patients.iter().map(|p| vec![Val::from(p.as_str()), Val::from(rtype), Val::from(id)]).collect();
+    let rows = patients
+        .iter()
+        .filter(|p| !(rtype == "Patient" && p.as_str() == id))
+        .map(|p| vec![Val::from(p.as_str()), Val::from(rtype), Val::from(id)])
+        .collect();
     insert_rows(c, "INSERT INTO resource_compartments (patient, rtype, id)", "", 3, rows)?;
     Ok(())
 }
@@ -489,26 +491,48 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
 
 /// Every `reference` string in a resource, with its path.
 pub fn references(v: &Value) -> Vec<(String, String)> {
-    fn walk(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    /// One step of the path; rendered only for the references found (a
+    /// resource without any costs no string building).
+    enum Step<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    fn render(root: &str, path: &[Step<'_>]) -> String {
+        let mut s = root.to_owned();
+        for step in path {
+            match step {
+                Step::Key(k) => {
+                    s.push('.');
+                    s.push_str(k);
+                }
+                Step::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s
+    }
+    fn walk<'a>(v: &'a Value, root: &str, path: &mut Vec<Step<'a>>, out: &mut Vec<(String, String)>) {
         match v {
             Value::Object(o) => {
                 for (k, x) in o {
                     if k == "contained" {
                         continue;
                     }
-                    let p = format!("{path}.{k}");
+                    path.push(Step::Key(k));
                     if k == "reference" {
                         if let Some(s) = x.as_str() {
-                            out.push((p, s.to_owned()));
+                            out.push((render(root, path), s.to_owned()));
                         }
                     } else {
-                        walk(x, &p, out);
+                        walk(x, root, path, out);
                     }
+                    path.pop();
                 }
             }
             Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
-                    walk(x, &format!("{path}[{i}]"), out);
+                    path.push(Step::Index(i));
+                    walk(x, root, path, out);
+                    path.pop();
                 }
             }
             _ => {}
@@ -516,7 +540,7 @@ pub fn references(v: &Value) -> Vec<(String, String)> {
     }
     let mut out = Vec::new();
     let root = v.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
-    walk(v, root, &mut out);
+    walk(v, root, &mut Vec::new(), &mut out);
     out
 }
 
@@ -568,4 +592,28 @@ pub fn counts(c: &mut dyn Conn) -> Result<Vec<(String, u64)>> {
         .iter()
         .map(|r| Ok((r.text(0)?, r.u64(1)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_found_with_their_paths_and_contained_ones_skipped() {
+        let v = json!({
+            "resourceType": "Observation",
+            "subject": {"reference": "Patient/p1"},
+            "performer": [{"display": "x"}, {"reference": "#pr"}],
+            "contained": [{"resourceType": "Practitioner", "id": "pr", "managingOrganization": {"reference": "Organization/o"}}],
+            "hasMember": [{"reference": 7}]
+        });
+        assert_eq!(
+            references(&v),
+            vec![
+                ("Observation.performer[1].reference".to_owned(), "#pr".to_owned()),
+                ("Observation.subject.reference".to_owned(), "Patient/p1".to_owned()),
+            ]
+        );
+        assert!(references(&json!({"resourceType": "Patient", "name": [{"family": "x"}]})).is_empty());
+    }
 }

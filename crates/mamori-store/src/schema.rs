@@ -13,6 +13,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0006_maintenance", include_str!("../migrations/sqlite/0006_maintenance.sql")),
     ("0007_service_layer", include_str!("../migrations/sqlite/0007_service_layer.sql")),
     ("0008_form_submissions", include_str!("../migrations/sqlite/0008_form_submissions.sql")),
+    ("0009_compartment_self", include_str!("../migrations/sqlite/0009_compartment_self.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -24,6 +25,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0006_maintenance", include_str!("../migrations/postgres/0006_maintenance.sql")),
     ("0007_service_layer", include_str!("../migrations/postgres/0007_service_layer.sql")),
     ("0008_form_submissions", include_str!("../migrations/postgres/0008_form_submissions.sql")),
+    ("0009_compartment_self", include_str!("../migrations/postgres/0009_compartment_self.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

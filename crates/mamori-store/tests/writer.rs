@@ -33,6 +33,7 @@ fn admin(sql: String) {
 struct Fixture {
     store: Option<Store>,
     signer: Arc<NoteSigner>,
+    cfg: StoreConfig,
     dir: std::path::PathBuf,
     schema: Option<String>,
 }
@@ -77,7 +78,7 @@ fn fixture(tag: &str, backend: Backend) -> Fixture {
     };
     let store = Store::open(&cfg, Arc::new(SystemClock), signer.clone()).unwrap();
     assert_eq!(store.backend(), backend);
-    Fixture { store: Some(store), signer, dir, schema }
+    Fixture { store: Some(store), signer, cfg, dir, schema }
 }
 
 async fn count(s: &Store) -> i64 {
@@ -100,6 +101,7 @@ macro_rules! both {
 both!(exclusive_jobs_are_all_or_nothing, exclusive_jobs_sqlite, exclusive_jobs_postgres);
 both!(failing_job_rolls_back_alone, failing_job_sqlite, failing_job_postgres);
 both!(audit_appends_verify, audit_appends_sqlite, audit_appends_postgres);
+both!(compartment_lists_its_patient, compartment_sqlite, compartment_postgres);
 
 async fn exclusive_jobs_are_all_or_nothing(b: Backend) {
     let f = fixture("excl", b);
@@ -304,4 +306,87 @@ async fn two_writers_share_one_log_postgres() {
     assert_eq!(agents, 210, "every committed event indexed");
     assert_eq!(cursor, Some(209));
     drop(other);
+}
+
+/// A Patient is not a row of its own compartment (migration 9 removed
+/// those rows), yet the compartment lists it first among its records, and
+/// a Patient with nothing else is still "without records".
+async fn compartment_lists_its_patient(b: Backend) {
+    use mamori_core::ids::ResourceType;
+    use mamori_core::time::Timestamp;
+    use mamori_store::records;
+    use serde_json::json;
+    let mut f = fixture("comp", b);
+    let ids = |v: Vec<records::Version>| v.into_iter().map(|v| format!("{}/{}", v.rtype, v.id)).collect::<Vec<_>>();
+    let put = |w: &mut mamori_store::WriteCtx<'_>, t: ResourceType, id: &str, body: serde_json::Value| {
+        records::put(w.conn, t, id, body, None, "t", Timestamp(1)).map(|_| ())
+    };
+    f.store()
+        .writer()
+        .write_exclusive(
+            move |w| {
+                put(w, ResourceType::PATIENT, "p1", json!({"resourceType": "Patient"}))?;
+                put(w, ResourceType::PATIENT, "p2", json!({"resourceType": "Patient"}))?;
+                put(w, ResourceType::PATIENT, "p3", json!({"resourceType": "Patient"}))?;
+                put(w, ResourceType::OBSERVATION, "o1", json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}}))?;
+                // The data of two patients: p2's, performed by p1.
+                put(w, ResourceType::OBSERVATION, "o2", json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p2"}, "performer": [{"reference": "Patient/p1"}]}))?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let (list, self_rows, p2_has, p3_has) = f
+        .store()
+        .read(|c| {
+            let self_rows = c
+                .query_one("SELECT COUNT(*) FROM resource_compartments WHERE rtype = 'Patient' AND id = patient", p![])?
+                .unwrap()
+                .i64(0)?;
+            Ok((
+                records::compartment(c, "p1", None, 100)?,
+                self_rows,
+                records::has_records(c, "p2")?,
+                records::has_records(c, "p3")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(list), ["Observation/o1", "Observation/o2", "Patient/p1"], "its records and the Patient itself");
+    assert_eq!(self_rows, 0);
+    assert!(p2_has, "p2 has an Observation");
+    assert!(!p3_has, "p3 has nothing but itself");
+    // Keyset paging passes over the Patient like any member.
+    let page = f.store().read(|c| records::compartment(c, "p1", Some(("Observation", "o2")), 1)).await.unwrap();
+    assert_eq!(ids(page), ["Patient/p1"]);
+
+    // A database of schema 8 still holds the self rows: migration 9 removes them, and only them.
+    f.store()
+        .writer()
+        .write_exclusive(
+            |w| {
+                w.conn.exec("INSERT INTO resource_compartments (patient, rtype, id) VALUES ('p1', 'Patient', 'p1'), ('p2', 'Patient', 'p2')", p![])?;
+                w.conn.exec("UPDATE meta SET value = '8' WHERE key = 'schema_version'", p![])?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    f.store.take();
+    f.store = Some(Store::open(&f.cfg, Arc::new(SystemClock), f.signer.clone()).unwrap());
+    let rows = f
+        .store()
+        .read(|c| {
+            let rows = c.query("SELECT patient, rtype, id FROM resource_compartments ORDER BY 1, 2, 3", p![])?;
+            rows.iter()
+                .map(|r| Ok(format!("{} {}/{}", r.text(0)?, r.text(1)?, r.text(2)?)))
+                .collect::<mamori_store::Result<Vec<_>>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, ["p1 Observation/o1", "p1 Observation/o2", "p2 Observation/o2"]);
+    let v = f.store().read(|c| Ok(mamori_store::schema::current(c)?)).await.unwrap();
+    assert_eq!(v, mamori_store::schema::latest(b));
 }

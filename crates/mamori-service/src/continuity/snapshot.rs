@@ -432,6 +432,7 @@ async fn create(st: &Services, actor: &Actor) -> Result<SnapshotFile, ServiceErr
                 .query(
                     "SELECT DISTINCT rc.patient FROM resource_compartments rc JOIN resources r ON r.rtype = rc.rtype AND r.id = rc.id \
                      WHERE r.deleted = 0 AND r.last_updated >= $1 \
+                     UNION SELECT id FROM resources WHERE rtype = 'Patient' AND deleted = 0 AND last_updated >= $1 \
                      UNION SELECT rc.patient FROM idx_token t JOIN resource_compartments rc ON rc.rtype = t.rtype AND rc.id = t.id \
                      JOIN resources r ON r.rtype = t.rtype AND r.id = t.id \
                      WHERE t.rtype = 'Encounter' AND t.param = 'status' AND t.code = 'in-progress' AND r.deleted = 0 \
@@ -450,9 +451,10 @@ async fn create(st: &Services, actor: &Actor) -> Result<SnapshotFile, ServiceErr
             for p in &pats {
                 let mut err = None;
                 c.for_each(
-                    "SELECT v.rtype, v.id, v.version, v.last_updated, v.body FROM resource_compartments rc \
+                    "SELECT v.rtype, v.id, v.version, v.last_updated, v.body FROM \
+                     (SELECT rtype, id FROM resource_compartments WHERE patient = $1 UNION ALL SELECT 'Patient', $1) rc \
                      JOIN resources r ON r.rtype = rc.rtype AND r.id = rc.id JOIN resource_versions v ON v.seq = r.seq \
-                     WHERE rc.patient = $1 AND r.deleted = 0",
+                     WHERE r.deleted = 0",
                     p![p.as_str()],
                     &mut |row| {
                         let rt = row[0].text().unwrap_or("");
