@@ -128,20 +128,22 @@ pub struct Response {
 }
 
 fn classify(e: &reqwest::Error) -> SendError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // The TLS error may sit inside io::Errors nested in each other (the
+    // connector wraps the TLS stream's InvalidData error in one of its
+    // own), and io::Error's `source` skips its payload: both are followed.
     let mut tls = None;
-    while let Some(s) = src {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(s) = todo.pop() {
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
             tls = Some(r.to_string());
             break;
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                tls = Some(r.to_string());
-                break;
-            }
+        if let Some(inner) = s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            todo.push(inner);
         }
-        src = s.source();
+        if let Some(next) = s.source() {
+            todo.push(next);
+        }
     }
     let chain = {
         let mut parts = vec![e.to_string()];

@@ -218,6 +218,10 @@ pub struct CertInfo {
     pub issuer: String,
     /// The SHA-256 fingerprint of the certificate (hex).
     pub sha256: String,
+    /// From when it is valid (RFC 3339).
+    pub not_before: String,
+    /// From when it is valid (seconds since the Unix epoch).
+    pub not_before_unix: i64,
     /// When it expires (RFC 3339).
     pub not_after: String,
     /// When it expires (seconds since the Unix epoch).
@@ -253,6 +257,7 @@ pub fn cert_infos(role: &'static str, pem: &str) -> Result<Vec<CertInfo>, String
         .iter()
         .map(|c| {
             let na = unix_of(c.not_after())?;
+            let nb = unix_of(c.not_before())?;
             let key = c.public_key().map_err(|e| e.to_string())?;
             let key = match (key.rsa(), key.ec_key()) {
                 (Ok(r), _) => format!("RSA-{}", r.size() * 8),
@@ -267,6 +272,8 @@ pub fn cert_infos(role: &'static str, pem: &str) -> Result<Vec<CertInfo>, String
                     .digest(MessageDigest::sha256())
                     .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
                     .map_err(|e| e.to_string())?,
+                not_before: Timestamp::from_secs(nb).to_rfc3339(),
+                not_before_unix: nb,
                 not_after: Timestamp::from_secs(na).to_rfc3339(),
                 not_after_unix: na,
                 key,
@@ -431,6 +438,52 @@ impl Partner {
         } else {
             Err(p)
         }
+    }
+
+    /// Why the partner's signing or encryption certificate cannot be used
+    /// at `now` (expired, or not valid yet); empty when both can. Nothing
+    /// is sent to a partner, nor accepted from it, while this is not empty.
+    pub fn unusable_certificates(&self, now: Timestamp) -> Vec<String> {
+        let mut out = Vec::new();
+        for (role, pem) in [("signing", &self.certificates.signing), ("encryption", &self.certificates.encryption)] {
+            match cert_infos(role, pem) {
+                Err(e) => out.push(e),
+                Ok(infos) => {
+                    for c in infos {
+                        if c.not_after_unix <= now.secs() {
+                            out.push(format!("partner {}'s {role} certificate expired on {}", self.id, c.not_after));
+                        } else if c.not_before_unix > now.secs() {
+                            out.push(format!(
+                                "partner {}'s {role} certificate is not valid before {}",
+                                self.id, c.not_before
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Warnings for a registration that is accepted but not usable yet:
+    /// certificates whose validity starts after `now`.
+    pub fn not_yet_valid(&self, now: Timestamp) -> Vec<String> {
+        [
+            cert_infos("signing", &self.certificates.signing),
+            cert_infos("encryption", &self.certificates.encryption),
+            cert_infos("tls_ca", &self.certificates.tls_ca),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|c| c.not_before_unix > now.secs())
+        .map(|c| {
+            format!(
+                "certificates.{}: not valid before {}; nothing is sent to or accepted from partner {} until then",
+                c.role, c.not_before, self.id
+            )
+        })
+        .collect()
     }
 
     /// The certificate that verifies the partner's signatures.

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mamori_core::time::{Clock, ManualClock, SystemClock};
 use mamori_exchange::as2::{self, Disposition, MdnRequest};
 use mamori_exchange::client::{self, ClientIdentity};
 use mamori_exchange::cms::{ContentCipher, Identity, KeyTransport};
@@ -723,6 +724,7 @@ async fn the_outbox_survives_partner_outages_and_restarts() {
     // A partner that never answers: a visible failure, an alert, never dropped silently.
     let r = a.get("/api/v1/partners/1310000002", &a.admin).await;
     let mut reg = r.body["registration"].clone();
+    let b_endpoint = reg["endpoint"].clone();
     reg["endpoint"] = json!(format!("https://localhost:{}/as2", free_port()));
     let v = r.body["version"].as_i64().unwrap();
     let r = a
@@ -751,6 +753,37 @@ async fn the_outbox_survives_partner_outages_and_restarts() {
     let alerts = a.get("/api/v1/alerts", &a.admin).await;
     assert!(alerts.text.contains("exchange-failed"), "{}", alerts.text);
     assert_eq!(a.audits_where("exchange-failed").len(), 1);
+
+    // The partner answers, but its server certificate is not under the CA
+    // registered for it: the partner's TLS authentication failed, which
+    // the ledger names as such (not the network path).
+    let r = a.get("/api/v1/partners/1310000002", &a.admin).await;
+    let mut reg = r.body["registration"].clone();
+    reg["endpoint"] = b_endpoint;
+    reg["certificates"]["tls_ca"] = json!(outsider("Impostor CA").ca_pem);
+    let v = r.body["version"].as_i64().unwrap();
+    let r = a
+        .raw(
+            Method::PUT,
+            "/api/v1/partners/1310000002",
+            Some(&a.admin),
+            Some((reg.to_string(), "application/json")),
+            &[("if-match", &format!("W/\"{v}\""))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            json!({"patient": pa, "recipients": ["1310000002"], "purpose": "referral", "note": "証明書違い"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&a, &mid, "failed").await;
+    assert_eq!(m["failure"]["segment"], "partner_tls", "{m}");
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1, "nothing reached the impostor-checked partner");
 }
 
 /// Issue 12: a stored Composition once carried another patient's data to
@@ -796,4 +829,82 @@ async fn a_send_is_decided_as_a_read_of_every_resource_sent() {
     assert_eq!(r.status, 202, "{}", r.text);
     let ev = a.audits_where("exchange-send").pop().unwrap();
     assert_eq!(ev["basis"], "care-relationship", "{ev}");
+}
+
+/// A partner's certificates count only inside their validity, by the
+/// server's clock: a certificate not valid yet is registered with a
+/// warning, and until it starts, and again after it expires, nothing is
+/// accepted from the partner or sent to it (refused, audited, quarantined,
+/// alerted). In between, the same partner's messages are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_certificates_count_only_inside_their_validity() {
+    // The server's clock starts two days before the partner's certificates do.
+    let clock = ManualClock::new(SystemClock.now().plus_secs(-2 * 86_400));
+    let b = TestServer::start_cfg("xv", &format!("{AS2_CFG}as2_id = \"CLINIC-B\"\n"), Some(clock.clone())).await;
+    let t = target(&b).await;
+    let c = outsider("Clinic C");
+    let r = b
+        .post(
+            "/api/v1/partners",
+            &b.admin,
+            partner_doc(
+                "1310000003",
+                "CLINIC-C",
+                "https://localhost:1/as2",
+                &c.cert_pem,
+                &c.ca_pem,
+                "third_party",
+                &["referral"],
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let warnings = r.body["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w.as_str().unwrap().contains("certificates.signing: not valid before")),
+        "{}",
+        r.text
+    );
+    let reg = b.audits_where("partner-register");
+    assert_eq!(reg.last().unwrap()["detail"]["warnings"].as_array().unwrap().len(), warnings.len());
+
+    let refused_reason = |b: &TestServer| {
+        let e = b.audits_where("exchange-receive");
+        let last = e.last().unwrap().clone();
+        (last["status"].as_u64().unwrap(), last["detail"]["reason"].as_str().unwrap_or("").to_owned())
+    };
+    // Not valid yet: refused on receipt, and a send is refused before anything is queued.
+    let r = post_as2(&c, &t, &message("CLINIC-C", &c.id, &t, "v1@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Error("authentication-failed".into()));
+    let (status, reason) = refused_reason(&b);
+    assert_eq!(status, 403);
+    assert!(reason.contains("signing certificate is not valid before"), "{reason}");
+    let (doc, pa, obs) = chart(&b, "dr-b").await;
+    let send = json!({"patient": pa, "recipients": ["1310000003"], "purpose": "referral", "documents": [format!("Observation/{obs}")]});
+    let r = b.post("/api/v1/exchange/messages", &doc, send.clone()).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("encryption certificate is not valid before"), "{}", r.text);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out'"), 0);
+
+    // Valid: the same partner's message is processed.
+    clock.advance_secs(2 * 86_400 + 60);
+    let r = post_as2(&c, &t, &message("CLINIC-C", &c.id, &t, "v2@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Processed);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1);
+
+    // Expired (the outsider's certificates are valid for 30 days).
+    clock.advance_secs(31 * 86_400);
+    let r = post_as2(&c, &t, &message("CLINIC-C", &c.id, &t, "v3@c", &doc_bundle())).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Error("authentication-failed".into()));
+    let (status, reason) = refused_reason(&b);
+    assert_eq!(status, 403);
+    assert!(reason.contains("signing certificate expired on"), "{reason}");
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1, "nothing more was accepted");
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_quarantine"), 2, "both refusals are kept for review");
+    assert!(b.count("SELECT COUNT(*) FROM alerts WHERE kind LIKE 'exchange-refused:%'") >= 1);
+    let doc = b.login("dr-b", PASSWORD).await;
+    let r = b.post("/api/v1/exchange/messages", &doc, send).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("encryption certificate expired on"), "{}", r.text);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out'"), 0);
 }

@@ -224,7 +224,13 @@ pub async fn receive(st: &Services, req: As2Request) -> As2Answer {
                 403,
                 "partner_tls",
             )),
-            _ => None,
+            // A signature under an expired (or not yet valid) certificate
+            // proves nothing at this time: refused before any cryptography.
+            Some((p, _)) => {
+                let unusable = p.unusable_certificates(st.now());
+                (!unusable.is_empty())
+                    .then(|| Refusal::new("authentication-failed", unusable.join("; "), 403, "sender"))
+            }
         }
     };
     let early = match early {

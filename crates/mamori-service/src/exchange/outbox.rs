@@ -137,6 +137,14 @@ async fn deliver(st: &Services, m: MessageRow) {
     if partner.status != Status::Active {
         return finish_failed(st, &m, Segment::Sender, "the partner was suspended before delivery; not sent").await;
     }
+    // A document is encrypted to, and its receipt verified with, the
+    // partner's certificates: not sent once they expired. (A receipt we
+    // owe the partner still goes: it is signed with our key.)
+    let unusable = if m.kind == "mdn" { Vec::new() } else { partner.unusable_certificates(st.now()) };
+    if !unusable.is_empty() {
+        let why = format!("{}; not sent", unusable.join("; "));
+        return finish_failed(st, &m, Segment::Partner, &why).await;
+    }
     let timeout = Duration::from_secs(st.cfg.exchange.send_timeout_seconds);
     let client = match st.exchange.client(&partner, row.version, timeout) {
         Ok(c) => c,

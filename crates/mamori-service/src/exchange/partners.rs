@@ -109,6 +109,9 @@ pub struct Saved {
     pub version: i64,
     /// Its status.
     pub status: Status,
+    /// What the registration accepted but cannot use yet (a certificate
+    /// whose validity starts later).
+    pub warnings: Vec<String>,
 }
 
 /// Registers a partner (`path_id` none) or updates one (admins); with
@@ -137,8 +140,9 @@ pub async fn save(
         Ok(c) => c,
         Err(e) => return Err(svc.refused(actor, action, e).await),
     };
+    let warnings = p.not_yet_valid(svc.now());
     let creating = path_id.is_none();
-    let (a2, p2) = (actor.clone(), p.clone());
+    let (a2, p2, w2) = (actor.clone(), p.clone(), warnings.clone());
     let out = svc
         .change(actor, action, move |w| {
             let exists = xs::partner(w.conn, &p2.id)?.is_some();
@@ -154,14 +158,15 @@ pub async fn save(
             rec.detail = Some(json!({
                 "partner": p2.id, "version": v, "as2_id": p2.as2_id, "endpoint": p2.endpoint,
                 "relationship": p2.relationship, "contract": p2.contract.reference, "status": p2.status,
-                "certificates": certs.iter().map(|c| json!({"role": c.role, "sha256": c.sha256, "not_after": c.not_after})).collect::<Vec<_>>(),
+                "certificates": certs.iter().map(|c| json!({"role": c.role, "sha256": c.sha256, "not_before": c.not_before, "not_after": c.not_after})).collect::<Vec<_>>(),
+                "warnings": w2,
             }));
             w.audit(&rec)?;
             Ok(Outcome::with(v, vec![Effect::PartnersChanged]))
         })
         .await?;
     let version = svc.finish(out).await;
-    Ok(Saved { id: p.id, version, status: p.status })
+    Ok(Saved { id: p.id, version, status: p.status, warnings })
 }
 
 /// Why a partner is suspended or activated.
@@ -242,7 +247,7 @@ pub async fn set_status(
         })
         .await?;
     let version = svc.finish(out).await;
-    Ok(Saved { id: id.to_owned(), version, status })
+    Ok(Saved { id: id.to_owned(), version, status, warnings: Vec::new() })
 }
 
 /// What a partner needs to register this institution.

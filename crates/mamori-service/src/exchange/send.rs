@@ -174,6 +174,9 @@ fn gather(
                 if !p.document_types.iter().any(|t| t == "application/fhir+json") {
                     problems.push(format!("partner {id} is not registered for FHIR documents (application/fhir+json)"));
                 }
+                for u in p.unusable_certificates(now) {
+                    problems.push(format!("{u}; nothing was sent"));
+                }
                 partners.push((p, row.version));
             }
         }
