@@ -174,7 +174,7 @@ async fn logins_lockout_tokens_and_first_password() {
 }
 
 fn fails_message() -> &'static str {
-    "invalid credentials, or the account is locked or disabled"
+    "invalid credentials (with the one-time code, if the account has one), or the account is locked or disabled"
 }
 
 #[tokio::test]
@@ -189,7 +189,13 @@ async fn totp_second_factor() {
     let r =
         s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": PASSWORD}))).await;
     assert_eq!(r.status, 401);
-    assert!(r.text.contains("one-time code"));
+    assert!(r.text.contains(fails_message()), "{}", r.text);
+    // The right password without the code is answered as a wrong one:
+    // the answer must not confirm the password (issue 15).
+    let wrong = s
+        .req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.g", "password": "Wrong horse 43!"})))
+        .await;
+    assert_eq!((wrong.status, wrong.text), (r.status, r.text));
     let step = s.now().secs() / 30;
     let code = format!("{:06}", mamori_store::accounts::totp_code(&secret, step));
     let r = s
@@ -261,4 +267,47 @@ fn base32_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Issue 15: a password change ends every session and token of the
+/// account (one taken before it no longer works) and gives the caller a
+/// new session; guessing the current password through the change counts
+/// as failed logins, locks the account and ends the guessing session.
+#[tokio::test]
+async fn a_password_change_ends_every_session_and_guesses_count_as_failed_logins() {
+    let s = TestServer::start("pwchange").await;
+    let first = s.user("dr.p", &["physician"]).await;
+    let other = s.login("dr.p", PASSWORD).await;
+    let new_pw = "Battery staple 43!";
+    let r = s.post("/api/v1/auth/password", &first, json!({"current": PASSWORD, "new": new_pw})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["sessions_ended"].as_u64().unwrap() >= 2, "{}", r.text);
+    let renewed = r.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/api/v1/auth/me", &first).await.status, 401, "the session that made the change was re-issued");
+    assert_eq!(s.get("/api/v1/auth/me", &other).await.status, 401, "a session from before the change ended");
+    assert_eq!(s.get("/api/v1/auth/me", &renewed).await.status, 200);
+    let e = s.audits_where("password-change");
+    assert_eq!(e.last().unwrap()["status"], 200);
+    assert!(e.last().unwrap()["detail"]["sessions_ended"].as_u64().unwrap() >= 2);
+
+    // Wrong current passwords: each one a failed login; the fifth locks the account.
+    for i in 1..=5 {
+        let r = s
+            .post(
+                "/api/v1/auth/password",
+                &renewed,
+                json!({"current": format!("Guess number {i}!"), "new": "Whatever 1234!"}),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(r.text.contains("locked"), i == 5, "{i}: {}", r.text);
+    }
+    assert_eq!(s.get("/api/v1/auth/me", &renewed).await.status, 401, "the lock ended the guessing session");
+    let r =
+        s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": "dr.p", "password": new_pw}))).await;
+    assert_eq!(r.status, 401, "locked: even the right password is refused");
+    let fails = s.audits_where("password-change");
+    assert_eq!(fails.iter().filter(|e| e["detail"]["reason"] == "bad-password").count(), 5);
+    assert_eq!(fails.last().unwrap()["detail"]["locked"], true);
+    assert_eq!(s.count("SELECT failed_logins FROM users WHERE name = 'dr.p'"), 5);
 }

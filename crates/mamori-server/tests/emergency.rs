@@ -37,7 +37,7 @@ async fn state_of(s: &TestServer, id: i64) -> Value {
 
 #[tokio::test]
 async fn declare_work_in_emergency_and_return_to_normal() {
-    let s = TestServer::start("bcp-e2e").await;
+    let s = TestServer::start_manual("bcp-e2e").await;
     let decider = s.user("bcp.chief", &["bcp-decider"]).await;
     let doc_b = s.user("dr.b", &["physician"]).await;
     let doc_a = s.user("dr.a", &["physician"]).await;
@@ -61,6 +61,12 @@ async fn declare_work_in_emergency_and_return_to_normal() {
     let r = emergency_login(&s, &account, &pw).await;
     assert_eq!(r.status, 403, "{}", r.text);
     assert!(r.text.contains("sealed"));
+    // A wrong password, and an account that does not exist, get the same
+    // answer: outside an emergency it never confirms a password or a name.
+    for (acc, p) in [(account.as_str(), "Not the password 1"), ("emg-nobody", pw.as_str())] {
+        let other = emergency_login(&s, acc, p).await;
+        assert_eq!((other.status, &other.text), (r.status, &r.text), "{acc}");
+    }
     let alerts = s.get("/api/v1/alerts?open=true", &decider).await;
     assert!(
         alerts.body["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "emergency-account-misuse"),
@@ -128,6 +134,19 @@ async fn declare_work_in_emergency_and_return_to_normal() {
         (ev["purpose"].as_str(), ev["basis"].as_str(), ev["mode"].as_str()),
         (Some("ETREAT"), Some("emergency-access"), Some("emergency; phase=activation"))
     );
+
+    // Guessing locks the account like any other: after the fifth wrong
+    // password (one was tried while sealed) the right one is answered as
+    // a wrong one, until the lock ends.
+    let wrong = emergency_login(&s, &account, "Not the password 2").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.text);
+    for i in 3..=5 {
+        assert_eq!(emergency_login(&s, &account, &format!("Not the password {i}")).await.status, 401);
+    }
+    let r = emergency_login(&s, &account, &pw).await;
+    assert_eq!((r.status, &r.text), (wrong.status, &wrong.text), "locked");
+    assert_eq!(s.audits_where("emergency-login-refused").last().unwrap()["detail"]["reason"], "locked");
+    s.clock.as_ref().unwrap().advance_secs(16 * 60);
 
     // The emergency account works now, under the declared person.
     let r = emergency_login(&s, &account, &pw).await;

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::actor::{Actor, RequestCtx, TokenRef};
 use crate::authz;
+use crate::commit::failure_record;
 use crate::error::ServiceError;
 use crate::services::Services;
 
@@ -194,11 +195,6 @@ pub struct Session {
     pub roles: Vec<String>,
 }
 
-/// A fixed argon2id hash to verify against for unknown users, so that the
-/// response time does not tell whether a user exists.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0a6yqlj6JxtTmVhvA1sZ9ZqX3l2ZpQ1c7S4Q9k2w3xg";
-
 /// The outcome of checking credentials (computed off the async threads).
 enum Check {
     Ok { totp_step: Option<i64> },
@@ -223,7 +219,7 @@ pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Sessio
         found.as_ref().map(|(u, cr)| (u.clone(), cr.password_hash.clone(), cr.totp_secret.clone(), cr.totp_last_step));
     let check = tokio::task::spawn_blocking(move || {
         let Some((u, hash, secret, last_step)) = found2 else {
-            let _ = accounts::verify_password(&pw, DUMMY_HASH);
+            accounts::verify_password_or_dummy(&pw, None);
             return Check::Fail("unknown-user");
         };
         let pw_ok = hash.as_deref().is_some_and(|h| accounts::verify_password(&pw, h));
@@ -273,12 +269,12 @@ pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Sessio
                     |_, _| Ok(()),
                 )
                 .await?;
-            let msg = if reason == "totp-required" {
-                "a one-time code (totp) is required for this account"
-            } else {
-                "invalid credentials, or the account is locked or disabled"
-            };
-            Err(ServiceError::Unauthenticated(msg.into()))
+            // One answer for every reason (the audit event keeps it): a
+            // different one for a missing code would confirm the password.
+            Err(ServiceError::Unauthenticated(
+                "invalid credentials (with the one-time code, if the account has one), or the account is locked or disabled"
+                    .into(),
+            ))
         }
         Check::Ok { totp_step } => {
             let Some((user, _)) = found else {
@@ -366,38 +362,113 @@ pub struct PasswordChange {
     pub new: Zeroizing<String>,
 }
 
-/// Changes the caller's own password (knowing the current one).
-pub async fn change_password(svc: &Services, actor: &Actor, req: PasswordChange) -> Result<(), ServiceError> {
+/// A changed password: every session and API token of the account ended,
+/// and a new session for the caller.
+#[derive(Debug, Serialize)]
+pub struct PasswordChanged {
+    /// The caller's new session token (the one it used has ended too).
+    pub token: String,
+    /// When the new session expires.
+    pub expires_at: String,
+    /// How many sessions and tokens of the account were ended.
+    pub ended: usize,
+}
+
+/// Changes the caller's own password (knowing the current one). A wrong
+/// current password counts as a failed login (the account locks after as
+/// many as a login allows, and its sessions end); a change ends every
+/// session and token of the account, so that one taken before no longer
+/// works, and gives the caller a new session.
+pub async fn change_password(
+    svc: &Services,
+    actor: &Actor,
+    req: PasswordChange,
+) -> Result<PasswordChanged, ServiceError> {
     const ACTION: &str = "password-change";
     let d = svc.gate(actor, ACTION, Operation::OwnPasswordChange, Facts::default(), "changing your password").await?;
     let name = actor.name().to_owned();
     let n2 = name.clone();
-    let creds = svc.store.read(move |c| accounts::credentials(c, &n2)).await?;
+    let now = svc.now();
+    let (user, creds) =
+        svc.store.read(move |c| Ok((accounts::get_user(c, &n2)?, accounts::credentials(c, &n2)?))).await?;
+    if user.as_ref().is_some_and(|u| u.locked_until.is_some_and(|t| t > now)) {
+        let e = ServiceError::forbidden("the account is locked; try again later or ask an administrator");
+        return Err(svc.refused(actor, ACTION, e).await);
+    }
     let (cur, new) = (req.current.clone(), req.new.clone());
-    let hashed = tokio::task::spawn_blocking(move || -> Result<String, ServiceError> {
+    let hashed = tokio::task::spawn_blocking(move || -> Result<Option<String>, ServiceError> {
         let ok = creds.and_then(|c| c.password_hash).is_some_and(|h| accounts::verify_password(&cur, &h));
         if !ok {
-            return Err(ServiceError::forbidden("the current password is wrong"));
+            return Ok(None);
         }
         if *cur == *new {
             return Err(ServiceError::invalid("new", "the new password must differ from the current one"));
         }
         accounts::check_password_policy(&new)?;
-        Ok(accounts::hash_password(&new)?)
+        Ok(Some(accounts::hash_password(&new)?))
     })
     .await
     .map_err(|e| ServiceError::internal_from("password hashing", e))?;
     let hashed = match hashed {
-        Ok(h) => h,
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            // A wrong current password is a guess like a failed login.
+            let (max, lock_secs) = (svc.cfg.auth.max_failed_logins, svc.cfg.auth.lockout_minutes * 60);
+            let (a2, n3) = (actor.clone(), name.clone());
+            let locked = svc
+                .store
+                .writer()
+                .write(
+                    move |w| {
+                        let locked = accounts::record_login_failure(w.conn, &n3, max, lock_secs, w.now)?;
+                        let ended = if locked { accounts::revoke_token(w.conn, Some(&n3), None, w.now)? } else { 0 };
+                        let mut rec =
+                            failure_record(&a2, ACTION, &ServiceError::forbidden("wrong current password"), w.now);
+                        rec.detail = Some(json!({"reason": "bad-password", "locked": locked, "sessions_ended": ended}));
+                        w.audit(&rec)?;
+                        Ok(locked)
+                    },
+                    |_, _| Ok(()),
+                )
+                .await?;
+            svc.tokens.invalidate();
+            return Err(ServiceError::forbidden(if locked {
+                "the current password is wrong; the account is now locked and its sessions have ended"
+            } else {
+                "the current password is wrong"
+            }));
+        }
         Err(e) => return Err(svc.refused(actor, ACTION, e).await),
     };
+    let secret = accounts::new_token_secret()?;
+    let s2 = secret.clone();
+    let ttl = svc.cfg.auth.login_ttl_minutes * 60;
     let a2 = actor.clone();
-    svc.change(actor, ACTION, move |w| {
-        accounts::set_password(w.conn, &name, &hashed, false)?;
-        w.audit(&a2.decided(ACTION, 200, &d, w.now))?;
-        Ok(())
-    })
-    .await
+    let (expires, ended) = svc
+        .change(actor, ACTION, move |w| {
+            accounts::set_password(w.conn, &name, &hashed, false)?;
+            let ended = accounts::revoke_token(w.conn, Some(&name), None, w.now)?;
+            let expires = w.now.plus_secs(ttl);
+            let id = accounts::insert_token(
+                w.conn,
+                &NewToken {
+                    secret: &s2,
+                    user: &name,
+                    kind: TokenKind::Session,
+                    label: Some("password change"),
+                    expires,
+                    declared: None,
+                    issued_by: None,
+                },
+                w.now,
+            )?;
+            let mut rec = a2.decided(ACTION, 200, &d, w.now);
+            rec.detail = Some(json!({"sessions_ended": ended, "new_session": id}));
+            w.audit(&rec)?;
+            Ok((expires, ended))
+        })
+        .await?;
+    Ok(PasswordChanged { token: secret.as_str().to_owned(), expires_at: expires.to_rfc3339(), ended })
 }
 
 /// Who the caller is.

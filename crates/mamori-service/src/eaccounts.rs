@@ -334,26 +334,30 @@ pub async fn emergency_login(
     let pw = req.password.clone();
     let hash = found.as_ref().and_then(|((_, cr), _)| cr.password_hash.clone());
     // Unknown accounts cost the same hash as known ones.
-    let pw_ok = tokio::task::spawn_blocking(move || {
-        accounts::verify_password(&pw, hash.as_deref().unwrap_or(DUMMY_HASH)) && hash.is_some()
-    })
-    .await
-    .unwrap_or(false);
+    let pw_ok = tokio::task::spawn_blocking(move || accounts::verify_password_or_dummy(&pw, hash.as_deref()))
+        .await
+        .unwrap_or(false);
     let declared = format!("{} ({})", req.real_name.trim(), req.affiliation.trim());
+    const SEALED: &str =
+        "emergency accounts are sealed: no emergency is declared. This attempt has been announced to all staff.";
+    // The answer never depends on the password alone: outside an emergency
+    // every attempt is "sealed", right password or wrong, known account or
+    // not (a different answer for the right password would confirm it).
     let refusal: Option<(&str, String)> = match &found {
+        None if mode.is_normal() => Some(("unknown-account", SEALED.into())),
         None => Some(("unknown-account", "invalid emergency account or password".into())),
         Some(((acc, _), user)) => {
             // A retired credential is refused loudly, whatever the password.
             if user.disabled || acc.state == AccountState::Retired {
                 Some(("retired", "this emergency account has been retired and can never be used again. This attempt has been announced.".into()))
+            } else if mode.is_normal() {
+                Some((if pw_ok { "sealed" } else { "sealed-bad-password" }, SEALED.into()))
             } else if user.locked_until.is_some_and(|t| t > now) {
                 Some(("locked", "invalid emergency account or password".into()))
             } else if !pw_ok {
                 Some(("bad-password", "invalid emergency account or password".into()))
             } else if acc.state == AccountState::AwaitingEnvelope {
                 Some(("no-envelope", "invalid emergency account or password".into()))
-            } else if mode.is_normal() {
-                Some(("sealed", "emergency accounts are sealed: no emergency is declared. This attempt has been announced to all staff.".into()))
             } else if mode.is_drill() != acc.drill {
                 Some((
                     "wrong-kind",
@@ -376,13 +380,15 @@ pub async fn emergency_login(
         let account = req.account.clone();
         let ctx2 = ctx.clone();
         let decl2 = declared.clone();
-        let loud = matches!(reason, "sealed" | "wrong-kind" | "retired");
+        let loud = found.is_some() && matches!(reason, "sealed" | "sealed-bad-password" | "wrong-kind" | "retired");
         let ann = st
             .store
             .writer()
             .write(
                 move |w| {
-                    if found.is_some() && matches!(reason, "bad-password") {
+                    // A wrong password counts towards the lock, in an
+                    // emergency or not (the lock is checked before it).
+                    if found.is_some() && matches!(reason, "bad-password" | "sealed-bad-password") {
                         accounts::record_login_failure(w.conn, &account, st2.cfg.auth.max_failed_logins, st2.cfg.auth.lockout_minutes * 60, w.now)?;
                     }
                     let mut rec = ctx2.record(&account, "emergency", "emergency-login-refused", 403, w.now);
@@ -409,11 +415,13 @@ pub async fn emergency_login(
             )
             .await?;
         notify::publish(st, ann);
-        return Err(if matches!(reason, "unknown-account" | "bad-password" | "no-envelope" | "locked") {
-            ServiceError::Unauthenticated(msg)
-        } else {
-            ServiceError::forbidden(msg)
-        });
+        return Err(
+            if matches!(reason, "unknown-account" | "bad-password" | "no-envelope" | "locked") && !mode.is_normal() {
+                ServiceError::Unauthenticated(msg)
+            } else {
+                ServiceError::forbidden(msg)
+            },
+        );
     }
     let Some(((acc, _), user)) = found else { return Err(ServiceError::internal("account vanished")) };
     let roles: Vec<String> = user.roles.iter().map(|r| r.as_str().to_owned()).collect();
@@ -478,7 +486,3 @@ pub async fn emergency_login(
         declared,
     })
 }
-
-/// A fixed argon2id hash verified against for unknown accounts.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0a6yqlj6JxtTmVhvA1sZ9ZqX3l2ZpQ1c7S4Q9k2w3xg";

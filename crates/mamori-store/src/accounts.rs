@@ -77,6 +77,29 @@ pub fn verify_password(pw: &str, stored: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|h| argon().verify_password(pw.as_bytes(), &h).is_ok())
 }
 
+/// The hash verified for an account that does not exist: made like every
+/// other (same algorithm and parameters), so that it costs the same.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(DUMMY_PASSWORD).unwrap_or_default())
+}
+const DUMMY_PASSWORD: &str = "no account has this password";
+
+/// Whether `pw` matches `stored`. Without a stored hash (no such account,
+/// or none set) it spends the time of a real verification and answers
+/// false, so that the response time does not tell whether an account
+/// exists.
+pub fn verify_password_or_dummy(pw: &str, stored: Option<&str>) -> bool {
+    match stored {
+        Some(h) => verify_password(pw, h),
+        None => {
+            // The result is known; the work is what matters.
+            std::hint::black_box(verify_password(pw, dummy_hash()));
+            false
+        }
+    }
+}
+
 /// A password policy: at least 12 characters, not all of one class.
 pub fn check_password_policy(pw: &str) -> Result<()> {
     let n = pw.chars().count();
@@ -846,6 +869,19 @@ pub fn list_care(c: &mut dyn Conn, patient: Option<&str>, user: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dummy verification is a real one: a valid argon2id hash with the
+    /// parameters of every stored password (a malformed constant failed to
+    /// parse at once, and an unknown account answered ten times faster).
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let real = hash_password("Some password 1!").unwrap();
+        let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert_eq!(params(dummy_hash()), params(&real));
+        assert!(verify_password(DUMMY_PASSWORD, dummy_hash()), "it parses and verifies");
+        assert!(!verify_password_or_dummy(DUMMY_PASSWORD, None), "but never admits anyone");
+        assert!(verify_password_or_dummy("Some password 1!", Some(&real)));
+    }
 
     /// RFC 6238 Appendix B, SHA-1 vectors (8 digits there; 6 are the low digits).
     #[test]

@@ -44,8 +44,8 @@ async fn logout(State(svc): State<Services>, c: Caller) -> ApiResult {
 
 async fn change_password(State(svc): State<Services>, c: Caller, body: Body) -> ApiResult {
     let req = json_body(&svc, &c, body).await?;
-    accounts::change_password(&svc, &c, req).await?;
-    ok(json!({"changed": true}))
+    let done = accounts::change_password(&svc, &c, req).await?;
+    ok(json!({"changed": true, "token": done.token, "expires_at": done.expires_at, "sessions_ended": done.ended}))
 }
 
 async fn me(State(svc): State<Services>, c: Caller) -> ApiResult {

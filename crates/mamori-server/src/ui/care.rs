@@ -247,7 +247,12 @@ pub(crate) async fn password_post(ui: Ui, body: Body) -> Response {
     if !r.ok() {
         return password_form(&ui, Some(r.message()));
     }
-    Redirect::to("/ui/").into_response()
+    // Every session of the account ended with the change; this browser
+    // continues on the new one.
+    let mut resp = Redirect::to("/ui/").into_response();
+    resp.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, r.body["token"].as_str().unwrap_or(""), None));
+    resp
 }
 
 pub(crate) async fn logout(ui: Ui, body: Body) -> Response {
