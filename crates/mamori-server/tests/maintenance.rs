@@ -144,7 +144,21 @@ async fn remote_maintenance_is_narrow_approved_time_boxed_and_reviewed() {
     )
     .await;
     assert_eq!(st, 401);
-    clock.advance_secs(31);
+    // Guessing codes locks the second factor: the fifth wrong code locks
+    // it, and then even the right code is refused until the lock ends.
+    let login = |code: String| {
+        let (p, url) = (&tanaka, format!("{m}/api/v1/maintenance/login"));
+        async move { mcall(p, &url, reqwest::Method::POST, None, Some(json!({"request": rid, "totp": code}))).await }
+    };
+    for i in 2..=5 {
+        let (st, v) = login(format!("00000{i}")).await;
+        assert_eq!(st, 401, "{v}");
+        assert_eq!(v["message"].as_str().unwrap().contains("locked"), i == 5, "{v}");
+    }
+    let (st, v) = login(tanaka.totp(&s)).await;
+    assert_eq!(st, 429, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("too many wrong second-factor codes"), "{v}");
+    clock.advance_secs(16 * 60);
     let (st, v) = mcall(
         &tanaka,
         &format!("{m}/api/v1/maintenance/login"),

@@ -168,24 +168,50 @@ pub struct MaintSession {
     pub request: i64,
 }
 
+/// Checks a maintenance person's second-factor code: never one used
+/// before, and never while locked after too many wrong ones (the limit
+/// and the lock's length are those of staff logins). Returns its step.
+async fn second_factor(
+    st: &Services,
+    a: Option<IpAddr>,
+    p: &Person,
+    code: Option<&str>,
+    detail: Value,
+) -> Result<i64, Refused> {
+    let now = st.now();
+    let id = p.id.clone();
+    let locked = st.store.read(move |c| ms::totp_locked_until(c, &id)).await.map_err(unavailable)?;
+    if let Some(until) = locked.filter(|t| *t > now) {
+        let why = format!("too many wrong second-factor codes; locked until {}", until.to_rfc3339());
+        return Err(refused(st, a, &p.id, &why, 429, detail).await);
+    }
+    let step = code
+        .and_then(|t| accounts::totp_check(&p.totp_secret, t, now))
+        .filter(|s| p.totp_last_step.is_none_or(|l| *s > l));
+    if let Some(step) = step {
+        return Ok(step);
+    }
+    let (id, max, lock) = (p.id.clone(), st.cfg.auth.max_failed_logins, st.cfg.auth.lockout_minutes * 60);
+    let now_locked = st
+        .store
+        .writer()
+        .write(move |w| ms::totp_failure(w.conn, &id, max, lock, w.now), |_, _| Ok(()))
+        .await
+        .map_err(unavailable)?;
+    let why = if now_locked {
+        "wrong or reused second factor (TOTP); too many wrong codes: the second factor is locked for a while"
+    } else {
+        "wrong or reused second factor (TOTP)"
+    };
+    Err(refused(st, a, &p.id, why, 401, detail).await)
+}
+
 /// Logs a maintenance person in to an approved window: the person's
 /// certificate, an allowed address, a fresh second factor, inside the window.
 pub async fn login(st: &Services, certs: &PeerCerts, a: Option<IpAddr>, req: Login) -> Result<MaintSession, Refused> {
     let p = identify(st, certs, a).await?;
     let now = st.now();
-    let Some(step) =
-        accounts::totp_check(&p.totp_secret, &req.totp, now).filter(|s| p.totp_last_step.is_none_or(|l| *s > l))
-    else {
-        return Err(refused(
-            st,
-            a,
-            &p.id,
-            "wrong or reused second factor (TOTP)",
-            401,
-            json!({"request": req.request}),
-        )
-        .await);
-    };
+    let step = second_factor(st, a, &p, Some(&req.totp), json!({"request": req.request})).await?;
     let rid = req.request;
     let r = st.store.read(move |c| ms::request(c, rid)).await.map_err(unavailable)?;
     let Some(r) = r.filter(|r| r.person == p.id) else {
@@ -347,15 +373,7 @@ pub async fn vendor_request(
     req: NewRequest,
 ) -> Result<Value, Refused> {
     let p = identify(st, certs, a).await?;
-    let now = st.now();
-    let Some(step) = req
-        .totp
-        .as_deref()
-        .and_then(|t| accounts::totp_check(&p.totp_secret, t, now))
-        .filter(|s| p.totp_last_step.is_none_or(|l| *s > l))
-    else {
-        return Err(refused(st, a, &p.id, "wrong or reused second factor (TOTP)", 401, json!({})).await);
-    };
+    let step = second_factor(st, a, &p, req.totp.as_deref(), json!({})).await?;
     let pid = p.id.clone();
     // A code whose use is not recorded could be replayed in its window:
     // without the record, the request is refused.

@@ -177,10 +177,40 @@ pub fn mark_left(c: &mut dyn Conn, id: &str, now: Timestamp) -> Result<bool> {
 /// Records a use of the maintenance listener, and the TOTP step accepted.
 pub fn touch(c: &mut dyn Conn, id: &str, totp_step: Option<i64>, now: Timestamp) -> Result<()> {
     c.exec(
-        "UPDATE maint_people SET last_used = $2, totp_last_step = COALESCE($3, totp_last_step) WHERE id = $1",
+        "UPDATE maint_people SET last_used = $2, totp_last_step = COALESCE($3, totp_last_step), \
+         totp_failures = CASE WHEN $3 IS NULL THEN totp_failures ELSE 0 END WHERE id = $1",
         p![id, now.micros(), totp_step],
     )?;
     Ok(())
+}
+
+/// Until when the person's second factor is locked after wrong codes.
+pub fn totp_locked_until(c: &mut dyn Conn, id: &str) -> Result<Option<Timestamp>> {
+    Ok(c.query_one("SELECT totp_locked_until FROM maint_people WHERE id = $1", p![id])?
+        .map(|r| r.opt_i64(0))
+        .transpose()?
+        .flatten()
+        .map(Timestamp))
+}
+
+/// Counts a wrong second-factor code; the `max`-th in a row locks the
+/// second factor for `lock_secs` (and starts the count again). Returns
+/// whether it is now locked.
+pub fn totp_failure(c: &mut dyn Conn, id: &str, max: u32, lock_secs: i64, now: Timestamp) -> Result<bool> {
+    c.exec("UPDATE maint_people SET totp_failures = totp_failures + 1 WHERE id = $1", p![id])?;
+    let n = c
+        .query_one("SELECT totp_failures FROM maint_people WHERE id = $1", p![id])?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+    if n >= i64::from(max) {
+        c.exec(
+            "UPDATE maint_people SET totp_failures = 0, totp_locked_until = $2 WHERE id = $1",
+            p![id, now.plus_secs(lock_secs).micros()],
+        )?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Records a client certificate issued to `person` (`not_after` in seconds

@@ -14,6 +14,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0007_service_layer", include_str!("../migrations/sqlite/0007_service_layer.sql")),
     ("0008_form_submissions", include_str!("../migrations/sqlite/0008_form_submissions.sql")),
     ("0009_compartment_self", include_str!("../migrations/sqlite/0009_compartment_self.sql")),
+    ("0010_maintenance_totp_lock", include_str!("../migrations/sqlite/0010_maintenance_totp_lock.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -26,6 +27,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0007_service_layer", include_str!("../migrations/postgres/0007_service_layer.sql")),
     ("0008_form_submissions", include_str!("../migrations/postgres/0008_form_submissions.sql")),
     ("0009_compartment_self", include_str!("../migrations/postgres/0009_compartment_self.sql")),
+    ("0010_maintenance_totp_lock", include_str!("../migrations/postgres/0010_maintenance_totp_lock.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
