@@ -336,6 +336,10 @@ async fn english_by_accept_language_or_switch() {
     assert!(b.get("/ui/").await.text.contains("通常運用"), "the switch wins over Accept-Language");
     // The switch does not redirect off-site.
     assert_eq!(b.get("/ui/lang?to=en&back=//evil.example/").await.location(), "/ui/");
+    // CR/LF cannot split the redirect (it was a 500).
+    let p = b.get("/ui/lang?to=en&back=/ui/%0d%0aSet-Cookie:%20mamori_session=x").await;
+    assert_eq!(p.status, 400, "{}", p.text);
+    assert!(p.set_cookies.is_empty(), "{:?}", p.set_cookies);
 }
 
 #[tokio::test]

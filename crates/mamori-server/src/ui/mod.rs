@@ -126,6 +126,11 @@ pub(crate) fn lang_of(headers: &HeaderMap) -> Lang {
 
 async fn lang_switch(axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>) -> Response {
     let to = if q.get("to").map(String::as_str) == Some("en") { "en" } else { "ja" };
+    // A control character (CR/LF) would split the Location header: the
+    // request is refused rather than redirected anywhere.
+    if q.get("back").is_some_and(|b| b.chars().any(char::is_control)) {
+        return (StatusCode::BAD_REQUEST, "back: a path without control characters / 戻り先が不正です").into_response();
+    }
     let back =
         q.get("back").filter(|b| b.starts_with("/ui/") && !b.contains("//")).cloned().unwrap_or_else(|| "/ui/".into());
     let mut r = Redirect::to(&back).into_response();
