@@ -465,9 +465,9 @@ impl Partner {
         out
     }
 
-    /// Warnings for a registration that is accepted but not usable yet:
-    /// certificates whose validity starts after `now`.
-    pub fn not_yet_valid(&self, now: Timestamp) -> Vec<String> {
+    /// Every certificate of the registration that parses (signing,
+    /// encryption, TLS CAs).
+    fn all_certificates(&self) -> impl Iterator<Item = CertInfo> {
         [
             cert_infos("signing", &self.certificates.signing),
             cert_infos("encryption", &self.certificates.encryption),
@@ -476,14 +476,20 @@ impl Partner {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|c| c.not_before_unix > now.secs())
-        .map(|c| {
-            format!(
-                "certificates.{}: not valid before {}; nothing is sent to or accepted from partner {} until then",
-                c.role, c.not_before, self.id
-            )
-        })
-        .collect()
+    }
+
+    /// Warnings for a registration that is accepted but not usable yet:
+    /// certificates whose validity starts after `now`.
+    pub fn not_yet_valid(&self, now: Timestamp) -> Vec<String> {
+        self.all_certificates()
+            .filter(|c| c.not_before_unix > now.secs())
+            .map(|c| {
+                format!(
+                    "certificates.{}: not valid before {}; nothing is sent to or accepted from partner {} until then",
+                    c.role, c.not_before, self.id
+                )
+            })
+            .collect()
     }
 
     /// The certificate that verifies the partner's signatures.
@@ -501,16 +507,7 @@ impl Partner {
     /// Certificates that expire within `days` of `now`.
     pub fn expiring(&self, now: Timestamp, days: i64) -> Vec<CertInfo> {
         let limit = now.secs() + days * 86_400;
-        [
-            cert_infos("signing", &self.certificates.signing),
-            cert_infos("encryption", &self.certificates.encryption),
-            cert_infos("tls_ca", &self.certificates.tls_ca),
-        ]
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|c| c.not_after_unix <= limit)
-        .collect()
+        self.all_certificates().filter(|c| c.not_after_unix <= limit).collect()
     }
     /// The FHIR id of the partner's Organization and Endpoint mirrors.
     pub fn fhir_id(&self) -> String {

@@ -686,6 +686,20 @@ async fn attacks_on_the_as2_endpoint_are_refused_audited_and_quarantined() {
     assert_eq!(r.status, 403);
 }
 
+/// Replaces partner `id`'s registration at `at` (version `v` expected).
+async fn update_partner(at: &TestServer, id: &str, reg: &Value, v: i64) {
+    let r = at
+        .raw(
+            Method::PUT,
+            &format!("/api/v1/partners/{id}"),
+            Some(&at.admin),
+            Some((reg.to_string(), "application/json")),
+            &[("if-match", &format!("W/\"{v}\""))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -726,17 +740,7 @@ async fn the_outbox_survives_partner_outages_and_restarts() {
     let mut reg = r.body["registration"].clone();
     let b_endpoint = reg["endpoint"].clone();
     reg["endpoint"] = json!(format!("https://localhost:{}/as2", free_port()));
-    let v = r.body["version"].as_i64().unwrap();
-    let r = a
-        .raw(
-            Method::PUT,
-            "/api/v1/partners/1310000002",
-            Some(&a.admin),
-            Some((reg.to_string(), "application/json")),
-            &[("if-match", &format!("W/\"{v}\""))],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    update_partner(&a, "1310000002", &reg, r.body["version"].as_i64().unwrap()).await;
     let r = a
         .post(
             "/api/v1/exchange/messages",
@@ -761,17 +765,7 @@ async fn the_outbox_survives_partner_outages_and_restarts() {
     let mut reg = r.body["registration"].clone();
     reg["endpoint"] = b_endpoint;
     reg["certificates"]["tls_ca"] = json!(outsider("Impostor CA").ca_pem);
-    let v = r.body["version"].as_i64().unwrap();
-    let r = a
-        .raw(
-            Method::PUT,
-            "/api/v1/partners/1310000002",
-            Some(&a.admin),
-            Some((reg.to_string(), "application/json")),
-            &[("if-match", &format!("W/\"{v}\""))],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    update_partner(&a, "1310000002", &reg, r.body["version"].as_i64().unwrap()).await;
     let r = a
         .post(
             "/api/v1/exchange/messages",
