@@ -124,9 +124,14 @@ fn log(e: &ServiceError) {
     }
 }
 
-fn www_authenticate(r: &mut Response, e: &ServiceError) {
+/// The headers an error's answer carries: how to authenticate, when to
+/// try again.
+fn error_headers(r: &mut Response, e: &ServiceError) {
     if matches!(e, ServiceError::Unauthenticated(_)) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mamori\""));
+    }
+    if let ServiceError::TooMany { retry_after: Some(s), .. } = e {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*s));
     }
 }
 
@@ -149,7 +154,7 @@ impl IntoResponse for ApiError {
         let e = self.0;
         log(&e);
         let mut r = (status(&e), Json(json!({"error": e.code(), "message": e.message()}))).into_response();
-        www_authenticate(&mut r, &e);
+        error_headers(&mut r, &e);
         r
     }
 }
@@ -189,7 +194,7 @@ impl IntoResponse for FhirError {
         log(&e);
         let mut r = (status(&e), operation_outcome(&e).to_string()).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-        www_authenticate(&mut r, &e);
+        error_headers(&mut r, &e);
         r
     }
 }
@@ -222,9 +227,13 @@ pub const JSON_LIMIT: usize = 1 << 20;
 
 /// Reads a body of at most `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServiceError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ServiceError::TooLarge(format!("request body larger than {limit} bytes")))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::limits::is_body_timeout(&e) {
+            ServiceError::RequestTimeout(e.to_string())
+        } else {
+            ServiceError::TooLarge(format!("request body larger than {limit} bytes"))
+        }
+    })
 }
 
 /// Parses a JSON request body into `T` (unknown fields refused).

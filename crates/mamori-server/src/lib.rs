@@ -11,6 +11,7 @@ pub mod app;
 pub mod demo;
 pub mod fhir;
 pub mod http;
+mod limits;
 pub mod server;
 mod ui;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use mamori_core::time::Clock;
@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::http::PeerAddr;
+use crate::limits::{Activity, Admission, Limits, TimedBody, Tracked};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +244,32 @@ enum Listener {
     Maintenance,
 }
 
+impl Listener {
+    fn name(self) -> &'static str {
+        match self {
+            Listener::Main => "https",
+            Listener::As2 => "as2",
+            Listener::Maintenance => "maintenance",
+        }
+    }
+    /// The connection limits of this listener (`[server]`; each listener
+    /// its own connection cap).
+    fn limits(self, cfg: &Config) -> Limits {
+        let s = &cfg.server;
+        Limits {
+            max_connections: match self {
+                Listener::Main => s.max_connections,
+                Listener::As2 => cfg.exchange.max_connections,
+                Listener::Maintenance => cfg.maintenance.max_connections,
+            },
+            per_source: s.max_connections_per_source,
+            header: Duration::from_secs(s.header_timeout_seconds),
+            idle: Duration::from_secs(s.idle_timeout_seconds),
+            body: Duration::from_secs(s.body_timeout_seconds),
+        }
+    }
+}
+
 async fn accept_loop(
     st: Services,
     listener: TcpListener,
@@ -255,6 +282,8 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let refusals = Arc::new(RefusalLimiter::default());
+    let limits = role.limits(&st.cfg);
+    let admission = Admission::new(&limits);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -272,6 +301,10 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                // Over the listener's or the source's limit: closed at once.
+                let Some(admitted) = admission.admit(peer.ip(), role.name()) else {
+                    continue;
+                };
                 let Some(acceptor) = acceptor() else {
                     continue;
                 };
@@ -283,6 +316,9 @@ async fn accept_loop(
                 let st = st.clone();
                 let refusals = refusals.clone();
                 tokio::spawn(async move {
+                    let _admitted = admitted;
+                    let activity = Activity::new();
+                    let tcp = Tracked::new(tcp, activity.clone());
                     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -305,16 +341,32 @@ async fn accept_loop(
                     let certs = PeerCerts(
                         tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|d| d.to_vec()).collect()).unwrap_or_default(),
                     );
+                    let requests = activity.clone();
                     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(PeerAddr(peer));
                         req.extensions_mut().insert(certs.clone());
-                        app.clone().oneshot(req.map(axum::body::Body::new))
+                        // The connection is not idle while a request is handled.
+                        let in_flight = requests.request();
+                        let answer = app.clone().oneshot(req.map(|b| axum::body::Body::new(TimedBody::new(b, limits.body))));
+                        async move {
+                            let r = answer.await;
+                            drop(in_flight);
+                            r
+                        }
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                     let conn = watcher.watch(conn.into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        r = conn => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        }
+                        () = activity.idle(limits.idle) => {
+                            tracing::debug!(%peer, "closing an idle connection");
+                        }
                     }
                 });
             }

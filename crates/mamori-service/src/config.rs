@@ -53,6 +53,8 @@ pub struct MaintenanceSection {
     pub review_due_hours: i64,
     /// Validity of maintenance client certificates, in days.
     pub cert_days: u32,
+    /// Connections the maintenance listener holds at once.
+    pub max_connections: usize,
 }
 
 impl Default for MaintenanceSection {
@@ -63,6 +65,7 @@ impl Default for MaintenanceSection {
             max_window_hours: 12,
             review_due_hours: 72,
             cert_days: 90,
+            max_connections: 16,
         }
     }
 }
@@ -146,6 +149,8 @@ pub struct ExchangeSection {
     pub send_timeout_seconds: u64,
     /// Warn this many days before a partner's or our certificate expires.
     pub cert_expiry_warn_days: i64,
+    /// Connections the AS2 listener holds at once.
+    pub max_connections: usize,
 }
 
 impl Default for ExchangeSection {
@@ -161,6 +166,7 @@ impl Default for ExchangeSection {
             max_attempts: 10,
             send_timeout_seconds: 120,
             cert_expiry_warn_days: 30,
+            max_connections: 128,
         }
     }
 }
@@ -238,6 +244,19 @@ pub struct ServerSection {
     pub body_limit_bytes: usize,
     /// Seconds to let in-flight requests finish at shutdown.
     pub shutdown_grace_seconds: u64,
+    /// Connections the HTTPS listener holds at once (the AS2 and
+    /// maintenance listeners have their own caps).
+    pub max_connections: usize,
+    /// Connections one source address holds at once, on each listener.
+    pub max_connections_per_source: usize,
+    /// Seconds to receive a request's header (HTTP/1.1) after the
+    /// connection opens or the previous response ends.
+    pub header_timeout_seconds: u64,
+    /// Seconds after which a connection with no traffic and no request in
+    /// progress is closed.
+    pub idle_timeout_seconds: u64,
+    /// Seconds to receive a whole request body.
+    pub body_timeout_seconds: u64,
 }
 
 /// `[tls]`: the HTTPS listener's certificate and key.
@@ -328,6 +347,11 @@ impl Default for ServerSection {
             public_url: String::new(),
             body_limit_bytes: 16 * 1024 * 1024,
             shutdown_grace_seconds: 30,
+            max_connections: 512,
+            max_connections_per_source: 128,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            body_timeout_seconds: 120,
         }
     }
 }
@@ -412,6 +436,20 @@ impl Config {
     /// Checks the values serde cannot: addresses, URLs, ranges, names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        let s = &self.server;
+        for (k, v) in [
+            ("server.max_connections", s.max_connections as u64),
+            ("server.max_connections_per_source", s.max_connections_per_source as u64),
+            ("exchange.max_connections", self.exchange.max_connections as u64),
+            ("maintenance.max_connections", self.maintenance.max_connections as u64),
+            ("server.header_timeout_seconds", s.header_timeout_seconds),
+            ("server.idle_timeout_seconds", s.idle_timeout_seconds),
+            ("server.body_timeout_seconds", s.body_timeout_seconds),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{k} must be at least 1")));
+            }
+        }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             return Err(ConfigError::Invalid("tls.min_version must be \"1.2\" or \"1.3\"".into()));
         }

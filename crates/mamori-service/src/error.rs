@@ -53,9 +53,18 @@ pub enum ServiceError {
     /// More than the request may carry (413).
     #[error("too large: {0}")]
     TooLarge(String),
-    /// Too many attempts (429).
-    #[error("too many requests: {0}")]
-    TooMany(String),
+    /// Too many attempts (429); `retry_after`: seconds until one is
+    /// accepted again, when known (sent as `Retry-After`).
+    #[error("too many requests: {message}")]
+    TooMany {
+        /// What the client is told.
+        message: String,
+        /// Seconds until the next attempt can succeed.
+        retry_after: Option<u64>,
+    },
+    /// The request did not arrive in time (408).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The store could not record the request safely; nothing changed (503).
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
@@ -134,7 +143,8 @@ impl ServiceError {
             ServiceError::TooLarge(_) => 413,
             ServiceError::UnsupportedMediaType(_) => 415,
             ServiceError::Unprocessable(_) => 422,
-            ServiceError::TooMany(_) => 429,
+            ServiceError::TooMany { .. } => 429,
+            ServiceError::RequestTimeout(_) => 408,
             ServiceError::Internal { .. } => 500,
             ServiceError::Unavailable(_) => 503,
         }
@@ -154,7 +164,8 @@ impl ServiceError {
             ServiceError::MethodNotAllowed(_)
             | ServiceError::NotAcceptable(_)
             | ServiceError::UnsupportedMediaType(_) => "not-supported",
-            ServiceError::TooMany(_) => "throttled",
+            ServiceError::TooMany { .. } => "throttled",
+            ServiceError::RequestTimeout(_) => "timeout",
             ServiceError::Unavailable(_) => "transient",
             ServiceError::Internal { .. } => "exception",
         }
@@ -186,7 +197,8 @@ impl ServiceError {
             | ServiceError::Conflict(m)
             | ServiceError::Precondition(m)
             | ServiceError::TooLarge(m)
-            | ServiceError::TooMany(m)
+            | ServiceError::TooMany { message: m, .. }
+            | ServiceError::RequestTimeout(m)
             | ServiceError::MethodNotAllowed(m)
             | ServiceError::NotAcceptable(m)
             | ServiceError::UnsupportedMediaType(m) => vec![(m.clone(), None)],

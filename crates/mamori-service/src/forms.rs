@@ -70,7 +70,10 @@ impl Flash {
         let mut m = self.map.lock().map_err(|_| ServiceError::internal("the flash store is poisoned"))?;
         m.retain(|_, (_, at, _)| at.elapsed() < FLASH_TTL);
         if m.len() >= FLASH_MAX {
-            return Err(ServiceError::TooMany("too many results waiting to be shown".into()));
+            return Err(ServiceError::TooMany {
+                message: "too many results waiting to be shown".into(),
+                retry_after: None,
+            });
         }
         m.insert(id.clone(), (user.to_owned(), Instant::now(), content));
         Ok(id)

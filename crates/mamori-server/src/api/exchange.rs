@@ -164,6 +164,10 @@ async fn receive(
     let body = match (declared, axum::body::to_bytes(body, max).await) {
         (Some(n), _) if n > max => None,
         (_, Ok(b)) => Some(b.to_vec()),
+        // A sender too slow to finish within the body timeout sent no message.
+        (_, Err(e)) if crate::limits::is_body_timeout(&e) => {
+            return (StatusCode::REQUEST_TIMEOUT, e.to_string()).into_response();
+        }
         (_, Err(_)) => None,
     };
     let req = As2Request { addr: addr.map(|a| a.0 .0.ip().to_string()), peer, headers, body };

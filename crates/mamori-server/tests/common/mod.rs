@@ -132,13 +132,23 @@ impl TestServer {
 
     /// With extra configuration (TOML sections appended).
     pub(crate) async fn start_cfg(tag: &str, extra: &str, clock: Option<ManualClock>) -> TestServer {
+        Self::start_server_cfg(tag, "", extra, clock).await
+    }
+
+    /// With extra keys of `[server]` and extra sections.
+    pub(crate) async fn start_server_cfg(
+        tag: &str,
+        server: &str,
+        extra: &str,
+        clock: Option<ManualClock>,
+    ) -> TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
         let url = pg_base().map(|b| pg_schema(&b, tag).0).unwrap_or_default();
         std::fs::write(
             dir.join("mamori.toml"),
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\nurl = \"{url}\"\n{extra}"
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[database]\nsynchronous = \"normal\"\nurl = \"{url}\"\n{extra}"
             ),
         )
         .unwrap();
