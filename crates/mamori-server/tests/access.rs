@@ -7,6 +7,7 @@ mod common;
 use common::{observation, TestServer, PASSWORD};
 use reqwest::Method;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn every_access_is_audited_with_decision_and_mode() {
@@ -310,4 +311,49 @@ async fn a_password_change_ends_every_session_and_guesses_count_as_failed_logins
     assert_eq!(fails.iter().filter(|e| e["detail"]["reason"] == "bad-password").count(), 5);
     assert_eq!(fails.last().unwrap()["detail"]["locked"], true);
     assert_eq!(s.count("SELECT failed_logins FROM users WHERE name = 'dr.p'"), 5);
+}
+
+/// Issue 15: one source guessing across accounts is slowed down before it
+/// can lock them: after its free failures every login from it gets 429
+/// with Retry-After (the right password too, without touching the
+/// account), the wait is audited and the administrators are alerted, and
+/// the accounts it tried stay usable.
+#[tokio::test]
+async fn a_source_that_keeps_failing_is_slowed_down_before_accounts_lock() {
+    let s = TestServer::start_cfg("throttle", "[auth]\nsource_free_failures = 3\n", None).await;
+    s.user("dr.t", &["physician"]).await;
+    let login = |user: &str, pw: &str| {
+        s.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw})))
+    };
+    for u in ["dr.t", "admin", "admin2", "nobody"] {
+        assert_eq!(login(u, "Wrong horse 44!").await.status, 401, "{u}");
+    }
+    // The fourth failure started a wait of one second: the right password waits too.
+    let r = login("dr.t", PASSWORD).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(r.text.contains("too many failed logins"), "{}", r.text);
+    let t = s.audits_where("login-throttled");
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["detail"]["wait_seconds"], 1);
+    assert_eq!(t[0]["detail"]["path"], "login");
+    assert_eq!(s.count("SELECT COUNT(*) FROM alerts WHERE kind LIKE 'login-throttled:%'"), 1);
+    // Emergency logins from the same source wait as well.
+    let r = s
+        .req(
+            Method::POST,
+            "/api/v1/emergency-login",
+            None,
+            Some(json!({"account": "emg-x", "password": "x", "real_name": "応援 太郎", "affiliation": "DMAT"})),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    // No account was locked by the guessing; after the wait the right password works.
+    assert_eq!(s.count("SELECT COUNT(*) FROM users WHERE locked_until IS NOT NULL"), 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(login("dr.t", PASSWORD).await.status, 200);
+    // The next failure doubles the wait.
+    assert_eq!(login("dr.t", "Wrong horse 45!").await.status, 401);
+    let r = login("dr.t", PASSWORD).await;
+    assert_eq!((r.status.as_u16(), r.header("retry-after").as_deref()), (429, Some("2")));
 }

@@ -204,6 +204,7 @@ enum Check {
 /// Logs in with a password (and a second factor, if enrolled). Emergency
 /// and service accounts never log in here.
 pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Session, ServiceError> {
+    crate::throttle::refuse_if_waiting(svc, ctx.addr.as_deref())?;
     let now = svc.now();
     let name = UserId::parse(&req.username).ok().map(|u| u.as_str().to_owned());
     let n2 = name.clone();
@@ -269,6 +270,7 @@ pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Sessio
                     |_, _| Ok(()),
                 )
                 .await?;
+            crate::throttle::login_failed(svc, ctx.addr.clone(), "login").await;
             // One answer for every reason (the audit event keeps it): a
             // different one for a missing code would confirm the password.
             Err(ServiceError::Unauthenticated(

@@ -295,6 +295,13 @@ pub struct AuthSection {
     pub max_failed_logins: u32,
     /// How long a locked account stays locked, in minutes.
     pub lockout_minutes: i64,
+    /// Failed logins one source address may make within
+    /// `source_window_minutes` before each further one makes it wait.
+    pub source_free_failures: u32,
+    /// The window in which a source's failed logins count, in minutes.
+    pub source_window_minutes: u64,
+    /// The longest wait a source is given, in minutes.
+    pub source_max_block_minutes: u64,
 }
 
 /// `[audit]`: the audit log's checkpoints, witnesses and self-verification.
@@ -367,7 +374,15 @@ impl Default for DatabaseSection {
 }
 impl Default for AuthSection {
     fn default() -> Self {
-        AuthSection { login_ttl_minutes: 480, api_token_ttl_hours: 24 * 90, max_failed_logins: 5, lockout_minutes: 15 }
+        AuthSection {
+            login_ttl_minutes: 480,
+            api_token_ttl_hours: 24 * 90,
+            max_failed_logins: 5,
+            lockout_minutes: 15,
+            source_free_failures: 10,
+            source_window_minutes: 10,
+            source_max_block_minutes: 15,
+        }
     }
 }
 impl Default for AuditSection {
@@ -445,6 +460,8 @@ impl Config {
             ("server.header_timeout_seconds", s.header_timeout_seconds),
             ("server.idle_timeout_seconds", s.idle_timeout_seconds),
             ("server.body_timeout_seconds", s.body_timeout_seconds),
+            ("auth.source_window_minutes", self.auth.source_window_minutes),
+            ("auth.source_max_block_minutes", self.auth.source_max_block_minutes),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{k} must be at least 1")));

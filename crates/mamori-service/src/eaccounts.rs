@@ -320,6 +320,7 @@ pub async fn emergency_login(
     req: EmergencyLogin,
 ) -> Result<EmergencySession, ServiceError> {
     let st = svc;
+    crate::throttle::refuse_if_waiting(svc, ctx.addr.as_deref())?;
     let mode = st.mode.get();
     let now = st.now();
     let name = req.account.clone();
@@ -415,6 +416,9 @@ pub async fn emergency_login(
             )
             .await?;
         notify::publish(st, ann);
+        if matches!(reason, "unknown-account" | "bad-password" | "sealed-bad-password" | "locked" | "no-envelope") {
+            crate::throttle::login_failed(st, ctx.addr.clone(), "emergency-login").await;
+        }
         return Err(
             if matches!(reason, "unknown-account" | "bad-password" | "no-envelope" | "locked") && !mode.is_normal() {
                 ServiceError::Unauthenticated(msg)

@@ -37,6 +37,7 @@ pub mod notify;
 pub mod records;
 pub mod services;
 pub mod syslog;
+pub mod throttle;
 pub mod tls;
 
 pub use actor::{Actor, RequestCtx, TokenRef};

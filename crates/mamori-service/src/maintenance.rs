@@ -179,6 +179,11 @@ async fn second_factor(
     detail: Value,
 ) -> Result<i64, Refused> {
     let now = st.now();
+    let source = a.map(|x| x.to_string());
+    if let Err(secs) = st.throttle.check(source.as_deref()) {
+        let why = format!("too many failed logins from this address; try again in {secs} s");
+        return Err(refused(st, a, &p.id, &why, 429, detail).await);
+    }
     let id = p.id.clone();
     let locked = st.store.read(move |c| ms::totp_locked_until(c, &id)).await.map_err(unavailable)?;
     if let Some(until) = locked.filter(|t| *t > now) {
@@ -198,6 +203,7 @@ async fn second_factor(
         .write(move |w| ms::totp_failure(w.conn, &id, max, lock, w.now), |_, _| Ok(()))
         .await
         .map_err(unavailable)?;
+    crate::throttle::login_failed(st, source, "maintenance").await;
     let why = if now_locked {
         "wrong or reused second factor (TOTP); too many wrong codes: the second factor is locked for a while"
     } else {

@@ -68,6 +68,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Results shown once (one-time passwords, envelopes), in memory.
     pub flash: crate::forms::Flash,
+    /// Failed logins per source address (in memory).
+    pub throttle: crate::throttle::Throttle,
 }
 
 impl std::ops::Deref for Services {
@@ -140,6 +142,7 @@ impl Services {
         data_dir: PathBuf,
         exchange: crate::exchange::Ctx,
     ) -> Services {
+        let cfg_auth = cfg.auth.clone();
         Services(Arc::new(Inner {
             events: tokio::sync::broadcast::channel(256).0,
             mode_watch: tokio::sync::watch::channel(String::new()).0,
@@ -155,6 +158,11 @@ impl Services {
             cluster: std::sync::OnceLock::new(),
             metrics: crate::metrics::Metrics::default(),
             flash: crate::forms::Flash::default(),
+            throttle: crate::throttle::Throttle::new(
+                cfg_auth.source_free_failures,
+                std::time::Duration::from_secs(cfg_auth.source_window_minutes * 60),
+                std::time::Duration::from_secs(cfg_auth.source_max_block_minutes * 60),
+            ),
         }))
     }
 
