@@ -38,6 +38,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("not a Bundle", Method::POST, "/fhir".into(), json!({"resourceType": "Patient"}).to_string(), fhir, 400, "Bundle"),
         ("bundle of wrong type", Method::POST, "/fhir".into(), json!({"resourceType": "Bundle", "type": "collection"}).to_string(), fhir, 400, "batch or transaction"),
         ("bundle entry without request", Method::POST, "/fhir".into(), json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}}]}).to_string(), fhir, 400, "needs a request"),
+        ("duplicate key", Method::POST, "/fhir/Patient".into(), "{\"resourceType\": \"Patient\", \"gender\": \"male\", \"gender\": \"female\"}".into(), fhir, 400, "duplicate key \\\"gender\\\""),
+        ("integer beyond 64 bits", Method::POST, "/fhir/Observation".into(), format!("{{\"resourceType\": \"Observation\", \"status\": \"final\", \"code\": {{\"text\": \"x\"}}, \"subject\": {{\"reference\": \"Patient/{pid}\"}}, \"valueInteger\": 1234567890123456789012345678901234567890}}"), fhir, 400, "too large to be kept exactly"),
+        ("string over 1 MiB", Method::POST, "/fhir/Patient".into(), json!({"resourceType": "Patient", "name": [{"text": "x".repeat((1 << 20) + 1)}]}).to_string(), fhir, 400, "a string of 1048577 bytes"),
         ("deep nesting", Method::POST, "/fhir/Basic".into(), format!("{{\"resourceType\":\"Basic\",\"code\":{{\"text\":\"x\"}},\"extension\":[{{\"url\":\"http://x\",\"valueString\":\"y\",\"z\":{}1{}}}]}}", "[".repeat(200), "]".repeat(200)), fhir, 400, "malformed JSON"),
     ];
     for (what, method, path, body, ct, status, needle) in cases {

@@ -2,6 +2,7 @@
 //! parameters and index extraction, compartments.
 
 pub mod compartment;
+pub mod json;
 pub mod resource_types;
 pub mod schema;
 pub mod search;

@@ -105,9 +105,12 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ServiceError
     }
 }
 
-/// Parses JSON, naming the position of a syntax error.
+/// Parses JSON, naming the position of a syntax error. Duplicate keys,
+/// numbers that cannot be kept exactly and strings over 1 MiB are refused
+/// (what is stored must be what was sent).
 pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ServiceError> {
-    serde_json::from_slice(bytes).map_err(|e| ServiceError::invalid("", format!("malformed JSON: {e}")))
+    mamori_core::fhir::json::parse_strict(bytes, mamori_core::fhir::json::MAX_STRING_BYTES)
+        .map_err(|e| ServiceError::invalid("", format!("malformed JSON: {e}")))
 }
 
 /// The `_format` parameter, if given.
