@@ -110,6 +110,20 @@ async fn remote_maintenance_is_narrow_approved_time_boxed_and_reviewed() {
         .await;
     assert_eq!(r.status, 403);
     let tanaka = person(&s, "acme.tanaka", &["127.0.0.0/8"]).await;
+    // A maintenance person never carries a staff member's name, nor the
+    // other way round (the audit log names both by it).
+    let r = s
+        .post(
+            "/api/v1/maintenance/people",
+            &s.admin,
+            json!({"id": "dr", "vendor": "acme", "display": "Not the doctor", "sources": ["127.0.0.1/32"]}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("staff account's name"), "{}", r.text);
+    let r = s.post("/api/v1/users", &s.admin, json!({"name": "acme.tanaka", "display": "x", "roles": ["clerk"]})).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("maintenance person's name"), "{}", r.text);
 
     // The person asks for a window (certificate + TOTP); nothing works before approval.
     let (start, end) = window(&s, 60);

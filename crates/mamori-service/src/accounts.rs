@@ -596,6 +596,12 @@ pub async fn create_user(svc: &Services, actor: &Actor, req: NewAccount) -> Resu
     let (nr, all) = (now_roles.clone(), roles.clone());
     let pending = svc
         .change(actor, ACTION, move |w| {
+            // One name, one person: the audit log names both by it.
+            if mamori_store::maintenance::person(w.conn, name.as_str())?.is_some() {
+                return Err(ServiceError::Conflict(format!(
+                    "{name} is a maintenance person's name; a staff account needs a name of its own"
+                )));
+            }
             accounts::create_user(
                 w.conn,
                 &NewUser {

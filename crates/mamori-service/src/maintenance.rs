@@ -788,6 +788,14 @@ pub async fn add_person(st: &Services, actor: &Actor, req: NewPerson) -> Result<
         if ms::vendor(w.conn, &req.vendor)?.is_none() {
             return Err(ServiceError::NotFound(format!("vendor {}", req.vendor)));
         }
+        // The audit log names people by these ids: a maintenance person
+        // under a staff member's name would pass as them.
+        if accounts::get_user(w.conn, &req.id)?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "{} is a staff account's name; a maintenance person needs a name of their own",
+                req.id
+            )));
+        }
         ms::insert_person(
             w.conn,
             &Person {
