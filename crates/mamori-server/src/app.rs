@@ -22,6 +22,8 @@ pub fn router(svc: Services) -> Router {
     let ui = crate::ui::routes().layer(middleware::from_fn(crate::ui::security_headers));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(|| async { Json(json!({"status": "alive"})) }))
         .route("/metrics", get(metrics))
         .merge(crate::fhir::routes())
         .merge(crate::api::routes())
@@ -108,11 +110,23 @@ async fn common(State(svc): State<Services>, mut req: Request, next: Next) -> Re
 
 async fn healthz(State(svc): State<Services>) -> Response {
     match jobs::health(&svc).await {
-        Ok(h) => Json(h).into_response(),
+        Ok(h) if h.problems.is_empty() => Json(h).into_response(),
+        Ok(h) => (StatusCode::SERVICE_UNAVAILABLE, Json(h)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
         }
+    }
+}
+
+/// Ready to take requests: the store answers and can be written. (The
+/// audit self-check does not make a server unready: it is reported by
+/// `/healthz` and raised as an alert.)
+async fn readyz(State(svc): State<Services>) -> Response {
+    match jobs::ready(&svc).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "problem": problem})))
+            .into_response(),
     }
 }
 

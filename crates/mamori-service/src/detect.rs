@@ -96,6 +96,7 @@ pub async fn run(st: Services, mut stop: watch::Receiver<bool>) {
                     Ok(rep) => rep.findings.first().map(ToString::to_string),
                     Err(e) => Some(e.to_string()),
                 };
+                *st.audit_check.lock().unwrap_or_else(|e| e.into_inner()) = problem.clone();
                 if let Some(p) = problem {
                     if fire("audit".into()) {
                         raise_alert(&st, "possible-emergency", "critical", &format!("監査ログの検証に失敗しました（改ざんの可能性）/ The audit log fails verification (possible tampering): {p}"), json!({"cause": "cyber_attack", "source": "audit-verify", "finding": p})).await;

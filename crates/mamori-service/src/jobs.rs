@@ -62,8 +62,12 @@ pub async fn run_while_leader(svc: Services, mut stop: watch::Receiver<bool>) {
 /// What `GET /healthz` reports.
 #[derive(Debug, serde::Serialize)]
 pub struct Health {
-    /// Always `ok` when answered.
+    /// `ok`, or `degraded` when any problem is listed (answered with 503).
     pub status: &'static str,
+    /// What is wrong: the database cannot be written (its last commit
+    /// failed, e.g. the disk is full or a page is damaged), or the audit
+    /// log failed its last self-verification.
+    pub problems: Vec<String>,
     /// The mode in force.
     pub mode: String,
     /// Events in the audit log.
@@ -81,15 +85,36 @@ pub async fn checkpoint_if_due(svc: &Services) -> Result<(), crate::ServiceError
     Ok(())
 }
 
-/// The health check: the store answers.
+/// Readiness: the store can be read, and its last commit succeeded.
+pub async fn ready(svc: &Services) -> Result<(), String> {
+    if let Err(e) = svc.store.read(|c| mamori_store::audit_log::size(c)).await {
+        tracing::error!(error = %e, "readiness: the store cannot be read");
+        return Err("database: cannot read".into());
+    }
+    match svc.store.writer().problem() {
+        Some(p) => Err(format!("database: cannot write ({p})")),
+        None => Ok(()),
+    }
+}
+
+/// The health check: the store answers, its last commit succeeded, the
+/// audit log passed its last self-verification.
 pub async fn health(svc: &Services) -> Result<Health, crate::ServiceError> {
     let n = svc.store.read(|c| mamori_store::audit_log::size(c)).await?;
     let backend = match svc.store.backend() {
         mamori_store::sql::Backend::Sqlite => "sqlite",
         mamori_store::sql::Backend::Postgres => "postgres",
     };
+    let mut problems = Vec::new();
+    if let Some(p) = svc.store.writer().problem() {
+        problems.push(format!("database: cannot write ({p})"));
+    }
+    if let Some(p) = svc.audit_check.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        problems.push(format!("audit log: fails verification ({p})"));
+    }
     Ok(Health {
-        status: "ok",
+        status: if problems.is_empty() { "ok" } else { "degraded" },
+        problems,
         mode: svc.mode.get().header_value(),
         audit_tree_size: n,
         backend,

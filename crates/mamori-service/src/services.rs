@@ -70,6 +70,9 @@ pub struct Inner {
     pub flash: crate::forms::Flash,
     /// Failed logins per source address (in memory).
     pub throttle: crate::throttle::Throttle,
+    /// What the last self-verification of the audit log found (none: it
+    /// passed, or has not run on this server).
+    pub audit_check: std::sync::Mutex<Option<String>>,
 }
 
 impl std::ops::Deref for Services {
@@ -163,6 +166,7 @@ impl Services {
                 std::time::Duration::from_secs(cfg_auth.source_window_minutes * 60),
                 std::time::Duration::from_secs(cfg_auth.source_max_block_minutes * 60),
             ),
+            audit_check: std::sync::Mutex::new(None),
         }))
     }
 

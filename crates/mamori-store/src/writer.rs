@@ -91,6 +91,15 @@ pub(crate) struct AuditState {
     /// PostgreSQL: several servers append, so the derived indexes are
     /// flushed in every transaction (nothing stays pending in memory).
     shared: bool,
+    /// Why the last commit failed, until one succeeds (for health checks).
+    problem: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl AuditState {
+    fn committed(&self, r: std::result::Result<(), &StoreError>) {
+        let mut p = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        *p = r.err().map(|e| format!("the last commit failed: {e}"));
+    }
 }
 
 impl AuditState {
@@ -185,6 +194,7 @@ where
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
+    problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -213,7 +223,9 @@ impl Writer {
             last_index_flush: Instant::now(),
             leader,
             shared,
+            problem: Arc::new(std::sync::Mutex::new(None)),
         };
+        let problem = state.problem.clone();
         let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);
         std::thread::Builder::new()
             .name("mamori-writer".into())
@@ -240,7 +252,13 @@ impl Writer {
                 tracing::debug!("writer stopped: all handles dropped");
             })
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, problem })
+    }
+
+    /// Why the database cannot be written, if its last commit failed (and
+    /// none has succeeded since).
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs `work` in the next group commit. `on_fail` runs after `work`
@@ -388,6 +406,7 @@ fn run_exclusive(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState,
         }
         Ok(ok)
     })();
+    state.committed(attempt.as_ref().map(|_| ()));
     match attempt {
         Ok(true) => job.finish(Ok(())),
         Ok(false) => {
@@ -476,6 +495,7 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
         conn.batch("COMMIT")?;
         Ok(())
     })();
+    state.committed(result.as_ref().map(|_| ()));
     match result {
         Ok(()) => {
             for j in jobs {
