@@ -253,6 +253,20 @@ pub fn requested_mic_alg(options: Option<&str>) -> Option<Digest> {
     v.split(',').skip(1).filter_map(Digest::parse).next()
 }
 
+/// Whether a part is S/MIME compressed data (RFC 5402), at any layer.
+fn compressed(ct: &ContentType) -> Option<Failure> {
+    let smime = ct.param("smime-type").map(str::to_ascii_lowercase);
+    (matches!(ct.mime.as_str(), "application/pkcs7-mime" | "application/x-pkcs7-mime")
+        && smime.as_deref() == Some("compressed-data"))
+    .then(|| {
+        Failure::Unexpected(
+            "the message is compressed (smime-type=compressed-data, RFC 5402); mamori accepts uncompressed \
+             messages only: send it signed and encrypted without compression"
+                .into(),
+        )
+    })
+}
+
 /// Decrypts and verifies an inbound AS2 message (`headers` are the HTTP
 /// headers, `body` the HTTP body).
 pub fn open(
@@ -263,6 +277,9 @@ pub fn open(
     mic_alg: Option<Digest>,
 ) -> Result<Opened, Failure> {
     let ct = headers.content_type().map_err(|e| Failure::Unexpected(e.to_string()))?;
+    if let Some(f) = compressed(&ct) {
+        return Err(f);
+    }
     let smime = ct.param("smime-type").map(str::to_ascii_lowercase);
     let encrypted = matches!(ct.mime.as_str(), "application/pkcs7-mime" | "application/x-pkcs7-mime")
         && matches!(smime.as_deref(), Some("enveloped-data") | Some("authenveloped-data") | None);
@@ -289,6 +306,9 @@ pub fn open(
     let plain = cms::decrypt(&der, id).map_err(|e| Failure::DecryptionFailed(e.to_string()))?;
     let (h2, b2) = mime::split_entity(&plain).map_err(|e| Failure::Unexpected(e.to_string()))?;
     let ct2 = h2.content_type().map_err(|e| Failure::Unexpected(e.to_string()))?;
+    if let Some(f) = compressed(&ct2) {
+        return Err(f);
+    }
     if ct2.mime != "multipart/signed" {
         return Err(Failure::InsufficientSecurity(format!(
             "the message is not signed (Content-Type {}); this partner's messages must be signed",
@@ -302,6 +322,9 @@ pub fn open(
     })?;
     let (h3, b3) = mime::split_entity(signed_part).map_err(|e| Failure::Unexpected(e.to_string()))?;
     let ct3 = h3.content_type().map_err(|e| Failure::Unexpected(e.to_string()))?;
+    if let Some(f) = compressed(&ct3) {
+        return Err(f);
+    }
     let payload = mime::decode_body(&h3, b3).map_err(|e| Failure::Unexpected(e.to_string()))?;
     let filename = h3
         .get("content-disposition")

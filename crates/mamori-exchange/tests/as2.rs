@@ -144,6 +144,31 @@ fn attacks_and_faults_are_refused_with_the_right_disposition() {
     assert!(matches!(e, Failure::InsufficientSecurity(_)), "{e}");
 }
 
+/// Issue 15: compressed messages were refused with reasons that never said
+/// "compressed" (one said "not signed"). Compression after signing, and
+/// outside any encryption, are each named.
+#[test]
+fn compressed_messages_are_refused_as_compressed() {
+    let d = tmpdir("cmp");
+    let (a, b) = (party(&d, "a"), party(&d, "b"));
+    const Z: &str = "application/pkcs7-mime; smime-type=compressed-data; name=smime.p7z";
+    let says_compressed = |e: Failure| {
+        assert!(matches!(e, Failure::Unexpected(_)), "{e}");
+        assert!(e.to_string().contains("the message is compressed"), "{e}");
+    };
+    // Compressed, not encrypted.
+    let mut h = Headers::default();
+    h.push("Content-Type", Z);
+    says_compressed(as2::open(&h, b"\x30\x00", &b.id, &policy(&a.cert), None).unwrap_err());
+    // Signed, then compressed, then encrypted.
+    let entity = mime::entity(&[("Content-Type", Z)], b"compressed bytes");
+    let der =
+        mamori_exchange::cms::encrypt(&entity, &b.cert, &ContentCipher::Aes256Cbc, &KeyTransport::RsaPkcs1).unwrap();
+    let mut h = Headers::default();
+    h.push("Content-Type", "application/pkcs7-mime; smime-type=enveloped-data");
+    says_compressed(as2::open(&h, &der, &b.id, &policy(&a.cert), None).unwrap_err());
+}
+
 #[test]
 fn tampered_signed_content_is_caught() {
     let d = tmpdir("tsc");
