@@ -120,10 +120,12 @@ async fn search_with_paging_and_parameters() {
     // page through all pages following next links, collecting ids
     let mut seen = Vec::new();
     let mut url = "/fhir/Patient?_count=7".to_owned();
+    let mut sizes = Vec::new();
     loop {
         let r = s.get(&url, &doc).await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.body["total"], 25);
+        sizes.push(r.body["entry"].as_array().unwrap().len());
         for e in r.body["entry"].as_array().unwrap() {
             seen.push(e["resource"]["id"].as_str().unwrap().to_owned());
         }
@@ -141,6 +143,8 @@ async fn search_with_paging_and_parameters() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(seen, sorted, "every patient exactly once, in stable order");
+    // Issue 14: _count was dropped from the next link (page 2 had 20).
+    assert_eq!(sizes, [7, 7, 7, 4], "every page keeps the _count of the first");
     // previous link from page 2 leads back to page 1
     let p1 = s.get("/fhir/Patient?_count=7", &doc).await;
     let next = p1.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]

@@ -561,6 +561,9 @@ pub fn parse_query(
             "_count" => {
                 let n: usize = v.parse().map_err(|_| bad("expected a non-negative integer"))?;
                 q.count = n.min(MAX_COUNT);
+                // Kept in the links as applied (capped), so that every page
+                // of a search has the size the first one had.
+                q.canonical.push((k.clone(), q.count.to_string()));
                 continue;
             }
             "_cursor" => {
