@@ -64,14 +64,24 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(r.body["issue"][0]["code"], "too-costly");
     assert_eq!(s.snapshot(), before);
 
-    // Search: unknown parameter, malformed values; lenient handling on request.
-    for q in ["nmae=x", "birthdate=yesterday", "name:fuzzy=x", "_count=-1", "_sort=name", "identifier=|", "_id=a%20b"] {
+    // Search: malformed values are refused; an unknown parameter is
+    // ignored and reported by default, refused under handling=strict.
+    for q in ["birthdate=yesterday", "name:fuzzy=x", "_count=-1", "_sort=name", "identifier=|", "_id=a%20b"] {
         let r = s.get(&format!("/fhir/Patient?{q}"), &doc).await;
         assert_eq!(r.status, 400, "{q}: {}", r.text);
         assert_eq!(r.body["resourceType"], "OperationOutcome");
     }
-    let r = s.raw(Method::GET, "/fhir/Patient?nmae=x", Some(&doc), None, &[("prefer", "handling=lenient")]).await;
+    let r = s.get("/fhir/Patient?nmae=x&_count=1", &doc).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["entry"].as_array().unwrap();
+    let outcome = entries.iter().find(|e| e["search"]["mode"] == "outcome").expect("an outcome entry");
+    assert_eq!(outcome["resource"]["issue"][0]["code"], "not-supported");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("'nmae'"));
+    let self_link = r.body["link"][0]["url"].as_str().unwrap();
+    assert!(self_link.ends_with("/fhir/Patient?_count=1"), "the self link shows only what was applied: {self_link}");
+    let r = s.raw(Method::GET, "/fhir/Patient?nmae=x", Some(&doc), None, &[("prefer", "handling=strict")]).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("nmae"), "{}", r.text);
     let r = s.raw(Method::GET, "/fhir/Patient", Some(&doc), None, &[("accept", "application/fhir+xml")]).await;
     assert_eq!(r.status, 406);
     let r = s.get("/fhir/Patient?_format=xml", &doc).await;

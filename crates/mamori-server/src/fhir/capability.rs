@@ -72,7 +72,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are rejected unless Prefer: handling=lenient. Supported search modifiers: string :exact and :contains; reference :[type]. Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated; _total=none|accurate; _summary=count.",
+            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]. Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated; _total=none|accurate; _summary=count.",
             "security": {
                 "cors": false,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}],

@@ -219,10 +219,12 @@ async fn search(
         Ok(p) => p,
         Err(e) => return refuse(&svc, &c, "search-type", Some(&t), None, e).await,
     };
-    let lenient = headers
+    // Unknown parameters are ignored and reported unless the client asks
+    // for strict handling (FHIR R4 search 3.1.1.5: lenient by default).
+    let lenient = !headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.split(';').any(|x| x.trim() == "handling=lenient"));
+        .is_some_and(|p| p.split(';').any(|x| x.trim() == "handling=strict"));
     let r = match read::search(&svc, &c, &t, pairs, lenient).await {
         Ok(r) => r.into_inner(),
         Err(e) => return fhir_err(e),
@@ -241,9 +243,17 @@ async fn search(
     for v in &r.page.entries {
         b.entry(Some(&full_url(base, v)), &v.body, &[("search", json!({"mode": "match"}))]);
     }
+    let mut issues = Vec::new();
     if r.withheld > 0 {
-        let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed",
-            "diagnostics": format!("{} matching resource(s) withheld: they also concern a patient you may not see", r.withheld)}]});
+        issues.push(json!({"severity": "information", "code": "suppressed",
+            "diagnostics": format!("{} matching resource(s) withheld: they also concern a patient you may not see", r.withheld)}));
+    }
+    for p in &r.ignored {
+        issues.push(json!({"severity": "warning", "code": "not-supported",
+            "diagnostics": format!("search parameter '{p}' is not supported and was ignored (send Prefer: handling=strict to have it refused)")}));
+    }
+    if !issues.is_empty() {
+        let oo = json!({"resourceType": "OperationOutcome", "issue": issues});
         b.entry(None, &oo.to_string(), &[("search", json!({"mode": "outcome"}))]);
     }
     respond(StatusCode::OK, b.finish())

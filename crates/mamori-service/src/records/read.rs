@@ -287,6 +287,8 @@ pub struct SearchResult {
     /// Matches left out because they also name a patient the actor may
     /// not see.
     pub withheld: usize,
+    /// Unknown parameters ignored (lenient handling, the default).
+    pub ignored: Vec<String>,
 }
 
 /// Drops the entries that name a patient the actor may not read (beyond
@@ -329,11 +331,9 @@ pub async fn search(
     let now = svc.now();
     let pre = (|| {
         let rtype = parse_type(t)?;
-        let (q, _ignored) =
-            parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))?;
-        Ok::<_, ServiceError>(q)
+        parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))
     })();
-    let q = match pre {
+    let (q, ignored) = match pre {
         Ok(q) => q,
         Err(e) => {
             let mut rec =
@@ -393,7 +393,7 @@ pub async fn search(
     let mut rec = actor.fhir_record("search-type", 200, Some(q.rtype.as_str()), None, None, patients, Some(&d), now);
     rec.query = Some(query_text.clone());
     rec.detail = Some(json!({"count": page.entries.len(), "withheld": withheld}));
-    svc.audited(rec, SearchResult { query: q, query_text, page, withheld }).await
+    svc.audited(rec, SearchResult { query: q, query_text, page, withheld, ignored }).await
 }
 
 /// One page of a patient's whole record.
