@@ -383,3 +383,37 @@ async fn capability_statement_is_truthful() {
     assert_eq!(ae["interaction"].as_array().unwrap().len(), 2);
     let _ = Value::Null;
 }
+
+/// Issue 14: a client asking for `application/json` gets its answer
+/// labelled so (the FHIR JSON body is the same); `application/fhir+json`
+/// stays the default and wins when ranked higher.
+#[tokio::test]
+async fn the_answer_is_labelled_with_the_json_type_asked_for() {
+    let s = TestServer::start("fhir-negotiate").await;
+    let doc = s.user("dr.n", &["physician"]).await;
+    let pid = s.patient(&doc, "型", "確認").await;
+    let ct = |r: &common::Resp| r.header("content-type").unwrap_or_default();
+    let path = format!("/fhir/Patient/{pid}");
+    for (accept, want) in [
+        (None, "application/fhir+json"),
+        (Some("application/json"), "application/json"),
+        (Some("application/fhir+json"), "application/fhir+json"),
+        (Some("application/fhir+json, application/json;q=0.5"), "application/fhir+json"),
+        (Some("application/fhir+json;q=0.4, application/json"), "application/json"),
+        (Some("*/*"), "application/fhir+json"),
+    ] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| vec![("accept", a)]).unwrap_or_default();
+        let r = s.raw(Method::GET, &path, Some(&doc), None, &headers).await;
+        assert_eq!(r.status, 200, "{accept:?}: {}", r.text);
+        assert!(ct(&r).starts_with(want), "{accept:?}: {}", ct(&r));
+        assert_eq!(r.body["id"], pid.as_str());
+    }
+    let r = s.get(&format!("/fhir/Patient?_id={pid}&_format=application/json"), &doc).await;
+    assert!(ct(&r).starts_with("application/json"), "{}", ct(&r));
+    let r = s.get(&format!("/fhir/Patient?_id={pid}&_format=json"), &doc).await;
+    assert!(ct(&r).starts_with("application/fhir+json"), "_format=json is FHIR JSON: {}", ct(&r));
+    // Errors follow the same label.
+    let r = s.raw(Method::GET, "/fhir/Patient/nope", Some(&doc), None, &[("accept", "application/json")]).await;
+    assert_eq!(r.status, 404);
+    assert!(ct(&r).starts_with("application/json"), "{}", ct(&r));
+}

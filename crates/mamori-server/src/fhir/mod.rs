@@ -36,6 +36,48 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/fhir/{rtype}/{id}/{op}", get(read::instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(read::vread))
         .fallback(|| async { FhirError(ServiceError::NotFound("no such FHIR endpoint".into())) })
+        .layer(axum::middleware::from_fn(negotiate))
+}
+
+/// Whether the client asked for `application/json` rather than
+/// `application/fhir+json` (`_format=application/json`, or an Accept
+/// header that ranks it higher): the same body is then labelled as asked.
+fn wants_plain_json(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let format = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("_format="));
+    if let Some(f) = format {
+        return matches!(f, "application/json" | "application%2Fjson" | "application%2fjson");
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (mut json, mut fhir) = (0.0f32, 0.0f32);
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let mt = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q =
+            it.filter_map(|p| p.trim().strip_prefix("q=")).find_map(|v| v.trim().parse::<f32>().ok()).unwrap_or(1.0);
+        match mt.as_str() {
+            "application/json" => json = json.max(q),
+            "application/fhir+json" | "application/json+fhir" => fhir = fhir.max(q),
+            _ => {}
+        }
+    }
+    json > fhir
+}
+
+/// Labels FHIR answers `application/json` when that is what was asked.
+async fn negotiate(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let plain = wants_plain_json(req.headers(), req.uri().query());
+    let mut r = next.run(req).await;
+    let is_fhir = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/fhir+json"));
+    if plain && is_fhir {
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    }
+    r
 }
 
 /// A FHIR JSON response.
