@@ -90,6 +90,44 @@ pub struct AuditRecord {
     pub status: u16,
     /// RFC 3339 UTC time with millisecond precision.
     pub time: String,
+    /// The record versions the action stored, each with the SHA-256 of
+    /// its stored bytes: the audit log binds record contents (GL-TRUE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionDigest>,
+}
+
+/// One stored record version and the SHA-256 of its stored bytes. Fields
+/// are declared in the order of their names (see [`Agent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDigest {
+    /// `Type/id/_history/version`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Lowercase hex SHA-256 of the version's stored JSON text (of no bytes
+    /// for a deletion's tombstone).
+    pub sha256: String,
+}
+
+impl VersionDigest {
+    /// The digest of `body` stored as version `version` of `rtype/id`.
+    pub fn of(rtype: &str, id: &str, version: u64, body: &[u8]) -> VersionDigest {
+        VersionDigest { reference: format!("{rtype}/{id}/_history/{version}"), sha256: sha256_hex(body) }
+    }
+
+    /// The resource type, id and version the reference names.
+    pub fn target(&self) -> Option<(&str, &str, u64)> {
+        let mut it = self.reference.split('/');
+        let (t, id, h, v) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if h != "_history" || it.next().is_some() {
+            return None;
+        }
+        Some((t, id, v.parse().ok()?))
+    }
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    crate::merkle::to_hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 impl AuditRecord {
@@ -232,6 +270,7 @@ mod tests {
             request: Some("r1".into()),
             query: None,
             detail: Some(serde_json::json!({"z": 1, "a": "患者\n"})),
+            versions: Vec::new(),
         }
     }
 

@@ -214,6 +214,7 @@ mod tests {
             request: None,
             query: None,
             detail: None,
+            versions: Vec::new(),
         };
         let ev = to_audit_event(7, &r, "mamori.test/audit");
         assert_eq!(ev["action"], "R");

@@ -99,6 +99,15 @@ pub enum Finding {
         /// What disagrees.
         why: String,
     },
+    /// A stored record version disagrees with the digest the audit log
+    /// bound for it, or is stored without one, or is bound but missing.
+    #[error("record {reference}: {why}")]
+    RecordMismatch {
+        /// `Type/id/_history/version`.
+        reference: String,
+        /// What disagrees.
+        why: String,
+    },
 }
 
 impl Finding {
@@ -106,7 +115,7 @@ impl Finding {
     /// derived from it.
     fn rank(&self) -> u8 {
         match self {
-            Finding::NodeMismatch { .. } | Finding::IndexMismatch { .. } => 1,
+            Finding::NodeMismatch { .. } | Finding::IndexMismatch { .. } | Finding::RecordMismatch { .. } => 1,
             _ => 0,
         }
     }
@@ -125,6 +134,9 @@ pub struct Report {
     pub last_good_checkpoint: Option<u64>,
     /// What did not match: at most 50, problems with the evidence first.
     pub findings: Vec<Finding>,
+    /// Deep verification: the number of stored record versions whose bytes
+    /// were checked against the digests the log binds.
+    pub records: Option<u64>,
 }
 
 impl Report {
@@ -228,6 +240,16 @@ impl LogVerifier {
     /// Derived data of one event (columns, patient index) is wrong.
     pub fn index_problem(&mut self, index: u64, why: String) {
         self.find(Finding::IndexMismatch { index, why });
+    }
+
+    /// A stored record version that does not match the log's binding.
+    pub fn record_problem(&mut self, reference: String, why: String) {
+        self.find(Finding::RecordMismatch { reference, why });
+    }
+
+    /// Deep verification: how many record versions were checked.
+    pub fn records_checked(&mut self, n: u64) {
+        self.report.records = Some(n);
     }
 
     /// A stored proof node that does not match the recomputed tree.

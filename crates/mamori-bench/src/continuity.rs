@@ -110,10 +110,10 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
                         let pid = format!("bench-p{p}");
                         let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("M{p}")}],
                             "name": [{"family": format!("山田{}", p % 997), "given": ["太郎"]}], "gender": "male", "birthDate": "1970-01-01"});
-                        records::put(w.conn, ResourceType::PATIENT, &pid, body, None, "bench", w.now)?;
+                        records::put(w, ResourceType::PATIENT, &pid, body, None, "bench", w.now)?;
                         for i in 1..per {
                             let rt = ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
-                            records::put(w.conn, rt, &format!("bench-o{p}-{i}"), observation(&pid, p * per + i), None, "bench", w.now)?;
+                            records::put(w, rt, &format!("bench-o{p}-{i}"), observation(&pid, p * per + i), None, "bench", w.now)?;
                         }
                         made.push(pid);
                     }

@@ -376,6 +376,7 @@ pub fn audit_record(i: u64) -> mamori_audit::event::AuditRecord {
         request: Some(format!("{i:016x}")),
         query: None,
         detail: None,
+        versions: Vec::new(),
     }
 }
 

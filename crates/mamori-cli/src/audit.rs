@@ -27,9 +27,10 @@ pub(crate) fn print_report(what: &str, r: &Report) -> Result<()> {
     use base64::Engine;
     if r.ok() {
         println!(
-            "OK: {what}: {} events, {} checkpoints verified; newest verified checkpoint at size {}; root {}",
+            "OK: {what}: {} events, {} checkpoints verified{}; newest verified checkpoint at size {}; root {}",
             r.events,
             r.checkpoints,
+            r.records.map(|n| format!(", {n} record versions match their bound SHA-256")).unwrap_or_default(),
             r.last_good_checkpoint.map_or("none".into(), |s| s.to_string()),
             r.root.map(|h| base64::engine::general_purpose::STANDARD.encode(h)).unwrap_or_default()
         );

@@ -63,6 +63,14 @@ fn verify_names_each_tampering() {
     let (code, out) = verify(&dir, &vkey);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK:"), "{out}");
+    // Every stored version's bytes were checked: 30 Patients, and the
+    // records the server made itself (its own Organization and Endpoint).
+    let versions: i64 = Connection::open(dir.join("mamori.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM resource_versions", [], |r| r.get(0))
+        .unwrap();
+    assert!(versions >= 30);
+    assert!(out.contains(&format!("{versions} record versions match their bound SHA-256")), "{out}");
     let n: i64 = Connection::open(dir.join("mamori.db"))
         .unwrap()
         .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
@@ -153,6 +161,40 @@ fn verify_names_each_tampering() {
                 .unwrap();
             },
             "patient index".into(),
+        ),
+        (
+            "change one byte of a stored record",
+            |db, _| {
+                let (seq, body): (i64, String) = db
+                    .query_row("SELECT seq, body FROM resource_versions WHERE body LIKE '%\"T7\"%'", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap();
+                let changed = body.replacen("\"T7\"", "\"T8\"", 1);
+                assert_eq!(changed.len(), body.len());
+                db.execute("UPDATE resource_versions SET body = ?1 WHERE seq = ?2", params![changed, seq]).unwrap();
+            },
+            "/_history/1: its stored bytes differ from the SHA-256 that event".into(),
+        ),
+        (
+            "remove a stored version",
+            |db, _| {
+                db.execute("DELETE FROM resource_versions WHERE body LIKE '%\"T9\"%'", []).unwrap();
+            },
+            "but no such version is stored".into(),
+        ),
+        (
+            "add a version outside mamori",
+            |db, _| {
+                db.execute(
+                    "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, author, body) \
+                     SELECT rtype, id, version + 1, last_updated, 0, author, body FROM resource_versions \
+                     WHERE body LIKE '%\"T3\"%'",
+                    [],
+                )
+                .unwrap();
+            },
+            "/_history/2: stored, but no audit event binds it".into(),
         ),
     ];
     for (what, tamper, expect) in cases {

@@ -168,6 +168,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
         rx
     });
     mamori_service::exchange::reload(&svc).await;
+    svc.bind_records_stored_before_binding().await?;
     // Anchor the start in the audit log.
     svc.record_lifecycle("server-start", json!({"version": env!("CARGO_PKG_VERSION"), "listen": addr.to_string()}))
         .await?;

@@ -52,6 +52,7 @@ impl RequestCtx {
             request: self.request_id.clone(),
             query: None,
             detail: None,
+            versions: Vec::new(),
         }
     }
 }

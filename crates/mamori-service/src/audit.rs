@@ -206,6 +206,7 @@ pub async fn verify_live(st: &Services, actor: &Actor) -> Result<Value, ServiceE
         "events": report.events,
         "checkpoints": report.checkpoints,
         "last_good_checkpoint": report.last_good_checkpoint,
+        "records": report.records,
         "root": report.root.map(|r| B64.encode(r)),
         "findings": report.findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),

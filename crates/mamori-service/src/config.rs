@@ -319,6 +319,10 @@ pub struct AuditSection {
     /// The server verifies its own audit log this often (minutes) and
     /// raises a possible-emergency alert if it fails.
     pub self_verify_minutes: u64,
+    /// At each self-verification, the stored records bound by a random
+    /// window of this many events are checked against their digests (0:
+    /// no sample check).
+    pub record_sample_events: u64,
 }
 
 /// `[institution]`: who runs this server.
@@ -393,6 +397,7 @@ impl Default for AuditSection {
             checkpoint_every_seconds: 60,
             witnesses: Vec::new(),
             self_verify_minutes: 15,
+            record_sample_events: 20_000,
         }
     }
 }

@@ -142,7 +142,7 @@ pub async fn seed_hospital(st: &Services, now: Timestamp) -> Result<Vec<Credenti
                         let t = mamori_core::ids::ResourceType::parse(r["resourceType"].as_str().unwrap_or(""))
                             .map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
                         mamori_store::records::put(
-                            w.conn,
+                            w,
                             t,
                             r["id"].as_str().unwrap_or(""),
                             r.clone(),

@@ -1,6 +1,7 @@
 //! Detection assistance: mamori raises a "possible emergency" alert to the
 //! deciders when it sees its database failing, its audit log failing
-//! verification, or a mass-modification rate typical of ransomware or a
+//! verification, a stored record that does not match the digest its audit
+//! event bound, or a mass-modification rate typical of ransomware or a
 //! stolen account. It never declares an emergency itself; the alert offers
 //! the plan's matching criteria (see `GET /api/v1/alerts`).
 
@@ -101,8 +102,46 @@ pub async fn run(st: Services, mut stop: watch::Receiver<bool>) {
                     if fire("audit".into()) {
                         raise_alert(&st, "possible-emergency", "critical", &format!("監査ログの検証に失敗しました（改ざんの可能性）/ The audit log fails verification (possible tampering): {p}"), json!({"cause": "cyber_attack", "source": "audit-verify", "finding": p})).await;
                     }
+                    continue;
+                }
+            }
+            // 4. A sample of stored records matches what the log binds.
+            if let Some(p) = check_records(&st).await {
+                if fire("records".into()) {
+                    raise_alert(&st, "possible-emergency", "critical", &format!("保存された診療記録が監査ログと一致しません（改ざんの可能性）/ A stored record does not match the audit log (possible tampering): {p}"), json!({"cause": "cyber_attack", "source": "record-integrity", "finding": p})).await;
                 }
             }
         }
     }
+}
+
+/// Checks the record versions bound by a random window of
+/// `audit.record_sample_events` events against the stored bytes (the
+/// periodic sample of `mamori audit verify --deep`). Returns the first
+/// problem found, which `/healthz` then reports until a later check of the
+/// whole log passes; `None` when the sample matches.
+pub async fn check_records(st: &Services) -> Option<String> {
+    let count = st.cfg.audit.record_sample_events;
+    if count == 0 {
+        return None;
+    }
+    let size = st.store.read(|c| audit_log::size(c)).await.ok()?;
+    let mut b = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        return None;
+    }
+    let from = if size > count { u64::from_le_bytes(b) % (size - count + 1) } else { 0 };
+    let r = st.store.read(move |c| audit_log::check_record_sample(c, from, count)).await;
+    let problem = match r {
+        Ok((n, problems)) => {
+            tracing::debug!(events = count, from, versions = n, "record sample checked");
+            problems.into_iter().next()
+        }
+        Err(e) => Some(format!("the record sample could not be read: {e}")),
+    };
+    if let Some(p) = &problem {
+        tracing::error!(problem = %p, "a stored record does not match the audit log");
+        *st.audit_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+    }
+    problem
 }

@@ -320,6 +320,42 @@ pub async fn open_local(dir: &Path, clock: Arc<dyn Clock>) -> Result<(Services, 
 }
 
 impl Services {
+    /// Binds the record versions stored before record binding existed
+    /// (migration 11) in `record-bind` audit events of 2,000 versions
+    /// each, so that `mamori audit verify --deep` can check every version.
+    /// Runs once, at the first start after the upgrade; returns how many
+    /// versions it bound.
+    pub async fn bind_records_stored_before_binding(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        loop {
+            let rec =
+                RequestCtx::background(self.mode.get()).record("system", "system", "record-bind", 200, self.now());
+            let n = self
+                .store
+                .writer()
+                .write_exclusive(
+                    move |w| {
+                        let n = mamori_store::records::bind_stored_before_binding(w, 2000)?;
+                        if n > 0 {
+                            let mut rec = rec;
+                            rec.detail = Some(serde_json::json!({"stored_before": "record binding (schema 11)"}));
+                            w.audit(&rec)?;
+                        }
+                        Ok(n)
+                    },
+                    |_, _| Ok(()),
+                )
+                .await?;
+            if n == 0 {
+                if total > 0 {
+                    tracing::info!(versions = total, "record versions stored before record binding are now bound");
+                }
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    }
+
     /// Anchors a server's start (or stop) in the audit log, with a signed
     /// checkpoint.
     pub async fn record_lifecycle(&self, action: &'static str, detail: serde_json::Value) -> Result<(), StoreError> {

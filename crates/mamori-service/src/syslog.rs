@@ -258,6 +258,7 @@ mod tests {
             request: None,
             query: None,
             detail: None,
+            versions: Vec::new(),
         };
         let m = format_message(42, &r, "host1", "o/audit");
         assert!(m.starts_with("<84>1 2026-11-26T09:00:00.000Z host1 mamori - AUDIT [mamori@32473 index=\"42\" origin=\"o/audit\" action=\"read\" user=\"dr\\\"x\"] \u{feff}{"), "{m}");

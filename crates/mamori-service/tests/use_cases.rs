@@ -120,3 +120,44 @@ async fn a_clinical_grant_by_an_admin_waits_for_a_second_admin() {
     let err = accounts::issue_token(&e.svc, &adm1, de(json!({"user": "ns.x"}))).await.unwrap_err();
     assert_eq!(err.status(), 403, "{err}");
 }
+
+/// A FHIR create's own audit event binds the stored bytes; the periodic
+/// sample check finds a record changed behind mamori's back and the health
+/// check reports it (EM-B1 detection, GL-TRUE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_changed_behind_the_logs_back_is_found_by_the_self_check() {
+    let e = env("integrity").await;
+    let (dr, _) = person(&e, &e.op, "dr.i", &["physician"]).await;
+    let p = create(&e, &dr, ResourceType::PATIENT, json!({"resourceType": "Patient", "name": [{"family": "Before"}]}))
+        .await;
+    let last = audit_size(&e).await as u64 - 1;
+    let leaf = e.svc.store.read(move |c| mamori_store::audit_log::leaf(c, last)).await.unwrap().unwrap();
+    let rec = mamori_audit::event::AuditRecord::from_leaf(&leaf).unwrap();
+    assert_eq!(rec.action, "create");
+    assert_eq!(rec.versions.len(), 1, "the create's own event binds the version: {rec:?}");
+    assert_eq!(rec.versions[0].reference, format!("Patient/{p}/_history/1"));
+    assert_eq!(mamori_service::detect::check_records(&e.svc).await, None);
+    assert_eq!(mamori_service::jobs::health(&e.svc).await.unwrap().status, "ok");
+
+    let id = p.clone();
+    e.svc
+        .store
+        .writer()
+        .write(
+            move |w| {
+                w.conn.exec(
+                    "UPDATE resource_versions SET body = replace(body, 'Before', 'Bxfore') WHERE id = $1",
+                    mamori_store::p![id],
+                )?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let found = mamori_service::detect::check_records(&e.svc).await.expect("the change is found");
+    assert!(found.contains(&format!("record Patient/{p}/_history/1: its stored bytes differ")), "{found}");
+    let h = mamori_service::jobs::health(&e.svc).await.unwrap();
+    assert_eq!(h.status, "degraded");
+    assert!(h.problems.iter().any(|x| x.contains(&format!("Patient/{p}/_history/1"))), "{:?}", h.problems);
+}

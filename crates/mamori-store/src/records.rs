@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 
+use mamori_audit::event::VersionDigest;
 use mamori_core::fhir::compartment::{patients_named, references_in, resolved_through};
 use mamori_core::fhir::search::{index_entries, IndexValue};
 use mamori_core::fhir::validate::Issue;
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::error::{Result, StoreError};
 use crate::p;
 use crate::sql::{insert_rows, Conn, Row, Val};
+use crate::writer::WriteCtx;
 
 /// The current state of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,8 +253,9 @@ pub struct Written {
 
 /// Stores a new version of `rtype/id`. `body` must be validated; its id
 /// and meta are set here. `expected` is the `If-Match` version, if any.
+/// The job's next audit event binds the stored bytes (their SHA-256).
 pub fn put(
-    c: &mut dyn Conn,
+    w: &mut WriteCtx<'_>,
     rtype: ResourceType,
     id: &str,
     body: Value,
@@ -260,9 +263,9 @@ pub fn put(
     author: &str,
     now: Timestamp,
 ) -> Result<Written> {
-    let prev = current(c, rtype.as_str(), id)?;
-    let patients = compartment_of(c, rtype, id, &body)?;
-    put_known(c, rtype, id, body, expected, author, now, Known { prev, patients })
+    let prev = current(w.conn, rtype.as_str(), id)?;
+    let patients = compartment_of(w.conn, rtype, id, &body)?;
+    put_known(w, rtype, id, body, expected, author, now, Known { prev, patients })
 }
 
 /// What a caller of [`put_known`] already looked up, in the same
@@ -279,7 +282,7 @@ pub struct Known {
 /// on them does not repeat them).
 #[allow(clippy::too_many_arguments)]
 pub fn put_known(
-    c: &mut dyn Conn,
+    w: &mut WriteCtx<'_>,
     rtype: ResourceType,
     id: &str,
     mut body: Value,
@@ -306,8 +309,9 @@ pub fn put_known(
     obj.insert("meta".into(), meta);
     let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
     let before = prev.as_ref().map(|p| p.patients.as_slice()).unwrap_or_default();
-    write_version(c, rtype, id, version, now, false, &patients, before, author, &text, prev.is_some())?;
-    reindex(c, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
+    write_version(w.conn, rtype, id, version, now, false, &patients, before, author, &text, prev.is_some())?;
+    reindex(w.conn, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
+    w.stored(VersionDigest::of(rtype.as_str(), id, version, text.as_bytes()));
     let previous_patients = before.iter().filter(|p| !patients.contains(p)).cloned().collect();
     Ok(Written {
         rtype,
@@ -326,21 +330,22 @@ pub fn put_known(
 /// Adds a tombstone version. Deleting a missing or already deleted
 /// resource changes nothing and returns `None`.
 pub fn delete(
-    c: &mut dyn Conn,
+    w: &mut WriteCtx<'_>,
     rtype: ResourceType,
     id: &str,
     author: &str,
     now: Timestamp,
 ) -> Result<Option<Written>> {
-    let Some(prev) = current(c, rtype.as_str(), id)? else {
+    let Some(prev) = current(w.conn, rtype.as_str(), id)? else {
         return Ok(None);
     };
     if prev.deleted {
         return Ok(None);
     }
     let version = prev.version + 1;
-    write_version(c, rtype, id, version, now, true, &prev.patients, &prev.patients, author, "", true)?;
-    reindex(c, rtype, id, None, true)?;
+    write_version(w.conn, rtype, id, version, now, true, &prev.patients, &prev.patients, author, "", true)?;
+    reindex(w.conn, rtype, id, None, true)?;
+    w.stored(VersionDigest::of(rtype.as_str(), id, version, b""));
     Ok(Some(Written {
         rtype,
         id: id.to_owned(),
@@ -354,6 +359,44 @@ pub fn delete(
         body: String::new(),
     }))
 }
+
+/// Binds up to `limit` of the versions stored before record binding
+/// existed (migration 11) to the job's next audit event, oldest first.
+/// Returns how many it bound: 0 when none are left (the markers are then
+/// removed).
+pub fn bind_stored_before_binding(w: &mut WriteCtx<'_>, limit: usize) -> Result<usize> {
+    let meta = |c: &mut dyn Conn, k: &str| -> Result<Option<i64>> {
+        match c.query_one("SELECT value FROM meta WHERE key = $1", p![k])? {
+            Some(r) => {
+                Ok(Some(r.text(0)?.parse().map_err(|_| StoreError::Internal(format!("meta {k} is not a number")))?))
+            }
+            None => Ok(None),
+        }
+    };
+    let Some(upto) = meta(w.conn, UNBOUND_UPTO)? else { return Ok(0) };
+    let after = meta(w.conn, UNBOUND_AFTER)?.unwrap_or(i64::MIN);
+    let rows = w.conn.query(
+        "SELECT seq, rtype, id, version, body FROM resource_versions WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        p![after, upto, i64::try_from(limit).unwrap_or(i64::MAX)],
+    )?;
+    let Some(last) = rows.last().map(|r| r.i64(0)).transpose()? else {
+        w.conn.exec("DELETE FROM meta WHERE key IN ($1, $2)", p![UNBOUND_UPTO, UNBOUND_AFTER])?;
+        return Ok(0);
+    };
+    for r in &rows {
+        w.stored(VersionDigest::of(&r.text(1)?, &r.text(2)?, r.u64(3)?, r.text(4)?.as_bytes()));
+    }
+    w.conn.exec(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        p![UNBOUND_AFTER, last.to_string()],
+    )?;
+    Ok(rows.len())
+}
+
+/// The last version stored before record binding, until all are bound.
+pub const UNBOUND_UPTO: &str = "records-unbound-upto";
+/// How far the binding of those versions got.
+const UNBOUND_AFTER: &str = "records-unbound-after";
 
 #[allow(clippy::too_many_arguments)]
 fn write_version(

@@ -15,6 +15,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0008_form_submissions", include_str!("../migrations/sqlite/0008_form_submissions.sql")),
     ("0009_compartment_self", include_str!("../migrations/sqlite/0009_compartment_self.sql")),
     ("0010_maintenance_totp_lock", include_str!("../migrations/sqlite/0010_maintenance_totp_lock.sql")),
+    ("0011_record_binding", include_str!("../migrations/sqlite/0011_record_binding.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -28,6 +29,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0008_form_submissions", include_str!("../migrations/postgres/0008_form_submissions.sql")),
     ("0009_compartment_self", include_str!("../migrations/postgres/0009_compartment_self.sql")),
     ("0010_maintenance_totp_lock", include_str!("../migrations/postgres/0010_maintenance_totp_lock.sql")),
+    ("0011_record_binding", include_str!("../migrations/postgres/0011_record_binding.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mamori_audit::event::AuditRecord;
+use mamori_audit::event::{Agent, AuditRecord, VersionDigest};
 use mamori_audit::merkle::Frontier;
 use mamori_audit::note::NoteSigner;
 use mamori_core::time::{Clock, Timestamp};
@@ -33,11 +33,51 @@ pub struct WriteCtx<'a> {
 
 impl WriteCtx<'_> {
     /// Appends an audit event in this transaction; returns its leaf index.
+    /// The record versions the job stored since its last event are bound
+    /// to this one (their digests go into its `versions`).
     pub fn audit(&mut self, rec: &AuditRecord) -> Result<u64> {
+        if self.audit.unbound.is_empty() {
+            return self.append(rec);
+        }
+        let mut bound = rec.clone();
+        bound.versions.append(&mut self.audit.unbound);
+        self.append(&bound)
+    }
+    fn append(&mut self, rec: &AuditRecord) -> Result<u64> {
         let seq = audit_log::append(self.conn, &mut self.audit.frontier, rec, self.now)?;
         self.audit.appended_since_checkpoint += 1;
         self.audit.pending_index.add(seq, rec);
+        self.audit.last_mode.clone_from(&rec.mode);
         Ok(seq)
+    }
+    /// A record version was stored: the job's next audit event binds it.
+    pub(crate) fn stored(&mut self, d: VersionDigest) {
+        self.audit.unbound.push(d);
+    }
+    /// Binds the versions a job stored after its last audit event, in an
+    /// event of their own (`record-bind`), so that no stored version is
+    /// left out of the audit log.
+    fn bind_rest(&mut self) -> Result<()> {
+        if self.audit.unbound.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(versions = self.audit.unbound.len(), "record versions stored after the job's audit event");
+        let rec = AuditRecord {
+            action: "record-bind".into(),
+            agent: Agent { kind: "system".into(), user: "system".into(), ..Agent::default() },
+            basis: None,
+            detail: None,
+            entity: None,
+            mode: self.audit.last_mode.clone(),
+            patients: Vec::new(),
+            purpose: None,
+            query: None,
+            request: None,
+            status: 200,
+            time: self.now.to_rfc3339(),
+            versions: std::mem::take(&mut self.audit.unbound),
+        };
+        self.append(&rec).map(|_| ())
     }
     /// Brings the derived indexes (patients, agents) up to date now.
     pub fn flush_index(&mut self) -> Result<()> {
@@ -93,6 +133,10 @@ pub(crate) struct AuditState {
     shared: bool,
     /// Why the last commit failed, until one succeeds (for health checks).
     problem: Arc<std::sync::Mutex<Option<String>>>,
+    /// Record versions the running job stored that no audit event binds yet.
+    unbound: Vec<VersionDigest>,
+    /// The mode of the last event appended (for a `record-bind` event).
+    last_mode: String,
 }
 
 impl AuditState {
@@ -167,7 +211,12 @@ where
         let Some(work) = self.work.take() else {
             return false;
         };
-        let r = work(ctx);
+        ctx.audit.unbound.clear();
+        let r = work(ctx).and_then(|v| match ctx.bind_rest() {
+            Ok(()) => Ok(v),
+            Err(e) => Err(E::from(e)),
+        });
+        ctx.audit.unbound.clear();
         let ok = r.is_ok();
         self.out = Some(r);
         ok
@@ -224,6 +273,8 @@ impl Writer {
             leader,
             shared,
             problem: Arc::new(std::sync::Mutex::new(None)),
+            unbound: Vec::new(),
+            last_mode: "normal".into(),
         };
         let problem = state.problem.clone();
         let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);

@@ -222,6 +222,7 @@ fn record(i: u64) -> AuditRecord {
         request: None,
         query: None,
         detail: None,
+        versions: Vec::new(),
     }
 }
 
@@ -319,7 +320,7 @@ async fn compartment_lists_its_patient(b: Backend) {
     let mut f = fixture("comp", b);
     let ids = |v: Vec<records::Version>| v.into_iter().map(|v| format!("{}/{}", v.rtype, v.id)).collect::<Vec<_>>();
     let put = |w: &mut mamori_store::WriteCtx<'_>, t: ResourceType, id: &str, body: serde_json::Value| {
-        records::put(w.conn, t, id, body, None, "t", Timestamp(1)).map(|_| ())
+        records::put(w, t, id, body, None, "t", Timestamp(1)).map(|_| ())
     };
     f.store()
         .writer()
@@ -392,4 +393,192 @@ async fn compartment_lists_its_patient(b: Backend) {
     assert_eq!(rows, ["p1 Observation/o1", "p1 Observation/o2", "p2 Observation/o2"]);
     let v = f.store().read(|c| Ok(mamori_store::schema::current(c)?)).await.unwrap();
     assert_eq!(v, mamori_store::schema::latest(b));
+}
+
+both!(records_are_bound, records_bound_sqlite, records_bound_postgres);
+
+/// Every stored version is bound by the audit event of the job that
+/// stored it (or, when the job audits nothing after it, by a `record-bind`
+/// event); the deep verification and the periodic sample check the stored
+/// bytes against those digests; versions stored before binding existed
+/// are reported until they are bound, then checked like the rest.
+async fn records_are_bound(b: Backend) {
+    use mamori_core::ids::ResourceType;
+    use mamori_core::time::Timestamp;
+    use mamori_store::records;
+    use serde_json::json;
+    let f = fixture("bind", b);
+    let s = f.store();
+    let deep = |s: &Store| {
+        let (s, v) = (s.clone(), f.signer.verifier());
+        async move { s.read(move |c| audit_log::verify(c, None, &v, "test/log", true)).await.unwrap() }
+    };
+    s.writer()
+        .write(
+            |w| {
+                records::put(
+                    w,
+                    ResourceType::PATIENT,
+                    "p1",
+                    json!({"resourceType": "Patient"}),
+                    None,
+                    "t",
+                    Timestamp(1),
+                )?;
+                records::put(
+                    w,
+                    ResourceType::PATIENT,
+                    "p2",
+                    json!({"resourceType": "Patient"}),
+                    None,
+                    "t",
+                    Timestamp(1),
+                )?;
+                w.audit(&record(1))?;
+                // Stored after the job's last event: bound by a record-bind event.
+                records::put(
+                    w,
+                    ResourceType::PATIENT,
+                    "p1",
+                    json!({"resourceType": "Patient", "active": true}),
+                    None,
+                    "t",
+                    Timestamp(2),
+                )?;
+                records::delete(w, ResourceType::PATIENT, "p2", "t", Timestamp(3))?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let leaves = s
+        .read(|c| {
+            (0..audit_log::size(c)?)
+                .map(|i| Ok(audit_log::leaf(c, i)?.unwrap()))
+                .collect::<mamori_store::Result<Vec<_>>>()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| AuditRecord::from_leaf(&l).unwrap())
+        .collect::<Vec<_>>();
+    let bound: Vec<(String, Vec<String>)> =
+        leaves.iter().map(|r| (r.action.clone(), r.versions.iter().map(|d| d.reference.clone()).collect())).collect();
+    assert_eq!(
+        bound,
+        [
+            ("read".to_owned(), vec!["Patient/p1/_history/1".to_owned(), "Patient/p2/_history/1".to_owned()]),
+            ("record-bind".to_owned(), vec!["Patient/p1/_history/2".to_owned(), "Patient/p2/_history/2".to_owned()]),
+        ]
+    );
+    let d = &leaves[1].versions[1];
+    assert_eq!(d.sha256, mamori_audit::event::sha256_hex(b""), "a tombstone is bound as no bytes");
+    let r = deep(s).await;
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.records, Some(4));
+
+    // A job that fails stores nothing and binds nothing.
+    let failed = s
+        .writer()
+        .write(
+            |w| {
+                records::put(
+                    w,
+                    ResourceType::PATIENT,
+                    "p3",
+                    json!({"resourceType": "Patient"}),
+                    None,
+                    "t",
+                    Timestamp(4),
+                )?;
+                Err::<(), _>(mamori_store::StoreError::Internal("refused".into()))
+            },
+            |_, w| w.audit(&record(2)).map(|_| ()),
+        )
+        .await;
+    assert!(failed.is_err());
+    let last = s.read(|c| audit_log::leaf(c, 2)).await.unwrap().unwrap();
+    assert!(AuditRecord::from_leaf(&last).unwrap().versions.is_empty(), "the failure's event binds nothing");
+    assert!(deep(s).await.ok());
+
+    // One changed byte is named by the deep check and by a sample.
+    s.writer()
+        .write(
+            |w| {
+                w.conn.exec(
+                    "UPDATE resource_versions SET body = replace(body, 'true', 'ture') WHERE id = 'p1' AND version = 2",
+                    p![],
+                )?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let r = deep(s).await;
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert!(
+        r.findings[0].to_string().starts_with("record Patient/p1/_history/2: its stored bytes differ"),
+        "{}",
+        r.findings[0]
+    );
+    let (n, problems) = s.read(|c| audit_log::check_record_sample(c, 0, 100)).await.unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("Patient/p1/_history/2") && problems[0].contains("event 1"), "{}", problems[0]);
+    // A window without the binding event does not see it.
+    let (n, problems) = s.read(|c| audit_log::check_record_sample(c, 0, 1)).await.unwrap();
+    assert_eq!((n, problems.len()), (2, 0));
+
+    // Versions stored before record binding (as migration 11 finds them).
+    let f2 = fixture("bindold", b);
+    let s2 = f2.store();
+    s2.writer()
+        .write(
+            |w| {
+                for i in 0..5 {
+                    w.conn.exec(
+                        "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, author, body) VALUES ('Patient', $1, 1, 1, 0, 't', '{}')",
+                        p![format!("old{i}")],
+                    )?;
+                }
+                w.conn.exec("INSERT INTO meta (key, value) SELECT 'records-unbound-upto', CAST(MAX(seq) AS TEXT) FROM resource_versions", p![])?;
+                w.audit(&record(3))?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let v = f2.signer.verifier();
+    let r = s2.read(move |c| audit_log::verify(c, None, &v, "test/log", true)).await.unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert!(
+        r.findings[0].to_string().contains("5 versions: stored before record binding and not yet bound"),
+        "{}",
+        r.findings[0]
+    );
+    let mut rounds = 0;
+    loop {
+        let n =
+            s2.writer().write_exclusive(|w| records::bind_stored_before_binding(w, 2), |_, _| Ok(())).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        rounds += 1;
+    }
+    assert_eq!(rounds, 3, "5 versions, 2 at a time");
+    let v = f2.signer.verifier();
+    let (r, marker) = s2
+        .read(move |c| {
+            let r = audit_log::verify(c, None, &v, "test/log", true)?;
+            let m =
+                c.query_one("SELECT COUNT(*) FROM meta WHERE key LIKE 'records-unbound%'", p![])?.unwrap().i64(0)?;
+            Ok((r, m))
+        })
+        .await
+        .unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!((r.records, marker), (Some(5), 0));
 }

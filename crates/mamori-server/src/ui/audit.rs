@@ -128,12 +128,14 @@ pub(crate) async fn verify(ui: Ui, body: Body) -> Response {
         body.push_str(&notice(
             "ok",
             &format!(
-                "{} — {} {}, {} {}, {:.2} s",
+                "{} — {} {}, {} {}, {} {}, {:.2} s",
                 ui.t("検証に成功しました。改ざんは検出されませんでした", "Verified: no tampering detected"),
                 r.body["events"],
                 ui.t("イベント", "events"),
                 r.body["checkpoints"],
                 ui.t("チェックポイント", "checkpoints"),
+                r.body["records"].as_u64().unwrap_or(0),
+                ui.t("件の診療記録の版（内容のハッシュを照合）", "record versions (contents matched)"),
                 r.body["seconds"].as_f64().unwrap_or(0.0)
             ),
         ));

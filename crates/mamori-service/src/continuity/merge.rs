@@ -219,7 +219,7 @@ pub fn apply(w: &mut WriteCtx<'_>, p: &Plan, reason: Option<&str>, author: &str)
             return Err(ServiceError::Precondition(format!("{rt}/{id} changed during the merge; try again")));
         }
         let rtype = ResourceType::parse(rt).map_err(|e| ServiceError::internal_from("a stored type", e))?;
-        let written = records::put(w.conn, rtype, id, body.clone(), Some(*before), author, w.now)?;
+        let written = records::put(w, rtype, id, body.clone(), Some(*before), author, w.now)?;
         changes.push(json!([rt, id, before, written.version]));
     }
     Ok(cs::insert_merge(w.conn, &p.source, &p.target, &json!(changes), reason, author, w.now)?)
@@ -398,7 +398,7 @@ pub async fn undo(svc: &Services, actor: &Actor, id: i64, req: Undo) -> Result<V
                 let body: Value =
                     serde_json::from_str(&old.body).map_err(|e| ServiceError::internal_from("a stored body", e))?;
                 let rtype = ResourceType::parse(rt).map_err(|e| ServiceError::internal_from("a stored type", e))?;
-                let written = records::put(w.conn, rtype, rid, strip_meta(body), Some(*after), &user, w.now)?;
+                let written = records::put(w, rtype, rid, strip_meta(body), Some(*after), &user, w.now)?;
                 restored.push(format!("{rt}/{rid}/_history/{}", written.version));
             }
             cs::mark_unmerged(w.conn, id, &user, w.now)?;

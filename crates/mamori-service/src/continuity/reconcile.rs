@@ -105,7 +105,7 @@ fn put_provenance(w: &mut WriteCtx<'_>, mut p: Value, author: &str) -> Result<St
     p["recorded"] = json!(w.now.to_rfc3339());
     validate_body(ResourceType::PROVENANCE, &p)?;
     let id = accounts::new_id()?;
-    records::put(w.conn, ResourceType::PROVENANCE, &id, p, None, author, w.now)?;
+    records::put(w, ResourceType::PROVENANCE, &id, p, None, author, w.now)?;
     Ok(id)
 }
 
@@ -248,7 +248,7 @@ fn apply(
                 }
                 let expected = if d == Reconcile::FastForward { base } else { None };
                 let author = format!("{}@{}", e.author, cx.node);
-                let written = records::put(w.conn, rtype, &e.id, strip_meta(e.r.clone()), expected, &author, w.now)?;
+                let written = records::put(w, rtype, &e.id, strip_meta(e.r.clone()), expected, &author, w.now)?;
                 cs::set_applied(w.conn, cx.node, &e.t, &e.id, e.local_version, written.version)?;
                 let target = format!("{}/{}/_history/{}", e.t, e.id, written.version);
                 put_provenance(
@@ -637,7 +637,7 @@ pub async fn resolve(svc: &Services, actor: &Actor, id: i64, req: Resolve) -> Re
                     if let Some(tags) = body["meta"]["tag"].as_array_mut() {
                         tags.retain(|x| !(x["system"] == TAG_SYSTEM && x["code"] == "provisional"));
                     }
-                    let written = records::put(w.conn, ResourceType::PATIENT, &t.rid, strip_meta(body), Some(v), &user, w.now)?;
+                    let written = records::put(w, ResourceType::PATIENT, &t.rid, strip_meta(body), Some(v), &user, w.now)?;
                     let rec = a2.fhir_record("update", 200, Some("Patient"), Some(&t.rid), Some(written.version), vec![t.rid.clone()], Some(&d), w.now);
                     w.audit(&rec)?;
                     json!({"kept_as_new": true})

@@ -151,7 +151,7 @@ pub async fn register(svc: &Services, actor: &Actor, req: Register) -> Result<Re
         let body = patient_body(&req, &pid)?;
         let id = accounts::new_id()?;
         let user = a2.name().to_owned();
-        let written = records::put(w.conn, ResourceType::PATIENT, &id, body, None, &user, w.now)?;
+        let written = records::put(w, ResourceType::PATIENT, &id, body, None, &user, w.now)?;
         if matches!(d.purpose, Some(PurposeOfUse::Treat | PurposeOfUse::EmergencyTreat)) {
             accounts::assign_care_unchecked(w.conn, &id, &user, "provisional registration", w.now)?;
         }

@@ -178,7 +178,7 @@ pub async fn init(
                         let rt = ResourceType::parse(&rec.t).map_err(|x| StoreError::invalid("", x.to_string()))?;
                         let body: Value =
                             serde_json::from_str(rec.r.get()).map_err(|x| StoreError::invalid("", x.to_string()))?;
-                        let written = records::put(w.conn, rt, &rec.id, body, None, "snapshot", w.now)?;
+                        let written = records::put(w, rt, &rec.id, body, None, "snapshot", w.now)?;
                         cs::add_reference(w.conn, &rec.t, &rec.id, rec.v, written.version)?;
                     }
                     Ok(())

@@ -467,7 +467,7 @@ fn file_document(
         dr["masterIdentifier"] = json!({"system": "urn:ietf:rfc:3986", "value": b});
     }
     crate::records::validate_body(ResourceType::DOCUMENT_REFERENCE, &dr)?;
-    let written = records::put(w.conn, ResourceType::DOCUMENT_REFERENCE, &id, dr, None, author, w.now)?;
+    let written = records::put(w, ResourceType::DOCUMENT_REFERENCE, &id, dr, None, author, w.now)?;
     xs::mark_matched(w.conn, message, patient, &format!("DocumentReference/{id}"), author, w.now)?;
     Ok((id, written.version))
 }

@@ -84,7 +84,7 @@ fn write_partner(
     {
         crate::records::validate_body(rt, &body)
             .map_err(|e| ServiceError::internal(format!("mirror: {}", e.message())))?;
-        records::put(w.conn, rt, &p.fhir_id(), body, None, "system", w.now)?;
+        records::put(w, rt, &p.fhir_id(), body, None, "system", w.now)?;
     }
     Ok(version)
 }

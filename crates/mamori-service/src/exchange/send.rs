@@ -564,7 +564,7 @@ async fn commit(st: &Services, actor: &Actor, p: Prepared, create: Decision) -> 
                     }
                 }
                 if let Some((id, body)) = &p.composition {
-                    let written = records::put(w.conn, ResourceType::COMPOSITION, id, body.clone(), None, &user, now)?;
+                    let written = records::put(w, ResourceType::COMPOSITION, id, body.clone(), None, &user, now)?;
                     let rec = a2.fhir_record(
                         "create",
                         201,

@@ -124,7 +124,7 @@ pub(crate) fn write_step(
             if !d.permit {
                 return Err(ServiceError::denied(&format!("deleting {rtype}/{id}"), &d));
             }
-            match records::delete(ctx.conn, rtype, id, &author, now)? {
+            match records::delete(ctx, rtype, id, &author, now)? {
                 Some(written) => Ok(Step::Done { written, decision: d }),
                 None => Ok(Step::NothingToDelete { existed: true }),
             }
@@ -220,7 +220,7 @@ fn create_or_update(
         }
     }
     let known = records::Known { prev, patients: named };
-    let written = records::put_known(ctx.conn, rtype, id, body, if_match, author, now, known)?;
+    let written = records::put_known(ctx, rtype, id, body, if_match, author, now, known)?;
     // A clinician who registers a genuinely new patient (never existed, no
     // records under that id) is caring for that patient; a re-created or
     // tombstoned id is not a new patient.
