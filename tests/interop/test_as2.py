@@ -2,6 +2,7 @@
 signed and encrypted messages that mamori accepts and answers with signed
 MDNs that pyas2lib verifies; mamori sends to a small pyas2lib-based receiver
 (HTTPS with client certificates) and verifies its MDN."""
+import functools
 import http.server
 import json
 import ssl
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import requests
 from pyas2lib import as2
+from pyas2lib import cms as pyas2_cms
 
 PARTNER_ID = "pyas2-clinic"
 
@@ -95,7 +97,7 @@ class Receiver:
         self.httpd.shutdown()
 
 
-def setup(m, d: Path, endpoint: str):
+def setup(m, d: Path, endpoint: str, profile=None):
     ident = m.api("GET", "/api/v1/exchange/identity", m.admin).json()
     (d / "mamori-ca.pem").write_text(ident["certificates"]["tls_ca"])
     cert = ident["certificates"]["signing"].encode()
@@ -107,6 +109,8 @@ def setup(m, d: Path, endpoint: str):
         "certificates": {"signing": (d / "as2.pem").read_text(), "encryption": (d / "as2.pem").read_text(),
                          "tls_ca": (d / "ca.pem").read_text()},
     }
+    if profile:
+        doc["profile"] = profile
     r = m.api("POST", "/api/v1/partners", m.admin, doc)
     assert r.status_code == 201, r.text
     return ident, cert
@@ -133,6 +137,14 @@ def document(identifier):
          "resource": {"resourceType": "Patient", "identifier": [identifier]}}]}, ensure_ascii=False).encode()
 
 
+def oaep_sha1(monkeypatch):
+    """pyas2lib 1.4.4 does not pass its partner's key_enc_alg on; its cms
+    module does the OAEP encryption (oscrypto: SHA-1, MGF1-SHA-1) and
+    writes the algorithm without parameters, as the evaluation saw it."""
+    monkeypatch.setattr(as2, "encrypt_message",
+                        functools.partial(pyas2_cms.encrypt_message, key_enc_alg="rsaes_oaep"))
+
+
 def send(m, d, org, partner, payload):
     msg = as2.Message(org, partner)
     msg.build(payload, filename="referral.json", content_type="application/fhir+json")
@@ -143,7 +155,7 @@ def send(m, d, org, partner, payload):
     return msg, as2.Mdn().parse(raw, find_message_cb=lambda mid, rcpt: msg if mid == msg.message_id else None)
 
 
-def test_pyas2lib_sends_to_mamori_and_verifies_its_signed_mdn(mamori_as2):
+def test_pyas2lib_sends_to_mamori_and_verifies_its_signed_mdn(mamori_as2, monkeypatch):
     m = mamori_as2
     d = m.tmp / "py"
     d.mkdir()
@@ -176,6 +188,36 @@ def test_pyas2lib_sends_to_mamori_and_verifies_its_signed_mdn(mamori_as2):
     _, (status, detail) = send(m, d, org, partner, document(ident))
     assert status == "processed/error" and detail == "insufficient-message-security"
     assert len(m.api("GET", "/api/v1/exchange/quarantine", m.admin).json()["quarantine"]) == 2
+
+    # RSAES-OAEP with SHA-1 (the key transport written without parameters,
+    # as oscrypto writes it) is legacy: refused for this partner, whose
+    # profile does not list rsa-oaep-other, with the precise reason.
+    oaep_sha1(monkeypatch)
+    org, partner = pyas2_sender(d, cert)
+    _, (status, detail) = send(m, d, org, partner, document(ident))
+    assert status == "processed/error" and detail == "insufficient-message-security"
+    q = m.api("GET", "/api/v1/exchange/quarantine", m.admin).json()["quarantine"]
+    assert len(q) == 3 and "key transport rsa-oaep-other is not allowed" in json.dumps(q), q
+
+
+def test_pyas2lib_oaep_sha1_is_read_for_a_partner_that_allows_it(mamori_as2, monkeypatch):
+    m = mamori_as2
+    d = m.tmp / "py"
+    d.mkdir()
+    make_partner_material(d)
+    _, cert = setup(m, d, "https://localhost:1/as2",
+                    profile={"inbound_key_transports": ["rsa-pkcs1", "rsa-oaep-other"]})
+    ident = {"system": "urn:oid:1.2.392.200119.6.102", "value": "06-9999-0002"}
+    oaep_sha1(monkeypatch)
+    org, partner = pyas2_sender(d, cert)
+    msg, (status, detail) = send(m, d, org, partner, document(ident))
+    # Decrypted with the RFC 8017 defaults, verified, stored; a signed MDN.
+    assert (status, detail) == ("processed", None)
+    ins = m.api("GET", "/api/v1/exchange/messages?direction=in", m.admin).json()["messages"]
+    assert len(ins) == 1 and ins[0]["state"] == "stored" and ins[0]["message_id"] == msg.message_id
+    hops = m.api("GET", f"/api/v1/exchange/messages/{ins[0]['id']}", m.admin).json()["hops"]
+    decrypted = [h for h in hops if h["hop"] == "decrypted"]
+    assert decrypted and decrypted[0]["detail"]["key_transport"] == ["rsa-oaep-other"], hops
 
 
 def test_mamori_sends_to_a_pyas2lib_receiver_and_verifies_its_mdn(mamori_as2):

@@ -563,7 +563,82 @@ pub fn encrypt(data: &[u8], recipient: &X509, cipher: &ContentCipher, kt: &KeyTr
 
 /// Decrypts an EnvelopedData or AuthEnvelopedData addressed to `id`.
 /// The caller checks the algorithms (from [`inspect_envelope`]) first.
+/// RSAES-OAEP without parameters is read as the RFC 8017 defaults
+/// (SHA-1, MGF1-SHA-1), as [`inspect_envelope`] classifies it
+/// ([`KeyTransport::RsaOaepOther`]).
 pub fn decrypt(data: &[u8], id: &Identity) -> Result<Vec<u8>, CmsError> {
-    let cms = CmsContentInfo::from_der(data).map_err(|e| CmsError::Malformed(e.to_string()))?;
+    let der = as_der(data)?;
+    let explicit = oaep_parameters_made_explicit(&der)?;
+    let input = explicit.as_deref().unwrap_or(&der);
+    let cms = CmsContentInfo::from_der(input).map_err(|e| CmsError::Malformed(e.to_string()))?;
     cms.decrypt(&id.key, &id.cert).map_err(|e| CmsError::Decrypt(e.to_string()))
+}
+
+/// RFC 4055 (section 4.1) has the parameters of id-RSAES-OAEP in a key
+/// transport always present: an empty SEQUENCE for the defaults. Some AS2
+/// software (oscrypto, under pyas2lib) leaves them out, and OpenSSL then
+/// cannot decrypt. Returns the envelope with an empty parameter SEQUENCE
+/// wherever a key transport recipient has none, or `None` when none lacks
+/// them (the envelope is used as it is).
+fn oaep_parameters_made_explicit(der: &[u8]) -> Result<Option<Vec<u8>>, CmsError> {
+    let ci = Reader::new(der).expect(der::SEQUENCE)?;
+    let mut r = ci.reader();
+    let ty = r.expect(der::OID)?;
+    let explicit = r.expect(der::ctx_cons(0))?;
+    let ed = explicit.reader().read()?;
+    let mut changed = false;
+    let mut parts: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
+    let mut er = ed.reader();
+    while !er.is_empty() {
+        let f = er.read()?;
+        // recipientInfos is the one universal SET at this level (the
+        // attributes are context-tagged).
+        if f.tag != der::SET {
+            parts.push(std::borrow::Cow::Borrowed(f.raw));
+            continue;
+        }
+        let mut ris: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
+        let mut rr = f.reader();
+        while !rr.is_empty() {
+            let ri = rr.read()?;
+            match ri.tag {
+                der::SEQUENCE => match ktri_with_oaep_parameters(ri)? {
+                    Some(fixed) => {
+                        changed = true;
+                        ris.push(std::borrow::Cow::Owned(fixed));
+                    }
+                    None => ris.push(std::borrow::Cow::Borrowed(ri.raw)),
+                },
+                _ => ris.push(std::borrow::Cow::Borrowed(ri.raw)),
+            }
+        }
+        let refs: Vec<&[u8]> = ris.iter().map(AsRef::as_ref).collect();
+        parts.push(std::borrow::Cow::Owned(der::tlv(der::SET, &refs)));
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(AsRef::as_ref).collect();
+    let ed = der::tlv(ed.tag, &refs);
+    let explicit = der::tlv(der::ctx_cons(0), &[&ed]);
+    Ok(Some(der::seq(&[ty.raw, &explicit])))
+}
+
+/// A KeyTransRecipientInfo with `SEQUENCE {}` as the parameters of an
+/// RSAES-OAEP algorithm that has none; `None` when nothing is to change.
+fn ktri_with_oaep_parameters(ri: Tlv<'_>) -> Result<Option<Vec<u8>>, CmsError> {
+    let mut f = ri.reader();
+    let version = f.expect(der::INTEGER)?;
+    let rid = f.read()?;
+    let alg = f.expect(der::SEQUENCE)?;
+    let mut a = alg.reader();
+    let oid = a.expect(der::OID)?;
+    if oid.raw != der::oid(RSAES_OAEP) || !a.is_empty() {
+        return Ok(None);
+    }
+    let alg = der::seq(&[oid.raw, &der::seq(&[])]);
+    let mut rest: Vec<&[u8]> = vec![version.raw, rid.raw, &alg];
+    let tail: Vec<Tlv<'_>> = std::iter::from_fn(|| (!f.is_empty()).then(|| f.read())).collect::<Result<_, _>>()?;
+    rest.extend(tail.iter().map(|t| t.raw));
+    Ok(Some(der::seq(&rest)))
 }
