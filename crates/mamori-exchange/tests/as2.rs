@@ -167,6 +167,23 @@ fn compressed_messages_are_refused_as_compressed() {
     let mut h = Headers::default();
     h.push("Content-Type", "application/pkcs7-mime; smime-type=enveloped-data");
     says_compressed(as2::open(&h, &der, &b.id, &policy(&a.cert), None).unwrap_err());
+    // Compressed, then signed, then encrypted (RFC 5402's usual order).
+    let inner = mime::entity(&[("Content-Type", Z), ("Content-Transfer-Encoding", "binary")], b"compressed bytes");
+    let sig = mamori_exchange::cms::sign_detached(&a.id, &inner).unwrap();
+    let sig_part = mime::entity(
+        &[("Content-Type", "application/pkcs7-signature; name=smime.p7s"), ("Content-Transfer-Encoding", "base64")],
+        mime::base64_lines(&sig).as_bytes(),
+    );
+    let signed = mime::entity(
+        &[(
+            "Content-Type",
+            "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"zb1\"",
+        )],
+        &mime::multipart_body("zb1", &[&inner, &sig_part]),
+    );
+    let der =
+        mamori_exchange::cms::encrypt(&signed, &b.cert, &ContentCipher::Aes256Cbc, &KeyTransport::RsaPkcs1).unwrap();
+    says_compressed(as2::open(&h, &der, &b.id, &policy(&a.cert), None).unwrap_err());
 }
 
 #[test]
