@@ -417,3 +417,86 @@ async fn the_answer_is_labelled_with_the_json_type_asked_for() {
     assert_eq!(r.status, 404);
     assert!(ct(&r).starts_with("application/json"), "{}", ct(&r));
 }
+
+/// `_include` and `_revinclude` add what the matches reference and what
+/// references them, one level, each decided as a read: a resource the
+/// caller may not read is left out and counted, never shown.
+#[tokio::test]
+async fn includes_are_decided_per_resource_like_reads() {
+    let s = TestServer::start("include").await;
+    let doc = s.user("dr.inc", &["physician"]).await;
+    let other_doc = s.user("dr.other", &["physician"]).await;
+    let mine = s.patient(&doc, "含", "一郎").await;
+    let theirs = s.patient(&other_doc, "他", "二郎").await;
+    let o1 = s.post("/fhir/Observation", &doc, observation(&mine, "8867-4", 61.0)).await;
+    assert_eq!(o1.status, 201, "{}", o1.text);
+    // The other patient's vital sign: dr.inc may read that patient's
+    // demographics (role-demographics) but not this record.
+    let o2 = s.post("/fhir/Observation", &other_doc, observation(&theirs, "8867-4", 70.0)).await;
+    assert_eq!(o2.status, 201, "{}", o2.text);
+    let o2 = o2.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&format!("/fhir/Patient/{theirs}"), &doc).await.status, 200);
+    assert_eq!(s.get(&format!("/fhir/Observation/{o2}"), &doc).await.status, 403);
+
+    let kinds = |b: &Value| -> Vec<(String, String)> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["search"]["mode"].as_str().unwrap().to_owned(),
+                    e["resource"]["resourceType"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |m: &str, t: &str| (m.to_owned(), t.to_owned());
+
+    // _include: the Observation's subject comes along.
+    let r = s.get(&format!("/fhir/Observation?subject=Patient/{mine}&_include=Observation:subject"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(kinds(&r.body), [pair("match", "Observation"), pair("include", "Patient")]);
+    assert!(
+        r.body["link"][0]["url"].as_str().unwrap().contains("_include=Observation%3Asubject"),
+        "{}",
+        r.body["link"]
+    );
+    // The audit event names the included patient and counts what was added.
+    let ev = s.last_audit();
+    assert_eq!(ev["detail"]["included"], 1, "{ev}");
+
+    // _revinclude: my patient's Observation comes along.
+    let r = s.get(&format!("/fhir/Patient?_id={mine}&_revinclude=Observation:subject"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(kinds(&r.body), [pair("match", "Patient"), pair("include", "Observation")]);
+    // The other patient's is withheld and counted, as its read is refused.
+    let r = s.get(&format!("/fhir/Patient?_id={theirs}&_revinclude=Observation:subject"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(kinds(&r.body), [pair("match", "Patient"), pair("outcome", "OperationOutcome")]);
+    let oo = r.body["entry"].as_array().unwrap().last().unwrap()["resource"].to_string();
+    assert!(oo.contains("1 included resource(s) withheld"), "{oo}");
+    assert!(!r.text.contains(&o2), "nothing of the withheld record reaches the caller");
+    let ev = s.last_audit();
+    assert_eq!(
+        (ev["detail"]["included"].as_u64(), ev["detail"]["included_withheld"].as_u64()),
+        (Some(0), Some(1)),
+        "{ev}"
+    );
+    // The physician caring for that patient gets it.
+    let r = s.get(&format!("/fhir/Patient?_id={theirs}&_revinclude=Observation:subject"), &other_doc).await;
+    assert_eq!(kinds(&r.body), [pair("match", "Patient"), pair("include", "Observation")]);
+
+    // Malformed includes are refused with an OperationOutcome.
+    for bad in [
+        "_include=Patient:subject",             // the type searched is Observation
+        "_include=Observation:code",            // not a reference parameter
+        "_include=Observation",                 // no parameter
+        "_revinclude=Nope:subject",             // unknown type
+        "_include:iterate=Observation:subject", // only one level
+    ] {
+        let r = s.get(&format!("/fhir/Observation?subject=Patient/{mine}&{bad}"), &doc).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.body["resourceType"], "OperationOutcome", "{bad}");
+    }
+}

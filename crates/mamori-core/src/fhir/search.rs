@@ -479,6 +479,54 @@ pub struct SearchQuery {
     pub before: Option<Cursor>,
     /// The parameters as given, for self/next links (without paging params).
     pub canonical: Vec<(String, String)>,
+    /// `_include`: resources the matches reference, to add to the page.
+    pub include: Vec<Include>,
+    /// `_revinclude`: resources that reference the matches, to add.
+    pub revinclude: Vec<Include>,
+}
+
+/// One `_include` or `_revinclude`: `source:param[:target]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// The resource type whose reference parameter is followed.
+    pub source: ResourceType,
+    /// The reference search parameter.
+    pub param: &'static str,
+    /// Only references to this type, if given.
+    pub target: Option<ResourceType>,
+}
+
+/// At most this many resources are added to one page by `_include` and
+/// `_revinclude` together (a page says so when it stops there).
+pub const MAX_INCLUDED: usize = 1000;
+
+fn parse_include(rtype: ResourceType, v: &str, rev: bool) -> Result<Include, &'static str> {
+    let mut it = v.split(':');
+    let (Some(src), Some(param)) = (it.next(), it.next()) else {
+        return Err("expected Type:parameter[:TargetType]");
+    };
+    let target = it.next().map(ResourceType::parse).transpose().map_err(|_| "unknown target type")?;
+    if it.next().is_some() {
+        return Err("expected Type:parameter[:TargetType]");
+    }
+    let source = ResourceType::parse(src).map_err(|_| "unknown resource type")?;
+    if !rev && source != rtype {
+        return Err("an _include names the type searched");
+    }
+    let def = param_def(source, param)
+        .filter(|d| d.kind == ParamKind::Reference)
+        .ok_or("not a reference parameter of that type")?;
+    if rev {
+        // The references must be able to point at the type searched.
+        if def.target.is_some_and(|t| t != rtype.as_str()) || target.is_some_and(|t| t != rtype) {
+            return Err("that parameter does not refer to the type searched");
+        }
+    } else if let (Some(t), Some(only)) = (target, def.target) {
+        if t.as_str() != only {
+            return Err("that parameter does not refer to the target type");
+        }
+    }
+    Ok(Include { source, param: def.name, target: if rev { Some(rtype) } else { target } })
 }
 
 /// A position in a result list for keyset paging: the sort key of one entry.
@@ -552,6 +600,8 @@ pub fn parse_query(
         after: None,
         before: None,
         canonical: Vec::new(),
+        include: Vec::new(),
+        revinclude: Vec::new(),
     };
     let mut ignored = Vec::new();
     for (k, v) in pairs {
@@ -603,6 +653,18 @@ pub fn parse_query(
                 } else if v != "false" {
                     return Err(bad("supported: count, false"));
                 }
+            }
+            "_include" | "_revinclude" => {
+                let rev = k == "_revinclude";
+                let inc = parse_include(rtype, v, rev).map_err(bad)?;
+                if rev {
+                    q.revinclude.push(inc)
+                } else {
+                    q.include.push(inc)
+                }
+            }
+            "_include:iterate" | "_revinclude:iterate" | "_include:recurse" | "_revinclude:recurse" => {
+                return Err(SearchError::Unsupported(format!("{k} (only one level of _include and _revinclude)")))
             }
             k if IGNORED.contains(&k) => continue,
             _ => {

@@ -54,6 +54,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                     {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "searchParam": params,
+                "searchInclude": includes(rt),
+                "searchRevInclude": revincludes(rt),
             })
         };
         if *t == "Patient" {
@@ -72,7 +74,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]. Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated; _total=none|accurate; _summary=count.",
+            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]. Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated; _total=none|accurate; _summary=count. _include and _revinclude (one level, listed per type; each included resource is decided as a read of it, and one the caller may not read is left out and counted in an OperationOutcome entry).",
             "security": {
                 "cors": false,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}],
@@ -87,4 +89,31 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
 pub(crate) async fn metadata(State(st): State<Services>) -> Response {
     let now = st.store.clock().now().to_rfc3339();
     respond(StatusCode::OK, capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now).to_string())
+}
+
+/// `_include` values a search of `rt` takes: its reference parameters.
+fn includes(rt: ResourceType) -> Vec<String> {
+    params_for(rt)
+        .iter()
+        .filter(|p| p.kind == ParamKind::Reference)
+        .map(|p| format!("{}:{}", rt.as_str(), p.name))
+        .collect()
+}
+
+/// `_revinclude` values a search of `rt` takes: every stored type's
+/// reference parameters that may point at `rt`.
+fn revincludes(rt: ResourceType) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in R4_RESOURCE_TYPES {
+        let Ok(src) = ResourceType::parse(t) else { continue };
+        if NOT_STORABLE.contains(t) {
+            continue;
+        }
+        for p in params_for(src) {
+            if p.kind == ParamKind::Reference && p.target.is_none_or(|x| x == rt.as_str()) {
+                out.push(format!("{t}:{}", p.name));
+            }
+        }
+    }
+    out
 }

@@ -243,10 +243,21 @@ async fn search(
     for v in &r.page.entries {
         b.entry(Some(&full_url(base, v)), &v.body, &[("search", json!({"mode": "match"}))]);
     }
+    for v in &r.included.resources {
+        b.entry(Some(&full_url(base, v)), &v.body, &[("search", json!({"mode": "include"}))]);
+    }
     let mut issues = Vec::new();
     if r.withheld > 0 {
         issues.push(json!({"severity": "information", "code": "suppressed",
             "diagnostics": format!("{} matching resource(s) withheld: they also concern a patient you may not see", r.withheld)}));
+    }
+    if r.included.withheld > 0 {
+        issues.push(json!({"severity": "information", "code": "suppressed",
+            "diagnostics": format!("{} included resource(s) withheld: you may not read them", r.included.withheld)}));
+    }
+    if r.included.cut {
+        issues.push(json!({"severity": "information", "code": "too-costly",
+            "diagnostics": format!("at most {} resources are included per page; ask for smaller pages", mamori_core::fhir::search::MAX_INCLUDED)}));
     }
     for p in &r.ignored {
         issues.push(json!({"severity": "warning", "code": "not-supported",

@@ -2,7 +2,7 @@
 //! every patient whose data it reveals, and audited (with those patients)
 //! before the data is handed out.
 
-use mamori_core::fhir::search::{parse_query, Clause, Cond, SearchQuery, MAX_COUNT};
+use mamori_core::fhir::search::{parse_query, Clause, Cond, SearchQuery, MAX_COUNT, MAX_INCLUDED};
 use mamori_core::ids::ResourceType;
 use mamori_core::policy::{Action, Decision, Facts, Operation, PatientScope, Target};
 use mamori_core::time::Timestamp;
@@ -289,6 +289,19 @@ pub struct SearchResult {
     pub withheld: usize,
     /// Unknown parameters ignored (lenient handling, the default).
     pub ignored: Vec<String>,
+    /// What `_include` and `_revinclude` added.
+    pub included: Included,
+}
+
+/// The resources `_include` and `_revinclude` added to a page.
+#[derive(Debug, Clone, Default)]
+pub struct Included {
+    /// Each one the actor may read.
+    pub resources: Vec<Version>,
+    /// How many were left out because the actor may not read them.
+    pub withheld: usize,
+    /// Whether [`MAX_INCLUDED`] left some out.
+    pub cut: bool,
 }
 
 /// Drops the entries that name a patient the actor may not read (beyond
@@ -369,11 +382,14 @@ pub async fn search(
             }
             let mut page = search::search(c, &q2, &restriction(&d, &a2, now))?;
             let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
-            Ok((d, Some((page, withheld))))
+            // Included resources are decided one by one, as reads.
+            let (mut included, cut) = search::included(c, &q2, &page.entries, MAX_INCLUDED)?;
+            let withheld_included = withhold(c, &a2, &mut included, &[], now)?;
+            Ok((d, Some((page, withheld, Included { resources: included, withheld: withheld_included, cut }))))
         })
         .await?;
     let (d, found) = r;
-    let Some((page, withheld)) = found else {
+    let Some((page, withheld, included)) = found else {
         let mut rec = actor.fhir_record(
             "search-type",
             403,
@@ -389,11 +405,17 @@ pub async fn search(
         svc.audit(vec![rec]).await?;
         return Err(e);
     };
-    let patients: Vec<String> = page.entries.iter().flat_map(|v| v.patients.iter().cloned()).collect();
+    let patients: Vec<String> =
+        page.entries.iter().chain(&included.resources).flat_map(|v| v.patients.iter().cloned()).collect();
     let mut rec = actor.fhir_record("search-type", 200, Some(q.rtype.as_str()), None, None, patients, Some(&d), now);
     rec.query = Some(query_text.clone());
-    rec.detail = Some(json!({"count": page.entries.len(), "withheld": withheld}));
-    svc.audited(rec, SearchResult { query: q, query_text, page, withheld, ignored }).await
+    let mut detail = json!({"count": page.entries.len(), "withheld": withheld});
+    if !q.include.is_empty() || !q.revinclude.is_empty() {
+        detail["included"] = json!(included.resources.len());
+        detail["included_withheld"] = json!(included.withheld);
+    }
+    rec.detail = Some(detail);
+    svc.audited(rec, SearchResult { query: q, query_text, page, withheld, ignored, included }).await
 }
 
 /// One page of a patient's whole record.
