@@ -500,3 +500,58 @@ async fn includes_are_decided_per_resource_like_reads() {
         assert_eq!(r.body["resourceType"], "OperationOutcome", "{bad}");
     }
 }
+
+/// Conditional read: a client holding the current version gets 304
+/// without the body (If-None-Match, If-Modified-Since), after the same
+/// decision and audit event as a read; a caller who may not read gets the
+/// refusal, never a 304. HEAD answers the headers alone.
+#[tokio::test]
+async fn conditional_read_and_head() {
+    let s = TestServer::start("condread").await;
+    let doc = s.user("dr.cond", &["physician"]).await;
+    let pid = s.patient(&doc, "条件", "一郎").await;
+    let o = s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 60.0)).await;
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/fhir/Observation/{oid}");
+    let first = s.get(&path, &doc).await;
+    let (etag, modified) = (first.header("etag").unwrap(), first.header("last-modified").unwrap());
+    assert_eq!(etag, "W/\"1\"");
+    let get = |h: Vec<(&'static str, String)>| {
+        let (s, doc, path) = (&s, doc.clone(), path.clone());
+        async move {
+            let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            s.raw(Method::GET, &path, Some(&doc), None, &hs).await
+        }
+    };
+    let before = s.audit_count();
+    let r = get(vec![("if-none-match", etag.clone())]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.text.is_empty());
+    assert_eq!(r.header("etag").as_deref(), Some("W/\"1\""));
+    assert_eq!(s.audit_count(), before + 1, "a 304 is a read: audited");
+    assert_eq!(s.last_audit()["action"], "read");
+    assert_eq!(get(vec![("if-none-match", "\"1\", W/\"7\"".into())]).await.status, 304);
+    assert_eq!(get(vec![("if-none-match", "W/\"2\"".into())]).await.status, 200);
+    assert_eq!(get(vec![("if-modified-since", modified.clone())]).await.status, 304);
+    assert_eq!(get(vec![("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT".into())]).await.status, 200);
+    assert_eq!(get(vec![("if-modified-since", "yesterday".into())]).await.status, 200, "an unreadable date is ignored");
+
+    // A new version: the old ETag no longer matches.
+    let mut body = first.body.clone();
+    body["valueQuantity"]["value"] = json!(61.0);
+    assert_eq!(s.put(&path, &doc, body).await.status, 200);
+    let r = get(vec![("if-none-match", etag.clone())]).await;
+    assert_eq!((r.status.as_u16(), r.header("etag").as_deref()), (200, Some("W/\"2\"")));
+
+    // Someone who may not read it learns nothing from a conditional read.
+    let other = s.user("dr.stranger", &["physician"]).await;
+    let r = s.raw(Method::GET, &path, Some(&other), None, &[("if-none-match", "W/\"2\"")]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("etag"), None);
+
+    // HEAD: the headers of a read, no body.
+    let r = s.raw(Method::HEAD, &path, Some(&doc), None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.is_empty());
+    assert_eq!(r.header("etag").as_deref(), Some("W/\"2\""));
+}

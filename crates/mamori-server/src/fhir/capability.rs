@@ -47,6 +47,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
+                "conditionalRead": "full-support",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "interaction": [

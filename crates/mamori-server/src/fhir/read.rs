@@ -15,12 +15,30 @@ use serde_json::json;
 use super::{check_accept, format_param, full_url, refuse, respond, version_headers, BundleWriter};
 use crate::http::{read_body, Caller, FhirError};
 
-/// The answer of a read of one version.
-fn version_response(svc: &Services, v: Audited<Version>) -> Response {
+/// The answer of a read of one version: 304 without the body when the
+/// client's copy is current (`If-None-Match` with its ETag, or else
+/// `If-Modified-Since` not before its last update). The read was decided
+/// and audited either way.
+fn version_response(svc: &Services, v: Audited<Version>, headers: &HeaderMap) -> Response {
     let v = v.into_inner();
-    let mut r = respond(StatusCode::OK, v.body);
+    let mut r = if not_modified(headers, &v) {
+        (StatusCode::NOT_MODIFIED, "").into_response()
+    } else {
+        respond(StatusCode::OK, v.body)
+    };
     version_headers(&mut r, &svc.base_url, &v.rtype, &v.id, v.version, v.last_updated);
     r
+}
+
+fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
+    let text = |h| headers.get(h).and_then(|x: &axum::http::HeaderValue| x.to_str().ok());
+    if let Some(tags) = text(axum::http::header::IF_NONE_MATCH) {
+        let mine = format!("\"{}\"", v.version);
+        return tags.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == mine);
+    }
+    text(axum::http::header::IF_MODIFIED_SINCE)
+        .and_then(mamori_service::exchange::parse_http_date)
+        .is_some_and(|since| v.last_updated.secs() <= since.secs())
 }
 
 fn fhir_err(e: ServiceError) -> Response {
@@ -49,7 +67,7 @@ pub(crate) async fn read_or_history(
         };
     }
     match read::read(&svc, &c, &t, &id).await {
-        Ok(v) => version_response(&svc, v),
+        Ok(v) => version_response(&svc, v, &headers),
         Err(e) => fhir_err(e),
     }
 }
@@ -65,7 +83,7 @@ pub(crate) async fn vread(
         return refuse(&svc, &c, "vread", Some(&t), Some(&id), e).await;
     }
     match read::vread(&svc, &c, &t, &id, &vid).await {
-        Ok(v) => version_response(&svc, v),
+        Ok(v) => version_response(&svc, v, &headers),
         Err(e) => fhir_err(e),
     }
 }

@@ -228,6 +228,27 @@ pub fn http_date(t: mamori_core::time::Timestamp) -> String {
     )
 }
 
+/// Parses an RFC 7231 IMF-fixdate (what [`http_date`] writes and HTTP
+/// clients echo in `If-Modified-Since`); `None` for anything else.
+pub fn parse_http_date(s: &str) -> Option<mamori_core::time::Timestamp> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (_, rest) = s.trim().split_once(", ")?;
+    let mut f = rest.split(' ');
+    let (d, mon, y, hms, gmt) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+    if gmt != "GMT" || f.next().is_some() || d.len() != 2 || y.len() != 4 || hms.len() != 8 {
+        return None;
+    }
+    let m = MONTHS.iter().position(|x| *x == mon)? as u32 + 1;
+    let (d, y): (u32, i64) = (d.parse().ok()?, y.parse().ok()?);
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok().filter(|_| x.len() == 2));
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let days = mamori_core::time::days_from_civil(y, m, d);
+    Some(mamori_core::time::Timestamp::from_secs(days * 86_400 + h * 3600 + mi * 60 + se))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +258,16 @@ mod tests {
     fn http_dates() {
         assert_eq!(http_date(Timestamp(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(http_date(Timestamp::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Timestamp::from_secs(784_111_777)));
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 }
