@@ -555,3 +555,43 @@ async fn conditional_read_and_head() {
     assert!(r.text.is_empty());
     assert_eq!(r.header("etag").as_deref(), Some("W/\"2\""));
 }
+
+/// `:missing=true|false` finds resources without, or with, a value for a
+/// parameter of any kind.
+#[tokio::test]
+async fn missing_modifier() {
+    let s = TestServer::start("missing").await;
+    let doc = s.user("dr.miss", &["physician"]).await;
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "name": [{"family": "有"}], "birthDate": "1980-02-03"}),
+        )
+        .await;
+    let with = r.body["id"].as_str().unwrap().to_owned();
+    let r = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "gender": "female"})).await;
+    let without = r.body["id"].as_str().unwrap().to_owned();
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"].as_array().map_or(vec![], |a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+    };
+    for (q, want) in [
+        ("birthdate:missing=true", vec![without.clone()]),
+        ("birthdate:missing=false", vec![with.clone()]),
+        ("name:missing=true", vec![without.clone()]),
+        ("gender:missing=true", vec![with.clone()]),
+        ("gender:missing=false&birthdate:missing=true", vec![without.clone()]),
+    ] {
+        let r = s.get(&format!("/fhir/Patient?{q}"), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(ids(&r.body), want, "{q}");
+    }
+    let r = s.get("/fhir/Patient?birthdate:missing=maybe", &doc).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("expected true or false"), "{}", r.text);
+}

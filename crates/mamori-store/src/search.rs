@@ -2,7 +2,7 @@
 //! keyset paging (stable under concurrent writes) and optional restriction
 //! to the patients a user has a care relationship with.
 
-use mamori_core::fhir::search::{Clause, Cond, Cursor, Prefix, SearchQuery, Sort, Total};
+use mamori_core::fhir::search::{Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, Total};
 use mamori_core::time::Timestamp;
 
 use crate::error::Result;
@@ -149,6 +149,17 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
             let pm = sql.bind(param);
             let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
             format!("r.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
+        }
+        Cond::Missing { missing, kind } => {
+            let table = match kind {
+                ParamKind::Token => "idx_token",
+                ParamKind::String => "idx_string",
+                ParamKind::Date => "idx_date",
+                ParamKind::Reference => "idx_ref",
+            };
+            let pm = sql.bind(param);
+            let not = if *missing { "NOT " } else { "" };
+            format!("r.id {not}IN (SELECT id FROM {table} WHERE rtype = {t} AND param = {pm})")
         }
         Cond::Reference { rtype, id } => {
             let pm = sql.bind(param);

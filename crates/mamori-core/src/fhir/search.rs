@@ -427,6 +427,14 @@ pub enum Cond {
         /// The referenced resource's id.
         id: String,
     },
+    /// `:missing`: the resource has no value (`true`) or some value
+    /// (`false`) for the parameter.
+    Missing {
+        /// `true` for no value.
+        missing: bool,
+        /// The parameter's kind (where its values are indexed).
+        kind: ParamKind,
+    },
 }
 
 /// A parameter with all its comma-separated alternatives (OR).
@@ -726,6 +734,14 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
         _ => {}
     }
     let def = param_def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
+    if modifier == Some("missing") {
+        let missing = match raw {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad("expected true or false")),
+        };
+        return Ok(Clause { param: def.name, any_of: vec![Cond::Missing { missing, kind: def.kind }] });
+    }
     let mut any_of = Vec::new();
     for v in values {
         let c = match def.kind {
