@@ -595,3 +595,48 @@ async fn missing_modifier() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("expected true or false"), "{}", r.text);
 }
+
+/// `_elements` and `_summary=data` on reads and searches: only what was
+/// asked (with id and meta), tagged SUBSETTED; paths below the top level
+/// and other summaries are refused.
+#[tokio::test]
+async fn elements_and_summary_data() {
+    let s = TestServer::start("elements").await;
+    let doc = s.user("dr.elem", &["physician"]).await;
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">山田 花子</div>"},
+                   "name": [{"family": "山田", "given": ["花子"]}], "gender": "female", "birthDate": "1990-04-05"}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let subsetted = |v: &Value| v["meta"]["tag"].as_array().is_some_and(|t| t.iter().any(|x| x["code"] == "SUBSETTED"));
+
+    let r = s.get(&format!("/fhir/Patient/{id}?_elements=name,gender"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.body["id"].as_str(), r.body["gender"].as_str()), (Some(id.as_str()), Some("female")));
+    assert!(r.body.get("birthDate").is_none() && r.body.get("text").is_none(), "{}", r.body);
+    assert!(subsetted(&r.body));
+    let r = s.get(&format!("/fhir/Patient/{id}/_history/1?_summary=data"), &doc).await;
+    assert!(r.body.get("text").is_none() && r.body["birthDate"] == "1990-04-05" && subsetted(&r.body), "{}", r.body);
+    let r = s.get(&format!("/fhir/Patient/{id}"), &doc).await;
+    assert!(r.body.get("text").is_some() && !subsetted(&r.body), "a plain read is whole");
+
+    let r = s.get(&format!("/fhir/Patient?_id={id}&_elements=birthDate"), &doc).await;
+    let e = &r.body["entry"][0]["resource"];
+    assert_eq!(e["birthDate"], "1990-04-05");
+    assert!(e.get("name").is_none() && subsetted(e), "{e}");
+    assert!(r.body["link"][0]["url"].as_str().unwrap().contains("_elements=birthDate"));
+
+    for bad in [
+        format!("/fhir/Patient/{id}?_elements=name.family"),
+        format!("/fhir/Patient/{id}?_summary=true"),
+        "/fhir/Patient?_summary=text".to_owned(),
+    ] {
+        let r = s.get(&bad, &doc).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.body["resourceType"], "OperationOutcome");
+    }
+}

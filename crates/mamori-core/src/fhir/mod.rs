@@ -6,4 +6,5 @@ pub mod json;
 pub mod resource_types;
 pub mod schema;
 pub mod search;
+pub mod subset;
 pub mod validate;

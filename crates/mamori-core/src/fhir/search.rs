@@ -491,6 +491,8 @@ pub struct SearchQuery {
     pub include: Vec<Include>,
     /// `_revinclude`: resources that reference the matches, to add.
     pub revinclude: Vec<Include>,
+    /// `_elements`, `_summary=data`: what of each resource to return.
+    pub subset: super::subset::Subset,
 }
 
 /// One `_include` or `_revinclude`: `source:param[:target]`.
@@ -610,6 +612,7 @@ pub fn parse_query(
         canonical: Vec::new(),
         include: Vec::new(),
         revinclude: Vec::new(),
+        subset: super::subset::Subset::default(),
     };
     let mut ignored = Vec::new();
     for (k, v) in pairs {
@@ -655,12 +658,14 @@ pub fn parse_query(
                     _ => return Err(bad("expected count, estimate or none")),
                 };
             }
-            "_summary" => {
-                if v == "count" {
-                    q.summary_count = true;
-                } else if v != "false" {
-                    return Err(bad("supported: count, false"));
-                }
+            "_summary" => match v.as_str() {
+                "count" => q.summary_count = true,
+                "data" => q.subset.without_text = true,
+                "false" => {}
+                _ => return Err(bad("supported: count, data, false")),
+            },
+            "_elements" => {
+                q.subset.elements = Some(super::subset::Subset::parse_elements(v).map_err(bad)?);
             }
             "_include" | "_revinclude" => {
                 let rev = k == "_revinclude";

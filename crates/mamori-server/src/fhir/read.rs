@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use mamori_core::fhir::subset::Subset;
 use mamori_service::continuity::merge;
 use mamori_service::records::read::{self, HistoryQuery};
 use mamori_service::records::{enc, parse_pairs};
@@ -19,15 +20,34 @@ use crate::http::{read_body, Caller, FhirError};
 /// client's copy is current (`If-None-Match` with its ETag, or else
 /// `If-Modified-Since` not before its last update). The read was decided
 /// and audited either way.
-fn version_response(svc: &Services, v: Audited<Version>, headers: &HeaderMap) -> Response {
+fn version_response(svc: &Services, v: Audited<Version>, headers: &HeaderMap, subset: &Subset) -> Response {
     let v = v.into_inner();
     let mut r = if not_modified(headers, &v) {
         (StatusCode::NOT_MODIFIED, "").into_response()
     } else {
-        respond(StatusCode::OK, v.body)
+        respond(StatusCode::OK, subset.apply(&v.body).unwrap_or(v.body))
     };
     version_headers(&mut r, &svc.base_url, &v.rtype, &v.id, v.version, v.last_updated);
     r
+}
+
+/// `_elements` and `_summary=data` of a read.
+fn subset_of(pairs: &[(String, String)]) -> Result<Subset, ServiceError> {
+    let mut s = Subset::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_elements" => {
+                s.elements = Some(Subset::parse_elements(v).map_err(|e| ServiceError::invalid("_elements", e))?)
+            }
+            "_summary" => match v.as_str() {
+                "data" => s.without_text = true,
+                "false" => {}
+                _ => return Err(ServiceError::invalid("_summary", "supported: data, false")),
+            },
+            _ => {}
+        }
+    }
+    Ok(s)
 }
 
 fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
@@ -56,10 +76,12 @@ pub(crate) async fn read_or_history(
     if id == "_history" {
         return history(svc, c, t, None, q, headers).await;
     }
-    let pre = parse_pairs(q.as_deref().unwrap_or("")).and_then(|p| check_accept(&headers, format_param(&p)));
-    if let Err(e) = pre {
-        return refuse(&svc, &c, "read", Some(&t), Some(&id), e).await;
-    }
+    let pre = parse_pairs(q.as_deref().unwrap_or(""))
+        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&p)));
+    let subset = match pre {
+        Ok(s) => s,
+        Err(e) => return refuse(&svc, &c, "read", Some(&t), Some(&id), e).await,
+    };
     if t == "AuditEvent" {
         return match audit::fhir_read(&svc, &c, &id).await {
             Ok(ev) => respond(StatusCode::OK, ev.into_inner().to_string()),
@@ -67,7 +89,7 @@ pub(crate) async fn read_or_history(
         };
     }
     match read::read(&svc, &c, &t, &id).await {
-        Ok(v) => version_response(&svc, v, &headers),
+        Ok(v) => version_response(&svc, v, &headers, &subset),
         Err(e) => fhir_err(e),
     }
 }
@@ -77,13 +99,17 @@ pub(crate) async fn vread(
     State(svc): State<Services>,
     c: Caller,
     Path((t, id, vid)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = check_accept(&headers, None) {
-        return refuse(&svc, &c, "vread", Some(&t), Some(&id), e).await;
-    }
+    let pre = parse_pairs(q.as_deref().unwrap_or(""))
+        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&p)));
+    let subset = match pre {
+        Ok(s) => s,
+        Err(e) => return refuse(&svc, &c, "vread", Some(&t), Some(&id), e).await,
+    };
     match read::vread(&svc, &c, &t, &id, &vid).await {
-        Ok(v) => version_response(&svc, v, &headers),
+        Ok(v) => version_response(&svc, v, &headers, &subset),
         Err(e) => fhir_err(e),
     }
 }
@@ -258,11 +284,18 @@ async fn search(
         links.push(("previous", format!("{self_url}{sep}_before={}", enc(&p.encode()))));
     }
     let mut b = BundleWriter::new("searchset", r.page.total, &links);
+    let subset = &r.query.subset;
     for v in &r.page.entries {
-        b.entry(Some(&full_url(base, v)), &v.body, &[("search", json!({"mode": "match"}))]);
+        let body = subset.apply(&v.body);
+        b.entry(Some(&full_url(base, v)), body.as_deref().unwrap_or(&v.body), &[("search", json!({"mode": "match"}))]);
     }
     for v in &r.included.resources {
-        b.entry(Some(&full_url(base, v)), &v.body, &[("search", json!({"mode": "include"}))]);
+        let body = subset.apply(&v.body);
+        b.entry(
+            Some(&full_url(base, v)),
+            body.as_deref().unwrap_or(&v.body),
+            &[("search", json!({"mode": "include"}))],
+        );
     }
     let mut issues = Vec::new();
     if r.withheld > 0 {
