@@ -640,3 +640,80 @@ async fn elements_and_summary_data() {
         assert_eq!(r.body["resourceType"], "OperationOutcome");
     }
 }
+
+/// Conditional update and delete (`PUT`/`DELETE /fhir/{type}?search`): the
+/// one match is updated or deleted, none creates (or deletes nothing),
+/// several are refused with 412; each write is decided like the plain one.
+#[tokio::test]
+async fn conditional_update_and_delete() {
+    let s = TestServer::start("condwrite").await;
+    let doc = s.user("dr.cw", &["physician"]).await;
+    let sys = "urn:oid:1.2.392.100495.20.3.51.11234567890";
+    let q = format!("identifier={sys}%7CA-1");
+    let patient = |name: &str| json!({"resourceType": "Patient", "identifier": [{"system": sys, "value": "A-1"}], "name": [{"family": name}]});
+
+    // No match, no id: created with a new id.
+    let r = s.put(&format!("/fhir/Patient?{q}"), &doc, patient("初回")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.last_audit()["action"], "create");
+    // One match: updated in place.
+    let r = s.put(&format!("/fhir/Patient?{q}"), &doc, patient("更新")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.body["id"].as_str(), r.body["meta"]["versionId"].as_str()), (Some(id.as_str()), Some("2")));
+    assert_eq!(s.last_audit()["action"], "update");
+    // If-Match applies to the match.
+    let r = s
+        .raw(
+            Method::PUT,
+            &format!("/fhir/Patient?{q}"),
+            Some(&doc),
+            Some((patient("古い").to_string(), "application/fhir+json")),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+    assert_eq!(r.status, 412, "{}", r.text);
+    // A body naming another id than the match's.
+    let mut wrong = patient("別");
+    wrong["id"] = json!("someone-else");
+    assert_eq!(s.put(&format!("/fhir/Patient?{q}"), &doc, wrong).await.status, 400);
+    // No match, but the body's id exists: refused, nothing overwritten.
+    let other = s.patient(&doc, "他人", "花子").await;
+    let mut clash = patient("衝突");
+    clash["id"] = json!(other);
+    clash["identifier"][0]["value"] = json!("B-9");
+    let r = s.put(&format!("/fhir/Patient?identifier={sys}%7CB-9"), &doc, clash).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(s.get(&format!("/fhir/Patient/{other}"), &doc).await.body["meta"]["versionId"], "1");
+    // Several matches.
+    let dup = |n: &str| json!({"resourceType": "Patient", "identifier": [{"system": sys, "value": "DUP"}], "name": [{"family": n}]});
+    assert_eq!(s.post("/fhir/Patient", &doc, dup("一")).await.status, 201);
+    assert_eq!(s.post("/fhir/Patient", &doc, dup("二")).await.status, 201);
+    let dq = format!("/fhir/Patient?identifier={sys}%7CDUP");
+    assert_eq!(s.put(&dq, &doc, dup("三")).await.status, 412);
+    assert_eq!(s.delete(&dq, &doc).await.status, 412);
+    // A search is needed.
+    assert_eq!(s.put("/fhir/Patient", &doc, patient("x")).await.status, 400);
+    assert_eq!(s.delete("/fhir/Patient", &doc).await.status, 400);
+
+    // A physician without care of the patient finds nothing to update and
+    // may not create the patient's record either.
+    let stranger = s.user("dr.cw2", &["physician"]).await;
+    let before = s.count("SELECT COUNT(*) FROM resource_versions");
+    let obs = observation(&id, "8867-4", 70.0);
+    let r = s.put(&format!("/fhir/Observation?subject=Patient/{id}&code=8867-4"), &stranger, obs).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(s.count("SELECT COUNT(*) FROM resource_versions"), before);
+
+    // Conditional delete, decided like the plain delete: a physician may
+    // not delete a registration, but may delete an Observation; the one
+    // match goes, and nothing matching is fine.
+    assert_eq!(s.delete(&format!("/fhir/Patient?{q}"), &doc).await.status, 403);
+    let o = s.post("/fhir/Observation", &doc, observation(&id, "8480-6", 120.0)).await;
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let oq = format!("/fhir/Observation?subject=Patient/{id}&code=8480-6");
+    let r = s.delete(&oq, &doc).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &doc).await.status, 410);
+    assert_eq!(s.delete(&oq, &doc).await.status, 204);
+}

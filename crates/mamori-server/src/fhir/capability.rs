@@ -48,8 +48,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
                     {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}

@@ -28,7 +28,10 @@ pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", post(bundle::batch_or_transaction))
-        .route("/fhir/{rtype}", get(read::search_get).post(write::create))
+        .route(
+            "/fhir/{rtype}",
+            get(read::search_get).post(write::create).put(write::conditional_update).delete(write::conditional_delete),
+        )
         .route(
             "/fhir/{rtype}/{id}",
             get(read::read_or_history).put(write::update).delete(write::delete).post(read::search_post),

@@ -164,6 +164,69 @@ pub(crate) async fn update(
     }
 }
 
+/// `PUT /fhir/{type}?search`: conditional update.
+pub(crate) async fn conditional_update(
+    State(svc): State<Services>,
+    c: Caller,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = svc.cfg.server.body_limit_bytes;
+    let query = q.unwrap_or_default();
+    let pre = async {
+        let rtype = parse_type(&t)?;
+        if query.is_empty() {
+            return Err(ServiceError::invalid(
+                "",
+                "an update needs an id (PUT /fhir/{type}/{id}) or a search (PUT /fhir/{type}?…)",
+            ));
+        }
+        check_accept(&headers, None)?;
+        check_content_type(&headers)?;
+        let if_match = headers
+            .get(header::IF_MATCH)
+            .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
+            .transpose()?;
+        let v = parse_json(&read_body(body, limit).await?)?;
+        validate_body(rtype, &v)?;
+        Ok::<_, ServiceError>((rtype, v, if_match))
+    }
+    .await;
+    match pre {
+        Ok((rtype, v, if_match)) => {
+            let op = WriteOp::ConditionalUpdate { query, if_match };
+            run(svc, c, rtype, op, Some(v), prefer_return(&headers)).await
+        }
+        Err(e) => refuse(&svc, &c, "update", Some(&t), None, e).await,
+    }
+}
+
+/// `DELETE /fhir/{type}?search`: conditional delete (of a single match).
+pub(crate) async fn conditional_delete(
+    State(svc): State<Services>,
+    c: Caller,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let query = q.unwrap_or_default();
+    let pre = parse_type(&t).and_then(|r| {
+        if query.is_empty() {
+            Err(ServiceError::invalid(
+                "",
+                "a delete needs an id (DELETE /fhir/{type}/{id}) or a search (DELETE /fhir/{type}?…)",
+            ))
+        } else {
+            Ok(r)
+        }
+    });
+    match pre {
+        Ok(rtype) => run(svc, c, rtype, WriteOp::ConditionalDelete { query }, None, Return::Representation).await,
+        Err(e) => refuse(&svc, &c, "delete", Some(&t), None, e).await,
+    }
+}
+
 /// `DELETE /fhir/{type}/{id}`.
 pub(crate) async fn delete(State(svc): State<Services>, c: Caller, Path((t, id)): Path<(String, String)>) -> Response {
     let pre = parse_type(&t).and_then(|r| parse_id(&id).map(|()| r));

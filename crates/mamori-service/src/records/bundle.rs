@@ -306,9 +306,9 @@ fn get_entry(
 
 fn order_key(e: &Entry) -> u8 {
     match &e.kind {
-        Kind::Write(WriteOp::Delete { .. }) => 0,
+        Kind::Write(WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. }) => 0,
         Kind::Write(WriteOp::Create { .. }) => 1,
-        Kind::Write(WriteOp::Update { .. }) => 2,
+        Kind::Write(WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }) => 2,
         Kind::Read { .. } | Kind::Search { .. } => 3,
     }
 }
@@ -343,6 +343,13 @@ fn run_transaction(
             WriteOp::Create { if_none_exist: None } => None,
             WriteOp::Update { id, .. } => Some(id.clone()),
             WriteOp::Delete { .. } => continue,
+            // Bundle entries are never parsed into these (see `parse_entry`).
+            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+                return Err(entry_error(
+                    e,
+                    ServiceError::invalid("request.url", "conditional update and delete are not supported in a bundle"),
+                ))
+            }
         };
         let id = match target {
             Some(id) => id,

@@ -40,6 +40,20 @@ pub enum WriteOp {
         /// The resource's id.
         id: String,
     },
+    /// Update of the one resource a search matches (`PUT /fhir/{type}?…`);
+    /// a create when none does.
+    ConditionalUpdate {
+        /// The search, as a query string.
+        query: String,
+        /// The `If-Match` version.
+        if_match: Option<u64>,
+    },
+    /// Delete of the one resource a search matches (`DELETE /fhir/{type}?…`);
+    /// nothing when none does.
+    ConditionalDelete {
+        /// The search, as a query string.
+        query: String,
+    },
 }
 
 /// The result of one write inside a job.
@@ -73,10 +87,14 @@ pub enum Step {
 /// The interaction name for the audit log.
 pub fn action_name(op: &WriteOp, step: Option<&Step>) -> &'static str {
     match (op, step) {
-        (WriteOp::Delete { .. }, _) => "delete",
+        (WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. }, _) => "delete",
         (WriteOp::Create { .. }, _) => "create",
-        (WriteOp::Update { .. }, Some(Step::Done { written, .. })) if written.created => "create",
-        (WriteOp::Update { .. }, _) => "update",
+        (WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }, Some(Step::Done { written, .. }))
+            if written.created =>
+        {
+            "create"
+        }
+        (WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }, _) => "update",
     }
 }
 
@@ -115,7 +133,63 @@ pub(crate) fn write_step(
             )));
         }
     }
+    // A conditional write finds its resource first (a search decided and
+    // restricted like any), then is decided like the plain write.
+    let resolved;
+    let op = match op {
+        WriteOp::ConditionalUpdate { query, if_match } => {
+            let found = conditional_search(ctx, actor, rtype, query, "the conditional update")?;
+            let body_id = body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_owned);
+            let id = match (found.as_slice(), body_id) {
+                ([_, _, ..], _) => {
+                    return Err(ServiceError::Precondition(
+                        "the conditional update matched more than one resource".into(),
+                    ))
+                }
+                ([m], Some(b)) if m.id != b => {
+                    return Err(ServiceError::invalid(
+                        &format!("{rtype}.id"),
+                        format!("the body's id '{b}' is not the id of the resource the condition matched"),
+                    ))
+                }
+                ([m], _) => m.id.clone(),
+                ([], Some(b)) => {
+                    if records::current(ctx.conn, rtype.as_str(), &b)?.is_some_and(|c| !c.deleted) {
+                        return Err(ServiceError::Conflict(format!(
+                            "{rtype}/{b} exists but does not match the condition; nothing was written"
+                        )));
+                    }
+                    b
+                }
+                ([], None) => accounts::new_id()?,
+            };
+            if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
+                b.insert("id".into(), Value::String(id.clone()));
+            }
+            resolved = WriteOp::Update { id, if_match: *if_match };
+            &resolved
+        }
+        WriteOp::ConditionalDelete { query } => {
+            let found = conditional_search(ctx, actor, rtype, query, "the conditional delete")?;
+            match found.as_slice() {
+                [] => return Ok(Step::NothingToDelete { existed: true }),
+                [one] => {
+                    resolved = WriteOp::Delete { id: one.id.clone() };
+                    &resolved
+                }
+                _ => {
+                    return Err(ServiceError::Precondition(
+                        "the conditional delete matched more than one resource".into(),
+                    ))
+                }
+            }
+        }
+        other => other,
+    };
     match op {
+        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+            Err(ServiceError::internal("a conditional write was not resolved"))
+        }
         WriteOp::Delete { id } => {
             let Some(cur) = records::current(ctx.conn, rtype.as_str(), id)? else {
                 return Ok(Step::NothingToDelete { existed: false });
@@ -158,20 +232,8 @@ pub(crate) fn conditional_match(
     rtype: ResourceType,
     cond: &str,
 ) -> Result<Option<Step>, ServiceError> {
-    let pairs = parse_pairs(cond).map_err(|_| ServiceError::invalid("If-None-Exist", "malformed query"))?;
-    let (mut q, _) =
-        parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid("If-None-Exist", e.to_string()))?;
-    if q.clauses.is_empty() {
-        return Err(ServiceError::invalid("If-None-Exist", "needs at least one search parameter"));
-    }
-    q.count = 2;
-    let op = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
-    let d = authz::decide(actor, &op, Facts::default());
-    if !d.permit {
-        return Err(ServiceError::denied(&format!("the If-None-Exist search of {rtype}"), &d));
-    }
-    let page = search::search(ctx.conn, &q, &restriction(&d, actor, ctx.now))?;
-    match page.entries.as_slice() {
+    let entries = conditional_search(ctx, actor, rtype, cond, "If-None-Exist")?;
+    match entries.as_slice() {
         [] => Ok(None),
         [one] => {
             let read = authz::decide_record(ctx.conn, actor, Action::Read, rtype, &one.patients, ctx.now)?;
@@ -182,6 +244,29 @@ pub(crate) fn conditional_match(
         }
         _ => Err(ServiceError::Precondition("If-None-Exist matched more than one resource".into())),
     }
+}
+
+/// The search of a conditional write: up to two matches among the
+/// resources the actor may find (decided and restricted like any search).
+fn conditional_search(
+    ctx: &mut WriteCtx<'_>,
+    actor: &Actor,
+    rtype: ResourceType,
+    cond: &str,
+    what: &str,
+) -> Result<Vec<records::Version>, ServiceError> {
+    let pairs = parse_pairs(cond).map_err(|_| ServiceError::invalid(what, "malformed query"))?;
+    let (mut q, _) = parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid(what, e.to_string()))?;
+    if q.clauses.is_empty() {
+        return Err(ServiceError::invalid(what, "needs at least one search parameter"));
+    }
+    q.count = 2;
+    let op = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
+    let d = authz::decide(actor, &op, Facts::default());
+    if !d.permit {
+        return Err(ServiceError::denied(&format!("the search of {what} ({rtype})"), &d));
+    }
+    Ok(search::search(ctx.conn, &q, &restriction(&d, actor, ctx.now))?.entries)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -309,7 +394,9 @@ pub async fn write(
             move |e: &ServiceError, ctx| {
                 let id = match &op3 {
                     WriteOp::Update { id, .. } | WriteOp::Delete { id } => Some(id.as_str()),
-                    WriteOp::Create { .. } => None,
+                    WriteOp::Create { .. } | WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+                        None
+                    }
                 };
                 ctx.audit(&error_record(&a3, action_name(&op3, None), Some(rtype.as_str()), id, e, ctx.now)).map(|_| ())
             },
