@@ -717,3 +717,81 @@ async fn conditional_update_and_delete() {
     assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &doc).await.status, 410);
     assert_eq!(s.delete(&oq, &doc).await.status, 204);
 }
+
+/// PATCH with a JSON Patch: a new version with only the change; decided
+/// before the patch is applied (a failing `test` tells an unauthorized
+/// caller nothing); bad patches change nothing.
+#[tokio::test]
+async fn json_patch() {
+    let s = TestServer::start("patch").await;
+    let doc = s.user("dr.patch", &["physician"]).await;
+    let pid = s.patient(&doc, "修正", "一郎").await;
+    let o = s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", 60.0)).await;
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/fhir/Observation/{oid}");
+    let patch = |ops: Value, token: &str, if_match: Option<&str>| {
+        let (s, path, token, if_match) = (&s, path.clone(), token.to_owned(), if_match.map(str::to_owned));
+        async move {
+            let mut h = vec![];
+            if let Some(m) = &if_match {
+                h.push(("if-match", m.as_str()));
+            }
+            s.raw(Method::PATCH, &path, Some(&token), Some((ops.to_string(), "application/json-patch+json")), &h).await
+        }
+    };
+    let r = patch(
+        json!([{"op": "test", "path": "/valueQuantity/value", "value": 60.0},
+               {"op": "replace", "path": "/valueQuantity/value", "value": 62.0},
+               {"op": "add", "path": "/note", "value": [{"text": "再測定"}]}]),
+        &doc,
+        Some("W/\"1\""),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.body["valueQuantity"]["value"].as_f64(), r.body["meta"]["versionId"].as_str()),
+        (Some(62.0), Some("2"))
+    );
+    assert_eq!(r.body["note"][0]["text"], "再測定");
+    assert_eq!(r.body["status"], "final", "untouched elements stay");
+    assert_eq!(s.last_audit()["action"], "patch");
+
+    let versions = || s.count("SELECT COUNT(*) FROM resource_versions");
+    let before = versions();
+    // A failing test, a stale version, a change of id, an invalid result,
+    // a malformed patch, another media type: nothing changes.
+    let r = patch(json!([{"op": "test", "path": "/status", "value": "preliminary"}]), &doc, None).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(patch(json!([{"op": "remove", "path": "/note"}]), &doc, Some("W/\"1\"")).await.status, 412);
+    assert_eq!(patch(json!([{"op": "replace", "path": "/id", "value": "x"}]), &doc, None).await.status, 400);
+    let r = patch(json!([{"op": "replace", "path": "/status", "value": "bogus"}]), &doc, None).await;
+    assert_eq!(r.status, 400, "a result that is not a valid Observation: {}", r.text);
+    assert!(r.text.contains("Observation.status"), "{}", r.text);
+    assert_eq!(patch(json!({"op": "remove"}), &doc, None).await.status, 400);
+    let r = s.raw(Method::PATCH, &path, Some(&doc), Some((json!([]).to_string(), "application/fhir+json")), &[]).await;
+    assert_eq!(r.status, 415, "{}", r.text);
+    assert_eq!(versions(), before);
+
+    // Someone who may not write the record is refused before any test.
+    let stranger = s.user("dr.patch2", &["physician"]).await;
+    for ops in [
+        json!([{"op": "test", "path": "/status", "value": "final"}]),
+        json!([{"op": "test", "path": "/status", "value": "x"}]),
+    ] {
+        let r = patch(ops, &stranger, None).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    }
+    assert_eq!(patch(json!([]), &doc, None).await.status, 200, "an empty patch is a no-op version");
+    assert_eq!(
+        s.raw(
+            Method::PATCH,
+            "/fhir/Observation/nope",
+            Some(&doc),
+            Some(("[]".into(), "application/json-patch+json")),
+            &[]
+        )
+        .await
+        .status,
+        404
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod compartment;
 pub mod json;
+pub mod patch;
 pub mod resource_types;
 pub mod schema;
 pub mod search;

@@ -51,7 +51,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
                     {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "searchParam": params,

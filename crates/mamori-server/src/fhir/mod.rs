@@ -34,7 +34,11 @@ pub(crate) fn routes() -> Router<Services> {
         )
         .route(
             "/fhir/{rtype}/{id}",
-            get(read::read_or_history).put(write::update).delete(write::delete).post(read::search_post),
+            get(read::read_or_history)
+                .put(write::update)
+                .patch(write::patch)
+                .delete(write::delete)
+                .post(read::search_post),
         )
         .route("/fhir/{rtype}/{id}/{op}", get(read::instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(read::vread))

@@ -164,6 +164,41 @@ pub(crate) async fn update(
     }
 }
 
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902).
+pub(crate) async fn patch(
+    State(svc): State<Services>,
+    c: Caller,
+    Path((t, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = svc.cfg.server.body_limit_bytes;
+    let pre = async {
+        let rtype = parse_type(&t)?;
+        parse_id(&id)?;
+        check_accept(&headers, None)?;
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json-patch+json") {
+            return Err(ServiceError::UnsupportedMediaType(format!(
+                "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json"
+            )));
+        }
+        let if_match = headers
+            .get(header::IF_MATCH)
+            .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
+            .transpose()?;
+        let patch = parse_json(&read_body(body, limit).await?)?;
+        Ok::<_, ServiceError>((rtype, patch, if_match))
+    }
+    .await;
+    match pre {
+        Ok((rtype, patch, if_match)) => {
+            run(svc, c, rtype, WriteOp::Patch { id, if_match, patch }, None, prefer_return(&headers)).await
+        }
+        Err(e) => refuse(&svc, &c, "patch", Some(&t), Some(&id), e).await,
+    }
+}
+
 /// `PUT /fhir/{type}?search`: conditional update.
 pub(crate) async fn conditional_update(
     State(svc): State<Services>,

@@ -308,7 +308,7 @@ fn order_key(e: &Entry) -> u8 {
     match &e.kind {
         Kind::Write(WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. }) => 0,
         Kind::Write(WriteOp::Create { .. }) => 1,
-        Kind::Write(WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }) => 2,
+        Kind::Write(WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. } | WriteOp::Patch { .. }) => 2,
         Kind::Read { .. } | Kind::Search { .. } => 3,
     }
 }
@@ -344,10 +344,13 @@ fn run_transaction(
             WriteOp::Update { id, .. } => Some(id.clone()),
             WriteOp::Delete { .. } => continue,
             // Bundle entries are never parsed into these (see `parse_entry`).
-            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. } => {
                 return Err(entry_error(
                     e,
-                    ServiceError::invalid("request.url", "conditional update and delete are not supported in a bundle"),
+                    ServiceError::invalid(
+                        "request.url",
+                        "conditional update and delete, and PATCH, are not supported in a bundle",
+                    ),
                 ))
             }
         };

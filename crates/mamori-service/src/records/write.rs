@@ -54,6 +54,15 @@ pub enum WriteOp {
         /// The search, as a query string.
         query: String,
     },
+    /// A JSON Patch (RFC 6902) of the current version.
+    Patch {
+        /// The resource's id.
+        id: String,
+        /// The `If-Match` version.
+        if_match: Option<u64>,
+        /// The patch document.
+        patch: Value,
+    },
 }
 
 /// The result of one write inside a job.
@@ -95,6 +104,7 @@ pub fn action_name(op: &WriteOp, step: Option<&Step>) -> &'static str {
             "create"
         }
         (WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }, _) => "update",
+        (WriteOp::Patch { .. }, _) => "patch",
     }
 }
 
@@ -184,10 +194,45 @@ pub(crate) fn write_step(
                 }
             }
         }
+        WriteOp::Patch { id, if_match, patch } => {
+            let cur = match records::read(ctx.conn, rtype.as_str(), id)? {
+                None => return Err(ServiceError::NotFound(format!("{rtype}/{id} does not exist"))),
+                Some(v) if v.deleted => return Err(ServiceError::Gone(format!("{rtype}/{id} was deleted"))),
+                Some(v) => v,
+            };
+            // Decided before the patch is applied: a failing `test`
+            // operation must tell nothing to someone who may not write.
+            let d = authz::decide_record(ctx.conn, actor, Action::Update, rtype, &cur.patients, now)?;
+            if !d.permit {
+                return Err(ServiceError::denied(&format!("writing {rtype}/{id}"), &d));
+            }
+            let version = if_match.unwrap_or(cur.version);
+            if version != cur.version {
+                return Err(ServiceError::Precondition(format!(
+                    "If-Match: version {version} is not the current version {} of {rtype}/{id}",
+                    cur.version
+                )));
+            }
+            let doc: Value = serde_json::from_str(&cur.body).map_err(|e| ServiceError::internal(e.to_string()))?;
+            let new = mamori_core::fhir::patch::apply(&doc, patch).map_err(|e| match e {
+                mamori_core::fhir::patch::PatchError::Malformed(_) => ServiceError::invalid("", e.to_string()),
+                _ => ServiceError::Unprocessable(vec![mamori_core::fhir::validate::Issue {
+                    path: rtype.as_str().to_owned(),
+                    message: e.to_string(),
+                }]),
+            })?;
+            if new.get("resourceType") != doc.get("resourceType") || new.get("id") != doc.get("id") {
+                return Err(ServiceError::invalid("", "a patch may not change the resource's type or id"));
+            }
+            super::validate_body(rtype, &new)?;
+            body = Some(new);
+            resolved = WriteOp::Update { id: id.clone(), if_match: Some(version) };
+            &resolved
+        }
         other => other,
     };
     match op {
-        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. } => {
             Err(ServiceError::internal("a conditional write was not resolved"))
         }
         WriteOp::Delete { id } => {
@@ -393,7 +438,9 @@ pub async fn write(
             },
             move |e: &ServiceError, ctx| {
                 let id = match &op3 {
-                    WriteOp::Update { id, .. } | WriteOp::Delete { id } => Some(id.as_str()),
+                    WriteOp::Update { id, .. } | WriteOp::Delete { id } | WriteOp::Patch { id, .. } => {
+                        Some(id.as_str())
+                    }
                     WriteOp::Create { .. } | WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
                         None
                     }
