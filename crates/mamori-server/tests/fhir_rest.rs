@@ -795,3 +795,52 @@ async fn json_patch() {
         404
     );
 }
+
+/// Chained parameters (one level): the reference must point at a resource
+/// satisfying the chained condition; the results are decided and
+/// restricted like any search.
+#[tokio::test]
+async fn chained_parameters() {
+    let s = TestServer::start("chain").await;
+    let doc = s.user("dr.chain", &["physician"]).await;
+    let a = s.patient(&doc, "鎖田", "一郎").await;
+    let b = s.patient(&doc, "別田", "二郎").await;
+    for (p, v) in [(&a, 61.0), (&a, 62.0), (&b, 70.0)] {
+        assert_eq!(s.post("/fhir/Observation", &doc, observation(p, "8867-4", v)).await.status, 201);
+    }
+    let subjects = |body: &Value| -> Vec<String> {
+        body["entry"].as_array().map_or(vec![], |e| {
+            e.iter()
+                .filter(|x| x["search"]["mode"] == "match")
+                .map(|x| x["resource"]["subject"]["reference"].as_str().unwrap().to_owned())
+                .collect()
+        })
+    };
+    let want_a = vec![format!("Patient/{a}"), format!("Patient/{a}")];
+    for q in [
+        "subject:Patient.name=鎖",
+        "patient.name=鎖田",
+        "patient.family:exact=鎖田",
+        "subject:Patient.name=鎖田,無い",
+    ] {
+        let r = s.get(&format!("/fhir/Observation?{q}"), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(subjects(&r.body), want_a, "{q}");
+    }
+    let r = s.get("/fhir/Observation?patient.name=鎖田&value-quantity=1", &doc).await;
+    assert_eq!(r.status, 200, "an unknown parameter beside a chain is ignored: {}", r.text);
+    let r = s.get(&format!("/fhir/Observation?patient.birthdate=1970-01-01&patient._id={b}"), &doc).await;
+    assert_eq!(subjects(&r.body), vec![format!("Patient/{b}")]);
+    // Refused with the reason.
+    for q in ["subject.name=鎖田", "code.name=x", "subject:Patient.name.family=x", "subject:Nope.name=x"] {
+        let r = s
+            .raw(Method::GET, &format!("/fhir/Observation?{q}"), Some(&doc), None, &[("prefer", "handling=strict")])
+            .await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+    }
+    // Another physician: the search is restricted to the patients in care.
+    let stranger = s.user("dr.chain2", &["physician"]).await;
+    let r = s.get("/fhir/Observation?patient.name=鎖田", &stranger).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(subjects(&r.body).is_empty(), "{}", r.text);
+}

@@ -59,7 +59,7 @@ fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
     for clause in &q.clauses {
         let mut ors = Vec::new();
         for cond in &clause.any_of {
-            ors.push(cond_sql(q, clause, cond, &t, sql));
+            ors.push(cond_sql(clause, cond, "r", &t, sql));
         }
         sql.text.push_str(&format!(" AND ({})", ors.join(" OR ")));
     }
@@ -105,16 +105,18 @@ fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: 
     }
 }
 
-fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut Sql) -> String {
+/// SQL for one condition on the resource row aliased `a` of type `t` (a
+/// bound parameter).
+fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> String {
     let param = clause.param;
     match cond {
-        Cond::Id(id) => format!("r.id = {}", sql.bind(id.clone())),
+        Cond::Id(id) => format!("{a}.id = {}", sql.bind(id.clone())),
         Cond::LastUpdated(p, range) => {
-            date_sql(*p, "r.last_updated", "(r.last_updated + 1)", range.low, range.high, sql)
+            date_sql(*p, &format!("{a}.last_updated"), &format!("({a}.last_updated + 1)"), range.low, range.high, sql)
         }
         Cond::Token { system, code } => {
             let pm = sql.bind(param);
-            let mut s = format!("r.id IN (SELECT id FROM idx_token WHERE rtype = {t} AND param = {pm}");
+            let mut s = format!("{a}.id IN (SELECT id FROM idx_token WHERE rtype = {t} AND param = {pm}");
             if let Some(c) = code {
                 s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
             }
@@ -130,25 +132,40 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
             let pm = sql.bind(param);
             let lo = sql.bind(prefix.clone());
             let hi = sql.bind(format!("{prefix}\u{10FFFF}"));
-            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm >= {lo} AND norm < {hi})")
+            format!("{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm >= {lo} AND norm < {hi})")
         }
         Cond::StringExact(s) => {
             let pm = sql.bind(param);
             let v = sql.bind(s.clone());
-            format!("r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND exact = {v})")
+            format!("{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND exact = {v})")
         }
         Cond::StringContains(s) => {
             let pm = sql.bind(param);
             let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let v = sql.bind(format!("%{escaped}%"));
             format!(
-                "r.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')"
+                "{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')"
             )
         }
         Cond::Date(p, range) => {
             let pm = sql.bind(param);
             let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
-            format!("r.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
+            format!("{a}.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
+        }
+        Cond::Chain { target, inner } => {
+            // The reference points at a current resource of `target`
+            // satisfying the inner condition.
+            let pm = sql.bind(param);
+            let tt = sql.bind(target.as_str().to_owned());
+            let mut ors = Vec::new();
+            for c in &inner.any_of {
+                ors.push(cond_sql(inner, c, "x", &tt, sql));
+            }
+            format!(
+                "{a}.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_type = {tt} AND target_id IN \
+                 (SELECT x.id FROM resources x WHERE x.rtype = {tt} AND x.deleted = 0 AND ({})))",
+                ors.join(" OR ")
+            )
         }
         Cond::Missing { missing, kind } => {
             let table = match kind {
@@ -159,13 +176,13 @@ fn cond_sql(_q: &SearchQuery, clause: &Clause, cond: &Cond, t: &str, sql: &mut S
             };
             let pm = sql.bind(param);
             let not = if *missing { "NOT " } else { "" };
-            format!("r.id {not}IN (SELECT id FROM {table} WHERE rtype = {t} AND param = {pm})")
+            format!("{a}.id {not}IN (SELECT id FROM {table} WHERE rtype = {t} AND param = {pm})")
         }
         Cond::Reference { rtype, id } => {
             let pm = sql.bind(param);
             let tid = sql.bind(id.clone());
             let mut s =
-                format!("r.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
+                format!("{a}.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
             if let Some(tt) = rtype {
                 s.push_str(&format!(" AND target_type = {}", sql.bind(tt.clone())));
             }

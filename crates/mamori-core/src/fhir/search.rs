@@ -427,6 +427,14 @@ pub enum Cond {
         /// The referenced resource's id.
         id: String,
     },
+    /// A chained parameter (`subject:Patient.name=yamada`): the reference
+    /// points at a resource of `target` that satisfies `inner`.
+    Chain {
+        /// The referenced type.
+        target: ResourceType,
+        /// The condition on the referenced resource.
+        inner: Box<Clause>,
+    },
     /// `:missing`: the resource has no value (`true`) or some value
     /// (`false`) for the parameter.
     Missing {
@@ -681,11 +689,17 @@ pub fn parse_query(
             }
             k if IGNORED.contains(&k) => continue,
             _ => {
-                let (name, modifier) = match k.split_once(':') {
-                    Some((n, m)) => (n, Some(m)),
-                    None => (k.as_str(), None),
+                let parsed = match k.split_once('.') {
+                    Some((left, right)) => parse_chain(rtype, left, right, v),
+                    None => {
+                        let (name, modifier) = match k.split_once(':') {
+                            Some((n, m)) => (n, Some(m)),
+                            None => (k.as_str(), None),
+                        };
+                        parse_clause(rtype, name, modifier, v)
+                    }
                 };
-                match parse_clause(rtype, name, modifier, v) {
+                match parsed {
                     Ok(c) => q.clauses.push(c),
                     Err(SearchError::UnknownParam(..)) if lenient => {
                         ignored.push(k.clone());
@@ -698,6 +712,43 @@ pub fn parse_query(
         q.canonical.push((k.clone(), v.clone()));
     }
     Ok((q, ignored))
+}
+
+/// A chained parameter, one level: `param[:Type].chained[:modifier]`.
+fn parse_chain(rtype: ResourceType, left: &str, right: &str, raw: &str) -> Result<Clause, SearchError> {
+    let bad = |why: &'static str| SearchError::BadValue {
+        param: format!("{left}.{right}"),
+        value: raw.chars().take(60).collect(),
+        why,
+    };
+    let (name, ty) = match left.split_once(':') {
+        Some((n, t)) => (n, Some(t)),
+        None => (left, None),
+    };
+    let def = param_def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
+    if def.kind != ParamKind::Reference {
+        return Err(bad("only a reference parameter can be chained"));
+    }
+    let target = match (ty, def.target) {
+        (Some(t), only) => {
+            let t = ResourceType::parse(t).map_err(|_| bad("unknown resource type"))?;
+            if only.is_some_and(|o| o != t.as_str()) {
+                return Err(bad("the parameter does not refer to that type"));
+            }
+            t
+        }
+        (None, Some(only)) => ResourceType::parse(only).map_err(|_| bad("unknown resource type"))?,
+        (None, None) => return Err(bad("name the referenced type: parameter:Type.chained")),
+    };
+    if right.contains('.') {
+        return Err(SearchError::Unsupported(format!("{left}.{right} (only one level of chaining)")));
+    }
+    let (cname, cmod) = match right.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (right, None),
+    };
+    let inner = parse_clause(target, cname, cmod, raw)?;
+    Ok(Clause { param: def.name, any_of: vec![Cond::Chain { target, inner: Box::new(inner) }] })
 }
 
 fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
