@@ -817,12 +817,9 @@ async fn chained_parameters() {
         })
     };
     let want_a = vec![format!("Patient/{a}"), format!("Patient/{a}")];
-    for q in [
-        "subject:Patient.name=鎖",
-        "patient.name=鎖田",
-        "patient.family:exact=鎖田",
-        "subject:Patient.name=鎖田,無い",
-    ] {
+    for q in
+        ["subject:Patient.name=鎖", "patient.name=鎖田", "patient.family:exact=鎖田", "subject:Patient.name=鎖田,無い"]
+    {
         let r = s.get(&format!("/fhir/Observation?{q}"), &doc).await;
         assert_eq!(r.status, 200, "{q}: {}", r.text);
         assert_eq!(subjects(&r.body), want_a, "{q}");
@@ -843,4 +840,76 @@ async fn chained_parameters() {
     let r = s.get("/fhir/Observation?patient.name=鎖田", &stranger).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(subjects(&r.body).is_empty(), "{}", r.text);
+}
+
+/// `_sort` on a date, string or token parameter, paged with `next` links:
+/// every match once, in order, those without a value last.
+#[tokio::test]
+async fn sort_by_parameter_pages_in_order() {
+    let s = TestServer::start("sortp").await;
+    let doc = s.user("dr.sort", &["physician"]).await;
+    let pid = s.patient(&doc, "整列", "一郎").await;
+    let days = ["2026-11-03", "2026-11-01", "2026-11-05", "2026-11-02", "2026-11-04", "2026-11-03"];
+    for (i, d) in days.iter().enumerate() {
+        let mut o = observation(&pid, "8867-4", 60.0 + i as f64);
+        o["effectiveDateTime"] = json!(format!("{d}T09:00:00+09:00"));
+        assert_eq!(s.post("/fhir/Observation", &doc, o).await.status, 201);
+    }
+    let mut none = observation(&pid, "8867-4", 99.0);
+    none.as_object_mut().unwrap().remove("effectiveDateTime");
+    assert_eq!(s.post("/fhir/Observation", &doc, none).await.status, 201);
+
+    let walk = |first: String| {
+        let (s, doc) = (&s, doc.clone());
+        async move {
+            let mut out = Vec::new();
+            let mut url = Some(first);
+            let mut pages = 0;
+            while let Some(u) = url {
+                let path = u.split_once("/fhir/").map(|(_, p)| format!("/fhir/{p}")).unwrap_or(u);
+                let r = s.get(&path, &doc).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.text);
+                for e in r.body["entry"].as_array().into_iter().flatten() {
+                    out.push(
+                        e["resource"]["effectiveDateTime"].as_str().map(|d| d[..10].to_owned()).unwrap_or_default(),
+                    );
+                }
+                url = r.body["link"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l["relation"] == "next")
+                    .map(|l| l["url"].as_str().unwrap().to_owned());
+                pages += 1;
+                assert!(pages < 20);
+            }
+            out
+        }
+    };
+    let asc = walk(format!("/fhir/Observation?subject=Patient/{pid}&_sort=date&_count=2")).await;
+    assert_eq!(asc, ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-03", "2026-11-04", "2026-11-05", ""]);
+    let desc = walk(format!("/fhir/Observation?subject=Patient/{pid}&_sort=-date&_count=3")).await;
+    assert_eq!(desc, ["2026-11-05", "2026-11-04", "2026-11-03", "2026-11-03", "2026-11-02", "2026-11-01", ""]);
+    // Strings and tokens.
+    for (family, gender) in [("うえの", "male"), ("あべ", "female"), ("かとう", "other")] {
+        let p = json!({"resourceType": "Patient", "name": [{"family": family}], "gender": gender});
+        assert_eq!(s.post("/fhir/Patient", &doc, p).await.status, 201);
+    }
+    let r = s.get("/fhir/Patient?family=あ,う,か&_sort=family", &doc).await;
+    let fam: Vec<&str> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["name"][0]["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(fam, ["あべ", "うえの", "かとう"]);
+    let r = s.get("/fhir/Patient?family=あ,う,か&_sort=-gender", &doc).await;
+    let g: Vec<&str> =
+        r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["gender"].as_str().unwrap()).collect();
+    assert_eq!(g, ["other", "male", "female"]);
+    // Refused: references, unknown parameters, two keys, a cursor of another sort.
+    for q in ["_sort=subject", "_sort=nope", "_sort=date,-_id", "_sort=date&_cursor=1700000000000000.abc"] {
+        let r = s.get(&format!("/fhir/Observation?{q}"), &doc).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+    }
 }

@@ -2,7 +2,7 @@
 //! keyset paging (stable under concurrent writes) and optional restriction
 //! to the patients a user has a care relationship with.
 
-use mamori_core::fhir::search::{Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, Total};
+use mamori_core::fhir::search::{Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortValue, Total};
 use mamori_core::time::Timestamp;
 
 use crate::error::Result;
@@ -204,6 +204,9 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
     if q.summary_count || q.count == 0 {
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
     }
+    if let Sort::Param { name, kind, desc } = q.sort {
+        return search_sorted_by_param(c, q, restriction, total, name, kind, desc);
+    }
     let mut s = Sql {
         text: format!(
             "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
@@ -220,7 +223,7 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
     if let Some(cur) = cursor {
         let id = s.bind(cur.id.clone());
         match q.sort {
-            Sort::Id => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
+            Sort::Id | Sort::Param { .. } => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
             Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
                 let t = s.bind(cur.last_updated);
                 s.text.push_str(&format!(
@@ -230,8 +233,10 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
         }
     }
     match q.sort {
-        Sort::Id => s.text.push_str(&format!(" ORDER BY r.id {dir}")),
-        _ => s.text.push_str(&format!(" ORDER BY r.last_updated {dir}, r.id {dir}")),
+        Sort::Id | Sort::Param { .. } => s.text.push_str(&format!(" ORDER BY r.id {dir}")),
+        Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
+            s.text.push_str(&format!(" ORDER BY r.last_updated {dir}, r.id {dir}"))
+        }
     }
     let lim = s.bind(q.count + 1);
     s.text.push_str(&format!(" LIMIT {lim}"));
@@ -245,7 +250,7 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
     if backwards {
         entries.reverse();
     }
-    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone() };
+    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone(), key: None };
     let (next, prev) = if backwards {
         (entries.last().map(key), if more { entries.first().map(key) } else { None })
     } else {
@@ -255,6 +260,73 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
         )
     };
     Ok(Page { entries, total, next, prev })
+}
+
+/// A search ordered by a parameter's values (forward paging only): each
+/// resource's lowest value ascending, or highest descending, from the
+/// search index; resources without one last; ties by id.
+fn search_sorted_by_param(
+    c: &mut dyn Conn,
+    q: &SearchQuery,
+    restriction: &Restriction,
+    total: Option<u64>,
+    name: &'static str,
+    kind: ParamKind,
+    desc: bool,
+) -> Result<Page> {
+    let (table, col) = match kind {
+        ParamKind::Date if desc => ("idx_date", "high"),
+        ParamKind::Date => ("idx_date", "low"),
+        ParamKind::String => ("idx_string", "norm"),
+        ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
+    };
+    let (agg, cmp, dir) = if desc { ("MAX", "<", "DESC") } else { ("MIN", ">", "ASC") };
+    let mut s = Sql { text: String::new(), params: Vec::new() };
+    let t = s.bind(q.rtype.as_str().to_owned());
+    let pm = s.bind(name);
+    s.text = format!(
+        "SELECT {}, sk.k FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+         LEFT JOIN (SELECT id, {agg}({col}) AS k FROM {table} WHERE rtype = {t} AND param = {pm} GROUP BY id) sk ON sk.id = r.id",
+        crate::records::VERSION_SELECT_COLUMNS
+    );
+    where_clause(q, restriction, &mut s);
+    if let Some(cur) = &q.after {
+        let id = s.bind(cur.id.clone());
+        let k = match &cur.key {
+            Some(SortValue::Int(i)) => Some(s.bind(*i)),
+            Some(SortValue::Text(x)) => Some(s.bind(x.clone())),
+            Some(SortValue::Missing) | None => None,
+        };
+        match k {
+            Some(k) => {
+                s.text.push_str(&format!(" AND (sk.k IS NULL OR sk.k {cmp} {k} OR (sk.k = {k} AND r.id > {id}))"))
+            }
+            None => s.text.push_str(&format!(" AND sk.k IS NULL AND r.id > {id}")),
+        }
+    }
+    s.text.push_str(&format!(" ORDER BY (sk.k IS NULL), sk.k {dir}, r.id ASC"));
+    let lim = s.bind(q.count + 1);
+    s.text.push_str(&format!(" LIMIT {lim}"));
+    let rows = c.query(&s.text, &s.params)?;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut last_key = SortValue::Missing;
+    for (i, r) in rows.iter().enumerate() {
+        entries.push(crate::records::version_row(r)?);
+        if i + 1 == q.count.min(rows.len()) {
+            last_key = match kind {
+                ParamKind::Date => r.opt_i64(10)?.map_or(SortValue::Missing, SortValue::Int),
+                _ => r.opt_text(10)?.map_or(SortValue::Missing, SortValue::Text),
+            };
+        }
+    }
+    let more = entries.len() > q.count;
+    entries.truncate(q.count);
+    let next = if more {
+        entries.last().map(|v| Cursor { last_updated: 0, id: v.id.clone(), key: Some(last_key) })
+    } else {
+        None
+    };
+    Ok(Page { entries, total, next, prev: None })
 }
 
 /// The resources a query's `_include` and `_revinclude` add to a page of

@@ -463,6 +463,29 @@ pub enum Sort {
     LastUpdatedAsc,
     /// By last update, newest first (`_sort=-_lastUpdated`).
     LastUpdatedDesc,
+    /// By a date, string or token parameter (`_sort=date`, `_sort=-date`):
+    /// ascending by each resource's lowest value, descending by its
+    /// highest; resources without a value come last; ties by id.
+    Param {
+        /// The parameter.
+        name: &'static str,
+        /// Its kind (where its values are indexed).
+        kind: ParamKind,
+        /// Descending.
+        desc: bool,
+    },
+}
+
+/// A resource's sort value under [`Sort::Param`], as a paging cursor
+/// keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortValue {
+    /// The resource has no value for the parameter.
+    Missing,
+    /// A date bound, in microseconds since the Unix epoch.
+    Int(i64),
+    /// A normalized string or a code.
+    Text(String),
 }
 
 /// Whether a search counts all its matches (`_total`).
@@ -554,18 +577,46 @@ pub struct Cursor {
     pub last_updated: i64,
     /// The entry's resource id (breaks ties between equal times).
     pub id: String,
+    /// Under [`Sort::Param`]: the entry's sort value.
+    pub key: Option<SortValue>,
 }
 
 impl Cursor {
-    /// The cursor as a `_cursor`/`_before` parameter value (`<micros>.<id>`).
+    /// The cursor as a `_cursor`/`_before` parameter value: `<micros>.<id>`,
+    /// or under a parameter sort `n.<id>`, `i<int>.<id>`, `s<hex>.<id>`.
     pub fn encode(&self) -> String {
-        format!("{}.{}", self.last_updated, self.id)
+        match &self.key {
+            None => format!("{}.{}", self.last_updated, self.id),
+            Some(SortValue::Missing) => format!("n.{}", self.id),
+            Some(SortValue::Int(i)) => format!("i{i}.{}", self.id),
+            Some(SortValue::Text(t)) => {
+                let hex: String = t.bytes().map(|b| format!("{b:02x}")).collect();
+                format!("s{hex}.{}", self.id)
+            }
+        }
     }
     /// Parses a value made by [`Cursor::encode`]; `None` if malformed.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (t, id) = s.split_once('.')?;
-        let last_updated = t.parse().ok()?;
-        is_fhir_id(id).then(|| Cursor { last_updated, id: id.to_owned() })
+        if !is_fhir_id(id) {
+            return None;
+        }
+        let id = id.to_owned();
+        let key = match t.as_bytes().first()? {
+            b'n' if t == "n" => SortValue::Missing,
+            b'i' => SortValue::Int(t.get(1..)?.parse().ok()?),
+            b's' => {
+                let h = t.get(1..)?;
+                if h.len() % 2 != 0 {
+                    return None;
+                }
+                let bytes: Option<Vec<u8>> =
+                    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
+                SortValue::Text(String::from_utf8(bytes?).ok()?)
+            }
+            _ => return Some(Cursor { last_updated: t.parse().ok()?, id, key: None }),
+        };
+        Some(Cursor { last_updated: 0, id, key: Some(key) })
     }
 }
 
@@ -648,7 +699,16 @@ pub fn parse_query(
                     "_id" => Sort::Id,
                     "_lastUpdated" => Sort::LastUpdatedAsc,
                     "-_lastUpdated" => Sort::LastUpdatedDesc,
-                    _ => return Err(bad("supported: _id, _lastUpdated, -_lastUpdated")),
+                    other => {
+                        let (desc, name) = match other.strip_prefix('-') {
+                            Some(n) => (true, n),
+                            None => (false, other),
+                        };
+                        let def = param_def(rtype, name)
+                            .filter(|d| d.kind != ParamKind::Reference)
+                            .ok_or_else(|| bad("supported: _id, _lastUpdated, or one date, string or token parameter of the type, with - for descending"))?;
+                        Sort::Param { name: def.name, kind: def.kind, desc }
+                    }
                 };
             }
             "_total" => {
@@ -710,6 +770,17 @@ pub fn parse_query(
             }
         }
         q.canonical.push((k.clone(), v.clone()));
+    }
+    let param_sort = matches!(q.sort, Sort::Param { .. });
+    if param_sort && q.before.is_some() {
+        return Err(SearchError::Unsupported("_before with a _sort on a parameter (page forward with next)".into()));
+    }
+    if q.after.as_ref().is_some_and(|c| c.key.is_some() != param_sort) {
+        return Err(SearchError::BadValue {
+            param: "_cursor".into(),
+            value: String::new(),
+            why: "the cursor is for another _sort",
+        });
     }
     Ok((q, ignored))
 }
@@ -1020,5 +1091,19 @@ mod tests {
     #[test]
     fn or_values_with_escapes() {
         assert_eq!(split_or("a,b\\,c"), vec!["a".to_string(), "b,c".to_string()]);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        for key in
+            [None, Some(SortValue::Missing), Some(SortValue::Int(-5)), Some(SortValue::Text("やまだ.x/y".into()))]
+        {
+            let c =
+                Cursor { last_updated: if key.is_none() { 1_700_000_000_000_000 } else { 0 }, id: "a.b-1".into(), key };
+            assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()), "{}", c.encode());
+        }
+        for bad in ["", "x.a", "s0.a", "szz.a", "i.a", "n1.a", "12.a b", "no-dot"] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
     }
 }
