@@ -913,3 +913,69 @@ async fn sort_by_parameter_pages_in_order() {
         assert_eq!(r.status, 400, "{q}: {}", r.text);
     }
 }
+
+/// Quantity search: prefixes, the precision of the value as written, the
+/// unit; quantities stored before the index existed are found too.
+#[tokio::test]
+async fn quantity_search() {
+    let s = TestServer::start("qty").await;
+    let doc = s.user("dr.qty", &["physician"]).await;
+    let pid = s.patient(&doc, "量", "一郎").await;
+    let mut ids = std::collections::HashMap::new();
+    for v in [60.0, 75.0, 75.04, 90.5] {
+        let r = s.post("/fhir/Observation", &doc, observation(&pid, "8867-4", v)).await;
+        ids.insert(r.body["id"].as_str().unwrap().to_owned(), v);
+    }
+    let mut mg = observation(&pid, "2345-7", 5.4);
+    mg["valueQuantity"] =
+        json!({"value": 5.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"});
+    let r = s.post("/fhir/Observation", &doc, mg).await;
+    ids.insert(r.body["id"].as_str().unwrap().to_owned(), 5.4);
+    let values = |b: &Value| -> Vec<f64> {
+        let mut v: Vec<f64> = b["entry"].as_array().map_or(vec![], |e| {
+            e.iter()
+                .filter(|x| x["search"]["mode"] == "match")
+                .map(|x| ids[x["resource"]["id"].as_str().unwrap()])
+                .collect()
+        });
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    for (q, want) in [
+        ("value-quantity=gt75", vec![75.04, 90.5]),
+        ("value-quantity=ge75", vec![75.0, 75.04, 90.5]),
+        ("value-quantity=75", vec![75.0, 75.04]),
+        ("value-quantity=75.0", vec![75.0, 75.04]),
+        ("value-quantity=75.00", vec![75.0]),
+        ("value-quantity=lt61", vec![5.4, 60.0]),
+        ("value-quantity=ne75", vec![5.4, 60.0, 90.5]),
+        ("value-quantity=5.4|http://unitsofmeasure.org|mmol/L", vec![5.4]),
+        ("value-quantity=5.4||/min", vec![]),
+        ("value-quantity=le100||/min", vec![60.0, 75.0, 75.04, 90.5]),
+        ("value-quantity:missing=false&code=2345-7", vec![5.4]),
+    ] {
+        let r = s.get(&format!("/fhir/Observation?{}", q.replace('|', "%7C")), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(values(&r.body), want, "{q}");
+    }
+    for bad in ["value-quantity=ap75", "value-quantity=gt", "value-quantity=1e2"] {
+        assert_eq!(s.get(&format!("/fhir/Observation?{bad}"), &doc).await.status, 400, "{bad}");
+    }
+    // Stored before quantity search existed: migration 12 indexes them.
+    let rw = |f: &(dyn Fn(&mut dyn mamori_store::sql::Conn) -> u64 + Sync)| match &s.pg {
+        Some((url, _)) => common::on_pg(url, |c| f(c)),
+        None => {
+            let mut c =
+                mamori_store::open_sqlite(&s.dir.join("mamori.db"), mamori_store::Synchronous::Normal, false).unwrap();
+            f(&mut c)
+        }
+    };
+    rw(&|c| {
+        c.exec("DELETE FROM idx_quantity", &[]).unwrap();
+        0
+    });
+    assert!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).is_empty());
+    let n = rw(&|c| mamori_store::records::index_quantities(c).unwrap());
+    assert_eq!(n, 5);
+    assert_eq!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).len(), 5);
+}

@@ -504,10 +504,14 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
         ] {
             c.exec(sql, p![t, id])?;
         }
+        if has_quantities(rtype) {
+            c.exec("DELETE FROM idx_quantity WHERE rtype = $1 AND id = $2", p![t, id])?;
+        }
     }
     let Some(body) = body else { return Ok(()) };
     // Rows per table, written several per statement.
     let (mut tokens, mut strings, mut dates, mut refs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut quantities = Vec::new();
     for e in index_entries(rtype, body) {
         let head = [Val::from(t), Val::from(id), Val::from(e.param)];
         match e.value {
@@ -523,13 +527,64 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
             IndexValue::Reference { rtype: tt, id: tid } => {
                 refs.push(head.into_iter().chain([Val::from(tt), Val::from(tid)]).collect())
             }
+            IndexValue::Quantity { micros, system, code } => quantities
+                .push(head.into_iter().chain([Val::from(micros), Val::from(system), Val::from(code)]).collect()),
         }
     }
+    insert_rows(c, "INSERT INTO idx_quantity (rtype, id, param, value, system, code)", "", 6, quantities)?;
     insert_rows(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
     insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
     insert_rows(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
     insert_rows(c, "INSERT INTO idx_ref (rtype, id, param, target_type, target_id)", "", 5, refs)?;
     Ok(())
+}
+
+/// Whether a type has quantity search parameters (only those types have
+/// rows in `idx_quantity`).
+fn has_quantities(rtype: ResourceType) -> bool {
+    mamori_core::fhir::search::params_for(rtype)
+        .iter()
+        .any(|p| p.kind == mamori_core::fhir::search::ParamKind::Quantity)
+}
+
+/// Indexes the quantities of every current resource of the types that
+/// have quantity parameters (the data step of migration 12, which added
+/// them). Returns the number of resources indexed.
+pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
+    let mut n = 0;
+    for t in mamori_core::fhir::resource_types::R4_RESOURCE_TYPES {
+        let Ok(rtype) = ResourceType::parse(t) else { continue };
+        if !has_quantities(rtype) {
+            continue;
+        }
+        let rows = c.query(
+            "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
+            p![*t],
+        )?;
+        for r in &rows {
+            let (id, body) = (r.text(0)?, r.text(1)?);
+            let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+            let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
+                .into_iter()
+                .filter_map(|e| match e.value {
+                    IndexValue::Quantity { micros, system, code } => Some(vec![
+                        Val::from(*t),
+                        Val::from(id.clone()),
+                        Val::from(e.param),
+                        Val::from(micros),
+                        Val::from(system),
+                        Val::from(code),
+                    ]),
+                    _ => None,
+                })
+                .collect();
+            if !rows.is_empty() {
+                insert_rows(c, "INSERT INTO idx_quantity (rtype, id, param, value, system, code)", "", 6, rows)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Every `reference` string in a resource, with its path.

@@ -16,6 +16,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0009_compartment_self", include_str!("../migrations/sqlite/0009_compartment_self.sql")),
     ("0010_maintenance_totp_lock", include_str!("../migrations/sqlite/0010_maintenance_totp_lock.sql")),
     ("0011_record_binding", include_str!("../migrations/sqlite/0011_record_binding.sql")),
+    ("0012_quantity_index", include_str!("../migrations/sqlite/0012_quantity_index.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -30,6 +31,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0009_compartment_self", include_str!("../migrations/postgres/0009_compartment_self.sql")),
     ("0010_maintenance_totp_lock", include_str!("../migrations/postgres/0010_maintenance_totp_lock.sql")),
     ("0011_record_binding", include_str!("../migrations/postgres/0011_record_binding.sql")),
+    ("0012_quantity_index", include_str!("../migrations/postgres/0012_quantity_index.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
@@ -44,6 +46,11 @@ fn data_step(name: &str, c: &mut dyn Conn) -> Result<(), DbError> {
     match name {
         // Compartments computed from bodies (every referenced patient).
         "0007_service_layer" => crate::records::rebuild_compartments(c).map(|_| ()).map_err(|e| match e {
+            crate::StoreError::Db(d) => d,
+            other => DbError::Other(other.to_string()),
+        }),
+        // Quantities of the resources stored before quantity search.
+        "0012_quantity_index" => crate::records::index_quantities(c).map(|_| ()).map_err(|e| match e {
             crate::StoreError::Db(d) => d,
             other => DbError::Other(other.to_string()),
         }),

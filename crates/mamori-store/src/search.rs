@@ -152,6 +152,38 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> St
             let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
             format!("{a}.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
         }
+        Cond::Quantity { prefix, micros, half_width, system, code } => {
+            let pm = sql.bind(param);
+            let cmp = match prefix {
+                Prefix::Eq | Prefix::Ne => {
+                    let lo = sql.bind(micros.saturating_sub(*half_width));
+                    let hi = sql.bind(micros.saturating_add(*half_width));
+                    let within = if *half_width == 0 {
+                        format!("value = {lo}")
+                    } else {
+                        format!("(value >= {lo} AND value < {hi})")
+                    };
+                    if *prefix == Prefix::Eq {
+                        within
+                    } else {
+                        format!("NOT {within}")
+                    }
+                }
+                Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(*micros)),
+                Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(*micros)),
+                Prefix::Ge => format!("value >= {}", sql.bind(*micros)),
+                Prefix::Le => format!("value <= {}", sql.bind(*micros)),
+            };
+            let mut s = format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND {cmp}");
+            if let Some(sys) = system {
+                s.push_str(&format!(" AND system = {}", sql.bind(sys.clone())));
+            }
+            if let Some(c) = code {
+                s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
+            }
+            s.push(')');
+            s
+        }
         Cond::Chain { target, inner } => {
             // The reference points at a current resource of `target`
             // satisfying the inner condition.
@@ -173,6 +205,7 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> St
                 ParamKind::String => "idx_string",
                 ParamKind::Date => "idx_date",
                 ParamKind::Reference => "idx_ref",
+                ParamKind::Quantity => "idx_quantity",
             };
             let pm = sql.bind(param);
             let not = if *missing { "NOT " } else { "" };
@@ -278,6 +311,7 @@ fn search_sorted_by_param(
         ParamKind::Date if desc => ("idx_date", "high"),
         ParamKind::Date => ("idx_date", "low"),
         ParamKind::String => ("idx_string", "norm"),
+        ParamKind::Quantity => ("idx_quantity", "value"),
         ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
     };
     let (agg, cmp, dir) = if desc { ("MAX", "<", "DESC") } else { ("MIN", ">", "ASC") };
@@ -314,7 +348,7 @@ fn search_sorted_by_param(
         entries.push(crate::records::version_row(r)?);
         if i + 1 == q.count.min(rows.len()) {
             last_key = match kind {
-                ParamKind::Date => r.opt_i64(10)?.map_or(SortValue::Missing, SortValue::Int),
+                ParamKind::Date | ParamKind::Quantity => r.opt_i64(10)?.map_or(SortValue::Missing, SortValue::Int),
                 _ => r.opt_text(10)?.map_or(SortValue::Missing, SortValue::Text),
             };
         }

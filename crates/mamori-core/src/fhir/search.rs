@@ -24,6 +24,9 @@ pub enum ParamKind {
     Date,
     /// A reference to another resource (`Type/id` or `id`).
     Reference,
+    /// A quantity (`[prefix]number|[system]|[code]`), compared to six
+    /// decimal places.
+    Quantity,
 }
 
 /// A search parameter of a resource type and where its values are found.
@@ -47,6 +50,9 @@ const fn st(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
 }
 const fn date(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
     ParamDef { name, kind: ParamKind::Date, paths, target: None }
+}
+const fn qty(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Quantity, paths, target: None }
 }
 const fn rf(name: &'static str, paths: &'static [&'static str], target: Option<&'static str>) -> ParamDef {
     ParamDef { name, kind: ParamKind::Reference, paths, target }
@@ -102,6 +108,8 @@ const OBSERVATION: &[ParamDef] = &[
     tok("category", &["category"]),
     tok("status", &["status"]),
     date("date", &["effectiveDateTime", "effectivePeriod", "effectiveInstant"]),
+    qty("value-quantity", &["valueQuantity"]),
+    qty("component-value-quantity", &["component.valueQuantity"]),
 ];
 const ALLERGY: &[ParamDef] = &[
     IDENT,
@@ -241,6 +249,45 @@ pub enum IndexValue {
         /// The referenced resource's id.
         id: String,
     },
+    /// A quantity.
+    Quantity {
+        /// The value in millionths (see [`decimal_micros`]).
+        micros: i64,
+        /// The unit system, if given.
+        system: Option<String>,
+        /// The unit code (the `unit` text when there is no code).
+        code: Option<String>,
+    },
+}
+
+/// A decimal's value in millionths, rounded, and its number of decimal
+/// places; `None` for anything but a plain decimal (no exponent) whose
+/// value fits. Quantities are indexed and compared this way, exactly.
+pub fn decimal_micros(s: &str) -> Option<(i64, u32)> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.contains('.') && frac.is_empty() {
+        return None;
+    }
+    let places = u32::try_from(frac.len()).ok()?;
+    let mut micros: i64 = int.parse::<i64>().ok()?.checked_mul(1_000_000)?;
+    let mut f = frac.bytes().chain(std::iter::repeat(b'0'));
+    let mut scale = 100_000i64;
+    for _ in 0..6 {
+        micros = micros.checked_add(i64::from(f.next()? - b'0') * scale)?;
+        scale /= 10;
+    }
+    // Round half up on the seventh place.
+    if frac.len() > 6 && frac.as_bytes().get(6).is_some_and(|d| *d >= b'5') {
+        micros = micros.checked_add(1)?;
+    }
+    Some((if neg { -micros } else { micros }, places))
 }
 
 /// One search parameter's value in a resource: a row of the search index.
@@ -335,6 +382,18 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
             }
             _ => {}
         },
+        ParamKind::Quantity => {
+            if let Some(Value::Number(n)) = v.get("value") {
+                if let Some((micros, _)) = decimal_micros(&n.to_string()) {
+                    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                    push(IndexValue::Quantity {
+                        micros,
+                        system: text("system"),
+                        code: text("code").or_else(|| text("unit")),
+                    });
+                }
+            }
+        }
         ParamKind::Reference => {
             if let Some(r) = v.get("reference").and_then(Value::as_str).and_then(|s| LocalRef::parse(s).ok()) {
                 if p.target.is_none_or(|t| t == r.rtype.as_str()) {
@@ -426,6 +485,20 @@ pub enum Cond {
         rtype: Option<String>,
         /// The referenced resource's id.
         id: String,
+    },
+    /// A quantity comparison: the value in millionths, the half width of
+    /// the searched value's precision (for `eq` and `ne`), the unit.
+    Quantity {
+        /// The comparison.
+        prefix: Prefix,
+        /// The searched value, in millionths.
+        micros: i64,
+        /// Half the precision of the value as written (5.4: 0.05).
+        half_width: i64,
+        /// The unit system, if given.
+        system: Option<String>,
+        /// The unit code, if given.
+        code: Option<String>,
     },
     /// A chained parameter (`subject:Patient.name=yamada`): the reference
     /// points at a resource of `target` that satisfies `inner`.
@@ -900,6 +973,13 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
                     .ok_or_else(|| bad("expected [prefix]date, prefixes eq ne gt lt ge le sa eb"))?;
                 Cond::Date(p, r)
             }
+            ParamKind::Quantity => {
+                if let Some(m) = modifier {
+                    return Err(unsupported_mod(m));
+                }
+                parse_quantity(&v)
+                    .ok_or_else(|| bad("expected [prefix]number[|system|code], prefixes eq ne gt lt ge le sa eb"))?
+            }
             ParamKind::Reference => {
                 let type_mod = match modifier {
                     None => None,
@@ -911,6 +991,35 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
         any_of.push(c);
     }
     Ok(Clause { param: def.name, any_of })
+}
+
+/// `[prefix]number[|system|code]` (FHIR R4 search 3.1.1.4.6).
+fn parse_quantity(v: &str) -> Option<Cond> {
+    let mut parts = v.split('|');
+    let number = parts.next()?;
+    let (system, code) = match (parts.next(), parts.next(), parts.next()) {
+        (None, None, None) => (None, None),
+        (Some(s), Some(c), None) => {
+            let some = |x: &str| (!x.is_empty()).then(|| x.to_owned());
+            (some(s), some(c))
+        }
+        _ => return None,
+    };
+    let (prefix, rest) = match number.get(..2) {
+        Some("eq") => (Prefix::Eq, &number[2..]),
+        Some("ne") => (Prefix::Ne, &number[2..]),
+        Some("gt") => (Prefix::Gt, &number[2..]),
+        Some("lt") => (Prefix::Lt, &number[2..]),
+        Some("ge") => (Prefix::Ge, &number[2..]),
+        Some("le") => (Prefix::Le, &number[2..]),
+        Some("sa") => (Prefix::Sa, &number[2..]),
+        Some("eb") => (Prefix::Eb, &number[2..]),
+        _ => (Prefix::Eq, number),
+    };
+    let (micros, places) = decimal_micros(rest)?;
+    // 5.4 stands for [5.35, 5.45): half a unit of its last place.
+    let half_width = if places >= 6 { 0 } else { 5 * 10i64.pow(5 - places) };
+    Some(Cond::Quantity { prefix, micros, half_width, system, code })
 }
 
 fn parse_ref_value(v: &str, target: Option<&str>, type_mod: Option<ResourceType>) -> Option<Cond> {
@@ -1104,6 +1213,28 @@ mod tests {
         }
         for bad in ["", "x.a", "s0.a", "szz.a", "i.a", "n1.a", "12.a b", "no-dot"] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decimals_in_millionths() {
+        assert_eq!(decimal_micros("5.4"), Some((5_400_000, 1)));
+        assert_eq!(decimal_micros("-0.000001"), Some((-1, 6)));
+        assert_eq!(decimal_micros("72"), Some((72_000_000, 0)));
+        assert_eq!(decimal_micros("1.0000005"), Some((1_000_001, 7)), "rounded half up");
+        for bad in ["", "-", "1.", ".5", "1e3", "1,5", "9999999999999999", "--1", "1.2.3"] {
+            assert_eq!(decimal_micros(bad), None, "{bad}");
+        }
+        let Some(Cond::Quantity { prefix, micros, half_width, system, code }) =
+            parse_quantity("ge5.4|http://unitsofmeasure.org|mg")
+        else {
+            panic!("parses")
+        };
+        assert_eq!((prefix, micros, half_width), (Prefix::Ge, 5_400_000, 50_000));
+        assert_eq!((system.as_deref(), code.as_deref()), (Some("http://unitsofmeasure.org"), Some("mg")));
+        assert!(matches!(parse_quantity("100||/min"), Some(Cond::Quantity { half_width: 500_000, system: None, .. })));
+        for bad in ["ap5", "gt", "5|mg", "5|a|b|c", "x5"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
         }
     }
 }

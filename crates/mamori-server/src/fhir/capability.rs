@@ -18,6 +18,7 @@ fn kind(k: ParamKind) -> &'static str {
         ParamKind::String => "string",
         ParamKind::Date => "date",
         ParamKind::Reference => "reference",
+        ParamKind::Quantity => "quantity",
     }
 }
 
