@@ -370,6 +370,7 @@ async fn capability_statement_is_truthful() {
             let own_ref = format!("Patient/{own}");
             let v: &str = match p["type"].as_str().unwrap() {
                 "date" => "ge2000-01-01",
+                "quantity" => "gt75",
                 "reference" if name == "patient" || name == "subject" => &own_ref,
                 _ => "x",
             };
