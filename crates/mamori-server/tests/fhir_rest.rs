@@ -980,3 +980,58 @@ async fn quantity_search() {
     assert_eq!(n, 5);
     assert_eq!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).len(), 5);
 }
+
+/// `GET /fhir/_history`: every type's versions, newest first, each decided
+/// as the history of its own resource; the rest is withheld and counted.
+#[tokio::test]
+async fn system_history_decides_each_version() {
+    let s = TestServer::start("syshist").await;
+    let doc = s.user("dr.hist", &["physician"]).await;
+    let other = s.user("dr.hist2", &["physician"]).await;
+    let mine = s.patient(&doc, "歴史", "一郎").await;
+    let theirs = s.patient(&other, "他歴", "二郎").await;
+    let o = s.post("/fhir/Observation", &doc, observation(&mine, "8867-4", 60.0)).await;
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let o2 = s.post("/fhir/Observation", &other, observation(&theirs, "8867-4", 70.0)).await;
+    let o2 = o2.body["id"].as_str().unwrap().to_owned();
+    let refs = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                e["resource"]["id"].as_str().map(|i| format!("{}/{i}", e["resource"]["resourceType"].as_str().unwrap()))
+            })
+            .filter(|r| !r.starts_with("OperationOutcome"))
+            .collect()
+    };
+    let r = s.get("/fhir/_history", &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["type"], "history");
+    let seen = refs(&r.body);
+    assert!(seen.contains(&format!("Observation/{oid}")), "{seen:?}");
+    assert!(
+        seen.iter().position(|x| *x == format!("Observation/{oid}"))
+            < seen.iter().position(|x| *x == format!("Patient/{mine}")),
+        "newest first: {seen:?}"
+    );
+    assert!(!r.text.contains(&o2), "the other patient's Observation is not shown");
+    assert!(r.text.contains("withheld"), "{}", r.text);
+    let ev = s.last_audit();
+    assert_eq!(ev["action"], "history-system");
+    assert!(ev["detail"]["withheld"].as_u64().unwrap() >= 1, "{ev}");
+    // Paging: one version per page, following next links, sees the same.
+    let mut url = Some("/fhir/_history?_count=1".to_owned());
+    let mut paged = Vec::new();
+    while let Some(u) = url {
+        let r = s.get(&u, &doc).await;
+        paged.extend(refs(&r.body));
+        url = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| {
+            let full = l["url"].as_str().unwrap();
+            format!("/fhir/{}", full.split_once("/fhir/").unwrap().1)
+        });
+        assert!(paged.len() < 100);
+    }
+    assert_eq!(paged, seen);
+    assert_eq!(s.get("/fhir/_history?_bogus=1", &doc).await.status, 400);
+}

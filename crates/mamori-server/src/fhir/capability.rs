@@ -83,7 +83,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                 "description": "HTTPS (TLS 1.2+) with bearer tokens."
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
         }]
     })
 }

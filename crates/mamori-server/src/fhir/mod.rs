@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", post(bundle::batch_or_transaction))
+        .route("/fhir/_history", get(read::system_history))
         .route(
             "/fhir/{rtype}",
             get(read::search_get).post(write::create).put(write::conditional_update).delete(write::conditional_delete),

@@ -190,6 +190,41 @@ async fn history(
     respond(StatusCode::OK, b.finish())
 }
 
+/// `GET /fhir/_history`: the whole server's history.
+pub(crate) async fn system_history(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = match parse_pairs(q.as_deref().unwrap_or(""))
+        .and_then(|p| check_accept(&headers, format_param(&p)).map(|()| p))
+    {
+        Ok(p) => p,
+        Err(e) => return refuse(&svc, &c, "history-system", None, None, e).await,
+    };
+    let page = match read::history_system(&svc, &c, params).await {
+        Ok(p) => p.into_inner(),
+        Err(e) => return fhir_err(e),
+    };
+    let base = &svc.base_url;
+    let path = format!("{base}/fhir/_history");
+    let mut links = vec![("self", format!("{path}?_count={}", page.count))];
+    if let Some(n) = page.next {
+        links.push(("next", format!("{path}?_count={}&_cursor={n}", page.count)));
+    }
+    let mut b = BundleWriter::new("history", None, &links);
+    for v in &page.versions {
+        history_entry(&mut b, base, v);
+    }
+    if page.withheld > 0 {
+        let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed",
+            "diagnostics": format!("{} version(s) on this page withheld: you may not see them", page.withheld)}]});
+        b.entry(None, &oo.to_string(), &[]);
+    }
+    respond(StatusCode::OK, b.finish())
+}
+
 /// `GET /fhir/{type}`.
 pub(crate) async fn search_get(
     State(svc): State<Services>,

@@ -170,32 +170,7 @@ pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<A
         if let Some(i) = &q.id {
             parse_id(i)?;
         }
-        let mut count = 50usize;
-        let mut since = None;
-        let mut before = None;
-        for (k, v) in &q.params {
-            match k.as_str() {
-                "_count" => {
-                    count = v
-                        .parse::<usize>()
-                        .map_err(|_| ServiceError::invalid("_count", "expected a non-negative integer"))?
-                        .min(MAX_COUNT)
-                }
-                "_since" => {
-                    since = Some(
-                        Timestamp::parse_rfc3339(v)
-                            .ok_or_else(|| ServiceError::invalid("_since", "expected an instant"))?,
-                    )
-                }
-                "_cursor" => {
-                    before = Some(
-                        v.parse::<i64>().map_err(|_| ServiceError::invalid("_cursor", "malformed paging cursor"))?,
-                    )
-                }
-                "_format" | "_pretty" => {}
-                other => return Err(ServiceError::invalid(other, format!("unknown history parameter '{other}'"))),
-            }
-        }
+        let (count, since, before) = history_params(&q.params)?;
         Ok::<_, ServiceError>((rtype, count, since, before))
     })();
     let (rtype, count, since, before) = match pre {
@@ -249,6 +224,95 @@ pub async fn history(svc: &Services, actor: &Actor, q: HistoryQuery) -> Result<A
     let mut rec = actor.fhir_record(action, 200, Some(rtype.as_str()), q.id.as_deref(), None, patients, Some(&d), now);
     rec.detail = Some(json!({"count": versions.len()}));
     svc.audited(rec, HistoryPage { rtype, id: q.id, count, versions, next }).await
+}
+
+/// `_count`, `_since` and `_cursor` of a history request.
+fn history_params(params: &[(String, String)]) -> Result<(usize, Option<Timestamp>, Option<i64>), ServiceError> {
+    let mut count = 50usize;
+    let mut since = None;
+    let mut before = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .map_err(|_| ServiceError::invalid("_count", "expected a non-negative integer"))?
+                    .min(MAX_COUNT)
+            }
+            "_since" => {
+                since = Some(
+                    Timestamp::parse_rfc3339(v)
+                        .ok_or_else(|| ServiceError::invalid("_since", "expected an instant"))?,
+                )
+            }
+            "_cursor" => {
+                before =
+                    Some(v.parse::<i64>().map_err(|_| ServiceError::invalid("_cursor", "malformed paging cursor"))?)
+            }
+            "_format" | "_pretty" => {}
+            other => return Err(ServiceError::invalid(other, format!("unknown history parameter '{other}'"))),
+        }
+    }
+    Ok((count, since, before))
+}
+
+/// One page of the whole server's history, newest first.
+#[derive(Debug, Clone)]
+pub struct SystemHistoryPage {
+    /// The page size asked for.
+    pub count: usize,
+    /// The versions the actor may see.
+    pub versions: Vec<Version>,
+    /// Versions of this page left out: the actor may not see them.
+    pub withheld: usize,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<i64>,
+}
+
+/// `GET /fhir/_history`: every type's versions, newest first, each decided
+/// as the history of its own resource (on its type and patients); what
+/// the actor may not see is left out and counted.
+pub async fn history_system(
+    svc: &Services,
+    actor: &Actor,
+    params: Vec<(String, String)>,
+) -> Result<Audited<SystemHistoryPage>, ServiceError> {
+    const ACTION: &str = "history-system";
+    let now = svc.now();
+    let (count, since, before) = match history_params(&params) {
+        Ok(x) => x,
+        Err(e) => return Err(super::reject(svc, actor, ACTION, None, None, e).await),
+    };
+    let a2 = actor.clone();
+    let r = svc
+        .store
+        .read(move |c| {
+            let mut versions = records::history(c, None, None, since, before, count + 1, &search::Restriction::None)?;
+            let more = versions.len() > count;
+            versions.truncate(count);
+            let next_seq = versions.last().map(|v| v.seq);
+            let mut kept = Vec::with_capacity(versions.len());
+            let mut withheld = 0usize;
+            let mut bases = std::collections::BTreeSet::new();
+            for v in versions {
+                let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
+                let d = authz::decide_record(c, &a2, Action::History, rtype, &v.patients, now)?;
+                if d.permit {
+                    bases.insert(d.basis.as_str());
+                    kept.push(v);
+                } else {
+                    withheld += 1;
+                }
+            }
+            Ok::<_, StoreError>((kept, withheld, bases, more.then_some(next_seq).flatten()))
+        })
+        .await?;
+    let (versions, withheld, bases, next) = r;
+    let patients: Vec<String> = versions.iter().flat_map(|v| v.patients.iter().cloned()).collect();
+    let mut rec = actor.fhir_record(ACTION, 200, None, None, None, patients, None, now);
+    // Each version was decided on its own: the bases of those shown.
+    rec.detail = Some(json!({"count": versions.len(), "withheld": withheld, "bases": bases}));
+    svc.audited(rec, SystemHistoryPage { count, versions, withheld, next }).await
 }
 
 /// The single patient a query is about, if it names exactly one.
