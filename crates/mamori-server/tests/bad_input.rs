@@ -66,7 +66,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
     // Search: malformed values are refused; an unknown parameter is
     // ignored and reported by default, refused under handling=strict.
-    for q in ["birthdate=yesterday", "name:fuzzy=x", "_count=-1", "_sort=name", "identifier=|", "_id=a%20b"] {
+    for q in
+        ["birthdate=yesterday", "name:fuzzy=x", "_count=-1", "_sort=link", "_sort=-nmae", "identifier=|", "_id=a%20b"]
+    {
         let r = s.get(&format!("/fhir/Patient?{q}"), &doc).await;
         assert_eq!(r.status, 400, "{q}: {}", r.text);
         assert_eq!(r.body["resourceType"], "OperationOutcome");
