@@ -1005,17 +1005,7 @@ fn parse_quantity(v: &str) -> Option<Cond> {
         }
         _ => return None,
     };
-    let (prefix, rest) = match number.get(..2) {
-        Some("eq") => (Prefix::Eq, &number[2..]),
-        Some("ne") => (Prefix::Ne, &number[2..]),
-        Some("gt") => (Prefix::Gt, &number[2..]),
-        Some("lt") => (Prefix::Lt, &number[2..]),
-        Some("ge") => (Prefix::Ge, &number[2..]),
-        Some("le") => (Prefix::Le, &number[2..]),
-        Some("sa") => (Prefix::Sa, &number[2..]),
-        Some("eb") => (Prefix::Eb, &number[2..]),
-        _ => (Prefix::Eq, number),
-    };
+    let (prefix, rest) = split_prefix(number);
     let (micros, places) = decimal_micros(rest)?;
     // 5.4 stands for [5.35, 5.45): half a unit of its last place.
     let half_width = if places >= 6 { 0 } else { 5 * 10i64.pow(5 - places) };
@@ -1047,18 +1037,25 @@ fn parse_ref_value(v: &str, target: Option<&str>, type_mod: Option<ResourceType>
 }
 
 fn parse_prefixed_date(v: &str) -> Option<(Prefix, DateRange)> {
-    let (p, rest) = match v.get(..2) {
-        Some("eq") => (Prefix::Eq, &v[2..]),
-        Some("ne") => (Prefix::Ne, &v[2..]),
-        Some("gt") => (Prefix::Gt, &v[2..]),
-        Some("lt") => (Prefix::Lt, &v[2..]),
-        Some("ge") => (Prefix::Ge, &v[2..]),
-        Some("le") => (Prefix::Le, &v[2..]),
-        Some("sa") => (Prefix::Sa, &v[2..]),
-        Some("eb") => (Prefix::Eb, &v[2..]),
-        _ => (Prefix::Eq, v),
-    };
+    let (p, rest) = split_prefix(v);
     Some((p, parse_search_date(rest)?))
+}
+
+/// A value's comparison prefix (`ge2024`, `gt75`) and the rest; `eq`
+/// when it has none.
+fn split_prefix(v: &str) -> (Prefix, &str) {
+    let p = match v.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        _ => return (Prefix::Eq, v),
+    };
+    (p, v.get(2..).unwrap_or(""))
 }
 
 /// Splits on unescaped commas; `\,` is a literal comma.

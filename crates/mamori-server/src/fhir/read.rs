@@ -179,15 +179,21 @@ async fn history(
         Some(i) => format!("{base}/fhir/{}/{i}/_history", page.rtype),
         None => format!("{base}/fhir/{}/_history", page.rtype),
     };
-    let mut links = vec![("self", format!("{path}?_count={}", page.count))];
-    if let Some(n) = page.next {
-        links.push(("next", format!("{path}?_count={}&_cursor={n}", page.count)));
+    let b = history_bundle(base, &path, page.count, page.next, &page.versions);
+    respond(StatusCode::OK, b.finish())
+}
+
+/// A history Bundle of `versions` at `path`, with its self and next links.
+fn history_bundle(base: &str, path: &str, count: usize, next: Option<i64>, versions: &[Version]) -> BundleWriter {
+    let mut links = vec![("self", format!("{path}?_count={count}"))];
+    if let Some(n) = next {
+        links.push(("next", format!("{path}?_count={count}&_cursor={n}")));
     }
     let mut b = BundleWriter::new("history", None, &links);
-    for v in &page.versions {
+    for v in versions {
         history_entry(&mut b, base, v);
     }
-    respond(StatusCode::OK, b.finish())
+    b
 }
 
 /// `GET /fhir/_history`: the whole server's history.
@@ -209,14 +215,7 @@ pub(crate) async fn system_history(
     };
     let base = &svc.base_url;
     let path = format!("{base}/fhir/_history");
-    let mut links = vec![("self", format!("{path}?_count={}", page.count))];
-    if let Some(n) = page.next {
-        links.push(("next", format!("{path}?_count={}&_cursor={n}", page.count)));
-    }
-    let mut b = BundleWriter::new("history", None, &links);
-    for v in &page.versions {
-        history_entry(&mut b, base, v);
-    }
+    let mut b = history_bundle(base, &path, page.count, page.next, &page.versions);
     if page.withheld > 0 {
         let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed",
             "diagnostics": format!("{} version(s) on this page withheld: you may not see them", page.withheld)}]});

@@ -118,6 +118,14 @@ pub(crate) async fn create(
     }
 }
 
+/// The `If-Match` version, if the request has one.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ServiceError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
+        .transpose()
+}
+
 /// `PUT /fhir/{type}/{id}`.
 pub(crate) async fn update(
     State(svc): State<Services>,
@@ -132,10 +140,7 @@ pub(crate) async fn update(
         parse_id(&id)?;
         check_accept(&headers, None)?;
         check_content_type(&headers)?;
-        let if_match = headers
-            .get(header::IF_MATCH)
-            .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
-            .transpose()?;
+        let if_match = if_match(&headers)?;
         let v = parse_json(&read_body(body, limit).await?)?;
         validate_body(rtype, &v)?;
         match v.get("id").and_then(Value::as_str) {
@@ -183,10 +188,7 @@ pub(crate) async fn patch(
                 "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json"
             )));
         }
-        let if_match = headers
-            .get(header::IF_MATCH)
-            .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
-            .transpose()?;
+        let if_match = if_match(&headers)?;
         let patch = parse_json(&read_body(body, limit).await?)?;
         Ok::<_, ServiceError>((rtype, patch, if_match))
     }
@@ -220,10 +222,7 @@ pub(crate) async fn conditional_update(
         }
         check_accept(&headers, None)?;
         check_content_type(&headers)?;
-        let if_match = headers
-            .get(header::IF_MATCH)
-            .map(|h| h.to_str().map_err(|_| ServiceError::invalid("If-Match", "not ASCII")).and_then(parse_etag))
-            .transpose()?;
+        let if_match = if_match(&headers)?;
         let v = parse_json(&read_body(body, limit).await?)?;
         validate_body(rtype, &v)?;
         Ok::<_, ServiceError>((rtype, v, if_match))
