@@ -239,6 +239,11 @@ pub enum Operation {
     // ---- the audit log ---------------------------------------------------------------------
     /// Read events, verify the log, run reports.
     AuditRead,
+
+    // ---- compliance ------------------------------------------------------------------------
+    /// Produce and read compliance reports (counts and states, no
+    /// patient data): auditors and administrators.
+    ComplianceReport,
 }
 
 impl Operation {

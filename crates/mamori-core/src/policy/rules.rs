@@ -503,5 +503,14 @@ fn operations(s: &Subject, op: &Operation, mode: &Mode, f: &Facts) -> Decision {
 
         // ---- the audit log
         O::AuditRead => when(auditor, audit()),
+
+        // ---- compliance
+        O::ComplianceReport => {
+            if auditor {
+                audit()
+            } else {
+                when(admin, sysadmin())
+            }
+        }
     }
 }

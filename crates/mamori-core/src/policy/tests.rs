@@ -335,6 +335,9 @@ fn table() -> Vec<(Subject, Operation, Mode, Facts, bool, Basis)> {
         // ---- the audit log
         (subj(&[Auditor]), O::AuditRead, N, NONE, true, Basis::RoleAuditor),
         (subj(&[Admin]), O::AuditRead, N, NONE, false, Basis::RoleNotPermitted),
+        (subj(&[Auditor]), O::ComplianceReport, N, NONE, true, Basis::RoleAuditor),
+        (subj(&[Admin]), O::ComplianceReport, N, NONE, true, Basis::RoleAdmin),
+        (subj(&[Physician]), O::ComplianceReport, N, NONE, false, Basis::RoleNotPermitted),
     ]
 }
 
@@ -505,6 +508,7 @@ pub(super) fn every_operation() -> Vec<Operation> {
         O::MaintenanceApprove { emergency_request: false },
         O::MaintenanceReview,
         O::AuditRead,
+        O::ComplianceReport,
     ]);
     out
 }
