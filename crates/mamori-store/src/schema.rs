@@ -17,6 +17,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0010_maintenance_totp_lock", include_str!("../migrations/sqlite/0010_maintenance_totp_lock.sql")),
     ("0011_record_binding", include_str!("../migrations/sqlite/0011_record_binding.sql")),
     ("0012_quantity_index", include_str!("../migrations/sqlite/0012_quantity_index.sql")),
+    ("0013_compliance_reports", include_str!("../migrations/sqlite/0013_compliance_reports.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -32,6 +33,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0010_maintenance_totp_lock", include_str!("../migrations/postgres/0010_maintenance_totp_lock.sql")),
     ("0011_record_binding", include_str!("../migrations/postgres/0011_record_binding.sql")),
     ("0012_quantity_index", include_str!("../migrations/postgres/0012_quantity_index.sql")),
+    ("0013_compliance_reports", include_str!("../migrations/postgres/0013_compliance_reports.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

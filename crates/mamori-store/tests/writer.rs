@@ -374,6 +374,8 @@ async fn compartment_lists_its_patient(b: Backend) {
                 w.conn.exec("ALTER TABLE maint_people DROP COLUMN totp_locked_until", p![])?;
                 // What migration 12 adds.
                 w.conn.exec("DROP TABLE idx_quantity", p![])?;
+                // What migration 13 adds.
+                w.conn.exec("DROP TABLE compliance_reports", p![])?;
                 Ok(())
             },
             |_, _| Ok(()),
