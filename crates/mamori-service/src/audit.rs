@@ -233,7 +233,7 @@ pub struct ReportQuery {
 }
 
 /// A date (local day) or instant; `end` takes the end of a day.
-fn parse_when(s: &str, offset_min: i64, end: bool) -> Result<i64, ServiceError> {
+pub(crate) fn parse_when(s: &str, offset_min: i64, end: bool) -> Result<i64, ServiceError> {
     let r = mamori_core::time::parse_search_date(s)
         .ok_or_else(|| ServiceError::invalid("from/to", format!("'{s}' is not a date or instant")))?;
     let shift = if r.has_tz { 0 } else { offset_min * 60_000_000 };

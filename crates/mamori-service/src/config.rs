@@ -34,8 +34,48 @@ pub struct Config {
     pub snapshot: SnapshotSection,
     /// `[maintenance]`: remote maintenance.
     pub maintenance: MaintenanceSection,
+    /// `[compliance]`
+    pub compliance: ComplianceSection,
     /// `[log]`: the server's own log.
     pub log: LogSection,
+}
+
+/// `[compliance]`: the thresholds of the compliance report
+/// (docs/compliance.md): what the hospital's own rules call overdue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComplianceSection {
+    /// A drill (or a real declaration) is expected at least this often (EM-B7).
+    pub drill_interval_days: i64,
+    /// A break-glass use is to be reviewed within this many days (EM-B8).
+    pub break_glass_review_days: i64,
+    /// An active maintenance person unused this long is flagged (EX-B1e).
+    pub maintenance_unused_days: i64,
+    /// Audit events not yet forwarded to syslog above which the forwarding
+    /// needs attention (GL-AUDIT).
+    pub syslog_max_lag: u64,
+    /// A snapshot older than this many hours needs attention when no
+    /// schedule is set (GL-BACKUP); with a schedule, twice its interval.
+    pub snapshot_max_age_hours: i64,
+    /// A snapshot is expected to have been verified within this many days.
+    pub snapshot_verify_days: i64,
+    /// A TrueType (.ttf, glyf outlines) font with Japanese glyphs for PDF
+    /// reports; empty: the first of the usual Debian paths that exists.
+    pub pdf_font: String,
+}
+
+impl Default for ComplianceSection {
+    fn default() -> Self {
+        ComplianceSection {
+            drill_interval_days: 365,
+            break_glass_review_days: 7,
+            maintenance_unused_days: 90,
+            syslog_max_lag: 1000,
+            snapshot_max_age_hours: 168,
+            snapshot_verify_days: 90,
+            pdf_font: String::new(),
+        }
+    }
 }
 
 /// Remote maintenance (docs/maintenance.md).
@@ -467,6 +507,11 @@ impl Config {
             ("server.body_timeout_seconds", s.body_timeout_seconds),
             ("auth.source_window_minutes", self.auth.source_window_minutes),
             ("auth.source_max_block_minutes", self.auth.source_max_block_minutes),
+            ("compliance.drill_interval_days", self.compliance.drill_interval_days.max(0) as u64),
+            ("compliance.break_glass_review_days", self.compliance.break_glass_review_days.max(0) as u64),
+            ("compliance.maintenance_unused_days", self.compliance.maintenance_unused_days.max(0) as u64),
+            ("compliance.snapshot_max_age_hours", self.compliance.snapshot_max_age_hours.max(0) as u64),
+            ("compliance.snapshot_verify_days", self.compliance.snapshot_verify_days.max(0) as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{k} must be at least 1")));

@@ -20,6 +20,7 @@ pub mod bcp;
 pub mod breakglass;
 pub mod cluster;
 pub mod commit;
+pub mod compliance;
 pub mod config;
 pub mod continuity;
 pub mod demo;

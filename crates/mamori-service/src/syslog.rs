@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::SyslogSection;
 use crate::services::Services;
 
-const CURSOR: &str = "syslog";
+pub(crate) const CURSOR: &str = "syslog";
 const BATCH: usize = 200;
 
 /// One RFC 5424 message for an event (without the length prefix).
