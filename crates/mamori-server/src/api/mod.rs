@@ -4,6 +4,7 @@
 mod accounts;
 mod audit;
 mod bcp;
+mod compliance;
 mod continuity;
 mod emergency;
 mod exchange;
@@ -19,6 +20,7 @@ pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .merge(accounts::routes())
         .merge(audit::routes())
+        .merge(compliance::routes())
         .merge(bcp::routes())
         .merge(continuity::routes())
         .merge(emergency::routes())
