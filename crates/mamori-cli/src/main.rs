@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod bcp;
+mod compliance;
 mod continuity;
 mod db;
 mod exchange;
@@ -117,6 +118,9 @@ enum Cmd {
     /// Remote maintenance: vendors, people, windows, approvals, reviews.
     #[command(subcommand)]
     Maintenance(maintenance::MaintenanceCmd),
+    /// Compliance reports for inspections: produce, list, show, verify.
+    #[command(subcommand)]
+    Compliance(compliance::ComplianceCmd),
 }
 
 #[derive(Subcommand)]
@@ -525,6 +529,14 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Reconcile(c) => continuity::reconcile_cmd(c).await?,
         Cmd::Patient(c) => continuity::patient_cmd(c).await?,
         Cmd::Maintenance(c) => maintenance::run(c).await?,
+        Cmd::Compliance(c) => {
+            let code = compliance::run(c).await?;
+            if code != 0 {
+                use std::io::Write;
+                std::io::stdout().flush().ok(); // exiting next; nothing left to report a failed flush to
+                std::process::exit(i32::from(code));
+            }
+        }
         Cmd::Migrate { data } => off_runtime(|| migrate(&data))?,
         Cmd::CopyToPostgres { data, url } => off_runtime(|| db::copy_to_postgres(&data, &url))?,
         Cmd::Audit(c) => match c {
