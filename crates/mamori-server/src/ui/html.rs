@@ -101,6 +101,9 @@ fn nav(ui: &Ui) -> String {
     if ui.may(Operation::AuditRead) {
         links.push(("/ui/audit", ui.t("監査", "Audit").into()));
     }
+    if ui.may(Operation::ComplianceReport) {
+        links.push(("/ui/compliance", ui.t("準拠状況", "Compliance").into()));
+    }
     if ui.may(Operation::ExchangeSend) || ui.may(Operation::ExchangeMessageReadAll) || ui.may(Operation::InboundRead) {
         links.push(("/ui/exchange", ui.t("情報交換", "Exchange").into()));
     }

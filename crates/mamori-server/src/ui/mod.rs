@@ -14,6 +14,7 @@ pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod bcp;
 pub(crate) mod care;
+pub(crate) mod compliance;
 pub(crate) mod exchange;
 pub(crate) mod html;
 
@@ -64,6 +65,7 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/ui/merge", get(care::merge_page).post(care::merge_post))
         .merge(bcp::routes())
         .merge(audit::routes())
+        .merge(compliance::routes())
         .merge(exchange::routes())
         .merge(admin::routes())
         .route("/ui/{*rest}", get(not_found))
