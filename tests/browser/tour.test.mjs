@@ -260,3 +260,25 @@ test("send a document to the partner clinic; the ledger shows delivery", async (
   await page.context().close();
   await clerk.context().close();
 });
+
+test("after the tour, the auditor produces the compliance report", async () => {
+  const page = await session();
+  await login(page, "aud.yamamoto", creds["hospital:aud.yamamoto"]);
+  await page.click("nav a[href='/ui/compliance']");
+  await page.click("form[action='/ui/compliance'] button[type=submit]");
+  // Post/Redirect/Get: the report has its own address; a reload makes no second one.
+  await page.waitForURL(/\/ui\/compliance\/\d+$/);
+  const rows = page.locator("table.requirements tbody tr");
+  assert.equal(await rows.count(), 32, "every requirement of the catalog");
+  const text = await page.textContent("main");
+  assert.match(text, /準拠状況報告書/);
+  assert.match(text, /SHA-256/);
+  // The tour's break-glass was reviewed and the partner's certificates are valid.
+  assert.match(await page.textContent("tr#EM-B8"), /適合/);
+  assert.match(await page.textContent("tr#EX-B1d"), /適合/);
+  await page.reload();
+  await shot(page, "12-compliance-report");
+  await page.goto(base + "/ui/compliance");
+  assert.equal(await page.locator("main tbody tr").count(), 1, "one report, however often the page was reloaded");
+  await page.context().close();
+});

@@ -460,3 +460,83 @@ fn kill_9_under_load_loses_no_acknowledged_event() {
     p.child.wait().unwrap();
     remove_all(&[&dir]);
 }
+
+#[test]
+fn compliance_report_from_the_cli_verifies_and_a_changed_byte_is_caught() {
+    let (dir, _) = populated("compliance");
+    let d = dir.to_str().unwrap();
+    let file = dir.join("report.json");
+    let pdf = dir.join("report.pdf");
+    let (code, out, err) = run(&[
+        "compliance",
+        "report",
+        "--data",
+        d,
+        "--out",
+        file.to_str().unwrap(),
+        "--pdf",
+        pdf.to_str().unwrap(),
+        "--lang",
+        "en",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Compliance report") && out.contains("GL-AUDIT") && out.contains("not met"), "{out}");
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
+    let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let sha = v["signature"]["sha256"].as_str().unwrap().to_owned();
+    assert!(out.contains(&sha));
+    let (code, out, _) = run(&["compliance", "list", "--data", d]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&sha), "{out}");
+
+    // Verified against the institution's certificate and the audit log.
+    let (code, out, err) = run(&["compliance", "verify", file.to_str().unwrap(), "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("signature OK") && out.contains("records its production") && out.contains("is in the log"),
+        "{out}"
+    );
+    // Without a pinned certificate it still checks, and says what it trusted.
+    let (code, _, err) = run(&["compliance", "verify", file.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(err.contains("pin the institution's certificate"), "{err}");
+
+    // One changed byte: caught.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let changed = dir.join("changed.json");
+    std::fs::write(&changed, text.replacen("\"not_met\"", "\"met\"", 1)).unwrap();
+    let (code, out, _) = run(&["compliance", "verify", changed.to_str().unwrap(), "--data", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED: the report was changed after it was signed"), "{out}");
+    // Another institution's certificate (made with the openssl CLI): refused.
+    let (key, cert) = (dir.join("other.key"), dir.join("other.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Another Hospital",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (code, out, _) = run(&["compliance", "verify", file.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED: the signature does not verify"), "{out}");
+    // Not a report: a clear error, exit 1.
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "{\"hello\": 1}").unwrap();
+    let (code, _, err) = run(&["compliance", "verify", junk.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a mamori compliance report"), "{err}");
+    remove_all(&[&dir]);
+}

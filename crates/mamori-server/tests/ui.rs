@@ -672,3 +672,61 @@ async fn a_locked_account_is_told_what_locks_it_and_for_how_long() {
     assert!(p.text.contains("ロック中") && p.text.contains("5回続けて失敗") && p.text.contains("15分間"), "{}", p.text);
     assert!(!b.cookies.contains_key("mamori_session"), "no session");
 }
+
+#[tokio::test]
+async fn compliance_report_is_produced_once_and_read_as_a_document() {
+    let s = TestServer::start("ui-compliance").await;
+    s.user("audit.k", &["auditor"]).await;
+    s.user("doc", &["physician"]).await;
+
+    // A physician is not offered the screen, and the use case refuses it.
+    let mut d = Browser::new(&s);
+    d.login("doc", PASSWORD).await;
+    let home = d.get("/ui/").await;
+    assert!(!home.text.contains("href=\"/ui/compliance\""));
+    let p = d.get("/ui/compliance").await;
+    assert!(p.text.contains("notice error"), "{}", p.text);
+
+    let mut a = Browser::new(&s);
+    a.login("audit.k", PASSWORD).await;
+    let page = a.get("/ui/compliance").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("href=\"/ui/compliance\"") && page.text.contains("報告書を作成"), "{}", page.text);
+    // A period that ends before it starts: explained, nothing produced.
+    let key = form_key(&page.text, "action=\"/ui/compliance\"");
+    let p = a.post("/ui/compliance", &[("form_key", key.as_str()), ("from", "2026-12-01"), ("to", "2026-11-01")]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("期間が正しくありません"), "{}", p.text);
+    assert_eq!(s.count("SELECT COUNT(*) FROM compliance_reports"), 0);
+
+    // Produced once, then redirected; the same form again does nothing more.
+    let key = form_key(&a.get("/ui/compliance").await.text, "action=\"/ui/compliance\"");
+    let fields = [("form_key", key.as_str()), ("from", "2026-11-01"), ("to", "2026-12-31")];
+    let first = a.post("/ui/compliance", &fields).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+    let to = first.location();
+    assert!(to.starts_with("/ui/compliance/"), "{to}");
+    let again = a.post("/ui/compliance", &fields).await;
+    assert_eq!((again.status, again.location()), (StatusCode::SEE_OTHER, to.clone()));
+    assert_eq!(s.count("SELECT COUNT(*) FROM compliance_reports"), 1);
+
+    // The document: every requirement with its state, the checklist items,
+    // the digest, local times; the signed file and the PDF to download.
+    let doc = a.get(&to).await;
+    assert_eq!(doc.status, 200);
+    for want in ["準拠状況報告書", "EM-C1", "GL-BACKUP", "badge red", "2-⑥", "SHA-256", "(UTC+09:00)", "data-print"]
+    {
+        assert!(doc.text.contains(want), "{want}: {}", doc.text);
+    }
+    assert!(!doc.text.contains("not_met"), "no codes on the Japanese page");
+    let json = a.get(&format!("{to}/report.json")).await;
+    assert_eq!(json.status, 200);
+    assert!(json.header("content-disposition").contains("attachment"));
+    let v: Value = serde_json::from_str(&json.text).unwrap();
+    assert!(doc.text.contains(v["signature"]["sha256"].as_str().unwrap()));
+    let pdf = a.get(&format!("{to}/report.pdf")).await;
+    assert_eq!(pdf.status, 200);
+    assert_eq!(pdf.header("content-type"), "application/pdf");
+    // Reading it is audited.
+    assert!(s.audits_where("compliance-report-read").iter().any(|e| e["agent"]["user"] == "audit.k"));
+}

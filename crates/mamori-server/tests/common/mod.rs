@@ -481,3 +481,34 @@ pub(crate) fn observation(patient: &str, code: &str, value: f64) -> Value {
         "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
     })
 }
+
+/// Edits audit event `seq` in place, behind the log's back (its status
+/// byte changes; its recorded leaf hash does not): what an attacker with
+/// database access would do.
+pub(crate) fn tamper_audit_event(s: &TestServer, seq: i64) {
+    let edit = |leaf: Vec<u8>| -> Vec<u8> {
+        let text = String::from_utf8(leaf).unwrap();
+        let changed = text.replacen("\"status\":201", "\"status\":200", 1);
+        assert_ne!(changed, text, "the event has a status 201 to change");
+        changed.into_bytes()
+    };
+    match &s.pg {
+        Some((url, _)) => on_pg(url, |c| {
+            use mamori_store::sql::Conn;
+            let leaf = c
+                .query_one("SELECT leaf FROM audit_events WHERE seq = $1", mamori_store::p![seq])
+                .unwrap()
+                .unwrap()
+                .blob(0)
+                .unwrap();
+            c.exec("UPDATE audit_events SET leaf = $1 WHERE seq = $2", mamori_store::p![edit(leaf), seq]).unwrap();
+        }),
+        None => {
+            let c = rusqlite::Connection::open(s.dir.join("mamori.db")).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let leaf: Vec<u8> =
+                c.query_row("SELECT leaf FROM audit_events WHERE seq = ?1", [seq], |r| r.get(0)).unwrap();
+            c.execute("UPDATE audit_events SET leaf = ?1 WHERE seq = ?2", rusqlite::params![edit(leaf), seq]).unwrap();
+        }
+    }
+}
