@@ -26,7 +26,7 @@ class Mamori:
             data.mkdir(parents=True, exist_ok=True)
             (data / "mamori.toml").write_text(config)
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", *extra_args],
+            [BIN, "serve", "--init", "--data", str(data), "--listen", "127.0.0.1:0", *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -39,12 +39,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the server (HTTPS). Initializes DIR on first start and prints
-    /// the admin's one-time password once.
-    Serve {
-        /// Data directory (created and initialized if empty).
+    /// Initialize a data directory: configuration, keys, TLS certificate,
+    /// database and the `admin` account, whose one-time password is
+    /// printed and kept in DIR/initial-admin-password (readable only by
+    /// this user) until it is changed.
+    Init {
+        /// Data directory (created; must be empty or not exist).
         #[arg(long, env = "MAMORI_DATA")]
         data: PathBuf,
+    },
+    /// Run the server (HTTPS) on an initialized data directory (see
+    /// `mamori init`; `--init` does both).
+    Serve {
+        /// Data directory.
+        #[arg(long, env = "MAMORI_DATA")]
+        data: PathBuf,
+        /// Initialize DIR first if it is not initialized (as `mamori init`).
+        #[arg(long)]
+        init: bool,
         /// Listen address (default from mamori.toml: 127.0.0.1:8443).
         #[arg(long, env = "MAMORI_LISTEN")]
         listen: Option<String>,
@@ -359,15 +371,36 @@ async fn set_disabled(target: &Target, name: &str, disabled: bool) -> Result<()>
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve { data, listen, as2_listen, maint_listen, demo } => {
+        Cmd::Init { data } => init_dir(&data).await?,
+        Cmd::Serve { data, init, listen, as2_listen, maint_listen, demo } => {
             if let Some(m) = maint_listen {
                 std::env::set_var("MAMORI_MAINTENANCE_LISTEN", m);
             }
+            let dd = mamori_service::init::DataDir(data.clone());
+            if !demo && !init && !dd.is_initialized() {
+                anyhow::bail!(
+                    "{} is not an initialized mamori data directory: run `mamori init --data {}` first (or `mamori serve --init`)",
+                    data.display(),
+                    data.display()
+                );
+            }
             let opts = mamori_server::server::ServeOptions { data, listen, as2_listen, clock: Arc::new(SystemClock) };
-            if demo {
-                mamori_server::demo::run_demo(opts).await?;
+            let r = if demo {
+                mamori_server::demo::run_demo(opts).await.map_err(anyhow::Error::from)
             } else {
-                mamori_server::server::run(opts).await?;
+                mamori_server::server::run(opts).await.map_err(anyhow::Error::from)
+            };
+            if let Err(e) = r {
+                // Never lose the administrator's first password.
+                let f = dd.admin_password_file();
+                if f.exists() {
+                    anyhow::bail!(
+                        "{e:#}\nthe admin one-time password is in {} (or set a new one: mamori user reset-password admin --data {})",
+                        f.display(),
+                        dd.0.display()
+                    );
+                }
+                return Err(e);
             }
         }
         Cmd::User(c) => match c {
@@ -551,6 +584,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// `mamori init`: initializes an empty data directory and says where
+/// everything is.
+async fn init_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let dd = mamori_service::init::DataDir(dir.to_owned());
+    if dd.is_initialized() {
+        anyhow::bail!(
+            "{} is already initialized (start it with `mamori serve --data {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let _lock = mamori_service::init::lock_dir(dir)?;
+    let r = mamori_service::init::initialize(dir, Arc::new(SystemClock)).await?;
+    println!("mamori: initialized {}", dir.display());
+    println!("  admin user:               admin");
+    println!("  one-time password:        {}   (it must be changed at first login)", r.admin_password.as_str());
+    println!("  (also in {}, readable only by this user, until it is changed)", dd.admin_password_file().display());
+    println!("  audit log verifier key:   {}   (record it: `mamori audit verify --key`)", r.vkey);
+    println!("  TLS certificate SHA-256:  {}", r.tls_fingerprint);
+    println!("next: mamori serve --data {}", dir.display());
     Ok(())
 }
 

@@ -169,6 +169,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     });
     mamori_service::exchange::reload(&svc).await;
     svc.bind_records_stored_before_binding().await?;
+    match init::forget_initial_password(&svc).await {
+        Ok(true) => tracing::info!("the admin password was changed: removed the initial password file"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove the initial admin password file"),
+    }
     // Anchor the start in the audit log.
     svc.record_lifecycle("server-start", json!({"version": env!("CARGO_PKG_VERSION"), "listen": addr.to_string()}))
         .await?;
@@ -410,10 +415,15 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             "  one-time password:        {}   (shown once; it must be changed at first login)",
             init.admin_password.as_str()
         );
+        println!(
+            "  (also in {}, readable only by this user, until it is changed)",
+            DataDir(running.state.data_dir.clone()).admin_password_file().display()
+        );
         println!("  audit log verifier key:   {}", init.vkey);
         println!("  TLS certificate SHA-256:  {}", init.tls_fingerprint);
     }
     println!("mamori: listening on {} (FHIR base {}/fhir)", running.addr, running.base_url);
+    println!("mamori: web UI {}/ui/", running.base_url);
     if let Some(n) = running.state.node() {
         println!(
             "mamori: STANDALONE node {n} (records are stamped with the node; export with `mamori standalone export`)"

@@ -75,6 +75,11 @@ impl DataDir {
             self.0.join(p)
         }
     }
+    /// The file holding the `admin` account's one-time password from
+    /// initialization until it is changed.
+    pub fn admin_password_file(&self) -> PathBuf {
+        self.0.join("initial-admin-password")
+    }
     fn marker(&self) -> PathBuf {
         self.0.join(".initializing")
     }
@@ -264,6 +269,15 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
             |_, _| Ok(()),
         )
         .await?;
+    // The one-time password survives whatever happens next (a busy port, a
+    // lost terminal): readable by the service user only, removed by the
+    // server once the administrator has changed it.
+    let note = format!(
+        "{}\n# The one-time password of the user `admin` (change it at first login).\n# mamori removes this file at its next start after the change.\n",
+        pw.as_str()
+    );
+    keys::write_secret(&dd.admin_password_file(), note.as_bytes())
+        .map_err(|e| InitError::DataDir(format!("{}: {e}", dd.admin_password_file().display())))?;
     std::fs::remove_file(dd.marker()).map_err(|e| InitError::DataDir(e.to_string()))?;
     Ok(InitReport { admin_password: pw, vkey, tls_fingerprint })
 }
@@ -374,4 +388,21 @@ impl Services {
             )
             .await
     }
+}
+
+/// Removes the initial admin password file once the password was changed
+/// (the account no longer has to change it). Returns whether it was removed.
+pub async fn forget_initial_password(svc: &Services) -> Result<bool, InitError> {
+    let dd = DataDir(svc.data_dir.clone());
+    let f = dd.admin_password_file();
+    if !f.exists() {
+        return Ok(false);
+    }
+    let admin =
+        svc.store.read(|c| accounts::get_user(c, "admin")).await.map_err(|e| InitError::DataDir(e.to_string()))?;
+    if admin.is_some_and(|u| u.must_change) {
+        return Ok(false);
+    }
+    std::fs::remove_file(&f).map_err(|e| InitError::DataDir(format!("{}: {e}", f.display())))?;
+    Ok(true)
 }

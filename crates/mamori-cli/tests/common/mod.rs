@@ -53,7 +53,7 @@ pub(crate) fn serve(dir: &Path) -> Proc {
 
 /// With extra arguments (e.g. `--as2-listen 127.0.0.1:0`).
 pub(crate) fn serve_with(dir: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["serve", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let mut args = vec!["serve", "--init", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     spawn(&args)
 }
