@@ -327,13 +327,29 @@ enum CareCmd {
     },
 }
 
-fn init_logging() {
-    let level = std::env::var("MAMORI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+/// The log: level and format from the environment (`MAMORI_LOG_LEVEL`,
+/// `MAMORI_LOG_FORMAT`), else from the data directory's `[log]` when the
+/// command names one; colours only on a terminal (and never with
+/// `NO_COLOR`), so that a log written to a file or the journal is plain.
+fn init_logging(data: Option<&std::path::Path>) {
+    use std::io::IsTerminal;
+    let cfg = data
+        .filter(|d| d.join("mamori.toml").exists())
+        .and_then(|d| mamori_service::config::Config::load(d).ok())
+        .map(|c| c.log);
+    let level = std::env::var("MAMORI_LOG_LEVEL")
+        .ok()
+        .or_else(|| cfg.as_ref().map(|l| l.level.clone()))
+        .unwrap_or_else(|| "info".into());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("MAMORI_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
+    let format = std::env::var("MAMORI_LOG_FORMAT")
+        .ok()
+        .or_else(|| cfg.as_ref().map(|l| l.format.clone()))
+        .unwrap_or_else(|| "text".into());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if format == "json" {
         b.json().init();
     } else {
         b.init();
@@ -640,7 +656,11 @@ fn migrate(dir: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let data = match &cli.cmd {
+        Cmd::Serve { data, .. } => Some(data.clone()),
+        _ => None,
+    };
+    init_logging(data.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

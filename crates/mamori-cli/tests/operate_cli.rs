@@ -1,12 +1,16 @@
 //! Operating mamori as a hospital's IT team does (issue 19), on the real
 //! binary: `init` and `serve` as separate steps, an uninitialized or
 //! already initialized directory refused, the admin's first password never
-//! lost (a busy port after initialization points to it).
+//! lost (a busy port after initialization points to it), the log plain
+//! when redirected, the access log a summary by default.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -68,4 +72,66 @@ fn init_then_serve_and_the_first_password_is_never_lost() {
     assert!(err.contains(&format!("{d2}/initial-admin-password")) && err.contains("reset-password admin"), "{err}");
     assert!(!password_in(&dir2).is_empty());
     remove_all(&[&dir, &dir2]);
+}
+
+#[test]
+fn the_log_is_plain_when_redirected_and_the_access_log_summarizes() {
+    let dir = temp_dir("logs");
+    let d = dir.to_str().unwrap();
+    assert_eq!(run(&["init", "--data", d]).0, 0);
+    let toml = std::fs::read_to_string(dir.join("mamori.toml")).unwrap();
+    assert!(toml.contains("summary_seconds = 60") && toml.contains("access = \"summary\""), "the default: {toml}");
+    std::fs::write(dir.join("mamori.toml"), toml.replace("summary_seconds = 60", "summary_seconds = 1")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data", d, "--listen", "127.0.0.1:0"])
+        .env_remove("MAMORI_LOG_LEVEL")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut port = 0u16;
+    let mut ui = String::new();
+    let mut line = String::new();
+    while port == 0 || ui.is_empty() {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exited before listening");
+        if let Some(rest) = line.strip_prefix("mamori: listening on ") {
+            port = rest.split_whitespace().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        }
+        if let Some(rest) = line.strip_prefix("mamori: web UI ") {
+            ui = rest.trim().to_owned();
+        }
+    }
+    assert!(ui.ends_with("/ui/"), "plain serve prints the web UI's address: {ui}");
+    let c = client(&dir);
+    let b = format!("https://localhost:{port}");
+    for _ in 0..25 {
+        assert_eq!(c.get(format!("{b}/healthz")).send().unwrap().status(), 200);
+    }
+    assert_eq!(c.get(format!("{b}/api/v1/auth/me")).send().unwrap().status(), 401);
+    // Wait for a summary line, then stop.
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(!err.contains('\u{1b}'), "no ANSI escape codes in a redirected log: {err}");
+    let field = |l: &str, k: &str| -> u64 {
+        l.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let summaries: Vec<&str> =
+        err.lines().filter(|l| l.contains("mamori::access") && l.contains("requests=")).collect();
+    assert!(!summaries.is_empty(), "a summary line: {err}");
+    assert_eq!(summaries.iter().map(|l| field(l, "requests=")).sum::<u64>(), 26, "{err}");
+    assert_eq!(summaries.iter().map(|l| field(l, "client_errors=")).sum::<u64>(), 1, "{err}");
+    assert!(
+        !err.lines().any(|l| l.contains("mamori::access") && l.contains("status=")),
+        "no line per request by default: {err}"
+    );
+    remove_all(&[&dir]);
 }

@@ -104,7 +104,22 @@ async fn common(State(svc): State<Services>, mut req: Request, next: Next) -> Re
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let status = resp.status().as_u16();
     svc.metrics.observe(status, micros);
-    span.in_scope(|| tracing::info!(status, ms = micros as f64 / 1000.0, "request"));
+    let log = &svc.cfg.log;
+    let ms = micros as f64 / 1000.0;
+    let slow = micros >= log.slow_ms.saturating_mul(1000);
+    match log.access.as_str() {
+        "all" => span.in_scope(|| tracing::info!(target: "mamori::access", status, ms, "request")),
+        "off" => {}
+        mode => {
+            if status >= 500 {
+                span.in_scope(|| tracing::warn!(target: "mamori::access", status, ms, "request failed"));
+            } else if slow {
+                span.in_scope(|| tracing::warn!(target: "mamori::access", status, ms, "slow request"));
+            } else if mode == "sampled" && svc.metrics.count() % log.sample == 0 {
+                span.in_scope(|| tracing::info!(target: "mamori::access", status, ms, "request (sampled)"));
+            }
+        }
+    }
     resp
 }
 

@@ -181,6 +181,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (bg_stop, bg_rx) = watch::channel(false);
     let background = tokio::spawn(jobs::run_while_leader(svc.clone(), bg_rx));
+    tokio::spawn(mamori_service::metrics::access_summary(svc.clone(), stop_rx.clone()));
     let as2_task = as2.map(|(l, _)| {
         let (svc, stop) = (svc.clone(), stop_rx.clone());
         let app = crate::app::as2_router(svc.clone());

@@ -389,6 +389,16 @@ pub struct LogSection {
     pub level: String,
     /// "text" or "json".
     pub format: String,
+    /// The access log: "off", "summary" (a line per `summary_seconds`
+    /// plus every server error and slow request), "sampled" (one request
+    /// in `sample`, plus errors and slow ones) or "all".
+    pub access: String,
+    /// With "sampled": one request in this many.
+    pub sample: u64,
+    /// A request slower than this (milliseconds) is logged by itself.
+    pub slow_ms: u64,
+    /// With "summary": seconds per summary line.
+    pub summary_seconds: u64,
 }
 
 impl Default for ServerSection {
@@ -453,7 +463,14 @@ impl Default for InstitutionSection {
 }
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into(), format: "text".into() }
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+            access: "summary".into(),
+            sample: 100,
+            slow_ms: 1000,
+            summary_seconds: 60,
+        }
     }
 }
 
@@ -531,6 +548,12 @@ impl Config {
         }
         if !url.is_empty() {
             mamori_store::pg::tls_options(url).map_err(|e| ConfigError::Invalid(format!("database.url: {e}")))?;
+        }
+        if !matches!(self.log.access.as_str(), "off" | "summary" | "sampled" | "all") {
+            return Err(ConfigError::Invalid("log.access must be \"off\", \"summary\", \"sampled\" or \"all\"".into()));
+        }
+        if self.log.sample == 0 || self.log.summary_seconds == 0 {
+            return Err(ConfigError::Invalid("log.sample and log.summary_seconds must be at least 1".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));

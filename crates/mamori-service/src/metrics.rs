@@ -12,6 +12,28 @@ pub struct Metrics {
     buckets: [AtomicU64; 11],
     sum_us: AtomicU64,
     count: AtomicU64,
+    // The access log's summary window (taken and reset by `take_window`).
+    win_class: [AtomicU64; 6],
+    win_sum_us: AtomicU64,
+    win_max_us: AtomicU64,
+}
+
+/// The requests of one access-log summary window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Requests by status class (index 2: 2xx, ...).
+    pub by_class: [u64; 6],
+    /// Total microseconds.
+    pub sum_us: u64,
+    /// The slowest, in microseconds.
+    pub max_us: u64,
+}
+
+impl Window {
+    /// Requests in the window.
+    pub fn count(&self) -> u64 {
+        self.by_class.iter().sum()
+    }
 }
 
 impl Metrics {
@@ -28,6 +50,29 @@ impl Metrics {
         }
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.win_class.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.win_sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.win_max_us.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// Requests counted so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The requests since the previous call (the window restarts).
+    pub fn take_window(&self) -> Window {
+        let mut w = Window::default();
+        for (i, c) in self.win_class.iter().enumerate() {
+            if let Some(x) = w.by_class.get_mut(i) {
+                *x = c.swap(0, Ordering::Relaxed);
+            }
+        }
+        w.sum_us = self.win_sum_us.swap(0, Ordering::Relaxed);
+        w.max_us = self.win_max_us.swap(0, Ordering::Relaxed);
+        w
     }
 
     /// The metrics in Prometheus text format, followed by `gauges`
@@ -58,5 +103,35 @@ impl Metrics {
             s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
         }
         s
+    }
+}
+
+/// Logs a summary of the requests every `[log] summary_seconds` (when the
+/// access log is `summary`), until `stop`.
+pub async fn access_summary(svc: crate::services::Services, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if svc.cfg.log.access != "summary" {
+        return;
+    }
+    let every = std::time::Duration::from_secs(svc.cfg.log.summary_seconds.max(1));
+    loop {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            _ = tokio::time::sleep(every) => {}
+        }
+        let w = svc.metrics.take_window();
+        let n = w.count();
+        if n > 0 {
+            tracing::info!(
+                target: "mamori::access",
+                requests = n,
+                ok = w.by_class[2] + w.by_class[3],
+                client_errors = w.by_class[4],
+                server_errors = w.by_class[5],
+                mean_ms = (w.sum_us / n) as f64 / 1000.0,
+                max_ms = w.max_us as f64 / 1000.0,
+                seconds = every.as_secs(),
+                "requests"
+            );
+        }
     }
 }
