@@ -86,12 +86,19 @@ enum Cmd {
     /// The tamper-evident audit log: verify, export, witness.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Bring the database (SQLite or PostgreSQL, per mamori.toml) to this
-    /// version's schema. `mamori serve` does this too at start.
-    Migrate {
+    /// Bring the database (SQLite or PostgreSQL, per mamori.toml) of a
+    /// stopped server to this version's schema: a SQLite database is first
+    /// copied to DIR/backups/ (the way back); a database newer than this
+    /// build is refused. `--check` only says what would run. `mamori
+    /// serve` upgrades at start the same way.
+    #[command(alias = "migrate")]
+    Upgrade {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Only say which migrations would run, and how to back up first.
+        #[arg(long)]
+        check: bool,
     },
     /// Move a stopped SQLite data directory's database into an empty
     /// PostgreSQL database, then check it: row counts per table and the
@@ -586,7 +593,7 @@ async fn run(cli: Cli) -> Result<()> {
                 std::process::exit(i32::from(code));
             }
         }
-        Cmd::Migrate { data } => off_runtime(|| migrate(&data))?,
+        Cmd::Upgrade { data, check } => off_runtime(|| upgrade(&data, check))?,
         Cmd::CopyToPostgres { data, url } => off_runtime(|| db::copy_to_postgres(&data, &url))?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
@@ -633,24 +640,49 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow:
     std::thread::scope(|s| s.spawn(f).join().map_err(|_| anyhow::anyhow!("worker thread panicked"))?)
 }
 
-/// `mamori migrate`: brings the database of a data directory to this
-/// build's schema (SQLite or PostgreSQL), and says where it stands.
-fn migrate(dir: &std::path::Path) -> anyhow::Result<()> {
+/// `mamori upgrade [--check]`: brings the database of a stopped server's
+/// data directory to this build's schema (SQLite or PostgreSQL), with a
+/// copy first on SQLite, and says where it stands.
+fn upgrade(dir: &std::path::Path, check: bool) -> anyhow::Result<()> {
     let dd = mamori_service::init::DataDir(dir.to_owned());
     if !dd.is_initialized() {
         anyhow::bail!("{} is not an initialized mamori data directory", dir.display());
     }
     let cfg = mamori_service::config::Config::load(dir)?;
     let url = audit::db_url(&cfg);
-    let mut c = mamori_store::open_conn(&dd.db(), url.as_deref(), false)?;
-    let before = mamori_store::schema::current(c.as_mut())?;
-    let after = mamori_store::schema::migrate(c.as_mut())?;
     let what = url.as_deref().map_or_else(|| dd.db().display().to_string(), mamori_store::redact_url);
-    if before == after {
-        println!("{what}: schema version {after}, up to date");
-    } else {
-        println!("{what}: schema version {before} -> {after}");
+    // A running server holds the directory; upgrades happen with it stopped.
+    let _lock = if check { None } else { Some(mamori_service::init::lock_dir(dir)?) };
+    let mut c = mamori_store::open_conn(&dd.db(), url.as_deref(), check)?;
+    let before = mamori_store::schema::current(c.as_mut())?;
+    let pending = mamori_store::schema::pending(c.as_mut()).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    let latest = before + pending.len();
+    if pending.is_empty() {
+        println!("{what}: schema version {before}, up to date");
+        return Ok(());
     }
+    if check {
+        println!("{what}: schema version {before}; this mamori expects {latest}");
+        for p in &pending {
+            println!("  will run: {p}");
+        }
+        match &url {
+            None => println!(
+                "a copy of the database is taken first, to {}/mamori-schema{before}-<time>.db (the way back: docs/operations.md)",
+                dd.db().parent().unwrap_or(dir).join("backups").display()
+            ),
+            Some(_) => println!("PostgreSQL: take a backup first, e.g. pg_dump -Fc -f mamori-schema{before}.dump <database> (docs/operations.md)"),
+        }
+        return Ok(());
+    }
+    if url.is_none() {
+        let stamp = mamori_store::backup_stamp(mamori_core::time::Clock::now(&SystemClock));
+        if let Some(copy) = mamori_store::schema::backup_before_migrating(c.as_mut(), &dd.db(), &stamp)? {
+            println!("copied the database (schema {before}) to {}", copy.display());
+        }
+    }
+    let after = mamori_store::schema::migrate(c.as_mut())?;
+    println!("{what}: schema version {before} -> {after}");
     Ok(())
 }
 

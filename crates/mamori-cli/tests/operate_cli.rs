@@ -135,3 +135,76 @@ fn the_log_is_plain_when_redirected_and_the_access_log_summarizes() {
     );
     remove_all(&[&dir]);
 }
+
+/// Turns an initialized directory's database into the previous release's
+/// schema (12: before the compliance reports), as an upgrade finds it.
+fn make_previous_release(dir: &std::path::Path) {
+    let c = rusqlite::Connection::open(dir.join("mamori.db")).unwrap();
+    c.execute_batch("DROP TABLE compliance_reports; UPDATE meta SET value = '12' WHERE key = 'schema_version';")
+        .unwrap();
+}
+
+fn schema_of(db: &std::path::Path) -> String {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn upgrade_checks_copies_first_and_refuses_a_newer_database() {
+    let dir = temp_dir("upgrade");
+    let d = dir.to_str().unwrap();
+    assert_eq!(run(&["init", "--data", d]).0, 0);
+    let (code, out, _) = run(&["upgrade", "--check", "--data", d]);
+    assert_eq!(code, 0);
+    assert!(out.contains("up to date"), "{out}");
+    make_previous_release(&dir);
+
+    // --check says what will run and changes nothing.
+    let (code, out, err) = run(&["upgrade", "--check", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("schema version 12; this mamori expects 13") && out.contains("will run: 0013_compliance_reports"),
+        "{out}"
+    );
+    assert!(out.contains("a copy of the database is taken first"), "{out}");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "12");
+    assert!(!dir.join("backups").exists());
+
+    // The upgrade: a copy of the old database first, then the migration.
+    let (code, out, err) = run(&["upgrade", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("schema version 12 -> 13"), "{out}");
+    let copies: Vec<_> = std::fs::read_dir(dir.join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(copies[0].file_name().unwrap().to_str().unwrap().starts_with("mamori-schema12-"));
+    assert_eq!(schema_of(&copies[0]), "12", "the way back is the old schema");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "13");
+    // The copy's audit log verifies: a restore of it is the log as it was.
+    let vkey = std::fs::read_to_string(dir.join("keys/audit.vkey")).unwrap().trim().to_owned();
+    let restored = temp_dir("upgrade-restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    for f in ["mamori.toml", "keys", "tls"] {
+        let st = Command::new("cp").arg("-r").arg(dir.join(f)).arg(&restored).status().unwrap();
+        assert!(st.success());
+    }
+    std::fs::copy(&copies[0], restored.join("mamori.db")).unwrap();
+    let (code, out, err) = run(&["audit", "verify", "--data", restored.to_str().unwrap(), "--key", &vkey]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The server serves the upgraded directory.
+    drop(serve(&dir));
+
+    // A database newer than this build: refused by upgrade and by serve.
+    rusqlite::Connection::open(dir.join("mamori.db"))
+        .unwrap()
+        .execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", [])
+        .unwrap();
+    let (code, _, err) = run(&["upgrade", "--check", "--data", d]);
+    assert_eq!(code, 1);
+    assert!(err.contains("newer than this mamori"), "{err}");
+    let (code, _, err) = run(&["serve", "--data", d, "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("newer than this mamori"), "{err}");
+    remove_all(&[&dir, &restored]);
+}

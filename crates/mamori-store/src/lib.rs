@@ -168,6 +168,11 @@ pub struct Store {
     leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A file-name-safe UTC stamp (`20261203T150805Z`).
+pub fn backup_stamp(now: mamori_core::time::Timestamp) -> String {
+    now.to_rfc3339().chars().filter(|c| c.is_ascii_digit() || *c == 'T').take(15).collect::<String>() + "Z"
+}
+
 impl Store {
     /// Opens (creating and migrating if needed) the store: SQLite at
     /// `cfg.path`, or PostgreSQL when `cfg.url` is set.
@@ -188,6 +193,11 @@ impl Store {
             Some(url) => {
                 let mut w = pg::PgConn::connect(url)
                     .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", redact_url(url))))?;
+                if schema::current(&mut w)? > 0 && !schema::pending(&mut w)?.is_empty() {
+                    tracing::warn!(
+                        "upgrading the PostgreSQL schema in place: take a pg_dump (or a base backup) first, docs/operations.md"
+                    );
+                }
                 schema::migrate(&mut w)?;
                 for _ in 0..cfg.readers.max(1) {
                     let c = pg::PgConn::connect(url)
@@ -198,6 +208,10 @@ impl Store {
             }
             None => {
                 let mut w = open_sqlite(&cfg.path, cfg.synchronous, false)?;
+                let stamp = backup_stamp(clock.now());
+                if let Some(copy) = schema::backup_before_migrating(&mut w, &cfg.path, &stamp)? {
+                    tracing::warn!(backup = %copy.display(), "upgrading the database schema; a copy was taken first");
+                }
                 schema::migrate(&mut w)?;
                 // Checkpoint the WAL every ~12 MiB instead of every 4 MiB:
                 // pages rewritten by many commits are copied back once

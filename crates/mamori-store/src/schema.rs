@@ -87,6 +87,42 @@ pub fn current(c: &mut dyn Conn) -> Result<usize, DbError> {
     }
 }
 
+/// The migrations a database still needs, by name; an error if the
+/// database is newer than this build.
+pub fn pending(c: &mut dyn Conn) -> Result<Vec<&'static str>, DbError> {
+    let all = migrations(c.backend());
+    let cur = current(c)?;
+    if cur > all.len() {
+        return Err(DbError::Other(format!(
+            "database schema version {cur} is newer than this mamori ({}); upgrade mamori",
+            all.len()
+        )));
+    }
+    Ok(all.iter().skip(cur).map(|(name, _)| *name).collect())
+}
+
+/// Before a SQLite database that holds data is migrated: a consistent copy
+/// of it (`VACUUM INTO`, which reads one snapshot) in `backups/` beside it,
+/// named by its schema version and `stamp`. `None` when there is nothing
+/// to migrate or nothing to keep (a new database). A copy that cannot be
+/// made stops the upgrade: nothing is migrated without its way back.
+pub fn backup_before_migrating(
+    c: &mut dyn Conn,
+    db: &std::path::Path,
+    stamp: &str,
+) -> Result<Option<std::path::PathBuf>, DbError> {
+    let cur = current(c)?;
+    if cur == 0 || pending(c)?.is_empty() {
+        return Ok(None);
+    }
+    let dir = db.parent().unwrap_or(std::path::Path::new(".")).join("backups");
+    std::fs::create_dir_all(&dir).map_err(|e| DbError::Other(format!("{}: {e}", dir.display())))?;
+    let to = dir.join(format!("mamori-schema{cur}-{stamp}.db"));
+    let path = to.to_str().ok_or_else(|| DbError::Other(format!("{}: not UTF-8", to.display())))?;
+    c.exec("VACUUM INTO $1", p![path])?;
+    Ok(Some(to))
+}
+
 /// Applies every pending migration. Refuses a database newer than this build.
 /// Each step runs in a write transaction (on PostgreSQL under the writers'
 /// advisory lock), so servers starting together migrate once.
