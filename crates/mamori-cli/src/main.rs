@@ -48,6 +48,20 @@ enum Cmd {
         #[arg(long, env = "MAMORI_DATA")]
         data: PathBuf,
     },
+    /// Ask a running server whether it is healthy (`GET /healthz`): exit 0
+    /// when it answers ok, 1 otherwise. For container health checks and
+    /// monitoring scripts.
+    Health {
+        /// The server's base URL.
+        #[arg(long, default_value = "https://localhost:8443")]
+        server: String,
+        /// CA certificate to trust (default: DIR/tls/cert.pem of --data).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The server's data directory (for its certificate).
+        #[arg(long, env = "MAMORI_DATA")]
+        data: Option<PathBuf>,
+    },
     /// Run the server (HTTPS) on an initialized data directory (see
     /// `mamori init`; `--init` does both).
     Serve {
@@ -395,6 +409,20 @@ async fn set_disabled(target: &Target, name: &str, disabled: bool) -> Result<()>
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { data } => init_dir(&data).await?,
+        Cmd::Health { server, ca, data } => {
+            let ca = ca.or_else(|| data.map(|d| d.join("tls/cert.pem")));
+            let client = api::client(ca.as_deref())?;
+            let url = format!("{}/healthz", server.trim_end_matches('/'));
+            let r = client.get(&url).timeout(std::time::Duration::from_secs(5)).send().await;
+            match r {
+                Ok(r) if r.status().is_success() => println!("{}", r.text().await.unwrap_or_default()),
+                Ok(r) => {
+                    let status = r.status();
+                    anyhow::bail!("{url}: {status} {}", r.text().await.unwrap_or_default())
+                }
+                Err(e) => anyhow::bail!("{url}: {e}"),
+            }
+        }
         Cmd::Serve { data, init, listen, as2_listen, maint_listen, demo } => {
             if let Some(m) = maint_listen {
                 std::env::set_var("MAMORI_MAINTENANCE_LISTEN", m);
