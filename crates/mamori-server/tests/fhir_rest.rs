@@ -490,16 +490,125 @@ async fn includes_are_decided_per_resource_like_reads() {
 
     // Malformed includes are refused with an OperationOutcome.
     for bad in [
-        "_include=Patient:subject",             // the type searched is Observation
-        "_include=Observation:code",            // not a reference parameter
-        "_include=Observation",                 // no parameter
-        "_revinclude=Nope:subject",             // unknown type
-        "_include:iterate=Observation:subject", // only one level
+        "_include=Patient:subject",        // the type searched is Observation
+        "_include=Observation:code",       // not a reference parameter
+        "_include=Observation",            // no parameter
+        "_revinclude=Nope:subject",        // unknown type
+        "_include=Encounter:participant",  // another type needs :iterate
+        "_include:iterate=Encounter:code", // not a reference parameter
     ] {
         let r = s.get(&format!("/fhir/Observation?subject=Patient/{mine}&{bad}"), &doc).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
         assert_eq!(r.body["resourceType"], "OperationOutcome", "{bad}");
     }
+}
+
+/// `:iterate` follows what was included, round after round, and every
+/// resource it adds is decided as a read of it: another patient's records
+/// reached through a shared practitioner are withheld and counted.
+#[tokio::test]
+async fn include_iterate_follows_included_resources_decided_like_reads() {
+    let s = TestServer::start("include-iterate").await;
+    let doc = s.user("dr.it", &["physician"]).await;
+    let other_doc = s.user("dr.ot", &["physician"]).await;
+    let mine = s.patient(&doc, "反復", "一郎").await;
+    let theirs = s.patient(&other_doc, "反復", "二郎").await;
+    let pr =
+        s.post("/fhir/Practitioner", &doc, json!({"resourceType": "Practitioner", "name": [{"family": "当直"}]})).await;
+    assert_eq!(pr.status, 201, "{}", pr.text);
+    let pr = pr.body["id"].as_str().unwrap().to_owned();
+    let encounter = |patient: &str| {
+        json!({"resourceType": "Encounter", "status": "finished",
+               "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+               "subject": {"reference": format!("Patient/{patient}")},
+               "participant": [{"individual": {"reference": format!("Practitioner/{pr}")}}]})
+    };
+    let e1 = s.post("/fhir/Encounter", &doc, encounter(&mine)).await;
+    assert_eq!(e1.status, 201, "{}", e1.text);
+    let e1 = e1.body["id"].as_str().unwrap().to_owned();
+    let e2 = s.post("/fhir/Encounter", &other_doc, encounter(&theirs)).await;
+    assert_eq!(e2.status, 201, "{}", e2.text);
+    let e2 = e2.body["id"].as_str().unwrap().to_owned();
+    let mut obs = observation(&mine, "8310-5", 37.2);
+    obs["encounter"] = json!({"reference": format!("Encounter/{e1}")});
+    let o1 = s.post("/fhir/Observation", &doc, obs).await;
+    assert_eq!(o1.status, 201, "{}", o1.text);
+    let o1 = o1.body["id"].as_str().unwrap().to_owned();
+    let mut obs = observation(&theirs, "8310-5", 39.0);
+    obs["encounter"] = json!({"reference": format!("Encounter/{e2}")});
+    let o2 = s.post("/fhir/Observation", &other_doc, obs).await;
+    assert_eq!(o2.status, 201, "{}", o2.text);
+    let o2 = o2.body["id"].as_str().unwrap().to_owned();
+
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let r = &e["resource"];
+                format!(
+                    "{} {}/{}",
+                    e["search"]["mode"].as_str().unwrap(),
+                    r["resourceType"].as_str().unwrap(),
+                    r["id"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    // Forward: Observation -> its Encounter -> (iterate) the Encounter's practitioner.
+    let r = s
+        .get(
+            &format!(
+                "/fhir/Observation?_id={o1}&_include=Observation:encounter&_include:iterate=Encounter:participant"
+            ),
+            &doc,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        ids(&r.body),
+        [format!("match Observation/{o1}"), format!("include Encounter/{e1}"), format!("include Practitioner/{pr}")]
+    );
+    assert!(
+        r.body["link"][0]["url"].as_str().unwrap().contains("_include%3Aiterate=Encounter%3Aparticipant"),
+        "{}",
+        r.body["link"]
+    );
+    // Without :iterate the second level is not followed.
+    let r = s.get(&format!("/fhir/Observation?_id={o1}&_include=Observation:encounter"), &doc).await;
+    assert_eq!(ids(&r.body), [format!("match Observation/{o1}"), format!("include Encounter/{e1}")]);
+
+    // Reverse: the practitioner -> Encounters naming them -> (iterate) their
+    // Observations. The other patient's Encounter and Observation are
+    // withheld from dr.it (no care relationship) and counted; dr.ot, who
+    // cares for that patient but not for mine, sees the mirror image.
+    let q = format!(
+        "/fhir/Practitioner?_id={pr}&_revinclude=Encounter:participant&_revinclude:iterate=Observation:encounter"
+    );
+    let r = s.get(&q, &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let got = ids(&r.body);
+    assert_eq!(
+        got[..3],
+        [format!("match Practitioner/{pr}"), format!("include Encounter/{e1}"), format!("include Observation/{o1}")]
+    );
+    assert!(got.last().unwrap().starts_with("outcome OperationOutcome"), "{got:?}");
+    assert!(r.text.contains("2 included resource(s) withheld"), "{}", r.text);
+    assert!(!r.text.contains(&o2) && !r.text.contains(&e2), "nothing of the other patient's records");
+    let ev = s.last_audit();
+    assert_eq!(
+        (ev["detail"]["included"].as_u64(), ev["detail"]["included_withheld"].as_u64()),
+        (Some(2), Some(2)),
+        "{ev}"
+    );
+    let r = s.get(&q, &other_doc).await;
+    let got = ids(&r.body);
+    assert!(
+        got.contains(&format!("include Encounter/{e2}")) && got.contains(&format!("include Observation/{o2}")),
+        "{got:?}"
+    );
+    assert!(!r.text.contains(&o1), "{got:?}");
 }
 
 /// Conditional read: a client holding the current version gets 304

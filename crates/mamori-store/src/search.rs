@@ -368,50 +368,73 @@ fn search_sorted_by_param(
 /// of the includes, at most `limit`. Returns them and whether the limit
 /// left some out. Access is decided by the caller, per resource.
 pub fn included(c: &mut dyn Conn, q: &SearchQuery, entries: &[Version], limit: usize) -> Result<(Vec<Version>, bool)> {
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet};
     if entries.is_empty() || (q.include.is_empty() && q.revinclude.is_empty()) {
         return Ok((Vec::new(), false));
     }
     let mut seen: HashSet<(String, String)> = entries.iter().map(|v| (v.rtype.clone(), v.id.clone())).collect();
     let mut keys: Vec<(String, String)> = Vec::new();
-    let ids: Vec<&str> = entries.iter().map(|v| v.id.as_str()).collect();
-    let mut add = |rows: Vec<crate::sql::Row>, keys: &mut Vec<(String, String)>| -> Result<()> {
-        for r in rows {
-            let k = (r.text(0)?, r.text(1)?);
-            if seen.insert(k.clone()) {
-                keys.push(k);
+    // The resources the specifications apply to: the matches first, then
+    // (for `:iterate` ones) what the previous round added.
+    let mut frontier: Vec<(String, String)> = entries.iter().map(|v| (v.rtype.clone(), v.id.clone())).collect();
+    for round in 0..=mamori_core::fhir::search::MAX_ITERATE {
+        let mut by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (t, id) in &frontier {
+            by_type.entry(t.as_str()).or_default().push(id.as_str());
+        }
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut add = |rows: Vec<crate::sql::Row>, found: &mut Vec<(String, String)>| -> Result<()> {
+            for r in rows {
+                let k = (r.text(0)?, r.text(1)?);
+                if seen.insert(k.clone()) {
+                    found.push(k);
+                }
+            }
+            Ok(())
+        };
+        for inc in q.include.iter().filter(|i| round == 0 || i.iterate) {
+            let Some(ids) = by_type.get(inc.source.as_str()) else { continue };
+            let mut s = Sql { text: String::new(), params: Vec::new() };
+            let t = s.bind(inc.source.as_str().to_owned());
+            let p = s.bind(inc.param.to_owned());
+            let list: Vec<String> = ids.iter().map(|i| s.bind((*i).to_owned())).collect();
+            s.text = format!(
+                "SELECT DISTINCT target_type, target_id FROM idx_ref WHERE rtype = {t} AND param = {p} AND id IN ({})",
+                list.join(", ")
+            );
+            if let Some(target) = inc.target {
+                let tt = s.bind(target.as_str().to_owned());
+                s.text.push_str(&format!(" AND target_type = {tt}"));
+            }
+            s.text.push_str(" ORDER BY target_type, target_id");
+            add(c.query(&s.text, &s.params)?, &mut found)?;
+        }
+        for rev in q.revinclude.iter().filter(|i| round == 0 || i.iterate) {
+            for (ty, ids) in &by_type {
+                if rev.target.is_some_and(|t| t.as_str() != *ty) {
+                    continue;
+                }
+                let mut s = Sql { text: String::new(), params: Vec::new() };
+                let t = s.bind(rev.source.as_str().to_owned());
+                let p = s.bind(rev.param.to_owned());
+                let tt = s.bind((*ty).to_owned());
+                let list: Vec<String> = ids.iter().map(|i| s.bind((*i).to_owned())).collect();
+                s.text = format!(
+                    "SELECT DISTINCT rtype, id FROM idx_ref WHERE rtype = {t} AND param = {p} AND target_type = {tt} \
+                     AND target_id IN ({}) ORDER BY rtype, id",
+                    list.join(", ")
+                );
+                add(c.query(&s.text, &s.params)?, &mut found)?;
             }
         }
-        Ok(())
-    };
-    for inc in &q.include {
-        let mut s = Sql { text: String::new(), params: Vec::new() };
-        let t = s.bind(inc.source.as_str().to_owned());
-        let p = s.bind(inc.param.to_owned());
-        let list: Vec<String> = ids.iter().map(|i| s.bind((*i).to_owned())).collect();
-        s.text = format!(
-            "SELECT DISTINCT target_type, target_id FROM idx_ref WHERE rtype = {t} AND param = {p} AND id IN ({})",
-            list.join(", ")
-        );
-        if let Some(target) = inc.target {
-            let tt = s.bind(target.as_str().to_owned());
-            s.text.push_str(&format!(" AND target_type = {tt}"));
+        if found.is_empty() {
+            break;
         }
-        s.text.push_str(" ORDER BY target_type, target_id");
-        add(c.query(&s.text, &s.params)?, &mut keys)?;
-    }
-    for rev in &q.revinclude {
-        let mut s = Sql { text: String::new(), params: Vec::new() };
-        let t = s.bind(rev.source.as_str().to_owned());
-        let p = s.bind(rev.param.to_owned());
-        let tt = s.bind(q.rtype.as_str().to_owned());
-        let list: Vec<String> = ids.iter().map(|i| s.bind((*i).to_owned())).collect();
-        s.text = format!(
-            "SELECT DISTINCT rtype, id FROM idx_ref WHERE rtype = {t} AND param = {p} AND target_type = {tt} \
-             AND target_id IN ({}) ORDER BY rtype, id",
-            list.join(", ")
-        );
-        add(c.query(&s.text, &s.params)?, &mut keys)?;
+        keys.extend(found.iter().cloned());
+        if keys.len() > limit || !q.include.iter().chain(&q.revinclude).any(|i| i.iterate) {
+            break;
+        }
+        frontier = found;
     }
     let mut out = Vec::new();
     for (t, id) in &keys {

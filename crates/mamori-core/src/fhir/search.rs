@@ -608,13 +608,20 @@ pub struct Include {
     pub param: &'static str,
     /// Only references to this type, if given.
     pub target: Option<ResourceType>,
+    /// `:iterate`: also applied to the resources included, round after
+    /// round (at most [`MAX_ITERATE`] rounds).
+    pub iterate: bool,
 }
 
 /// At most this many resources are added to one page by `_include` and
 /// `_revinclude` together (a page says so when it stops there).
 pub const MAX_INCLUDED: usize = 1000;
 
-fn parse_include(rtype: ResourceType, v: &str, rev: bool) -> Result<Include, &'static str> {
+/// `:iterate` follows included resources at most this many rounds past the
+/// first (a cycle of references ends anyway: nothing is included twice).
+pub const MAX_ITERATE: usize = 4;
+
+fn parse_include(rtype: ResourceType, v: &str, rev: bool, iterate: bool) -> Result<Include, &'static str> {
     let mut it = v.split(':');
     let (Some(src), Some(param)) = (it.next(), it.next()) else {
         return Err("expected Type:parameter[:TargetType]");
@@ -624,23 +631,30 @@ fn parse_include(rtype: ResourceType, v: &str, rev: bool) -> Result<Include, &'s
         return Err("expected Type:parameter[:TargetType]");
     }
     let source = ResourceType::parse(src).map_err(|_| "unknown resource type")?;
-    if !rev && source != rtype {
-        return Err("an _include names the type searched");
+    if !rev && !iterate && source != rtype {
+        return Err("an _include names the type searched (or use _include:iterate)");
     }
     let def = param_def(source, param)
         .filter(|d| d.kind == ParamKind::Reference)
         .ok_or("not a reference parameter of that type")?;
-    if rev {
-        // The references must be able to point at the type searched.
-        if def.target.is_some_and(|t| t != rtype.as_str()) || target.is_some_and(|t| t != rtype) {
-            return Err("that parameter does not refer to the type searched");
-        }
-    } else if let (Some(t), Some(only)) = (target, def.target) {
+    if let (Some(t), Some(only)) = (target, def.target) {
         if t.as_str() != only {
             return Err("that parameter does not refer to the target type");
         }
     }
-    Ok(Include { source, param: def.name, target: if rev { Some(rtype) } else { target } })
+    if rev && !iterate {
+        // The references must be able to point at the type searched.
+        if def.target.is_some_and(|t| t != rtype.as_str()) || target.is_some_and(|t| t != rtype) {
+            return Err("that parameter does not refer to the type searched");
+        }
+        return Ok(Include { source, param: def.name, target: Some(rtype), iterate });
+    }
+    let target = match (target, def.target) {
+        (Some(t), _) => Some(t),
+        (None, Some(only)) => Some(ResourceType::parse(only).map_err(|_| "unknown target type")?),
+        (None, None) => None,
+    };
+    Ok(Include { source, param: def.name, target, iterate })
 }
 
 /// A position in a result list for keyset paging: the sort key of one entry.
@@ -808,17 +822,21 @@ pub fn parse_query(
             "_elements" => {
                 q.subset.elements = Some(super::subset::Subset::parse_elements(v).map_err(bad)?);
             }
-            "_include" | "_revinclude" => {
-                let rev = k == "_revinclude";
-                let inc = parse_include(rtype, v, rev).map_err(bad)?;
+            "_include"
+            | "_revinclude"
+            | "_include:iterate"
+            | "_revinclude:iterate"
+            | "_include:recurse"
+            | "_revinclude:recurse" => {
+                let rev = k.starts_with("_revinclude");
+                // `:recurse` is R3's name for `:iterate`.
+                let iterate = k.contains(':');
+                let inc = parse_include(rtype, v, rev, iterate).map_err(bad)?;
                 if rev {
                     q.revinclude.push(inc)
                 } else {
                     q.include.push(inc)
                 }
-            }
-            "_include:iterate" | "_revinclude:iterate" | "_include:recurse" | "_revinclude:recurse" => {
-                return Err(SearchError::Unsupported(format!("{k} (only one level of _include and _revinclude)")))
             }
             k if IGNORED.contains(&k) => continue,
             _ => {
