@@ -100,6 +100,15 @@ impl Cluster {
     }
 }
 
+/// A server dropped without a shutdown (an embedding test, a failed start)
+/// must not leave its cluster thread running: the thread holds the store,
+/// and with it every PostgreSQL connection of the server.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Starts leader election and the change listener when the store is on
 /// PostgreSQL; returns the link and the receiver of incoming notices.
 pub fn start(url: &str, store: mamori_store::Store) -> (Cluster, mpsc::UnboundedReceiver<Notice>) {

@@ -145,9 +145,8 @@ impl TestServer {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
         let url = pg_base().map(|b| pg_schema(&b, tag).0).unwrap_or_default();
-        // On PostgreSQL every test server of a test binary holds its
-        // connections until the binary ends: two readers each keep a whole
-        // file of tests under the server's connection limit.
+        // Two readers are plenty for a test, and keep the tests that run at
+        // once well under PostgreSQL's connection limit.
         let readers = if url.is_empty() { "" } else { "readers = 2\n" };
         std::fs::write(
             dir.join("mamori.toml"),
