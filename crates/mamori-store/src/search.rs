@@ -367,13 +367,21 @@ fn search_sorted_by_param(
 /// `entries`: current, not deleted, not already on the page, in the order
 /// of the includes, at most `limit`. Returns them and whether the limit
 /// left some out. Access is decided by the caller, per resource.
-pub fn included(c: &mut dyn Conn, q: &SearchQuery, entries: &[Version], limit: usize) -> Result<(Vec<Version>, bool)> {
+pub fn included(
+    c: &mut dyn Conn,
+    q: &SearchQuery,
+    entries: &[Version],
+    limit: usize,
+    may_read: &mut dyn FnMut(&mut dyn Conn, &Version) -> Result<bool>,
+) -> Result<(Vec<Version>, bool, usize)> {
     use std::collections::{BTreeMap, HashSet};
     if entries.is_empty() || (q.include.is_empty() && q.revinclude.is_empty()) {
-        return Ok((Vec::new(), false));
+        return Ok((Vec::new(), false, 0));
     }
     let mut seen: HashSet<(String, String)> = entries.iter().map(|v| (v.rtype.clone(), v.id.clone())).collect();
-    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut out: Vec<Version> = Vec::new();
+    let mut withheld = 0usize;
+    let iterating = q.include.iter().chain(&q.revinclude).any(|i| i.iterate);
     // The resources the specifications apply to: the matches first, then
     // (for `:iterate` ones) what the previous round added.
     let mut frontier: Vec<(String, String)> = entries.iter().map(|v| (v.rtype.clone(), v.id.clone())).collect();
@@ -427,23 +435,25 @@ pub fn included(c: &mut dyn Conn, q: &SearchQuery, entries: &[Version], limit: u
                 add(c.query(&s.text, &s.params)?, &mut found)?;
             }
         }
-        if found.is_empty() {
-            break;
-        }
-        keys.extend(found.iter().cloned());
-        if keys.len() > limit || !q.include.iter().chain(&q.revinclude).any(|i| i.iterate) {
-            break;
-        }
-        frontier = found;
-    }
-    let mut out = Vec::new();
-    for (t, id) in &keys {
-        if out.len() == limit {
-            return Ok((out, true));
-        }
-        if let Some(v) = crate::records::read(c, t, id)?.filter(|v| !v.deleted) {
+        // Each resource found is decided as a read of it before anything
+        // else follows from it: a withheld one is never a step further.
+        let mut next = Vec::new();
+        for (t, id) in &found {
+            let Some(v) = crate::records::read(c, t, id)?.filter(|v| !v.deleted) else { continue };
+            if !may_read(c, &v)? {
+                withheld += 1;
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true, withheld));
+            }
+            next.push((v.rtype.clone(), v.id.clone()));
             out.push(v);
         }
+        if next.is_empty() || !iterating {
+            break;
+        }
+        frontier = next;
     }
-    Ok((out, false))
+    Ok((out, false, withheld))
 }

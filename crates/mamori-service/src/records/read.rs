@@ -447,8 +447,13 @@ pub async fn search(
             let mut page = search::search(c, &q2, &restriction(&d, &a2, now))?;
             let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
             // Included resources are decided one by one, as reads.
-            let (mut included, cut) = search::included(c, &q2, &page.entries, MAX_INCLUDED)?;
-            let withheld_included = withhold(c, &a2, &mut included, &[], now)?;
+            // (Each round of `:iterate` goes on only from what was kept.)
+            let mut may_read = |c: &mut dyn Conn, v: &Version| -> Result<bool, StoreError> {
+                let mut one = vec![v.clone()];
+                Ok(withhold(c, &a2, &mut one, &[], now)? == 0)
+            };
+            let (included, cut, withheld_included) =
+                search::included(c, &q2, &page.entries, MAX_INCLUDED, &mut may_read)?;
             Ok((d, Some((page, withheld, Included { resources: included, withheld: withheld_included, cut }))))
         })
         .await?;
