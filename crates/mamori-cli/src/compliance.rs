@@ -65,7 +65,9 @@ pub(crate) enum ComplianceCmd {
     /// Verify a signed report file offline: its digest and signature
     /// against the institution's certificate; with --data also that the
     /// audit log records its production and holds its checkpoint. Exit 0
-    /// when it verifies, 1 when it does not (or the file is unreadable).
+    /// when it verifies against the institution's certificate, 1 when it does
+    /// not (or the file is unreadable), 2 when no certificate was given to
+    /// pin (the signature then only matches the certificate the file carries).
     Verify {
         /// The report file (JSON).
         file: PathBuf,
@@ -301,8 +303,11 @@ fn verify(file: &Path, cert: Option<&Path>, data: Option<&Path>) -> Result<u8> {
         v.report.generated_at,
         v.report.generated_by
     );
-    if !v.pinned {
-        eprintln!("note: checked against the certificate the file carries; pin the institution's certificate with --cert or --data");
+    if !v.pinned && dd.is_none() {
+        // Anyone can sign a file with a certificate of their own making:
+        // without the institution's certificate this proves integrity only.
+        println!("UNPINNED: checked only against the certificate the file carries; give --cert or --data");
+        return Ok(2);
     }
     if let Some(dd) = &dd {
         let cfg = Config::load(&dd.0)?;
