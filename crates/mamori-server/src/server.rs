@@ -412,10 +412,16 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(init) = running.init.take() {
         println!("mamori: initialized a new data directory.");
         println!("  admin user:               admin");
-        println!(
-            "  one-time password:        {}   (shown once; it must be changed at first login)",
-            init.admin_password.as_str()
-        );
+        // Where stdout is a log others read (a container), the password stays
+        // in its file only.
+        if std::env::var_os("MAMORI_HIDE_INITIAL_PASSWORD").is_some_and(|v| !v.is_empty()) {
+            println!("  one-time password:        (not logged; read it from the file below)");
+        } else {
+            println!(
+                "  one-time password:        {}   (shown once; it must be changed at first login)",
+                init.admin_password.as_str()
+            );
+        }
         println!(
             "  (also in {}, readable only by this user, until it is changed)",
             DataDir(running.state.data_dir.clone()).admin_password_file().display()
