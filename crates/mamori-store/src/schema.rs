@@ -120,6 +120,16 @@ pub fn backup_before_migrating(
     let to = dir.join(format!("mamori-schema{cur}-{stamp}.db"));
     let path = to.to_str().ok_or_else(|| DbError::Other(format!("{}: not UTF-8", to.display())))?;
     c.exec("VACUUM INTO $1", p![path])?;
+    // Run by root on a service's directory, the copy and its directory
+    // stay the directory owner's: the service takes the next copy itself.
+    if let Ok(meta) = std::fs::metadata(db.parent().unwrap_or(std::path::Path::new("."))) {
+        use std::os::unix::fs::MetadataExt;
+        for p in [&dir, &to] {
+            if let Err(e) = std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid())) {
+                tracing::debug!(error = %e, path = %p.display(), "backup left with its creator's ownership");
+            }
+        }
+    }
     Ok(Some(to))
 }
 
