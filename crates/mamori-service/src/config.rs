@@ -549,6 +549,18 @@ impl Config {
         if !url.is_empty() {
             mamori_store::pg::tls_options(url).map_err(|e| ConfigError::Invalid(format!("database.url: {e}")))?;
         }
+        let c = &self.compliance;
+        for (k, v) in [
+            ("compliance.drill_interval_days", c.drill_interval_days),
+            ("compliance.break_glass_review_days", c.break_glass_review_days),
+            ("compliance.maintenance_unused_days", c.maintenance_unused_days),
+            ("compliance.snapshot_verify_days", c.snapshot_verify_days),
+            ("compliance.snapshot_max_age_hours", c.snapshot_max_age_hours / 24),
+        ] {
+            if v > 36_500 {
+                return Err(ConfigError::Invalid(format!("{k} must be at most a hundred years")));
+            }
+        }
         if !matches!(self.log.access.as_str(), "off" | "summary" | "sampled" | "all") {
             return Err(ConfigError::Invalid("log.access must be \"off\", \"summary\", \"sampled\" or \"all\"".into()));
         }

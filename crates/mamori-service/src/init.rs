@@ -200,7 +200,7 @@ pub async fn initialize(dir: &Path, clock: Arc<dyn Clock>) -> Result<InitReport,
         for p in ["keys", "tls"] {
             warn_unless_removed(&dir.join(p), std::fs::remove_dir_all(dir.join(p)));
         }
-        for p in ["mamori.db", "mamori.db-wal", "mamori.db-shm"] {
+        for p in ["mamori.db", "mamori.db-wal", "mamori.db-shm", "initial-admin-password"] {
             warn_unless_removed(&dir.join(p), std::fs::remove_file(dir.join(p)));
         }
     } else {

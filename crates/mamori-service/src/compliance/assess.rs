@@ -982,7 +982,7 @@ pub(crate) fn assess(f: &Facts, cfg: &Config, audit: &AuditFacts) -> Vec<Item> {
     out.push(b.done());
 
     let max_age = if cfg.snapshot.every_hours > 0 {
-        i64::try_from(cfg.snapshot.every_hours).unwrap_or(i64::MAX / 2) * 2
+        i64::try_from(cfg.snapshot.every_hours).unwrap_or(i64::MAX / 2).saturating_mul(2)
     } else {
         c.snapshot_max_age_hours
     };
