@@ -82,6 +82,12 @@ async fn a_fresh_server_reports_what_is_missing_and_only_auditors_and_admins_may
         assert_eq!(r.status, 400, "{q}: {}", r.text);
     }
     assert_eq!(s.count("SELECT COUNT(*) FROM compliance_reports"), 0);
+    // Each refusal is audited, an unreadable date too.
+    let before = s.audits_where("compliance-report").len();
+    let r = s.raw(Method::POST, "/api/v1/compliance/reports?to=someday", Some(&auditor), None, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let evs = s.audits_where("compliance-report");
+    assert_eq!((evs.len(), evs.last().unwrap()["status"].as_u64()), (before + 1, Some(400)));
 
     let (report, _) = produce(&s, &auditor, "").await;
     let rep = &report["report"];
@@ -306,6 +312,17 @@ async fn the_tour_makes_items_met_and_tampering_and_expiry_are_named() {
         .unwrap()
         .clone();
     assert_eq!(six["status"], "not_met");
+
+    // A record changed behind the log's back, found by --deep: named by its
+    // type only (the report holds no patient data).
+    common::exec_behind_the_back(
+        &s,
+        &format!("UPDATE resource_versions SET body = replace(body, '花子', '花代') WHERE rtype = 'Patient' AND id = '{pid}'"),
+    );
+    let (deep, text) = produce(&s, &auditor, "?deep=true").await;
+    assert_eq!(status(&deep, "GL-TRUE"), "not_met", "{}", requirement(&deep, "GL-TRUE"));
+    assert!(findings(&deep, "GL-AUDIT").contains("record Patient/…"), "{}", findings(&deep, "GL-AUDIT"));
+    assert!(!text.contains(&pid), "the patient's id is not in the report");
 }
 
 #[tokio::test]

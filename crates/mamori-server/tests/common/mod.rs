@@ -515,3 +515,19 @@ pub(crate) fn tamper_audit_event(s: &TestServer, seq: i64) {
         }
     }
 }
+
+/// Runs one statement on the server's database behind its back (read-write,
+/// either backend): what an attacker with database access would do.
+pub(crate) fn exec_behind_the_back(s: &TestServer, sql: &str) {
+    match &s.pg {
+        Some((url, _)) => on_pg(url, |c| {
+            use mamori_store::sql::Conn;
+            c.exec(sql, mamori_store::p![]).unwrap();
+        }),
+        None => {
+            let c = rusqlite::Connection::open(s.dir.join("mamori.db")).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            c.execute_batch(sql).unwrap();
+        }
+    }
+}

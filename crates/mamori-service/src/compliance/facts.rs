@@ -103,8 +103,18 @@ fn count(
     )
 }
 
-/// Reads the facts (inside one read transaction).
+/// Reads the facts, in one read transaction (one snapshot of the store).
 pub(crate) fn read(c: &mut dyn Conn, now: Timestamp, from: Timestamp, to: Timestamp) -> mamori_store::Result<Facts> {
+    c.batch("BEGIN")?;
+    let r = read_in(c, now, from, to);
+    // A read-only transaction: ending it cannot lose anything.
+    if let Err(e) = c.batch("COMMIT") {
+        tracing::debug!(error = %e, "ending the compliance read");
+    }
+    r
+}
+
+fn read_in(c: &mut dyn Conn, now: Timestamp, from: Timestamp, to: Timestamp) -> mamori_store::Result<Facts> {
     let (plan_version, plan) = emergency::current_plan(c)?;
     let plan_imported = store::plan_imported(c)?.map(|(_, by, at)| (by, at));
     let mut declarations = Vec::new();

@@ -276,15 +276,21 @@ pub async fn generate(svc: &Services, actor: &Actor, q: ReportQuery) -> Result<G
     let d = svc.gate(actor, ACTION, Operation::ComplianceReport, PolicyFacts::default(), "compliance reports").await?;
     let now = svc.now();
     let offset = svc.cfg.institution.utc_offset_minutes;
-    let to = match &q.to {
-        Some(s) => Timestamp(crate::audit::parse_when(s, offset, true)?),
+    let parse = |s: &str, end: bool| crate::audit::parse_when(s, offset, end).map(Timestamp);
+    let to = match q.to.as_deref().map(|s| parse(s, true)).transpose() {
+        Ok(t) => t,
+        Err(e) => return Err(svc.refused(actor, ACTION, e).await),
+    };
+    let from = match q.from.as_deref().map(|s| parse(s, false)).transpose() {
+        Ok(f) => f,
+        Err(e) => return Err(svc.refused(actor, ACTION, e).await),
+    };
+    let to = match to {
+        Some(t) => t,
         // Up to and including now.
         None => Timestamp(now.micros() + 1),
     };
-    let from = match &q.from {
-        Some(s) => Timestamp(crate::audit::parse_when(s, offset, false)?),
-        None => Timestamp(to.micros() - 30 * 86_400_000_000),
-    };
+    let from = from.unwrap_or(Timestamp(to.micros() - 30 * 86_400_000_000));
     if from >= to {
         return Err(svc
             .refused(actor, ACTION, ServiceError::invalid("from", "the period must start before it ends"))
@@ -318,7 +324,18 @@ pub async fn generate(svc: &Services, actor: &Actor, q: ReportQuery) -> Result<G
         events: verified.events,
         checkpoints: verified.checkpoints,
         records: verified.records,
-        findings: verified.findings.iter().map(|f| f.to_string()).collect(),
+        // The report holds no patient data: a record finding names the
+        // record's type, not its id (auditors find it with audit verify).
+        findings: verified
+            .findings
+            .iter()
+            .map(|f| match f {
+                mamori_audit::verify::Finding::RecordMismatch { reference, why } => {
+                    format!("record {}/…: {why}", reference.split('/').next().unwrap_or("?"))
+                }
+                other => other.to_string(),
+            })
+            .collect(),
         tls_suites: provider.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect(),
         tls_groups: provider.kx_groups.iter().map(|g| format!("{:?}", g.name())).collect(),
         our_certificate: subject(cert),
