@@ -220,7 +220,7 @@ fn emit(v: Value, out: Option<&Path>, lang: &str) -> Result<u8> {
 
 fn print_summary(s: &Signed, en: bool) {
     let r = &s.report;
-    let pick = |b: &compliance::Bilingual| if en { b.en.clone() } else { b.ja.clone() };
+    let pick = |b: &compliance::Text| if en { b.en.clone() } else { b.ja.clone() };
     let status = |st: Status| {
         let (ja, e) = st.label();
         if en {

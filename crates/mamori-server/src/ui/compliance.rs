@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use mamori_service::compliance::{self, Bilingual, Report, Status};
+use mamori_service::compliance::{self, Report, Status, Text};
 use mamori_service::Services;
 use serde_json::json;
 
@@ -35,7 +35,7 @@ fn status_badge(ui: &Ui, s: Status) -> String {
     format!("<span class=\"badge {cls}\">{}</span>", esc(ui.t(ja, en)))
 }
 
-fn pick<'a>(ui: &Ui, b: &'a Bilingual) -> &'a str {
+fn pick<'a>(ui: &Ui, b: &'a Text) -> &'a str {
     ui.t(&b.ja, &b.en)
 }
 

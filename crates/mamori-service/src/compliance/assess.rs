@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mamori_core::bcp::{AccountState, DeclState};
+use mamori_core::bcp::{AccountState, DeclState, Text};
 use mamori_core::mode::Phase;
 use mamori_core::time::Timestamp;
 use mamori_exchange::partner::Status as PartnerStatus;
@@ -35,26 +35,17 @@ impl Status {
     }
 }
 
-/// A text in Japanese and English.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bilingual {
-    /// Japanese.
-    pub ja: String,
-    /// English.
-    pub en: String,
-}
-
-fn t(ja: impl Into<String>, en: impl Into<String>) -> Bilingual {
-    Bilingual { ja: ja.into(), en: en.into() }
+fn t(ja: impl Into<String>, en: impl Into<String>) -> Text {
+    Text { ja: ja.into(), en: en.into() }
 }
 
 /// One measured fact shown as evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// What it is.
-    pub label: Bilingual,
+    pub label: Text,
     /// Its value as measured (numbers, names, local times).
-    pub value: Bilingual,
+    pub value: Text,
 }
 
 /// A requirement as measured.
@@ -65,7 +56,7 @@ pub struct Item {
     /// Met, attention or not met.
     pub status: Status,
     /// Why, when it is not plainly met (each a reason).
-    pub findings: Vec<Bilingual>,
+    pub findings: Vec<Text>,
     /// What was measured.
     pub evidence: Vec<Evidence>,
 }
@@ -73,7 +64,7 @@ pub struct Item {
 struct B {
     id: &'static str,
     status: Status,
-    findings: Vec<Bilingual>,
+    findings: Vec<Text>,
     evidence: Vec<Evidence>,
 }
 

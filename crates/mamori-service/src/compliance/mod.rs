@@ -27,7 +27,8 @@ use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use assess::{Bilingual, Evidence, Item, Status};
+pub use assess::{Evidence, Item, Status};
+pub use mamori_core::bcp::Text;
 pub use mamori_store::compliance::ReportRow;
 
 use crate::actor::Actor;
@@ -125,7 +126,7 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirement {
     /// Its title (a short paraphrase).
-    pub title: Bilingual,
+    pub title: Text,
     /// As measured.
     #[serde(flatten)]
     pub item: Item,
@@ -137,7 +138,7 @@ pub struct ChecklistRow {
     /// The checklist's own number (2-⑥).
     pub number: String,
     /// Its question, paraphrased.
-    pub title: Bilingual,
+    pub title: Text,
     /// The requirements whose evidence answers it.
     pub requirements: Vec<String>,
     /// The worst of their states.
@@ -150,13 +151,13 @@ pub struct ChecklistRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checklist {
     /// The checklist's name.
-    pub title: Bilingual,
+    pub title: Text,
     /// Which edition the numbers follow.
     pub edition: String,
     /// Where it is published.
     pub source: String,
     /// A caveat on the numbering.
-    pub note: Bilingual,
+    pub note: Text,
     /// The items.
     pub items: Vec<ChecklistRow>,
 }
@@ -231,42 +232,11 @@ pub struct Generated {
     pub signed: Signed,
 }
 
-/// The canonical form of a JSON value: object keys sorted, no
-/// whitespace (what is hashed and signed).
+/// The canonical form of a JSON value (what is hashed and signed): the
+/// audit log's canonical JSON, object keys sorted, no whitespace.
 pub fn canonical(v: &Value) -> Vec<u8> {
-    fn write(v: &Value, out: &mut Vec<u8>) {
-        match v {
-            Value::Object(m) => {
-                out.push(b'{');
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(&Value::String(k.clone()), out);
-                    out.push(b':');
-                    if let Some(x) = m.get(k) {
-                        write(x, out);
-                    }
-                }
-                out.push(b'}');
-            }
-            Value::Array(a) => {
-                out.push(b'[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(x, out);
-                }
-                out.push(b']');
-            }
-            other => out.extend_from_slice(other.to_string().as_bytes()),
-        }
-    }
     let mut out = Vec::new();
-    write(v, &mut out);
+    mamori_audit::event::canonical_json(v, &mut out);
     out
 }
 
@@ -414,7 +384,7 @@ fn build(
             .find(|i| i.id == e.id)
             .cloned()
             .ok_or_else(|| ServiceError::internal(format!("requirement {} is not assessed", e.id)))?;
-        requirements.push(Requirement { title: Bilingual { ja: e.ja.clone(), en: e.en.clone() }, item });
+        requirements.push(Requirement { title: Text { ja: e.ja.clone(), en: e.en.clone() }, item });
     }
     if let Some(extra) = items.iter().find(|i| !cat.requirement.iter().any(|e| e.id == i.id)) {
         return Err(ServiceError::internal(format!("requirement {} is not in the catalog", extra.id)));
@@ -439,7 +409,7 @@ fn build(
         }
         rows.push(ChecklistRow {
             number: it.number.clone(),
-            title: Bilingual { ja: it.ja.clone(), en: it.en.clone() },
+            title: Text { ja: it.ja.clone(), en: it.en.clone() },
             requirements: it.requirements.clone(),
             status,
             confidence: it.confidence.clone(),
@@ -458,18 +428,14 @@ fn build(
         summary,
         requirements,
         checklist: Checklist {
-            title: Bilingual { ja: c.title_ja.clone(), en: c.title_en.clone() },
+            title: Text { ja: c.title_ja.clone(), en: c.title_en.clone() },
             edition: c.edition.clone(),
             source: c.source.clone(),
-            note: Bilingual { ja: c.note_ja.clone(), en: c.note_en.clone() },
+            note: Text { ja: c.note_ja.clone(), en: c.note_en.clone() },
             items: rows,
         },
         checkpoint: BoundCheckpoint { size, note },
     })
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    mamori_audit::event::sha256_hex(b)
 }
 
 fn sign(svc: &Services, report: Report) -> Result<Signed, ServiceError> {
@@ -481,7 +447,7 @@ fn sign(svc: &Services, report: Report) -> Result<Signed, ServiceError> {
     Ok(Signed {
         report,
         signature: Signature {
-            sha256: sha256_hex(&bytes),
+            sha256: mamori_audit::event::sha256_hex(&bytes),
             cms: B64.encode(cms),
             certificate: String::from_utf8_lossy(&pem).into_owned(),
         },
@@ -558,7 +524,7 @@ pub fn verify(file: &[u8], pin: Option<&X509>) -> Result<Verified, VerifyError> 
     let sig: Signature = serde_json::from_value(v.get("signature").cloned().unwrap_or(Value::Null))
         .map_err(|e| VerifyError::Format(format!("signature: {e}")))?;
     let bytes = canonical(report_v);
-    let actual = sha256_hex(&bytes);
+    let actual = mamori_audit::event::sha256_hex(&bytes);
     if actual != sig.sha256 {
         return Err(VerifyError::Changed { actual, signed: sig.sha256 });
     }
@@ -722,7 +688,7 @@ pub fn local(rfc3339: &str, offset_min: i64) -> String {
 fn document(s: &Signed, ja: bool) -> Vec<pdf::Line> {
     use pdf::Line;
     let r = &s.report;
-    let pick = |b: &Bilingual| if ja { b.ja.clone() } else { b.en.clone() };
+    let pick = |b: &Text| if ja { b.ja.clone() } else { b.en.clone() };
     let st = |x: Status| if ja { x.label().0 } else { x.label().1 };
     let l = |ja_s: &str, en_s: &str| if ja { ja_s.to_owned() } else { en_s.to_owned() };
     let text = |t: String, indent: f32| Line::Text { text: t, indent };
