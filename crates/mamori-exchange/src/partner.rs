@@ -93,6 +93,25 @@ pub struct Demarcation {
     pub operations_contact: String,
 }
 
+impl Demarcation {
+    /// The terms the contract must state that are left blank (registration
+    /// refuses them; the compliance report names them).
+    pub fn missing_terms(&self) -> Vec<&'static str> {
+        [
+            ("sender_side", &self.sender_side),
+            ("path", &self.path),
+            ("recipient_side", &self.recipient_side),
+            ("fault_isolation", &self.fault_isolation),
+            ("stopping", &self.stopping),
+            ("patient_enquiries", &self.patient_enquiries),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.trim().is_empty())
+        .map(|(k, _)| k)
+        .collect()
+    }
+}
+
 /// The kind of network between the institutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -346,18 +365,8 @@ impl Partner {
                 p.push("contract.valid_until: a date (YYYY-MM-DD)".into());
             }
         }
-        let d = &self.demarcation;
-        for (k, v) in [
-            ("sender_side", &d.sender_side),
-            ("path", &d.path),
-            ("recipient_side", &d.recipient_side),
-            ("fault_isolation", &d.fault_isolation),
-            ("stopping", &d.stopping),
-            ("patient_enquiries", &d.patient_enquiries),
-        ] {
-            if v.trim().is_empty() {
-                p.push(format!("demarcation.{k}: required (the contract's responsibility demarcation)"));
-            }
+        for k in self.demarcation.missing_terms() {
+            p.push(format!("demarcation.{k}: required (the contract's responsibility demarcation)"));
         }
         if self.purposes.is_empty() {
             p.push("purposes: at least one".into());

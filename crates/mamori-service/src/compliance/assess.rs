@@ -546,20 +546,7 @@ pub(crate) fn assess(f: &Facts, cfg: &Config, audit: &AuditFacts) -> Vec<Item> {
     let mut b = B::new("EX-B1a").ev("有効な連携先", "active partners", active.len());
     let today = f.now.to_rfc3339();
     for p in &active {
-        let d = &p.demarcation;
-        let missing: Vec<&str> = [
-            ("sender_side", &d.sender_side),
-            ("path", &d.path),
-            ("recipient_side", &d.recipient_side),
-            ("fault_isolation", &d.fault_isolation),
-            ("stopping", &d.stopping),
-            ("patient_enquiries", &d.patient_enquiries),
-            ("operations_contact", &d.operations_contact),
-        ]
-        .iter()
-        .filter(|(_, v)| v.trim().is_empty())
-        .map(|(k, _)| *k)
-        .collect();
+        let missing = p.demarcation.missing_terms();
         let until = p.contract.valid_until.clone().unwrap_or_else(|| "—".into());
         b = b.ev2(
             "契約・責任分界",
@@ -669,13 +656,7 @@ pub(crate) fn assess(f: &Facts, cfg: &Config, audit: &AuditFacts) -> Vec<Item> {
             ),
         );
     let plain: Vec<_> = out_msgs.iter().filter(|m| m.algorithms.is_none() && m.state != "failed").collect();
-    if !plain.is_empty() {
-        b.flag(
-            Status::Attention,
-            format!("暗号方式の記録がない送信が {} 件あります", plain.len()),
-            format!("{} sent messages have no recorded algorithms", plain.len()),
-        );
-    }
+    flag_unrecorded(&mut b, plain.len());
     out.push(b.done());
 
     let warn = cfg.exchange.cert_expiry_warn_days;
@@ -783,13 +764,7 @@ pub(crate) fn assess(f: &Facts, cfg: &Config, audit: &AuditFacts) -> Vec<Item> {
             "algorithms (sent)",
             distinct(out_msgs.iter().filter_map(|m| m.algorithms.as_ref().map(|a| a.to_string()))),
         );
-    if !plain.is_empty() {
-        b.flag(
-            Status::Attention,
-            format!("暗号方式の記録がない送信が {} 件あります", plain.len()),
-            format!("{} sent messages have no recorded algorithms", plain.len()),
-        );
-    }
+    flag_unrecorded(&mut b, plain.len());
     out.push(b.done());
     let failed_in: Vec<_> = in_msgs.iter().filter(|m| m.state == "refused" || m.state == "quarantined").collect();
     out.push(
@@ -1081,6 +1056,17 @@ fn last_phase_minutes(f: &Facts, phase: Phase) -> Option<(i64, String, Option<bo
         }
     }
     None
+}
+
+/// Sent messages without recorded algorithms (EX-B1c, EX-B2a).
+fn flag_unrecorded(b: &mut B, n: usize) {
+    if n > 0 {
+        b.flag(
+            Status::Attention,
+            format!("暗号方式の記録がない送信が {n} 件あります"),
+            format!("{n} sent messages have no recorded algorithms"),
+        );
+    }
 }
 
 fn or_dash(s: &str) -> String {
