@@ -380,17 +380,28 @@ fn withhold(
     let before = entries.len();
     let mut keep = Vec::with_capacity(entries.len());
     for v in entries.drain(..) {
-        if v.patients.iter().all(|p| decided.contains(p)) {
-            keep.push(v);
-            continue;
-        }
-        let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
-        if authz::decide_record(c, actor, Action::Read, rtype, &v.patients, now)?.permit {
+        if may_read(c, actor, &v, decided, now)? {
             keep.push(v);
         }
     }
     *entries = keep;
     Ok(before - entries.len())
+}
+
+/// Whether the actor may read `v` (decided as its read, unless every
+/// patient it names was decided on already).
+fn may_read(
+    c: &mut dyn Conn,
+    actor: &Actor,
+    v: &Version,
+    decided: &[String],
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    if v.patients.iter().all(|p| decided.contains(p)) {
+        return Ok(true);
+    }
+    let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(authz::decide_record(c, actor, Action::Read, rtype, &v.patients, now)?.permit)
 }
 
 /// A search of one type. A query naming exactly one patient is decided on
@@ -448,12 +459,9 @@ pub async fn search(
             let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
             // Included resources are decided one by one, as reads.
             // (Each round of `:iterate` goes on only from what was kept.)
-            let mut may_read = |c: &mut dyn Conn, v: &Version| -> Result<bool, StoreError> {
-                let mut one = vec![v.clone()];
-                Ok(withhold(c, &a2, &mut one, &[], now)? == 0)
-            };
+            let mut decide = |c: &mut dyn Conn, v: &Version| may_read(c, &a2, v, &[], now);
             let (included, cut, withheld_included) =
-                search::included(c, &q2, &page.entries, MAX_INCLUDED, &mut may_read)?;
+                search::included(c, &q2, &page.entries, MAX_INCLUDED, &mut decide)?;
             Ok((d, Some((page, withheld, Included { resources: included, withheld: withheld_included, cut }))))
         })
         .await?;
