@@ -12,13 +12,11 @@ pub struct Metrics {
     buckets: [AtomicU64; 11],
     sum_us: AtomicU64,
     count: AtomicU64,
-    // The access log's summary window (taken and reset by `take_window`).
-    win_class: [AtomicU64; 6],
-    win_sum_us: AtomicU64,
+    // The slowest request since the access log's last summary.
     win_max_us: AtomicU64,
 }
 
-/// The requests of one access-log summary window.
+/// The requests counted up to a moment; two of them give a summary window.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Window {
     /// Requests by status class (index 2: 2xx, ...).
@@ -33,6 +31,15 @@ impl Window {
     /// Requests in the window.
     pub fn count(&self) -> u64 {
         self.by_class.iter().sum()
+    }
+    /// What happened since `earlier` (its `max_us` is this one's).
+    pub fn since(&self, earlier: &Window) -> Window {
+        let mut w = self.clone();
+        for (x, e) in w.by_class.iter_mut().zip(earlier.by_class) {
+            *x = x.saturating_sub(e);
+        }
+        w.sum_us = w.sum_us.saturating_sub(earlier.sum_us);
+        w
     }
 }
 
@@ -50,10 +57,6 @@ impl Metrics {
         }
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        if let Some(c) = self.win_class.get(class) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.win_sum_us.fetch_add(micros, Ordering::Relaxed);
         self.win_max_us.fetch_max(micros, Ordering::Relaxed);
     }
 
@@ -62,15 +65,13 @@ impl Metrics {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The requests since the previous call (the window restarts).
+    /// The counters now, and the slowest request since the previous call.
     pub fn take_window(&self) -> Window {
         let mut w = Window::default();
-        for (i, c) in self.win_class.iter().enumerate() {
-            if let Some(x) = w.by_class.get_mut(i) {
-                *x = c.swap(0, Ordering::Relaxed);
-            }
+        for (x, c) in w.by_class.iter_mut().zip(&self.by_class) {
+            *x = c.load(Ordering::Relaxed);
         }
-        w.sum_us = self.win_sum_us.swap(0, Ordering::Relaxed);
+        w.sum_us = self.sum_us.load(Ordering::Relaxed);
         w.max_us = self.win_max_us.swap(0, Ordering::Relaxed);
         w
     }
@@ -113,12 +114,15 @@ pub async fn access_summary(svc: crate::services::Services, mut stop: tokio::syn
         return;
     }
     let every = std::time::Duration::from_secs(svc.cfg.log.summary_seconds.max(1));
+    let mut last = svc.metrics.take_window();
     loop {
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
             _ = tokio::time::sleep(every) => {}
         }
-        let w = svc.metrics.take_window();
+        let now = svc.metrics.take_window();
+        let w = now.since(&last);
+        last = now;
         let n = w.count();
         if n > 0 {
             tracing::info!(
