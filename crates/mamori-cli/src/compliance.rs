@@ -14,6 +14,20 @@ use serde_json::{json, Value};
 use crate::api::{de, Api, Http, Target};
 use crate::audit::db_url;
 
+/// Where a report goes besides the printed summary.
+#[derive(clap::Args)]
+pub(crate) struct Output {
+    /// Write the signed report (JSON) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write it as a PDF (A4, in --lang) here.
+    #[arg(long)]
+    pdf: Option<PathBuf>,
+    /// Language of the printed summary and the PDF: ja or en.
+    #[arg(long, default_value = "ja")]
+    lang: String,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum ComplianceCmd {
     /// Produce a signed compliance report: every guideline requirement with
@@ -29,15 +43,8 @@ pub(crate) enum ComplianceCmd {
         /// Also check every stored record version against the audit log.
         #[arg(long)]
         deep: bool,
-        /// Write the signed report (JSON) here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write it as a PDF (A4, in --lang) here.
-        #[arg(long)]
-        pdf: Option<PathBuf>,
-        /// Language of the printed summary and the PDF: ja or en.
-        #[arg(long, default_value = "ja")]
-        lang: String,
+        #[command(flatten)]
+        output: Output,
         #[command(flatten)]
         target: Target,
     },
@@ -50,15 +57,8 @@ pub(crate) enum ComplianceCmd {
     Show {
         /// Its number.
         id: i64,
-        /// Write the signed report (JSON) here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write it as a PDF (A4, in --lang) here.
-        #[arg(long)]
-        pdf: Option<PathBuf>,
-        /// Language of the printed summary and the PDF: ja or en.
-        #[arg(long, default_value = "ja")]
-        lang: String,
+        #[command(flatten)]
+        output: Output,
         #[command(flatten)]
         target: Target,
     },
@@ -101,7 +101,7 @@ fn query(from: &Option<String>, to: &Option<String>, deep: bool) -> String {
 
 pub(crate) async fn run(cmd: ComplianceCmd) -> Result<u8> {
     match cmd {
-        ComplianceCmd::Report { from, to, deep, out, pdf, lang, target } => {
+        ComplianceCmd::Report { from, to, deep, output, target } => {
             let api = Api::connect(&target).await?;
             let args = json!({"from": from, "to": to, "deep": deep});
             let http = Http::post(format!("/api/v1/compliance/reports{}", query(&from, &to, deep)), &json!({}));
@@ -113,8 +113,8 @@ pub(crate) async fn run(cmd: ComplianceCmd) -> Result<u8> {
                 })
                 .await?;
             let sha = v["signature"]["sha256"].as_str().unwrap_or_default().to_owned();
-            let code = emit(v, out.as_deref(), &lang)?;
-            if let Some(path) = pdf {
+            let code = emit(v, output.out.as_deref(), &output.lang)?;
+            if let Some(path) = &output.pdf {
                 let list = api
                     .exec(Http::get("/api/v1/compliance/reports"), |s, a| async move {
                         compliance::list(&s, &a).await.map(|l| json!(l))
@@ -129,7 +129,7 @@ pub(crate) async fn run(cmd: ComplianceCmd) -> Result<u8> {
                 else {
                     bail!("the report just produced is not listed");
                 };
-                write_pdf(&api, id, &lang, &path).await?;
+                write_pdf(&api, id, &output.lang, path).await?;
             }
             Ok(code)
         }
@@ -153,7 +153,7 @@ pub(crate) async fn run(cmd: ComplianceCmd) -> Result<u8> {
             }
             Ok(0)
         }
-        ComplianceCmd::Show { id, out, pdf, lang, target } => {
+        ComplianceCmd::Show { id, output, target } => {
             let api = Api::connect(&target).await?;
             let v = api
                 .exec(Http::get(format!("/api/v1/compliance/reports/{id}")), |s, a| async move {
@@ -162,9 +162,9 @@ pub(crate) async fn run(cmd: ComplianceCmd) -> Result<u8> {
                         .map_err(|e| mamori_service::ServiceError::internal_from("the report", e))
                 })
                 .await?;
-            let code = emit(v, out.as_deref(), &lang)?;
-            if let Some(path) = pdf {
-                write_pdf(&api, id, &lang, &path).await?;
+            let code = emit(v, output.out.as_deref(), &output.lang)?;
+            if let Some(path) = &output.pdf {
+                write_pdf(&api, id, &output.lang, path).await?;
             }
             Ok(code)
         }

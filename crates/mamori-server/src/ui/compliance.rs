@@ -35,6 +35,12 @@ fn status_badge(ui: &Ui, s: Status) -> String {
     format!("<span class=\"badge {cls}\">{}</span>", esc(ui.t(ja, en)))
 }
 
+/// The page that says why a report cannot be shown, with the use case's status.
+fn refused(ui: &Ui, e: &mamori_service::ServiceError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, ui.page(ui.t("報告書", "Report"), &notice("error", &e.message()))).into_response()
+}
+
 fn pick<'a>(ui: &Ui, b: &'a Text) -> &'a str {
     ui.t(&b.ja, &b.en)
 }
@@ -133,10 +139,7 @@ async fn produce(ui: Ui, body: Body) -> Response {
 async fn show(ui: Ui, Path(id): Path<i64>) -> Response {
     let g = match compliance::get(&ui.svc, &ui.actor, id).await {
         Ok(g) => g,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, ui.page(ui.t("報告書", "Report"), &notice("error", &e.message()))).into_response();
-        }
+        Err(e) => return refused(&ui, &e),
     };
     let mut body = format!(
         "<p class=\"noprint\"><button type=\"button\" class=\"secondary\" data-print>{}</button> \
@@ -255,10 +258,7 @@ async fn download(ui: Ui, Path(id): Path<i64>) -> Response {
             g.body,
         )
             .into_response(),
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, ui.page(ui.t("報告書", "Report"), &notice("error", &e.message()))).into_response()
-        }
+        Err(e) => refused(&ui, &e),
     }
 }
 
@@ -272,9 +272,6 @@ async fn pdf(ui: Ui, Path(id): Path<i64>) -> Response {
             bytes,
         )
             .into_response(),
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, ui.page(ui.t("報告書", "Report"), &notice("error", &e.message()))).into_response()
-        }
+        Err(e) => refused(&ui, &e),
     }
 }
