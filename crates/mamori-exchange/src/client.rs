@@ -80,8 +80,16 @@ pub struct ClientIdentity {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// An HTTP client for one partner, with the TLS configuration it was built
+/// from (kept to find out why a connection failed).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
 /// An HTTP client for one partner: trusts only `ca_pem`, presents `id`.
-pub fn client_for(ca_pem: &str, id: &ClientIdentity, timeout: Duration) -> Result<reqwest::Client, String> {
+pub fn client_for(ca_pem: &str, id: &ClientIdentity, timeout: Duration) -> Result<Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile_certs(ca_pem)?;
     for c in certs {
@@ -93,15 +101,18 @@ pub fn client_for(ca_pem: &str, id: &ClientIdentity, timeout: Duration) -> Resul
         .with_root_certificates(roots)
         .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
         .map_err(|e| format!("client certificate: {e}"))?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(cfg.clone())
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(timeout)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(Client { http, tls: Arc::new(cfg) })
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn rustls_pemfile_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = openssl::x509::X509::stack_from_pem(pem.as_bytes())
@@ -163,19 +174,75 @@ fn classify(e: &reqwest::Error) -> SendError {
     }
 }
 
+/// Why the partner refused our TLS connection, if it did.
+///
+/// Under TLS 1.3 the client's handshake is over before the server has
+/// looked at the client's certificate, so a partner's refusal arrives as an
+/// alert after the request was handed to the connection. The HTTP client
+/// may then report only that the connection closed ("connection was not
+/// ready", a reset) and lose the alert: the operator would be sent to look
+/// at the network when the partner does not trust our certificate. On such
+/// a failure one more handshake is made, nothing but TLS: it is closed at
+/// once and the answer read. An alert is the partner's refusal; a clean
+/// close means TLS was not the cause.
+async fn tls_refusal(tls: &Arc<rustls::ClientConfig>, url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = reqwest::Url::parse(url).ok()?;
+    if url.scheme() != "https" {
+        return None;
+    }
+    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = url.port_or_known_default()?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.ok()?;
+        let mut s = match tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await {
+            Ok(s) => s,
+            Err(e) => return rustls_error(&e),
+        };
+        if let Err(e) = s.shutdown().await {
+            // The alert may already be there to read.
+            tracing::debug!(error = %e, "TLS probe: close");
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return rustls_error(&e),
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, probe).await.ok().flatten()
+}
+
+fn rustls_error(e: &std::io::Error) -> Option<String> {
+    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).map(|r| r.to_string())
+}
+
 /// Posts an AS2 message (or an asynchronous MDN) and reads the response,
 /// up to `max_response` bytes.
-pub async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    out: &Outgoing,
-    max_response: usize,
-) -> Result<Response, SendError> {
-    let mut req = client.post(url);
+pub async fn post(client: &Client, url: &str, out: &Outgoing, max_response: usize) -> Result<Response, SendError> {
+    let mut req = client.http.post(url);
     for (k, v) in &out.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let mut resp = req.body(out.body.clone()).send().await.map_err(|e| classify(&e))?;
+    let mut resp = match req.body(out.body.clone()).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = classify(&e);
+            if err.segment == Segment::Path && !e.is_timeout() {
+                if let Some(t) = tls_refusal(&client.tls, url).await {
+                    return Err(SendError {
+                        segment: Segment::PartnerTls,
+                        message: format!("TLS: {t} (the request failed with: {})", err.message),
+                        transient: true,
+                    });
+                }
+            }
+            return Err(err);
+        }
+    };
     let status = resp.status().as_u16();
     let mut headers = Headers::default();
     for (k, v) in resp.headers() {

@@ -326,9 +326,9 @@ async fn accept_loop(
                     let _admitted = admitted;
                     let activity = Activity::new();
                     let tcp = Tracked::new(tcp, activity.clone());
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp).into_fallible()).await {
                         Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
+                        Ok(Err((e, tcp))) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             let action = match role {
                                 Listener::As2 => Some("as2-tls-refused"),
@@ -338,6 +338,7 @@ async fn accept_loop(
                             if let Some(action) = action {
                                 audit_handshake_refusal(&st, &refusals, peer, &e.to_string(), action).await;
                             }
+                            linger(tcp).await;
                             return;
                         }
                         Err(_) => {
@@ -383,6 +384,36 @@ async fn accept_loop(
     tracing::info!("shutting down: waiting for in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// Closes a connection whose TLS handshake was refused so that the peer
+/// reads the alert that says why. Under TLS 1.3 a client sends its request
+/// right after its certificate, before it learns the certificate was
+/// refused; closing a socket with those bytes unread makes the kernel send
+/// a reset, which can destroy the alert before the client reads it, and the
+/// partner's operator would see "connection reset" instead of "unknown CA".
+/// So the write side is shut (the alert, then FIN) and the input is read
+/// and discarded until the peer closes, within a bound of time and bytes.
+async fn linger<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIME: Duration = Duration::from_secs(2);
+    const BYTES: usize = 256 * 1024;
+    let drain = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 8192];
+        let mut seen = 0;
+        while seen < BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen += n,
+            }
+        }
+    };
+    if tokio::time::timeout(TIME, drain).await.is_err() {
+        tracing::debug!("lingering close after a refused handshake: time is up");
     }
 }
 

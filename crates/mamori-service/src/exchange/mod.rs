@@ -77,7 +77,7 @@ pub struct Ctx {
     pub tls_cert_pem: String,
     /// Wakes the outbox worker.
     pub wake: tokio::sync::Notify,
-    clients: Mutex<HashMap<(String, i64), reqwest::Client>>,
+    clients: Mutex<HashMap<(String, i64), client::Client>>,
     /// The URL partners post to, once the AS2 listener is bound.
     pub as2_url: RwLock<String>,
     /// The AS2 listener's TLS configuration, trusting the active partners' CAs.
@@ -117,7 +117,7 @@ impl Ctx {
     }
 
     /// The HTTP client for a partner's current registration.
-    pub fn client(&self, p: &Partner, version: i64, timeout: Duration) -> Result<reqwest::Client, String> {
+    pub fn client(&self, p: &Partner, version: i64, timeout: Duration) -> Result<client::Client, String> {
         let key = (p.id.clone(), version);
         if let Ok(m) = self.clients.lock() {
             if let Some(c) = m.get(&key) {
