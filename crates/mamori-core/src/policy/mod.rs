@@ -300,6 +300,9 @@ pub enum Basis {
     NotInScope,
     /// Denied: a one-time password must be changed first.
     PasswordChangeRequired,
+    /// Denied: bulk work with patient data waits until the emergency is
+    /// over (emergency powers serve the care of one patient at a time).
+    NotDuringEmergency,
 }
 
 impl Basis {
@@ -337,6 +340,7 @@ impl Basis {
             Basis::RegistrationClosed => "registration-closed",
             Basis::NotInScope => "not-in-scope",
             Basis::PasswordChangeRequired => "password-change-required",
+            Basis::NotDuringEmergency => "not-during-emergency",
         }
     }
 
@@ -355,6 +359,7 @@ impl Basis {
             Basis::NotPlanDecider => "the BCP plan in force does not name you as a decider",
             Basis::RegistrationClosed => "registration without the reception desk is not open now (the plan opens it in declared emergencies, and at any time for the departments it names)",
             Basis::NotInScope => "the maintenance window does not grant this",
+            Basis::NotDuringEmergency => "not while an emergency is declared: bulk export waits for the return to normal",
             Basis::PasswordChangeRequired => {
                 "password change required: a one-time password must be changed first (POST /api/v1/auth/password)"
             }

@@ -244,6 +244,14 @@ pub enum Operation {
     /// Produce and read compliance reports (counts and states, no
     /// patient data): auditors and administrators.
     ComplianceReport,
+
+    // ---- bulk export -----------------------------------------------------------------------
+    /// Start a FHIR Bulk Data export. Each resource exported is also a
+    /// `Record` read, decided like a search's matches.
+    BulkExport,
+    /// Poll, download or cancel an export (`Facts::own`: started by the
+    /// subject).
+    BulkExportRead,
 }
 
 impl Operation {

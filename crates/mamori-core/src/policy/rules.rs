@@ -512,5 +512,28 @@ fn operations(s: &Subject, op: &Operation, mode: &Mode, f: &Facts) -> Decision {
                 when(admin, sysadmin())
             }
         }
+
+        // ---- bulk export: people and services who read records; what
+        // each export holds is decided resource by resource as reads.
+        // Not during a real emergency: its powers serve one patient's care.
+        O::BulkExport => {
+            let reader = matches!(s.kind, SubjectKind::Staff | SubjectKind::Service) && (clinical || clerk);
+            if !reader {
+                deny(Basis::RoleNotPermitted)
+            } else if mode.is_real_emergency() {
+                deny(Basis::NotDuringEmergency)
+            } else if clinical {
+                Decision::permit(Basis::RolePermitted, PurposeOfUse::Treat)
+            } else {
+                ops(Basis::RolePermitted)
+            }
+        }
+        O::BulkExportRead => {
+            if f.own {
+                ops(Basis::Own)
+            } else {
+                deny(Basis::NotOwn)
+            }
+        }
     }
 }

@@ -338,6 +338,17 @@ fn table() -> Vec<(Subject, Operation, Mode, Facts, bool, Basis)> {
         (subj(&[Auditor]), O::ComplianceReport, N, NONE, true, Basis::RoleAuditor),
         (subj(&[Admin]), O::ComplianceReport, N, NONE, true, Basis::RoleAdmin),
         (subj(&[Physician]), O::ComplianceReport, N, NONE, false, Basis::RoleNotPermitted),
+        // ---- bulk export: readers of records, in normal operation; one's own jobs
+        (subj(&[Physician]), O::BulkExport, N, NONE, true, Basis::RolePermitted),
+        (subj(&[Clerk]), O::BulkExport, N, NONE, true, Basis::RolePermitted),
+        (kind(SubjectKind::Service, &[Nurse]), O::BulkExport, N, NONE, true, Basis::RolePermitted),
+        (subj(&[Physician]), O::BulkExport, EMERG, NONE, false, Basis::NotDuringEmergency),
+        (subj(&[Physician]), O::BulkExport, DRILL, NONE, true, Basis::RolePermitted),
+        (subj(&[Admin]), O::BulkExport, N, NONE, false, Basis::RoleNotPermitted),
+        (subj(&[Auditor]), O::BulkExport, N, NONE, false, Basis::RoleNotPermitted),
+        (kind(SubjectKind::EmergencyAccount, &[Physician]), O::BulkExport, EMERG, NONE, false, Basis::RoleNotPermitted),
+        (subj(&[Physician]), O::BulkExportRead, N, OWN, true, Basis::Own),
+        (subj(&[Physician]), O::BulkExportRead, N, NONE, false, Basis::NotOwn),
     ]
 }
 
@@ -509,6 +520,8 @@ pub(super) fn every_operation() -> Vec<Operation> {
         O::MaintenanceReview,
         O::AuditRead,
         O::ComplianceReport,
+        O::BulkExport,
+        O::BulkExportRead,
     ]);
     out
 }
