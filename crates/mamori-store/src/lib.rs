@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod audit_log;
+pub mod bulk;
 pub mod compliance;
 pub mod continuity;
 pub mod copy;

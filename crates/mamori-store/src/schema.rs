@@ -18,6 +18,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0011_record_binding", include_str!("../migrations/sqlite/0011_record_binding.sql")),
     ("0012_quantity_index", include_str!("../migrations/sqlite/0012_quantity_index.sql")),
     ("0013_compliance_reports", include_str!("../migrations/sqlite/0013_compliance_reports.sql")),
+    ("0014_bulk_exports", include_str!("../migrations/sqlite/0014_bulk_exports.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -34,6 +35,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0011_record_binding", include_str!("../migrations/postgres/0011_record_binding.sql")),
     ("0012_quantity_index", include_str!("../migrations/postgres/0012_quantity_index.sql")),
     ("0013_compliance_reports", include_str!("../migrations/postgres/0013_compliance_reports.sql")),
+    ("0014_bulk_exports", include_str!("../migrations/postgres/0014_bulk_exports.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

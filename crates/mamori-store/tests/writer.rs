@@ -376,6 +376,9 @@ async fn compartment_lists_its_patient(b: Backend) {
                 w.conn.exec("DROP TABLE idx_quantity", p![])?;
                 // What migration 13 adds.
                 w.conn.exec("DROP TABLE compliance_reports", p![])?;
+                // What migration 14 adds.
+                w.conn.exec("DROP TABLE bulk_exports", p![])?;
+                w.conn.exec("DROP TABLE bulk_export_files", p![])?;
                 Ok(())
             },
             |_, _| Ok(()),
