@@ -36,8 +36,28 @@ pub struct Config {
     pub maintenance: MaintenanceSection,
     /// `[compliance]`
     pub compliance: ComplianceSection,
+    /// `[export]`: FHIR Bulk Data export.
+    pub export: ExportSection,
     /// `[log]`: the server's own log.
     pub log: LogSection,
+}
+
+/// `[export]`: FHIR Bulk Data export (`$export`, docs/fhir.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Hours an export's output is kept after it finished.
+    pub retention_hours: u64,
+    /// Exports one user may have queued or running at once.
+    pub max_active_per_user: u64,
+    /// Resources per NDJSON output file.
+    pub resources_per_file: u64,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection { retention_hours: 24, max_active_per_user: 2, resources_per_file: 10_000 }
+    }
 }
 
 /// `[compliance]`: the thresholds of the compliance report
@@ -529,6 +549,9 @@ impl Config {
             ("compliance.maintenance_unused_days", self.compliance.maintenance_unused_days.max(0) as u64),
             ("compliance.snapshot_max_age_hours", self.compliance.snapshot_max_age_hours.max(0) as u64),
             ("compliance.snapshot_verify_days", self.compliance.snapshot_verify_days.max(0) as u64),
+            ("export.retention_hours", self.export.retention_hours),
+            ("export.max_active_per_user", self.export.max_active_per_user),
+            ("export.resources_per_file", self.export.resources_per_file),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{k} must be at least 1")));
@@ -560,6 +583,11 @@ impl Config {
             if v > 36_500 {
                 return Err(ConfigError::Invalid(format!("{k} must be at most a hundred years")));
             }
+        }
+        if self.export.retention_hours > 24 * 366 || self.export.resources_per_file > 1_000_000 {
+            return Err(ConfigError::Invalid(
+                "export.retention_hours must be at most a year, export.resources_per_file at most 1000000".into(),
+            ));
         }
         if !matches!(self.log.access.as_str(), "off" | "summary" | "sampled" | "all") {
             return Err(ConfigError::Invalid("log.access must be \"off\", \"summary\", \"sampled\" or \"all\"".into()));

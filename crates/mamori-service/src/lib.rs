@@ -18,6 +18,7 @@ pub mod audited;
 pub mod authz;
 pub mod bcp;
 pub mod breakglass;
+pub mod bulk;
 pub mod cluster;
 pub mod commit;
 pub mod compliance;

@@ -61,7 +61,13 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
             })
         };
         if *t == "Patient" {
-            r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
+            r["operation"] = json!([
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
+            ]);
+        }
+        if *t == "Group" {
+            r["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]);
         }
         resources.push(r);
     }
@@ -74,6 +80,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
         "implementation": {"description": "mamori FHIR R4 record store", "url": format!("{base}/fhir")},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "rest": [{
             "mode": "server",
             "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]; :missing on every parameter. Chained parameters, one level (subject:Patient.name). Date prefixes eq ne gt lt ge le sa eb. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated or one date, string or token parameter (- for descending); _total=none|accurate; _summary=count|data; _elements (top level). _include and _revinclude (one level, listed per type; each included resource is decided as a read of it, and one the caller may not read is left out and counted in an OperationOutcome entry).",
@@ -84,6 +91,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": "Bulk Data export (IG v2): GET with Prefer: respond-async; _type, _since, _typeFilter, _outputFormat=application/fhir+ndjson. What an export holds is decided per resource as its read; never under emergency powers. Output kept [export] retention_hours."}],
         }]
     })
 }

@@ -3,6 +3,7 @@
 //! [`Audited`] value, so a read whose audit event was not committed has
 //! nothing to answer with.
 
+mod bulk;
 mod bundle;
 mod capability;
 mod read;
@@ -29,6 +30,10 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/_history", get(read::system_history))
+        .route("/fhir/$export", get(bulk::system))
+        .route("/fhir/Patient/$export", get(bulk::patient))
+        .route("/fhir/$export-status/{id}", get(bulk::status).delete(bulk::cancel))
+        .route("/fhir/$export-file/{id}/{n}", get(bulk::file))
         .route(
             "/fhir/{rtype}",
             get(read::search_get).post(write::create).put(write::conditional_update).delete(write::conditional_delete),

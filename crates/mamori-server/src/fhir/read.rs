@@ -125,6 +125,7 @@ pub(crate) async fn instance_op(
     match op.as_str() {
         "_history" => history(svc, c, t, Some(id), q, headers).await,
         "$everything" if t == "Patient" => everything(svc, c, id, q, headers).await,
+        "$export" if t == "Group" => super::bulk::group(svc, c, id, q, headers).await,
         _ => {
             let e = ServiceError::NotFound(format!(
                 "operation '{}' is not supported on {}",

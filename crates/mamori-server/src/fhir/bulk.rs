@@ -1,0 +1,122 @@
+//! FHIR Bulk Data export over HTTP: the kick-off, the status URL and the
+//! output files (Bulk Data Access IG v2). The decisions, the job and the
+//! audit events are in `mamori_service::bulk`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mamori_service::bulk::{self, Level, Status};
+use mamori_service::records::parse_pairs;
+use mamori_service::Services;
+use serde_json::json;
+
+use super::{check_accept, format_param, refuse, respond};
+use crate::http::{Caller, FhirError};
+
+/// `GET /fhir/$export`.
+pub(crate) async fn system(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    kickoff(svc, c, Level::System, "$export", q, headers).await
+}
+
+/// `GET /fhir/Patient/$export`.
+pub(crate) async fn patient(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    kickoff(svc, c, Level::Patient, "Patient/$export", q, headers).await
+}
+
+/// `GET /fhir/Group/{id}/$export` (dispatched from the instance operations).
+pub(crate) async fn group(svc: Services, c: Caller, id: String, q: Option<String>, headers: HeaderMap) -> Response {
+    let path = format!("Group/{id}/$export");
+    kickoff(svc, c, Level::Group(id), &path, q, headers).await
+}
+
+async fn kickoff(
+    svc: Services,
+    c: Caller,
+    level: Level,
+    path: &str,
+    q: Option<String>,
+    headers: HeaderMap,
+) -> Response {
+    let pairs = match parse_pairs(q.as_deref().unwrap_or(""))
+        .and_then(|p| check_accept(&headers, format_param(&p)).map(|()| p))
+    {
+        Ok(p) => p,
+        Err(e) => return refuse(&svc, &c, "export-kickoff", None, None, e).await,
+    };
+    let request = match q.as_deref().filter(|q| !q.is_empty()) {
+        Some(q) => format!("{}/fhir/{path}?{q}", svc.base_url),
+        None => format!("{}/fhir/{path}", svc.base_url),
+    };
+    let prefer = headers.get("prefer").and_then(|v| v.to_str().ok());
+    match bulk::kickoff(&svc, &c, level, &pairs, prefer, &request).await {
+        Ok(k) => {
+            let mut r = (StatusCode::ACCEPTED, "").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{}/fhir/$export-status/{}", svc.base_url, k.id)) {
+                r.headers_mut().insert(header::CONTENT_LOCATION, v);
+            }
+            r
+        }
+        Err(e) => FhirError(e).into_response(),
+    }
+}
+
+/// `GET /fhir/$export-status/{id}`: 202 with `X-Progress` while it runs,
+/// 200 with the manifest when complete, 500 with an OperationOutcome if it
+/// failed.
+pub(crate) async fn status(State(svc): State<Services>, c: Caller, Path(id): Path<String>) -> Response {
+    match bulk::status(&svc, &c, &id).await {
+        Ok(Status::InProgress(p)) => {
+            let mut r = (StatusCode::ACCEPTED, "").into_response();
+            let progress: String = p.chars().filter(|ch| !ch.is_control()).take(100).collect();
+            if let Ok(v) = HeaderValue::from_str(&progress) {
+                r.headers_mut().insert("x-progress", v);
+            }
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            r
+        }
+        Ok(Status::Complete(manifest, expires)) => {
+            let mut r = (StatusCode::OK, manifest.to_string()).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Ok(v) = HeaderValue::from_str(&mamori_service::exchange::http_date(expires)) {
+                r.headers_mut().insert(header::EXPIRES, v);
+            }
+            r
+        }
+        Ok(Status::Failed(why)) => {
+            let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception", "diagnostics": why}]});
+            respond(StatusCode::INTERNAL_SERVER_ERROR, oo.to_string())
+        }
+        Err(e) => FhirError(e).into_response(),
+    }
+}
+
+/// `DELETE /fhir/$export-status/{id}`: cancels the export (202).
+pub(crate) async fn cancel(State(svc): State<Services>, c: Caller, Path(id): Path<String>) -> Response {
+    match bulk::cancel(&svc, &c, &id).await {
+        Ok(()) => (StatusCode::ACCEPTED, "").into_response(),
+        Err(e) => FhirError(e).into_response(),
+    }
+}
+
+/// `GET /fhir/$export-file/{id}/{n}`: one NDJSON output file.
+pub(crate) async fn file(State(svc): State<Services>, c: Caller, Path((id, n)): Path<(String, String)>) -> Response {
+    match bulk::file(&svc, &c, &id, &n).await {
+        Ok(f) => {
+            let f = f.into_inner();
+            let mut r = (StatusCode::OK, f.body).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
+            r
+        }
+        Err(e) => FhirError(e).into_response(),
+    }
+}

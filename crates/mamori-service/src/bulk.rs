@@ -1,0 +1,844 @@
+//! FHIR Bulk Data export (Bulk Data Access IG v2): `$export` at system,
+//! `Patient` and `Group` level, run as a background job whose output is
+//! NDJSON files kept in the database until they expire.
+//!
+//! What an export holds is decided like a search: each type through the
+//! search decision across patients (restricted to the caller's own
+//! patients, or to reference data), then each resource as its read. An
+//! export is never decided under emergency powers: break-glass grants and
+//! emergency access serve one patient's care, so resources they alone
+//! would open are withheld, and a real emergency stops running exports.
+//! Every patient whose data an export holds gets an audit event before the
+//! output can be fetched; every poll, download and cancellation is audited.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use mamori_core::fhir::resource_types::{in_patient_compartment, NOT_STORABLE, R4_RESOURCE_TYPES};
+use mamori_core::fhir::search::parse_query;
+use mamori_core::ids::ResourceType;
+use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScope, Target};
+use mamori_core::time::Timestamp;
+use mamori_store::bulk::{self, FileRow, Job};
+use mamori_store::records::{self, Version};
+use mamori_store::sql::Conn;
+use mamori_store::StoreError;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::actor::{set_patients, Actor, RequestCtx, TokenRef};
+use crate::audited::Audited;
+use crate::authz;
+use crate::error::ServiceError;
+use crate::records::{parse_id, parse_pairs, restriction};
+use crate::services::Services;
+
+/// Resources read from the store per query.
+const PAGE: usize = 1000;
+/// An output file is closed once it holds this many bytes, whatever the
+/// configured count.
+const MAX_FILE_BYTES: usize = 64 << 20;
+/// Patients' audit events per write job.
+const AUDIT_CHUNK: usize = 2000;
+/// The result-control parameters a `_typeFilter` may not carry.
+const NOT_IN_FILTER: &[&str] =
+    &["_count", "_sort", "_include", "_revinclude", "_elements", "_summary", "_total", "_contained", "_cursor"];
+
+/// Where an export was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    /// `/fhir/$export`: every resource the caller may read.
+    System,
+    /// `/fhir/Patient/$export`: the data of every patient the caller may read.
+    Patient,
+    /// `/fhir/Group/{id}/$export`: the data of the group's member patients.
+    Group(String),
+}
+
+/// The request, as the job keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Params {
+    /// `system`, `patient` or `group`.
+    level: String,
+    /// The group, at group level.
+    group: Option<String>,
+    /// `_type`; empty: every type that has resources.
+    types: Vec<String>,
+    /// `_since`, as given and in microseconds.
+    since: Option<(String, i64)>,
+    /// `_typeFilter`: (type, query).
+    filters: Vec<(String, String)>,
+}
+
+/// A started export.
+#[derive(Debug, Clone)]
+pub struct Kickoff {
+    /// The job's id.
+    pub id: String,
+}
+
+fn bad(param: &str, msg: impl Into<String>) -> ServiceError {
+    ServiceError::invalid(param, msg)
+}
+
+/// Reads the kick-off parameters.
+fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>) -> Result<Params, ServiceError> {
+    let async_asked = prefer.is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
+    if !async_asked {
+        return Err(bad("Prefer", "an export runs asynchronously: send the header 'Prefer: respond-async'"));
+    }
+    let patient_level = *level != Level::System;
+    let mut p = Params {
+        level: match level {
+            Level::System => "system",
+            Level::Patient => "patient",
+            Level::Group(_) => "group",
+        }
+        .into(),
+        group: match level {
+            Level::Group(g) => Some(g.clone()),
+            _ => None,
+        },
+        types: Vec::new(),
+        since: None,
+        filters: Vec::new(),
+    };
+    let check_type = |t: &str| -> Result<ResourceType, ServiceError> {
+        let rt = ResourceType::parse(t).map_err(|_| bad("_type", format!("'{t}' is not a FHIR R4 resource type")))?;
+        if NOT_STORABLE.contains(&rt.as_str()) {
+            return Err(bad("_type", format!("{t} is not stored as a resource and cannot be exported")));
+        }
+        if patient_level && !in_patient_compartment(rt.as_str()) {
+            return Err(bad("_type", format!("{t} is not in the Patient compartment; use the system-level $export")));
+        }
+        Ok(rt)
+    };
+    let mut filters = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_outputFormat" => {
+                if !matches!(v.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") {
+                    return Err(bad(
+                        "_outputFormat",
+                        format!("'{v}' is not supported; mamori writes application/fhir+ndjson"),
+                    ));
+                }
+            }
+            "_type" => {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    let rt = check_type(t)?;
+                    if !p.types.iter().any(|x| x == rt.as_str()) {
+                        p.types.push(rt.as_str().to_owned());
+                    }
+                }
+            }
+            "_since" => {
+                let t = Timestamp::parse_rfc3339(v).ok_or_else(|| {
+                    bad("_since", "expected a FHIR instant with a time zone (2026-04-01T00:00:00+09:00)")
+                })?;
+                p.since = Some((v.clone(), t.micros()));
+            }
+            "_typeFilter" => filters.push(v.clone()),
+            "_format" => {}
+            other => {
+                return Err(bad(
+                    other,
+                    format!("unsupported $export parameter '{}'", other.chars().take(40).collect::<String>()),
+                ))
+            }
+        }
+    }
+    for f in filters {
+        let (t, q) = f.split_once('?').ok_or_else(|| bad("_typeFilter", "expected Type?search-parameters"))?;
+        let rt = check_type(t).map_err(|e| bad("_typeFilter", e.message()))?;
+        if !p.types.is_empty() && !p.types.iter().any(|x| x == rt.as_str()) {
+            return Err(bad("_typeFilter", format!("{t} is not among the types asked for in _type")));
+        }
+        let fp = parse_pairs(q)?;
+        if let Some((k, _)) = fp.iter().find(|(k, _)| NOT_IN_FILTER.contains(&k.as_str())) {
+            return Err(bad("_typeFilter", format!("{k} has no meaning in a _typeFilter")));
+        }
+        parse_query(rt, &fp, false).map_err(|e| bad("_typeFilter", format!("{t}: {e}")))?;
+        p.filters.push((rt.as_str().to_owned(), q.to_owned()));
+    }
+    Ok(p)
+}
+
+fn kickoff_record(
+    actor: &Actor,
+    status: u16,
+    d: Option<&Decision>,
+    request: &str,
+    now: Timestamp,
+) -> mamori_audit::event::AuditRecord {
+    let mut rec = actor.fhir_record("export-kickoff", status, None, None, None, vec![], d, now);
+    rec.query = Some(request.chars().take(2000).collect());
+    rec
+}
+
+/// `GET /fhir/$export`, `/fhir/Patient/$export`, `/fhir/Group/{id}/$export`:
+/// checks the request, decides it, and queues the job. `request` is the
+/// kick-off URL as asked (it goes into the manifest).
+pub async fn kickoff(
+    svc: &Services,
+    actor: &Actor,
+    level: Level,
+    pairs: &[(String, String)],
+    prefer: Option<&str>,
+    request: &str,
+) -> Result<Kickoff, ServiceError> {
+    let now = svc.now();
+    let params = match parse_params(&level, pairs, prefer) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut rec = kickoff_record(actor, e.status(), None, request, now);
+            rec.detail = Some(json!({"error": e.message()}));
+            svc.audit(vec![rec]).await?;
+            return Err(e);
+        }
+    };
+    let d = crate::authz::decide(actor, &Operation::BulkExport, Facts::default());
+    if !d.permit {
+        let e = ServiceError::denied("bulk export", &d);
+        svc.audit(vec![kickoff_record(actor, 403, Some(&d), request, now)]).await?;
+        return Err(e);
+    }
+    // A group is read like any resource before its members are exported.
+    if let Level::Group(g) = &level {
+        if let Err(e) = read_group(svc, actor, g, now).await {
+            let mut rec = kickoff_record(actor, e.status(), e.decision(), request, now);
+            rec.detail = Some(json!({"error": e.message()}));
+            svc.audit(vec![rec]).await?;
+            return Err(e);
+        }
+    }
+    let id = mamori_audit::merkle::to_hex(&mamori_store::accounts::random_bytes::<16>()?);
+    let job = Job {
+        id: id.clone(),
+        owner: actor.name().to_owned(),
+        token: actor.token.as_ref().map(|t| t.id.clone()),
+        request: request.to_owned(),
+        params: serde_json::to_string(&params).map_err(|e| ServiceError::internal(e.to_string()))?,
+        state: "queued".into(),
+        tx_time: now,
+        created: now,
+        finished: None,
+        expires: None,
+        progress: None,
+        summary: None,
+        error: None,
+    };
+    let max = svc.cfg.export.max_active_per_user;
+    let mut rec = kickoff_record(actor, 202, Some(&d), request, now);
+    rec.detail = Some(json!({"export": id}));
+    let busy = svc
+        .store
+        .writer()
+        .write(
+            move |w| {
+                if bulk::active_of(w.conn, &job.owner)? >= max {
+                    return Ok(true);
+                }
+                bulk::insert(w.conn, &job)?;
+                w.audit(&rec)?;
+                Ok(false)
+            },
+            |_, _| Ok(()),
+        )
+        .await?;
+    if busy {
+        let e = ServiceError::TooMany {
+            message: format!("you already have {max} exports queued or running; wait for one to finish or cancel one"),
+            retry_after: Some(30),
+        };
+        let mut rec = kickoff_record(actor, 429, Some(&d), request, now);
+        rec.detail = Some(json!({"error": e.message()}));
+        svc.audit(vec![rec]).await?;
+        return Err(e);
+    }
+    Ok(Kickoff { id })
+}
+
+/// Reads a Group as its read is decided; returns its member patients.
+async fn read_group(svc: &Services, actor: &Actor, id: &str, now: Timestamp) -> Result<HashSet<String>, ServiceError> {
+    parse_id(id)?;
+    let (a2, id2) = (actor.clone(), id.to_owned());
+    let (v, d) = svc
+        .store
+        .read(move |c| {
+            let v = records::read(c, "Group", &id2)?;
+            let d = match &v {
+                Some(v) => Some(authz::decide_record(
+                    c,
+                    &a2,
+                    Action::Read,
+                    ResourceType::parse("Group").map_err(|e| StoreError::Internal(e.to_string()))?,
+                    &v.patients,
+                    now,
+                )?),
+                None => None,
+            };
+            Ok((v, d))
+        })
+        .await?;
+    let (Some(v), Some(d)) = (v, d) else {
+        return Err(ServiceError::NotFound(format!("Group/{id} does not exist")));
+    };
+    if !d.permit {
+        return Err(ServiceError::denied(&format!("access to Group/{id}"), &d));
+    }
+    if v.deleted {
+        return Err(ServiceError::Gone(format!("Group/{id} was deleted")));
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&v.body).map_err(|e| ServiceError::internal(format!("stored Group: {e}")))?;
+    let members = body["member"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| e["entity"]["reference"].as_str())
+                .filter_map(|r| r.strip_prefix("Patient/"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(members)
+}
+
+/// What a status request finds.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// Queued or running: how far it got.
+    InProgress(String),
+    /// Done: the manifest (JSON) and when the output expires.
+    Complete(serde_json::Value, Timestamp),
+    /// It failed: why.
+    Failed(String),
+}
+
+/// Loads a job the actor may see (its owner), deciding and auditing.
+async fn own_job(svc: &Services, actor: &Actor, id: &str, action: &str) -> Result<(Job, Decision), ServiceError> {
+    let id2 = id.to_owned();
+    let job = if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        svc.store.read(move |c| bulk::get(c, &id2)).await?
+    } else {
+        None
+    };
+    let Some(job) = job.filter(|j| !matches!(j.state.as_str(), "cancelled" | "expired")) else {
+        let e = ServiceError::NotFound("no such export (it may have expired or been cancelled)".into());
+        return Err(svc.refused(actor, action, e).await);
+    };
+    let facts = Facts { own: job.owner == actor.name(), ..Facts::default() };
+    let d = svc.gate(actor, action, Operation::BulkExportRead, facts, "this export").await?;
+    Ok((job, d))
+}
+
+fn job_record(
+    actor: &Actor,
+    action: &str,
+    status: u16,
+    d: &Decision,
+    job: &Job,
+    now: Timestamp,
+) -> mamori_audit::event::AuditRecord {
+    let mut rec = actor.decided(action, status, d, now);
+    rec.detail = Some(json!({"export": job.id, "state": job.state}));
+    rec
+}
+
+/// `GET /fhir/$export-status/{id}`: the job's state; once complete, its
+/// manifest.
+pub async fn status(svc: &Services, actor: &Actor, id: &str) -> Result<Status, ServiceError> {
+    let (job, d) = own_job(svc, actor, id, "export-status").await?;
+    let now = svc.now();
+    let out = match job.state.as_str() {
+        "complete" => {
+            let id2 = job.id.clone();
+            let files = svc.store.read(move |c| bulk::files(c, &id2)).await?;
+            Status::Complete(manifest(&svc.base_url, &job, &files), job.expires.unwrap_or(now))
+        }
+        "failed" => Status::Failed(job.error.clone().unwrap_or_else(|| "the export failed".into())),
+        _ => Status::InProgress(job.progress.clone().unwrap_or_else(|| job.state.clone())),
+    };
+    let status = match &out {
+        Status::Complete(..) => 200,
+        Status::InProgress(_) => 202,
+        Status::Failed(_) => 500,
+    };
+    svc.audit(vec![job_record(actor, "export-status", status, &d, &job, now)]).await?;
+    Ok(out)
+}
+
+/// The complete manifest (Bulk Data IG v2).
+fn manifest(base: &str, job: &Job, files: &[FileRow]) -> serde_json::Value {
+    let url = |f: &FileRow| format!("{base}/fhir/$export-file/{}/{}", job.id, f.n);
+    let item = |f: &FileRow| json!({"type": f.rtype, "url": url(f), "count": f.count});
+    let summary: serde_json::Value =
+        job.summary.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(json!({}));
+    json!({
+        "transactionTime": job.tx_time.to_rfc3339(),
+        "request": job.request,
+        "requiresAccessToken": true,
+        "output": files.iter().filter(|f| f.rtype != "OperationOutcome").map(item).collect::<Vec<_>>(),
+        "deleted": [],
+        "error": files.iter().filter(|f| f.rtype == "OperationOutcome").map(item).collect::<Vec<_>>(),
+        "extension": {"https://mamori.example/fhir/bulk/summary": summary},
+    })
+}
+
+/// An output file's bytes, audited as a download.
+#[derive(Debug, Clone)]
+pub struct OutputFile {
+    /// Its type.
+    pub rtype: String,
+    /// Its NDJSON bytes.
+    pub body: Vec<u8>,
+}
+
+/// `GET /fhir/$export-file/{id}/{n}`: one output file of a complete export,
+/// for the one who asked for it.
+pub async fn file(svc: &Services, actor: &Actor, id: &str, n: &str) -> Result<Audited<OutputFile>, ServiceError> {
+    let (job, d) = own_job(svc, actor, id, "export-download").await?;
+    let now = svc.now();
+    let n: i64 = match n.parse() {
+        Ok(n) if job.state == "complete" => n,
+        _ => {
+            return Err(svc
+                .refused(actor, "export-download", ServiceError::NotFound("no such output file".into()))
+                .await)
+        }
+    };
+    let id2 = job.id.clone();
+    let Some((row, body)) = svc.store.read(move |c| bulk::file(c, &id2, n)).await? else {
+        return Err(svc.refused(actor, "export-download", ServiceError::NotFound("no such output file".into())).await);
+    };
+    let mut rec = job_record(actor, "export-download", 200, &d, &job, now);
+    rec.detail =
+        Some(json!({"export": job.id, "file": n, "type": row.rtype, "count": row.count, "sha256": row.sha256}));
+    svc.audited(rec, OutputFile { rtype: row.rtype, body }).await
+}
+
+/// `DELETE /fhir/$export-status/{id}`: cancels a job, or removes a
+/// finished one's output now.
+pub async fn cancel(svc: &Services, actor: &Actor, id: &str) -> Result<(), ServiceError> {
+    let (job, d) = own_job(svc, actor, id, "export-cancel").await?;
+    let rec = job_record(actor, "export-cancel", 202, &d, &job, svc.now());
+    let id2 = job.id.clone();
+    svc.store
+        .writer()
+        .write(
+            move |w| {
+                bulk::cancel(w.conn, &id2, w.now)?;
+                w.audit(&rec)?;
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await?;
+    Ok(())
+}
+
+// ---- the job ---------------------------------------------------------------------------------
+
+/// Runs queued exports, one at a time, and removes expired output, until
+/// `stop` says so. Exports a stopped server was running start again.
+pub async fn run(svc: Services, mut stop: watch::Receiver<bool>) {
+    let now = svc.now();
+    match svc.store.writer().write(move |w| bulk::requeue_interrupted(w.conn, now), |_, _| Ok(())).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(exports = n, "bulk export: interrupted exports start again"),
+        Err(e) => tracing::error!(error = %e, "bulk export: could not requeue interrupted exports"),
+    }
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let now = svc.now();
+        if let Err(e) = svc.store.writer().write(move |w| bulk::expire(w.conn, now), |_, _| Ok(())).await {
+            tracing::error!(error = %e, "bulk export: could not remove expired output");
+        }
+        match svc.store.writer().write(move |w| bulk::claim(w.conn, now), |_, _| Ok(())).await {
+            Ok(Some(job)) => {
+                let id = job.id.clone();
+                if let Err(e) = run_job(&svc, job, &stop).await {
+                    let msg = e.message();
+                    tracing::warn!(export = %id, error = %msg, "bulk export failed");
+                    let expires = svc.now().plus_secs(retention(&svc));
+                    let rec = RequestCtx::background(svc.mode.get()).record(
+                        "system",
+                        "system",
+                        "export",
+                        e.status(),
+                        svc.now(),
+                    );
+                    let mut rec = rec;
+                    rec.detail = Some(json!({"export": id, "error": msg}));
+                    let r = svc
+                        .store
+                        .writer()
+                        .write(
+                            move |w| {
+                                bulk::fail(w.conn, &id, &msg, w.now, expires)?;
+                                w.audit(&rec)?;
+                                Ok(())
+                            },
+                            |_, _| Ok(()),
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "bulk export: could not record a failure");
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "bulk export: could not claim a job"),
+        }
+        tokio::select! {
+            _ = stop.changed() => {},
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+        }
+    }
+}
+
+fn retention(svc: &Services) -> i64 {
+    (svc.cfg.export.retention_hours as i64).saturating_mul(3600)
+}
+
+/// The output being written.
+struct Out {
+    id: String,
+    per_file: usize,
+    n: i64,
+    rtype: String,
+    buf: Vec<u8>,
+    lines: usize,
+}
+
+impl Out {
+    async fn flush(&mut self, svc: &Services) -> Result<(), ServiceError> {
+        if self.lines == 0 {
+            return Ok(());
+        }
+        self.n += 1;
+        let (id, n, rtype, count) = (self.id.clone(), self.n, self.rtype.clone(), self.lines as i64);
+        let body = std::mem::take(&mut self.buf);
+        self.lines = 0;
+        let sha = mamori_audit::event::sha256_hex(&body);
+        let stored = svc
+            .store
+            .writer()
+            .write(move |w| bulk::add_file(w.conn, &id, n, &rtype, count, &sha, &body), |_, _| Ok(()))
+            .await?;
+        if stored {
+            Ok(())
+        } else {
+            Err(ServiceError::Conflict("the export was cancelled".into()))
+        }
+    }
+
+    async fn push(&mut self, svc: &Services, v: &Version) -> Result<(), ServiceError> {
+        if self.rtype != v.rtype {
+            self.flush(svc).await?;
+            self.rtype.clone_from(&v.rtype);
+        }
+        // Stored JSON is valid JSON, in which a raw line break can only be
+        // whitespace between tokens: without them it is one line.
+        self.buf.extend(v.body.bytes().filter(|b| *b != b'\n' && *b != b'\r'));
+        self.buf.push(b'\n');
+        self.lines += 1;
+        if self.lines >= self.per_file || self.buf.len() >= MAX_FILE_BYTES {
+            self.flush(svc).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What an export decided about one patient.
+struct Included {
+    resources: u64,
+    decision: Decision,
+}
+
+/// Whether a decision opens a resource to an export: a permit on an
+/// ordinary basis, never on emergency powers.
+fn opens(d: &Decision) -> bool {
+    d.permit && !matches!(d.basis, Basis::BreakGlass | Basis::EmergencyAccess | Basis::MaintenanceAccess)
+}
+
+async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Result<(), ServiceError> {
+    let params: Params =
+        serde_json::from_str(&job.params).map_err(|e| ServiceError::internal(format!("export parameters: {e}")))?;
+    let owner = job.owner.clone();
+    let user = svc.store.read(move |c| mamori_store::accounts::get_user(c, &owner)).await?;
+    let user = match user {
+        Some(u) if !u.disabled => u,
+        _ => return Err(ServiceError::Conflict("the account that asked for the export is disabled".into())),
+    };
+    let actor = Actor {
+        user,
+        token: job.token.clone().map(|id| TokenRef { id, issuer: None }),
+        declared: None,
+        ctx: RequestCtx::background(svc.mode.get()),
+        node: None,
+        scopes: Vec::new(),
+    };
+    // Decided again: roles or the mode may have changed since the kick-off.
+    let d = authz::decide(&actor, &Operation::BulkExport, Facts::default());
+    if !d.permit {
+        return Err(ServiceError::denied("bulk export", &d));
+    }
+    let group = match &params.group {
+        Some(g) => Some(read_group(svc, &actor, g, svc.now()).await?),
+        None => None,
+    };
+    let patient_level = params.level != "system";
+    let types: Vec<&'static str> = if params.types.is_empty() {
+        let candidates: Vec<&'static str> = R4_RESOURCE_TYPES
+            .iter()
+            .copied()
+            .filter(|t| !NOT_STORABLE.contains(t) && (!patient_level || in_patient_compartment(t)))
+            .collect();
+        svc.store.read(move |c| bulk::stored_types(c, &candidates)).await?
+    } else {
+        params.types.iter().filter_map(|t| ResourceType::parse(t).ok()).map(|t| t.as_str()).collect()
+    };
+    let mut out = Out {
+        id: job.id.clone(),
+        per_file: svc.cfg.export.resources_per_file.max(1) as usize,
+        n: 0,
+        rtype: String::new(),
+        buf: Vec::new(),
+        lines: 0,
+    };
+    let mut patients: HashMap<String, Included> = HashMap::new();
+    let mut per_type: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    let mut withheld = 0u64;
+    let mut not_permitted: Vec<&str> = Vec::new();
+    let mut total = 0u64;
+    // Decisions by type and patients: a patient's resources of one type
+    // are decided once.
+    let mut cache: Cache = HashMap::new();
+    for (ti, t) in types.iter().enumerate() {
+        let rtype = ResourceType::parse(t).map_err(|e| ServiceError::internal(e.to_string()))?;
+        let search = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
+        let td = authz::decide(&actor, &search, Facts::default());
+        if !opens(&td) {
+            not_permitted.push(t);
+            continue;
+        }
+        let restrict = restriction(&td, &actor, svc.now());
+        let queries: Vec<String> = {
+            let f: Vec<String> = params.filters.iter().filter(|(ft, _)| ft == t).map(|(_, q)| q.clone()).collect();
+            if f.is_empty() {
+                vec![String::new()]
+            } else {
+                f
+            }
+        };
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut count = 0u64;
+        for qs in &queries {
+            let mut pairs = parse_pairs(qs)?;
+            pairs.push(("_count".into(), PAGE.to_string()));
+            pairs.push(("_total".into(), "none".into()));
+            if let Some((since, _)) = &params.since {
+                pairs.push(("_lastUpdated".into(), format!("ge{since}")));
+            }
+            let (mut q, _) =
+                parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid("_typeFilter", e.to_string()))?;
+            loop {
+                if *stop.borrow() {
+                    return Err(ServiceError::Conflict("the server stopped; the export starts again".into()));
+                }
+                if svc.mode.get().is_real_emergency() {
+                    return Err(ServiceError::Conflict(
+                        "an emergency was declared: bulk export stopped (not during an emergency)".into(),
+                    ));
+                }
+                let (a2, q2, r2) = (actor.clone(), q.clone(), restrict.clone());
+                let now = svc.now();
+                let mut memo = std::mem::take(&mut cache);
+                let page = svc
+                    .store
+                    .read(move |c| {
+                        let page = mamori_store::search::search(c, &q2, &r2)?;
+                        let mut kept = Vec::with_capacity(page.entries.len());
+                        let mut dropped = 0u64;
+                        for v in page.entries {
+                            match decide_one(c, &a2, &v, now, &mut memo)? {
+                                Some(d) => kept.push((v, d)),
+                                None => dropped += 1,
+                            }
+                        }
+                        Ok((kept, dropped, page.next, memo))
+                    })
+                    .await?;
+                let (kept, dropped, next, memo) = page;
+                cache = memo;
+                withheld += dropped;
+                for (v, d) in kept {
+                    if v.last_updated > job.tx_time
+                        || params.since.as_ref().is_some_and(|(_, s)| v.last_updated.micros() <= *s)
+                    {
+                        continue;
+                    }
+                    let owners = owners_of(&v);
+                    if patient_level && owners.is_empty() {
+                        continue;
+                    }
+                    if let Some(g) = &group {
+                        if !owners.iter().any(|p| g.contains(p)) {
+                            continue;
+                        }
+                    }
+                    if queries.len() > 1 && !seen.insert(v.id.clone()) {
+                        continue;
+                    }
+                    for p in owners {
+                        let e = patients.entry(p).or_insert_with(|| Included { resources: 0, decision: d.clone() });
+                        e.resources += 1;
+                        // The event names what opened the clinical records,
+                        // not only the demographics.
+                        if e.decision.basis == Basis::RoleDemographics {
+                            e.decision.clone_from(&d);
+                        }
+                    }
+                    out.push(svc, &v).await?;
+                    count += 1;
+                    total += 1;
+                }
+                let progress = format!("{t} ({}/{} types): {total} resources", ti + 1, types.len());
+                let id = job.id.clone();
+                let running = svc
+                    .store
+                    .writer()
+                    .write(move |w| bulk::set_progress(w.conn, &id, &progress, w.now), |_, _| Ok(()))
+                    .await?;
+                if !running {
+                    return Err(ServiceError::Conflict("the export was cancelled".into()));
+                }
+                match next {
+                    Some(c) => q.after = Some(c),
+                    None => break,
+                }
+            }
+        }
+        out.flush(svc).await?;
+        if count > 0 {
+            per_type.insert((*t).to_owned(), json!(count));
+        }
+    }
+    if withheld > 0 || !not_permitted.is_empty() {
+        let mut text = format!("{withheld} resources were withheld: your access does not open them to an export");
+        if !not_permitted.is_empty() {
+            text.push_str(&format!("; types not searched: {}", not_permitted.join(", ")));
+        }
+        let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed", "diagnostics": text}]});
+        out.rtype = "OperationOutcome".into();
+        out.buf = format!("{oo}\n").into_bytes();
+        out.lines = 1;
+        out.flush(svc).await?;
+    }
+    // Every patient whose data the export holds, before anyone may fetch it.
+    let mut recs = Vec::with_capacity(patients.len().min(AUDIT_CHUNK));
+    let now = svc.now();
+    let mut list: Vec<(String, Included)> = patients.into_iter().collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    let n_patients = list.len();
+    for (p, inc) in list {
+        let mut rec = actor.fhir_record(
+            "export",
+            200,
+            Some("Patient"),
+            Some(&p),
+            None,
+            vec![p.clone()],
+            Some(&inc.decision),
+            now,
+        );
+        rec.query = Some("$export".into());
+        rec.detail = Some(json!({"export": job.id, "resources": inc.resources}));
+        recs.push(rec);
+        if recs.len() >= AUDIT_CHUNK {
+            svc.audit(std::mem::take(&mut recs)).await?;
+        }
+    }
+    let summary = json!({
+        "resources": total,
+        "types": per_type,
+        "patients": n_patients,
+        "withheld": withheld,
+        "types_not_searched": not_permitted,
+    });
+    let mut done = actor.decided("export", 200, &d, now);
+    set_patients(&mut done, Vec::new());
+    done.query = Some(job.request.chars().take(2000).collect());
+    done.detail = Some(json!({"export": job.id, "summary": summary}));
+    recs.push(done);
+    let (id, text, expires) = (job.id.clone(), summary.to_string(), now.plus_secs(retention(svc)));
+    let last = recs.pop();
+    if !recs.is_empty() {
+        svc.audit(recs).await?;
+    }
+    let completed = svc
+        .store
+        .writer()
+        .write(
+            move |w| {
+                if !bulk::complete(w.conn, &id, &text, w.now, expires)? {
+                    return Ok(false);
+                }
+                if let Some(r) = &last {
+                    w.audit(r)?;
+                }
+                Ok(true)
+            },
+            |_, _| Ok(()),
+        )
+        .await?;
+    if !completed {
+        return Err(ServiceError::Conflict("the export was cancelled".into()));
+    }
+    Ok(())
+}
+
+/// The patients a resource is the data of (a Patient is its own).
+fn owners_of(v: &Version) -> Vec<String> {
+    if v.rtype == "Patient" {
+        vec![v.id.clone()]
+    } else {
+        v.patients.clone()
+    }
+}
+
+/// Decisions already made in an export, by type and patients.
+type Cache = HashMap<(String, Vec<String>), Option<Decision>>;
+
+/// Decides one resource as its read; `None`: withheld. Patient resources
+/// are decided one by one (each is its own patient); others are
+/// remembered by type and patients, at most 100,000 at a time.
+fn decide_one(
+    c: &mut dyn Conn,
+    actor: &Actor,
+    v: &Version,
+    now: Timestamp,
+    cache: &mut Cache,
+) -> Result<Option<Decision>, StoreError> {
+    let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let owners = owners_of(v);
+    let key = (v.rtype.clone(), owners);
+    if let Some(d) = cache.get(&key) {
+        return Ok(d.clone());
+    }
+    let d = authz::decide_record(c, actor, Action::Read, rtype, &key.1, now)?;
+    let d = opens(&d).then_some(d);
+    if v.rtype != "Patient" {
+        if cache.len() >= 100_000 {
+            cache.clear();
+        }
+        cache.insert(key, d.clone());
+    }
+    Ok(d)
+}
