@@ -620,6 +620,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
     // Decisions by type and patients: a patient's resources of one type
     // are decided once.
     let mut cache: Cache = HashMap::new();
+    let mut last_progress = std::time::Instant::now();
     for (ti, t) in types.iter().enumerate() {
         let rtype = ResourceType::parse(t).map_err(|e| ServiceError::internal(e.to_string()))?;
         let search = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
@@ -709,15 +710,19 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                     count += 1;
                     total += 1;
                 }
-                let progress = format!("{t} ({}/{} types): {total} resources", ti + 1, types.len());
-                let id = job.id.clone();
-                let running = svc
-                    .store
-                    .writer()
-                    .write(move |w| bulk::set_progress(w.conn, &id, &progress, w.now), |_, _| Ok(()))
-                    .await?;
-                if !running {
-                    return Err(ServiceError::Conflict("the export was cancelled".into()));
+                // Progress (and whether the job was cancelled) once a second.
+                if last_progress.elapsed() >= Duration::from_secs(1) || next.is_none() {
+                    last_progress = std::time::Instant::now();
+                    let progress = format!("{t} ({}/{} types): {total} resources", ti + 1, types.len());
+                    let id = job.id.clone();
+                    let running = svc
+                        .store
+                        .writer()
+                        .write(move |w| bulk::set_progress(w.conn, &id, &progress, w.now), |_, _| Ok(()))
+                        .await?;
+                    if !running {
+                        return Err(ServiceError::Conflict("the export was cancelled".into()));
+                    }
                 }
                 match next {
                     Some(c) => q.after = Some(c),
