@@ -26,6 +26,41 @@ fn observation(p: &str, i: u64) -> Value {
         "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
 }
 
+/// Loads `patients` Patients with `per - 1` Observations each directly into
+/// the store (ids `bench-p{n}`, `bench-o{n}-{i}`), 100 patients per write
+/// job; returns the patient ids.
+pub(crate) async fn load(st: &mamori_service::Services, patients: u64, per: u64) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for batch in 0..patients.div_ceil(100) {
+        let lo = batch * 100;
+        let hi = (lo + 100).min(patients);
+        let made = st
+            .store
+            .writer()
+            .write_exclusive(
+                move |w| {
+                    let mut made = Vec::new();
+                    for p in lo..hi {
+                        let pid = format!("bench-p{p}");
+                        let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("M{p}")}],
+                            "name": [{"family": format!("山田{}", p % 997), "given": ["太郎"]}], "gender": "male", "birthDate": "1970-01-01"});
+                        records::put(w, ResourceType::PATIENT, &pid, body, None, "bench", w.now)?;
+                        for i in 1..per {
+                            let rt = ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
+                            records::put(w, rt, &format!("bench-o{p}-{i}"), observation(&pid, p * per + i), None, "bench", w.now)?;
+                        }
+                        made.push(pid);
+                    }
+                    Ok(made)
+                },
+                |_, _| Ok(()),
+            )
+            .await?;
+        ids.extend(made);
+    }
+    Ok(ids)
+}
+
 /// Raw AES-256-GCM (1 MiB chunks) + SHA-256 of the ciphertext, in memory.
 fn raw_speed(bytes: usize) -> Result<f64> {
     let chunk = vec![0x5au8; 1 << 20];
@@ -97,32 +132,8 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
             patients * per
         );
     }
-    for batch in 0..if reuse { 0 } else { patients.div_ceil(100) } {
-        let lo = batch * 100;
-        let hi = (lo + 100).min(patients);
-        let made = st
-            .store
-            .writer()
-            .write_exclusive(
-                move |w| {
-                    let mut made = Vec::new();
-                    for p in lo..hi {
-                        let pid = format!("bench-p{p}");
-                        let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("M{p}")}],
-                            "name": [{"family": format!("山田{}", p % 997), "given": ["太郎"]}], "gender": "male", "birthDate": "1970-01-01"});
-                        records::put(w, ResourceType::PATIENT, &pid, body, None, "bench", w.now)?;
-                        for i in 1..per {
-                            let rt = ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
-                            records::put(w, rt, &format!("bench-o{p}-{i}"), observation(&pid, p * per + i), None, "bench", w.now)?;
-                        }
-                        made.push(pid);
-                    }
-                    Ok(made)
-                },
-                |_, _| Ok(()),
-            )
-            .await?;
-        ids.extend(made);
+    if !reuse {
+        ids = load(&st, patients, per).await?;
     }
     println!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
 

@@ -9,6 +9,7 @@
 
 mod continuity;
 mod exchange;
+mod export;
 mod pg;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -548,6 +549,7 @@ fn main() -> Result<()> {
             "audit" => 256,
             "exchange" => 4,
             "continuity" => 10_000,
+            "export" => 10_000,
             _ => 32,
         };
     }
@@ -557,8 +559,11 @@ fn main() -> Result<()> {
         "audit" => rt.block_on(audit(&a)),
         "exchange" => rt.block_on(exchange::run(&a)),
         "continuity" => rt.block_on(continuity::run(&a)),
+        "export" => rt.block_on(export::run(&a)),
         "pg" => rt.block_on(pg::run(&a)),
-        _ => bail!("usage: mamori-bench (fhir|audit|exchange|continuity|pg) [--seconds N] [--clients N] [--runs N]"),
+        _ => bail!(
+            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg) [--seconds N] [--clients N] [--runs N]"
+        ),
     }
 }
 
