@@ -503,6 +503,84 @@ async fn includes_are_decided_per_resource_like_reads() {
     }
 }
 
+/// Issue 14: reverse chaining (`_has`) looks only at the referring records
+/// the caller could find by searching for them: a physician's `_has` on
+/// Observations sees their own patients' Observations, never another
+/// physician's patient's, and a role that may not search Observations is
+/// refused.
+#[tokio::test]
+async fn has_looks_only_at_records_the_caller_may_find() {
+    let s = TestServer::start("fhir-has").await;
+    let dr_a = s.user("dr.a", &["physician"]).await;
+    let dr_b = s.user("dr.b", &["physician"]).await;
+    let clerk = s.user("clerk.c", &["clerk"]).await;
+    let pa = s.patient(&dr_a, "Ay", "A").await;
+    let pb = s.patient(&dr_b, "Be", "B").await;
+    let pc = s.patient(&dr_a, "Ce", "C").await;
+    for (tok, p, code) in [(&dr_a, &pa, "8867-4"), (&dr_b, &pb, "8867-4"), (&dr_a, &pc, "8310-5")] {
+        let r = s.post("/fhir/Observation", tok, observation(p, code, 70.0)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let ids = |r: &common::Resp| -> Vec<String> {
+        let mut v: Vec<String> = r.body["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Every physician reads every Patient, but B's heart rate is dr.b's:
+    // dr.a's reverse chain finds A only, dr.b's finds B only.
+    let q = "/fhir/Patient?_has:Observation:patient:code=8867-4";
+    let r = s.get(q, &dr_a).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(ids(&r), vec![pa.clone()]);
+    assert_eq!(ids(&s.get(q, &dr_b).await), vec![pb.clone()]);
+    let mut both = vec![pa.clone(), pc.clone()];
+    both.sort();
+    assert_eq!(ids(&s.get("/fhir/Patient?_has:Observation:patient:code=8867-4,8310-5", &dr_a).await), both);
+    // With another condition, and the query kept in the self link.
+    let r = s.get("/fhir/Patient?family=Ay&_has:Observation:subject:code=8867-4", &dr_a).await;
+    assert_eq!(ids(&r), vec![pa.clone()]);
+    let self_link = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "self").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(self_link.contains("_has"), "{self_link}");
+    assert!(s.last_audit()["query"].as_str().unwrap().contains("_has"));
+    // A clerk searches no Observations: a reverse chain through them is refused.
+    let r = s.get(q, &clerk).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(s.last_audit()["status"], 403);
+    // Malformed, unsupported and unknown.
+    for (bad, status) in [
+        ("_has:Observation:code:code=1", 400),
+        ("_has:Observation=1", 400),
+        ("_has:Nonsense:patient:code=1", 400),
+        ("_has:Observation:patient:_has:Encounter:patient:status=x", 400),
+        ("_has:Observation:performer:code=1", 200),
+    ] {
+        let r = s.get(&format!("/fhir/Patient?{bad}"), &dr_a).await;
+        assert_eq!(r.status.as_u16(), status, "{bad}: {}", r.text);
+    }
+    let r = s
+        .raw(
+            Method::GET,
+            "/fhir/Patient?_has:Observation:patient:nope=1",
+            Some(&dr_a),
+            None,
+            &[("prefer", "handling=strict")],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = s.get("/fhir/Patient?_has:Observation:patient:nope=1", &dr_a).await;
+    assert_eq!(r.status, 200, "lenient by default: {}", r.text);
+    assert!(r.text.contains("nope"), "reported as ignored: {}", r.text);
+}
+
 /// `:iterate` follows what was included, round after round, and every
 /// resource it adds is decided as a read of it: another patient's records
 /// reached through a shared practitioner are withheld and counted.

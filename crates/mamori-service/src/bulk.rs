@@ -21,6 +21,7 @@ use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScop
 use mamori_core::time::Timestamp;
 use mamori_store::bulk::{self, FileRow, Job};
 use mamori_store::records::{self, Version};
+use mamori_store::search::Restriction;
 use mamori_store::sql::Conn;
 use mamori_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -649,6 +650,15 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
             }
             let (mut q, _) =
                 parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid("_typeFilter", e.to_string()))?;
+            // A `_has` in a filter looks only at what the caller may find,
+            // and never through emergency powers.
+            let has = super::records::has_scope(&actor, &q, svc.now())
+                .map_err(|d| ServiceError::denied("the _has search in a _typeFilter", &d))?;
+            if has.iter().any(|(_, r)| *r == Restriction::None) {
+                return Err(ServiceError::Conflict(
+                    "a _has in a _typeFilter would look through emergency access".into(),
+                ));
+            }
             loop {
                 if *stop.borrow() {
                     return Err(ServiceError::Conflict("the server stopped; the export starts again".into()));
@@ -658,13 +668,13 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                         "an emergency was declared: bulk export stopped (not during an emergency)".into(),
                     ));
                 }
-                let (a2, q2, r2) = (actor.clone(), q.clone(), restrict.clone());
+                let (a2, q2, r2, h2) = (actor.clone(), q.clone(), restrict.clone(), has.clone());
                 let now = svc.now();
                 let mut memo = std::mem::take(&mut cache);
                 let page = svc
                     .store
                     .read(move |c| {
-                        let page = mamori_store::search::search(c, &q2, &r2)?;
+                        let page = mamori_store::search::search_scoped(c, &q2, &r2, &h2)?;
                         let mut kept = Vec::with_capacity(page.entries.len());
                         let mut dropped = 0u64;
                         for v in page.entries {

@@ -3,9 +3,10 @@
 //! to the patients a user has a care relationship with.
 
 use mamori_core::fhir::search::{Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortValue, Total};
+use mamori_core::ids::ResourceType;
 use mamori_core::time::Timestamp;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::records::Version;
 use crate::sql::{Conn, Val};
 
@@ -53,19 +54,29 @@ impl Sql {
     }
 }
 
-fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
+/// What the referring resources of each `_has` source type are
+/// restricted to (decided by the caller like a search of that type).
+pub type HasScope = [(ResourceType, Restriction)];
+
+fn where_clause(q: &SearchQuery, restriction: &Restriction, has: &HasScope, sql: &mut Sql) {
     let t = sql.bind(q.rtype.as_str().to_owned());
     sql.text.push_str(&format!(" WHERE r.rtype = {t} AND r.deleted = 0"));
     for clause in &q.clauses {
         let mut ors = Vec::new();
         for cond in &clause.any_of {
-            ors.push(cond_sql(clause, cond, "r", &t, sql));
+            ors.push(cond_sql(clause, cond, "r", &t, has, sql));
         }
         sql.text.push_str(&format!(" AND ({})", ors.join(" OR ")));
     }
+    let r = restriction_sql(restriction, "r", sql);
+    sql.text.push_str(&format!(" AND {r}"));
+}
+
+/// The condition a restriction puts on the resource row aliased `a`.
+fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String {
     match restriction {
-        Restriction::None => {}
-        Restriction::ReferenceDataOnly => sql.text.push_str(" AND r.patient IS NULL"),
+        Restriction::None => "1 = 1".into(),
+        Restriction::ReferenceDataOnly => format!("{a}.patient IS NULL"),
         Restriction::CareOf { user, department, now } => {
             let u = sql.bind(user.clone());
             let d = sql.bind(department.clone());
@@ -75,10 +86,10 @@ fn where_clause(q: &SearchQuery, restriction: &Restriction, sql: &mut Sql) {
                  AND start <= {n} AND (ended IS NULL OR ended > {n})"
             );
             // Every patient the resource names must be in the user's care.
-            sql.text.push_str(&format!(
-                " AND (r.patient IS NULL OR (r.patient IN ({care}) AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
-                 WHERE rc.rtype = r.rtype AND rc.id = r.id AND rc.patient NOT IN ({care}))))"
-            ));
+            format!(
+                "({a}.patient IS NULL OR ({a}.patient IN ({care}) AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
+                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND rc.patient NOT IN ({care}))))"
+            )
         }
     }
 }
@@ -107,7 +118,7 @@ fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: 
 
 /// SQL for one condition on the resource row aliased `a` of type `t` (a
 /// bound parameter).
-fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> String {
+fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql: &mut Sql) -> String {
     let param = clause.param;
     match cond {
         Cond::Id(id) => format!("{a}.id = {}", sql.bind(id.clone())),
@@ -191,11 +202,30 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> St
             let tt = sql.bind(target.as_str().to_owned());
             let mut ors = Vec::new();
             for c in &inner.any_of {
-                ors.push(cond_sql(inner, c, "x", &tt, sql));
+                ors.push(cond_sql(inner, c, "x", &tt, has, sql));
             }
             format!(
                 "{a}.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_type = {tt} AND target_id IN \
                  (SELECT x.id FROM resources x WHERE x.rtype = {tt} AND x.deleted = 0 AND ({})))",
+                ors.join(" OR ")
+            )
+        }
+        Cond::Has { source, param: refp, inner } => {
+            // Some current resource of `source`, of those the caller may
+            // look at, refers here and satisfies the inner condition.
+            let st = sql.bind(source.as_str().to_owned());
+            let pm = sql.bind(*refp);
+            let mut ors = Vec::new();
+            for c in &inner.any_of {
+                ors.push(cond_sql(inner, c, "x", &st, has, sql));
+            }
+            // search_scoped refuses a query whose source has no scope.
+            let scope =
+                has.iter().find(|(t, _)| t == source).map(|(_, r)| r).unwrap_or(&Restriction::ReferenceDataOnly);
+            let allowed = restriction_sql(scope, "x", sql);
+            format!(
+                "{a}.id IN (SELECT h.target_id FROM idx_ref h WHERE h.rtype = {st} AND h.param = {pm} AND h.target_type = {t} \
+                 AND h.id IN (SELECT x.id FROM resources x WHERE x.rtype = {st} AND x.deleted = 0 AND ({}) AND {allowed}))",
                 ors.join(" OR ")
             )
         }
@@ -225,11 +255,22 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, sql: &mut Sql) -> St
     }
 }
 
-/// Runs a search and returns one page.
+/// Runs a search and returns one page. A query with `_has` needs
+/// [`search_scoped`].
 pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> Result<Page> {
+    search_scoped(c, q, restriction, &[])
+}
+
+/// Runs a search whose `_has` clauses look only at the referring
+/// resources `has` allows for their type; a `_has` source type missing
+/// from `has` is an error (never an unrestricted look).
+pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> Result<Page> {
+    if let Some(t) = q.has_sources().into_iter().find(|t| !has.iter().any(|(h, _)| h == t)) {
+        return Err(StoreError::Internal(format!("_has on {t} without a decision for {t}")));
+    }
     let total = if q.total == Total::Accurate || q.summary_count {
         let mut s = Sql { text: "SELECT COUNT(*) FROM resources r".into(), params: Vec::new() };
-        where_clause(q, restriction, &mut s);
+        where_clause(q, restriction, has, &mut s);
         Some(c.query_one(&s.text, &s.params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
     } else {
         None
@@ -238,7 +279,7 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
     }
     if let Sort::Param { name, kind, desc } = q.sort {
-        return search_sorted_by_param(c, q, restriction, total, name, kind, desc);
+        return search_sorted_by_param(c, q, restriction, has, total, name, kind, desc);
     }
     let mut s = Sql {
         text: format!(
@@ -247,7 +288,7 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
         ),
         params: Vec::new(),
     };
-    where_clause(q, restriction, &mut s);
+    where_clause(q, restriction, has, &mut s);
     // Paging backwards reverses comparison and order, then the page.
     let backwards = q.before.is_some() && q.after.is_none();
     let cursor = if backwards { q.before.as_ref() } else { q.after.as_ref() };
@@ -298,10 +339,12 @@ pub fn search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction) -> R
 /// A search ordered by a parameter's values (forward paging only): each
 /// resource's lowest value ascending, or highest descending, from the
 /// search index; resources without one last; ties by id.
+#[allow(clippy::too_many_arguments)]
 fn search_sorted_by_param(
     c: &mut dyn Conn,
     q: &SearchQuery,
     restriction: &Restriction,
+    has: &HasScope,
     total: Option<u64>,
     name: &'static str,
     kind: ParamKind,
@@ -323,7 +366,7 @@ fn search_sorted_by_param(
          LEFT JOIN (SELECT id, {agg}({col}) AS k FROM {table} WHERE rtype = {t} AND param = {pm} GROUP BY id) sk ON sk.id = r.id",
         crate::records::VERSION_SELECT_COLUMNS
     );
-    where_clause(q, restriction, &mut s);
+    where_clause(q, restriction, has, &mut s);
     if let Some(cur) = &q.after {
         let id = s.bind(cur.id.clone());
         let k = match &cur.key {

@@ -508,6 +508,19 @@ pub enum Cond {
         /// The condition on the referenced resource.
         inner: Box<Clause>,
     },
+    /// Reverse chaining (`_has:Observation:patient:code=1234-5`): some
+    /// current resource of `source` refers to this one through its
+    /// reference parameter and satisfies `inner`. Which resources of
+    /// `source` may be looked at is the caller's to decide (the store
+    /// takes a restriction for each source type).
+    Has {
+        /// The type of the referring resources.
+        source: ResourceType,
+        /// Its reference parameter that points here.
+        param: &'static str,
+        /// The condition on the referring resource.
+        inner: Box<Clause>,
+    },
     /// `:missing`: the resource has no value (`true`) or some value
     /// (`false`) for the parameter.
     Missing {
@@ -839,6 +852,14 @@ pub fn parse_query(
                 }
             }
             k if IGNORED.contains(&k) => continue,
+            k if k.starts_with("_has:") => match parse_has(rtype, k, v) {
+                Ok(c) => q.clauses.push(c),
+                Err(SearchError::UnknownParam(..)) if lenient => {
+                    ignored.push(k.to_owned());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
             _ => {
                 let parsed = match k.split_once('.') {
                     Some((left, right)) => parse_chain(rtype, left, right, v),
@@ -911,6 +932,56 @@ fn parse_chain(rtype: ResourceType, left: &str, right: &str, raw: &str) -> Resul
     };
     let inner = parse_clause(target, cname, cmod, raw)?;
     Ok(Clause { param: def.name, any_of: vec![Cond::Chain { target, inner: Box::new(inner) }] })
+}
+
+/// Reverse chaining, one level: `_has:Source:reference-param:param[:modifier]`.
+fn parse_has(rtype: ResourceType, key: &str, raw: &str) -> Result<Clause, SearchError> {
+    let bad = |why: &'static str| SearchError::BadValue {
+        param: key.chars().take(80).collect(),
+        value: raw.chars().take(60).collect(),
+        why,
+    };
+    let mut parts = key.splitn(4, ':').skip(1);
+    let (Some(source), Some(refp), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("expected _has:Type:reference-parameter:parameter"));
+    };
+    if rest.starts_with("_has") {
+        return Err(SearchError::Unsupported(format!("{key} (only one level of _has)")));
+    }
+    let source = ResourceType::parse(source).map_err(|_| bad("unknown resource type"))?;
+    let def = param_def(source, refp).ok_or_else(|| SearchError::UnknownParam(refp.to_owned(), source))?;
+    if def.kind != ParamKind::Reference {
+        return Err(bad("the second part must be a reference parameter of the referring type"));
+    }
+    if def.target.is_some_and(|t| t != rtype.as_str()) {
+        return Err(bad("that reference parameter does not refer to this type"));
+    }
+    let (name, modifier) = match rest.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (rest, None),
+    };
+    if name.contains('.') {
+        return Err(SearchError::Unsupported(format!("{key} (no chain inside _has)")));
+    }
+    let inner = parse_clause(source, name, modifier, raw)?;
+    Ok(Clause { param: "_has", any_of: vec![Cond::Has { source, param: def.name, inner: Box::new(inner) }] })
+}
+
+impl SearchQuery {
+    /// The types whose resources `_has` clauses look at.
+    pub fn has_sources(&self) -> Vec<ResourceType> {
+        let mut out: Vec<ResourceType> = Vec::new();
+        for c in &self.clauses {
+            for cond in &c.any_of {
+                if let Cond::Has { source, .. } = cond {
+                    if !out.contains(source) {
+                        out.push(*source);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {

@@ -157,6 +157,30 @@ pub(crate) fn restriction(d: &Decision, actor: &Actor, now: Timestamp) -> Restri
     }
 }
 
+/// What the `_has` clauses of `q` may look at: each referring type is
+/// decided as a search of that type across patients (a clinician's own
+/// patients' records; nothing clinical for other roles), so that a
+/// reverse chain never reveals a record its caller could not find by
+/// searching for it. `Err`: the decision that refused one.
+pub(crate) fn has_scope(
+    actor: &Actor,
+    q: &mamori_core::fhir::search::SearchQuery,
+    now: Timestamp,
+) -> Result<Vec<(ResourceType, Restriction)>, Decision> {
+    use mamori_core::policy::{Action, Facts, Operation, PatientScope, Target};
+    let mut out = Vec::new();
+    for source in q.has_sources() {
+        let op =
+            Operation::Record { action: Action::Search, target: Target { rtype: source, scope: PatientScope::Any } };
+        let d = crate::authz::decide(actor, &op, Facts::default());
+        if !d.permit {
+            return Err(d);
+        }
+        out.push((source, restriction(&d, actor, now)));
+    }
+    Ok(out)
+}
+
 /// Audits a request refused before it reached the store (malformed input,
 /// a format the client cannot have) under its FHIR interaction's name.
 pub async fn reject(

@@ -455,7 +455,11 @@ pub async fn search(
             if !d.permit {
                 return Ok((d, None));
             }
-            let mut page = search::search(c, &q2, &restriction(&d, &a2, now))?;
+            let has = match super::has_scope(&a2, &q2, now) {
+                Ok(h) => h,
+                Err(refused) => return Ok((refused, None)),
+            };
+            let mut page = search::search_scoped(c, &q2, &restriction(&d, &a2, now), &has)?;
             let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
             // Included resources are decided one by one, as reads.
             // (Each round of `:iterate` goes on only from what was kept.)

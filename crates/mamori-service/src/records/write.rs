@@ -311,7 +311,9 @@ fn conditional_search(
     if !d.permit {
         return Err(ServiceError::denied(&format!("the search of {what} ({rtype})"), &d));
     }
-    Ok(search::search(ctx.conn, &q, &restriction(&d, actor, ctx.now))?.entries)
+    let has = super::has_scope(actor, &q, ctx.now)
+        .map_err(|d| ServiceError::denied(&format!("the _has search in {what}"), &d))?;
+    Ok(search::search_scoped(ctx.conn, &q, &restriction(&d, actor, ctx.now), &has)?.entries)
 }
 
 #[allow(clippy::too_many_arguments)]
