@@ -451,15 +451,27 @@ pub async fn run(svc: Services, mut stop: watch::Receiver<bool>) {
         Ok(n) => tracing::warn!(exports = n, "bulk export: interrupted exports start again"),
         Err(e) => tracing::error!(error = %e, "bulk export: could not requeue interrupted exports"),
     }
+    // By the store's clock, so that expiry follows the time the server keeps.
+    let mut last_expiry: Option<Timestamp> = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let now = svc.now();
-        if let Err(e) = svc.store.writer().write(move |w| bulk::expire(w.conn, now), |_, _| Ok(())).await {
-            tracing::error!(error = %e, "bulk export: could not remove expired output");
+        if last_expiry.is_none_or(|t| now.micros() - t.micros() >= 60_000_000) {
+            last_expiry = Some(now);
+            if let Err(e) = svc.store.writer().write(move |w| bulk::expire(w.conn, now), |_, _| Ok(())).await {
+                tracing::error!(error = %e, "bulk export: could not remove expired output");
+            }
         }
-        match svc.store.writer().write(move |w| bulk::claim(w.conn, now), |_, _| Ok(())).await {
+        // A read first: an idle server does not write twice a second.
+        let queued = svc.store.read(bulk::any_queued).await.unwrap_or(false);
+        let claimed = if queued {
+            svc.store.writer().write(move |w| bulk::claim(w.conn, now), |_, _| Ok(())).await
+        } else {
+            Ok(None)
+        };
+        match claimed {
             Ok(Some(job)) => {
                 let id = job.id.clone();
                 if let Err(e) = run_job(&svc, job, &stop).await {

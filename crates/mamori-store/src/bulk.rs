@@ -105,6 +105,11 @@ pub fn active_of(c: &mut dyn Conn, owner: &str) -> Result<u64> {
     Ok(r.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
 }
 
+/// Whether any job is queued (a read, before a claim is worth a write).
+pub fn any_queued(c: &mut dyn Conn) -> Result<bool> {
+    Ok(c.query_one("SELECT 1 FROM bulk_exports WHERE state = 'queued' LIMIT 1", p![])?.is_some())
+}
+
 /// Claims the oldest queued job (it becomes `running`).
 pub fn claim(c: &mut dyn Conn, now: Timestamp) -> Result<Option<Job>> {
     let sql = format!("SELECT {COLUMNS} FROM bulk_exports WHERE state = 'queued' ORDER BY created_at LIMIT 1");
