@@ -2,12 +2,10 @@
 //! 10,000 patients / 1,000,000 resources against raw AES-256-GCM + SHA-256
 //! on the same number of bytes, and reconciliation import speed.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use mamori_core::ids::ResourceType;
-use mamori_core::time::SystemClock;
 use mamori_exchange::cms::{self, Identity};
 use mamori_server::continuity::container::{self, b64, ContainerError, EXPORT_MAGIC};
 use mamori_server::continuity::{snapshot, standalone};
@@ -15,7 +13,7 @@ use mamori_store::{continuity as cs, records};
 use openssl::symm::{self, Cipher};
 use serde_json::{json, Value};
 
-use crate::{clean_up, start_fresh, Args};
+use crate::{clean_up, Args};
 
 fn observation(p: &str, i: u64) -> Value {
     json!({"resourceType": "Observation", "status": "final",
@@ -108,21 +106,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("mamori-bench-c-{}", std::process::id())));
     let reuse = keep.is_some() && dir.join("mamori.db").exists();
-    if !reuse {
-        start_fresh(&dir)?;
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("mamori.toml"),
-            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n",
-        )?;
-    }
-    let running = mamori_server::server::start(mamori_server::server::ServeOptions {
-        data: dir.clone(),
-        listen: None,
-        as2_listen: None,
-        clock: Arc::new(SystemClock),
-    })
-    .await?;
+    let running = crate::serve_in(&dir, "normal", reuse).await?;
     let st = running.state.clone();
     let t = Instant::now();
     let mut ids: Vec<String> = if reuse { (0..patients).map(|p| format!("bench-p{p}")).collect() } else { Vec::new() };

@@ -4,18 +4,16 @@
 //! stored), against a raw SQLite scan that copies the same rows' JSON into
 //! NDJSON in memory, in the same run.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use mamori_core::ids::UserId;
 use mamori_core::policy::{Role, SubjectKind};
-use mamori_core::time::SystemClock;
 use mamori_service::bulk::{self, Level, Status};
 use mamori_service::{Actor, RequestCtx};
 use mamori_store::accounts;
 
-use crate::{clean_up, start_fresh, Args};
+use crate::{clean_up, Args};
 
 /// The raw baseline: every current resource's JSON, read in type and id
 /// order and copied into NDJSON lines; returns (resources, bytes).
@@ -47,19 +45,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
     let patients: u64 = if a.clients > 0 { a.clients as u64 } else { 10_000 };
     let per: u64 = 100;
     let dir = std::env::temp_dir().join(format!("mamori-bench-x-{}", std::process::id()));
-    start_fresh(&dir)?;
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("mamori.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"normal\"\n",
-    )?;
-    let running = mamori_server::server::start(mamori_server::server::ServeOptions {
-        data: dir.clone(),
-        listen: None,
-        as2_listen: None,
-        clock: Arc::new(SystemClock),
-    })
-    .await?;
+    let running = crate::serve_in(&dir, "normal", false).await?;
     let st = running.state.clone();
     println!("loading {patients} patients x {per} resources ({} resources) directly into the store...", patients * per);
     let t = Instant::now();

@@ -171,21 +171,33 @@ pub async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
     }
 }
 
-async fn fhir(a: &Args) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mamori-bench-{}", std::process::id()));
-    start_fresh(&dir)?;
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("mamori.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"full\"\n",
-    )?;
-    let running = mamori_server::server::start(mamori_server::server::ServeOptions {
-        data: dir.clone(),
+/// Writes a fresh data directory's configuration (loopback, the given
+/// `database.synchronous`) unless `keep`, and starts a server on it.
+pub(crate) async fn serve_in(
+    dir: &std::path::Path,
+    synchronous: &str,
+    keep: bool,
+) -> Result<mamori_server::server::Running> {
+    if !keep {
+        start_fresh(dir)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("mamori.toml"),
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nsynchronous = \"{synchronous}\"\n"),
+        )?;
+    }
+    Ok(mamori_server::server::start(mamori_server::server::ServeOptions {
+        data: dir.to_path_buf(),
         listen: None,
         as2_listen: None,
         clock: Arc::new(SystemClock),
     })
-    .await?;
+    .await?)
+}
+
+async fn fhir(a: &Args) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mamori-bench-{}", std::process::id()));
+    let running = serve_in(&dir, "full", false).await?;
     let base = format!("https://localhost:{}", running.addr.port());
     let pem = std::fs::read(dir.join("tls/cert.pem"))?;
     let client = reqwest::Client::builder()
