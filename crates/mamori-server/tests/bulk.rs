@@ -261,6 +261,28 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert!(!s.text("SELECT COALESCE(MAX(summary), '') FROM bulk_exports", &[]).contains(&pb));
 
+    // Two exports already running for dr.a (the default limit): a third is
+    // refused with 429 and Retry-After, nothing queued; dr.b is not held up.
+    for n in ["a", "b"] {
+        exec_behind_the_back(
+            &s,
+            &format!(
+                "INSERT INTO bulk_exports (id, owner, request, params, state, tx_time, created_at, updated_at) \
+                      VALUES ('{n:0>32}', 'dr.a', 'x', '{{}}', 'running', 0, 0, 0)"
+            ),
+        );
+    }
+    let queued = s.count("SELECT COUNT(*) FROM bulk_exports");
+    let r = s.raw(Method::GET, "/fhir/$export", Some(&dr), None, &[ASYNC]).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(s.count("SELECT COUNT(*) FROM bulk_exports"), queued);
+    let st = kickoff(&s, &other, "/fhir/Patient/$export").await;
+    manifest(&s, &other, &st).await;
+    for n in ["a", "b"] {
+        assert_eq!(s.delete(&format!("/fhir/$export-status/{n:0>32}"), &dr).await.status, 202);
+    }
+
     // Cancellation: the output is gone and the status answers 404.
     let st = kickoff(&s, &dr, "/fhir/$export").await;
     let m = manifest(&s, &dr, &st).await;
