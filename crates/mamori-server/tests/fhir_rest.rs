@@ -1142,12 +1142,35 @@ async fn quantity_search() {
         ("value-quantity=5.4||/min", vec![]),
         ("value-quantity=le100||/min", vec![60.0, 75.0, 75.04, 90.5]),
         ("value-quantity:missing=false&code=2345-7", vec![5.4]),
+        // `ap`: within 10 % (at least the value's own precision).
+        ("value-quantity=ap75", vec![75.0, 75.04]),
+        ("value-quantity=ap66", vec![60.0]),
+        ("value-quantity=ap5", vec![5.4]),
+        ("value-quantity=ap100", vec![90.5]),
     ] {
         let r = s.get(&format!("/fhir/Observation?{}", q.replace('|', "%7C")), &doc).await;
         assert_eq!(r.status, 200, "{q}: {}", r.text);
         assert_eq!(values(&r.body), want, "{q}");
     }
-    for bad in ["value-quantity=ap75", "value-quantity=gt", "value-quantity=1e2"] {
+    // `ap` on a date: 10 % of the distance from now on either side (about
+    // 5.7 years around 1970; a few days around last week).
+    let mut born = std::collections::HashMap::new();
+    for d in ["1966-01-01", "1970-01-01", "1990-01-01"] {
+        let r = s
+            .post(
+                "/fhir/Patient",
+                &doc,
+                json!({"resourceType": "Patient", "name": [{"family": "近似"}], "birthDate": d}),
+            )
+            .await;
+        born.insert(r.body["id"].as_str().unwrap().to_owned(), d);
+    }
+    let r = s.get("/fhir/Patient?family=近似&birthdate=ap1968-01-01", &doc).await;
+    let mut found: Vec<&str> =
+        r.body["entry"].as_array().unwrap().iter().map(|e| born[e["resource"]["id"].as_str().unwrap()]).collect();
+    found.sort();
+    assert_eq!(found, ["1966-01-01", "1970-01-01"], "{}", r.text);
+    for bad in ["value-quantity=gt", "value-quantity=1e2"] {
         assert_eq!(s.get(&format!("/fhir/Observation?{bad}"), &doc).await.status, 400, "{bad}");
     }
     // Stored before quantity search existed: migration 12 indexes them.

@@ -113,6 +113,11 @@ fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: 
         Prefix::Le => format!("{low_col} < {}", sql.bind(high)),
         Prefix::Sa => format!("{low_col} >= {}", sql.bind(high)),
         Prefix::Eb => format!("{high_col} <= {}", sql.bind(low)),
+        Prefix::Ap => {
+            let lo = sql.bind(low);
+            let hi = sql.bind(high);
+            format!("({high_col} > {lo} AND {low_col} < {hi})")
+        }
     }
 }
 
@@ -179,6 +184,11 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
                     } else {
                         format!("NOT {within}")
                     }
+                }
+                Prefix::Ap => {
+                    let lo = sql.bind(micros.saturating_sub(*half_width));
+                    let hi = sql.bind(micros.saturating_add(*half_width));
+                    format!("(value >= {lo} AND value <= {hi})")
                 }
                 Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(*micros)),
                 Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(*micros)),

@@ -453,6 +453,9 @@ pub enum Prefix {
     Sa,
     /// `eb` (ends before): the value ends at or before the searched range's start.
     Eb,
+    /// `ap` (approximately): the value overlaps the searched range widened
+    /// by 10 % (of a quantity; of a date's distance from now).
+    Ap,
 }
 
 /// One alternative of a [`Clause`]: a condition on one index value.
@@ -1098,6 +1101,8 @@ fn parse_quantity(v: &str) -> Option<Cond> {
     let (micros, places) = decimal_micros(rest)?;
     // 5.4 stands for [5.35, 5.45): half a unit of its last place.
     let half_width = if places >= 6 { 0 } else { 5 * 10i64.pow(5 - places) };
+    // `ap`: within 10 % of the value (at least its own precision).
+    let half_width = if prefix == Prefix::Ap { half_width.max(micros.saturating_abs() / 10) } else { half_width };
     Some(Cond::Quantity { prefix, micros, half_width, system, code })
 }
 
@@ -1127,7 +1132,20 @@ fn parse_ref_value(v: &str, target: Option<&str>, type_mod: Option<ResourceType>
 
 fn parse_prefixed_date(v: &str) -> Option<(Prefix, DateRange)> {
     let (p, rest) = split_prefix(v);
-    Some((p, parse_search_date(rest)?))
+    let mut r = parse_search_date(rest)?;
+    if p == Prefix::Ap {
+        // FHIR's recommendation: 10 % of the distance between now and the
+        // date, on either side (never narrower than the date as written).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let mid = r.low / 2 + r.high / 2;
+        let margin = (now - mid).abs() / 10;
+        r.low = r.low.saturating_sub(margin);
+        r.high = r.high.saturating_add(margin);
+    }
+    Some((p, r))
 }
 
 /// A value's comparison prefix (`ge2024`, `gt75`) and the rest; `eq`
@@ -1142,6 +1160,7 @@ fn split_prefix(v: &str) -> (Prefix, &str) {
         Some("le") => Prefix::Le,
         Some("sa") => Prefix::Sa,
         Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
         _ => return (Prefix::Eq, v),
     };
     (p, v.get(2..).unwrap_or(""))
@@ -1181,6 +1200,7 @@ pub fn date_matches(p: Prefix, s: DateRange, low: i64, high: i64) -> bool {
         Prefix::Le => low < s.high,
         Prefix::Sa => low >= s.high,
         Prefix::Eb => high <= s.low,
+        Prefix::Ap => high > s.low && low < s.high,
     }
 }
 
@@ -1281,6 +1301,12 @@ mod tests {
         assert!(date_matches(Prefix::Sa, day, h, h + 10));
         assert!(date_matches(Prefix::Eb, day, l - 10, l));
         assert!(date_matches(Prefix::Ne, day, l - 10, l));
+        // `ap` is an overlap with the (already widened) range.
+        assert!(date_matches(Prefix::Ap, day, l - 10, l + 1));
+        assert!(!date_matches(Prefix::Ap, day, h, h + 10));
+        let (p, r) = parse_prefixed_date("ap2000-01-01").unwrap();
+        assert_eq!(p, Prefix::Ap);
+        assert!(r.high - r.low > 365 * 86_400_000_000, "widened by years: {r:?}");
     }
 
     #[test]
@@ -1319,7 +1345,13 @@ mod tests {
         assert_eq!((prefix, micros, half_width), (Prefix::Ge, 5_400_000, 50_000));
         assert_eq!((system.as_deref(), code.as_deref()), (Some("http://unitsofmeasure.org"), Some("mg")));
         assert!(matches!(parse_quantity("100||/min"), Some(Cond::Quantity { half_width: 500_000, system: None, .. })));
-        for bad in ["ap5", "gt", "5|mg", "5|a|b|c", "x5"] {
+        // `ap`: 10 % of the value, at least its own precision.
+        assert!(matches!(
+            parse_quantity("ap80"),
+            Some(Cond::Quantity { prefix: Prefix::Ap, half_width: 8_000_000, .. })
+        ));
+        assert!(matches!(parse_quantity("ap2"), Some(Cond::Quantity { half_width: 500_000, .. })));
+        for bad in ["gt", "5|mg", "5|a|b|c", "x5"] {
             assert_eq!(parse_quantity(bad), None, "{bad}");
         }
     }
