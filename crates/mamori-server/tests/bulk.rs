@@ -233,6 +233,49 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
     assert_eq!(ids(&out, "Observation"), set(&[&pulse, &temp, &pulse_c]));
 
+    // The same by POST with a Parameters body, checked like the query.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Observation"},
+        {"name": "_typeFilter", "valueString": "Observation?code=8867-4"},
+        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
+    let r = s
+        .raw(Method::POST, "/fhir/$export", Some(&dr), Some((params.to_string(), "application/fhir+json")), &[ASYNC])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let st = r.header("content-location").unwrap().trim_start_matches(&s.base).to_owned();
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
+    assert_eq!(ids(&out, "Observation"), set(&[&pulse, &pulse_c]));
+    for (body, needle) in [
+        (json!({"resourceType": "Patient"}), "Parameters"),
+        (
+            json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": "Patient/x"}]}),
+            "unsupported",
+        ),
+        (json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueBoolean": true}]}), "valueString"),
+    ] {
+        let r = s
+            .raw(
+                Method::POST,
+                "/fhir/Patient/$export",
+                Some(&dr),
+                Some((body.to_string(), "application/fhir+json")),
+                &[ASYNC],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(needle), "{body}: {}", r.text);
+    }
+    let r = s
+        .raw(
+            Method::POST,
+            &format!("/fhir/Patient/{pa}/$everything"),
+            Some(&dr),
+            Some(("{}".into(), "application/fhir+json")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 405, "{}", r.text);
+
     // _since: only what changed after it.
     let since = s.now().to_rfc3339();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -255,6 +298,17 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
     assert_eq!(ids(&out, "Patient"), set(&[&pc]));
     assert_eq!(ids(&out, "Observation"), set(&[&pulse_c]));
+    let empty = json!({"resourceType": "Parameters"}).to_string();
+    let r = s
+        .raw(
+            Method::POST,
+            &format!("/fhir/Group/{gid}/$export"),
+            Some(&dr),
+            Some((empty, "application/fhir+json")),
+            &[ASYNC],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
     let r = s.raw(Method::GET, &format!("/fhir/Group/{gid}/$export"), Some(&other), None, &[ASYNC]).await;
     assert_eq!(r.status, 403, "dr.b may not read the group: {}", r.text);
     let r = s.raw(Method::GET, "/fhir/Group/nope/$export", Some(&dr), None, &[ASYNC]).await;

@@ -166,6 +166,26 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
     Ok(p)
 }
 
+/// The kick-off parameters of a POST: a `Parameters` resource whose
+/// parameters carry their values as `valueString`, `valueInstant`,
+/// `valueCode` or `valueUri`; returned as query pairs, so that a POST is
+/// checked exactly like a GET.
+pub fn pairs_of_parameters(body: &serde_json::Value) -> Result<Vec<(String, String)>, ServiceError> {
+    if body["resourceType"] != "Parameters" {
+        return Err(bad("resourceType", "a POST kick-off carries a Parameters resource"));
+    }
+    let mut out = Vec::new();
+    for p in body["parameter"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let name = p["name"].as_str().ok_or_else(|| bad("parameter.name", "every parameter needs a name"))?;
+        let value = ["valueString", "valueInstant", "valueCode", "valueUri", "valueDateTime"]
+            .iter()
+            .find_map(|k| p[*k].as_str())
+            .ok_or_else(|| bad(name, "expected valueString, valueInstant, valueCode or valueUri"))?;
+        out.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
 fn kickoff_record(
     actor: &Actor,
     status: u16,

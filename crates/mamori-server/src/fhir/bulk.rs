@@ -2,16 +2,17 @@
 //! output files (Bulk Data Access IG v2). The decisions, the job and the
 //! audit events are in `mamori_service::bulk`.
 
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mamori_service::bulk::{self, Level, Status};
 use mamori_service::records::parse_pairs;
-use mamori_service::Services;
+use mamori_service::{ServiceError, Services};
 use serde_json::json;
 
 use super::{check_accept, format_param, refuse, respond};
-use crate::http::{Caller, FhirError};
+use crate::http::{read_body, Caller, FhirError};
 
 /// `GET /fhir/$export`.
 pub(crate) async fn system(
@@ -39,6 +40,73 @@ pub(crate) async fn group(svc: Services, c: Caller, id: String, q: Option<String
     kickoff(svc, c, Level::Group(id), &path, q, headers).await
 }
 
+/// `POST /fhir/$export` with a Parameters body.
+pub(crate) async fn system_post(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    kickoff_post(svc, c, Level::System, "$export", q, headers, body).await
+}
+
+/// `POST /fhir/Patient/$export` with a Parameters body.
+pub(crate) async fn patient_post(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    kickoff_post(svc, c, Level::Patient, "Patient/$export", q, headers, body).await
+}
+
+/// `POST /fhir/Group/{id}/$export` with a Parameters body (no other
+/// operation is posted to an instance).
+pub(crate) async fn instance_post(
+    State(svc): State<Services>,
+    c: Caller,
+    Path((t, id, op)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if t != "Group" || op != "$export" {
+        let e = ServiceError::MethodNotAllowed("only Group/{id}/$export takes a POST here".into());
+        return refuse(&svc, &c, "operation", None, None, e).await;
+    }
+    let path = format!("Group/{id}/$export");
+    kickoff_post(svc, c, Level::Group(id), &path, q, headers, body).await
+}
+
+async fn kickoff_post(
+    svc: Services,
+    c: Caller,
+    level: Level,
+    path: &str,
+    q: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let parsed = async {
+        super::check_content_type(&headers)?;
+        let bytes = read_body(body, 1 << 20).await?;
+        let v = super::parse_json(&bytes)?;
+        let mut pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
+        pairs.extend(bulk::pairs_of_parameters(&v)?);
+        check_accept(&headers, format_param(&pairs))?;
+        Ok::<_, ServiceError>(pairs)
+    }
+    .await;
+    let pairs = match parsed {
+        Ok(p) => p,
+        Err(e) => return refuse(&svc, &c, "export-kickoff", None, None, e).await,
+    };
+    let request = format!("{}/fhir/{path}", svc.base_url);
+    answer_kickoff(&svc, &c, level, &pairs, &headers, &request).await
+}
+
 async fn kickoff(
     svc: Services,
     c: Caller,
@@ -57,8 +125,19 @@ async fn kickoff(
         Some(q) => format!("{}/fhir/{path}?{q}", svc.base_url),
         None => format!("{}/fhir/{path}", svc.base_url),
     };
+    answer_kickoff(&svc, &c, level, &pairs, &headers, &request).await
+}
+
+async fn answer_kickoff(
+    svc: &Services,
+    c: &Caller,
+    level: Level,
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+    request: &str,
+) -> Response {
     let prefer = headers.get("prefer").and_then(|v| v.to_str().ok());
-    match bulk::kickoff(&svc, &c, level, &pairs, prefer, &request).await {
+    match bulk::kickoff(svc, c, level, pairs, prefer, request).await {
         Ok(k) => {
             let mut r = (StatusCode::ACCEPTED, "").into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{}/fhir/$export-status/{}", svc.base_url, k.id)) {

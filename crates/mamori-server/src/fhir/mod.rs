@@ -30,8 +30,8 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/_history", get(read::system_history))
-        .route("/fhir/$export", get(bulk::system))
-        .route("/fhir/Patient/$export", get(bulk::patient))
+        .route("/fhir/$export", get(bulk::system).post(bulk::system_post))
+        .route("/fhir/Patient/$export", get(bulk::patient).post(bulk::patient_post))
         .route("/fhir/$export-status/{id}", get(bulk::status).delete(bulk::cancel))
         .route("/fhir/$export-file/{id}/{n}", get(bulk::file))
         .route(
@@ -46,7 +46,7 @@ pub(crate) fn routes() -> Router<Services> {
                 .delete(write::delete)
                 .post(read::search_post),
         )
-        .route("/fhir/{rtype}/{id}/{op}", get(read::instance_op))
+        .route("/fhir/{rtype}/{id}/{op}", get(read::instance_op).post(bulk::instance_post))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(read::vread))
         .fallback(|| async { FhirError(ServiceError::NotFound("no such FHIR endpoint".into())) })
         .layer(axum::middleware::from_fn(negotiate))
