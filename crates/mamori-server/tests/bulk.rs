@@ -287,6 +287,28 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     assert_eq!(out.keys().collect::<Vec<_>>(), ["Observation"], "{out:?}");
     assert_eq!(ids(&out, "Observation"), set(&[&temp]));
     assert_eq!(out["Observation"][&temp]["valueQuantity"]["value"], 37.9);
+    // Deleted since then: listed under `deleted` as Bundles of DELETE
+    // entries, only for what the caller may read (dr.b's deletion is not).
+    let obs_b = s.post("/fhir/Observation", &other, observation(&pb, "8867-4", 80.0)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let since = s.now().to_rfc3339();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(s.delete(&format!("/fhir/Observation/{pulse}"), &dr).await.status, 204);
+    assert_eq!(s.delete(&format!("/fhir/Observation/{obs_b}"), &other).await.status, 204);
+    let st = kickoff(&s, &dr, &format!("/fhir/$export?_since={}", since.replace('+', "%2B"))).await;
+    let m = manifest(&s, &dr, &st).await;
+    assert!(m["output"].as_array().unwrap().is_empty(), "{m}");
+    let deleted = m["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 1, "{m}");
+    assert_eq!(deleted[0]["type"], "Bundle");
+    let url = deleted[0]["url"].as_str().unwrap().trim_start_matches(&s.base).to_owned();
+    let r = s.raw(Method::GET, &url, Some(&dr), None, &[]).await;
+    let lines: Vec<Value> = r.text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{}", r.text);
+    assert_eq!(lines[0]["entry"][0]["request"], json!({"method": "DELETE", "url": format!("Observation/{pulse}")}));
+    assert!(!r.text.contains(&obs_b));
 
     // A Group's members: the group is read like any resource.
     let group = json!({"resourceType": "Group", "type": "person", "actual": true,

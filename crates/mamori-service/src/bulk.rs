@@ -35,6 +35,9 @@ use crate::error::ServiceError;
 use crate::records::{parse_id, parse_pairs, restriction};
 use crate::services::Services;
 
+/// The type under which a file of deletions is stored (its lines are
+/// Bundles, listed under `deleted` in the manifest).
+const DELETED: &str = "Bundle(deleted)";
 /// Resources read from the store per query.
 const PAGE: usize = 1000;
 /// An output file is closed once it holds this many bytes, whatever the
@@ -401,8 +404,8 @@ fn manifest(base: &str, job: &Job, files: &[FileRow]) -> serde_json::Value {
         "transactionTime": job.tx_time.to_rfc3339(),
         "request": job.request,
         "requiresAccessToken": true,
-        "output": files.iter().filter(|f| f.rtype != "OperationOutcome").map(item).collect::<Vec<_>>(),
-        "deleted": [],
+        "output": files.iter().filter(|f| f.rtype != "OperationOutcome" && f.rtype != DELETED).map(item).collect::<Vec<_>>(),
+        "deleted": files.iter().filter(|f| f.rtype == DELETED).map(|f| json!({"type": "Bundle", "url": url(f), "count": f.count})).collect::<Vec<_>>(),
         "error": files.iter().filter(|f| f.rtype == "OperationOutcome").map(item).collect::<Vec<_>>(),
         "extension": {"https://mamori.example/fhir/bulk/summary": summary},
     })
@@ -650,6 +653,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
     let mut withheld = 0u64;
     let mut not_permitted: Vec<&str> = Vec::new();
     let mut total = 0u64;
+    let mut deleted = 0u64;
     // Decisions by type and patients: a patient's resources of one type
     // are decided once.
     let mut cache: Cache = HashMap::new();
@@ -776,6 +780,44 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         if count > 0 {
             per_type.insert((*t).to_owned(), json!(count));
         }
+        // With `_since`, what was deleted since then, each decided as a
+        // read of the version before its deletion (IG v2 `deleted`).
+        if let Some((_, since)) = &params.since {
+            let (t2, since, until, a2, now) = (*t, Timestamp(*since), job.tx_time, actor.clone(), svc.now());
+            let gone = svc
+                .store
+                .read(move |c| {
+                    let mut kept = Vec::new();
+                    let mut memo = Cache::new();
+                    for v in bulk::deleted_between(c, t2, since, until)? {
+                        if let Some(d) = decide_one(c, &a2, &v, now, &mut memo)? {
+                            kept.push((v, d));
+                        }
+                    }
+                    Ok(kept)
+                })
+                .await?;
+            for (v, d) in gone {
+                let owners = owners_of(&v);
+                if patient_level && owners.is_empty() {
+                    continue;
+                }
+                if let Some(g) = &group {
+                    if !owners.iter().any(|p| g.contains(p)) {
+                        continue;
+                    }
+                }
+                for p in owners {
+                    patients.entry(p).or_insert_with(|| Included { resources: 0, decision: d.clone() }).resources += 1;
+                }
+                let entry = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"request": {"method": "DELETE", "url": format!("{}/{}", v.rtype, v.id)}}]});
+                let line = Version { rtype: DELETED.into(), body: entry.to_string(), ..v };
+                out.push(svc, &line).await?;
+                deleted += 1;
+            }
+            out.flush(svc).await?;
+        }
     }
     if withheld > 0 || !not_permitted.is_empty() {
         let mut text = format!("{withheld} resources were withheld: your access does not open them to an export");
@@ -814,6 +856,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
     }
     let summary = json!({
         "resources": total,
+        "deleted": deleted,
         "types": per_type,
         "patients": n_patients,
         "withheld": withheld,

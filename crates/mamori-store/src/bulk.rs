@@ -241,3 +241,28 @@ pub fn stored_types(c: &mut dyn Conn, types: &[&'static str]) -> Result<Vec<&'st
     }
     Ok(out)
 }
+
+/// Resources of `rtype` deleted after `since` and not after `until`, as
+/// the version before each deletion (whose patients decide who may learn
+/// of it), in id order.
+pub fn deleted_between(
+    c: &mut dyn Conn,
+    rtype: &str,
+    since: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<crate::records::Version>> {
+    let rows = c.query(
+        "SELECT id, version FROM resources WHERE rtype = $1 AND deleted = 1 AND last_updated > $2 AND last_updated <= $3 ORDER BY id",
+        p![rtype, since.micros(), until.micros()],
+    )?;
+    let mut out = Vec::new();
+    for r in rows.iter() {
+        let (id, version) = (r.text(0)?, r.i64(1)?);
+        if version > 1 {
+            if let Some(v) = crate::records::vread(c, rtype, &id, (version - 1) as u64)? {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
