@@ -732,26 +732,13 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                         continue;
                     }
                     let owners = owners_of(&v);
-                    if patient_level && owners.is_empty() {
+                    if !in_scope(&owners, patient_level, group.as_ref()) {
                         continue;
-                    }
-                    if let Some(g) = &group {
-                        if !owners.iter().any(|p| g.contains(p)) {
-                            continue;
-                        }
                     }
                     if queries.len() > 1 && !seen.insert(v.id.clone()) {
                         continue;
                     }
-                    for p in owners {
-                        let e = patients.entry(p).or_insert_with(|| Included { resources: 0, decision: d.clone() });
-                        e.resources += 1;
-                        // The event names what opened the clinical records,
-                        // not only the demographics.
-                        if e.decision.basis == Basis::RoleDemographics {
-                            e.decision.clone_from(&d);
-                        }
-                    }
+                    count_for(&mut patients, owners, &d);
                     out.push(svc, &v).await?;
                     count += 1;
                     total += 1;
@@ -799,17 +786,10 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                 .await?;
             for (v, d) in gone {
                 let owners = owners_of(&v);
-                if patient_level && owners.is_empty() {
+                if !in_scope(&owners, patient_level, group.as_ref()) {
                     continue;
                 }
-                if let Some(g) = &group {
-                    if !owners.iter().any(|p| g.contains(p)) {
-                        continue;
-                    }
-                }
-                for p in owners {
-                    patients.entry(p).or_insert_with(|| Included { resources: 0, decision: d.clone() }).resources += 1;
-                }
+                count_for(&mut patients, owners, &d);
                 let entry = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
                     {"request": {"method": "DELETE", "url": format!("{}/{}", v.rtype, v.id)}}]});
                 let line = Version { rtype: DELETED.into(), body: entry.to_string(), ..v };
@@ -892,6 +872,26 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         return Err(ServiceError::Conflict("the export was cancelled".into()));
     }
     Ok(())
+}
+
+/// Whether a resource of these patients belongs in the export: at Patient
+/// and Group level only patient data, and at Group level only the
+/// members'.
+fn in_scope(owners: &[String], patient_level: bool, group: Option<&HashSet<String>>) -> bool {
+    !(patient_level && owners.is_empty()) && group.is_none_or(|g| owners.iter().any(|p| g.contains(p)))
+}
+
+/// Counts an exported resource (or deletion) for each of its patients.
+/// A patient's event names what opened their clinical records, not only
+/// their demographics.
+fn count_for(patients: &mut HashMap<String, Included>, owners: Vec<String>, d: &Decision) {
+    for p in owners {
+        let e = patients.entry(p).or_insert_with(|| Included { resources: 0, decision: d.clone() });
+        e.resources += 1;
+        if e.decision.basis == Basis::RoleDemographics {
+            e.decision.clone_from(d);
+        }
+    }
 }
 
 /// The patients a resource is the data of (a Patient is its own).

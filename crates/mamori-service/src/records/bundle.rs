@@ -279,9 +279,13 @@ fn get_entry(
                 target: Target { rtype: e.rtype, scope: PatientScope::Any },
             };
             let d = authz::decide(actor, &op, Facts::default());
+            if !d.permit {
+                let rec =
+                    actor.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
+                return Ok((EntryResult::status_only(403), rec));
+            }
             let has = match super::has_scope(actor, &q, now) {
-                Ok(h) if d.permit => h,
-                Ok(_) => vec![],
+                Ok(h) => h,
                 Err(refused) => {
                     let rec = actor.fhir_record(
                         "search-type",
@@ -296,11 +300,6 @@ fn get_entry(
                     return Ok((EntryResult::status_only(403), rec));
                 }
             };
-            if !d.permit {
-                let rec =
-                    actor.fhir_record("search-type", 403, Some(e.rtype.as_str()), None, None, vec![], Some(&d), now);
-                return Ok((EntryResult::status_only(403), rec));
-            }
             let page = search::search_scoped(ctx.conn, &q, &restriction(&d, actor, now), &has)?;
             let entries: Vec<Value> = page
                 .entries
