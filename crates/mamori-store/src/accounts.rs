@@ -203,6 +203,7 @@ impl User {
             roles: self.roles.clone(),
             kind: self.kind,
             must_change_password: self.must_change,
+            app: None,
         }
     }
 }

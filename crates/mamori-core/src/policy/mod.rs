@@ -23,6 +23,7 @@
 //!   audit log; a sealed emergency account can do nothing outside a
 //!   declared emergency.
 
+mod app;
 mod notice;
 mod operation;
 mod rules;
@@ -31,6 +32,7 @@ mod tests;
 
 use std::fmt;
 
+pub use app::{AppGrant, Context as AppContext, ResourceScope, ScopeRequest};
 pub use notice::{told, Notice};
 pub use operation::{Operation, RoleSet};
 pub use rules::{authorize, combine};
@@ -133,6 +135,9 @@ pub struct Subject {
     pub kind: SubjectKind,
     /// It still has a first-login (one-time) password.
     pub must_change_password: bool,
+    /// It acts through a third-party app (SMART): the scopes the user
+    /// granted it, which narrow what the account may do.
+    pub app: Option<AppGrant>,
 }
 
 impl Subject {
@@ -230,6 +235,9 @@ pub struct Facts {
     pub registration_open: bool,
     /// The maintenance window in force grants the scope asked for.
     pub scope_granted: bool,
+    /// The patient decided on is the one an app acting for the subject
+    /// was launched for (its `patient/` scopes reach that patient only).
+    pub app_patient: bool,
 }
 
 /// Why access was granted or refused; recorded in every audit event.
@@ -303,6 +311,9 @@ pub enum Basis {
     /// Denied: bulk work with patient data waits until the emergency is
     /// over (emergency powers serve the care of one patient at a time).
     NotDuringEmergency,
+    /// Denied: the app's token does not reach this (its scopes, or its
+    /// patient).
+    NotInAppScope,
 }
 
 impl Basis {
@@ -341,6 +352,7 @@ impl Basis {
             Basis::NotInScope => "not-in-scope",
             Basis::PasswordChangeRequired => "password-change-required",
             Basis::NotDuringEmergency => "not-during-emergency",
+            Basis::NotInAppScope => "not-in-app-scope",
         }
     }
 
@@ -359,6 +371,7 @@ impl Basis {
             Basis::NotPlanDecider => "the BCP plan in force does not name you as a decider",
             Basis::RegistrationClosed => "registration without the reception desk is not open now (the plan opens it in declared emergencies, and at any time for the departments it names)",
             Basis::NotInScope => "the maintenance window does not grant this",
+            Basis::NotInAppScope => "the app's access token does not reach this: its scopes, or the patient it was launched for",
             Basis::NotDuringEmergency => "not while an emergency is declared: bulk export waits for the return to normal",
             Basis::PasswordChangeRequired => {
                 "password change required: a one-time password must be changed first (POST /api/v1/auth/password)"

@@ -252,6 +252,14 @@ pub enum Operation {
     /// Poll, download or cancel an export (`Facts::own`: started by the
     /// subject).
     BulkExportRead,
+
+    // ---- third-party apps (SMART App Launch) -----------------------------------------------
+    /// Register, change or disable the apps that may ask users for access.
+    AppManage,
+    /// List the registered apps, and launch one from a chart (what the
+    /// app then reads is decided as the user's reads, narrowed by the
+    /// scopes the user grants it).
+    AppUse,
 }
 
 impl Operation {

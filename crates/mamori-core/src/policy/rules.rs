@@ -20,6 +20,16 @@ const PHARMACY: &[&str] =
 /// of one patient and calls this once per patient ([`combine`] joins the
 /// decisions). This is the only place anything is permitted or denied.
 pub fn authorize(subject: &Subject, op: &Operation, mode: &Mode, facts: &Facts) -> Decision {
+    let d = account(subject, op, mode, facts);
+    match &subject.app {
+        // An app acting for the subject: never more than the subject may.
+        Some(app) => app.narrow(op, facts, d),
+        None => d,
+    }
+}
+
+/// What the account itself may do.
+fn account(subject: &Subject, op: &Operation, mode: &Mode, facts: &Facts) -> Decision {
     if subject.kind == SubjectKind::EmergencyAccount && mode.is_normal() {
         return Decision::deny(Basis::EmergencyAccountSealed);
     }
@@ -535,5 +545,10 @@ fn operations(s: &Subject, op: &Operation, mode: &Mode, f: &Facts) -> Decision {
                 deny(Basis::NotOwn)
             }
         }
+
+        // ---- apps: administrators register them; people who read
+        // records use them (as themselves, narrowed by the app's scopes).
+        O::AppManage => when(admin, sysadmin()),
+        O::AppUse => when(staff, ops(Basis::RolePermitted)),
     }
 }

@@ -12,6 +12,7 @@ fn subj(roles: &[Role]) -> Subject {
         roles: roles.to_vec(),
         kind: SubjectKind::Staff,
         must_change_password: false,
+        app: None,
     }
 }
 fn kind(k: SubjectKind, roles: &[Role]) -> Subject {
@@ -34,6 +35,7 @@ const NONE: Facts = Facts {
     plan_is_builtin: false,
     registration_open: false,
     scope_granted: false,
+    app_patient: false,
 };
 const REL: Facts = Facts { care_relationship: true, ..NONE };
 const BTG: Facts = Facts { break_glass: true, ..NONE };
@@ -522,6 +524,8 @@ pub(super) fn every_operation() -> Vec<Operation> {
         O::ComplianceReport,
         O::BulkExport,
         O::BulkExportRead,
+        O::AppManage,
+        O::AppUse,
     ]);
     out
 }
@@ -568,6 +572,7 @@ fn every_facts() -> Vec<Facts> {
             plan_is_builtin: b & 64 != 0,
             registration_open: b & 128 != 0,
             scope_granted: b & 256 != 0,
+            app_patient: false,
         })
         .collect()
 }
@@ -658,4 +663,78 @@ fn matrix_properties() {
             if action.is_write() && (target.rtype == ResourceType::AUDIT_EVENT || target.scope == Any))),
         "operations nobody may perform: {unreachable:?}"
     );
+}
+
+/// An app acting for a subject never does more than the subject, and its
+/// `patient/` scopes reach only the patient it was launched for.
+#[test]
+fn apps_never_widen_what_their_user_may_do() {
+    let grants = ["user/*.cruds", "user/Observation.rs", "patient/*.rs", "patient/*.cruds user/Practitioner.rs", ""];
+    let ops = every_operation();
+    let facts: Vec<Facts> = every_facts()
+        .into_iter()
+        .take(32)
+        .flat_map(|f| [Facts { app_patient: false, ..f }, Facts { app_patient: true, ..f }])
+        .collect();
+    let mut permits = 0u64;
+    for s in every_subject() {
+        for g in grants {
+            let app = Subject { app: Some(AppGrant::of(g)), ..s.clone() };
+            for mode in [N, EMERG, DRILL] {
+                for op in &ops {
+                    for f in &facts {
+                        let d = authorize(&app, op, &mode, f);
+                        let own = authorize(&s, op, &mode, f);
+                        let ctx = || format!("{g:?} {:?} {:?} {op:?} {mode} {f:?} -> {d:?}", s.kind, s.roles);
+                        if d.permit {
+                            permits += 1;
+                            assert_eq!(d, own, "{}", ctx());
+                        } else if own.permit {
+                            assert_eq!(d.basis, Basis::NotInAppScope, "{}", ctx());
+                        }
+                        if let Operation::Record { target, .. } = op {
+                            let patient_only = !g
+                                .split(' ')
+                                .filter_map(ResourceScope::parse)
+                                .any(|r| r.context == AppContext::User && r.rtype.is_none_or(|t| t == target.rtype));
+                            if d.permit && patient_only && target.scope == One {
+                                assert!(f.app_patient, "{}", ctx());
+                            }
+                            if d.permit && patient_only {
+                                assert_ne!(target.scope, Any, "{}", ctx());
+                            }
+                        } else if d.permit {
+                            assert_eq!(*op, Operation::OwnSession, "{}", ctx());
+                        }
+                        if g.is_empty() {
+                            assert!(!d.permit || *op == Operation::OwnSession, "{}", ctx());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(permits > 10_000, "{permits} permits checked");
+}
+
+#[test]
+fn an_app_reads_only_what_its_scopes_name() {
+    let doc = Subject { app: Some(AppGrant::of("patient/Observation.rs")), ..subj(&[Physician]) };
+    let mine = Facts { app_patient: true, ..REL };
+    let d = authorize(&doc, &rec(Read, "Observation", One), &N, &mine);
+    assert!(d.permit && d.basis == Basis::CareRelationship, "{d:?}");
+    // Another patient in the physician's care: the app does not reach it.
+    let d = authorize(&doc, &rec(Read, "Observation", One), &N, &REL);
+    assert_eq!((d.permit, d.basis), (false, Basis::NotInAppScope));
+    // Another type, a write, a search across patients: not granted.
+    for op in [rec(Read, "Condition", One), rec(Create, "Observation", One), rec(Search, "Observation", Any)] {
+        let d = authorize(&doc, &op, &N, &mine);
+        assert_eq!((d.permit, d.basis), (false, Basis::NotInAppScope), "{op:?}");
+    }
+    // The user's own denial stays the reason.
+    let d = authorize(&doc, &rec(Read, "Observation", One), &N, &Facts { app_patient: true, ..NONE });
+    assert_eq!(d.basis, Basis::NoCareRelationship);
+    // Nothing outside the record through an app.
+    let d = authorize(&doc, &Operation::BreakGlassRequest, &N, &NONE);
+    assert_eq!(d.basis, Basis::NotInAppScope);
 }
