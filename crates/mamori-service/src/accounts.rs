@@ -316,6 +316,7 @@ pub async fn login(svc: &Services, ctx: RequestCtx, req: Login) -> Result<Sessio
                                 expires,
                                 declared: None,
                                 issued_by: None,
+                                app: None,
                             },
                             w.now,
                         )?;
@@ -461,6 +462,7 @@ pub async fn change_password(
                     expires,
                     declared: None,
                     issued_by: None,
+                    app: None,
                 },
                 w.now,
             )?;
@@ -1045,6 +1047,7 @@ pub async fn issue_token(svc: &Services, actor: &Actor, req: TokenRequest) -> Re
                     expires,
                     declared: None,
                     issued_by: issuer.as_deref(),
+                    app: None,
                 },
                 w.now,
             )?;

@@ -454,6 +454,7 @@ pub async fn emergency_login(
                         expires,
                         declared: Some(&d2),
                         issued_by: None,
+                        app: None,
                     },
                     w.now,
                 )?;

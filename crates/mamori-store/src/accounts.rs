@@ -461,14 +461,44 @@ pub struct NewToken<'a> {
     pub declared: Option<&'a str>,
     /// Who issued it, when not the holder.
     pub issued_by: Option<&'a str>,
+    /// A third-party app's access token: the app and what the user granted.
+    pub app: Option<&'a AppToken>,
+}
+
+/// What makes an API token an app's access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppToken {
+    /// The app (`client_id`).
+    pub client_id: String,
+    /// The scopes granted (space-separated).
+    pub scope: String,
+    /// The patient the app was launched for.
+    pub patient: Option<String>,
+    /// The authorization it came from (its code and refresh tokens).
+    pub family: String,
 }
 
 /// Stores a token; returns its id.
 pub fn insert_token(c: &mut dyn Conn, t: &NewToken<'_>, now: Timestamp) -> Result<String> {
     let h = token_hash(t.secret);
+    let a = t.app;
     c.exec(
-        "INSERT INTO tokens (hash, user_name, kind, label, created, expires, declared, issued_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        p![h.as_slice(), t.user, t.kind.as_str(), t.label, now.micros(), t.expires.micros(), t.declared, t.issued_by],
+        "INSERT INTO tokens (hash, user_name, kind, label, created, expires, declared, issued_by, client_id, scope, patient, family) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        p![
+            h.as_slice(),
+            t.user,
+            t.kind.as_str(),
+            t.label,
+            now.micros(),
+            t.expires.micros(),
+            t.declared,
+            t.issued_by,
+            a.map(|a| a.client_id.as_str()),
+            a.map(|a| a.scope.as_str()),
+            a.and_then(|a| a.patient.as_deref()),
+            a.map(|a| a.family.as_str())
+        ],
     )?;
     Ok(token_id(&h))
 }
@@ -488,6 +518,8 @@ pub struct TokenInfo {
     pub declared: Option<String>,
     /// Who issued it, when not the holder.
     pub issued_by: Option<String>,
+    /// A third-party app's access token: the app and what it was granted.
+    pub app: Option<AppToken>,
 }
 
 /// Looks up a presented secret; `None` unless live (not expired, not
@@ -498,7 +530,7 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
     }
     let h = token_hash(secret);
     let Some(r) = c.query_one(
-        "SELECT user_name, kind, expires, revoked, declared, hash, issued_by FROM tokens WHERE hash = $1",
+        "SELECT user_name, kind, expires, revoked, declared, hash, issued_by, client_id, scope, patient, family FROM tokens WHERE hash = $1",
         p![h.as_slice()],
     )?
     else {
@@ -522,6 +554,15 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
         expires: Timestamp(r.i64(2)?),
         declared: r.opt_text(4)?,
         issued_by: r.opt_text(6)?,
+        app: match r.opt_text(7)? {
+            Some(client_id) => Some(AppToken {
+                client_id,
+                scope: r.opt_text(8)?.unwrap_or_default(),
+                patient: r.opt_text(9)?,
+                family: r.opt_text(10)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     }))
 }
 

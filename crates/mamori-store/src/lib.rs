@@ -23,6 +23,7 @@ pub mod error;
 pub mod exchange;
 pub mod forms;
 pub mod maintenance;
+pub mod oauth;
 pub mod pg;
 pub mod records;
 pub mod schema;

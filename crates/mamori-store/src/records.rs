@@ -186,12 +186,13 @@ pub fn history(
     restrict: &crate::search::Restriction,
 ) -> Result<Vec<Version>> {
     use crate::search::Restriction;
-    let (reference_only, user, dept, now) = match restrict {
-        Restriction::None => (false, None, None, None),
-        Restriction::ReferenceDataOnly => (true, None, None, None),
+    let (reference_only, user, dept, now, only) = match restrict {
+        Restriction::None => (false, None, None, None, None),
+        Restriction::ReferenceDataOnly => (true, None, None, None, None),
         Restriction::CareOf { user, department, now } => {
-            (false, Some(user.as_str()), department.as_deref(), Some(now.micros()))
+            (false, Some(user.as_str()), department.as_deref(), Some(now.micros()), None)
         }
+        Restriction::Patient(p) => (false, None, None, None, Some(p.as_str())),
     };
     // Across patients, a version naming several patients is left out (its
     // other patients are not checked here): never too much, at worst too
@@ -202,10 +203,11 @@ pub fn history(
          AND ($9 = 0 OR patient IS NULL) \
          AND (CAST($6 AS TEXT) IS NULL OR patient IS NULL OR (other_patients IS NULL AND patient IN (SELECT patient FROM care_assignments WHERE (user_name = $6 OR (CAST($7 AS TEXT) IS NOT NULL AND department = $7)) \
               AND start <= $8 AND (ended IS NULL OR ended > $8)))) \
+         AND (CAST($10 AS TEXT) IS NULL OR patient IS NULL OR (other_patients IS NULL AND patient = $10)) \
          ORDER BY seq DESC LIMIT $5",
         version_cols("")
     );
-    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now, reference_only])?
+    c.query(&sql, p![rtype, id, since.map(|t| t.micros()), before_seq, limit, user, dept, now, reference_only, only])?
         .iter()
         .map(version_row)
         .collect()

@@ -19,6 +19,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0012_quantity_index", include_str!("../migrations/sqlite/0012_quantity_index.sql")),
     ("0013_compliance_reports", include_str!("../migrations/sqlite/0013_compliance_reports.sql")),
     ("0014_bulk_exports", include_str!("../migrations/sqlite/0014_bulk_exports.sql")),
+    ("0015_apps", include_str!("../migrations/sqlite/0015_apps.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -36,6 +37,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0012_quantity_index", include_str!("../migrations/postgres/0012_quantity_index.sql")),
     ("0013_compliance_reports", include_str!("../migrations/postgres/0013_compliance_reports.sql")),
     ("0014_bulk_exports", include_str!("../migrations/postgres/0014_bulk_exports.sql")),
+    ("0015_apps", include_str!("../migrations/postgres/0015_apps.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

@@ -27,6 +27,10 @@ pub enum Restriction {
         /// When the care assignments must be active.
         now: Timestamp,
     },
+    /// Reference data, and resources that name this patient (an app's
+    /// `patient/` scopes: its patient's compartment). A match that also
+    /// names another patient is decided on that patient by the caller.
+    Patient(String),
 }
 
 /// One page of results.
@@ -89,6 +93,13 @@ fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String 
             format!(
                 "({a}.patient IS NULL OR ({a}.patient IN ({care}) AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
                  WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND rc.patient NOT IN ({care}))))"
+            )
+        }
+        Restriction::Patient(id) => {
+            let p = sql.bind(id.clone());
+            format!(
+                "({a}.patient IS NULL OR {a}.patient = {p} OR EXISTS (SELECT 1 FROM resource_compartments rc \
+                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND rc.patient = {p}))"
             )
         }
     }

@@ -379,6 +379,15 @@ async fn compartment_lists_its_patient(b: Backend) {
                 // What migration 14 adds.
                 w.conn.exec("DROP TABLE bulk_exports", p![])?;
                 w.conn.exec("DROP TABLE bulk_export_files", p![])?;
+                // What migration 15 adds.
+                for t in ["oauth_clients", "oauth_codes", "oauth_refresh", "oauth_launches", "oauth_keys"] {
+                    w.conn.exec(&format!("DROP TABLE {t}"), p![])?;
+                }
+                w.conn.exec("DROP INDEX tokens_family", p![])?;
+                w.conn.exec("DROP INDEX tokens_client", p![])?;
+                for col in ["client_id", "scope", "patient", "family"] {
+                    w.conn.exec(&format!("ALTER TABLE tokens DROP COLUMN {col}"), p![])?;
+                }
                 Ok(())
             },
             |_, _| Ok(()),
