@@ -164,6 +164,7 @@ pub async fn authenticate(svc: &Services, secret: String, ctx: RequestCtx) -> Re
     };
     let mut actor = Actor::account(info.user, TokenRef { id: info.id, issuer: info.issued_by }, info.declared, ctx);
     actor.node = svc.node();
+    actor.app = info.app.map(std::sync::Arc::new);
     Ok(actor)
 }
 

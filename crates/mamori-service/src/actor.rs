@@ -7,9 +7,9 @@
 use mamori_audit::event::{Agent, AuditRecord, Entity};
 use mamori_core::ids::UserId;
 use mamori_core::mode::Mode;
-use mamori_core::policy::{Decision, Obligation, Role, Subject, SubjectKind};
+use mamori_core::policy::{AppGrant, Decision, Obligation, Role, Subject, SubjectKind};
 use mamori_core::time::Timestamp;
-use mamori_store::accounts::User;
+use mamori_store::accounts::{AppToken, User};
 use serde_json::json;
 
 /// What every audit event needs about a request, authenticated or not.
@@ -85,6 +85,9 @@ pub struct Actor {
     /// A maintenance person's window: the scopes it grants (empty for
     /// everyone else).
     pub scopes: Vec<mamori_core::maintenance::Scope>,
+    /// A third-party app acting for the account (SMART): the app, the
+    /// scopes the user granted it, its patient.
+    pub app: Option<std::sync::Arc<AppToken>>,
 }
 
 fn synthetic(name: UserId, display: &str, kind: SubjectKind, roles: Vec<Role>, department: Option<String>) -> User {
@@ -114,6 +117,7 @@ impl Actor {
             ctx,
             node: None,
             scopes: Vec::new(),
+            app: None,
         }
     }
 
@@ -128,6 +132,7 @@ impl Actor {
             ctx,
             node: None,
             scopes: Vec::new(),
+            app: None,
         }
     }
 
@@ -152,17 +157,25 @@ impl Actor {
             ctx,
             node: None,
             scopes,
+            app: None,
         }
     }
 
     /// An authenticated account.
     pub fn account(user: User, token: TokenRef, declared: Option<String>, ctx: RequestCtx) -> Actor {
-        Actor { user, token: Some(token), declared, ctx, node: None, scopes: Vec::new() }
+        Actor { user, token: Some(token), declared, ctx, node: None, scopes: Vec::new(), app: None }
     }
 
     /// Who the policy decides about.
     pub fn subject(&self) -> Subject {
-        self.user.subject()
+        let mut s = self.user.subject();
+        s.app = self.app.as_ref().map(|a| AppGrant::of(&a.scope));
+        s
+    }
+
+    /// The patient an app acting for this account was launched for.
+    pub fn app_patient(&self) -> Option<&str> {
+        self.app.as_ref().and_then(|a| a.patient.as_deref())
     }
 
     /// The mode the request is decided under.

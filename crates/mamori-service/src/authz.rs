@@ -50,6 +50,7 @@ pub fn patient_facts(c: &mut dyn Conn, actor: &Actor, patient: &str, now: Timest
             now,
         )?,
         break_glass: emergency::has_live_grant(c, actor.name(), patient, now)?,
+        app_patient: actor.app_patient() == Some(patient),
         ..Facts::default()
     })
 }
@@ -88,8 +89,8 @@ pub fn decide_patients(
     // When the patient facts cannot change the decision (demographics,
     // a role that is refused anyway), do not look them up: the rules give
     // the same answer with none and with all of them.
-    let without = decide(actor, op, Facts { care_relationship: false, break_glass: false, ..base });
-    let with = decide(actor, op, Facts { care_relationship: true, break_glass: true, ..base });
+    let without = decide(actor, op, Facts { care_relationship: false, break_glass: false, app_patient: false, ..base });
+    let with = decide(actor, op, Facts { care_relationship: true, break_glass: true, app_patient: true, ..base });
     if without == with {
         return Ok(without);
     }
@@ -99,7 +100,12 @@ pub fn decide_patients(
         decisions.push(decide(
             actor,
             op,
-            Facts { care_relationship: pf.care_relationship, break_glass: pf.break_glass, ..base },
+            Facts {
+                care_relationship: pf.care_relationship,
+                break_glass: pf.break_glass,
+                app_patient: pf.app_patient,
+                ..base
+            },
         ));
     }
     policy::combine(decisions).ok_or_else(|| StoreError::Internal("no decision".into()))

@@ -619,6 +619,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         ctx: RequestCtx::background(svc.mode.get()),
         node: None,
         scopes: Vec::new(),
+        app: None,
     };
     // Decided again: roles or the mode may have changed since the kick-off.
     let d = authz::decide(&actor, &Operation::BulkExport, Facts::default());

@@ -38,6 +38,8 @@ pub struct Config {
     pub compliance: ComplianceSection,
     /// `[export]`: FHIR Bulk Data export.
     pub export: ExportSection,
+    /// `[apps]`: third-party apps (SMART App Launch).
+    pub apps: AppsSection,
     /// `[log]`: the server's own log.
     pub log: LogSection,
 }
@@ -57,6 +59,24 @@ pub struct ExportSection {
 impl Default for ExportSection {
     fn default() -> Self {
         ExportSection { retention_hours: 24, max_active_per_user: 2, resources_per_file: 10_000 }
+    }
+}
+
+/// `[apps]`: third-party apps (SMART App Launch, docs/smart.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsSection {
+    /// Minutes an app's access token works.
+    pub access_token_minutes: u64,
+    /// Hours an `online_access` refresh token works.
+    pub online_refresh_hours: u64,
+    /// Days an `offline_access` refresh token works.
+    pub offline_refresh_days: u64,
+}
+
+impl Default for AppsSection {
+    fn default() -> Self {
+        AppsSection { access_token_minutes: 60, online_refresh_hours: 12, offline_refresh_days: 30 }
     }
 }
 
@@ -552,6 +572,9 @@ impl Config {
             ("export.retention_hours", self.export.retention_hours),
             ("export.max_active_per_user", self.export.max_active_per_user),
             ("export.resources_per_file", self.export.resources_per_file),
+            ("apps.access_token_minutes", self.apps.access_token_minutes),
+            ("apps.online_refresh_hours", self.apps.online_refresh_hours),
+            ("apps.offline_refresh_days", self.apps.offline_refresh_days),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{k} must be at least 1")));
@@ -587,6 +610,15 @@ impl Config {
         if self.export.retention_hours > 24 * 366 || self.export.resources_per_file > 1_000_000 {
             return Err(ConfigError::Invalid(
                 "export.retention_hours must be at most a year, export.resources_per_file at most 1000000".into(),
+            ));
+        }
+        if self.apps.access_token_minutes > 24 * 60
+            || self.apps.online_refresh_hours > 7 * 24
+            || self.apps.offline_refresh_days > 366
+        {
+            return Err(ConfigError::Invalid(
+                "apps.access_token_minutes must be at most a day, apps.online_refresh_hours at most a week, apps.offline_refresh_days at most a year"
+                    .into(),
             ));
         }
         if !matches!(self.log.access.as_str(), "off" | "summary" | "sampled" | "all") {

@@ -1,5 +1,6 @@
 //! Background work: audit forwarding, deliveries, break-glass expiry, the
-//! AS2 outbox, bulk exports, snapshots, maintenance windows, detection. It runs on the
+//! AS2 outbox, bulk exports, snapshots, maintenance windows, detection,
+//! forgetting spent OAuth codes. It runs on the
 //! leader only: always on SQLite; on PostgreSQL while this server holds
 //! the leader lock, stopped when it loses it.
 
@@ -32,6 +33,7 @@ pub async fn run_while_leader(svc: Services, mut stop: watch::Receiver<bool>) {
             tokio::spawn(crate::bulk::run(svc.clone(), rx.clone())),
             tokio::spawn(crate::continuity::snapshot::schedule(svc.clone(), rx.clone())),
             tokio::spawn(crate::maintenance::run(svc.clone(), rx.clone())),
+            tokio::spawn(crate::oauth::purge(svc.clone(), rx.clone())),
             tokio::spawn(crate::detect::run(svc.clone(), rx)),
         ];
         let stopping = loop {

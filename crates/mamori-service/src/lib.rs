@@ -36,6 +36,7 @@ pub mod keys;
 pub mod maintenance;
 pub mod metrics;
 pub mod notify;
+pub mod oauth;
 pub mod records;
 pub mod services;
 pub mod syslog;

@@ -73,6 +73,8 @@ pub struct Inner {
     /// What the last self-verification of the audit log found (none: it
     /// passed, or has not run on this server).
     pub audit_check: std::sync::Mutex<Option<String>>,
+    /// This server's ID-token signing key (made at first use).
+    pub oidc: std::sync::OnceLock<std::sync::Arc<crate::oauth::Signer>>,
 }
 
 impl std::ops::Deref for Services {
@@ -167,6 +169,7 @@ impl Services {
                 std::time::Duration::from_secs(cfg_auth.source_max_block_minutes * 60),
             ),
             audit_check: std::sync::Mutex::new(None),
+            oidc: std::sync::OnceLock::new(),
         }))
     }
 

@@ -4,10 +4,10 @@
 
 use mamori_core::fhir::search::{parse_query, Clause, Cond, SearchQuery, MAX_COUNT, MAX_INCLUDED};
 use mamori_core::ids::ResourceType;
-use mamori_core::policy::{Action, Decision, Facts, Operation, PatientScope, Target};
+use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScope, Target};
 use mamori_core::time::Timestamp;
 use mamori_store::records::{self, Version};
-use mamori_store::search::{self, Page};
+use mamori_store::search::{self, Page, Restriction};
 use mamori_store::sql::Conn;
 use mamori_store::StoreError;
 use serde_json::json;
@@ -397,7 +397,9 @@ fn may_read(
     decided: &[String],
     now: Timestamp,
 ) -> Result<bool, StoreError> {
-    if v.patients.iter().all(|p| decided.contains(p)) {
+    // (An app's scopes may not reach every type of a decided patient's
+    // record: each resource is decided for it.)
+    if actor.app.is_none() && v.patients.iter().all(|p| decided.contains(p)) {
         return Ok(true);
     }
     let rtype = ResourceType::parse(&v.rtype).map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -438,20 +440,33 @@ pub async fn search(
     let r = svc
         .store
         .read(move |c| {
-            let decided: Vec<String> = p2.into_iter().collect();
-            let d = if decided.is_empty() {
+            let mut decided: Vec<String> = p2.into_iter().collect();
+            let one = |c: &mut dyn Conn, decided: &[String]| {
+                let op = Operation::Record {
+                    action: Action::Search,
+                    target: Target { rtype: q2.rtype, scope: PatientScope::One },
+                };
+                authz::decide_patients(c, &a2, &op, decided, Facts::default(), now)
+            };
+            let mut restrict = None;
+            let mut d = if decided.is_empty() {
                 let op = Operation::Record {
                     action: Action::Search,
                     target: Target { rtype: q2.rtype, scope: PatientScope::Any },
                 };
                 authz::decide(&a2, &op, Facts::default())
             } else {
-                let op = Operation::Record {
-                    action: Action::Search,
-                    target: Target { rtype: q2.rtype, scope: PatientScope::One },
-                };
-                authz::decide_patients(c, &a2, &op, &decided, Facts::default(), now)?
+                one(c, &decided)?
             };
+            // An app with `patient/` scopes searches in its patient's
+            // compartment: decided on that patient, restricted to it.
+            if let (false, Basis::NotInAppScope, true, Some(p)) =
+                (d.permit, d.basis, decided.is_empty(), a2.app_patient())
+            {
+                decided.push(p.to_owned());
+                d = one(c, &decided)?;
+                restrict = Some(Restriction::Patient(p.to_owned()));
+            }
             if !d.permit {
                 return Ok((d, None));
             }
@@ -459,7 +474,8 @@ pub async fn search(
                 Ok(h) => h,
                 Err(refused) => return Ok((refused, None)),
             };
-            let mut page = search::search_scoped(c, &q2, &restriction(&d, &a2, now), &has)?;
+            let restrict = restrict.unwrap_or_else(|| restriction(&d, &a2, now));
+            let mut page = search::search_scoped(c, &q2, &restrict, &has)?;
             let withheld = withhold(c, &a2, &mut page.entries, &decided, now)?;
             // Included resources are decided one by one, as reads.
             // (Each round of `:iterate` goes on only from what was kept.)
