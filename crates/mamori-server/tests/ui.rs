@@ -7,94 +7,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::{TestServer, PASSWORD};
-use reqwest::redirect::Policy;
+use common::{Browser, TestServer, PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-/// A cookie-keeping client that does not follow redirects.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-    lang: &'static str,
-}
-
-struct Page {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    set_cookies: Vec<String>,
-    text: String,
-}
-
-impl Page {
-    fn location(&self) -> String {
-        self.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
-    }
-    fn header(&self, k: &str) -> String {
-        self.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
-    }
-}
-
-impl Browser {
-    fn new(s: &TestServer) -> Browser {
-        let pem = std::fs::read(s.dir.join("tls/cert.pem")).unwrap();
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .redirect(Policy::none())
-            .build()
-            .unwrap();
-        Browser { client, base: s.base.clone(), cookies: HashMap::new(), lang: "ja" }
-    }
-
-    async fn send(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
-        let mut rb = self.client.request(method, format!("{}{path}", self.base)).header("accept-language", self.lang);
-        if !self.cookies.is_empty() {
-            let c: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            rb = rb.header("cookie", c.join("; "));
-        }
-        if let Some(f) = form {
-            rb = rb.form(f);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let headers = r.headers().clone();
-        let set_cookies: Vec<String> =
-            headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
-        for sc in &set_cookies {
-            let kv = sc.split(';').next().unwrap();
-            let (k, v) = kv.split_once('=').unwrap();
-            if v.is_empty() {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        let text = r.text().await.unwrap();
-        Page { status, headers, set_cookies, text }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        self.send(Method::GET, path, None).await
-    }
-
-    /// Posts a form with the CSRF token of the cookie.
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let csrf = self.cookies.get("mamori_csrf").cloned().unwrap_or_default();
-        let mut f: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
-        f.extend_from_slice(fields);
-        self.send(Method::POST, path, Some(&f)).await
-    }
-
-    async fn login(&mut self, user: &str, pw: &str) -> Page {
-        let p = self.get("/ui/login").await;
-        assert_eq!(p.status, 200);
-        self.post("/ui/login", &[("username", user), ("password", pw), ("next", "/ui/")]).await
-    }
-}
 
 #[tokio::test]
 async fn login_sets_strict_cookies_and_pages_carry_strict_headers() {

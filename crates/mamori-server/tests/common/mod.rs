@@ -2,11 +2,13 @@
 //! real TLS, a fresh data directory, and staff accounts of every role.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use mamori_core::time::{Clock, ManualClock, SystemClock, Timestamp};
 use mamori_server::server::{start, Running, ServeOptions};
+use reqwest::redirect::Policy;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -529,5 +531,87 @@ pub(crate) fn exec_behind_the_back(s: &TestServer, sql: &str) {
             c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
             c.execute_batch(sql).unwrap();
         }
+    }
+}
+
+/// A cookie-keeping client that does not follow redirects.
+pub(crate) struct Browser {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub cookies: HashMap<String, String>,
+    pub lang: &'static str,
+}
+
+pub(crate) struct Page {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub set_cookies: Vec<String>,
+    pub text: String,
+}
+
+impl Page {
+    pub(crate) fn location(&self) -> String {
+        self.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    }
+    pub(crate) fn header(&self, k: &str) -> String {
+        self.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    }
+}
+
+impl Browser {
+    pub(crate) fn new(s: &TestServer) -> Browser {
+        let pem = std::fs::read(s.dir.join("tls/cert.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        Browser { client, base: s.base.clone(), cookies: HashMap::new(), lang: "ja" }
+    }
+
+    pub(crate) async fn send(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let mut rb = self.client.request(method, format!("{}{path}", self.base)).header("accept-language", self.lang);
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rb = rb.header("cookie", c.join("; "));
+        }
+        if let Some(f) = form {
+            rb = rb.form(f);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let set_cookies: Vec<String> =
+            headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        for sc in &set_cookies {
+            let kv = sc.split(';').next().unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            if v.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let text = r.text().await.unwrap();
+        Page { status, headers, set_cookies, text }
+    }
+
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Posts a form with the CSRF token of the cookie.
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.cookies.get("mamori_csrf").cloned().unwrap_or_default();
+        let mut f: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+        f.extend_from_slice(fields);
+        self.send(Method::POST, path, Some(&f)).await
+    }
+
+    pub(crate) async fn login(&mut self, user: &str, pw: &str) -> Page {
+        let p = self.get("/ui/login").await;
+        assert_eq!(p.status, 200);
+        self.post("/ui/login", &[("username", user), ("password", pw), ("next", "/ui/")]).await
     }
 }
