@@ -2,6 +2,7 @@
 //! request, call one use case of `mamori-service` and render its answer.
 
 mod accounts;
+mod apps;
 mod audit;
 mod bcp;
 mod compliance;
@@ -19,6 +20,7 @@ pub(crate) use exchange::as2_routes;
 pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .merge(accounts::routes())
+        .merge(apps::routes())
         .merge(audit::routes())
         .merge(compliance::routes())
         .merge(bcp::routes())

@@ -86,8 +86,17 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
             "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]; :missing on every parameter. Chained parameters, one level (subject:Patient.name). Reverse chaining, one level (_has:Observation:patient:code=…), looking only at the referring resources the caller could find by searching them. Date and quantity prefixes eq ne gt lt ge le sa eb ap. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated or one date, string or token parameter (- for descending); _total=none|accurate; _summary=count|data; _elements (top level). _include and _revinclude (one level, listed per type; each included resource is decided as a read of it, and one the caller may not read is left out and counted in an OperationOutcome entry).",
             "security": {
                 "cors": false,
-                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}],
-                "description": "HTTPS (TLS 1.2+) with bearer tokens."
+                "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": [
+                    {"url": "authorize", "valueUri": format!("{base}/oauth/authorize")},
+                    {"url": "token", "valueUri": format!("{base}/oauth/token")},
+                    {"url": "introspect", "valueUri": format!("{base}/oauth/introspect")},
+                    {"url": "revoke", "valueUri": format!("{base}/oauth/revoke")}
+                ]}],
+                "service": [
+                    {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}], "text": "SMART App Launch 2.0 for registered apps (see /fhir/.well-known/smart-configuration)"},
+                    {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}
+                ],
+                "description": "HTTPS (TLS 1.2+) with bearer tokens: people's own sessions and API tokens, and SMART apps' access tokens (authorization code with PKCE S256; the scopes a user grants narrow what that user may do)."
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],

@@ -575,6 +575,13 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
     if let Some(src) = q.get("merged") {
         body.push_str(&notice("ok", &format!("{} Patient/{} → Patient/{}", ui.t("統合しました:", "Merged:"), src, id)));
     }
+    if ui.may(Operation::AppUse) {
+        body.push_str(&format!(
+            "<p class=\"noprint\"><a href=\"/ui/apps?patient={}\">{}</a></p>",
+            esc(&enc(&id)),
+            ui.t("この患者でアプリを起動", "Launch an app for this patient")
+        ));
+    }
     if is_provisional(pt) {
         body.push_str(&notice(
             "info",

@@ -110,6 +110,9 @@ fn nav(ui: &Ui) -> String {
     if ui.may(Operation::UserRead) {
         links.push(("/ui/admin", ui.t("管理", "Administration").into()));
     }
+    if ui.may(Operation::AppUse) {
+        links.push(("/ui/apps", ui.t("アプリ", "Apps").into()));
+    }
     links
         .iter()
         .map(|(href, label)| {

@@ -11,6 +11,7 @@
 //! redirect.
 
 pub(crate) mod admin;
+pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod bcp;
 pub(crate) mod care;
@@ -68,6 +69,7 @@ pub(crate) fn routes() -> Router<Services> {
         .merge(compliance::routes())
         .merge(exchange::routes())
         .merge(admin::routes())
+        .merge(apps::routes())
         .route("/ui/{*rest}", get(not_found))
 }
 
@@ -402,6 +404,11 @@ pub(crate) async fn security_headers(req: Request, next: axum::middleware::Next)
     let mut r = next.run(req).await;
     if is_ui {
         let h = r.headers_mut();
+        // A page may set a narrower policy of its own (the consent screen
+        // lets its form lead to the app's redirect URI).
+        if h.contains_key("content-security-policy") {
+            return r;
+        }
         h.insert(
             HeaderName::from_static("content-security-policy"),
             HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
