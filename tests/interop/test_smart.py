@@ -1,0 +1,175 @@
+"""Interop: SMART App Launch 2.0 with the SMART on FHIR Python client
+(`fhirclient`) as the app, through the whole standalone launch: discovery,
+the authorization request with PKCE, the user's login and consent (driven
+as a browser does, with plain HTTP), the code exchange, reads with the
+token, a refresh. The ID token is verified with Authlib against the
+server's JWKS. What the token reaches is what the user granted, and no
+more than the user may."""
+import html
+import os
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.jose import JsonWebKey, jwt
+from fhirclient import client
+from fhirclient.server import FHIRPermissionDeniedException, FHIRUnauthorizedException
+from fhirclient.models.observation import Observation
+from fhirclient.models.patient import Patient
+
+from conftest import PASSWORD
+
+REDIRECT = "http://127.0.0.1:8765/callback"
+
+
+def observation(patient, value):
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+
+
+def browser_consent(m, authorize_url, user, patient):
+    """What the user's browser does: the login page, then the consent
+    screen; answers the URL the server sends the browser back to."""
+    b = requests.Session()
+    b.verify = m.ca
+    r = b.get(authorize_url, allow_redirects=False)
+    assert r.status_code == 303, r.text
+    r = b.get(m.base + r.headers["location"], allow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next="), r.headers
+    login = b.get(m.base + r.headers["location"])
+    nxt = html.unescape(re.search(r'name="next" value="([^"]*)"', login.text).group(1))
+    r = b.post(
+        m.base + "/ui/login",
+        data={"csrf": b.cookies["mamori_csrf"], "username": user, "password": PASSWORD, "next": nxt},
+        allow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page = b.get(m.base + r.headers["location"], allow_redirects=False)
+    assert page.status_code == 200, page.text
+    assert "許可する" in page.text
+    fields = {
+        html.unescape(k): html.unescape(v)
+        for k, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', page.text)
+    }
+    fields.update({"csrf": b.cookies["mamori_csrf"], "decision": "allow", "patient": patient})
+    r = b.post(m.base + "/ui/apps/authorize", data=fields, allow_redirects=False)
+    assert r.status_code == 303, r.text
+    return r.headers["location"]
+
+
+@pytest.fixture
+def trusted(mamori, monkeypatch):
+    # fhirclient talks through requests: trust the server's certificate.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", mamori.ca)
+    return mamori
+
+
+def test_fhirclient_standalone_launch_reads_only_its_patient(trusted):
+    m = trusted
+    dr = m.user(m.admin, "dr.py", ["physician"])
+    ids = {}
+    for name in ("Alpha", "Beta"):
+        r = m.api("POST", "/fhir/Patient", dr, {"resourceType": "Patient", "name": [{"family": name}]})
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+    obs = {}
+    for name, value in (("Alpha", 71), ("Beta", 88)):
+        r = m.api("POST", "/fhir/Observation", dr, observation(ids[name], value))
+        assert r.status_code == 201, r.text
+        obs[name] = r.json()["id"]
+
+    scope = "launch/patient openid profile offline_access patient/*.rs"
+    r = m.api("POST", "/api/v1/apps", m.admin, {"name": "Python vitals", "client_id": "py-vitals",
+                                                  "redirect_uris": [REDIRECT], "scope": scope})
+    assert r.status_code == 201, r.text
+
+    smart = client.FHIRClient(settings={
+        "app_id": "py-vitals",
+        "api_base": m.base + "/fhir",
+        "redirect_uri": REDIRECT,
+        "scope": scope,
+    })
+    url = smart.authorize_url
+    assert url.startswith(m.base + "/oauth/authorize?"), url
+    q = dict(parse_qsl(urlsplit(url).query))
+    assert q["code_challenge_method"] == "S256" and q["aud"] == m.base + "/fhir"
+
+    back = browser_consent(m, url, "dr.py", ids["Alpha"])
+    assert back.startswith(REDIRECT + "?code="), back
+    smart.handle_callback(back)
+    assert smart.ready
+    assert smart.patient_id == ids["Alpha"]
+
+    # Reads through the client's own models: patient Alpha only.
+    p = Patient.read(ids["Alpha"], smart.server)
+    assert p.name[0].family == "Alpha"
+    found = Observation.where(struct={"code": "8867-4"}).perform_resources(smart.server)
+    assert [o.id for o in found] == [obs["Alpha"]]
+    # dr.py may read Beta in person, but the app was granted Alpha.
+    assert m.api("GET", f"/fhir/Observation/{obs['Beta']}", dr).status_code == 200
+    with pytest.raises(FHIRPermissionDeniedException) as e:
+        Observation.read(obs["Beta"], smart.server)
+    assert e.value.response.json()["resourceType"] == "OperationOutcome"
+
+    # A refresh gives a new token; the old refresh token is spent.
+    old = smart.server.auth.access_token
+    old_refresh = smart.server.auth.refresh_token
+    assert smart.reauthorize()
+    assert smart.server.auth.access_token != old
+    assert Patient.read(ids["Alpha"], smart.server).id == ids["Alpha"]
+    r = requests.post(m.base + "/oauth/token", verify=m.ca,
+                      data={"grant_type": "refresh_token", "refresh_token": old_refresh, "client_id": "py-vitals"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    # Reusing it revoked the whole authorization.
+    with pytest.raises(FHIRUnauthorizedException):
+        Patient.read(ids["Alpha"], smart.server)
+
+
+def test_authlib_client_gets_a_verifiable_id_token(trusted):
+    """A second independent client (Authlib's OAuth 2.0 session, PKCE
+    S256, a nonce): the ID token verifies against the published keys."""
+    m = trusted
+    dr = m.user(m.admin, "dr.jwt", ["physician"])
+    r = m.api("POST", "/fhir/Patient", dr, {"resourceType": "Patient", "name": [{"family": "Gamma"}]})
+    patient = r.json()["id"]
+    r = m.api("POST", "/api/v1/apps", m.admin, {"name": "OIDC app", "client_id": "oidc-app", "confidential": True,
+                                                  "redirect_uris": [REDIRECT],
+                                                  "scope": "launch/patient openid profile patient/Patient.rs"})
+    assert r.status_code == 201, r.text
+    secret = r.json()["client_secret"]
+    conf = requests.get(m.base + "/fhir/.well-known/smart-configuration", verify=m.ca).json()
+    sess = OAuth2Session("oidc-app", secret, scope="launch/patient openid profile patient/Patient.rs",
+                         redirect_uri=REDIRECT, code_challenge_method="S256")
+    sess.verify = m.ca
+    verifier = "v" * 20 + "-PKCE-verifier-of-a-decent-length-0123456789"
+    url, state = sess.create_authorization_url(conf["authorization_endpoint"], code_verifier=verifier,
+                                               aud=m.base + "/fhir", nonce="n-42")
+    back = browser_consent(m, url, "dr.jwt", patient)
+    token = sess.fetch_token(conf["token_endpoint"], authorization_response=back, code_verifier=verifier)
+    assert token["patient"] == patient
+    assert token["scope"] == "launch/patient openid profile patient/Patient.rs"
+    jwks = requests.get(conf["jwks_uri"], verify=m.ca).json()
+    claims = jwt.decode(token["id_token"], JsonWebKey.import_key_set(jwks),
+                        claims_options={"iss": {"essential": True, "value": m.base + "/fhir"},
+                                        "aud": {"essential": True, "value": "oidc-app"},
+                                        "nonce": {"essential": True, "value": "n-42"}})
+    claims.validate()
+    assert claims["sub"] == "dr.jwt" and claims["name"] == "dr.jwt"
+    # The token reads the patient's demographics, and nothing else.
+    r = sess.get(m.base + f"/fhir/Patient/{patient}")
+    assert r.status_code == 200 and r.json()["id"] == patient
+    r = sess.post(m.base + "/fhir/Observation", json=observation(patient, 60),
+                  headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 403, r.text
+    # A tampered ID token does not verify.
+    head, body, sig = token["id_token"].split(".")
+    forged = ".".join([head, body[:-2] + ("AA" if body[-2:] != "AA" else "BB"), sig])
+    with pytest.raises(Exception):
+        jwt.decode(forged, JsonWebKey.import_key_set(jwks))
