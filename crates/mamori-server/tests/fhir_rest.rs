@@ -785,9 +785,10 @@ async fn missing_modifier() {
     assert!(r.text.contains("expected true or false"), "{}", r.text);
 }
 
-/// `_elements` and `_summary=data` on reads and searches: only what was
-/// asked (with id and meta), tagged SUBSETTED; paths below the top level
-/// and other summaries are refused.
+/// `_elements` and `_summary=data|true|text` on reads and searches: only
+/// what was asked (with id and meta), tagged SUBSETTED; paths below the
+/// top level, and summaries of a type whose summary is not known, are
+/// refused.
 #[tokio::test]
 async fn elements_and_summary_data() {
     let s = TestServer::start("elements").await;
@@ -819,10 +820,45 @@ async fn elements_and_summary_data() {
     assert!(e.get("name").is_none() && subsetted(e), "{e}");
     assert!(r.body["link"][0]["url"].as_str().unwrap().contains("_elements=birthDate"));
 
+    // _summary=true: the elements FHIR R4 marks summary (not the narrative,
+    // not the contact); _summary=text: the narrative and mandatory elements.
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">佐藤</div>"},
+                   "name": [{"family": "佐藤"}], "gender": "male", "maritalStatus": {"text": "M"},
+                   "contact": [{"name": {"family": "佐藤"}, "relationship": [{"text": "妻"}]}]}),
+        )
+        .await;
+    let id2 = r.body["id"].as_str().unwrap().to_owned();
+    let r = s.get(&format!("/fhir/Patient/{id2}?_summary=true"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["name"][0]["family"], "佐藤");
+    assert!(r.body.get("text").is_none() && r.body.get("contact").is_none() && r.body.get("maritalStatus").is_none());
+    assert!(subsetted(&r.body), "{}", r.body);
+    let r = s.get(&format!("/fhir/Patient?_id={id2}&_summary=text"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = &r.body["entry"][0]["resource"];
+    assert!(e.get("text").is_some() && e.get("name").is_none() && e.get("gender").is_none() && subsetted(e), "{e}");
+    assert!(r.body["link"][0]["url"].as_str().unwrap().contains("_summary=text"));
+    let obs = s.post("/fhir/Observation", &doc, observation(&id2, "8867-4", 70.0)).await;
+    let r = s.get(&format!("/fhir/Observation?subject=Patient/{id2}&_summary=text"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = &r.body["entry"][0]["resource"];
+    assert_eq!(
+        (e["status"].as_str(), e["code"]["coding"][0]["code"].as_str()),
+        (Some("final"), Some("8867-4")),
+        "mandatory: {e}"
+    );
+    assert!(e.get("valueQuantity").is_none() && e.get("subject").is_none());
+    assert_eq!(e["id"], obs.body["id"]);
+
     for bad in [
         format!("/fhir/Patient/{id}?_elements=name.family"),
-        format!("/fhir/Patient/{id}?_summary=true"),
-        "/fhir/Patient?_summary=text".to_owned(),
+        format!("/fhir/Patient/{id}?_summary=count"),
+        format!("/fhir/Patient/{id}?_summary=everything"),
+        "/fhir/CareTeam?_summary=true".to_owned(),
     ] {
         let r = s.get(&bad, &doc).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text);

@@ -8,4 +8,6 @@ pub mod resource_types;
 pub mod schema;
 pub mod search;
 pub mod subset;
+pub mod summary;
+mod summary_table;
 pub mod validate;

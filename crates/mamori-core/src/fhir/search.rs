@@ -746,6 +746,9 @@ pub enum SearchError {
     /// A value mamori does not support.
     #[error("unsupported value for {0}")]
     Unsupported(String),
+    /// A value refused, with why (parameter, explanation).
+    #[error("invalid value for {0}: {1}")]
+    Invalid(String, String),
 }
 
 /// The page size when the request gives no `_count`.
@@ -831,9 +834,8 @@ pub fn parse_query(
             }
             "_summary" => match v.as_str() {
                 "count" => q.summary_count = true,
-                "data" => q.subset.without_text = true,
-                "false" => {}
-                _ => return Err(bad("supported: count, data, false")),
+                other => super::subset::parse_summary(rtype.as_str(), other, &mut q.subset)
+                    .map_err(|e| SearchError::Invalid(k.clone(), e))?,
             },
             "_elements" => {
                 q.subset.elements = Some(super::subset::Subset::parse_elements(v).map_err(bad)?);

@@ -1,5 +1,5 @@
-//! `_elements` and `_summary=data`: a resource with only some of its
-//! top-level elements, tagged SUBSETTED (FHIR R4 search 3.1.1.5.9 and
+//! `_elements` and `_summary=data|true|text`: a resource with only some
+//! of its elements, tagged SUBSETTED (FHIR R4 search 3.1.1.5.9 and
 //! 3.1.1.5.8) so that nobody takes it for the whole record.
 
 use serde_json::{json, Value};
@@ -12,6 +12,36 @@ pub struct Subset {
     pub elements: Option<Vec<String>>,
     /// `_summary=data`: everything but the narrative (`text`).
     pub without_text: bool,
+    /// `_summary=true` or `_summary=text` ([`super::summary`]).
+    pub summary: Option<Summary>,
+}
+
+/// A summary of each resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    /// `_summary=true`: the elements the base specification marks summary.
+    True,
+    /// `_summary=text`: the narrative, `id`, `meta` and mandatory elements.
+    Text,
+}
+
+/// Reads a `_summary` value for `rtype`: `Ok(None)` for `false`, `count`
+/// is the caller's (a search's), anything else an error.
+pub fn parse_summary(rtype: &str, v: &str, s: &mut Subset) -> Result<(), String> {
+    match v {
+        "false" => {}
+        "data" => s.without_text = true,
+        "true" | "text" => {
+            if !super::summary::supported(rtype) {
+                return Err(format!(
+                    "_summary={v} is not available for {rtype} (its summary elements are not known here); use _elements"
+                ));
+            }
+            s.summary = Some(if v == "true" { Summary::True } else { Summary::Text });
+        }
+        _ => return Err("supported: true, text, data, count (searches), false".into()),
+    }
+    Ok(())
 }
 
 /// The SUBSETTED tag a subset carries in `meta.tag`.
@@ -33,7 +63,7 @@ impl Subset {
 
     /// Whether anything is left out.
     pub fn is_whole(&self) -> bool {
-        self.elements.is_none() && !self.without_text
+        self.elements.is_none() && !self.without_text && self.summary.is_none()
     }
 
     /// The resource's JSON text as this subset, or `None` to send it whole.
@@ -42,17 +72,27 @@ impl Subset {
             return None;
         }
         let mut v: Value = serde_json::from_str(body).ok()?;
+        let original = v.clone();
+        match self.summary {
+            Some(Summary::True) => {
+                super::summary::summarize(&mut v);
+            }
+            Some(Summary::Text) => {
+                super::summary::text_only(&mut v);
+            }
+            None => {}
+        }
         let obj = v.as_object_mut()?;
-        let before = obj.len();
         if let Some(keep) = &self.elements {
             obj.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.iter().any(|e| e == k));
         }
         if self.without_text {
             obj.remove("text");
         }
-        if obj.len() == before {
+        if v == original {
             return None;
         }
+        let obj = v.as_object_mut()?;
         let meta = obj.entry("meta").or_insert_with(|| json!({}));
         if let Some(m) = meta.as_object_mut() {
             let tags = m.entry("tag").or_insert_with(|| json!([]));
@@ -71,21 +111,21 @@ mod tests {
     #[test]
     fn keeps_what_was_asked_and_says_it_is_a_subset() {
         let body = r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"},"text":{"status":"generated","div":"<div/>"},"name":[{"family":"山田"}],"birthDate":"1970-01-01","gender":"male"}"#;
-        let s = Subset { elements: Some(Subset::parse_elements("name,gender").unwrap()), without_text: false };
+        let s = Subset { elements: Some(Subset::parse_elements("name,gender").unwrap()), ..Subset::default() };
         let v: Value = serde_json::from_str(&s.apply(body).unwrap()).unwrap();
         assert_eq!(v["name"][0]["family"], "山田");
         assert_eq!(v["gender"], "male");
         assert!(v.get("birthDate").is_none() && v.get("text").is_none());
         assert_eq!((v["id"].as_str(), v["meta"]["versionId"].as_str()), (Some("p1"), Some("2")));
         assert_eq!(v["meta"]["tag"][0]["code"], "SUBSETTED");
-        let data = Subset { elements: None, without_text: true };
+        let data = Subset { without_text: true, ..Subset::default() };
         let v: Value = serde_json::from_str(&data.apply(body).unwrap()).unwrap();
         assert!(v.get("text").is_none() && v.get("birthDate").is_some());
         // Nothing left out: sent as stored, without the tag.
         assert_eq!(Subset::default().apply(body), None);
         let all = Subset {
             elements: Some(vec!["text".into(), "name".into(), "birthDate".into(), "gender".into()]),
-            without_text: false,
+            ..Subset::default()
         };
         assert_eq!(all.apply(body), None);
         for bad in ["name.family", "", "name,", "1x", "a b"] {

@@ -32,18 +32,21 @@ fn version_response(svc: &Services, v: Audited<Version>, headers: &HeaderMap, su
 }
 
 /// `_elements` and `_summary=data` of a read.
-fn subset_of(pairs: &[(String, String)]) -> Result<Subset, ServiceError> {
+fn subset_of(rtype: &str, pairs: &[(String, String)]) -> Result<Subset, ServiceError> {
     let mut s = Subset::default();
     for (k, v) in pairs {
         match k.as_str() {
             "_elements" => {
                 s.elements = Some(Subset::parse_elements(v).map_err(|e| ServiceError::invalid("_elements", e))?)
             }
-            "_summary" => match v.as_str() {
-                "data" => s.without_text = true,
-                "false" => {}
-                _ => return Err(ServiceError::invalid("_summary", "supported: data, false")),
-            },
+            "_summary" if v == "count" => {
+                return Err(ServiceError::invalid(
+                    "_summary",
+                    "count is for searches; a read supports true, text, data, false",
+                ))
+            }
+            "_summary" => mamori_core::fhir::subset::parse_summary(rtype, v, &mut s)
+                .map_err(|e| ServiceError::invalid("_summary", e))?,
             _ => {}
         }
     }
@@ -77,7 +80,7 @@ pub(crate) async fn read_or_history(
         return history(svc, c, t, None, q, headers).await;
     }
     let pre = parse_pairs(q.as_deref().unwrap_or(""))
-        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&p)));
+        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&t, &p)));
     let subset = match pre {
         Ok(s) => s,
         Err(e) => return refuse(&svc, &c, "read", Some(&t), Some(&id), e).await,
@@ -103,7 +106,7 @@ pub(crate) async fn vread(
     headers: HeaderMap,
 ) -> Response {
     let pre = parse_pairs(q.as_deref().unwrap_or(""))
-        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&p)));
+        .and_then(|p| check_accept(&headers, format_param(&p)).and_then(|()| subset_of(&t, &p)));
     let subset = match pre {
         Ok(s) => s,
         Err(e) => return refuse(&svc, &c, "vread", Some(&t), Some(&id), e).await,
