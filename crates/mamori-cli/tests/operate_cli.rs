@@ -171,10 +171,7 @@ fn upgrade_checks_copies_first_and_refuses_a_newer_database() {
     // --check says what will run and changes nothing.
     let (code, out, err) = run(&["upgrade", "--check", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("schema version 14; this mamori expects 15") && out.contains("will run: 0015_apps"),
-        "{out}"
-    );
+    assert!(out.contains("schema version 14; this mamori expects 15") && out.contains("will run: 0015_apps"), "{out}");
     assert!(out.contains("a copy of the database is taken first"), "{out}");
     assert_eq!(schema_of(&dir.join("mamori.db")), "14");
     assert!(!dir.join("backups").exists());
