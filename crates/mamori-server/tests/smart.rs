@@ -366,6 +366,27 @@ async fn an_app_reaches_only_its_patient_within_its_scopes_and_its_users_rights(
     assert_eq!(r.status, 403);
     assert_eq!(s.last_audit()["basis"], "no-care-relationship", "the user's own rule decides first");
 
+    // A password change ends the apps' access too, refresh tokens included.
+    let tok = authorize(&s, &mut b, "vitals", "launch/patient offline_access patient/*.rs", Some(&pa)).await;
+    let rt = tok["refresh_token"].as_str().unwrap().to_owned();
+    let r = s.post("/api/v1/auth/password", &dr_a, json!({"current": PASSWORD, "new": "Another horse 43!"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(s.get(&format!("/fhir/Patient/{pa}"), tok["access_token"].as_str().unwrap()).await.status, 401);
+    let r = form_post(
+        &s,
+        "/oauth/token",
+        &format!("grant_type=refresh_token&refresh_token={}&client_id=vitals", enc(&rt)),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["error"], "invalid_grant", "{}", r.text);
+
+    // (It ended the browser's session as well.)
+    let p = b.get("/ui/apps").await;
+    assert_eq!(p.status, 303);
+    let mut b = Browser::new(&s);
+    assert_eq!(b.login("dr.a", "Another horse 43!").await.status, 303);
+
     // Declining: the app is told access_denied, and nothing is issued.
     let (_, challenge) = pkce();
     let page = consent_page(&mut b, &authorize_url(&s, "vitals", "patient/*.rs", &challenge, &[])).await;

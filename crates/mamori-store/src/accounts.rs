@@ -569,7 +569,7 @@ pub fn lookup_token(c: &mut dyn Conn, secret: &str, now: Timestamp) -> Result<Op
 /// Revokes tokens by id prefix (as shown by [`token_id`]) or all of a user's.
 pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now: Timestamp) -> Result<usize> {
     let rows = c.query(
-        "SELECT hash, user_name FROM tokens WHERE revoked IS NULL AND (CAST($1 AS TEXT) IS NULL OR user_name = $1)",
+        "SELECT hash, user_name, family FROM tokens WHERE revoked IS NULL AND (CAST($1 AS TEXT) IS NULL OR user_name = $1)",
         p![user],
     )?;
     let mut n = 0;
@@ -577,7 +577,23 @@ pub fn revoke_token(c: &mut dyn Conn, user: Option<&str>, id: Option<&str>, now:
         let h = r.blob(0)?;
         if id.is_none_or(|i| token_id(&h) == i) {
             n += c.exec("UPDATE tokens SET revoked = $2 WHERE hash = $1", p![h.as_slice(), now.micros()])?;
+            // An app's access token takes its authorization's refresh
+            // tokens with it: revoking it ends the app's access.
+            if let (Some(family), Some(_)) = (r.opt_text(2)?, id) {
+                c.exec(
+                    "UPDATE oauth_refresh SET revoked = $2 WHERE family = $1 AND revoked IS NULL",
+                    p![family, now.micros()],
+                )?;
+            }
         }
+    }
+    if id.is_none() {
+        // Every token of the account: the apps' refresh tokens too (a
+        // password change, a lock, a disabled account end the apps' access).
+        n += c.exec(
+            "UPDATE oauth_refresh SET revoked = $2 WHERE revoked IS NULL AND (CAST($1 AS TEXT) IS NULL OR user_name = $1)",
+            p![user, now.micros()],
+        )?;
     }
     Ok(n)
 }
