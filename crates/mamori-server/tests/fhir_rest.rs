@@ -1067,8 +1067,9 @@ async fn chained_parameters() {
     assert!(subjects(&r.body).is_empty(), "{}", r.text);
 }
 
-/// `_sort` on a date, string or token parameter, paged with `next` links:
-/// every match once, in order, those without a value last.
+/// `_sort` on date, string, token and quantity parameters, one or several
+/// keys, paged with `next` links: every match once, in order, those
+/// without a value last.
 #[tokio::test]
 async fn sort_by_parameter_pages_in_order() {
     let s = TestServer::start("sortp").await;
@@ -1115,6 +1116,37 @@ async fn sort_by_parameter_pages_in_order() {
     assert_eq!(asc, ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-03", "2026-11-04", "2026-11-05", ""]);
     let desc = walk(format!("/fhir/Observation?subject=Patient/{pid}&_sort=-date&_count=3")).await;
     assert_eq!(desc, ["2026-11-05", "2026-11-04", "2026-11-03", "2026-11-03", "2026-11-02", "2026-11-01", ""]);
+    // Several keys, walked one entry per page: date, then value (ties of
+    // the first key ordered by the second), the one without a date last.
+    let values = |first: String| {
+        let (s, doc) = (&s, doc.clone());
+        async move {
+            let mut out = Vec::new();
+            let mut url = Some(first);
+            while let Some(u) = url {
+                let path = u.split_once("/fhir/").map(|(_, p)| format!("/fhir/{p}")).unwrap_or(u);
+                let r = s.get(&path, &doc).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.text);
+                for e in r.body["entry"].as_array().into_iter().flatten() {
+                    out.push(e["resource"]["valueQuantity"]["value"].as_f64().unwrap() as i64);
+                }
+                url = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| {
+                    let u = l["url"].as_str().unwrap().to_owned();
+                    assert!(
+                        u.contains("_sort=date%2C-value-quantity") || u.contains("_sort=-date%2Cvalue-quantity%2C_id"),
+                        "{u}"
+                    );
+                    u
+                });
+                assert!(out.len() < 20);
+            }
+            out
+        }
+    };
+    let v = values(format!("/fhir/Observation?subject=Patient/{pid}&_sort=date,-value-quantity&_count=1")).await;
+    assert_eq!(v, [61, 63, 65, 60, 64, 62, 99]);
+    let v = values(format!("/fhir/Observation?subject=Patient/{pid}&_sort=-date,value-quantity,_id&_count=2")).await;
+    assert_eq!(v, [62, 64, 60, 65, 63, 61, 99]);
     // Strings and tokens.
     for (family, gender) in [("うえの", "male"), ("あべ", "female"), ("かとう", "other")] {
         let p = json!({"resourceType": "Patient", "name": [{"family": family}], "gender": gender});
@@ -1132,8 +1164,17 @@ async fn sort_by_parameter_pages_in_order() {
     let g: Vec<&str> =
         r.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["gender"].as_str().unwrap()).collect();
     assert_eq!(g, ["other", "male", "female"]);
-    // Refused: references, unknown parameters, two keys, a cursor of another sort.
-    for q in ["_sort=subject", "_sort=nope", "_sort=date,-_id", "_sort=date&_cursor=1700000000000000.abc"] {
+    // Refused: references, unknown parameters, a descending tie-break, more
+    // than three keys, a key twice, a cursor of another sort.
+    for q in [
+        "_sort=subject",
+        "_sort=nope",
+        "_sort=date,-_id",
+        "_sort=date,code,status,value-quantity",
+        "_sort=date,-date",
+        "_sort=date&_cursor=1700000000000000.abc",
+        "_sort=date,code&_cursor=i5.abc",
+    ] {
         let r = s.get(&format!("/fhir/Observation?{q}"), &doc).await;
         assert_eq!(r.status, 400, "{q}: {}", r.text);
     }

@@ -2,7 +2,9 @@
 //! keyset paging (stable under concurrent writes) and optional restriction
 //! to the patients a user has a care relationship with.
 
-use mamori_core::fhir::search::{Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortValue, Total};
+use mamori_core::fhir::search::{
+    Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortKeys, SortValue, Total,
+};
 use mamori_core::ids::ResourceType;
 use mamori_core::time::Timestamp;
 
@@ -299,8 +301,8 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if q.summary_count || q.count == 0 {
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
     }
-    if let Sort::Param { name, kind, desc } = q.sort {
-        return search_sorted_by_param(c, q, restriction, has, total, name, kind, desc);
+    if let Sort::Params(keys) = q.sort {
+        return search_sorted_by_params(c, q, restriction, has, total, keys);
     }
     let mut s = Sql {
         text: format!(
@@ -318,7 +320,7 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if let Some(cur) = cursor {
         let id = s.bind(cur.id.clone());
         match q.sort {
-            Sort::Id | Sort::Param { .. } => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
+            Sort::Id | Sort::Params(_) => s.text.push_str(&format!(" AND r.id {cmp} {id}")),
             Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
                 let t = s.bind(cur.last_updated);
                 s.text.push_str(&format!(
@@ -328,7 +330,7 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
         }
     }
     match q.sort {
-        Sort::Id | Sort::Param { .. } => s.text.push_str(&format!(" ORDER BY r.id {dir}")),
+        Sort::Id | Sort::Params(_) => s.text.push_str(&format!(" ORDER BY r.id {dir}")),
         Sort::LastUpdatedAsc | Sort::LastUpdatedDesc => {
             s.text.push_str(&format!(" ORDER BY r.last_updated {dir}, r.id {dir}"))
         }
@@ -345,7 +347,7 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if backwards {
         entries.reverse();
     }
-    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone(), key: None };
+    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone(), keys: Vec::new() };
     let (next, prev) = if backwards {
         (entries.last().map(key), if more { entries.first().map(key) } else { None })
     } else {
@@ -357,73 +359,117 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     Ok(Page { entries, total, next, prev })
 }
 
-/// A search ordered by a parameter's values (forward paging only): each
-/// resource's lowest value ascending, or highest descending, from the
-/// search index; resources without one last; ties by id.
-#[allow(clippy::too_many_arguments)]
-fn search_sorted_by_param(
+/// A search ordered by parameters' values (forward paging only): per key,
+/// each resource's lowest value ascending or highest descending, from the
+/// search index; resources without one last on that key; ties by id.
+fn search_sorted_by_params(
     c: &mut dyn Conn,
     q: &SearchQuery,
     restriction: &Restriction,
     has: &HasScope,
     total: Option<u64>,
-    name: &'static str,
-    kind: ParamKind,
-    desc: bool,
+    keys: SortKeys,
 ) -> Result<Page> {
-    let (table, col) = match kind {
-        ParamKind::Date if desc => ("idx_date", "high"),
-        ParamKind::Date => ("idx_date", "low"),
-        ParamKind::String => ("idx_string", "norm"),
-        ParamKind::Quantity => ("idx_quantity", "value"),
-        ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
-    };
-    let (agg, cmp, dir) = if desc { ("MAX", "<", "DESC") } else { ("MIN", ">", "ASC") };
+    let keys: Vec<_> = keys.iter().collect();
     let mut s = Sql { text: String::new(), params: Vec::new() };
     let t = s.bind(q.rtype.as_str().to_owned());
-    let pm = s.bind(name);
+    let mut joins = String::new();
+    // The expression of each key, and whether it can be NULL.
+    let mut exprs: Vec<(String, bool)> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        if k.name == "_lastUpdated" {
+            exprs.push(("r.last_updated".into(), false));
+            continue;
+        }
+        let (table, col) = match k.kind {
+            ParamKind::Date if k.desc => ("idx_date", "high"),
+            ParamKind::Date => ("idx_date", "low"),
+            ParamKind::String => ("idx_string", "norm"),
+            ParamKind::Quantity => ("idx_quantity", "value"),
+            ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
+        };
+        let agg = if k.desc { "MAX" } else { "MIN" };
+        let pm = s.bind(k.name);
+        joins.push_str(&format!(
+            " LEFT JOIN (SELECT id, {agg}({col}) AS k FROM {table} WHERE rtype = {t} AND param = {pm} GROUP BY id) sk{i} ON sk{i}.id = r.id"
+        ));
+        exprs.push((format!("sk{i}.k"), true));
+    }
+    let cols: Vec<String> = exprs.iter().map(|(e, _)| e.clone()).collect();
     s.text = format!(
-        "SELECT {}, sk.k FROM resources r JOIN resource_versions v ON v.seq = r.seq \
-         LEFT JOIN (SELECT id, {agg}({col}) AS k FROM {table} WHERE rtype = {t} AND param = {pm} GROUP BY id) sk ON sk.id = r.id",
-        crate::records::VERSION_SELECT_COLUMNS
+        "SELECT {}, {} FROM resources r JOIN resource_versions v ON v.seq = r.seq{joins}",
+        crate::records::VERSION_SELECT_COLUMNS,
+        cols.join(", ")
     );
     where_clause(q, restriction, has, &mut s);
     if let Some(cur) = &q.after {
+        // After the cursor in the order below: strictly after on the first
+        // key, or equal on it and after on the rest; ties by id.
         let id = s.bind(cur.id.clone());
-        let k = match &cur.key {
-            Some(SortValue::Int(i)) => Some(s.bind(*i)),
-            Some(SortValue::Text(x)) => Some(s.bind(x.clone())),
-            Some(SortValue::Missing) | None => None,
-        };
-        match k {
-            Some(k) => {
-                s.text.push_str(&format!(" AND (sk.k IS NULL OR sk.k {cmp} {k} OR (sk.k = {k} AND r.id > {id}))"))
-            }
-            None => s.text.push_str(&format!(" AND sk.k IS NULL AND r.id > {id}")),
+        let mut cond = format!("r.id > {id}");
+        for (i, (e, nullable)) in exprs.iter().enumerate().rev() {
+            let cmp = if keys[i].desc { "<" } else { ">" };
+            let (after, equal) = match cur.keys.get(i) {
+                Some(SortValue::Int(x)) => {
+                    let b = s.bind(*x);
+                    (
+                        if *nullable { format!("({e} IS NULL OR {e} {cmp} {b})") } else { format!("{e} {cmp} {b}") },
+                        format!("{e} = {b}"),
+                    )
+                }
+                Some(SortValue::Text(x)) => {
+                    let b = s.bind(x.clone());
+                    (
+                        if *nullable { format!("({e} IS NULL OR {e} {cmp} {b})") } else { format!("{e} {cmp} {b}") },
+                        format!("{e} = {b}"),
+                    )
+                }
+                // Nothing sorts after a missing value but other missing ones.
+                Some(SortValue::Missing) | None => ("1 = 0".into(), format!("{e} IS NULL")),
+            };
+            cond = format!("({after} OR ({equal} AND {cond}))");
         }
+        s.text.push_str(&format!(" AND {cond}"));
     }
-    s.text.push_str(&format!(" ORDER BY (sk.k IS NULL), sk.k {dir}, r.id ASC"));
+    let order: Vec<String> = exprs
+        .iter()
+        .zip(&keys)
+        .map(|((e, nullable), k)| {
+            let dir = if k.desc { "DESC" } else { "ASC" };
+            if *nullable {
+                format!("({e} IS NULL), {e} {dir}")
+            } else {
+                format!("{e} {dir}")
+            }
+        })
+        .collect();
+    s.text.push_str(&format!(" ORDER BY {}, r.id ASC", order.join(", ")));
     let lim = s.bind(q.count + 1);
     s.text.push_str(&format!(" LIMIT {lim}"));
     let rows = c.query(&s.text, &s.params)?;
     let mut entries = Vec::with_capacity(rows.len());
-    let mut last_key = SortValue::Missing;
+    let mut last_keys = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         entries.push(crate::records::version_row(r)?);
         if i + 1 == q.count.min(rows.len()) {
-            last_key = match kind {
-                ParamKind::Date | ParamKind::Quantity => r.opt_i64(10)?.map_or(SortValue::Missing, SortValue::Int),
-                _ => r.opt_text(10)?.map_or(SortValue::Missing, SortValue::Text),
-            };
+            last_keys = keys
+                .iter()
+                .enumerate()
+                .map(|(j, k)| {
+                    Ok(match k.kind {
+                        ParamKind::Date | ParamKind::Quantity => {
+                            r.opt_i64(10 + j)?.map_or(SortValue::Missing, SortValue::Int)
+                        }
+                        _ => r.opt_text(10 + j)?.map_or(SortValue::Missing, SortValue::Text),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
         }
     }
     let more = entries.len() > q.count;
     entries.truncate(q.count);
-    let next = if more {
-        entries.last().map(|v| Cursor { last_updated: 0, id: v.id.clone(), key: Some(last_key) })
-    } else {
-        None
-    };
+    let next =
+        if more { entries.last().map(|v| Cursor { last_updated: 0, id: v.id.clone(), keys: last_keys }) } else { None };
     Ok(Page { entries, total, next, prev: None })
 }
 

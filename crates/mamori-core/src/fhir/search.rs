@@ -552,20 +552,49 @@ pub enum Sort {
     LastUpdatedAsc,
     /// By last update, newest first (`_sort=-_lastUpdated`).
     LastUpdatedDesc,
-    /// By a date, string or token parameter (`_sort=date`, `_sort=-date`):
-    /// ascending by each resource's lowest value, descending by its
-    /// highest; resources without a value come last; ties by id.
-    Param {
-        /// The parameter.
-        name: &'static str,
-        /// Its kind (where its values are indexed).
-        kind: ParamKind,
-        /// Descending.
-        desc: bool,
-    },
+    /// By one to [`MAX_SORT_KEYS`] parameters (`_sort=date`,
+    /// `_sort=-date,code`): per key ascending by each resource's lowest
+    /// value, descending by its highest; resources without a value come
+    /// last on that key; ties by id.
+    Params(SortKeys),
 }
 
-/// A resource's sort value under [`Sort::Param`], as a paging cursor
+/// At most this many keys in one `_sort`.
+pub const MAX_SORT_KEYS: usize = 3;
+
+/// One key of a parameter sort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// The parameter (`_lastUpdated` for the resource's last update).
+    pub name: &'static str,
+    /// Its kind (where its values are indexed).
+    pub kind: ParamKind,
+    /// Descending.
+    pub desc: bool,
+}
+
+/// The keys of a parameter sort, in order (small and `Copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKeys {
+    keys: [Option<SortKey>; MAX_SORT_KEYS],
+}
+
+impl SortKeys {
+    /// The keys, first to last.
+    pub fn iter(&self) -> impl Iterator<Item = SortKey> + '_ {
+        self.keys.iter().flatten().copied()
+    }
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+    /// Whether there is none (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A resource's sort value under [`Sort::Params`], as a paging cursor
 /// keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortValue {
@@ -637,6 +666,38 @@ pub const MAX_INCLUDED: usize = 1000;
 /// first (a cycle of references ends anyway: nothing is included twice).
 pub const MAX_ITERATE: usize = 4;
 
+/// `_sort=a,-b,c`: one to [`MAX_SORT_KEYS`] date, string, token or
+/// quantity parameters of the type, or `_lastUpdated`, each with `-` for
+/// descending; a final `_id` (the tie-break anyway) is allowed.
+fn parse_sort_keys(rtype: ResourceType, v: &str) -> Result<SortKeys, &'static str> {
+    const WHAT: &str = "supported: _id, _lastUpdated, or up to 3 date, string, token or quantity parameters of the type (and _lastUpdated), comma-separated, each with - for descending";
+    let mut items: Vec<&str> = v.split(',').collect();
+    if items.len() > 1 && items.last() == Some(&"_id") {
+        items.pop();
+    }
+    if items.is_empty() || items.len() > MAX_SORT_KEYS {
+        return Err(WHAT);
+    }
+    let mut keys = [None; MAX_SORT_KEYS];
+    for (i, item) in items.iter().enumerate() {
+        let (desc, name) = match item.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, *item),
+        };
+        let key = if name == "_lastUpdated" {
+            SortKey { name: "_lastUpdated", kind: ParamKind::Date, desc }
+        } else {
+            let def = param_def(rtype, name).filter(|d| d.kind != ParamKind::Reference).ok_or(WHAT)?;
+            SortKey { name: def.name, kind: def.kind, desc }
+        };
+        if keys.iter().flatten().any(|k: &SortKey| k.name == key.name) {
+            return Err("a parameter appears twice in _sort");
+        }
+        keys[i] = Some(key);
+    }
+    Ok(SortKeys { keys })
+}
+
 fn parse_include(rtype: ResourceType, v: &str, rev: bool, iterate: bool) -> Result<Include, &'static str> {
     let mut it = v.split(':');
     let (Some(src), Some(param)) = (it.next(), it.next()) else {
@@ -680,23 +741,44 @@ pub struct Cursor {
     pub last_updated: i64,
     /// The entry's resource id (breaks ties between equal times).
     pub id: String,
-    /// Under [`Sort::Param`]: the entry's sort value.
-    pub key: Option<SortValue>,
+    /// Under [`Sort::Params`]: the entry's sort value for each key.
+    pub keys: Vec<SortValue>,
+}
+
+fn encode_key(k: &SortValue) -> String {
+    match k {
+        SortValue::Missing => "n".into(),
+        SortValue::Int(i) => format!("i{i}"),
+        SortValue::Text(t) => format!("s{}", t.bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}
+
+fn decode_key(t: &str) -> Option<SortValue> {
+    Some(match t.as_bytes().first()? {
+        b'n' if t == "n" => SortValue::Missing,
+        b'i' => SortValue::Int(t.get(1..)?.parse().ok()?),
+        b's' => {
+            let h = t.get(1..)?;
+            if h.len() % 2 != 0 {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> =
+                (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
+            SortValue::Text(String::from_utf8(bytes?).ok()?)
+        }
+        _ => return None,
+    })
 }
 
 impl Cursor {
     /// The cursor as a `_cursor`/`_before` parameter value: `<micros>.<id>`,
-    /// or under a parameter sort `n.<id>`, `i<int>.<id>`, `s<hex>.<id>`.
+    /// or under a parameter sort its keys, comma-separated (`n`, `i<int>`,
+    /// `s<hex>`), then `.<id>`.
     pub fn encode(&self) -> String {
-        match &self.key {
-            None => format!("{}.{}", self.last_updated, self.id),
-            Some(SortValue::Missing) => format!("n.{}", self.id),
-            Some(SortValue::Int(i)) => format!("i{i}.{}", self.id),
-            Some(SortValue::Text(t)) => {
-                let hex: String = t.bytes().map(|b| format!("{b:02x}")).collect();
-                format!("s{hex}.{}", self.id)
-            }
+        if self.keys.is_empty() {
+            return format!("{}.{}", self.last_updated, self.id);
         }
+        format!("{}.{}", self.keys.iter().map(encode_key).collect::<Vec<_>>().join(","), self.id)
     }
     /// Parses a value made by [`Cursor::encode`]; `None` if malformed.
     pub fn decode(s: &str) -> Option<Cursor> {
@@ -705,21 +787,15 @@ impl Cursor {
             return None;
         }
         let id = id.to_owned();
-        let key = match t.as_bytes().first()? {
-            b'n' if t == "n" => SortValue::Missing,
-            b'i' => SortValue::Int(t.get(1..)?.parse().ok()?),
-            b's' => {
-                let h = t.get(1..)?;
-                if h.len() % 2 != 0 {
-                    return None;
-                }
-                let bytes: Option<Vec<u8>> =
-                    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
-                SortValue::Text(String::from_utf8(bytes?).ok()?)
-            }
-            _ => return Some(Cursor { last_updated: t.parse().ok()?, id, key: None }),
-        };
-        Some(Cursor { last_updated: 0, id, key: Some(key) })
+        if t.bytes().next()?.is_ascii_digit() || t.starts_with('-') {
+            return Some(Cursor { last_updated: t.parse().ok()?, id, keys: Vec::new() });
+        }
+        let keys: Option<Vec<SortValue>> = t.split(',').map(decode_key).collect();
+        let keys = keys?;
+        if keys.len() > MAX_SORT_KEYS {
+            return None;
+        }
+        Some(Cursor { last_updated: 0, id, keys })
     }
 }
 
@@ -805,16 +881,7 @@ pub fn parse_query(
                     "_id" => Sort::Id,
                     "_lastUpdated" => Sort::LastUpdatedAsc,
                     "-_lastUpdated" => Sort::LastUpdatedDesc,
-                    other => {
-                        let (desc, name) = match other.strip_prefix('-') {
-                            Some(n) => (true, n),
-                            None => (false, other),
-                        };
-                        let def = param_def(rtype, name)
-                            .filter(|d| d.kind != ParamKind::Reference)
-                            .ok_or_else(|| bad("supported: _id, _lastUpdated, or one date, string or token parameter of the type, with - for descending"))?;
-                        Sort::Param { name: def.name, kind: def.kind, desc }
-                    }
+                    other => Sort::Params(parse_sort_keys(rtype, other).map_err(bad)?),
                 };
             }
             "_total" => {
@@ -888,11 +955,14 @@ pub fn parse_query(
         }
         q.canonical.push((k.clone(), v.clone()));
     }
-    let param_sort = matches!(q.sort, Sort::Param { .. });
-    if param_sort && q.before.is_some() {
+    let sort_keys = match q.sort {
+        Sort::Params(k) => k.len(),
+        _ => 0,
+    };
+    if sort_keys > 0 && q.before.is_some() {
         return Err(SearchError::Unsupported("_before with a _sort on a parameter (page forward with next)".into()));
     }
-    if q.after.as_ref().is_some_and(|c| c.key.is_some() != param_sort) {
+    if q.after.as_ref().is_some_and(|c| c.keys.len() != sort_keys) {
         return Err(SearchError::BadValue {
             param: "_cursor".into(),
             value: String::new(),
@@ -1318,14 +1388,21 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
-        for key in
-            [None, Some(SortValue::Missing), Some(SortValue::Int(-5)), Some(SortValue::Text("やまだ.x/y".into()))]
-        {
-            let c =
-                Cursor { last_updated: if key.is_none() { 1_700_000_000_000_000 } else { 0 }, id: "a.b-1".into(), key };
+        for keys in [
+            vec![],
+            vec![SortValue::Missing],
+            vec![SortValue::Int(-5)],
+            vec![SortValue::Text("やまだ.x/y".into())],
+            vec![SortValue::Int(7), SortValue::Missing, SortValue::Text("a,b".into())],
+        ] {
+            let c = Cursor {
+                last_updated: if keys.is_empty() { 1_700_000_000_000_000 } else { 0 },
+                id: "a.b-1".into(),
+                keys,
+            };
             assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()), "{}", c.encode());
         }
-        for bad in ["", "x.a", "s0.a", "szz.a", "i.a", "n1.a", "12.a b", "no-dot"] {
+        for bad in ["", "x.a", "s0.a", "szz.a", "i.a", "n1.a", "12.a b", "no-dot", "n,,n.a", "n,n,n,n.a", "i1,x.a"] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
     }
