@@ -943,8 +943,8 @@ async fn conditional_update_and_delete() {
     assert_eq!(s.delete(&oq, &doc).await.status, 204);
 }
 
-/// PATCH with a JSON Patch: a new version with only the change; decided
-/// before the patch is applied (a failing `test` tells an unauthorized
+/// PATCH with a JSON Patch or a FHIRPath Patch: a new version with only
+/// the change; decided before the patch is applied (a failing `test` tells an unauthorized
 /// caller nothing); bad patches change nothing.
 #[tokio::test]
 async fn json_patch() {
@@ -993,8 +993,56 @@ async fn json_patch() {
     assert_eq!(r.status, 400, "a result that is not a valid Observation: {}", r.text);
     assert!(r.text.contains("Observation.status"), "{}", r.text);
     assert_eq!(patch(json!({"op": "remove"}), &doc, None).await.status, 400);
-    let r = s.raw(Method::PATCH, &path, Some(&doc), Some((json!([]).to_string(), "application/fhir+json")), &[]).await;
+    let r = s.raw(Method::PATCH, &path, Some(&doc), Some((json!([]).to_string(), "text/plain")), &[]).await;
     assert_eq!(r.status, 415, "{}", r.text);
+    let r = s.raw(Method::PATCH, &path, Some(&doc), Some((json!([]).to_string(), "application/fhir+json")), &[]).await;
+    assert_eq!(r.status, 400, "a JSON Patch sent as FHIR: {}", r.text);
+    assert_eq!(versions(), before);
+
+    // FHIRPath Patch: a Parameters resource of operations.
+    let fp = |ops: Value, token: &str| {
+        let (s, path, token) = (&s, path.clone(), token.to_owned());
+        let body = json!({"resourceType": "Parameters", "parameter": ops}).to_string();
+        async move { s.raw(Method::PATCH, &path, Some(&token), Some((body, "application/fhir+json")), &[]).await }
+    };
+    let op = |kind: &str, p: &str, extra: Vec<Value>| {
+        let mut part = vec![json!({"name": "type", "valueCode": kind}), json!({"name": "path", "valueString": p})];
+        part.extend(extra);
+        json!({"name": "operation", "part": part})
+    };
+    let r = fp(
+        json!([
+            op("replace", "Observation.value", vec![json!({"name": "value", "valueQuantity": {"value": 64, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})]),
+            op("insert", "Observation.note", vec![json!({"name": "index", "valueInteger": 0}), json!({"name": "value", "valueAnnotation": {"text": "安静時"}})]),
+            op("delete", "Observation.note.where(text = '再測定')", vec![]),
+        ]),
+        &doc,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["valueQuantity"]["value"], 64);
+    assert_eq!(r.body["note"], json!([{"text": "安静時"}]));
+    assert_eq!(s.last_audit()["action"], "patch");
+    let before = versions();
+    for (ops, status) in [
+        // Nothing to replace; an unsupported expression; an invalid result.
+        (
+            json!([op(
+                "replace",
+                "Observation.issued",
+                vec![json!({"name": "value", "valueInstant": "2026-01-01T00:00:00Z"})]
+            )]),
+            422,
+        ),
+        (json!([op("delete", "Observation.note.where(text.startsWith('安'))", vec![])]), 400),
+        (json!([op("replace", "Observation.status", vec![json!({"name": "value", "valueCode": "bogus"})])]), 400),
+        (json!([op("delete", "Observation.id", vec![])]), 422),
+    ] {
+        let r = fp(ops, &doc).await;
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.body["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(fp(json!([op("delete", "Observation.note", vec![])]), &stranger_probe(&s).await).await.status, 403);
     assert_eq!(versions(), before);
 
     // Someone who may not write the record is refused before any test.
@@ -1019,6 +1067,11 @@ async fn json_patch() {
         .status,
         404
     );
+}
+
+/// A physician with no care relationship to anybody.
+async fn stranger_probe(s: &TestServer) -> String {
+    s.user("dr.nobody", &["physician"]).await
 }
 
 /// Chained parameters (one level): the reference must point at a resource

@@ -2,6 +2,7 @@
 //! parameters and index extraction, compartments.
 
 pub mod compartment;
+pub mod fhirpath_patch;
 pub mod json;
 pub mod patch;
 pub mod resource_types;

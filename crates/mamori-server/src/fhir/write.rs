@@ -169,7 +169,8 @@ pub(crate) async fn update(
     }
 }
 
-/// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902).
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (RFC 6902) or a FHIRPath
+/// Patch.
 pub(crate) async fn patch(
     State(svc): State<Services>,
     c: Caller,
@@ -183,13 +184,30 @@ pub(crate) async fn patch(
         parse_id(&id)?;
         check_accept(&headers, None)?;
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json-patch+json") {
-            return Err(ServiceError::UnsupportedMediaType(format!(
-                "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json"
-            )));
-        }
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        // JSON Patch (an array of operations) or FHIRPath Patch (a
+        // Parameters resource); the body must be what its type says.
+        let json_patch = match mime.as_str() {
+            "application/json-patch+json" => true,
+            "application/fhir+json" | "application/json" => false,
+            _ => {
+                return Err(ServiceError::UnsupportedMediaType(format!(
+                    "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json or a FHIRPath Patch (Parameters) as application/fhir+json"
+                )))
+            }
+        };
         let if_match = if_match(&headers)?;
         let patch = parse_json(&read_body(body, limit).await?)?;
+        if json_patch != patch.is_array() {
+            return Err(ServiceError::invalid(
+                "",
+                if json_patch {
+                    "application/json-patch+json: the body must be an array of operations"
+                } else {
+                    "a FHIRPath Patch is a Parameters resource (or send a JSON Patch as application/json-patch+json)"
+                },
+            ));
+        }
         Ok::<_, ServiceError>((rtype, patch, if_match))
     }
     .await;

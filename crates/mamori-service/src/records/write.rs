@@ -214,7 +214,12 @@ pub(crate) fn write_step(
                 )));
             }
             let doc: Value = serde_json::from_str(&cur.body).map_err(|e| ServiceError::internal(e.to_string()))?;
-            let new = mamori_core::fhir::patch::apply(&doc, patch).map_err(|e| match e {
+            let applied = if patch.is_array() {
+                mamori_core::fhir::patch::apply(&doc, patch)
+            } else {
+                mamori_core::fhir::fhirpath_patch::apply(&doc, patch)
+            };
+            let new = applied.map_err(|e| match e {
                 mamori_core::fhir::patch::PatchError::Malformed(_) => ServiceError::invalid("", e.to_string()),
                 _ => ServiceError::Unprocessable(vec![mamori_core::fhir::validate::Issue {
                     path: rtype.as_str().to_owned(),
