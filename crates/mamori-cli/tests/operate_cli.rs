@@ -137,16 +137,13 @@ fn the_log_is_plain_when_redirected_and_the_access_log_summarizes() {
 }
 
 /// Turns an initialized directory's database into the previous release's
-/// schema (14: before the apps), as an upgrade finds it.
+/// schema (15: before canonical quantities), as an upgrade finds it.
 fn make_previous_release(dir: &std::path::Path) {
     let c = rusqlite::Connection::open(dir.join("mamori.db")).unwrap();
-    // What the newest migration (15) adds; update with each migration.
+    // What the newest migration (16) adds; update with each migration.
     c.execute_batch(
-        "DROP TABLE oauth_clients; DROP TABLE oauth_codes; DROP TABLE oauth_refresh; DROP TABLE oauth_launches; \
-         DROP TABLE oauth_keys; DROP INDEX tokens_family; DROP INDEX tokens_client; \
-         ALTER TABLE tokens DROP COLUMN client_id; ALTER TABLE tokens DROP COLUMN scope; \
-         ALTER TABLE tokens DROP COLUMN patient; ALTER TABLE tokens DROP COLUMN family; \
-         UPDATE meta SET value = '14' WHERE key = 'schema_version';",
+        "DROP INDEX idx_quantity_canon; ALTER TABLE idx_quantity DROP COLUMN cvalue; \
+         ALTER TABLE idx_quantity DROP COLUMN cunit; UPDATE meta SET value = '15' WHERE key = 'schema_version';",
     )
     .unwrap();
 }
@@ -171,20 +168,24 @@ fn upgrade_checks_copies_first_and_refuses_a_newer_database() {
     // --check says what will run and changes nothing.
     let (code, out, err) = run(&["upgrade", "--check", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("schema version 14; this mamori expects 15") && out.contains("will run: 0015_apps"), "{out}");
+    assert!(
+        out.contains("schema version 15; this mamori expects 16")
+            && out.contains("will run: 0016_canonical_quantities"),
+        "{out}"
+    );
     assert!(out.contains("a copy of the database is taken first"), "{out}");
-    assert_eq!(schema_of(&dir.join("mamori.db")), "14");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "15");
     assert!(!dir.join("backups").exists());
 
     // The upgrade: a copy of the old database first, then the migration.
     let (code, out, err) = run(&["upgrade", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("schema version 14 -> 15"), "{out}");
+    assert!(out.contains("schema version 15 -> 16"), "{out}");
     let copies: Vec<_> = std::fs::read_dir(dir.join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(copies.len(), 1, "{copies:?}");
-    assert!(copies[0].file_name().unwrap().to_str().unwrap().starts_with("mamori-schema14-"));
-    assert_eq!(schema_of(&copies[0]), "14", "the way back is the old schema");
-    assert_eq!(schema_of(&dir.join("mamori.db")), "15");
+    assert!(copies[0].file_name().unwrap().to_str().unwrap().starts_with("mamori-schema15-"));
+    assert_eq!(schema_of(&copies[0]), "15", "the way back is the old schema");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "16");
     // The copy's audit log verifies: a restore of it is the log as it was.
     let vkey = std::fs::read_to_string(dir.join("keys/audit.vkey")).unwrap().trim().to_owned();
     let restored = temp_dir("upgrade-restored");

@@ -1250,6 +1250,10 @@ async fn quantity_search() {
         json!({"value": 5.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"});
     let r = s.post("/fhir/Observation", &doc, mg).await;
     ids.insert(r.body["id"].as_str().unwrap().to_owned(), 5.4);
+    let mut hb = observation(&pid, "718-7", 14.2);
+    hb["valueQuantity"] = json!({"value": 14.2, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"});
+    let r = s.post("/fhir/Observation", &doc, hb).await;
+    ids.insert(r.body["id"].as_str().unwrap().to_owned(), 14.2);
     let values = |b: &Value| -> Vec<f64> {
         let mut v: Vec<f64> = b["entry"].as_array().map_or(vec![], |e| {
             e.iter()
@@ -1266,9 +1270,19 @@ async fn quantity_search() {
         ("value-quantity=75", vec![75.0, 75.04]),
         ("value-quantity=75.0", vec![75.0, 75.04]),
         ("value-quantity=75.00", vec![75.0]),
-        ("value-quantity=lt61", vec![5.4, 60.0]),
-        ("value-quantity=ne75", vec![5.4, 60.0, 90.5]),
+        ("value-quantity=lt61", vec![5.4, 14.2, 60.0]),
+        ("value-quantity=ne75", vec![5.4, 14.2, 60.0, 90.5]),
         ("value-quantity=5.4|http://unitsofmeasure.org|mmol/L", vec![5.4]),
+        // Across UCUM units: converted to base units before comparing.
+        ("value-quantity=5400|http://unitsofmeasure.org|umol/L", vec![5.4]),
+        ("value-quantity=142|http://unitsofmeasure.org|g/L", vec![14.2]),
+        ("value-quantity=gt140|http://unitsofmeasure.org|g/L", vec![14.2]),
+        ("value-quantity=lt140|http://unitsofmeasure.org|g/L", vec![]),
+        ("value-quantity=gt1|http://unitsofmeasure.org|/s", vec![75.0, 75.04, 90.5]),
+        // 1/s as written is 0.5 to 1.5 per second: 30 to 90 per minute.
+        ("value-quantity=1||/s", vec![60.0, 75.0, 75.04]),
+        ("value-quantity=1.00||/s", vec![60.0]),
+        ("value-quantity=97|http://unitsofmeasure.org|mg/dL", vec![]),
         ("value-quantity=5.4||/min", vec![]),
         ("value-quantity=le100||/min", vec![60.0, 75.0, 75.04, 90.5]),
         ("value-quantity:missing=false&code=2345-7", vec![5.4]),
@@ -1282,6 +1296,32 @@ async fn quantity_search() {
         assert_eq!(r.status, 200, "{q}: {}", r.text);
         assert_eq!(values(&r.body), want, "{q}");
     }
+    // Number search (RiskAssessment.probability).
+    let mut risk = std::collections::HashMap::new();
+    for p in [0.25, 0.8] {
+        let r = s
+            .post(
+                "/fhir/RiskAssessment",
+                &doc,
+                json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": format!("Patient/{pid}")},
+                       "prediction": [{"probabilityDecimal": p}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        risk.insert(r.body["id"].as_str().unwrap().to_owned(), p);
+    }
+    for (q, want) in
+        [("probability=gt0.5", vec![0.8]), ("probability=0.25", vec![0.25]), ("probability=le0.8", vec![0.25, 0.8])]
+    {
+        let r = s.get(&format!("/fhir/RiskAssessment?{q}"), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        let mut got: Vec<f64> =
+            r.body["entry"].as_array().unwrap().iter().map(|e| risk[e["resource"]["id"].as_str().unwrap()]).collect();
+        got.sort_by(f64::total_cmp);
+        assert_eq!(got, want, "{q}");
+    }
+    let r = s.get("/fhir/RiskAssessment?probability=0.25%7C%7Cmg", &doc).await;
+    assert_eq!(r.status, 400, "a number has no unit: {}", r.text);
     // `ap` on a date: 10 % of the distance from now on either side (about
     // 5.7 years around 1970; a few days around last week).
     let mut born = std::collections::HashMap::new();
@@ -1303,7 +1343,8 @@ async fn quantity_search() {
     for bad in ["value-quantity=gt", "value-quantity=1e2"] {
         assert_eq!(s.get(&format!("/fhir/Observation?{bad}"), &doc).await.status, 400, "{bad}");
     }
-    // Stored before quantity search existed: migration 12 indexes them.
+    // Stored before quantity search existed: migration 16 indexes them
+    // (with their canonical values).
     let rw = |f: &(dyn Fn(&mut dyn mamori_store::sql::Conn) -> u64 + Sync)| match &s.pg {
         Some((url, _)) => common::on_pg(url, |c| f(c)),
         None => {
@@ -1318,8 +1359,10 @@ async fn quantity_search() {
     });
     assert!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).is_empty());
     let n = rw(&|c| mamori_store::records::index_quantities(c).unwrap());
-    assert_eq!(n, 5);
-    assert_eq!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).len(), 5);
+    assert_eq!(n, 8, "six Observations and two RiskAssessments");
+    assert_eq!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).len(), 6);
+    let r = s.get("/fhir/Observation?value-quantity=142%7Chttp://unitsofmeasure.org%7Cg/L", &doc).await;
+    assert_eq!(values(&r.body), [14.2], "canonical values indexed again");
 }
 
 /// `GET /fhir/_history`: every type's versions, newest first, each decided

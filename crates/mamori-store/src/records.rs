@@ -529,11 +529,17 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
             IndexValue::Reference { rtype: tt, id: tid } => {
                 refs.push(head.into_iter().chain([Val::from(tt), Val::from(tid)]).collect())
             }
-            IndexValue::Quantity { micros, system, code } => quantities
-                .push(head.into_iter().chain([Val::from(micros), Val::from(system), Val::from(code)]).collect()),
+            IndexValue::Quantity { micros, system, code, canonical } => {
+                let (cv, cu) = canonical.map_or((None, None), |(v, u)| (Some(v), Some(u)));
+                quantities.push(
+                    head.into_iter()
+                        .chain([Val::from(micros), Val::from(system), Val::from(code), Val::from(cv), Val::from(cu)])
+                        .collect(),
+                )
+            }
         }
     }
-    insert_rows(c, "INSERT INTO idx_quantity (rtype, id, param, value, system, code)", "", 6, quantities)?;
+    insert_rows(c, QUANTITY_INSERT, "", 8, quantities)?;
     insert_rows(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
     insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
     insert_rows(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
@@ -541,18 +547,23 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
     Ok(())
 }
 
-/// Whether a type has quantity search parameters (only those types have
-/// rows in `idx_quantity`).
+const QUANTITY_INSERT: &str = "INSERT INTO idx_quantity (rtype, id, param, value, system, code, cvalue, cunit)";
+
+/// Whether a type has quantity or number search parameters (only those
+/// types have rows in `idx_quantity`).
 fn has_quantities(rtype: ResourceType) -> bool {
+    use mamori_core::fhir::search::ParamKind;
     mamori_core::fhir::search::params_for(rtype)
         .iter()
-        .any(|p| p.kind == mamori_core::fhir::search::ParamKind::Quantity)
+        .any(|p| matches!(p.kind, ParamKind::Quantity | ParamKind::Number))
 }
 
-/// Indexes the quantities of every current resource of the types that
-/// have quantity parameters (the data step of migration 12, which added
-/// them). Returns the number of resources indexed.
+/// Indexes the quantities and numbers of every current resource of the
+/// types that have such parameters, from scratch (the data step of
+/// migration 12, which added quantities, and of 16, which added UCUM
+/// canonical values and numbers). Returns the number of resources indexed.
 pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
+    c.exec("DELETE FROM idx_quantity", p![])?;
     let mut n = 0;
     for t in mamori_core::fhir::resource_types::R4_RESOURCE_TYPES {
         let Ok(rtype) = ResourceType::parse(t) else { continue };
@@ -569,19 +580,24 @@ pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
             let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
                 .into_iter()
                 .filter_map(|e| match e.value {
-                    IndexValue::Quantity { micros, system, code } => Some(vec![
-                        Val::from(*t),
-                        Val::from(id.clone()),
-                        Val::from(e.param),
-                        Val::from(micros),
-                        Val::from(system),
-                        Val::from(code),
-                    ]),
+                    IndexValue::Quantity { micros, system, code, canonical } => {
+                        let (cv, cu) = canonical.map_or((None, None), |(v, u)| (Some(v), Some(u)));
+                        Some(vec![
+                            Val::from(*t),
+                            Val::from(id.clone()),
+                            Val::from(e.param),
+                            Val::from(micros),
+                            Val::from(system),
+                            Val::from(code),
+                            Val::from(cv),
+                            Val::from(cu),
+                        ])
+                    }
                     _ => None,
                 })
                 .collect();
             if !rows.is_empty() {
-                insert_rows(c, "INSERT INTO idx_quantity (rtype, id, param, value, system, code)", "", 6, rows)?;
+                insert_rows(c, QUANTITY_INSERT, "", 8, rows)?;
                 n += 1;
             }
         }

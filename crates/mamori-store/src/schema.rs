@@ -20,6 +20,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0013_compliance_reports", include_str!("../migrations/sqlite/0013_compliance_reports.sql")),
     ("0014_bulk_exports", include_str!("../migrations/sqlite/0014_bulk_exports.sql")),
     ("0015_apps", include_str!("../migrations/sqlite/0015_apps.sql")),
+    ("0016_canonical_quantities", include_str!("../migrations/sqlite/0016_canonical_quantities.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -38,6 +39,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0013_compliance_reports", include_str!("../migrations/postgres/0013_compliance_reports.sql")),
     ("0014_bulk_exports", include_str!("../migrations/postgres/0014_bulk_exports.sql")),
     ("0015_apps", include_str!("../migrations/postgres/0015_apps.sql")),
+    ("0016_canonical_quantities", include_str!("../migrations/postgres/0016_canonical_quantities.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
@@ -55,8 +57,10 @@ fn data_step(name: &str, c: &mut dyn Conn) -> Result<(), DbError> {
             crate::StoreError::Db(d) => d,
             other => DbError::Other(other.to_string()),
         }),
-        // Quantities of the resources stored before quantity search.
-        "0012_quantity_index" => crate::records::index_quantities(c).map(|_| ()).map_err(|e| match e {
+        // Quantities (with their UCUM canonical values) and numbers of the
+        // resources stored before: migration 16 indexes them all again, so
+        // a database older than 12 is indexed once, after both.
+        "0016_canonical_quantities" => crate::records::index_quantities(c).map(|_| ()).map_err(|e| match e {
             crate::StoreError::Db(d) => d,
             other => DbError::Other(other.to_string()),
         }),

@@ -208,15 +208,43 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
                 Prefix::Ge => format!("value >= {}", sql.bind(*micros)),
                 Prefix::Le => format!("value <= {}", sql.bind(*micros)),
             };
-            let mut s = format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND {cmp}");
+            let mut same = cmp;
             if let Some(sys) = system {
-                s.push_str(&format!(" AND system = {}", sql.bind(sys.clone())));
+                same.push_str(&format!(" AND system = {}", sql.bind(sys.clone())));
             }
             if let Some(c) = code {
-                s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
+                same.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
             }
-            s.push(')');
-            s
+            // A UCUM unit: quantities in other units of the same dimension
+            // match after conversion to base units.
+            let canon = |m: i64| {
+                mamori_core::fhir::search::canonical_of(m, system.as_deref(), code.as_deref())
+                    .map(|(v, u)| (mamori_core::fhir::ucum::sortable(v), u))
+            };
+            let other = match (code, canon(*micros)) {
+                (Some(c), Some((v, unit))) => {
+                    let cu = sql.bind(unit);
+                    let cc = sql.bind(c.clone());
+                    let ccmp = match prefix {
+                        Prefix::Eq | Prefix::Ne | Prefix::Ap => {
+                            let lo = sql.bind(canon(micros.saturating_sub(*half_width)).map_or(v, |x| x.0));
+                            let hi = sql.bind(canon(micros.saturating_add(*half_width)).map_or(v, |x| x.0));
+                            match prefix {
+                                Prefix::Eq => format!("(cvalue >= {lo} AND cvalue < {hi})"),
+                                Prefix::Ne => format!("NOT (cvalue >= {lo} AND cvalue < {hi})"),
+                                _ => format!("(cvalue >= {lo} AND cvalue <= {hi})"),
+                            }
+                        }
+                        Prefix::Gt | Prefix::Sa => format!("cvalue > {}", sql.bind(v)),
+                        Prefix::Lt | Prefix::Eb => format!("cvalue < {}", sql.bind(v)),
+                        Prefix::Ge => format!("cvalue >= {}", sql.bind(v)),
+                        Prefix::Le => format!("cvalue <= {}", sql.bind(v)),
+                    };
+                    format!(" OR (cunit = {cu} AND code <> {cc} AND {ccmp})")
+                }
+                _ => String::new(),
+            };
+            format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND (({same}){other}))")
         }
         Cond::Chain { target, inner } => {
             // The reference points at a current resource of `target`
@@ -258,7 +286,7 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
                 ParamKind::String => "idx_string",
                 ParamKind::Date => "idx_date",
                 ParamKind::Reference => "idx_ref",
-                ParamKind::Quantity => "idx_quantity",
+                ParamKind::Quantity | ParamKind::Number => "idx_quantity",
             };
             let pm = sql.bind(param);
             let not = if *missing { "NOT " } else { "" };
@@ -385,7 +413,7 @@ fn search_sorted_by_params(
             ParamKind::Date if k.desc => ("idx_date", "high"),
             ParamKind::Date => ("idx_date", "low"),
             ParamKind::String => ("idx_string", "norm"),
-            ParamKind::Quantity => ("idx_quantity", "value"),
+            ParamKind::Quantity | ParamKind::Number => ("idx_quantity", "value"),
             ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
         };
         let agg = if k.desc { "MAX" } else { "MIN" };
@@ -457,7 +485,7 @@ fn search_sorted_by_params(
                 .enumerate()
                 .map(|(j, k)| {
                     Ok(match k.kind {
-                        ParamKind::Date | ParamKind::Quantity => {
+                        ParamKind::Date | ParamKind::Quantity | ParamKind::Number => {
                             r.opt_i64(10 + j)?.map_or(SortValue::Missing, SortValue::Int)
                         }
                         _ => r.opt_text(10 + j)?.map_or(SortValue::Missing, SortValue::Text),

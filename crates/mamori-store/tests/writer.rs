@@ -388,6 +388,7 @@ async fn compartment_lists_its_patient(b: Backend) {
                 for col in ["client_id", "scope", "patient", "family"] {
                     w.conn.exec(&format!("ALTER TABLE tokens DROP COLUMN {col}"), p![])?;
                 }
+                // (What migration 16 adds went with idx_quantity above.)
                 Ok(())
             },
             |_, _| Ok(()),

@@ -11,4 +11,5 @@ pub mod search;
 pub mod subset;
 pub mod summary;
 mod summary_table;
+pub mod ucum;
 pub mod validate;

@@ -25,8 +25,11 @@ pub enum ParamKind {
     /// A reference to another resource (`Type/id` or `id`).
     Reference,
     /// A quantity (`[prefix]number|[system]|[code]`), compared to six
-    /// decimal places.
+    /// decimal places; across UCUM units after conversion ([`super::ucum`]).
     Quantity,
+    /// A number (`[prefix]number`), compared to six decimal places
+    /// (indexed with the quantities, without a unit).
+    Number,
 }
 
 /// A search parameter of a resource type and where its values are found.
@@ -53,6 +56,9 @@ const fn date(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
 }
 const fn qty(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
     ParamDef { name, kind: ParamKind::Quantity, paths, target: None }
+}
+const fn num(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Number, paths, target: None }
 }
 const fn rf(name: &'static str, paths: &'static [&'static str], target: Option<&'static str>) -> ParamDef {
     ParamDef { name, kind: ParamKind::Reference, paths, target }
@@ -185,6 +191,24 @@ const MEDADMIN: &[ParamDef] = &[
     tok("status", &["status"]),
     date("effective-time", &["effectiveDateTime", "effectivePeriod"]),
 ];
+const RISK: &[ParamDef] = &[
+    IDENT,
+    SUBJECT,
+    PATIENT_SUBJ,
+    ENCOUNTER,
+    num("probability", &["prediction.probabilityDecimal"]),
+    date("date", &["occurrenceDateTime", "occurrencePeriod"]),
+    tok("method", &["method"]),
+    rf("condition", &["condition"], Some("Condition")),
+];
+const IMMREC: &[ParamDef] = &[
+    IDENT,
+    PATIENT_PAT,
+    num("dose-number", &["recommendation.doseNumberPositiveInt"]),
+    date("date", &["date"]),
+    tok("vaccine-type", &["recommendation.vaccineCode"]),
+    tok("status", &["recommendation.forecastStatus"]),
+];
 const GENERIC: &[ParamDef] = &[IDENT, SUBJECT, rf("patient", &["subject", "patient"], Some("Patient"))];
 
 /// The search parameters of a type (besides `_id` and `_lastUpdated`).
@@ -205,6 +229,8 @@ pub fn params_for(rtype: ResourceType) -> &'static [ParamDef] {
         "Consent" => CONSENT,
         "Provenance" => PROVENANCE,
         "MedicationAdministration" => MEDADMIN,
+        "RiskAssessment" => RISK,
+        "ImmunizationRecommendation" => IMMREC,
         _ => GENERIC,
     }
 }
@@ -257,7 +283,22 @@ pub enum IndexValue {
         system: Option<String>,
         /// The unit code (the `unit` text when there is no code).
         code: Option<String>,
+        /// A UCUM unit's value in base units ([`super::ucum::sortable`])
+        /// and the dimension's code, for comparison across units.
+        canonical: Option<(i64, String)>,
     },
+}
+
+/// The UCUM system URI.
+pub const UCUM: &str = "http://unitsofmeasure.org";
+
+/// A quantity's canonical form, when its unit is UCUM (or names no
+/// system) and understood.
+pub fn canonical_of(micros: i64, system: Option<&str>, code: Option<&str>) -> Option<(f64, String)> {
+    if system.is_some_and(|s| s != UCUM) {
+        return None;
+    }
+    super::ucum::canonical(micros as f64 / 1e6, code?)
 }
 
 /// A decimal's value in millionths, rounded, and its number of decimal
@@ -386,11 +427,18 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
             if let Some(Value::Number(n)) = v.get("value") {
                 if let Some((micros, _)) = decimal_micros(&n.to_string()) {
                     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-                    push(IndexValue::Quantity {
-                        micros,
-                        system: text("system"),
-                        code: text("code").or_else(|| text("unit")),
-                    });
+                    let (system, code) = (text("system"), text("code").or_else(|| text("unit")));
+                    // Only a coded unit converts (the free-text `unit` is a label).
+                    let canonical = canonical_of(micros, system.as_deref(), text("code").as_deref())
+                        .map(|(x, d)| (super::ucum::sortable(x), d));
+                    push(IndexValue::Quantity { micros, system, code, canonical });
+                }
+            }
+        }
+        ParamKind::Number => {
+            if let Value::Number(n) = v {
+                if let Some((micros, _)) = decimal_micros(&n.to_string()) {
+                    push(IndexValue::Quantity { micros, system: None, code: None, canonical: None });
                 }
             }
         }
@@ -1143,6 +1191,15 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
                 }
                 parse_quantity(&v)
                     .ok_or_else(|| bad("expected [prefix]number[|system|code], prefixes eq ne gt lt ge le sa eb"))?
+            }
+            ParamKind::Number => {
+                if let Some(m) = modifier {
+                    return Err(unsupported_mod(m));
+                }
+                match parse_quantity(&v) {
+                    Some(c @ Cond::Quantity { system: None, code: None, .. }) if !v.contains('|') => c,
+                    _ => return Err(bad("expected [prefix]number, prefixes eq ne gt lt ge le sa eb ap")),
+                }
             }
             ParamKind::Reference => {
                 let type_mod = match modifier {

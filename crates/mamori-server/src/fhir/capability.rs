@@ -19,6 +19,7 @@ fn kind(k: ParamKind) -> &'static str {
         ParamKind::Date => "date",
         ParamKind::Reference => "reference",
         ParamKind::Quantity => "quantity",
+        ParamKind::Number => "number",
     }
 }
 

@@ -1,0 +1,9 @@
+-- mamori schema, PostgreSQL, migration 16: quantities compared across UCUM
+-- units, and number search. Each quantity with a UCUM unit mamori
+-- understands also carries its value in base units (an order-preserving
+-- integer, mamori_core::fhir::ucum::sortable) and the dimension's code;
+-- numbers are indexed with the quantities, without a unit. The data step
+-- indexes every stored resource again.
+ALTER TABLE idx_quantity ADD COLUMN cvalue BIGINT;
+ALTER TABLE idx_quantity ADD COLUMN cunit TEXT;
+CREATE INDEX idx_quantity_canon ON idx_quantity (rtype, param, cunit, cvalue);
