@@ -142,8 +142,9 @@ fn make_previous_release(dir: &std::path::Path) {
     let c = rusqlite::Connection::open(dir.join("mamori.db")).unwrap();
     // What the newest migration (16) adds; update with each migration.
     c.execute_batch(
-        "DROP INDEX idx_quantity_canon; ALTER TABLE idx_quantity DROP COLUMN cvalue; \
-         ALTER TABLE idx_quantity DROP COLUMN cunit; UPDATE meta SET value = '15' WHERE key = 'schema_version';",
+        "DROP INDEX idx_quantity_canon; DROP INDEX idx_quantity_concept; ALTER TABLE idx_quantity DROP COLUMN cvalue; \
+         ALTER TABLE idx_quantity DROP COLUMN cunit; ALTER TABLE idx_quantity DROP COLUMN csys; \
+         ALTER TABLE idx_quantity DROP COLUMN ccode; UPDATE meta SET value = '15' WHERE key = 'schema_version';",
     )
     .unwrap();
 }

@@ -1254,6 +1254,20 @@ async fn quantity_search() {
     hb["valueQuantity"] = json!({"value": 14.2, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"});
     let r = s.post("/fhir/Observation", &doc, hb).await;
     ids.insert(r.body["id"].as_str().unwrap().to_owned(), 14.2);
+    // Blood pressures (components); their "values" here name them.
+    for (id_value, sys, dia) in [(1120.0, 120, 80), (1150.0, 150, 70)] {
+        let comp = |code: &str, v: i64| {
+            json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                   "valueQuantity": {"value": v, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}})
+        };
+        let bp = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": format!("Patient/{pid}")},
+            "component": [comp("8480-6", sys), comp("8462-4", dia)]});
+        let r = s.post("/fhir/Observation", &doc, bp).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        ids.insert(r.body["id"].as_str().unwrap().to_owned(), id_value);
+    }
     let values = |b: &Value| -> Vec<f64> {
         let mut v: Vec<f64> = b["entry"].as_array().map_or(vec![], |e| {
             e.iter()
@@ -1283,6 +1297,17 @@ async fn quantity_search() {
         ("value-quantity=1||/s", vec![60.0, 75.0, 75.04]),
         ("value-quantity=1.00||/s", vec![60.0]),
         ("value-quantity=97|http://unitsofmeasure.org|mg/dL", vec![]),
+        // Composites: the code and the quantity of the same element.
+        ("code-value-quantity=http://loinc.org|8867-4$gt80", vec![90.5]),
+        ("code-value-quantity=718-7$142|http://unitsofmeasure.org|g/L", vec![14.2]),
+        ("code-value-quantity=http://loinc.org|2345-7$gt80", vec![]),
+        ("component-code-value-quantity=http://loinc.org|8480-6$gt140", vec![1150.0]),
+        ("component-code-value-quantity=8462-4$gt75", vec![1120.0]),
+        ("component-code-value-quantity=8462-4$gt16|http://unitsofmeasure.org|kPa", vec![]),
+        ("component-code-value-quantity=8480-6$ge15.9|http://unitsofmeasure.org|kPa", vec![1120.0, 1150.0]),
+        // 120 mm[Hg] is 15.9986 kPa.
+        ("component-code-value-quantity=8480-6$ge16|http://unitsofmeasure.org|kPa", vec![1150.0]),
+        ("component-value-quantity=gt140", vec![1150.0]),
         ("value-quantity=5.4||/min", vec![]),
         ("value-quantity=le100||/min", vec![60.0, 75.0, 75.04, 90.5]),
         ("value-quantity:missing=false&code=2345-7", vec![5.4]),
@@ -1340,7 +1365,13 @@ async fn quantity_search() {
         r.body["entry"].as_array().unwrap().iter().map(|e| born[e["resource"]["id"].as_str().unwrap()]).collect();
     found.sort();
     assert_eq!(found, ["1966-01-01", "1970-01-01"], "{}", r.text);
-    for bad in ["value-quantity=gt", "value-quantity=1e2"] {
+    for bad in [
+        "value-quantity=gt",
+        "value-quantity=1e2",
+        "code-value-quantity=8867-4",
+        "code-value-quantity=$gt1",
+        "_sort=code-value-quantity",
+    ] {
         assert_eq!(s.get(&format!("/fhir/Observation?{bad}"), &doc).await.status, 400, "{bad}");
     }
     // Stored before quantity search existed: migration 16 indexes them
@@ -1359,7 +1390,7 @@ async fn quantity_search() {
     });
     assert!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).is_empty());
     let n = rw(&|c| mamori_store::records::index_quantities(c).unwrap());
-    assert_eq!(n, 8, "six Observations and two RiskAssessments");
+    assert_eq!(n, 10, "eight Observations and two RiskAssessments");
     assert_eq!(values(&s.get("/fhir/Observation?value-quantity=gt0", &doc).await.body).len(), 6);
     let r = s.get("/fhir/Observation?value-quantity=142%7Chttp://unitsofmeasure.org%7Cg/L", &doc).await;
     assert_eq!(values(&r.body), [14.2], "canonical values indexed again");

@@ -529,17 +529,11 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
             IndexValue::Reference { rtype: tt, id: tid } => {
                 refs.push(head.into_iter().chain([Val::from(tt), Val::from(tid)]).collect())
             }
-            IndexValue::Quantity { micros, system, code, canonical } => {
-                let (cv, cu) = canonical.map_or((None, None), |(v, u)| (Some(v), Some(u)));
-                quantities.push(
-                    head.into_iter()
-                        .chain([Val::from(micros), Val::from(system), Val::from(code), Val::from(cv), Val::from(cu)])
-                        .collect(),
-                )
-            }
+            IndexValue::Quantity { micros, system, code, canonical, concept } => quantities
+                .push(head.into_iter().chain(quantity_cols(micros, system, code, canonical, concept)).collect()),
         }
     }
-    insert_rows(c, QUANTITY_INSERT, "", 8, quantities)?;
+    insert_rows(c, QUANTITY_INSERT, "", 10, quantities)?;
     insert_rows(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
     insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
     insert_rows(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
@@ -547,7 +541,21 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
     Ok(())
 }
 
-const QUANTITY_INSERT: &str = "INSERT INTO idx_quantity (rtype, id, param, value, system, code, cvalue, cunit)";
+const QUANTITY_INSERT: &str =
+    "INSERT INTO idx_quantity (rtype, id, param, value, system, code, cvalue, cunit, csys, ccode)";
+
+/// The columns of a quantity row after rtype, id and param.
+fn quantity_cols(
+    micros: i64,
+    system: Option<String>,
+    code: Option<String>,
+    canonical: Option<(i64, String)>,
+    concept: Option<(Option<String>, String)>,
+) -> [Val<'static>; 7] {
+    let (cv, cu) = canonical.map_or((None, None), |(v, u)| (Some(v), Some(u)));
+    let (cs, cc) = concept.map_or((None, None), |(s, c)| (s, Some(c)));
+    [Val::from(micros), Val::from(system), Val::from(code), Val::from(cv), Val::from(cu), Val::from(cs), Val::from(cc)]
+}
 
 /// Whether a type has quantity or number search parameters (only those
 /// types have rows in `idx_quantity`).
@@ -580,24 +588,17 @@ pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
             let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
                 .into_iter()
                 .filter_map(|e| match e.value {
-                    IndexValue::Quantity { micros, system, code, canonical } => {
-                        let (cv, cu) = canonical.map_or((None, None), |(v, u)| (Some(v), Some(u)));
-                        Some(vec![
-                            Val::from(*t),
-                            Val::from(id.clone()),
-                            Val::from(e.param),
-                            Val::from(micros),
-                            Val::from(system),
-                            Val::from(code),
-                            Val::from(cv),
-                            Val::from(cu),
-                        ])
-                    }
+                    IndexValue::Quantity { micros, system, code, canonical, concept } => Some(
+                        [Val::from(*t), Val::from(id.clone()), Val::from(e.param)]
+                            .into_iter()
+                            .chain(quantity_cols(micros, system, code, canonical, concept))
+                            .collect(),
+                    ),
                     _ => None,
                 })
                 .collect();
             if !rows.is_empty() {
-                insert_rows(c, QUANTITY_INSERT, "", 8, rows)?;
+                insert_rows(c, QUANTITY_INSERT, "", 10, rows)?;
                 n += 1;
             }
         }

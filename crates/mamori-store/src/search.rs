@@ -107,6 +107,80 @@ fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String 
     }
 }
 
+/// The condition on an `idx_quantity` row for a quantity comparison: the
+/// value in the unit asked (exact, to six decimal places), or, for a
+/// UCUM unit, a value in another unit of the same dimension after
+/// conversion to base units.
+fn quantity_sql(
+    prefix: Prefix,
+    micros: i64,
+    half_width: i64,
+    system: &Option<String>,
+    code: &Option<String>,
+    sql: &mut Sql,
+) -> String {
+    let (micros, half_width, prefix) = (&micros, &half_width, &prefix);
+    let cmp = match prefix {
+        Prefix::Eq | Prefix::Ne => {
+            let lo = sql.bind(micros.saturating_sub(*half_width));
+            let hi = sql.bind(micros.saturating_add(*half_width));
+            let within =
+                if *half_width == 0 { format!("value = {lo}") } else { format!("(value >= {lo} AND value < {hi})") };
+            if *prefix == Prefix::Eq {
+                within
+            } else {
+                format!("NOT {within}")
+            }
+        }
+        Prefix::Ap => {
+            let lo = sql.bind(micros.saturating_sub(*half_width));
+            let hi = sql.bind(micros.saturating_add(*half_width));
+            format!("(value >= {lo} AND value <= {hi})")
+        }
+        Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(*micros)),
+        Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(*micros)),
+        Prefix::Ge => format!("value >= {}", sql.bind(*micros)),
+        Prefix::Le => format!("value <= {}", sql.bind(*micros)),
+    };
+    let mut same = cmp;
+    if let Some(sys) = system {
+        same.push_str(&format!(" AND system = {}", sql.bind(sys.clone())));
+    }
+    if let Some(c) = code {
+        same.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
+    }
+    // A UCUM unit: quantities in other units of the same dimension
+    // match after conversion to base units.
+    let canon = |m: i64| {
+        mamori_core::fhir::search::canonical_of(m, system.as_deref(), code.as_deref())
+            .map(|(v, u)| (mamori_core::fhir::ucum::sortable(v), u))
+    };
+    let other = match (code, canon(*micros)) {
+        (Some(c), Some((v, unit))) => {
+            let cu = sql.bind(unit);
+            let cc = sql.bind(c.clone());
+            let ccmp = match prefix {
+                Prefix::Eq | Prefix::Ne | Prefix::Ap => {
+                    let lo = sql.bind(canon(micros.saturating_sub(*half_width)).map_or(v, |x| x.0));
+                    let hi = sql.bind(canon(micros.saturating_add(*half_width)).map_or(v, |x| x.0));
+                    match prefix {
+                        Prefix::Eq => format!("(cvalue >= {lo} AND cvalue < {hi})"),
+                        Prefix::Ne => format!("NOT (cvalue >= {lo} AND cvalue < {hi})"),
+                        _ => format!("(cvalue >= {lo} AND cvalue <= {hi})"),
+                    }
+                }
+                Prefix::Gt | Prefix::Sa => format!("cvalue > {}", sql.bind(v)),
+                Prefix::Lt | Prefix::Eb => format!("cvalue < {}", sql.bind(v)),
+                Prefix::Ge => format!("cvalue >= {}", sql.bind(v)),
+                Prefix::Le => format!("cvalue <= {}", sql.bind(v)),
+            };
+            format!(" OR (cunit = {cu} AND code <> {cc} AND {ccmp})")
+        }
+        _ => String::new(),
+    };
+    format!("({same}){other}")
+}
+
 /// SQL for a date prefix; binds only the bounds it uses.
 fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: &mut Sql) -> String {
     match p {
@@ -181,70 +255,24 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
             let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
             format!("{a}.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
         }
+        Cond::CodeQuantity { system, code, quantity } => {
+            let pm = sql.bind(param);
+            let Cond::Quantity { prefix, micros, half_width, system: us, code: uc } = quantity.as_ref() else {
+                return "1 = 0".into();
+            };
+            let inner = quantity_sql(*prefix, *micros, *half_width, us, uc, sql);
+            let cc = sql.bind(code.clone());
+            let sys = match system {
+                None => String::new(),
+                Some(None) => " AND csys IS NULL".into(),
+                Some(Some(s)) => format!(" AND csys = {}", sql.bind(s.clone())),
+            };
+            format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND ccode = {cc}{sys} AND ({inner}))")
+        }
         Cond::Quantity { prefix, micros, half_width, system, code } => {
             let pm = sql.bind(param);
-            let cmp = match prefix {
-                Prefix::Eq | Prefix::Ne => {
-                    let lo = sql.bind(micros.saturating_sub(*half_width));
-                    let hi = sql.bind(micros.saturating_add(*half_width));
-                    let within = if *half_width == 0 {
-                        format!("value = {lo}")
-                    } else {
-                        format!("(value >= {lo} AND value < {hi})")
-                    };
-                    if *prefix == Prefix::Eq {
-                        within
-                    } else {
-                        format!("NOT {within}")
-                    }
-                }
-                Prefix::Ap => {
-                    let lo = sql.bind(micros.saturating_sub(*half_width));
-                    let hi = sql.bind(micros.saturating_add(*half_width));
-                    format!("(value >= {lo} AND value <= {hi})")
-                }
-                Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(*micros)),
-                Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(*micros)),
-                Prefix::Ge => format!("value >= {}", sql.bind(*micros)),
-                Prefix::Le => format!("value <= {}", sql.bind(*micros)),
-            };
-            let mut same = cmp;
-            if let Some(sys) = system {
-                same.push_str(&format!(" AND system = {}", sql.bind(sys.clone())));
-            }
-            if let Some(c) = code {
-                same.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
-            }
-            // A UCUM unit: quantities in other units of the same dimension
-            // match after conversion to base units.
-            let canon = |m: i64| {
-                mamori_core::fhir::search::canonical_of(m, system.as_deref(), code.as_deref())
-                    .map(|(v, u)| (mamori_core::fhir::ucum::sortable(v), u))
-            };
-            let other = match (code, canon(*micros)) {
-                (Some(c), Some((v, unit))) => {
-                    let cu = sql.bind(unit);
-                    let cc = sql.bind(c.clone());
-                    let ccmp = match prefix {
-                        Prefix::Eq | Prefix::Ne | Prefix::Ap => {
-                            let lo = sql.bind(canon(micros.saturating_sub(*half_width)).map_or(v, |x| x.0));
-                            let hi = sql.bind(canon(micros.saturating_add(*half_width)).map_or(v, |x| x.0));
-                            match prefix {
-                                Prefix::Eq => format!("(cvalue >= {lo} AND cvalue < {hi})"),
-                                Prefix::Ne => format!("NOT (cvalue >= {lo} AND cvalue < {hi})"),
-                                _ => format!("(cvalue >= {lo} AND cvalue <= {hi})"),
-                            }
-                        }
-                        Prefix::Gt | Prefix::Sa => format!("cvalue > {}", sql.bind(v)),
-                        Prefix::Lt | Prefix::Eb => format!("cvalue < {}", sql.bind(v)),
-                        Prefix::Ge => format!("cvalue >= {}", sql.bind(v)),
-                        Prefix::Le => format!("cvalue <= {}", sql.bind(v)),
-                    };
-                    format!(" OR (cunit = {cu} AND code <> {cc} AND {ccmp})")
-                }
-                _ => String::new(),
-            };
-            format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND (({same}){other}))")
+            let inner = quantity_sql(*prefix, *micros, *half_width, system, code, sql);
+            format!("{a}.id IN (SELECT id FROM idx_quantity WHERE rtype = {t} AND param = {pm} AND ({inner}))")
         }
         Cond::Chain { target, inner } => {
             // The reference points at a current resource of `target`
@@ -286,7 +314,7 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
                 ParamKind::String => "idx_string",
                 ParamKind::Date => "idx_date",
                 ParamKind::Reference => "idx_ref",
-                ParamKind::Quantity | ParamKind::Number => "idx_quantity",
+                ParamKind::Quantity | ParamKind::Number | ParamKind::CodeQuantity => "idx_quantity",
             };
             let pm = sql.bind(param);
             let not = if *missing { "NOT " } else { "" };
@@ -413,7 +441,7 @@ fn search_sorted_by_params(
             ParamKind::Date if k.desc => ("idx_date", "high"),
             ParamKind::Date => ("idx_date", "low"),
             ParamKind::String => ("idx_string", "norm"),
-            ParamKind::Quantity | ParamKind::Number => ("idx_quantity", "value"),
+            ParamKind::Quantity | ParamKind::Number | ParamKind::CodeQuantity => ("idx_quantity", "value"),
             ParamKind::Token | ParamKind::Reference => ("idx_token", "code"),
         };
         let agg = if k.desc { "MAX" } else { "MIN" };
@@ -485,7 +513,7 @@ fn search_sorted_by_params(
                 .enumerate()
                 .map(|(j, k)| {
                     Ok(match k.kind {
-                        ParamKind::Date | ParamKind::Quantity | ParamKind::Number => {
+                        ParamKind::Date | ParamKind::Quantity | ParamKind::Number | ParamKind::CodeQuantity => {
                             r.opt_i64(10 + j)?.map_or(SortValue::Missing, SortValue::Int)
                         }
                         _ => r.opt_text(10 + j)?.map_or(SortValue::Missing, SortValue::Text),

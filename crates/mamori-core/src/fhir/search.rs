@@ -30,6 +30,11 @@ pub enum ParamKind {
     /// A number (`[prefix]number`), compared to six decimal places
     /// (indexed with the quantities, without a unit).
     Number,
+    /// A composite of a code and a quantity of the same element
+    /// (`[system|]code$[prefix]number[|system|code]`); the parameter's
+    /// path is that element (`""`: the resource), holding `code` and
+    /// `valueQuantity`.
+    CodeQuantity,
 }
 
 /// A search parameter of a resource type and where its values are found.
@@ -116,6 +121,13 @@ const OBSERVATION: &[ParamDef] = &[
     date("date", &["effectiveDateTime", "effectivePeriod", "effectiveInstant"]),
     qty("value-quantity", &["valueQuantity"]),
     qty("component-value-quantity", &["component.valueQuantity"]),
+    ParamDef { name: "code-value-quantity", kind: ParamKind::CodeQuantity, paths: &[""], target: None },
+    ParamDef {
+        name: "component-code-value-quantity",
+        kind: ParamKind::CodeQuantity,
+        paths: &["component"],
+        target: None,
+    },
 ];
 const ALLERGY: &[ParamDef] = &[
     IDENT,
@@ -286,6 +298,9 @@ pub enum IndexValue {
         /// A UCUM unit's value in base units ([`super::ucum::sortable`])
         /// and the dimension's code, for comparison across units.
         canonical: Option<(i64, String)>,
+        /// For a composite parameter: the code of the same element
+        /// (its system, if any, and the code).
+        concept: Option<(Option<String>, String)>,
     },
 }
 
@@ -346,7 +361,11 @@ pub fn index_entries(rtype: ResourceType, res: &Value) -> Vec<IndexEntry> {
     for p in params_for(rtype) {
         for path in p.paths {
             let mut vals = Vec::new();
-            collect(res, path, &mut vals);
+            if path.is_empty() {
+                vals.push(res);
+            } else {
+                collect(res, path, &mut vals);
+            }
             for v in vals {
                 extract(p, v, &mut out);
             }
@@ -431,15 +450,43 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
                     // Only a coded unit converts (the free-text `unit` is a label).
                     let canonical = canonical_of(micros, system.as_deref(), text("code").as_deref())
                         .map(|(x, d)| (super::ucum::sortable(x), d));
-                    push(IndexValue::Quantity { micros, system, code, canonical });
+                    push(IndexValue::Quantity { micros, system, code, canonical, concept: None });
                 }
             }
         }
         ParamKind::Number => {
             if let Value::Number(n) = v {
                 if let Some((micros, _)) = decimal_micros(&n.to_string()) {
-                    push(IndexValue::Quantity { micros, system: None, code: None, canonical: None });
+                    push(IndexValue::Quantity { micros, system: None, code: None, canonical: None, concept: None });
                 }
+            }
+        }
+        ParamKind::CodeQuantity => {
+            // The element's code (each coding) with its own quantity.
+            let q = v.get("valueQuantity");
+            let Some((micros, _)) = q.and_then(|q| q.get("value")).and_then(|n| {
+                if let Value::Number(n) = n {
+                    decimal_micros(&n.to_string())
+                } else {
+                    None
+                }
+            }) else {
+                return;
+            };
+            let text = |k: &str| q.and_then(|q| q.get(k)).and_then(Value::as_str).map(str::to_owned);
+            let (system, code) = (text("system"), text("code").or_else(|| text("unit")));
+            let canonical = canonical_of(micros, system.as_deref(), text("code").as_deref())
+                .map(|(x, d)| (super::ucum::sortable(x), d));
+            for coding in v.get("code").and_then(|c| c.get("coding")).and_then(Value::as_array).into_iter().flatten() {
+                let Some(c) = coding.get("code").and_then(Value::as_str) else { continue };
+                let csys = coding.get("system").and_then(Value::as_str).map(str::to_owned);
+                push(IndexValue::Quantity {
+                    micros,
+                    system: system.clone(),
+                    code: code.clone(),
+                    canonical: canonical.clone(),
+                    concept: Some((csys, c.to_owned())),
+                });
             }
         }
         ParamKind::Reference => {
@@ -550,6 +597,16 @@ pub enum Cond {
         system: Option<String>,
         /// The unit code, if given.
         code: Option<String>,
+    },
+    /// A composite of a code and a quantity of the same element
+    /// (`code-value-quantity=http://loinc.org|8867-4$gt70`).
+    CodeQuantity {
+        /// As in [`Cond::Token`].
+        system: Option<Option<String>>,
+        /// The code.
+        code: String,
+        /// The quantity condition ([`Cond::Quantity`]).
+        quantity: Box<Cond>,
     },
     /// A chained parameter (`subject:Patient.name=yamada`): the reference
     /// points at a resource of `target` that satisfies `inner`.
@@ -735,7 +792,9 @@ fn parse_sort_keys(rtype: ResourceType, v: &str) -> Result<SortKeys, &'static st
         let key = if name == "_lastUpdated" {
             SortKey { name: "_lastUpdated", kind: ParamKind::Date, desc }
         } else {
-            let def = param_def(rtype, name).filter(|d| d.kind != ParamKind::Reference).ok_or(WHAT)?;
+            let def = param_def(rtype, name)
+                .filter(|d| !matches!(d.kind, ParamKind::Reference | ParamKind::CodeQuantity))
+                .ok_or(WHAT)?;
             SortKey { name: def.name, kind: def.kind, desc }
         };
         if keys.iter().flatten().any(|k: &SortKey| k.name == key.name) {
@@ -1191,6 +1250,23 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
                 }
                 parse_quantity(&v)
                     .ok_or_else(|| bad("expected [prefix]number[|system|code], prefixes eq ne gt lt ge le sa eb"))?
+            }
+            ParamKind::CodeQuantity => {
+                if let Some(m) = modifier {
+                    return Err(unsupported_mod(m));
+                }
+                let why = "expected [system|]code$[prefix]number[|system|code]";
+                let (tok, q) = v.split_once('$').ok_or_else(|| bad(why))?;
+                let (system, code) = match tok.split_once('|') {
+                    None => (None, tok),
+                    Some(("", c)) => (Some(None), c),
+                    Some((sy, c)) => (Some(Some(sy.to_owned())), c),
+                };
+                if code.is_empty() {
+                    return Err(bad(why));
+                }
+                let quantity = parse_quantity(q).ok_or_else(|| bad(why))?;
+                Cond::CodeQuantity { system, code: code.to_owned(), quantity: Box::new(quantity) }
             }
             ParamKind::Number => {
                 if let Some(m) = modifier {

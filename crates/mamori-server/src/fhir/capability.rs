@@ -20,6 +20,7 @@ fn kind(k: ParamKind) -> &'static str {
         ParamKind::Reference => "reference",
         ParamKind::Quantity => "quantity",
         ParamKind::Number => "number",
+        ParamKind::CodeQuantity => "composite",
     }
 }
 

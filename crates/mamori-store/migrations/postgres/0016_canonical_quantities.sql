@@ -7,3 +7,8 @@
 ALTER TABLE idx_quantity ADD COLUMN cvalue BIGINT;
 ALTER TABLE idx_quantity ADD COLUMN cunit TEXT;
 CREATE INDEX idx_quantity_canon ON idx_quantity (rtype, param, cunit, cvalue);
+-- A composite parameter's code (code-value-quantity): the code of the
+-- element whose quantity the row holds.
+ALTER TABLE idx_quantity ADD COLUMN csys TEXT;
+ALTER TABLE idx_quantity ADD COLUMN ccode TEXT;
+CREATE INDEX idx_quantity_concept ON idx_quantity (rtype, param, ccode);
