@@ -119,6 +119,12 @@ async fn form_post(s: &TestServer, path: &str, body: &str, basic: Option<(&str, 
     s.raw(Method::POST, path, None, Some((body.to_owned(), "application/x-www-form-urlencoded")), &h).await
 }
 
+/// Presents a refresh token at the token endpoint.
+async fn refresh(s: &TestServer, client: &str, token: &str) -> common::Resp {
+    let body = format!("grant_type=refresh_token&refresh_token={}&client_id={}", enc(token), enc(client));
+    form_post(s, "/oauth/token", &body, None).await
+}
+
 /// Logs `user` in through the UI; a browser with the session.
 async fn browser(s: &TestServer, user: &str) -> Browser {
     let mut b = Browser::new(s);
@@ -168,6 +174,7 @@ async fn an_app_reaches_only_its_patient_within_its_scopes_and_its_users_rights(
         ("scope", json!("patient/*.rs system/*.rs")),
         ("scope", json!("openid")),
         ("client_id", json!("a b")),
+        ("redirect_uris", json!(["https://病院.example/cb"])),
     ] {
         let mut bad = reg.clone();
         bad[k] = v;
@@ -203,6 +210,21 @@ async fn an_app_reaches_only_its_patient_within_its_scopes_and_its_users_rights(
     let p = anon.get(&p.location()).await;
     assert_eq!(p.status, 303);
     assert!(p.location().starts_with("/ui/login?next=%2Fui%2Fapps%2Fauthorize"), "{}", p.location());
+
+    // The same request as a form (SMART authorize-post) leads to the same
+    // screen; a body that cannot go into a header is refused.
+    let query = url.split_once('?').unwrap().1.to_owned();
+    let post = |body: String| {
+        let c = anon.client.clone();
+        let to = format!("{}/oauth/authorize", s.base);
+        async move {
+            c.post(to).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
+        }
+    };
+    let r = post(query.clone()).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/ui/apps/authorize?{query}"));
+    assert_eq!(post("scope=患者 x".into()).await.status(), 400);
 
     // An unregistered redirect URI or app: an error page, nothing sent to it.
     let mut b = browser(&s, "dr.a").await;
@@ -319,25 +341,13 @@ async fn an_app_reaches_only_its_patient_within_its_scopes_and_its_users_rights(
 
     // Refresh: a new pair; the old refresh token again revokes the whole authorization.
     let rt = tok["refresh_token"].as_str().unwrap().to_owned();
-    let r = form_post(
-        &s,
-        "/oauth/token",
-        &format!("grant_type=refresh_token&refresh_token={}&client_id=vitals", enc(&rt)),
-        None,
-    )
-    .await;
+    let r = refresh(&s, "vitals", &rt).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let at2 = r.body["access_token"].as_str().unwrap().to_owned();
     assert_ne!(r.body["refresh_token"].as_str().unwrap(), rt);
     assert_eq!(r.body["patient"], pa.as_str());
     assert_eq!(s.get(&format!("/fhir/Observation/{}", obs[&pa]), &at2).await.status, 200);
-    let r = form_post(
-        &s,
-        "/oauth/token",
-        &format!("grant_type=refresh_token&refresh_token={}&client_id=vitals", enc(&rt)),
-        None,
-    )
-    .await;
+    let r = refresh(&s, "vitals", &rt).await;
     assert_eq!(r.body["error"], "invalid_grant", "{}", r.text);
     for t in [&at, &at2] {
         assert_eq!(s.get(&format!("/fhir/Observation/{}", obs[&pa]), t).await.status, 401, "revoked with its family");
@@ -372,13 +382,7 @@ async fn an_app_reaches_only_its_patient_within_its_scopes_and_its_users_rights(
     let r = s.post("/api/v1/auth/password", &dr_a, json!({"current": PASSWORD, "new": "Another horse 43!"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(s.get(&format!("/fhir/Patient/{pa}"), tok["access_token"].as_str().unwrap()).await.status, 401);
-    let r = form_post(
-        &s,
-        "/oauth/token",
-        &format!("grant_type=refresh_token&refresh_token={}&client_id=vitals", enc(&rt)),
-        None,
-    )
-    .await;
+    let r = refresh(&s, "vitals", &rt).await;
     assert_eq!(r.body["error"], "invalid_grant", "{}", r.text);
 
     // (It ended the browser's session as well.)

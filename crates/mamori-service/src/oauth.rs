@@ -89,8 +89,10 @@ pub struct Registered {
 /// (RFC 8252 native apps); no fragment, no credentials.
 fn check_url(field: &str, u: &str) -> Result<(), ServiceError> {
     let bad = |why: &str| ServiceError::invalid(field, format!("'{}': {why}", u.chars().take(100).collect::<String>()));
-    if u.len() > 2000 || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad("too long, or contains spaces or control characters"));
+    // Visible ASCII only: the URL goes into a Location header as is
+    // (an international domain name is given in its xn-- form).
+    if u.len() > 2000 || !u.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(bad("too long, or contains spaces, control or non-ASCII characters (percent-encode them)"));
     }
     let rest = if let Some(r) = u.strip_prefix("https://") {
         r

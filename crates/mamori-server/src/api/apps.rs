@@ -77,12 +77,18 @@ async fn jwks(State(svc): State<Services>) -> ApiResult {
     ok(oauth::jwks(&svc).await?)
 }
 
+/// Whether a query can go into a Location header as is: visible ASCII
+/// (a form body sent raw, with spaces or UTF-8, must be percent-encoded).
+fn location_safe(q: &str) -> bool {
+    q.len() <= 8192 && q.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
 /// The authorization endpoint: the consent screen is the UI's, where the
 /// user logs in (the session cookie is SameSite=Strict, so a request
 /// coming from an app's site always passes the login page first).
 async fn authorize_get(RawQuery(q): RawQuery) -> Response {
     let q = q.unwrap_or_default();
-    if q.chars().any(char::is_control) || q.len() > 8192 {
+    if !location_safe(&q) {
         return (StatusCode::BAD_REQUEST, "malformed authorization request").into_response();
     }
     Redirect::to(&format!("/ui/apps/authorize?{q}")).into_response()
@@ -94,7 +100,7 @@ async fn authorize_post(body: Body) -> Response {
         return (StatusCode::BAD_REQUEST, "malformed authorization request").into_response();
     };
     let q = String::from_utf8_lossy(&bytes);
-    if q.chars().any(char::is_control) {
+    if !location_safe(&q) {
         return (StatusCode::BAD_REQUEST, "malformed authorization request").into_response();
     }
     Redirect::to(&format!("/ui/apps/authorize?{q}")).into_response()
