@@ -63,6 +63,16 @@ async fn login_sets_strict_cookies_and_pages_carry_strict_headers() {
     let p =
         b3.post("/ui/login", &[("username", "doc"), ("password", PASSWORD), ("next", "https://evil.example/")]).await;
     assert_eq!(p.location(), "/ui/");
+    // A page with Japanese in its query (a name search) is where the login
+    // leads back to, percent-encoded.
+    let mut b4 = Browser::new(&s);
+    let p = b4.get("/ui/patients?q=%E5%B1%B1%E7%94%B0").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let login = b4.get(&p.location()).await;
+    assert!(login.text.contains("value=\"/ui/patients?q=%E5%B1%B1%E7%94%B0\""), "{}", login.text);
+    let p = b4.post("/ui/login", &[("username", "doc"), ("password", PASSWORD), ("next", "/ui/patients?q=山田")]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.location(), "/ui/patients?q=%E5%B1%B1%E7%94%B0");
 }
 
 #[tokio::test]

@@ -19,8 +19,12 @@ use super::{cmd, cookie, esc, field, form, lang_of, new_csrf, set_cookie, Api, U
 use crate::http::{Ctx, SESSION_COOKIE};
 
 fn safe_next(n: &str) -> String {
-    if n.starts_with("/ui/") && !n.starts_with("//") && !n.contains("\\") {
-        n.to_owned()
+    if n.starts_with("/ui/") && !n.starts_with("//") && !n.contains("\\") && !n.chars().any(char::is_control) {
+        // Back into a Location header: what is not visible ASCII (a
+        // search for 山田 in the page's query) is percent-encoded.
+        n.bytes()
+            .map(|b| if (0x21..0x7f).contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect()
     } else {
         "/ui/".into()
     }
