@@ -371,6 +371,8 @@ async fn capability_statement_is_truthful() {
             let v: &str = match p["type"].as_str().unwrap() {
                 "date" => "ge2000-01-01",
                 "quantity" => "gt75",
+                "number" => "gt0.5",
+                "composite" => "8867-4$gt75",
                 "reference" if name == "patient" || name == "subject" => &own_ref,
                 _ => "x",
             };
