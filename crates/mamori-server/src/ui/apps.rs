@@ -49,8 +49,8 @@ fn describe(ui: &Ui, s: &str) -> String {
                     .map(|t| t.as_str().to_owned())
                     .unwrap_or_else(|| ui.t("すべての記録", "all records").into());
                 let whose = match r.context {
-                    AppContext::Patient => ui.t("選んだ患者の", "of the chosen patient: "),
-                    AppContext::User => ui.t("あなたが閲覧できる範囲の", "that you may reach: "),
+                    AppContext::Patient => ui.t("選んだ患者の", "of the chosen patient"),
+                    AppContext::User => ui.t("あなたが扱える範囲の", "that you may reach"),
                 };
                 let perms = s.rsplit('.').next().unwrap_or("");
                 let verbs: Vec<&str> = match perms {
@@ -68,7 +68,10 @@ fn describe(ui: &Ui, s: &str) -> String {
                         })
                         .collect(),
                 };
-                format!("{whose}{what}（{}）", verbs.join("・"))
+                match ui.lang {
+                    super::Lang::Ja => format!("{whose}{what}（{}）", verbs.join("・")),
+                    super::Lang::En => format!("{what} {whose} ({})", verbs.join(", ")),
+                }
             }
             None => s.to_owned(),
         },
