@@ -119,28 +119,27 @@ fn quantity_sql(
     code: &Option<String>,
     sql: &mut Sql,
 ) -> String {
-    let (micros, half_width, prefix) = (&micros, &half_width, &prefix);
     let cmp = match prefix {
         Prefix::Eq | Prefix::Ne => {
-            let lo = sql.bind(micros.saturating_sub(*half_width));
-            let hi = sql.bind(micros.saturating_add(*half_width));
+            let lo = sql.bind(micros.saturating_sub(half_width));
+            let hi = sql.bind(micros.saturating_add(half_width));
             let within =
-                if *half_width == 0 { format!("value = {lo}") } else { format!("(value >= {lo} AND value < {hi})") };
-            if *prefix == Prefix::Eq {
+                if half_width == 0 { format!("value = {lo}") } else { format!("(value >= {lo} AND value < {hi})") };
+            if prefix == Prefix::Eq {
                 within
             } else {
                 format!("NOT {within}")
             }
         }
         Prefix::Ap => {
-            let lo = sql.bind(micros.saturating_sub(*half_width));
-            let hi = sql.bind(micros.saturating_add(*half_width));
+            let lo = sql.bind(micros.saturating_sub(half_width));
+            let hi = sql.bind(micros.saturating_add(half_width));
             format!("(value >= {lo} AND value <= {hi})")
         }
-        Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(*micros)),
-        Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(*micros)),
-        Prefix::Ge => format!("value >= {}", sql.bind(*micros)),
-        Prefix::Le => format!("value <= {}", sql.bind(*micros)),
+        Prefix::Gt | Prefix::Sa => format!("value > {}", sql.bind(micros)),
+        Prefix::Lt | Prefix::Eb => format!("value < {}", sql.bind(micros)),
+        Prefix::Ge => format!("value >= {}", sql.bind(micros)),
+        Prefix::Le => format!("value <= {}", sql.bind(micros)),
     };
     let mut same = cmp;
     if let Some(sys) = system {
@@ -155,14 +154,14 @@ fn quantity_sql(
         mamori_core::fhir::search::canonical_of(m, system.as_deref(), code.as_deref())
             .map(|(v, u)| (mamori_core::fhir::ucum::sortable(v), u))
     };
-    let other = match (code, canon(*micros)) {
+    let other = match (code, canon(micros)) {
         (Some(c), Some((v, unit))) => {
             let cu = sql.bind(unit);
             let cc = sql.bind(c.clone());
             let ccmp = match prefix {
                 Prefix::Eq | Prefix::Ne | Prefix::Ap => {
-                    let lo = sql.bind(canon(micros.saturating_sub(*half_width)).map_or(v, |x| x.0));
-                    let hi = sql.bind(canon(micros.saturating_add(*half_width)).map_or(v, |x| x.0));
+                    let lo = sql.bind(canon(micros.saturating_sub(half_width)).map_or(v, |x| x.0));
+                    let hi = sql.bind(canon(micros.saturating_add(half_width)).map_or(v, |x| x.0));
                     match prefix {
                         Prefix::Eq => format!("(cvalue >= {lo} AND cvalue < {hi})"),
                         Prefix::Ne => format!("NOT (cvalue >= {lo} AND cvalue < {hi})"),
