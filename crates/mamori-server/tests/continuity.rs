@@ -226,7 +226,11 @@ async fn snapshot_to_standalone_node_and_back() {
     let e = snapshot::open_file(&file, &one, None, |_| Ok(()), |_| Ok(())).unwrap_err();
     assert!(e.to_string().contains("needed"), "{e}");
     let mut typo = shares[1].clone();
-    typo.replace_range(typo.len() - 12..typo.len() - 11, if typo.ends_with('A') { "B" } else { "A" });
+    // Change one character to a different one (never to itself).
+    let at = typo.len() - 12;
+    let swap = if &typo[at..at + 1] == "A" { "B" } else { "A" };
+    typo.replace_range(at..at + 1, swap);
+    assert_ne!(typo, shares[1]);
     let bad = KeyMaterial { shares: vec![shares[0].clone(), typo], passphrase: None };
     assert!(snapshot::open_file(&file, &bad, None, |_| Ok(()), |_| Ok(())).is_err());
 
