@@ -5,6 +5,7 @@ pub mod compartment;
 pub mod fhirpath_patch;
 pub mod json;
 pub mod patch;
+pub mod profile;
 pub mod resource_types;
 pub mod schema;
 pub mod search;

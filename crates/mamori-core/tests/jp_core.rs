@@ -1,0 +1,152 @@
+//! The profile validator against the real JP Core and JP-CLINS packages
+//! (read from `../shared/fhir-jp/`, or `MAMORI_FHIR_JP`; never copied
+//! into the repository).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use mamori_core::fhir::profile::{read_package, Registry, Severity};
+use serde_json::Value;
+
+fn fhir_jp() -> PathBuf {
+    let candidates = [
+        std::env::var("MAMORI_FHIR_JP").ok().map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-jp")),
+        Some(PathBuf::from("/work/shared/fhir-jp")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("jp-core/package.json").is_file())
+        .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/ and jp-clins/")
+}
+
+fn load(reg: &mut Registry, dir: &str) {
+    let dir = fhir_jp().join(dir);
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            files.push((format!("package/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()));
+        }
+    }
+    let (info, resources) = read_package(files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))).unwrap();
+    reg.add(info, resources).unwrap();
+}
+
+fn example(name: &str) -> Value {
+    let p = fhir_jp().join("jp-core/examples").join(name);
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn errors(reg: &Registry, v: &Value, profile: &str) -> Vec<String> {
+    reg.validate(v, profile)
+        .findings
+        .into_iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| format!("{}: {}", f.path, f.message))
+        .collect()
+}
+
+const CORE: &str = "http://jpfhir.jp/fhir/core/StructureDefinition/";
+
+#[test]
+fn every_jp_core_example_validates_against_its_profiles() {
+    let mut reg = Registry::new();
+    load(&mut reg, "jp-core");
+    let mut checked = 0;
+    for e in std::fs::read_dir(fhir_jp().join("jp-core/examples")).unwrap() {
+        let p = e.unwrap().path();
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        for prof in v.pointer("/meta/profile").and_then(Value::as_array).into_iter().flatten() {
+            let prof = prof.as_str().unwrap();
+            if reg.profile(prof).is_none() {
+                continue;
+            }
+            let errs = errors(&reg, &v, prof);
+            assert!(errs.is_empty(), "{} against {prof}: {errs:#?}", p.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} examples named a loaded profile");
+}
+
+#[test]
+fn known_bad_variants_are_named_precisely() {
+    let mut reg = Registry::new();
+    load(&mut reg, "jp-core");
+    let patient = format!("{CORE}JP_Patient");
+
+    // JP_Patient requires an identifier (the institution's patient id).
+    let mut p = example("Patient-jp-patient-example-1.json");
+    p.as_object_mut().unwrap().remove("identifier");
+    let e = errors(&reg, &p, &patient);
+    assert_eq!(e, vec!["Patient.identifier: requires at least 1 (cardinality 1..*), found 0".to_owned()]);
+
+    // Kana and kanji are told apart by the representation code: IDE or SYL.
+    let mut p = example("Patient-jp-patient-example-1.json");
+    p["name"][1]["extension"][0]["valueCode"] = "KANA".into();
+    let e = errors(&reg, &p, &patient);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("Patient.name[1].extension[0].valueCode: KANA is not in the required ValueSet"), "{e:?}");
+
+    // A JP_MedicationRequest names its Rp number.
+    let rx = format!("{CORE}JP_MedicationRequest");
+    let mut m = example("MedicationRequest-jp-medicationrequest-example-1.json");
+    assert!(errors(&reg, &m, &rx).is_empty());
+    let ids = m["identifier"].as_array_mut().unwrap();
+    ids.retain(|i| i["system"] != "urn:oid:1.2.392.100495.20.3.81");
+    let e = errors(&reg, &m, &rx);
+    assert!(
+        e.iter().any(|e| e == "MedicationRequest.identifier:rpNumber: requires at least 1 (cardinality 1..1), found 0"),
+        "{e:?}"
+    );
+
+    // A vital sign must carry the vital-signs category; a lab result is not one.
+    let vs = format!("{CORE}JP_Observation_VitalSigns");
+    let mut o = example("Observation-jp-observation-vitalsigns-example-1.json");
+    assert!(errors(&reg, &o, &vs).is_empty());
+    o["category"] = serde_json::json!([{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}]);
+    let e = errors(&reg, &o, &vs);
+    assert!(e.iter().any(|e| e.contains("category") && e.contains("found 0")), "{e:?}");
+
+    // A reference to the wrong kind of resource.
+    let mut p = example("Patient-jp-patient-example-1.json");
+    p["managingOrganization"] = serde_json::json!({"reference": "Practitioner/x"});
+    let e = errors(&reg, &p, &patient);
+    assert!(e.iter().any(|e| e.starts_with("Patient.managingOrganization: may refer to Organization")), "{e:?}");
+
+    // Validating against a profile of another type, or one not loaded.
+    assert!(errors(&reg, &p, &rx)[0].contains("constrains MedicationRequest, not Patient"));
+    assert!(errors(&reg, &p, "http://example.org/nope")[0].contains("is not loaded"));
+}
+
+#[test]
+fn jp_clins_loads_beside_jp_core_and_names_what_it_cannot_check() {
+    let mut reg = Registry::new();
+    load(&mut reg, "jp-core");
+    load(&mut reg, "jp-clins");
+    assert_eq!(reg.packages().len(), 2);
+    // JP-CLINS carries its own copy of a JP Core profile: the first loaded is kept.
+    assert!(reg.packages()[1].skipped.iter().any(|s| s == "StructureDefinition/JP-RelatedPerson"));
+    // A JP Core patient is not yet a JP-CLINS patient: the eCS profile asks
+    // more, and its FHIRPath invariants are named as not evaluated.
+    let p = example("Patient-jp-patient-example-1.json");
+    let r = reg.validate(&p, "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS");
+    assert!(
+        r.findings.iter().any(|f| f.severity == Severity::Warning && f.message.contains("was not evaluated")),
+        "{:#?}",
+        r.findings
+    );
+    // Loading the same package twice is refused.
+    let dir = fhir_jp().join("jp-core");
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (format!("package/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()))
+        .collect();
+    let (info, rs) = read_package(files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))).unwrap();
+    assert!(reg.add(info, rs).unwrap_err().to_string().contains("already loaded"));
+}
