@@ -260,6 +260,11 @@ pub enum Operation {
     /// app then reads is decided as the user's reads, narrowed by the
     /// scopes the user grants it).
     AppUse,
+
+    // ---- FHIR conformance ----------------------------------------------------------------
+    /// Validate a resource the caller sends (`$validate`): nothing stored
+    /// is read or changed.
+    FhirValidate,
 }
 
 impl Operation {

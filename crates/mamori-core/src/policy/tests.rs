@@ -526,6 +526,7 @@ pub(super) fn every_operation() -> Vec<Operation> {
         O::BulkExportRead,
         O::AppManage,
         O::AppUse,
+        O::FhirValidate,
     ]);
     out
 }
