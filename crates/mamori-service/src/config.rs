@@ -40,6 +40,8 @@ pub struct Config {
     pub export: ExportSection,
     /// `[apps]`: third-party apps (SMART App Launch).
     pub apps: AppsSection,
+    /// `[fhir]`: FHIR packages and validation against their profiles.
+    pub fhir: FhirSection,
     /// `[log]`: the server's own log.
     pub log: LogSection,
 }
@@ -77,6 +79,36 @@ pub struct AppsSection {
 impl Default for AppsSection {
     fn default() -> Self {
         AppsSection { access_token_minutes: 60, online_refresh_hours: 12, offline_refresh_days: 30 }
+    }
+}
+
+/// `[fhir]`: FHIR packages (JP Core, JP-CLINS, ...) and what a write does
+/// with a resource that does not conform to a profile (docs/fhir-jp.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirSection {
+    /// Packages (NPM `.tgz` files or folders) loaded at start, besides
+    /// those `mamori packages add` installed in `DATA/packages/`.
+    pub packages: Vec<PathBuf>,
+    /// What a write does with a resource that does not conform to a
+    /// profile it claims (`meta.profile`) or that `required` names:
+    /// `off`, `warn` (stored, the findings answered and audited) or
+    /// `enforce` (refused with 422).
+    pub validation: String,
+    /// The policy for particular types, overriding `validation`.
+    pub type_validation: std::collections::BTreeMap<String, String>,
+    /// Profiles every resource of a type must conform to (type → URL).
+    pub required: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for FhirSection {
+    fn default() -> Self {
+        FhirSection {
+            packages: Vec::new(),
+            validation: "warn".into(),
+            type_validation: Default::default(),
+            required: Default::default(),
+        }
     }
 }
 
@@ -620,6 +652,18 @@ impl Config {
                 "apps.access_token_minutes must be at most a day, apps.online_refresh_hours at most a week, apps.offline_refresh_days at most a year"
                     .into(),
             ));
+        }
+        for (k, v) in std::iter::once(("fhir.validation".to_owned(), &self.fhir.validation))
+            .chain(self.fhir.type_validation.iter().map(|(t, v)| (format!("fhir.type_validation.{t}"), v)))
+        {
+            if !matches!(v.as_str(), "off" | "warn" | "enforce") {
+                return Err(ConfigError::Invalid(format!("{k} must be \"off\", \"warn\" or \"enforce\"")));
+            }
+        }
+        for t in self.fhir.type_validation.keys().chain(self.fhir.required.keys()) {
+            if mamori_core::ids::ResourceType::parse(t).is_err() {
+                return Err(ConfigError::Invalid(format!("fhir: {t} is not a FHIR R4 resource type")));
+            }
         }
         if !matches!(self.log.access.as_str(), "off" | "summary" | "sampled" | "all") {
             return Err(ConfigError::Invalid("log.access must be \"off\", \"summary\", \"sampled\" or \"all\"".into()));

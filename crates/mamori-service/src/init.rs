@@ -300,8 +300,14 @@ pub async fn open(dd: &DataDir, cfg: Config, base_url: String, clock: Arc<dyn Cl
     crate::exchange::ensure_keys(dd, &cfg)?;
     ensure_maintenance_ca(dd, &cfg.institution.name)?;
     let xctx = crate::exchange::Ctx::load(dd, &cfg)?;
+    let conformance = crate::conformance::Conformance::load(&cfg.fhir, &dd.0)
+        .map_err(|e| InitError::Config(ConfigError::Invalid(e)))?;
     let store = Store::open(&store_config(dd, &cfg)?, clock, signer)?;
     let svc = Services::new(store, cfg, base_url, dd.0.clone(), xctx);
+    for p in conformance.registry.packages() {
+        tracing::info!(package = %p.name, version = %p.version, skipped = p.skipped.len(), "FHIR package loaded");
+    }
+    svc.conformance_cell.get_or_init(|| Arc::new(conformance));
     let mode = svc.store.read(mamori_store::emergency::current_mode).await?;
     svc.set_mode_local(mode);
     let sa = svc.store.read(mamori_store::continuity::standalone).await?;

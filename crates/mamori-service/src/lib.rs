@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod commit;
 pub mod compliance;
 pub mod config;
+pub mod conformance;
 pub mod continuity;
 pub mod demo;
 pub mod detect;

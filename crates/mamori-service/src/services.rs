@@ -75,6 +75,9 @@ pub struct Inner {
     pub audit_check: std::sync::Mutex<Option<String>>,
     /// This server's ID-token signing key (made at first use).
     pub oidc: std::sync::OnceLock<std::sync::Arc<crate::oauth::Signer>>,
+    /// The FHIR packages and validation policy (set at start; unset means
+    /// no packages).
+    pub conformance_cell: std::sync::OnceLock<Arc<crate::conformance::Conformance>>,
 }
 
 impl std::ops::Deref for Services {
@@ -170,7 +173,18 @@ impl Services {
             ),
             audit_check: std::sync::Mutex::new(None),
             oidc: std::sync::OnceLock::new(),
+            conformance_cell: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The loaded FHIR packages and the validation policy.
+    pub fn conformance(&self) -> Arc<crate::conformance::Conformance> {
+        static NONE: std::sync::OnceLock<Arc<crate::conformance::Conformance>> = std::sync::OnceLock::new();
+        self.conformance_cell
+            .get()
+            .or_else(|| NONE.get())
+            .cloned()
+            .unwrap_or_else(|| NONE.get_or_init(Default::default).clone())
     }
 
     /// The standalone node's id, if this server is one.

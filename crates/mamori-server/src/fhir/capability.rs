@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use mamori_core::fhir::profile::Registry;
 use mamori_core::fhir::resource_types::{NOT_STORABLE, R4_RESOURCE_TYPES};
 use mamori_core::fhir::search::{params_for, ParamKind};
 use mamori_core::ids::ResourceType;
@@ -27,7 +28,7 @@ fn kind(k: ParamKind) -> &'static str {
 /// The CapabilityStatement of `GET /fhir/metadata`: every R4 type served,
 /// with its interactions and search parameters, for the server at `base`,
 /// mamori `software_version`, dated `now` (RFC 3339).
-pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Value {
+pub fn capability_statement(base: &str, software_version: &str, now: &str, profiles: &Registry) -> Value {
     let mut resources = Vec::new();
     for t in R4_RESOURCE_TYPES {
         let Ok(rt) = ResourceType::parse(t) else {
@@ -62,14 +63,22 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
                 "searchRevInclude": revincludes(rt),
             })
         };
+        let mut ops = Vec::new();
         if *t == "Patient" {
-            r["operation"] = json!([
-                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
-                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
-            ]);
+            ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+            ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
         }
         if *t == "Group" {
-            r["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]);
+            ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
+        }
+        if *t != "AuditEvent" {
+            ops.push(json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                "documentation": "Type level (POST [type]/$validate), with profile= or a Parameters body: the core rules, then every loaded profile the resource claims or that is asked for."}));
+            r["operation"] = Value::Array(ops);
+            let supported = profiles.profiles_of(t);
+            if !supported.is_empty() {
+                r["supportedProfile"] = json!(supported);
+            }
         }
         resources.push(r);
     }
@@ -110,7 +119,9 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str) -> Va
 
 pub(crate) async fn metadata(State(st): State<Services>) -> Response {
     let now = st.store.clock().now().to_rfc3339();
-    respond(StatusCode::OK, capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now).to_string())
+    let conf = st.conformance();
+    let cs = capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now, &conf.registry);
+    respond(StatusCode::OK, cs.to_string())
 }
 
 /// `_include` values a search of `rt` takes: its reference parameters.

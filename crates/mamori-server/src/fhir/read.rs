@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use mamori_core::fhir::subset::Subset;
 use mamori_service::continuity::merge;
 use mamori_service::records::read::{self, HistoryQuery};
-use mamori_service::records::{enc, parse_pairs};
+use mamori_service::records::{enc, parse_pairs, parse_type};
 use mamori_service::{audit, Audited, ServiceError, Services};
 use mamori_store::records::Version;
 use serde_json::json;
@@ -85,6 +85,15 @@ pub(crate) async fn read_or_history(
         Ok(s) => s,
         Err(e) => return refuse(&svc, &c, "read", Some(&t), Some(&id), e).await,
     };
+    if mamori_service::conformance::serves(&svc, &t, None) {
+        if let Ok(rtype) = parse_type(&t) {
+            match mamori_service::conformance::read_definition(&svc, &c, rtype, &id).await {
+                Ok(Some(v)) => return respond(StatusCode::OK, v.to_string()),
+                Ok(None) => {}
+                Err(e) => return fhir_err(e),
+            }
+        }
+    }
     if t == "AuditEvent" {
         return match audit::fhir_read(&svc, &c, &id).await {
             Ok(ev) => respond(StatusCode::OK, ev.into_inner().to_string()),
@@ -237,6 +246,25 @@ pub(crate) async fn search_get(
     headers: HeaderMap,
 ) -> Response {
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    if let (Ok(p), Ok(rtype)) = (&pairs, parse_type(&t)) {
+        if mamori_service::conformance::serves(&svc, &t, Some(p)) {
+            if let Err(e) = check_accept(&headers, format_param(p)) {
+                return refuse(&svc, &c, "search", Some(&t), None, e).await;
+            }
+            return match mamori_service::conformance::search_definitions(&svc, &c, rtype, p).await {
+                Ok((found, count)) => {
+                    let self_url = format!("{}/fhir/{t}?{}", svc.base_url, q.as_deref().unwrap_or(""));
+                    let mut b = BundleWriter::new("searchset", Some(found.len() as u64), &[("self", self_url)]);
+                    for r in found.iter().take(count) {
+                        let url = format!("{}/fhir/{t}/{}", svc.base_url, r["id"].as_str().unwrap_or_default());
+                        b.entry(Some(&url), &r.to_string(), &[("search", json!({"mode": "match"}))]);
+                    }
+                    respond(StatusCode::OK, b.finish())
+                }
+                Err(e) => fhir_err(e),
+            };
+        }
+    }
     search(svc, c, t, pairs, headers).await
 }
 
@@ -260,6 +288,30 @@ pub(crate) async fn search_post(
         return match merge::fhir_merge(&svc, &c, params).await {
             Ok(v) => respond(StatusCode::OK, v.to_string()),
             Err(e) => fhir_err(e),
+        };
+    }
+    if id == "$validate" {
+        let r = async {
+            let rtype = parse_type(&t)?;
+            let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
+            super::check_accept(&headers, super::format_param(&pairs))?;
+            super::check_content_type(&headers)?;
+            let body = super::parse_json(&read_body(body, svc.cfg.server.body_limit_bytes).await?)?;
+            let profiles: Vec<String> = pairs.iter().filter(|(k, _)| k == "profile").map(|(_, v)| v.clone()).collect();
+            if let Some((k, _)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "profile" | "_format" | "_pretty")) {
+                return Err(ServiceError::invalid(k, "$validate takes profile= only"));
+            }
+            Ok((rtype, body, profiles))
+        }
+        .await;
+        return match r {
+            Ok((rtype, body, profiles)) => {
+                match mamori_service::conformance::validate_op(&svc, &c, rtype, &body, &profiles).await {
+                    Ok(v) => respond(StatusCode::OK, v.to_string()),
+                    Err(e) => fhir_err(e),
+                }
+            }
+            Err(e) => refuse(&svc, &c, "validate", Some(&t), None, e).await,
         };
     }
     if id != "_search" {

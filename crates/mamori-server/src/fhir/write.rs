@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use mamori_core::fhir::profile::Severity;
 use mamori_core::ids::ResourceType;
 use mamori_service::records::write::{self, Step, WriteOp};
 use mamori_service::records::{parse_etag, parse_id, parse_pairs, parse_type, validate_body};
@@ -47,17 +48,33 @@ async fn run(svc: Services, c: Caller, rtype: ResourceType, op: WriteOp, body: O
             }
             r
         }
-        Step::Done { written: w, .. } => {
+        Step::Done { written: w, findings, .. } => {
             let status = if w.created { StatusCode::CREATED } else { StatusCode::OK };
             let body = match ret {
                 Return::Minimal => String::new(),
-                Return::Outcome => json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational",
-                    "diagnostics": format!("{} {}/{} version {}", if w.created { "created" } else { "updated" }, w.rtype, w.id, w.version)}]})
-                .to_string(),
+                Return::Outcome => {
+                    // Profile findings a `warn` policy let through come first.
+                    let mut issues: Vec<Value> = findings
+                        .iter()
+                        .map(|f| json!({"severity": f.severity.as_str(), "code": f.code, "diagnostics": f.message, "expression": [f.path]}))
+                        .collect();
+                    issues.push(json!({"severity": "information", "code": "informational",
+                        "diagnostics": format!("{} {}/{} version {}", if w.created { "created" } else { "updated" }, w.rtype, w.id, w.version)}));
+                    json!({"resourceType": "OperationOutcome", "issue": issues}).to_string()
+                }
                 Return::Representation => w.body.clone(),
             };
             let mut r = respond(status, body);
             version_headers(&mut r, base, w.rtype.as_str(), &w.id, w.version, w.last_updated);
+            // With any other Prefer, a header says the resource does not
+            // conform (ask for return=OperationOutcome to see why).
+            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+            if errors > 0 {
+                let summary = format!("{errors} profile error(s); send Prefer: return=OperationOutcome for details");
+                if let Ok(v) = HeaderValue::from_str(&summary) {
+                    r.headers_mut().insert("x-mamori-profile-validation", v);
+                }
+            }
             if w.created {
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("{base}/fhir/{}/{}/_history/{}", w.rtype, w.id, w.version))

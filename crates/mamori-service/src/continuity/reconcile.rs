@@ -575,6 +575,7 @@ pub async fn resolve(svc: &Services, actor: &Actor, id: i64, req: Resolve) -> Re
         _ => None,
     };
     let a2 = actor.clone();
+    let conf = svc.conformance();
     let result = svc
         .change(actor, ACTION, move |w| {
             let t = cs::task(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("task {id}")))?;
@@ -588,7 +589,7 @@ pub async fn resolve(svc: &Services, actor: &Actor, id: i64, req: Resolve) -> Re
                 let cur = records::current(w.conn, &t.rtype, &t.rid)?;
                 let expected = cur.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                 let op = WriteOp::Update { id: t.rid.clone(), if_match: expected };
-                let step = write_step(w, &a2, rtype, &op, Some(strip_meta(body)), None, &HashSet::new(), true)?;
+                let step = write_step(w, &a2, rtype, &op, Some(strip_meta(body)), None, &HashSet::new(), true, &conf)?;
                 let rec = step_record(&a2, &op, rtype, &step, 200, w.now);
                 w.audit(&rec)?;
                 match step {
@@ -708,13 +709,14 @@ pub async fn transcribe(svc: &Services, actor: &Actor, req: Transcribe) -> Resul
         return Err(svc.refused(actor, ACTION, e).await);
     }
     let a2 = actor.clone();
+    let conf = svc.conformance();
     svc.change(actor, ACTION, move |w| {
         validate_body(rtype, &req.resource)?;
         let op = WriteOp::Create { if_none_exist: None };
-        let step = write_step(w, &a2, rtype, &op, Some(req.resource.clone()), None, &HashSet::new(), true)?;
+        let step = write_step(w, &a2, rtype, &op, Some(req.resource.clone()), None, &HashSet::new(), true, &conf)?;
         let rec = step_record(&a2, &op, rtype, &step, 201, w.now);
         w.audit(&rec)?;
-        let Step::Done { written, decision } = step else {
+        let Step::Done { written, decision, .. } = step else {
             return Err(ServiceError::internal("unexpected write outcome"));
         };
         let target = format!("{}/{}/_history/{}", written.rtype, written.id, written.version);

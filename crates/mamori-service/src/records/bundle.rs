@@ -22,6 +22,7 @@ use super::{error_record, parse_etag, parse_pairs, restriction, validate_body};
 use crate::actor::Actor;
 use crate::audited::Audited;
 use crate::authz;
+use crate::conformance::Conformance;
 use crate::error::ServiceError;
 use crate::services::Services;
 
@@ -334,6 +335,7 @@ fn run_transaction(
     actor: &Actor,
     base: &str,
     mut entries: Vec<Entry>,
+    conf: &Conformance,
 ) -> Result<Vec<EntryResult>, ServiceError> {
     // 1. Ids for every entry to create (a conditional create first looks
     // for its match within the job); map fullUrls.
@@ -424,6 +426,7 @@ fn run_transaction(
                         assigned.get(&e.index).cloned(),
                         &pending,
                         false,
+                        conf,
                     )
                     .map_err(|x| entry_error(e, x))?
                 };
@@ -476,6 +479,7 @@ fn run_batch(
     actor: &Actor,
     base: &str,
     entries: Vec<Result<Entry, ServiceError>>,
+    conf: &Conformance,
 ) -> Result<Vec<EntryResult>, ServiceError> {
     let mut out = Vec::new();
     for e in entries {
@@ -492,12 +496,13 @@ fn run_batch(
         };
         ctx.conn.batch("SAVEPOINT entry")?;
         let r = match &e.kind {
-            Kind::Write(op) => write_step(ctx, actor, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true)
-                .map(|step| {
+            Kind::Write(op) => {
+                write_step(ctx, actor, e.rtype, op, e.resource.clone(), None, &HashSet::new(), true, conf).map(|step| {
                     let r = step_result(base, e.rtype, &step);
                     let rec = step_record(actor, op, e.rtype, &step, r.status, ctx.now);
                     (r, rec)
-                }),
+                })
+            }
             _ => get_entry(ctx, actor, base, &e),
         };
         match r {
@@ -558,6 +563,7 @@ pub async fn run(
         raw.iter().enumerate().map(|(i, e)| parse_entry(i, e, &base)).collect();
     let (a2, a3) = (actor.clone(), actor.clone());
     let n = parsed.len();
+    let conf = svc.conformance();
     let (results, event) = match kind {
         BundleKind::Transaction => {
             let entries = match parsed.into_iter().collect::<Result<Vec<_>, _>>() {
@@ -568,7 +574,7 @@ pub async fn run(
                 .writer()
                 .run(
                     move |ctx| {
-                        let results = run_transaction(ctx, &a2, &base, entries)?;
+                        let results = run_transaction(ctx, &a2, &base, entries, &conf)?;
                         let mut rec =
                             a2.fhir_record("transaction", 200, Some("Bundle"), None, None, vec![], None, ctx.now);
                         rec.detail = Some(json!({"entries": n}));
@@ -591,7 +597,7 @@ pub async fn run(
                 .writer()
                 .run(
                     move |ctx| {
-                        let results = run_batch(ctx, &a2, &base, parsed)?;
+                        let results = run_batch(ctx, &a2, &base, parsed, &conf)?;
                         let mut rec = a2.fhir_record("batch", 200, Some("Bundle"), None, None, vec![], None, ctx.now);
                         rec.detail = Some(json!({"entries": n}));
                         let event = ctx.audit(&rec)?;

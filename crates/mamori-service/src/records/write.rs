@@ -17,8 +17,10 @@ use super::{error_record, parse_pairs, restriction};
 use crate::actor::Actor;
 use crate::audited::Audited;
 use crate::authz;
+use crate::conformance::Conformance;
 use crate::error::ServiceError;
 use crate::services::Services;
+use mamori_core::fhir::profile::Severity;
 
 /// What a write should do.
 #[derive(Debug, Clone)]
@@ -74,6 +76,9 @@ pub enum Step {
         written: Written,
         /// The decision it was made under.
         decision: Decision,
+        /// What validation against profiles found (`[fhir] validation =
+        /// "warn"`): answered and audited.
+        findings: Vec<mamori_core::fhir::profile::Finding>,
     },
     /// A conditional create found exactly one match: nothing written.
     Matched {
@@ -129,12 +134,20 @@ pub(crate) fn write_step(
     assigned_id: Option<String>,
     pending: &HashSet<(String, String)>,
     check_refs: bool,
+    conf: &Conformance,
 ) -> Result<Step, ServiceError> {
     let now = ctx.now;
     let author = actor.name().to_owned();
     let mut body = body;
     if let (Some(node), Some(b)) = (&actor.node, body.as_mut()) {
         crate::continuity::standalone::stamp(b, node);
+    }
+    if let WriteOp::Delete { id } | WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } = op {
+        if conf.registry.get(rtype.as_str(), id).is_some() {
+            return Err(ServiceError::MethodNotAllowed(format!(
+                "{rtype}/{id} is defined by a loaded FHIR package and is read-only; install a new package version instead"
+            )));
+        }
     }
     if let WriteOp::Delete { id } | WriteOp::Update { id, .. } = op {
         if crate::exchange::is_mirror(rtype.as_str(), id) {
@@ -249,7 +262,7 @@ pub(crate) fn write_step(
                 return Err(ServiceError::denied(&format!("deleting {rtype}/{id}"), &d));
             }
             match records::delete(ctx, rtype, id, &author, now)? {
-                Some(written) => Ok(Step::Done { written, decision: d }),
+                Some(written) => Ok(Step::Done { written, decision: d, findings: Vec::new() }),
                 None => Ok(Step::NothingToDelete { existed: true }),
             }
         }
@@ -264,11 +277,11 @@ pub(crate) fn write_step(
                 Some(i) => i,
                 None => accounts::new_id()?,
             };
-            create_or_update(ctx, actor, rtype, &id, body, None, pending, check_refs, &author)
+            create_or_update(ctx, actor, rtype, &id, body, None, pending, check_refs, &author, conf)
         }
         WriteOp::Update { id, if_match } => {
             let body = body.ok_or_else(|| ServiceError::invalid("", "a resource body is required"))?;
-            create_or_update(ctx, actor, rtype, id, body, *if_match, pending, check_refs, &author)
+            create_or_update(ctx, actor, rtype, id, body, *if_match, pending, check_refs, &author, conf)
         }
     }
 }
@@ -332,6 +345,7 @@ fn create_or_update(
     pending: &HashSet<(String, String)>,
     check_refs: bool,
     author: &str,
+    conf: &Conformance,
 ) -> Result<Step, ServiceError> {
     let now = ctx.now;
     super::require_patient(rtype, id, &body)?;
@@ -356,6 +370,8 @@ fn create_or_update(
             return Err(ServiceError::Unprocessable(issues));
         }
     }
+    // Profiles last: a refusal above tells nothing about the content.
+    let findings = conf.check_write(rtype, &body)?;
     let known = records::Known { prev, patients: named };
     let written = records::put_known(ctx, rtype, id, body, if_match, author, now, known)?;
     // A clinician who registers a genuinely new patient (never existed, no
@@ -365,7 +381,7 @@ fn create_or_update(
     {
         accounts::assign_care_unchecked(ctx.conn, id, author, "registered the patient", now)?;
     }
-    Ok(Step::Done { written, decision: d })
+    Ok(Step::Done { written, decision: d, findings })
 }
 
 /// Audit record of a finished step.
@@ -379,9 +395,9 @@ pub(crate) fn step_record(
 ) -> mamori_audit::event::AuditRecord {
     let action = action_name(op, Some(step));
     match step {
-        Step::Done { written, decision } => {
+        Step::Done { written, decision, findings } => {
             let patients = written.patients.iter().chain(written.previous_patients.iter()).cloned().collect();
-            actor.fhir_record(
+            let mut r = actor.fhir_record(
                 action,
                 status,
                 Some(rtype.as_str()),
@@ -390,7 +406,12 @@ pub(crate) fn step_record(
                 patients,
                 Some(decision),
                 now,
-            )
+            );
+            if !findings.is_empty() {
+                let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+                r.detail = Some(json!({"profile_errors": errors, "profile_warnings": findings.len() - errors}));
+            }
+            r
         }
         Step::Matched { id, version, decision, .. } => {
             let mut r = actor.fhir_record(
@@ -433,12 +454,13 @@ pub async fn write(
     body: Option<Value>,
 ) -> Result<Audited<Step>, ServiceError> {
     let (a2, op2, a3, op3) = (actor.clone(), op.clone(), actor.clone(), op.clone());
+    let conf = svc.conformance();
     let r = svc
         .store
         .writer()
         .run(
             move |ctx| {
-                let step = write_step(ctx, &a2, rtype, &op2, body, None, &HashSet::new(), true)?;
+                let step = write_step(ctx, &a2, rtype, &op2, body, None, &HashSet::new(), true, &conf)?;
                 let rec = step_record(&a2, &op2, rtype, &step, step_status(&step), ctx.now);
                 let event = ctx.audit(&rec)?;
                 Ok((step, event))
