@@ -11,6 +11,7 @@ mod continuity;
 mod db;
 mod exchange;
 mod maintenance;
+mod packages;
 mod witness;
 
 use std::path::PathBuf;
@@ -151,6 +152,9 @@ enum Cmd {
     /// Remote maintenance: vendors, people, windows, approvals, reviews.
     #[command(subcommand)]
     Maintenance(maintenance::MaintenanceCmd),
+    /// FHIR packages (JP Core, JP-CLINS, ...): install, list.
+    #[command(subcommand)]
+    Packages(packages::PackagesCmd),
     /// Compliance reports for inspections: produce, list, show, verify.
     #[command(subcommand)]
     Compliance(compliance::ComplianceCmd),
@@ -623,6 +627,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Upgrade { data, check } => off_runtime(|| upgrade(&data, check))?,
         Cmd::CopyToPostgres { data, url } => off_runtime(|| db::copy_to_postgres(&data, &url))?,
+        Cmd::Packages(c) => off_runtime(|| packages::run(c))?,
         Cmd::Audit(c) => match c {
             AuditCmd::Verify { data, export, key, deep } => match (data, export) {
                 (Some(d), None) => off_runtime(|| audit::verify_data(&d, key.as_deref(), deep))?,
