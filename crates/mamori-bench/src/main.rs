@@ -5,12 +5,14 @@
 //!   cargo run --release -p mamori-bench -- exchange [--runs 3] [--clients 4] [--only crypto]
 //!   cargo run --release -p mamori-bench -- continuity [--runs 1] [--clients PATIENTS]
 //!   cargo run --release -p mamori-bench -- pg [--seconds 10] [--clients 32] [--runs 1]
+//!   cargo run --release -p mamori-bench -- validate [--seconds 3]
 #![forbid(unsafe_code)]
 
 mod continuity;
 mod exchange;
 mod export;
 mod pg;
+mod validate;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -573,8 +575,9 @@ fn main() -> Result<()> {
         "continuity" => rt.block_on(continuity::run(&a)),
         "export" => rt.block_on(export::run(&a)),
         "pg" => rt.block_on(pg::run(&a)),
+        "validate" => validate::run(&a),
         _ => bail!(
-            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg) [--seconds N] [--clients N] [--runs N]"
+            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg|validate) [--seconds N] [--clients N] [--runs N]"
         ),
     }
 }
