@@ -905,3 +905,67 @@ async fn partner_certificates_count_only_inside_their_validity() {
     assert!(r.text.contains("encryption certificate expired on"), "{}", r.text);
     assert_eq!(b.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out'"), 0);
 }
+
+/// The JP FHIR definitions (`../shared/fhir-jp`, or `MAMORI_FHIR_JP`).
+fn fhir_jp() -> std::path::PathBuf {
+    [
+        std::env::var("MAMORI_FHIR_JP").ok().map(std::path::PathBuf::from),
+        Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-jp")),
+        Some(std::path::PathBuf::from("/work/shared/fhir-jp")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("jp-core/package.json").is_file())
+    .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_document_that_breaks_its_profiles_is_quarantined() {
+    let core = fhir_jp().join("jp-core");
+    let b = node("xjp", "CLINIC-B", &format!("[fhir]\npackages = [{:?}]\n", core.display().to_string())).await;
+    let t = target(&b).await;
+    let c = outsider("Clinic JP");
+    let reg = partner_doc(
+        "1310000005",
+        "CLINIC-JP",
+        "https://localhost:1/as2",
+        &c.cert_pem,
+        &c.ca_pem,
+        "third_party",
+        &["referral"],
+    );
+    assert_eq!(b.post("/api/v1/partners", &b.admin, reg).await.status, 201);
+    let mut patient: Value =
+        serde_json::from_slice(&std::fs::read(core.join("examples/Patient-jp-patient-example-1.json")).unwrap())
+            .unwrap();
+    patient.as_object_mut().unwrap().remove("id");
+    let doc = |patient: &Value| -> Vec<u8> {
+        json!({"resourceType": "Bundle", "type": "document", "entry": [
+            {"fullUrl": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0b11", "resource": {"resourceType": "Composition", "status": "final", "type": {"text": "診療情報提供書"},
+              "date": "2026-12-04", "author": [{"display": "x"}], "title": "診療情報提供書", "subject": {"reference": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0b12"}}},
+            {"fullUrl": "urn:uuid:0b6b3ab8-3d6f-4c51-9a43-6f2f6e0e0b12", "resource": patient}]})
+        .to_string()
+        .into_bytes()
+    };
+
+    // A JP_Patient that conforms is accepted.
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "jp1@c", &doc(&patient))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Processed);
+    // One that claims JP_Patient but breaks it is refused, and kept with the reason.
+    let mut bad = patient.clone();
+    bad["name"][1]["extension"][0]["valueCode"] = json!("KANA");
+    bad.as_object_mut().unwrap().remove("identifier");
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "jp2@c", &doc(&bad))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Error("unexpected-processing-error".into()));
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1);
+    let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
+    let reason = q.body["quarantine"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("does not conform to the profiles it claims (2 error(s))"), "{}", q.text);
+    assert!(reason.contains("Bundle.entry[1].resource.identifier: requires at least 1"), "{reason}");
+    assert!(reason.contains("Bundle.entry[1].resource.name[1].extension[0].valueCode: KANA"), "{reason}");
+    let rec = b.audits_where("exchange-receive");
+    assert!(
+        rec.iter().any(|e| e["status"] == 422 && e["detail"]["reason"].as_str().unwrap_or("").contains("KANA")),
+        "{rec:?}"
+    );
+}

@@ -219,6 +219,44 @@ impl Conformance {
     }
 }
 
+impl Conformance {
+    /// The errors of a received document Bundle against the loaded
+    /// profiles it and its entries claim (none when the policy for Bundle
+    /// is `off`). Entries are named `Bundle.entry[i].resource…`.
+    pub fn check_document(&self, bundle: &Value) -> Vec<Finding> {
+        if self.policy("Bundle") == Policy::Off {
+            return Vec::new();
+        }
+        let errors = |rtype: &str, v: &Value, prefix: &str| -> Vec<Finding> {
+            let (profiles, _) = self.profiles_for(rtype, v, &[]);
+            if profiles.is_empty() {
+                return Vec::new();
+            }
+            self.validate(rtype, v, &[])
+                .findings
+                .into_iter()
+                .filter(|f| f.severity == Severity::Error)
+                .map(|mut f| {
+                    if !prefix.is_empty() {
+                        f.path = format!("{prefix}.{}", f.path.split_once('.').map_or("", |(_, rest)| rest))
+                            .trim_end_matches('.')
+                            .to_owned();
+                    }
+                    f
+                })
+                .collect()
+        };
+        let mut out = errors("Bundle", bundle, "");
+        for (i, e) in bundle["entry"].as_array().into_iter().flatten().enumerate() {
+            let r = &e["resource"];
+            if let Some(t) = r["resourceType"].as_str() {
+                out.extend(errors(t, r, &format!("Bundle.entry[{i}].resource")));
+            }
+        }
+        out
+    }
+}
+
 /// An OperationOutcome of findings (with one `information` issue when
 /// there are none).
 pub fn outcome(findings: &[Finding], profiles: &[String]) -> Value {

@@ -264,6 +264,7 @@ pub async fn receive(st: &Services, req: As2Request) -> As2Answer {
                 return text(500, "partner vanished");
             };
             let (h2, b2, x2) = (headers.clone(), body.clone(), x.clone());
+            let conf = st.conformance();
             tokio::task::spawn_blocking(move || {
                 let signer =
                     p.signing_cert().map_err(|e| Refusal::new("unexpected-processing-error", e, 500, "receiver"))?;
@@ -283,7 +284,7 @@ pub async fn receive(st: &Services, req: As2Request) -> As2Answer {
                         "sender",
                     ));
                 }
-                let doc = check_document(&opened)
+                let doc = check_document(&opened, &conf)
                     .map_err(|m| Refusal::new("unexpected-processing-error", m, 422, "sender"))?;
                 Ok((opened, doc))
             })
@@ -364,7 +365,7 @@ fn same_origin(a: &str, b: &str) -> bool {
 }
 
 /// Checks a received FHIR document and summarizes what it says about its patient.
-fn check_document(o: &as2::Opened) -> Result<Value, String> {
+fn check_document(o: &as2::Opened, conf: &crate::conformance::Conformance) -> Result<Value, String> {
     if o.content_type != "application/fhir+json" {
         return Ok(json!({"content_type": o.content_type, "filename": o.filename}));
     }
@@ -380,6 +381,17 @@ fn check_document(o: &as2::Opened) -> Result<Value, String> {
         mamori_core::fhir::validate::validate_resource(r).map_err(|issues| {
             format!("entry {i}: {}", issues.iter().map(|x| x.message.clone()).collect::<Vec<_>>().join("; "))
         })?;
+    }
+    // The profiles the document and its entries claim (JP-CLINS, JP Core),
+    // where loaded: a document that does not conform is refused.
+    let errors = conf.check_document(&v);
+    if !errors.is_empty() {
+        let shown: Vec<String> = errors.iter().take(5).map(|f| format!("{}: {}", f.path, f.message)).collect();
+        return Err(format!(
+            "the document does not conform to the profiles it claims ({} error(s)): {}",
+            errors.len(),
+            shown.join("; ")
+        ));
     }
     let comp = entries
         .first()
