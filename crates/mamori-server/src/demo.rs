@@ -23,6 +23,7 @@ pub const PARTNER_DIR: &str = "partner-node";
 
 const MAIN_TOML: &str = r#"# mamori demo hospital (synthetic data; `mamori serve --demo`)
 [institution]
+id = "1319900001"
 name = "みまもり総合病院（デモ）/ Mimamori General Hospital (demo)"
 node = "HQ"
 
@@ -38,6 +39,7 @@ const PARTNER_TOML: &str = r#"# the demo's partner clinic (synthetic data)
 listen = "127.0.0.1:0"
 
 [institution]
+id = "1319900002"
 name = "みなとクリニック（デモ）/ Minato Clinic (demo)"
 node = "MC"
 

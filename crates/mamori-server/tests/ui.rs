@@ -351,6 +351,11 @@ async fn demo_seeds_a_hospital_and_refuses_real_data_directories() {
         .unwrap();
     let entries = bundle["entry"].as_array().unwrap();
     assert!(entries.len() > 10, "a coherent chart: {}", entries.len());
+    // The record number is in the demo hospital's JP Core patient-id system
+    // (its institution code), with kanji and kana names told apart.
+    let patient = entries.iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap();
+    assert_eq!(patient["resource"]["identifier"][0]["system"], "urn:oid:1.2.392.100495.20.3.51.11319900001");
+    assert_eq!(patient["resource"]["name"][1]["extension"][0]["valueCode"], "SYL");
     for e in entries {
         assert_eq!(e["resource"]["meta"]["security"][0]["code"], "HTEST", "{}", e["resource"]["id"]);
     }

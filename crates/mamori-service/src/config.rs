@@ -653,6 +653,12 @@ impl Config {
                     .into(),
             ));
         }
+        let code = self.institution.id.trim();
+        if !code.is_empty() && !mamori_core::fhir::jp::is_institution_code(code) {
+            return Err(ConfigError::Invalid(format!(
+                "institution.id '{code}' is not a 10-digit medical institution code (prefecture, point-table kind 1-3, 7 digits)"
+            )));
+        }
         for (k, v) in std::iter::once(("fhir.validation".to_owned(), &self.fhir.validation))
             .chain(self.fhir.type_validation.iter().map(|(t, v)| (format!("fhir.type_validation.{t}"), v)))
         {
@@ -873,5 +879,29 @@ mod tests {
         c.database.url = "postgres://mamori@db.example.org/mamori?sslmode=verify-full".into();
         assert!(c.validate().is_ok());
         assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1").is_err());
+    }
+
+    #[test]
+    fn institution_code_and_fhir_policy_are_checked() {
+        let mut c = Config::default();
+        c.institution.id = "1311234567".into();
+        assert!(c.validate().is_ok());
+        c.institution.id = "13-1123456".into();
+        assert!(c.validate().unwrap_err().to_string().contains("institution.id"));
+        let mut c = Config::default();
+        c.fhir.validation = "strict".into();
+        assert!(c.validate().unwrap_err().to_string().contains("fhir.validation"));
+        let mut c = Config::default();
+        c.fhir.type_validation.insert("Patient".into(), "sometimes".into());
+        assert!(c.validate().unwrap_err().to_string().contains("fhir.type_validation.Patient"));
+        let mut c = Config::default();
+        c.fhir.required.insert("Patinet".into(), "http://x".into());
+        assert!(c.validate().unwrap_err().to_string().contains("Patinet"));
+        let c: Config = toml::from_str(
+            "[fhir]\nvalidation = \"enforce\"\n[fhir.type_validation]\nPatient = \"off\"\n[fhir.required]\nPatient = \"http://x\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.fhir.required["Patient"], "http://x");
     }
 }

@@ -126,7 +126,8 @@ pub async fn seed_hospital(st: &Services, now: Timestamp) -> Result<Vec<Credenti
     // Patients and their records.
     // Written as the system (a data load, like a migration), validated like
     // any write and audited per patient.
-    for chart in patients(now) {
+    let id_system = mamori_core::fhir::jp::patient_id_system(&st.cfg.institution.id);
+    for chart in patients(now, &id_system) {
         let pid0 = chart[0]["id"].as_str().unwrap_or("").to_owned();
         for r in &chart {
             let t = mamori_core::ids::ResourceType::parse(r["resourceType"].as_str().unwrap_or(""))
@@ -431,7 +432,9 @@ fn obs(
 }
 
 /// About 50 patients, each with the resources of their chart.
-pub fn patients(now: Timestamp) -> Vec<Vec<Value>> {
+/// Their record numbers are in the institution's JP Core patient-id
+/// system (`id_system`).
+pub fn patients(now: Timestamp, id_system: &str) -> Vec<Vec<Value>> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let day = 86_400_000_000i64;
     let mut out = Vec::new();
@@ -448,7 +451,7 @@ pub fn patients(now: Timestamp) -> Vec<Vec<Value>> {
             json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}]);
         let mut res = vec![json!({
             "resourceType": "Patient", "id": p, "meta": test_meta(), "active": true,
-            "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.1", "value": format!("{:08}", 10_000 + i * 37)}],
+            "identifier": [{"system": id_system, "value": format!("{:08}", 10_000 + i * 37)}],
             "name": [
                 {"use": "official", "extension": ide, "text": format!("{} {}", fam.0, giv.0), "family": fam.0, "given": [giv.0]},
                 {"use": "official", "extension": syl, "text": format!("{} {}", fam.1, giv.1), "family": fam.1, "given": [giv.1]},

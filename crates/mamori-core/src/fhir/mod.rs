@@ -3,6 +3,7 @@
 
 pub mod compartment;
 pub mod fhirpath_patch;
+pub mod jp;
 pub mod json;
 pub mod patch;
 pub mod profile;
