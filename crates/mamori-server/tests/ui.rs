@@ -503,6 +503,25 @@ async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit
     }
     let p = b.get("/ui/patients?q=00099999").await;
     assert!(p.text.contains("0 件"), "{}", p.text);
+    // A name in kanji and kana (JP Core: IDE and SYL) is shown with its reading.
+    let rep = |c: &str| json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": c}]);
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "gender": "female", "birthDate": "1990-01-01", "name": [
+                {"extension": rep("IDE"), "family": "林", "given": ["<葵>"]},
+                {"extension": rep("SYL"), "family": "ハヤシ", "given": ["アオイ"]},
+                {"family": "Hayashi", "given": ["Aoi"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let p = b.get(&format!("/ui/patients/{}", r.body["id"].as_str().unwrap())).await;
+    assert!(
+        p.text.contains("<ruby>林 &lt;葵&gt;<rt>ハヤシ アオイ</rt></ruby> / Hayashi Aoi"),
+        "{}",
+        p.text.lines().find(|l| l.contains("pname")).unwrap_or("")
+    );
 
     let mut a = Browser::new(&s);
     a.login("aud.n", PASSWORD).await;

@@ -339,6 +339,35 @@ fn name_of(p: &Value) -> String {
     }
 }
 
+/// The representation of a JP Core name: `IDE` (kanji), `SYL` (kana),
+/// `ABC` (alphabetic), if marked.
+fn representation(n: &Value) -> Option<&str> {
+    n["extension"].as_array().into_iter().flatten().find_map(|e| {
+        (e["url"] == "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation")
+            .then(|| e["valueCode"].as_str())
+            .flatten()
+    })
+}
+
+/// The chart's heading: the kanji name with its kana reading above it
+/// (`<ruby>`), as Japanese charts show it, then any other names.
+fn name_html(p: &Value) -> String {
+    let names: Vec<&Value> = p["name"].as_array().into_iter().flatten().collect();
+    let text = |n: &Value| name_of(&json!({"name": [n]}));
+    let kanji = names.iter().find(|n| representation(n) == Some("IDE"));
+    let kana = names.iter().find(|n| representation(n) == Some("SYL"));
+    match (kanji, kana) {
+        (Some(k), Some(r)) => {
+            let mut out = format!("<ruby>{}<rt>{}</rt></ruby>", esc(&text(k)), esc(&text(r)));
+            for n in names.iter().filter(|n| !matches!(representation(n), Some("IDE" | "SYL"))) {
+                out.push_str(&format!(" / {}", esc(&text(n))));
+            }
+            out
+        }
+        _ => esc(&name_of(p)),
+    }
+}
+
 /// What was written at a registration without the reception desk
 /// (triage, estimated age, features, where found, arrival, note).
 fn registration_card(ui: &Ui, p: &Value) -> String {
@@ -555,14 +584,16 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
     let title = match name_of(pt) {
         // An unidentified patient is named by the provisional id staff
         // wrote on the wristband.
-        n if n == "—" && is_provisional(pt) => {
-            format!("{} {}", ui.t("身元不明", "Unidentified"), pt["identifier"][0]["value"].as_str().unwrap_or(""))
-        }
-        n => n,
+        n if n == "—" && is_provisional(pt) => esc(&format!(
+            "{} {}",
+            ui.t("身元不明", "Unidentified"),
+            pt["identifier"][0]["value"].as_str().unwrap_or("")
+        )),
+        _ => name_html(pt),
     };
     let mut body = format!(
-        "<div class=\"card\"><p><strong>{}</strong>{}</p><p>{}: {} · {}: {} · ID: {}</p></div>",
-        esc(&title),
+        "<div class=\"card\"><p><strong class=\"pname\">{}</strong>{}</p><p>{}: {} · {}: {} · ID: {}</p></div>",
+        title,
         badges(&ui, pt),
         ui.t("性別", "Sex"),
         ev(&pt["gender"]),
