@@ -908,15 +908,8 @@ async fn partner_certificates_count_only_inside_their_validity() {
 
 /// The JP FHIR definitions (`../shared/fhir-jp`, or `MAMORI_FHIR_JP`).
 fn fhir_jp() -> std::path::PathBuf {
-    [
-        std::env::var("MAMORI_FHIR_JP").ok().map(std::path::PathBuf::from),
-        Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-jp")),
-        Some(std::path::PathBuf::from("/work/shared/fhir-jp")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.join("jp-core/package.json").is_file())
-    .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/")
+    mamori_service::conformance::jp_definitions_dir()
+        .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,15 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn fhir_jp() -> PathBuf {
-    let candidates = [
-        std::env::var("MAMORI_FHIR_JP").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-jp")),
-        Some(PathBuf::from("/work/shared/fhir-jp")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("jp-core/package.json").is_file())
+    mamori_service::conformance::jp_definitions_dir()
         .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/ and jp-clins/")
 }
 

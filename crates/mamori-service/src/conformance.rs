@@ -107,6 +107,21 @@ pub fn read_package_path(path: &Path) -> Result<(PackageInfo, Vec<Value>), Packa
         .map_err(|e| PackageError { file: format!("{shown}: {}", e.file), message: e.message })
 }
 
+/// Where the JP FHIR definitions of the development checkout are
+/// (`MAMORI_FHIR_JP`, or `../shared/fhir-jp` beside the repository): for
+/// the tests and benchmarks, which load them as an operator would.
+pub fn jp_definitions_dir() -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    [
+        std::env::var_os("MAMORI_FHIR_JP").map(PathBuf::from),
+        Some(repo.join("../shared/fhir-jp")),
+        Some(PathBuf::from("/work/shared/fhir-jp")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("jp-core/package.json").is_file())
+}
+
 /// The packages installed in `DATA/packages/` (sorted by file name).
 pub fn installed(data_dir: &Path) -> Vec<PathBuf> {
     let dir = data_dir.join("packages");

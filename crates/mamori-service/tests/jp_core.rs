@@ -1,37 +1,23 @@
-//! The profile validator against the real JP Core and JP-CLINS packages
-//! (read from `../shared/fhir-jp/`, or `MAMORI_FHIR_JP`; never copied
-//! into the repository).
+//! The profile validator (`mamori_core::fhir::profile`) against the real
+//! JP Core and JP-CLINS packages, read as the server reads them (from
+//! `../shared/fhir-jp/`, or `MAMORI_FHIR_JP`; never copied into the
+//! repository).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
-use mamori_core::fhir::profile::{read_package, Registry, Severity};
+use mamori_core::fhir::profile::{Registry, Severity};
+use mamori_service::conformance::read_package_path;
 use serde_json::Value;
 
 fn fhir_jp() -> PathBuf {
-    let candidates = [
-        std::env::var("MAMORI_FHIR_JP").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-jp")),
-        Some(PathBuf::from("/work/shared/fhir-jp")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("jp-core/package.json").is_file())
+    mamori_service::conformance::jp_definitions_dir()
         .expect("the JP FHIR definitions: set MAMORI_FHIR_JP to the folder holding jp-core/ and jp-clins/")
 }
 
 fn load(reg: &mut Registry, dir: &str) {
-    let dir = fhir_jp().join(dir);
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            files.push((format!("package/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()));
-        }
-    }
-    let (info, resources) = read_package(files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))).unwrap();
+    let (info, resources) = read_package_path(&fhir_jp().join(dir)).unwrap();
     reg.add(info, resources).unwrap();
 }
 
@@ -140,13 +126,6 @@ fn jp_clins_loads_beside_jp_core_and_names_what_it_cannot_check() {
         r.findings
     );
     // Loading the same package twice is refused.
-    let dir = fhir_jp().join("jp-core");
-    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| (format!("package/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap()))
-        .collect();
-    let (info, rs) = read_package(files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))).unwrap();
+    let (info, rs) = read_package_path(&fhir_jp().join("jp-core")).unwrap();
     assert!(reg.add(info, rs).unwrap_err().to_string().contains("already loaded"));
 }
