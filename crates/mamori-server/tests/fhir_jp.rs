@@ -224,9 +224,23 @@ async fn package_definitions_are_readable_and_read_only() {
     assert_eq!(s.delete("/fhir/StructureDefinition/jp-patient", &doc).await.status, 405);
     assert_eq!(s.get("/fhir/StructureDefinition/jp-patient", &doc).await.body["url"], format!("{CORE}JP_Patient"));
     assert_eq!(s.req(Method::GET, "/fhir/StructureDefinition/jp-patient", None, None).await.status, 401);
-    assert!(s
-        .audits_where("read")
-        .iter()
-        .any(|a| a["detail"].to_string().contains("StructureDefinition")
-            || a.to_string().contains("StructureDefinition")));
+    let reads = s.audits_where("read");
+    assert!(
+        reads.iter().any(|a| a["entity"] == json!({"type": "StructureDefinition", "id": "jp-patient"})
+            && a["basis"] == "role-reference-data"
+            && a["status"] == 200),
+        "{reads:?}"
+    );
+    // _summary for a type outside the built-in table, learned from JP-CLINS's snapshots.
+    let pid = s.patient(&doc, "要約", "花子").await;
+    let comp = json!({"resourceType": "Composition", "status": "final", "type": {"text": "診療情報提供書"},
+        "subject": {"reference": format!("Patient/{pid}")}, "date": "2026-12-04", "author": [{"display": "x"}],
+        "title": "診療情報提供書", "section": [{"title": "紹介目的", "text": {"status": "generated", "div": "<div>x</div>"}}]});
+    let r = s.post("/fhir/Composition", &doc, comp).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.get(&format!("/fhir/Composition?subject=Patient/{pid}&_summary=true"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let c = &r.body["entry"][0]["resource"];
+    assert!(c.get("section").is_none() && c["title"] == "診療情報提供書", "{c}");
+    assert_eq!(c["meta"]["tag"][0]["code"], "SUBSETTED");
 }

@@ -125,6 +125,14 @@ fn jp_clins_loads_beside_jp_core_and_names_what_it_cannot_check() {
         "{:#?}",
         r.findings
     );
+    // Composition is not in the built-in summary table; JP-CLINS's
+    // snapshots tell its summary elements (facts of the base definition).
+    assert!(mamori_core::fhir::summary::supported("Composition"));
+    let mut c = serde_json::json!({"resourceType": "Composition", "id": "c", "status": "final", "type": {"text": "t"},
+        "date": "2026-12-04", "author": [{"display": "a"}], "title": "t",
+        "section": [{"title": "s", "text": {"status": "generated", "div": "<div>x</div>"}}]});
+    assert!(mamori_core::fhir::summary::summarize(&mut c));
+    assert!(c.get("section").is_none() && c["title"] == "t" && c["status"] == "final", "{c}");
     // Loading the same package twice is refused.
     let (info, rs) = read_package_path(&fhir_jp().join("jp-core")).unwrap();
     assert!(reg.add(info, rs).unwrap_err().to_string().contains("already loaded"));

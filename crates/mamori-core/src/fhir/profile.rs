@@ -688,6 +688,8 @@ impl Registry {
                 continue;
             }
             if rt == "StructureDefinition" {
+                // A resource's snapshot also tells its base summary elements.
+                super::summary::learn(&r);
                 let Some(p) = compile(&r) else {
                     return Err(perr(&info.name, format!("StructureDefinition/{id} cannot be compiled")));
                 };

@@ -1,26 +1,84 @@
 //! `_summary=true` and `_summary=text` (FHIR R4 search 3.1.1.5.8): which
 //! elements of a resource are its summary, after the base specification's
 //! `isSummary` flags, and which are mandatory (for `text`). The table
-//! (`summary_table.rs`) is generated from the base definitions; a type it
-//! does not hold is refused rather than summarized by guess.
+//! (`summary_table.rs`) is generated from the base definitions; other
+//! types are learned from the snapshots of loaded packages ([`learn`]). A
+//! type known neither way is refused rather than summarized by guess.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
 
 use serde_json::{Map, Value};
 
 use super::summary_table::TABLE;
 
-/// The summary elements and the mandatory top-level elements of `rtype`.
-fn entry(rtype: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
-    TABLE.iter().find(|(t, _, _)| *t == rtype).map(|(_, s, m)| (*s, *m))
+/// Types the built-in table does not hold, learned from the snapshots of
+/// loaded FHIR packages ([`learn`]): the summary paths and the mandatory
+/// top-level elements. Facts of the base specification, the same from
+/// whichever package they come.
+static LEARNED: RwLock<BTreeMap<String, Learned>> = RwLock::new(BTreeMap::new());
+
+/// A learned type: its summary paths and its mandatory top-level elements.
+type Learned = (Vec<String>, Vec<String>);
+
+/// Calls `f` with the summary elements and the mandatory top-level
+/// elements of `rtype`, if known.
+fn with_entry<R>(rtype: &str, f: impl FnOnce(&[&str], &[&str]) -> R) -> Option<R> {
+    if let Some((_, s, m)) = TABLE.iter().find(|(t, _, _)| *t == rtype) {
+        return Some(f(s, m));
+    }
+    let learned = LEARNED.read().ok()?;
+    let (s, m) = learned.get(rtype)?;
+    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+    let m: Vec<&str> = m.iter().map(String::as_str).collect();
+    Some(f(&s, &m))
 }
 
 /// Whether `_summary=true|text` is available for `rtype`.
 pub fn supported(rtype: &str) -> bool {
-    entry(rtype).is_some()
+    with_entry(rtype, |_, _| ()).is_some()
 }
 
 /// The types `_summary=true|text` is available for.
-pub fn supported_types() -> Vec<&'static str> {
-    TABLE.iter().map(|(t, _, _)| *t).collect()
+pub fn supported_types() -> Vec<String> {
+    let mut v: Vec<String> = TABLE.iter().map(|(t, _, _)| (*t).to_owned()).collect();
+    if let Ok(l) = LEARNED.read() {
+        v.extend(l.keys().cloned());
+    }
+    v.sort();
+    v
+}
+
+/// Learns a type's summary from a StructureDefinition snapshot of it (a
+/// base definition or any profile: profiles cannot change `isSummary` or
+/// the base cardinality, and each element's `base` names the base path).
+/// Types of the built-in table are left as they are.
+pub fn learn(sd: &Value) {
+    let (Some(t), Some(els)) = (sd["type"].as_str(), sd.pointer("/snapshot/element").and_then(Value::as_array)) else {
+        return;
+    };
+    if sd["kind"] != "resource" || TABLE.iter().any(|(x, _, _)| *x == t) {
+        return;
+    }
+    let (mut summary, mut mandatory) = (Vec::new(), Vec::new());
+    for e in els {
+        let path = e.pointer("/base/path").and_then(Value::as_str).or(e["path"].as_str()).unwrap_or("");
+        let sliced = e["id"].as_str().is_some_and(|id| id.contains(':'));
+        let Some(rel) = path.strip_prefix(t).and_then(|p| p.strip_prefix('.')) else { continue };
+        if sliced {
+            continue;
+        }
+        if e["isSummary"] == true && !summary.iter().any(|s| s == rel) {
+            summary.push(rel.to_owned());
+        }
+        let min = e.pointer("/base/min").or(e.get("min")).and_then(Value::as_u64).unwrap_or(0);
+        if !rel.contains('.') && min > 0 && !mandatory.iter().any(|m| m == rel) {
+            mandatory.push(rel.to_owned());
+        }
+    }
+    if let Ok(mut l) = LEARNED.write() {
+        l.entry(t.to_owned()).or_insert((summary, mandatory));
+    }
 }
 
 /// Whether the JSON key `key` is the element `name` (a choice `value[x]`
@@ -79,21 +137,22 @@ fn keep_summary(obj: &mut Map<String, Value>, paths: &[&str], prefix: &str) {
 /// type has no table.
 pub fn summarize(v: &mut Value) -> bool {
     let Some(rtype) = v.get("resourceType").and_then(Value::as_str).map(str::to_owned) else { return false };
-    let (Some((paths, _)), Some(obj)) = (entry(&rtype), v.as_object_mut()) else { return false };
-    keep_summary(obj, paths, "");
-    true
+    let Some(obj) = v.as_object_mut() else { return false };
+    with_entry(&rtype, |paths, _| keep_summary(obj, paths, "")).is_some()
 }
 
 /// `_summary=text`: the narrative, `id`, `meta` and the mandatory
 /// top-level elements; `false` if its type has no table.
 pub fn text_only(v: &mut Value) -> bool {
     let Some(rtype) = v.get("resourceType").and_then(Value::as_str).map(str::to_owned) else { return false };
-    let (Some((_, mandatory)), Some(obj)) = (entry(&rtype), v.as_object_mut()) else { return false };
-    obj.retain(|k, _| {
-        matches!(k.as_str(), "resourceType" | "id" | "meta" | "implicitRules" | "text" | "modifierExtension")
-            || mandatory.iter().any(|m| is_element(k, m))
-    });
-    true
+    let Some(obj) = v.as_object_mut() else { return false };
+    with_entry(&rtype, |_, mandatory| {
+        obj.retain(|k, _| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta" | "implicitRules" | "text" | "modifierExtension")
+                || mandatory.iter().any(|m| is_element(k, m))
+        })
+    })
+    .is_some()
 }
 
 #[cfg(test)]
