@@ -915,7 +915,11 @@ fn fhir_jp() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_document_that_breaks_its_profiles_is_quarantined() {
     let core = fhir_jp().join("jp-core");
-    let b = node("xjp", "CLINIC-B", &format!("[fhir]\npackages = [{:?}]\n", core.display().to_string())).await;
+    let cfg = format!(
+        "[fhir]\npackages = [{:?}]\n[fhir.required]\nPatient = \"http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient\"\n",
+        core.display().to_string()
+    );
+    let b = node("xjp", "CLINIC-B", &cfg).await;
     let t = target(&b).await;
     let c = outsider("Clinic JP");
     let reg = partner_doc(
@@ -944,13 +948,20 @@ async fn a_received_document_that_breaks_its_profiles_is_quarantined() {
     // A JP_Patient that conforms is accepted.
     let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "jp1@c", &doc(&patient))).await.unwrap();
     assert_eq!(disposition(&r, &t.cert), Disposition::Processed);
+    // What this server requires of the Patients it stores is not asked of
+    // a partner's document: a patient that claims no profile passes.
+    let mut plain = patient.clone();
+    plain.as_object_mut().unwrap().remove("meta");
+    plain.as_object_mut().unwrap().remove("identifier");
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "jp0@c", &doc(&plain))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Processed);
     // One that claims JP_Patient but breaks it is refused, and kept with the reason.
     let mut bad = patient.clone();
     bad["name"][1]["extension"][0]["valueCode"] = json!("KANA");
     bad.as_object_mut().unwrap().remove("identifier");
     let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "jp2@c", &doc(&bad))).await.unwrap();
     assert_eq!(disposition(&r, &t.cert), Disposition::Error("unexpected-processing-error".into()));
-    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 1);
+    assert_eq!(b.count("SELECT COUNT(*) FROM exchange_inbound"), 2);
     let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
     let reason = q.body["quarantine"][0]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("does not conform to the profiles it claims (2 error(s))"), "{}", q.text);

@@ -236,20 +236,21 @@ impl Conformance {
 
 impl Conformance {
     /// The errors of a received document Bundle against the loaded
-    /// profiles it and its entries claim (none when the policy for Bundle
-    /// is `off`). Entries are named `Bundle.entry[i].resource…`.
+    /// profiles it and its entries claim in `meta.profile` (none when the
+    /// policy for Bundle is `off`). Entries are named `Bundle.entry[i].resource…`.
     pub fn check_document(&self, bundle: &Value) -> Vec<Finding> {
         if self.policy("Bundle") == Policy::Off {
             return Vec::new();
         }
-        let errors = |rtype: &str, v: &Value, prefix: &str| -> Vec<Finding> {
-            let (profiles, _) = self.profiles_for(rtype, v, &[]);
-            if profiles.is_empty() {
-                return Vec::new();
-            }
-            self.validate(rtype, v, &[])
-                .findings
-                .into_iter()
+        // Only what the sender claims: `[fhir.required]` governs what this
+        // server stores as that type, not the documents partners send.
+        let errors = |v: &Value, prefix: &str| -> Vec<Finding> {
+            let claimed = v.pointer("/meta/profile").and_then(Value::as_array).into_iter().flatten();
+            let loaded: Vec<&str> =
+                claimed.filter_map(Value::as_str).filter(|u| self.registry.profile(u).is_some()).collect();
+            loaded
+                .iter()
+                .flat_map(|u| self.registry.validate(v, u).findings)
                 .filter(|f| f.severity == Severity::Error)
                 .map(|mut f| {
                     if !prefix.is_empty() {
@@ -261,12 +262,9 @@ impl Conformance {
                 })
                 .collect()
         };
-        let mut out = errors("Bundle", bundle, "");
+        let mut out = errors(bundle, "");
         for (i, e) in bundle["entry"].as_array().into_iter().flatten().enumerate() {
-            let r = &e["resource"];
-            if let Some(t) = r["resourceType"].as_str() {
-                out.extend(errors(t, r, &format!("Bundle.entry[{i}].resource")));
-            }
+            out.extend(errors(&e["resource"], &format!("Bundle.entry[{i}].resource")));
         }
         out
     }
