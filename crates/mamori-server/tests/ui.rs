@@ -516,12 +516,11 @@ async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    let ruby = "<ruby>林 &lt;葵&gt;<rt>ハヤシ アオイ</rt></ruby> / Hayashi Aoi";
+    let p = b.get("/ui/patients?q=%E3%83%8F%E3%83%A4%E3%82%B7").await;
+    assert!(p.text.contains(ruby), "the search list too: {}", p.text);
     let p = b.get(&format!("/ui/patients/{}", r.body["id"].as_str().unwrap())).await;
-    assert!(
-        p.text.contains("<ruby>林 &lt;葵&gt;<rt>ハヤシ アオイ</rt></ruby> / Hayashi Aoi"),
-        "{}",
-        p.text.lines().find(|l| l.contains("pname")).unwrap_or("")
-    );
+    assert!(p.text.contains(ruby), "{}", p.text.lines().find(|l| l.contains("pname")).unwrap_or(""));
 
     let mut a = Browser::new(&s);
     a.login("aud.n", PASSWORD).await;

@@ -349,8 +349,9 @@ fn representation(n: &Value) -> Option<&str> {
     })
 }
 
-/// The chart's heading: the kanji name with its kana reading above it
-/// (`<ruby>`), as Japanese charts show it, then any other names.
+/// A patient's name as the chart heading and the search list show it
+/// (escaped): the kanji name with its kana reading above it (`<ruby>`),
+/// as Japanese charts show it, then any other names.
 fn name_html(p: &Value) -> String {
     let names: Vec<&Value> = p["name"].as_array().into_iter().flatten().collect();
     let text = |n: &Value| name_of(&json!({"name": [n]}));
@@ -510,7 +511,7 @@ pub(crate) async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> 
                 body.push_str(&format!(
                     "<tr><td><a href=\"/ui/patients/{id}\">{name}</a>{b}</td><td>{g}</td><td>{bd}</td><td>{ids}</td></tr>",
                     id = ev(&p["id"]),
-                    name = esc(&name_of(p)),
+                    name = name_html(p),
                     b = badges(&ui, p),
                     g = ev(&p["gender"]),
                     bd = ev(&p["birthDate"]),
