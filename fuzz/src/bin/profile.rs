@@ -16,6 +16,8 @@ fn registry() -> &'static Registry {
             ("package/sd-bundle.json", include_bytes!("../../corpus/profile-package/sd-bundle.json")),
             ("package/vs.json", include_bytes!("../../corpus/profile-package/vs.json")),
         ];
+        // The package is a constant of this repository, not fuzz input:
+        // if it does not load, the harness is broken and must stop loudly.
         let (info, resources) = read_package(files).expect("the fuzz package");
         let mut r = Registry::new();
         r.add(info, resources).expect("the fuzz package loads");
