@@ -106,7 +106,10 @@ async fn provisional_registration_then_merge_and_unmerge() {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
 
-    // Review by someone else; undo restores the previous versions (as new versions).
+    // Review by someone else, saying what was checked; undo restores the
+    // previous versions (as new versions).
+    let r = s.post(&format!("/api/v1/merges/{merge_id}/review"), &auditor, json!({"note": " ok "})).await;
+    assert_eq!(r.status, 400, "a review without what was checked: {}", r.text);
     let r = s
         .post(&format!("/api/v1/merges/{merge_id}/review"), &auditor, json!({"note": "identity confirmed with family"}))
         .await;

@@ -423,6 +423,11 @@ pub struct Review {
 /// Reviews a merge: an auditor or admin who did not make it.
 pub async fn review(svc: &Services, actor: &Actor, id: i64, req: Review) -> Result<(), ServiceError> {
     const ACTION: &str = "merge-review";
+    // A review says what was checked, as a break-glass review does.
+    if req.note.trim().chars().count() < 5 {
+        let e = ServiceError::invalid("note", "write what you checked (at least 5 characters)");
+        return Err(svc.refused(actor, ACTION, e).await);
+    }
     let a2 = actor.clone();
     svc.change(actor, ACTION, move |w| {
         let m = cs::merge(w.conn, id)?.ok_or_else(|| ServiceError::NotFound(format!("merge {id}")))?;
