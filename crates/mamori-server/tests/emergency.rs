@@ -528,8 +528,30 @@ async fn cyber_attack_report_with_preserved_evidence() {
     assert_eq!(r.status, 200, "{}", r.text);
     let text = r.body["text"].as_str().unwrap();
     assert!(text.contains("サイバー攻撃") && text.contains("Report of a cyber attack"));
-    assert!(text.contains("isolate-network"));
-    assert!(text.contains("- [ ] 厚生労働省"));
+    assert!(text.contains("ネットワーク切り離し") && text.contains("Disconnect infected terminals"), "{text}");
+    assert!(text.contains("[ ] 厚生労働省"));
+    // Times are the institution's (Asia/Tokyo by default), said so.
+    assert!(text.contains("(UTC+09:00)"), "{text}");
+    // The same facts as data, for the page and the PDF.
+    let rep = &r.body["report"];
+    assert_eq!(rep["criteria"][0]["id"], "ransomware");
+    assert!(rep["criteria"][0]["ja"].as_str().unwrap().chars().any(|c| c > '\u{3000}'), "{rep}");
+    assert_eq!(rep["actions"][0]["item"], "isolate-network");
+    assert_eq!(rep["reporting"][0]["recipient"], "mhlw");
+    assert_eq!(rep["reporting"][0]["done"], false);
+    // The PDF for the authorities: Japanese title, embedded font.
+    let pdf = s.get_bytes(&format!("/api/v1/bcp/declarations/{id}/incident-report.pdf"), &decider).await;
+    assert_eq!(pdf.0, 200);
+    assert!(pdf.1.starts_with(b"%PDF-"), "a PDF");
+    let file = s.dir.join("incident.pdf");
+    std::fs::write(&file, &pdf.1).unwrap();
+    let text = std::process::Command::new("pdftotext").arg(&file).arg("-").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("サイバー攻撃被害の報告"), "{text}");
+    assert!(text.contains("ネットワーク切り離し"), "{text}");
+    let fonts = std::process::Command::new("pdffonts").arg(&file).output().unwrap();
+    let fonts = String::from_utf8_lossy(&fonts.stdout);
+    assert!(fonts.lines().skip(2).all(|l| l.contains(" yes ")), "every font embedded:\n{fonts}");
     assert!(r.body["evidence"]["sha256"].is_string(), "{}", r.text);
     // The export verifies with the log key alone.
     let vkey =
@@ -555,7 +577,8 @@ async fn cyber_attack_report_with_preserved_evidence() {
         400
     );
     let r = s.get(&format!("/api/v1/bcp/declarations/{id}/incident-report"), &decider).await;
-    assert!(r.body["text"].as_str().unwrap().contains("- [x] 厚生労働省"));
+    assert!(r.body["text"].as_str().unwrap().contains("[x] 厚生労働省"));
+    assert_eq!(r.body["report"]["reporting"][0]["done"], true);
     // Stand down during activation: allowed, with a reason.
     assert_eq!(
         s.post(&format!("/api/v1/bcp/declarations/{id}/transitions"), &decider, json!({"to": "stand_down"}))

@@ -767,8 +767,32 @@ async fn preserve_evidence(st: &Services, id: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// A declaration state's name in Japanese and English, for the report.
+fn state_words(s: &str) -> (&str, &str) {
+    match s {
+        "proposed" => ("確認待ち", "awaiting confirmation"),
+        "activation" => ("初動", "activation"),
+        "resumption" => ("業務再開", "resumption"),
+        "recovery" => ("業務回復", "recovery"),
+        "full_recovery" => ("全面復旧", "full recovery"),
+        "closed" => ("通常運用に復帰", "returned to normal"),
+        "stood_down" => ("取り下げ", "stood down"),
+        "normal" => ("通常運用", "normal"),
+        other => (other, other),
+    }
+}
+
+/// Whom the report goes to, in Japanese and English.
+const RECIPIENTS: [(&str, &str, &str); 3] = [
+    ("mhlw", "厚生労働省（所管省庁）", "MHLW"),
+    ("police", "警察", "Police"),
+    ("patients", "患者への周知", "Patients informed"),
+];
+
 /// The draft report of a cyber attack to the authorities (EM-C4), with
-/// the evidence preserved at declaration (the BCP team, auditors).
+/// the evidence preserved at declaration (the BCP team, auditors): the
+/// facts as data (`report`), and the same as Markdown (`text`) in the
+/// institution's local time.
 pub async fn incident_report(svc: &Services, actor: &Actor, id: i64) -> Result<Value, ServiceError> {
     const ACTION: &str = "incident-report";
     let dec = gate(svc, actor, ACTION, Operation::IncidentReportRead, "the incident report").await?;
@@ -798,86 +822,228 @@ pub async fn incident_report(svc: &Services, actor: &Actor, id: i64) -> Result<V
     let evidence_hash = std::fs::read(&evidence)
         .ok()
         .map(|b| mamori_audit::merkle::to_hex(ring::digest::digest(&ring::digest::SHA256, &b).as_ref()));
-    let name = &st.cfg.institution.name;
-    let inst_id = if st.cfg.institution.id.is_empty() {
-        "(未設定 / not set)".to_owned()
-    } else {
-        st.cfg.institution.id.clone()
-    };
-    let crit: Vec<String> = d
+    let criteria: Vec<Value> = d
         .criteria
         .iter()
-        .map(|c| {
-            plan.criterion(c).map_or(c.clone(), |x| format!("{} — {} / {}", x.id, x.description.ja, x.description.en))
+        .map(|c| match plan.criterion(c) {
+            Some(x) => json!({"id": x.id, "ja": x.description.ja, "en": x.description.en}),
+            None => json!({"id": c, "ja": c, "en": c}),
         })
         .collect();
-    let mut text = String::new();
-    text.push_str(&format!("# {}医療機関におけるサイバー攻撃被害の報告（第一報・下書き）\n# Report of a cyber attack on a medical institution (first report, draft){}\n\n", if d.drill { "【訓練】" } else { "" }, if d.drill { " [DRILL]" } else { "" }));
-    text.push_str(&format!("## 1. 医療機関 / Institution\n{name}（医療機関コード / code: {inst_id}）\n\n"));
-    text.push_str(&format!(
-        "## 2. 覚知・宣言日時 / Detected and declared\n{}（宣言者 / declared by: {}）\n\n",
-        d.declared_at.to_rfc3339(),
-        d.declared_by
-    ));
-    text.push_str(&format!(
-        "## 3. 事象の概要 / Summary\n{}\n\n該当基準 / Criteria met:\n{}\n\n",
-        d.reason,
-        crit.iter().map(|c| format!("- {c}")).collect::<Vec<_>>().join("\n")
-    ));
-    text.push_str("## 4. 影響を受けたシステム・診療への影響 / Affected systems and impact on care\n(記入してください / to be completed)\n\n");
-    text.push_str("## 5. 経過 / Timeline\n");
-    for t in &transitions {
-        text.push_str(&format!(
-            "- {} {} → {} ({}){}\n",
-            t.at.to_rfc3339(),
-            t.from,
-            t.to,
-            t.by,
-            t.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()
-        ));
-    }
+    let mut timeline: Vec<(Timestamp, Value)> = transitions
+        .iter()
+        .map(|t| {
+            (t.at, json!({"at": t.at.to_rfc3339(), "kind": "phase", "from": t.from, "to": t.to, "by": t.by, "note": t.note}))
+        })
+        .collect();
     for a in alerts.iter().filter(|a| {
         a.time >= Timestamp(d.declared_at.micros() - 86_400_000_000) && d.closed_at.is_none_or(|c| a.time <= c)
     }) {
-        text.push_str(&format!("- {} ALERT [{}] {}\n", a.time.to_rfc3339(), a.kind, a.message));
+        timeline.push((
+            a.time,
+            json!({"at": a.time.to_rfc3339(), "kind": "alert", "alert": a.kind, "severity": a.severity, "message": a.message}),
+        ));
     }
-    text.push_str("\n## 6. 実施した対応 / Actions taken\n");
-    for t in &ticks {
-        text.push_str(&format!("- {} [{}] {} ({})\n", t.at.to_rfc3339(), t.phase, t.item, t.by));
-    }
-    text.push_str(&format!(
-        "\n## 7. 証拠保全 / Evidence preserved\n宣言時の署名付き監査チェックポイント / Signed audit checkpoint at declaration:\n```\n{}```\n監査ログのエクスポート / Audit log export: {} (SHA-256 {})\n検証 / verify: `mamori audit verify --export <file> --key <log key>`\n\n",
-        d.checkpoint.clone().unwrap_or_default(),
-        evidence.display(),
-        evidence_hash.clone().unwrap_or_else(|| "(作成中 / being written)".into())
-    ));
-    text.push_str("## 8. 報告・連絡状況 / Reporting\n");
-    for r in ["mhlw", "police", "patients"] {
-        let label = match r {
-            "mhlw" => "厚生労働省（所管省庁）/ MHLW",
-            "police" => "警察 / Police",
-            _ => "患者への周知 / Patients informed",
-        };
-        match done.iter().find(|x| x.0 == r) {
-            Some((_, by, at, note)) => text.push_str(&format!(
-                "- [x] {label}: {} ({by}){}\n",
-                at.to_rfc3339(),
-                note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default()
-            )),
-            None => text.push_str(&format!("- [ ] {label}\n")),
-        }
-    }
-    let contact =
-        plan.team.first().map(|c| format!("{} {}", c.name, c.phone.clone().unwrap_or_default())).unwrap_or_default();
-    text.push_str(&format!("\n## 9. 連絡先 / Contact\n{contact}\n"));
+    timeline.sort_by_key(|(t, _)| *t);
+    let actions: Vec<Value> = ticks
+        .iter()
+        .map(|t| {
+            let item = Phase::parse(&t.phase)
+                .and_then(|p| plan.checklists.get(&p))
+                .and_then(|items| items.iter().find(|i| i.id == t.item));
+            json!({"at": t.at.to_rfc3339(), "phase": t.phase, "item": t.item, "by": t.by, "note": t.note,
+                   "ja": item.map(|i| i.text.ja.clone()), "en": item.map(|i| i.text.en.clone())})
+        })
+        .collect();
+    let reporting: Vec<Value> = RECIPIENTS
+        .iter()
+        .map(|(r, ja, en)| match done.iter().find(|x| x.0 == *r) {
+            Some((_, by, at, note)) => {
+                json!({"recipient": r, "ja": ja, "en": en, "done": true, "by": by, "at": at.to_rfc3339(), "note": note})
+            }
+            None => json!({"recipient": r, "ja": ja, "en": en, "done": false}),
+        })
+        .collect();
+    let contact = plan.team.first().map(|c| json!({"function": c.function, "name": c.name, "phone": c.phone}));
+    let report = json!({
+        "declaration": id,
+        "drill": d.drill,
+        "institution": {"name": st.cfg.institution.name, "code": st.cfg.institution.id},
+        "declared_at": d.declared_at.to_rfc3339(),
+        "declared_by": d.declared_by,
+        "reason": d.reason,
+        "criteria": criteria,
+        "timeline": timeline.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "actions": actions,
+        "checkpoint": d.checkpoint,
+        "evidence": {"path": evidence.display().to_string(), "sha256": evidence_hash},
+        "reporting": reporting,
+        "contact": contact,
+        "utc_offset_minutes": st.cfg.institution.utc_offset_minutes,
+    });
+    let text = incident_markdown(&report);
     let mut a = actor.decided(ACTION, 200, &dec, st.now());
     a.detail = Some(json!({"declaration": id}));
     st.audit(vec![a]).await?;
     Ok(json!({
-        "declaration": id, "drill": d.drill, "text": text, "checkpoint": d.checkpoint,
+        "declaration": id, "drill": d.drill, "text": text, "report": report, "checkpoint": d.checkpoint,
         "evidence": {"path": evidence.display().to_string(), "sha256": evidence_hash},
         "reported": done.iter().map(|(r, by, at, note)| json!({"recipient": r, "by": by, "at": at.to_rfc3339(), "note": note})).collect::<Vec<_>>(),
     }))
+}
+
+/// The incident report as sections of bilingual lines (the Markdown text
+/// and the PDF are made from these), times in the institution's zone.
+fn incident_sections(r: &Value) -> Vec<(String, Vec<String>)> {
+    let off = r["utc_offset_minutes"].as_i64().unwrap_or(540);
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let t = |v: &Value| crate::compliance::local(v.as_str().unwrap_or(""), off);
+    let code = if s(&r["institution"]["code"]).is_empty() {
+        "(未設定 / not set)".to_owned()
+    } else {
+        s(&r["institution"]["code"])
+    };
+    let mut timeline = Vec::new();
+    for e in r["timeline"].as_array().into_iter().flatten() {
+        if e["kind"] == "phase" {
+            let (fj, fe) = state_words(e["from"].as_str().unwrap_or(""));
+            let (tj, te) = state_words(e["to"].as_str().unwrap_or(""));
+            let note = e["note"].as_str().map(|n| format!(": {n}")).unwrap_or_default();
+            timeline.push(format!("{} {fj} → {tj} / {fe} → {te} ({}){note}", t(&e["at"]), s(&e["by"])));
+        } else {
+            timeline.push(format!("{} 警報 / alert: {}", t(&e["at"]), s(&e["message"])));
+        }
+    }
+    let actions: Vec<String> = r["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let (pj, pe) = state_words(a["phase"].as_str().unwrap_or(""));
+            let what = match (a["ja"].as_str(), a["en"].as_str()) {
+                (Some(j), Some(e)) => format!("{j} / {e}"),
+                _ => s(&a["item"]),
+            };
+            format!("{} [{pj} / {pe}] {what} ({})", t(&a["at"]), s(&a["by"]))
+        })
+        .collect();
+    let reporting: Vec<String> = r["reporting"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            let label = format!("{} / {}", s(&x["ja"]), s(&x["en"]));
+            if x["done"] == true {
+                let note = x["note"].as_str().map(|n| format!(" — {n}")).unwrap_or_default();
+                format!("[x] {label}: {} ({}){note}", t(&x["at"]), s(&x["by"]))
+            } else {
+                format!("[ ] {label}")
+            }
+        })
+        .collect();
+    let contact = match r["contact"].as_object() {
+        Some(c) => vec![format!(
+            "{} {} {}",
+            c.get("function").and_then(Value::as_str).unwrap_or(""),
+            c.get("name").and_then(Value::as_str).unwrap_or(""),
+            c.get("phone").and_then(Value::as_str).unwrap_or("")
+        )],
+        None => vec![],
+    };
+    vec![
+        (
+            "1. 医療機関 / Institution".into(),
+            vec![format!("{}（医療機関コード / code: {code}）", s(&r["institution"]["name"]))],
+        ),
+        (
+            "2. 覚知・宣言日時 / Detected and declared".into(),
+            vec![format!("{}（宣言者 / declared by: {}）", t(&r["declared_at"]), s(&r["declared_by"]))],
+        ),
+        (
+            "3. 事象の概要 / Summary".into(),
+            std::iter::once(s(&r["reason"]))
+                .chain(std::iter::once("該当基準 / Criteria met:".to_owned()))
+                .chain(
+                    r["criteria"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| format!("- {} / {}", s(&c["ja"]), s(&c["en"]))),
+                )
+                .collect(),
+        ),
+        (
+            "4. 影響を受けたシステム・診療への影響 / Affected systems and impact on care".into(),
+            vec!["（記入してください / to be completed）".into()],
+        ),
+        ("5. 経過 / Timeline".into(), timeline),
+        ("6. 実施した対応 / Actions taken".into(), actions),
+        (
+            "7. 証拠保全 / Evidence preserved".into(),
+            vec![
+                "宣言時の署名付き監査チェックポイント / Signed audit checkpoint at declaration:".into(),
+                s(&r["checkpoint"]),
+                format!(
+                    "監査ログのエクスポート / Audit log export: {} (SHA-256 {})",
+                    s(&r["evidence"]["path"]),
+                    r["evidence"]["sha256"].as_str().unwrap_or("(作成中 / being written)")
+                ),
+                "検証 / verify: mamori audit verify --export <file> --key <log key>".into(),
+            ],
+        ),
+        ("8. 報告・連絡状況 / Reporting".into(), reporting),
+        ("9. 連絡先 / Contact".into(), contact),
+    ]
+}
+
+/// The title of the incident report.
+fn incident_title(r: &Value) -> (String, String) {
+    let drill = r["drill"] == true;
+    (
+        format!("{}医療機関におけるサイバー攻撃被害の報告（第一報・下書き）", if drill { "【訓練】" } else { "" }),
+        format!(
+            "Report of a cyber attack on a medical institution (first report, draft){}",
+            if drill { " [DRILL]" } else { "" }
+        ),
+    )
+}
+
+fn incident_markdown(r: &Value) -> String {
+    let (ja, en) = incident_title(r);
+    let mut text = format!("# {ja}\n# {en}\n\n");
+    for (h, lines) in incident_sections(r) {
+        text.push_str(&format!("## {h}\n"));
+        for l in lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The incident report as a PDF (A4, Japanese and English, the Japanese
+/// font embedded), to send to the authorities; reading it is audited like
+/// [`incident_report`].
+pub async fn incident_report_pdf(svc: &Services, actor: &Actor, id: i64) -> Result<Vec<u8>, ServiceError> {
+    use crate::compliance::pdf::Line;
+    let v = incident_report(svc, actor, id).await?;
+    let font = crate::compliance::pdf_font(svc).await?;
+    let r = &v["report"];
+    let (ja, en) = incident_title(r);
+    let mut lines = vec![Line::Title(ja.clone()), Line::Text { text: en, indent: 0.0 }, Line::Gap];
+    for (h, body) in incident_sections(r) {
+        lines.push(Line::Heading(h));
+        for l in body {
+            lines.push(Line::Text { text: l, indent: 12.0 });
+        }
+        lines.push(Line::Gap);
+    }
+    let footer = format!("{} · #{id}", r["institution"]["name"].as_str().unwrap_or(""));
+    tokio::task::spawn_blocking(move || crate::compliance::pdf::render(&lines, &font, &ja, &footer))
+        .await
+        .map_err(|e| ServiceError::internal_from("the PDF task", e))?
+        .map_err(|e| ServiceError::NotAcceptable(format!("no PDF here: {e}")))
 }
 
 /// A report made to an authority.

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mamori_service::notify::{self, LiveEvent};
@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/api/v1/bcp/declarations/{id}/checklist/{phase}/{item}", post(tick))
         .route("/api/v1/bcp/declarations/{id}/review", get(get_review).put(put_review))
         .route("/api/v1/bcp/declarations/{id}/incident-report", get(incident_report))
+        .route("/api/v1/bcp/declarations/{id}/incident-report.pdf", get(incident_report_pdf))
         .route("/api/v1/bcp/declarations/{id}/incident-report/{recipient}", post(reported))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}/ack", post(ack))
@@ -108,6 +109,24 @@ async fn put_review(State(svc): State<Services>, c: Caller, Path(id): Path<i64>,
 
 async fn incident_report(State(svc): State<Services>, c: Caller, Path(id): Path<i64>) -> ApiResult {
     ok(bcp::incident_report(&svc, &c, id).await?)
+}
+
+/// `GET /api/v1/bcp/declarations/{id}/incident-report.pdf`: the report
+/// for the authorities as a PDF (A4, Japanese font embedded).
+async fn incident_report_pdf(
+    State(svc): State<Services>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let bytes = bcp::incident_report_pdf(&svc, &c, id).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"incident-report-{id}.pdf\"")),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn reported(

@@ -393,6 +393,12 @@ impl TestServer {
         self.raw(method, path, token, body.map(|b| (b.to_string(), ct)), &[]).await
     }
 
+    /// A GET whose answer is bytes (a PDF): the status and the body.
+    pub(crate) async fn get_bytes(&self, path: &str, token: &str) -> (u16, Vec<u8>) {
+        let r = self.client.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.expect("request sent");
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    }
+
     pub(crate) async fn get(&self, path: &str, token: &str) -> Resp {
         self.req(Method::GET, path, Some(token), None).await
     }

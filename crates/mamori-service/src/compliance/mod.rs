@@ -13,7 +13,7 @@
 
 mod assess;
 mod facts;
-mod pdf;
+pub(crate) mod pdf;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -630,10 +630,10 @@ pub const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/ipafont-gothic/ipag.ttf",
 ];
 
-/// A stored report as a PDF (A4, Japanese or English), for handing to an
-/// inspector; reading it is audited like [`get`].
-pub async fn pdf(svc: &Services, actor: &Actor, id: i64, ja: bool) -> Result<Vec<u8>, ServiceError> {
-    let g = get(svc, actor, id).await?;
+/// The Japanese TrueType font printed reports embed: `[compliance]
+/// pdf_font`, else the first of [`FONT_PATHS`] present; none is a 406 that
+/// says what to install.
+pub(crate) async fn pdf_font(svc: &Services) -> Result<Vec<u8>, ServiceError> {
     let configured = svc.cfg.compliance.pdf_font.trim().to_owned();
     let path = if configured.is_empty() {
         FONT_PATHS.iter().map(std::path::PathBuf::from).find(|p| p.exists())
@@ -646,9 +646,16 @@ pub async fn pdf(svc: &Services, actor: &Actor, id: i64, ja: bool) -> Result<Vec
                 .into(),
         ));
     };
-    let font = tokio::fs::read(&path)
+    tokio::fs::read(&path)
         .await
-        .map_err(|e| ServiceError::NotAcceptable(format!("no PDF here: the font {}: {e}", path.display())))?;
+        .map_err(|e| ServiceError::NotAcceptable(format!("no PDF here: the font {}: {e}", path.display())))
+}
+
+/// A stored report as a PDF (A4, Japanese or English), for handing to an
+/// inspector; reading it is audited like [`get`].
+pub async fn pdf(svc: &Services, actor: &Actor, id: i64, ja: bool) -> Result<Vec<u8>, ServiceError> {
+    let g = get(svc, actor, id).await?;
+    let font = pdf_font(svc).await?;
     let lines = document(&g.signed, ja);
     let r = &g.signed.report;
     let title = if ja {
