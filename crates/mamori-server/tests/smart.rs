@@ -437,7 +437,7 @@ async fn ehr_launch_introspection_and_disabling_an_app() {
     let auth = authorize_url(&s, "chart", "launch openid fhirUser patient/*.rs", &challenge, &[("launch", &launch)]);
     b.lang = "en";
     let page = consent_page(&mut b, &auth).await;
-    assert!(page.text.contains(&format!("Patient/{pa2}")) && !page.text.contains("name=\"patient\""), "{}", page.text);
+    assert!(page.text.contains(&format!("patient {pa2}")) && !page.text.contains("name=\"patient\""), "{}", page.text);
     assert!(page.text.contains("all records of the chosen patient (read, search)") && page.text.contains("Allow"));
     let to = answer(&mut b, &page, "allow", None).await;
     let r = exchange(&s, "chart", q(&query_of(&to), "code").unwrap(), &verifier).await;

@@ -122,7 +122,12 @@ async fn hostile_names_are_escaped_everywhere() {
         assert_eq!(p.status, 200, "{path}");
         assert!(!p.text.contains("<script>alert"), "{path}: raw script in the page");
         assert!(!p.text.contains("<img src=x"), "{path}: raw tag in the page");
-        assert!(!p.text.contains("'onmouseover='"), "{path}: raw attribute breakout");
+        // Every occurrence of the hostile attribute is text, never inside a
+        // tag (attribute values are double-quoted, and `"` is escaped).
+        for (at, _) in p.text.match_indices("onmouseover") {
+            let before = &p.text[..at];
+            assert!(before.rfind('>') > before.rfind('<'), "{path}: attribute breakout at {at}");
+        }
         assert!(p.text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{path}: the name is shown, escaped");
     }
 }
@@ -293,6 +298,10 @@ async fn roles_see_their_screens_and_the_api_still_decides() {
         "checkpoint and chart"
     );
     let p = a.post("/ui/audit/verify", &[]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "Post/Redirect/Get");
+    let to = p.location();
+    let p = a.get(&to).await;
+    assert!(!a.get(&to).await.text.contains("監査ログの検証結果"), "the result is shown once");
     assert!(p.text.contains("notice ok"), "{}", p.text);
     let p = a.get("/ui/audit/search?user=nurse1&action=audit-report").await;
     assert!(p.text.contains("audit-report") && p.text.contains("403"), "the nurse's refused attempt is in the log");
@@ -502,7 +511,7 @@ async fn the_record_number_staff_see_finds_the_patient_in_the_exchange_and_audit
         assert!(p.text.contains(&format!("href=\"/ui/patients/{pid}\"")), "{q}: {}", p.text);
     }
     let p = b.get("/ui/patients?q=00099999").await;
-    assert!(p.text.contains("0 件"), "{}", p.text);
+    assert!(p.text.contains("該当する患者はいません"), "an empty search says so: {}", p.text);
     // A name in kanji and kana (JP Core: IDE and SYL) is shown with its reading.
     let rep = |c: &str| json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": c}]);
     let r = s

@@ -17,7 +17,7 @@ use mamori_service::Services;
 use serde_json::json;
 
 use super::html::notice;
-use super::{cmd, esc, field, fields, form, Api, Ui};
+use super::{cmd, field, fields, form, html, Api, Ui};
 
 pub(crate) fn routes() -> Router<Services> {
     Router::new()
@@ -80,94 +80,70 @@ fn describe(ui: &Ui, s: &str) -> String {
 
 async fn list_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let apps = Api::of(oauth::list(&ui.svc, &ui.actor).await);
-    let mut body = String::new();
-    if let Some(f) = ui.flash(&q) {
-        body.push_str(&f);
-    }
+    let kept = ui.flash_markup(&q);
     if !apps.ok() {
-        body.push_str(&notice("error", &apps.message()));
-        return ui.page(ui.t("アプリ", "Apps"), &body);
+        return ui
+            .page(ui.t("アプリ", "Apps"), html! { @if let Some(k) = &kept { (k) } (notice("error", &ui.why(&apps))) });
     }
     let patient = q.get("patient").cloned().unwrap_or_default();
     let admin = ui.may(Operation::AppManage);
-    body.push_str(&format!(
-        "<p>{}</p>",
-        esc(ui.t(
+    let body = html! {
+        @if let Some(k) = &kept { (k) }
+        p { (ui.t(
             "登録済みの外部アプリ（SMART on FHIR）。アプリはあなたの権限の範囲で、あなたが許可したスコープだけを使えます。",
             "Registered third-party apps (SMART on FHIR). An app can do only what you may, narrowed to the scopes you grant it."
-        ))
-    ));
-    if !patient.is_empty() {
-        body.push_str(&notice(
-            "info",
-            &format!("{} Patient/{}", ui.t("この患者のためにアプリを起動します:", "Launching an app for"), patient),
-        ));
-    }
-    body.push_str(&format!(
-        "<table><thead><tr><th>{}</th><th>client_id</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
-        ui.t("名称", "Name"),
-        ui.t("許可できる最大スコープ", "Most it may be granted"),
-        ui.t("種別", "Kind"),
-        ui.t("状態", "State")
-    ));
-    for a in apps.body.as_array().into_iter().flatten() {
-        let id = a["client_id"].as_str().unwrap_or("");
-        let live = a["disabled"].is_null();
-        let mut actions = String::new();
-        if live && !patient.is_empty() && a["launch_url"].is_string() {
-            actions.push_str(&format!(
-                "<form method=\"post\" action=\"/ui/apps/{}/launch\" class=\"inline\">{}<input type=\"hidden\" name=\"patient\" value=\"{}\"><button type=\"submit\">{}</button></form>",
-                esc(&enc(id)),
-                ui.csrf_field(),
-                esc(&patient),
-                ui.t("起動", "Launch")
-            ));
+        )) }
+        @if !patient.is_empty() {
+            (notice("info", &format!("{} {} {}", ui.t("この患者のためにアプリを起動します:", "Launching an app for"), ui.t("患者ID", "patient"), patient)))
         }
-        if live && admin {
-            actions.push_str(&format!(
-                "<form method=\"post\" action=\"/ui/apps/{}/disable\" class=\"inline\">{}<button type=\"submit\" class=\"danger\">{}</button></form>",
-                esc(&enc(id)),
-                ui.csrf_field(),
-                ui.t("無効化（全トークン失効）", "Disable (revokes its tokens)")
-            ));
+        table.stack {
+            thead { tr { th { (ui.t("名称", "Name")) } th { "client_id" } th { (ui.t("許可できる最大スコープ", "Most it may be granted")) } th { (ui.t("種別", "Kind")) } th { (ui.t("状態", "State")) } th {} } }
+            tbody {
+                @for a in apps.body.as_array().into_iter().flatten() {
+                    @let id = a["client_id"].as_str().unwrap_or("");
+                    @let live = a["disabled"].is_null();
+                    tr {
+                        td { (a["name"].as_str().unwrap_or("")) }
+                        td { code { (id) } }
+                        td { code { (a["scope"].as_str().unwrap_or("")) } }
+                        td { @if a["confidential"] == true { (ui.t("機密（シークレットあり）", "Confidential")) } @else { (ui.t("公開（PKCE のみ）", "Public (PKCE)")) } }
+                        td { @if live { (ui.t("有効", "Enabled")) } @else { (ui.t("無効", "Disabled")) } }
+                        td {
+                            @if live && !patient.is_empty() && a["launch_url"].is_string() {
+                                form.inline method="post" action={ "/ui/apps/" (enc(id)) "/launch" } {
+                                    (ui.csrf_field())
+                                    input type="hidden" name="patient" value=(patient);
+                                    button type="submit" { (ui.t("起動", "Launch")) }
+                                }
+                            }
+                            @if live && admin {
+                                form.inline method="post" action={ "/ui/apps/" (enc(id)) "/disable" } data-confirm=(ui.t("このアプリを無効にし、発行済みのトークンをすべて失効させます。よろしいですか？", "Disable this app and revoke all its tokens?")) {
+                                    (ui.csrf_field())
+                                    button.danger type="submit" { (ui.t("無効化（全トークン失効）", "Disable (revokes its tokens)")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        body.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(a["name"].as_str().unwrap_or("")),
-            esc(id),
-            esc(a["scope"].as_str().unwrap_or("")),
-            if a["confidential"] == true {
-                ui.t("機密（シークレットあり）", "Confidential")
-            } else {
-                ui.t("公開（PKCE のみ）", "Public (PKCE)")
-            },
-            if live { ui.t("有効", "Enabled") } else { ui.t("無効", "Disabled") },
-            actions
-        ));
-    }
-    body.push_str("</tbody></table>");
-    if admin {
-        body.push_str(&format!(
-            r#"<section class="card"><h2>{h}</h2><form method="post" action="/ui/apps">{csrf}
-<label>{name} <input name="name" required maxlength="200"></label>
-<label>client_id ({opt}) <input name="client_id" maxlength="64" pattern="[A-Za-z0-9._-]{{3,64}}"></label>
-<label>{redirect} <textarea name="redirect_uris" rows="2" required></textarea></label>
-<label>{launch} <input name="launch_url" type="url"></label>
-<label>{scope} <input name="scope" required value="launch launch/patient openid fhirUser offline_access patient/*.rs"></label>
-<label><input type="checkbox" name="confidential" value="1"> {conf}</label>
-<button type="submit">{submit}</button></form></section>"#,
-            h = ui.t("アプリの登録", "Register an app"),
-            csrf = ui.csrf_field(),
-            name = ui.t("名称", "Name"),
-            opt = ui.t("省略時は自動採番", "generated if empty"),
-            redirect = ui.t("リダイレクト URI（1 行に 1 つ、https）", "Redirect URIs (one per line, https)"),
-            launch = ui.t("起動 URL（EHR 起動用、任意）", "Launch URL (EHR launch, optional)"),
-            scope = ui.t("許可できる最大スコープ", "Most it may be granted (scopes)"),
-            conf = ui.t("機密クライアント（サーバー上のアプリ。シークレットを発行）", "Confidential client (a server; gets a secret)"),
-            submit = ui.t("登録", "Register"),
-        ));
-    }
-    ui.page(ui.t("アプリ", "Apps"), &body)
+        @if admin {
+            section.card {
+                h2 { (ui.t("アプリの登録", "Register an app")) }
+                form method="post" action="/ui/apps" {
+                    (ui.csrf_field())
+                    label { (ui.t("名称", "Name")) " " input name="name" required maxlength="200"; }
+                    label { "client_id (" (ui.t("省略時は自動採番", "generated if empty")) ") " input name="client_id" maxlength="64" pattern="[A-Za-z0-9._-]{3,64}"; }
+                    label { (ui.t("リダイレクト URI（1 行に 1 つ、https）", "Redirect URIs (one per line, https)")) " " textarea name="redirect_uris" rows="2" required {} }
+                    label { (ui.t("起動 URL（EHR 起動用、任意）", "Launch URL (EHR launch, optional)")) " " input name="launch_url" type="url"; }
+                    label { (ui.t("許可できる最大スコープ", "Most it may be granted (scopes)")) " " input name="scope" required value="launch launch/patient openid fhirUser offline_access patient/*.rs"; }
+                    label { input type="checkbox" name="confidential" value="1"; " " (ui.t("機密クライアント（サーバー上のアプリ。シークレットを発行）", "Confidential client (a server; gets a secret)")) }
+                    button type="submit" { (ui.t("登録", "Register")) }
+                }
+            }
+        }
+    };
+    ui.page(ui.t("アプリ", "Apps"), body)
 }
 
 async fn register_post(ui: Ui, body: Body) -> Response {
@@ -193,27 +169,17 @@ async fn register_post(ui: Ui, body: Body) -> Response {
         };
         match r {
             Ok(reg) => {
-                let mut shown = format!(
-                    "{}<p>client_id: <code>{}</code></p>",
-                    notice("ok", ui.t("登録しました。", "Registered.")),
-                    esc(&reg.client_id)
-                );
-                if let Some(s) = &reg.client_secret {
-                    shown.push_str(&format!(
-                        "<p>client_secret: <code>{}</code></p>{}",
-                        esc(s),
-                        notice(
-                            "info",
-                            ui.t(
-                                "シークレットは今回だけ表示されます。アプリの管理者に安全な方法で渡してください。",
-                                "The secret is shown this once: give it to the app's administrator securely."
-                            )
-                        )
-                    ));
-                }
-                ui.flash_to("/ui/apps", shown)
+                let shown = html! {
+                    (notice("ok", ui.t("登録しました。", "Registered.")))
+                    p { "client_id: " code { (reg.client_id) } }
+                    @if let Some(s) = &reg.client_secret {
+                        p { "client_secret: " code { (s) } }
+                        (notice("info", ui.t("シークレットは今回だけ表示されます。アプリの管理者に安全な方法で渡してください。", "The secret is shown this once: give it to the app's administrator securely.")))
+                    }
+                };
+                ui.flash_markup_to("/ui/apps", shown)
             }
-            Err(e) => Err(Box::new(ui.page(ui.t("アプリ", "Apps"), &notice("error", &e.message())))),
+            Err(e) => Err(Box::new(ui.page(ui.t("アプリ", "Apps"), notice("error", &ui.why_err(&e))))),
         }
     })
     .await
@@ -226,7 +192,7 @@ async fn disable_post(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
     }
     ui.once(&f, || async {
         match oauth::disable(&ui.svc, &ui.actor, &id).await {
-            Ok(n) => ui.flash_to(
+            Ok(n) => ui.flash_markup_to(
                 "/ui/apps",
                 notice(
                     "ok",
@@ -237,7 +203,7 @@ async fn disable_post(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
                     ),
                 ),
             ),
-            Err(e) => Err(Box::new(ui.page(ui.t("アプリ", "Apps"), &notice("error", &e.message())))),
+            Err(e) => Err(Box::new(ui.page(ui.t("アプリ", "Apps"), notice("error", &ui.why_err(&e))))),
         }
     })
     .await
@@ -254,7 +220,7 @@ async fn launch_post(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
             // The link is opened by the user from our page: the chart's
             // forms post only to this server (CSP form-action 'self').
             Ok(url) => ui.flash_to("/ui/apps/launched", url),
-            Err(e) => Err(Box::new(ui.page(ui.t("アプリの起動", "Launch an app"), &notice("error", &e.message())))),
+            Err(e) => Err(Box::new(ui.page(ui.t("アプリの起動", "Launch an app"), notice("error", &ui.why_err(&e))))),
         }
     })
     .await
@@ -264,7 +230,7 @@ async fn launched(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response 
     let Some(url) = ui.flash(&q) else {
         return ui.page(
             ui.t("アプリの起動", "Launch an app"),
-            &notice(
+            notice(
                 "info",
                 ui.t(
                     "この起動リンクは表示済みです。もう一度起動してください。",
@@ -275,15 +241,10 @@ async fn launched(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response 
     };
     ui.page(
         ui.t("アプリの起動", "Launch an app"),
-        &format!(
-            "<p>{}</p><p><a class=\"button\" href=\"{}\" rel=\"noopener noreferrer\">{}</a></p>",
-            esc(ui.t(
-                "起動の準備ができました（5 分間有効、1 回限り）。",
-                "The launch is ready (valid for 5 minutes, once)."
-            )),
-            esc(&url),
-            ui.t("アプリを開く", "Open the app")
-        ),
+        html! {
+            p { (ui.t("起動の準備ができました（5 分間有効、1 回限り）。", "The launch is ready (valid for 5 minutes, once).")) }
+            p { a.button href=(url) rel="noopener noreferrer" { (ui.t("アプリを開く", "Open the app")) } }
+        },
     )
 }
 
@@ -316,61 +277,38 @@ async fn consent_page(ui: Ui, RawQuery(q): RawQuery) -> Response {
         Err(AuthorizeError::Redirect(to)) => return axum::response::Redirect::to(&to).into_response(),
         Err(AuthorizeError::Page(e)) => {
             let status = axum::http::StatusCode::from_u16(e.status()).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
-            return (status, ui.page(ui.t("アプリの認可", "Authorize an app"), &notice("error", &e.message())))
+            return (status, ui.page(ui.t("アプリの認可", "Authorize an app"), notice("error", &ui.why_err(&e))))
                 .into_response();
         }
     };
-    let hidden: String = c
-        .params
-        .iter()
-        .map(|(k, v)| format!("<input type=\"hidden\" name=\"q_{}\" value=\"{}\">", esc(k), esc(v)))
-        .collect();
-    let scopes: String = c
-        .scope
-        .granted
-        .iter()
-        .map(|s| format!("<li>{} <code>{}</code></li>", esc(&describe(&ui, s)), esc(s)))
-        .collect();
-    let refused = if c.scope.refused.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<p class=\"muted\">{} <code>{}</code></p>",
-            ui.t("許可されないスコープ（アプリには伝えます）:", "Not granted (the app is told):"),
-            esc(&c.scope.refused.join(" "))
-        )
+    let body = html! {
+        section.card {
+            h2 { (c.client.name) }
+            p { (ui.t("このアプリが、あなたの権限で次のことを求めています:", "This app asks to act for you with:")) }
+            ul { @for s in &c.scope.granted { li { (describe(&ui, s)) " " code { (s) } } } }
+            @if !c.scope.refused.is_empty() {
+                p.muted { (ui.t("許可されないスコープ（アプリには伝えます）:", "Not granted (the app is told):")) " " code { (c.scope.refused.join(" ")) } }
+            }
+            p.muted { (ui.t(
+                "アプリはあなたに許されたこと以上はできません。すべての利用は監査ログに記録されます。許可はいつでも管理者が取り消せます。",
+                "The app can never do more than you may. Everything it does is in the audit log. An administrator can revoke it at any time."
+            )) }
+            form method="post" action="/ui/apps/authorize" {
+                (ui.csrf_field())
+                @for (k, v) in &c.params { input type="hidden" name={ "q_" (k) } value=(v); }
+                @match (&c.launch_patient, c.needs_patient) {
+                    (Some(p), _) => p { (ui.t("対象患者:", "Patient:")) " " strong { (ui.t("患者ID", "patient")) " " (p) } },
+                    (None, true) => label { (ui.t("対象患者（患者 ID または診察券番号）", "The patient (patient id or medical record number)")) " " input name="patient" required autocomplete="off"; },
+                    (None, false) => {},
+                }
+                button type="submit" name="decision" value="allow" { (ui.t("許可する", "Allow")) }
+                " "
+                button type="submit" name="decision" value="deny" formnovalidate { (ui.t("拒否する", "Deny")) }
+            }
+        }
     };
-    let patient = match (&c.launch_patient, c.needs_patient) {
-        (Some(p), _) => format!("<p>{} <strong>Patient/{}</strong></p>", ui.t("対象患者:", "Patient:"), esc(p)),
-        (None, true) => format!(
-            "<label>{} <input name=\"patient\" required autocomplete=\"off\"></label>",
-            ui.t("対象患者（患者 ID または診察券番号）", "The patient (patient id or medical record number)")
-        ),
-        (None, false) => String::new(),
-    };
-    let body = format!(
-        r#"<section class="card"><h2>{app}</h2>
-<p>{asks}</p><ul>{scopes}</ul>{refused}
-<p class="muted">{note}</p>
-<form method="post" action="/ui/apps/authorize">{csrf}{hidden}{patient}
-<button type="submit" name="decision" value="allow">{allow}</button>
-<button type="submit" name="decision" value="deny" formnovalidate>{deny}</button></form></section>"#,
-        app = esc(&c.client.name),
-        asks = esc(ui.t("このアプリが、あなたの権限で次のことを求めています:", "This app asks to act for you with:")),
-        scopes = scopes,
-        refused = refused,
-        note = esc(ui.t(
-            "アプリはあなたに許されたこと以上はできません。すべての利用は監査ログに記録されます。許可はいつでも管理者が取り消せます。",
-            "The app can never do more than you may. Everything it does is in the audit log. An administrator can revoke it at any time."
-        )),
-        csrf = ui.csrf_field(),
-        hidden = hidden,
-        patient = patient,
-        allow = ui.t("許可する", "Allow"),
-        deny = ui.t("拒否する", "Deny"),
-    );
     let uri = c.params.iter().find(|(k, _)| k == "redirect_uri").map(|(_, v)| v.clone()).unwrap_or_default();
-    with_csp(ui.page(ui.t("アプリの認可", "Authorize an app"), &body), &uri)
+    with_csp(ui.page(ui.t("アプリの認可", "Authorize an app"), body), &uri)
 }
 
 async fn consent_post(ui: Ui, body: Body) -> Response {
@@ -393,7 +331,7 @@ async fn consent_post(ui: Ui, body: Body) -> Response {
                     let status =
                         axum::http::StatusCode::from_u16(e.status()).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
                     Err(Box::new(
-                        (status, ui.page(ui.t("アプリの認可", "Authorize an app"), &notice("error", &e.message())))
+                        (status, ui.page(ui.t("アプリの認可", "Authorize an app"), notice("error", &ui.why_err(&e))))
                             .into_response(),
                     ))
                 }

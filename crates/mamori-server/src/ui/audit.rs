@@ -12,8 +12,9 @@ use axum::Router;
 use mamori_service::{audit, breakglass, maintenance, Services};
 use serde_json::{json, Value};
 
-use super::html::{day_bars, ev, notice, when};
-use super::{cmd, esc, field, form, Api, Ui};
+use super::codes;
+use super::html::{data, day_bars, notice, tx, when};
+use super::{cmd, field, form, html, Api, Markup, Ui};
 
 fn opt(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
@@ -31,7 +32,7 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/ui/audit/maintenance/{id}", post(maintenance_review))
 }
 
-fn tabs(ui: &Ui) -> String {
+fn tabs(ui: &Ui) -> Markup {
     let items = [
         ("/ui/audit", ui.t("概要", "Overview")),
         ("/ui/audit/search", ui.t("ログ検索", "Search the log")),
@@ -46,73 +47,59 @@ fn q(params: &HashMap<String, String>, k: &str) -> String {
     params.get(k).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-pub(crate) async fn overview(ui: Ui) -> Response {
-    let mut body = tabs(&ui);
+pub(crate) async fn overview(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
+    let verified = ui.flash_markup(&q);
     let cp = Api::of(audit::latest(&ui.svc).await);
-    body.push_str(&format!("<h2>{}</h2>", ui.t("最新の署名付きチェックポイント", "Latest signed checkpoint")));
-    if cp.ok() {
-        body.push_str(&format!("<pre class=\"checkpoint\">{}</pre>", ev(&cp.body)));
-    } else {
-        body.push_str(&notice("error", &cp.message()));
-    }
-    body.push_str(&format!(
-        "<form method=\"post\" action=\"/ui/audit/verify\">{}<button type=\"submit\">{}</button> <span class=\"muted\">{}</span></form>",
-        ui.csrf_field(),
-        ui.t("監査ログ全体を今すぐ検証", "Verify the whole audit log now"),
-        ui.t("全イベントからツリーを再計算し、すべてのチェックポイントの署名と整合性を確認します。", "Recomputes the tree from every event and checks every checkpoint's signature and consistency.")
-    ));
     let daily = Api::audited(audit::report(&ui.svc, &ui.actor, "daily", audit::ReportQuery::default()).await);
-    body.push_str(&format!("<h2>{}</h2>", ui.t("日別アクセス数（30日）", "Accesses per day (30 days)")));
-    if daily.ok() {
-        // Every day of the period, zero where nothing happened.
-        let have: Vec<Value> = daily.body["days"].as_array().cloned().unwrap_or_default();
-        let now = ui.svc.now().micros() + ui.svc.cfg.institution.utc_offset_minutes * 60_000_000;
-        let days: Vec<Value> = (0..30)
-            .rev()
-            .map(|back| {
-                let (y, m, d) = mamori_core::time::Timestamp(now - back * 86_400_000_000).ymd();
-                let day = format!("{y:04}-{m:02}-{d:02}");
-                have.iter()
-                    .find(|x| x["day"] == day.as_str())
-                    .cloned()
-                    .unwrap_or_else(|| json!({"day": day, "total": 0, "denied": 0, "break_glass": 0, "emergency": 0}))
-            })
-            .collect();
-        body.push_str(&format!(
-            "<p>{} <span class=\"legend total\">■</span> {} <span class=\"legend denied\">■</span> {} <span class=\"legend bg\">■</span> {}</p>",
-            day_bars(&days),
-            ui.t("全体", "all"),
-            ui.t("拒否", "denied"),
-            ui.t("緊急アクセス", "break-glass")
-        ));
-        body.push_str(&format!(
-            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-            ui.t("日付", "Day"),
-            ui.t("件数", "Events"),
-            ui.t("拒否", "Denied"),
-            ui.t("緊急アクセス", "Break-glass"),
-            ui.t("非常時診療", "Emergency care")
-        ));
-        for d in days.iter().rev().filter(|d| d["total"].as_u64().unwrap_or(0) > 0) {
-            let hl = if d["denied"].as_u64().unwrap_or(0) > 0 || d["break_glass"].as_u64().unwrap_or(0) > 0 {
-                " class=\"hl\""
-            } else {
-                ""
-            };
-            body.push_str(&format!(
-                "<tr{hl}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                ev(&d["day"]),
-                ev(&d["total"]),
-                ev(&d["denied"]),
-                ev(&d["break_glass"]),
-                ev(&d["emergency"])
-            ));
+    // Every day of the period, zero where nothing happened.
+    let have: Vec<Value> = daily.body["days"].as_array().cloned().unwrap_or_default();
+    let now = ui.svc.now().micros() + ui.svc.cfg.institution.utc_offset_minutes * 60_000_000;
+    let days: Vec<Value> = (0..30)
+        .rev()
+        .map(|back| {
+            let (y, m, d) = mamori_core::time::Timestamp(now - back * 86_400_000_000).ymd();
+            let day = format!("{y:04}-{m:02}-{d:02}");
+            have.iter()
+                .find(|x| x["day"] == day.as_str())
+                .cloned()
+                .unwrap_or_else(|| json!({"day": day, "total": 0, "denied": 0, "break_glass": 0, "emergency": 0}))
+        })
+        .collect();
+    let body = html! {
+        (tabs(&ui))
+        @if let Some(v) = &verified { (v) }
+        h2 { (ui.t("最新の署名付きチェックポイント", "Latest signed checkpoint")) }
+        @if cp.ok() { pre.checkpoint { (tx(&cp.body)) } } @else { (notice("error", &ui.why(&cp))) }
+        form method="post" action="/ui/audit/verify" {
+            (ui.csrf_field())
+            button type="submit" { (ui.t("監査ログ全体を今すぐ検証", "Verify the whole audit log now")) }
+            " " span.muted { (ui.t("全イベントからツリーを再計算し、すべてのチェックポイントの署名と整合性を確認します。", "Recomputes the tree from every event and checks every checkpoint's signature and consistency.")) }
         }
-        body.push_str("</tbody></table>");
-    } else {
-        body.push_str(&notice("error", &daily.message()));
-    }
-    ui.page(ui.t("監査", "Audit"), &body)
+        h2 { (ui.t("日別アクセス数（30日）", "Accesses per day (30 days)")) }
+        @if daily.ok() {
+            figure.daybars {
+                (day_bars(&days, ui.t("件", "events")))
+                figcaption {
+                    span.legend.total { "■" } " " (ui.t("全体", "all")) " "
+                    span.legend.denied { "■" } " " (ui.t("拒否", "denied")) " "
+                    span.legend.bg { "■" } " " (ui.t("緊急アクセス", "break-glass"))
+                }
+            }
+            table.stack {
+                thead { tr { th { (ui.t("日付", "Day")) } th { (ui.t("件数", "Events")) } th { (ui.t("拒否", "Denied")) } th { (ui.t("緊急アクセス", "Break-glass")) } th { (ui.t("非常時診療", "Emergency care")) } } }
+                tbody {
+                    @for d in days.iter().rev().filter(|d| d["total"].as_u64().unwrap_or(0) > 0) {
+                        tr.hl[d["denied"].as_u64().unwrap_or(0) > 0 || d["break_glass"].as_u64().unwrap_or(0) > 0] {
+                            td { (tx(&d["day"])) } td { (tx(&d["total"])) } td { (tx(&d["denied"])) } td { (tx(&d["break_glass"])) } td { (tx(&d["emergency"])) }
+                        }
+                    }
+                }
+            }
+        } @else {
+            (notice("error", &ui.why(&daily)))
+        }
+    };
+    ui.page(ui.t("監査", "Audit"), body)
 }
 
 pub(crate) async fn verify(ui: Ui, body: Body) -> Response {
@@ -120,14 +107,15 @@ pub(crate) async fn verify(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
+    // Post/Redirect/Get: the result is shown once on the overview, so a
+    // reload of it does not run the verification again.
     let r = Api::of(audit::verify_live(&ui.svc, &ui.actor).await);
-    let mut body = tabs(&ui);
-    if !r.ok() {
-        body.push_str(&notice("error", &r.message()));
-    } else if r.body["ok"] == true {
-        body.push_str(&notice(
-            "ok",
-            &format!(
+    let result = html! {
+        h2 { (ui.t("監査ログの検証結果", "Audit log verification")) }
+        @if !r.ok() {
+            (notice("error", &ui.why(&r)))
+        } @else if r.body["ok"] == true {
+            (notice("ok", &format!(
                 "{} — {} {}, {} {}, {} {}, {:.2} s",
                 ui.t("検証に成功しました。改ざんは検出されませんでした", "Verified: no tampering detected"),
                 r.body["events"],
@@ -137,63 +125,59 @@ pub(crate) async fn verify(ui: Ui, body: Body) -> Response {
                 r.body["records"].as_u64().unwrap_or(0),
                 ui.t("件の診療記録の版（内容のハッシュを照合）", "record versions (contents matched)"),
                 r.body["seconds"].as_f64().unwrap_or(0.0)
-            ),
-        ));
-        body.push_str(&format!("<p>{}: <code>{}</code></p>", ui.t("ルートハッシュ", "Root hash"), ev(&r.body["root"])));
-    } else {
-        body.push_str(&notice("error", ui.t("検証に失敗しました。監査ログが改ざんされた可能性があります。直ちに個人情報保護責任者とシステム管理者に連絡してください。", "Verification FAILED: the audit log may have been tampered with. Call the privacy officer and the system administrator now.")));
-        body.push_str("<ul>");
-        for f in r.body["findings"].as_array().into_iter().flatten() {
-            body.push_str(&format!("<li>{}</li>", ev(f)));
+            )))
+            p { (ui.t("ルートハッシュ", "Root hash")) ": " code { (tx(&r.body["root"])) } }
+        } @else {
+            (notice("error", ui.t("検証に失敗しました。監査ログが改ざんされた可能性があります。直ちに個人情報保護責任者とシステム管理者に連絡してください。", "Verification FAILED: the audit log may have been tampered with. Call the privacy officer and the system administrator now.")))
+            ul { @for f in r.body["findings"].as_array().into_iter().flatten() { li { (tx(f)) } } }
+            p { (ui.t("最後に正しかったチェックポイント", "Last good checkpoint")) ": " (tx(&r.body["last_good_checkpoint"])) }
         }
-        body.push_str("</ul>");
-        body.push_str(&format!(
-            "<p>{}: {}</p>",
-            ui.t("最後に正しかったチェックポイント", "Last good checkpoint"),
-            ev(&r.body["last_good_checkpoint"])
-        ));
+    };
+    match ui.flash_markup_to("/ui/audit", result) {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(page) => *page,
     }
-    ui.page(ui.t("監査ログの検証", "Audit log verification"), &body)
 }
 
-fn events_table(ui: &Ui, events: &[Value], off: i64) -> String {
-    let mut out = format!(
-        "<table><thead><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+fn events_table(ui: &Ui, events: &[Value], off: i64) -> Markup {
+    let cols = [
+        "#",
         ui.t("日時", "Time"),
         ui.t("利用者", "User"),
         ui.t("操作", "Action"),
         ui.t("対象", "Resource"),
         ui.t("患者", "Patients"),
         ui.t("目的", "Purpose"),
-        ui.t("結果", "Status")
-    );
-    for e in events {
-        let status = e["status"].as_u64().unwrap_or(0);
-        let purpose = e["purpose"].as_str().unwrap_or("");
-        let cls = if status == 401 || status == 403 {
-            " class=\"denied\""
-        } else if purpose == "BTG" {
-            " class=\"bg\""
-        } else {
-            ""
-        };
-        let who = match e["declared"].as_str() {
-            Some(d) => format!("{} ({} {})", ev(&e["user"]), ui.t("本人:", "person:"), esc(d)),
-            None => ev(&e["user"]),
-        };
-        let patients: Vec<String> = e["patients"].as_array().into_iter().flatten().map(ev).collect();
-        out.push_str(&format!(
-            "<tr{cls}><td>{}</td><td>{}</td><td>{who}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
-            ev(&e["index"]),
-            when(&e["time"], off),
-            ev(&e["action"]),
-            ev(&e["resource"]),
-            patients.join(", "),
-            esc(purpose)
-        ));
+        ui.t("結果", "Outcome"),
+    ];
+    html! {
+        table.stack.events {
+            thead { tr { @for c in cols { th { (c) } } } }
+            tbody {
+                @for e in events {
+                    @let status = e["status"].as_u64().unwrap_or(0);
+                    @let purpose = e["purpose"].as_str().unwrap_or("");
+                    @let cls = if status == 401 || status == 403 { Some("denied") } else if purpose == "BTG" { Some("bg") } else { None };
+                    tr class=[cls] {
+                        td data-label=(cols[0]) { (tx(&e["index"])) }
+                        td data-label=(cols[1]) { (when(&e["time"], off)) }
+                        td data-label=(cols[2]) {
+                            (tx(&e["user"]))
+                            @if let Some(d) = e["declared"].as_str() { " (" (ui.t("本人:", "person:")) " " (d) ")" }
+                        }
+                        td data-label=(cols[3]) { (codes::action(ui.lang, e["action"].as_str().unwrap_or(""))) }
+                        td data-label=(cols[4]) { (tx(&e["resource"])) }
+                        td data-label=(cols[5]) { (e["patients"].as_array().into_iter().flatten().map(tx).collect::<Vec<_>>().join(", ")) }
+                        td data-label=(cols[6]) { @if !purpose.is_empty() { (codes::purpose(ui.lang, purpose)) } }
+                        td data-label=(cols[7]) {
+                            (codes::outcome(ui.lang, status))
+                            @if let Some(b) = e["basis"].as_str() { br; span.muted { (codes::basis(ui.lang, b)) } }
+                        }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
-    out
 }
 
 pub(crate) async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
@@ -201,37 +185,28 @@ pub(crate) async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> 
     let (patient, user, from, to, action, purpose) =
         (q(&p, "patient"), q(&p, "user"), q(&p, "from"), q(&p, "to"), q(&p, "action"), q(&p, "purpose"));
     let denied = p.get("denied").is_some_and(|v| v == "1");
-    let purposes = ["", "TREAT", "ETREAT", "BTG", "HOPERAT", "HMARKT", "PATRQT", "HRESCH"];
-    let mut body = tabs(&ui);
-    body.push_str(&format!(
-        r#"<form method="get" action="/ui/audit/search" class="card"><div class="grid">
-<div><label for="patient">{pl}</label><input id="patient" name="patient" type="text" value="{pv}"></div>
-<div><label for="user">{ul}</label><input id="user" name="user" type="text" value="{uv}"></div>
-<div><label for="from">{fl}</label><input id="from" name="from" type="date" value="{fv}"></div>
-<div><label for="to">{tl}</label><input id="to" name="to" type="date" value="{tv}"></div>
-<div><label for="action">{al}</label><input id="action" name="action" type="text" value="{av}" placeholder="read, search, break-glass"></div>
-<div><label for="purpose">{prl}</label><select id="purpose" name="purpose">{popts}</select></div></div>
-<label class="check"><input type="checkbox" name="denied" value="1"{dchk}> {dl}</label>
-<p><button type="submit">{b}</button></p></form>"#,
-        pl = ui.t("患者IDまたはカルテ番号", "Patient id or record number"),
-        pv = esc(&patient),
-        ul = ui.t("利用者", "User"),
-        uv = esc(&user),
-        fl = ui.t("開始日", "From"),
-        fv = esc(&from),
-        tl = ui.t("終了日", "To"),
-        tv = esc(&to),
-        al = ui.t("操作（カンマ区切り）", "Actions (comma-separated)"),
-        av = esc(&action),
-        prl = ui.t("目的", "Purpose of use"),
-        popts = purposes
-            .iter()
-            .map(|x| format!("<option value=\"{x}\"{}>{}</option>", if *x == purpose { " selected" } else { "" }, if x.is_empty() { "—" } else { x }))
-            .collect::<String>(),
-        dchk = if denied { " checked" } else { "" },
-        dl = ui.t("拒否されたアクセスのみ", "Refused accesses only"),
-        b = ui.t("検索", "Search"),
-    ));
+    let purposes = ["TREAT", "ETREAT", "BTG", "HOPERAT", "HMARKT", "PATRQT", "HRESCH"];
+    let form = html! {
+        form.card method="get" action="/ui/audit/search" {
+            div.grid {
+                div { label for="patient" { (ui.t("患者IDまたはカルテ番号", "Patient id or record number")) } input #patient name="patient" type="text" value=(patient); }
+                div { label for="user" { (ui.t("利用者", "User")) } input #user name="user" type="text" value=(user); }
+                div { label for="from" { (ui.t("開始日", "From")) } input #from name="from" type="date" value=(from); }
+                div { label for="to" { (ui.t("終了日", "To")) } input #to name="to" type="date" value=(to); }
+                div { label for="action" { (ui.t("操作（コード、カンマ区切り）", "Actions (codes, comma-separated)")) } input #action name="action" type="text" value=(action) placeholder="read, search, break-glass-start"; }
+                div {
+                    label for="purpose" { (ui.t("目的", "Purpose of use")) }
+                    select #purpose name="purpose" {
+                        option value="" { "—" }
+                        @for x in purposes { option value=(x) selected[x == purpose] { (codes::purpose(ui.lang, x)) } }
+                    }
+                }
+            }
+            label.check { input type="checkbox" name="denied" value="1" checked[denied]; " " (ui.t("拒否されたアクセスのみ", "Refused accesses only")) }
+            p { button type="submit" { (ui.t("検索", "Search")) } }
+        }
+    };
+    let mut result = html! {};
     if !p.is_empty() {
         let kind = if denied { "denied" } else { "search" };
         let rq = audit::ReportQuery {
@@ -244,41 +219,33 @@ pub(crate) async fn search(ui: Ui, Query(p): Query<HashMap<String, String>>) -> 
             purpose: opt(&purpose),
         };
         let r = Api::audited(audit::report(&ui.svc, &ui.actor, kind, rq).await);
-        if r.ok() {
+        result = if r.ok() {
             let events: Vec<Value> = r.body["events"].as_array().cloned().unwrap_or_default();
-            body.push_str(&format!(
-                "<p class=\"muted\">{} {} ({} {})</p>",
-                r.body["total"],
-                ui.t("件", "events"),
-                events.len(),
-                ui.t("件を表示", "shown")
-            ));
-            body.push_str(&events_table(&ui, &events, off));
+            html! {
+                p.muted { (tx(&r.body["total"])) " " (ui.t("件", "events")) " (" (events.len()) " " (ui.t("件を表示", "shown")) ")" }
+                (events_table(&ui, &events, off))
+            }
         } else {
-            body.push_str(&notice("error", &r.message()));
-        }
+            notice("error", &ui.why(&r))
+        };
     }
-    ui.page(ui.t("監査ログ検索", "Audit log search"), &body)
+    ui.page(ui.t("監査ログ検索", "Audit log search"), html! { (tabs(&ui)) (form) (result) })
 }
 
 pub(crate) async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let (patient, from, to) = (q(&p, "patient"), q(&p, "from"), q(&p, "to"));
-    let mut body = tabs(&ui);
-    body.push_str(&format!(
-        r#"<form method="get" action="/ui/audit/patient" class="card"><div class="grid">
-<div><label for="patient">{pl}</label><input id="patient" name="patient" type="text" value="{pv}" required></div>
-<div><label for="from">{fl}</label><input id="from" name="from" type="date" value="{fv}"></div>
-<div><label for="to">{tl}</label><input id="to" name="to" type="date" value="{tv}"></div></div>
-<p><button type="submit">{b}</button></p></form>"#,
-        pl = ui.t("患者IDまたはカルテ番号", "Patient id or record number"),
-        pv = esc(&patient),
-        fl = ui.t("開始日", "From"),
-        fv = esc(&from),
-        tl = ui.t("終了日", "To"),
-        tv = esc(&to),
-        b = ui.t("作成", "Make the report"),
-    ));
+    let form = html! {
+        form.card method="get" action="/ui/audit/patient" {
+            div.grid {
+                div { label for="patient" { (ui.t("患者IDまたはカルテ番号", "Patient id or record number")) } input #patient name="patient" type="text" value=(patient) required; }
+                div { label for="from" { (ui.t("開始日", "From")) } input #from name="from" type="date" value=(from); }
+                div { label for="to" { (ui.t("終了日", "To")) } input #to name="to" type="date" value=(to); }
+            }
+            p { button type="submit" { (ui.t("作成", "Make the report")) } }
+        }
+    };
+    let mut result = html! {};
     if !patient.is_empty() {
         let rq = audit::ReportQuery {
             patient: opt(&patient),
@@ -288,114 +255,95 @@ pub(crate) async fn patient_report(ui: Ui, Query(p): Query<HashMap<String, Strin
             ..audit::ReportQuery::default()
         };
         let r = Api::audited(audit::report(&ui.svc, &ui.actor, "patient", rq).await);
-        if !r.ok() {
-            body.push_str(&notice("error", &r.message()));
+        result = if !r.ok() {
+            notice("error", &ui.why(&r))
         } else {
             let events: Vec<Value> = r.body["events"].as_array().cloned().unwrap_or_default();
-            body.push_str(&format!(
-                "<section class=\"report\"><h2>{} Patient/{}{}</h2><p>{}: {} — {} · {}: {} · {}: {}</p><p class=\"noprint\"><button type=\"button\" class=\"secondary\" data-print>{}</button></p>",
-                ui.t("診療記録へのアクセス記録", "Accesses to the record of"),
-                ev(&r.body["patient"]),
-                if r.body["patient"].as_str() == Some(patient.trim().trim_start_matches("Patient/")) {
-                    String::new()
-                } else {
-                    format!(" ({} {})", ui.t("入力", "typed"), esc(&patient))
-                },
-                ui.t("期間", "Period"),
-                when(&r.body["from"], off),
-                when(&r.body["to"], off),
-                ui.t("件数", "Events"),
-                r.body["total"],
-                ui.t("発行", "Issued by"),
-                esc(&ui.svc.cfg.institution.name),
-                ui.t("印刷", "Print")
-            ));
-            body.push_str(&events_table(&ui, &events, off));
-            body.push_str(&format!(
-                "<p class=\"muted\">{}</p></section>",
-                ui.t(
-                    "この報告は改ざん検知可能な監査ログ（署名付きチェックポイント）から作成されました。緊急アクセス（BTG）と拒否は色で示しています。",
-                    "Made from the tamper-evident audit log (signed checkpoints). Break-glass (BTG) and refusals are highlighted."
-                )
-            ));
-        }
+            let typed_other = r.body["patient"].as_str() != Some(patient.trim().trim_start_matches("Patient/"));
+            html! {
+                article.document.report {
+                    h2 {
+                        (ui.t("診療記録へのアクセス記録", "Accesses to the record of")) " " (ui.t("患者ID", "patient")) " " (tx(&r.body["patient"]))
+                        @if typed_other { " (" (ui.t("入力", "typed")) " " (patient) ")" }
+                    }
+                    dl.facts {
+                        dt { (ui.t("期間", "Period")) } dd { (when(&r.body["from"], off)) " — " (when(&r.body["to"], off)) }
+                        dt { (ui.t("件数", "Events")) } dd { (tx(&r.body["total"])) }
+                        dt { (ui.t("発行", "Issued by")) } dd { (ui.svc.cfg.institution.name) }
+                    }
+                    p.noprint { button.secondary type="button" data-print { (ui.t("印刷", "Print")) } }
+                    (events_table(&ui, &events, off))
+                    p.muted { (ui.t("この報告は改ざん検知可能な監査ログ（署名付きチェックポイント）から作成されました。緊急アクセスと拒否は色で示しています。", "Made from the tamper-evident audit log (signed checkpoints). Break-glass and refusals are highlighted.")) }
+                }
+            }
+        };
     }
-    ui.page(ui.t("患者別アクセス記録", "Who looked at this patient"), &body)
+    ui.page(ui.t("患者別アクセス記録", "Who looked at this patient"), html! { (tabs(&ui)) (form) (result) })
 }
 
 pub(crate) async fn break_glass(ui: Ui, Query(p): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let state = p.get("review").cloned().unwrap_or_else(|| "pending".into());
     let r = Api::of(breakglass::list(&ui.svc, &ui.actor, Some(state.clone())).await.map(|g| json!({"grants": g})));
-    let mut body = tabs(&ui);
-    body.push_str(&format!(
-        "<p><a href=\"/ui/audit/break-glass?review=pending\">{}</a> · <a href=\"/ui/audit/break-glass?review=accepted\">{}</a> · <a href=\"/ui/audit/break-glass?review=questioned\">{}</a></p>",
-        ui.t("未確認", "pending"),
-        ui.t("承認済み", "accepted"),
-        ui.t("要確認", "questioned")
-    ));
+    let filters = html! {
+        (tabs(&ui))
+        p {
+            a href="/ui/audit/break-glass?review=pending" { (codes::review(ui.lang, "pending")) } " · "
+            a href="/ui/audit/break-glass?review=accepted" { (codes::review(ui.lang, "accepted")) } " · "
+            a href="/ui/audit/break-glass?review=questioned" { (codes::review(ui.lang, "questioned")) }
+        }
+    };
     if !r.ok() {
-        body.push_str(&notice("error", &r.message()));
-        return ui.page(ui.t("緊急アクセスの確認", "Break-glass reviews"), &body);
+        return ui.page(
+            ui.t("緊急アクセスの確認", "Break-glass reviews"),
+            html! { (filters) (notice("error", &ui.why(&r))) },
+        );
     }
     let grants: Vec<&Value> = r.body["grants"].as_array().into_iter().flatten().collect();
-    if grants.is_empty() {
-        body.push_str(&format!(
-            "<p class=\"muted\">{}</p>",
-            ui.t("該当する緊急アクセスはありません。", "No break-glass grants here.")
-        ));
-    }
     let me = ui.me["name"].as_str().unwrap_or("");
-    for g in grants {
-        let id = g["id"].as_i64().unwrap_or(0);
-        body.push_str(&format!(
-            "<section class=\"card\" id=\"grant-{id}\"><h2>#{id} — {} → Patient/{}</h2><p>{}: {}</p><p>{}: {} — {} ({} {}){}</p>",
-            ev(&g["user"]),
-            ev(&g["patient"]),
-            ui.t("理由", "Reason"),
-            ev(&g["reason"]),
-            ui.t("期間", "Period"),
-            when(&g["started"], off),
-            when(&g["ended"].as_str().map(|_| g["ended"].clone()).unwrap_or_else(|| g["expires"].clone()), off),
-            g["minutes"],
-            ui.t("分", "min"),
-            if g["live"] == true { format!(" <span class=\"badge red\">{}</span>", ui.t("継続中", "live")) } else { String::new() }
-        ));
-        body.push_str(&format!(
-            "<p><a href=\"/ui/audit/search?user={}&amp;patient={}\">{}</a></p>",
-            mamori_service::records::enc(g["user"].as_str().unwrap_or("")),
-            mamori_service::records::enc(g["patient"].as_str().unwrap_or("")),
-            ui.t("この利用者がこの患者に行った操作を見る", "See what this user did with this patient")
-        ));
-        if g["review"] == "pending" {
-            if g["user"] == me {
-                body.push_str(&notice(
-                    "info",
-                    ui.t("自分の緊急アクセスは確認できません。", "You cannot review your own break-glass use."),
-                ));
-            } else {
-                body.push_str(&format!(
-                    r#"<form method="post" action="/ui/audit/break-glass/{id}">{csrf}<label for="note-{id}">{nl}</label><textarea id="note-{id}" name="note" required minlength="5"></textarea>
-<p><button type="submit" name="outcome" value="accepted">{a}</button> <button type="submit" name="outcome" value="questioned" class="danger">{qd}</button></p></form>"#,
-                    csrf = ui.csrf_field(),
-                    nl = ui.t("確認した内容（必須）", "What you checked (required)"),
-                    a = ui.t("妥当と確認", "Accept"),
-                    qd = ui.t("疑義あり", "Question"),
-                ));
+    let body = html! {
+        (filters)
+        @if grants.is_empty() { p.muted { (ui.t("該当する緊急アクセスはありません。", "No break-glass grants here.")) } }
+        @for g in &grants {
+            @let id = g["id"].as_i64().unwrap_or(0);
+            @let end = if g["ended"].is_string() { &g["ended"] } else { &g["expires"] };
+            section.card.document id={ "grant-" (id) } {
+                h2 { "#" (id) " — " (tx(&g["user"])) " → " (ui.t("患者", "patient")) " " (tx(&g["patient"])) }
+                p { (ui.t("理由", "Reason")) ": " (tx(&g["reason"])) }
+                p {
+                    (ui.t("期間", "Period")) ": " (when(&g["started"], off)) " — " (when(end, off))
+                    " (" (tx(&g["minutes"])) (ui.t("分", " min")) ")"
+                    @if g["live"] == true { " " span.badge.red { (ui.t("継続中", "live")) } }
+                }
+                p.noprint {
+                    a href={ "/ui/audit/search?user=" (mamori_service::records::enc(g["user"].as_str().unwrap_or(""))) "&patient=" (mamori_service::records::enc(g["patient"].as_str().unwrap_or(""))) } {
+                        (ui.t("この利用者がこの患者に行った操作を見る", "See what this user did with this patient"))
+                    }
+                }
+                @if g["review"] == "pending" {
+                    @if g["user"] == me {
+                        (notice("info", ui.t("自分の緊急アクセスは確認できません。", "You cannot review your own break-glass use.")))
+                    } @else {
+                        form method="post" action={ "/ui/audit/break-glass/" (id) } {
+                            (ui.csrf_field())
+                            label for={ "note-" (id) } { (ui.t("確認した内容（必須）", "What you checked (required)")) }
+                            textarea id={ "note-" (id) } name="note" required minlength="5" {}
+                            p {
+                                button type="submit" name="outcome" value="accepted" { (ui.t("妥当と確認", "Accept")) } " "
+                                button.danger type="submit" name="outcome" value="questioned" { (ui.t("疑義あり", "Question")) }
+                            }
+                        }
+                    }
+                } @else {
+                    p {
+                        (ui.t("確認結果", "Review")) ": " strong { (codes::review(ui.lang, g["review"].as_str().unwrap_or(""))) }
+                        " — " (tx(&g["reviewed_by"])) " " (when(&g["reviewed_at"], off)) ": " (tx(&g["review_note"]))
+                    }
+                }
             }
-        } else {
-            body.push_str(&format!(
-                "<p>{}: <strong>{}</strong> — {} {}: {}</p>",
-                ui.t("確認結果", "Review"),
-                ev(&g["review"]),
-                ev(&g["reviewed_by"]),
-                when(&g["reviewed_at"], off),
-                ev(&g["review_note"])
-            ));
         }
-        body.push_str("</section>");
-    }
-    ui.page(ui.t("緊急アクセスの確認", "Break-glass reviews"), &body)
+    };
+    ui.page(ui.t("緊急アクセスの確認", "Break-glass reviews"), body)
 }
 
 pub(crate) async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
@@ -403,21 +351,23 @@ pub(crate) async fn break_glass_review(ui: Ui, Path(id): Path<i64>, body: Body) 
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let r = match cmd(json!({"outcome": field(&f, "outcome"), "note": field(&f, "note")})) {
-        Ok(req) => Api::of(breakglass::review(&ui.svc, &ui.actor, id, req).await),
-        Err(e) => Api::of::<()>(Err(e)),
-    };
-    if !r.ok() {
-        return ui.page(
+    ui.once(&f, || async {
+        let r = match cmd(json!({"outcome": field(&f, "outcome"), "note": field(&f, "note")})) {
+            Ok(req) => Api::of(breakglass::review(&ui.svc, &ui.actor, id, req).await),
+            Err(e) => Api::of::<()>(Err(e)),
+        };
+        if r.ok() {
+            return Ok("/ui/audit/break-glass".into());
+        }
+        Err(Box::new(ui.page(
             ui.t("緊急アクセスの確認", "Break-glass reviews"),
-            &format!(
-                "{}<p><a href=\"/ui/audit/break-glass\">{}</a></p>",
-                notice("error", &r.message()),
-                ui.t("戻る", "Back")
-            ),
-        );
-    }
-    Redirect::to("/ui/audit/break-glass").into_response()
+            html! {
+                (notice("error", &ui.why(&r)))
+                p { a href="/ui/audit/break-glass" { (ui.t("戻る", "Back")) } }
+            },
+        )))
+    })
+    .await
 }
 
 pub(crate) async fn maintenance(ui: Ui) -> Response {
@@ -427,44 +377,36 @@ pub(crate) async fn maintenance(ui: Ui) -> Response {
             .await
             .map(|r| json!({"requests": r})),
     );
-    let mut body = tabs(&ui);
     if !r.ok() {
-        body.push_str(&notice("error", &r.message()));
-        return ui.page(ui.t("保守作業の確認", "Maintenance reviews"), &body);
+        return ui
+            .page(ui.t("保守作業の確認", "Maintenance reviews"), html! { (tabs(&ui)) (notice("error", &ui.why(&r))) });
     }
     let reqs: Vec<&Value> = r.body["requests"].as_array().into_iter().flatten().collect();
-    if reqs.is_empty() {
-        body.push_str(&format!(
-            "<p class=\"muted\">{}</p>",
-            ui.t("確認待ちの保守作業はありません。", "No maintenance sessions await review.")
-        ));
-    }
-    for m in reqs {
-        let id = m["id"].as_i64().unwrap_or(0);
-        body.push_str(&format!(
-            "<section class=\"card\"><h2>#{id} — {}{}</h2><p>{}: {}</p><p>{}: {} — {}</p><p>{}: <code>{}</code></p><h3>{}</h3><pre>{}</pre>",
-            ev(&m["person"]),
-            if m["review_overdue"] == true { format!(" <span class=\"badge red\">{}</span>", ui.t("確認期限超過", "review overdue")) } else { String::new() },
-            ui.t("理由", "Reason"),
-            ev(&m["reason"]),
-            ui.t("時間枠", "Window"),
-            when(&m["start"], off),
-            when(&m["end"], off),
-            ui.t("範囲", "Scopes"),
-            esc(&m["scopes"].to_string()),
-            ui.t("作業の要約", "Summary of the work"),
-            esc(&serde_json::to_string_pretty(&m["summary"]).unwrap_or_default())
-        ));
-        body.push_str(&format!(
-            r#"<form method="post" action="/ui/audit/maintenance/{id}">{csrf}<label for="mnote-{id}">{nl}</label><textarea id="mnote-{id}" name="note" required></textarea>
-<p><button type="submit" name="outcome" value="accepted">{a}</button> <button type="submit" name="outcome" value="questioned" class="danger">{qd}</button></p></form></section>"#,
-            csrf = ui.csrf_field(),
-            nl = ui.t("確認した内容（必須）", "What you checked (required)"),
-            a = ui.t("妥当と確認", "Accept"),
-            qd = ui.t("疑義あり", "Question"),
-        ));
-    }
-    ui.page(ui.t("保守作業の確認", "Maintenance reviews"), &body)
+    let body = html! {
+        (tabs(&ui))
+        @if reqs.is_empty() { p.muted { (ui.t("確認待ちの保守作業はありません。", "No maintenance sessions await review.")) } }
+        @for m in &reqs {
+            @let id = m["id"].as_i64().unwrap_or(0);
+            section.card.document {
+                h2 { "#" (id) " — " (tx(&m["person"])) @if m["review_overdue"] == true { " " span.badge.red { (ui.t("確認期限超過", "review overdue")) } } }
+                p { (ui.t("理由", "Reason")) ": " (tx(&m["reason"])) }
+                p { (ui.t("時間枠", "Window")) ": " (when(&m["start"], off)) " — " (when(&m["end"], off)) }
+                p { (ui.t("範囲", "Scopes")) ": " (m["scopes"].as_array().into_iter().flatten().map(tx).collect::<Vec<_>>().join(", ")) }
+                h3 { (ui.t("作業の要約", "Summary of the work")) }
+                (data(ui.lang, &m["summary"]))
+                form method="post" action={ "/ui/audit/maintenance/" (id) } {
+                    (ui.csrf_field())
+                    label for={ "mnote-" (id) } { (ui.t("確認した内容（必須）", "What you checked (required)")) }
+                    textarea id={ "mnote-" (id) } name="note" required {}
+                    p {
+                        button type="submit" name="outcome" value="accepted" { (ui.t("妥当と確認", "Accept")) } " "
+                        button.danger type="submit" name="outcome" value="questioned" { (ui.t("疑義あり", "Question")) }
+                    }
+                }
+            }
+        }
+    };
+    ui.page(ui.t("保守作業の確認", "Maintenance reviews"), body)
 }
 
 pub(crate) async fn maintenance_review(ui: Ui, Path(id): Path<i64>, body: Body) -> Response {
@@ -473,9 +415,13 @@ pub(crate) async fn maintenance_review(ui: Ui, Path(id): Path<i64>, body: Body) 
         return r;
     }
     let req = maintenance::Review { outcome: field(&f, "outcome").to_owned(), note: field(&f, "note").to_owned() };
-    let r = Api::of(maintenance::review(&ui.svc, &ui.actor, id, req).await);
-    if !r.ok() {
-        return ui.page(ui.t("保守作業の確認", "Maintenance reviews"), &notice("error", &r.message()));
-    }
-    Redirect::to("/ui/audit/maintenance").into_response()
+    ui.once(&f, || async {
+        let r = Api::of(maintenance::review(&ui.svc, &ui.actor, id, req).await);
+        if r.ok() {
+            Ok("/ui/audit/maintenance".into())
+        } else {
+            Err(Box::new(ui.page(ui.t("保守作業の確認", "Maintenance reviews"), notice("error", &ui.why(&r)))))
+        }
+    })
+    .await
 }

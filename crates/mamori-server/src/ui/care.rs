@@ -14,8 +14,9 @@ use mamori_service::continuity::{merge, registration};
 use mamori_service::records::{enc, read};
 use mamori_service::{accounts, bcp, breakglass, eaccounts, Services};
 
-use super::html::{bare, ev, notice, sparkline, when, Lang};
-use super::{cmd, cookie, esc, field, form, lang_of, new_csrf, set_cookie, Api, Ui, CSRF_COOKIE};
+use super::codes;
+use super::html::{bare, notice, trend, tx, when, Lang};
+use super::{cmd, cookie, field, form, html, lang_of, new_csrf, set_cookie, Api, Markup, Ui, CSRF_COOKIE};
 use crate::http::{Ctx, SESSION_COOKIE};
 
 fn safe_next(n: &str) -> String {
@@ -34,25 +35,22 @@ fn current_mode(st: &Services) -> String {
     st.mode.get().header_value()
 }
 
-fn login_form(lang: Lang, csrf: &str, next: &str, error: Option<&str>) -> String {
-    format!(
-        r#"{err}<form method="post" action="/ui/login" class="card">
-<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="next" value="{next}">
-<label for="username">{u}</label><input id="username" name="username" type="text" autocomplete="username" required autofocus>
-<label for="password">{p}</label><input id="password" name="password" type="password" autocomplete="current-password" required>
-<label for="totp">{t}</label><input id="totp" name="totp" type="text" inputmode="numeric" autocomplete="one-time-code">
-<p><button type="submit">{b}</button></p></form>
-<p><a href="/ui/emergency-login">{e}</a></p>"#,
-        err = error.map(|e| notice("error", e)).unwrap_or_default(),
-        csrf = esc(csrf),
-        next = esc(next),
-        u = lang.t("ユーザー名", "User name"),
-        p = lang.t("パスワード", "Password"),
-        t = lang.t("ワンタイムコード（設定している場合）", "One-time code (if enrolled)"),
-        b = lang.t("ログイン", "Log in"),
-        e = lang
-            .t("非常用アカウントでログイン（非常時のみ）", "Log in with a sealed emergency account (emergencies only)"),
-    )
+fn login_form(lang: Lang, csrf: &str, next: &str, error: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = error { (notice("error", e)) }
+        form.card method="post" action="/ui/login" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="next" value=(next);
+            label for="username" { (lang.t("ユーザー名", "User name")) }
+            input #username name="username" type="text" autocomplete="username" required autofocus;
+            label for="password" { (lang.t("パスワード", "Password")) }
+            input #password name="password" type="password" autocomplete="current-password" required;
+            label for="totp" { (lang.t("ワンタイムコード（設定している場合）", "One-time code (if enrolled)")) }
+            input #totp name="totp" type="text" inputmode="numeric" autocomplete="one-time-code";
+            p { button type="submit" { (lang.t("ログイン", "Log in")) } }
+        }
+        p { a href="/ui/emergency-login" { (lang.t("非常用アカウントでログイン（非常時のみ）", "Log in with a sealed emergency account (emergencies only)")) } }
+    }
 }
 
 fn with_csrf_cookie(mut r: Response, csrf: &str) -> Response {
@@ -69,7 +67,7 @@ pub(crate) async fn login_page(
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_else(new_csrf);
     let next = safe_next(q.get("next").map(String::as_str).unwrap_or(""));
     let mode = current_mode(&st);
-    let r = bare(lang, lang.t("ログイン", "Log in"), &mode, &login_form(lang, &csrf, &next, None)).into_response();
+    let r = bare(lang, lang.t("ログイン", "Log in"), &mode, login_form(lang, &csrf, &next, None)).into_response();
     with_csrf_cookie(r, &csrf)
 }
 
@@ -85,7 +83,7 @@ pub(crate) async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, header
             lang,
             lang.t("ログイン", "Log in"),
             &mode,
-            &login_form(
+            login_form(
                 lang,
                 &c,
                 &next,
@@ -126,7 +124,7 @@ pub(crate) async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, header
             _ => lang.t("ログインできませんでした。", "Could not log in."),
         };
         let detail = format!("{msg} ({})", r.message());
-        return bare(lang, lang.t("ログイン", "Log in"), &mode, &login_form(lang, &csrf, &next, Some(&detail)))
+        return bare(lang, lang.t("ログイン", "Log in"), &mode, login_form(lang, &csrf, &next, Some(&detail)))
             .into_response();
     }
     let token = r.body["token"].as_str().unwrap_or("").to_owned();
@@ -137,25 +135,24 @@ pub(crate) async fn login_post(State(st): State<Services>, Ctx(ctx): Ctx, header
     resp
 }
 
-fn emergency_form(lang: Lang, csrf: &str, error: Option<&str>) -> String {
-    format!(
-        r#"{err}<p class="notice info">{intro}</p><form method="post" action="/ui/emergency-login" class="card">
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="account">{a}</label><input id="account" name="account" type="text" required>
-<label for="password">{p}</label><input id="password" name="password" type="password" required>
-<label for="real_name">{n}</label><input id="real_name" name="real_name" type="text" required>
-<label for="affiliation">{f}</label><input id="affiliation" name="affiliation" type="text" required>
-<p><button type="submit" class="danger">{b}</button></p></form><p><a href="/ui/login">{back}</a></p>"#,
-        err = error.map(|e| notice("error", e)).unwrap_or_default(),
-        intro = lang.t("非常用アカウントは非常時宣言中のみ使えます。使用は全職員に通知され、記録されます。あなたの氏名と所属を入力してください。", "Sealed emergency accounts work only while an emergency is declared. Their use is announced to all staff and recorded. Enter your own name and affiliation."),
-        csrf = esc(csrf),
-        a = lang.t("非常用アカウント名（封筒に記載）", "Emergency account (from the envelope)"),
-        p = lang.t("パスワード（封筒に記載）", "Password (from the envelope)"),
-        n = lang.t("あなたの氏名", "Your name"),
-        f = lang.t("所属・職種", "Affiliation and profession"),
-        b = lang.t("非常用アカウントでログイン", "Log in with the emergency account"),
-        back = lang.t("通常のログインへ", "Back to normal login"),
-    )
+fn emergency_form(lang: Lang, csrf: &str, error: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = error { (notice("error", e)) }
+        p.notice.info { (lang.t("非常用アカウントは非常時宣言中のみ使えます。使用は全職員に通知され、記録されます。あなたの氏名と所属を入力してください。", "Sealed emergency accounts work only while an emergency is declared. Their use is announced to all staff and recorded. Enter your own name and affiliation.")) }
+        form.card method="post" action="/ui/emergency-login" {
+            input type="hidden" name="csrf" value=(csrf);
+            label for="account" { (lang.t("非常用アカウント名（封筒に記載）", "Emergency account (from the envelope)")) }
+            input #account name="account" type="text" required;
+            label for="password" { (lang.t("パスワード（封筒に記載）", "Password (from the envelope)")) }
+            input #password name="password" type="password" required;
+            label for="real_name" { (lang.t("あなたの氏名", "Your name")) }
+            input #real_name name="real_name" type="text" required;
+            label for="affiliation" { (lang.t("所属・職種", "Affiliation and profession")) }
+            input #affiliation name="affiliation" type="text" required;
+            p { button.danger type="submit" { (lang.t("非常用アカウントでログイン", "Log in with the emergency account")) } }
+        }
+        p { a href="/ui/login" { (lang.t("通常のログインへ", "Back to normal login")) } }
+    }
 }
 
 pub(crate) async fn emergency_page(State(st): State<Services>, headers: HeaderMap) -> Response {
@@ -163,7 +160,7 @@ pub(crate) async fn emergency_page(State(st): State<Services>, headers: HeaderMa
     let csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_else(new_csrf);
     let mode = current_mode(&st);
     with_csrf_cookie(
-        bare(lang, lang.t("非常用アカウント", "Emergency account"), &mode, &emergency_form(lang, &csrf, None))
+        bare(lang, lang.t("非常用アカウント", "Emergency account"), &mode, emergency_form(lang, &csrf, None))
             .into_response(),
         &csrf,
     )
@@ -184,7 +181,7 @@ pub(crate) async fn emergency_post(
             lang,
             lang.t("非常用アカウント", "Emergency account"),
             &mode,
-            &emergency_form(lang, &csrf, Some(lang.t("フォームの有効期限が切れました。", "The form expired."))),
+            emergency_form(lang, &csrf, Some(lang.t("フォームの有効期限が切れました。", "The form expired."))),
         )
         .into_response();
     }
@@ -198,7 +195,7 @@ pub(crate) async fn emergency_post(
             lang,
             lang.t("非常用アカウント", "Emergency account"),
             &mode,
-            &emergency_form(lang, &csrf, Some(&r.message())),
+            emergency_form(lang, &csrf, Some(&codes::explain(lang, r.status, r.body["basis"].as_str(), &r.message()))),
         )
         .into_response();
     }
@@ -216,24 +213,24 @@ pub(crate) async fn password_page(ui: Ui) -> Response {
 }
 
 fn password_form(ui: &Ui, msg: Option<String>) -> Response {
-    let body = format!(
-        r#"{m}<form method="post" action="/ui/password" class="card">{csrf}
-<label for="current">{c}</label><input id="current" name="current" type="password" autocomplete="current-password" required>
-<label for="new">{n}</label><input id="new" name="new" type="password" autocomplete="new-password" required minlength="12">
-<label for="new2">{n2}</label><input id="new2" name="new2" type="password" autocomplete="new-password" required minlength="12">
-<p class="muted">{rule}</p><p><button type="submit">{b}</button></p></form>"#,
-        m = msg.map(|m| notice("error", &m)).unwrap_or_else(|| notice(
-            "info",
-            ui.t("初回ログインです。新しいパスワードを設定してください。", "Set a new password before you continue.")
-        )),
-        csrf = ui.csrf_field(),
-        c = ui.t("現在のパスワード", "Current password"),
-        n = ui.t("新しいパスワード", "New password"),
-        n2 = ui.t("新しいパスワード（確認）", "New password again"),
-        rule = ui.t("12文字以上、2種類以上の文字を含めてください。", "At least 12 characters, of at least two kinds."),
-        b = ui.t("変更する", "Change password"),
-    );
-    ui.page(ui.t("パスワードの変更", "Change password"), &body)
+    let body = html! {
+        @match msg {
+            Some(m) => (notice("error", &m)),
+            None => (notice("info", ui.t("初回ログインです。新しいパスワードを設定してください。", "Set a new password before you continue."))),
+        }
+        form.card method="post" action="/ui/password" {
+            (ui.csrf_field())
+            label for="current" { (ui.t("現在のパスワード", "Current password")) }
+            input #current name="current" type="password" autocomplete="current-password" required;
+            label for="new" { (ui.t("新しいパスワード", "New password")) }
+            input #new name="new" type="password" autocomplete="new-password" required minlength="12";
+            label for="new2" { (ui.t("新しいパスワード（確認）", "New password again")) }
+            input #new2 name="new2" type="password" autocomplete="new-password" required minlength="12";
+            p.muted { (ui.t("12文字以上、2種類以上の文字を含めてください。", "At least 12 characters, of at least two kinds.")) }
+            p { button type="submit" { (ui.t("変更する", "Change password")) } }
+        }
+    };
+    ui.page(ui.t("パスワードの変更", "Change password"), body)
 }
 
 pub(crate) async fn password_post(ui: Ui, body: Body) -> Response {
@@ -249,7 +246,7 @@ pub(crate) async fn password_post(ui: Ui, body: Body) -> Response {
         Err(e) => Api::of::<()>(Err(e)),
     };
     if !r.ok() {
-        return password_form(&ui, Some(r.message()));
+        return password_form(&ui, Some(ui.why(&r)));
     }
     // Every session of the account ended with the change; this browser
     // continues on the new one.
@@ -273,50 +270,67 @@ pub(crate) async fn logout(ui: Ui, body: Body) -> Response {
 }
 
 pub(crate) async fn home(ui: Ui) -> Response {
-    let mut body = String::new();
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
     let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
-    if let Some(d) = mode.body.get("declaration").filter(|d| !d.is_null()) {
-        body.push_str(&notice(
-            "info",
-            &format!("{}: {} — {}", ui.t("宣言", "Declaration"), ev(&d["state"]), d["reason"].as_str().unwrap_or("")),
-        ));
-    }
+    let declaration = mode.body.get("declaration").filter(|d| !d.is_null()).cloned();
+    let mut live: Vec<Value> = Vec::new();
     if ui.may(Operation::ProvisionalRead) {
-        body.push_str(&format!(
-            r#"<form method="get" action="/ui/patients" class="card"><label for="q">{l}</label><input id="q" name="q" type="search" placeholder="{ph}" autofocus> <button type="submit">{b}</button></form>"#,
-            l = ui.t("患者検索（氏名・カナ・患者ID・カルテ番号）", "Find a patient (name, kana, id, record number)"),
-            ph = ui.t("例: やまだ", "e.g. Yamada"),
-            b = ui.t("検索", "Search")
-        ));
         let bg = Api::of(breakglass::list(&ui.svc, &ui.actor, None).await.map(|g| json!({"grants": g})));
         let me = ui.me["name"].clone();
-        let live: Vec<&Value> = bg.body["grants"]
+        live = bg.body["grants"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|g| g["live"] == true && g["user"] == me)
+            .cloned()
             .collect();
-        if !live.is_empty() {
-            body.push_str(&format!("<h2>{}</h2><ul>", ui.t("有効な緊急アクセス", "Your live break-glass grants")));
-            for g in live {
-                body.push_str(&format!("<li><a href=\"/ui/patients/{p}\">Patient/{p}</a> — {} <span class=\"countdown\" data-expires=\"{e}\"></span></li>", ui.t("残り", "left"), p = ev(&g["patient"]), e = ev(&g["expires"])));
-            }
-            body.push_str("</ul>");
-        }
     }
+    let mut open: Vec<Value> = Vec::new();
     if ui.may(Operation::AlertRead) {
         let a = Api::of(bcp::alerts(&ui.svc, &ui.actor, false).await.map(|a| json!({"alerts": a})));
-        let open: Vec<&Value> =
-            a.body["alerts"].as_array().into_iter().flatten().filter(|x| x["acked_at"].is_null()).take(10).collect();
-        if !open.is_empty() {
-            body.push_str(&format!("<h2>{}</h2><ul>", ui.t("未確認のアラート", "Open alerts")));
-            for x in open {
-                body.push_str(&format!("<li><strong>{}</strong> {}</li>", ev(&x["severity"]), ev(&x["message"])));
-            }
-            body.push_str("</ul>");
-        }
+        open = a.body["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["acked_at"].is_null())
+            .take(10)
+            .cloned()
+            .collect();
     }
-    ui.page(&format!("{} {}", ui.t("ようこそ", "Welcome,"), super::who(&ui.me)), &body)
+    let body = html! {
+        @if let Some(d) = &declaration {
+            (notice("info", &format!("{}: {} — {}", ui.t("宣言", "Declaration"), codes::declaration_state(ui.lang, d["state"].as_str().unwrap_or("")), d["reason"].as_str().unwrap_or(""))))
+        }
+        @if ui.may(Operation::ProvisionalRead) {
+            form.card method="get" action="/ui/patients" {
+                label for="q" { (ui.t("患者検索（氏名・カナ・患者ID・カルテ番号）", "Find a patient (name, kana, id, record number)")) }
+                input #q name="q" type="search" placeholder=(ui.t("例: やまだ、00011480", "e.g. Yamada, 00011480")) autofocus;
+                " "
+                button type="submit" { (ui.t("検索", "Search")) }
+            }
+            @if !live.is_empty() {
+                h2 { (ui.t("有効な緊急アクセス", "Your live break-glass grants")) }
+                ul {
+                    @for g in &live {
+                        li {
+                            a href={ "/ui/patients/" (tx(&g["patient"])) } { (ui.t("患者", "Patient")) " " (tx(&g["patient"])) }
+                            " — " (ui.t("残り", "left")) " "
+                            span.countdown data-expires=(tx(&g["expires"])) {}
+                        }
+                    }
+                }
+            }
+        }
+        @if !open.is_empty() {
+            h2 { (ui.t("未確認のアラート", "Open alerts")) }
+            ul {
+                @for x in &open {
+                    li { strong { (codes::severity(ui.lang, x["severity"].as_str().unwrap_or(""))) } " " (when(&x["time"], off)) " " (tx(&x["message"])) }
+                }
+            }
+        }
+    };
+    ui.page(&format!("{} {}", ui.t("ようこそ", "Welcome,"), super::who(&ui.me)), body)
 }
 
 fn name_of(p: &Value) -> String {
@@ -349,29 +363,28 @@ fn representation(n: &Value) -> Option<&str> {
     })
 }
 
-/// A patient's name as the chart heading and the search list show it
-/// (escaped): the kanji name with its kana reading above it (`<ruby>`),
-/// as Japanese charts show it, then any other names.
-fn name_html(p: &Value) -> String {
+/// A patient's name as the chart heading and the search list show it:
+/// the kanji name with its kana reading above it (`<ruby>`), as Japanese
+/// charts show it, then any other names.
+fn name_html(p: &Value) -> Markup {
     let names: Vec<&Value> = p["name"].as_array().into_iter().flatten().collect();
     let text = |n: &Value| name_of(&json!({"name": [n]}));
     let kanji = names.iter().find(|n| representation(n) == Some("IDE"));
     let kana = names.iter().find(|n| representation(n) == Some("SYL"));
     match (kanji, kana) {
-        (Some(k), Some(r)) => {
-            let mut out = format!("<ruby>{}<rt>{}</rt></ruby>", esc(&text(k)), esc(&text(r)));
-            for n in names.iter().filter(|n| !matches!(representation(n), Some("IDE" | "SYL"))) {
-                out.push_str(&format!(" / {}", esc(&text(n))));
+        (Some(k), Some(r)) => html! {
+            ruby { (text(k)) rt { (text(r)) } }
+            @for n in names.iter().filter(|n| !matches!(representation(n), Some("IDE" | "SYL"))) {
+                " / " (text(n))
             }
-            out
-        }
-        _ => esc(&name_of(p)),
+        },
+        _ => html! { (name_of(p)) },
     }
 }
 
 /// What was written at a registration without the reception desk
 /// (triage, estimated age, features, where found, arrival, note).
-fn registration_card(ui: &Ui, p: &Value) -> String {
+fn registration_card(ui: &Ui, p: &Value) -> Markup {
     let Some(fields) = p["extension"]
         .as_array()
         .into_iter()
@@ -379,35 +392,30 @@ fn registration_card(ui: &Ui, p: &Value) -> String {
         .find(|e| e["url"] == mamori_service::continuity::registration::EXT)
         .and_then(|e| e["extension"].as_array())
     else {
-        return String::new();
+        return html! {};
     };
-    let mut rows = String::new();
+    let mut rows: Vec<(&str, String)> = Vec::new();
     for f in fields {
-        let (label, value) = match f["url"].as_str().unwrap_or("") {
-            "triage" => {
-                let v = match f["valueCode"].as_str().unwrap_or("") {
-                    "red" => ui.t("赤（最優先治療）", "Red (immediate)"),
-                    "yellow" => ui.t("黄（待機的治療）", "Yellow (delayed)"),
-                    "green" => ui.t("緑（軽処置）", "Green (minor)"),
-                    "black" => ui.t("黒（救命困難・死亡）", "Black (expectant or deceased)"),
-                    other => other,
-                };
-                (ui.t("トリアージ", "Triage"), v.to_owned())
+        let s = || f["valueString"].as_str().unwrap_or("").to_owned();
+        rows.push(match f["url"].as_str().unwrap_or("") {
+            "triage" => (ui.t("トリアージ", "Triage"), codes::triage(ui.lang, f["valueCode"].as_str().unwrap_or(""))),
+            "estimated-age" => {
+                (ui.t("推定年齢", "Estimated age"), format!("{}{}", f["valueInteger"], ui.t("歳", " years")))
             }
-            "estimated-age" => (ui.t("推定年齢", "Estimated age"), f["valueInteger"].to_string()),
-            "age-band" => (ui.t("年齢層", "Age band"), f["valueString"].as_str().unwrap_or("").to_owned()),
-            "features" => (ui.t("身体的特徴", "Features"), f["valueString"].as_str().unwrap_or("").to_owned()),
-            "found-at" => (ui.t("発見場所", "Where found"), f["valueString"].as_str().unwrap_or("").to_owned()),
-            "arrival" => (ui.t("来院方法", "Arrival"), f["valueString"].as_str().unwrap_or("").to_owned()),
-            "note" => (ui.t("メモ", "Note"), f["valueString"].as_str().unwrap_or("").to_owned()),
+            "age-band" => (ui.t("年齢層", "Age band"), s()),
+            "features" => (ui.t("身体的特徴", "Features"), s()),
+            "found-at" => (ui.t("発見場所", "Where found"), s()),
+            "arrival" => (ui.t("来院方法", "Arrival"), codes::arrival(ui.lang, &s())),
+            "note" => (ui.t("メモ", "Note"), s()),
             _ => continue,
-        };
-        rows.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", esc(label), esc(&value)));
+        });
     }
-    format!(
-        "<section class=\"card\"><h2>{}</h2><table>{rows}</table></section>",
-        ui.t("仮登録時の記録", "Recorded at registration")
-    )
+    html! {
+        section.card {
+            h2 { (ui.t("仮登録時の記録", "Recorded at registration")) }
+            table { @for (label, value) in &rows { tr { th { (label) } td { (value) } } } }
+        }
+    }
 }
 
 fn is_provisional(p: &Value) -> bool {
@@ -418,110 +426,125 @@ fn is_test(p: &Value) -> bool {
     p["meta"]["security"].as_array().is_some_and(|a| a.iter().any(|t| t["code"] == "HTEST"))
 }
 
-fn badges(ui: &Ui, p: &Value) -> String {
-    let mut b = String::new();
-    if is_provisional(p) {
-        b.push_str(&format!(" <span class=\"badge provisional\">{}</span>", ui.t("仮登録", "provisional")));
+fn badges(ui: &Ui, p: &Value) -> Markup {
+    html! {
+        @if is_provisional(p) { " " span.badge.provisional { (ui.t("仮登録", "provisional")) } }
+        @if is_test(p) { " " span.badge.test { (ui.t("デモ", "demo")) } }
+        @if p["active"] == false { " " span.badge.black { (ui.t("統合済/無効", "merged/inactive")) } }
     }
-    if is_test(p) {
-        b.push_str(&format!(" <span class=\"badge test\">{}</span>", ui.t("デモ", "demo")));
+}
+
+/// A patient's age in whole years on the institution's local date.
+fn age(birth: &str, now: mamori_core::time::Timestamp, off: i64) -> Option<i64> {
+    let mut it = birth.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next().flatten().unwrap_or(1), it.next().flatten().unwrap_or(1));
+    let now = mamori_core::time::Timestamp(now.micros() + off * 60_000_000);
+    let (ny, nm, nd) = now.ymd();
+    let (nm, nd) = (i64::from(nm), i64::from(nd));
+    let years = ny - y - i64::from((nm, nd) < (m, d));
+    (years >= 0).then_some(years)
+}
+
+/// Sex and age as a chart shows them ("男性 · 55歳").
+fn sex_age(ui: &Ui, p: &Value) -> String {
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let sex = codes::gender(ui.lang, p["gender"].as_str().unwrap_or(""));
+    match p["birthDate"].as_str().and_then(|b| age(b, ui.svc.now(), off)) {
+        Some(a) => format!("{sex} · {a}{}", ui.t("歳", " years")),
+        None => sex,
     }
-    if p["active"] == false {
-        b.push_str(&format!(" <span class=\"badge black\">{}</span>", ui.t("統合済/無効", "merged/inactive")));
-    }
-    b
 }
 
 pub(crate) async fn search(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let get = |k: &str| q.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
     let (name, ident, birth) = (get("q"), get("identifier"), get("birthdate"));
-    let mut body = format!(
-        r#"<form method="get" action="/ui/patients" class="card"><div class="grid">
-<div><label for="q">{l1}</label><input id="q" name="q" type="search" value="{v1}"></div>
-<div><label for="identifier">{l2}</label><input id="identifier" name="identifier" type="text" value="{v2}"></div>
-<div><label for="birthdate">{l3}</label><input id="birthdate" name="birthdate" type="date" value="{v3}"></div></div>
-<p><button type="submit">{b}</button></p></form>"#,
-        l1 = ui.t("氏名（漢字・かな・ローマ字）", "Name (kanji, kana, latin)"),
-        l2 = ui.t("患者ID・保険者番号など", "Identifier"),
-        l3 = ui.t("生年月日", "Birth date"),
-        v1 = esc(&name),
-        v2 = esc(&ident),
-        v3 = esc(&birth),
-        b = ui.t("検索", "Search"),
-    );
+    let form = html! {
+        form.card method="get" action="/ui/patients" {
+            div.grid {
+                div { label for="q" { (ui.t("氏名（漢字・かな・ローマ字）・患者ID・カルテ番号", "Name (kanji, kana, latin), id or record number")) } input #q name="q" type="search" value=(name); }
+                div { label for="identifier" { (ui.t("患者ID・保険者番号など", "Identifier")) } input #identifier name="identifier" type="text" value=(ident); }
+                div { label for="birthdate" { (ui.t("生年月日", "Birth date")) } input #birthdate name="birthdate" type="date" value=(birth); }
+            }
+            p { button type="submit" { (ui.t("検索", "Search")) } }
+        }
+    };
     let mut params = vec![];
     for (k, v) in [("name", &name), ("identifier", &ident), ("birthdate", &birth)] {
         if !v.is_empty() {
             params.push((k.to_owned(), v.clone()));
         }
     }
-    if !params.is_empty() {
-        params.push(("_count".into(), "50".into()));
-        // One box for what staff type: a name, or the id or record number
-        // they see on a chart (each search decided and audited as one).
-        let mut searches = vec![params];
-        let id_like = !name.is_empty()
-            && ident.is_empty()
-            && birth.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if id_like {
-            searches.push(vec![("identifier".into(), name.clone()), ("_count".into(), "50".into())]);
-            searches.push(vec![("_id".into(), name.clone())]);
+    if params.is_empty() {
+        return ui.page(ui.t("患者検索", "Patient search"), form);
+    }
+    params.push(("_count".into(), "50".into()));
+    // One box for what staff type: a name, or the id or record number
+    // they see on a chart (each search decided and audited as one).
+    let mut searches = vec![params];
+    let id_like = !name.is_empty()
+        && ident.is_empty()
+        && birth.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if id_like {
+        searches.push(vec![("identifier".into(), name.clone()), ("_count".into(), "50".into())]);
+        searches.push(vec![("_id".into(), name.clone())]);
+    }
+    let mut r: Result<Vec<Value>, mamori_service::ServiceError> = Ok(Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for q in searches {
+        match read::search(&ui.svc, &ui.actor, "Patient", q, false).await {
+            Ok(found) => {
+                if let Ok(list) = r.as_mut() {
+                    for v in &found.into_inner().page.entries {
+                        if seen.insert(v.id.clone()) {
+                            list.push(serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                r = Err(e);
+                break;
+            }
         }
-        let mut r: Result<Vec<Value>, mamori_service::ServiceError> = Ok(Vec::new());
-        let mut seen = std::collections::HashSet::new();
-        for q in searches {
-            match read::search(&ui.svc, &ui.actor, "Patient", q, false).await {
-                Ok(found) => {
-                    if let Ok(list) = r.as_mut() {
-                        for v in &found.into_inner().page.entries {
-                            if seen.insert(v.id.clone()) {
-                                list.push(
-                                    json!({"resource": serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null)}),
-                                );
+    }
+    let body = html! {
+        (form)
+        @match &r {
+            Err(e) => (notice("error", &ui.why_err(e))),
+            Ok(entries) if entries.is_empty() => (notice("info", ui.t("該当する患者はいません。", "No patient matches."))),
+            Ok(entries) => {
+                p.muted { (entries.len()) " " (ui.t("件", "found")) }
+                table.stack {
+                    thead { tr { th { (ui.t("氏名", "Name")) } th { (ui.t("性別・年齢", "Sex, age")) } th { (ui.t("生年月日", "Born")) } th { (ui.t("患者ID・カルテ番号", "Id, record number")) } } }
+                    tbody {
+                        @for p in entries {
+                            tr {
+                                td data-label=(ui.t("氏名", "Name")) { a href={ "/ui/patients/" (tx(&p["id"])) } { (name_html(p)) } (badges(&ui, p)) }
+                                td data-label=(ui.t("性別・年齢", "Sex, age")) { (sex_age(&ui, p)) }
+                                td data-label=(ui.t("生年月日", "Born")) { (tx(&p["birthDate"])) }
+                                td data-label=(ui.t("患者ID・カルテ番号", "Id, record number")) { (ids_of(p)) }
                             }
                         }
                     }
                 }
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
             }
         }
-        if let Err(e) = &r {
-            body.push_str(&notice("error", &e.message()));
-        } else if let Ok(entries) = r {
-            body.push_str(&format!("<p class=\"muted\">{} {}</p>", entries.len(), ui.t("件", "found")));
-            body.push_str(&format!(
-                "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>ID</th></tr></thead><tbody>",
-                ui.t("氏名", "Name"),
-                ui.t("性別", "Sex"),
-                ui.t("生年月日", "Born")
-            ));
-            for e in entries {
-                let p = &e["resource"];
-                let ids: Vec<String> = p["identifier"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["value"].as_str().map(esc))
-                    .collect();
-                body.push_str(&format!(
-                    "<tr><td><a href=\"/ui/patients/{id}\">{name}</a>{b}</td><td>{g}</td><td>{bd}</td><td>{ids}</td></tr>",
-                    id = ev(&p["id"]),
-                    name = name_html(p),
-                    b = badges(&ui, p),
-                    g = ev(&p["gender"]),
-                    bd = ev(&p["birthDate"]),
-                    ids = ids.join(", ")
-                ));
-            }
-            body.push_str("</tbody></table>");
+    };
+    ui.page(ui.t("患者検索", "Patient search"), body)
+}
+
+/// The patient's internal id and the record numbers staff see.
+fn ids_of(p: &Value) -> String {
+    let mut ids: Vec<&str> =
+        p["identifier"].as_array().into_iter().flatten().filter_map(|i| i["value"].as_str()).collect();
+    if let Some(id) = p["id"].as_str() {
+        if !ids.contains(&id) {
+            ids.push(id);
         }
     }
-    ui.page(ui.t("患者検索", "Patient search"), &body)
+    ids.join(", ")
 }
 
 fn code_text(c: &Value) -> String {
@@ -535,114 +558,98 @@ fn code_text(c: &Value) -> String {
 
 fn obs_value(o: &Value) -> String {
     if let Some(q) = o.get("valueQuantity") {
-        return format!("{} {}", ev(&q["value"]), ev(&q["unit"]));
+        let unit = codes::unit(q["code"].as_str().or(q["unit"].as_str()).unwrap_or(""));
+        return format!("{} {}", tx(&q["value"]), unit).trim().to_owned();
     }
-    o.get("valueString")
-        .map(ev)
-        .or_else(|| o.get("valueCodeableConcept").map(|c| esc(&code_text(c))))
-        .unwrap_or_default()
+    o.get("valueString").map(tx).or_else(|| o.get("valueCodeableConcept").map(code_text)).unwrap_or_default()
 }
 
-fn break_glass_form(ui: &Ui, id: &str, why: &str) -> String {
-    format!(
-        r#"<div class="card"><p class="notice error">{explain}</p><p class="muted">{detail}</p>
-<h2>{h}</h2><form method="post" action="/ui/patients/{pid}/break-glass" data-confirm="{confirm}">{csrf}
-<label for="reason">{rl}</label><textarea id="reason" name="reason" required minlength="10" placeholder="{rph}"></textarea>
-<label for="minutes">{ml}</label><select id="minutes" name="minutes"><option value="30">30</option><option value="60" selected>60</option><option value="120">120</option></select>
-<p><button type="submit" class="danger">{b}</button></p></form></div>"#,
-        explain = ui.t(
-            "この患者の診療記録を見る権限がありません（担当関係がありません）。",
-            "You may not open this patient's clinical record: you have no care relationship."
-        ),
-        detail = esc(why),
-        h = ui.t("緊急アクセス（ブレークグラス）", "Break the glass"),
-        pid = esc(id),
-        confirm = esc(ui.t(
-            "緊急アクセスは記録され、個人情報保護責任者と担当チームに通知されます。続けますか？",
-            "Break-glass access is recorded and announced to the privacy officer and the care team. Continue?"
-        )),
-        csrf = ui.csrf_field(),
-        rl = ui.t("理由（必須）", "Reason (required)"),
-        rph = ui.t(
-            "例: 救急搬送、意識障害のため既往歴の確認が必要",
-            "e.g. emergency admission, unconscious: need the history"
-        ),
-        ml = ui.t("時間（分）", "Duration (minutes)"),
-        b = ui.t("緊急アクセスを開始", "Break the glass"),
-    )
+fn break_glass_form(ui: &Ui, id: &str, why: &str, reason: &str, err: Option<&str>) -> Markup {
+    html! {
+        div.card {
+            @if let Some(e) = err { (notice("error", e)) }
+            p.notice.error { (ui.t("この患者の診療記録を見る権限がありません（担当関係がありません）。", "You may not open this patient's clinical record: you have no care relationship.")) }
+            p.muted { (why) }
+            h2 { (ui.t("緊急アクセス（ブレークグラス）", "Break the glass")) }
+            form method="post" action={ "/ui/patients/" (enc(id)) "/break-glass" } data-confirm=(ui.t("緊急アクセスは記録され、個人情報保護責任者と担当チームに通知されます。続けますか？", "Break-glass access is recorded and announced to the privacy officer and the care team. Continue?")) {
+                (ui.csrf_field())
+                label for="reason" { (ui.t("理由（必須、10文字以上）", "Reason (required, at least 10 characters)")) }
+                textarea #reason name="reason" required minlength="10" placeholder=(ui.t("例: 救急搬送、意識障害のため既往歴の確認が必要", "e.g. emergency admission, unconscious: need the history")) { (reason) }
+                label for="minutes" { (ui.t("時間（分）", "Duration (minutes)")) }
+                select #minutes name="minutes" {
+                    option value="30" { "30" }
+                    option value="60" selected { "60" }
+                    option value="120" { "120" }
+                }
+                p { button.danger type="submit" { (ui.t("緊急アクセスを開始", "Break the glass")) } }
+            }
+        }
+    }
 }
 
 pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let p = Api::resource(read::read(&ui.svc, &ui.actor, "Patient", &id).await);
+    if matches!(p.status, 400 | 404) {
+        // Not an id: the record number staff see (resolved by an audited
+        // search), then the chart under the patient's id.
+        return match ui.patient_id(&id).await {
+            Ok(pid) if pid != id => Redirect::to(&format!("/ui/patients/{}", enc(&pid))).into_response(),
+            Ok(_) => ui.page(ui.t("カルテ", "Chart"), notice("error", &ui.why(&p))),
+            Err(msg) => ui.page(ui.t("カルテ", "Chart"), notice("error", &msg)),
+        };
+    }
     if p.status == 403 {
-        return ui.page(ui.t("カルテ", "Chart"), &break_glass_form(&ui, &id, &p.message()));
+        return ui.page(ui.t("カルテ", "Chart"), break_glass_form(&ui, &id, &ui.why(&p), "", None));
     }
     if !p.ok() {
-        return ui.page(ui.t("カルテ", "Chart"), &notice("error", &p.message()));
+        return ui.page(ui.t("カルテ", "Chart"), notice("error", &ui.why(&p)));
     }
     let pt = &p.body;
-    let title = match name_of(pt) {
-        // An unidentified patient is named by the provisional id staff
-        // wrote on the wristband.
-        n if n == "—" && is_provisional(pt) => esc(&format!(
-            "{} {}",
-            ui.t("身元不明", "Unidentified"),
-            pt["identifier"][0]["value"].as_str().unwrap_or("")
-        )),
-        _ => name_html(pt),
+    let unidentified = name_of(pt) == "—" && is_provisional(pt);
+    // An unidentified patient is named by the provisional id staff wrote
+    // on the wristband.
+    let plain_title = if unidentified {
+        format!("{} {}", ui.t("身元不明", "Unidentified"), pt["identifier"][0]["value"].as_str().unwrap_or(""))
+    } else {
+        name_of(pt)
     };
-    let mut body = format!(
-        "<div class=\"card\"><p><strong class=\"pname\">{}</strong>{}</p><p>{}: {} · {}: {} · ID: {}</p></div>",
-        title,
-        badges(&ui, pt),
-        ui.t("性別", "Sex"),
-        ev(&pt["gender"]),
-        ui.t("生年月日", "Born"),
-        ev(&pt["birthDate"]),
-        pt["identifier"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["value"].as_str().map(esc))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if let Some(src) = q.get("merged") {
-        body.push_str(&notice("ok", &format!("{} Patient/{} → Patient/{}", ui.t("統合しました:", "Merged:"), src, id)));
-    }
-    if ui.may(Operation::AppUse) {
-        body.push_str(&format!(
-            "<p class=\"noprint\"><a href=\"/ui/apps?patient={}\">{}</a></p>",
-            esc(&enc(&id)),
-            ui.t("この患者でアプリを起動", "Launch an app for this patient")
-        ));
-    }
-    if is_provisional(pt) {
-        body.push_str(&notice(
-            "info",
-            ui.t(
-                "仮登録の患者です。身元が判明したら医事課が統合します。",
-                "A provisional patient: when the identity is known, medical records merges the record.",
-            ),
-        ));
-        body.push_str(&registration_card(&ui, pt));
-    }
     let grants = Api::of(breakglass::list(&ui.svc, &ui.actor, None).await.map(|g| json!({"grants": g})));
-    if let Some(g) = grants.body["grants"]
+    let grant = grants.body["grants"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|g| g["live"] == true && g["patient"] == id && g["user"] == ui.me["name"])
-    {
-        body.push_str(&format!(
-            "<p class=\"notice error\">{} <span class=\"countdown\" data-expires=\"{}\"></span> — {}: {}</p>",
-            ui.t("緊急アクセス（ブレークグラス）で閲覧中。残り", "Viewing under break-glass. Time left"),
-            ev(&g["expires"]),
-            ui.t("理由", "reason"),
-            ev(&g["reason"])
-        ));
-    }
+        .cloned();
+    let head = html! {
+        div.card {
+            p {
+                strong.pname { @if unidentified { (plain_title) } @else { (name_html(pt)) } }
+                (badges(&ui, pt))
+            }
+            p {
+                (sex_age(&ui, pt)) " · " (ui.t("生年月日", "Born")) ": " (tx(&pt["birthDate"]))
+                " · " (ui.t("患者ID・カルテ番号", "Id, record number")) ": " (ids_of(pt))
+            }
+        }
+        @if let Some(src) = q.get("merged") {
+            (notice("ok", &format!("{} {} → {}", ui.t("統合しました:", "Merged:"), src, id)))
+        }
+        @if ui.may(Operation::AppUse) {
+            p.noprint { a href={ "/ui/apps?patient=" (enc(&id)) } { (ui.t("この患者でアプリを起動", "Launch an app for this patient")) } }
+        }
+        @if is_provisional(pt) {
+            (notice("info", ui.t("仮登録の患者です。身元が判明したら医事課が統合します。", "A provisional patient: when the identity is known, medical records merges the record.")))
+            (registration_card(&ui, pt))
+        }
+        @if let Some(g) = &grant {
+            p.notice.error {
+                (ui.t("緊急アクセス（ブレークグラス）で閲覧中。残り", "Viewing under break-glass. Time left")) " "
+                span.countdown data-expires=(tx(&g["expires"])) {}
+                " — " (ui.t("理由", "reason")) ": " (tx(&g["reason"]))
+            }
+        }
+    };
     let all = read::everything(&ui.svc, &ui.actor, &id, &[("_count".into(), "1000".into())]).await;
     let entries: Vec<Value> = match all {
         Ok(page) => page
@@ -652,100 +659,238 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
             .map(|v| serde_json::from_str::<Value>(&v.body).unwrap_or(Value::Null))
             .collect(),
         Err(e) if e.status() == 403 => {
-            body.push_str(&break_glass_form(&ui, &id, &e.message()));
-            return ui.page(&name_of(pt), &body);
+            return ui.page(&plain_title, html! { (head) (break_glass_form(&ui, &id, &ui.why_err(&e), "", None)) });
         }
-        Err(e) => {
-            body.push_str(&notice("error", &e.message()));
-            return ui.page(&name_of(pt), &body);
-        }
+        Err(e) => return ui.page(&plain_title, html! { (head) (notice("error", &ui.why_err(&e))) }),
     };
     let of = |t: &str| entries.iter().filter(|r| r["resourceType"] == t).collect::<Vec<_>>();
-    let list = |title: &str, items: Vec<String>| -> String {
-        if items.is_empty() {
-            format!("<section class=\"card\"><h2>{}</h2><p class=\"muted\">—</p></section>", esc(title))
-        } else {
-            format!(
-                "<section class=\"card\"><h2>{}</h2><ul>{}</ul></section>",
-                esc(title),
-                items.iter().map(|i| format!("<li>{i}</li>")).collect::<String>()
-            )
+    let list = |title: &str, items: Vec<String>| -> Markup {
+        html! {
+            section.card {
+                h2 { (title) }
+                @if items.is_empty() { p.muted { "—" } } @else { ul { @for i in &items { li { (i) } } } }
+            }
         }
     };
-    body.push_str("<div class=\"grid\">");
-    body.push_str(&list(
-        ui.t("アレルギー", "Allergies"),
-        of("AllergyIntolerance")
-            .iter()
-            .map(|a| {
-                format!(
-                    "{} {}",
-                    esc(&code_text(&a["code"])),
-                    a["criticality"].as_str().map(|c| format!("({})", esc(c))).unwrap_or_default()
-                )
-            })
-            .collect(),
-    ));
-    body.push_str(&list(
-        ui.t("問題・病名", "Problems"),
-        of("Condition").iter().map(|c| esc(&code_text(&c["code"]))).collect(),
-    ));
+    let allergies: Vec<String> = of("AllergyIntolerance")
+        .iter()
+        .map(|a| match a["criticality"].as_str() {
+            Some(c) => format!("{} ({})", code_text(&a["code"]), codes::criticality(ui.lang, c)),
+            None => code_text(&a["code"]),
+        })
+        .collect();
+    let problems: Vec<String> = of("Condition").iter().map(|c| code_text(&c["code"])).collect();
     let meds: Vec<String> = of("MedicationRequest")
         .iter()
         .chain(of("MedicationStatement").iter())
         .filter(|m| m["status"] == "active")
-        .map(|m| esc(&code_text(&m["medicationCodeableConcept"])))
+        .map(|m| code_text(&m["medicationCodeableConcept"]))
         .collect();
-    body.push_str(&list(ui.t("使用中の薬剤", "Active medications"), meds));
-    body.push_str(&list(
-        ui.t("受診・入院", "Encounters"),
-        of("Encounter")
-            .iter()
-            .map(|e| format!("{} {} {}", ev(&e["status"]), ev(&e["class"]["code"]), when(&e["period"]["start"], off)))
-            .collect(),
-    ));
-    body.push_str(&list(
-        ui.t("文書", "Documents"),
-        of("DocumentReference")
-            .iter()
-            .map(|d| format!("{} ({})", ev(&d["description"]), when(&d["date"], off)))
-            .collect(),
-    ));
-    body.push_str("</div>");
+    let encounters: Vec<String> = of("Encounter")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} · {}",
+                when(&e["period"]["start"], off),
+                codes::encounter_class(ui.lang, e["class"]["code"].as_str().unwrap_or("")),
+                codes::encounter_status(ui.lang, e["status"].as_str().unwrap_or("")),
+            )
+        })
+        .collect();
+    let docs: Vec<&Value> = of("DocumentReference");
     // Observations: recent values, with a trend per code.
     let mut obs: Vec<&Value> = of("Observation");
     obs.sort_by(|a, b| {
         b["effectiveDateTime"].as_str().unwrap_or("").cmp(a["effectiveDateTime"].as_str().unwrap_or(""))
     });
-    let mut by_code: Vec<(String, Vec<(i64, f64)>)> = Vec::new();
+    // Per code: its name, its unit, and the (time, value) points.
+    type Series = (String, String, Vec<(i64, f64)>);
+    let mut by_code: Vec<Series> = Vec::new();
     for o in &obs {
         if let (Some(v), Some(t)) = (
             o["valueQuantity"]["value"].as_f64(),
             o["effectiveDateTime"].as_str().and_then(mamori_core::time::Timestamp::parse_rfc3339),
         ) {
             let k = code_text(&o["code"]);
-            match by_code.iter_mut().find(|(c, _)| *c == k) {
-                Some((_, pts)) => pts.push((t.micros(), v)),
-                None => by_code.push((k, vec![(t.micros(), v)])),
+            match by_code.iter_mut().find(|(c, _, _)| *c == k) {
+                Some((_, _, pts)) => pts.push((t.micros(), v)),
+                None => {
+                    let q = &o["valueQuantity"];
+                    let unit = codes::unit(q["code"].as_str().or(q["unit"].as_str()).unwrap_or(""));
+                    by_code.push((k, unit, vec![(t.micros(), v)]))
+                }
             }
         }
     }
-    body.push_str(&format!("<section class=\"card\"><h2>{}</h2>", ui.t("検査値・バイタルの推移", "Trends")));
-    for (code, mut pts) in by_code {
+    for (_, _, pts) in by_code.iter_mut() {
         pts.sort_by_key(|p| p.0);
-        body.push_str(&format!("<p>{} {}</p>", esc(&code), sparkline(&pts)));
     }
-    body.push_str(&format!("</section><section class=\"card\"><h2>{}</h2><table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>", ui.t("最近の観察", "Recent observations"), ui.t("日時", "When"), ui.t("項目", "What"), ui.t("値", "Value")));
-    for o in obs.iter().take(50) {
-        body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            when(&o["effectiveDateTime"], off),
-            esc(&code_text(&o["code"])),
-            obs_value(o)
-        ));
+    let body = html! {
+        (head)
+        div.grid {
+            (list(ui.t("アレルギー", "Allergies"), allergies))
+            (list(ui.t("問題・病名", "Problems"), problems))
+            (list(ui.t("使用中の薬剤", "Active medications"), meds))
+            (list(ui.t("受診・入院", "Encounters"), encounters))
+            section.card {
+                h2 { (ui.t("文書", "Documents")) }
+                @if docs.is_empty() { p.muted { "—" } }
+                ul {
+                    @for d in &docs {
+                        li {
+                            @let label = format!("{} ({})", d["description"].as_str().or(d["type"]["text"].as_str()).unwrap_or(ui.t("文書", "document")), when(&d["date"], off));
+                            @match d["id"].as_str() {
+                                Some(did) => a href={ "/ui/patients/" (enc(&id)) "/documents/" (enc(did)) } { (label) },
+                                None => (label),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section.card {
+            h2 { (ui.t("検査値・バイタルの推移", "Trends")) }
+            @if by_code.is_empty() { p.muted { "—" } }
+            div.trends {
+                @for (code, unit, pts) in &by_code {
+                    figure.trend {
+                        figcaption { (code) @if !unit.is_empty() { " (" (unit) ")" } }
+                        (trend(pts, unit, off))
+                    }
+                }
+            }
+        }
+        section.card {
+            h2 { (ui.t("最近の観察", "Recent observations")) }
+            table.stack {
+                thead { tr { th { (ui.t("日時", "When")) } th { (ui.t("項目", "What")) } th { (ui.t("値", "Value")) } } }
+                tbody {
+                    @for o in obs.iter().take(50) {
+                        tr {
+                            td data-label=(ui.t("日時", "When")) { (when(&o["effectiveDateTime"], off)) }
+                            td data-label=(ui.t("項目", "What")) { (code_text(&o["code"])) }
+                            td data-label=(ui.t("値", "Value")) { (obs_value(o)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    ui.page(&plain_title, body)
+}
+
+/// A patient's document, read by the same rule as the chart (audited),
+/// or the refusal; a document of another patient is not found here.
+async fn patient_document(ui: &Ui, id: &str, doc: &str) -> Result<Value, Response> {
+    let d = Api::resource(read::read(&ui.svc, &ui.actor, "DocumentReference", doc).await);
+    if !d.ok() {
+        return Err(ui.page(ui.t("文書", "Document"), notice("error", &ui.why(&d))));
     }
-    body.push_str("</tbody></table></section>");
-    ui.page(&name_of(pt), &body)
+    if d.body["subject"]["reference"].as_str() != Some(format!("Patient/{id}").as_str()) {
+        let mut r = ui.page(
+            ui.t("文書", "Document"),
+            notice("error", ui.t("この患者の文書ではありません。", "This is not a document of this patient.")),
+        );
+        *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        return Err(r);
+    }
+    Ok(d.body)
+}
+
+/// The text of an attachment that is text, if it carries its data.
+fn attachment_text(a: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let ct = a["contentType"].as_str().unwrap_or("");
+    if !ct.starts_with("text/plain") {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(a["data"].as_str()?).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// A clinical document (DocumentReference) as a page: what it is, when,
+/// by whom, and its text; other attachments can be downloaded.
+pub(crate) async fn document(ui: Ui, Path((id, doc)): Path<(String, String)>) -> Response {
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let d = match patient_document(&ui, &id, &doc).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let title = d["description"].as_str().or(d["type"]["text"].as_str()).unwrap_or(ui.t("文書", "Document")).to_owned();
+    let authors: Vec<String> = d["author"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a["display"].as_str().or(a["reference"].as_str()).unwrap_or("").to_owned())
+        .collect();
+    let body = html! {
+        p.noprint {
+            a href={ "/ui/patients/" (enc(&id)) } { (ui.t("カルテへ戻る", "Back to the chart")) } " "
+            button.secondary type="button" data-print { (ui.t("印刷", "Print")) }
+        }
+        article.document {
+            dl.facts {
+                dt { (ui.t("種類", "Type")) } dd { (code_text(&d["type"])) }
+                dt { (ui.t("日付", "Date")) } dd { (when(&d["date"], off)) }
+                @if !authors.is_empty() { dt { (ui.t("作成者", "Author")) } dd { (authors.join("、")) } }
+                dt { (ui.t("患者ID", "Patient id")) } dd { (id) }
+            }
+            @for (n, c) in d["content"].as_array().into_iter().flatten().enumerate() {
+                @let a = &c["attachment"];
+                @match attachment_text(a) {
+                    Some(text) => {
+                        @if let Some(t) = a["title"].as_str() { h2 { (t) } }
+                        p.prewrap { (text) }
+                    }
+                    None => p {
+                        a href={ "/ui/patients/" (enc(&id)) "/documents/" (enc(&doc)) "/content/" (n) } {
+                            (a["title"].as_str().unwrap_or(ui.t("添付ファイル", "Attachment"))) " (" (a["contentType"].as_str().unwrap_or("?")) ")"
+                        }
+                    },
+                }
+            }
+        }
+    };
+    ui.page(&title, body)
+}
+
+/// An attachment's bytes, as a download: only the types a browser shows
+/// safely keep their type, everything else is a plain download.
+pub(crate) async fn document_content(ui: Ui, Path((id, doc, n)): Path<(String, String, usize)>) -> Response {
+    use base64::Engine as _;
+    let d = match patient_document(&ui, &id, &doc).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let a = &d["content"][n]["attachment"];
+    let Some(bytes) = a["data"].as_str().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()) else {
+        let mut r = ui.page(
+            ui.t("文書", "Document"),
+            notice("error", ui.t("この添付ファイルは本文を含んでいません。", "This attachment carries no data here.")),
+        );
+        *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        return r;
+    };
+    let ct = a["contentType"].as_str().unwrap_or("");
+    let ct = ["application/pdf", "image/png", "image/jpeg", "text/plain"]
+        .into_iter()
+        .find(|t| ct.starts_with(t))
+        .unwrap_or("application/octet-stream");
+    let name: String = a["title"]
+        .as_str()
+        .unwrap_or("attachment")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    (
+        [
+            (header::CONTENT_TYPE, ct.to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (header::HeaderName::from_static("x-content-type-options"), "nosniff".to_owned()),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 pub(crate) async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
@@ -754,22 +899,30 @@ pub(crate) async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> R
         return r;
     }
     let minutes: u32 = field(&f, "minutes").parse().unwrap_or(60);
-    let r = match cmd(json!({"patient": id, "reason": field(&f, "reason"), "minutes": minutes})) {
-        Ok(req) => Api::of(breakglass::request(&ui.svc, &ui.actor, req).await),
-        Err(e) => Api::of::<()>(Err(e)),
-    };
-    if !r.ok() {
-        return ui.page(
+    // One grant per form: a double click or a reload of the request does
+    // not open a second grant (each is announced and reviewed).
+    ui.once(&f, || async {
+        let r = match cmd(json!({"patient": id, "reason": field(&f, "reason"), "minutes": minutes})) {
+            Ok(req) => Api::of(breakglass::request(&ui.svc, &ui.actor, req).await),
+            Err(e) => Api::of::<()>(Err(e)),
+        };
+        if r.ok() {
+            return Ok(format!("/ui/patients/{}", enc(&id)));
+        }
+        // Refused (e.g. a reason too short, or the plan's cap): the same
+        // form again, with what was typed and why.
+        Err(Box::new(ui.page(
             ui.t("緊急アクセス", "Break the glass"),
-            &format!(
-                "{}<p><a href=\"/ui/patients/{}\">{}</a></p>",
-                notice("error", &r.message()),
-                esc(&id),
-                ui.t("戻る", "Back")
+            break_glass_form(
+                &ui,
+                &id,
+                ui.t("この患者の診療記録には担当関係が必要です。", "This patient's record needs a care relationship."),
+                field(&f, "reason"),
+                Some(&ui.why(&r)),
             ),
-        );
-    }
-    Redirect::to(&format!("/ui/patients/{}", enc(&id))).into_response()
+        )))
+    })
+    .await
 }
 
 pub(crate) async fn register_page(ui: Ui) -> Response {
@@ -783,49 +936,54 @@ fn register_form(ui: &Ui, err: Option<String>) -> Response {
         ("green", "緑 軽症", "Green — minor"),
         ("black", "黒", "Black — expectant"),
     ];
-    let radios: String = triage
-        .iter()
-        .map(|(v, ja, en)| format!("<label class=\"check\"><input type=\"radio\" name=\"triage\" value=\"{v}\" required> <span class=\"badge {v}\">{}</span></label>", ui.t(ja, en)))
-        .collect();
-    let body = format!(
-        r#"{e}<p class="muted">{intro}</p><form method="post" action="/ui/register" class="card">{csrf}
-<fieldset><legend>{tl}</legend><div class="triage">{radios}</div></fieldset>
-<div class="grid"><div><label for="sex">{sl}</label><select id="sex" name="sex" required><option value="unknown">{su}</option><option value="male">{sm}</option><option value="female">{sf}</option><option value="other">{so}</option></select></div>
-<div><label for="age">{al}</label><input id="age" name="age" type="number" min="0" max="130" inputmode="numeric"></div>
-<div><label for="age_band">{abl}</label><input id="age_band" name="age_band" type="text" placeholder="40-49"></div></div>
-<label for="features">{fl}</label><input id="features" name="features" type="text">
-<div class="grid"><div><label for="arrival">{arl}</label><select id="arrival" name="arrival"><option value="">—</option><option value="ambulance">{amb}</option><option value="walk-in">{walk}</option><option value="helicopter">{heli}</option><option value="transfer">{tr}</option></select></div>
-<div><label for="found_at">{fal}</label><input id="found_at" name="found_at" type="text"></div></div>
-<div class="grid"><div><label for="kanji">{kl}</label><input id="kanji" name="kanji" type="text"></div><div><label for="kana">{knl}</label><input id="kana" name="kana" type="text"></div></div>
-<label for="note">{nl}</label><textarea id="note" name="note"></textarea>
-<p><button type="submit">{b}</button></p></form>"#,
-        e = err.map(|m| notice("error", &m)).unwrap_or_default(),
-        intro = ui.t(
-            "受付を通さずに患者を登録します（非常時、または救急外来）。氏名が不明でも登録できます。",
-            "Register a patient without the reception desk (in an emergency, or in the ER). The name may be unknown."
-        ),
-        csrf = ui.csrf_field(),
-        tl = ui.t("トリアージ", "Triage"),
-        sl = ui.t("性別", "Sex"),
-        su = ui.t("不明", "unknown"),
-        sm = ui.t("男性", "male"),
-        sf = ui.t("女性", "female"),
-        so = ui.t("その他", "other"),
-        al = ui.t("推定年齢", "Estimated age"),
-        abl = ui.t("年齢層", "Age band"),
-        fl = ui.t("特徴（服装・傷・刺青など）", "Distinguishing features"),
-        arl = ui.t("来院経路", "Arrival"),
-        amb = ui.t("救急車", "ambulance"),
-        walk = ui.t("徒歩", "walk-in"),
-        heli = ui.t("ヘリ", "helicopter"),
-        tr = ui.t("転院", "transfer"),
-        fal = ui.t("発見場所", "Found at"),
-        kl = ui.t("氏名（漢字、分かれば）", "Name in kanji (if known)"),
-        knl = ui.t("氏名（カナ、分かれば）", "Name in kana (if known)"),
-        nl = ui.t("メモ", "Note"),
-        b = ui.t("登録", "Register"),
-    );
-    ui.page(ui.t("緊急登録", "Emergency registration"), &body)
+    let body = html! {
+        @if let Some(m) = &err { (notice("error", m)) }
+        p.muted { (ui.t("受付を通さずに患者を登録します（非常時、または救急外来）。氏名が不明でも登録できます。", "Register a patient without the reception desk (in an emergency, or in the ER). The name may be unknown.")) }
+        form.card method="post" action="/ui/register" {
+            (ui.csrf_field())
+            fieldset {
+                legend { (ui.t("トリアージ", "Triage")) }
+                div.triage {
+                    @for (v, ja, en) in triage {
+                        label.check { input type="radio" name="triage" value=(v) required; " " span class={ "badge " (v) } { (ui.t(ja, en)) } }
+                    }
+                }
+            }
+            div.grid {
+                div {
+                    label for="sex" { (ui.t("性別", "Sex")) }
+                    select #sex name="sex" required {
+                        option value="unknown" { (ui.t("不明", "unknown")) }
+                        option value="male" { (ui.t("男性", "male")) }
+                        option value="female" { (ui.t("女性", "female")) }
+                        option value="other" { (ui.t("その他", "other")) }
+                    }
+                }
+                div { label for="age" { (ui.t("推定年齢", "Estimated age")) } input #age name="age" type="number" min="0" max="130" inputmode="numeric"; }
+                div { label for="age_band" { (ui.t("年齢層", "Age band")) } input #age_band name="age_band" type="text" placeholder="40-49"; }
+            }
+            label for="features" { (ui.t("特徴（服装・傷・刺青など）", "Distinguishing features")) }
+            input #features name="features" type="text";
+            div.grid {
+                div {
+                    label for="arrival" { (ui.t("来院経路", "Arrival")) }
+                    select #arrival name="arrival" {
+                        option value="" { "—" }
+                        @for v in ["ambulance", "walk-in", "helicopter", "transfer"] { option value=(v) { (codes::arrival(ui.lang, v)) } }
+                    }
+                }
+                div { label for="found_at" { (ui.t("発見場所", "Found at")) } input #found_at name="found_at" type="text"; }
+            }
+            div.grid {
+                div { label for="kanji" { (ui.t("氏名（漢字、分かれば）", "Name in kanji (if known)")) } input #kanji name="kanji" type="text"; }
+                div { label for="kana" { (ui.t("氏名（カナ、分かれば）", "Name in kana (if known)")) } input #kana name="kana" type="text"; }
+            }
+            label for="note" { (ui.t("メモ", "Note")) }
+            textarea #note name="note" {}
+            p { button type="submit" { (ui.t("登録", "Register")) } }
+        }
+    };
+    ui.page(ui.t("緊急登録", "Emergency registration"), body)
 }
 
 pub(crate) async fn register_post(ui: Ui, body: Body) -> Response {
@@ -858,7 +1016,7 @@ pub(crate) async fn register_post(ui: Ui, body: Body) -> Response {
         };
         match r {
             Ok(reg) => Ok(format!("/ui/patients/{}", enc(&reg.id))),
-            Err(e) => Err(Box::new(register_form(&ui, Some(e.message())))),
+            Err(e) => Err(Box::new(register_form(&ui, Some(ui.why_err(&e))))),
         }
     })
     .await
@@ -867,60 +1025,64 @@ pub(crate) async fn register_post(ui: Ui, body: Body) -> Response {
 pub(crate) async fn provisional(ui: Ui) -> Response {
     let r = Api::of(registration::list(&ui.svc, &ui.actor, true).await.map(|p| json!({"provisional": p})));
     if !r.ok() {
-        return ui.page(ui.t("仮登録患者", "Provisional patients"), &notice("error", &r.message()));
+        return ui.page(ui.t("仮登録患者", "Provisional patients"), notice("error", &ui.why(&r)));
     }
     let off = ui.svc.cfg.institution.utc_offset_minutes;
-    let mut body = format!(
-        "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
+    let cols = [
         ui.t("仮ID", "Provisional id"),
         ui.t("トリアージ", "Triage"),
         ui.t("性別・年齢", "Sex, age"),
         ui.t("特徴", "Features"),
-        ui.t("登録", "Registered")
-    );
-    for p in r.body["provisional"].as_array().into_iter().flatten() {
-        let age = p["estimated_age"]
-            .as_i64()
-            .map(|a| a.to_string())
-            .or_else(|| p["age_band"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        body.push_str(&format!(
-            "<tr><td><a href=\"/ui/patients/{id}\">{pid}</a></td><td><span class=\"badge {tr}\">{tr}</span></td><td>{sex} {age}</td><td>{f}</td><td>{w}</td><td><a href=\"/ui/merge?source={id}\">{m}</a></td></tr>",
-            id = ev(&p["id"]),
-            pid = ev(&p["provisional_id"]),
-            tr = ev(&p["triage"]),
-            sex = ev(&p["sex"]),
-            age = esc(&age),
-            f = ev(&p["features"]),
-            w = when(&p["last_updated"], off),
-            m = ui.t("身元を確認して統合", "Identify and merge"),
-        ));
-    }
-    body.push_str("</tbody></table>");
-    ui.page(ui.t("仮登録患者", "Provisional patients"), &body)
+        ui.t("登録", "Registered"),
+    ];
+    let list: Vec<&Value> = r.body["provisional"].as_array().into_iter().flatten().collect();
+    let body = html! {
+        @if list.is_empty() { (notice("info", ui.t("仮登録の患者はいません。", "There are no provisional patients."))) }
+        table.stack {
+            thead { tr { @for c in cols { th { (c) } } th {} } }
+            tbody {
+                @for p in &list {
+                    @let age = p["estimated_age"].as_i64().map(|a| format!("{a}{}", ui.t("歳", " years"))).or_else(|| p["age_band"].as_str().map(str::to_owned)).unwrap_or_default();
+                    @let tr_code = p["triage"].as_str().unwrap_or("");
+                    tr {
+                        td data-label=(cols[0]) { a href={ "/ui/patients/" (tx(&p["id"])) } { (tx(&p["provisional_id"])) } }
+                        td data-label=(cols[1]) { span class={ "badge " (tr_code) } { (codes::triage(ui.lang, tr_code)) } }
+                        td data-label=(cols[2]) { (codes::gender(ui.lang, p["sex"].as_str().unwrap_or(""))) " " (age) }
+                        td data-label=(cols[3]) { (tx(&p["features"])) }
+                        td data-label=(cols[4]) { (when(&p["last_updated"], off)) }
+                        td { a href={ "/ui/merge?source=" (tx(&p["id"])) } { (ui.t("身元を確認して統合", "Identify and merge")) } }
+                    }
+                }
+            }
+        }
+    };
+    ui.page(ui.t("仮登録患者", "Provisional patients"), body)
 }
 
 pub(crate) async fn merge_page(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Response {
     let source = q.get("source").cloned().unwrap_or_default();
-    let body = format!(
-        r#"<form method="post" action="/ui/merge" class="card">{csrf}<input type="hidden" name="step" value="preview">
-<label for="source">{sl}</label><input id="source" name="source" type="text" value="{s}" required>
-<label for="target">{tl}</label><input id="target" name="target" type="text" required placeholder="{tph}">
-<label for="reason">{rl}</label><input id="reason" name="reason" type="text">
-<p><button type="submit">{b}</button></p></form><p class="muted">{hint}</p>"#,
-        csrf = ui.csrf_field(),
-        sl = ui.t("統合元（仮登録の患者ID）", "Source (the provisional patient's id)"),
-        s = esc(&source),
-        tl = ui.t("統合先（本来の患者ID）", "Target (the real patient's id)"),
-        tph = ui.t("患者検索で確認したID", "the id found by patient search"),
-        rl = ui.t("確認の根拠（例: 家族が確認）", "How the identity was confirmed"),
-        b = ui.t("変更内容を確認", "Preview"),
-        hint = ui.t(
-            "統合は記録され、監査担当が確認します。誤りは取り消せます。",
-            "Merges are recorded and reviewed by an auditor; a mistaken merge can be undone."
-        ),
-    );
-    ui.page(ui.t("身元確認と統合", "Identify and merge"), &body)
+    merge_form(&ui, &source, "", "", None)
+}
+
+fn merge_form(ui: &Ui, source: &str, target: &str, reason: &str, err: Option<&str>) -> Response {
+    let body = html! {
+        @if let Some(e) = err { (notice("error", e)) }
+        form.card method="post" action="/ui/merge" {
+            (ui.csrf_field())
+            input type="hidden" name="step" value="preview";
+            label for="source" { (ui.t("統合元（仮登録の患者ID・仮ID）", "Source (the provisional patient's id or provisional id)")) }
+            input #source name="source" type="text" value=(source) required;
+            label for="target" { (ui.t("統合先（本来の患者ID・カルテ番号）", "Target (the real patient's id or record number)")) }
+            input #target name="target" type="text" value=(target) required placeholder=(ui.t("患者検索で確認した患者IDまたはカルテ番号", "the id or record number found by patient search"));
+            label for="reason" { (ui.t("確認の根拠（例: 家族が確認）", "How the identity was confirmed")) }
+            input #reason name="reason" type="text" value=(reason);
+            p { button type="submit" { (ui.t("変更内容を確認", "Preview")) } }
+        }
+        p.muted {
+            (ui.t("統合は記録され、監査担当が確認します。誤りは取り消せます。", "Merges are recorded and reviewed by an auditor; a mistaken merge can be undone."))
+        }
+    };
+    ui.page(ui.t("身元確認と統合", "Identify and merge"), body)
 }
 
 fn merge_params(source: &str, target: &str, preview: bool, reason: &str) -> Value {
@@ -940,35 +1102,49 @@ pub(crate) async fn merge_post(ui: Ui, body: Body) -> Response {
     if let Some(r) = ui.csrf_rejects(&f) {
         return r;
     }
-    let (source, target, reason) = (
-        field(&f, "source").trim(),
-        field(&f, "target").trim().trim_start_matches("Patient/"),
-        field(&f, "reason").trim(),
-    );
+    let (source_in, target_in, reason) =
+        (field(&f, "source").trim(), field(&f, "target").trim(), field(&f, "reason").trim());
+    // Either field takes the id or the number staff see; an unknown one
+    // is said on the form, with what was typed kept.
+    let (source, target) = match (ui.patient_id(source_in).await, ui.patient_id(target_in).await) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return merge_form(&ui, source_in, target_in, reason, Some(&e)),
+    };
     let preview = field(&f, "step") == "preview";
-    let r = Api::of(merge::fhir_merge(&ui.svc, &ui.actor, Ok(merge_params(source, target, preview, reason))).await);
+    if !preview {
+        // The merge itself acts once: a reload or double click of the
+        // confirmation leads to the merged chart.
+        return ui
+            .once(&f, || async {
+                let r = Api::of(
+                    merge::fhir_merge(&ui.svc, &ui.actor, Ok(merge_params(&source, &target, false, reason))).await,
+                );
+                if r.ok() {
+                    Ok(format!("/ui/patients/{}?merged={}", enc(&target), enc(&source)))
+                } else {
+                    Err(Box::new(merge_form(&ui, source_in, target_in, reason, Some(&ui.why(&r)))))
+                }
+            })
+            .await;
+    }
+    let r = Api::of(merge::fhir_merge(&ui.svc, &ui.actor, Ok(merge_params(&source, &target, true, reason))).await);
+    if !r.ok() {
+        return merge_form(&ui, source_in, target_in, reason, Some(&ui.why(&r)));
+    }
     let outcome = r.body["parameter"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["name"] == "outcome"))
         .map(|p| p["resource"]["issue"][0]["diagnostics"].as_str().unwrap_or("").to_owned());
-    if !r.ok() {
-        return ui.page(ui.t("身元確認と統合", "Identify and merge"), &notice("error", &r.message()));
-    }
-    if preview {
-        let body = format!(
-            r#"{o}<form method="post" action="/ui/merge" class="card">{csrf}<input type="hidden" name="step" value="merge">
-<input type="hidden" name="source" value="{s}"><input type="hidden" name="target" value="{t}"><input type="hidden" name="reason" value="{r}">
-<p><button type="submit" class="danger">{b}</button> <a href="/ui/provisional">{c}</a></p></form>"#,
-            o = notice("info", &outcome.unwrap_or_default()),
-            csrf = ui.csrf_field(),
-            s = esc(source),
-            t = esc(target),
-            r = esc(reason),
-            b = ui.t("この内容で統合する", "Merge"),
-            c = ui.t("やめる", "Cancel"),
-        );
-        return ui.page(ui.t("統合の確認", "Confirm the merge"), &body);
-    }
-    // Done: the chart of the surviving record (a reload does not merge again).
-    Redirect::to(&format!("/ui/patients/{}?merged={}", enc(target), enc(source))).into_response()
+    let body = html! {
+        (notice("info", &outcome.unwrap_or_default()))
+        form.card method="post" action="/ui/merge" {
+            (ui.csrf_field())
+            input type="hidden" name="step" value="merge";
+            input type="hidden" name="source" value=(source);
+            input type="hidden" name="target" value=(target);
+            input type="hidden" name="reason" value=(reason);
+            p { button.danger type="submit" { (ui.t("この内容で統合する", "Merge")) } " " a href="/ui/provisional" { (ui.t("やめる", "Cancel")) } }
+        }
+    };
+    ui.page(ui.t("統合の確認", "Confirm the merge"), body)
 }

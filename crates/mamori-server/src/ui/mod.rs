@@ -15,6 +15,7 @@ pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod bcp;
 pub(crate) mod care;
+pub(crate) mod codes;
 pub(crate) mod compliance;
 pub(crate) mod exchange;
 pub(crate) mod html;
@@ -36,7 +37,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::http::{ctx_of, session_cookie};
-pub(crate) use html::{esc, Lang};
+pub(crate) use html::{html, Lang, Markup};
 
 pub(crate) const CSRF_COOKIE: &str = "mamori_csrf";
 pub(crate) const LANG_COOKIE: &str = "mamori_lang";
@@ -61,6 +62,8 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/ui/patients", get(care::search))
         .route("/ui/patients/{id}", get(care::chart))
         .route("/ui/patients/{id}/break-glass", post(care::break_glass))
+        .route("/ui/patients/{id}/documents/{doc}", get(care::document))
+        .route("/ui/patients/{id}/documents/{doc}/content/{n}", get(care::document_content))
         .route("/ui/register", get(care::register_page).post(care::register_post))
         .route("/ui/provisional", get(care::provisional))
         .route("/ui/merge", get(care::merge_page).post(care::merge_post))
@@ -78,17 +81,16 @@ pub(crate) fn routes() -> Router<Services> {
 async fn not_found(ui: Ui) -> Response {
     let mut r = ui.page(
         ui.t("ページが見つかりません", "Page not found"),
-        &format!(
-            "{}<p><a href=\"/ui/\">{}</a></p>",
-            html::notice(
+        html! {
+            (html::notice(
                 "error",
                 ui.t(
                     "このアドレスのページはありません。メニューから選んでください。",
                     "There is no page at this address; choose one from the menu."
                 )
-            ),
-            ui.t("ホームへ戻る", "Back to the home page")
-        ),
+            ))
+            p { a href="/ui/" { (ui.t("ホームへ戻る", "Back to the home page")) } }
+        },
     );
     *r.status_mut() = StatusCode::NOT_FOUND;
     r
@@ -221,7 +223,10 @@ impl Api {
         if matches!(e, ServiceError::Internal { .. } | ServiceError::Unavailable(_)) {
             tracing::error!(error = %e, "a page's use case failed");
         }
-        Api { status: e.status(), body: json!({"error": e.code(), "message": e.message()}) }
+        Api {
+            status: e.status(),
+            body: json!({"error": e.code(), "message": e.message(), "basis": e.basis().map(|b| b.as_str())}),
+        }
     }
     pub(crate) fn ok(&self) -> bool {
         (200..300).contains(&self.status)
@@ -264,6 +269,14 @@ impl Ui {
     }
     /// Whether the policy would let this user do `op` (what a screen
     /// offers; the use case decides again, and audits, when it is done).
+    /// A failed use case's answer, explained in the user's language.
+    pub(crate) fn why(&self, r: &Api) -> String {
+        codes::explain(self.lang, r.status, r.body["basis"].as_str(), &r.message())
+    }
+    /// A use case's error, explained in the user's language.
+    pub(crate) fn why_err(&self, e: &ServiceError) -> String {
+        codes::error_message(self.lang, e)
+    }
     pub(crate) fn may(&self, op: Operation) -> bool {
         mamori_service::authz::decide(&self.actor, &op, Facts::default()).permit
     }
@@ -277,7 +290,7 @@ impl Ui {
         }
     }
     /// A complete page.
-    pub(crate) fn page(&self, title: &str, body: &str) -> Response {
+    pub(crate) fn page(&self, title: &str, body: Markup) -> Response {
         let mut r = html::layout(self, title, body).into_response();
         if self.set_csrf {
             r.headers_mut().append(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &self.csrf, None));
@@ -287,12 +300,11 @@ impl Ui {
     /// The hidden fields every form carries: the CSRF token and a key of
     /// its own, new on each rendering, so that the form acts once
     /// ([`Ui::once`]).
-    pub(crate) fn csrf_field(&self) -> String {
-        format!(
-            "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"form_key\" value=\"{}\">",
-            esc(&self.csrf),
-            new_csrf()
-        )
+    pub(crate) fn csrf_field(&self) -> Markup {
+        html! {
+            input type="hidden" name="csrf" value=(self.csrf);
+            input type="hidden" name="form_key" value=(new_csrf());
+        }
     }
     /// Runs a state-changing form's action once, then redirects (Post/
     /// Redirect/Get). `act` answers where the browser goes next, or the
@@ -312,11 +324,11 @@ impl Ui {
             };
         }
         match forms::claim(&self.svc, &self.actor, key).await {
-            Err(e) => self.page(self.t("送信できませんでした", "Not submitted"), &html::notice("error", &e.message())),
+            Err(e) => self.page(self.t("送信できませんでした", "Not submitted"), html::notice("error", &self.why_err(&e))),
             Ok(forms::Claim::Done(to)) => Redirect::to(&to).into_response(),
             Ok(forms::Claim::Running) => self.page(
                 self.t("処理中です", "Already submitted"),
-                &html::notice(
+                html::notice(
                     "info",
                     self.t(
                         "このフォームは送信済みで、処理中です。二重に実行はしません。結果は一覧で確認してください。",
@@ -340,21 +352,83 @@ impl Ui {
             },
         }
     }
-    /// Keeps a result to be shown once (a one-time password) for the page
-    /// at `to`, and answers `to` with the flash's id.
-    pub(crate) fn flash_to(&self, to: &str, content: String) -> Next {
-        match self.svc.flash.put(self.actor.name(), content) {
-            Ok(id) => Ok(format!("{to}{}flash={id}", if to.contains('?') { '&' } else { '?' })),
-            Err(e) => {
-                Err(Box::new(self.page(self.t("表示できません", "Cannot show"), &html::notice("error", &e.message()))))
+    /// The internal id of the patient a person means by `input`: the id
+    /// itself, or the medical record number (or provisional id) staff see
+    /// on a chart or wristband. Each lookup is an audited search. None or
+    /// several is a message in the user's language, never an empty answer.
+    pub(crate) async fn patient_id(&self, input: &str) -> Result<String, String> {
+        let t = input.trim();
+        let t = t.strip_prefix("Patient/").unwrap_or(t);
+        if t.is_empty() {
+            return Err(self
+                .t("患者IDまたはカルテ番号を入力してください。", "Give a patient id or record number.")
+                .into());
+        }
+        let mut tries = Vec::new();
+        if t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            tries.push(vec![("_id".to_owned(), t.to_owned())]);
+        }
+        tries.push(vec![("identifier".to_owned(), t.to_owned()), ("_count".to_owned(), "2".to_owned())]);
+        for q in tries {
+            let found = mamori_service::records::read::search(&self.svc, &self.actor, "Patient", q, false)
+                .await
+                .map(|f| f.into_inner().page.entries.iter().map(|v| v.id.clone()).collect::<Vec<_>>());
+            match found.as_deref() {
+                Ok([one]) => return Ok(one.clone()),
+                Ok([]) => {}
+                Ok(_) => {
+                    return Err(self
+                        .t(
+                            "このカルテ番号の患者が複数います。患者IDで指定してください。",
+                            "Several patients have this record number; give the patient id.",
+                        )
+                        .into())
+                }
+                // A role that may not search patients (an administrator
+                // assigning care) gives the id itself; the use case decides.
+                Err(e) if e.status() == 403 && mamori_core::ids::is_fhir_id(t) => return Ok(t.to_owned()),
+                Err(e) => return Err(codes::error_message(self.lang, e)),
             }
         }
+        Err(format!(
+            "{} ({t})",
+            self.t("その患者IDまたはカルテ番号の患者はいません。", "No patient has this id or record number.")
+        ))
     }
-    /// The result kept for this page, once.
+    /// Keeps a text to be shown once (a launch link) for the page at
+    /// `to`, and answers `to` with the flash's id.
+    pub(crate) fn flash_to(&self, to: &str, content: String) -> Next {
+        self.keep(to, content)
+    }
+    /// Keeps a result to be shown once (a one-time password) for the page
+    /// at `to`: markup made by a template now, shown as it is then.
+    pub(crate) fn flash_markup_to(&self, to: &str, content: Markup) -> Next {
+        self.keep(to, format!("{MARKUP_FLASH}{}", content.into_string()))
+    }
+    fn keep(&self, to: &str, content: String) -> Next {
+        match self.svc.flash.put(self.actor.name(), content) {
+            Ok(id) => Ok(format!("{to}{}flash={id}", if to.contains('?') { '&' } else { '?' })),
+            Err(e) => Err(Box::new(
+                self.page(self.t("表示できません", "Cannot show"), html::notice("error", &self.why_err(&e))),
+            )),
+        }
+    }
+    /// The text kept for this page, once.
     pub(crate) fn flash(&self, q: &HashMap<String, String>) -> Option<String> {
-        q.get("flash").and_then(|id| self.svc.flash.take(self.actor.name(), id))
+        q.get("flash")
+            .and_then(|id| self.svc.flash.take(self.actor.name(), id))
+            .filter(|c| !c.starts_with(MARKUP_FLASH))
+    }
+    /// The markup kept for this page by [`Ui::flash_markup_to`], once.
+    pub(crate) fn flash_markup(&self, q: &HashMap<String, String>) -> Option<Markup> {
+        let kept = q.get("flash").and_then(|id| self.svc.flash.take(self.actor.name(), id))?;
+        kept.strip_prefix(MARKUP_FLASH).map(|m| html::kept_markup(m.to_owned()))
     }
 }
+
+/// Marks a flash that holds markup rendered by a template (escaped when it
+/// was made), as opposed to a text that a page escapes when it shows it.
+const MARKUP_FLASH: &str = "\u{1}markup\u{1}";
 
 /// Redirects to the login page when there is no valid session.
 pub(crate) struct LoginFirst(Response);

@@ -23,12 +23,32 @@
       tx.textContent = t("通常運用", "Normal operation");
     }
   }
+  // Announcements: the newest first, at most five; each can be
+  // acknowledged (it collapses, and stays collapsed on this browser for
+  // this session), so that they do not pile up over the work.
+  var seen = {};
+  try { seen = JSON.parse(sessionStorage.getItem("mamori-ack") || "{}"); } catch (x) { seen = {}; }
   function announce(a) {
     var box = document.getElementById("announcements");
     if (!box) return;
+    var key = (a.id || "") + "|" + (a.message || "");
+    if (seen[key]) return;
     var p = document.createElement("p");
     p.className = a.severity || "info";
-    p.textContent = (a.drill ? "[" + t("訓練", "DRILL") + "] " : "") + (a.message || "");
+    var span = document.createElement("span");
+    span.textContent = (a.drill ? "[" + t("訓練", "DRILL") + "] " : "") + (a.message || "");
+    var b = document.createElement("button");
+    b.type = "button";
+    b.className = "secondary";
+    b.textContent = t("確認", "OK");
+    b.setAttribute("aria-label", t("このお知らせを確認して閉じる", "Acknowledge and close this announcement"));
+    b.addEventListener("click", function () {
+      seen[key] = 1;
+      try { sessionStorage.setItem("mamori-ack", JSON.stringify(seen)); } catch (x) { /* private mode */ }
+      if (p.parentNode) p.parentNode.removeChild(p);
+    });
+    p.appendChild(span);
+    p.appendChild(b);
     box.insertBefore(p, box.firstChild);
     while (box.children.length > 5) box.removeChild(box.lastChild);
   }
@@ -47,6 +67,31 @@
     });
     es.addEventListener("announcement", function (e) {
       try { announce(JSON.parse(e.data)); } catch (x) { /* ignore */ }
+    });
+    // The stream breaks when the session ends (logged out elsewhere, an
+    // administrator disabled the account, it expired): say so on the open
+    // page, rather than let the next click fail.
+    var told = false;
+    es.addEventListener("error", function () {
+      if (told || !window.fetch) return;
+      fetch("/api/v1/auth/me", { credentials: "same-origin" }).then(function (r) {
+        if (r.status !== 401 || told) return;
+        told = true;
+        es.close();
+        var box = document.getElementById("announcements");
+        if (!box) return;
+        var p = document.createElement("p");
+        p.className = "critical";
+        p.id = "session-ended";
+        var span = document.createElement("span");
+        span.textContent = t("セッションが終了しました。入力中の内容は送信されません。もう一度ログインしてください。", "Your session has ended; what you type here will not be sent. Please log in again.");
+        var a = document.createElement("a");
+        a.href = "/ui/login?next=" + encodeURIComponent(location.pathname + location.search);
+        a.textContent = t("ログイン", "Log in");
+        p.appendChild(span);
+        p.appendChild(a);
+        box.insertBefore(p, box.firstChild);
+      }).catch(function () { /* the server is unreachable: the banner stays as it was */ });
     });
   }
   function endGrants() {
@@ -72,6 +117,9 @@
   document.addEventListener("submit", function (e) {
     var f = e.target;
     var q = f.getAttribute("data-confirm");
+    // A button may opt out of its form's question (e.g. starting a drill
+    // on the declaration form asks nothing).
+    if (e.submitter && e.submitter.hasAttribute("data-no-confirm")) q = null;
     if (q && f.hasAttribute("data-confirm-send")) {
       // A send names what leaves, and to whom, before it is signed.
       var sel = f.querySelector("select[name=partner]");
