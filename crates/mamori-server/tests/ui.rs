@@ -687,3 +687,94 @@ async fn compliance_report_is_produced_once_and_read_as_a_document() {
     // Reading it is audited.
     assert!(s.audits_where("compliance-report-read").iter().any(|e| e["agent"]["user"] == "audit.k"));
 }
+
+/// Form fields as the browser helper takes them.
+fn as_refs<'a>(f: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    f.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn self_signed(dir: &std::path::Path, cn: &str) -> String {
+    let key = dir.join(format!("{cn}.key"));
+    let crt = dir.join(format!("{cn}.crt"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(crt).unwrap()
+}
+
+#[tokio::test]
+async fn a_partner_is_registered_and_its_certificate_renewed_on_screen() {
+    let s = TestServer::start("ui-partner").await;
+    s.user("it.p", &["admin"]).await;
+    let ident = s.get("/api/v1/exchange/identity", &s.admin).await;
+    let signing = ident.body["certificates"]["signing"].as_str().unwrap().to_owned();
+    let tls_ca = ident.body["certificates"]["tls_ca"].as_str().unwrap().to_owned();
+    let mut b = Browser::new(&s);
+    b.login("it.p", PASSWORD).await;
+    let page = b.get("/ui/exchange/partners/new").await;
+    assert_eq!(page.status, 200);
+    let key = form_key(&page.text, "action=\"/ui/exchange/partners/new\"");
+    let mut fields: Vec<(&str, String)> = vec![
+        ("form_key", key.clone()),
+        ("id", "1310000009".into()),
+        ("name", "みなと診療所".into()),
+        ("as2_id", "MINATO".into()),
+        ("endpoint", "https://as2.minato.example:4443/as2".into()),
+        ("relationship", "third_party".into()),
+        ("purposes", "referral".into()),
+        ("contract_reference", "地域連携契約 2026-009".into()),
+        ("network_kind", "internet_tls".into()),
+        ("network_secured_by", "institution".into()),
+        ("d_sender_side", "送信元が対応".into()),
+        ("d_path", "各自の回線".into()),
+        ("d_recipient_side", "受信先が対応".into()),
+        ("d_fault_isolation", "双方で切り分け".into()),
+        ("d_stopping", "書面で停止".into()),
+        ("d_patient_enquiries", "各施設の窓口".into()),
+        ("c_signing", "not a certificate".into()),
+        ("c_encryption", signing.clone()),
+        ("c_tls_ca", tls_ca.clone()),
+    ];
+    // A bad certificate: named on the form, what was typed kept, nothing registered.
+    let p = b.post("/ui/exchange/partners/new", &as_refs(&fields)).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("登録内容に誤りがあります") && p.text.contains("signing"), "{}", p.text);
+    assert!(p.text.contains("value=\"みなと診療所\""), "input kept");
+    assert_eq!(s.get("/api/v1/partners", &s.admin).await.body["partners"].as_array().unwrap().len(), 0);
+    // Good: registered, once, and shown with its certificates.
+    fields[16].1 = signing.clone();
+    let first = b.post("/ui/exchange/partners/new", &as_refs(&fields)).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+    let second = b.post("/ui/exchange/partners/new", &as_refs(&fields)).await;
+    assert_eq!(second.location(), first.location());
+    let page = b.get(&first.location()).await;
+    assert!(page.text.contains("保存しました") && page.text.contains("第三者"), "{}", page.text);
+    let v1 = s.get("/api/v1/partners/1310000009", &s.admin).await.body["version"].as_i64().unwrap();
+
+    // Renewal: a new signing certificate pasted into the edit form.
+    let renewed = self_signed(&s.dir, "renewed-signing");
+    let key = form_key(&page.text, "action=\"/ui/exchange/partners/1310000009\"");
+    let mut edit: Vec<(&str, String)> = fields.iter().filter(|(k, _)| *k != "form_key").cloned().collect();
+    edit.retain(|(k, _)| *k != "c_signing");
+    edit.push(("c_signing", renewed.clone()));
+    edit.push(("version", v1.to_string()));
+    edit.push(("form_key", key));
+    let p = b.post("/ui/exchange/partners/1310000009", &as_refs(&edit)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let shown = s.get("/api/v1/partners/1310000009", &s.admin).await;
+    assert_eq!(shown.body["version"].as_i64().unwrap(), v1 + 1);
+    assert_eq!(shown.body["registration"]["certificates"]["signing"].as_str().unwrap().trim(), renewed.trim());
+    // The same form again, against the old version: refused, not overwritten.
+    edit.retain(|(k, _)| *k != "form_key");
+    let p = b.post("/ui/exchange/partners/1310000009", &as_refs(&edit)).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("notice error"), "{}", p.text);
+    assert_eq!(s.get("/api/v1/partners/1310000009", &s.admin).await.body["version"].as_i64().unwrap(), v1 + 1);
+}

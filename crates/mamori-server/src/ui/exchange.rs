@@ -28,6 +28,9 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/ui/exchange/inbound", get(inbound))
         .route("/ui/exchange/inbound/{message}/match", post(match_post))
         .route("/ui/exchange/partners", get(partners))
+        .route("/ui/exchange/partners/new", get(partner_new).post(partner_create))
+        .route("/ui/exchange/partners/{id}", get(partner_page).post(partner_update))
+        .route("/ui/exchange/partners/{id}/status", post(partner_status))
 }
 
 fn tabs(ui: &Ui) -> Markup {
@@ -441,7 +444,7 @@ pub(crate) async fn partners(ui: Ui) -> Response {
                 @for p in r.body["partners"].as_array().into_iter().flatten() {
                     @let exp: Vec<&Value> = p["expiring_certificates"].as_array().into_iter().flatten().collect();
                     tr {
-                        td { (tx(&p["id"])) }
+                        td { a href={ "/ui/exchange/partners/" (enc(p["id"].as_str().unwrap_or(""))) } { (tx(&p["id"])) } }
                         td { (tx(&p["name"])) }
                         td { (codes::relationship(ui.lang, p["relationship"].as_str().unwrap_or(""))) }
                         td { (codes::partner_status(ui.lang, p["status"].as_str().unwrap_or(""))) }
@@ -455,7 +458,296 @@ pub(crate) async fn partners(ui: Ui) -> Response {
                 }
             }
         }
-        p.muted { (ui.t("連携先の登録・変更は `mamori partner` コマンドまたは API で行い、すべて版管理され監査されます。", "Partners are registered and changed with `mamori partner` or the API; every version is kept and audited.")) }
+        @if ui.may(Operation::PartnerManage) {
+            p { a.button href="/ui/exchange/partners/new" { (ui.t("新しい連携先を登録", "Register a partner")) } }
+        }
+        p.muted { (ui.t("連携先の登録・変更（証明書の更新を含む）はこの画面、`mamori partner` コマンドまたは API で行い、すべて版管理され監査されます。", "Partners are registered and changed (certificate renewal included) here, with `mamori partner` or the API; every version is kept and audited.")) }
     };
     ui.page(ui.t("連携先", "Partners"), body)
+}
+
+// ---- partner registration and certificate renewal -----------------------------------------
+
+const DEMARCATION: [(&str, &str, &str); 7] = [
+    ("sender_side", "送信側の責任範囲", "Sender's side"),
+    ("path", "通信経路の責任", "The path between"),
+    ("recipient_side", "受信側の責任範囲", "Recipient's side"),
+    ("fault_isolation", "障害の切り分け", "Fault isolation"),
+    ("stopping", "停止・中断の手順", "Stopping the exchange"),
+    ("patient_enquiries", "患者からの問い合わせ窓口", "Patients' enquiries"),
+    ("operations_contact", "運用窓口", "Operations contact"),
+];
+
+const CERTS: [(&str, &str, &str); 3] = [
+    ("signing", "署名検証用の証明書（相手の署名鍵）", "Signing certificate (verifies the partner's signatures)"),
+    ("encryption", "暗号化用の証明書（相手への暗号化）", "Encryption certificate (what we encrypt to)"),
+    ("tls_ca", "TLSクライアント証明書の発行元（CA）", "TLS client certificate issuer (CA)"),
+];
+
+/// The registration form: a new partner, or an existing one (its
+/// version, so that a concurrent change is refused, not overwritten).
+fn partner_form(
+    ui: &Ui,
+    r: &Value,
+    version: Option<i64>,
+    issues: &[(String, Option<String>)],
+    err: Option<&str>,
+) -> Markup {
+    let s = |v: &Value| tx(v);
+    let action = match version {
+        Some(_) => format!("/ui/exchange/partners/{}", enc(r["id"].as_str().unwrap_or(""))),
+        None => "/ui/exchange/partners/new".to_owned(),
+    };
+    let purposes: Vec<&str> = r["purposes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    html! {
+        @if let Some(e) = err { (notice("error", e)) }
+        @if !issues.is_empty() {
+            div.notice.error role="alert" {
+                p { strong { (ui.t("登録内容に誤りがあります（何も変更されていません）:", "The registration has errors (nothing was changed):")) } }
+                ul { @for (m, path) in issues { li { @if let Some(p) = path { code { (p) } ": " } (m) } } }
+            }
+        }
+        form.card method="post" action=(action) {
+            (ui.csrf_field())
+            @if let Some(v) = version { input type="hidden" name="version" value=(v); }
+            div.grid {
+                div {
+                    label for="id" { (ui.t("連携先ID（医療機関コードなど、変更不可）", "Partner id (e.g. institution code; fixed)")) }
+                    input #id name="id" type="text" required value=(s(&r["id"])) readonly[version.is_some()];
+                }
+                div { label for="name" { (ui.t("名称", "Name")) } input #name name="name" type="text" required value=(s(&r["name"])); }
+                div { label for="institution_code" { (ui.t("医療機関コード（10桁、任意）", "Institution code (10 digits, optional)")) } input #institution_code name="institution_code" type="text" value=(s(&r["institution_code"])); }
+            }
+            div.grid {
+                div { label for="as2_id" { (ui.t("AS2識別子", "AS2 id")) } input #as2_id name="as2_id" type="text" required value=(s(&r["as2_id"])); }
+                div { label for="endpoint" { (ui.t("受信URL（https）", "Endpoint (https)")) } input #endpoint name="endpoint" type="url" required value=(s(&r["endpoint"])); }
+                div {
+                    label for="relationship" { (ui.t("関係", "Relationship")) }
+                    select #relationship name="relationship" {
+                        @for v in ["third_party", "delegation"] { option value=(v) selected[r["relationship"] == v] { (codes::relationship(ui.lang, v)) } }
+                    }
+                }
+            }
+            fieldset {
+                legend { (ui.t("送ってよい目的（契約の範囲）", "Purposes the contract covers")) }
+                @for v in ["referral", "referral_reply", "consultation", "testing", "claims", "research", "other"] {
+                    label.check { input type="checkbox" name="purposes" value=(v) checked[purposes.contains(&v)]; " " (codes::exchange_purpose(ui.lang, v)) }
+                }
+            }
+            div.grid {
+                div { label for="contract_reference" { (ui.t("契約（番号・名称）", "Contract (reference)")) } input #contract_reference name="contract_reference" type="text" required value=(s(&r["contract"]["reference"])); }
+                div { label for="contract_valid_until" { (ui.t("契約の有効期限", "Contract valid until")) } input #contract_valid_until name="contract_valid_until" type="date" value=(s(&r["contract"]["valid_until"])); }
+            }
+            div.grid {
+                div {
+                    label for="network_kind" { (ui.t("ネットワーク", "Network")) }
+                    select #network_kind name="network_kind" {
+                        @for (v, ja, en) in [("closed_network", "閉域網", "closed network"), ("ip_vpn", "IP-VPN", "IP-VPN"), ("internet_tls", "インターネット（TLS）", "Internet (TLS)")] {
+                            option value=(v) selected[r["network"]["kind"] == v] { (ui.t(ja, en)) }
+                        }
+                    }
+                }
+                div {
+                    label for="network_secured_by" { (ui.t("安全管理の責任", "Secured by")) }
+                    select #network_secured_by name="network_secured_by" {
+                        @for (v, ja, en) in [("institution", "医療機関", "the institutions"), ("carrier", "通信事業者", "the carrier"), ("both", "双方", "both")] {
+                            option value=(v) selected[r["network"]["secured_by"] == v] { (ui.t(ja, en)) }
+                        }
+                    }
+                }
+                div { label for="network_carrier" { (ui.t("通信事業者（任意）", "Carrier (optional)")) } input #network_carrier name="network_carrier" type="text" value=(s(&r["network"]["carrier"])); }
+            }
+            fieldset {
+                legend { (ui.t("責任分界（契約の定め）", "Responsibility demarcation (as the contract states it)")) }
+                @for (k, ja, en) in DEMARCATION {
+                    label for={ "d_" (k) } { (ui.t(ja, en)) }
+                    textarea id={ "d_" (k) } name={ "d_" (k) } rows="2" required[k != "operations_contact"] { (s(&r["demarcation"][k])) }
+                }
+            }
+            fieldset {
+                legend { (ui.t("証明書（PEM）— 更新するときは新しい証明書を貼り付けます", "Certificates (PEM) — to renew, paste the new certificate")) }
+                @for (k, ja, en) in CERTS {
+                    label for={ "c_" (k) } { (ui.t(ja, en)) }
+                    textarea.code id={ "c_" (k) } name={ "c_" (k) } rows="4" spellcheck="false" required[k != "tls_ca"] { (s(&r["certificates"][k])) }
+                }
+            }
+            p { button type="submit" { @if version.is_some() { (ui.t("検証して更新", "Check and update")) } @else { (ui.t("検証して登録", "Check and register")) } } }
+        }
+    }
+}
+
+/// The registration a submitted form describes; `base` keeps what the
+/// form does not show (the algorithm profile, document types, status).
+fn registration_of(f: &[(String, String)], base: &Value) -> Value {
+    let g = |k: &str| field(f, k).trim().to_owned();
+    let opt = |k: &str| Some(g(k)).filter(|v| !v.is_empty());
+    let mut r = base.clone();
+    if !r.is_object() {
+        r = json!({});
+    }
+    r["id"] = json!(g("id"));
+    r["name"] = json!(g("name"));
+    r["institution_code"] = json!(opt("institution_code"));
+    if r["institution_code"].is_null() {
+        r.as_object_mut().map(|o| o.remove("institution_code"));
+    }
+    r["as2_id"] = json!(g("as2_id"));
+    r["endpoint"] = json!(g("endpoint"));
+    r["relationship"] = json!(g("relationship"));
+    r["purposes"] = json!(fields(f, "purposes"));
+    r["contract"] = json!({"reference": g("contract_reference")});
+    if let Some(v) = opt("contract_valid_until") {
+        r["contract"]["valid_until"] = json!(v);
+    }
+    r["network"] = json!({"kind": g("network_kind"), "secured_by": g("network_secured_by")});
+    if let Some(c) = opt("network_carrier") {
+        r["network"]["carrier"] = json!(c);
+    }
+    r["demarcation"] = json!({});
+    for (k, _, _) in DEMARCATION {
+        r["demarcation"][k] = json!(g(&format!("d_{k}")));
+    }
+    r["certificates"] = json!({});
+    for (k, _, _) in CERTS {
+        r["certificates"][k] = json!(field(f, &format!("c_{k}")).trim().replace("\r\n", "\n"));
+    }
+    r
+}
+
+fn partner_refused(ui: &Ui, r: &Value, version: Option<i64>, e: &mamori_service::ServiceError) -> Box<Response> {
+    let (issues, err) =
+        if matches!(e.status(), 400 | 422) { (e.issues(), None) } else { (Vec::new(), Some(ui.why_err(e))) };
+    let title = if version.is_some() {
+        ui.t("連携先の変更", "Change a partner")
+    } else {
+        ui.t("連携先の登録", "Register a partner")
+    };
+    Box::new(ui.page(title, html! { (tabs(ui)) (partner_form(ui, r, version, &issues, err.as_deref())) }))
+}
+
+pub(crate) async fn partner_new(ui: Ui) -> Response {
+    let blank = json!({"relationship": "third_party", "purposes": ["referral", "referral_reply"], "network": {"kind": "internet_tls", "secured_by": "institution"}});
+    ui.page(
+        ui.t("連携先の登録", "Register a partner"),
+        html! { (tabs(&ui)) (partner_form(&ui, &blank, None, &[], None)) },
+    )
+}
+
+pub(crate) async fn partner_create(ui: Ui, body: Body) -> Response {
+    let f = form(body).await;
+    if let Some(r) = ui.csrf_rejects(&f) {
+        return r;
+    }
+    let r = registration_of(&f, &Value::Null);
+    ui.once(&f, || async {
+        let p = serde_json::from_value(r.clone())
+            .map_err(|e| mamori_service::ServiceError::invalid("", format!("the registration: {e}")));
+        match parts::save(&ui.svc, &ui.actor, None, p, None).await {
+            Ok(saved) => Ok(format!("/ui/exchange/partners/{}?saved=1", enc(&saved.id))),
+            Err(e) => Err(partner_refused(&ui, &r, None, &e)),
+        }
+    })
+    .await
+}
+
+pub(crate) async fn partner_page(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let off = ui.svc.cfg.institution.utc_offset_minutes;
+    let r = Api::of(parts::show(&ui.svc, &ui.actor, &id).await);
+    if !r.ok() {
+        return ui.page(ui.t("連携先", "Partner"), html! { (tabs(&ui)) (notice("error", &ui.why(&r))) });
+    }
+    let p = &r.body;
+    let version = p["version"].as_i64();
+    let manage = ui.may(Operation::PartnerManage);
+    let active = p["status"] == "active";
+    let body = html! {
+        (tabs(&ui))
+        @if q.contains_key("saved") { (notice("ok", ui.t("連携先の登録を保存しました（新しい版として記録）。", "The registration is saved (as a new version)."))) }
+        article.document {
+            dl.facts {
+                dt { (ui.t("名称", "Name")) } dd { (tx(&p["name"])) }
+                dt { (ui.t("状態", "Status")) } dd { (codes::partner_status(ui.lang, p["status"].as_str().unwrap_or(""))) }
+                dt { (ui.t("関係", "Relationship")) } dd { (codes::relationship(ui.lang, p["relationship"].as_str().unwrap_or(""))) }
+                dt { (ui.t("目的", "Purposes")) } dd { (p["purposes"].as_array().into_iter().flatten().map(|x| codes::exchange_purpose(ui.lang, x.as_str().unwrap_or(""))).collect::<Vec<_>>().join("、")) }
+                dt { (ui.t("AS2識別子・受信URL", "AS2 id, endpoint")) } dd { (tx(&p["as2_id"])) " · " code { (tx(&p["endpoint"])) } }
+                dt { (ui.t("契約", "Contract")) } dd { (tx(&p["contract"]["reference"])) " " (tx(&p["contract"]["valid_until"])) }
+                dt { (ui.t("版", "Version")) } dd { (tx(&p["version"])) " — " (tx(&p["updated_by"])) " " (when(&p["updated_at"], off)) }
+            }
+            h2 { (ui.t("証明書", "Certificates")) }
+            table.stack {
+                thead { tr { th { (ui.t("用途", "Use")) } th { (ui.t("主体", "Subject")) } th { (ui.t("有効期間", "Valid")) } th { "SHA-256" } } }
+                tbody {
+                    @for c in p["certificates"].as_array().into_iter().flatten().flat_map(|x| x.as_array().into_iter().flatten()) {
+                        @let expiring = p["expiring_certificates"].as_array().into_iter().flatten().any(|e| e["sha256"] == c["sha256"]);
+                        tr {
+                            td { (tx(&c["role"])) }
+                            td { (tx(&c["subject"])) }
+                            td { (tx(&c["not_before"])) " — " (tx(&c["not_after"])) @if expiring { " " span.badge.red { (ui.t("期限間近", "expiring")) } } }
+                            td { code { (tx(&c["sha256"]).chars().take(16).collect::<String>()) "…" } }
+                        }
+                    }
+                }
+            }
+        }
+        @if manage {
+            h2 { (ui.t("登録の変更・証明書の更新", "Change the registration, renew a certificate")) }
+            (partner_form(&ui, &p["registration"], version, &[], None))
+            h2 { @if active { (ui.t("交換を停止する", "Suspend the exchange")) } @else { (ui.t("交換を再開する", "Resume the exchange")) } }
+            form.card method="post" action={ "/ui/exchange/partners/" (enc(&id)) "/status" } data-confirm=(if active { ui.t("この連携先との送受信を停止します。全職員に通知されます。よろしいですか？", "Stop exchanging with this partner? All staff are told.") } else { ui.t("この連携先との送受信を再開します。よろしいですか？", "Resume exchanging with this partner?") }) {
+                (ui.csrf_field())
+                input type="hidden" name="to" value=(if active { "suspended" } else { "active" });
+                label for="reason" { (ui.t("理由（必須、5文字以上）", "Reason (required, at least 5 characters)")) }
+                input #reason name="reason" type="text" required minlength="5";
+                p { @if active { button.danger type="submit" { (ui.t("停止する", "Suspend")) } } @else { button type="submit" { (ui.t("再開する", "Resume")) } } }
+            }
+        }
+    };
+    ui.page(&format!("{} {}", ui.t("連携先", "Partner"), id), body)
+}
+
+pub(crate) async fn partner_update(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
+    let f = form(body).await;
+    if let Some(r) = ui.csrf_rejects(&f) {
+        return r;
+    }
+    let version = field(&f, "version").parse::<i64>().ok();
+    ui.once(&f, || async {
+        // What the form does not show is kept from the registration in force.
+        let current = Api::of(parts::show(&ui.svc, &ui.actor, &id).await);
+        let r = registration_of(&f, &current.body["registration"]);
+        let p = serde_json::from_value(r.clone())
+            .map_err(|e| mamori_service::ServiceError::invalid("", format!("the registration: {e}")));
+        match parts::save(&ui.svc, &ui.actor, Some(id.clone()), p, version).await {
+            Ok(saved) => Ok(format!("/ui/exchange/partners/{}?saved=1", enc(&saved.id))),
+            Err(e) => Err(partner_refused(&ui, &r, version, &e)),
+        }
+    })
+    .await
+}
+
+pub(crate) async fn partner_status(ui: Ui, Path(id): Path<String>, body: Body) -> Response {
+    let f = form(body).await;
+    if let Some(r) = ui.csrf_rejects(&f) {
+        return r;
+    }
+    let to = if field(&f, "to") == "active" {
+        mamori_exchange::partner::Status::Active
+    } else {
+        mamori_exchange::partner::Status::Suspended
+    };
+    ui.once(&f, || async {
+        let req = parts::StatusChange { reason: field(&f, "reason").to_owned() };
+        match parts::set_status(&ui.svc, &ui.actor, &id, req, to).await {
+            Ok(_) => Ok(format!("/ui/exchange/partners/{}", enc(&id))),
+            Err(e) => Err(Box::new(ui.page(
+                ui.t("連携先", "Partner"),
+                html! {
+                    (tabs(&ui))
+                    (notice("error", &ui.why_err(&e)))
+                    p { a href={ "/ui/exchange/partners/" (enc(&id)) } { (ui.t("戻る", "Back")) } }
+                },
+            ))),
+        }
+    })
+    .await
 }
