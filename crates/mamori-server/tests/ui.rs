@@ -778,3 +778,44 @@ async fn a_partner_is_registered_and_its_certificate_renewed_on_screen() {
     assert!(p.text.contains("notice error"), "{}", p.text);
     assert_eq!(s.get("/api/v1/partners/1310000009", &s.admin).await.body["version"].as_i64().unwrap(), v1 + 1);
 }
+
+#[tokio::test]
+async fn the_bcp_plan_is_edited_with_its_errors_shown_in_place() {
+    let s = TestServer::start("ui-plan").await;
+    s.user("bcp.p", &["bcp-decider"]).await;
+    let mut b = Browser::new(&s);
+    b.login("bcp.p", PASSWORD).await;
+    let page = b.get("/ui/bcp/plan").await;
+    assert_eq!(page.status, 200);
+    let text = page
+        .text
+        .split("name=\"plan\"")
+        .nth(1)
+        .unwrap()
+        .split_once('>')
+        .unwrap()
+        .1
+        .split("</textarea>")
+        .next()
+        .unwrap();
+    let text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"");
+    assert!(text.contains("[[criteria]]"), "{text}");
+    let version = |s: &TestServer| s.count("SELECT COUNT(*) FROM bcp_plans");
+    let before = version(&s);
+
+    // A broken plan: the errors, the text as typed, nothing saved.
+    let broken = text.replacen("[[criteria]]", "[[criteria]]\nid = \"\"", 1);
+    let p = b.post("/ui/bcp/plan", &[("plan", broken.as_str())]).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("計画に誤りがあります"), "{}", p.text);
+    assert!(p.text.contains("id = &quot;&quot;"), "the text as typed is kept");
+    assert_eq!(version(&s), before);
+
+    // A good change is saved as a new version.
+    let changed = format!("{text}\n");
+    let p = b.post("/ui/bcp/plan", &[("plan", changed.as_str())]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    assert_eq!(p.location(), "/ui/bcp/plan?saved=1");
+    assert_eq!(version(&s), before + 1);
+    assert!(b.get(&p.location()).await.text.contains("計画を保存しました"));
+}

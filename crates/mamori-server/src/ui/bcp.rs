@@ -20,6 +20,7 @@ pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/ui/bcp", get(console))
         .route("/ui/bcp/declare", post(declare))
+        .route("/ui/bcp/plan", get(plan_page).post(plan_post))
         .route("/ui/bcp/{id}/confirm", post(confirm))
         .route("/ui/bcp/{id}/tick", post(tick))
         .route("/ui/bcp/{id}/transition", post(transition))
@@ -203,7 +204,10 @@ pub(crate) async fn console(ui: Ui) -> Response {
                 }
             }
         }
-        p.muted { (ui.t("計画", "Plan")) ": " (text(&ui, &p["title"])) " (" (ui.t("版", "version")) " " (tx(&plan.body["version"])) ")" }
+        p.muted {
+            (ui.t("計画", "Plan")) ": " (text(&ui, &p["title"])) " (" (ui.t("版", "version")) " " (tx(&plan.body["version"])) ") "
+            a href="/ui/bcp/plan" { (ui.t("計画を見る・編集する", "View or edit the plan")) }
+        }
     };
     ui.page(ui.t("BCPコンソール", "BCP console"), body)
 }
@@ -711,6 +715,76 @@ pub(crate) async fn reported(ui: Ui, Path((id, recipient)): Path<(i64, String)>,
             Ok(format!("/ui/bcp/{id}/incident"))
         } else {
             Err(Box::new(ui.page(ui.t("報告", "Report"), notice("error", &ui.why(&r)))))
+        }
+    })
+    .await
+}
+
+// ---- the plan ---------------------------------------------------------------------------
+
+fn plan_form(
+    ui: &Ui,
+    text: &str,
+    version: &Value,
+    saved: bool,
+    issues: &[(String, Option<String>)],
+    err: Option<&str>,
+) -> Response {
+    let may_edit = ui.may(Operation::BcpPlanChange { deciders_changed: false });
+    let body = html! {
+        @if saved { (notice("ok", ui.t("計画を保存しました。現在のフェーズの規則にも反映されます。", "The plan is saved; the rules of the current phase follow it."))) }
+        @if let Some(e) = err { (notice("error", e)) }
+        @if !issues.is_empty() {
+            div.notice.error role="alert" {
+                p { strong { (ui.t("計画に誤りがあります。直して保存してください（何も変更されていません）:", "The plan has errors; correct them and save again (nothing was changed):")) } }
+                ul { @for (m, path) in issues { li { @if let Some(p) = path { code { (p) } ": " } (m) } } }
+            }
+        }
+        p.muted {
+            (ui.t("BCP計画（TOML形式）。宣言の基準、フェーズごとのチェックリストと規則、決定者、連絡先を定めます。書式は docs/example-bcp-plan.toml を参照してください。", "The BCP plan (TOML): declaration criteria, each phase's checklist and rules, deciders, contacts. See docs/example-bcp-plan.toml for the format."))
+            " " (ui.t("現在の版", "Version in force")) ": " (tx(version))
+        }
+        form.card method="post" action="/ui/bcp/plan" {
+            (ui.csrf_field())
+            label for="plan" { (ui.t("計画", "Plan")) }
+            textarea #plan.code name="plan" rows="30" spellcheck="false" readonly[!may_edit] { (text) }
+            @if may_edit {
+                p { button type="submit" { (ui.t("検証して保存", "Check and save")) } }
+            } @else {
+                p.muted { (ui.t("計画を変更できるのはBCPチームです。", "The BCP team changes the plan.")) }
+            }
+        }
+    };
+    ui.page(ui.t("BCP計画", "BCP plan"), body)
+}
+
+pub(crate) async fn plan_page(
+    ui: Ui,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let t = Api::of(bcp::plan(&ui.svc, &ui.actor, true).await);
+    let v = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
+    if !t.ok() {
+        return ui.page(ui.t("BCP計画", "BCP plan"), notice("error", &ui.why(&t)));
+    }
+    plan_form(&ui, t.body.as_str().unwrap_or(""), &v.body["version"], q.contains_key("saved"), &[], None)
+}
+
+pub(crate) async fn plan_post(ui: Ui, body: Body) -> Response {
+    let f = form(body).await;
+    if let Some(r) = ui.csrf_rejects(&f) {
+        return r;
+    }
+    let text = field(&f, "plan").to_owned();
+    ui.once(&f, || async {
+        match bcp::put_plan(&ui.svc, &ui.actor, text.clone()).await {
+            Ok(_) => Ok("/ui/bcp/plan?saved=1".to_owned()),
+            Err(e) => {
+                let v = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
+                let (issues, err) =
+                    if e.status() == 400 { (e.issues(), None) } else { (Vec::new(), Some(ui.why_err(&e))) };
+                Err(Box::new(plan_form(&ui, &text, &v.body["version"], false, &issues, err.as_deref())))
+            }
         }
     })
     .await
