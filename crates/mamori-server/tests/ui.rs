@@ -688,6 +688,186 @@ async fn compliance_report_is_produced_once_and_read_as_a_document() {
     assert!(s.audits_where("compliance-report-read").iter().any(|e| e["agent"]["user"] == "audit.k"));
 }
 
+#[tokio::test]
+async fn a_paper_record_is_transcribed_with_its_author_and_time_once() {
+    let s = TestServer::start("ui-transcribe").await;
+    let doc = s.user("dr.t", &["physician"]).await;
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.1", "value": "00022222"}],
+                   "name": [{"family": "林", "given": ["葵"]}], "gender": "female", "birthDate": "1990-05-05"}),
+        )
+        .await;
+    let pid = r.body["id"].as_str().unwrap().to_owned();
+    s.assign(&pid, "dr.t").await;
+    let mut b = Browser::new(&s);
+    b.login("dr.t", PASSWORD).await;
+    // The chart leads to the form for its patient.
+    let chart = b.get(&format!("/ui/patients/{pid}")).await;
+    assert!(chart.text.contains(&format!("href=\"/ui/transcribe?patient={pid}\"")), "{}", chart.text);
+    let obs_count = || async {
+        s.get(&format!("/fhir/Observation?patient={pid}"), &doc).await.body["entry"].as_array().map_or(0, Vec::len)
+    };
+
+    // Bad input: said on the form, with what was typed kept; nothing made.
+    let page = b.get("/ui/transcribe?patient=00022222").await;
+    let key = form_key(&page.text, "action=\"/ui/transcribe\"");
+    let bad = [
+        ("form_key", key.as_str()),
+        ("patient", "00022222"),
+        ("kind", "vital"),
+        ("vital", "8310-5"),
+        ("value", "熱あり"),
+        ("original_author", "看護師 山田"),
+        ("original_time", "2026-11-30T14:05"),
+    ];
+    let p = b.post("/ui/transcribe", &bad).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("値は数値で入力してください"), "{}", p.text);
+    assert!(p.text.contains("value=\"熱あり\"") && p.text.contains("value=\"看護師 山田\""), "input kept: {}", p.text);
+    let p = b
+        .post(
+            "/ui/transcribe",
+            &[
+                ("patient", "00099999"),
+                ("kind", "vital"),
+                ("vital", "8310-5"),
+                ("value", "38.2"),
+                ("original_author", "x"),
+                ("original_time", "2026-11-30T14:05"),
+            ],
+        )
+        .await;
+    assert!(p.text.contains("その患者IDまたはカルテ番号の患者はいません"), "{}", p.text);
+    assert_eq!(obs_count().await, 0);
+
+    // Entered by the record number, twice (a double click): one record.
+    let page = b.get("/ui/transcribe").await;
+    let key = form_key(&page.text, "action=\"/ui/transcribe\"");
+    let good = [
+        ("form_key", key.as_str()),
+        ("patient", "00022222"),
+        ("kind", "vital"),
+        ("vital", "8310-5"),
+        ("value", "38.2"),
+        ("original_author", "看護師 山田"),
+        ("original_time", "2026-11-30T14:05"),
+        ("note", "停電中の紙の温度板から"),
+    ];
+    let first = b.post("/ui/transcribe", &good).await;
+    let second = b.post("/ui/transcribe", &good).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+    assert_eq!(first.location(), format!("/ui/patients/{pid}?transcribed=1"));
+    assert_eq!(second.location(), first.location());
+    let found = s.get(&format!("/fhir/Observation?patient={pid}"), &doc).await;
+    let entries = found.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "one record for two submissions");
+    let o = &entries[0]["resource"];
+    assert_eq!(o["valueQuantity"]["value"], 38.2);
+    assert_eq!(o["valueQuantity"]["code"], "Cel");
+    assert_eq!(o["effectiveDateTime"], "2026-11-30T14:05:00+09:00", "the institution's time zone");
+    // Its provenance names the original author and the transcriber.
+    let ev = s.audits_where("transcribe").pop().expect("audited");
+    assert_eq!(ev["detail"]["original_author"], "看護師 山田");
+    assert_eq!(ev["patients"], json!([pid]));
+    let chart = b.get(&first.location()).await;
+    assert!(chart.text.contains("紙の記録を転記しました") && chart.text.contains("38.2 ℃"), "{}", chart.text);
+}
+
+#[tokio::test]
+async fn the_merge_review_queue_reviews_and_undoes_merges() {
+    let s = TestServer::start("ui-merges").await;
+    let er = s.user_in("er-doc", &["physician"], Some("ER")).await;
+    let clerk = s.user("clerk.m", &["clerk"]).await;
+    s.user("aud.m", &["auditor"]).await;
+    let r = s.post("/api/v1/registrations", &er, json!({"triage": "yellow", "sex": "female"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let prov = r.body["id"].as_str().unwrap().to_owned();
+    let real = s.patient(&clerk, "川口", "花").await;
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": {"reference": format!("Patient/{prov}")}},
+        {"name": "target-patient", "valueReference": {"reference": format!("Patient/{real}")}},
+        {"name": "reason", "valueString": "家族が確認 / confirmed by family"}]});
+    let r = s.req(Method::POST, "/fhir/Patient/$merge", Some(&clerk), Some(params)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // The auditor sees it waiting, and reviews it once.
+    let mut a = Browser::new(&s);
+    a.login("aud.m", PASSWORD).await;
+    let p = a.get("/ui/merge/reviews").await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains(&prov) && p.text.contains(&real) && p.text.contains("家族が確認"), "{}", p.text);
+    let key = form_key(&p.text, "/review\"");
+    let id = p.text.split("action=\"/ui/merge/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let short = a.post(&format!("/ui/merge/{id}/review"), &[("note", "")]).await;
+    assert_eq!(short.status, 200, "an empty note is refused on the page");
+    let done =
+        a.post(&format!("/ui/merge/{id}/review"), &[("form_key", key.as_str()), ("note", "戸籍と照合済み")]).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    let again =
+        a.post(&format!("/ui/merge/{id}/review"), &[("form_key", key.as_str()), ("note", "戸籍と照合済み")]).await;
+    assert_eq!(again.location(), done.location(), "a repeat is sent where the first led");
+    assert_eq!(s.audits_where("merge-review").iter().filter(|e| e["status"] == 200).count(), 1);
+    let p = a.get("/ui/merge/reviews").await;
+    assert!(p.text.contains("確認待ちの統合はありません"), "{}", p.text);
+    let p = a.get("/ui/merge/reviews?show=all").await;
+    assert!(p.text.contains("戸籍と照合済み"));
+
+    // The clerk undoes it (a reason is required); the queue says so.
+    let mut c = Browser::new(&s);
+    c.login("clerk.m", PASSWORD).await;
+    let p = c.post(&format!("/ui/merge/{id}/undo"), &[("reason", "x")]).await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("notice error"), "{}", p.text);
+    let p = c.post(&format!("/ui/merge/{id}/undo"), &[("reason", "双子の取り違え / twins")]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let p = c.get("/ui/merge/reviews?show=all").await;
+    assert!(p.text.contains("取り消し済み"), "{}", p.text);
+}
+
+#[tokio::test]
+async fn the_bcp_plan_is_edited_with_its_errors_shown_in_place() {
+    let s = TestServer::start("ui-plan").await;
+    s.user("bcp.p", &["bcp-decider"]).await;
+    let mut b = Browser::new(&s);
+    b.login("bcp.p", PASSWORD).await;
+    let page = b.get("/ui/bcp/plan").await;
+    assert_eq!(page.status, 200);
+    let text = page
+        .text
+        .split("name=\"plan\"")
+        .nth(1)
+        .unwrap()
+        .split_once('>')
+        .unwrap()
+        .1
+        .split("</textarea>")
+        .next()
+        .unwrap();
+    let text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"");
+    assert!(text.contains("[[criteria]]"), "{text}");
+    let version = |s: &TestServer| s.count("SELECT COUNT(*) FROM bcp_plans");
+    let before = version(&s);
+
+    // A broken plan: the errors, the text as typed, nothing saved.
+    let broken = text.replacen("[[criteria]]", "[[criteria]]\nid = \"\"", 1);
+    let p = b.post("/ui/bcp/plan", &[("plan", broken.as_str())]).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("計画に誤りがあります"), "{}", p.text);
+    assert!(p.text.contains("id = &quot;&quot;"), "the text as typed is kept");
+    assert_eq!(version(&s), before);
+
+    // A good change is saved as a new version.
+    let changed = format!("{text}\n");
+    let p = b.post("/ui/bcp/plan", &[("plan", changed.as_str())]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    assert_eq!(p.location(), "/ui/bcp/plan?saved=1");
+    assert_eq!(version(&s), before + 1);
+    assert!(b.get(&p.location()).await.text.contains("計画を保存しました"));
+}
+
 /// Form fields as the browser helper takes them.
 fn as_refs<'a>(f: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     f.iter().map(|(k, v)| (*k, v.as_str())).collect()
@@ -777,45 +957,4 @@ async fn a_partner_is_registered_and_its_certificate_renewed_on_screen() {
     assert_eq!(p.status, 200, "{}", p.text);
     assert!(p.text.contains("notice error"), "{}", p.text);
     assert_eq!(s.get("/api/v1/partners/1310000009", &s.admin).await.body["version"].as_i64().unwrap(), v1 + 1);
-}
-
-#[tokio::test]
-async fn the_bcp_plan_is_edited_with_its_errors_shown_in_place() {
-    let s = TestServer::start("ui-plan").await;
-    s.user("bcp.p", &["bcp-decider"]).await;
-    let mut b = Browser::new(&s);
-    b.login("bcp.p", PASSWORD).await;
-    let page = b.get("/ui/bcp/plan").await;
-    assert_eq!(page.status, 200);
-    let text = page
-        .text
-        .split("name=\"plan\"")
-        .nth(1)
-        .unwrap()
-        .split_once('>')
-        .unwrap()
-        .1
-        .split("</textarea>")
-        .next()
-        .unwrap();
-    let text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"");
-    assert!(text.contains("[[criteria]]"), "{text}");
-    let version = |s: &TestServer| s.count("SELECT COUNT(*) FROM bcp_plans");
-    let before = version(&s);
-
-    // A broken plan: the errors, the text as typed, nothing saved.
-    let broken = text.replacen("[[criteria]]", "[[criteria]]\nid = \"\"", 1);
-    let p = b.post("/ui/bcp/plan", &[("plan", broken.as_str())]).await;
-    assert_eq!(p.status, 200, "{}", p.text);
-    assert!(p.text.contains("計画に誤りがあります"), "{}", p.text);
-    assert!(p.text.contains("id = &quot;&quot;"), "the text as typed is kept");
-    assert_eq!(version(&s), before);
-
-    // A good change is saved as a new version.
-    let changed = format!("{text}\n");
-    let p = b.post("/ui/bcp/plan", &[("plan", changed.as_str())]).await;
-    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
-    assert_eq!(p.location(), "/ui/bcp/plan?saved=1");
-    assert_eq!(version(&s), before + 1);
-    assert!(b.get(&p.location()).await.text.contains("計画を保存しました"));
 }

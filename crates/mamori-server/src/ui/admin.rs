@@ -737,6 +737,10 @@ pub(crate) async fn reconcile(ui: Ui) -> Response {
     let tasks: Vec<&Value> = r.body["tasks"].as_array().into_iter().flatten().collect();
     let body = html! {
         (tabs(&ui))
+        p {
+            a href="/ui/transcribe" { (ui.t("紙の記録を転記する", "Transcribe a paper record")) } " · "
+            a href="/ui/merge/reviews" { (ui.t("患者統合の一覧", "Merges")) }
+        }
         @if tasks.is_empty() { (notice("ok", ui.t("未解決の突合せ課題はありません。", "No open reconciliation tasks."))) }
         @for t in &tasks {
             @let id = t["id"].as_i64().unwrap_or(0);

@@ -39,6 +39,7 @@ fn tabs(ui: &Ui) -> Markup {
         ("/ui/audit/patient", ui.t("患者別アクセス記録", "Who looked at a patient")),
         ("/ui/audit/break-glass", ui.t("緊急アクセスの確認", "Break-glass reviews")),
         ("/ui/audit/maintenance", ui.t("保守作業の確認", "Maintenance reviews")),
+        ("/ui/merge/reviews", ui.t("患者統合の確認", "Merge reviews")),
     ];
     super::html::tabs(ui, &items)
 }

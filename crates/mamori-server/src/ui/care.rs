@@ -635,8 +635,14 @@ pub(crate) async fn chart(ui: Ui, Path(id): Path<String>, Query(q): Query<HashMa
         @if let Some(src) = q.get("merged") {
             (notice("ok", &format!("{} {} → {}", ui.t("統合しました:", "Merged:"), src, id)))
         }
-        @if ui.may(Operation::AppUse) {
-            p.noprint { a href={ "/ui/apps?patient=" (enc(&id)) } { (ui.t("この患者でアプリを起動", "Launch an app for this patient")) } }
+        @if q.contains_key("transcribed") {
+            (notice("ok", ui.t("紙の記録を転記しました。元の記録者と時刻が記録の由来として残っています。", "The paper record was entered, with its original author and time kept as its provenance.")))
+        }
+        p.noprint {
+            (super::records::transcribe_link(&ui, &id))
+            @if ui.may(Operation::AppUse) {
+                " · " a href={ "/ui/apps?patient=" (enc(&id)) } { (ui.t("この患者でアプリを起動", "Launch an app for this patient")) }
+            }
         }
         @if is_provisional(pt) {
             (notice("info", ui.t("仮登録の患者です。身元が判明したら医事課が統合します。", "A provisional patient: when the identity is known, medical records merges the record.")))
@@ -1080,6 +1086,7 @@ fn merge_form(ui: &Ui, source: &str, target: &str, reason: &str, err: Option<&st
         }
         p.muted {
             (ui.t("統合は記録され、監査担当が確認します。誤りは取り消せます。", "Merges are recorded and reviewed by an auditor; a mistaken merge can be undone."))
+            " " a href="/ui/merge/reviews" { (ui.t("統合の一覧と確認", "Merges and their review")) }
         }
     };
     ui.page(ui.t("身元確認と統合", "Identify and merge"), body)

@@ -19,6 +19,7 @@ pub(crate) mod codes;
 pub(crate) mod compliance;
 pub(crate) mod exchange;
 pub(crate) mod html;
+pub(crate) mod records;
 
 use std::collections::HashMap;
 
@@ -73,6 +74,7 @@ pub(crate) fn routes() -> Router<Services> {
         .merge(exchange::routes())
         .merge(admin::routes())
         .merge(apps::routes())
+        .merge(records::routes())
         .route("/ui/{*rest}", get(not_found))
 }
 
