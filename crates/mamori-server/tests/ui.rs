@@ -785,13 +785,40 @@ async fn the_merge_review_queue_reviews_and_undoes_merges() {
     let r = s.post("/api/v1/registrations", &er, json!({"triage": "yellow", "sex": "female"})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let prov = r.body["id"].as_str().unwrap().to_owned();
+    let wristband = r.body["provisional_id"].as_str().unwrap().to_owned();
     let real = s.patient(&clerk, "川口", "花").await;
-    let params = json!({"resourceType": "Parameters", "parameter": [
-        {"name": "source-patient", "valueReference": {"reference": format!("Patient/{prov}")}},
-        {"name": "target-patient", "valueReference": {"reference": format!("Patient/{real}")}},
-        {"name": "reason", "valueString": "家族が確認 / confirmed by family"}]});
-    let r = s.req(Method::POST, "/fhir/Patient/$merge", Some(&clerk), Some(params)).await;
-    assert_eq!(r.status, 200, "{}", r.text);
+
+    // The clerk merges on screen: the provisional id from the wristband,
+    // a preview in words, then the merge (once).
+    let mut c = Browser::new(&s);
+    c.login("clerk.m", PASSWORD).await;
+    let reason = "家族が確認 / confirmed by family";
+    let p = c
+        .post("/ui/merge", &[("step", "preview"), ("source", &wristband), ("target", &real), ("reason", reason)])
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(
+        p.text.contains("件の記録が統合先の患者に移ります") && p.text.contains(&format!("Patient/{real}")),
+        "{}",
+        p.text
+    );
+    let p = c
+        .post("/ui/merge", &[("step", "preview"), ("source", "T-nobody"), ("target", &real), ("reason", reason)])
+        .await;
+    assert!(p.text.contains("患者はいません") && p.text.contains("value=\"T-nobody\""), "{}", p.text);
+    let key = form_key(&c.get("/ui/merge").await.text, "action=\"/ui/merge\"");
+    let go = [
+        ("form_key", key.as_str()),
+        ("step", "merge"),
+        ("source", prov.as_str()),
+        ("target", real.as_str()),
+        ("reason", reason),
+    ];
+    let first = c.post("/ui/merge", &go).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+    assert!(first.location().starts_with(&format!("/ui/patients/{real}?merged=")), "{}", first.location());
+    assert_eq!(c.post("/ui/merge", &go).await.location(), first.location(), "merged once");
+    assert_eq!(s.audits_where("patient-merge").len(), 1);
 
     // The auditor sees it waiting, and reviews it once.
     let mut a = Browser::new(&s);
@@ -816,8 +843,6 @@ async fn the_merge_review_queue_reviews_and_undoes_merges() {
     assert!(p.text.contains("戸籍と照合済み"));
 
     // The clerk undoes it (a reason is required); the queue says so.
-    let mut c = Browser::new(&s);
-    c.login("clerk.m", PASSWORD).await;
     let p = c.post(&format!("/ui/merge/{id}/undo"), &[("reason", "x")]).await;
     assert_eq!(p.status, 200);
     assert!(p.text.contains("notice error"), "{}", p.text);

@@ -1092,6 +1092,13 @@ fn merge_form(ui: &Ui, source: &str, target: &str, reason: &str, err: Option<&st
     ui.page(ui.t("身元確認と統合", "Identify and merge"), body)
 }
 
+/// The count and the records a merge preview says would change (its
+/// outcome reads `preview: N resources would change: A, B`).
+fn preview_changes(text: &str) -> Option<(usize, Vec<String>)> {
+    let (n, list) = text.strip_prefix("preview: ")?.split_once(" resources would change: ")?;
+    Some((n.parse().ok()?, list.split(", ").filter(|r| !r.is_empty()).map(str::to_owned).collect()))
+}
+
 fn merge_params(source: &str, target: &str, preview: bool, reason: &str) -> Value {
     let mut p = vec![
         json!({"name": "source-patient", "valueReference": {"reference": format!("Patient/{source}")}}),
@@ -1143,7 +1150,13 @@ pub(crate) async fn merge_post(ui: Ui, body: Body) -> Response {
         .and_then(|a| a.iter().find(|p| p["name"] == "outcome"))
         .map(|p| p["resource"]["issue"][0]["diagnostics"].as_str().unwrap_or("").to_owned());
     let body = html! {
-        (notice("info", &outcome.unwrap_or_default()))
+        @match preview_changes(outcome.as_deref().unwrap_or("")) {
+            Some((n, refs)) => {
+                (notice("info", &format!("{} {n} {}", ui.t("統合すると、次の", "Merging moves these"), ui.t("件の記録が統合先の患者に移ります。統合元は無効になります。", "records to the target patient; the source becomes inactive."))))
+                ul { @for r in &refs { li { code { (r) } } } }
+            }
+            None => (notice("info", outcome.as_deref().unwrap_or(""))),
+        }
         form.card method="post" action="/ui/merge" {
             (ui.csrf_field())
             input type="hidden" name="step" value="merge";
