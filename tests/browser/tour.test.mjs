@@ -9,7 +9,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -106,7 +107,7 @@ test("login, and the first-login password change", async () => {
   await page.fill("#new2", "Tour admin pass 2026");
   await page.click("form[action='/ui/password'] button[type=submit]");
   assert.match(page.url(), /\/ui\/$/);
-  assert.match(await page.textContent("header .user"), /admin/);
+  assert.match(await page.textContent("header .user"), /Administrator \(システム管理者\)/);
   // The language switch.
   await page.click("header a.lang");
   assert.match(await page.textContent("#mode-banner"), /Normal operation/);
@@ -123,7 +124,12 @@ test("patient search and chart", async () => {
   await page.click("form[action='/ui/patients'] button[type=submit]");
   await page.click("a[href='/ui/patients/demo-p001']");
   await page.waitForSelector("h2:has-text('アレルギー')");
-  assert.ok(await page.locator("svg.spark").count() >= 3, "trend plots of vital signs");
+  assert.ok(await page.locator("svg.trend").count() >= 3, "trend plots of vital signs");
+  // Each trend says its scale: values on the axis, dates, the unit as
+  // people write it.
+  const trends = await page.textContent("div.trends");
+  assert.match(trends, /mmHg|℃/, trends);
+  assert.doesNotMatch(trends, /mm\[Hg\]|\bCel\b/, trends);
   assert.ok((await page.locator("section:has(h2:has-text('使用中の薬剤')) li").count()) >= 1, "active medications");
   assert.match(await page.textContent("main"), /デモ/, "demo data is marked");
   await shot(page, "02-chart");
@@ -236,7 +242,7 @@ test("send a document to the partner clinic; the ledger shows delivery", async (
   // shows it again and sends nothing more.
   await page.waitForURL(/\/ui\/exchange\/messages\?send=/);
   assert.match(asked, /送り先: .*demo-clinic/, asked);
-  assert.match(asked, /患者: .*Patient\/demo-p001/, asked);
+  assert.match(asked, /患者: .*demo-p001/, asked);
   assert.match(asked, /送る記録: 1\n- /, asked);
   const rows = await page.locator("main tbody tr").count();
   assert.ok(rows >= 1, "the queued message is listed");
@@ -244,12 +250,12 @@ test("send a document to the partner clinic; the ledger shows delivery", async (
   assert.equal(await page.locator("main tbody tr").count(), rows, "a reload sends nothing");
   await page.click("main tbody a");
   let state = "";
-  for (let i = 0; i < 60 && !/delivered|acknowledged/.test(state); i++) {
+  for (let i = 0; i < 60 && !/配達済み/.test(state); i++) {
     await page.waitForTimeout(500);
     await page.reload();
-    state = await page.textContent(".card .badge");
+    state = await page.textContent("article.document .badge");
   }
-  assert.match(state, /delivered|acknowledged/, "signed receipt received");
+  assert.match(state, /配達済み/, "signed receipt received");
   assert.ok((await page.locator("tbody tr").count()) >= 3, "each hop is recorded");
   await shot(page, "11-ledger");
   // At the clinic, the document waits for (or has) its patient match.
@@ -280,5 +286,159 @@ test("after the tour, the auditor produces the compliance report", async () => {
   await shot(page, "12-compliance-report");
   await page.goto(base + "/ui/compliance");
   assert.equal(await page.locator("main tbody tr").count(), 1, "one report, however often the page was reloaded");
+  await page.context().close();
+});
+
+// Codes the system keeps that a Japanese page must show by name, never as
+// they are (checked in the text people see, not in the markup).
+const CODES = [
+  "finished", "in-progress", "AMB", "EMER", "IMP", "mm[Hg]", "Cel", "TREAT", "ETREAT", "BTG", "HOPERAT",
+  "HSYSADMIN", "HCOMPL", "physician", "nurse", "pharmacist", "clerk", "auditor", "bcp-decider",
+  "activation", "resumption", "full_recovery", "stood_down", "male", "female", "awaiting_envelope", "sealed",
+  "in_use", "retired", "responsibility_transferred", "handed_to_network", "mdn_received", "implied_consent",
+  "explicit_consent", "protection_of_life", "cyber_attack", "system_failure", "mass_casualty",
+  "break-glass-start", "role-not-permitted", "no-care-relationship", "care-relationship", "delivered",
+  "awaiting_mdn", "queued", "requested", "approved", "pending", "accepted", "questioned", "referral",
+  "third_party", "delegation", "warning", "critical", "read", "search", "create", "update", "ransomware",
+];
+const codeRe = new RegExp(
+  "(?<![\\w.\\-/])(" + CODES.map((c) => c.replace(/[[\]]/g, "\\$&")).join("|") + ")(?![\\w.\\-/])",
+);
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+// One screen: no code in its visible text, no serious or critical
+// accessibility violation (axe-core, WCAG 2 A and AA), a screenshot.
+async function check(page, path, name) {
+  const r = await page.goto(base + path);
+  assert.ok(r.status() < 400, `${path}: HTTP ${r.status()}`);
+  const text = await page.evaluate(() => document.body.innerText);
+  const found = text.match(codeRe);
+  assert.equal(found, null, `${path}: the code "${found && found[1]}" is shown as it is`);
+  await page.evaluate(axeSource);
+  const v = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return r.violations
+      .filter((x) => x.impact === "serious" || x.impact === "critical")
+      .map((x) => `${x.id} (${x.impact}): ${x.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  assert.deepEqual(v, [], `${path}: accessibility violations`);
+  await shot(page, "screen-" + name);
+}
+
+test("every screen, in Japanese: names not codes, accessible, printable", async () => {
+  const anon = await session();
+  await check(anon, "/ui/login", "login");
+  await check(anon, "/ui/emergency-login", "emergency-login");
+  await anon.context().close();
+
+  const dr = await session();
+  await login(dr, "dr.sato", creds["hospital:dr.sato"]);
+  for (const [path, name] of [
+    ["/ui/", "home"], ["/ui/patients?q=" + encodeURIComponent("やまだ"), "search"], ["/ui/patients/demo-p001", "chart"],
+    ["/ui/patients/demo-p001/documents/demo-p001-d0", "document"], ["/ui/patients/demo-p002", "break-glass-form"],
+    ["/ui/register", "register"], ["/ui/provisional", "provisional"], ["/ui/exchange?patient=demo-p001", "exchange"],
+    ["/ui/exchange/messages", "ledger"], ["/ui/apps?patient=demo-p001", "apps"],
+    ["/ui/transcribe?patient=demo-p001", "transcribe"],
+  ]) await check(dr, path, name);
+  await dr.goto(base + "/ui/exchange/messages");
+  const msg = await dr.getAttribute("main tbody a", "href");
+  await check(dr, msg, "message");
+  // The document opens from the chart, as text.
+  await dr.goto(base + "/ui/patients/demo-p001");
+  await dr.click("a[href*='/documents/']");
+  assert.ok((await dr.textContent("article.document")).length > 20, "the note's text is shown");
+  // The record number a chart shows opens the chart.
+  await dr.goto(base + "/ui/patients/00010037");
+  assert.match(dr.url(), /\/ui\/patients\/demo-p001$/);
+  // A phone: the chart and the registration form fit the screen.
+  await dr.setViewportSize({ width: 390, height: 844 });
+  for (const [path, name] of [["/ui/patients/demo-p001", "phone-chart"], ["/ui/register", "phone-register"], ["/ui/patients?q=" + encodeURIComponent("やまだ"), "phone-search"]]) {
+    await dr.goto(base + path);
+    const over = await dr.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(over <= 0, `${path}: ${over}px wider than a phone`);
+    await shot(dr, name);
+  }
+  await dr.context().close();
+
+  const clerk = await session();
+  await login(clerk, "clerk.kato", creds["hospital:clerk.kato"]);
+  await check(clerk, "/ui/merge", "merge");
+  await clerk.context().close();
+
+  const decider = await session();
+  await login(decider, "bcp.kobayashi", creds["hospital:bcp.kobayashi"]);
+  await check(decider, "/ui/bcp", "bcp");
+  const review = await decider.getAttribute("a[href$='/review']", "href");
+  await check(decider, "/ui/bcp/plan", "bcp-plan");
+  await check(decider, review, "after-action-review");
+  assert.ok((await decider.locator("article.document table").count()) >= 2, "the review is a document, not JSON");
+  await check(decider, review.replace("/review", "/incident"), "incident-report");
+  await decider.context().close();
+
+  const aud = await session();
+  await login(aud, "aud.yamamoto", creds["hospital:aud.yamamoto"]);
+  for (const [path, name] of [
+    ["/ui/audit", "audit"], ["/ui/audit/search?user=dr.sato", "audit-search"],
+    ["/ui/audit/patient?patient=00010037", "who-looked"], ["/ui/audit/break-glass?review=accepted", "break-glass-reviews"],
+    ["/ui/audit/maintenance", "maintenance-reviews"], ["/ui/merge/reviews?show=all", "merge-reviews"],
+    ["/ui/compliance", "compliance"],
+  ]) await check(aud, path, name);
+  await aud.context().close();
+
+  const admin = await session();
+  await login(admin, "admin", "Tour admin pass 2026");
+  for (const [path, name] of [
+    ["/ui/admin/users", "users"], ["/ui/admin/requests", "requests"], ["/ui/admin/care", "care"],
+    ["/ui/admin/emergency-accounts", "emergency-accounts"], ["/ui/admin/maintenance", "maintenance"],
+    ["/ui/admin/snapshots", "snapshots"], ["/ui/admin/reconcile", "reconcile"], ["/ui/exchange/partners", "partners"],
+    ["/ui/apps", "apps-admin"], ["/ui/exchange/partners/demo-clinic", "partner"],
+    ["/ui/exchange/partners/new", "partner-new"],
+  ]) await check(admin, path, name);
+  await admin.context().close();
+});
+
+test("keyboard only: log in, find a patient, open the chart, register, break the glass", async () => {
+  const page = await session();
+  const focused = () => page.evaluate(() => document.activeElement && (document.activeElement.id || document.activeElement.tagName));
+  await page.goto(base + "/ui/login");
+  assert.equal(await focused(), "username", "the login form starts at the user name");
+  await page.keyboard.type("dr.tanaka");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(creds["hospital:dr.tanaka"]);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/ui\/$/);
+  // The home page's search box has the focus: type and Enter.
+  assert.equal(await focused(), "q");
+  await page.keyboard.type("demo-p021");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/ui\/patients\?q=/);
+  await shot(page, "keyboard-search");
+  // Tab to the patient's link and open it.
+  const at = () => page.evaluate(() => document.activeElement.getAttribute("href"));
+  for (let i = 0; i < 40 && (await at()) !== "/ui/patients/demo-p021"; i++) await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/ui\/patients\/demo-p021$/);
+  await page.waitForSelector("h2:has-text('アレルギー')");
+  // Break the glass for a patient without a care relationship.
+  await page.goto(base + "/ui/patients/demo-p041");
+  for (let i = 0; i < 60 && (await focused()) !== "reason"; i++) await page.keyboard.press("Tab");
+  assert.equal(await focused(), "reason", "the reason is reachable by Tab");
+  await page.keyboard.type("救急外来で意識障害、既往歴の確認が必要（キーボード操作）");
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "minutes");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector(".countdown");
+  // Registration (the ER registers at any time): the triage radios, the selects and the button by keyboard.
+  await page.goto(base + "/ui/register");
+  for (let i = 0; i < 60 && !(await page.evaluate(() => document.activeElement.name === "triage")); i++) await page.keyboard.press("Tab");
+  await page.keyboard.press("Space");
+  assert.ok(await page.isChecked("input[name=triage][value=red]"), "a triage colour chosen by keyboard");
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "sex");
+  await page.keyboard.press("ArrowDown");
+  for (let i = 0; i < 40 && (await page.evaluate(() => document.activeElement.type)) !== "submit"; i++) await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector(".badge.provisional");
   await page.context().close();
 });
