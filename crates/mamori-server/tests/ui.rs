@@ -983,3 +983,57 @@ async fn a_partner_is_registered_and_its_certificate_renewed_on_screen() {
     assert!(p.text.contains("notice error"), "{}", p.text);
     assert_eq!(s.get("/api/v1/partners/1310000009", &s.admin).await.body["version"].as_i64().unwrap(), v1 + 1);
 }
+
+#[tokio::test]
+async fn a_refused_form_says_why_in_japanese_and_keeps_what_was_typed() {
+    let s = TestServer::start("ui-kept").await;
+    s.user_in("ns.w", &["nurse"], Some("W3")).await;
+    let decider = s.user("bcp.k", &["bcp-decider"]).await;
+    // Registration outside an emergency by a ward nurse: refused by the
+    // plan, said in Japanese, the form as typed.
+    let mut n = Browser::new(&s);
+    n.login("ns.w", PASSWORD).await;
+    let p = n
+        .post(
+            "/ui/register",
+            &[
+                ("triage", "yellow"),
+                ("sex", "female"),
+                ("age", "70"),
+                ("features", "赤いセーター"),
+                ("arrival", "walk-in"),
+                ("note", "ロビーで転倒"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("受付を通さない緊急登録はできません"), "{}", p.text);
+    assert!(p.text.contains("value=\"赤いセーター\"") && p.text.contains("ロビーで転倒</textarea>"), "{}", p.text);
+    assert!(
+        p.text.contains("value=\"yellow\" required checked") && p.text.contains("value=\"walk-in\" selected"),
+        "{}",
+        p.text
+    );
+    assert_eq!(s.get("/api/v1/registrations", &decider).await.body["provisional"].as_array().map_or(0, Vec::len), 0);
+
+    // Back to normal with the checklist open and no reason: the console,
+    // why, and the note as typed; the declaration still open.
+    let r = s
+        .post("/api/v1/bcp/declarations", &decider, json!({"cause": "disaster", "criteria": ["earthquake"], "reason": "震度6強、建物の一部損壊 / strong earthquake"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_i64().unwrap();
+    for to in ["resumption", "recovery", "full_recovery"] {
+        let r = s.post(&format!("/api/v1/bcp/declarations/{id}/transitions"), &decider, json!({"to": to})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let mut d = Browser::new(&s);
+    d.login("bcp.k", PASSWORD).await;
+    let page = d.get("/ui/bcp").await;
+    assert!(page.text.contains("必須のチェック項目が"), "moving on with required items open asks first: {}", page.text);
+    let p = d.post(&format!("/ui/bcp/{id}/transition"), &[("to", "normal"), ("note", "院長判断で復帰")]).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert!(p.text.contains("notice error") && p.text.contains("現在の状態と矛盾するため"), "{}", p.text);
+    assert!(p.text.contains("value=\"院長判断で復帰\""), "the note is kept: {}", p.text);
+    assert_eq!(s.get("/api/v1/mode", &decider).await.body["mode"], "emergency; phase=full_recovery");
+}

@@ -83,21 +83,13 @@ fn cause_name(ui: &Ui, c: &str) -> String {
     .to_owned()
 }
 
-fn back_with(ui: &Ui, r: &super::Api) -> super::Next {
-    if r.ok() {
-        Ok("/ui/bcp".into())
-    } else {
-        Err(Box::new(ui.page(
-            ui.t("BCPコンソール", "BCP console"),
-            html! {
-                (notice("error", &ui.why(r)))
-                p { a href="/ui/bcp" { (ui.t("コンソールへ戻る", "Back to the console")) } }
-            },
-        )))
-    }
+pub(crate) async fn console(ui: Ui) -> Response {
+    console_page(&ui, None, &[]).await
 }
 
-pub(crate) async fn console(ui: Ui) -> Response {
+/// The console; after a refused action, with why at the top and what was
+/// typed kept in its form (no dead end, nothing to type again).
+async fn console_page(ui: &Ui, err: Option<String>, typed: &[(String, String)]) -> Response {
     let off = ui.svc.cfg.institution.utc_offset_minutes;
     let plan = Api::of(bcp::plan(&ui.svc, &ui.actor, false).await);
     let mode = Api::of(bcp::mode(&ui.svc, &ui.actor).await);
@@ -116,12 +108,13 @@ pub(crate) async fn console(ui: Ui) -> Response {
     let docs: Vec<&Value> = p["documents"].as_array().into_iter().flatten().collect();
     let list = Api::of(bcp::list(&ui.svc, &ui.actor).await.map(|d| json!({"declarations": d})));
     let body = html! {
+        @if let Some(e) = &err { (notice("error", e)) }
         @match &current {
             None => {
                 (notice("ok", ui.t("現在、非常時宣言はありません。", "No emergency is declared.")))
-                @if decider { (declare_form(&ui, p)) }
+                @if decider { (declare_form(ui, p, typed)) }
             }
-            Some(d) => (declaration_view(&ui, &d.body, p, off)),
+            Some(d) => (declaration_view(ui, &d.body, p, off, typed)),
         }
         h2 { (ui.t("未確認のアラート（非常時の可能性）", "Open alerts (possible emergencies)")) }
         @if items.is_empty() {
@@ -179,7 +172,7 @@ pub(crate) async fn console(ui: Ui) -> Response {
         }
         @if !docs.is_empty() {
             h3 { (ui.t("公開・配布する文書", "Documents to publish")) }
-            ul { @for d in &docs { li { (text(&ui, &d["title"])) " " span.muted { (tx(&d["location"])) } } } }
+            ul { @for d in &docs { li { (text(ui, &d["title"])) " " span.muted { (tx(&d["location"])) } } } }
         }
         h2 { (ui.t("宣言の履歴", "Declarations")) }
         table.stack {
@@ -191,10 +184,10 @@ pub(crate) async fn console(ui: Ui) -> Response {
                         td { (id) }
                         td { (when(&d["declared_at"], off)) }
                         td {
-                            (cause_name(&ui, d["cause"].as_str().unwrap_or("")))
+                            (cause_name(ui, d["cause"].as_str().unwrap_or("")))
                             @if d["drill"] == true { " " span.badge.yellow { (ui.t("訓練", "drill")) } }
                         }
-                        td { (phase_name(&ui, d["state"].as_str().unwrap_or(""))) }
+                        td { (phase_name(ui, d["state"].as_str().unwrap_or(""))) }
                         td { (tx(&d["reason"])) }
                         td {
                             @if d["state"] == "closed" || d["state"] == "stood_down" { a href={ "/ui/bcp/" (id) "/review" } { (ui.t("事後レビュー", "After-action review")) } }
@@ -205,14 +198,15 @@ pub(crate) async fn console(ui: Ui) -> Response {
             }
         }
         p.muted {
-            (ui.t("計画", "Plan")) ": " (text(&ui, &p["title"])) " (" (ui.t("版", "version")) " " (tx(&plan.body["version"])) ") "
+            (ui.t("計画", "Plan")) ": " (text(ui, &p["title"])) " (" (ui.t("版", "version")) " " (tx(&plan.body["version"])) ") "
             a href="/ui/bcp/plan" { (ui.t("計画を見る・編集する", "View or edit the plan")) }
         }
     };
     ui.page(ui.t("BCPコンソール", "BCP console"), body)
 }
 
-fn declare_form(ui: &Ui, plan: &Value) -> Markup {
+fn declare_form(ui: &Ui, plan: &Value, typed: &[(String, String)]) -> Markup {
+    let ticked = fields(typed, "criteria");
     html! {
         form.card #declare method="post" action="/ui/bcp/declare" data-confirm=(ui.t("非常時を宣言しますか？ 全職員に通知され、非常時の規則に切り替わります。訓練の場合は「訓練を開始する」を使ってください。", "Declare an emergency? All staff are told and the emergency rules apply. For a drill, use \"Start a drill\".")) {
             (ui.csrf_field())
@@ -222,7 +216,7 @@ fn declare_form(ui: &Ui, plan: &Value) -> Markup {
                 legend { (ui.t("該当する基準", "Criteria met")) }
                 @for c in plan["criteria"].as_array().into_iter().flatten() {
                     label.check {
-                        input type="checkbox" name="criteria" value=(tx(&c["id"]));
+                        input type="checkbox" name="criteria" value=(tx(&c["id"])) checked[ticked.contains(&c["id"].as_str().unwrap_or(""))];
                         " [" (cause_name(ui, c["cause"].as_str().unwrap_or(""))) "] " (text(ui, &c["description"]))
                     }
                 }
@@ -233,7 +227,7 @@ fn declare_form(ui: &Ui, plan: &Value) -> Markup {
                 @for c in ["cyber_attack", "disaster", "system_failure", "mass_casualty", "other"] { option value=(c) { (cause_name(ui, c)) } }
             }
             label for="reason" { (ui.t("理由・状況", "Reason and situation")) }
-            textarea #reason name="reason" required placeholder=(ui.t("例: 電子カルテ端末の多数で身代金要求画面を確認", "e.g. ransom notes on many EHR terminals")) {}
+            textarea #reason name="reason" required placeholder=(ui.t("例: 電子カルテ端末の多数で身代金要求画面を確認", "e.g. ransom notes on many EHR terminals")) { (field(typed, "reason")) }
             p {
                 button.danger type="submit" name="drill" value="0" { (ui.t("非常時を宣言する", "Declare the emergency")) }
                 " "
@@ -243,7 +237,7 @@ fn declare_form(ui: &Ui, plan: &Value) -> Markup {
     }
 }
 
-fn declaration_view(ui: &Ui, d: &Value, plan: &Value, off: i64) -> Markup {
+fn declaration_view(ui: &Ui, d: &Value, plan: &Value, off: i64, typed: &[(String, String)]) -> Markup {
     let id = d["id"].as_i64().unwrap_or(0);
     let state = d["state"].as_str().unwrap_or("");
     let drill = d["drill"] == true;
@@ -305,12 +299,12 @@ fn declaration_view(ui: &Ui, d: &Value, plan: &Value, off: i64) -> Markup {
                         (notice("warning", &format!("{} {open_required} {}", ui.t("このフェーズの必須項目のうち", "Required items of this phase still open:"), ui.t("件が未完了です。未完了のまま進めた場合、その旨が記録されます。", "moving on is recorded with them."))))
                     }
                     label for="note" { (ui.t("記録するメモ", "Note for the record")) }
-                    input #note name="note" type="text";
+                    input #note name="note" type="text" value=(field(typed, "note"));
                     @match PHASES.get(c + 1) {
                         Some(n) => p { button type="submit" name="to" value=(n.0) { (ui.t("次のフェーズへ:", "Move to")) " " (ui.t(n.1, n.2)) } },
                         None => {
                             label for="override_reason" { (ui.t("未完了の項目が残る場合の理由", "Reason if required items or reconciliation tasks remain open")) }
-                            input #override_reason name="override_reason" type="text";
+                            input #override_reason name="override_reason" type="text" value=(field(typed, "override_reason"));
                             p { button.danger type="submit" name="to" value="normal" { (ui.t("通常運用に戻す", "Return to normal operation")) } }
                         }
                     }
@@ -338,7 +332,15 @@ async fn act<Fut>(ui: &Ui, f: &[(String, String)], run: impl FnOnce() -> Fut) ->
 where
     Fut: std::future::Future<Output = Api>,
 {
-    ui.once(f, || async { back_with(ui, &run().await) }).await
+    ui.once(f, || async {
+        let r = run().await;
+        if r.ok() {
+            Ok("/ui/bcp".to_owned())
+        } else {
+            Err(Box::new(console_page(ui, Some(ui.why(&r)), f).await))
+        }
+    })
+    .await
 }
 
 pub(crate) async fn declare(ui: Ui, body: Body) -> Response {

@@ -932,10 +932,12 @@ pub(crate) async fn break_glass(ui: Ui, Path(id): Path<String>, body: Body) -> R
 }
 
 pub(crate) async fn register_page(ui: Ui) -> Response {
-    register_form(&ui, None)
+    register_form(&ui, None, &[])
 }
 
-fn register_form(ui: &Ui, err: Option<String>) -> Response {
+/// The registration form; after a refusal, with what was typed (`typed`).
+fn register_form(ui: &Ui, err: Option<String>, typed: &[(String, String)]) -> Response {
+    let v = |k: &str| field(typed, k);
     let triage = [
         ("red", "赤 即時", "Red — immediate"),
         ("yellow", "黄 待機", "Yellow — delayed"),
@@ -951,7 +953,7 @@ fn register_form(ui: &Ui, err: Option<String>) -> Response {
                 legend { (ui.t("トリアージ", "Triage")) }
                 div.triage {
                     @for (v, ja, en) in triage {
-                        label.check { input type="radio" name="triage" value=(v) required; " " span class={ "badge " (v) } { (ui.t(ja, en)) } }
+                        label.check { input type="radio" name="triage" value=(v) required checked[field(typed, "triage") == v]; " " span class={ "badge " (v) } { (ui.t(ja, en)) } }
                     }
                 }
             }
@@ -959,33 +961,30 @@ fn register_form(ui: &Ui, err: Option<String>) -> Response {
                 div {
                     label for="sex" { (ui.t("性別", "Sex")) }
                     select #sex name="sex" required {
-                        option value="unknown" { (ui.t("不明", "unknown")) }
-                        option value="male" { (ui.t("男性", "male")) }
-                        option value="female" { (ui.t("女性", "female")) }
-                        option value="other" { (ui.t("その他", "other")) }
+                        @for x in ["unknown", "male", "female", "other"] { option value=(x) selected[v("sex") == x] { (codes::gender(ui.lang, x)) } }
                     }
                 }
-                div { label for="age" { (ui.t("推定年齢", "Estimated age")) } input #age name="age" type="number" min="0" max="130" inputmode="numeric"; }
-                div { label for="age_band" { (ui.t("年齢層", "Age band")) } input #age_band name="age_band" type="text" placeholder="40-49"; }
+                div { label for="age" { (ui.t("推定年齢", "Estimated age")) } input #age name="age" type="number" min="0" max="130" inputmode="numeric" value=(v("age")); }
+                div { label for="age_band" { (ui.t("年齢層", "Age band")) } input #age_band name="age_band" type="text" placeholder="40-49" value=(v("age_band")); }
             }
             label for="features" { (ui.t("特徴（服装・傷・刺青など）", "Distinguishing features")) }
-            input #features name="features" type="text";
+            input #features name="features" type="text" value=(v("features"));
             div.grid {
                 div {
                     label for="arrival" { (ui.t("来院経路", "Arrival")) }
                     select #arrival name="arrival" {
                         option value="" { "—" }
-                        @for v in ["ambulance", "walk-in", "helicopter", "transfer"] { option value=(v) { (codes::arrival(ui.lang, v)) } }
+                        @for x in ["ambulance", "walk-in", "helicopter", "transfer"] { option value=(x) selected[v("arrival") == x] { (codes::arrival(ui.lang, x)) } }
                     }
                 }
-                div { label for="found_at" { (ui.t("発見場所", "Found at")) } input #found_at name="found_at" type="text"; }
+                div { label for="found_at" { (ui.t("発見場所", "Found at")) } input #found_at name="found_at" type="text" value=(v("found_at")); }
             }
             div.grid {
-                div { label for="kanji" { (ui.t("氏名（漢字、分かれば）", "Name in kanji (if known)")) } input #kanji name="kanji" type="text"; }
-                div { label for="kana" { (ui.t("氏名（カナ、分かれば）", "Name in kana (if known)")) } input #kana name="kana" type="text"; }
+                div { label for="kanji" { (ui.t("氏名（漢字、分かれば）", "Name in kanji (if known)")) } input #kanji name="kanji" type="text" value=(v("kanji")); }
+                div { label for="kana" { (ui.t("氏名（カナ、分かれば）", "Name in kana (if known)")) } input #kana name="kana" type="text" value=(v("kana")); }
             }
             label for="note" { (ui.t("メモ", "Note")) }
-            textarea #note name="note" {}
+            textarea #note name="note" { (v("note")) }
             p { button type="submit" { (ui.t("登録", "Register")) } }
         }
     };
@@ -1022,7 +1021,7 @@ pub(crate) async fn register_post(ui: Ui, body: Body) -> Response {
         };
         match r {
             Ok(reg) => Ok(format!("/ui/patients/{}", enc(&reg.id))),
-            Err(e) => Err(Box::new(register_form(&ui, Some(ui.why_err(&e))))),
+            Err(e) => Err(Box::new(register_form(&ui, Some(ui.why_err(&e)), &f))),
         }
     })
     .await
