@@ -400,7 +400,7 @@ impl Ui {
     /// Keeps a text to be shown once (a launch link) for the page at
     /// `to`, and answers `to` with the flash's id.
     pub(crate) fn flash_to(&self, to: &str, content: String) -> Next {
-        self.keep(to, content)
+        self.keep(to, plain(content))
     }
     /// Keeps a result to be shown once (a one-time password) for the page
     /// at `to`: markup made by a template now, shown as it is then.
@@ -426,6 +426,15 @@ impl Ui {
         let kept = q.get("flash").and_then(|id| self.svc.flash.take(self.actor.name(), id))?;
         kept.strip_prefix(MARKUP_FLASH).map(|m| html::kept_markup(m.to_owned()))
     }
+}
+
+/// A text kept for a page, never able to pass for kept markup, whatever
+/// it starts with.
+fn plain(mut text: String) -> String {
+    while let Some(rest) = text.strip_prefix(MARKUP_FLASH) {
+        text = rest.to_owned();
+    }
+    text
 }
 
 /// Marks a flash that holds markup rendered by a template (escaped when it
@@ -491,4 +500,16 @@ pub(crate) async fn security_headers(req: Request, next: axum::middleware::Next)
         );
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_text_never_passes_for_markup() {
+        let forged = format!("{MARKUP_FLASH}{MARKUP_FLASH}<script>x</script>");
+        assert!(!plain(forged).starts_with(MARKUP_FLASH));
+        assert_eq!(plain("https://app.example/launch?iss=x".into()), "https://app.example/launch?iss=x");
+    }
 }
