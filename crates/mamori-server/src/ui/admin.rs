@@ -326,7 +326,7 @@ pub(crate) async fn care(ui: Ui, Query(q): Query<HashMap<String, String>>) -> Re
             (ui.csrf_field())
             h2 { (ui.t("担当関係を登録", "Assign care")) }
             div.grid {
-                div { label for="patient" { (ui.t("患者IDまたはカルテ番号", "Patient id or record number")) } input #patient name="patient" type="text" required; }
+                div { label for="patient" { (ui.t("患者ID", "Patient id")) } input #patient name="patient" type="text" required; }
                 div { label for="user" { (ui.t("担当者（ログイン名）", "Staff member (login)")) } input #user name="user" type="text"; }
                 div { label for="department" { (ui.t("または部署", "or department")) } input #department name="department" type="text"; }
             }
