@@ -1008,6 +1008,8 @@ async fn a_refused_form_says_why_in_japanese_and_keeps_what_was_typed() {
         .await;
     assert_eq!(p.status, 200, "{}", p.text);
     assert!(p.text.contains("受付を通さない緊急登録はできません"), "{}", p.text);
+    // The API's technical detail (English) is there, folded under the Japanese.
+    assert!(p.text.contains("<details class=\"detail\"><summary>技術的な詳細</summary><code>"), "{}", p.text);
     assert!(p.text.contains("value=\"赤いセーター\"") && p.text.contains("ロビーで転倒</textarea>"), "{}", p.text);
     assert!(
         p.text.contains("value=\"yellow\" required checked") && p.text.contains("value=\"walk-in\" selected"),

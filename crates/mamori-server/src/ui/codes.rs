@@ -266,9 +266,15 @@ pub(crate) fn explain(lang: Lang, status: u16, basis: Option<&str>, detail: &str
     if detail.is_empty() {
         summary.to_owned()
     } else {
-        format!("{summary}（詳細: {detail}）")
+        format!("{summary}{DETAIL_OPEN}{detail}{DETAIL_CLOSE}")
     }
 }
+
+/// Where an explanation's technical detail starts and ends (a page shows
+/// it folded, under 技術的な詳細).
+pub(crate) const DETAIL_OPEN: &str = "（詳細: ";
+/// See [`DETAIL_OPEN`].
+pub(crate) const DETAIL_CLOSE: &str = "）";
 
 /// A use case's error as a page shows it.
 pub(crate) fn error_message(lang: Lang, e: &ServiceError) -> String {

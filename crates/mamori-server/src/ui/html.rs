@@ -205,8 +205,23 @@ pub(crate) fn tabs(ui: &Ui, items: &[(&str, &str)]) -> Markup {
 }
 
 /// An error or notice box.
+/// An explanation with a technical detail ([`super::codes::explain`])
+/// shows the detail folded, so the page reads in Japanese first.
 pub(crate) fn notice(kind: &str, text: &str) -> Markup {
-    html! { p class={ "notice " (kind) } role="alert" { (text) } }
+    use super::codes::{DETAIL_CLOSE, DETAIL_OPEN};
+    let split = text
+        .strip_suffix(DETAIL_CLOSE)
+        .and_then(|t| t.split_once(DETAIL_OPEN))
+        .filter(|(summary, _)| !summary.is_empty());
+    match split {
+        Some((summary, detail)) => html! {
+            div class={ "notice " (kind) } role="alert" {
+                p { (summary) }
+                details.detail { summary { "技術的な詳細" } code { (detail) } }
+            }
+        },
+        None => html! { p class={ "notice " (kind) } role="alert" { (text) } },
+    }
 }
 
 /// A date-time for people (local time of the institution, minutes).
