@@ -112,6 +112,46 @@ async fn validate_operation_against_jp_core() {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
 
+    // Instance level: a body as an update of that instance (its id must
+    // be the instance's), and the stored version, read under the read rule.
+    let mut plain = json!({"resourceType": "Patient", "name": [{"family": "検証"}], "gender": "female"});
+    let r = s.post("/fhir/Patient", &doc, plain.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pid = r.body["id"].as_str().unwrap().to_owned();
+    s.assign(&pid, "doc").await;
+    plain["id"] = json!(pid);
+    let r = s.post(&format!("/fhir/Patient/{pid}/$validate"), &doc, plain.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!issues(&r.body, "error").iter().any(|e| e.starts_with("Patient.id:")), "{}", r.text);
+    plain["id"] = json!("someone-else");
+    let r = s.post(&format!("/fhir/Patient/{pid}/$validate"), &doc, plain.clone()).await;
+    let e = issues(&r.body, "error");
+    assert!(e.iter().any(|e| e.starts_with("Patient.id: validated as an update of")), "{e:?}");
+    let r = s.get(&format!("/fhir/Patient/{pid}/$validate?profile={CORE}JP_Patient"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = issues(&r.body, "error");
+    assert!(
+        e.iter().any(|e| e.starts_with("Patient.identifier: requires at least 1")),
+        "the stored version against JP_Patient: {e:?}"
+    );
+    assert_eq!(
+        s.audits_where("read").iter().filter(|a| a["patients"] == json!([pid])).count(),
+        1,
+        "the stored version was read, audited"
+    );
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "体温"},
+        "subject": {"reference": format!("Patient/{pid}")}, "valueQuantity": {"value": 36.5, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel"}});
+    let r = s.post("/fhir/Observation", &doc, obs).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let oid = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}/$validate"), &doc).await.status, 200);
+    let other = s.user("doc2", &["physician"]).await;
+    let r = s.get(&format!("/fhir/Observation/{oid}/$validate"), &other).await;
+    assert_eq!(r.status, 403, "no care relationship, no read, no validation: {}", r.text);
+    assert_eq!(s.get("/fhir/Patient/nobody/$validate", &doc).await.status, 404);
+    let r = s.get(&format!("/fhir/Patient/{pid}/$validate?mode=delete"), &doc).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
     // Nothing was stored, and each request was decided and audited.
     assert_eq!(s.count("SELECT COUNT(*) FROM resources WHERE rtype = 'MedicationRequest'"), 0);
     let audits = s.audits_where("validate");

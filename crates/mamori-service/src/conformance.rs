@@ -299,6 +299,45 @@ pub async fn validate_op(
     body: &Value,
     profiles: &[String],
 ) -> Result<Value, ServiceError> {
+    validate_as(svc, actor, rtype, body, profiles, None).await
+}
+
+/// `$validate` on an instance (`POST [type]/[id]/$validate`): the body is
+/// validated as an update of that resource, so its id must be the
+/// instance's (an error finding otherwise).
+pub async fn validate_update(
+    svc: &Services,
+    actor: &Actor,
+    rtype: ResourceType,
+    id: &str,
+    body: &Value,
+    profiles: &[String],
+) -> Result<Value, ServiceError> {
+    validate_as(svc, actor, rtype, body, profiles, Some(id)).await
+}
+
+/// `$validate` of a stored resource (`GET [type]/[id]/$validate`): read
+/// under the same rule as a read, and audited as one, then validated.
+pub async fn validate_stored(
+    svc: &Services,
+    actor: &Actor,
+    rtype: ResourceType,
+    id: &str,
+    profiles: &[String],
+) -> Result<Value, ServiceError> {
+    let v = crate::records::read::read(svc, actor, rtype.as_str(), id).await?.into_inner();
+    let body: Value = serde_json::from_str(&v.body).map_err(|e| ServiceError::internal_from("a stored resource", e))?;
+    validate_as(svc, actor, rtype, &body, profiles, Some(id)).await
+}
+
+async fn validate_as(
+    svc: &Services,
+    actor: &Actor,
+    rtype: ResourceType,
+    body: &Value,
+    profiles: &[String],
+    instance: Option<&str>,
+) -> Result<Value, ServiceError> {
     svc.read_gate(actor, "validate", Operation::FhirValidate, Facts::default(), "validating resources").await?;
     // A Parameters body carries the resource and the profile.
     let (resource, mut asked) = if body["resourceType"] == "Parameters" && rtype.as_str() != "Parameters" {
@@ -340,6 +379,20 @@ pub async fn validate_op(
             .map(|i| Finding { severity: Severity::Error, code: "structure", path: i.path, message: i.message })
             .collect(),
     };
+    let mut core = core;
+    if let Some(id) = instance {
+        if resource["id"].as_str() != Some(id) {
+            core.push(Finding {
+                severity: Severity::Error,
+                code: "invalid",
+                path: format!("{rtype}.id"),
+                message: format!(
+                    "validated as an update of {rtype}/{id}, but the resource's id is {}",
+                    resource["id"].as_str().unwrap_or("missing")
+                ),
+            });
+        }
+    }
     let mut report = conf.validate(rtype.as_str(), &resource, &asked);
     let mut findings = core;
     findings.append(&mut report.findings);

@@ -72,12 +72,46 @@ pub(crate) async fn instance_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if op == "$validate" {
+        return validate_instance(svc, c, t, id, q, headers, body).await;
+    }
     if t != "Group" || op != "$export" {
         let e = ServiceError::MethodNotAllowed("only Group/{id}/$export takes a POST here".into());
         return refuse(&svc, &c, "operation", None, None, e).await;
     }
     let path = format!("Group/{id}/$export");
     kickoff_post(svc, c, Level::Group(id), &path, q, headers, body).await
+}
+
+/// `POST [type]/[id]/$validate`: the body (a resource or a Parameters
+/// with one) validated as an update of that instance.
+async fn validate_instance(
+    svc: Services,
+    c: Caller,
+    t: String,
+    id: String,
+    q: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let rtype = mamori_service::records::parse_type(&t)?;
+        let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
+        check_accept(&headers, format_param(&pairs))?;
+        super::check_content_type(&headers)?;
+        let body = super::parse_json(&read_body(body, svc.cfg.server.body_limit_bytes).await?)?;
+        Ok::<_, ServiceError>((rtype, body, super::read::validate_params(&pairs)?))
+    }
+    .await;
+    match r {
+        Ok((rtype, body, profiles)) => {
+            match mamori_service::conformance::validate_update(&svc, &c, rtype, &id, &body, &profiles).await {
+                Ok(v) => respond(StatusCode::OK, v.to_string()),
+                Err(e) => FhirError(e).into_response(),
+            }
+        }
+        Err(e) => refuse(&svc, &c, "validate", Some(&t), None, e).await,
+    }
 }
 
 async fn kickoff_post(

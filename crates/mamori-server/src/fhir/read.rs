@@ -127,6 +127,19 @@ pub(crate) async fn vread(
 }
 
 /// `GET /fhir/{type}/{id}/_history` and `/fhir/Patient/{id}/$everything`.
+/// The query of `$validate`: its profiles; `mode` only as `update` at
+/// an instance (what a create or a delete would check is not offered).
+pub(crate) fn validate_params(pairs: &[(String, String)]) -> Result<Vec<String>, ServiceError> {
+    if let Some((k, v)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "profile" | "mode" | "_format" | "_pretty"))
+    {
+        return Err(ServiceError::invalid(k, format!("$validate takes profile= (and mode=update), not {k}={v}")));
+    }
+    if let Some((_, m)) = pairs.iter().find(|(k, v)| k == "mode" && v != "update") {
+        return Err(ServiceError::invalid("mode", format!("mode={m} is not supported; only update is")));
+    }
+    Ok(pairs.iter().filter(|(k, _)| k == "profile").map(|(_, v)| v.clone()).collect())
+}
+
 pub(crate) async fn instance_op(
     State(svc): State<Services>,
     c: Caller,
@@ -138,6 +151,24 @@ pub(crate) async fn instance_op(
         "_history" => history(svc, c, t, Some(id), q, headers).await,
         "$everything" if t == "Patient" => everything(svc, c, id, q, headers).await,
         "$export" if t == "Group" => super::bulk::group(svc, c, id, q, headers).await,
+        "$validate" => {
+            let r = async {
+                let rtype = parse_type(&t)?;
+                let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
+                super::check_accept(&headers, super::format_param(&pairs))?;
+                Ok((rtype, validate_params(&pairs)?))
+            }
+            .await;
+            match r {
+                Ok((rtype, profiles)) => {
+                    match mamori_service::conformance::validate_stored(&svc, &c, rtype, &id, &profiles).await {
+                        Ok(v) => respond(StatusCode::OK, v.to_string()),
+                        Err(e) => fhir_err(e),
+                    }
+                }
+                Err(e) => refuse(&svc, &c, "validate", Some(&t), None, e).await,
+            }
+        }
         _ => {
             let e = ServiceError::NotFound(format!(
                 "operation '{}' is not supported on {}",
@@ -297,11 +328,7 @@ pub(crate) async fn search_post(
             super::check_accept(&headers, super::format_param(&pairs))?;
             super::check_content_type(&headers)?;
             let body = super::parse_json(&read_body(body, svc.cfg.server.body_limit_bytes).await?)?;
-            let profiles: Vec<String> = pairs.iter().filter(|(k, _)| k == "profile").map(|(_, v)| v.clone()).collect();
-            if let Some((k, _)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "profile" | "_format" | "_pretty")) {
-                return Err(ServiceError::invalid(k, "$validate takes profile= only"));
-            }
-            Ok((rtype, body, profiles))
+            Ok((rtype, body, validate_params(&pairs)?))
         }
         .await;
         return match r {
