@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_kept_text_never_passes_for_markup() {
-        let forged = format!("{MARKUP_FLASH}{MARKUP_FLASH}<script>x</script>");
+        let forged = format!("{MARKUP_FLASH}{MARKUP_FLASH}forged markup");
         assert!(!plain(forged).starts_with(MARKUP_FLASH));
         assert_eq!(plain("https://app.example/launch?iss=x".into()), "https://app.example/launch?iss=x");
     }
