@@ -401,14 +401,16 @@ test("keyboard only: log in, find a patient, open the chart, register, break the
   const page = await session();
   const focused = () => page.evaluate(() => document.activeElement && (document.activeElement.id || document.activeElement.tagName));
   await page.goto(base + "/ui/login");
-  assert.equal(await focused(), "username", "the login form starts at the user name");
+  // autofocus applies once the page has loaded: wait for it, not a moment.
+  const focusOn = (id) => page.waitForFunction((x) => document.activeElement && document.activeElement.id === x, id, { timeout: 10_000 });
+  await focusOn("username");
   await page.keyboard.type("dr.tanaka");
   await page.keyboard.press("Tab");
   await page.keyboard.type(creds["hospital:dr.tanaka"]);
   await page.keyboard.press("Enter");
   await page.waitForURL(/\/ui\/$/);
   // The home page's search box has the focus: type and Enter.
-  assert.equal(await focused(), "q");
+  await focusOn("q");
   await page.keyboard.type("demo-p021");
   await page.keyboard.press("Enter");
   await page.waitForURL(/\/ui\/patients\?q=/);
