@@ -217,15 +217,11 @@ fn listen_loop(
                     conn.query("SELECT pg_notify($1, $2)", mamori_store::p![chan.as_str(), payload])
                         .map_err(|e| e.to_string())?;
                 }
-                let client = conn.client().map_err(|e| e.to_string())?;
-                if client.is_closed() {
+                if conn.is_closed() {
                     return Err("connection closed".into());
                 }
-                let mut n = client.notifications();
-                let mut it = n.timeout_iter(Duration::from_millis(100));
-                use postgres::fallible_iterator::FallibleIterator;
-                while let Some(msg) = it.next().map_err(|e| e.to_string())? {
-                    match serde_json::from_str::<Envelope>(msg.payload()) {
+                for (_, payload) in conn.notifications(Duration::from_millis(100)).map_err(|e| e.to_string())? {
+                    match serde_json::from_str::<Envelope>(&payload) {
                         Ok(env) if env.from != me => {
                             // Fails only when the receiving task has ended (shutdown).
                             incoming.send(env.notice).ok();

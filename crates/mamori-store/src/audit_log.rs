@@ -72,7 +72,8 @@ pub fn append(c: &mut dyn Conn, frontier: &mut Frontier, rec: &AuditRecord, time
                 "WITH ev AS ({EVENT}) INSERT INTO merkle_nodes (level, idx, hash) VALUES {}",
                 values.join(", ")
             );
-            c.exec(&sql, &params)?;
+            // Its answer is not needed: sent with the next round trip.
+            c.exec_later(&sql, &params)?;
         }
         Backend::Sqlite => {
             c.exec(EVENT, &params)?;
@@ -141,7 +142,7 @@ pub fn flush_index(c: &mut dyn Conn, pending: &mut PendingIndex) -> Result<()> {
     pending.agents.sort_unstable();
     insert_pairs(c, "INSERT INTO audit_patients (patient, seq)", &pending.patients)?;
     insert_pairs(c, "INSERT INTO audit_agents (agent, seq)", &pending.agents)?;
-    set_cursor(c, INDEX_CURSOR, i64::try_from(last).unwrap_or(i64::MAX))?;
+    c.exec_later(SET_CURSOR, p![INDEX_CURSOR, i64::try_from(last).unwrap_or(i64::MAX)])?;
     *pending = PendingIndex::default();
     Ok(())
 }
@@ -150,7 +151,7 @@ pub fn flush_index(c: &mut dyn Conn, pending: &mut PendingIndex) -> Result<()> {
 /// already there.
 fn insert_pairs(c: &mut dyn Conn, insert: &str, rows: &[(String, u64)]) -> Result<()> {
     let rows = rows.iter().map(|(k, s)| vec![Val::from(k.as_str()), Val::from(*s)]).collect();
-    Ok(crate::sql::insert_rows(c, insert, "ON CONFLICT DO NOTHING", 2, rows)?)
+    Ok(crate::sql::insert_rows_later(c, insert, "ON CONFLICT DO NOTHING", 2, rows)?)
 }
 
 /// Rebuilds the pending entries of events appended after the cursor (at
@@ -985,12 +986,12 @@ pub fn get_cursor(c: &mut dyn Conn, name: &str) -> Result<Option<i64>> {
 
 /// Sets the named cursor.
 pub fn set_cursor(c: &mut dyn Conn, name: &str, value: i64) -> Result<()> {
-    c.exec(
-        "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        p![name, value],
-    )?;
+    c.exec(SET_CURSOR, p![name, value])?;
     Ok(())
 }
+
+const SET_CURSOR: &str =
+    "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
 // ---- queries for auditors ------------------------------------------------------------
 

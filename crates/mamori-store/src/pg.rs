@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 
-use postgres::types::{FromSql, IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Statement};
 
 use crate::sql::{Backend, Cell, CellRef, Conn, DbError, Row, Val};
 
@@ -37,31 +37,70 @@ pub fn channel(schema: &str) -> String {
 
 /// A PostgreSQL connection with a statement cache; reconnects when the
 /// server closed it (outside a transaction).
+///
+/// It drives an asynchronous client on a small runtime of its own, so
+/// that statements can be pipelined: what [`Conn::exec_later`] holds back
+/// is sent together with the next statement that needs an answer, and all
+/// their answers come back in one round trip.
 pub struct PgConn {
     url: String,
     /// Always `Some` until dropped.
-    client: Option<Client>,
+    live: Option<Live>,
     stmts: HashMap<String, Statement>,
     in_tx: bool,
+    /// Statements sent with the next round trip.
+    later: Vec<Later>,
+}
+
+/// A connected client, the runtime that drives its connection, and the
+/// notifications it received (LISTEN).
+struct Live {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    notices: tokio::sync::mpsc::UnboundedReceiver<Notification>,
+}
+
+/// A statement held back until the next round trip.
+enum Later {
+    Simple(String),
+    Exec(Statement, Vec<Val<'static>>),
+}
+
+/// What the statement that ends a round trip answered.
+enum Done {
+    Nothing,
+    Count(u64),
+    Rows(Vec<tokio_postgres::Row>),
+}
+
+/// The statement that ends a round trip.
+enum Last<'a> {
+    Simple(&'a str),
+    Exec(&'a Statement, &'a [Val<'a>]),
+    Query(&'a Statement, &'a [Val<'a>]),
 }
 
 const STMT_CACHE_MAX: usize = 512;
+/// At most this many statements wait for the next round trip.
+const LATER_MAX: usize = 256;
 
-pub(crate) fn pg_err(e: &postgres::Error) -> DbError {
-    use postgres::error::SqlState;
+pub(crate) fn pg_err(e: &tokio_postgres::Error) -> DbError {
+    use tokio_postgres::error::SqlState;
+    // The server's own words (the client's Display says only "db error").
+    let text = match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    };
     match e.code() {
-        Some(c) if c.code().starts_with("23") => DbError::Unique(e.to_string()),
+        Some(c) if c.code().starts_with("23") => DbError::Unique(text),
         Some(c)
             if *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::LOCK_NOT_AVAILABLE =>
         {
-            DbError::Busy(e.to_string())
+            DbError::Busy(text)
         }
-        _ => DbError::Other(match e.as_db_error() {
-            Some(d) => format!("{}: {}", d.code().code(), d.message()),
-            None => e.to_string(),
-        }),
+        _ => DbError::Other(text),
     }
 }
 
@@ -206,7 +245,7 @@ fn tls_connector(
 }
 
 /// A connection failure with its causes (e.g. why a certificate was refused).
-fn connect_err(e: &postgres::Error, why: Option<String>) -> DbError {
+fn connect_err(e: &tokio_postgres::Error, why: Option<String>) -> DbError {
     let mut msg = format!("cannot connect: {e}");
     if let Some(w) = why {
         // OpenSSL's own chain repeats itself; the verification result says it.
@@ -221,62 +260,198 @@ fn connect_err(e: &postgres::Error, why: Option<String>) -> DbError {
     DbError::Other(msg)
 }
 
-/// The synchronous client runs its own small runtime, which must be
-/// neither started nor dropped on an async thread: both happen here on a
-/// thread of their own.
-fn connect_off_runtime(url: &str) -> Result<Client, DbError> {
+/// Drives a connection on its runtime: it runs whenever the owner waits
+/// for an answer. Notifications go to `tx`; the task ends when the
+/// connection does (the client then reports itself closed).
+fn drive<S, T>(
+    rt: &tokio::runtime::Runtime,
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    rt.spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    // Fails only when the connection's owner is gone.
+                    tx.send(n).ok();
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => tracing::debug!(notice = %n, "PostgreSQL notice"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+}
+
+/// Connects on a thread of its own: the connection's runtime must be
+/// neither started nor driven on an async thread.
+fn connect_off_runtime(url: &str) -> Result<Live, DbError> {
     let (url, mode, root) = tls_options(url)?;
     std::thread::scope(|s| {
-        s.spawn(move || match mode {
-            TlsMode::Disable => Client::connect(&url, NoTls).map_err(|e| connect_err(&e, None)),
-            _ => {
-                let refusal = Refusal::default();
-                Client::connect(&url, tls_connector(mode, root.as_deref(), refusal.clone())?).map_err(|e| {
-                    let why = refusal.lock().ok().and_then(|g| g.clone());
-                    connect_err(&e, why)
-                })
-            }
+        s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| DbError::Other(format!("cannot start the connection's runtime: {e}")))?;
+            let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+            let client = match mode {
+                TlsMode::Disable => {
+                    let (client, conn) =
+                        rt.block_on(tokio_postgres::connect(&url, NoTls)).map_err(|e| connect_err(&e, None))?;
+                    drive(&rt, conn, tx);
+                    client
+                }
+                _ => {
+                    let refusal = Refusal::default();
+                    let tls = tls_connector(mode, root.as_deref(), refusal.clone())?;
+                    let (client, conn) = rt.block_on(tokio_postgres::connect(&url, tls)).map_err(|e| {
+                        let why = refusal.lock().ok().and_then(|g| g.clone());
+                        connect_err(&e, why)
+                    })?;
+                    drive(&rt, conn, tx);
+                    client
+                }
+            };
+            Ok(Live { rt, client, notices })
         })
         .join()
         .map_err(|_| DbError::Other("connecting thread panicked".into()))?
     })
 }
 
+/// Closes a connection on a thread of its own (its runtime may not be
+/// dropped on an async thread).
+fn close(live: Live) {
+    if let Err(e) = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(live)) {
+        tracing::warn!(error = %e, "cannot start a thread to close a PostgreSQL connection; closed here");
+    }
+}
+
 impl Drop for PgConn {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if let Err(e) = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(c)) {
-                tracing::warn!(error = %e, "cannot start a thread to close a PostgreSQL connection; closed here");
-            }
+        if let Some(l) = self.live.take() {
+            close(l);
         }
     }
 }
 
+fn owned(v: &Val<'_>) -> Val<'static> {
+    match v {
+        Val::Null => Val::Null,
+        Val::Int(i) => Val::Int(*i),
+        Val::Text(s) => Val::Text(std::borrow::Cow::Owned(s.clone().into_owned())),
+        Val::Blob(b) => Val::Blob(std::borrow::Cow::Owned(b.clone().into_owned())),
+    }
+}
+
+type Answer<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, tokio_postgres::Error>> + 'a>>;
+
+fn refs<'a>(params: &'a [Val<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// Sends every statement at once (the client pipelines requests that are
+/// in flight together) and waits for all answers, in order.
+async fn pipeline(
+    client: &Client,
+    later: &[Later],
+    last: Option<Last<'_>>,
+) -> Vec<Result<Done, tokio_postgres::Error>> {
+    let mut futs: Vec<Answer<'_>> = later
+        .iter()
+        .map(|l| -> Answer<'_> {
+            match l {
+                Later::Simple(s) => Box::pin(async move { client.batch_execute(s).await.map(|()| Done::Nothing) }),
+                Later::Exec(st, p) => Box::pin(async move { client.execute(st, &refs(p)).await.map(Done::Count) }),
+            }
+        })
+        .collect();
+    if let Some(l) = last {
+        futs.push(match l {
+            Last::Simple(s) => Box::pin(async move { client.batch_execute(s).await.map(|()| Done::Nothing) }),
+            Last::Exec(st, p) => Box::pin(async move { client.execute(st, &refs(p)).await.map(Done::Count) }),
+            Last::Query(st, p) => Box::pin(async move { client.query(st, &refs(p)).await.map(Done::Rows) }),
+        });
+    }
+    // Polled in order, so that the requests go out in order.
+    let mut out: Vec<Option<Result<Done, tokio_postgres::Error>>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *o = Some(r),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 impl PgConn {
     /// Connects to the PostgreSQL database at `url` (a `postgres://` URL;
-    /// `sslmode` and `sslrootcert` as for libpq).
+    /// `sslmode` and `sslrootcert` as for libpq; several hosts with
+    /// `target_session_attrs=read-write` to follow a primary that moves).
     pub fn connect(url: &str) -> Result<PgConn, DbError> {
-        let client = connect_off_runtime(url)?;
-        Ok(PgConn { url: url.to_owned(), client: Some(client), stmts: HashMap::new(), in_tx: false })
+        let live = connect_off_runtime(url)?;
+        Ok(PgConn { url: url.to_owned(), live: Some(live), stmts: HashMap::new(), in_tx: false, later: Vec::new() })
     }
 
-    /// The underlying client (LISTEN, notifications).
-    pub fn client(&mut self) -> Result<&mut Client, DbError> {
-        self.client.as_mut().ok_or_else(|| DbError::Other("connection closed".into()))
+    fn live(&self) -> Result<&Live, DbError> {
+        self.live.as_ref().ok_or_else(|| DbError::Other("connection closed".into()))
+    }
+
+    /// Whether the server closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.live.as_ref().is_none_or(|l| l.client.is_closed())
+    }
+
+    /// Waits up to `wait` for notifications (`LISTEN`); returns their
+    /// channels and payloads. An error when the connection is lost.
+    pub fn notifications(&mut self, wait: std::time::Duration) -> Result<Vec<(String, String)>, DbError> {
+        self.sync()?;
+        let live = self.live.as_mut().ok_or_else(|| DbError::Other("connection closed".into()))?;
+        let mut got = Vec::new();
+        let first = live.rt.block_on(async { tokio::time::timeout(wait, live.notices.recv()).await });
+        match first {
+            Ok(Some(n)) => got.push(n),
+            Ok(None) => return Err(DbError::Other("connection closed".into())),
+            Err(_) => {}
+        }
+        while let Ok(n) = live.notices.try_recv() {
+            got.push(n);
+        }
+        if got.is_empty() && live.client.is_closed() {
+            return Err(DbError::Other("connection closed".into()));
+        }
+        Ok(got.into_iter().map(|n| (n.channel().to_owned(), n.payload().to_owned())).collect())
     }
 
     fn ensure(&mut self) -> Result<(), DbError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if self.is_closed() {
+            self.later.clear();
             if self.in_tx {
                 self.in_tx = false;
                 return Err(DbError::Other("connection lost inside a transaction".into()));
             }
-            if let Some(old) = self.client.take() {
-                if let Err(e) = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(old)) {
-                    tracing::warn!(error = %e, "cannot start a thread to close a PostgreSQL connection; closed here");
-                }
+            if let Some(old) = self.live.take() {
+                close(old);
             }
-            self.client = Some(connect_off_runtime(&self.url)?);
+            self.live = Some(connect_off_runtime(&self.url)?);
             self.stmts.clear();
         }
         Ok(())
@@ -287,7 +462,8 @@ impl PgConn {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client()?.prepare(sql).map_err(|e| {
+        let live = self.live()?;
+        let s = live.rt.block_on(live.client.prepare(sql)).map_err(|e| {
             let d = pg_err(&e);
             if std::env::var_os("MAMORI_PG_TRACE").is_some() {
                 eprintln!("PG PREPARE ERROR {d} IN: {sql}");
@@ -301,12 +477,7 @@ impl PgConn {
         Ok(s)
     }
 
-    fn run<T>(
-        &mut self,
-        sql: &str,
-        params: &[Val<'_>],
-        f: impl FnOnce(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>,
-    ) -> Result<T, DbError> {
+    fn checked(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Statement, DbError> {
         let st = self.stmt(sql)?;
         if st.params().len() != params.len() {
             return Err(DbError::Other(format!(
@@ -315,22 +486,50 @@ impl PgConn {
                 params.len()
             )));
         }
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let r = f(self.client()?, &st, &refs);
-        if let Err(e) = &r {
-            // A statement prepared before a schema change may be stale.
-            if e.code() == Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
-                self.stmts.remove(sql);
+        Ok(st)
+    }
+
+    /// One round trip: what was held back, then `last`. The first error
+    /// among the held-back statements wins over `last`'s outcome (which,
+    /// in a failed transaction, is an error too or a silent rollback).
+    fn round(&mut self, sql: &str, last: Option<Last<'_>>) -> Result<Done, DbError> {
+        let later = std::mem::take(&mut self.later);
+        let live = self.live()?;
+        let mut answers = live.rt.block_on(pipeline(&live.client, &later, last)).into_iter();
+        let mut first_err = None;
+        for (l, a) in later.iter().zip(answers.by_ref()) {
+            if let Err(e) = a {
+                if first_err.is_none() {
+                    let held = match l {
+                        Later::Simple(s) => s.as_str(),
+                        Later::Exec(..) => "a held-back statement",
+                    };
+                    first_err = Some(self.failed(held, &e));
+                }
             }
         }
-        r.map_err(|e| {
-            let d = pg_err(&e);
-            tracing::debug!(sql, error = %d, "statement failed");
-            if std::env::var_os("MAMORI_PG_TRACE").is_some() {
-                eprintln!("PG ERROR {d} IN: {sql}");
-            }
-            d
-        })
+        let done = match answers.next() {
+            Some(Ok(d)) => Ok(d),
+            Some(Err(e)) => Err(self.failed(sql, &e)),
+            None => Ok(Done::Nothing),
+        };
+        match first_err {
+            Some(e) => Err(e),
+            None => done,
+        }
+    }
+
+    fn failed(&mut self, sql: &str, e: &tokio_postgres::Error) -> DbError {
+        // A statement prepared before a schema change may be stale.
+        if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+            self.stmts.remove(sql);
+        }
+        let d = pg_err(e);
+        tracing::debug!(sql, error = %d, "statement failed");
+        if std::env::var_os("MAMORI_PG_TRACE").is_some() {
+            eprintln!("PG ERROR {d} IN: {sql}");
+        }
+        d
     }
 }
 
@@ -351,11 +550,18 @@ impl Conn for PgConn {
         Backend::Postgres
     }
     fn exec(&mut self, sql: &str, params: &[Val<'_>]) -> Result<usize, DbError> {
-        let n = self.run(sql, params, |c, st, p| c.execute(st, p))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        let st = self.checked(sql, params)?;
+        match self.round(sql, Some(Last::Exec(&st, params)))? {
+            Done::Count(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => Ok(0),
+        }
     }
     fn query(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Row>, DbError> {
-        let rows = self.run(sql, params, |c, st, p| c.query(st, p))?;
+        let st = self.checked(sql, params)?;
+        let rows = match self.round(sql, Some(Last::Query(&st, params)))? {
+            Done::Rows(r) => r,
+            _ => Vec::new(),
+        };
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -366,19 +572,25 @@ impl Conn for PgConn {
             .collect()
     }
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.ensure()?;
         let sql = match translate_batch(sql) {
-            // A writer transaction: serialized across servers.
-            None => {
-                self.client()?.batch_execute(&format!("BEGIN; {WRITE_LOCK_SQL}")).map_err(|e| pg_err(&e))?;
-                self.in_tx = true;
-                return Ok(());
-            }
+            // A writer transaction: serialized across servers. Sent with
+            // the transaction's first statement.
+            None => return self.batch_later(&format!("BEGIN; {WRITE_LOCK_SQL}")),
             Some("") => return Ok(()),
             Some(s) => s,
         };
         let upper = sql.trim().to_ascii_uppercase();
-        let r = self.client()?.batch_execute(sql).map_err(|e| pg_err(&e));
+        if upper.starts_with("ROLLBACK") {
+            // Whatever was held back is undone: its errors do not matter.
+            if !self.later.is_empty() {
+                if let Err(e) = self.round("", None) {
+                    tracing::debug!(error = %e, "a statement held back before a rollback failed");
+                }
+            }
+        } else {
+            self.ensure()?;
+        }
+        let r = self.round(sql, Some(Last::Simple(sql))).map(|_| ());
         if upper.starts_with("BEGIN") {
             self.in_tx = r.is_ok();
         } else if upper == "COMMIT" || upper == "ROLLBACK" {
@@ -386,17 +598,42 @@ impl Conn for PgConn {
         }
         r
     }
+    fn exec_later(&mut self, sql: &str, params: &[Val<'_>]) -> Result<(), DbError> {
+        let st = self.checked(sql, params)?;
+        self.later.push(Later::Exec(st, params.iter().map(owned).collect()));
+        if self.later.len() >= LATER_MAX {
+            return self.sync();
+        }
+        Ok(())
+    }
+    fn batch_later(&mut self, sql: &str) -> Result<(), DbError> {
+        self.ensure()?;
+        let upper = sql.trim().to_ascii_uppercase();
+        if upper.starts_with("BEGIN") {
+            // Sent with the next statement; a failure surfaces there.
+            self.in_tx = true;
+        }
+        self.later.push(Later::Simple(sql.to_owned()));
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<(), DbError> {
+        if self.later.is_empty() {
+            return Ok(());
+        }
+        self.round("", None).map(|_| ())
+    }
     fn for_each(
         &mut self,
         sql: &str,
         params: &[Val<'_>],
         f: &mut dyn FnMut(&[CellRef<'_>]) -> Result<bool, DbError>,
     ) -> Result<(), DbError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        let st = self.stmt(sql)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let mut it = self.client()?.query_raw(&st, refs).map_err(|e| pg_err(&e))?;
-        while let Some(r) = it.next().map_err(|e| pg_err(&e))? {
+        let st = self.checked(sql, params)?;
+        self.sync()?;
+        let live = self.live()?;
+        let mut rows = Box::pin(live.rt.block_on(live.client.query_raw(&st, refs(params))).map_err(|e| pg_err(&e))?);
+        while let Some(r) = live.rt.block_on(futures_util::StreamExt::next(&mut rows)) {
+            let r = r.map_err(|e| pg_err(&e))?;
             let cells: Vec<Cell> = (0..r.len())
                 .map(|i| r.try_get::<_, PgCell>(i).map(|c| c.0).map_err(|e| DbError::Decode(e.to_string())))
                 .collect::<Result<_, _>>()?;
@@ -424,7 +661,7 @@ fn is_text(ty: &Type) -> bool {
 }
 
 impl ToSql for Val<'_> {
-    fn to_sql(&self, ty: &Type, out: &mut postgres::types::private::BytesMut) -> Result<IsNull, BoxErr> {
+    fn to_sql(&self, ty: &Type, out: &mut tokio_postgres::types::private::BytesMut) -> Result<IsNull, BoxErr> {
         match self {
             Val::Null => Ok(IsNull::Yes),
             Val::Int(v) => match *ty {
@@ -454,7 +691,7 @@ impl ToSql for Val<'_> {
     fn accepts(_: &Type) -> bool {
         true
     }
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// Any cell the store reads, decoded from its wire type.

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Result, StoreError};
 use crate::p;
-use crate::sql::{insert_rows, Conn, Row, Val};
+use crate::sql::{insert_rows, insert_rows_later, Conn, Row, Val};
 use crate::writer::WriteCtx;
 
 /// The current state of a resource.
@@ -425,12 +425,12 @@ fn write_version(
         .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
         .i64(0)?;
     if exists {
-        c.exec(
+        c.exec_later(
             "UPDATE resources SET version = $3, seq = $4, last_updated = $5, deleted = $6, patient = $7 WHERE rtype = $1 AND id = $2",
             p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
         )?;
     } else {
-        c.exec(
+        c.exec_later(
             "INSERT INTO resources (rtype, id, version, seq, last_updated, deleted, patient) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
         )?;
@@ -445,14 +445,14 @@ fn write_version(
 /// not a row of its own compartment: the queries that list one add it.
 fn set_compartment(c: &mut dyn Conn, rtype: &str, id: &str, patients: &[String], had_rows: bool) -> Result<()> {
     if had_rows {
-        c.exec("DELETE FROM resource_compartments WHERE rtype = $1 AND id = $2", p![rtype, id])?;
+        c.exec_later("DELETE FROM resource_compartments WHERE rtype = $1 AND id = $2", p![rtype, id])?;
     }
     let rows = patients
         .iter()
         .filter(|p| !(rtype == "Patient" && p.as_str() == id))
         .map(|p| vec![Val::from(p.as_str()), Val::from(rtype), Val::from(id)])
         .collect();
-    insert_rows(c, "INSERT INTO resource_compartments (patient, rtype, id)", "", 3, rows)?;
+    insert_rows_later(c, "INSERT INTO resource_compartments (patient, rtype, id)", "", 3, rows)?;
     Ok(())
 }
 
@@ -504,10 +504,10 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
             "DELETE FROM idx_date WHERE rtype = $1 AND id = $2",
             "DELETE FROM idx_ref WHERE rtype = $1 AND id = $2",
         ] {
-            c.exec(sql, p![t, id])?;
+            c.exec_later(sql, p![t, id])?;
         }
         if has_quantities(rtype) {
-            c.exec("DELETE FROM idx_quantity WHERE rtype = $1 AND id = $2", p![t, id])?;
+            c.exec_later("DELETE FROM idx_quantity WHERE rtype = $1 AND id = $2", p![t, id])?;
         }
     }
     let Some(body) = body else { return Ok(()) };
@@ -533,11 +533,11 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
                 .push(head.into_iter().chain(quantity_cols(micros, system, code, canonical, concept)).collect()),
         }
     }
-    insert_rows(c, QUANTITY_INSERT, "", 10, quantities)?;
-    insert_rows(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
-    insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
-    insert_rows(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
-    insert_rows(c, "INSERT INTO idx_ref (rtype, id, param, target_type, target_id)", "", 5, refs)?;
+    insert_rows_later(c, QUANTITY_INSERT, "", 10, quantities)?;
+    insert_rows_later(c, "INSERT INTO idx_token (rtype, id, param, system, code)", "", 5, tokens)?;
+    insert_rows_later(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, strings)?;
+    insert_rows_later(c, "INSERT INTO idx_date (rtype, id, param, low, high)", "", 5, dates)?;
+    insert_rows_later(c, "INSERT INTO idx_ref (rtype, id, param, target_type, target_id)", "", 5, refs)?;
     Ok(())
 }
 

@@ -159,6 +159,7 @@ pub fn migrate(c: &mut dyn Conn) -> Result<usize, DbError> {
             let Some((name, sql)) = all.get(cur) else { return Ok(false) };
             c.batch(sql)?;
             data_step(name, c)?;
+            c.sync()?;
             c.exec(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 p![(cur + 1).to_string()],

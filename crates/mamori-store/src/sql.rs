@@ -271,6 +271,26 @@ pub trait Conn {
     fn query_one(&mut self, sql: &str, params: &[Val<'_>]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
+
+    /// Executes a statement whose outcome the caller does not look at
+    /// until the next [`Conn::sync`]: PostgreSQL sends it with the next
+    /// statement that needs an answer, so that a write job's statements
+    /// cost a few round trips instead of one each. An error surfaces at
+    /// the latest at the next `sync` (or the next statement). SQLite runs
+    /// it at once.
+    fn exec_later(&mut self, sql: &str, params: &[Val<'_>]) -> Result<(), DbError> {
+        self.exec(sql, params).map(|_| ())
+    }
+    /// As [`Conn::exec_later`], for statements without parameters
+    /// (`SAVEPOINT`, `RELEASE`).
+    fn batch_later(&mut self, sql: &str) -> Result<(), DbError> {
+        self.batch(sql)
+    }
+    /// Sends what [`Conn::exec_later`] and [`Conn::batch_later`] held back
+    /// and waits for it; returns the first error among them.
+    fn sync(&mut self) -> Result<(), DbError> {
+        Ok(())
+    }
 }
 
 /// Inserts rows of `ncols` values each with multi-row statements of a few
@@ -284,6 +304,29 @@ pub fn insert_rows(
     tail: &str,
     ncols: usize,
     rows: Vec<Vec<Val<'_>>>,
+) -> Result<(), DbError> {
+    insert_rows_with(c, insert, tail, ncols, rows, false)
+}
+
+/// As [`insert_rows`], with [`Conn::exec_later`]: the caller checks for
+/// errors at its next [`Conn::sync`].
+pub fn insert_rows_later(
+    c: &mut dyn Conn,
+    insert: &str,
+    tail: &str,
+    ncols: usize,
+    rows: Vec<Vec<Val<'_>>>,
+) -> Result<(), DbError> {
+    insert_rows_with(c, insert, tail, ncols, rows, true)
+}
+
+fn insert_rows_with(
+    c: &mut dyn Conn,
+    insert: &str,
+    tail: &str,
+    ncols: usize,
+    rows: Vec<Vec<Val<'_>>>,
+    later: bool,
 ) -> Result<(), DbError> {
     if rows.iter().any(|r| r.len() != ncols) {
         return Err(DbError::Other("insert_rows: a row of the wrong width".into()));
@@ -300,7 +343,11 @@ pub fn insert_rows(
                 .collect();
             let sql = format!("{insert} VALUES {} {tail}", values.join(", "));
             let params: Vec<Val<'_>> = chunk.into_iter().flatten().collect();
-            c.exec(&sql, &params)?;
+            if later {
+                c.exec_later(&sql, &params)?;
+            } else {
+                c.exec(&sql, &params)?;
+            }
         }
     }
     Ok(())

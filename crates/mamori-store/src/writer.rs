@@ -212,10 +212,19 @@ where
             return false;
         };
         ctx.audit.unbound.clear();
+        let isolated = self.isolated;
         let r = work(ctx).and_then(|v| match ctx.bind_rest() {
             Ok(()) => Ok(v),
             Err(e) => Err(E::from(e)),
         });
+        // The statements the job held back (PostgreSQL) are sent now, so
+        // that their failure is the job's own and rolls back only it. A
+        // job that is not isolated fails with its whole batch anyway: its
+        // statements go out with the next round trip.
+        let r = match r {
+            Ok(v) if isolated => ctx.conn.sync().map(|()| v).map_err(|e| E::from(StoreError::from(e))),
+            other => other,
+        };
         ctx.audit.unbound.clear();
         let ok = r.is_ok();
         self.out = Some(r);
@@ -506,7 +515,8 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
                 }
                 continue;
             }
-            conn.batch("SAVEPOINT job")?;
+            // Sent with the job's first statement (PostgreSQL).
+            conn.batch_later("SAVEPOINT job")?;
             let before = state.frontier.clone();
             let before_count = state.appended_since_checkpoint;
             let before_index = state.pending_index.mark();
@@ -520,13 +530,15 @@ fn run_batch(conn: &mut dyn Conn, clock: &dyn Clock, state: &mut AuditState, mut
                 false
             });
             if ok {
-                conn.batch("RELEASE job")?;
+                // Sent with the next job's statements or the COMMIT.
+                conn.batch_later("RELEASE job")?;
             } else {
                 conn.batch("ROLLBACK TO job; RELEASE job")?;
                 state.frontier = before;
                 state.appended_since_checkpoint = before_count;
                 state.pending_index.rollback(before_index);
                 job.after_failure(&mut WriteCtx { conn: &mut *conn, now, audit: &mut *state })?;
+                conn.sync()?;
             }
         }
         let due = state.appended_since_checkpoint > 0

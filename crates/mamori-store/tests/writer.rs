@@ -100,6 +100,7 @@ macro_rules! both {
 
 both!(exclusive_jobs_are_all_or_nothing, exclusive_jobs_sqlite, exclusive_jobs_postgres);
 both!(failing_job_rolls_back_alone, failing_job_sqlite, failing_job_postgres);
+both!(held_back_failure_is_the_jobs_own, held_back_failure_sqlite, held_back_failure_postgres);
 both!(audit_appends_verify, audit_appends_sqlite, audit_appends_postgres);
 both!(compartment_lists_its_patient, compartment_sqlite, compartment_postgres);
 
@@ -206,6 +207,68 @@ async fn failing_job_rolls_back_alone(b: Backend) {
         .await
         .unwrap();
     assert_eq!(ghosts, 0);
+}
+
+/// Statements held back for the next round trip (PostgreSQL pipelining):
+/// a job whose held-back insert fails fails itself, with the database's
+/// error, and only it is rolled back, although the error arrives after
+/// the job's code returned.
+async fn held_back_failure_is_the_jobs_own(b: Backend) {
+    let f = fixture("later", b);
+    let s = f.store();
+    s.writer()
+        .write(
+            |w| w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ('taken', 1)", p![]).map_err(Into::into),
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(s).await, 1, "a held-back statement is committed with its job");
+    let mut jobs = Vec::new();
+    for i in 0..60 {
+        let w = s.writer().clone();
+        jobs.push(tokio::spawn(async move {
+            w.write(
+                move |w| {
+                    w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ($1, 1)", p![format!("j{i}")])?;
+                    if i % 6 == 0 {
+                        w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ('taken', 2)", p![])?;
+                    }
+                    Ok(i)
+                },
+                move |_, w| {
+                    w.conn
+                        .exec_later("INSERT INTO provisional_seq (day, n) VALUES ($1, 9)", p![format!("failed{i}")])?;
+                    Ok(())
+                },
+            )
+            .await
+        }));
+    }
+    let mut failed = Vec::new();
+    for j in jobs {
+        match j.await.unwrap() {
+            Ok(_) => {}
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert_eq!(failed.len(), 10, "{failed:?}");
+    assert!(failed.iter().all(|e| e.contains("duplicate") || e.contains("UNIQUE")), "{failed:?}");
+    assert_eq!(count(s).await, 61);
+    let ghosts = s
+        .read(|c| {
+            Ok(c.query_one("SELECT COUNT(*) FROM provisional_seq WHERE day IN ('j0', 'j6', 'j54')", p![])?
+                .unwrap()
+                .i64(0)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ghosts, 0);
+    let recorded = s
+        .read(|c| Ok(c.query_one("SELECT COUNT(*) FROM provisional_seq WHERE n = 9", p![])?.unwrap().i64(0)?))
+        .await
+        .unwrap();
+    assert_eq!(recorded, 10, "each failure recorded after its rollback");
 }
 
 fn record(i: u64) -> AuditRecord {
