@@ -41,18 +41,9 @@ pub fn require(actor: &Actor, op: &Operation, facts: Facts, what: &str) -> Resul
 /// The facts about the actor and one patient: a care relationship (own or
 /// the department's), a live break-glass grant.
 pub fn patient_facts(c: &mut dyn Conn, actor: &Actor, patient: &str, now: Timestamp) -> Result<Facts, StoreError> {
-    Ok(Facts {
-        care_relationship: accounts::has_care_relationship(
-            c,
-            actor.name(),
-            actor.user.department.as_deref(),
-            patient,
-            now,
-        )?,
-        break_glass: emergency::has_live_grant(c, actor.name(), patient, now)?,
-        app_patient: actor.app_patient() == Some(patient),
-        ..Facts::default()
-    })
+    let (care_relationship, break_glass) =
+        accounts::care_and_grant(c, actor.name(), actor.user.department.as_deref(), patient, now)?;
+    Ok(Facts { care_relationship, break_glass, app_patient: actor.app_patient() == Some(patient), ..Facts::default() })
 }
 
 /// The plan in force, and whether it is the built-in one.

@@ -847,11 +847,32 @@ pub fn has_care_relationship(
         .is_some())
 }
 
+/// Whether `user` has a care relationship to `patient` (as
+/// [`has_care_relationship`]) and a live break-glass grant for them (as
+/// `emergency::has_live_grant`), in one query.
+pub fn care_and_grant(
+    c: &mut dyn Conn,
+    user: &str,
+    department: Option<&str>,
+    patient: &str,
+    now: Timestamp,
+) -> Result<(bool, bool)> {
+    let r = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR (CAST($3 AS TEXT) IS NOT NULL AND department = $3)) \
+             AND start <= $4 AND (ended IS NULL OR ended > $4)), \
+             EXISTS (SELECT 1 FROM break_glass WHERE user_name = $2 AND patient = $1 AND started <= $4 AND expires > $4 AND ended IS NULL)",
+            p![patient, user, department, now.micros()],
+        )?
+        .ok_or_else(|| StoreError::Internal("SELECT EXISTS gave no row".into()))?;
+    Ok((r.bool(0)?, r.bool(1)?))
+}
+
 /// Records a care relationship the server itself establishes (e.g. for
 /// the clinician who registers a patient); the caller vouches that user and
-/// patient exist.
+/// patient exist. Its failure surfaces at the job's end (held back).
 pub fn assign_care_unchecked(c: &mut dyn Conn, patient: &str, user: &str, reason: &str, now: Timestamp) -> Result<()> {
-    c.exec(
+    c.exec_later(
         "INSERT INTO care_assignments (patient, user_name, reason, assigned_by, start) VALUES ($1, $2, $3, $2, $4)",
         p![patient, user, reason, now.micros()],
     )?;

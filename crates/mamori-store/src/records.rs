@@ -416,24 +416,40 @@ fn write_version(
 ) -> Result<()> {
     let patient = patients.first().map(String::as_str);
     let others = patients.get(1..).filter(|o| !o.is_empty()).map(|o| o.join(" "));
-    let seq = c
-        .query_one(
-            "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, patient, other_patients, author, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
-            p![rtype.as_str(), id, version, now.micros(), deleted, patient, others, author, body],
-        )?
-        .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
-        .i64(0)?;
-    if exists {
-        c.exec_later(
-            "UPDATE resources SET version = $3, seq = $4, last_updated = $5, deleted = $6, patient = $7 WHERE rtype = $1 AND id = $2",
-            p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
-        )?;
+    const VERSION: &str = "INSERT INTO resource_versions (rtype, id, version, last_updated, deleted, patient, other_patients, author, body) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
+    let params = p![rtype.as_str(), id, version, now.micros(), deleted, patient, others, author, body];
+    if c.backend() == crate::sql::Backend::Postgres {
+        // The version and the current pointer in one statement whose
+        // answer is not needed: sent with the job's next round trip.
+        let sql = if exists {
+            format!(
+                "WITH v AS ({VERSION}) UPDATE resources SET version = $3, seq = v.seq, last_updated = $4, deleted = $5, \
+                 patient = $6 FROM v WHERE rtype = $1 AND id = $2"
+            )
+        } else {
+            format!(
+                "WITH v AS ({VERSION}) INSERT INTO resources (rtype, id, version, seq, last_updated, deleted, patient) \
+                 SELECT $1, $2, $3, v.seq, $4, $5, $6 FROM v"
+            )
+        };
+        c.exec_later(&sql, &params)?;
     } else {
-        c.exec_later(
-            "INSERT INTO resources (rtype, id, version, seq, last_updated, deleted, patient) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
-        )?;
+        let seq = c
+            .query_one(VERSION, &params)?
+            .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
+            .i64(0)?;
+        if exists {
+            c.exec(
+                "UPDATE resources SET version = $3, seq = $4, last_updated = $5, deleted = $6, patient = $7 WHERE rtype = $1 AND id = $2",
+                p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
+            )?;
+        } else {
+            c.exec(
+                "INSERT INTO resources (rtype, id, version, seq, last_updated, deleted, patient) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                p![rtype.as_str(), id, version, seq, now.micros(), deleted, patient],
+            )?;
+        }
     }
     if patients != before {
         set_compartment(c, rtype.as_str(), id, patients, !before.is_empty())?;
