@@ -584,7 +584,7 @@ fn main() -> Result<()> {
 
 /// The first login of an account created with "Bench password 1!": the
 /// password is changed (as a first login must) and a new session opened.
-async fn first_login<F, Fut>(post: &F, user: &str) -> anyhow::Result<String>
+pub(crate) async fn first_login<F, Fut>(post: &F, user: &str) -> anyhow::Result<String>
 where
     F: Fn(&str, Option<&str>, Value) -> Fut,
     Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,

@@ -134,6 +134,58 @@ async fn reads(c: &reqwest::Client, bases: Vec<String>, tok: &str, id: &str, cli
     .await
 }
 
+/// A fresh server's physician with a care relationship to one patient:
+/// the physician's token and the patient's id.
+async fn prepare(client: &reqwest::Client, a1: &Node) -> Result<(String, String)> {
+    let base = a1.base.clone();
+    let post = |path: &str, tok: Option<&str>, body: Value| {
+        let mut rb = client.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = tok {
+            rb = rb.bearer_auth(t);
+        }
+        rb.send()
+    };
+    let otp = a1.running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
+    let t = login(client, &a1.base, "admin", &otp).await?;
+    post("/api/v1/auth/password", Some(&t), json!({"current": otp, "new": "Bench password 1!"})).await?;
+    let admin = login(client, &a1.base, "admin", "Bench password 1!").await?;
+    // A clinical role waits for a second administrator's approval.
+    post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
+    )
+    .await?;
+    let admin2 = crate::first_login(&post, "adm2").await?;
+    let created = post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
+    )
+    .await?
+    .json::<Value>()
+    .await?;
+    let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
+    let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
+    anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
+    let doc = crate::first_login(&post, "dr.bench").await?;
+    let r = client
+        .post(format!("{}/fhir/Patient", a1.base))
+        .bearer_auth(&doc)
+        .header("content-type", "application/fhir+json")
+        .body(patient_json(0).to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "the first patient was refused: {}", r.status());
+    let id = r.json::<Value>().await?["id"].as_str().unwrap_or_default().to_owned();
+    // Reads need a care relationship to the patient.
+    let r = post("/api/v1/care-assignments", Some(&admin), json!({"patient": id, "user": "dr.bench"})).await?;
+    anyhow::ensure!(r.status().is_success(), "care assignment refused: {}", r.status());
+    let r = client.get(format!("{}/fhir/Patient/{id}", a1.base)).bearer_auth(&doc).send().await?;
+    anyhow::ensure!(r.status() == 200, "the physician cannot read the patient: {}", r.status());
+    Ok((doc, id))
+}
+
 pub(crate) async fn run(a: &Args) -> Result<()> {
     ensure_db()?;
     let url = format!("{}?options=-csearch_path%3Dbench", pg_url());
@@ -151,49 +203,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
         .pool_max_idle_per_host(a.clients)
         .build()?;
-    let otp = a1.running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
-    let t = login(&client, &a1.base, "admin", &otp).await?;
-    client
-        .post(format!("{}/api/v1/auth/password", a1.base))
-        .bearer_auth(&t)
-        .json(&json!({"current": otp, "new": "Bench password 1!"}))
-        .send()
-        .await?;
-    let admin = login(&client, &a1.base, "admin", "Bench password 1!").await?;
-    client
-        .post(format!("{}/api/v1/users", a1.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}))
-        .send()
-        .await?;
-    let t = login(&client, &a1.base, "dr.bench", "Bench password 1!").await?;
-    client
-        .post(format!("{}/api/v1/auth/password", a1.base))
-        .bearer_auth(&t)
-        .json(&json!({"current": "Bench password 1!", "new": "Bench password 2!"}))
-        .send()
-        .await?;
-    let doc = login(&client, &a1.base, "dr.bench", "Bench password 2!").await?;
-    let id = client
-        .post(format!("{}/fhir/Patient", a1.base))
-        .bearer_auth(&doc)
-        .header("content-type", "application/fhir+json")
-        .body(patient_json(0).to_string())
-        .send()
-        .await?
-        .json::<Value>()
-        .await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    // Care relationship for reads: the creator's own patient is readable
-    // only with one, so read as admin-assigned physician.
-    client
-        .post(format!("{}/api/v1/care-assignments", a1.base))
-        .bearer_auth(&admin)
-        .json(&json!({"patient": id, "user": "dr.bench"}))
-        .send()
-        .await?;
+    let (doc, id) = prepare(&client, &a1).await?;
 
     println!(
         "mamori-bench pg: {} clients, {} s per run, {} runs (medians), HTTPS keep-alive, PostgreSQL {}",
@@ -247,7 +257,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         );
     }
 
-    let report = |name: &str, runs: Vec<Load>| {
+    let report = |name: &str, runs: &[Load]| {
         let rate = median(runs.iter().map(|l| l.rate).collect());
         let p50 = median(runs.iter().map(|l| l.p50).collect());
         let p99 = median(runs.iter().map(|l| l.p99).collect());
@@ -264,8 +274,8 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         c1.push(creates(&client, one.clone(), &doc, a.clients, a.seconds).await);
         r1.push(reads(&client, one.clone(), &doc, &id, a.clients, a.seconds).await);
     }
-    report("audited creates, 1 server", c1);
-    report("audited reads, 1 server", r1);
+    report("audited creates, 1 server", &c1);
+    report("audited reads, 1 server", &r1);
 
     let dir2 = std::env::temp_dir().join(format!("mamori-bench-pg2-{}", std::process::id()));
     start_fresh(&dir2)?;
@@ -278,11 +288,46 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         c2.push(creates(&client, two.clone(), &doc, a.clients, a.seconds).await);
         r2.push(reads(&client, two.clone(), &doc, &id, a.clients, a.seconds).await);
     }
-    report("audited creates, 2 servers", c2);
-    report("audited reads, 2 servers", r2);
+    report("audited creates, 2 servers", &c2);
+    report("audited reads, 2 servers", &r2);
     a2.running.shutdown().await;
     a1.running.shutdown().await;
+
+    // The same server on the embedded SQLite database, same machine, same
+    // run: what a hospital gives up or gains by moving to PostgreSQL.
+    let dir3 = std::env::temp_dir().join(format!("mamori-bench-sqlite-{}", std::process::id()));
+    start_fresh(&dir3)?;
+    std::fs::create_dir_all(&dir3)?;
+    std::fs::write(dir3.join("mamori.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n")?;
+    let s1 = start(&dir3).await?;
+    let pem = std::fs::read(dir3.join("tls/cert.pem"))?;
+    let sclient = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .pool_max_idle_per_host(a.clients)
+        .build()?;
+    let (sdoc, sid) = prepare(&sclient, &s1).await?;
+    let lite = vec![s1.base.clone()];
+    let mut c3 = Vec::new();
+    let mut r3 = Vec::new();
+    for _ in 0..a.runs {
+        c3.push(creates(&sclient, lite.clone(), &sdoc, a.clients, a.seconds).await);
+        r3.push(reads(&sclient, lite.clone(), &sdoc, &sid, a.clients, a.seconds).await);
+    }
+    let rate = |runs: &[Load]| median(runs.iter().map(|l| l.rate).collect());
+    let (sc, sr) = (rate(&c3), rate(&r3));
+    report("SQLite: audited creates, 1 server", &c3);
+    report("SQLite: audited reads, 1 server", &r3);
+    println!(
+        "PostgreSQL / SQLite: creates 1 server {:.2}, 2 servers {:.2}; reads 1 server {:.2}",
+        rate(&c1) / sc,
+        rate(&c2) / sc,
+        rate(&r1) / sr
+    );
+    println!("two servers / one (PostgreSQL): creates {:.2}", rate(&c2) / rate(&c1));
+    s1.running.shutdown().await;
     clean_up(&dir);
     clean_up(&dir2);
+    clean_up(&dir3);
     Ok(())
 }
