@@ -433,10 +433,10 @@ fn write_version(
                  SELECT $1, $2, $3, v.seq, $4, $5, $6 FROM v"
             )
         };
-        c.exec_later(&sql, &params)?;
+        c.exec_later(&sql, params)?;
     } else {
         let seq = c
-            .query_one(VERSION, &params)?
+            .query_one(VERSION, params)?
             .ok_or_else(|| StoreError::Internal("INSERT RETURNING gave no row".into()))?
             .i64(0)?;
         if exists {
