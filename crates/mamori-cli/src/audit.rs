@@ -50,7 +50,7 @@ pub(crate) fn db_url(cfg: &Config) -> Option<String> {
     (!u.is_empty()).then(|| u.to_owned())
 }
 
-pub(crate) fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<()> {
+pub(crate) fn verify_data(dir: &Path, key: Option<&str>, deep: bool, checkpoints: &[PathBuf]) -> Result<()> {
     let dd = DataDir(dir.to_owned());
     if !dd.is_initialized() {
         bail!("{} is not an initialized mamori data directory", dir.display());
@@ -66,11 +66,15 @@ pub(crate) fn verify_data(dir: &Path, key: Option<&str>, deep: bool) -> Result<(
             parse_key(&dd.audit_vkey().to_string_lossy())?
         }
     };
+    let outside = checkpoints
+        .iter()
+        .map(|f| std::fs::read_to_string(f).with_context(|| format!("reading the checkpoint {}", f.display())))
+        .collect::<Result<Vec<String>>>()?;
     let url = db_url(&cfg);
     let mut c = open_conn(&dd.db(), url.as_deref(), true)?;
     let mut nodes = open_conn(&dd.db(), url.as_deref(), true)?;
     let started = std::time::Instant::now();
-    let r = audit_log::verify(c.as_mut(), Some(nodes.as_mut()), &vkey, &cfg.audit.origin, deep)?;
+    let r = audit_log::verify_with(c.as_mut(), Some(nodes.as_mut()), &vkey, &cfg.audit.origin, deep, &outside)?;
     eprintln!("verified in {:.2} s", started.elapsed().as_secs_f64());
     print_report(&dir.display().to_string(), &r)
 }

@@ -180,6 +180,12 @@ enum AuditCmd {
         /// stored proof node.
         #[arg(long)]
         deep: bool,
+        /// A signed checkpoint kept outside the database (a witness's copy,
+        /// or `GET /api/v1/audit/checkpoint` saved by the operator): the log
+        /// must still contain its tree. Names events lost by a restore from
+        /// an older backup or an asynchronous standby. Repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE", requires = "data")]
+        checkpoints: Vec<PathBuf>,
     },
     /// Export events and the checkpoints covering them to a self-contained
     /// file an external auditor verifies with `mamori audit verify --export`.
@@ -629,8 +635,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::CopyToPostgres { data, url } => off_runtime(|| db::copy_to_postgres(&data, &url))?,
         Cmd::Packages(c) => off_runtime(|| packages::run(c))?,
         Cmd::Audit(c) => match c {
-            AuditCmd::Verify { data, export, key, deep } => match (data, export) {
-                (Some(d), None) => off_runtime(|| audit::verify_data(&d, key.as_deref(), deep))?,
+            AuditCmd::Verify { data, export, key, deep, checkpoints } => match (data, export) {
+                (Some(d), None) => off_runtime(|| audit::verify_data(&d, key.as_deref(), deep, &checkpoints))?,
                 (None, Some(f)) => audit::verify_export(&f, key.as_deref().unwrap_or_default())?,
                 _ => anyhow::bail!("give --data DIR or --export FILE --key KEY"),
             },

@@ -540,3 +540,89 @@ fn compliance_report_from_the_cli_verifies_and_a_changed_byte_is_caught() {
     assert!(err.contains("not a mamori compliance report"), "{err}");
     remove_all(&[&dir]);
 }
+
+/// A restore from an older backup loses what was acknowledged after it:
+/// the restored log verifies on its own, but not against a checkpoint
+/// the operator (or a witness) kept outside the database, and the
+/// finding names that checkpoint.
+#[test]
+fn an_older_backup_is_caught_by_a_checkpoint_kept_outside() {
+    let (dir, vkey) = populated("older-backup");
+    let backup = temp_dir("older-backup-copy");
+    copy_dir(&dir, &backup);
+    // More traffic after the backup, with a checkpoint every second.
+    let cfg = std::fs::read_to_string(dir.join("mamori.toml"))
+        .unwrap()
+        .replace("checkpoint_every_seconds = 60", "checkpoint_every_seconds = 1");
+    assert!(cfg.contains("checkpoint_every_seconds = 1"), "{cfg}");
+    std::fs::write(dir.join("mamori.toml"), cfg).unwrap();
+    let before: i64 = Connection::open(backup.join("mamori.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
+        .unwrap();
+    let mut p = serve(&dir);
+    let c = client(&dir);
+    let b = base(&p);
+    let doc = login(&c, &b, "dr.k", "Another horse 43!");
+    for i in 0..5 {
+        let r = c
+            .post(format!("{b}/fhir/Patient"))
+            .bearer_auth(&doc)
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient", "name": [{"family": format!("After{i}")}]}).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // The newest signed checkpoint, as a witness fetches it.
+    let t0 = std::time::Instant::now();
+    let kept = loop {
+        let note = c.get(format!("{b}/api/v1/audit/checkpoint")).send().unwrap().text().unwrap();
+        let size: i64 = note.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+        if size > before {
+            break note;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "no checkpoint after the backup: {note}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let kept_file = backup.join("kept-checkpoint.txt");
+    std::fs::write(&kept_file, &kept).unwrap();
+
+    // The live log contains the kept checkpoint.
+    let args = |d: &Path| {
+        vec![
+            "audit".to_owned(),
+            "verify".into(),
+            "--data".into(),
+            d.to_str().unwrap().into(),
+            "--key".into(),
+            vkey.clone(),
+            "--checkpoint".into(),
+            kept_file.to_str().unwrap().into(),
+        ]
+    };
+    let a = args(&dir);
+    let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    // The restored backup alone verifies: nothing in it is wrong...
+    let (code, out) = verify(&backup, &vkey);
+    assert_eq!(code, 0, "{out}");
+    // ...but it lacks what the kept checkpoint covers, and says so.
+    let a = args(&backup);
+    let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{out}{err}");
+    let size = kept.lines().nth(1).unwrap();
+    assert!(
+        format!("{out}{err}")
+            .contains(&format!("checkpoint {size}: the log has only {before} events (it was truncated)")),
+        "{out}{err}"
+    );
+    // A checkpoint file that is not one is refused, not ignored.
+    std::fs::write(&kept_file, "not a checkpoint\n").unwrap();
+    let a = args(&dir);
+    let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{out}{err}");
+    remove_all(&[dir, backup]);
+}

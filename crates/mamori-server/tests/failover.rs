@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{copy_dir, temp_dir, TestServer};
+use mamori_audit::verify::Finding;
 use mamori_store::sql::Conn;
 use reqwest::Method;
 use serde_json::json;
@@ -96,8 +97,9 @@ fn ctl(dir: &Path, args: &[&str]) -> String {
     run(c)
 }
 
-/// A primary on `p1` and a synchronous standby (`standby1`) on `p2`.
-fn make_clusters(p1: u16, p2: u16) -> Clusters {
+/// A primary on `p1` and a standby (`standby1`) on `p2`, synchronous
+/// (`remote_apply`) or asynchronous.
+fn make_clusters(p1: u16, p2: u16, synchronous: bool) -> Clusters {
     let root = temp_dir("failover-pg");
     std::fs::create_dir_all(&root).unwrap();
     if is_root() {
@@ -118,9 +120,13 @@ fn make_clusters(p1: u16, p2: u16) -> Clusters {
         &primary.join("postgresql.conf"),
         &format!(
             "\nport = {p1}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             wal_level = replica\nmax_wal_senders = 4\nsynchronous_commit = remote_apply\n\
-             synchronous_standby_names = 'standby1'\nmax_connections = 60\n",
-            root.display()
+             wal_level = replica\nmax_wal_senders = 4\nmax_connections = 60\n{}",
+            root.display(),
+            if synchronous {
+                "synchronous_commit = remote_apply\nsynchronous_standby_names = 'standby1'\n"
+            } else {
+                "synchronous_standby_names = ''\n"
+            }
         ),
     );
     ctl(&primary, &["-l", &root.join("primary.log").to_string_lossy(), "-w", "start"]);
@@ -137,7 +143,8 @@ fn make_clusters(p1: u16, p2: u16) -> Clusters {
         &format!("\nprimary_conninfo = 'host=127.0.0.1 port={p1} user=postgres application_name=standby1'\n"),
     );
     ctl(&standby, &["-l", &root.join("standby.log").to_string_lossy(), "-w", "start"]);
-    // The standby streams, synchronously.
+    // The standby streams, synchronously or not.
+    let want = if synchronous { "sync" } else { "async" };
     let url = format!("postgres://postgres@127.0.0.1:{p1}/postgres");
     let t0 = Instant::now();
     loop {
@@ -149,10 +156,10 @@ fn make_clusters(p1: u16, p2: u16) -> Clusters {
             .unwrap()
             .map(|r| r.text(0).unwrap())
         });
-        if state.as_deref() == Some("sync") {
+        if state.as_deref() == Some(want) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "the standby did not become synchronous: {state:?}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "the standby is not streaming ({want}): {state:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     cl
@@ -184,7 +191,7 @@ async fn leader(s: &TestServer) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promoted_standby_takes_over_with_nothing_lost() {
     let (p1, p2) = (free_port(), free_port());
-    let clusters = make_clusters(p1, p2);
+    let clusters = make_clusters(p1, p2, true);
     let url = format!(
         "postgres://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write&connect_timeout=2"
     );
@@ -332,5 +339,102 @@ async fn a_promoted_standby_takes_over_with_nothing_lost() {
 
     a.stop().await;
     b.stop().await;
+    drop(clusters);
+}
+
+/// Asynchronous replication: a standby that fell behind (here: stopped
+/// while the primary kept acknowledging writes) is promoted after the
+/// primary dies. The writes it never received are gone with their audit
+/// events; the promoted log verifies on its own, and only a checkpoint
+/// kept outside the database (what a witness holds) names the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn asynchronous_replication_loses_writes_and_a_kept_checkpoint_names_it() {
+    let (p1, p2) = (free_port(), free_port());
+    let clusters = make_clusters(p1, p2, false);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write&connect_timeout=2"
+    );
+    let dir = temp_dir("failover-async");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("mamori.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[audit]\ncheckpoint_every_seconds = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut a = TestServer::boot(dir.clone(), None).await;
+    a.pg = None;
+    let doc = a.user("dr.async", &["physician"]).await;
+    for n in 0..10 {
+        assert!(create(&a.client, &a.base, &doc, n).await.is_some());
+    }
+    // The standby falls behind (stopped: a network partition, a slow disk).
+    ctl(&clusters.standby, &["-m", "fast", "stop"]);
+    let mut behind = Vec::new();
+    for n in 10..40 {
+        behind.push(create(&a.client, &a.base, &doc, n).await.expect("acknowledged without the standby"));
+    }
+    // The newest signed checkpoint, as a witness keeps it.
+    let logged = common::on_pg(&format!("postgres://postgres@127.0.0.1:{p1}/postgres"), |c| {
+        c.query_one("SELECT COUNT(*) FROM audit_events", mamori_store::p![]).unwrap().unwrap().u64(0).unwrap()
+    });
+    let t0 = Instant::now();
+    let kept = loop {
+        let r = a.req(Method::GET, "/api/v1/audit/checkpoint", None, None).await;
+        let size: u64 = r.text.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+        if size >= logged {
+            break r.text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no checkpoint covers the writes: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The primary dies; the stale standby is started and promoted.
+    ctl(&clusters.primary, &["-m", "immediate", "stop"]);
+    ctl(&clusters.standby, &["-l", &clusters.root.join("standby2.log").to_string_lossy(), "-w", "start"]);
+    ctl(&clusters.standby, &["-w", "promote"]);
+    let t0 = Instant::now();
+    while create(&a.client, &a.base, &doc, 99).await.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no write after the promotion");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // What was acknowledged while the standby was behind is gone.
+    let new_primary = format!("postgres://postgres@127.0.0.1:{p2}/postgres");
+    let stored: std::collections::HashSet<String> = common::on_pg(&new_primary, |c| {
+        c.query("SELECT id FROM resources WHERE rtype = 'Patient'", mamori_store::p![])
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0).unwrap())
+            .collect()
+    });
+    let lost = behind.iter().filter(|id| !stored.contains(*id)).count();
+    eprintln!("asynchronous replication: {lost} of {} acknowledged writes lost in the failover", behind.len());
+    assert_eq!(lost, behind.len(), "the stale standby cannot have them");
+
+    // The promoted log verifies on its own: the loss is invisible there.
+    let vkey = std::fs::read_to_string(dir.join("keys/audit.vkey")).unwrap();
+    let origin = mamori_server::config::Config::load(&dir).unwrap().audit.origin;
+    let verify = |outside: Vec<String>| {
+        common::on_pg(&new_primary, |c| {
+            let v = mamori_audit::note::NoteVerifier::parse(vkey.trim()).unwrap();
+            mamori_store::audit_log::verify_with(c, None, &v, &origin, true, &outside).unwrap()
+        })
+    };
+    let alone = verify(vec![]);
+    assert!(alone.ok(), "{:?}", alone.findings);
+    // Against the kept checkpoint it fails, naming it: the log grew again
+    // after the promotion, so the tree at that size is a different one
+    // (or, before any new write, shorter than it).
+    let against = verify(vec![kept.clone()]);
+    let kept_size: u64 = kept.lines().nth(1).unwrap().parse().unwrap();
+    assert!(
+        against.findings.iter().any(|f| matches!(f,
+            Finding::RootMismatch { size, .. } | Finding::Truncated { size, .. } if *size == kept_size)),
+        "{:?}",
+        against.findings
+    );
+    eprintln!("named: {}", against.findings.first().unwrap());
+    a.stop().await;
     drop(clusters);
 }

@@ -276,12 +276,30 @@ pub fn verify(
     origin: &str,
     deep: bool,
 ) -> Result<Report> {
+    verify_with(c, nodes, vkey, origin, deep, &[])
+}
+
+/// As [`verify`], and the log must also contain the trees of `outside`:
+/// signed checkpoints kept outside the database (by a witness, or saved
+/// by the operator). A database that lost events it had acknowledged (a
+/// restore from an older backup, a standby promoted before it received
+/// the last commits) still verifies on its own; against a checkpoint
+/// taken before the loss it fails, naming the checkpoint (truncated, or a
+/// different root at its size when the log has grown again since).
+pub fn verify_with(
+    c: &mut dyn Conn,
+    nodes: Option<&mut (dyn Conn + Send)>,
+    vkey: &NoteVerifier,
+    origin: &str,
+    deep: bool,
+    outside: &[String],
+) -> Result<Report> {
     c.batch("BEGIN")?;
     // Start the read snapshot now (SQLite begins it at the first read).
     let r = c
         .query_one("SELECT COUNT(*) FROM checkpoints", p![])
         .map_err(StoreError::from)
-        .and_then(|_| verify_in_txn(c, nodes, vkey, origin, deep));
+        .and_then(|_| verify_in_txn(c, nodes, vkey, origin, deep, outside));
     // The transaction only read: the report stands even if ending it fails.
     if let Err(e) = c.batch("COMMIT") {
         tracing::warn!(error = %e, "cannot end the audit verification's read transaction");
@@ -305,10 +323,22 @@ fn verify_in_txn(
     vkey: &NoteVerifier,
     origin: &str,
     deep: bool,
+    outside: &[String],
 ) -> Result<Report> {
     let mut v = LogVerifier::new(vkey.clone(), origin, Frontier::new());
-    for r in c.query("SELECT size, note FROM checkpoints ORDER BY size", p![])? {
-        v.checkpoint(r.u64(0)?, &r.text(1)?);
+    let mut all: Vec<(u64, String)> = c
+        .query("SELECT size, note FROM checkpoints ORDER BY size", p![])?
+        .iter()
+        .map(|r| Ok((r.u64(0)?, r.text(1)?)))
+        .collect::<Result<_>>()?;
+    for note in outside {
+        // One that does not open is reported as a bad signature.
+        let size = Checkpoint::open(note, vkey).map_or(0, |(cp, _)| cp.size);
+        all.push((size, note.clone()));
+    }
+    all.sort_by_key(|(size, _)| *size);
+    for (size, note) in &all {
+        v.checkpoint(*size, note);
     }
     // Core pass: this thread reads, a second thread hashes and rebuilds
     // the tree (the two run in parallel).
