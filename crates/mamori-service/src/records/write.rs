@@ -273,15 +273,20 @@ pub(crate) fn write_step(
                     return Ok(m);
                 }
             }
-            let id = match assigned_id {
-                Some(i) => i,
-                None => accounts::new_id()?,
+            // An id made here and now (UUIDv7, 74 random bits) names nothing
+            // stored or referenced yet: nothing to look up. (Were it taken,
+            // the insert would fail on the primary key, never overwrite.)
+            // An id assigned earlier (a bundle's entry) may be referenced
+            // already, and is looked up.
+            let (id, fresh) = match assigned_id {
+                Some(i) => (i, false),
+                None => (accounts::new_id()?, true),
             };
-            create_or_update(ctx, actor, rtype, &id, body, None, pending, check_refs, &author, conf)
+            create_or_update(ctx, actor, rtype, &id, body, None, fresh, pending, check_refs, &author, conf)
         }
         WriteOp::Update { id, if_match } => {
             let body = body.ok_or_else(|| ServiceError::invalid("", "a resource body is required"))?;
-            create_or_update(ctx, actor, rtype, id, body, *if_match, pending, check_refs, &author, conf)
+            create_or_update(ctx, actor, rtype, id, body, *if_match, false, pending, check_refs, &author, conf)
         }
     }
 }
@@ -342,6 +347,7 @@ fn create_or_update(
     id: &str,
     body: Value,
     if_match: Option<u64>,
+    fresh: bool,
     pending: &HashSet<(String, String)>,
     check_refs: bool,
     author: &str,
@@ -349,7 +355,7 @@ fn create_or_update(
 ) -> Result<Step, ServiceError> {
     let now = ctx.now;
     super::require_patient(rtype, id, &body)?;
-    let prev = records::current(ctx.conn, rtype.as_str(), id)?;
+    let prev = if fresh { None } else { records::current(ctx.conn, rtype.as_str(), id)? };
     let action = if prev.as_ref().is_some_and(|p| !p.deleted) { Action::Update } else { Action::Create };
     // Every patient of the new version, and of the previous one (its data
     // is changed too), must be writable.
@@ -377,7 +383,10 @@ fn create_or_update(
     // A clinician who registers a genuinely new patient (never existed, no
     // records under that id) is caring for that patient; a re-created or
     // tombstoned id is not a new patient.
-    if rtype == ResourceType::PATIENT && written.first && registers_for_care(&d) && !records::has_records(ctx.conn, id)?
+    if rtype == ResourceType::PATIENT
+        && written.first
+        && registers_for_care(&d)
+        && (fresh || !records::has_records(ctx.conn, id)?)
     {
         accounts::assign_care_unchecked(ctx.conn, id, author, "registered the patient", now)?;
     }
