@@ -208,47 +208,7 @@ async fn fhir(a: &Args) -> Result<()> {
         .pool_max_idle_per_host(a.clients)
         .build()?;
     let otp = running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
-    let post = |path: &str, tok: Option<&str>, body: Value| {
-        let mut rb = client.post(format!("{base}{path}")).json(&body);
-        if let Some(t) = tok {
-            rb = rb.bearer_auth(t);
-        }
-        rb.send()
-    };
-    let tok =
-        post("/api/v1/auth/login", None, json!({"username": "admin", "password": otp})).await?.json::<Value>().await?
-            ["token"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-    post("/api/v1/auth/password", Some(&tok), json!({"current": otp, "new": "Bench password 1!"})).await?;
-    let admin = post("/api/v1/auth/login", None, json!({"username": "admin", "password": "Bench password 1!"}))
-        .await?
-        .json::<Value>()
-        .await?["token"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    // A clinical role waits for a second administrator's approval.
-    post(
-        "/api/v1/users",
-        Some(&admin),
-        json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
-    )
-    .await?;
-    let admin2 = first_login(&post, "adm2").await?;
-    let created = post(
-        "/api/v1/users",
-        Some(&admin),
-        json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
-    )
-    .await?
-    .json::<Value>()
-    .await?;
-    let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
-    let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
-    anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
-    let doc = first_login(&post, "dr.bench").await?;
+    let (_admin, doc) = physician(&client, &base, &otp).await?;
 
     println!(
         "mamori-bench fhir: {} clients, {} s per run, {} runs (medians reported), HTTPS keep-alive, synchronous=full",
@@ -584,6 +544,55 @@ fn main() -> Result<()> {
 
 /// The first login of an account created with "Bench password 1!": the
 /// password is changed (as a first login must) and a new session opened.
+/// On a fresh server: the administrator's password changed, a second
+/// administrator, and a physician `dr.bench` whose clinical role the
+/// second one approved (separation of duties). Returns the first
+/// administrator's and the physician's tokens.
+pub(crate) async fn physician(client: &reqwest::Client, base: &str, otp: &str) -> Result<(String, String)> {
+    let post = |path: &str, tok: Option<&str>, body: Value| {
+        let mut rb = client.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = tok {
+            rb = rb.bearer_auth(t);
+        }
+        rb.send()
+    };
+    let tok =
+        post("/api/v1/auth/login", None, json!({"username": "admin", "password": otp})).await?.json::<Value>().await?
+            ["token"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+    post("/api/v1/auth/password", Some(&tok), json!({"current": otp, "new": "Bench password 1!"})).await?;
+    let admin = post("/api/v1/auth/login", None, json!({"username": "admin", "password": "Bench password 1!"}))
+        .await?
+        .json::<Value>()
+        .await?["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    // A clinical role waits for a second administrator's approval.
+    post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
+    )
+    .await?;
+    let admin2 = first_login(&post, "adm2").await?;
+    let created = post(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
+    )
+    .await?
+    .json::<Value>()
+    .await?;
+    let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
+    let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
+    anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
+    let doc = first_login(&post, "dr.bench").await?;
+    Ok((admin, doc))
+}
+
 pub(crate) async fn first_login<F, Fut>(post: &F, user: &str) -> anyhow::Result<String>
 where
     F: Fn(&str, Option<&str>, Value) -> Fut,

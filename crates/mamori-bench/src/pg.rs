@@ -93,17 +93,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn login(c: &reqwest::Client, base: &str, user: &str, pw: &str) -> Result<String> {
-    let v: Value = c
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": user, "password": pw}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    v["token"].as_str().map(str::to_owned).context("login failed")
-}
-
 async fn creates(c: &reqwest::Client, bases: Vec<String>, tok: &str, clients: usize, secs: u64) -> Load {
     let (c, tok) = (c.clone(), tok.to_owned());
     load(clients, secs, move |i| {
@@ -137,38 +126,8 @@ async fn reads(c: &reqwest::Client, bases: Vec<String>, tok: &str, id: &str, cli
 /// A fresh server's physician with a care relationship to one patient:
 /// the physician's token and the patient's id.
 async fn prepare(client: &reqwest::Client, a1: &Node) -> Result<(String, String)> {
-    let base = a1.base.clone();
-    let post = |path: &str, tok: Option<&str>, body: Value| {
-        let mut rb = client.post(format!("{base}{path}")).json(&body);
-        if let Some(t) = tok {
-            rb = rb.bearer_auth(t);
-        }
-        rb.send()
-    };
     let otp = a1.running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
-    let t = login(client, &a1.base, "admin", &otp).await?;
-    post("/api/v1/auth/password", Some(&t), json!({"current": otp, "new": "Bench password 1!"})).await?;
-    let admin = login(client, &a1.base, "admin", "Bench password 1!").await?;
-    // A clinical role waits for a second administrator's approval.
-    post(
-        "/api/v1/users",
-        Some(&admin),
-        json!({"name": "adm2", "display": "Second admin", "roles": ["admin"], "password": "Bench password 1!"}),
-    )
-    .await?;
-    let admin2 = crate::first_login(&post, "adm2").await?;
-    let created = post(
-        "/api/v1/users",
-        Some(&admin),
-        json!({"name": "dr.bench", "display": "Bench", "roles": ["physician"], "password": "Bench password 1!"}),
-    )
-    .await?
-    .json::<Value>()
-    .await?;
-    let req = created["pending_request"].as_i64().context("the physician grant awaits approval")?;
-    let r = post(&format!("/api/v1/account-requests/{req}/approve"), Some(&admin2), json!({})).await?;
-    anyhow::ensure!(r.status().is_success(), "approval refused: {}", r.status());
-    let doc = crate::first_login(&post, "dr.bench").await?;
+    let (admin, doc) = crate::physician(client, &a1.base, &otp).await?;
     let r = client
         .post(format!("{}/fhir/Patient", a1.base))
         .bearer_auth(&doc)
@@ -179,7 +138,12 @@ async fn prepare(client: &reqwest::Client, a1: &Node) -> Result<(String, String)
     anyhow::ensure!(r.status() == 201, "the first patient was refused: {}", r.status());
     let id = r.json::<Value>().await?["id"].as_str().unwrap_or_default().to_owned();
     // Reads need a care relationship to the patient.
-    let r = post("/api/v1/care-assignments", Some(&admin), json!({"patient": id, "user": "dr.bench"})).await?;
+    let r = client
+        .post(format!("{}/api/v1/care-assignments", a1.base))
+        .bearer_auth(&admin)
+        .json(&json!({"patient": id, "user": "dr.bench"}))
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "care assignment refused: {}", r.status());
     let r = client.get(format!("{}/fhir/Patient/{id}", a1.base)).bearer_auth(&doc).send().await?;
     anyhow::ensure!(r.status() == 200, "the physician cannot read the patient: {}", r.status());
