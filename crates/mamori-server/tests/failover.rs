@@ -188,25 +188,31 @@ async fn leader(s: &TestServer) -> bool {
     s.req(Method::GET, "/healthz", None, None).await.body["leader"] == true
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_promoted_standby_takes_over_with_nothing_lost() {
-    let (p1, p2) = (free_port(), free_port());
-    let clusters = make_clusters(p1, p2, true);
+/// A fresh mamori server on both clusters (a multi-host URL that follows
+/// the primary), checkpointing every second.
+async fn mamori_on(p1: u16, p2: u16, tag: &str) -> (TestServer, PathBuf) {
     let url = format!(
         "postgres://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write&connect_timeout=2"
     );
-
-    let dir_a = temp_dir("failover-a");
-    std::fs::create_dir_all(&dir_a).unwrap();
+    let dir = temp_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
-        dir_a.join("mamori.toml"),
+        dir.join("mamori.toml"),
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[audit]\ncheckpoint_every_seconds = 1\n"
         ),
     )
     .unwrap();
-    let mut a = TestServer::boot(dir_a.clone(), None).await;
-    a.pg = None; // the clusters go with the test
+    let mut s = TestServer::boot(dir.clone(), None).await;
+    s.pg = None; // the clusters go with the test
+    (s, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promoted_standby_takes_over_with_nothing_lost() {
+    let (p1, p2) = (free_port(), free_port());
+    let clusters = make_clusters(p1, p2, true);
+    let (mut a, dir_a) = mamori_on(p1, p2, "failover-a").await;
     let dir_b = temp_dir("failover-b");
     copy_dir(&dir_a, &dir_b);
     let mut b = TestServer::boot(dir_b.clone(), None).await;
@@ -351,20 +357,7 @@ async fn a_promoted_standby_takes_over_with_nothing_lost() {
 async fn asynchronous_replication_loses_writes_and_a_kept_checkpoint_names_it() {
     let (p1, p2) = (free_port(), free_port());
     let clusters = make_clusters(p1, p2, false);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write&connect_timeout=2"
-    );
-    let dir = temp_dir("failover-async");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("mamori.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[audit]\ncheckpoint_every_seconds = 1\n"
-        ),
-    )
-    .unwrap();
-    let mut a = TestServer::boot(dir.clone(), None).await;
-    a.pg = None;
+    let (mut a, dir) = mamori_on(p1, p2, "failover-async").await;
     let doc = a.user("dr.async", &["physician"]).await;
     for n in 0..10 {
         assert!(create(&a.client, &a.base, &doc, n).await.is_some());

@@ -159,86 +159,56 @@ async fn exclusive_jobs_are_all_or_nothing(b: Backend) {
 /// duplicate key, which aborts the transaction on PostgreSQL until its
 /// savepoint is rolled back) takes none of the others with it.
 async fn failing_job_rolls_back_alone(b: Backend) {
-    let f = fixture("batch", b);
-    let s = f.store();
-    s.writer()
-        .write(
-            |w| w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('taken', 1)", p![]).map_err(Into::into),
-            |_, _| Ok(()),
-        )
-        .await
-        .unwrap();
-    let mut jobs = Vec::new();
-    for i in 0..60 {
-        let w = s.writer().clone();
-        jobs.push(tokio::spawn(async move {
-            w.write(
-                move |w| {
-                    w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ($1, 1)", p![format!("j{i}")])?;
-                    if i % 6 == 0 {
-                        // The duplicate: this job fails after a first insert.
-                        w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ('taken', 2)", p![])?;
-                    }
-                    Ok(())
-                },
-                move |_, w| {
-                    w.conn.exec("INSERT INTO provisional_seq (day, n) VALUES ($1, 9)", p![format!("failed{i}")])?;
-                    Ok(())
-                },
-            )
-            .await
-        }));
-    }
-    let mut failed = 0;
-    for j in jobs {
-        if j.await.unwrap().is_err() {
-            failed += 1;
-        }
-    }
-    assert_eq!(failed, 10);
-    // 1 + 50 committed jobs + 10 recorded failures; no first insert of a failed job.
-    assert_eq!(count(s).await, 61);
-    let ghosts = s
-        .read(|c| {
-            Ok(c.query_one("SELECT COUNT(*) FROM provisional_seq WHERE day IN ('j0', 'j6', 'j54')", p![])?
-                .unwrap()
-                .i64(0)?)
-        })
-        .await
-        .unwrap();
-    assert_eq!(ghosts, 0);
+    failing_jobs(b, "batch", false).await;
 }
 
-/// Statements held back for the next round trip (PostgreSQL pipelining):
-/// a job whose held-back insert fails fails itself, with the database's
-/// error, and only it is rolled back, although the error arrives after
+/// The same with statements held back for the next round trip
+/// (PostgreSQL pipelining): a job whose held-back insert fails fails
+/// itself, with the database's error, although the error arrives after
 /// the job's code returned.
 async fn held_back_failure_is_the_jobs_own(b: Backend) {
-    let f = fixture("later", b);
+    failing_jobs(b, "later", true).await;
+}
+
+async fn failing_jobs(b: Backend, tag: &str, later: bool) {
+    let f = fixture(tag, b);
     let s = f.store();
+    let exec = move |c: &mut dyn mamori_store::sql::Conn, sql: &str, v: Vec<mamori_store::sql::Val<'static>>| {
+        if later {
+            c.exec_later(sql, &v)
+        } else {
+            c.exec(sql, &v).map(|_| ())
+        }
+    };
     s.writer()
         .write(
-            |w| w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ('taken', 1)", p![]).map_err(Into::into),
+            move |w| {
+                exec(w.conn, "INSERT INTO provisional_seq (day, n) VALUES ('taken', 1)", vec![]).map_err(Into::into)
+            },
             |_, _| Ok(()),
         )
         .await
         .unwrap();
-    assert_eq!(count(s).await, 1, "a held-back statement is committed with its job");
+    assert_eq!(count(s).await, 1, "committed with its job");
     let mut jobs = Vec::new();
     for i in 0..60 {
         let w = s.writer().clone();
         jobs.push(tokio::spawn(async move {
             w.write(
                 move |w| {
-                    w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ($1, 1)", p![format!("j{i}")])?;
+                    exec(w.conn, "INSERT INTO provisional_seq (day, n) VALUES ($1, 1)", vec![format!("j{i}").into()])?;
                     if i % 6 == 0 {
-                        w.conn.exec_later("INSERT INTO provisional_seq (day, n) VALUES ('taken', 2)", p![])?;
+                        // The duplicate: this job fails after a first insert.
+                        exec(w.conn, "INSERT INTO provisional_seq (day, n) VALUES ('taken', 2)", vec![])?;
                     }
-                    Ok(i)
+                    Ok(())
                 },
                 move |_, w| {
-                    w.conn
-                        .exec_later("INSERT INTO provisional_seq (day, n) VALUES ($1, 9)", p![format!("failed{i}")])?;
+                    exec(
+                        w.conn,
+                        "INSERT INTO provisional_seq (day, n) VALUES ($1, 9)",
+                        vec![format!("failed{i}").into()],
+                    )?;
                     Ok(())
                 },
             )
@@ -247,13 +217,13 @@ async fn held_back_failure_is_the_jobs_own(b: Backend) {
     }
     let mut failed = Vec::new();
     for j in jobs {
-        match j.await.unwrap() {
-            Ok(_) => {}
-            Err(e) => failed.push(e.to_string()),
+        if let Err(e) = j.await.unwrap() {
+            failed.push(e.to_string());
         }
     }
     assert_eq!(failed.len(), 10, "{failed:?}");
     assert!(failed.iter().all(|e| e.contains("duplicate") || e.contains("UNIQUE")), "{failed:?}");
+    // 1 + 50 committed jobs + 10 recorded failures; no first insert of a failed job.
     assert_eq!(count(s).await, 61);
     let ghosts = s
         .read(|c| {
