@@ -829,27 +829,10 @@ pub struct CareAssignment {
     pub ended: Option<String>,
 }
 
-/// Does `user` (or their department) have an active care relationship
-/// with `patient` at `now`?
-pub fn has_care_relationship(
-    c: &mut dyn Conn,
-    user: &str,
-    department: Option<&str>,
-    patient: &str,
-    now: Timestamp,
-) -> Result<bool> {
-    Ok(c
-        .query_one(
-            "SELECT 1 FROM care_assignments WHERE patient = $1 AND (user_name = $2 OR (CAST($3 AS TEXT) IS NOT NULL AND department = $3)) \
-             AND start <= $4 AND (ended IS NULL OR ended > $4) LIMIT 1",
-            p![patient, user, department, now.micros()],
-        )?
-        .is_some())
-}
-
-/// Whether `user` has a care relationship to `patient` (as
-/// [`has_care_relationship`]) and a live break-glass grant for them (as
-/// `emergency::has_live_grant`), in one query.
+/// Whether `user` (or their department) has a care relationship to
+/// `patient` in force at `now`, and whether `user` holds a live
+/// break-glass grant for them (as `emergency::has_live_grant`): the two
+/// patient facts of an access decision, in one query.
 pub fn care_and_grant(
     c: &mut dyn Conn,
     user: &str,
