@@ -787,6 +787,86 @@ async fn missing_modifier() {
     assert!(r.text.contains("expected true or false"), "{}", r.text);
 }
 
+/// Token modifiers: `:not` (no value matching any of the listed codes,
+/// also no value at all) and `:text` (the text that goes with a code:
+/// CodeableConcept.text, Coding.display, Identifier.type.text, matched
+/// case-, width- and kana-insensitively); the rest are refused with 400.
+#[tokio::test]
+async fn token_not_and_text_modifiers() {
+    let s = TestServer::start("tokmod").await;
+    let doc = s.user("dr.tok", &["physician"]).await;
+    let pt = s.patient(&doc, "Tok", "Mod").await;
+    let obs = |code: &str, display: &str, text: Option<&str>, status: &str| {
+        let mut cc = json!({"coding": [{"system": "http://loinc.org", "code": code, "display": display}]});
+        if let Some(t) = text {
+            cc["text"] = json!(t);
+        }
+        json!({"resourceType": "Observation", "status": status, "code": cc, "subject": {"reference": format!("Patient/{pt}")}})
+    };
+    let mut ids = Vec::new();
+    for body in [
+        obs("8867-4", "Heart rate", Some("脈拍"), "final"),
+        obs("8480-6", "Systolic blood pressure", None, "preliminary"),
+        obs("2339-0", "Glucose [Mass/volume] in Blood", Some("ケツトウチ 血糖値"), "amended"),
+    ] {
+        let r = s.post("/fhir/Observation", &doc, body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // A Patient without gender, and one with: `gender:not=male` finds both
+    // the female and the one without.
+    let female = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "gender": "female"})).await;
+    let male = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "gender": "male"})).await;
+    let (female, male) = (female.body["id"].as_str().unwrap().to_owned(), male.body["id"].as_str().unwrap().to_owned());
+    let found = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"].as_array().map_or(vec![], |a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        });
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let subj = format!("subject=Patient/{pt}");
+    for (q, want) in [
+        (format!("Observation?{subj}&status:not=final"), sorted(vec![ids[1].clone(), ids[2].clone()])),
+        // A list under :not is "none of these", not "not this or not that".
+        (format!("Observation?{subj}&status:not=final,amended"), vec![ids[1].clone()]),
+        (format!("Observation?{subj}&code:not=http://loinc.org|8867-4"), sorted(vec![ids[1].clone(), ids[2].clone()])),
+        (format!("Observation?{subj}&code:text=heart"), vec![ids[0].clone()]),
+        (format!("Observation?{subj}&code:text=脈拍"), vec![ids[0].clone()]),
+        // Kana and width folded; inside the text, not only its start.
+        (format!("Observation?{subj}&code:text=けつとう"), vec![ids[2].clone()]),
+        (format!("Observation?{subj}&code:text=BLOOD"), sorted(vec![ids[1].clone(), ids[2].clone()])),
+        (format!("Observation?{subj}&code:text=nothing-like-this"), vec![]),
+        (format!("Patient?_id={female},{male},{pt}&gender:not=male"), sorted(vec![female.clone(), pt.clone()])),
+    ] {
+        let r = s.get(&format!("/fhir/{q}"), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(found(&r.body), want, "{q}");
+    }
+    // After an update the old text no longer matches.
+    let mut upd = obs("8867-4", "Pulse rate", None, "final");
+    upd["id"] = json!(ids[0]);
+    let r = s.put(&format!("/fhir/Observation/{}", ids[0]), &doc, upd).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s.get(&format!("/fhir/Observation?{subj}&code:text=脈拍"), &doc).await;
+    assert_eq!(found(&r.body), Vec::<String>::new());
+    let r = s.get(&format!("/fhir/Observation?{subj}&code:text=pulse"), &doc).await;
+    assert_eq!(found(&r.body), vec![ids[0].clone()]);
+    // Modifiers mamori does not implement are refused, never ignored.
+    for m in ["above", "below", "in", "not-in", "of-type"] {
+        let r = s.get(&format!("/fhir/Observation?code:{m}=http://loinc.org|8867-4"), &doc).await;
+        assert_eq!(r.status, 400, "{m}: {}", r.text);
+        assert_eq!(r.body["resourceType"], "OperationOutcome");
+    }
+}
+
 /// `_elements` and `_summary=data|true|text` on reads and searches: only
 /// what was asked (with id and meta), tagged SUBSETTED; paths below the
 /// top level, and summaries of a type whose summary is not known, are

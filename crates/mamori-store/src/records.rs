@@ -622,6 +622,45 @@ pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
     Ok(n)
 }
 
+/// Indexes the text that goes with the codes of every current resource
+/// (a token parameter's `:text`, kept in `idx_string` under the token
+/// parameter's name): the data step of migration 17, which added it.
+/// Returns the number of resources that have such text.
+pub fn index_token_texts(c: &mut dyn Conn) -> Result<u64> {
+    use mamori_core::fhir::search::{param_def, ParamKind};
+    let mut n = 0;
+    for t in mamori_core::fhir::resource_types::R4_RESOURCE_TYPES {
+        let Ok(rtype) = ResourceType::parse(t) else { continue };
+        let rows = c.query(
+            "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
+            p![*t],
+        )?;
+        for r in &rows {
+            let (id, body) = (r.text(0)?, r.text(1)?);
+            let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+            let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
+                .into_iter()
+                .filter(|e| param_def(rtype, e.param).is_some_and(|d| d.kind == ParamKind::Token))
+                .filter_map(|e| match e.value {
+                    IndexValue::String { norm, exact } => Some(vec![
+                        Val::from(*t),
+                        Val::from(id.clone()),
+                        Val::from(e.param),
+                        Val::from(norm),
+                        Val::from(exact),
+                    ]),
+                    _ => None,
+                })
+                .collect();
+            if !rows.is_empty() {
+                insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, rows)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Every `reference` string in a resource, with its path.
 pub fn references(v: &Value) -> Vec<(String, String)> {
     /// One step of the path; rendered only for the references found (a

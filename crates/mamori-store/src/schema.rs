@@ -21,6 +21,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0014_bulk_exports", include_str!("../migrations/sqlite/0014_bulk_exports.sql")),
     ("0015_apps", include_str!("../migrations/sqlite/0015_apps.sql")),
     ("0016_canonical_quantities", include_str!("../migrations/sqlite/0016_canonical_quantities.sql")),
+    ("0017_token_text", include_str!("../migrations/sqlite/0017_token_text.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -40,6 +41,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0014_bulk_exports", include_str!("../migrations/postgres/0014_bulk_exports.sql")),
     ("0015_apps", include_str!("../migrations/postgres/0015_apps.sql")),
     ("0016_canonical_quantities", include_str!("../migrations/postgres/0016_canonical_quantities.sql")),
+    ("0017_token_text", include_str!("../migrations/postgres/0017_token_text.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {
@@ -61,6 +63,12 @@ fn data_step(name: &str, c: &mut dyn Conn) -> Result<(), DbError> {
         // resources stored before: migration 16 indexes them all again, so
         // a database older than 12 is indexed once, after both.
         "0016_canonical_quantities" => crate::records::index_quantities(c).map(|_| ()).map_err(|e| match e {
+            crate::StoreError::Db(d) => d,
+            other => DbError::Other(other.to_string()),
+        }),
+        // The text that goes with codes (`:text`), for the resources
+        // stored before.
+        "0017_token_text" => crate::records::index_token_texts(c).map(|_| ()).map_err(|e| match e {
             crate::StoreError::Db(d) => d,
             other => DbError::Other(other.to_string()),
         }),

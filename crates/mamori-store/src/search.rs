@@ -230,6 +230,10 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
             s.push(')');
             s
         }
+        Cond::Not(any_of) => {
+            let ors: Vec<String> = any_of.iter().map(|c| cond_sql(clause, c, a, t, has, sql)).collect();
+            format!("NOT ({})", ors.join(" OR "))
+        }
         Cond::StringStarts(prefix) => {
             let pm = sql.bind(param);
             let lo = sql.bind(prefix.clone());
@@ -241,7 +245,9 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
             let v = sql.bind(s.clone());
             format!("{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND exact = {v})")
         }
-        Cond::StringContains(s) => {
+        // A token's text is kept with the strings, under the token
+        // parameter's name.
+        Cond::StringContains(s) | Cond::TokenText(s) => {
             let pm = sql.bind(param);
             let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let v = sql.bind(format!("%{escaped}%"));

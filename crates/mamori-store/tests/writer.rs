@@ -422,6 +422,8 @@ async fn compartment_lists_its_patient(b: Backend) {
                     w.conn.exec(&format!("ALTER TABLE tokens DROP COLUMN {col}"), p![])?;
                 }
                 // (What migration 16 adds went with idx_quantity above.)
+                // What migration 17 adds: the text of codes, with the strings.
+                w.conn.exec("DELETE FROM idx_string WHERE rtype = 'Observation' AND param = 'code'", p![])?;
                 Ok(())
             },
             |_, _| Ok(()),
@@ -441,6 +443,18 @@ async fn compartment_lists_its_patient(b: Backend) {
         .await
         .unwrap();
     assert_eq!(rows, ["p1 Observation/o1", "p1 Observation/o2", "p2 Observation/o2"]);
+    let texts = f
+        .store()
+        .read(|c| {
+            let rows = c.query(
+                "SELECT id, exact FROM idx_string WHERE rtype = 'Observation' AND param = 'code' ORDER BY 1",
+                p![],
+            )?;
+            rows.iter().map(|r| Ok(format!("{} {}", r.text(0)?, r.text(1)?))).collect::<mamori_store::Result<Vec<_>>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(texts, ["o1 x", "o2 x"], "migration 17 indexed the text of the codes stored before");
     let v = f.store().read(|c| Ok(mamori_store::schema::current(c)?)).await.unwrap();
     assert_eq!(v, mamori_store::schema::latest(b));
 }

@@ -404,6 +404,18 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
             Value::String(s) => push(IndexValue::Token { system: None, code: s.clone() }),
             Value::Bool(b) => push(IndexValue::Token { system: None, code: b.to_string() }),
             Value::Object(o) => {
+                // The text that goes with the code (`:text`): a
+                // CodeableConcept's text and its codings' displays, a
+                // Coding's display, an Identifier's type text. It is kept
+                // with the strings, under the token parameter's name (a
+                // parameter is never both a token and a string).
+                let codings = o.get("coding").and_then(Value::as_array).into_iter().flatten();
+                let texts = [o.get("text"), o.get("display"), o.get("type").and_then(|t| t.get("text"))]
+                    .into_iter()
+                    .chain(codings.map(|c| c.get("display")));
+                for s in texts.flatten().filter_map(Value::as_str) {
+                    push(IndexValue::String { norm: normalize(s), exact: s.to_owned() });
+                }
                 if let Some(Value::Array(codings)) = o.get("coding") {
                     for c in codings {
                         if let Some(code) = c.get("code").and_then(Value::as_str) {
@@ -629,6 +641,13 @@ pub enum Cond {
         /// The condition on the referring resource.
         inner: Box<Clause>,
     },
+    /// A token's text (`:text`): the normalized text that goes with a
+    /// code (a CodeableConcept's text, a Coding's display, an
+    /// Identifier's type text) contains this.
+    TokenText(String),
+    /// `:not`: the resource holds no value matching any of these token
+    /// conditions (also when it holds no value at all).
+    Not(Vec<Cond>),
     /// `:missing`: the resource has no value (`true`) or some value
     /// (`false`) for the parameter.
     Missing {
@@ -1222,20 +1241,11 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
                 Some("contains") => Cond::StringContains(normalize(&v)),
                 Some(m) => return Err(unsupported_mod(m)),
             },
-            ParamKind::Token => {
-                if let Some(m) = modifier {
-                    return Err(unsupported_mod(m));
-                }
-                match v.split_once('|') {
-                    None => Cond::Token { system: None, code: Some(v) },
-                    Some(("", c)) if !c.is_empty() => Cond::Token { system: Some(None), code: Some(c.to_owned()) },
-                    Some((s, "")) if !s.is_empty() => Cond::Token { system: Some(Some(s.to_owned())), code: None },
-                    Some((s, c)) if !s.is_empty() && !c.is_empty() => {
-                        Cond::Token { system: Some(Some(s.to_owned())), code: Some(c.to_owned()) }
-                    }
-                    _ => return Err(bad("expected [system|]code")),
-                }
-            }
+            ParamKind::Token => match modifier {
+                None | Some("not") => parse_token(&v).ok_or_else(|| bad("expected [system|]code"))?,
+                Some("text") => Cond::TokenText(normalize(&v)),
+                Some(m) => return Err(unsupported_mod(m)),
+            },
             ParamKind::Date => {
                 if let Some(m) = modifier {
                     return Err(unsupported_mod(m));
@@ -1287,7 +1297,24 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
         };
         any_of.push(c);
     }
+    if modifier == Some("not") {
+        // `gender:not=male,female`: neither (not "not male or not female").
+        any_of = vec![Cond::Not(any_of)];
+    }
     Ok(Clause { param: def.name, any_of })
+}
+
+/// `[system|]code`, `|code` (no system) or `system|` (any code of it).
+fn parse_token(v: &str) -> Option<Cond> {
+    Some(match v.split_once('|') {
+        None => Cond::Token { system: None, code: Some(v.to_owned()) },
+        Some(("", c)) if !c.is_empty() => Cond::Token { system: Some(None), code: Some(c.to_owned()) },
+        Some((s, "")) if !s.is_empty() => Cond::Token { system: Some(Some(s.to_owned())), code: None },
+        Some((s, c)) if !s.is_empty() && !c.is_empty() => {
+            Cond::Token { system: Some(Some(s.to_owned())), code: Some(c.to_owned()) }
+        }
+        _ => return None,
+    })
 }
 
 /// `[prefix]number[|system|code]` (FHIR R4 search 3.1.1.4.6).
