@@ -382,6 +382,46 @@ async fn capability_statement_is_truthful() {
         }
     }
     assert!(res.iter().all(|r| r["type"] != "Parameters"));
+    // Every R4 core search parameter of a stored type is either listed
+    // (with its definition) or named as not implemented; and one named so
+    // is really not implemented: refused under handling=strict.
+    let unsupported = |r: &Value| -> Vec<String> {
+        r["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["url"] == "https://mamori.dev/fhir/StructureDefinition/unsupported-search-param")
+            .map(|e| e["valueCode"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let un = unsupported(patient);
+    for n in ["deceased", "language", "phonetic", "general-practitioner", "_tag", "_profile", "_text"] {
+        assert!(un.iter().any(|u| u == n), "Patient {n} named as unsupported: {un:?}");
+    }
+    assert!(patient["documentation"].as_str().unwrap().contains("deceased"));
+    let def = |r: &Value, n: &str| {
+        r["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == n).map(|p| p["definition"].clone())
+    };
+    assert_eq!(def(patient, "birthdate"), Some(json!("http://hl7.org/fhir/SearchParameter/individual-birthdate")));
+    assert_eq!(def(patient, "_id"), Some(json!("http://hl7.org/fhir/SearchParameter/Resource-id")));
+    let mut named = 0;
+    for r in res.iter().filter(|r| r["searchParam"].is_array()) {
+        let t = r["type"].as_str().unwrap();
+        let listed: Vec<&str> =
+            r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let un = unsupported(r);
+        assert!(un.iter().all(|u| !listed.contains(&u.as_str())), "{t}: both listed and unsupported");
+        named += un.len();
+        if ["Patient", "Observation", "Encounter", "MedicationRequest", "Organization"].contains(&t) {
+            for u in &un {
+                let resp = s
+                    .raw(Method::GET, &format!("/fhir/{t}?{u}=x"), Some(&doc), None, &[("prefer", "handling=strict")])
+                    .await;
+                assert_eq!(resp.status, 400, "{t}?{u} under strict: {}", resp.text);
+            }
+        }
+    }
+    assert!(named > 1000, "the R4 core names about 1,700 parameters: {named} named unsupported");
     let ae = res.iter().find(|r| r["type"] == "AuditEvent").unwrap();
     assert_eq!(ae["interaction"].as_array().unwrap().len(), 2);
     let _ = Value::Null;

@@ -7,6 +7,7 @@ pub mod jp;
 pub mod json;
 pub mod patch;
 pub mod profile;
+mod r4_search_params;
 pub mod resource_types;
 pub mod schema;
 pub mod search;

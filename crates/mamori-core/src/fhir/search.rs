@@ -247,6 +247,34 @@ pub fn params_for(rtype: ResourceType) -> &'static [ParamDef] {
     }
 }
 
+/// An R4 core search parameter: its code, type (`token`, `string`,
+/// `uri`, …) and canonical URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreParam {
+    /// The code used in a search (`birthdate`).
+    pub code: &'static str,
+    /// The FHIR search parameter type.
+    pub kind: &'static str,
+    /// The SearchParameter's canonical URL.
+    pub url: &'static str,
+}
+
+/// The search parameters FHIR R4 (4.0.1) defines for type `t`: its own,
+/// and those of Resource and DomainResource (`_id`, `_tag`, `_text`, …),
+/// from the specification's table (`r4_search_params.rs`).
+pub fn r4_core_params(t: &str) -> Vec<CoreParam> {
+    use super::r4_search_params::TABLE;
+    let of = |name: &str| TABLE.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, p)| *p);
+    let mut out: Vec<CoreParam> = of("Resource")
+        .iter()
+        .chain(if t == "Bundle" || t == "Binary" || t == "Parameters" { &[][..] } else { of("DomainResource") })
+        .chain(of(t))
+        .map(|&(code, kind, url)| CoreParam { code, kind, url })
+        .collect();
+    out.sort_by_key(|p| p.code);
+    out
+}
+
 /// The definition of search parameter `name` on `rtype`, if mamori supports it.
 pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
     params_for(rtype).iter().find(|p| p.name == name)
@@ -1448,6 +1476,37 @@ mod tests {
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    /// A parameter mamori implements under an R4 core code has the core
+    /// parameter's type (the CapabilityStatement links its definition).
+    #[test]
+    fn implemented_core_parameters_keep_their_core_type() {
+        let mut checked = 0;
+        for t in crate::fhir::resource_types::R4_RESOURCE_TYPES {
+            let Ok(rt) = ResourceType::parse(t) else { continue };
+            let core = r4_core_params(t);
+            for p in params_for(rt) {
+                let want = match p.kind {
+                    ParamKind::Token => "token",
+                    ParamKind::String => "string",
+                    ParamKind::Date => "date",
+                    ParamKind::Reference => "reference",
+                    ParamKind::Quantity => "quantity",
+                    ParamKind::Number => "number",
+                    ParamKind::CodeQuantity => "composite",
+                };
+                if let Some(c) = core.iter().find(|c| c.code == p.name) {
+                    assert_eq!(c.kind, want, "{t}.{}", p.name);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        let patient = r4_core_params("Patient");
+        assert!(patient.iter().any(|c| c.code == "birthdate" && c.kind == "date"));
+        assert!(patient.iter().any(|c| c.code == "_text"), "DomainResource's");
+        assert!(!r4_core_params("Bundle").iter().any(|c| c.code == "_text"), "Bundle is no DomainResource");
     }
 
     #[test]

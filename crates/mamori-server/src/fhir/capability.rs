@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use mamori_core::fhir::profile::Registry;
 use mamori_core::fhir::resource_types::{NOT_STORABLE, R4_RESOURCE_TYPES};
-use mamori_core::fhir::search::{params_for, ParamKind};
+use mamori_core::fhir::search::{params_for, r4_core_params, ParamKind};
 use mamori_core::ids::ResourceType;
 use serde_json::{json, Value};
 
@@ -34,10 +34,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
         let Ok(rt) = ResourceType::parse(t) else {
             continue;
         };
-        let mut params = vec![json!({"name": "_id", "type": "token"}), json!({"name": "_lastUpdated", "type": "date"})];
-        for p in params_for(rt) {
-            params.push(json!({"name": p.name, "type": kind(p.kind)}));
-        }
+        let (params, unsupported) = search_params(rt);
         let mut r = if *t == "AuditEvent" {
             // The audit log is read-only and for auditors only.
             json!({"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
@@ -59,6 +56,11 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
                     {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "searchParam": params,
+                "extension": unsupported.iter().map(|c| json!({"url": UNSUPPORTED_PARAM, "valueCode": c})).collect::<Vec<_>>(),
+                "documentation": format!(
+                    "R4 core search parameters of {t} that mamori does not implement (a search with one is ignored and reported, or refused under Prefer: handling=strict): {}.",
+                    if unsupported.is_empty() { "none".to_owned() } else { unsupported.join(", ") }
+                ),
                 "searchInclude": includes(rt),
                 "searchRevInclude": revincludes(rt),
             })
@@ -94,7 +96,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
         "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "rest": [{
             "mode": "server",
-            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; reference :[type]; :missing on every parameter. Chained parameters, one level (subject:Patient.name). Reverse chaining, one level (_has:Observation:patient:code=…), looking only at the referring resources the caller could find by searching them. Date and quantity prefixes eq ne gt lt ge le sa eb ap. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated or up to three date, string, token or quantity parameters (and _lastUpdated), comma-separated, each with - for descending; _total=none|accurate; _summary=count|data|true|text|false (true and text for the types whose R4 summary elements mamori holds or learned from a loaded package's snapshots; others 400); _elements (top level). _include and _revinclude (one level, listed per type; each included resource is decided as a read of it, and one the caller may not read is left out and counted in an OperationOutcome entry).",
+            "documentation": "Every interaction is access-controlled and audited. Unknown search parameters are ignored and reported in an OperationOutcome entry (search.mode = outcome), or rejected with Prefer: handling=strict. Supported search modifiers: string :exact and :contains; token :not and :text; reference :[type]; :missing on every parameter (others, e.g. :above, :below, :in, :of-type: 400). The R4 core search parameters of a type that mamori does not implement are named in that type's documentation and unsupported-search-param extensions. Chained parameters, one level (subject:Patient.name). Reverse chaining, one level (_has:Observation:patient:code=…), looking only at the referring resources the caller could find by searching them. Date and quantity prefixes eq ne gt lt ge le sa eb ap. Paging by _count and the next/previous links; _sort=_id|_lastUpdated|-_lastUpdated or up to three date, string, token or quantity parameters (and _lastUpdated), comma-separated, each with - for descending; _total=none|accurate; _summary=count|data|true|text|false (true and text for the types whose R4 summary elements mamori holds or learned from a loaded package's snapshots; others 400); _elements (top level). _include and _revinclude (one level, listed per type; each included resource is decided as a read of it, and one the caller may not read is left out and counted in an OperationOutcome entry).",
             "security": {
                 "cors": false,
                 "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": [
@@ -122,6 +124,32 @@ pub(crate) async fn metadata(State(st): State<Services>) -> Response {
     let conf = st.conformance();
     let cs = capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now, &conf.registry);
     respond(StatusCode::OK, cs.to_string())
+}
+
+/// The extension naming, one per entry, an R4 core search parameter of
+/// a type that mamori does not implement.
+const UNSUPPORTED_PARAM: &str = "https://mamori.dev/fhir/StructureDefinition/unsupported-search-param";
+
+/// The `searchParam` entries of `rt` (each R4 core one with its
+/// `definition`; one mamori adds beyond the core says so), and the codes
+/// of the R4 core parameters of `rt` that mamori does not implement.
+fn search_params(rt: ResourceType) -> (Vec<Value>, Vec<&'static str>) {
+    let core = r4_core_params(rt.as_str());
+    let mut params = Vec::new();
+    let mut supported = vec!["_id", "_lastUpdated"];
+    let special = [("_id", "token"), ("_lastUpdated", "date")];
+    let ours = special.into_iter().chain(params_for(rt).iter().map(|p| (p.name, kind(p.kind))));
+    for (name, ty) in ours {
+        supported.push(name);
+        let mut p = json!({"name": name, "type": ty});
+        match core.iter().find(|c| c.code == name) {
+            Some(c) => p["definition"] = json!(c.url),
+            None => p["documentation"] = json!("mamori's own: not an R4 core search parameter of this type"),
+        }
+        params.push(p);
+    }
+    let unsupported = core.iter().map(|c| c.code).filter(|c| !supported.contains(c)).collect();
+    (params, unsupported)
 }
 
 /// `_include` values a search of `rt` takes: its reference parameters.
