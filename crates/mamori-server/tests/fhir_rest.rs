@@ -312,6 +312,161 @@ async fn transaction_is_all_or_nothing_and_resolves_urns() {
     assert_eq!(e[2]["resource"]["id"], pid);
 }
 
+/// PATCH (a Binary JSON Patch, or a Parameters FHIRPath Patch), and
+/// conditional update and delete inside a transaction and a batch: each
+/// decided like its REST call; a conditional one whose search matches
+/// several is 412 and the transaction stores nothing; a patch of a
+/// record the caller may not write is 403, also storing nothing.
+#[tokio::test]
+async fn patch_and_conditional_writes_inside_bundles() {
+    use base64::Engine as _;
+    let s = TestServer::start("txnpatch").await;
+    let doc = s.user("dr.bpatch", &["physician"]).await;
+    let other = s.user("dr.other", &["physician"]).await;
+    let pt = s.patient(&doc, "Bundle", "Patch").await;
+    let theirs = s.patient(&other, "Not", "Mine").await;
+    let obs = |text: &str, pid: &str| {
+        json!({"resourceType": "Observation", "status": "preliminary", "code": {"text": text},
+               "identifier": [{"system": "urn:lab", "value": text}], "subject": {"reference": format!("Patient/{pid}")}})
+    };
+    let mut ids = Vec::new();
+    for t in ["a", "b", "dup", "dup", "gone", "del"] {
+        let r = s.post("/fhir/Observation", &doc, obs(t, &pt)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let r = s.post("/fhir/Observation", &other, obs("theirs", &theirs)).await;
+    let their_obs = r.body["id"].as_str().unwrap().to_owned();
+    let json_patch = |ops: Value| {
+        json!({"resourceType": "Binary", "contentType": "application/json-patch+json",
+               "data": base64::engine::general_purpose::STANDARD.encode(ops.to_string())})
+    };
+    let txn = |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            txn(json!([
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[0]), "ifMatch": "W/\"1\""}},
+                {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                    {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.status"},
+                    {"name": "value", "valueCode": "amended"}]}]},
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[1])}},
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "new by condition"},
+                              "subject": {"reference": format!("Patient/{pt}")}},
+                 "request": {"method": "PUT", "url": "Observation?identifier=urn:lab|none-such"}},
+                {"resource": {"resourceType": "Observation", "status": "cancelled", "code": {"text": "gone"},
+                              "identifier": [{"system": "urn:lab", "value": "gone"}], "subject": {"reference": format!("Patient/{pt}")}},
+                 "request": {"method": "PUT", "url": "Observation?identifier=urn:lab|gone"}},
+                {"request": {"method": "DELETE", "url": "Observation?identifier=urn:lab|del"}}
+            ])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let st: Vec<String> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(st[0].starts_with("200") && st[1].starts_with("200"), "{st:?}");
+    assert!(st[2].starts_with("201"), "no match creates: {st:?}");
+    assert!(st[3].starts_with("200"), "one match updates: {st:?}");
+    assert!(st[4].starts_with("204") || st[4].starts_with("200"), "{st:?}");
+    let a = s.get(&format!("/fhir/Observation/{}", ids[0]), &doc).await;
+    assert_eq!((a.body["status"].as_str(), a.body["meta"]["versionId"].as_str()), (Some("final"), Some("2")));
+    let del = s.get(&format!("/fhir/Observation/{}", ids[5]), &doc).await;
+    assert_eq!(del.status, 410, "{}", del.text);
+    let b = s.get(&format!("/fhir/Observation/{}", ids[1]), &doc).await;
+    assert_eq!(b.body["status"], "amended");
+    let gone = s.get(&format!("/fhir/Observation/{}", ids[4]), &doc).await;
+    assert_eq!((gone.body["status"].as_str(), gone.body["meta"]["versionId"].as_str()), (Some("cancelled"), Some("2")));
+    let created = r.body["entry"][2]["response"]["location"].as_str().unwrap().to_owned();
+    assert!(created.contains("/fhir/Observation/"), "{created}");
+
+    // Several matches: 412, and nothing of the transaction is stored.
+    let before = s.snapshot();
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            txn(json!([
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"request": {"method": "DELETE", "url": "Observation?identifier=urn:lab|dup"}}
+            ])),
+        )
+        .await;
+    assert_eq!(r.status, 412, "{}", r.text);
+    assert!(r.text.contains("Bundle.entry[1]"), "{}", r.text);
+    assert_eq!(s.snapshot(), before);
+    // A patch of another physician's patient's record: 403, nothing stored.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            txn(json!([
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "entered-in-error"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{their_obs}")}}
+            ])),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(s.snapshot(), before);
+    // A conditional delete sees only what the caller may find: the other
+    // physician's record is not matched, so not deleted.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            txn(json!([{"request": {"method": "DELETE", "url": "Observation?identifier=urn:lab|theirs"}}])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let t = s.get(&format!("/fhir/Observation/{their_obs}"), &other).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+
+    // Malformed entries: each refused with where it is; in a batch alone.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="},
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"resource": json_patch(json!({"op": "replace"})),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": "Observation?identifier=urn:lab|b"}},
+                {"resource": json_patch(json!([{"op": "test", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"resource": json_patch(json!([{"op": "replace", "path": "/status", "value": "final"}])),
+                 "request": {"method": "PATCH", "url": format!("Observation/{}", ids[2])}},
+                {"request": {"method": "DELETE", "url": "Observation?identifier=urn:lab|dup"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let st: Vec<String> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        st.iter().map(|x| &x[..3]).collect::<Vec<_>>(),
+        ["400", "400", "400", "400", "422", "200", "412"],
+        "{}",
+        r.text
+    );
+    let dup = s.get(&format!("/fhir/Observation/{}", ids[2]), &doc).await;
+    assert_eq!(dup.body["status"], "final");
+}
+
 #[tokio::test]
 async fn everything_returns_the_compartment() {
     let s = TestServer::start("everything").await;

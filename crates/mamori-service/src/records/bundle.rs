@@ -17,7 +17,9 @@ use mamori_store::search;
 use mamori_store::writer::WriteCtx;
 use serde_json::{json, Value};
 
-use super::write::{action_name, conditional_match, step_record, step_status, write_step, Step, WriteOp};
+use super::write::{
+    action_name, conditional_match, resolve_conditional, step_record, step_status, write_step, Resolved, Step, WriteOp,
+};
 use super::{error_record, parse_etag, parse_pairs, restriction, validate_body};
 use crate::actor::Actor;
 use crate::audited::Audited;
@@ -119,14 +121,23 @@ fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ServiceError> {
             Kind::Read { id: (*id).to_owned(), version: Some(v.parse().map_err(|_| bad_url())?) }
         }
         ("GET", [_], q) => Kind::Search { query: q.unwrap_or("").to_owned() },
-        ("PUT" | "DELETE", [_], Some(_)) => {
-            return Err(invalid(&format!("{path}.request.url"), "conditional update and delete are not supported"))
+        ("PUT", [_], Some(q)) if !q.is_empty() => Kind::Write(WriteOp::ConditionalUpdate {
+            query: q.to_owned(),
+            if_match: header("ifMatch").map(|m| parse_etag(&m)).transpose()?,
+        }),
+        ("DELETE", [_], Some(q)) if !q.is_empty() => Kind::Write(WriteOp::ConditionalDelete { query: q.to_owned() }),
+        ("PATCH", [_, id], None) if is_fhir_id(id) => Kind::Write(WriteOp::Patch {
+            id: (*id).to_owned(),
+            if_match: header("ifMatch").map(|m| parse_etag(&m)).transpose()?,
+            patch: patch_of(resource.as_ref(), &path)?,
+        }),
+        ("PATCH", [_], Some(_)) => {
+            return Err(invalid(&format!("{path}.request.url"), "a conditional PATCH is not supported"))
         }
-        ("PATCH", _, _) => return Err(invalid(&format!("{path}.request.method"), "PATCH is not supported")),
         _ => return Err(bad_url()),
     };
     if let Kind::Write(op) = &kind {
-        if !matches!(op, WriteOp::Delete { .. }) {
+        if !matches!(op, WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. }) {
             let r = resource
                 .as_ref()
                 .ok_or_else(|| invalid(&format!("{path}.resource"), "POST and PUT entries need a resource"))?;
@@ -139,6 +150,44 @@ fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ServiceError> {
         }
     }
     Ok(Entry { index: i, full_url, rtype, kind, resource })
+}
+
+/// The patch of a PATCH entry: a Binary holding a JSON Patch
+/// (`application/json-patch+json`, base64 in `data`), or a Parameters
+/// resource (FHIRPath Patch).
+fn patch_of(resource: Option<&Value>, path: &str) -> Result<Value, ServiceError> {
+    use base64::Engine as _;
+    let at = format!("{path}.resource");
+    let r = resource.ok_or_else(|| {
+        invalid(&at, "a PATCH entry needs a resource: a Binary with a JSON Patch, or a Parameters (FHIRPath Patch)")
+    })?;
+    match r.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok(r.clone()),
+        Some("Binary") => {
+            let ct = r.get("contentType").and_then(Value::as_str).unwrap_or("");
+            if ct.split(';').next().map(str::trim) != Some("application/json-patch+json") {
+                return Err(invalid(
+                    &format!("{at}.contentType"),
+                    format!(
+                        "a Binary patch must be application/json-patch+json, not '{}'",
+                        ct.chars().take(60).collect::<String>()
+                    ),
+                ));
+            }
+            let data =
+                r.get("data").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{at}.data"), "missing"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| invalid(&format!("{at}.data"), "not base64"))?;
+            let v: Value = mamori_core::fhir::json::parse_strict(&bytes, mamori_core::fhir::json::MAX_STRING_BYTES)
+                .map_err(|e| invalid(&format!("{at}.data"), format!("not a JSON Patch: {e}")))?;
+            if !v.is_array() {
+                return Err(invalid(&format!("{at}.data"), "a JSON Patch is an array of operations"));
+            }
+            Ok(v)
+        }
+        _ => Err(invalid(&at, "a PATCH entry's resource is a Binary (JSON Patch) or a Parameters (FHIRPath Patch)")),
+    }
 }
 
 fn prefix_error(e: ServiceError, prefix: &str) -> ServiceError {
@@ -339,11 +388,32 @@ fn run_transaction(
 ) -> Result<Vec<EntryResult>, ServiceError> {
     // 1. Ids for every entry to create (a conditional create first looks
     // for its match within the job); map fullUrls.
+    // A conditional update or delete is resolved here, before anything is
+    // written, to the plain write it stands for (its search sees the
+    // store as the transaction found it).
     let mut map: HashMap<String, String> = HashMap::new();
     let mut assigned: HashMap<usize, String> = HashMap::new();
     let mut matched: HashMap<usize, Step> = HashMap::new();
+    let mut resolved: HashMap<usize, WriteOp> = HashMap::new();
+    for e in entries.iter_mut() {
+        let Kind::Write(op) = &e.kind else { continue };
+        if matches!(op, WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. }) {
+            let mut body = e.resource.take();
+            let r = resolve_conditional(ctx, actor, e.rtype, op, &mut body);
+            e.resource = body;
+            match r.map_err(|x| entry_error(e, x))? {
+                Resolved::Op(plain) => {
+                    resolved.insert(e.index, plain);
+                }
+                Resolved::Step(step) => {
+                    matched.insert(e.index, step);
+                }
+            }
+        }
+    }
     for e in &entries {
         let Kind::Write(op) = &e.kind else { continue };
+        let op = resolved.get(&e.index).unwrap_or(op);
         let target = match op {
             WriteOp::Create { if_none_exist: Some(cond) } => {
                 match conditional_match(ctx, actor, e.rtype, cond).map_err(|x| entry_error(e, x))? {
@@ -359,17 +429,11 @@ fn run_transaction(
                 }
             }
             WriteOp::Create { if_none_exist: None } => None,
-            WriteOp::Update { id, .. } => Some(id.clone()),
-            WriteOp::Delete { .. } => continue,
-            // Bundle entries are never parsed into these (see `parse_entry`).
-            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. } => {
-                return Err(entry_error(
-                    e,
-                    ServiceError::invalid(
-                        "request.url",
-                        "conditional update and delete, and PATCH, are not supported in a bundle",
-                    ),
-                ))
+            WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } => Some(id.clone()),
+            // A conditional delete that matched nothing is in `matched`.
+            WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => continue,
+            WriteOp::ConditionalUpdate { .. } => {
+                return Err(entry_error(e, ServiceError::internal("a conditional update was not resolved")))
             }
         };
         let id = match target {
@@ -396,7 +460,12 @@ fn run_transaction(
             Kind::Write(WriteOp::Create { .. }) => {
                 assigned.get(&e.index).map(|id| (e.rtype.as_str().to_owned(), id.clone()))
             }
-            Kind::Write(WriteOp::Update { id, .. }) => Some((e.rtype.as_str().to_owned(), id.clone())),
+            Kind::Write(op) => match resolved.get(&e.index).unwrap_or(op) {
+                WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } => {
+                    Some((e.rtype.as_str().to_owned(), id.clone()))
+                }
+                _ => None,
+            },
             _ => None,
         })
         .collect();
@@ -413,7 +482,7 @@ fn run_transaction(
                 let step = if let Some(m) = matched.remove(&e.index) {
                     m
                 } else {
-                    let op = match op {
+                    let op = match resolved.get(&e.index).unwrap_or(op) {
                         WriteOp::Create { .. } => WriteOp::Create { if_none_exist: None },
                         other => other.clone(),
                     };

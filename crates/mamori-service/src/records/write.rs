@@ -160,51 +160,13 @@ pub(crate) fn write_step(
     // restricted like any), then is decided like the plain write.
     let resolved;
     let op = match op {
-        WriteOp::ConditionalUpdate { query, if_match } => {
-            let found = conditional_search(ctx, actor, rtype, query, "the conditional update")?;
-            let body_id = body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_owned);
-            let id = match (found.as_slice(), body_id) {
-                ([_, _, ..], _) => {
-                    return Err(ServiceError::Precondition(
-                        "the conditional update matched more than one resource".into(),
-                    ))
-                }
-                ([m], Some(b)) if m.id != b => {
-                    return Err(ServiceError::invalid(
-                        &format!("{rtype}.id"),
-                        format!("the body's id '{b}' is not the id of the resource the condition matched"),
-                    ))
-                }
-                ([m], _) => m.id.clone(),
-                ([], Some(b)) => {
-                    if records::current(ctx.conn, rtype.as_str(), &b)?.is_some_and(|c| !c.deleted) {
-                        return Err(ServiceError::Conflict(format!(
-                            "{rtype}/{b} exists but does not match the condition; nothing was written"
-                        )));
-                    }
-                    b
-                }
-                ([], None) => accounts::new_id()?,
-            };
-            if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
-                b.insert("id".into(), Value::String(id.clone()));
-            }
-            resolved = WriteOp::Update { id, if_match: *if_match };
-            &resolved
-        }
-        WriteOp::ConditionalDelete { query } => {
-            let found = conditional_search(ctx, actor, rtype, query, "the conditional delete")?;
-            match found.as_slice() {
-                [] => return Ok(Step::NothingToDelete { existed: true }),
-                [one] => {
-                    resolved = WriteOp::Delete { id: one.id.clone() };
+        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
+            match resolve_conditional(ctx, actor, rtype, op, &mut body)? {
+                Resolved::Op(o) => {
+                    resolved = o;
                     &resolved
                 }
-                _ => {
-                    return Err(ServiceError::Precondition(
-                        "the conditional delete matched more than one resource".into(),
-                    ))
-                }
+                Resolved::Step(s) => return Ok(s),
             }
         }
         WriteOp::Patch { id, if_match, patch } => {
@@ -288,6 +250,71 @@ pub(crate) fn write_step(
             let body = body.ok_or_else(|| ServiceError::invalid("", "a resource body is required"))?;
             create_or_update(ctx, actor, rtype, id, body, *if_match, false, pending, check_refs, &author, conf)
         }
+    }
+}
+
+/// A conditional update or delete resolved: the plain write it stands
+/// for, or (a delete that matched nothing) its result.
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    /// The plain update or delete of the one match (or the create of a
+    /// conditional update that matched nothing).
+    Op(WriteOp),
+    /// Nothing to do.
+    Step(Step),
+}
+
+/// Resolves a conditional update or delete: its search (decided and
+/// restricted like any), then the plain write it stands for; several
+/// matches: 412. A conditional update's body gets the resolved id.
+pub(crate) fn resolve_conditional(
+    ctx: &mut WriteCtx<'_>,
+    actor: &Actor,
+    rtype: ResourceType,
+    op: &WriteOp,
+    body: &mut Option<Value>,
+) -> Result<Resolved, ServiceError> {
+    match op {
+        WriteOp::ConditionalUpdate { query, if_match } => {
+            let found = conditional_search(ctx, actor, rtype, query, "the conditional update")?;
+            let body_id = body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_owned);
+            let id = match (found.as_slice(), body_id) {
+                ([_, _, ..], _) => {
+                    return Err(ServiceError::Precondition(
+                        "the conditional update matched more than one resource".into(),
+                    ))
+                }
+                ([m], Some(b)) if m.id != b => {
+                    return Err(ServiceError::invalid(
+                        &format!("{rtype}.id"),
+                        format!("the body's id '{b}' is not the id of the resource the condition matched"),
+                    ))
+                }
+                ([m], _) => m.id.clone(),
+                ([], Some(b)) => {
+                    if records::current(ctx.conn, rtype.as_str(), &b)?.is_some_and(|c| !c.deleted) {
+                        return Err(ServiceError::Conflict(format!(
+                            "{rtype}/{b} exists but does not match the condition; nothing was written"
+                        )));
+                    }
+                    b
+                }
+                ([], None) => accounts::new_id()?,
+            };
+            if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
+                b.insert("id".into(), Value::String(id.clone()));
+            }
+            Ok(Resolved::Op(WriteOp::Update { id, if_match: *if_match }))
+        }
+        WriteOp::ConditionalDelete { query } => {
+            let found = conditional_search(ctx, actor, rtype, query, "the conditional delete")?;
+            match found.as_slice() {
+                [] => Ok(Resolved::Step(Step::NothingToDelete { existed: true })),
+                [one] => Ok(Resolved::Op(WriteOp::Delete { id: one.id.clone() })),
+                _ => Err(ServiceError::Precondition("the conditional delete matched more than one resource".into())),
+            }
+        }
+        other => Ok(Resolved::Op(other.clone())),
     }
 }
 
