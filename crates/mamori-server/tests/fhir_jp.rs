@@ -149,8 +149,54 @@ async fn validate_operation_against_jp_core() {
     let r = s.get(&format!("/fhir/Observation/{oid}/$validate"), &other).await;
     assert_eq!(r.status, 403, "no care relationship, no read, no validation: {}", r.text);
     assert_eq!(s.get("/fhir/Patient/nobody/$validate", &doc).await.status, 404);
-    let r = s.get(&format!("/fhir/Patient/{pid}/$validate?mode=delete"), &doc).await;
-    assert_eq!(r.status, 400, "{}", r.text);
+
+    // Modes. Type level: create (the checks a create runs) and profile
+    // (which needs a profile); an instance: update, delete, profile.
+    let r = s.post("/fhir/Patient/$validate?mode=create", &doc, p.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s.post(&format!("/fhir/Patient/$validate?mode=profile&profile={CORE}JP_Patient"), &doc, p.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for (path, why) in [
+        ("/fhir/Patient/$validate?mode=profile".to_owned(), "needs the profile"),
+        ("/fhir/Patient/$validate?mode=delete".to_owned(), "needs an instance"),
+        ("/fhir/Patient/$validate?mode=bogus".to_owned(), "not a $validate mode"),
+        (format!("/fhir/Patient/{pid}/$validate?mode=create"), "for the type level"),
+        (format!("/fhir/Patient/{pid}/$validate?mode=update&mode=delete"), "more than once"),
+    ] {
+        let r = s.post(&path, &doc, plain.clone()).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.text.contains(why), "{path}: {}", r.text);
+    }
+    let params = |mode: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": mode}]});
+    let r = s.post(&format!("/fhir/Patient/{pid}/$validate?mode=update"), &doc, params("delete")).await;
+    assert_eq!(r.status, 400, "the query and the Parameters disagree: {}", r.text);
+    // mode=delete: whether this caller could delete it now; nothing is
+    // deleted; the read and the delete decision are audited.
+    let deletable = |b: &Value| b["issue"][0]["diagnostics"].as_str().unwrap_or("").contains("may be deleted by you");
+    let r = s.get(&format!("/fhir/Observation/{oid}/$validate?mode=delete"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(deletable(&r.body), "{}", r.text);
+    let r = s.raw(Method::POST, &format!("/fhir/Observation/{oid}/$validate?mode=delete"), Some(&doc), None, &[]).await;
+    assert_eq!(r.status, 200, "no body needed: {}", r.text);
+    assert!(deletable(&r.body), "{}", r.text);
+    let r = s.post(&format!("/fhir/Observation/{oid}/$validate"), &doc, params("delete")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(deletable(&r.body), "{}", r.text);
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &doc).await.status, 200, "still there");
+    let d = s.audits_where("validate-delete");
+    assert_eq!(d.len(), 3, "{d:?}");
+    assert_eq!(d[0]["basis"], "care-relationship", "{d:?}");
+    assert_eq!(d[0]["detail"]["would_permit"], true, "{d:?}");
+    assert_eq!(d[0]["patients"], json!([pid]), "{d:?}");
+    assert_eq!(d[0]["entity"]["id"], oid.as_str(), "{d:?}");
+    // Someone who may read it but not delete it is told so.
+    let r = s.get(&format!("/fhir/Patient/{pid}/$validate?mode=delete"), &other).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["issue"][0]["severity"], "error", "{}", r.text);
+    assert_eq!(r.body["issue"][0]["code"], "forbidden", "{}", r.text);
+    assert_eq!(s.audits_where("validate-delete").last().unwrap()["detail"]["would_permit"], false);
+    let r = s.get(&format!("/fhir/Observation/{oid}/$validate?mode=delete"), &other).await;
+    assert_eq!(r.status, 403, "one who may not read it learns nothing more: {}", r.text);
 
     // Nothing was stored, and each request was decided and audited.
     assert_eq!(s.count("SELECT COUNT(*) FROM resources WHERE rtype = 'MedicationRequest'"), 0);

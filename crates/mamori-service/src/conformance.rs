@@ -289,22 +289,72 @@ pub fn outcome(findings: &[Finding], profiles: &[String]) -> Value {
     json!({"resourceType": "OperationOutcome", "issue": issues})
 }
 
+/// The `mode` of `$validate`: from the query (`mode=`) or a Parameters
+/// body (`mode`, a code); both given must agree. Checked against what the
+/// level allows: a type takes `create` and `profile`; an instance
+/// `update`, `delete` and `profile`; `profile` needs a profile.
+fn mode_of(
+    query_mode: Option<&str>,
+    body: Option<&Value>,
+    instance: bool,
+    profiles: &[String],
+) -> Result<Option<String>, ServiceError> {
+    let from_body = body.filter(|b| b["resourceType"] == "Parameters").and_then(|b| {
+        b["parameter"].as_array()?.iter().find(|p| p["name"] == "mode").map(|p| p["valueCode"].as_str().unwrap_or(""))
+    });
+    let mode = match (query_mode, from_body) {
+        (Some(q), Some(b)) if q != b => {
+            return Err(ServiceError::invalid("mode", format!("the query says mode={q}, the Parameters mode={b}")))
+        }
+        (Some(m), _) | (None, Some(m)) => Some(m.to_owned()),
+        (None, None) => None,
+    };
+    let allowed: &[&str] = if instance { &["update", "delete", "profile"] } else { &["create", "profile"] };
+    if let Some(m) = &mode {
+        if !allowed.contains(&m.as_str()) {
+            let known = ["create", "update", "delete", "profile"].contains(&m.as_str());
+            let why = if !known {
+                format!("mode={m} is not a $validate mode (create, update, delete, profile)")
+            } else if instance {
+                format!("mode={m} is for the type level (POST [type]/$validate), not an instance")
+            } else {
+                format!("mode={m} needs an instance: POST [type]/[id]/$validate")
+            };
+            return Err(ServiceError::invalid("mode", why));
+        }
+        let body_profiles = body
+            .filter(|b| b["resourceType"] == "Parameters")
+            .and_then(|b| b["parameter"].as_array())
+            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "profile"));
+        if m == "profile" && profiles.is_empty() && !body_profiles {
+            return Err(ServiceError::invalid("profile", "mode=profile needs the profile to check against"));
+        }
+    }
+    Ok(mode)
+}
+
 /// `$validate` (type level): the core validation, then every profile
 /// that applies and those asked for. The answer is an OperationOutcome
 /// (200), errors included; the request itself is decided and audited.
+/// `mode` (`create`, `profile`, or none) changes nothing of what is
+/// checked: a create runs these same checks.
 pub async fn validate_op(
     svc: &Services,
     actor: &Actor,
     rtype: ResourceType,
     body: &Value,
     profiles: &[String],
+    mode: Option<&str>,
 ) -> Result<Value, ServiceError> {
+    mode_of(mode, Some(body), false, profiles)?;
     validate_as(svc, actor, rtype, body, profiles, None).await
 }
 
 /// `$validate` on an instance (`POST [type]/[id]/$validate`): the body is
 /// validated as an update of that resource, so its id must be the
-/// instance's (an error finding otherwise).
+/// instance's (an error finding otherwise); with `mode=delete` the body
+/// (if any) is ignored and the delete of the instance is checked
+/// ([`validate_delete`]).
 pub async fn validate_update(
     svc: &Services,
     actor: &Actor,
@@ -312,22 +362,102 @@ pub async fn validate_update(
     id: &str,
     body: &Value,
     profiles: &[String],
+    mode: Option<&str>,
 ) -> Result<Value, ServiceError> {
+    let body = Some(body).filter(|b| !b.is_null());
+    if mode_of(mode, body, true, profiles)?.as_deref() == Some("delete") {
+        return validate_delete(svc, actor, rtype, id).await;
+    }
+    let body = body.ok_or_else(|| ServiceError::invalid("", "a resource (or Parameters) body is required"))?;
     validate_as(svc, actor, rtype, body, profiles, Some(id)).await
 }
 
 /// `$validate` of a stored resource (`GET [type]/[id]/$validate`): read
-/// under the same rule as a read, and audited as one, then validated.
+/// under the same rule as a read, and audited as one, then validated;
+/// with `mode=delete`, its delete checked instead ([`validate_delete`]).
 pub async fn validate_stored(
     svc: &Services,
     actor: &Actor,
     rtype: ResourceType,
     id: &str,
     profiles: &[String],
+    mode: Option<&str>,
 ) -> Result<Value, ServiceError> {
+    if mode_of(mode, None, true, profiles)?.as_deref() == Some("delete") {
+        return validate_delete(svc, actor, rtype, id).await;
+    }
     let v = crate::records::read::read(svc, actor, rtype.as_str(), id).await?.into_inner();
     let body: Value = serde_json::from_str(&v.body).map_err(|e| ServiceError::internal_from("a stored resource", e))?;
     validate_as(svc, actor, rtype, &body, profiles, Some(id)).await
+}
+
+/// `$validate` with `mode=delete`: whether the caller could delete the
+/// instance now. The resource is read first under the read rule (audited;
+/// one the caller may not read is answered as a read would be), then the
+/// delete is decided as a `DELETE` would decide it, and that decision is
+/// audited with its basis. Nothing is deleted. A delete in mamori adds a
+/// tombstone version, so no reference to the resource can break.
+pub async fn validate_delete(
+    svc: &Services,
+    actor: &Actor,
+    rtype: ResourceType,
+    id: &str,
+) -> Result<Value, ServiceError> {
+    svc.read_gate(actor, "validate", Operation::FhirValidate, Facts::default(), "validating resources").await?;
+    let v = crate::records::read::read(svc, actor, rtype.as_str(), id).await?.into_inner();
+    let mut findings = Vec::new();
+    let at = format!("{rtype}/{id}");
+    if svc.conformance().registry.get(rtype.as_str(), id).is_some() {
+        findings.push(Finding {
+            severity: Severity::Error,
+            code: "forbidden",
+            path: rtype.as_str().to_owned(),
+            message: format!("{at} is defined by a loaded FHIR package and is read-only"),
+        });
+    } else if crate::exchange::is_mirror(rtype.as_str(), id) {
+        findings.push(Finding {
+            severity: Severity::Error,
+            code: "forbidden",
+            path: rtype.as_str().to_owned(),
+            message: format!("{at} mirrors the partner registry and is read-only"),
+        });
+    } else {
+        let (a, patients, now) = (actor.clone(), v.patients.clone(), svc.now());
+        let d = svc
+            .store
+            .read(move |c| {
+                crate::authz::decide_record(c, &a, mamori_core::policy::Action::Delete, rtype, &patients, now)
+            })
+            .await?;
+        let mut rec = actor.decided("validate-delete", 200, &d, now);
+        rec.entity = Some(mamori_audit::event::Entity {
+            id: Some(id.to_owned()),
+            rtype: rtype.as_str().to_owned(),
+            version: None,
+        });
+        rec.patients = v.patients.clone();
+        rec.detail = Some(json!({"would_permit": d.permit}));
+        svc.audit(vec![rec]).await?;
+        if !d.permit {
+            let ServiceError::Denied { message, .. } = ServiceError::denied(&format!("deleting {at}"), &d) else {
+                return Err(ServiceError::internal("a denial that is not one"));
+            };
+            findings.push(Finding {
+                severity: Severity::Error,
+                code: "forbidden",
+                path: rtype.as_str().to_owned(),
+                message,
+            });
+        }
+    }
+    if findings.is_empty() {
+        let msg = format!(
+            "{at} may be deleted by you now: a delete adds a tombstone version (nothing is erased, references stay resolvable through its history)"
+        );
+        return Ok(json!({"resourceType": "OperationOutcome", "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": msg, "expression": [rtype.as_str()]}]}));
+    }
+    Ok(outcome(&findings, &[]))
 }
 
 async fn validate_as(

@@ -98,14 +98,23 @@ async fn validate_instance(
         let rtype = mamori_service::records::parse_type(&t)?;
         let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
         check_accept(&headers, format_param(&pairs))?;
-        super::check_content_type(&headers)?;
-        let body = super::parse_json(&read_body(body, svc.cfg.server.body_limit_bytes).await?)?;
-        Ok::<_, ServiceError>((rtype, body, super::read::validate_params(&pairs)?))
+        let params = super::read::validate_params(&pairs)?;
+        let bytes = read_body(body, svc.cfg.server.body_limit_bytes).await?;
+        // A delete is checked without a body (one sent is ignored).
+        let body = if bytes.is_empty() && params.1.as_deref() == Some("delete") {
+            serde_json::Value::Null
+        } else {
+            super::check_content_type(&headers)?;
+            super::parse_json(&bytes)?
+        };
+        Ok::<_, ServiceError>((rtype, body, params))
     }
     .await;
     match r {
-        Ok((rtype, body, profiles)) => {
-            match mamori_service::conformance::validate_update(&svc, &c, rtype, &id, &body, &profiles).await {
+        Ok((rtype, body, (profiles, mode))) => {
+            match mamori_service::conformance::validate_update(&svc, &c, rtype, &id, &body, &profiles, mode.as_deref())
+                .await
+            {
                 Ok(v) => respond(StatusCode::OK, v.to_string()),
                 Err(e) => FhirError(e).into_response(),
             }

@@ -75,7 +75,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
         }
         if *t != "AuditEvent" {
             ops.push(json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                "documentation": "Type level (POST [type]/$validate) and instance level (POST [type]/[id]/$validate validates the body as an update of the instance; GET [type]/[id]/$validate the stored version, read under the read rule), with profile= or a Parameters body: the core rules, then every loaded profile the resource claims or that is asked for. mode=update only."}));
+                "documentation": "Type level (POST [type]/$validate) and instance level (POST [type]/[id]/$validate validates the body as an update of the instance; GET [type]/[id]/$validate the stored version, read under the read rule), with profile= or a Parameters body: the core rules, then every loaded profile the resource claims or that is asked for. mode (query or Parameters): create or profile at the type level; update, delete or profile at an instance. mode=delete checks whether the caller could delete the instance now (read under the read rule, the delete decided and audited; nothing deleted)."}));
             r["operation"] = Value::Array(ops);
             let supported = profiles.profiles_of(t);
             if !supported.is_empty() {

@@ -127,17 +127,19 @@ pub(crate) async fn vread(
 }
 
 /// `GET /fhir/{type}/{id}/_history` and `/fhir/Patient/{id}/$everything`.
-/// The query of `$validate`: its profiles; `mode` only as `update` at
-/// an instance (what a create or a delete would check is not offered).
-pub(crate) fn validate_params(pairs: &[(String, String)]) -> Result<Vec<String>, ServiceError> {
+/// The query of `$validate`: its profiles and its `mode` (checked by the
+/// service against the level).
+pub(crate) fn validate_params(pairs: &[(String, String)]) -> Result<(Vec<String>, Option<String>), ServiceError> {
     if let Some((k, v)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "profile" | "mode" | "_format" | "_pretty"))
     {
-        return Err(ServiceError::invalid(k, format!("$validate takes profile= (and mode=update), not {k}={v}")));
+        return Err(ServiceError::invalid(k, format!("$validate takes profile= and mode=, not {k}={v}")));
     }
-    if let Some((_, m)) = pairs.iter().find(|(k, v)| k == "mode" && v != "update") {
-        return Err(ServiceError::invalid("mode", format!("mode={m} is not supported; only update is")));
+    let mut modes = pairs.iter().filter(|(k, _)| k == "mode").map(|(_, v)| v.clone());
+    let mode = modes.next();
+    if modes.next().is_some() {
+        return Err(ServiceError::invalid("mode", "mode= is given more than once"));
     }
-    Ok(pairs.iter().filter(|(k, _)| k == "profile").map(|(_, v)| v.clone()).collect())
+    Ok((pairs.iter().filter(|(k, _)| k == "profile").map(|(_, v)| v.clone()).collect(), mode))
 }
 
 pub(crate) async fn instance_op(
@@ -160,8 +162,10 @@ pub(crate) async fn instance_op(
             }
             .await;
             match r {
-                Ok((rtype, profiles)) => {
-                    match mamori_service::conformance::validate_stored(&svc, &c, rtype, &id, &profiles).await {
+                Ok((rtype, (profiles, mode))) => {
+                    match mamori_service::conformance::validate_stored(&svc, &c, rtype, &id, &profiles, mode.as_deref())
+                        .await
+                    {
                         Ok(v) => respond(StatusCode::OK, v.to_string()),
                         Err(e) => fhir_err(e),
                     }
@@ -332,8 +336,9 @@ pub(crate) async fn search_post(
         }
         .await;
         return match r {
-            Ok((rtype, body, profiles)) => {
-                match mamori_service::conformance::validate_op(&svc, &c, rtype, &body, &profiles).await {
+            Ok((rtype, body, (profiles, mode))) => {
+                match mamori_service::conformance::validate_op(&svc, &c, rtype, &body, &profiles, mode.as_deref()).await
+                {
                     Ok(v) => respond(StatusCode::OK, v.to_string()),
                     Err(e) => fhir_err(e),
                 }
