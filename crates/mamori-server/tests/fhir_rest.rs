@@ -467,6 +467,133 @@ async fn patch_and_conditional_writes_inside_bundles() {
     assert_eq!(dup.body["status"], "final");
 }
 
+/// System-level search (`GET /fhir?_type=…`, `POST /fhir/_search`): each
+/// named type searched as its own search (decided, restricted and audited
+/// as that), paged across the types with `_count` and next links; a
+/// parameter some named type does not know is refused.
+#[tokio::test]
+async fn system_level_search_is_each_type_search() {
+    let s = TestServer::start("syssearch").await;
+    let doc = s.user("dr.sys", &["physician"]).await;
+    let other = s.user("dr.sys2", &["physician"]).await;
+    let pt = s.patient(&doc, "System", "Search").await;
+    let theirs = s.patient(&other, "Other", "Record").await;
+    let mut mine = Vec::new();
+    for (t, body) in [
+        (
+            "Observation",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "a"}, "subject": {"reference": format!("Patient/{pt}")}}),
+        ),
+        (
+            "Observation",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "b"}, "subject": {"reference": format!("Patient/{pt}")}}),
+        ),
+        (
+            "Condition",
+            json!({"resourceType": "Condition", "code": {"text": "c"}, "subject": {"reference": format!("Patient/{pt}")}}),
+        ),
+    ] {
+        let r = s.post(&format!("/fhir/{t}"), &doc, body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        mine.push(format!("{t}/{}", r.body["id"].as_str().unwrap()));
+    }
+    let r = s
+        .post("/fhir/Observation", &other, json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{theirs}")}}))
+        .await;
+    let their_obs = format!("Observation/{}", r.body["id"].as_str().unwrap());
+    let found = |b: &Value| -> Vec<String> {
+        b["entry"].as_array().map_or(vec![], |a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+    };
+    // One patient's records across two types.
+    let r = s.get(&format!("/fhir?_type=Observation,Condition&patient=Patient/{pt}"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(found(&r.body), mine);
+    // Every page with _count=1, following next links: what the two type
+    // searches find (the other physician's record is not among them).
+    let before = s.audits_where("search-type").len();
+    let mut url = "/fhir?_type=Observation,Condition&_count=1&_total=accurate".to_owned();
+    let mut all = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = s.get(&url, &doc).await;
+        assert_eq!(r.status, 200, "{url}: {}", r.text);
+        assert_eq!(r.body["total"], 3, "{}", r.text);
+        let f = found(&r.body);
+        assert!(f.len() <= 1, "{f:?}");
+        all.extend(f);
+        pages += 1;
+        let next = r.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+        match next {
+            Some(n) => {
+                assert!(n.contains("_count=1") && n.contains("_type=Observation%2CCondition"), "{n}");
+                url = n.strip_prefix(&s.base).unwrap().to_owned();
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(all, mine, "every record once, in _type order");
+    assert!(!all.contains(&their_obs));
+    assert!(s.audits_where("search-type").len() > before, "each type search is audited as one");
+    let r = s.get("/fhir?_type=Observation,Condition&_summary=count", &doc).await;
+    assert_eq!((r.status.as_u16(), r.body["total"].as_u64()), (200, Some(3)), "{}", r.text);
+    // POST /fhir/_search with a form body.
+    let r = s
+        .raw(
+            Method::POST,
+            "/fhir/_search",
+            Some(&doc),
+            Some((format!("_type=Condition&patient=Patient/{pt}"), "application/x-www-form-urlencoded")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(found(&r.body), mine[2..].to_vec());
+    // Unknown everywhere: ignored and reported, or refused when strict.
+    let r = s.get("/fhir?_type=Observation&nonesuch=1", &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("nonesuch"), "{}", r.text);
+    let r = s
+        .raw(Method::GET, "/fhir?_type=Observation&nonesuch=1", Some(&doc), None, &[("prefer", "handling=strict")])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // Refused: no _type, a parameter one type lacks, includes, a bad
+    // cursor, an unknown type.
+    for (q, why) in [
+        ("/fhir?patient=Patient/x", "needs _type"),
+        ("/fhir?_type=Patient,Observation&code=x", "not a search parameter of Patient"),
+        ("/fhir?_type=Observation&_include=Observation:subject", "not supported in a system-level search"),
+        ("/fhir?_type=Observation&_cursor=7", "not a cursor"),
+        ("/fhir?_type=Nonsense", "not a FHIR R4 resource type"),
+        ("/fhir?_type=AuditEvent", "not searched at the system level"),
+    ] {
+        let r = s.get(q, &doc).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert!(r.text.contains(why), "{q}: {}", r.text);
+    }
+    // A type the caller may not search refuses the whole request.
+    let clerk = s.user("clerk.sys", &["clerk"]).await;
+    let r = s.get("/fhir?_type=Patient,Observation", &clerk).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(s.req(Method::GET, "/fhir?_type=Patient", None, None).await.status, 401);
+}
+
 #[tokio::test]
 async fn everything_returns_the_compartment() {
     let s = TestServer::start("everything").await;

@@ -112,7 +112,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
                 "description": "HTTPS (TLS 1.2+) with bearer tokens: people's own sessions and API tokens, and SMART apps' access tokens (authorization code with PKCE S256; the scopes a user grants narrow what that user may do)."
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                {"code": "search-system", "documentation": "GET /fhir?_type=A,B&… or POST /fhir/_search: _type is required (at most 20 types); each type is searched, decided and audited as its own search, in _type order, paged with _count and next links; every parameter must be one each named type knows; no _include/_revinclude."}],
             "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
                 "documentation": "Bulk Data export (IG v2): GET with Prefer: respond-async; _type, _since, _typeFilter, _outputFormat=application/fhir+ndjson. What an export holds is decided per resource as its read; never under emergency powers. Output kept [export] retention_hours."}],
         }]

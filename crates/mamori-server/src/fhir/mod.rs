@@ -28,7 +28,8 @@ use crate::http::{FhirError, FHIR_JSON};
 pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
-        .route("/fhir", post(bundle::batch_or_transaction))
+        .route("/fhir", get(read::search_system_get).post(bundle::batch_or_transaction))
+        .route("/fhir/_search", post(read::search_system_post))
         .route("/fhir/_history", get(read::system_history))
         .route("/fhir/$export", get(bulk::system).post(bulk::system_post))
         .route("/fhir/Patient/$export", get(bulk::patient).post(bulk::patient_post))

@@ -350,21 +350,21 @@ pub(crate) async fn search_post(
         let e = ServiceError::MethodNotAllowed("POST to an instance is not supported; use PUT to update".into());
         return refuse(&svc, &c, "operation", None, None, e).await;
     }
-    let pairs = async {
-        let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !ct.starts_with("application/x-www-form-urlencoded") {
-            return Err(ServiceError::UnsupportedMediaType(
-                "POST _search takes application/x-www-form-urlencoded".into(),
-            ));
-        }
-        let bytes = read_body(body, 1 << 20).await?;
-        let form = std::str::from_utf8(&bytes).map_err(|_| ServiceError::invalid("", "form body is not UTF-8"))?;
-        let mut all = parse_pairs(q.as_deref().unwrap_or(""))?;
-        all.extend(parse_pairs(form)?);
-        Ok(all)
-    }
-    .await;
+    let pairs = form_pairs(&headers, q, body).await;
     search(svc, c, t, pairs, headers).await
+}
+
+/// The parameters of a `POST …/_search`: the query's and the form body's.
+async fn form_pairs(headers: &HeaderMap, q: Option<String>, body: Body) -> Result<Vec<(String, String)>, ServiceError> {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ServiceError::UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded".into()));
+    }
+    let bytes = read_body(body, 1 << 20).await?;
+    let form = std::str::from_utf8(&bytes).map_err(|_| ServiceError::invalid("", "form body is not UTF-8"))?;
+    let mut all = parse_pairs(q.as_deref().unwrap_or(""))?;
+    all.extend(parse_pairs(form)?);
+    Ok(all)
 }
 
 async fn search(
@@ -387,11 +387,7 @@ async fn search(
     };
     // Unknown parameters are ignored and reported unless the client asks
     // for strict handling (FHIR R4 search 3.1.1.5: lenient by default).
-    let lenient = !headers
-        .get("prefer")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.split(';').any(|x| x.trim() == "handling=strict"));
-    let r = match read::search(&svc, &c, &t, pairs, lenient).await {
+    let r = match read::search(&svc, &c, &t, pairs, lenient(&headers)).await {
         Ok(r) => r.into_inner(),
         Err(e) => return fhir_err(e),
     };
@@ -431,6 +427,78 @@ async fn search(
     if r.included.cut {
         issues.push(json!({"severity": "information", "code": "too-costly",
             "diagnostics": format!("at most {} resources are included per page; ask for smaller pages", mamori_core::fhir::search::MAX_INCLUDED)}));
+    }
+    for p in &r.ignored {
+        issues.push(json!({"severity": "warning", "code": "not-supported",
+            "diagnostics": format!("search parameter '{p}' is not supported and was ignored (send Prefer: handling=strict to have it refused)")}));
+    }
+    if !issues.is_empty() {
+        let oo = json!({"resourceType": "OperationOutcome", "issue": issues});
+        b.entry(None, &oo.to_string(), &[("search", json!({"mode": "outcome"}))]);
+    }
+    respond(StatusCode::OK, b.finish())
+}
+
+/// Whether the client asked for strict handling of unknown parameters.
+fn lenient(headers: &HeaderMap) -> bool {
+    !headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.split(';').any(|x| x.trim() == "handling=strict"))
+}
+
+/// `GET /fhir?_type=…` and `POST /fhir/_search`: a system-level search,
+/// each named type searched (decided and audited) as its own search.
+pub(crate) async fn search_system_get(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    system_search(svc, c, pairs, headers).await
+}
+
+/// `POST /fhir/_search` (form-encoded parameters).
+pub(crate) async fn search_system_post(
+    State(svc): State<Services>,
+    c: Caller,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let pairs = form_pairs(&headers, q, body).await;
+    system_search(svc, c, pairs, headers).await
+}
+
+async fn system_search(
+    svc: Services,
+    c: Caller,
+    pairs: Result<Vec<(String, String)>, ServiceError>,
+    headers: HeaderMap,
+) -> Response {
+    let pairs = match pairs.and_then(|p| check_accept(&headers, format_param(&p)).map(|()| p)) {
+        Ok(p) => p,
+        Err(e) => return refuse(&svc, &c, "search-system", None, None, e).await,
+    };
+    let r = match mamori_service::records::system::search_system(&svc, &c, pairs, lenient(&headers)).await {
+        Ok(r) => r,
+        Err(e) => return fhir_err(e),
+    };
+    let base = &svc.base_url;
+    let self_url = format!("{base}/fhir?{}", r.query_text);
+    let mut links = vec![("self", self_url.clone())];
+    if let Some(n) = &r.next {
+        links.push(("next", format!("{self_url}&_cursor={}", enc(n))));
+    }
+    let mut b = BundleWriter::new("searchset", r.total, &links);
+    for (v, body) in &r.entries {
+        b.entry(Some(&full_url(base, v)), body, &[("search", json!({"mode": "match"}))]);
+    }
+    let mut issues = Vec::new();
+    if r.withheld > 0 {
+        issues.push(json!({"severity": "information", "code": "suppressed",
+            "diagnostics": format!("{} matching resource(s) withheld: they also concern a patient you may not see", r.withheld)}));
     }
     for p in &r.ignored {
         issues.push(json!({"severity": "warning", "code": "not-supported",

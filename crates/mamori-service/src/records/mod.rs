@@ -9,6 +9,7 @@
 
 pub mod bundle;
 pub mod read;
+pub mod system;
 pub mod write;
 
 use mamori_audit::event::AuditRecord;
