@@ -207,7 +207,11 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
         ("/fhir/Patient/$export?_type=Organization", vec![ASYNC], "Patient compartment"),
         ("/fhir/$export?_since=yesterday", vec![ASYNC], "_since"),
         ("/fhir/$export?_outputFormat=text/csv", vec![ASYNC], "ndjson"),
-        ("/fhir/$export?patient=Patient/x", vec![ASYNC], "unsupported $export parameter"),
+        ("/fhir/$export?patient=Patient/x", vec![ASYNC], "Patient and Group level"),
+        ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", vec![ASYNC], "unsupported $export parameter"),
+        ("/fhir/Patient/$export?patient=Observation/x", vec![ASYNC], "expected a reference Patient/id"),
+        ("/fhir/$export?_elements=code.coding", vec![ASYNC], "_elements"),
+        ("/fhir/$export?_elements=Nonsense.code", vec![ASYNC], "Nonsense"),
         ("/fhir/$export?_typeFilter=Observation%3F_count%3D5", vec![ASYNC], "_count"),
         ("/fhir/$export?_typeFilter=Observation%3Fnope%3D1", vec![ASYNC], "nope"),
         ("/fhir/$export?_type=Patient&_typeFilter=Observation%3Fcode%3D1", vec![ASYNC], "_type"),
@@ -248,8 +252,8 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     for (body, needle) in [
         (json!({"resourceType": "Patient"}), "Parameters"),
         (
-            json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": "Patient/x"}]}),
-            "unsupported",
+            json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Group/x"}}]}),
+            "expected a reference Patient/id",
         ),
         (json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueBoolean": true}]}), "valueString"),
     ] {
@@ -275,6 +279,51 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
         )
         .await;
     assert_eq!(r.status, 405, "{}", r.text);
+
+    // patient= (a POST's valueReference, or the query): only those
+    // patients' data, each decided as before; a patient who does not
+    // exist: 404.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{pc}")}},
+        {"name": "_type", "valueString": "Patient,Observation"}]});
+    let r = s
+        .raw(
+            Method::POST,
+            "/fhir/Patient/$export",
+            Some(&dr),
+            Some((params.to_string(), "application/fhir+json")),
+            &[ASYNC],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let kick = s.last_audit();
+    assert_eq!(kick["action"], "export-kickoff");
+    assert_eq!(kick["patients"], json!([pc]), "{kick}");
+    let st = r.header("content-location").unwrap().trim_start_matches(&s.base).to_owned();
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
+    assert_eq!(ids(&out, "Patient"), set(&[&pc]));
+    assert_eq!(ids(&out, "Observation"), set(&[&pulse_c]));
+    let st =
+        kickoff(&s, &dr, &format!("/fhir/Patient/$export?patient=Patient/{pa},Patient/{pb}&_type=Observation")).await;
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
+    assert_eq!(ids(&out, "Observation"), set(&[&pulse, &temp]), "B's records stay withheld");
+    let r = s.raw(Method::GET, "/fhir/Patient/$export?patient=Patient/nobody", Some(&dr), None, &[ASYNC]).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // _elements: `element` for every type, `Type.element` for one; the
+    // resources carry the SUBSETTED tag; types none applies to are whole.
+    let st =
+        kickoff(&s, &dr, "/fhir/Patient/$export?_type=Patient,Observation&_elements=Observation.code,subject").await;
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
+    let o = &out["Observation"][&pulse_c];
+    assert!(o.get("code").is_some() && o.get("subject").is_some(), "{o}");
+    assert!(o.get("valueQuantity").is_none() && o.get("status").is_none(), "{o}");
+    assert!(o["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"), "{o}");
+    let pat = &out["Patient"][&pc];
+    assert!(pat.get("name").is_none(), "only `subject` applies to Patient: {pat}");
+    let st = kickoff(&s, &dr, "/fhir/Patient/$export?_type=Patient,Observation&_elements=Observation.code").await;
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
+    assert!(out["Patient"][&pc].get("name").is_some(), "Patient is whole when no item names it");
 
     // _since: only what changed after it.
     let since = s.now().to_rfc3339();

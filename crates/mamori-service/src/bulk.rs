@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use mamori_core::fhir::resource_types::{in_patient_compartment, NOT_STORABLE, R4_RESOURCE_TYPES};
 use mamori_core::fhir::search::parse_query;
-use mamori_core::ids::ResourceType;
+use mamori_core::fhir::subset::Subset;
+use mamori_core::ids::{is_fhir_id, ResourceType};
 use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScope, Target};
 use mamori_core::time::Timestamp;
 use mamori_store::bulk::{self, FileRow, Job};
@@ -73,6 +74,13 @@ struct Params {
     since: Option<(String, i64)>,
     /// `_typeFilter`: (type, query).
     filters: Vec<(String, String)>,
+    /// `patient`: only these patients' data (Patient and Group level);
+    /// empty: every patient's.
+    #[serde(default)]
+    patients: Vec<String>,
+    /// `_elements`: `element` (every type) or `Type.element` items.
+    #[serde(default)]
+    elements: Vec<String>,
 }
 
 /// A started export.
@@ -107,6 +115,8 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
         types: Vec::new(),
         since: None,
         filters: Vec::new(),
+        patients: Vec::new(),
+        elements: Vec::new(),
     };
     let check_type = |t: &str| -> Result<ResourceType, ServiceError> {
         let rt = ResourceType::parse(t).map_err(|_| bad("_type", format!("'{t}' is not a FHIR R4 resource type")))?;
@@ -144,6 +154,45 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
                 p.since = Some((v.clone(), t.micros()));
             }
             "_typeFilter" => filters.push(v.clone()),
+            "patient" => {
+                if !patient_level {
+                    return Err(bad("patient", "patient= is for the Patient and Group level $export"));
+                }
+                for r in v.split(',').map(str::trim) {
+                    let id = r.strip_prefix("Patient/").filter(|i| is_fhir_id(i)).ok_or_else(|| {
+                        bad(
+                            "patient",
+                            format!(
+                                "expected a reference Patient/id, not '{}'",
+                                r.chars().take(60).collect::<String>()
+                            ),
+                        )
+                    })?;
+                    if !p.patients.iter().any(|x| x == id) {
+                        p.patients.push(id.to_owned());
+                    }
+                }
+            }
+            "_elements" => {
+                for item in v.split(',').map(str::trim) {
+                    let (t, e) = match item.split_once('.') {
+                        Some((t, e)) => (Some(t), e),
+                        None => (None, item),
+                    };
+                    if let Some(t) = t {
+                        check_type(t).map_err(|e| bad("_elements", e.message()))?;
+                    }
+                    Subset::parse_elements(e).map_err(|why| {
+                        bad(
+                            "_elements",
+                            format!("'{}': {why} (or Type.element)", item.chars().take(60).collect::<String>()),
+                        )
+                    })?;
+                    if !p.elements.iter().any(|x| x == item) {
+                        p.elements.push(item.to_owned());
+                    }
+                }
+            }
             "_format" => {}
             other => {
                 return Err(bad(
@@ -183,7 +232,8 @@ pub fn pairs_of_parameters(body: &serde_json::Value) -> Result<Vec<(String, Stri
         let value = ["valueString", "valueInstant", "valueCode", "valueUri", "valueDateTime"]
             .iter()
             .find_map(|k| p[*k].as_str())
-            .ok_or_else(|| bad(name, "expected valueString, valueInstant, valueCode or valueUri"))?;
+            .or_else(|| p["valueReference"]["reference"].as_str())
+            .ok_or_else(|| bad(name, "expected valueString, valueInstant, valueCode, valueUri or valueReference"))?;
         out.push((name.to_owned(), value.to_owned()));
     }
     Ok(out)
@@ -228,6 +278,17 @@ pub async fn kickoff(
         svc.audit(vec![kickoff_record(actor, 403, Some(&d), request, now)]).await?;
         return Err(e);
     }
+    // The patients asked for are decided as reads of their Patient
+    // resources (their records are decided resource by resource later).
+    if !params.patients.is_empty() {
+        if let Err(e) = check_patients(svc, actor, &params.patients, now).await {
+            let mut rec = kickoff_record(actor, e.status(), e.decision(), request, now);
+            rec.patients.clone_from(&params.patients);
+            rec.detail = Some(json!({"error": e.message()}));
+            svc.audit(vec![rec]).await?;
+            return Err(e);
+        }
+    }
     // A group is read like any resource before its members are exported.
     if let Level::Group(g) = &level {
         if let Err(e) = read_group(svc, actor, g, now).await {
@@ -255,6 +316,7 @@ pub async fn kickoff(
     };
     let max = svc.cfg.export.max_active_per_user;
     let mut rec = kickoff_record(actor, 202, Some(&d), request, now);
+    rec.patients.clone_from(&params.patients);
     rec.detail = Some(json!({"export": id}));
     let busy = svc
         .store
@@ -282,6 +344,42 @@ pub async fn kickoff(
         return Err(e);
     }
     Ok(Kickoff { id })
+}
+
+/// The patients of a `patient=` kick-off: each must exist, and its
+/// Patient resource must be one the caller may read.
+async fn check_patients(svc: &Services, actor: &Actor, ids: &[String], now: Timestamp) -> Result<(), ServiceError> {
+    let (a2, ids2) = (actor.clone(), ids.to_vec());
+    let found = svc
+        .store
+        .read(move |c| {
+            let mut out = Vec::new();
+            for id in &ids2 {
+                let v = records::read(c, "Patient", id)?;
+                let d = match &v {
+                    Some(v) if !v.deleted => Some(authz::decide_record(
+                        c,
+                        &a2,
+                        Action::Read,
+                        ResourceType::PATIENT,
+                        std::slice::from_ref(id),
+                        now,
+                    )?),
+                    _ => None,
+                };
+                out.push((id.clone(), d));
+            }
+            Ok(out)
+        })
+        .await?;
+    for (id, d) in found {
+        match d {
+            None => return Err(ServiceError::NotFound(format!("patient: Patient/{id} does not exist"))),
+            Some(d) if !d.permit => return Err(ServiceError::denied(&format!("patient: Patient/{id}"), &d)),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads a Group as its read is decided; returns its member patients.
@@ -631,6 +729,8 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         None => None,
     };
     let patient_level = params.level != "system";
+    let only: Option<HashSet<String>> =
+        (!params.patients.is_empty()).then(|| params.patients.iter().cloned().collect());
     let types: Vec<&'static str> = if params.types.is_empty() {
         let candidates: Vec<&'static str> = R4_RESOURCE_TYPES
             .iter()
@@ -668,6 +768,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
             continue;
         }
         let restrict = restriction(&td, &actor, svc.now());
+        let subset = elements_for(&params.elements, t);
         let queries: Vec<String> = {
             let f: Vec<String> = params.filters.iter().filter(|(ft, _)| ft == t).map(|(_, q)| q.clone()).collect();
             if f.is_empty() {
@@ -733,14 +834,17 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                         continue;
                     }
                     let owners = owners_of(&v);
-                    if !in_scope(&owners, patient_level, group.as_ref()) {
+                    if !in_scope(&owners, patient_level, group.as_ref(), only.as_ref()) {
                         continue;
                     }
                     if queries.len() > 1 && !seen.insert(v.id.clone()) {
                         continue;
                     }
                     count_for(&mut patients, owners, &d);
-                    out.push(svc, &v).await?;
+                    match subset.as_ref().and_then(|s| s.apply(&v.body)) {
+                        Some(body) => out.push(svc, &Version { body, ..v }).await?,
+                        None => out.push(svc, &v).await?,
+                    }
                     count += 1;
                     total += 1;
                 }
@@ -787,7 +891,7 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                 .await?;
             for (v, d) in gone {
                 let owners = owners_of(&v);
-                if !in_scope(&owners, patient_level, group.as_ref()) {
+                if !in_scope(&owners, patient_level, group.as_ref(), only.as_ref()) {
                     continue;
                 }
                 count_for(&mut patients, owners, &d);
@@ -876,10 +980,30 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
 }
 
 /// Whether a resource of these patients belongs in the export: at Patient
-/// and Group level only patient data, and at Group level only the
-/// members'.
-fn in_scope(owners: &[String], patient_level: bool, group: Option<&HashSet<String>>) -> bool {
-    !(patient_level && owners.is_empty()) && group.is_none_or(|g| owners.iter().any(|p| g.contains(p)))
+/// and Group level only patient data, at Group level only the members',
+/// and with `patient=` only those patients'.
+fn in_scope(
+    owners: &[String],
+    patient_level: bool,
+    group: Option<&HashSet<String>>,
+    only: Option<&HashSet<String>>,
+) -> bool {
+    !(patient_level && owners.is_empty())
+        && group.is_none_or(|g| owners.iter().any(|p| g.contains(p)))
+        && only.is_none_or(|o| owners.iter().any(|p| o.contains(p)))
+}
+
+/// The subset `_elements` asks for of type `t`: the items without a type
+/// and those of `t`; `None` (the whole resource) when none apply to it.
+fn elements_for(items: &[String], t: &str) -> Option<Subset> {
+    let names: Vec<String> = items
+        .iter()
+        .filter_map(|i| match i.split_once('.') {
+            Some((ty, e)) => (ty == t).then(|| e.to_owned()),
+            None => Some(i.clone()),
+        })
+        .collect();
+    (!names.is_empty()).then(|| Subset { elements: Some(names), ..Subset::default() })
 }
 
 /// Counts an exported resource (or deletion) for each of its patients.
