@@ -208,7 +208,7 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
         ("/fhir/$export?_since=yesterday", vec![ASYNC], "_since"),
         ("/fhir/$export?_outputFormat=text/csv", vec![ASYNC], "ndjson"),
         ("/fhir/$export?patient=Patient/x", vec![ASYNC], "Patient and Group level"),
-        ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", vec![ASYNC], "unsupported $export parameter"),
+        ("/fhir/$export?includeAssociatedData=_custom", vec![ASYNC], "mamori offers LatestProvenanceResources"),
         ("/fhir/Patient/$export?patient=Observation/x", vec![ASYNC], "expected a reference Patient/id"),
         ("/fhir/$export?_elements=code.coding", vec![ASYNC], "_elements"),
         ("/fhir/$export?_elements=Nonsense.code", vec![ASYNC], "Nonsense"),
@@ -324,6 +324,37 @@ async fn export_parameters_filters_groups_cancellation_and_bad_requests() {
     let st = kickoff(&s, &dr, "/fhir/Patient/$export?_type=Patient,Observation&_elements=Observation.code").await;
     let out = outputs(&s, &dr, &manifest(&s, &dr, &st).await).await;
     assert!(out["Patient"][&pc].get("name").is_some(), "Patient is whole when no item names it");
+
+    // includeAssociatedData: the Provenance of what the export holds,
+    // all of it (Relevant) or the latest per target (Latest), each decided
+    // as its read; refused values: 400 (above).
+    let prov = |target: &str, recorded: &str| {
+        json!({"resourceType": "Provenance", "target": [{"reference": target}], "recorded": recorded,
+               "agent": [{"who": {"display": "検査部"}}]})
+    };
+    let mut provs = Vec::new();
+    for (target, when) in [
+        (format!("Observation/{pulse_c}"), "2026-01-01T09:00:00+09:00"),
+        (format!("Observation/{pulse_c}"), "2026-02-01T09:00:00+09:00"),
+        (format!("Observation/{temp}"), "2026-01-15T09:00:00+09:00"),
+    ] {
+        let r = s.post("/fhir/Provenance", &dr, prov(&target, when)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        provs.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let q = format!("/fhir/Patient/$export?_type=Observation&patient=Patient/{pc}&includeAssociatedData=RelevantProvenanceResources");
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &kickoff(&s, &dr, &q).await).await).await;
+    assert_eq!(ids(&out, "Observation"), set(&[&pulse_c]));
+    assert_eq!(ids(&out, "Provenance"), set(&[&provs[0], &provs[1]]), "only the Provenance of what was exported");
+    let q = q.replace("RelevantProvenanceResources", "LatestProvenanceResources");
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &kickoff(&s, &dr, &q).await).await).await;
+    assert_eq!(ids(&out, "Provenance"), set(&[&provs[1]]), "the latest for the one target");
+    let q = "/fhir/Patient/$export?_type=Observation&includeAssociatedData=LatestProvenanceResources".to_owned();
+    let out = outputs(&s, &dr, &manifest(&s, &dr, &kickoff(&s, &dr, &q).await).await).await;
+    assert_eq!(ids(&out, "Provenance"), set(&[&provs[1], &provs[2]]));
+    // Another physician's export of their own patients holds none of these.
+    let out = outputs(&s, &other, &manifest(&s, &other, &kickoff(&s, &other, &q).await).await).await;
+    assert!(ids(&out, "Provenance").is_empty(), "{out:?}");
 
     // _since: only what changed after it.
     let since = s.now().to_rfc3339();

@@ -81,7 +81,14 @@ struct Params {
     /// `_elements`: `element` (every type) or `Type.element` items.
     #[serde(default)]
     elements: Vec<String>,
+    /// `includeAssociatedData`: `LatestProvenanceResources` and/or
+    /// `RelevantProvenanceResources`.
+    #[serde(default)]
+    associated: Vec<String>,
 }
+
+/// The `includeAssociatedData` values mamori supports.
+const ASSOCIATED: &[&str] = &["LatestProvenanceResources", "RelevantProvenanceResources"];
 
 /// A started export.
 #[derive(Debug, Clone)]
@@ -117,6 +124,7 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
         filters: Vec::new(),
         patients: Vec::new(),
         elements: Vec::new(),
+        associated: Vec::new(),
     };
     let check_type = |t: &str| -> Result<ResourceType, ServiceError> {
         let rt = ResourceType::parse(t).map_err(|_| bad("_type", format!("'{t}' is not a FHIR R4 resource type")))?;
@@ -190,6 +198,23 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
                     })?;
                     if !p.elements.iter().any(|x| x == item) {
                         p.elements.push(item.to_owned());
+                    }
+                }
+            }
+            "includeAssociatedData" => {
+                for x in v.split(',').map(str::trim) {
+                    if !ASSOCIATED.contains(&x) {
+                        return Err(bad(
+                            "includeAssociatedData",
+                            format!(
+                                "'{}' is not supported; mamori offers {}",
+                                x.chars().take(60).collect::<String>(),
+                                ASSOCIATED.join(" and ")
+                            ),
+                        ));
+                    }
+                    if !p.associated.iter().any(|a| a == x) {
+                        p.associated.push(x.to_owned());
                     }
                 }
             }
@@ -759,6 +784,8 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
     // are decided once.
     let mut cache: Cache = HashMap::new();
     let mut last_progress = std::time::Instant::now();
+    // With includeAssociatedData: every resource exported, as `Type/id`.
+    let mut exported: Option<HashSet<String>> = (!params.associated.is_empty()).then(HashSet::new);
     for (ti, t) in types.iter().enumerate() {
         let rtype = ResourceType::parse(t).map_err(|e| ServiceError::internal(e.to_string()))?;
         let search = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
@@ -841,6 +868,9 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                         continue;
                     }
                     count_for(&mut patients, owners, &d);
+                    if let Some(e) = exported.as_mut() {
+                        e.insert(format!("{}/{}", v.rtype, v.id));
+                    }
                     match subset.as_ref().and_then(|s| s.apply(&v.body)) {
                         Some(body) => out.push(svc, &Version { body, ..v }).await?,
                         None => out.push(svc, &v).await?,
@@ -902,6 +932,21 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
                 deleted += 1;
             }
             out.flush(svc).await?;
+        }
+    }
+    if let Some(focal) = exported.take() {
+        let scope = Scope { patient_level, group: group.as_ref(), only: only.as_ref() };
+        let latest_only = !params.associated.iter().any(|a| a == "RelevantProvenanceResources");
+        let mut ctx = ExportCtx { out: &mut out, patients: &mut patients, cache: &mut cache, withheld: &mut withheld };
+        match associated_provenance(svc, &actor, &job, &focal, scope, latest_only, &mut ctx).await? {
+            Some(n) => {
+                if n > 0 {
+                    let before = per_type.get("Provenance").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                    per_type.insert("Provenance".into(), json!(before + n));
+                }
+                total += n;
+            }
+            None => not_permitted.push("Provenance"),
         }
     }
     if withheld > 0 || !not_permitted.is_empty() {
@@ -977,6 +1022,127 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         return Err(ServiceError::Conflict("the export was cancelled".into()));
     }
     Ok(())
+}
+
+/// Which patients' data an export holds (see [`in_scope`]).
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    patient_level: bool,
+    group: Option<&'a HashSet<String>>,
+    only: Option<&'a HashSet<String>>,
+}
+
+/// What an export accumulates while it runs.
+struct ExportCtx<'a> {
+    out: &'a mut Out,
+    patients: &'a mut HashMap<String, Included>,
+    cache: &'a mut Cache,
+    withheld: &'a mut u64,
+}
+
+/// `includeAssociatedData`: the Provenance resources whose `target`
+/// names a resource the export holds (all of them, or with only
+/// `LatestProvenanceResources` the latest per target), each decided as
+/// its read like any exported resource, those already exported as
+/// resources of their own left out. `None`: the caller may not search
+/// Provenance (nothing added). Returns how many were added.
+async fn associated_provenance(
+    svc: &Services,
+    actor: &Actor,
+    job: &Job,
+    focal: &HashSet<String>,
+    scope: Scope<'_>,
+    latest_only: bool,
+    ctx: &mut ExportCtx<'_>,
+) -> Result<Option<u64>, ServiceError> {
+    let rtype = ResourceType::parse("Provenance").map_err(|e| ServiceError::internal(e.to_string()))?;
+    let search = Operation::Record { action: Action::Search, target: Target { rtype, scope: PatientScope::Any } };
+    let td = authz::decide(actor, &search, Facts::default());
+    if !opens(&td) {
+        return Ok(None);
+    }
+    let restrict = restriction(&td, actor, svc.now());
+    let pairs = vec![("_count".to_owned(), PAGE.to_string()), ("_total".to_owned(), "none".to_owned())];
+    let (mut q, _) = parse_query(rtype, &pairs, false).map_err(|e| ServiceError::internal(e.to_string()))?;
+    // Kept: (resource, its decision); with latest only, the latest per target.
+    let mut kept: Vec<(Version, Decision, Timestamp)> = Vec::new();
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    loop {
+        let (a2, q2, r2) = (actor.clone(), q.clone(), restrict.clone());
+        let now = svc.now();
+        let page = svc.store.read(move |c| mamori_store::search::search(c, &q2, &r2)).await?;
+        let next = page.next;
+        let mut candidates = Vec::new();
+        for v in page.entries {
+            if v.last_updated > job.tx_time || focal.contains(&format!("Provenance/{}", v.id)) {
+                continue;
+            }
+            let body: serde_json::Value = serde_json::from_str(&v.body).unwrap_or_default();
+            let targets: Vec<String> = body["target"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|t| t["reference"].as_str()).map(str::to_owned).collect())
+                .unwrap_or_default();
+            let hits: Vec<String> = targets.into_iter().filter(|t| focal.contains(t)).collect();
+            if !hits.is_empty() && in_scope(&owners_of(&v), scope.patient_level, scope.group, scope.only) {
+                let recorded = body["recorded"].as_str().and_then(Timestamp::parse_rfc3339).unwrap_or(v.last_updated);
+                candidates.push((v, hits, recorded));
+            }
+        }
+        let mut memo = std::mem::take(ctx.cache);
+        let decided = svc
+            .store
+            .read(move |c| {
+                let mut out = Vec::new();
+                for (v, hits, recorded) in candidates {
+                    let d = decide_one(c, &a2, &v, now, &mut memo)?;
+                    out.push((v, hits, recorded, d));
+                }
+                Ok((out, memo))
+            })
+            .await?;
+        let (decided, memo) = decided;
+        *ctx.cache = memo;
+        for (v, hits, recorded, d) in decided {
+            let Some(d) = d else {
+                *ctx.withheld += 1;
+                continue;
+            };
+            if !latest_only {
+                kept.push((v, d, recorded));
+                continue;
+            }
+            let i = kept.len();
+            let mut wanted = false;
+            for t in hits {
+                if latest.get(&t).and_then(|&j| kept.get(j)).is_none_or(|(_, _, r)| *r < recorded) {
+                    latest.insert(t, i);
+                    wanted = true;
+                }
+            }
+            if wanted {
+                kept.push((v, d, recorded));
+            }
+        }
+        match next {
+            Some(c) => q.after = Some(c),
+            None => break,
+        }
+    }
+    // With latest only, a Provenance superseded for every target it named
+    // is dropped.
+    let chosen: HashSet<usize> =
+        if latest_only { latest.values().copied().collect() } else { (0..kept.len()).collect() };
+    let mut n = 0;
+    for (i, (v, d, _)) in kept.into_iter().enumerate() {
+        if !chosen.contains(&i) {
+            continue;
+        }
+        count_for(ctx.patients, owners_of(&v), &d);
+        ctx.out.push(svc, &v).await?;
+        n += 1;
+    }
+    ctx.out.flush(svc).await?;
+    Ok(Some(n))
 }
 
 /// Whether a resource of these patients belongs in the export: at Patient
