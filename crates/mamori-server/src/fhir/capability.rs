@@ -115,7 +115,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 {"code": "search-system", "documentation": "GET /fhir?_type=A,B&… or POST /fhir/_search: _type is required (at most 20 types); each type is searched, decided and audited as its own search, in _type order, paged with _count and next links; every parameter must be one each named type knows; no _include/_revinclude."}],
             "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-                "documentation": "Bulk Data export (IG v2): GET with Prefer: respond-async; _type, _since, _typeFilter, _outputFormat=application/fhir+ndjson. What an export holds is decided per resource as its read; never under emergency powers. Output kept [export] retention_hours."}],
+                "documentation": "Bulk Data export (IG v2): GET or POST (Parameters) with Prefer: respond-async; _type, _since, _typeFilter, _outputFormat=application/fhir+ndjson, patient (Patient and Group level), _elements, includeAssociatedData=LatestProvenanceResources,RelevantProvenanceResources. What an export holds is decided per resource as its read; never under emergency powers. Output kept [export] retention_hours."}],
         }]
     })
 }
