@@ -330,3 +330,58 @@ async fn package_definitions_are_readable_and_read_only() {
     assert!(c.get("section").is_none() && c["title"] == "診療情報提供書", "{c}");
     assert_eq!(c["meta"]["tag"][0]["code"], "SUBSETTED");
 }
+
+/// Token `:below` and `:above` follow the hierarchy of a loaded code
+/// system (JP-CLINS groups its core laboratory JLAC10 codes under
+/// analytes such as ALB): `code:below=…|ALB` finds every albumin result.
+/// A system no loaded package defines is refused, never guessed.
+#[tokio::test]
+async fn below_and_above_use_the_loaded_code_systems() {
+    let s = server("jp-below").await;
+    let doc = s.user("doc", &["physician"]).await;
+    let pid = s.patient(&doc, "階層", "検索").await;
+    const LABO: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JLAC10/JP_CLINS_ObsLabResult_CoreLabo_CS";
+    let obs = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final", "subject": {"reference": format!("Patient/{pid}")},
+               "code": {"coding": [{"system": LABO, "code": code}]}})
+    };
+    let mut ids = Vec::new();
+    for code in ["3A015000002329101", "3A015000002229101", "ALB", "3B070000002327101"] {
+        let r = s.post("/fhir/Observation", &doc, obs(code)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let found = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"].as_array().map_or(vec![], |a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        });
+        v.sort();
+        v
+    };
+    let sorted = |v: &[&String]| {
+        let mut v: Vec<String> = v.iter().map(|s| (*s).clone()).collect();
+        v.sort();
+        v
+    };
+    let subj = format!("subject=Patient/{pid}");
+    let r = s.get(&format!("/fhir/Observation?{subj}&code:below={LABO}|ALB"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(found(&r.body), sorted(&[&ids[0], &ids[1], &ids[2]]), "albumin and its JLAC10 codes, not ALP");
+    let r = s.get(&format!("/fhir/Observation?{subj}&code:above={LABO}|3A015000002329101"), &doc).await;
+    assert_eq!(found(&r.body), sorted(&[&ids[0], &ids[2]]), "the code and its analyte");
+    // Through the system-level search too.
+    let r = s.get(&format!("/fhir?_type=Observation&{subj}&code:below={LABO}|ALP"), &doc).await;
+    assert_eq!(found(&r.body), sorted(&[&ids[3]]), "{}", r.text);
+    for (q, why) in [
+        ("code:below=ALB".to_owned(), "need the code system"),
+        ("code:below=http://example.org/unknown|X".to_owned(), "not in a loaded FHIR package"),
+        (format!("subject:below=Patient/{pid}"), "unsupported modifier"),
+    ] {
+        let r = s.get(&format!("/fhir/Observation?{subj}&{q}"), &doc).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert!(r.text.contains(why), "{q}: {}", r.text);
+    }
+}

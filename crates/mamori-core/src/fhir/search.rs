@@ -6,6 +6,8 @@
 //! handling): a silently ignored filter returns more patients' data than the
 //! clinician asked for.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
@@ -1332,6 +1334,109 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
     Ok(Clause { param: def.name, any_of })
 }
 
+/// The most codes a `:below` or `:above` may stand for.
+pub const MAX_SUBSUMED: usize = 1000;
+
+/// Rewrites token `:below` and `:above` (subsumption, FHIR R4 search
+/// 3.1.1.5.5) into the plain token search they stand for: the code with
+/// every code below it (or above it) in its code system's hierarchy, as
+/// `concept` nesting in the CodeSystem `code_system` finds for the
+/// system's URL (a loaded package's). The value must name its system;
+/// a system not found is an error, never a guess. A code the system does
+/// not hold stands for itself. Other parameters are returned unchanged.
+pub fn expand_subsumption<F>(
+    rtype: ResourceType,
+    pairs: Vec<(String, String)>,
+    code_system: F,
+) -> Result<Vec<(String, String)>, SearchError>
+where
+    F: Fn(&str) -> Option<std::sync::Arc<Value>>,
+{
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let Some((name, m @ ("below" | "above"))) = k.split_once(':') else {
+            out.push((k, v));
+            continue;
+        };
+        if !param_def(rtype, name).is_some_and(|d| d.kind == ParamKind::Token) {
+            out.push((k, v));
+            continue;
+        }
+        let mut codes: Vec<String> = Vec::new();
+        for value in split_or(&v) {
+            let (system, code) = match value.split_once('|') {
+                Some((s, c)) if !s.is_empty() && !c.is_empty() => (s.to_owned(), c.to_owned()),
+                _ => {
+                    return Err(SearchError::BadValue {
+                        param: k.clone(),
+                        value: value.chars().take(60).collect(),
+                        why: "expected system|code: :below and :above need the code system",
+                    })
+                }
+            };
+            let cs = code_system(&system).filter(|cs| cs["resourceType"] == "CodeSystem").ok_or_else(|| {
+                SearchError::Invalid(
+                    k.clone(),
+                    format!("the code system {system} is not in a loaded FHIR package; :{m} needs its hierarchy"),
+                )
+            })?;
+            let mut parent: HashMap<String, Option<String>> = HashMap::new();
+            let mut children: HashMap<String, Vec<String>> = HashMap::new();
+            fn walk(
+                concepts: &Value,
+                up: Option<&str>,
+                parent: &mut HashMap<String, Option<String>>,
+                children: &mut HashMap<String, Vec<String>>,
+            ) {
+                for c in concepts.as_array().into_iter().flatten() {
+                    let Some(code) = c["code"].as_str() else { continue };
+                    parent.insert(code.to_owned(), up.map(str::to_owned));
+                    if let Some(u) = up {
+                        children.entry(u.to_owned()).or_default().push(code.to_owned());
+                    }
+                    walk(&c["concept"], Some(code), parent, children);
+                }
+            }
+            walk(&cs["concept"], None, &mut parent, &mut children);
+            let mut found = vec![code.clone()];
+            if m == "below" {
+                let mut i = 0;
+                while let Some(c) = found.get(i).cloned() {
+                    found.extend(children.get(&c).into_iter().flatten().cloned());
+                    i += 1;
+                    if found.len() > MAX_SUBSUMED {
+                        break;
+                    }
+                }
+            } else {
+                let mut c = code.clone();
+                while let Some(Some(p)) = parent.get(&c) {
+                    if found.contains(p) {
+                        break;
+                    }
+                    found.push(p.clone());
+                    c = p.clone();
+                }
+            }
+            let esc = |x: &str| x.replace('\\', "\\\\").replace(',', "\\,").replace('$', "\\$");
+            for c in found {
+                let item = format!("{}|{}", esc(&system), esc(&c));
+                if !codes.contains(&item) {
+                    codes.push(item);
+                }
+            }
+            if codes.len() > MAX_SUBSUMED {
+                return Err(SearchError::Invalid(
+                    k.clone(),
+                    format!("stands for more than {MAX_SUBSUMED} codes; search a narrower code"),
+                ));
+            }
+        }
+        out.push((name.to_owned(), codes.join(",")));
+    }
+    Ok(out)
+}
+
 /// `[system|]code`, `|code` (no system) or `system|` (any code of it).
 fn parse_token(v: &str) -> Option<Cond> {
     Some(match v.split_once('|') {
@@ -1507,6 +1612,34 @@ mod tests {
         assert!(patient.iter().any(|c| c.code == "birthdate" && c.kind == "date"));
         assert!(patient.iter().any(|c| c.code == "_text"), "DomainResource's");
         assert!(!r4_core_params("Bundle").iter().any(|c| c.code == "_text"), "Bundle is no DomainResource");
+    }
+
+    #[test]
+    fn below_and_above_follow_the_code_systems_hierarchy() {
+        let cs = std::sync::Arc::new(serde_json::json!({"resourceType": "CodeSystem", "url": "urn:cs", "concept": [
+            {"code": "ALB", "concept": [{"code": "a1"}, {"code": "a2", "concept": [{"code": "a2x"}]}]},
+            {"code": "GLU", "concept": [{"code": "g1"}]}]}));
+        let look = |u: &str| (u == "urn:cs").then(|| cs.clone());
+        let rt = ResourceType::OBSERVATION;
+        let one = |k: &str, v: &str| expand_subsumption(rt, pairs(&[(k, v)]), look);
+        assert_eq!(
+            one("code:below", "urn:cs|ALB").unwrap(),
+            pairs(&[("code", "urn:cs|ALB,urn:cs|a1,urn:cs|a2,urn:cs|a2x")])
+        );
+        assert_eq!(
+            one("code:below", "urn:cs|a2,urn:cs|GLU").unwrap(),
+            pairs(&[("code", "urn:cs|a2,urn:cs|a2x,urn:cs|GLU,urn:cs|g1")])
+        );
+        assert_eq!(one("code:above", "urn:cs|a2x").unwrap(), pairs(&[("code", "urn:cs|a2x,urn:cs|a2,urn:cs|ALB")]));
+        assert_eq!(one("code:below", "urn:cs|none").unwrap(), pairs(&[("code", "urn:cs|none")]), "itself only");
+        // The result parses as a plain token search.
+        let (q, _) = parse_query(rt, &one("code:below", "urn:cs|ALB").unwrap(), false).unwrap();
+        assert_eq!(q.clauses[0].any_of.len(), 4);
+        assert!(matches!(one("code:below", "ALB"), Err(SearchError::BadValue { .. })), "needs the system");
+        assert!(matches!(one("code:below", "urn:other|x"), Err(SearchError::Invalid(..))), "system not loaded");
+        // Not a token: left for the parser to refuse.
+        assert_eq!(one("subject:below", "Patient/1").unwrap(), pairs(&[("subject:below", "Patient/1")]));
+        assert!(parse_query(rt, &pairs(&[("subject:below", "Patient/1")]), false).is_err());
     }
 
     #[test]

@@ -421,6 +421,10 @@ pub async fn search(
     let now = svc.now();
     let pre = (|| {
         let rtype = parse_type(t)?;
+        // Token :below/:above through the hierarchies of loaded code systems.
+        let conf = svc.conformance();
+        let pairs = mamori_core::fhir::search::expand_subsumption(rtype, pairs, |u| conf.registry.by_url(u))
+            .map_err(|e| ServiceError::invalid("", e.to_string()))?;
         parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))
     })();
     let (q, ignored) = match pre {
