@@ -6,6 +6,7 @@ token, a refresh. The ID token is verified with Authlib against the
 server's JWKS. What the token reaches is what the user granted, and no
 more than the user may."""
 import html
+import json
 import os
 import re
 from urllib.parse import parse_qsl, urlsplit
@@ -173,3 +174,83 @@ def test_authlib_client_gets_a_verifiable_id_token(trusted):
     forged = ".".join([head, body[:-2] + ("AA" if body[-2:] != "AA" else "BB"), sig])
     with pytest.raises(Exception):
         jwt.decode(forged, JsonWebKey.import_key_set(jwks))
+
+
+def test_authlib_backend_service_exports_with_private_key_jwt(trusted):
+    """SMART Backend Services with an independent client: Authlib signs
+    the client assertion (private_key_jwt, ES384) with a key mamori holds
+    only the public half of; the token it gets runs a Bulk Data export as
+    the service account, narrowed by the system/ scopes. A replayed
+    assertion and one signed with another key are refused."""
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT
+    from joserfc.jwk import ECKey
+    import time
+    m = trusted
+    dr = m.user(m.admin, "dr.backend", ["physician"])
+    r = m.api("POST", "/fhir/Patient", dr, {"resourceType": "Patient", "name": [{"family": "Backend"}]})
+    assert r.status_code == 201, r.text
+    patient = r.json()["id"]
+    r = m.api("POST", "/api/v1/users", m.admin, {"name": "svc.export", "display": "export service",
+                                                  "roles": ["clerk"], "kind": "service"})
+    assert r.status_code == 201, r.text
+    key = ECKey.generate_key("P-384", parameters={"kid": "py-1"}, private=True)
+    public = key.as_dict(private=False)
+    assert "d" not in public
+    r = m.api("POST", "/api/v1/apps", m.admin, {"client_id": "py-backend", "name": "Python backend",
+                                                  "redirect_uris": [], "scope": "system/Patient.rs",
+                                                  "jwks": {"keys": [public]}, "service_account": "svc.export"})
+    assert r.status_code == 201, r.text
+    conf = requests.get(m.base + "/fhir/.well-known/smart-configuration", verify=m.ca).json()
+    assert "private_key_jwt" in conf["token_endpoint_auth_methods_supported"]
+    assert "ES384" in conf["token_endpoint_auth_signing_alg_values_supported"]
+    endpoint = conf["token_endpoint"]
+
+    def session(k, exp_in=240):
+        s = OAuth2Session("py-backend", k, scope="system/Patient.rs", token_endpoint_auth_method="private_key_jwt")
+        s.verify = m.ca
+        # SMART: the assertion lives at most five minutes (Authlib's
+        # default is an hour, which mamori refuses).
+        auth = PrivateKeyJWT(endpoint, alg="ES384", headers={"kid": "py-1"},
+                             claims={"exp": int(time.time()) + exp_in})
+        s.register_client_auth_method(auth)
+        return s
+
+    s = session(key)
+    token = s.fetch_token(endpoint, grant_type="client_credentials")
+    assert token["scope"] == "system/Patient.rs" and token["token_type"].lower() == "bearer"
+    # Authlib keeps the claims it signed (the same jti): a second fetch
+    # with them is a replay.
+    with pytest.raises(Exception) as e:
+        s.fetch_token(endpoint, grant_type="client_credentials")
+    assert "invalid_client" in str(e.value)
+    with pytest.raises(Exception) as e:
+        session(key, exp_in=3600).fetch_token(endpoint, grant_type="client_credentials")
+    assert "invalid_client" in str(e.value)
+    other = ECKey.generate_key("P-384", parameters={"kid": "py-1"}, private=True)
+    with pytest.raises(Exception):
+        session(other).fetch_token(endpoint, grant_type="client_credentials")
+
+    # A Bulk Data export with the token, read back line by line.
+    h = {"Authorization": f"Bearer {token['access_token']}", "Prefer": "respond-async",
+         "Accept": "application/fhir+json"}
+    r = requests.get(m.base + "/fhir/$export?_type=Patient", headers=h, verify=m.ca, timeout=30)
+    assert r.status_code == 202, r.text
+    status = r.headers["Content-Location"]
+    for _ in range(300):
+        r = requests.get(status, headers=h, verify=m.ca, timeout=30)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 202, r.text
+        time.sleep(0.1)
+    manifest = r.json()
+    ids = set()
+    for f in manifest["output"]:
+        assert f["type"] == "Patient"
+        r = requests.get(f["url"], headers={"Authorization": h["Authorization"]}, verify=m.ca, timeout=30)
+        assert r.status_code == 200
+        ids |= {json.loads(line)["id"] for line in r.text.splitlines()}
+    assert patient in ids
+    # The scopes narrow what the service account may do.
+    r = requests.get(m.base + f"/fhir/Observation?subject=Patient/{patient}",
+                     headers={"Authorization": h["Authorization"]}, verify=m.ca, timeout=30)
+    assert r.status_code == 403, r.text

@@ -487,3 +487,184 @@ async fn ehr_launch_introspection_and_disabling_an_app() {
     let p = b.get(&p.location()).await;
     assert_eq!(p.status, 400, "a disabled app is not offered to users");
 }
+
+/// An ES384 key pair and its public JWK.
+fn backend_key(kid: &str) -> (ring::signature::EcdsaKeyPair, Value) {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let pt = kp.public_key().as_ref().to_vec();
+    let jwk = json!({"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
+        "x": B64URL.encode(&pt[1..49]), "y": B64URL.encode(&pt[49..])});
+    (kp, jwk)
+}
+
+/// A compact JWS of `claims` signed with `kp` (ES384).
+fn assertion(kp: &ring::signature::EcdsaKeyPair, header: Value, claims: Value) -> String {
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    let sig = kp.sign(&ring::rand::SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", B64URL.encode(sig.as_ref()))
+}
+
+async fn client_credentials(s: &TestServer, jws: &str, scope: &str) -> common::Resp {
+    let body = format!(
+        "grant_type=client_credentials&scope={}&client_assertion_type={}&client_assertion={}",
+        enc(scope),
+        enc("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        enc(jws)
+    );
+    form_post(s, "/oauth/token", &body, None).await
+}
+
+/// SMART Backend Services: a backend client registered with its public
+/// key and a service account gets a token by signing an assertion
+/// (client_credentials, private_key_jwt); the token does what the service
+/// account may, narrowed by the system/ scopes granted, including a Bulk
+/// Data export. A replayed, expired, misaddressed or wrongly signed
+/// assertion gets nothing, and every attempt is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_service_signs_its_way_to_a_token_and_an_export() {
+    let s = TestServer::start("smart-backend").await;
+    let dr = s.user("dr.backend", &["physician"]).await;
+    let pid = s.patient(&dr, "後端", "太郎").await;
+    let r = s
+        .post(
+            "/api/v1/users",
+            &s.admin,
+            json!({"name": "svc.platform", "display": "地域連携基盤", "roles": ["clerk"], "kind": "service"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (kp, jwk) = backend_key("k1");
+    // Registration: the keys and the service account, nothing of a
+    // user-facing app; refused otherwise.
+    let app = |extra: Value| {
+        let mut b = json!({"client_id": "platform", "name": "地域医療連携基盤", "redirect_uris": [],
+            "scope": "system/Patient.rs system/Observation.rs", "jwks": {"keys": [jwk.clone()]},
+            "service_account": "svc.platform"});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (bad, why) in [
+        (app(json!({"service_account": "dr.backend"})), "not a service account"),
+        (app(json!({"service_account": "nobody"})), "no account"),
+        (app(json!({"scope": "user/*.rs"})), "system/ scopes only"),
+        (app(json!({"redirect_uris": [REDIRECT]})), "no redirect URIs"),
+        (
+            app(json!({"jwks": {"keys": [{"kty": "EC", "crv": "P-384", "x": jwk["x"], "y": jwk["y"], "d": "AAAA"}]}})),
+            "private key",
+        ),
+        (json!({"name": "x", "redirect_uris": [REDIRECT], "scope": "system/*.rs"}), "for backend clients"),
+    ] {
+        let r = s.post("/api/v1/apps", &s.admin, bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert!(r.text.contains(why), "{bad}: {}", r.text);
+    }
+    register(&s, app(json!({}))).await;
+    let conf = s.req(Method::GET, "/fhir/.well-known/smart-configuration", None, None).await;
+    assert!(
+        conf.body["grant_types_supported"].as_array().unwrap().contains(&json!("client_credentials")),
+        "{}",
+        conf.text
+    );
+    assert!(conf.body["token_endpoint_auth_methods_supported"].as_array().unwrap().contains(&json!("private_key_jwt")));
+
+    let aud = format!("{}/oauth/token", s.base);
+    let now = s.now().micros() / 1_000_000;
+    let claims = |jti: &str| json!({"iss": "platform", "sub": "platform", "aud": aud, "exp": now + 240, "jti": jti});
+    let header = json!({"alg": "ES384", "kid": "k1", "typ": "JWT"});
+    let good = assertion(&kp, header.clone(), claims("jti-1"));
+    let r = client_credentials(&s, &good, "system/Patient.rs system/Observation.rs system/Condition.rs").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["scope"], "system/Patient.rs system/Observation.rs", "only what is registered");
+    assert!(r.body.get("refresh_token").is_none());
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+    let ev = s.last_audit();
+    assert_eq!(
+        (ev["action"].as_str(), ev["agent"]["user"].as_str()),
+        (Some("app-token"), Some("svc.platform")),
+        "{ev}"
+    );
+    assert_eq!(ev["detail"]["grant_type"], "client_credentials", "{ev}");
+
+    // Refused assertions: 401 invalid_client, each audited with why.
+    let (other_kp, _) = backend_key("k1");
+    let mut late = claims("jti-3");
+    late["exp"] = json!(now + 3600);
+    let mut elsewhere = claims("jti-4");
+    elsewhere["aud"] = json!("https://elsewhere.example/token");
+    let mut not_sub = claims("jti-5");
+    not_sub["sub"] = json!("someone");
+    let none = format!(
+        "{}.{}.",
+        B64URL.encode(json!({"alg": "none"}).to_string()),
+        B64URL.encode(claims("jti-6").to_string())
+    );
+    for (jws, why) in [
+        (good.clone(), "used before"),
+        (assertion(&other_kp, header.clone(), claims("jti-2")), "does not verify"),
+        (assertion(&kp, header.clone(), late), "exp must be"),
+        (assertion(&kp, header.clone(), elsewhere), "aud must be"),
+        (assertion(&kp, header.clone(), not_sub), "sub must equal iss"),
+        (assertion(&kp, json!({"alg": "ES384", "kid": "k2"}), claims("jti-7")), "kid 'k2'"),
+        (none, "not accepted"),
+    ] {
+        let before = s.audit_count();
+        let r = client_credentials(&s, &jws, "system/Patient.rs").await;
+        assert_eq!(r.status, 401, "{why}: {}", r.text);
+        assert_eq!(r.body["error"], "invalid_client", "{why}");
+        assert_eq!(s.audit_count(), before + 1, "{why}");
+        let ev = s.last_audit();
+        assert!(ev["detail"]["reason"].as_str().unwrap_or("").contains(why), "{why}: {ev}");
+    }
+    let r = client_credentials(&s, &assertion(&kp, header.clone(), claims("jti-8")), "system/Condition.rs").await;
+    assert_eq!((r.status.as_u16(), r.body["error"].as_str()), (400, Some("invalid_scope")), "{}", r.text);
+    // A backend client cannot use the flows of a user-facing app.
+    let r = form_post(&s, "/oauth/token", "grant_type=refresh_token&refresh_token=x&client_id=platform", None).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    // The token: the service account's rights (a clerk: demographics),
+    // narrowed by the scopes; no administration.
+    assert_eq!(s.get(&format!("/fhir/Patient/{pid}"), &token).await.status, 200);
+    assert_eq!(s.get(&format!("/fhir/Condition?subject=Patient/{pid}"), &token).await.status, 403, "not in scope");
+    assert_eq!(s.get("/api/v1/users", &token).await.status, 403);
+    // A Bulk Data export with it, kicked off, polled and fetched.
+    let r = s.raw(Method::GET, "/fhir/$export?_type=Patient", Some(&token), None, &[("prefer", "respond-async")]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let status = r.header("content-location").unwrap().trim_start_matches(&s.base).to_owned();
+    let mut manifest = Value::Null;
+    for _ in 0..300 {
+        let r = s.get(&status, &token).await;
+        if r.status == 200 {
+            manifest = r.body;
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = manifest["output"].as_array().unwrap();
+    assert_eq!(out.len(), 1, "{manifest}");
+    let url = out[0]["url"].as_str().unwrap().trim_start_matches(&s.base).to_owned();
+    let r = s.raw(Method::GET, &url, Some(&token), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains(&pid), "{}", r.text);
+    // A scope without that type: the export of it is refused at the type.
+    let r = client_credentials(&s, &assertion(&kp, header, claims("jti-9")), "system/Observation.rs").await;
+    let obs_only = r.body["access_token"].as_str().unwrap().to_owned();
+    let r =
+        s.raw(Method::GET, "/fhir/$export?_type=Patient", Some(&obs_only), None, &[("prefer", "respond-async")]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let status = r.header("content-location").unwrap().trim_start_matches(&s.base).to_owned();
+    for _ in 0..300 {
+        let r = s.get(&status, &obs_only).await;
+        if r.status == 200 {
+            manifest = r.body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Patient"), "{manifest}");
+}

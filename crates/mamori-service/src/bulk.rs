@@ -85,6 +85,10 @@ struct Params {
     /// `RelevantProvenanceResources`.
     #[serde(default)]
     associated: Vec<String>,
+    /// The app that asked (a backend client), and the scopes its token
+    /// holds: the export is narrowed by them as the requests were.
+    #[serde(default)]
+    app: Option<(String, String)>,
 }
 
 /// The `includeAssociatedData` values mamori supports.
@@ -125,6 +129,7 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
         patients: Vec::new(),
         elements: Vec::new(),
         associated: Vec::new(),
+        app: None,
     };
     let check_type = |t: &str| -> Result<ResourceType, ServiceError> {
         let rt = ResourceType::parse(t).map_err(|_| bad("_type", format!("'{t}' is not a FHIR R4 resource type")))?;
@@ -289,7 +294,10 @@ pub async fn kickoff(
 ) -> Result<Kickoff, ServiceError> {
     let now = svc.now();
     let params = match parse_params(&level, pairs, prefer) {
-        Ok(p) => p,
+        Ok(mut p) => {
+            p.app = actor.app.as_ref().map(|a| (a.client_id.clone(), a.scope.clone()));
+            p
+        }
         Err(e) => {
             let mut rec = kickoff_record(actor, e.status(), None, request, now);
             rec.detail = Some(json!({"error": e.message()}));
@@ -742,7 +750,14 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
         ctx: RequestCtx::background(svc.mode.get()),
         node: None,
         scopes: Vec::new(),
-        app: None,
+        app: params.app.as_ref().map(|(client_id, scope)| {
+            std::sync::Arc::new(mamori_store::accounts::AppToken {
+                client_id: client_id.clone(),
+                scope: scope.clone(),
+                patient: None,
+                family: String::new(),
+            })
+        }),
     };
     // Decided again: roles or the mode may have changed since the kick-off.
     let d = authz::decide(&actor, &Operation::BulkExport, Facts::default());

@@ -33,6 +33,7 @@ pub mod exchange;
 pub mod forms;
 pub mod init;
 pub mod jobs;
+pub mod jose;
 pub mod keys;
 pub mod maintenance;
 pub mod metrics;

@@ -69,8 +69,16 @@ pub struct NewApp {
     /// browser or native app) relies on PKCE alone.
     #[serde(default)]
     pub confidential: bool,
-    /// The most a user may grant it.
+    /// The most a user may grant it (a backend client: the `system/`
+    /// scopes it may ask for).
     pub scope: String,
+    /// A backend client (SMART Backend Services): its public keys, a JWK
+    /// set of RS384 or ES384 keys. It has no redirect URIs and no secret.
+    #[serde(default)]
+    pub jwks: Option<Value>,
+    /// A backend client: the service account it acts as.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 /// A registered app.
@@ -136,15 +144,6 @@ pub async fn register(svc: &Services, actor: &Actor, req: NewApp) -> Result<Regi
         if name.is_empty() || name.chars().count() > 200 {
             return Err(ServiceError::invalid("name", "1 to 200 characters"));
         }
-        if req.redirect_uris.is_empty() || req.redirect_uris.len() > 10 {
-            return Err(ServiceError::invalid("redirect_uris", "1 to 10 redirect URIs"));
-        }
-        for u in &req.redirect_uris {
-            check_url("redirect_uris", u)?;
-        }
-        if let Some(l) = &req.launch_url {
-            check_url("launch_url", l)?;
-        }
         let scope = ScopeRequest::parse(&req.scope);
         if !scope.refused.is_empty() {
             return Err(ServiceError::invalid(
@@ -152,8 +151,47 @@ pub async fn register(svc: &Services, actor: &Actor, req: NewApp) -> Result<Regi
                 format!("not scopes this server grants: {} (docs/smart.md lists them)", scope.refused.join(" ")),
             ));
         }
-        if !scope.has_resource_scope() {
-            return Err(ServiceError::invalid("scope", "at least one resource scope, such as patient/*.rs"));
+        let backend = req.jwks.is_some() || req.service_account.is_some();
+        if backend {
+            // A backend client: keys and a service account, nothing of a
+            // user-facing app.
+            let jwks =
+                req.jwks.as_ref().ok_or_else(|| ServiceError::invalid("jwks", "a backend client needs its JWK set"))?;
+            crate::jose::parse_jwks(jwks).map_err(|e| ServiceError::invalid("jwks", e))?;
+            if req.service_account.is_none() {
+                return Err(ServiceError::invalid("service_account", "a backend client acts as a service account"));
+            }
+            if !req.redirect_uris.is_empty() || req.launch_url.is_some() || req.confidential {
+                return Err(ServiceError::invalid(
+                    "redirect_uris",
+                    "a backend client has no redirect URIs, launch URL or secret: it signs its requests",
+                ));
+            }
+            if !scope.only_system_scopes() {
+                return Err(ServiceError::invalid(
+                    "scope",
+                    "a backend client takes system/ scopes only, such as system/*.rs",
+                ));
+            }
+        } else {
+            if req.redirect_uris.is_empty() || req.redirect_uris.len() > 10 {
+                return Err(ServiceError::invalid("redirect_uris", "1 to 10 redirect URIs"));
+            }
+            for u in &req.redirect_uris {
+                check_url("redirect_uris", u)?;
+            }
+            if let Some(l) = &req.launch_url {
+                check_url("launch_url", l)?;
+            }
+            if scope.has_system_scope() {
+                return Err(ServiceError::invalid(
+                    "scope",
+                    "system/ scopes are for backend clients (registered with jwks and service_account)",
+                ));
+            }
+            if !scope.has_resource_scope() {
+                return Err(ServiceError::invalid("scope", "at least one resource scope, such as patient/*.rs"));
+            }
         }
         Ok((d, id, name.to_owned(), scope.text()))
     })();
@@ -161,9 +199,25 @@ pub async fn register(svc: &Services, actor: &Actor, req: NewApp) -> Result<Regi
         Ok(x) => x,
         Err(e) => return Err(svc.refused(actor, ACTION, e).await),
     };
+    // The service account a backend client acts as: an enabled service
+    // account (never a person's).
+    if let Some(sa) = &req.service_account {
+        let sa2 = sa.clone();
+        let user = svc.store.read(move |c| accounts::get_user(c, &sa2)).await?;
+        let why = match user {
+            None => Some(format!("no account {sa}")),
+            Some(u) if u.kind != SubjectKind::Service => Some(format!("{sa} is not a service account")),
+            Some(u) if u.disabled => Some(format!("{sa} is disabled")),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return Err(svc.refused(actor, ACTION, ServiceError::invalid("service_account", why)).await);
+        }
+    }
     let client_secret = if req.confidential { Some(secret("mmcs_")?) } else { None };
     let (a2, s2, sc) = (actor.clone(), client_secret.clone(), scope.clone());
     let (uris, launch) = (req.redirect_uris, req.launch_url);
+    let (jwks, service) = (req.jwks, req.service_account);
     let id2 = id.clone();
     svc.change(actor, ACTION, move |w| {
         let n = NewClient {
@@ -173,13 +227,16 @@ pub async fn register(svc: &Services, actor: &Actor, req: NewApp) -> Result<Regi
             launch_url: launch.as_deref(),
             secret: s2.as_deref(),
             scope: &sc,
+            jwks: jwks.as_ref(),
+            service_user: service.as_deref(),
         };
         if !oauth::insert_client(w.conn, &n, a2.name(), w.now)? {
             return Err(ServiceError::Conflict(format!("an app with client_id {id2} is registered already")));
         }
         let mut rec = a2.decided(ACTION, 201, &d, w.now);
         rec.detail = Some(json!({"client_id": id2, "name": name, "redirect_uris": uris, "launch_url": launch,
-            "confidential": s2.is_some(), "scope": sc}));
+            "confidential": s2.is_some(), "scope": sc, "service_account": service,
+            "keys": jwks.as_ref().and_then(|j| j["keys"].as_array()).map(|k| k.iter().map(|k| k["kid"].clone()).collect::<Vec<_>>())}));
         w.audit(&rec)?;
         Ok(())
     })
@@ -596,6 +653,12 @@ async fn client_of(
     let Some(client) = client.filter(|c| c.disabled.is_none()) else {
         return Err(OAuthError::new("invalid_client", "unknown or disabled client"));
     };
+    if client.jwks.is_some() {
+        return Err(OAuthError::new(
+            "invalid_client",
+            "a backend client authenticates with a signed assertion (grant_type=client_credentials)",
+        ));
+    }
     match (client.confidential, secret) {
         (true, Some(s)) if client.secret_matches(&s) => Ok(client),
         (true, _) => Err(OAuthError::new("invalid_client", "client authentication failed")),
@@ -741,8 +804,14 @@ pub async fn token(
         }
     }
     let grant_type = param(&form, "grant_type").unwrap_or("").to_owned();
+    if grant_type == "client_credentials" {
+        return backend_token(svc, ctx, basic, form).await;
+    }
     if !matches!(grant_type.as_str(), "authorization_code" | "refresh_token") {
-        return Err(OAuthError::new("unsupported_grant_type", "authorization_code or refresh_token"));
+        return Err(OAuthError::new(
+            "unsupported_grant_type",
+            "authorization_code, refresh_token or client_credentials",
+        ));
     }
     let client = match client_of(svc, basic, &form).await {
         Ok(c) => c,
@@ -873,6 +942,159 @@ pub async fn token(
     Ok(out)
 }
 
+/// The assertion type of RFC 7523 client authentication.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The longest an assertion may live (SMART: five minutes).
+const ASSERTION_SECS: i64 = 300;
+/// Clock skew allowed on the assertion's times.
+const SKEW_SECS: i64 = 60;
+
+/// `client_credentials` with a signed client assertion (SMART Backend
+/// Services): the client is the assertion's `iss`, its signature must
+/// verify with a key the client registered, `aud` must be this token
+/// endpoint, it must expire within five minutes, and its `jti` is
+/// accepted once. The token acts as the client's service account,
+/// narrowed by the `system/` scopes granted (those asked for that the
+/// client may ask for). Every attempt is audited.
+async fn backend_token(
+    svc: &Services,
+    ctx: RequestCtx,
+    basic: Option<(String, String)>,
+    form: Vec<(String, String)>,
+) -> Result<Value, OAuthError> {
+    const GT: &str = "client_credentials";
+    let now = svc.now();
+    let checked = check_assertion(svc, basic.is_some(), &form, now).await;
+    let (client, claims) = match checked {
+        Ok(x) => x,
+        Err((who, e, why)) => {
+            let (agent, kind) = match &who {
+                Some(c) => (format!("app:{c}"), "app"),
+                None => ("anonymous".to_owned(), "anonymous"),
+            };
+            let mut rec = ctx.record(&agent, kind, "app-token", e.status, now);
+            rec.detail = Some(json!({"client_id": who, "grant_type": GT, "reason": why}));
+            svc.audit(vec![rec]).await?;
+            return Err(e);
+        }
+    };
+    let asked = ScopeRequest::parse(param(&form, "scope").unwrap_or(""));
+    let granted = asked.within(&ScopeRequest::parse(&client.scope));
+    let cid = client.client_id.clone();
+    if granted.granted.is_empty() {
+        let mut rec = ctx.record(&format!("app:{cid}"), "app", "app-token", 400, now);
+        rec.detail = Some(json!({"client_id": cid, "grant_type": GT, "reason": "no scope asked for is registered",
+            "asked": param(&form, "scope")}));
+        svc.audit(vec![rec]).await?;
+        return Err(OAuthError::new("invalid_scope", "none of the scopes asked for is registered for this client"));
+    }
+    let service = client.service_user.clone().unwrap_or_default();
+    let jti = claims["jti"].as_str().unwrap_or_default().to_owned();
+    let exp = Timestamp(claims["exp"].as_i64().unwrap_or(0).saturating_mul(1_000_000));
+    let access_secs = svc.cfg.apps.access_token_minutes as i64 * 60;
+    let family = secret("fam_")?;
+    let grant = Grant { client_id: cid.clone(), user: service, scope: granted.text(), patient: None, family };
+    let ctx2 = ctx.clone();
+    let job: Job = svc
+        .store
+        .writer()
+        .run(
+            move |w| {
+                if !oauth::use_jti(w.conn, &cid, &jti, exp, w.now)? {
+                    refused_grant(w, &ctx2, &cid, GT, "the assertion's jti was used before (a replay)", 0)?;
+                    return Ok(Err(OAuthError::new("invalid_client", "the client assertion was used before")));
+                }
+                Ok(issue(w, (access_secs, None), &grant, None, &ctx2, GT)?.map(|(access, _)| Issued {
+                    access,
+                    refresh: None,
+                    grant,
+                    nonce: None,
+                    expires_in: access_secs,
+                }))
+            },
+            |_: &ServiceError, _| Ok(()),
+        )
+        .await?;
+    svc.tokens.invalidate();
+    let issued = job?;
+    Ok(json!({
+        "access_token": issued.access,
+        "token_type": "bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.grant.scope,
+    }))
+}
+
+/// The checks of a client assertion before anything is written: the
+/// client and the verified claims, or who it claimed to be, the error for
+/// the client and the reason for the audit log.
+async fn check_assertion(
+    svc: &Services,
+    basic: bool,
+    form: &[(String, String)],
+    now: Timestamp,
+) -> Result<(Client, Value), (Option<String>, OAuthError, String)> {
+    let fail = |who: Option<&str>, why: String| {
+        (who.map(str::to_owned), OAuthError::new("invalid_client", "client authentication failed"), why)
+    };
+    if basic || param(form, "client_secret").is_some() {
+        return Err(fail(None, "a backend client authenticates with a signed assertion, not a secret".into()));
+    }
+    if param(form, "client_assertion_type") != Some(JWT_BEARER) {
+        let e = OAuthError::new("invalid_request", format!("client_assertion_type must be {JWT_BEARER}"));
+        return Err((None, e, "no jwt-bearer client assertion".into()));
+    }
+    let jws = param(form, "client_assertion").unwrap_or("");
+    // Who it claims to be, to find the keys (verified below).
+    let claimed = jws
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64URL.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["iss"].as_str().map(str::to_owned))
+        .ok_or_else(|| fail(None, "the assertion names no issuer".into()))?;
+    if param(form, "client_id").is_some_and(|c| c != claimed) {
+        return Err(fail(Some(&claimed), "client_id differs from the assertion's issuer".into()));
+    }
+    let c2 = claimed.clone();
+    let client = svc.store.read(move |c| oauth::get_client(c, &c2)).await.map_err(|e| {
+        tracing::error!(error = %e, "reading a client");
+        (Some(claimed.clone()), OAuthError::from(e), "the client could not be read".to_owned())
+    })?;
+    let Some(client) = client.filter(|c| c.disabled.is_none() && c.jwks.is_some()) else {
+        return Err(fail(Some(&claimed), "unknown or disabled backend client".into()));
+    };
+    let keys = crate::jose::parse_jwks(client.jwks.as_ref().unwrap_or(&Value::Null))
+        .map_err(|e| fail(Some(&claimed), format!("the registered keys do not parse: {e}")))?;
+    let claims = crate::jose::verify(jws, &keys).map_err(|e| fail(Some(&claimed), e))?;
+    let token_url = format!("{}/oauth/token", svc.base_url.trim_end_matches('/'));
+    let aud_ok = match &claims["aud"] {
+        Value::String(a) => *a == token_url,
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(&token_url)),
+        _ => false,
+    };
+    let secs = now.micros() / 1_000_000;
+    let why = if claims["sub"].as_str() != Some(&claimed) {
+        Some("sub must equal iss (the client_id)".to_owned())
+    } else if !aud_ok {
+        Some(format!("aud must be the token endpoint {token_url}"))
+    } else if !claims["exp"].as_i64().is_some_and(|e| e > secs - SKEW_SECS && e <= secs + ASSERTION_SECS + SKEW_SECS) {
+        Some("exp must be a time within the next five minutes".to_owned())
+    } else if claims["iat"].as_i64().is_some_and(|i| i > secs + SKEW_SECS)
+        || claims["nbf"].as_i64().is_some_and(|n| n > secs + SKEW_SECS)
+    {
+        Some("iat or nbf is in the future".to_owned())
+    } else if !claims["jti"].as_str().is_some_and(|j| (1..=256).contains(&j.len())) {
+        Some("jti must be a string of 1 to 256 characters".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(fail(Some(&claimed), why));
+    }
+    Ok((client, claims))
+}
+
 async fn id_token(svc: &Services, issued: &Issued, scope: &ScopeRequest) -> Result<String, ServiceError> {
     let signer = signer(svc).await?;
     let now = svc.now().micros() / 1_000_000;
@@ -986,14 +1208,17 @@ pub fn smart_configuration(svc: &Services) -> Value {
         "token_endpoint": format!("{b}/oauth/token"),
         "introspection_endpoint": format!("{b}/oauth/introspect"),
         "revocation_endpoint": format!("{b}/oauth/revoke"),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access", "online_access",
-            "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs", "patient/*.read", "user/*.read"],
+            "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs", "patient/*.read", "user/*.read", "system/*.rs",
+            "system/*.cruds"],
         "capabilities": ["launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
+            "client-confidential-asymmetric",
             "context-ehr-patient", "context-standalone-patient", "context-banner", "sso-openid-connect",
             "permission-patient", "permission-user", "permission-offline", "permission-online", "permission-v1", "permission-v2",
             "authorize-post"],

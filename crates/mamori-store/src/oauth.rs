@@ -32,6 +32,12 @@ pub struct Client {
     pub created: Timestamp,
     /// When it was disabled.
     pub disabled: Option<Timestamp>,
+    /// A backend client's public keys (a JWK set, as registered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// The service account a backend client acts as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_user: Option<String>,
     #[serde(skip)]
     secret_hash: Option<Vec<u8>>,
 }
@@ -57,10 +63,14 @@ pub struct NewClient<'a> {
     pub secret: Option<&'a str>,
     /// The most a user may grant it.
     pub scope: &'a str,
+    /// A backend client's JWK set.
+    pub jwks: Option<&'a serde_json::Value>,
+    /// The service account a backend client acts as.
+    pub service_user: Option<&'a str>,
 }
 
 const CLIENT_COLS: &str =
-    "client_id, name, redirect_uris, launch_url, secret_hash, scope, registered_by, created, disabled";
+    "client_id, name, redirect_uris, launch_url, secret_hash, scope, registered_by, created, disabled, jwks, service_user";
 
 fn client_row(r: &Row) -> Result<Client> {
     Ok(Client {
@@ -74,6 +84,8 @@ fn client_row(r: &Row) -> Result<Client> {
         registered_by: r.text(6)?,
         created: Timestamp(r.i64(7)?),
         disabled: r.opt_i64(8)?.map(Timestamp),
+        jwks: r.opt_text(9)?.and_then(|j| serde_json::from_str(&j).ok()),
+        service_user: r.opt_text(10)?,
     })
 }
 
@@ -84,11 +96,24 @@ pub fn insert_client(c: &mut dyn Conn, n: &NewClient<'_>, by: &str, now: Timesta
     }
     let uris = serde_json::to_string(n.redirect_uris).unwrap_or_else(|_| "[]".into());
     let hash = n.secret.map(token_hash);
+    let jwks = n.jwks.map(serde_json::Value::to_string);
     c.exec(
-        &format!("INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)"),
-        p![n.client_id, n.name, uris, n.launch_url, hash, n.scope, by, now.micros()],
+        &format!("INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10)"),
+        p![n.client_id, n.name, uris, n.launch_url, hash, n.scope, by, now.micros(), jwks, n.service_user],
     )?;
     Ok(true)
+}
+
+/// Records the use of a client assertion's `jti` until `expires`;
+/// `false` if that client used it before (a replay). Expired ones are
+/// forgotten first.
+pub fn use_jti(c: &mut dyn Conn, client: &str, jti: &str, expires: Timestamp, now: Timestamp) -> Result<bool> {
+    c.exec("DELETE FROM oauth_jti WHERE expires < $1", p![now.micros()])?;
+    let n = c.exec(
+        "INSERT INTO oauth_jti (client_id, jti, expires) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+        p![client, jti, expires.micros()],
+    )?;
+    Ok(n == 1)
 }
 
 /// An app by id.

@@ -22,6 +22,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0015_apps", include_str!("../migrations/sqlite/0015_apps.sql")),
     ("0016_canonical_quantities", include_str!("../migrations/sqlite/0016_canonical_quantities.sql")),
     ("0017_token_text", include_str!("../migrations/sqlite/0017_token_text.sql")),
+    ("0018_backend_services", include_str!("../migrations/sqlite/0018_backend_services.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -42,6 +43,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0015_apps", include_str!("../migrations/postgres/0015_apps.sql")),
     ("0016_canonical_quantities", include_str!("../migrations/postgres/0016_canonical_quantities.sql")),
     ("0017_token_text", include_str!("../migrations/postgres/0017_token_text.sql")),
+    ("0018_backend_services", include_str!("../migrations/postgres/0018_backend_services.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

@@ -8,14 +8,18 @@
 //! - `patient/<Type|*>.<cruds>`: the resources of the patient the app was
 //!   launched for (and resources that name no patient);
 //! - `user/<Type|*>.<cruds>`: what the user may reach;
+//! - `system/<Type|*>.<cruds>`: a backend service (SMART Backend
+//!   Services), acting as the service account it is registered for: what
+//!   that account may reach; with read access also Bulk Data exports;
 //! - v1 `.read` (= `rs`), `.write` (= `cud`), `.*` (= `cruds`);
 //! - `launch`, `launch/patient`, `openid`, `fhirUser`, `profile`,
 //!   `offline_access`, `online_access`.
 //!
 //! Not granted (left out of the token's `scope`, which tells the app):
-//! `system/` scopes (backend services), granular scopes with a query
-//! (`patient/Observation.rs?category=…`), `launch/encounter`, and any
-//! scope this module does not know.
+//! granular scopes with a query (`patient/Observation.rs?category=…`),
+//! `launch/encounter`, and any scope this module does not know. Which
+//! clients may hold `system/` scopes (backend clients only) is the
+//! registration's to decide.
 
 use super::{Action, Basis, Decision, Facts, Operation, PatientScope};
 use crate::ids::ResourceType;
@@ -27,6 +31,8 @@ pub enum Context {
     Patient,
     /// Whatever the user may reach.
     User,
+    /// A backend service: whatever its service account may reach.
+    System,
 }
 
 /// The interactions of a scope, as SMART v2 letters.
@@ -55,6 +61,7 @@ impl ResourceScope {
         let context = match ctx {
             "patient" => Context::Patient,
             "user" => Context::User,
+            "system" => Context::System,
             _ => return None,
         };
         let (t, perms) = rest.split_once('.')?;
@@ -158,6 +165,16 @@ impl ScopeRequest {
     pub fn needs_patient(&self) -> bool {
         self.granted.iter().filter_map(|s| ResourceScope::parse(s)).any(|r| r.context == Context::Patient)
     }
+    /// Whether a `system/` scope is granted.
+    pub fn has_system_scope(&self) -> bool {
+        self.granted.iter().filter_map(|s| ResourceScope::parse(s)).any(|r| r.context == Context::System)
+    }
+    /// Whether every granted scope is a `system/` resource scope (what a
+    /// backend client may hold), and there is one.
+    pub fn only_system_scopes(&self) -> bool {
+        !self.granted.is_empty()
+            && self.granted.iter().all(|s| ResourceScope::parse(s).is_some_and(|r| r.context == Context::System))
+    }
 }
 
 /// What a user granted an app: its resource scopes.
@@ -195,7 +212,7 @@ impl AppGrant {
                 };
                 let covering =
                     |ctx: Context| self.scopes.iter().any(|s| s.context == ctx && s.covers(target.rtype, letter));
-                if covering(Context::User) {
+                if covering(Context::User) || covering(Context::System) {
                     return d;
                 }
                 if covering(Context::Patient) {
@@ -211,6 +228,14 @@ impl AppGrant {
                     }
                 }
                 Decision::deny(Basis::NotInAppScope)
+            }
+            // A backend service that may read exports (Bulk Data): what
+            // an export holds is then decided resource by resource, each
+            // narrowed by these same scopes.
+            Operation::BulkExport | Operation::BulkExportRead
+                if self.scopes.iter().any(|s| s.context == Context::System && s.perms & R != 0) =>
+            {
+                d
             }
             // Nothing else through an app: administration, break-glass,
             // exchange, exports, emergencies stay with the user's own
@@ -240,7 +265,7 @@ mod tests {
             "patient/Observation.rr",
             "patient/Observation.x",
             "patient/Observation.",
-            "system/*.rs",
+            "backend/*.rs",
             "patient/NoSuchType.rs",
             "patient/Observation",
             "patient/Observation.rs?category=laboratory",
@@ -252,8 +277,11 @@ mod tests {
     #[test]
     fn a_request_keeps_what_is_known_and_registered() {
         let r = ScopeRequest::parse("launch/patient openid fhirUser patient/*.rs system/*.rs  bogus patient/*.rs");
-        assert_eq!(r.granted, ["launch/patient", "openid", "fhirUser", "patient/*.rs"]);
-        assert_eq!(r.refused, ["system/*.rs", "bogus"]);
+        assert_eq!(r.granted, ["launch/patient", "openid", "fhirUser", "patient/*.rs", "system/*.rs"]);
+        assert_eq!(r.refused, ["bogus"]);
+        assert!(r.has_system_scope() && !r.only_system_scopes());
+        assert!(ScopeRequest::parse("system/Observation.rs system/Patient.r").only_system_scopes());
+        assert!(!ScopeRequest::parse("").only_system_scopes());
         assert!(r.needs_patient());
         let reg = ScopeRequest::parse("launch/patient openid patient/Observation.rs patient/Patient.r");
         let w =

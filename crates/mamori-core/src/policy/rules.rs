@@ -549,7 +549,8 @@ fn operations(s: &Subject, op: &Operation, mode: &Mode, f: &Facts) -> Decision {
         // ---- apps: administrators register them; people who read
         // records use them (as themselves, narrowed by the app's scopes).
         O::AppManage => when(admin, sysadmin()),
-        O::AppUse => when(staff, ops(Basis::RolePermitted)),
+        // (A service account is used by the backend client registered for it.)
+        O::AppUse => when(staff || s.kind == SubjectKind::Service, ops(Basis::RolePermitted)),
 
         // ---- validating what one sends reveals and changes nothing stored.
         O::FhirValidate => when(staff || s.kind == SubjectKind::Service, ops(Basis::RolePermitted)),

@@ -106,7 +106,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
                     {"url": "revoke", "valueUri": format!("{base}/oauth/revoke")}
                 ]}],
                 "service": [
-                    {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}], "text": "SMART App Launch 2.0 for registered apps (see /fhir/.well-known/smart-configuration)"},
+                    {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}], "text": "SMART App Launch 2.0 for registered apps, and SMART Backend Services (client_credentials with a private_key_jwt assertion, RS384 or ES384; system/ scopes) for backend clients acting as a service account (see /fhir/.well-known/smart-configuration)"},
                     {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}], "text": "Bearer tokens issued by POST /api/v1/auth/login or mamori token issue"}
                 ],
                 "description": "HTTPS (TLS 1.2+) with bearer tokens: people's own sessions and API tokens, and SMART apps' access tokens (authorization code with PKCE S256; the scopes a user grants narrow what that user may do)."

@@ -51,6 +51,9 @@ fn describe(ui: &Ui, s: &str) -> String {
                 let whose = match r.context {
                     AppContext::Patient => ui.t("選んだ患者の", "of the chosen patient"),
                     AppContext::User => ui.t("あなたが扱える範囲の", "that you may reach"),
+                    AppContext::System => {
+                        ui.t("サービスアカウントが扱える範囲の", "that its service account may reach")
+                    }
                 };
                 let perms = s.rsplit('.').next().unwrap_or("");
                 let verbs: Vec<&str> = match perms {
