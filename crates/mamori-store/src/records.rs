@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use mamori_audit::event::VersionDigest;
 use mamori_core::fhir::compartment::{patients_named, references_in, resolved_through};
-use mamori_core::fhir::search::{index_entries, IndexValue};
+use mamori_core::fhir::search::{index_entries, IndexEntry, IndexValue};
 use mamori_core::fhir::validate::Issue;
 use mamori_core::ids::{LocalRef, ResourceType};
 use mamori_core::time::Timestamp;
@@ -582,16 +582,21 @@ fn has_quantities(rtype: ResourceType) -> bool {
         .any(|p| matches!(p.kind, ParamKind::Quantity | ParamKind::Number))
 }
 
-/// Indexes the quantities and numbers of every current resource of the
-/// types that have such parameters, from scratch (the data step of
-/// migration 12, which added quantities, and of 16, which added UCUM
-/// canonical values and numbers). Returns the number of resources indexed.
-pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
-    c.exec("DELETE FROM idx_quantity", p![])?;
+/// Indexes part of the index again, from scratch, for every current
+/// resource of the types `want` accepts: `pick` turns each of a
+/// resource's index entries into a row of `insert` (of `ncols` columns),
+/// or none. Returns the number of resources that got rows.
+fn index_current(
+    c: &mut dyn Conn,
+    want: impl Fn(ResourceType) -> bool,
+    insert: &str,
+    ncols: usize,
+    pick: impl Fn(ResourceType, &'static str, &str, IndexEntry) -> Option<Vec<Val<'static>>>,
+) -> Result<u64> {
     let mut n = 0;
     for t in mamori_core::fhir::resource_types::R4_RESOURCE_TYPES {
         let Ok(rtype) = ResourceType::parse(t) else { continue };
-        if !has_quantities(rtype) {
+        if !want(rtype) {
             continue;
         }
         let rows = c.query(
@@ -601,25 +606,32 @@ pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
         for r in &rows {
             let (id, body) = (r.text(0)?, r.text(1)?);
             let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
-            let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
-                .into_iter()
-                .filter_map(|e| match e.value {
-                    IndexValue::Quantity { micros, system, code, canonical, concept } => Some(
-                        [Val::from(*t), Val::from(id.clone()), Val::from(e.param)]
-                            .into_iter()
-                            .chain(quantity_cols(micros, system, code, canonical, concept))
-                            .collect(),
-                    ),
-                    _ => None,
-                })
-                .collect();
+            let rows: Vec<Vec<Val<'_>>> =
+                index_entries(rtype, &v).into_iter().filter_map(|e| pick(rtype, t, &id, e)).collect();
             if !rows.is_empty() {
-                insert_rows(c, QUANTITY_INSERT, "", 10, rows)?;
+                insert_rows(c, insert, "", ncols, rows)?;
                 n += 1;
             }
         }
     }
     Ok(n)
+}
+
+/// Indexes the quantities and numbers of every current resource of the
+/// types that have such parameters, from scratch (the data step of
+/// migration 12, which added quantities, and of 16, which added UCUM
+/// canonical values and numbers). Returns the number of resources indexed.
+pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
+    c.exec("DELETE FROM idx_quantity", p![])?;
+    index_current(c, has_quantities, QUANTITY_INSERT, 10, |_, t, id, e| match e.value {
+        IndexValue::Quantity { micros, system, code, canonical, concept } => Some(
+            [Val::from(t), Val::from(id.to_owned()), Val::from(e.param)]
+                .into_iter()
+                .chain(quantity_cols(micros, system, code, canonical, concept))
+                .collect(),
+        ),
+        _ => None,
+    })
 }
 
 /// Indexes the text that goes with the codes of every current resource
@@ -628,37 +640,27 @@ pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
 /// Returns the number of resources that have such text.
 pub fn index_token_texts(c: &mut dyn Conn) -> Result<u64> {
     use mamori_core::fhir::search::{param_def, ParamKind};
-    let mut n = 0;
-    for t in mamori_core::fhir::resource_types::R4_RESOURCE_TYPES {
-        let Ok(rtype) = ResourceType::parse(t) else { continue };
-        let rows = c.query(
-            "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
-            p![*t],
-        )?;
-        for r in &rows {
-            let (id, body) = (r.text(0)?, r.text(1)?);
-            let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
-            let rows: Vec<Vec<Val<'_>>> = index_entries(rtype, &v)
-                .into_iter()
-                .filter(|e| param_def(rtype, e.param).is_some_and(|d| d.kind == ParamKind::Token))
-                .filter_map(|e| match e.value {
-                    IndexValue::String { norm, exact } => Some(vec![
-                        Val::from(*t),
-                        Val::from(id.clone()),
-                        Val::from(e.param),
-                        Val::from(norm),
-                        Val::from(exact),
-                    ]),
-                    _ => None,
-                })
-                .collect();
-            if !rows.is_empty() {
-                insert_rows(c, "INSERT INTO idx_string (rtype, id, param, norm, exact)", "", 5, rows)?;
-                n += 1;
+    let insert = "INSERT INTO idx_string (rtype, id, param, norm, exact)";
+    index_current(
+        c,
+        |_| true,
+        insert,
+        5,
+        |rtype, t, id, e| match e.value {
+            IndexValue::String { norm, exact }
+                if param_def(rtype, e.param).is_some_and(|d| d.kind == ParamKind::Token) =>
+            {
+                Some(vec![
+                    Val::from(t),
+                    Val::from(id.to_owned()),
+                    Val::from(e.param),
+                    Val::from(norm),
+                    Val::from(exact),
+                ])
             }
-        }
-    }
-    Ok(n)
+            _ => None,
+        },
+    )
 }
 
 /// Every `reference` string in a resource, with its path.

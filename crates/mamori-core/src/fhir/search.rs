@@ -39,6 +39,21 @@ pub enum ParamKind {
     CodeQuantity,
 }
 
+impl ParamKind {
+    /// The FHIR search parameter type (`composite` for a code and quantity).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamKind::Token => "token",
+            ParamKind::String => "string",
+            ParamKind::Date => "date",
+            ParamKind::Reference => "reference",
+            ParamKind::Quantity => "quantity",
+            ParamKind::Number => "number",
+            ParamKind::CodeQuantity => "composite",
+        }
+    }
+}
+
 /// A search parameter of a resource type and where its values are found.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamDef {
@@ -1592,17 +1607,8 @@ mod tests {
             let Ok(rt) = ResourceType::parse(t) else { continue };
             let core = r4_core_params(t);
             for p in params_for(rt) {
-                let want = match p.kind {
-                    ParamKind::Token => "token",
-                    ParamKind::String => "string",
-                    ParamKind::Date => "date",
-                    ParamKind::Reference => "reference",
-                    ParamKind::Quantity => "quantity",
-                    ParamKind::Number => "number",
-                    ParamKind::CodeQuantity => "composite",
-                };
                 if let Some(c) = core.iter().find(|c| c.code == p.name) {
-                    assert_eq!(c.kind, want, "{t}.{}", p.name);
+                    assert_eq!(c.kind, p.kind.as_str(), "{t}.{}", p.name);
                     checked += 1;
                 }
             }

@@ -13,18 +13,6 @@ use serde_json::{json, Value};
 use super::respond;
 use mamori_service::Services;
 
-fn kind(k: ParamKind) -> &'static str {
-    match k {
-        ParamKind::Token => "token",
-        ParamKind::String => "string",
-        ParamKind::Date => "date",
-        ParamKind::Reference => "reference",
-        ParamKind::Quantity => "quantity",
-        ParamKind::Number => "number",
-        ParamKind::CodeQuantity => "composite",
-    }
-}
-
 /// The CapabilityStatement of `GET /fhir/metadata`: every R4 type served,
 /// with its interactions and search parameters, for the server at `base`,
 /// mamori `software_version`, dated `now` (RFC 3339).
@@ -139,7 +127,7 @@ fn search_params(rt: ResourceType) -> (Vec<Value>, Vec<&'static str>) {
     let mut params = Vec::new();
     let mut supported = vec!["_id", "_lastUpdated"];
     let special = [("_id", "token"), ("_lastUpdated", "date")];
-    let ours = special.into_iter().chain(params_for(rt).iter().map(|p| (p.name, kind(p.kind))));
+    let ours = special.into_iter().chain(params_for(rt).iter().map(|p| (p.name, p.kind.as_str())));
     for (name, ty) in ours {
         supported.push(name);
         let mut p = json!({"name": name, "type": ty});
