@@ -35,6 +35,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("XML body", Method::POST, "/fhir/Patient".into(), "<Patient xmlns=\"http://hl7.org/fhir\"/>".into(), "application/fhir+xml", 415, "not supported"),
         ("storing AuditEvent", Method::POST, "/fhir/AuditEvent".into(), json!({"resourceType": "AuditEvent"}).to_string(), fhir, 403, "denied"),
         ("bad If-Match", Method::PUT, format!("/fhir/Patient/{pid}"), json!({"resourceType": "Patient", "id": pid}).to_string(), fhir, 400, "If-Match"),
+        ("a condition in a create's URL", Method::POST, "/fhir/Patient?identifier=urn:mrn|1".into(), json!({"resourceType": "Patient"}).to_string(), fhir, 400, "If-None-Exist"),
+        ("PATCH in a bundle with a Binary of another type", Method::POST, "/fhir".into(), json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}}]}).to_string(), fhir, 400, "application/json-patch+json"),
         ("not a Bundle", Method::POST, "/fhir".into(), json!({"resourceType": "Patient"}).to_string(), fhir, 400, "Bundle"),
         ("bundle of wrong type", Method::POST, "/fhir".into(), json!({"resourceType": "Bundle", "type": "collection"}).to_string(), fhir, 400, "batch or transaction"),
         ("bundle entry without request", Method::POST, "/fhir".into(), json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}}]}).to_string(), fhir, 400, "needs a request"),

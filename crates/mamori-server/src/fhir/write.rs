@@ -117,6 +117,17 @@ pub(crate) async fn create(
         let rtype = parse_type(&t)?;
         let pairs = parse_pairs(q.as_deref().unwrap_or(""))?;
         check_accept(&headers, format_param(&pairs))?;
+        // A condition in the query (as some clients send a conditional
+        // create) would be silently ignored and create a duplicate.
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")) {
+            return Err(ServiceError::invalid(
+                k,
+                format!(
+                    "a create takes no search parameters in its URL ('{}'); a conditional create gives its search in the If-None-Exist header",
+                    k.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
         check_content_type(&headers)?;
         let v = parse_json(&read_body(body, limit).await?)?;
         validate_body(rtype, &v)?;
