@@ -30,6 +30,8 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", get(read::search_system_get).post(bundle::batch_or_transaction))
         .route("/fhir/_search", post(read::search_system_post))
+        // (Clients that join the base and an empty path send a slash.)
+        .route("/fhir/", get(read::search_system_get))
         .route("/fhir/_history", get(read::system_history))
         .route("/fhir/$export", get(bulk::system).post(bulk::system_post))
         .route("/fhir/Patient/$export", get(bulk::patient).post(bulk::patient_post))
