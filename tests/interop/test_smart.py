@@ -113,6 +113,21 @@ def test_fhirclient_standalone_launch_reads_only_its_patient(trusted):
     assert p.name[0].family == "Alpha"
     found = Observation.where(struct={"code": "8867-4"}).perform_resources(smart.server)
     assert [o.id for o in found] == [obs["Alpha"]]
+    # fhirclient's search builder over several pages: one Observation per
+    # page through the server's next links, each page with its _include.
+    r = m.api("POST", "/fhir/Observation", dr, observation(ids["Alpha"], 74))
+    assert r.status_code == 201, r.text
+    second = r.json()["id"]
+    search = Observation.where(struct={"code": "8867-4", "_count": "1"}).include("subject")
+    pages = list(search.perform_iter(smart.server))
+    assert len(pages) == 2, [p.as_json() for p in pages]
+    matches = [e.resource.id for p in pages for e in p.entry if e.search.mode == "match"]
+    assert sorted(matches) == sorted([obs["Alpha"], second])
+    included = {e.resource.id for p in pages for e in p.entry if e.search.mode == "include"}
+    assert included == {ids["Alpha"]}
+    # A chained parameter through the same builder.
+    chained = list(Observation.where(struct={"subject:Patient.name": "Alpha"}).perform_resources_iter(smart.server))
+    assert sorted(o.id for o in chained) == sorted([obs["Alpha"], second])
     # dr.py may read Beta in person, but the app was granted Alpha.
     assert m.api("GET", f"/fhir/Observation/{obs['Beta']}", dr).status_code == 200
     with pytest.raises(FHIRPermissionDeniedException) as e:
