@@ -667,4 +667,22 @@ async fn a_backend_service_signs_its_way_to_a_token_and_an_export() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Patient"), "{manifest}");
+
+    // Key rotation: the new key works, the old one no longer does; a bad
+    // set or a client that is not a backend one is refused.
+    let (new_kp, new_jwk) = backend_key("k2");
+    let r = s.post("/api/v1/apps/platform/keys", &s.admin, json!({"jwks": {"keys": [new_jwk.clone()]}})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["keys"], json!(["k2"]));
+    assert_eq!(s.last_audit()["detail"]["keys_before"], json!(["k1"]));
+    let old = assertion(&kp, json!({"alg": "ES384", "kid": "k1"}), claims("jti-10"));
+    assert_eq!(client_credentials(&s, &old, "system/Patient.rs").await.status, 401);
+    let new = assertion(&new_kp, json!({"alg": "ES384", "kid": "k2"}), claims("jti-11"));
+    assert_eq!(client_credentials(&s, &new, "system/Patient.rs").await.status, 200);
+    let r = s.post("/api/v1/apps/platform/keys", &s.admin, json!({"jwks": {"keys": []}})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = s.post("/api/v1/apps/nobody/keys", &s.admin, json!({"jwks": {"keys": [new_jwk.clone()]}})).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s.post("/api/v1/apps/platform/keys", &dr, json!({"jwks": {"keys": [new_jwk]}})).await;
+    assert_eq!(r.status, 403, "{}", r.text);
 }

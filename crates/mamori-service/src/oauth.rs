@@ -267,6 +267,40 @@ pub async fn disable(svc: &Services, actor: &Actor, client_id: &str) -> Result<u
     .await
 }
 
+/// Replaces a backend client's public keys (administrators), e.g. to
+/// rotate them: assertions signed with a key no longer listed are
+/// refused from now on; tokens issued before run to their expiry
+/// (disable the client to end them). Returns the new keys' ids.
+pub async fn replace_keys(
+    svc: &Services,
+    actor: &Actor,
+    client_id: &str,
+    jwks: Value,
+) -> Result<Vec<Value>, ServiceError> {
+    const ACTION: &str = "app-keys";
+    let d = svc.gate(actor, ACTION, Operation::AppManage, Facts::default(), "replacing an app's keys").await?;
+    if let Err(e) = crate::jose::parse_jwks(&jwks) {
+        return Err(svc.refused(actor, ACTION, ServiceError::invalid("jwks", e)).await);
+    }
+    let kids: Vec<Value> =
+        jwks["keys"].as_array().map(|k| k.iter().map(|k| k["kid"].clone()).collect()).unwrap_or_default();
+    let (a2, id, k2) = (actor.clone(), client_id.to_owned(), kids.clone());
+    svc.change(actor, ACTION, move |w| {
+        let before = oauth::get_client(w.conn, &id)?
+            .and_then(|c| c.jwks)
+            .and_then(|j| j["keys"].as_array().map(|k| k.iter().map(|k| k["kid"].clone()).collect::<Vec<_>>()));
+        if !oauth::set_jwks(w.conn, &id, &jwks)? {
+            return Err(ServiceError::NotFound(format!("no enabled backend client {id}")));
+        }
+        let mut rec = a2.decided(ACTION, 200, &d, w.now);
+        rec.detail = Some(json!({"client_id": id, "keys_before": before, "keys": k2}));
+        w.audit(&rec)?;
+        Ok(())
+    })
+    .await?;
+    Ok(kids)
+}
+
 // ---- EHR launch -----------------------------------------------------------------------------
 
 /// Launches an app from a patient's chart: a one-time launch context for

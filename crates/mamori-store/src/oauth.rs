@@ -104,6 +104,16 @@ pub fn insert_client(c: &mut dyn Conn, n: &NewClient<'_>, by: &str, now: Timesta
     Ok(true)
 }
 
+/// Replaces a live backend client's JWK set; `false` if there is no
+/// such client (unknown, disabled, or not a backend client).
+pub fn set_jwks(c: &mut dyn Conn, id: &str, jwks: &serde_json::Value) -> Result<bool> {
+    let n = c.exec(
+        "UPDATE oauth_clients SET jwks = $2 WHERE client_id = $1 AND disabled IS NULL AND jwks IS NOT NULL",
+        p![id, jwks.to_string()],
+    )?;
+    Ok(n == 1)
+}
+
 /// Records the use of a client assertion's `jti` until `expires`;
 /// `false` if that client used it before (a replay). Expired ones are
 /// forgotten first.

@@ -21,6 +21,7 @@ pub(crate) fn routes() -> Router<Services> {
     Router::new()
         .route("/api/v1/apps", get(list).post(register))
         .route("/api/v1/apps/{id}/disable", post(disable))
+        .route("/api/v1/apps/{id}/keys", post(replace_keys))
         .route("/api/v1/apps/{id}/launch", post(launch))
         .route("/.well-known/smart-configuration", get(smart_configuration))
         .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
@@ -44,6 +45,17 @@ async fn register(State(svc): State<Services>, c: Caller, body: Body) -> ApiResu
 async fn disable(State(svc): State<Services>, c: Caller, Path(id): Path<String>) -> ApiResult {
     let n = oauth::disable(&svc, &c, &id).await?;
     ok(json!({"disabled": id, "tokens_revoked": n}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysReq {
+    jwks: Value,
+}
+
+async fn replace_keys(State(svc): State<Services>, c: Caller, Path(id): Path<String>, body: Body) -> ApiResult {
+    let req: KeysReq = json_body(&svc, &c, body).await?;
+    ok(json!({"client_id": id, "keys": oauth::replace_keys(&svc, &c, &id, req.jwks).await?}))
 }
 
 #[derive(Deserialize)]
