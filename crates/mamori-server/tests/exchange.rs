@@ -226,6 +226,16 @@ async fn two_nodes_exchange_a_referral_with_signed_receipts() {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
+    // A conditional update that finds the mirror is held to the same rule.
+    let r = a
+        .put(
+            "/fhir/Organization?_id=partner-1310000002",
+            &a.admin,
+            json!({"resourceType": "Organization", "id": "partner-1310000002", "name": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("mirrors the partner registry"), "{}", r.text);
 
     // The ledger export for contract reviews.
     let r = a.raw(Method::GET, "/api/v1/exchange/ledger?format=csv", Some(&a.admin), None, &[]).await;

@@ -459,10 +459,12 @@ async fn patch_and_conditional_writes_inside_bundles() {
         .collect();
     assert_eq!(
         st.iter().map(|x| &x[..3]).collect::<Vec<_>>(),
-        ["400", "400", "400", "400", "422", "200", "412"],
+        ["400", "400", "400", "200", "422", "200", "412"],
         "{}",
         r.text
     );
+    let b = s.get(&format!("/fhir/Observation/{}", ids[1]), &doc).await;
+    assert_eq!(b.body["status"], "final", "the conditional PATCH entry patched b");
     let dup = s.get(&format!("/fhir/Observation/{}", ids[2]), &doc).await;
     assert_eq!(dup.body["status"], "final");
 }
@@ -1345,6 +1347,29 @@ async fn conditional_update_and_delete() {
     assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &doc).await.status, 410);
     assert_eq!(s.delete(&oq, &doc).await.status, 204);
+
+    // Conditional patch: the one match is patched (decided like a plain
+    // patch); none: 404; several: 412.
+    let o = s.post("/fhir/Observation", &doc, observation(&id, "8302-2", 170.0)).await;
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let pq = format!("/fhir/Observation?subject=Patient/{id}&code=8302-2");
+    let jp = |v: &str| {
+        (json!([{"op": "replace", "path": "/status", "value": v}]).to_string(), "application/json-patch+json")
+    };
+    let r = s.raw(Method::PATCH, &pq, Some(&doc), Some(jp("amended")), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.body["id"].as_str(), r.body["status"].as_str()), (Some(oid.as_str()), Some("amended")));
+    assert_eq!(s.last_audit()["action"], "patch");
+    let r = s.raw(Method::PATCH, &pq, Some(&doc), Some(jp("final")), &[("if-match", "W/\"1\"")]).await;
+    assert_eq!(r.status, 412, "If-Match applies to the match: {}", r.text);
+    let none = format!("/fhir/Observation?subject=Patient/{id}&code=0000-0");
+    assert_eq!(s.raw(Method::PATCH, &none, Some(&doc), Some(jp("final")), &[]).await.status, 404);
+    // (The stranger's search finds nothing: 404, which tells nothing.)
+    assert_eq!(s.raw(Method::PATCH, &pq, Some(&stranger), Some(jp("final")), &[]).await.status, 404);
+    assert_eq!(s.post("/fhir/Observation", &doc, observation(&id, "8302-2", 171.0)).await.status, 201);
+    assert_eq!(s.raw(Method::PATCH, &pq, Some(&doc), Some(jp("final")), &[]).await.status, 412);
+    assert_eq!(s.raw(Method::PATCH, "/fhir/Observation", Some(&doc), Some(jp("final")), &[]).await.status, 400);
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}"), &doc).await.body["meta"]["versionId"], "2");
 }
 
 /// PATCH with a JSON Patch or a FHIRPath Patch: a new version with only

@@ -39,7 +39,11 @@ pub(crate) fn routes() -> Router<Services> {
         .route("/fhir/$export-file/{id}/{n}", get(bulk::file))
         .route(
             "/fhir/{rtype}",
-            get(read::search_get).post(write::create).put(write::conditional_update).delete(write::conditional_delete),
+            get(read::search_get)
+                .post(write::create)
+                .put(write::conditional_update)
+                .patch(write::conditional_patch)
+                .delete(write::conditional_delete),
         )
         .route(
             "/fhir/{rtype}/{id}",

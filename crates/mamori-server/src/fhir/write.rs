@@ -210,32 +210,7 @@ pub(crate) async fn patch(
     let pre = async {
         let rtype = parse_type(&t)?;
         parse_id(&id)?;
-        check_accept(&headers, None)?;
-        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        // JSON Patch (an array of operations) or FHIRPath Patch (a
-        // Parameters resource); the body must be what its type says.
-        let json_patch = match mime.as_str() {
-            "application/json-patch+json" => true,
-            "application/fhir+json" | "application/json" => false,
-            _ => {
-                return Err(ServiceError::UnsupportedMediaType(format!(
-                    "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json or a FHIRPath Patch (Parameters) as application/fhir+json"
-                )))
-            }
-        };
-        let if_match = if_match(&headers)?;
-        let patch = parse_json(&read_body(body, limit).await?)?;
-        if json_patch != patch.is_array() {
-            return Err(ServiceError::invalid(
-                "",
-                if json_patch {
-                    "application/json-patch+json: the body must be an array of operations"
-                } else {
-                    "a FHIRPath Patch is a Parameters resource (or send a JSON Patch as application/json-patch+json)"
-                },
-            ));
-        }
+        let (patch, if_match) = patch_body(&headers, body, limit).await?;
         Ok::<_, ServiceError>((rtype, patch, if_match))
     }
     .await;
@@ -245,6 +220,71 @@ pub(crate) async fn patch(
         }
         Err(e) => refuse(&svc, &c, "patch", Some(&t), Some(&id), e).await,
     }
+}
+
+/// `PATCH /fhir/{type}?search`: the patch of the one resource the search
+/// matches (decided like a plain patch); none: 404; several: 412.
+pub(crate) async fn conditional_patch(
+    State(svc): State<Services>,
+    c: Caller,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = svc.cfg.server.body_limit_bytes;
+    let query = q.unwrap_or_default();
+    let pre = async {
+        let rtype = parse_type(&t)?;
+        if query.is_empty() {
+            return Err(ServiceError::invalid(
+                "",
+                "a patch needs an id (PATCH /fhir/{type}/{id}) or a search (PATCH /fhir/{type}?…)",
+            ));
+        }
+        let (patch, if_match) = patch_body(&headers, body, limit).await?;
+        Ok::<_, ServiceError>((rtype, patch, if_match))
+    }
+    .await;
+    match pre {
+        Ok((rtype, patch, if_match)) => {
+            let op = WriteOp::ConditionalPatch { query, if_match, patch };
+            run(svc, c, rtype, op, None, prefer_return(&headers)).await
+        }
+        Err(e) => refuse(&svc, &c, "patch", Some(&t), None, e).await,
+    }
+}
+
+/// A PATCH request's patch (JSON Patch or FHIRPath Patch, as its
+/// Content-Type says) and its `If-Match` version.
+async fn patch_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<(Value, Option<u64>), ServiceError> {
+    check_accept(headers, None)?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    // JSON Patch (an array of operations) or FHIRPath Patch (a
+    // Parameters resource); the body must be what its type says.
+    let json_patch = match mime.as_str() {
+        "application/json-patch+json" => true,
+        "application/fhir+json" | "application/json" => false,
+        _ => {
+            return Err(ServiceError::UnsupportedMediaType(format!(
+                "Content-Type '{ct}' is not supported for PATCH; send a JSON Patch as application/json-patch+json or a FHIRPath Patch (Parameters) as application/fhir+json"
+            )))
+        }
+    };
+    let if_match = if_match(headers)?;
+    let patch = parse_json(&read_body(body, limit).await?)?;
+    if json_patch != patch.is_array() {
+        return Err(ServiceError::invalid(
+            "",
+            if json_patch {
+                "application/json-patch+json: the body must be an array of operations"
+            } else {
+                "a FHIRPath Patch is a Parameters resource (or send a JSON Patch as application/json-patch+json)"
+            },
+        ));
+    }
+    Ok((patch, if_match))
 }
 
 /// `PUT /fhir/{type}?search`: conditional update.

@@ -131,13 +131,21 @@ fn parse_entry(i: usize, e: &Value, base: &str) -> Result<Entry, ServiceError> {
             if_match: header("ifMatch").map(|m| parse_etag(&m)).transpose()?,
             patch: patch_of(resource.as_ref(), &path)?,
         }),
-        ("PATCH", [_], Some(_)) => {
-            return Err(invalid(&format!("{path}.request.url"), "a conditional PATCH is not supported"))
-        }
+        ("PATCH", [_], Some(q)) if !q.is_empty() => Kind::Write(WriteOp::ConditionalPatch {
+            query: q.to_owned(),
+            if_match: header("ifMatch").map(|m| parse_etag(&m)).transpose()?,
+            patch: patch_of(resource.as_ref(), &path)?,
+        }),
         _ => return Err(bad_url()),
     };
     if let Kind::Write(op) = &kind {
-        if !matches!(op, WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. }) {
+        if !matches!(
+            op,
+            WriteOp::Delete { .. }
+                | WriteOp::ConditionalDelete { .. }
+                | WriteOp::Patch { .. }
+                | WriteOp::ConditionalPatch { .. }
+        ) {
             let r = resource
                 .as_ref()
                 .ok_or_else(|| invalid(&format!("{path}.resource"), "POST and PUT entries need a resource"))?;
@@ -374,7 +382,12 @@ fn order_key(e: &Entry) -> u8 {
     match &e.kind {
         Kind::Write(WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. }) => 0,
         Kind::Write(WriteOp::Create { .. }) => 1,
-        Kind::Write(WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. } | WriteOp::Patch { .. }) => 2,
+        Kind::Write(
+            WriteOp::Update { .. }
+            | WriteOp::ConditionalUpdate { .. }
+            | WriteOp::Patch { .. }
+            | WriteOp::ConditionalPatch { .. },
+        ) => 2,
         Kind::Read { .. } | Kind::Search { .. } => 3,
     }
 }
@@ -397,7 +410,10 @@ fn run_transaction(
     let mut resolved: HashMap<usize, WriteOp> = HashMap::new();
     for e in entries.iter_mut() {
         let Kind::Write(op) = &e.kind else { continue };
-        if matches!(op, WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. }) {
+        if matches!(
+            op,
+            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::ConditionalPatch { .. }
+        ) {
             let mut body = e.resource.take();
             let r = resolve_conditional(ctx, actor, e.rtype, op, &mut body);
             e.resource = body;
@@ -432,8 +448,8 @@ fn run_transaction(
             WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } => Some(id.clone()),
             // A conditional delete that matched nothing is in `matched`.
             WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => continue,
-            WriteOp::ConditionalUpdate { .. } => {
-                return Err(entry_error(e, ServiceError::internal("a conditional update was not resolved")))
+            WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalPatch { .. } => {
+                return Err(entry_error(e, ServiceError::internal("a conditional write was not resolved")))
             }
         };
         let id = match target {

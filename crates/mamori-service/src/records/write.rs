@@ -56,6 +56,16 @@ pub enum WriteOp {
         /// The search, as a query string.
         query: String,
     },
+    /// A patch of the one resource a search matches (`PATCH /fhir/{type}?…`);
+    /// none or several: an error.
+    ConditionalPatch {
+        /// The search, as a query string.
+        query: String,
+        /// The `If-Match` version.
+        if_match: Option<u64>,
+        /// The patch document.
+        patch: Value,
+    },
     /// A JSON Patch (RFC 6902) of the current version.
     Patch {
         /// The resource's id.
@@ -109,7 +119,7 @@ pub fn action_name(op: &WriteOp, step: Option<&Step>) -> &'static str {
             "create"
         }
         (WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. }, _) => "update",
-        (WriteOp::Patch { .. }, _) => "patch",
+        (WriteOp::Patch { .. } | WriteOp::ConditionalPatch { .. }, _) => "patch",
     }
 }
 
@@ -142,33 +152,37 @@ pub(crate) fn write_step(
     if let (Some(node), Some(b)) = (&actor.node, body.as_mut()) {
         crate::continuity::standalone::stamp(b, node);
     }
+    // A conditional write finds its resource first (a search decided and
+    // restricted like any), then is decided like the plain write.
+    let plain;
+    let op = match op {
+        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::ConditionalPatch { .. } => {
+            match resolve_conditional(ctx, actor, rtype, op, &mut body)? {
+                Resolved::Op(o) => {
+                    plain = o;
+                    &plain
+                }
+                Resolved::Step(s) => return Ok(s),
+            }
+        }
+        other => other,
+    };
+    // (After the resolution, so that a conditional write is held to these
+    // rules as the plain one is.)
     if let WriteOp::Delete { id } | WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } = op {
         if conf.registry.get(rtype.as_str(), id).is_some() {
             return Err(ServiceError::MethodNotAllowed(format!(
                 "{rtype}/{id} is defined by a loaded FHIR package and is read-only; install a new package version instead"
             )));
         }
-    }
-    if let WriteOp::Delete { id } | WriteOp::Update { id, .. } = op {
         if crate::exchange::is_mirror(rtype.as_str(), id) {
             return Err(ServiceError::forbidden(format!(
                 "{rtype}/{id} mirrors the partner registry and is read-only; change it through /api/v1/partners"
             )));
         }
     }
-    // A conditional write finds its resource first (a search decided and
-    // restricted like any), then is decided like the plain write.
     let resolved;
     let op = match op {
-        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
-            match resolve_conditional(ctx, actor, rtype, op, &mut body)? {
-                Resolved::Op(o) => {
-                    resolved = o;
-                    &resolved
-                }
-                Resolved::Step(s) => return Ok(s),
-            }
-        }
         WriteOp::Patch { id, if_match, patch } => {
             let cur = match records::read(ctx.conn, rtype.as_str(), id)? {
                 None => return Err(ServiceError::NotFound(format!("{rtype}/{id} does not exist"))),
@@ -212,9 +226,10 @@ pub(crate) fn write_step(
         other => other,
     };
     match op {
-        WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } | WriteOp::Patch { .. } => {
-            Err(ServiceError::internal("a conditional write was not resolved"))
-        }
+        WriteOp::ConditionalUpdate { .. }
+        | WriteOp::ConditionalDelete { .. }
+        | WriteOp::ConditionalPatch { .. }
+        | WriteOp::Patch { .. } => Err(ServiceError::internal("a conditional write was not resolved")),
         WriteOp::Delete { id } => {
             let Some(cur) = records::current(ctx.conn, rtype.as_str(), id)? else {
                 return Ok(Step::NothingToDelete { existed: false });
@@ -264,9 +279,10 @@ pub(crate) enum Resolved {
     Step(Step),
 }
 
-/// Resolves a conditional update or delete: its search (decided and
-/// restricted like any), then the plain write it stands for; several
-/// matches: 412. A conditional update's body gets the resolved id.
+/// Resolves a conditional update, delete or patch: its search (decided
+/// and restricted like any), then the plain write it stands for; several
+/// matches: 412 (a patch of none: 404). A conditional update's body gets
+/// the resolved id.
 pub(crate) fn resolve_conditional(
     ctx: &mut WriteCtx<'_>,
     actor: &Actor,
@@ -305,6 +321,16 @@ pub(crate) fn resolve_conditional(
                 b.insert("id".into(), Value::String(id.clone()));
             }
             Ok(Resolved::Op(WriteOp::Update { id, if_match: *if_match }))
+        }
+        WriteOp::ConditionalPatch { query, if_match, patch } => {
+            let found = conditional_search(ctx, actor, rtype, query, "the conditional patch")?;
+            match found.as_slice() {
+                [] => Err(ServiceError::NotFound("the conditional patch matched no resource".into())),
+                [one] => {
+                    Ok(Resolved::Op(WriteOp::Patch { id: one.id.clone(), if_match: *if_match, patch: patch.clone() }))
+                }
+                _ => Err(ServiceError::Precondition("the conditional patch matched more than one resource".into())),
+            }
         }
         WriteOp::ConditionalDelete { query } => {
             let found = conditional_search(ctx, actor, rtype, query, "the conditional delete")?;
@@ -506,9 +532,10 @@ pub async fn write(
                     WriteOp::Update { id, .. } | WriteOp::Delete { id } | WriteOp::Patch { id, .. } => {
                         Some(id.as_str())
                     }
-                    WriteOp::Create { .. } | WriteOp::ConditionalUpdate { .. } | WriteOp::ConditionalDelete { .. } => {
-                        None
-                    }
+                    WriteOp::Create { .. }
+                    | WriteOp::ConditionalUpdate { .. }
+                    | WriteOp::ConditionalDelete { .. }
+                    | WriteOp::ConditionalPatch { .. } => None,
                 };
                 ctx.audit(&error_record(&a3, action_name(&op3, None), Some(rtype.as_str()), id, e, ctx.now)).map(|_| ())
             },
