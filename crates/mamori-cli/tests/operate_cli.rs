@@ -140,13 +140,9 @@ fn the_log_is_plain_when_redirected_and_the_access_log_summarizes() {
 /// schema (15: before canonical quantities), as an upgrade finds it.
 fn make_previous_release(dir: &std::path::Path) {
     let c = rusqlite::Connection::open(dir.join("mamori.db")).unwrap();
-    // What the newest migration (18) adds; update with each migration.
-    c.execute_batch(
-        "DROP TABLE oauth_jti; ALTER TABLE oauth_clients DROP COLUMN jwks; \
-         ALTER TABLE oauth_clients DROP COLUMN service_user; \
-         UPDATE meta SET value = '17' WHERE key = 'schema_version';",
-    )
-    .unwrap();
+    // What the newest migration (19) adds; update with each migration.
+    c.execute_batch("DROP TABLE patient_number_seq; UPDATE meta SET value = '18' WHERE key = 'schema_version';")
+        .unwrap();
 }
 
 fn schema_of(db: &std::path::Path) -> String {
@@ -170,22 +166,22 @@ fn upgrade_checks_copies_first_and_refuses_a_newer_database() {
     let (code, out, err) = run(&["upgrade", "--check", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("schema version 17; this mamori expects 18") && out.contains("will run: 0018_backend_services"),
+        out.contains("schema version 18; this mamori expects 19") && out.contains("will run: 0019_patient_numbers"),
         "{out}"
     );
     assert!(out.contains("a copy of the database is taken first"), "{out}");
-    assert_eq!(schema_of(&dir.join("mamori.db")), "17");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "18");
     assert!(!dir.join("backups").exists());
 
     // The upgrade: a copy of the old database first, then the migration.
     let (code, out, err) = run(&["upgrade", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("schema version 17 -> 18"), "{out}");
+    assert!(out.contains("schema version 18 -> 19"), "{out}");
     let copies: Vec<_> = std::fs::read_dir(dir.join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(copies.len(), 1, "{copies:?}");
-    assert!(copies[0].file_name().unwrap().to_str().unwrap().starts_with("mamori-schema17-"));
-    assert_eq!(schema_of(&copies[0]), "17", "the way back is the old schema");
-    assert_eq!(schema_of(&dir.join("mamori.db")), "18");
+    assert!(copies[0].file_name().unwrap().to_str().unwrap().starts_with("mamori-schema18-"));
+    assert_eq!(schema_of(&copies[0]), "18", "the way back is the old schema");
+    assert_eq!(schema_of(&dir.join("mamori.db")), "19");
     // The copy's audit log verifies: a restore of it is the log as it was.
     let vkey = std::fs::read_to_string(dir.join("keys/audit.vkey")).unwrap().trim().to_owned();
     let restored = temp_dir("upgrade-restored");

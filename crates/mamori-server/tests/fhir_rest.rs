@@ -596,6 +596,75 @@ async fn system_level_search_is_each_type_search() {
     assert_eq!(s.req(Method::GET, "/fhir?_type=Patient", None, None).await.status, 401);
 }
 
+/// `[institution] number_patients`: a Patient created without an
+/// identifier in the institution's patient-id system gets the next number
+/// no Patient holds (a number given before is passed over), also inside
+/// a transaction; one that brings its own keeps it; an update adds none.
+#[tokio::test]
+async fn new_patients_are_numbered_in_the_institutions_system() {
+    let extra = "[institution]\nid = \"1319900001\"\nnumber_patients = true\npatient_number_digits = 6\n";
+    let s = TestServer::start_cfg("numbering", extra, None).await;
+    let doc = s.user("dr.num", &["physician"]).await;
+    let sys = "urn:oid:1.2.392.100495.20.3.51.11319900001";
+    let number = |b: &Value| -> Vec<String> {
+        b["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["system"] == sys)
+            .map(|i| i["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "name": [{"family": "一"}]})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(number(&r.body), ["000001"]);
+    // Brought its own (from the registration system): kept, none added;
+    // and that number is passed over later.
+    let own = json!({"resourceType": "Patient", "identifier": [{"system": sys, "value": "000002"}]});
+    let r = s.post("/fhir/Patient", &doc, own).await;
+    assert_eq!(number(&r.body), ["000002"]);
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:other", "value": "x"}]}),
+        )
+        .await;
+    assert_eq!(number(&r.body), ["000003"], "000002 is taken");
+    assert_eq!(r.body["identifier"][0]["system"], "urn:other", "the other identifier kept");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    // Two in one transaction: two numbers.
+    let r = s
+        .post(
+            "/fhir",
+            &doc,
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+                {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut got = Vec::new();
+    for e in r.body["entry"].as_array().unwrap() {
+        let loc = e["response"]["location"].as_str().unwrap().strip_prefix(&s.base).unwrap().to_owned();
+        let p = s.get(loc.split("/_history").next().unwrap(), &doc).await;
+        got.extend(number(&p.body));
+    }
+    got.sort();
+    assert_eq!(got, ["000004", "000005"]);
+    // An update adds no number.
+    let r = s
+        .put(&format!("/fhir/Patient/{id}"), &doc, json!({"resourceType": "Patient", "id": id, "gender": "other"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(number(&r.body).is_empty(), "{}", r.text);
+    // A refused create spends nothing it keeps.
+    let bad = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "gender": "x"})).await;
+    assert_eq!(bad.status, 400);
+    let r = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient"})).await;
+    assert_eq!(number(&r.body), ["000006"]);
+}
+
 #[tokio::test]
 async fn everything_returns_the_compartment() {
     let s = TestServer::start("everything").await;

@@ -451,6 +451,13 @@ pub struct InstitutionSection {
     /// This node's short code in provisional patient ids
     /// (`T-<date>-<node>-<n>`); standalone nodes use their own.
     pub node: String,
+    /// Number new patients in the institution's patient-id system
+    /// (`urn:oid:1.2.392.100495.20.3.51.1<id>`): a Patient created without
+    /// an identifier in that system gets the next free number. Off when
+    /// the hospital's registration system assigns the numbers.
+    pub number_patients: bool,
+    /// The digits of an assigned patient number (zero-padded), 4 to 16.
+    pub patient_number_digits: usize,
 }
 
 /// `[log]`: the server's own log.
@@ -530,6 +537,8 @@ impl Default for InstitutionSection {
             name: "mamori hospital".into(),
             utc_offset_minutes: 540,
             node: "HQ".into(),
+            number_patients: false,
+            patient_number_digits: 8,
         }
     }
 }
@@ -658,6 +667,15 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "institution.id '{code}' is not a 10-digit medical institution code (prefecture, point-table kind 1-3, 7 digits)"
             )));
+        }
+        if self.institution.number_patients && code.is_empty() {
+            return Err(ConfigError::Invalid(
+                "institution.number_patients needs institution.id: the numbers are in the system named by the institution code"
+                    .into(),
+            ));
+        }
+        if !(4..=16).contains(&self.institution.patient_number_digits) {
+            return Err(ConfigError::Invalid("institution.patient_number_digits must be 4 to 16".into()));
         }
         for (k, v) in std::iter::once(("fhir.validation".to_owned(), &self.fhir.validation))
             .chain(self.fhir.type_validation.iter().map(|(t, v)| (format!("fhir.type_validation.{t}"), v)))
@@ -888,6 +906,14 @@ mod tests {
         assert!(c.validate().is_ok());
         c.institution.id = "13-1123456".into();
         assert!(c.validate().unwrap_err().to_string().contains("institution.id"));
+        // Patient numbering needs the institution code, and sane digits.
+        let mut c = Config::default();
+        c.institution.number_patients = true;
+        assert!(c.validate().unwrap_err().to_string().contains("number_patients needs institution.id"));
+        c.institution.id = "1311234567".into();
+        assert!(c.validate().is_ok());
+        c.institution.patient_number_digits = 3;
+        assert!(c.validate().unwrap_err().to_string().contains("patient_number_digits"));
         let mut c = Config::default();
         c.fhir.validation = "strict".into();
         assert!(c.validate().unwrap_err().to_string().contains("fhir.validation"));

@@ -50,6 +50,28 @@ pub struct Conformance {
     required: HashMap<String, String>,
     /// Where each package came from, in load order.
     pub sources: Vec<PathBuf>,
+    /// The institution's patient numbering, when on
+    /// (`[institution] number_patients`): what a created Patient gets.
+    pub patient_numbers: Option<PatientNumbers>,
+}
+
+/// How new patients are numbered: the patient-id system and the digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientNumbers {
+    /// The institution's patient-id system.
+    pub system: String,
+    /// The digits of a number (zero-padded).
+    pub digits: usize,
+}
+
+impl PatientNumbers {
+    /// The numbering `[institution]` asks for, if any.
+    pub fn of(cfg: &crate::config::InstitutionSection) -> Option<PatientNumbers> {
+        cfg.number_patients.then(|| PatientNumbers {
+            system: mamori_core::fhir::jp::patient_id_system(cfg.id.trim()),
+            digits: cfg.patient_number_digits,
+        })
+    }
 }
 
 impl Default for Conformance {
@@ -60,6 +82,7 @@ impl Default for Conformance {
             per_type: HashMap::new(),
             required: HashMap::new(),
             sources: Vec::new(),
+            patient_numbers: None,
         }
     }
 }

@@ -300,8 +300,9 @@ pub async fn open(dd: &DataDir, cfg: Config, base_url: String, clock: Arc<dyn Cl
     crate::exchange::ensure_keys(dd, &cfg)?;
     ensure_maintenance_ca(dd, &cfg.institution.name)?;
     let xctx = crate::exchange::Ctx::load(dd, &cfg)?;
-    let conformance = crate::conformance::Conformance::load(&cfg.fhir, &dd.0)
+    let mut conformance = crate::conformance::Conformance::load(&cfg.fhir, &dd.0)
         .map_err(|e| InitError::Config(ConfigError::Invalid(e)))?;
+    conformance.patient_numbers = crate::conformance::PatientNumbers::of(&cfg.institution);
     let store = Store::open(&store_config(dd, &cfg)?, clock, signer)?;
     let svc = Services::new(store, cfg, base_url, dd.0.clone(), xctx);
     for p in conformance.registry.packages() {

@@ -24,6 +24,34 @@ pub fn next_provisional(c: &mut dyn Conn, day: &str) -> Result<u64> {
     Ok(r.u64(0)?)
 }
 
+/// The next patient number of `system` that no current Patient holds as
+/// an identifier in that system, zero-padded to `digits`.
+pub fn next_patient_number(c: &mut dyn Conn, system: &str, digits: usize) -> Result<String> {
+    loop {
+        let n = c
+            .query_one(
+                "INSERT INTO patient_number_seq (system, n) VALUES ($1, 1) \
+                 ON CONFLICT (system) DO UPDATE SET n = patient_number_seq.n + 1 RETURNING n",
+                p![system],
+            )?
+            .ok_or_else(|| StoreError::Internal("no number".into()))?
+            .u64(0)?;
+        let value = format!("{n:0digits$}");
+        if value.len() > digits {
+            return Err(StoreError::Internal(format!("the patient numbers of {system} ran out at {digits} digits")));
+        }
+        // Numbers given before mamori numbered (imports, the registration
+        // system) are passed over.
+        let taken = c.query_one(
+            "SELECT 1 FROM idx_token WHERE rtype = 'Patient' AND param = 'identifier' AND system = $1 AND code = $2",
+            p![system, value.as_str()],
+        )?;
+        if taken.is_none() {
+            return Ok(value);
+        }
+    }
+}
+
 // ---- merges ---------------------------------------------------------------------------
 
 /// A patient merge (`$merge`): one patient's record moved into another's.

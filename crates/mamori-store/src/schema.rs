@@ -23,6 +23,7 @@ const SQLITE: &[(&str, &str)] = &[
     ("0016_canonical_quantities", include_str!("../migrations/sqlite/0016_canonical_quantities.sql")),
     ("0017_token_text", include_str!("../migrations/sqlite/0017_token_text.sql")),
     ("0018_backend_services", include_str!("../migrations/sqlite/0018_backend_services.sql")),
+    ("0019_patient_numbers", include_str!("../migrations/sqlite/0019_patient_numbers.sql")),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -44,6 +45,7 @@ const POSTGRES: &[(&str, &str)] = &[
     ("0016_canonical_quantities", include_str!("../migrations/postgres/0016_canonical_quantities.sql")),
     ("0017_token_text", include_str!("../migrations/postgres/0017_token_text.sql")),
     ("0018_backend_services", include_str!("../migrations/postgres/0018_backend_services.sql")),
+    ("0019_patient_numbers", include_str!("../migrations/postgres/0019_patient_numbers.sql")),
 ];
 
 fn migrations(b: Backend) -> &'static [(&'static str, &'static str)] {

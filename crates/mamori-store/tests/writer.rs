@@ -422,6 +422,8 @@ async fn compartment_lists_its_patient(b: Backend) {
                     w.conn.exec(&format!("ALTER TABLE tokens DROP COLUMN {col}"), p![])?;
                 }
                 // (What migration 16 adds went with idx_quantity above.)
+                // What migration 19 adds.
+                w.conn.exec("DROP TABLE patient_number_seq", p![])?;
                 // What migration 18 adds (its columns went with oauth_clients).
                 w.conn.exec("DROP TABLE oauth_jti", p![])?;
                 // What migration 17 adds: the text of codes, with the strings.

@@ -250,6 +250,22 @@ pub(crate) fn write_step(
                     return Ok(m);
                 }
             }
+            // The institution's patient number, if it numbers patients and
+            // the registration brings none in its system.
+            let mut body = body;
+            if let (Some(pn), true) = (&conf.patient_numbers, rtype == ResourceType::PATIENT) {
+                let has = body["identifier"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|i| i["system"] == pn.system.as_str() && i["value"].is_string()));
+                if !has {
+                    let value = mamori_store::continuity::next_patient_number(ctx.conn, &pn.system, pn.digits)?;
+                    let id = json!({"use": "usual", "system": pn.system, "value": value});
+                    match body.get_mut("identifier").and_then(Value::as_array_mut) {
+                        Some(ids) => ids.push(id),
+                        None => body["identifier"] = json!([id]),
+                    }
+                }
+            }
             // An id made here and now (UUIDv7, 74 random bits) names nothing
             // stored or referenced yet: nothing to look up. (Were it taken,
             // the insert would fail on the primary key, never overwrite.)
