@@ -236,12 +236,7 @@ pub(crate) async fn conditional_patch(
     let query = q.unwrap_or_default();
     let pre = async {
         let rtype = parse_type(&t)?;
-        if query.is_empty() {
-            return Err(ServiceError::invalid(
-                "",
-                "a patch needs an id (PATCH /fhir/{type}/{id}) or a search (PATCH /fhir/{type}?…)",
-            ));
-        }
+        require_search(&query, "a patch", "PATCH")?;
         let (patch, if_match) = patch_body(&headers, body, limit).await?;
         Ok::<_, ServiceError>((rtype, patch, if_match))
     }
@@ -300,12 +295,7 @@ pub(crate) async fn conditional_update(
     let query = q.unwrap_or_default();
     let pre = async {
         let rtype = parse_type(&t)?;
-        if query.is_empty() {
-            return Err(ServiceError::invalid(
-                "",
-                "an update needs an id (PUT /fhir/{type}/{id}) or a search (PUT /fhir/{type}?…)",
-            ));
-        }
+        require_search(&query, "an update", "PUT")?;
         check_accept(&headers, None)?;
         check_content_type(&headers)?;
         let if_match = if_match(&headers)?;
@@ -331,16 +321,7 @@ pub(crate) async fn conditional_delete(
     RawQuery(q): RawQuery,
 ) -> Response {
     let query = q.unwrap_or_default();
-    let pre = parse_type(&t).and_then(|r| {
-        if query.is_empty() {
-            Err(ServiceError::invalid(
-                "",
-                "a delete needs an id (DELETE /fhir/{type}/{id}) or a search (DELETE /fhir/{type}?…)",
-            ))
-        } else {
-            Ok(r)
-        }
-    });
+    let pre = parse_type(&t).and_then(|r| require_search(&query, "a delete", "DELETE").map(|()| r));
     match pre {
         Ok(rtype) => run(svc, c, rtype, WriteOp::ConditionalDelete { query }, None, Return::Representation).await,
         Err(e) => refuse(&svc, &c, "delete", Some(&t), None, e).await,
@@ -354,4 +335,15 @@ pub(crate) async fn delete(State(svc): State<Services>, c: Caller, Path((t, id))
         Ok(rtype) => run(svc, c, rtype, WriteOp::Delete { id }, None, Return::Representation).await,
         Err(e) => refuse(&svc, &c, "delete", None, None, e).await,
     }
+}
+
+/// A conditional write's search; refused when the URL has none.
+fn require_search(query: &str, what: &str, method: &str) -> Result<(), ServiceError> {
+    if query.is_empty() {
+        return Err(ServiceError::invalid(
+            "",
+            format!("{what} needs an id ({method} /fhir/{{type}}/{{id}}) or a search ({method} /fhir/{{type}}?…)"),
+        ));
+    }
+    Ok(())
 }
