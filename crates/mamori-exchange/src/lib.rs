@@ -8,5 +8,6 @@ pub mod as2;
 pub mod client;
 pub mod cms;
 pub mod der;
+pub mod fhirsig;
 pub mod mime;
 pub mod partner;
