@@ -63,6 +63,12 @@ impl ResourceType {
     pub const CONSENT: ResourceType = ResourceType("Consent");
     /// `Provenance`.
     pub const PROVENANCE: ResourceType = ResourceType("Provenance");
+    /// `AllergyIntolerance`.
+    pub const ALLERGY_INTOLERANCE: ResourceType = ResourceType("AllergyIntolerance");
+    /// `Condition`.
+    pub const CONDITION: ResourceType = ResourceType("Condition");
+    /// `MedicationRequest`.
+    pub const MEDICATION_REQUEST: ResourceType = ResourceType("MedicationRequest");
     /// The type an access to a patient's whole record (`$everything`, a
     /// merge, an export) is decided as: a clinical record any clinician
     /// reads and a physician writes.

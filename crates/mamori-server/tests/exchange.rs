@@ -982,4 +982,248 @@ async fn a_received_document_that_breaks_its_profiles_is_quarantined() {
         rec.iter().any(|e| e["status"] == 422 && e["detail"]["reason"].as_str().unwrap_or("").contains("KANA")),
         "{rec:?}"
     );
+
+    // The document's own signature: the partner's holds; a document changed
+    // after signing, or signed by another institution, is quarantined.
+    let signed = |by: &Identity, change: bool| -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&doc(&plain)).unwrap();
+        mamori_exchange::fhirsig::sign(&mut v, by, json!({"display": "Clinic JP"}), "2026-12-04T10:00:00+09:00")
+            .unwrap();
+        if change {
+            v["entry"][0]["resource"]["title"] = json!("改ざんされた文書");
+        }
+        v.to_string().into_bytes()
+    };
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "sig1@c", &signed(&c.id, false))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Processed);
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "sig2@c", &signed(&c.id, true))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Error("unexpected-processing-error".into()));
+    let stranger = outsider("Someone else");
+    let r = post_as2(&c, &t, &message("CLINIC-JP", &c.id, &t, "sig3@c", &signed(&stranger.id, false))).await.unwrap();
+    assert_eq!(disposition(&r, &t.cert), Disposition::Error("unexpected-processing-error".into()));
+    let q = b.get("/api/v1/exchange/quarantine", &b.admin).await;
+    let reasons: Vec<&str> =
+        q.body["quarantine"].as_array().unwrap().iter().filter_map(|x| x["reason"].as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("the document was changed after it was signed")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("other than the partner's registered signing certificate")),
+        "{reasons:?}"
+    );
+}
+
+/// `[fhir] packages` loading JP Core and JP-CLINS, and the institution code.
+fn jp_cfg(code: &str) -> String {
+    let d = fhir_jp();
+    format!(
+        "[fhir]\npackages = [{:?}, {:?}]\n[institution]\nid = \"{code}\"\nname = \"病院{code}\"\n",
+        d.join("jp-core").display().to_string(),
+        d.join("jp-clins").display().to_string()
+    )
+}
+
+const INSURANCE: &str = "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID";
+
+fn jp_patient(insured: Option<&str>) -> Value {
+    let rep = |c: &str| json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": c}]);
+    let mut p = json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.11319900001", "value": "00012345"}],
+        "name": [{"use": "official", "extension": rep("IDE"), "text": "山田　花子", "family": "山田", "given": ["花子"]},
+                 {"use": "official", "extension": rep("SYL"), "text": "ヤマダ ハナコ", "family": "ヤマダ", "given": ["ハナコ"]}],
+        "gender": "female", "birthDate": "1960-04-01", "address": [{"text": "東京都港区デモ町1-1", "country": "JP"}]});
+    if let Some(v) = insured {
+        p["identifier"].as_array_mut().unwrap().push(json!({"system": INSURANCE, "value": v}));
+    }
+    p
+}
+
+/// A physician's referral letter from hospital A to clinic B, as a JP-CLINS
+/// document: composed from the chart, validated, signed (Bundle.signature
+/// and S/MIME), sent over AS2, validated and verified at B, filed to B's
+/// patient and shown there as a letter. Each precondition is refused with
+/// its reason, and nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referral_letter_goes_as_a_signed_jp_clins_document() {
+    let a = node("xca", "HOSP-A", &jp_cfg("1319900001")).await;
+    let b = node("xcb", "CLINIC-B", &jp_cfg("1319900002")).await;
+    let mut to_b = register(&a, &b, "clinic-b", "third_party", &["referral"]).await;
+    register(&b, &a, "hosp-a", "third_party", &["referral_reply"]).await;
+    let doc = a.user("dr-a", &["physician"]).await;
+    let insured = "06139990:デモ1:100053:01";
+    let r = a.post("/fhir/Patient", &doc, jp_patient(Some(insured))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pa = r.body["id"].as_str().unwrap().to_owned();
+    a.assign(&pa, "dr-a").await;
+    let subject = json!({"reference": format!("Patient/{pa}")});
+    for res in [
+        json!({"resourceType": "Condition", "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+               "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+               "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I48", "display": "Atrial fibrillation"}], "text": "心房細動"},
+               "subject": subject, "onsetDateTime": "2024-05-01"}),
+        json!({"resourceType": "AllergyIntolerance", "criticality": "high", "code": {"text": "ペニシリン"}, "patient": subject}),
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+               "medicationCodeableConcept": {"text": "ワルファリン錠1mg"}, "subject": subject,
+               "dosageInstruction": [{"text": "1日1回 朝食後"}]}),
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "34714-6", "display": "INR"}], "text": "PT-INR"},
+               "subject": subject, "effectiveDateTime": "2026-11-30T09:00:00+09:00", "valueQuantity": {"value": 2.1, "unit": "INR"}}),
+    ] {
+        let r = a.post(&format!("/fhir/{}", res["resourceType"].as_str().unwrap()), &doc, res.clone()).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let send = |patient: &str, extra: Value| {
+        let mut v = json!({"patient": patient, "recipients": ["clinic-b"], "purpose": "referral", "format": "jp-clins",
+                           "note": "心房細動の抗凝固療法の継続をお願いします。"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+
+    // Refused, each with its reason; nothing queued.
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&pa, json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("clinic-b has no institution_code in the registry"), "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&pa, json!({"purpose": "consultation"}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&pa, json!({"note": " "}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&pa, json!({"format": "cda"}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&pa, json!({"documents": ["Condition/x"]}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    to_b["institution_code"] = json!("1319900002");
+    update_partner(&a, "clinic-b", &to_b, 1).await;
+    let r = a.post("/fhir/Patient", &doc, jp_patient(None)).await;
+    let uninsured = r.body["id"].as_str().unwrap().to_owned();
+    a.assign(&uninsured, "dr-a").await;
+    let r = a.post("/api/v1/exchange/messages", &doc, send(&uninsured, json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("cannot be sent as JP_Patient_eCS"), "{}", r.text);
+    assert!(r.text.contains("JP_Insurance_memberID"), "the missing identifier is named: {}", r.text);
+    // A stranger to the patient cannot send the letter.
+    let other = a.user("dr-other", &["physician"]).await;
+    let r = a.post("/api/v1/exchange/messages", &other, send(&pa, json!({}))).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), 0);
+
+    // Sent.
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            send(&pa, json!({"history": "2024年に心房細動を指摘され、抗凝固療法中。"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let d = &r.body["document"];
+    assert_eq!(d["profile"], "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eReferral");
+    // The chart's Condition has no MEDIS disease number: it is in the text only, with why.
+    let text_only = d["text_only"].as_array().unwrap();
+    let cond = text_only.iter().find(|t| t["resource"].as_str().unwrap().starts_with("Condition/")).expect("{d}");
+    assert!(cond["reason"].as_str().unwrap().contains("medisRecordNo"), "{cond}");
+    assert!(d["structured"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().starts_with("Observation/")), "{d}");
+    let kept = d["kept"].as_str().unwrap().to_owned();
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&a, &mid, "delivered").await;
+    assert_eq!(m["mdn"], "processed");
+
+    // The letter kept at A is the signed document as sent.
+    let r = a.get(&format!("/fhir/{kept}"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    use base64::Engine as _;
+    let sent: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(r.body["content"][0]["attachment"]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sent["meta"]["profile"][0], "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eReferral");
+    let comp = &sent["entry"][0]["resource"];
+    assert_eq!(comp["title"], "診療情報提供書");
+    assert_eq!(comp["type"]["coding"][0]["code"], "57133-1");
+    let text = sent.to_string();
+    for shown in [
+        "心房細動の抗凝固療法の継続",
+        "2024年に心房細動",
+        "ペニシリン",
+        "ワルファリン錠1mg",
+        "PT-INR: 2.1 INR",
+        "Partner clinic-b（1319900002） 御中",
+    ] {
+        assert!(text.contains(shown), "{shown} in the letter");
+    }
+    assert!(text.contains("山田 花子") && !text.contains("山田　花子"), "no full-width space in the kanji name");
+    let a_cert = X509::from_pem(
+        a.get("/api/v1/exchange/identity", &a.admin).await.body["certificates"]["signing"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(mamori_exchange::fhirsig::verify(&sent, &a_cert).unwrap(), mamori_exchange::fhirsig::Checked::Verified);
+    let sends = a.audits_where("exchange-send");
+    let ok: Vec<&Value> = sends.iter().filter(|e| e["status"] == 202).collect();
+    assert_eq!(ok.len(), 1, "{sends:?}");
+    assert!(ok[0]["detail"]["documents"].as_array().unwrap().iter().any(|x| x == &json!(kept)), "{}", ok[0]);
+    assert_eq!(ok[0]["patients"], json!([pa]));
+    // Each refusal above is audited too.
+    assert!(sends.iter().filter(|e| e["status"] != 202).count() >= 7, "{sends:?}");
+
+    // At B: verified, validated, held for matching (B does not know the patient yet), then filed.
+    let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
+    let inb = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let r = b.get(&format!("/api/v1/exchange/messages/{inb}"), &b.admin).await;
+    let verified = r.body["hops"].as_array().unwrap().iter().find(|h| h["hop"] == "verified").unwrap().clone();
+    assert_eq!(verified["detail"]["bundle_signature"], "verified", "{verified}");
+    let clerk = b.user("clerk-b", &["clerk"]).await;
+    let r = b.post("/fhir/Patient", &clerk, json!({"resourceType": "Patient", "name": [{"text": "山田 花子"}], "gender": "female", "birthDate": "1960-04-01"})).await;
+    let pb = r.body["id"].as_str().unwrap().to_owned();
+    let dr_b = b.user("dr-b", &["physician"]).await;
+    b.assign(&pb, "dr-b").await;
+    let r = b.post(&format!("/api/v1/exchange/inbound/{inb}/match"), &dr_b, json!({"patient": pb})).await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    let drs = b.get(&format!("/fhir/DocumentReference?subject=Patient/{pb}"), &dr_b).await;
+    let filed = drs.body["entry"][0]["resource"].clone();
+    assert!(filed["authenticator"]["display"].as_str().unwrap().contains("signature verified on receipt"), "{filed}");
+    let fid = filed["id"].as_str().unwrap();
+
+    // Shown as a letter, escaped, printable.
+    let mut br = Browser::new(&b);
+    br.login("dr-b", PASSWORD).await;
+    let page = br.get(&format!("/ui/patients/{pb}/documents/{fid}")).await;
+    assert_eq!(page.status, 200);
+    for shown in [
+        "診療情報提供書",
+        "Partner clinic-b（1319900002）",
+        "紹介目的",
+        "心房細動の抗凝固療法の継続をお願いします。",
+        "アレルギー・不耐性反応",
+        "ペニシリン（重篤 / high criticality）",
+        "ヤマダ ハナコ",
+        "病院1319900001（1319900001）",
+        "data-print",
+    ] {
+        assert!(page.text.contains(shown), "{shown} on the letter page");
+    }
+}
+
+/// A JP-CLINS letter cannot be composed without the package to validate it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jp_clins_letter_needs_the_package_loaded() {
+    let a = node("xcn", "HOSP-N", "[institution]\nid = \"1319900001\"\n").await;
+    let b = node("xcm", "CLINIC-M", "").await;
+    let mut reg = register(&a, &b, "clinic-m", "third_party", &["referral"]).await;
+    reg["institution_code"] = json!("1319900002");
+    update_partner(&a, "clinic-m", &reg, 1).await;
+    let doc = a.user("dr-n", &["physician"]).await;
+    let r = a.post("/fhir/Patient", &doc, jp_patient(Some("06139990:x:1:01"))).await;
+    let p = r.body["id"].as_str().unwrap().to_owned();
+    a.assign(&p, "dr-n").await;
+    let r = a
+        .post(
+            "/api/v1/exchange/messages",
+            &doc,
+            json!({"patient": p, "recipients": ["clinic-m"], "purpose": "referral", "format": "jp-clins", "note": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("the JP-CLINS package is not loaded"), "{}", r.text);
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), 0);
 }

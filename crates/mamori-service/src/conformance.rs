@@ -270,7 +270,7 @@ impl Conformance {
                 claimed.filter_map(Value::as_str).filter(|u| self.registry.profile(u).is_some()).collect();
             loaded
                 .iter()
-                .flat_map(|u| self.registry.validate(v, u).findings)
+                .flat_map(|u| self.registry.validate_in(v, u, Some(bundle)).findings)
                 .filter(|f| f.severity == Severity::Error)
                 .map(|mut f| {
                     if !prefix.is_empty() {

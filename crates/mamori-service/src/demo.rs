@@ -222,8 +222,9 @@ pub async fn seed_clinic(st: &Services) -> Result<Vec<Credential>, ServiceError>
 /// Registers (or updates, e.g. for new ports) `other` as a partner of `at`.
 pub async fn link(at: &Services, other: &Services, id: &str, name: &str) -> Result<(), ServiceError> {
     let ident = partners::identity(other, &operator(other)).await.map_err(seeding("identity"))?;
+    let code = Some(other.cfg.institution.id.clone()).filter(|c| !c.is_empty());
     let doc = json!({
-        "id": id, "name": name, "as2_id": ident["as2_id"], "endpoint": ident["endpoint"],
+        "id": id, "name": name, "institution_code": code, "as2_id": ident["as2_id"], "endpoint": ident["endpoint"],
         "relationship": "third_party",
         "contract": {"reference": "デモ地域連携契約 / demo regional care contract"},
         "demarcation": {
@@ -242,7 +243,12 @@ pub async fn link(at: &Services, other: &Services, id: &str, name: &str) -> Resu
     let me = operator(at);
     let p = || serde_json::from_value(doc.clone()).map_err(|e| ServiceError::invalid("", e.to_string()));
     let saved = match partners::show(at, &me, id).await {
-        Ok(existing) if existing["endpoint"] == ident["endpoint"] => return Ok(()),
+        Ok(existing)
+            if existing["endpoint"] == ident["endpoint"]
+                && existing["registration"]["institution_code"] == json!(code) =>
+        {
+            return Ok(())
+        }
         Ok(_) => partners::save(at, &me, Some(id.to_owned()), p(), None).await,
         Err(_) => partners::save(at, &me, None, p(), None).await,
     };
@@ -451,7 +457,13 @@ pub fn patients(now: Timestamp, id_system: &str) -> Vec<Vec<Value>> {
             json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}]);
         let mut res = vec![json!({
             "resourceType": "Patient", "id": p, "meta": test_meta(), "active": true,
-            "identifier": [{"system": id_system, "value": format!("{:08}", 10_000 + i * 37)}],
+            "identifier": [
+                {"system": id_system, "value": format!("{:08}", 10_000 + i * 37)},
+                // 被保険者個人識別子 (insurer:symbol:number:branch), which
+                // JP-CLINS documents require.
+                {"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID",
+                 "value": format!("06139990:デモ{}:{}:01", i % 7 + 1, 100_000 + i * 53)}
+            ],
             "name": [
                 {"use": "official", "extension": ide, "text": format!("{} {}", fam.0, giv.0), "family": fam.0, "given": [giv.0]},
                 {"use": "official", "extension": syl, "text": format!("{} {}", fam.1, giv.1), "family": fam.1, "given": [giv.1]},

@@ -643,6 +643,8 @@ struct Cx<'r> {
     warned: HashSet<String>,
     /// Profiles being applied (a guard against a profile that names itself).
     stack: Vec<String>,
+    /// The document Bundle whose entries `resolve()` finds (by `fullUrl`).
+    bundle: Option<&'r Value>,
 }
 
 impl Cx<'_> {
@@ -754,7 +756,15 @@ impl Registry {
 
     /// Validates `resource` against the profile at `url`.
     pub fn validate(&self, resource: &Value, url: &str) -> Report {
-        let mut cx = Cx { reg: self, findings: Vec::new(), warned: HashSet::new(), stack: Vec::new() };
+        let bundle = (resource.get("resourceType").and_then(Value::as_str) == Some("Bundle")).then_some(resource);
+        self.validate_in(resource, url, bundle)
+    }
+
+    /// Validates `resource` against the profile at `url`, resolving its
+    /// references to the entries of `bundle` (the document it is in), for
+    /// slices told apart by `resolve()`.
+    pub fn validate_in(&self, resource: &Value, url: &str, bundle: Option<&Value>) -> Report {
+        let mut cx = Cx { reg: self, findings: Vec::new(), warned: HashSet::new(), stack: Vec::new(), bundle };
         let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
         match self.profile(url) {
             None => cx.add(Severity::Error, "not-found", rt, format!("profile {url} is not loaded")),
@@ -1072,6 +1082,24 @@ fn slice_matches(cx: &mut Cx, slice: &Node, discs: &[(Disc, String)], it: &Item,
                     None => true,
                 }
             }
+            Disc::Profile if dpath == "resolve()" => {
+                // A reference told apart by what it points to: the entry of
+                // the document it names, checked against the target profiles.
+                let urls: Vec<&String> = slice.types.iter().flat_map(|t| t.targets.iter()).collect();
+                let bundle = cx.bundle?;
+                if urls.is_empty() {
+                    return None;
+                }
+                let Some(r) = it.v.get("reference").and_then(Value::as_str) else { return Some(false) };
+                let found = bundle["entry"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e.get("fullUrl").and_then(Value::as_str) == Some(r))
+                    .map(|e| &e["resource"]);
+                let Some(g) = found else { return Some(false) };
+                urls.iter().any(|u| conforms(cx, u, g, depth))
+            }
             Disc::Profile => {
                 let target = node_at(slice, dpath)?;
                 let urls: Vec<&String> = target.types.iter().flat_map(|t| t.profiles.iter()).collect();
@@ -1099,7 +1127,8 @@ fn conforms(cx: &mut Cx, url: &str, v: &Value, depth: usize) -> bool {
     if rt.is_some_and(|t| t != p.type_name) {
         return false;
     }
-    let mut sub = Cx { reg: cx.reg, findings: Vec::new(), warned: HashSet::new(), stack: cx.stack.clone() };
+    let mut sub =
+        Cx { reg: cx.reg, findings: Vec::new(), warned: HashSet::new(), stack: cx.stack.clone(), bundle: cx.bundle };
     apply(&mut sub, &p, v, &p.type_name, depth + 1);
     !sub.findings.iter().any(|f| f.severity == Severity::Error)
 }

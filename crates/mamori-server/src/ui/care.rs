@@ -814,6 +814,143 @@ fn attachment_text(a: &Value) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A FHIR document Bundle carried by an attachment, if it is one.
+fn attachment_document(a: &Value) -> Option<Value> {
+    use base64::Engine as _;
+    if !a["contentType"].as_str().unwrap_or("").starts_with("application/fhir+json") {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(a["data"].as_str()?).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    (v["resourceType"] == "Bundle"
+        && v["type"] == "document"
+        && v["entry"][0]["resource"]["resourceType"] == "Composition")
+        .then_some(v)
+}
+
+/// A document Bundle (a JP-CLINS referral letter, or any FHIR document)
+/// as a letter: title, date, to and from, the patient, each section's
+/// text and its structured entries. Printable.
+fn letter(ui: &Ui, b: &Value) -> Markup {
+    let entries: Vec<&Value> = b["entry"].as_array().into_iter().flatten().collect();
+    let resolve = |r: &Value| -> Option<&Value> {
+        let r = r["reference"].as_str()?;
+        entries.iter().find(|e| e["fullUrl"].as_str() == Some(r)).map(|e| &e["resource"])
+    };
+    let comp = &b["entry"][0]["resource"];
+    let name_of = |v: &Value| -> String {
+        match v["resourceType"].as_str() {
+            Some("Organization") => {
+                let code = v["identifier"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|i| i["system"].as_str().is_some_and(|s| s.ends_with("insurance-medical-institution-no")))
+                    .and_then(|i| i["value"].as_str());
+                match code {
+                    Some(c) => format!("{}（{c}）", v["name"].as_str().unwrap_or("—")),
+                    None => v["name"].as_str().unwrap_or("—").to_owned(),
+                }
+            }
+            Some("Practitioner" | "Patient") => v["name"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| v["name"][0]["family"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "—".into()),
+            _ => "—".into(),
+        }
+    };
+    let sections: Vec<&Value> = comp["section"].as_array().into_iter().flatten().collect();
+    let code_of = |s: &Value| s["code"]["coding"][0]["code"].as_str().unwrap_or("").to_owned();
+    let people = |code: &str| -> Vec<String> {
+        sections
+            .iter()
+            .filter(|s| code_of(s) == code)
+            .flat_map(|s| s["entry"].as_array().into_iter().flatten())
+            .filter_map(|e| resolve(e))
+            .map(|v| name_of(v))
+            .collect()
+    };
+    let (to, from) = (people("910"), people("920"));
+    let patient = resolve(&comp["subject"]).cloned().unwrap_or(Value::Null);
+    let rep = |code: &str| {
+        patient["name"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["extension"].as_array().into_iter().flatten().any(|x| x["valueCode"] == code))
+    };
+    let kanji = rep("IDE").or_else(|| patient["name"].get(0)).and_then(|n| n["text"].as_str()).unwrap_or("—");
+    let kana = rep("SYL").and_then(|n| n["text"].as_str());
+    // Sections other than the addresses, with their sub-sections flattened.
+    let mut body: Vec<(String, String, Vec<String>)> = Vec::new();
+    fn walk<'a>(s: &'a Value, out: &mut Vec<&'a Value>) {
+        out.push(s);
+        for x in s["section"].as_array().into_iter().flatten() {
+            walk(x, out);
+        }
+    }
+    let mut flat = Vec::new();
+    for s in &sections {
+        if !matches!(code_of(s).as_str(), "910" | "920") {
+            walk(s, &mut flat);
+        }
+    }
+    for s in flat {
+        let text = s["text"]["div"].as_str().map(mamori_service::exchange::clins::narrative_text).unwrap_or_default();
+        let items: Vec<String> = s["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| resolve(e))
+            .map(|v| {
+                let what = ["code", "medicationCodeableConcept"]
+                    .iter()
+                    .find_map(|k| v[*k].is_object().then(|| mamori_service::exchange::clins::concept_text(&v[*k])))
+                    .unwrap_or_else(|| v["resourceType"].as_str().unwrap_or("").to_owned());
+                format!("{} {what}", v["resourceType"].as_str().unwrap_or(""))
+            })
+            .collect();
+        if text.is_empty() && items.is_empty() {
+            continue;
+        }
+        body.push((s["title"].as_str().unwrap_or("").to_owned(), text, items));
+    }
+    let sig = &b["signature"];
+    html! {
+        section.letter {
+            @if !to.is_empty() { p.to { (to.join("、")) " " (ui.t("御中", "")) } }
+            h2.letter-title { (comp["title"].as_str().unwrap_or("")) }
+            dl.facts {
+                dt { (ui.t("作成日", "Date")) } dd { (comp["date"].as_str().unwrap_or("—")) }
+                @if !from.is_empty() { dt { (ui.t("紹介元", "From")) } dd { (from.join(" ")) } }
+                dt { (ui.t("患者氏名", "Patient")) }
+                dd {
+                    @match kana {
+                        Some(k) => ruby { (kanji) rt { (k) } },
+                        None => (kanji),
+                    }
+                    " " (patient["birthDate"].as_str().unwrap_or("")) " " (patient["gender"].as_str().map(|g| codes::gender(ui.lang, g)).unwrap_or_default())
+                }
+            }
+            @for (title, text, items) in &body {
+                h3 { (title) }
+                @if !text.is_empty() { p.prewrap { (text) } }
+                @if !items.is_empty() {
+                    ul.muted { @for i in items { li { (i) } } }
+                }
+            }
+            @if sig.is_object() {
+                p.muted {
+                    (ui.t("電子署名", "Signed")) ": "
+                    (sig["who"]["display"].as_str().or(sig["who"]["reference"].as_str()).unwrap_or("—"))
+                    " · " (sig["when"].as_str().unwrap_or(""))
+                }
+            }
+        }
+    }
+}
+
 /// A clinical document (DocumentReference) as a page: what it is, when,
 /// by whom, and its text; other attachments can be downloaded.
 pub(crate) async fn document(ui: Ui, Path((id, doc)): Path<(String, String)>) -> Response {
@@ -841,14 +978,25 @@ pub(crate) async fn document(ui: Ui, Path((id, doc)): Path<(String, String)>) ->
                 @if !authors.is_empty() { dt { (ui.t("作成者", "Author")) } dd { (authors.join("、")) } }
                 dt { (ui.t("患者ID", "Patient id")) } dd { (id) }
             }
+            @if let Some(a) = d["authenticator"]["display"].as_str() {
+                p.muted { (ui.t("認証", "Authenticated by")) ": " (a) }
+            }
             @for (n, c) in d["content"].as_array().into_iter().flatten().enumerate() {
                 @let a = &c["attachment"];
-                @match attachment_text(a) {
-                    Some(text) => {
+                @match (attachment_text(a), attachment_document(a)) {
+                    (Some(text), _) => {
                         @if let Some(t) = a["title"].as_str() { h2 { (t) } }
                         p.prewrap { (text) }
                     }
-                    None => p {
+                    (None, Some(bundle)) => {
+                        (letter(&ui, &bundle))
+                        p.noprint {
+                            a href={ "/ui/patients/" (enc(&id)) "/documents/" (enc(&doc)) "/content/" (n) } {
+                                (ui.t("FHIR 文書（JSON）を保存", "Download the FHIR document (JSON)"))
+                            }
+                        }
+                    }
+                    (None, None) => p {
                         a href={ "/ui/patients/" (enc(&id)) "/documents/" (enc(&doc)) "/content/" (n) } {
                             (a["title"].as_str().unwrap_or(ui.t("添付ファイル", "Attachment"))) " (" (a["contentType"].as_str().unwrap_or("?")) ")"
                         }

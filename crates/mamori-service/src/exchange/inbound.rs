@@ -284,7 +284,7 @@ pub async fn receive(st: &Services, req: As2Request) -> As2Answer {
                         "sender",
                     ));
                 }
-                let doc = check_document(&opened, &conf)
+                let doc = check_document(&opened, &conf, &signer)
                     .map_err(|m| Refusal::new("unexpected-processing-error", m, 422, "sender"))?;
                 Ok((opened, doc))
             })
@@ -365,7 +365,11 @@ fn same_origin(a: &str, b: &str) -> bool {
 }
 
 /// Checks a received FHIR document and summarizes what it says about its patient.
-fn check_document(o: &as2::Opened, conf: &crate::conformance::Conformance) -> Result<Value, String> {
+fn check_document(
+    o: &as2::Opened,
+    conf: &crate::conformance::Conformance,
+    signer: &openssl::x509::X509,
+) -> Result<Value, String> {
     if o.content_type != "application/fhir+json" {
         return Ok(json!({"content_type": o.content_type, "filename": o.filename}));
     }
@@ -382,6 +386,14 @@ fn check_document(o: &as2::Opened, conf: &crate::conformance::Conformance) -> Re
             format!("entry {i}: {}", issues.iter().map(|x| x.message.clone()).collect::<Vec<_>>().join("; "))
         })?;
     }
+    // The FHIR Bundle signature, when there is one, must be the partner's
+    // and must hold: a document changed on its way, or re-signed by
+    // someone else, is refused like a broken envelope.
+    let signature = match mamori_exchange::fhirsig::verify(&v, signer)? {
+        mamori_exchange::fhirsig::Checked::Verified => "verified".to_owned(),
+        mamori_exchange::fhirsig::Checked::Absent => "absent".to_owned(),
+        mamori_exchange::fhirsig::Checked::Unsupported(f) => format!("not verified ({f})"),
+    };
     // The profiles the document and its entries claim (JP-CLINS, JP Core),
     // where loaded: a document that does not conform is refused.
     let errors = conf.check_document(&v);
@@ -406,6 +418,7 @@ fn check_document(o: &as2::Opened, conf: &crate::conformance::Conformance) -> Re
         .unwrap_or(Value::Null);
     Ok(json!({
         "bundle": v.pointer("/identifier/value"),
+        "signature": signature,
         "title": comp.get("title"),
         "type": comp.get("type"),
         "date": comp.get("date"),
@@ -477,6 +490,12 @@ fn file_document(
     }
     if let Some(b) = summary.get("bundle").and_then(Value::as_str) {
         dr["masterIdentifier"] = json!({"system": "urn:ietf:rfc:3986", "value": b});
+    }
+    // The document's own signature held on receipt: the partner is the
+    // one who authenticated it.
+    if summary.get("signature").and_then(Value::as_str) == Some("verified") {
+        dr["authenticator"] = json!({"reference": format!("Organization/{}", partner.fhir_id()),
+            "display": format!("{}（FHIR 文書の電子署名を受信時に検証 / document signature verified on receipt）", partner.name)});
     }
     crate::records::validate_body(ResourceType::DOCUMENT_REFERENCE, &dr)?;
     let written = records::put(w, ResourceType::DOCUMENT_REFERENCE, &id, dr, None, author, w.now)?;
@@ -562,7 +581,7 @@ async fn store_accepted(st: &Services, rec: Inbound, opened: as2::Opened, summar
                 xs::insert_message(w.conn, &m)?;
                 xs::add_hop(w.conn, &id, "received", "receiver", &json!({"from": p.id, "tls_client_certificate": rec.peer_fp, "address": rec.addr, "bytes": rec.size}), w.now)?;
                 xs::add_hop(w.conn, &id, "decrypted", "receiver", &json!({"cipher": opened.envelope.cipher.name(), "key_transport": opened.envelope.key_transport.iter().map(|k| k.name()).collect::<Vec<_>>()}), w.now)?;
-                xs::add_hop(w.conn, &id, "verified", "receiver", &json!({"signer_certificate": signer_fp, "digest": opened.signature.digests.iter().map(|d| d.micalg()).collect::<Vec<_>>(), "mic": opened.mic.field()}), w.now)?;
+                xs::add_hop(w.conn, &id, "verified", "receiver", &json!({"signer_certificate": signer_fp, "digest": opened.signature.digests.iter().map(|d| d.micalg()).collect::<Vec<_>>(), "mic": opened.mic.field(), "bundle_signature": summary.get("signature")}), w.now)?;
                 xs::insert_inbound(w.conn, &id, &opened.payload, &summary)?;
                 let local = if opened.content_type == "application/fhir+json" { match_local(w.conn, &summary)? } else { None };
                 let mut patients = Vec::new();

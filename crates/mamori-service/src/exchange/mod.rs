@@ -3,6 +3,7 @@
 //! durable outbox), the inbound AS2 endpoint with mutual TLS, signed
 //! receipts, and the exchange ledger.
 
+pub mod clins;
 pub mod inbound;
 pub mod outbox;
 pub mod partners;

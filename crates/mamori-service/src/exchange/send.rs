@@ -56,10 +56,31 @@ pub struct Send {
     /// Title of the generated Composition (referral letter).
     #[serde(default)]
     pub title: Option<String>,
-    /// Text of the generated Composition.
+    /// Text of the generated Composition (with `format: "jp-clins"`,
+    /// the referral's purpose, 紹介目的).
     #[serde(default)]
     pub note: Option<String>,
+    /// The document format: mamori's own (absent), or `jp-clins`, a
+    /// JP-CLINS document composed from the chart (the referral letter,
+    /// 診療情報提供書, for purpose `referral`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// With `format: "jp-clins"`: the present illness (現病歴); composed
+    /// from the active problems when absent.
+    #[serde(default)]
+    pub history: Option<String>,
 }
+
+/// The JP-CLINS format name in a send.
+pub const FORMAT_JP_CLINS: &str = "jp-clins";
+
+/// Types read from the chart for a JP-CLINS document.
+const CLINS_TYPES: [ResourceType; 4] = [
+    ResourceType::ALLERGY_INTOLERANCE,
+    ResourceType::CONDITION,
+    ResourceType::MEDICATION_REQUEST,
+    ResourceType::OBSERVATION,
+];
 
 /// A file to attach.
 #[derive(Deserialize, Clone)]
@@ -92,6 +113,8 @@ struct Gathered {
     composition: Option<(String, Value)>,
     consents: Vec<ConsentRule>,
     partners: Vec<(Partner, i64)>,
+    /// For a JP-CLINS document: the chart it is composed from.
+    chart: Vec<(String, String, Value)>,
 }
 
 fn gather(
@@ -111,7 +134,38 @@ fn gather(
     // patient's record as a whole (the Patient and whatever a document
     // carries), then each stored resource named.
     let mut decisions = vec![authz::decide_clinical_read(c, actor, &one, now)?];
-    let create_decision = authz::decide_record(c, actor, Action::Create, ResourceType::COMPOSITION, &one, now)?;
+    let clins = req.format.as_deref() == Some(FORMAT_JP_CLINS);
+    // What the send writes in the sender's record: the generated
+    // Composition, or the JP-CLINS letter as a DocumentReference.
+    let kept = if clins { ResourceType::DOCUMENT_REFERENCE } else { ResourceType::COMPOSITION };
+    let create_decision = authz::decide_record(c, actor, Action::Create, kept, &one, now)?;
+    let mut chart = Vec::new();
+    if clins {
+        for rt in CLINS_TYPES {
+            decisions.push(authz::decide_record(c, actor, Action::Read, rt, &one, now)?);
+        }
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let page = records::compartment(c, patient, after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.rtype.clone(), last.id.clone()));
+            for v in page {
+                // One patient's data only: what is also another's stays home.
+                if v.deleted
+                    || !CLINS_TYPES.iter().any(|t| t.as_str() == v.rtype)
+                    || v.patients.iter().any(|p| p != patient)
+                {
+                    continue;
+                }
+                let body: Value =
+                    serde_json::from_str(&v.body).map_err(|e| ServiceError::internal_from("a chart resource", e))?;
+                chart.push((v.rtype, v.id, body));
+            }
+            if chart.len() > 20_000 {
+                return Err(unprocessable(vec!["the chart is too large to compose one letter from".into()]));
+            }
+        }
+    }
     let mut resources = Vec::new();
     let mut composition = None;
     let mut seen = HashSet::new();
@@ -186,7 +240,7 @@ fn gather(
     }
     let patient: Value = serde_json::from_str(&pv.body).map_err(|e| ServiceError::internal_from("the Patient", e))?;
     let decision = mamori_core::policy::combine(decisions).ok_or_else(|| ServiceError::internal("no decision"))?;
-    Ok(Gathered { patient, decision, create_decision, resources, composition, consents, partners })
+    Ok(Gathered { patient, decision, create_decision, resources, composition, consents, partners, chart })
 }
 
 fn loinc(purpose: Purpose) -> (&'static str, &'static str) {
@@ -294,6 +348,71 @@ fn build_bundle(
     Ok((bundle, generated.then_some((comp_id, comp))))
 }
 
+/// Composes the JP-CLINS referral letter: the Bundle, the letter kept in
+/// the sender's record (a DocumentReference, its attachment added once
+/// signed) and what the send answers about it.
+fn compose_clins(
+    st: &Services,
+    actor: &Actor,
+    req: &Send,
+    patient: &str,
+    g: &Gathered,
+    now: Timestamp,
+) -> Result<(Value, (String, Value), Value), ServiceError> {
+    let (partner, _) = g.partners.first().ok_or_else(|| ServiceError::internal("no recipient"))?;
+    let conf = st.conformance();
+    let id = accounts::new_id()?;
+    let inst = &st.cfg.institution;
+    let r = crate::exchange::clins::Referral {
+        registry: &conf.registry,
+        institution: (&inst.id, &inst.name),
+        utc_offset_minutes: inst.utc_offset_minutes,
+        recipient: (partner.institution_code.as_deref(), &partner.name),
+        author: (actor.name(), &actor.user.display, actor.user.department.as_deref()),
+        patient: (patient, &g.patient),
+        chart: &g.chart,
+        purpose: req.note.as_deref().unwrap_or(""),
+        history: req.history.as_deref(),
+        now,
+        serial: &id,
+    };
+    let c = crate::exchange::clins::referral(&r).map_err(ServiceError::Unprocessable)?;
+    let bundle_id = c.bundle.pointer("/identifier/value").cloned().unwrap_or(Value::Null);
+    let dr = json!({
+        "resourceType": "DocumentReference",
+        "identifier": [{"system": "http://jpfhir.jp/fhir/clins/bundle-identifier", "value": bundle_id}],
+        "status": "current",
+        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "57133-1", "display": "診療情報提供書"}],
+                 "text": "診療情報提供書 / Referral letter"},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "date": now.to_rfc3339(),
+        "author": [{"display": format!("{} ({})", actor.user.display, actor.user.name)}],
+        "description": format!("診療情報提供書（{} 宛） / Referral letter to {}", partner.name, partner.name),
+    });
+    let report = json!({
+        "format": FORMAT_JP_CLINS,
+        "profile": crate::exchange::clins::BUNDLE_EREFERRAL,
+        "kept": format!("DocumentReference/{id}"),
+        "structured": c.structured,
+        "text_only": c.text_only,
+        "warnings": c.warnings.len(),
+    });
+    Ok((c.bundle, (id, dr), report))
+}
+
+/// The letter kept in the sender's record: the signed document as sent.
+fn kept_letter(dr: &Value, signed: &Value) -> Value {
+    let bytes = serde_json::to_vec(signed).unwrap_or_default();
+    let mut dr = dr.clone();
+    dr["content"] = json!([{"attachment": {
+        "contentType": "application/fhir+json",
+        "data": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "size": bytes.len(),
+        "title": "診療情報提供書 / Referral letter",
+    }}]);
+    dr
+}
+
 /// Checks a caller-supplied document Bundle.
 fn check_bundle(b: &Value, patient: &str) -> Result<(), ServiceError> {
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle")
@@ -343,6 +462,11 @@ pub struct Sent {
     pub send: String,
     /// The messages (id, partner, message id, state, legal basis).
     pub messages: Vec<Value>,
+    /// For a JP-CLINS document: its profile, the letter kept in the
+    /// sender's record, the chart resources sent as structured entries,
+    /// those shown in the text only (with why), the validation warnings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<Value>,
 }
 
 /// Sends a patient's documents to partners: decided as a read of every
@@ -378,7 +502,8 @@ struct Prepared {
     purpose: Purpose,
     bundle_id: String,
     decision: Decision,
-    composition: Option<(String, Value)>,
+    /// What the send keeps in the sender's record.
+    composition: Option<(ResourceType, String, Value)>,
     documents: Vec<String>,
     signed: as2::SignedPayload,
     size: usize,
@@ -429,6 +554,39 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
     if let Some(b) = &req.bundle {
         check_bundle(b, &patient)?;
     }
+    match req.format.as_deref() {
+        None => {
+            if req.history.is_some() {
+                return Err(bad("history", "only with format jp-clins"));
+            }
+        }
+        Some(FORMAT_JP_CLINS) => {
+            if purpose != Purpose::Referral {
+                return Err(bad(
+                    "purpose",
+                    "a JP-CLINS document is a referral letter (診療情報提供書): purpose referral",
+                ));
+            }
+            if req.recipients.len() != 1 {
+                return Err(bad(
+                    "recipients",
+                    "a JP-CLINS referral letter names its recipient: one partner per letter",
+                ));
+            }
+            if req.bundle.is_some() || !req.documents.is_empty() || !req.attachments.is_empty() || req.title.is_some() {
+                return Err(bad(
+                    "format",
+                    "a JP-CLINS letter is composed from the chart: give note (the purpose) and history, not bundle, documents, attachments or title",
+                ));
+            }
+            if req.note.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                return Err(bad("note", "the purpose of the referral (紹介目的) is required"));
+            }
+        }
+        Some(f) => {
+            return Err(bad("format", format!("'{f}' is not a document format: absent (mamori's own) or jp-clins")))
+        }
+    }
     let now = st.now();
     let (a2, r2, p2) = (actor.clone(), req.clone(), patient.clone());
     let g = st.store.read(move |c| Ok(gather(c, &a2, &r2, &p2, now))).await??;
@@ -461,9 +619,15 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
             refusals.into_iter().map(|r| format!("no legal basis to send to {r}; nothing was sent")).collect(),
         ));
     }
-    let (bundle, composition) = match &req.bundle {
-        Some(b) => (b.clone(), None),
-        None => build_bundle(st, actor, &req, purpose, &patient, &g, &attachments, now)?,
+    let mut report = None;
+    let (mut bundle, composition) = match (&req.bundle, req.format.as_deref()) {
+        (Some(b), _) => (b.clone(), None),
+        (None, Some(FORMAT_JP_CLINS)) => {
+            let (b, kept, r) = compose_clins(st, actor, &req, &patient, &g, now)?;
+            report = Some(r);
+            (b, Some(kept))
+        }
+        (None, _) => build_bundle(st, actor, &req, purpose, &patient, &g, &attachments, now)?,
     };
     if composition.is_some() && !g.create_decision.permit {
         return Err(ServiceError::denied(
@@ -471,6 +635,30 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
             &g.create_decision,
         ));
     }
+    // The FHIR Bundle signature, unless the document carries its own: it
+    // stays with the document after the S/MIME envelope is opened.
+    if bundle.get("signature").is_none() {
+        let who = if report.is_some() {
+            // The issuing institution's entry in the letter.
+            let from = bundle["entry"][0]["resource"]["custodian"]["reference"].clone();
+            json!({"reference": from, "display": st.cfg.institution.name})
+        } else {
+            json!({"display": st.cfg.institution.name})
+        };
+        let (x, when) =
+            (st.exchange.clone(), crate::exchange::clins::instant(now, st.cfg.institution.utc_offset_minutes));
+        bundle = tokio::task::spawn_blocking(move || {
+            mamori_exchange::fhirsig::sign(&mut bundle, &x.identity, who, &when).map(|()| bundle)
+        })
+        .await
+        .map_err(|e| ServiceError::internal_from("signing", e))?
+        .map_err(|e| ServiceError::internal(format!("signing the document failed: {e}")))?;
+    }
+    let composition = match (composition, report.is_some()) {
+        (Some((id, body)), true) => Some((ResourceType::DOCUMENT_REFERENCE, id.clone(), kept_letter(&body, &bundle))),
+        (Some((id, body)), false) => Some((ResourceType::COMPOSITION, id, body)),
+        (None, _) => None,
+    };
     let bundle_id = bundle.pointer("/identifier/value").and_then(Value::as_str).unwrap_or("").to_owned();
     let payload = serde_json::to_vec(&bundle).map_err(|e| ServiceError::internal_from("the document", e))?;
     if payload.len() > st.cfg.exchange.max_message_bytes {
@@ -479,9 +667,12 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
             st.cfg.exchange.max_message_bytes
         )));
     }
-    let mut documents: Vec<String> = composition.iter().map(|(id, _)| format!("Composition/{id}")).collect();
+    let mut documents: Vec<String> = composition.iter().map(|(t, id, _)| format!("{t}/{id}")).collect();
     documents.extend(g.composition.iter().map(|(id, _)| format!("Composition/{id}")));
     documents.extend(g.resources.iter().map(|(t, id, _)| format!("{t}/{id}")));
+    if let Some(r) = &report {
+        documents.extend(r["structured"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+    }
     // Sign once, encrypt per recipient (CPU work, off the async threads).
     let x = st.exchange.clone();
     let partners = g.partners.clone();
@@ -538,7 +729,9 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
         size,
         per_partner: per,
     };
-    commit(st, actor, prepared, g.create_decision).await
+    let mut sent = commit(st, actor, prepared, g.create_decision).await?;
+    sent.document = report;
+    Ok(sent)
 }
 
 async fn commit(st: &Services, actor: &Actor, p: Prepared, create: Decision) -> Result<Sent, ServiceError> {
@@ -563,12 +756,12 @@ async fn commit(st: &Services, actor: &Actor, p: Prepared, create: Decision) -> 
                         )));
                     }
                 }
-                if let Some((id, body)) = &p.composition {
-                    let written = records::put(w, ResourceType::COMPOSITION, id, body.clone(), None, &user, now)?;
+                if let Some((rt, id, body)) = &p.composition {
+                    let written = records::put(w, *rt, id, body.clone(), None, &user, now)?;
                     let rec = a2.fhir_record(
                         "create",
                         201,
-                        Some("Composition"),
+                        Some(rt.as_str()),
                         Some(id),
                         Some(written.version),
                         vec![p.patient.clone()],
@@ -631,7 +824,7 @@ async fn commit(st: &Services, actor: &Actor, p: Prepared, create: Decision) -> 
         )
         .await?;
     st.exchange.wake.notify_one();
-    Ok(Sent { send: send_id, messages: out })
+    Ok(Sent { send: send_id, messages: out, document: None })
 }
 
 /// A ledger row as the operations API shows it.
