@@ -98,6 +98,13 @@ pub(crate) enum ExchangeCmd {
         basis: Option<String>,
         #[arg(long)]
         justification: Option<String>,
+        /// The document format: jp-clins composes a JP-CLINS referral
+        /// letter from the chart (--note is its purpose).
+        #[arg(long)]
+        format: Option<String>,
+        /// With --format jp-clins: the present illness (現病歴).
+        #[arg(long)]
+        history: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -316,11 +323,25 @@ pub(crate) async fn exchange(c: ExchangeCmd) -> Result<()> {
                 println!("wrote signing.pem, encryption.pem and tls-ca.pem to {}", dir.display());
             }
         }
-        ExchangeCmd::Send { patient, to, purpose, docs, attachments, title, note, basis, justification, target } => {
+        ExchangeCmd::Send {
+            patient,
+            to,
+            purpose,
+            docs,
+            attachments,
+            title,
+            note,
+            basis,
+            justification,
+            format,
+            history,
+            target,
+        } => {
             let atts = attachments.iter().map(|a| attachment(a)).collect::<Result<Vec<_>>>()?;
             let api = Api::connect(&target).await?;
             let body = json!({"patient": patient, "recipients": to, "purpose": purpose, "documents": docs,
-                              "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification});
+                              "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification,
+                              "format": format, "history": history});
             let http = Http::post("/api/v1/exchange/messages", &body);
             let v = api.exec(http, |s, a| async move { send::send(&s, &a, de(body)).await }).await?;
             for m in v["messages"].as_array().into_iter().flatten() {
@@ -331,6 +352,21 @@ pub(crate) async fn exchange(c: ExchangeCmd) -> Result<()> {
                     m["message_id"].as_str().unwrap_or(""),
                     m["basis"]["kind"].as_str().unwrap_or("")
                 );
+            }
+            if let Some(d) = v.get("document") {
+                println!(
+                    "JP-CLINS letter kept as {}; {} chart resource(s) as structured entries, {} in the text only",
+                    d["kept"].as_str().unwrap_or(""),
+                    d["structured"].as_array().map_or(0, Vec::len),
+                    d["text_only"].as_array().map_or(0, Vec::len)
+                );
+                for t in d["text_only"].as_array().into_iter().flatten() {
+                    println!(
+                        "  text only: {}: {}",
+                        t["resource"].as_str().unwrap_or(""),
+                        t["reason"].as_str().unwrap_or("")
+                    );
+                }
             }
         }
         ExchangeCmd::List { direction, state, partner, target } => {

@@ -1126,6 +1126,7 @@ async fn a_referral_letter_goes_as_a_signed_jp_clins_document() {
     let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
     let m = message_state(&a, &mid, "delivered").await;
     assert_eq!(m["mdn"], "processed");
+    let m_first_id = m["message_id"].clone();
 
     // The letter kept at A is the signed document as sent.
     let r = a.get(&format!("/fhir/{kept}"), &doc).await;
@@ -1166,9 +1167,53 @@ async fn a_referral_letter_goes_as_a_signed_jp_clins_document() {
     // Each refusal above is audited too.
     assert!(sends.iter().filter(|e| e["status"] != 202).count() >= 7, "{sends:?}");
 
+    // The same letter through the send form: the form offers the format and
+    // answers with a redirect to the ledger of the send.
+    let mut bra = Browser::new(&a);
+    bra.login("dr-a", PASSWORD).await;
+    let page = bra.get(&format!("/ui/exchange?patient={pa}")).await;
+    assert!(page.text.contains("JP-CLINS 診療情報提供書"), "the format is offered");
+    let form = page.text.split("action=\"/ui/exchange/send\"").nth(1).expect("the send form");
+    let key = form.split("name=\"form_key\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let p = bra
+        .post(
+            "/ui/exchange/send",
+            &[
+                ("patient", &pa),
+                ("partner", "clinic-b"),
+                ("purpose", "referral"),
+                ("format", "jp-clins"),
+                ("title", "ignored for JP-CLINS"),
+                ("note", "画面からの紹介"),
+                ("history", ""),
+                ("form_key", &key),
+            ],
+        )
+        .await;
+    assert_eq!(p.status.as_u16(), 303, "{}", p.text);
+    assert!(p.location().starts_with("/ui/exchange/messages?send="), "{}", p.location());
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out' AND kind = 'document'"), 2);
+    // The same form again (a double click, a reload) sends nothing more.
+    let again = bra
+        .post(
+            "/ui/exchange/send",
+            &[
+                ("patient", &pa),
+                ("partner", "clinic-b"),
+                ("purpose", "referral"),
+                ("format", "jp-clins"),
+                ("note", "画面からの紹介"),
+                ("form_key", &key),
+            ],
+        )
+        .await;
+    assert_eq!(again.status.as_u16(), 303, "{}", again.text);
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out' AND kind = 'document'"), 2);
+
     // At B: verified, validated, held for matching (B does not know the patient yet), then filed.
     let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
-    let inb = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let first = r.body["messages"].as_array().unwrap().iter().find(|m| m["message_id"] == m_first_id).cloned();
+    let inb = first.expect("the first letter at B")["id"].as_str().unwrap().to_owned();
     let r = b.get(&format!("/api/v1/exchange/messages/{inb}"), &b.admin).await;
     let verified = r.body["hops"].as_array().unwrap().iter().find(|h| h["hop"] == "verified").unwrap().clone();
     assert_eq!(verified["detail"]["bundle_signature"], "verified", "{verified}");

@@ -867,8 +867,8 @@ fn letter(ui: &Ui, b: &Value) -> Markup {
             .iter()
             .filter(|s| code_of(s) == code)
             .flat_map(|s| s["entry"].as_array().into_iter().flatten())
-            .filter_map(|e| resolve(e))
-            .map(|v| name_of(v))
+            .filter_map(&resolve)
+            .map(&name_of)
             .collect()
     };
     let (to, from) = (people("910"), people("920"));
@@ -902,7 +902,7 @@ fn letter(ui: &Ui, b: &Value) -> Markup {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|e| resolve(e))
+            .filter_map(&resolve)
             .map(|v| {
                 let what = ["code", "medicationCodeableConcept"]
                     .iter()

@@ -177,10 +177,17 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
                     label.check { input type="checkbox" name="documents" value=(reference); " " (text) }
                 }
             }
+            fieldset {
+                legend { (ui.t("文書の形式", "Document format")) }
+                label.check { input type="radio" name="format" value="" checked; " " (ui.t("mamori 形式（選んだ記録と本文）", "mamori format (the records chosen and the text)")) }
+                label.check { input type="radio" name="format" value="jp-clins"; " " (ui.t("JP-CLINS 診療情報提供書（カルテから作成し、送信前に JP-CLINS で検証。目的は「紹介」、本文は紹介目的になります）", "JP-CLINS referral letter (composed from the chart and validated against JP-CLINS before it is sent; purpose referral, the text is the purpose of the referral)")) }
+            }
             label for="title" { (ui.t("文書の表題", "Title of the document")) }
             input #title name="title" type="text" value=(ui.t("診療情報提供書", "Referral letter"));
             label for="note" { (ui.t("本文（紹介状の文面など）", "Text (the letter)")) }
             textarea #note name="note" {}
+            label for="history" { (ui.t("現病歴（JP-CLINS のみ。空欄ならカルテの病名から作成）", "Present illness (JP-CLINS only; composed from the chart's problems when empty)")) }
+            textarea #history name="history" {}
             div.grid {
                 div {
                     label for="partner" { (ui.t("3. 送り先（登録済みの連携先）", "3. Recipient (a registered partner)")) }
@@ -230,6 +237,14 @@ pub(crate) async fn send_post(ui: Ui, body: Body) -> Response {
         "note": opt("note"),
         "justification": opt("justification"),
     });
+    // A JP-CLINS letter is composed from the chart: the records and the
+    // title of the mamori format do not apply.
+    if field(&f, "format") == send::FORMAT_JP_CLINS {
+        req["format"] = json!(send::FORMAT_JP_CLINS);
+        req["history"] = opt("history");
+        req["documents"] = json!([]);
+        req["title"] = Value::Null;
+    }
     if !field(&f, "basis").is_empty() {
         req["basis"] = json!(field(&f, "basis"));
     }

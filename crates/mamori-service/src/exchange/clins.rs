@@ -487,7 +487,7 @@ pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
         "event": [{"code": [{"text": "診療情報提供書発行"}], "period": {"start": date}}],
         "section": [
             section("920", "紹介元情報", &[format!("{inst_name}（{inst_code}） {display}{dept}")], &[u_from.clone(), u_author.clone()]),
-            section("910", "紹介先情報", &[format!("{}（{to_code}） 御中", r.recipient.1)], &[u_to.clone()]),
+            section("910", "紹介先情報", &[format!("{}（{to_code}） 御中", r.recipient.1)], std::slice::from_ref(&u_to)),
             structure,
         ]
     });
