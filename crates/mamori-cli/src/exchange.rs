@@ -64,6 +64,8 @@ pub(crate) enum PartnerCmd {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the largest command does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ExchangeCmd {
     /// This institution's AS2 identity (what partners register); with
     /// --out, also writes the certificates there as PEM files.
@@ -105,6 +107,16 @@ pub(crate) enum ExchangeCmd {
         /// With --format jp-clins: the present illness (現病歴).
         #[arg(long)]
         history: Option<String>,
+        /// With --format jp-clins: referral (default) or discharge-summary
+        /// (--note is then the hospital course).
+        #[arg(long)]
+        document: Option<String>,
+        /// The admission a discharge summary is about (Encounter/ID).
+        #[arg(long)]
+        encounter: Option<String>,
+        /// A discharge summary's instructions at discharge (退院時方針指示).
+        #[arg(long)]
+        plan: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -335,13 +347,16 @@ pub(crate) async fn exchange(c: ExchangeCmd) -> Result<()> {
             justification,
             format,
             history,
+            document,
+            encounter,
+            plan,
             target,
         } => {
             let atts = attachments.iter().map(|a| attachment(a)).collect::<Result<Vec<_>>>()?;
             let api = Api::connect(&target).await?;
             let body = json!({"patient": patient, "recipients": to, "purpose": purpose, "documents": docs,
                               "attachments": atts, "title": title, "note": note, "basis": basis, "justification": justification,
-                              "format": format, "history": history});
+                              "format": format, "history": history, "document": document, "encounter": encounter, "plan": plan});
             let http = Http::post("/api/v1/exchange/messages", &body);
             let v = api.exec(http, |s, a| async move { send::send(&s, &a, de(body)).await }).await?;
             for m in v["messages"].as_array().into_iter().flatten() {
@@ -355,7 +370,7 @@ pub(crate) async fn exchange(c: ExchangeCmd) -> Result<()> {
             }
             if let Some(d) = v.get("document") {
                 println!(
-                    "JP-CLINS letter kept as {}; {} chart resource(s) as structured entries, {} in the text only",
+                    "JP-CLINS document kept as {}; {} chart resource(s) as structured entries, {} in the text only",
                     d["kept"].as_str().unwrap_or(""),
                     d["structured"].as_array().map_or(0, Vec::len),
                     d["text_only"].as_array().map_or(0, Vec::len)

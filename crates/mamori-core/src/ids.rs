@@ -65,6 +65,8 @@ impl ResourceType {
     pub const PROVENANCE: ResourceType = ResourceType("Provenance");
     /// `AllergyIntolerance`.
     pub const ALLERGY_INTOLERANCE: ResourceType = ResourceType("AllergyIntolerance");
+    /// `Encounter`.
+    pub const ENCOUNTER: ResourceType = ResourceType("Encounter");
     /// `Condition`.
     pub const CONDITION: ResourceType = ResourceType("Condition");
     /// `MedicationRequest`.

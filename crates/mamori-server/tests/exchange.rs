@@ -1272,3 +1272,118 @@ async fn a_jp_clins_letter_needs_the_package_loaded() {
     assert!(r.text.contains("the JP-CLINS package is not loaded"), "{}", r.text);
     assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), 0);
 }
+
+/// A discharge summary (退院時サマリー) for an admission, as a JP-CLINS
+/// document: the admission, the diagnoses (one with a MEDIS disease
+/// number, as JP-CLINS requires), the hospital course as the physician
+/// wrote it; validated, signed, delivered and accepted at the clinic.
+/// The MEDIS number here is test data: the MEDIS master is not available
+/// offline, so the validator checks its form, not its meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discharge_summary_goes_as_a_jp_clins_document() {
+    let a = node("xda", "HOSP-DA", &jp_cfg("1319900001")).await;
+    let b = node("xdb", "CLINIC-DB", &jp_cfg("1319900002")).await;
+    register(&a, &b, "clinic-db", "third_party", &["referral"]).await;
+    register(&b, &a, "hosp-da", "third_party", &["referral_reply"]).await;
+    let doc = a.user("dr-da", &["physician"]).await;
+    let r = a.post("/fhir/Patient", &doc, jp_patient(Some("06139990:デモ2:100106:01"))).await;
+    let pa = r.body["id"].as_str().unwrap().to_owned();
+    a.assign(&pa, "dr-da").await;
+    let subject = json!({"reference": format!("Patient/{pa}")});
+    let post = |res: Value| {
+        let (a, doc) = (&a, &doc);
+        async move {
+            let r = a.post(&format!("/fhir/{}", res["resourceType"].as_str().unwrap()), doc, res.clone()).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let admission = post(json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": subject, "period": {"start": "2026-11-20T10:00:00+09:00", "end": "2026-12-01T11:00:00+09:00"},
+        "reasonCode": [{"text": "発熱と呼吸困難"}]}))
+    .await;
+    let outpatient = post(json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": subject, "period": {"start": "2026-11-10T10:00:00+09:00", "end": "2026-11-10T10:30:00+09:00"}}))
+    .await;
+    let send = |extra: Value| {
+        let mut v = json!({"patient": pa, "recipients": ["clinic-db"], "purpose": "referral", "format": "jp-clins",
+                           "document": "discharge-summary", "encounter": format!("Encounter/{admission}"),
+                           "note": "抗菌薬の点滴で解熱し、酸素投与を終了して退院。", "plan": "内服抗菌薬を3日間継続。1週間後に外来受診。"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // Without a diagnosis carrying a MEDIS number: refused, and named.
+    post(json!({"resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "J18.9", "display": "Pneumonia"}], "text": "肺炎"},
+        "subject": subject}))
+    .await;
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!({}))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("at least one diagnosis that conforms to JP_Condition_eCS"), "{}", r.text);
+    assert!(r.text.contains("medisRecordNo"), "the reason is shown: {}", r.text);
+    for (extra, status, says) in [
+        (json!({"encounter": format!("Encounter/{outpatient}")}), 422, "is not an admission"),
+        (json!({"encounter": "Encounter/nonexistent"}), 404, "Encounter/nonexistent"),
+        (json!({"encounter": null}), 400, "names its admission"),
+        (json!({"document": "summary"}), 400, "referral or discharge-summary"),
+        (json!({"note": ""}), 400, "hospital course"),
+    ] {
+        let r = a.post("/api/v1/exchange/messages", &doc, send(extra.clone())).await;
+        assert_eq!(r.status, status, "{extra}: {}", r.text);
+        assert!(r.text.contains(says), "{extra}: {}", r.text);
+    }
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages"), 0);
+
+    // With one coded diagnosis, it goes.
+    let coded = post(json!({"resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis"}]}],
+        "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-disease-keyNumber", "code": "20057843", "display": "細菌性肺炎"}],
+                 "text": "細菌性肺炎"},
+        "subject": subject, "encounter": {"reference": format!("Encounter/{admission}")}, "onsetDateTime": "2026-11-19"}))
+    .await;
+    let r = a.post("/api/v1/exchange/messages", &doc, send(json!({}))).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let d = &r.body["document"];
+    assert_eq!(d["profile"], "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eDischargeSummary");
+    assert!(d["structured"].as_array().unwrap().iter().any(|s| s == &json!(format!("Condition/{coded}"))), "{d}");
+    let mid = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let m = message_state(&a, &mid, "delivered").await;
+    assert_eq!(m["mdn"], "processed", "validated and verified at the clinic");
+    let r = a.get(&format!("/fhir/{}", d["kept"].as_str().unwrap()), &doc).await;
+    assert_eq!(r.body["type"]["coding"][0]["code"], "18842-5");
+    use base64::Engine as _;
+    let sent: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(r.body["content"][0]["attachment"]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let comp = &sent["entry"][0]["resource"];
+    assert_eq!(comp["title"], "退院時サマリー");
+    assert_eq!(comp["event"][0]["period"], json!({"start": "2026-11-20", "end": "2026-12-01"}));
+    let codes: Vec<&str> = comp["section"][0]["section"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["code"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    for required in ["322", "342", "352", "312", "362", "333", "324", "344", "444", "424"] {
+        assert!(codes.contains(&required), "section {required} in {codes:?}");
+    }
+    let text = sent.to_string();
+    for shown in ["抗菌薬の点滴で解熱", "内服抗菌薬を3日間継続", "発熱と呼吸困難", "2026-11-20 入院 〜 2026-12-01 退院"]
+    {
+        assert!(text.contains(shown), "{shown} in the summary");
+    }
+    let r = b.get("/api/v1/exchange/messages?direction=in", &b.admin).await;
+    let inb = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let r = b.get(&format!("/api/v1/exchange/messages/{inb}"), &b.admin).await;
+    assert_eq!(r.body["state"], "stored", "{}", r.text);
+}

@@ -904,10 +904,14 @@ fn letter(ui: &Ui, b: &Value) -> Markup {
             .flatten()
             .filter_map(&resolve)
             .map(|v| {
-                let what = ["code", "medicationCodeableConcept"]
+                let what = ["code", "medicationCodeableConcept", "type"]
                     .iter()
                     .find_map(|k| v[*k].is_object().then(|| mamori_service::exchange::clins::concept_text(&v[*k])))
-                    .unwrap_or_else(|| v["resourceType"].as_str().unwrap_or("").to_owned());
+                    .or_else(|| {
+                        let p = &v["period"];
+                        p["start"].as_str().map(|s| format!("{s} – {}", p["end"].as_str().unwrap_or("")))
+                    })
+                    .unwrap_or_default();
                 format!("{} {what}", v["resourceType"].as_str().unwrap_or(""))
             })
             .collect();

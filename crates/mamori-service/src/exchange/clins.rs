@@ -11,6 +11,7 @@
 //! document is validated against the loaded JP-CLINS package before it
 //! is signed and sent: one error stops the send.
 
+use base64::Engine as _;
 use mamori_core::fhir::profile::{Finding, Registry, Severity};
 use mamori_core::fhir::validate::Issue;
 use mamori_core::time::{civil_from_days, Timestamp};
@@ -20,6 +21,13 @@ use serde_json::{json, Value};
 pub const BUNDLE_EREFERRAL: &str = "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eReferral";
 /// The referral letter's Composition profile.
 pub const COMPOSITION_EREFERRAL: &str = "http://jpfhir.jp/fhir/eReferral/StructureDefinition/JP_Composition_eReferral";
+/// The discharge summary's Bundle profile.
+pub const BUNDLE_EDISCHARGE: &str = "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eDischargeSummary";
+/// The discharge summary's Composition profile.
+pub const COMPOSITION_EDISCHARGE: &str =
+    "http://jpfhir.jp/fhir/eDischargeSummary/StructureDefinition/JP_Composition_eDischargeSummary";
+const ENCOUNTER_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Encounter_eCS";
+const DOCUMENT_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_DocumentReference_eCS";
 const PATIENT_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS";
 const PRACTITIONER_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Practitioner_eCS";
 const ORGANIZATION_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Organization_eCS";
@@ -36,7 +44,7 @@ const INSURANCE_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insuranc
 const REPRESENTATION: &str = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
 
 /// What the letter is composed from.
-pub struct Referral<'a> {
+pub struct Letter<'a> {
     /// The loaded packages (JP-CLINS must be among them).
     pub registry: &'a Registry,
     /// This institution: its 10-digit code and name.
@@ -59,6 +67,23 @@ pub struct Referral<'a> {
     pub now: Timestamp,
     /// A unique id for the document (a UUID).
     pub serial: &'a str,
+    /// Which document.
+    pub kind: Kind<'a>,
+}
+
+/// The JP-CLINS document composed.
+pub enum Kind<'a> {
+    /// 診療情報提供書: `purpose` is 紹介目的.
+    Referral,
+    /// 退院時サマリー for an admission: the inpatient Encounter (id, body),
+    /// `purpose` is the hospital course (入院中経過), `plan` the
+    /// instructions at discharge (退院時方針指示).
+    Discharge {
+        /// The admission: its id and stored body.
+        encounter: (&'a str, &'a Value),
+        /// 退院時方針指示, if written.
+        plan: Option<&'a str>,
+    },
 }
 
 /// A composed letter.
@@ -221,12 +246,15 @@ fn errors_of(findings: &[Finding]) -> Vec<&Finding> {
     findings.iter().filter(|f| f.severity == Severity::Error).collect()
 }
 
-/// Composes the referral letter and validates it; the issues say what
-/// stops it (a missing registration, a patient the profile refuses, a
-/// package not loaded).
-pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
+/// Composes the document and validates it; the issues say what stops it
+/// (a missing registration, a patient the profile refuses, a package not
+/// loaded).
+pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
     let reg = r.registry;
-    if reg.profile(BUNDLE_EREFERRAL).is_none() || reg.profile(COMPOSITION_EREFERRAL).is_none() {
+    let discharge = matches!(r.kind, Kind::Discharge { .. });
+    let (bundle_profile, composition_profile) =
+        if discharge { (BUNDLE_EDISCHARGE, COMPOSITION_EDISCHARGE) } else { (BUNDLE_EREFERRAL, COMPOSITION_EREFERRAL) };
+    if reg.profile(bundle_profile).is_none() || reg.profile(composition_profile).is_none() {
         return Err(vec![issue(
             "the JP-CLINS package is not loaded (mamori packages add, or [fhir] packages); a JP-CLINS document is validated before it is sent",
         )]);
@@ -236,12 +264,16 @@ pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
     if inst_code.is_empty() {
         problems.push(issue("[institution] id (the 10-digit medical institution code) is not set; JP-CLINS names the issuing institution by it"));
     }
-    let Some(to_code) = r.recipient.0 else {
-        problems.push(issue(format!(
-            "partner {} has no institution_code in the registry; JP-CLINS names the recipient institution by it",
-            r.recipient.1
-        )));
-        return Err(problems);
+    let to_code = match r.recipient.0 {
+        Some(c) => c,
+        None if discharge => "",
+        None => {
+            problems.push(issue(format!(
+                "partner {} has no institution_code in the registry; JP-CLINS names the recipient institution by it",
+                r.recipient.1
+            )));
+            return Err(problems);
+        }
     };
     if !problems.is_empty() {
         return Err(problems);
@@ -342,6 +374,52 @@ pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
     };
     let from = org(inst_code, inst_name);
     let to = org(to_code, r.recipient.1);
+
+    // The admission a discharge summary is about, as JP_Encounter_eCS.
+    let u_enc = urn("n");
+    let mut admission = None;
+    if let Kind::Discharge { encounter: (eid, ebody), .. } = r.kind {
+        let eref = format!("Encounter/{eid}");
+        let class = ebody["class"]["code"].as_str().unwrap_or("");
+        if !matches!(class, "IMP" | "ACUTE" | "NONAC") {
+            return Err(vec![issue(format!(
+                "{eref} is not an admission (class {class:?}; a discharge summary is about an IMP, ACUTE or NONAC encounter)"
+            ))]);
+        }
+        let (start, end) = (date_part(&ebody["period"]["start"]), date_part(&ebody["period"]["end"]));
+        if ebody["status"] != "finished" || start.is_empty() || end.is_empty() {
+            return Err(vec![issue(format!(
+                "{eref} is not a finished admission with its dates (status finished, period.start and period.end)"
+            ))]);
+        }
+        let mut e = ebody.clone();
+        if let Some(o) = e.as_object_mut() {
+            o.remove("id");
+            o.remove("text");
+            o.insert("meta".into(), meta(ENCOUNTER_ECS));
+        }
+        // The class's display, as HL7 v3 names it, when the chart has none.
+        if e["class"]["display"].is_null() {
+            e["class"]["display"] = json!(match class {
+                "IMP" => "inpatient encounter",
+                "ACUTE" => "inpatient acute",
+                _ => "inpatient non-acute",
+            });
+        }
+        localize(&mut e, &patient_ref, &u_patient);
+        let errors: Vec<Issue> = errors_of(&reg.validate(&e, ENCOUNTER_ECS).findings)
+            .iter()
+            .map(|f| Issue {
+                path: f.path.clone(),
+                message: format!("{eref} cannot be sent as JP_Encounter_eCS: {}", f.message),
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let reason = ebody["reasonCode"].as_array().map(|a| a.iter().map(concept_text).collect::<Vec<_>>().join("、"));
+        admission = Some((e, start.to_owned(), end.to_owned(), reason.filter(|x| !x.is_empty())));
+    }
 
     // The chart, section by section.
     let mut entries: Vec<(String, Value)> = Vec::new();
@@ -455,47 +533,108 @@ pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
         Some(h) => vec![h.to_owned()],
         None => none(problems_l.clone()),
     };
-    let mut subs = vec![
-        section("950", "紹介目的", &[r.purpose.trim().to_owned()], &[]),
-        section("340", "傷病名・主訴", &none(problems_l), &problems_e),
-        section("360", "現病歴", &history, &[]),
-    ];
-    if !past_l.is_empty() {
-        subs.push(section("370", "既往歴", &past_l, &past_e));
-    }
-    subs.push(section("510", "アレルギー・不耐性反応", &none(allergy_l), &allergy_e));
-    subs.push(section("430", "投薬指示", &none(med_l), &med_e));
-    if !obs_l.is_empty() {
-        subs.push(section("620", "検査結果", &obs_l, &obs_e));
-    }
-    let mut structure = section("300", "構造情報", &[], &[]);
-    structure["section"] = json!(subs);
     let dept = department.map(|d| format!("（{d}）")).unwrap_or_default();
-    let composition = json!({
-        "resourceType": "Composition",
-        "meta": meta(COMPOSITION_EREFERRAL),
-        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/composition-clinicaldocument-versionNumber", "valueString": "1"}],
-        "identifier": {"system": RESOURCE_ID_SYSTEM, "value": format!("{inst_code}^{year}^{}", r.serial)},
-        "status": "final",
-        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "57133-1", "display": "診療情報提供書"}]},
-        "category": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-subtypecodes", "code": "OUTPATIENT", "display": "外来文書"}]},
-        "subject": {"reference": u_patient},
-        "date": datetime,
-        "author": [{"reference": u_author}, {"reference": u_from}],
-        "title": "診療情報提供書",
-        "custodian": {"reference": u_from},
-        "event": [{"code": [{"text": "診療情報提供書発行"}], "period": {"start": date}}],
-        "section": [
-            section("920", "紹介元情報", &[format!("{inst_name}（{inst_code}） {display}{dept}")], &[u_from.clone(), u_author.clone()]),
-            section("910", "紹介先情報", &[format!("{}（{to_code}） 御中", r.recipient.1)], std::slice::from_ref(&u_to)),
-            structure,
-        ]
-    });
-    let mut all = vec![(u_comp, composition), (u_patient, patient), (u_author, author), (u_from, from), (u_to, to)];
-    all.extend(entries);
+    let version = json!([{"url": "http://hl7.org/fhir/StructureDefinition/composition-clinicaldocument-versionNumber", "valueString": "1"}]);
+    let doc_type = |code: &str, display: &str| json!({"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": code, "display": display}]});
+    let category = |code: &str, display: &str| json!({"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-subtypecodes", "code": code, "display": display}]});
+    let identifier = json!({"system": RESOURCE_ID_SYSTEM, "value": format!("{inst_code}^{year}^{}", r.serial)});
+    let mut all = Vec::new();
+    let composition = match (&r.kind, admission) {
+        (Kind::Discharge { plan, .. }, Some((enc, start, end, reason))) => {
+            if problems_e.is_empty() {
+                return Err(vec![issue(format!(
+                    "a discharge summary needs at least one diagnosis that conforms to JP_Condition_eCS (with a MEDIS disease number); {}",
+                    if problems_l.is_empty() { "the chart has no active problem".to_owned() } else {
+                        format!("none of the {} active problem(s) does (see text_only reasons: {})", problems_l.len(),
+                            text_only.iter().filter(|t| t["resource"].as_str().is_some_and(|x| x.starts_with("Condition/")))
+                                .filter_map(|t| t["reason"].as_str()).take(2).collect::<Vec<_>>().join(" | "))
+                    }
+                ))]);
+            }
+            // The hospital course, as the clinician wrote it at discharge.
+            let course = r.purpose.trim();
+            let u_course = urn("h");
+            let course_doc = json!({"resourceType": "DocumentReference", "meta": meta(DOCUMENT_ECS), "status": "current",
+                "type": {"text": "入院中経過"}, "subject": {"reference": u_patient}, "date": datetime,
+                "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "title": "入院中経過",
+                    "data": base64::engine::general_purpose::STANDARD.encode(course.as_bytes())}}]});
+            let reason_l = vec![reason.unwrap_or_else(|| "記載なし / not recorded".to_owned())];
+            let stay = vec![format!("{start} 入院 〜 {end} 退院{dept}")];
+            let mut subs = vec![
+                section("322", "入院時詳細", &stay, std::slice::from_ref(&u_enc)),
+                section("342", "入院時診断", &none(problems_l.clone()), &problems_e),
+                section("352", "主訴", &reason_l, &[]),
+                section("312", "入院理由", &reason_l, std::slice::from_ref(&u_enc)),
+                section("362", "現病歴", &history, &[]),
+            ];
+            if !past_l.is_empty() {
+                subs.push(section("372", "既往歴", &past_l, &past_e));
+            }
+            subs.push(section("510", "アレルギー・不耐性反応", &none(allergy_l), &allergy_e));
+            subs.push(section("333", "入院中経過", &[course.to_owned()], std::slice::from_ref(&u_course)));
+            subs.push(section("324", "退院時詳細", &stay, std::slice::from_ref(&u_enc)));
+            subs.push(section("344", "退院時診断", &none(problems_l), &problems_e));
+            subs.push(section("444", "退院時投薬指示", &none(med_l), &med_e));
+            let plan = plan.map(str::trim).filter(|p| !p.is_empty()).unwrap_or("記載なし / not recorded");
+            subs.push(section("424", "退院時方針指示", &[plan.to_owned()], &[]));
+            if !obs_l.is_empty() {
+                subs.push(section("623", "入院中検査結果", &obs_l, &obs_e));
+            }
+            let mut structure = section("300", "構造情報", &[], &[]);
+            structure["section"] = json!(subs);
+            all.push((u_enc.clone(), enc));
+            all.push((u_course, course_doc));
+            json!({
+                "resourceType": "Composition", "meta": meta(COMPOSITION_EDISCHARGE), "extension": version,
+                "identifier": identifier, "status": "final",
+                "type": doc_type("18842-5", "退院時サマリー"), "category": category("DISCHARGE", "退院時文書"),
+                "subject": {"reference": u_patient}, "encounter": {"reference": u_enc}, "date": datetime,
+                "author": [{"reference": u_author}, {"reference": u_from}], "title": "退院時サマリー",
+                "custodian": {"reference": u_from},
+                "event": [{"period": {"start": start, "end": end}}],
+                "section": [structure]
+            })
+        }
+        _ => {
+            let mut subs = vec![
+                section("950", "紹介目的", &[r.purpose.trim().to_owned()], &[]),
+                section("340", "傷病名・主訴", &none(problems_l), &problems_e),
+                section("360", "現病歴", &history, &[]),
+            ];
+            if !past_l.is_empty() {
+                subs.push(section("370", "既往歴", &past_l, &past_e));
+            }
+            subs.push(section("510", "アレルギー・不耐性反応", &none(allergy_l), &allergy_e));
+            subs.push(section("430", "投薬指示", &none(med_l), &med_e));
+            if !obs_l.is_empty() {
+                subs.push(section("620", "検査結果", &obs_l, &obs_e));
+            }
+            let mut structure = section("300", "構造情報", &[], &[]);
+            structure["section"] = json!(subs);
+            all.push((u_to.clone(), to));
+            json!({
+                "resourceType": "Composition", "meta": meta(COMPOSITION_EREFERRAL), "extension": version,
+                "identifier": identifier, "status": "final",
+                "type": doc_type("57133-1", "診療情報提供書"), "category": category("OUTPATIENT", "外来文書"),
+                "subject": {"reference": u_patient}, "date": datetime,
+                "author": [{"reference": u_author}, {"reference": u_from}], "title": "診療情報提供書",
+                "custodian": {"reference": u_from},
+                "event": [{"code": [{"text": "診療情報提供書発行"}], "period": {"start": date}}],
+                "section": [
+                    section("920", "紹介元情報", &[format!("{inst_name}（{inst_code}） {display}{dept}")], &[u_from.clone(), u_author.clone()]),
+                    section("910", "紹介先情報", &[format!("{}（{to_code}） 御中", r.recipient.1)], std::slice::from_ref(&u_to)),
+                    structure,
+                ]
+            })
+        }
+    };
+    let mut head = vec![(u_comp, composition), (u_patient, patient), (u_author, author), (u_from, from)];
+    head.extend(all);
+    head.extend(entries);
+    let all = head;
     let bundle = json!({
         "resourceType": "Bundle",
-        "meta": {"lastUpdated": instant, "profile": [BUNDLE_EREFERRAL]},
+        "meta": {"lastUpdated": instant, "profile": [bundle_profile]},
         "identifier": {"system": BUNDLE_ID_SYSTEM, "value": format!("{inst_code}^{year}^{}", r.serial)},
         "type": "document",
         "timestamp": instant,
@@ -505,7 +644,7 @@ pub fn referral(r: &Referral<'_>) -> Result<Composed, Vec<Issue>> {
     if !errors.is_empty() {
         return Err(errors
             .into_iter()
-            .map(|f| Issue { path: f.path, message: format!("the composed letter does not conform: {}", f.message) })
+            .map(|f| Issue { path: f.path, message: format!("the composed document does not conform: {}", f.message) })
             .collect());
     }
     Ok(Composed { bundle, structured, text_only, warnings })

@@ -69,15 +69,27 @@ pub struct Send {
     /// from the active problems when absent.
     #[serde(default)]
     pub history: Option<String>,
+    /// With `format: "jp-clins"`: `referral` (診療情報提供書, the default)
+    /// or `discharge-summary` (退院時サマリー; `note` is then the hospital
+    /// course).
+    #[serde(default)]
+    pub document: Option<String>,
+    /// The admission a discharge summary is about (`Encounter/<id>`).
+    #[serde(default)]
+    pub encounter: Option<String>,
+    /// A discharge summary's instructions at discharge (退院時方針指示).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// The JP-CLINS format name in a send.
 pub const FORMAT_JP_CLINS: &str = "jp-clins";
 
 /// Types read from the chart for a JP-CLINS document.
-const CLINS_TYPES: [ResourceType; 4] = [
+const CLINS_TYPES: [ResourceType; 5] = [
     ResourceType::ALLERGY_INTOLERANCE,
     ResourceType::CONDITION,
+    ResourceType::ENCOUNTER,
     ResourceType::MEDICATION_REQUEST,
     ResourceType::OBSERVATION,
 ];
@@ -363,7 +375,20 @@ fn compose_clins(
     let conf = st.conformance();
     let id = accounts::new_id()?;
     let inst = &st.cfg.institution;
-    let r = crate::exchange::clins::Referral {
+    use crate::exchange::clins::{self, Kind};
+    let kind = match req.encounter.as_deref().and_then(|e| e.strip_prefix("Encounter/")) {
+        Some(eid) => {
+            let (_, _, body) = g
+                .chart
+                .iter()
+                .find(|(t, id, _)| t == "Encounter" && id == eid)
+                .ok_or_else(|| ServiceError::NotFound(format!("Encounter/{eid} of Patient/{patient}")))?;
+            Kind::Discharge { encounter: (eid, body), plan: req.plan.as_deref() }
+        }
+        None => Kind::Referral,
+    };
+    let discharge = matches!(kind, Kind::Discharge { .. });
+    let r = clins::Letter {
         registry: &conf.registry,
         institution: (&inst.id, &inst.name),
         utc_offset_minutes: inst.utc_offset_minutes,
@@ -375,23 +400,30 @@ fn compose_clins(
         history: req.history.as_deref(),
         now,
         serial: &id,
+        kind,
     };
-    let c = crate::exchange::clins::referral(&r).map_err(ServiceError::Unprocessable)?;
+    let c = clins::compose(&r).map_err(ServiceError::Unprocessable)?;
+    let (code, title, profile) = if discharge {
+        ("18842-5", "退院時サマリー / Discharge summary", clins::BUNDLE_EDISCHARGE)
+    } else {
+        ("57133-1", "診療情報提供書 / Referral letter", clins::BUNDLE_EREFERRAL)
+    };
     let bundle_id = c.bundle.pointer("/identifier/value").cloned().unwrap_or(Value::Null);
     let dr = json!({
         "resourceType": "DocumentReference",
         "identifier": [{"system": "http://jpfhir.jp/fhir/clins/bundle-identifier", "value": bundle_id}],
         "status": "current",
-        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "57133-1", "display": "診療情報提供書"}],
-                 "text": "診療情報提供書 / Referral letter"},
+        "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": code,
+                              "display": title.split(" / ").next().unwrap_or(title)}],
+                 "text": title},
         "subject": {"reference": format!("Patient/{patient}")},
         "date": now.to_rfc3339(),
         "author": [{"display": format!("{} ({})", actor.user.display, actor.user.name)}],
-        "description": format!("診療情報提供書（{} 宛） / Referral letter to {}", partner.name, partner.name),
+        "description": format!("{title} → {}", partner.name),
     });
     let report = json!({
         "format": FORMAT_JP_CLINS,
-        "profile": crate::exchange::clins::BUNDLE_EREFERRAL,
+        "profile": profile,
         "kept": format!("DocumentReference/{id}"),
         "structured": c.structured,
         "text_only": c.text_only,
@@ -408,7 +440,7 @@ fn kept_letter(dr: &Value, signed: &Value) -> Value {
         "contentType": "application/fhir+json",
         "data": base64::engine::general_purpose::STANDARD.encode(&bytes),
         "size": bytes.len(),
-        "title": "診療情報提供書 / Referral letter",
+        "title": dr["type"]["text"].clone(),
     }}]);
     dr
 }
@@ -556,16 +588,41 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
     }
     match req.format.as_deref() {
         None => {
-            if req.history.is_some() {
-                return Err(bad("history", "only with format jp-clins"));
+            for (k, v) in [
+                ("history", &req.history),
+                ("document", &req.document),
+                ("encounter", &req.encounter),
+                ("plan", &req.plan),
+            ] {
+                if v.is_some() {
+                    return Err(bad(k, "only with format jp-clins"));
+                }
             }
         }
         Some(FORMAT_JP_CLINS) => {
             if purpose != Purpose::Referral {
                 return Err(bad(
                     "purpose",
-                    "a JP-CLINS document is a referral letter (診療情報提供書): purpose referral",
+                    "a JP-CLINS document (referral letter or discharge summary) goes to the next carer: purpose referral",
                 ));
+            }
+            match (req.document.as_deref(), &req.encounter, &req.plan) {
+                (None | Some("referral"), None, None) => {}
+                (None | Some("referral"), _, _) => {
+                    return Err(bad("encounter", "encounter and plan belong to a discharge summary"))
+                }
+                (Some("discharge-summary"), Some(e), _)
+                    if e.strip_prefix("Encounter/").is_some_and(|i| mamori_core::ids::ResourceId::parse(i).is_ok()) => {
+                }
+                (Some("discharge-summary"), _, _) => {
+                    return Err(bad("encounter", "a discharge summary names its admission: Encounter/<id>"))
+                }
+                (Some(d), _, _) => {
+                    return Err(bad(
+                        "document",
+                        format!("'{d}' is not a JP-CLINS document here: referral or discharge-summary"),
+                    ))
+                }
             }
             if req.recipients.len() != 1 {
                 return Err(bad(
@@ -580,7 +637,14 @@ async fn prepare(st: &Services, actor: &Actor, req: Send) -> Result<Sent, Servic
                 ));
             }
             if req.note.as_deref().is_none_or(|n| n.trim().is_empty()) {
-                return Err(bad("note", "the purpose of the referral (紹介目的) is required"));
+                return Err(bad(
+                    "note",
+                    if req.document.as_deref() == Some("discharge-summary") {
+                        "the hospital course (入院中経過) is required"
+                    } else {
+                        "the purpose of the referral (紹介目的) is required"
+                    },
+                ));
             }
         }
         Some(f) => {
