@@ -1247,6 +1247,32 @@ async fn a_referral_letter_goes_as_a_signed_jp_clins_document() {
     ] {
         assert!(page.text.contains(shown), "{shown} on the letter page");
     }
+
+    // A hostile document reads as text: markup, odd dates and dangling
+    // references change nothing on the page.
+    let hostile = json!({"resourceType": "Bundle", "type": "document", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Composition", "status": "final", "title": "<script>alert(1)</script>",
+          "date": "2026-12-0日本語T12:00", "subject": {"reference": "urn:uuid:nowhere"}, "author": [{"display": "x"}], "type": {"text": "x"},
+          "section": [{"title": "<img src=x onerror=alert(2)>", "text": {"status": "additional",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>本文<script>alert(3)</script></p><a href=\"javascript:alert(4)\">link</a></div>"},
+            "entry": [{"reference": "urn:uuid:1"}]}]}}]});
+    let att = base64::engine::general_purpose::STANDARD.encode(hostile.to_string());
+    let r = b
+        .post(
+            "/fhir/DocumentReference",
+            &dr_b,
+            json!({"resourceType": "DocumentReference", "status": "current", "subject": {"reference": format!("Patient/{pb}")},
+                   "description": "hostile", "content": [{"attachment": {"contentType": "application/fhir+json", "data": att}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let page = br.get(&format!("/ui/patients/{pb}/documents/{}", r.body["id"].as_str().unwrap())).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "the title is text");
+    assert!(page.text.contains("本文"), "the narrative's words are kept");
+    for never in ["<script>alert", "<img src=x", "javascript:alert", "onerror=alert(2)>"] {
+        assert!(!page.text.contains(never), "{never} must not reach the page");
+    }
 }
 
 /// A JP-CLINS letter cannot be composed without the package to validate it.

@@ -828,6 +828,18 @@ fn attachment_document(a: &Value) -> Option<Value> {
         .then_some(v)
 }
 
+/// A date or time as the document wrote it (its own time zone), minutes
+/// at most: `2026-12-05 03:27`.
+fn as_written(v: &Value) -> String {
+    match v.as_str() {
+        Some(s) => match (s.get(..10), s.get(10..11), s.get(11..16)) {
+            (Some(d), Some("T"), Some(t)) => format!("{d} {t}"),
+            _ => s.to_owned(),
+        },
+        None => "—".into(),
+    }
+}
+
 /// A document Bundle (a JP-CLINS referral letter, or any FHIR document)
 /// as a letter: title, date, to and from, the patient, each section's
 /// text and its structured entries. Printable.
@@ -926,7 +938,7 @@ fn letter(ui: &Ui, b: &Value) -> Markup {
             @if !to.is_empty() { p.to { (to.join("、")) " " (ui.t("御中", "")) } }
             h2.letter-title { (comp["title"].as_str().unwrap_or("")) }
             dl.facts {
-                dt { (ui.t("作成日", "Date")) } dd { (comp["date"].as_str().unwrap_or("—")) }
+                dt { (ui.t("作成日", "Date")) } dd { (as_written(&comp["date"])) }
                 @if !from.is_empty() { dt { (ui.t("紹介元", "From")) } dd { (from.join(" ")) } }
                 dt { (ui.t("患者氏名", "Patient")) }
                 dd {
@@ -948,7 +960,7 @@ fn letter(ui: &Ui, b: &Value) -> Markup {
                 p.muted {
                     (ui.t("電子署名", "Signed")) ": "
                     (sig["who"]["display"].as_str().or(sig["who"]["reference"].as_str()).unwrap_or("—"))
-                    " · " (sig["when"].as_str().unwrap_or(""))
+                    " · " (as_written(&sig["when"]))
                 }
             }
         }
