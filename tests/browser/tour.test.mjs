@@ -267,6 +267,39 @@ test("send a document to the partner clinic; the ledger shows delivery", async (
   await clerk.context().close();
 });
 
+test("a JP-CLINS referral letter: composed from the chart, delivered, read as a letter", async () => {
+  const page = await session();
+  await login(page, "dr.sato", creds["hospital:dr.sato"]);
+  await page.goto(base + "/ui/exchange?patient=demo-p001");
+  await page.check("input[name=format][value=jp-clins]");
+  await page.fill("#note", "血糖コントロール目的にご紹介いたします。");
+  await page.selectOption("#partner", "demo-clinic");
+  await page.selectOption("#purpose", "referral");
+  let asked = "";
+  page.on("dialog", (d) => { asked = d.message(); });
+  await page.click("form[action='/ui/exchange/send'] button[type=submit]");
+  await page.waitForURL(/\/ui\/exchange\/messages\?send=/);
+  assert.match(asked, /JP-CLINS 診療情報提供書/, asked);
+  await page.click("main tbody a");
+  let state = "";
+  for (let i = 0; i < 60 && !/配達済み/.test(state); i++) {
+    await page.waitForTimeout(500);
+    await page.reload();
+    state = await page.textContent("article.document .badge");
+  }
+  assert.match(state, /配達済み/, "validated and accepted by the clinic (signed receipt)");
+  // The letter as sent is kept in the chart, and reads as a letter.
+  await page.goto(base + "/ui/patients/demo-p001");
+  await page.click("a:has-text('Referral letter →')");
+  const letter = await page.textContent("section.letter");
+  for (const shown of ["診療情報提供書", "紹介目的", "血糖コントロール目的にご紹介いたします。", "紹介元", "電子署名", "御中"]) {
+    assert.ok(letter.includes(shown), shown + " in the letter");
+  }
+  assert.ok(await page.locator("section.letter ruby rt").count() >= 1, "the kana reading over the name");
+  await shot(page, "11b-jp-clins-letter");
+  await page.context().close();
+});
+
 test("after the tour, the auditor produces the compliance report", async () => {
   const page = await session();
   await login(page, "aud.yamamoto", creds["hospital:aud.yamamoto"]);

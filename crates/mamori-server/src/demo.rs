@@ -100,21 +100,36 @@ fn check_dir(dir: &Path) -> Result<bool, ServeError> {
     Ok(!initialized)
 }
 
+/// The `[fhir]` section that loads JP Core and JP-CLINS into a new demo,
+/// when `MAMORI_FHIR_JP` names a folder holding them (mamori does not ship
+/// them; `docs/fhir-jp.md`); empty otherwise.
+fn jp_packages() -> String {
+    let Some(d) = std::env::var_os("MAMORI_FHIR_JP").map(PathBuf::from) else { return String::new() };
+    let (core, clins) = (d.join("jp-core"), d.join("jp-clins"));
+    if !core.join("package.json").is_file() || !clins.join("package.json").is_file() {
+        return String::new();
+    }
+    // A JSON string is a TOML basic string (the same escapes).
+    let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
+    format!("\n[fhir]\npackages = [{}, {}]\n", q(&core), q(&clins))
+}
+
 /// Starts (and on first start, seeds) the demo hospital and its partner.
 pub async fn start_demo(opts: ServeOptions) -> Result<Demo, ServeError> {
     let dir = opts.data.clone();
     let fresh = check_dir(&dir)?;
     let pdir = dir.join(PARTNER_DIR);
+    let packages = jp_packages();
     if fresh {
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        keys::write_public(&dir.join("mamori.toml"), MAIN_TOML.as_bytes())?;
+        keys::write_public(&dir.join("mamori.toml"), format!("{MAIN_TOML}{packages}").as_bytes())?;
     }
     let clock = opts.clock.clone();
     let mut main = start(opts).await?;
     let admin_password = main.init.take().map(|i| i.admin_password.to_string());
     if fresh {
         std::fs::create_dir_all(&pdir).map_err(|e| err(format!("{}: {e}", pdir.display())))?;
-        keys::write_public(&pdir.join("mamori.toml"), PARTNER_TOML.as_bytes())?;
+        keys::write_public(&pdir.join("mamori.toml"), format!("{PARTNER_TOML}{packages}").as_bytes())?;
     }
     let partner_fresh = !DataDir(pdir.clone()).is_initialized();
     let mut partner =

@@ -166,7 +166,7 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
     let who = format!("{name} ({} {patient})", ui.t("患者ID", "patient id"));
     let body = html! {
         (pick)
-        form.card method="post" action="/ui/exchange/send" data-confirm=(ui.t("この内容を署名・暗号化して送信します。よろしいですか？", "Sign, encrypt and send this to the partner?")) data-confirm-send data-patient=(who) data-l-to=(ui.t("送り先", "To")) data-l-patient=(ui.t("患者", "Patient")) data-l-docs=(ui.t("送る記録", "Records")) {
+        form.card method="post" action="/ui/exchange/send" data-confirm=(ui.t("この内容を署名・暗号化して送信します。よろしいですか？", "Sign, encrypt and send this to the partner?")) data-confirm-send data-patient=(who) data-l-to=(ui.t("送り先", "To")) data-l-patient=(ui.t("患者", "Patient")) data-l-docs=(ui.t("送る記録", "Records")) data-l-clins=(ui.t("JP-CLINS 診療情報提供書（カルテから作成し、検証してから送信）", "JP-CLINS referral letter (composed from the chart, validated before it is sent)")) {
             (ui.csrf_field())
             input type="hidden" name="patient" value=(patient);
             p { strong { (name) } " (" (ui.t("患者ID", "patient id")) " " (patient) ")" }

@@ -127,9 +127,13 @@
       var docs = Array.prototype.map.call(f.querySelectorAll("input[name=documents]:checked"), function (c) {
         return "- " + c.parentNode.textContent.trim();
       });
+      // A JP-CLINS letter is composed from the chart: the ticks do not apply.
+      var clins = f.querySelector("input[name=format][value=jp-clins]:checked");
+      var what = clins ? f.getAttribute("data-l-clins") :
+        f.getAttribute("data-l-docs") + ": " + docs.length + "\n" + docs.join("\n");
       q = f.getAttribute("data-l-to") + ": " + (opt ? opt.textContent : "") + "\n" +
         f.getAttribute("data-l-patient") + ": " + f.getAttribute("data-patient") + "\n" +
-        f.getAttribute("data-l-docs") + ": " + docs.length + "\n" + docs.join("\n") + "\n\n" + q;
+        what + "\n\n" + q;
     }
     if (q && !window.confirm(q)) e.preventDefault();
   });
