@@ -1412,4 +1412,34 @@ async fn a_discharge_summary_goes_as_a_jp_clins_document() {
     let inb = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
     let r = b.get(&format!("/api/v1/exchange/messages/{inb}"), &b.admin).await;
     assert_eq!(r.body["state"], "stored", "{}", r.text);
+
+    // From the send form: the admission is offered (the outpatient visit is not).
+    let mut br = Browser::new(&a);
+    br.login("dr-da", PASSWORD).await;
+    let page = br.get(&format!("/ui/exchange?patient={pa}")).await;
+    assert!(page.text.contains("JP-CLINS 退院時サマリー"), "offered");
+    assert!(page.text.contains(&format!("value=\"Encounter/{admission}\"")), "the admission is offered");
+    assert!(!page.text.contains(&format!("value=\"Encounter/{outpatient}\"")), "an outpatient visit is not");
+    let form = page.text.split("action=\"/ui/exchange/send\"").nth(1).unwrap();
+    let key = form.split("name=\"form_key\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let enc_ref = format!("Encounter/{admission}");
+    let p = br
+        .post(
+            "/ui/exchange/send",
+            &[
+                ("patient", &pa),
+                ("partner", "clinic-db"),
+                ("purpose", "referral"),
+                ("format", "jp-clins-discharge"),
+                ("encounter", &enc_ref),
+                ("note", "画面から: 経過良好で退院。"),
+                ("plan", "外来で経過観察。"),
+                ("form_key", &key),
+            ],
+        )
+        .await;
+    assert_eq!(p.status.as_u16(), 303, "{}", p.text);
+    assert_eq!(a.count("SELECT COUNT(*) FROM exchange_messages WHERE direction = 'out' AND kind = 'document'"), 2);
+    let kept = a.count("SELECT COUNT(*) FROM resources WHERE rtype = 'DocumentReference' AND deleted = 0");
+    assert_eq!(kept, 2, "both summaries are kept in the chart");
 }

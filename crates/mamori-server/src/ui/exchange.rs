@@ -156,6 +156,22 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
             (format!("{t}/{}", r["id"].as_str().unwrap_or("")), format!("{} — {}", kind(&ui, t), label(r)))
         })
         .collect();
+    // Finished admissions, for a discharge summary.
+    let admissions: Vec<(String, String)> = all.body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|r| {
+            r["resourceType"] == "Encounter"
+                && r["status"] == "finished"
+                && matches!(r["class"]["code"].as_str(), Some("IMP" | "ACUTE" | "NONAC"))
+        })
+        .map(|r| {
+            let d = |k: &str| r["period"][k].as_str().and_then(|s| s.get(..10)).unwrap_or("?").to_owned();
+            (format!("Encounter/{}", r["id"].as_str().unwrap_or("")), format!("{} – {}", d("start"), d("end")))
+        })
+        .collect();
     let name = p.body["name"][0]["text"].as_str().map(str::to_owned).unwrap_or_else(|| {
         format!(
             "{} {}",
@@ -166,7 +182,7 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
     let who = format!("{name} ({} {patient})", ui.t("患者ID", "patient id"));
     let body = html! {
         (pick)
-        form.card method="post" action="/ui/exchange/send" data-confirm=(ui.t("この内容を署名・暗号化して送信します。よろしいですか？", "Sign, encrypt and send this to the partner?")) data-confirm-send data-patient=(who) data-l-to=(ui.t("送り先", "To")) data-l-patient=(ui.t("患者", "Patient")) data-l-docs=(ui.t("送る記録", "Records")) data-l-clins=(ui.t("JP-CLINS 診療情報提供書（カルテから作成し、検証してから送信）", "JP-CLINS referral letter (composed from the chart, validated before it is sent)")) {
+        form.card method="post" action="/ui/exchange/send" data-confirm=(ui.t("この内容を署名・暗号化して送信します。よろしいですか？", "Sign, encrypt and send this to the partner?")) data-confirm-send data-patient=(who) data-l-to=(ui.t("送り先", "To")) data-l-patient=(ui.t("患者", "Patient")) data-l-docs=(ui.t("送る記録", "Records")) data-l-clins=(ui.t("JP-CLINS 診療情報提供書（カルテから作成し、検証してから送信）", "JP-CLINS referral letter (composed from the chart, validated before it is sent)")) data-l-discharge=(ui.t("JP-CLINS 退院時サマリー（カルテから作成し、検証してから送信）", "JP-CLINS discharge summary (composed from the chart, validated before it is sent)")) {
             (ui.csrf_field())
             input type="hidden" name="patient" value=(patient);
             p { strong { (name) } " (" (ui.t("患者ID", "patient id")) " " (patient) ")" }
@@ -181,6 +197,15 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
                 legend { (ui.t("文書の形式", "Document format")) }
                 label.check { input type="radio" name="format" value="" checked; " " (ui.t("mamori 形式（選んだ記録と本文）", "mamori format (the records chosen and the text)")) }
                 label.check { input type="radio" name="format" value="jp-clins"; " " (ui.t("JP-CLINS 診療情報提供書（カルテから作成し、送信前に JP-CLINS で検証。目的は「紹介」、本文は紹介目的になります）", "JP-CLINS referral letter (composed from the chart and validated against JP-CLINS before it is sent; purpose referral, the text is the purpose of the referral)")) }
+                @if !admissions.is_empty() {
+                    label.check { input type="radio" name="format" value="jp-clins-discharge"; " " (ui.t("JP-CLINS 退院時サマリー（下の入院について。本文は入院中経過になります）", "JP-CLINS discharge summary (for the admission below; the text is the hospital course)")) }
+                    label for="encounter" { (ui.t("入院", "Admission")) }
+                    select #encounter name="encounter" {
+                        @for (r, dates) in &admissions { option value=(r) { (dates) } }
+                    }
+                    label for="plan" { (ui.t("退院時方針指示（退院時サマリーのみ）", "Instructions at discharge (discharge summary only)")) }
+                    textarea #plan name="plan" {}
+                }
             }
             label for="title" { (ui.t("文書の表題", "Title of the document")) }
             input #title name="title" type="text" value=(ui.t("診療情報提供書", "Referral letter"));
@@ -239,11 +264,17 @@ pub(crate) async fn send_post(ui: Ui, body: Body) -> Response {
     });
     // A JP-CLINS letter is composed from the chart: the records and the
     // title of the mamori format do not apply.
-    if field(&f, "format") == send::FORMAT_JP_CLINS {
+    let format = field(&f, "format");
+    if format == send::FORMAT_JP_CLINS || format == "jp-clins-discharge" {
         req["format"] = json!(send::FORMAT_JP_CLINS);
         req["history"] = opt("history");
         req["documents"] = json!([]);
         req["title"] = Value::Null;
+        if format == "jp-clins-discharge" {
+            req["document"] = json!("discharge-summary");
+            req["encounter"] = opt("encounter");
+            req["plan"] = opt("plan");
+        }
     }
     if !field(&f, "basis").is_empty() {
         req["basis"] = json!(field(&f, "basis"));

@@ -129,7 +129,8 @@
       });
       // A JP-CLINS letter is composed from the chart: the ticks do not apply.
       var clins = f.querySelector("input[name=format][value=jp-clins]:checked");
-      var what = clins ? f.getAttribute("data-l-clins") :
+      var discharge = f.querySelector("input[name=format][value=jp-clins-discharge]:checked");
+      var what = clins ? f.getAttribute("data-l-clins") : discharge ? f.getAttribute("data-l-discharge") :
         f.getAttribute("data-l-docs") + ": " + docs.length + "\n" + docs.join("\n");
       q = f.getAttribute("data-l-to") + ": " + (opt ? opt.textContent : "") + "\n" +
         f.getAttribute("data-l-patient") + ": " + f.getAttribute("data-patient") + "\n" +
