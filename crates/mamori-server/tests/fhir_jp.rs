@@ -385,3 +385,140 @@ async fn below_and_above_use_the_loaded_code_systems() {
         assert!(r.text.contains(why), "{q}: {}", r.text);
     }
 }
+
+/// The clinical information items for the national service
+/// (電子カルテ情報共有サービス) as JP-CLINS `JP_Bundle_CLINS`, one item per
+/// bundle: built only when every record of the item conforms, each one
+/// that does not named with why; decided and audited as a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clins_bundle_of_one_item_for_the_national_service() {
+    let jp = fhir_jp();
+    let extra = format!(
+        "[fhir]\npackages = [{:?}, {:?}]\n[institution]\nid = \"1319900001\"\n",
+        jp.join("jp-core").display().to_string(),
+        jp.join("jp-clins").display().to_string(),
+    );
+    let s = TestServer::start_cfg("jp-items", &extra, None).await;
+    let doc = s.user("dr-items", &["physician"]).await;
+    let rep = |c: &str| json!([{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": c}]);
+    let r = s
+        .post(
+            "/fhir/Patient",
+            &doc,
+            json!({"resourceType": "Patient",
+                   "identifier": [{"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": "06139990:デモ3:100159:01"}],
+                   "name": [{"use": "official", "extension": rep("IDE"), "text": "鈴木 一郎", "family": "鈴木", "given": ["一郎"]},
+                            {"use": "official", "extension": rep("SYL"), "text": "スズキ イチロウ", "family": "スズキ", "given": ["イチロウ"]}],
+                   "gender": "male", "birthDate": "1955-02-03", "address": [{"text": "東京都港区デモ町2-2"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let p = r.body["id"].as_str().unwrap().to_owned();
+    s.assign(&p, "dr-items").await;
+    let subject = json!({"reference": format!("Patient/{p}")});
+    let r = s
+        .post(
+            "/fhir/Encounter",
+            &doc,
+            json!({"resourceType": "Encounter", "status": "finished",
+                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+                   "subject": subject, "period": {"start": "2026-11-02T09:00:00+09:00", "end": "2026-11-02T09:30:00+09:00"}}),
+        )
+        .await;
+    let enc = r.body["id"].as_str().unwrap().to_owned();
+    let department = json!({"url": "http://jpfhir.jp/fhir/eCS/Extension/StructureDefinition/JP_eCS_Department",
+        "valueCodeableConcept": {"coding": [{"system": "http://jpfhir.jp/fhir/core/CodeSystem/JP_Department_SsMix_CS", "code": "01", "display": "内科"}], "text": "内科"}});
+    // 20056319 stands for a MEDIS disease number here (test data): the MEDIS
+    // master is not available offline, so its form is checked, not its meaning.
+    let coded = json!({"resourceType": "Condition", "extension": [department],
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}],
+        "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-disease-keyNumber", "code": "20056319", "display": "本態性高血圧症"}], "text": "本態性高血圧症"},
+        "subject": subject, "encounter": {"reference": format!("Encounter/{enc}")}, "onsetDateTime": "2020-04-01"});
+    let r = s.post("/fhir/Condition", &doc, coded).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let cid = r.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/fhir/Patient/{p}/$clins-bundle?item=Condition");
+
+    let r = s.get(&path, &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = &r.body;
+    assert_eq!(b["type"], "collection");
+    assert_eq!(b["meta"]["profile"][0], "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_CLINS");
+    assert_eq!(b["meta"]["tag"][0]["code"], "Condition");
+    let idv = b["identifier"]["value"].as_str().unwrap();
+    assert!(idv.starts_with("1319900001^2026^") && idv.len() <= 10 + 1 + 4 + 1 + 36, "{idv}");
+    assert_eq!(b["entry"][0]["resource"]["resourceType"], "Patient");
+    let c = &b["entry"][1]["resource"];
+    assert_eq!(c["encounter"]["reference"], "#encounter");
+    assert_eq!(c["contained"][0]["meta"]["profile"][0], "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Encounter");
+    assert!(c["extension"].as_array().unwrap().iter().any(|x| x["valueIdentifier"]["value"] == "1319900001"));
+    assert_eq!(c["subject"]["reference"], b["entry"][0]["fullUrl"]);
+    let ev = s.audits_where("operation");
+    let last = ev.iter().rev().find(|e| e["query"].as_str().is_some_and(|q| q.contains("clins-bundle"))).unwrap();
+    assert_eq!(last["patients"], json!([p]));
+    assert_eq!(last["status"], 200);
+
+    // A second problem without a department or a MEDIS number: no bundle,
+    // and that record is named with why.
+    let r = s
+        .post(
+            "/fhir/Condition",
+            &doc,
+            json!({"resourceType": "Condition", "code": {"text": "腰痛"}, "subject": subject,
+                   "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]}}),
+        )
+        .await;
+    let bad = r.body["id"].as_str().unwrap().to_owned();
+    let r = s.get(&path, &doc).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains(&format!("Condition/{bad} cannot be sent as")), "{}", r.text);
+    assert!(r.text.contains("no department") && r.text.contains("onsetDateTime"), "{}", r.text);
+    assert!(!r.text.contains(&format!("Condition/{cid} cannot")), "the conforming one is not blamed: {}", r.text);
+
+    // Bad requests and a stranger.
+    for (q, status) in [
+        ("item=MedicationRequest", 400),
+        ("", 400),
+        ("item=Condition&item=Observation", 400),
+        ("item=Condition&foo=1", 400),
+        ("item=AllergyIntolerance", 422),
+    ] {
+        let r = s.get(&format!("/fhir/Patient/{p}/$clins-bundle?{q}"), &doc).await;
+        assert_eq!(r.status, status, "{q}: {}", r.text);
+        assert_eq!(r.body["resourceType"], "OperationOutcome", "{q}");
+    }
+    let stranger = s.user("dr-stranger", &["physician"]).await;
+    let r = s.get(&path, &stranger).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = s.get("/fhir/Patient/nobody/$clins-bundle?item=Condition", &doc).await;
+    assert!(r.status == 404 || r.status == 403, "{}", r.text);
+    // Laboratory results: JP_Observation_LabResult_eCS, here with the
+    // JP-CLINS code for a result without a JLAC code, and the specimen.
+    let r = s
+        .post(
+            "/fhir/Observation",
+            &doc,
+            json!({"resourceType": "Observation", "status": "final", "extension": [department],
+                   "category": [{"coding": [{"system": "http://jpfhir.jp/fhir/core/CodeSystem/JP_SimpleObservationCategory_CS", "code": "laboratory"}]}],
+                   "code": {"coding": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_CLINS_ObsLabResult_Uncoded_CS", "code": "99999999999999999", "display": "未標準化コード項目(JLAC)"}],
+                            "text": "HbA1c"},
+                   "subject": subject, "encounter": {"reference": format!("Encounter/{enc}")},
+                   "effectiveDateTime": "2026-11-02T09:10:00+09:00", "specimen": {"display": "血液"},
+                   "valueQuantity": {"value": 6.4, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // A vital sign is not a laboratory item and is not asked for.
+    let r = s.post("/fhir/Observation", &doc, observation(&p, "8867-4", 70.0)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.get(&format!("/fhir/Patient/{p}/$clins-bundle?item=Observation"), &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["entry"].as_array().unwrap().len(), 2, "the patient and the one laboratory result");
+    assert_eq!(r.body["meta"]["tag"][0]["code"], "Observation");
+
+    // Listed in the CapabilityStatement.
+    let r = s.get("/fhir/metadata", &doc).await;
+    assert!(r.text.contains("Patient-clins-bundle"));
+}

@@ -57,6 +57,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
         if *t == "Patient" {
             ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
             ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+            ops.push(json!({"name": "clins-bundle", "definition": "https://mamori.dev/fhir/OperationDefinition/Patient-clins-bundle",
+                "documentation": "GET Patient/[id]/$clins-bundle?item=Condition|AllergyIntolerance|Observation: the patient's items of one kind as a JP-CLINS JP_Bundle_CLINS (collection), validated against the loaded JP-CLINS package; every resource of the item must conform, or 422 names each one and why. Needs the JP-CLINS package and [institution] id."}));
         }
         if *t == "Group" {
             ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));

@@ -152,6 +152,7 @@ pub(crate) async fn instance_op(
     match op.as_str() {
         "_history" => history(svc, c, t, Some(id), q, headers).await,
         "$everything" if t == "Patient" => everything(svc, c, id, q, headers).await,
+        "$clins-bundle" if t == "Patient" => clins_bundle(svc, c, id, q, headers).await,
         "$export" if t == "Group" => super::bulk::group(svc, c, id, q, headers).await,
         "$validate" => {
             let r = async {
@@ -529,6 +530,21 @@ fn audit_page(svc: &Services, page: Audited<audit::EventPage>) -> Response {
         );
     }
     respond(StatusCode::OK, b.finish())
+}
+
+/// `GET /fhir/Patient/{id}/$clins-bundle?item=…`: the JP-CLINS bundle of
+/// one clinical information item.
+async fn clins_bundle(svc: Services, c: Caller, id: String, q: Option<String>, headers: HeaderMap) -> Response {
+    let params = match parse_pairs(q.as_deref().unwrap_or(""))
+        .and_then(|p| check_accept(&headers, format_param(&p)).map(|()| p))
+    {
+        Ok(p) => p,
+        Err(e) => return refuse(&svc, &c, "operation", Some("Patient"), Some(&id), e).await,
+    };
+    match read::clins_bundle(&svc, &c, &id, &params).await {
+        Ok(b) => respond(StatusCode::OK, b.into_inner().to_string()),
+        Err(e) => fhir_err(e),
+    }
 }
 
 /// `GET /fhir/Patient/{id}/$everything`.

@@ -26,6 +26,12 @@ pub const BUNDLE_EDISCHARGE: &str = "http://jpfhir.jp/fhir/clins/StructureDefini
 /// The discharge summary's Composition profile.
 pub const COMPOSITION_EDISCHARGE: &str =
     "http://jpfhir.jp/fhir/eDischargeSummary/StructureDefinition/JP_Composition_eDischargeSummary";
+/// The bundle of the clinical information items (電子カルテ情報共有サービス).
+pub const BUNDLE_CLINS: &str = "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_CLINS";
+const LABRESULT_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Observation_LabResult_eCS";
+const DEPARTMENT_EXT: &str = "http://jpfhir.jp/fhir/eCS/Extension/StructureDefinition/JP_eCS_Department";
+const BUNDLE_TYPE_SYSTEM: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/BundleResourceType_CS";
+const JP_ENCOUNTER: &str = "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Encounter";
 const ENCOUNTER_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Encounter_eCS";
 const DOCUMENT_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_DocumentReference_eCS";
 const PATIENT_ECS: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS";
@@ -246,55 +252,16 @@ fn errors_of(findings: &[Finding]) -> Vec<&Finding> {
     findings.iter().filter(|f| f.severity == Severity::Error).collect()
 }
 
-/// Composes the document and validates it; the issues say what stops it
-/// (a missing registration, a patient the profile refuses, a package not
-/// loaded).
-pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
-    let reg = r.registry;
-    let discharge = matches!(r.kind, Kind::Discharge { .. });
-    let (bundle_profile, composition_profile) =
-        if discharge { (BUNDLE_EDISCHARGE, COMPOSITION_EDISCHARGE) } else { (BUNDLE_EREFERRAL, COMPOSITION_EREFERRAL) };
-    if reg.profile(bundle_profile).is_none() || reg.profile(composition_profile).is_none() {
-        return Err(vec![issue(
-            "the JP-CLINS package is not loaded (mamori packages add, or [fhir] packages); a JP-CLINS document is validated before it is sent",
-        )]);
-    }
-    let (inst_code, inst_name) = r.institution;
-    let mut problems = Vec::new();
-    if inst_code.is_empty() {
-        problems.push(issue("[institution] id (the 10-digit medical institution code) is not set; JP-CLINS names the issuing institution by it"));
-    }
-    let to_code = match r.recipient.0 {
-        Some(c) => c,
-        None if discharge => "",
-        None => {
-            problems.push(issue(format!(
-                "partner {} has no institution_code in the registry; JP-CLINS names the recipient institution by it",
-                r.recipient.1
-            )));
-            return Err(problems);
-        }
-    };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let (date, datetime, instant) = local(r.now, r.utc_offset_minutes);
-    let year = &date[..4];
-    let (_, pbody) = r.patient;
-    let patient_ref = format!("Patient/{}", r.patient.0);
-    let urn = |_: &str| format!("urn:uuid:{}", mamori_store::accounts::new_id().unwrap_or_default());
-    let (u_patient, u_author, u_from, u_to, u_comp) = (urn("p"), urn("a"), urn("f"), urn("t"), urn("c"));
-    let meta = |profile: &str| json!({"lastUpdated": instant, "profile": [profile]});
-    let inst_ext =
-        json!([{"url": INSTITUTION_EXT, "valueIdentifier": {"system": INSTITUTION_SYSTEM, "value": inst_code}}]);
-
-    // The patient as JP_Patient_eCS.
+/// The patient as `JP_Patient_eCS`, or why it cannot be: the profile's
+/// findings, and the JP-CLINS rules written as FHIRPath invariants,
+/// checked here.
+fn patient_ecs(reg: &Registry, patient_ref: &str, pbody: &Value, instant: &str) -> Result<Value, Vec<Issue>> {
     let mut patient = pbody.clone();
     if let Some(o) = patient.as_object_mut() {
         o.remove("id");
         o.remove("text");
         let security = o.get("meta").and_then(|m| m.get("security")).cloned();
-        let mut m = meta(PATIENT_ECS);
+        let mut m = json!({"lastUpdated": instant, "profile": [PATIENT_ECS]});
         if let Some(s) = security {
             m["security"] = s;
         }
@@ -344,6 +311,52 @@ pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
             })
             .collect());
     }
+    Ok(patient)
+}
+
+/// Composes the document and validates it; the issues say what stops it
+/// (a missing registration, a patient the profile refuses, a package not
+/// loaded).
+pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
+    let reg = r.registry;
+    let discharge = matches!(r.kind, Kind::Discharge { .. });
+    let (bundle_profile, composition_profile) =
+        if discharge { (BUNDLE_EDISCHARGE, COMPOSITION_EDISCHARGE) } else { (BUNDLE_EREFERRAL, COMPOSITION_EREFERRAL) };
+    if reg.profile(bundle_profile).is_none() || reg.profile(composition_profile).is_none() {
+        return Err(vec![issue(
+            "the JP-CLINS package is not loaded (mamori packages add, or [fhir] packages); a JP-CLINS document is validated before it is sent",
+        )]);
+    }
+    let (inst_code, inst_name) = r.institution;
+    let mut problems = Vec::new();
+    if inst_code.is_empty() {
+        problems.push(issue("[institution] id (the 10-digit medical institution code) is not set; JP-CLINS names the issuing institution by it"));
+    }
+    let to_code = match r.recipient.0 {
+        Some(c) => c,
+        None if discharge => "",
+        None => {
+            problems.push(issue(format!(
+                "partner {} has no institution_code in the registry; JP-CLINS names the recipient institution by it",
+                r.recipient.1
+            )));
+            return Err(problems);
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (date, datetime, instant) = local(r.now, r.utc_offset_minutes);
+    let year = &date[..4];
+    let (_, pbody) = r.patient;
+    let patient_ref = format!("Patient/{}", r.patient.0);
+    let urn = |_: &str| format!("urn:uuid:{}", mamori_store::accounts::new_id().unwrap_or_default());
+    let (u_patient, u_author, u_from, u_to, u_comp) = (urn("p"), urn("a"), urn("f"), urn("t"), urn("c"));
+    let meta = |profile: &str| json!({"lastUpdated": instant, "profile": [profile]});
+    let inst_ext =
+        json!([{"url": INSTITUTION_EXT, "valueIdentifier": {"system": INSTITUTION_SYSTEM, "value": inst_code}}]);
+
+    let patient = patient_ecs(reg, &patient_ref, pbody, &instant)?;
 
     // The author and the two institutions.
     let (login, display, department) = r.author;
@@ -648,6 +661,179 @@ pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
             .collect());
     }
     Ok(Composed { bundle, structured, text_only, warnings })
+}
+
+/// The items `JP_Bundle_CLINS` carries, one kind per bundle: 傷病名
+/// (Condition), アレルギー・薬剤禁忌 (AllergyIntolerance), 検査・感染症
+/// (laboratory Observation). 処方 (MedicationRequest) is in the profile's
+/// slices, but its own rule `bundle-meta-tag-resourceType-valid` accepts
+/// only these three in JP-CLINS 1.5.2.
+pub const CLINS_ITEMS: [&str; 3] = ["AllergyIntolerance", "Condition", "Observation"];
+
+/// What a `JP_Bundle_CLINS` is built from.
+pub struct Items<'a> {
+    /// The loaded packages.
+    pub registry: &'a Registry,
+    /// This institution's 10-digit code.
+    pub institution: &'a str,
+    /// Local time zone, minutes east of UTC.
+    pub utc_offset_minutes: i64,
+    /// Which item (one of [`CLINS_ITEMS`]).
+    pub item: &'a str,
+    /// The patient's id and stored body.
+    pub patient: (&'a str, &'a Value),
+    /// The chart: (type, id, body) of the patient's resources.
+    pub chart: &'a [(String, String, Value)],
+    /// When.
+    pub now: Timestamp,
+    /// A unique id for the bundle (a UUID).
+    pub serial: &'a str,
+}
+
+/// Builds the patient's `JP_Bundle_CLINS` of one item and validates it.
+/// Every resource of the item must conform (a bundle for the national
+/// service that left one out would say the patient has less than the chart
+/// holds): the issues name each one that does not, and why.
+pub fn items_bundle(r: &Items<'_>) -> Result<(Value, Vec<String>), Vec<Issue>> {
+    let reg = r.registry;
+    if reg.profile(BUNDLE_CLINS).is_none() {
+        return Err(vec![issue("the JP-CLINS package is not loaded (mamori packages add, or [fhir] packages)")]);
+    }
+    if !is_institution_code(r.institution) {
+        return Err(vec![issue(
+            "[institution] id (the 10-digit medical institution code) is not set; every item carries it",
+        )]);
+    }
+    let (_, _, instant) = local(r.now, r.utc_offset_minutes);
+    let year = &instant[..4];
+    let patient_ref = format!("Patient/{}", r.patient.0);
+    let urn = || format!("urn:uuid:{}", mamori_store::accounts::new_id().unwrap_or_default());
+    let u_patient = urn();
+    let patient = patient_ecs(reg, &patient_ref, r.patient.1, &instant)?;
+    let (profile, lab_only) = match r.item {
+        "Condition" => (CONDITION_ECS, false),
+        "AllergyIntolerance" => (ALLERGY_ECS, false),
+        "Observation" => (LABRESULT_ECS, true),
+        other => {
+            return Err(vec![issue(format!(
+                "'{other}' is not an item of JP_Bundle_CLINS: {} (JP-CLINS 1.5.2 accepts no MedicationRequest bundle)",
+                CLINS_ITEMS.join(", ")
+            ))])
+        }
+    };
+    let encounter_of = |reference: &str| {
+        let id = reference.strip_prefix("Encounter/")?;
+        r.chart.iter().find(|(t, i, _)| t == "Encounter" && i == id).map(|(_, _, b)| b)
+    };
+    let mut entries = vec![json!({"fullUrl": u_patient, "resource": patient})];
+    let mut refused = Vec::new();
+    for (rt, id, body) in r.chart.iter().filter(|(t, _, _)| t == r.item) {
+        let status = body["verificationStatus"]["coding"][0]["code"].as_str().or(body["status"].as_str());
+        if status == Some("entered-in-error") {
+            continue;
+        }
+        if lab_only
+            && !body["category"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["coding"].as_array().into_iter().flatten().any(|x| x["code"] == "laboratory"))
+        {
+            continue;
+        }
+        let name = format!("{rt}/{id}");
+        let mut why = Vec::new();
+        let mut v = body.clone();
+        let Some(o) = v.as_object_mut() else { continue };
+        o.remove("id");
+        o.remove("text");
+        let security = o.get("meta").and_then(|m| m.get("security")).cloned();
+        let mut m = json!({"lastUpdated": instant, "profile": [profile]});
+        if let Some(s) = security {
+            m["security"] = s;
+        }
+        o.insert("meta".into(), m);
+        let mut ids = o.get("identifier").and_then(Value::as_array).cloned().unwrap_or_default();
+        ids.push(json!({"system": RESOURCE_ID_SYSTEM, "value": format!("{}^{year}^{id}", r.institution)}));
+        o.insert("identifier".into(), json!(ids));
+        let mut ext = o.get("extension").and_then(Value::as_array).cloned().unwrap_or_default();
+        ext.retain(|x| x["url"] != INSTITUTION_EXT);
+        ext.push(
+            json!({"url": INSTITUTION_EXT, "valueIdentifier": {"system": INSTITUTION_SYSTEM, "value": r.institution}}),
+        );
+        // The rules JP-CLINS writes as FHIRPath invariants, checked here.
+        if rt != "AllergyIntolerance" {
+            if !ext.iter().any(|x| x["url"] == DEPARTMENT_EXT) {
+                why.push(format!(
+                    "no department ({DEPARTMENT_EXT}; JP-CLINS rule {}-needs-extension-of-Department)",
+                    rt.to_lowercase()
+                ));
+            }
+            // The Encounter it was recorded in, contained, as JP_Encounter.
+            match o.get("encounter").and_then(|e| e["reference"].as_str()).and_then(encounter_of) {
+                Some(e) => {
+                    let mut c = json!({"resourceType": "Encounter", "id": "encounter",
+                        "meta": {"profile": [JP_ENCOUNTER]}, "status": e["status"], "class": e["class"]});
+                    if e["period"].is_object() {
+                        c["period"] = e["period"].clone();
+                    }
+                    o.insert("contained".into(), json!([c]));
+                    o.insert("encounter".into(), json!({"reference": "#encounter"}));
+                }
+                None => why.push(format!(
+                    "no Encounter of this patient's chart recorded with it (JP-CLINS rule {}-needs-contained-of-Encounter)",
+                    rt.to_lowercase()
+                )),
+            }
+        }
+        if rt == "Condition" && !o.contains_key("onsetDateTime") {
+            why.push("no onsetDateTime (JP-CLINS rule condition-needs-onsetDateTime)".into());
+        }
+        o.insert("extension".into(), json!(ext));
+        localize(&mut v, &patient_ref, &u_patient);
+        for f in errors_of(&reg.validate(&v, profile).findings).into_iter().take(5) {
+            why.push(format!("{}: {}", f.path, f.message));
+        }
+        if why.is_empty() {
+            entries.push(json!({"fullUrl": urn(), "resource": v}));
+        } else {
+            refused.push(Issue {
+                path: name.clone(),
+                message: format!("{name} cannot be sent as {profile}: {}", why.join("; ")),
+            });
+        }
+    }
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    if entries.len() < 2 {
+        return Err(vec![issue(format!(
+            "{patient_ref} has no {} to send (a JP_Bundle_CLINS carries at least one)",
+            r.item
+        ))]);
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "meta": {"lastUpdated": instant, "profile": [BUNDLE_CLINS],
+                 "tag": [{"system": BUNDLE_TYPE_SYSTEM, "code": r.item}]},
+        "identifier": {"system": BUNDLE_ID_SYSTEM, "value": format!("{}^{year}^{}", r.institution, r.serial)},
+        "type": "collection",
+        "timestamp": instant,
+        "entry": entries,
+    });
+    let (errors, warnings) = validate_document(reg, &bundle);
+    if !errors.is_empty() {
+        return Err(errors
+            .into_iter()
+            .map(|f| Issue { path: f.path, message: format!("the bundle does not conform: {}", f.message) })
+            .collect());
+    }
+    Ok((bundle, warnings))
+}
+
+fn is_institution_code(c: &str) -> bool {
+    let b = c.as_bytes();
+    b.len() == 10 && b.iter().all(u8::is_ascii_digit) && b[0] <= b'4' && (b'1'..=b'3').contains(&b[2])
 }
 
 /// Validates a document Bundle and each entry against the profiles they

@@ -612,3 +612,134 @@ pub async fn everything(
     rec.detail = Some(json!({"count": rows.len(), "withheld": withheld}));
     svc.audited(rec, EverythingPage { patient: id.to_owned(), count, rows, next }).await
 }
+
+/// `GET /fhir/Patient/{id}/$clins-bundle?item=Condition`: the patient's
+/// items of one kind as a JP-CLINS `JP_Bundle_CLINS` (電子カルテ情報共有サービス),
+/// validated. Decided as a read of the patient's records of that kind and
+/// of the encounters they were recorded in, audited as one. A caller from
+/// whom any record is withheld gets no bundle: it would be incomplete.
+pub async fn clins_bundle(
+    svc: &Services,
+    actor: &Actor,
+    id: &str,
+    params: &[(String, String)],
+) -> Result<Audited<serde_json::Value>, ServiceError> {
+    use crate::exchange::clins;
+    let now = svc.now();
+    let pre = (|| {
+        parse_id(id)?;
+        let mut item = None;
+        for (k, v) in params {
+            match k.as_str() {
+                "item" if item.is_none() => item = Some(v.clone()),
+                "item" => return Err(ServiceError::invalid("item", "one item per bundle")),
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(ServiceError::invalid(other, format!("unsupported $clins-bundle parameter '{other}'")))
+                }
+            }
+        }
+        let item = item.ok_or_else(|| {
+            ServiceError::invalid("item", format!("required: one of {}", clins::CLINS_ITEMS.join(", ")))
+        })?;
+        if !clins::CLINS_ITEMS.contains(&item.as_str()) {
+            return Err(ServiceError::invalid(
+                "item",
+                format!(
+                    "'{item}' is not an item of JP_Bundle_CLINS: {} (JP-CLINS 1.5.2 accepts no MedicationRequest bundle)",
+                    clins::CLINS_ITEMS.join(", ")
+                ),
+            ));
+        }
+        ResourceType::parse(&item).map_err(|e| ServiceError::invalid("item", e.to_string()))
+    })();
+    let rt = match pre {
+        Ok(x) => x,
+        Err(e) => return Err(super::reject(svc, actor, "operation", Some("Patient"), Some(id), e).await),
+    };
+    let (a2, id2) = (actor.clone(), id.to_owned());
+    let r = svc
+        .store
+        .read(move |c| {
+            let exists = records::read(c, "Patient", &id2)?;
+            let one = std::slice::from_ref(&id2);
+            let first = authz::decide_record(c, &a2, Action::Read, rt, one, now)?;
+            let d = mamori_core::policy::combine(vec![
+                first.clone(),
+                authz::decide_record(c, &a2, Action::Read, ResourceType::ENCOUNTER, one, now)?,
+            ])
+            .unwrap_or(first);
+            let Some(p) = exists.filter(|e| !e.deleted && d.permit) else { return Ok((d, None)) };
+            let mut rows = Vec::new();
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = records::compartment(c, &id2, after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), 500)?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.rtype.clone(), last.id.clone()));
+                rows.extend(page.into_iter().filter(|v| {
+                    !v.deleted
+                        && (v.rtype == rt.as_str() || v.rtype == "Encounter")
+                        && v.patients.iter().all(|x| x == &id2)
+                }));
+            }
+            let withheld = withhold(c, &a2, &mut rows, one, now)?;
+            Ok((d, Some((p, rows, withheld))))
+        })
+        .await?;
+    let (d, found) = r;
+    let mut rec =
+        actor.fhir_record("operation", 200, Some("Patient"), Some(id), None, vec![id.to_owned()], Some(&d), now);
+    rec.query = Some(format!("$clins-bundle?item={rt}"));
+    if let Err(e) = permitted(&d, &format!("the {rt} records of Patient/{id}")) {
+        rec.status = 403;
+        return answer(svc, rec, Err(e)).await;
+    }
+    let Some((p, rows, withheld)) = found else {
+        let e = ServiceError::NotFound(format!("Patient/{id}"));
+        rec.status = e.status();
+        return answer(svc, rec, Err(e)).await;
+    };
+    if withheld > 0 {
+        let e = ServiceError::forbidden(format!(
+            "{withheld} of Patient/{id}'s records are withheld from you; the bundle would be incomplete"
+        ));
+        rec.status = 403;
+        return answer(svc, rec, Err(e)).await;
+    }
+    let parse = |body: &str| serde_json::from_str::<serde_json::Value>(body);
+    let patient = match parse(&p.body) {
+        Ok(v) => v,
+        Err(e) => return answer(svc, rec, Err(ServiceError::internal_from("the Patient", e))).await,
+    };
+    let chart: Vec<(String, String, serde_json::Value)> =
+        rows.iter().filter_map(|v| parse(&v.body).ok().map(|b| (v.rtype.clone(), v.id.clone(), b))).collect();
+    let conf = svc.conformance();
+    let serial = match mamori_store::accounts::new_id() {
+        Ok(s) => s,
+        Err(e) => return answer(svc, rec, Err(e.into())).await,
+    };
+    let built = clins::items_bundle(&clins::Items {
+        registry: &conf.registry,
+        institution: &svc.cfg.institution.id,
+        utc_offset_minutes: svc.cfg.institution.utc_offset_minutes,
+        item: rt.as_str(),
+        patient: (id, &patient),
+        chart: &chart,
+        now,
+        serial: &serial,
+    });
+    let count = chart.iter().filter(|(t, _, _)| t == rt.as_str()).count();
+    rec.detail = Some(json!({"item": rt.as_str(), "count": count}));
+    match built {
+        Ok((bundle, warnings)) => {
+            rec.detail =
+                Some(json!({"item": rt.as_str(), "count": bundle["entry"].as_array().map_or(0, |e| e.len() - 1),
+                                     "warnings": warnings.len()}));
+            svc.audited(rec, bundle).await
+        }
+        Err(issues) => {
+            rec.status = 422;
+            answer(svc, rec, Err(ServiceError::Unprocessable(issues))).await
+        }
+    }
+}
