@@ -117,14 +117,37 @@ fn jp_clins_loads_beside_jp_core_and_names_what_it_cannot_check() {
     // JP-CLINS carries its own copy of a JP Core profile: the first loaded is kept.
     assert!(reg.packages()[1].skipped.iter().any(|s| s == "StructureDefinition/JP-RelatedPerson"));
     // A JP Core patient is not yet a JP-CLINS patient: the eCS profile asks
-    // more, and its FHIRPath invariants are named as not evaluated.
-    let p = example("Patient-jp-patient-example-1.json");
+    // more, some of it as FHIRPath invariants, which are evaluated.
+    let mut p = example("Patient-jp-patient-example-1.json");
     let r = reg.validate(&p, "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS");
     assert!(
-        r.findings.iter().any(|f| f.severity == Severity::Warning && f.message.contains("was not evaluated")),
+        r.findings.iter().any(|f| f.severity == Severity::Error
+            && f.code == "invariant"
+            && f.message.starts_with("invariant 'valid-system-insurance-patientIdentifier' fails")),
         "{:#?}",
         r.findings
     );
+    // With the insurance member id in its form, those invariants hold; a
+    // full-width space in the kanji name breaks another.
+    p["identifier"].as_array_mut().unwrap().push(serde_json::json!(
+        {"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": "00012345:あいう:387476:01"}));
+    let inv = |p: &serde_json::Value| -> Vec<String> {
+        reg.validate(p, "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS")
+            .findings
+            .into_iter()
+            .filter(|f| f.code == "invariant")
+            .map(|f| f.message)
+            .collect()
+    };
+    assert_eq!(inv(&p), Vec::<String>::new());
+    let ide = p["name"].as_array().unwrap().iter().position(|n| n.to_string().contains("\"IDE\"")).unwrap();
+    p["name"][ide]["text"] = serde_json::json!("山田　太郎");
+    assert!(inv(&p).iter().any(|m| m.contains("kanjiName-kanaName-donot-contain-ZenkakuKuuhaku")), "{:?}", inv(&p));
+    let mut bad = p.clone();
+    bad["name"][ide]["text"] = serde_json::json!("山田 太郎");
+    let last = bad["identifier"].as_array().unwrap().len() - 1;
+    bad["identifier"][last]["value"] = serde_json::json!("12345:a:b:1");
+    assert!(inv(&bad).iter().any(|m| m.contains("valid-value-insurance-patientIdentifier")), "{:?}", inv(&bad));
     // Composition is not in the built-in summary table; JP-CLINS's
     // snapshots tell its summary elements (facts of the base definition).
     assert!(mamori_core::fhir::summary::supported("Composition"));

@@ -2,6 +2,7 @@
 //! parameters and index extraction, compartments.
 
 pub mod compartment;
+pub mod fhirpath;
 pub mod fhirpath_patch;
 pub mod jp;
 pub mod json;

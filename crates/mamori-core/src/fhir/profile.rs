@@ -194,6 +194,10 @@ struct Invariant {
     key: String,
     severity: Severity,
     human: String,
+    /// The expression, when it is in the subset mamori evaluates.
+    expr: Option<super::fhirpath::Expr>,
+    /// Why it is not evaluated, otherwise.
+    unsupported: String,
 }
 
 #[derive(Debug, Default)]
@@ -353,7 +357,14 @@ fn fill(node: &mut Node, el: &Value, id: &str) {
         if source.is_empty() || source.starts_with("http://hl7.org/fhir/") {
             continue;
         }
+        let parsed = c
+            .get("expression")
+            .and_then(Value::as_str)
+            .ok_or_else(|| "it has no expression".to_owned())
+            .and_then(super::fhirpath::parse);
         node.invariants.push(Invariant {
+            expr: parsed.as_ref().ok().cloned(),
+            unsupported: parsed.err().unwrap_or_default(),
             key: c.get("key").and_then(Value::as_str).unwrap_or("?").to_owned(),
             severity: if c.get("severity").and_then(Value::as_str) == Some("warning") {
                 Severity::Warning
@@ -949,13 +960,31 @@ fn check_node(cx: &mut Cx, node: &Node, v: &Value, path: &str, ty: Option<&str>,
         }
     }
     for inv in &node.invariants {
+        let why = match inv.expr.as_ref().map(|e| super::fhirpath::holds(e, v)) {
+            Some(Ok(Some(false))) => {
+                cx.add(
+                    inv.severity,
+                    "invariant",
+                    path,
+                    format!(
+                        "invariant '{}' fails{}",
+                        inv.key,
+                        if inv.human.is_empty() { String::new() } else { format!(": {}", inv.human) }
+                    ),
+                );
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => e,
+            None => inv.unsupported.clone(),
+        };
         cx.once(
             format!("inv:{}", inv.key),
             Severity::Warning,
             "not-supported",
             path,
             format!(
-                "invariant '{}' ({}) was not evaluated: mamori does not evaluate FHIRPath invariants{}",
+                "invariant '{}' ({}) was not evaluated: its FHIRPath is outside the subset mamori evaluates ({why}){}",
                 inv.key,
                 if inv.severity == Severity::Error { "error" } else { "warning" },
                 if inv.human.is_empty() { String::new() } else { format!("; it requires: {}", inv.human) }
@@ -1403,7 +1432,8 @@ mod tests {
             "http://x/SD/Med",
             "MedicationRequest",
             json!([
-                {"id":"MedicationRequest","path":"MedicationRequest","min":0,"max":"*"},
+                {"id":"MedicationRequest","path":"MedicationRequest","min":0,"max":"*",
+                 "constraint":[{"key":"jp-2","severity":"error","human":"the medicine in words","expression":"medication.ofType(CodeableConcept).text.exists()","source":"http://x/SD/Med"}]},
                 {"id":"MedicationRequest.identifier","path":"MedicationRequest.identifier","min":1,"max":"*",
                  "slicing":{"discriminator":[{"type":"value","path":"system"}],"rules":"open"}},
                 {"id":"MedicationRequest.identifier:rp","path":"MedicationRequest.identifier","sliceName":"rp","min":1,"max":"1"},
@@ -1418,7 +1448,7 @@ mod tests {
                 {"id":"MedicationRequest.medication[x]","path":"MedicationRequest.medication[x]","min":1,"max":"1",
                  "type":[{"code":"CodeableConcept"}]},
                 {"id":"MedicationRequest.authoredOn","path":"MedicationRequest.authoredOn","min":1,"max":"1",
-                 "constraint":[{"key":"jp-1","severity":"error","human":"must be a date","expression":"x","source":"http://x/SD/Med"}]},
+                 "constraint":[{"key":"jp-1","severity":"error","human":"must be a date","expression":"descendants().exists()","source":"http://x/SD/Med"}]},
             ]),
         )
     }
@@ -1440,7 +1470,22 @@ mod tests {
         let reg = registry(vec![med_profile(), vs_cat()]);
         let r = reg.validate(&good(), "http://x/SD/Med");
         assert!(!r.has_errors(), "{:#?}", r.findings);
-        assert!(r.findings.iter().any(|f| f.severity == Severity::Warning && f.message.contains("'jp-1'")));
+        assert!(r.findings.iter().any(|f| f.severity == Severity::Warning
+            && f.message.contains("'jp-1'")
+            && f.message.contains("descendants() is not supported")));
+        // An invariant in the subset is evaluated: it holds here, and fails
+        // with its key and its words when the data breaks it.
+        assert!(!r.findings.iter().any(|f| f.message.contains("'jp-2'")), "{:#?}", r.findings);
+        let mut bad = good();
+        bad["medicationCodeableConcept"] = json!({"coding": [{"system": "urn:x", "code": "1"}]});
+        let r = reg.validate(&bad, "http://x/SD/Med");
+        assert!(
+            r.findings.iter().any(|f| f.severity == Severity::Error
+                && f.code == "invariant"
+                && f.message == "invariant 'jp-2' fails: the medicine in words"),
+            "{:#?}",
+            r.findings
+        );
     }
 
     #[test]
