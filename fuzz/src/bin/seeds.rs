@@ -59,6 +59,28 @@ fn main() {
         put("search_query", &format!("seed{i}.txt"), q.as_bytes());
     }
 
+    // FHIRPath invariants of JP-CLINS over resources that keep and break them.
+    let patient = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": "00012345:あいう:387476:01"},
+        {"system": "urn:oid:1.2.392.100495.20.3.51.11319900001", "value": "00012345"}],
+        "name": [{"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "IDE"}], "text": "山田　太郎"}]});
+    let bundle = json!({"resourceType": "Bundle", "meta": {"profile": ["http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_CLINS|1"],
+        "tag": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/BundleResourceType_CS", "code": "Condition"}]},
+        "entry": [{"resource": patient}, {"resource": {"resourceType": "Condition", "onsetDateTime": "2020-01-01",
+            "contained": [{"resourceType": "Encounter", "meta": {"profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Encounter"]}}]}}]});
+    for (i, (e, v)) in [
+        ("(identifier.where(system = 'http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID').count()=1 and identifier.where(system = 'http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID').value.matches('^[0-9]{8}:[^:^\\s^　]*:[^:^\\s^　]*:(.{0}|[0-9][0-9])$'))", &patient),
+        ("(identifier.where(system.substring(0,31) = 'urn:oid:1.2.392.100495.20.3.51.').count()=1 and (identifier.where(system.substring(0,31) = 'urn:oid:1.2.392.100495.20.3.51.')).system.substring(31,1) = '1') or (identifier.where(system.substring(0,31) = 'urn:oid:1.2.392.100495.20.3.51.').empty())", &patient),
+        ("name.where(extension.where(url='http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation').exists()).where(text.contains('　')).exists().not()", &patient),
+        ("meta.profile.where($this.indexOf('|')>0 and ($this.indexOf('|')>0 implies ($this.substring(0,$this.indexOf('|'))='http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_CLINS'))).exists()", &bundle),
+        ("entry.select(resource as Condition).all(contained.meta.where(profile='http://jpfhir.jp/fhir/core/StructureDefinition/JP_Encounter').exists()) and entry.first().resource.is(Patient) xor entry.tail().resource.all(onset.ofType(dateTime).exists())", &bundle),
+    ]
+    .iter()
+    .enumerate()
+    {
+        put("fhirpath", &format!("seed{i}.txt"), format!("{e}\n{v}").as_bytes());
+    }
+
     // AS2: a signed, encrypted message; a signed receipt.
     let (cert, key) = mamori_fuzz::identity("seed partner");
     let id = Identity::from_pem(&cert, &key).expect("identity");
