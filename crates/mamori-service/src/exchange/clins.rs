@@ -252,20 +252,26 @@ fn errors_of(findings: &[Finding]) -> Vec<&Finding> {
     findings.iter().filter(|f| f.severity == Severity::Error).collect()
 }
 
+/// A chart resource as a document entry: no local id or narrative, meta
+/// naming the profile (the security labels kept, e.g. test data).
+fn restamp(o: &mut serde_json::Map<String, Value>, profile: &str, instant: &str) {
+    o.remove("id");
+    o.remove("text");
+    let security = o.get("meta").and_then(|m| m.get("security")).cloned();
+    let mut m = json!({"lastUpdated": instant, "profile": [profile]});
+    if let Some(s) = security {
+        m["security"] = s;
+    }
+    o.insert("meta".into(), m);
+}
+
 /// The patient as `JP_Patient_eCS`, or why it cannot be: the profile's
 /// findings, and the JP-CLINS rules written as FHIRPath invariants,
 /// checked here.
 fn patient_ecs(reg: &Registry, patient_ref: &str, pbody: &Value, instant: &str) -> Result<Value, Vec<Issue>> {
     let mut patient = pbody.clone();
     if let Some(o) = patient.as_object_mut() {
-        o.remove("id");
-        o.remove("text");
-        let security = o.get("meta").and_then(|m| m.get("security")).cloned();
-        let mut m = json!({"lastUpdated": instant, "profile": [PATIENT_ECS]});
-        if let Some(s) = security {
-            m["security"] = s;
-        }
-        o.insert("meta".into(), m);
+        restamp(o, PATIENT_ECS, instant);
     }
     // JP-CLINS forbids a full-width space in kanji and kana names.
     for n in patient["name"].as_array_mut().into_iter().flatten() {
@@ -441,14 +447,7 @@ pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
     let mut try_entry = |rt: &str, id: &str, body: &Value, profile: &str| -> Option<String> {
         let mut v = body.clone();
         let o = v.as_object_mut()?;
-        o.remove("id");
-        o.remove("text");
-        let security = o.get("meta").and_then(|m| m.get("security")).cloned();
-        let mut m = meta(profile);
-        if let Some(s) = security {
-            m["security"] = s;
-        }
-        o.insert("meta".into(), m);
+        restamp(o, profile, &instant);
         let mut ids = o.get("identifier").and_then(Value::as_array).cloned().unwrap_or_default();
         if rt != "MedicationRequest" {
             ids.push(json!({"system": RESOURCE_ID_SYSTEM, "value": format!("{inst_code}^{year}^{id}")}));
@@ -745,14 +744,7 @@ pub fn items_bundle(r: &Items<'_>) -> Result<(Value, Vec<String>), Vec<Issue>> {
         let mut why = Vec::new();
         let mut v = body.clone();
         let Some(o) = v.as_object_mut() else { continue };
-        o.remove("id");
-        o.remove("text");
-        let security = o.get("meta").and_then(|m| m.get("security")).cloned();
-        let mut m = json!({"lastUpdated": instant, "profile": [profile]});
-        if let Some(s) = security {
-            m["security"] = s;
-        }
-        o.insert("meta".into(), m);
+        restamp(o, profile, &instant);
         let mut ids = o.get("identifier").and_then(Value::as_array).cloned().unwrap_or_default();
         ids.push(json!({"system": RESOURCE_ID_SYSTEM, "value": format!("{}^{year}^{id}", r.institution)}));
         o.insert("identifier".into(), json!(ids));
