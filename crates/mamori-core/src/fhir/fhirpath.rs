@@ -6,7 +6,8 @@
 //! `and`, `or`, `xor`, `implies`, `is`, `as`, and the functions `where`,
 //! `select`, `all`, `exists`, `empty`, `count`, `first`, `tail`, `not`,
 //! `ofType`, `is`, `as`, `indexOf`, `substring`, `contains`, `startsWith`,
-//! `endsWith`, `matches` and `length`. An expression outside the subset
+//! `endsWith`, `matches`, `length` and FHIR's `extension(url)` (what
+//! search parameters of packages use). An expression outside the subset
 //! does not parse, and the validator names it as not evaluated: it is
 //! never guessed.
 //!
@@ -53,6 +54,7 @@ const FUNCTIONS: &[(&str, usize, usize)] = &[
     ("endsWith", 1, 1),
     ("matches", 1, 1),
     ("length", 0, 0),
+    ("extension", 1, 1),
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -573,6 +575,13 @@ fn call(name: &str, input: Coll, args: &[Expr], focus: &Coll, this: &Coll) -> Re
             let t = type_arg(args)?;
             input.into_iter().filter(|i| type_is(i, t)).collect()
         }
+        "extension" => {
+            // The extensions of each item with that url (FHIR's addition
+            // to FHIRPath: `extension(url)` is `extension.where(url = url)`).
+            let Some(url) = single_str(&arg(0)?)? else { return Ok(vec![]) };
+            let exts = member(&input, "extension");
+            exts.into_iter().filter(|e| e.v.get("url").and_then(Value::as_str) == Some(url.as_str())).collect()
+        }
         _ => {
             // String functions: on a single string; empty in, empty out.
             let Some(s) = single_str(&input)? else { return Ok(vec![]) };
@@ -650,6 +659,15 @@ pub fn holds(e: &Expr, context: &Value) -> Result<Option<bool>, String> {
     truth(&eval(e, &focus, &focus)?)
 }
 
+/// Evaluates an expression on a resource: the values it selects, each
+/// with its FHIR type when the path tells it (a choice element's
+/// suffix, `valuePeriod` → `Period`), as a search parameter's
+/// expression is evaluated to find the values to index.
+pub fn evaluate(e: &Expr, context: &Value) -> Result<Vec<(Value, Option<String>)>, String> {
+    let focus = vec![item(context, None)];
+    Ok(eval(e, &focus, &focus)?.into_iter().map(|i| (i.v, i.ty)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -708,6 +726,33 @@ mod tests {
             Some(true)
         );
         assert_eq!(t("meta.profile.where($this!='http://x/A').exists()", &prof), Some(true));
+    }
+
+    #[test]
+    fn search_parameter_expressions_select_values() {
+        let rep = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
+        let p = json!({"resourceType": "Patient", "name": [
+            {"extension": [{"url": rep, "valueCode": "IDE"}], "use": "usual", "text": "山田 太郎"},
+            {"extension": [{"url": rep, "valueCode": "SYL"}], "use": "usual", "text": "ヤマダ タロウ"},
+            {"extension": [{"url": rep, "valueCode": "SYL"}], "use": "old", "text": "サトウ タロウ"}]});
+        let kana = format!("Patient.name.where(extension('{rep}').value.as(code)='SYL' and use='usual').text");
+        let got = evaluate(&parse(&kana).unwrap(), &p).unwrap();
+        assert_eq!(got.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(), vec![json!("ヤマダ タロウ")]);
+        let m = json!({"resourceType": "MedicationRequest", "dosageInstruction": [
+            {"extension": [{"url": "u", "valuePeriod": {"start": "2024-01-02"}}]},
+            {"extension": [{"url": "v", "valuePeriod": {"start": "2024-05-05"}}]}]});
+        let got =
+            evaluate(&parse("MedicationRequest.dosageInstruction.extension('u').value.as(Period).start").unwrap(), &m);
+        assert_eq!(got.unwrap().iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(), vec![json!("2024-01-02")]);
+        // A Coding is not a code: `as(code)` selects nothing from it.
+        let o = json!({"resourceType": "Organization", "extension": [{"url": "u", "valueCoding": {"code": "13"}}]});
+        assert!(evaluate(&parse("Organization.extension.where(url='u').value.as(code)").unwrap(), &o)
+            .unwrap()
+            .is_empty());
+        let got = evaluate(&parse("Organization.extension('u').value.ofType(Coding)").unwrap(), &o).unwrap();
+        assert_eq!(got, vec![(json!({"code": "13"}), Some("Coding".to_owned()))]);
+        // Another type's path selects nothing.
+        assert!(evaluate(&parse("Practitioner.name").unwrap(), &p).unwrap().is_empty());
     }
 
     #[test]
