@@ -198,6 +198,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
                 every: std::time::Duration::from_secs(60),
             },
             origin: "bench/audit".into(),
+            search: Default::default(),
         };
         let store = mamori_store::Store::open(&cfg, Arc::new(SystemClock), signer)?;
         store.set_leader(true);

@@ -386,6 +386,121 @@ async fn below_and_above_use_the_loaded_code_systems() {
     }
 }
 
+/// The SearchParameters of a loaded package are searchable where mamori
+/// evaluates their FHIRPath expressions (JP Core's kana sort name, its
+/// dosage period start): in a search, in `_sort`, in the
+/// CapabilityStatement. What was stored before the package came is
+/// indexed when the server starts with it; without it the parameter is
+/// unknown again and its rows are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_search_parameters_are_searchable() {
+    let mut s = TestServer::start_cfg("jp-sp", "", None).await;
+    let doc = s.user("doc", &["physician"]).await;
+    let rep = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
+    let named = |kanji: &str, kana: &str, kana_use: &str| {
+        json!({"resourceType": "Patient", "gender": "female", "birthDate": "1970-01-01", "name": [
+            {"extension": [{"url": rep, "valueCode": "IDE"}], "use": "usual", "text": kanji},
+            {"extension": [{"url": rep, "valueCode": "SYL"}], "use": kana_use, "text": kana}]})
+    };
+    let mut ids = Vec::new();
+    for p in [
+        example("Patient-jp-patient-example-1.json"),
+        named("佐藤 花子", "サトウ ハナコ", "usual"),
+        named("山川 一郎", "ヤマカワ イチロウ", "old"),
+    ] {
+        let r = s.post("/fhir/Patient", &doc, p).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let mut mr = example("MedicationRequest-jp-medicationrequest-example-1.json");
+    mr["subject"]["reference"] = json!(format!("Patient/{}", ids[0]));
+    let r = s.post("/fhir/MedicationRequest", &doc, mr).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mr_id = r.body["id"].as_str().unwrap().to_owned();
+
+    let strict = [("prefer", "handling=strict")];
+    let r = s.raw(Method::GET, "/fhir/Patient?jp-kana-sort=やまだ", Some(&doc), None, &strict).await;
+    assert_eq!(r.status, 400, "no package, no parameter: {}", r.text);
+    assert!(r.text.contains("jp-kana-sort"), "{}", r.text);
+
+    // JP Core added: the resources stored before are indexed at start.
+    let toml = s.dir.join("mamori.toml");
+    let before = std::fs::read_to_string(&toml).unwrap();
+    let core = fhir_jp().join("jp-core").display().to_string();
+    std::fs::write(&toml, format!("{before}\n[fhir]\npackages = [{core:?}]\n")).unwrap();
+    s.restart().await;
+    let doc = s.login("doc", PASSWORD).await;
+    let found = |b: &Value| -> Vec<String> {
+        b["entry"].as_array().map_or(vec![], |a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+    };
+    let all = ids.join(",");
+    for (q, want) in [
+        // Kana folds: katakana, hiragana and half-width match.
+        ("jp-kana-sort=やまだ".to_owned(), vec![ids[0].clone()]),
+        ("jp-kana-sort=ﾔﾏﾀﾞ".to_owned(), vec![ids[0].clone()]),
+        ("jp-kana-sort:exact=ヤマダ タロウ".to_owned(), vec![ids[0].clone()]),
+        // Only the usual kana name is the sort name; a kanji name is not.
+        ("jp-kana-sort=やまかわ".to_owned(), vec![]),
+        ("jp-kana-sort=山田".to_owned(), vec![]),
+        // Ordered by the kana: サトウ, ヤマダ, then the one without.
+        (format!("_id={all}&_sort=jp-kana-sort"), vec![ids[1].clone(), ids[0].clone(), ids[2].clone()]),
+        (format!("_id={all}&jp-kana-sort:missing=true"), vec![ids[2].clone()]),
+    ] {
+        let r = s.get(&format!("/fhir/Patient?{q}"), &doc).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(found(&r.body), want, "{q}");
+    }
+    let r = s
+        .get(&format!("/fhir/MedicationRequest?subject=Patient/{}&jp-medication-start=ge2020-04-01", ids[0]), &doc)
+        .await;
+    assert_eq!(found(&r.body), vec![mr_id.clone()], "{}", r.text);
+    let r = s
+        .get(&format!("/fhir/MedicationRequest?subject=Patient/{}&jp-medication-start=lt2020-04-01", ids[0]), &doc)
+        .await;
+    assert_eq!(found(&r.body), Vec::<String>::new(), "{}", r.text);
+    assert_eq!(s.get("/fhir/Patient?jp-kana-sort=ge2020", &doc).await.status, 200, "a string, not a date");
+    assert_eq!(s.get("/fhir/MedicationRequest?jp-medication-start=soon", &doc).await.status, 400);
+
+    // What is written from now on is indexed as it is written.
+    let r = s.post("/fhir/Patient", &doc, named("山本 三郎", "ヤマモト サブロウ", "usual")).await;
+    let yamamoto = r.body["id"].as_str().unwrap().to_owned();
+    let r = s.get("/fhir/Patient?jp-kana-sort=やま&_sort=jp-kana-sort", &doc).await;
+    assert_eq!(found(&r.body), vec![ids[0].clone(), yamamoto.clone()], "{}", r.text);
+    let mut p = s.get(&format!("/fhir/Patient/{yamamoto}"), &doc).await.body;
+    p["name"][1]["text"] = json!("アオキ サブロウ");
+    assert_eq!(s.put(&format!("/fhir/Patient/{yamamoto}"), &doc, p).await.status, 200);
+    let r = s.get("/fhir/Patient?jp-kana-sort=あおき", &doc).await;
+    assert_eq!(found(&r.body), vec![yamamoto.clone()], "the index follows an update");
+
+    // The CapabilityStatement names the package's definition.
+    let cs = s.get("/fhir/metadata", &doc).await.body;
+    let patient = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();
+    assert!(
+        patient["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "jp-kana-sort"
+            && p["type"] == "string"
+            && p["definition"] == "http://jpfhir.jp/fhir/core/SearchParameter/JP_Patient_KanaSort_SP"),
+        "{}",
+        patient["searchParam"]
+    );
+    let rows = |s: &TestServer| s.col("SELECT COUNT(*) FROM idx_string WHERE param = $1", &["jp-kana-sort"]);
+    assert_eq!(rows(&s)[0], mamori_store::sql::Cell::Int(3));
+
+    // The package taken away: the parameter is unknown and its rows gone.
+    std::fs::write(&toml, &before).unwrap();
+    s.restart().await;
+    let doc = s.login("doc", PASSWORD).await;
+    let r = s.raw(Method::GET, "/fhir/Patient?jp-kana-sort=やまだ", Some(&doc), None, &strict).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(rows(&s)[0], mamori_store::sql::Cell::Int(0));
+    let r = s.get("/fhir/Patient?name=山田", &doc).await;
+    assert_eq!(found(&r.body), vec![ids[0].clone()], "mamori's own parameters keep their rows");
+}
+
 /// The clinical information items for the national service
 /// (電子カルテ情報共有サービス) as JP-CLINS `JP_Bundle_CLINS`, one item per
 /// bundle: built only when every record of the item conforms, each one

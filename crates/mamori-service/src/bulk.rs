@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use mamori_core::fhir::resource_types::{in_patient_compartment, NOT_STORABLE, R4_RESOURCE_TYPES};
-use mamori_core::fhir::search::parse_query;
+use mamori_core::fhir::search::{parse_query, parse_query_in, SearchParams};
 use mamori_core::fhir::subset::Subset;
 use mamori_core::ids::{is_fhir_id, ResourceType};
 use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScope, Target};
@@ -106,7 +106,12 @@ fn bad(param: &str, msg: impl Into<String>) -> ServiceError {
 }
 
 /// Reads the kick-off parameters.
-fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>) -> Result<Params, ServiceError> {
+fn parse_params(
+    search: &SearchParams,
+    level: &Level,
+    pairs: &[(String, String)],
+    prefer: Option<&str>,
+) -> Result<Params, ServiceError> {
     let async_asked = prefer.is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
     if !async_asked {
         return Err(bad("Prefer", "an export runs asynchronously: send the header 'Prefer: respond-async'"));
@@ -242,7 +247,7 @@ fn parse_params(level: &Level, pairs: &[(String, String)], prefer: Option<&str>)
         if let Some((k, _)) = fp.iter().find(|(k, _)| NOT_IN_FILTER.contains(&k.as_str())) {
             return Err(bad("_typeFilter", format!("{k} has no meaning in a _typeFilter")));
         }
-        parse_query(rt, &fp, false).map_err(|e| bad("_typeFilter", format!("{t}: {e}")))?;
+        parse_query_in(search, rt, &fp, false).map_err(|e| bad("_typeFilter", format!("{t}: {e}")))?;
         p.filters.push((rt.as_str().to_owned(), q.to_owned()));
     }
     Ok(p)
@@ -293,7 +298,7 @@ pub async fn kickoff(
     request: &str,
 ) -> Result<Kickoff, ServiceError> {
     let now = svc.now();
-    let params = match parse_params(&level, pairs, prefer) {
+    let params = match parse_params(&svc.conformance().search, &level, pairs, prefer) {
         Ok(mut p) => {
             p.app = actor.app.as_ref().map(|a| (a.client_id.clone(), a.scope.clone()));
             p
@@ -828,8 +833,8 @@ async fn run_job(svc: &Services, job: Job, stop: &watch::Receiver<bool>) -> Resu
             if let Some((since, _)) = &params.since {
                 pairs.push(("_lastUpdated".into(), format!("ge{since}")));
             }
-            let (mut q, _) =
-                parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid("_typeFilter", e.to_string()))?;
+            let (mut q, _) = parse_query_in(&svc.conformance().search, rtype, &pairs, false)
+                .map_err(|e| ServiceError::invalid("_typeFilter", e.to_string()))?;
             // A `_has` in a filter looks only at what the caller may find,
             // and never through emergency powers.
             let has = super::records::has_scope(&actor, &q, svc.now())

@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mamori_core::fhir::profile::{read_package, Finding, PackageError, PackageInfo, Registry, Report, Severity};
+use mamori_core::fhir::search::{NotSearchable, SearchParams};
 use mamori_core::fhir::validate::Issue;
 use mamori_core::ids::ResourceType;
 use mamori_core::policy::{Facts, Operation};
@@ -53,6 +55,11 @@ pub struct Conformance {
     /// The institution's patient numbering, when on
     /// (`[institution] number_patients`): what a created Patient gets.
     pub patient_numbers: Option<PatientNumbers>,
+    /// The search parameters: mamori's own and the packages' that the
+    /// engine evaluates.
+    pub search: Arc<SearchParams>,
+    /// The packages' search parameters that are not searchable, and why.
+    pub not_searchable: Vec<NotSearchable>,
 }
 
 /// How new patients are numbered: the patient-id system and the digits.
@@ -83,6 +90,8 @@ impl Default for Conformance {
             required: HashMap::new(),
             sources: Vec::new(),
             patient_numbers: None,
+            search: Arc::new(SearchParams::default()),
+            not_searchable: Vec::new(),
         }
     }
 }
@@ -176,6 +185,9 @@ impl Conformance {
             c.registry.add(info, resources).map_err(|e| format!("FHIR package {}: {e}", path.display()))?;
             c.sources.push(path);
         }
+        let (search, skipped) = SearchParams::from_definitions(c.registry.all_of("SearchParameter").map(|v| &**v));
+        c.search = Arc::new(search);
+        c.not_searchable = skipped;
         for (t, url) in &c.required {
             match c.registry.profile(url) {
                 Some(p) if p.type_name == *t => {}

@@ -148,6 +148,7 @@ pub fn store_config(dd: &DataDir, cfg: &Config) -> Result<StoreConfig, InitError
             every: Duration::from_secs(cfg.audit.checkpoint_every_seconds),
         },
         origin: cfg.audit.origin.clone(),
+        search: Arc::default(),
     })
 }
 
@@ -303,11 +304,18 @@ pub async fn open(dd: &DataDir, cfg: Config, base_url: String, clock: Arc<dyn Cl
     let mut conformance = crate::conformance::Conformance::load(&cfg.fhir, &dd.0)
         .map_err(|e| InitError::Config(ConfigError::Invalid(e)))?;
     conformance.patient_numbers = crate::conformance::PatientNumbers::of(&cfg.institution);
-    let store = Store::open(&store_config(dd, &cfg)?, clock, signer)?;
-    let svc = Services::new(store, cfg, base_url, dd.0.clone(), xctx);
     for p in conformance.registry.packages() {
         tracing::info!(package = %p.name, version = %p.version, skipped = p.skipped.len(), "FHIR package loaded");
     }
+    for n in &conformance.not_searchable {
+        tracing::info!(parameter = %n.url, reason = %n.reason, "package search parameter not searchable");
+    }
+    // The store indexes the packages' search parameters too (and, at
+    // open, indexes what was stored before a package was added).
+    let mut store_cfg = store_config(dd, &cfg)?;
+    store_cfg.search = conformance.search.clone();
+    let store = Store::open(&store_cfg, clock, signer)?;
+    let svc = Services::new(store, cfg, base_url, dd.0.clone(), xctx);
     svc.conformance_cell.get_or_init(|| Arc::new(conformance));
     let mode = svc.store.read(mamori_store::emergency::current_mode).await?;
     svc.set_mode_local(mode);

@@ -160,3 +160,48 @@ fn jp_clins_loads_beside_jp_core_and_names_what_it_cannot_check() {
     let (info, rs) = read_package_path(&fhir_jp().join("jp-core")).unwrap();
     assert!(reg.add(info, rs).unwrap_err().to_string().contains("already loaded"));
 }
+
+/// JP Core's eight SearchParameters are all within what the search
+/// engine evaluates, and index the JP Core examples; the three on
+/// Organization select `value.as(code)` where the extension holds a
+/// Coding, so in JP Core 1.1.2 they index nothing (1.2.0 corrects them to
+/// `ofType(Coding)` / `ofType(Identifier)`): evaluated as written, never
+/// guessed.
+#[test]
+fn jp_core_search_parameters_index_the_examples() {
+    use mamori_core::fhir::search::{index_entries_in, IndexValue, SearchParams};
+    use mamori_core::ids::ResourceType;
+    let mut reg = Registry::new();
+    load(&mut reg, "jp-core");
+    let (sp, skipped) = SearchParams::from_definitions(reg.all_of("SearchParameter").map(|v| &**v));
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let mut names: Vec<String> = sp.package().iter().map(|p| format!("{}.{}", p.rtype.as_str(), p.def.name)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "Coverage.jp-insured-personnumber",
+            "Coverage.jp-insured-personsubnumber",
+            "Coverage.jp-insured-personsymbol",
+            "MedicationRequest.jp-medication-start",
+            "Organization.jp-insurance-organizationcategory",
+            "Organization.jp-insurance-organizationno",
+            "Organization.jp-prefectureno",
+            "Patient.jp-kana-sort",
+        ]
+    );
+    let values = |file: &str, param: &str| -> Vec<IndexValue> {
+        let v = example(file);
+        let rt = ResourceType::parse(v["resourceType"].as_str().unwrap()).unwrap();
+        index_entries_in(&sp, rt, &v).into_iter().filter(|e| e.param == param).map(|e| e.value).collect()
+    };
+    let text = |s: &str| IndexValue::String { norm: mamori_core::fhir::search::normalize(s), exact: s.to_owned() };
+    assert_eq!(values("Patient-jp-patient-example-1.json", "jp-kana-sort"), vec![text("ヤマダ タロウ")]);
+    assert_eq!(values("Coverage-jp-coverage-example-1.json", "jp-insured-personnumber"), vec![text("５６７８")]);
+    assert_eq!(values("Coverage-jp-coverage-example-1.json", "jp-insured-personsymbol"), vec![text("１２－３４")]);
+    let start = values("MedicationRequest-jp-medicationrequest-example-1.json", "jp-medication-start");
+    assert!(matches!(start.as_slice(), [IndexValue::Date { .. }]), "{start:?}");
+    for p in ["jp-prefectureno", "jp-insurance-organizationcategory", "jp-insurance-organizationno"] {
+        assert_eq!(values("Organization-jp-organization-example-hospital.json", p), vec![], "{p}");
+    }
+}

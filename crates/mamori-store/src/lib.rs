@@ -70,6 +70,10 @@ pub struct StoreConfig {
     pub checkpoint: CheckpointPolicy,
     /// The checkpoint origin line (the log's name).
     pub origin: String,
+    /// The search parameters resources are indexed under: mamori's own
+    /// and those of the loaded FHIR packages. At open, the index of the
+    /// packages' parameters is brought in line with them.
+    pub search: Arc<mamori_core::fhir::search::SearchParams>,
 }
 
 /// A URL with its password, if any, replaced (for messages and logs).
@@ -229,7 +233,17 @@ impl Store {
         // PostgreSQL the server's cluster task sets it while it holds the
         // leader lock.
         let leader = Arc::new(std::sync::atomic::AtomicBool::new(backend == sql::Backend::Sqlite));
-        let writer = Writer::start(w, clock.clone(), signer, cfg.origin.clone(), cfg.checkpoint, leader.clone())?;
+        let mut w = w;
+        records::sync_package_params(w.as_mut(), &cfg.search)?;
+        let writer = Writer::start(
+            w,
+            clock.clone(),
+            signer,
+            cfg.origin.clone(),
+            cfg.checkpoint,
+            leader.clone(),
+            cfg.search.clone(),
+        )?;
         Ok(Store {
             writer,
             readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }),

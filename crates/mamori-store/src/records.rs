@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use mamori_audit::event::VersionDigest;
 use mamori_core::fhir::compartment::{patients_named, references_in, resolved_through};
-use mamori_core::fhir::search::{index_entries, IndexEntry, IndexValue};
+use mamori_core::fhir::search::{index_entries, index_entries_in, IndexEntry, IndexValue, SearchParams, CORE_PARAMS};
 use mamori_core::fhir::validate::Issue;
 use mamori_core::ids::{LocalRef, ResourceType};
 use mamori_core::time::Timestamp;
@@ -312,7 +312,8 @@ pub fn put_known(
     let text = serde_json::to_string(&body).map_err(|e| StoreError::Internal(e.to_string()))?;
     let before = prev.as_ref().map(|p| p.patients.as_slice()).unwrap_or_default();
     write_version(w.conn, rtype, id, version, now, false, &patients, before, author, &text, prev.is_some())?;
-    reindex(w.conn, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
+    let search = w.search_params();
+    reindex(w.conn, &search, rtype, id, Some(&body), prev.as_ref().is_some_and(|p| !p.deleted))?;
     w.stored(VersionDigest::of(rtype.as_str(), id, version, text.as_bytes()));
     let previous_patients = before.iter().filter(|p| !patients.contains(p)).cloned().collect();
     Ok(Written {
@@ -346,7 +347,8 @@ pub fn delete(
     }
     let version = prev.version + 1;
     write_version(w.conn, rtype, id, version, now, true, &prev.patients, &prev.patients, author, "", true)?;
-    reindex(w.conn, rtype, id, None, true)?;
+    let search = w.search_params();
+    reindex(w.conn, &search, rtype, id, None, true)?;
     w.stored(VersionDigest::of(rtype.as_str(), id, version, b""));
     Ok(Some(Written {
         rtype,
@@ -511,7 +513,14 @@ pub fn rebuild_compartments(c: &mut dyn Conn) -> Result<u64> {
 
 /// Replaces the index rows of a resource (none for a tombstone).
 /// `had_rows`: the previous version was indexed (not new, not deleted).
-fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>, had_rows: bool) -> Result<()> {
+fn reindex(
+    c: &mut dyn Conn,
+    search: &SearchParams,
+    rtype: ResourceType,
+    id: &str,
+    body: Option<&Value>,
+    had_rows: bool,
+) -> Result<()> {
     let t = rtype.as_str();
     if had_rows {
         for sql in [
@@ -522,15 +531,20 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
         ] {
             c.exec_later(sql, p![t, id])?;
         }
-        if has_quantities(rtype) {
+        if has_quantities(search, rtype) {
             c.exec_later("DELETE FROM idx_quantity WHERE rtype = $1 AND id = $2", p![t, id])?;
         }
     }
     let Some(body) = body else { return Ok(()) };
+    write_entries(c, t, id, index_entries_in(search, rtype, body))
+}
+
+/// Writes index rows (held back, several per statement).
+fn write_entries(c: &mut dyn Conn, t: &str, id: &str, entries: Vec<IndexEntry>) -> Result<()> {
     // Rows per table, written several per statement.
     let (mut tokens, mut strings, mut dates, mut refs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut quantities = Vec::new();
-    for e in index_entries(rtype, body) {
+    for e in entries {
         let head = [Val::from(t), Val::from(id), Val::from(e.param)];
         match e.value {
             IndexValue::Token { system, code } => {
@@ -557,6 +571,107 @@ fn reindex(c: &mut dyn Conn, rtype: ResourceType, id: &str, body: Option<&Value>
     Ok(())
 }
 
+/// The `meta` key under which the store keeps what its index holds for
+/// the packages' search parameters ([`SearchParams::fingerprint`]).
+const PACKAGE_PARAMS_KEY: &str = "package_search_params";
+
+/// What [`sync_package_params`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParamSync {
+    /// Parameters whose rows were removed (no longer loaded, or changed).
+    pub removed: Vec<String>,
+    /// Parameters indexed anew (new, or changed).
+    pub indexed: Vec<String>,
+    /// Resources that got rows for them.
+    pub resources: u64,
+}
+
+/// Brings the index of the packages' search parameters in line with
+/// `search`, in one transaction: the rows of a parameter no longer
+/// loaded, or whose definition changed, are removed; a parameter new or
+/// changed is indexed for every current resource of its type. What the
+/// index holds is kept in `meta`, so a start with the same packages
+/// changes nothing. Returns `None` when nothing had to change.
+pub fn sync_package_params(c: &mut dyn Conn, search: &SearchParams) -> Result<Option<ParamSync>> {
+    let want = search.fingerprint();
+    c.batch("BEGIN IMMEDIATE")?;
+    let step = (|| -> Result<Option<ParamSync>> {
+        let have: Vec<String> = match c.query_one("SELECT value FROM meta WHERE key = $1", p![PACKAGE_PARAMS_KEY])? {
+            Some(r) => serde_json::from_str(&r.text(0)?).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if have == want {
+            return Ok(None);
+        }
+        let mut report = ParamSync::default();
+        let type_and_name = |line: &str| -> Option<(String, String)> {
+            let mut it = line.splitn(3, ' ');
+            Some((it.next()?.to_owned(), it.next()?.to_owned()))
+        };
+        for line in have.iter().filter(|l| !want.contains(l)) {
+            let Some((t, name)) = type_and_name(line) else { continue };
+            // A name mamori itself defines now keeps its rows.
+            let own = ResourceType::parse(&t).is_ok_and(|rt| mamori_core::fhir::search::param_def(rt, &name).is_some());
+            if own {
+                continue;
+            }
+            for table in ["idx_token", "idx_string", "idx_date", "idx_ref", "idx_quantity"] {
+                c.exec(&format!("DELETE FROM {table} WHERE rtype = $1 AND param = $2"), p![t.as_str(), name.as_str()])?;
+            }
+            report.removed.push(format!("{t}.{name}"));
+        }
+        let fresh: Vec<(String, String)> =
+            want.iter().filter(|l| !have.contains(l)).filter_map(|l| type_and_name(l)).collect();
+        let mut types: Vec<&str> = fresh.iter().map(|(t, _)| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        for t in types {
+            let Ok(rtype) = ResourceType::parse(t) else { continue };
+            let names: Vec<&str> = fresh.iter().filter(|(x, _)| x == t).map(|(_, n)| n.as_str()).collect();
+            let rows = c.query(
+                "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
+                p![t],
+            )?;
+            for r in &rows {
+                let (id, body) = (r.text(0)?, r.text(1)?);
+                let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+                let entries: Vec<IndexEntry> =
+                    index_entries_in(search, rtype, &v).into_iter().filter(|e| names.contains(&e.param)).collect();
+                if !entries.is_empty() {
+                    write_entries(c, t, &id, entries)?;
+                    report.resources += 1;
+                }
+            }
+            c.sync()?;
+            report.indexed.extend(names.iter().map(|n| format!("{t}.{n}")));
+        }
+        let value = serde_json::to_string(&want).map_err(|e| StoreError::Internal(e.to_string()))?;
+        c.exec(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            p![PACKAGE_PARAMS_KEY, value],
+        )?;
+        Ok(Some(report))
+    })();
+    match step {
+        Ok(r) => {
+            c.batch("COMMIT")?;
+            if let Some(r) = &r {
+                tracing::info!(
+                    removed = ?r.removed, indexed = ?r.indexed, resources = r.resources,
+                    "search index brought in line with the packages' search parameters"
+                );
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            if let Err(r) = c.batch("ROLLBACK") {
+                tracing::debug!(error = %r, "cannot roll back the package parameter index");
+            }
+            Err(e)
+        }
+    }
+}
+
 const QUANTITY_INSERT: &str =
     "INSERT INTO idx_quantity (rtype, id, param, value, system, code, cvalue, cunit, csys, ccode)";
 
@@ -575,11 +690,9 @@ fn quantity_cols(
 
 /// Whether a type has quantity or number search parameters (only those
 /// types have rows in `idx_quantity`).
-fn has_quantities(rtype: ResourceType) -> bool {
+fn has_quantities(search: &SearchParams, rtype: ResourceType) -> bool {
     use mamori_core::fhir::search::ParamKind;
-    mamori_core::fhir::search::params_for(rtype)
-        .iter()
-        .any(|p| matches!(p.kind, ParamKind::Quantity | ParamKind::Number))
+    search.of_type(rtype).any(|p| matches!(p.kind, ParamKind::Quantity | ParamKind::Number))
 }
 
 /// Indexes part of the index again, from scratch, for every current
@@ -623,15 +736,21 @@ fn index_current(
 /// canonical values and numbers). Returns the number of resources indexed.
 pub fn index_quantities(c: &mut dyn Conn) -> Result<u64> {
     c.exec("DELETE FROM idx_quantity", p![])?;
-    index_current(c, has_quantities, QUANTITY_INSERT, 10, |_, t, id, e| match e.value {
-        IndexValue::Quantity { micros, system, code, canonical, concept } => Some(
-            [Val::from(t), Val::from(id.to_owned()), Val::from(e.param)]
-                .into_iter()
-                .chain(quantity_cols(micros, system, code, canonical, concept))
-                .collect(),
-        ),
-        _ => None,
-    })
+    index_current(
+        c,
+        |t| has_quantities(&CORE_PARAMS, t),
+        QUANTITY_INSERT,
+        10,
+        |_, t, id, e| match e.value {
+            IndexValue::Quantity { micros, system, code, canonical, concept } => Some(
+                [Val::from(t), Val::from(id.to_owned()), Val::from(e.param)]
+                    .into_iter()
+                    .chain(quantity_cols(micros, system, code, canonical, concept))
+                    .collect(),
+            ),
+            _ => None,
+        },
+    )
 }
 
 /// Indexes the text that goes with the codes of every current resource

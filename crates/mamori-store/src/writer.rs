@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit_log;
 use crate::error::{Result, StoreError};
 use crate::sql::Conn;
+use mamori_core::fhir::search::SearchParams;
 
 /// What a job sees: the transaction, the clock reading for the batch, and
 /// the audit log.
@@ -99,6 +100,11 @@ impl WriteCtx<'_> {
         self.audit.appended_since_checkpoint = 0;
         Ok(note)
     }
+    /// The search parameters resources are indexed under (mamori's own
+    /// and the loaded packages').
+    pub fn search_params(&self) -> Arc<SearchParams> {
+        self.audit.search.clone()
+    }
     /// The number of events in the audit log, including those appended in this
     /// transaction.
     pub fn tree_size(&self) -> u64 {
@@ -137,6 +143,8 @@ pub(crate) struct AuditState {
     unbound: Vec<VersionDigest>,
     /// The mode of the last event appended (for a `record-bind` event).
     last_mode: String,
+    /// The search parameters a stored resource is indexed under.
+    search: Arc<SearchParams>,
 }
 
 impl AuditState {
@@ -265,6 +273,7 @@ impl Writer {
         origin: String,
         policy: CheckpointPolicy,
         leader: Arc<std::sync::atomic::AtomicBool>,
+        search: Arc<SearchParams>,
     ) -> Result<Writer> {
         let shared = conn.backend() == crate::sql::Backend::Postgres;
         let frontier = audit_log::load_frontier(conn.as_mut())?;
@@ -284,6 +293,7 @@ impl Writer {
             problem: Arc::new(std::sync::Mutex::new(None)),
             unbound: Vec::new(),
             last_mode: "normal".into(),
+            search,
         };
         let problem = state.problem.clone();
         let (tx, mut rx) = mpsc::channel::<Box<dyn Job>>(8192);

@@ -75,6 +75,7 @@ fn fixture(tag: &str, backend: Backend) -> Fixture {
         readers: 1,
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "test/log".into(),
+        search: Default::default(),
     };
     let store = Store::open(&cfg, Arc::new(SystemClock), signer.clone()).unwrap();
     assert_eq!(store.backend(), backend);
@@ -294,6 +295,7 @@ async fn two_writers_share_one_log_postgres() {
         readers: 1,
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "test/log".into(),
+        search: Default::default(),
     };
     let other = Store::open(&cfg, Arc::new(SystemClock), f.signer.clone()).unwrap();
     let mut handles = Vec::new();

@@ -65,25 +65,28 @@ pub struct ParamDef {
     pub paths: &'static [&'static str],
     /// For reference parameters: the only target type, if any.
     pub target: Option<&'static str>,
+    /// A package's parameter: the FHIRPath expression its values come
+    /// from (its `paths` are empty).
+    pub expr: Option<&'static super::fhirpath::Expr>,
 }
 
 const fn tok(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
-    ParamDef { name, kind: ParamKind::Token, paths, target: None }
+    ParamDef { name, kind: ParamKind::Token, paths, target: None, expr: None }
 }
 const fn st(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
-    ParamDef { name, kind: ParamKind::String, paths, target: None }
+    ParamDef { name, kind: ParamKind::String, paths, target: None, expr: None }
 }
 const fn date(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
-    ParamDef { name, kind: ParamKind::Date, paths, target: None }
+    ParamDef { name, kind: ParamKind::Date, paths, target: None, expr: None }
 }
 const fn qty(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
-    ParamDef { name, kind: ParamKind::Quantity, paths, target: None }
+    ParamDef { name, kind: ParamKind::Quantity, paths, target: None, expr: None }
 }
 const fn num(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
-    ParamDef { name, kind: ParamKind::Number, paths, target: None }
+    ParamDef { name, kind: ParamKind::Number, paths, target: None, expr: None }
 }
 const fn rf(name: &'static str, paths: &'static [&'static str], target: Option<&'static str>) -> ParamDef {
-    ParamDef { name, kind: ParamKind::Reference, paths, target }
+    ParamDef { name, kind: ParamKind::Reference, paths, target, expr: None }
 }
 
 const IDENT: ParamDef = tok("identifier", &["identifier"]);
@@ -138,12 +141,13 @@ const OBSERVATION: &[ParamDef] = &[
     date("date", &["effectiveDateTime", "effectivePeriod", "effectiveInstant"]),
     qty("value-quantity", &["valueQuantity"]),
     qty("component-value-quantity", &["component.valueQuantity"]),
-    ParamDef { name: "code-value-quantity", kind: ParamKind::CodeQuantity, paths: &[""], target: None },
+    ParamDef { name: "code-value-quantity", kind: ParamKind::CodeQuantity, paths: &[""], target: None, expr: None },
     ParamDef {
         name: "component-code-value-quantity",
         kind: ParamKind::CodeQuantity,
         paths: &["component"],
         target: None,
+        expr: None,
     },
 ];
 const ALLERGY: &[ParamDef] = &[
@@ -297,6 +301,166 @@ pub fn param_def(rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
     params_for(rtype).iter().find(|p| p.name == name)
 }
 
+// ---- parameters of packages ------------------------------------------------
+
+/// A search parameter a loaded package defines (a `SearchParameter`
+/// resource), as the search engine uses it on one base type.
+#[derive(Debug, Clone)]
+pub struct PackageParam {
+    /// The base type it is searched on.
+    pub rtype: ResourceType,
+    /// Its definition: name, kind and compiled expression.
+    pub def: &'static ParamDef,
+    /// The SearchParameter's canonical URL.
+    pub url: String,
+    /// The FHIRPath expression as the package gives it.
+    pub expression: String,
+}
+
+/// A package's SearchParameter the engine does not search, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSearchable {
+    /// The SearchParameter's canonical URL (or its code when it has none).
+    pub url: String,
+    /// Why it is not searchable here.
+    pub reason: String,
+}
+
+/// The search parameters of a server: mamori's own ([`params_for`]) and
+/// those the loaded packages define where the engine evaluates their
+/// expressions (the FHIRPath subset of [`super::fhirpath`]).
+#[derive(Debug, Clone, Default)]
+pub struct SearchParams {
+    package: Vec<PackageParam>,
+}
+
+/// mamori's own parameters only (no package loaded).
+pub static CORE_PARAMS: SearchParams = SearchParams { package: Vec::new() };
+
+/// A parameter definition that lives as long as the process: package
+/// parameters are compiled once per distinct definition (a server that
+/// loads the same package again, as tests do, reuses it).
+fn interned(name: &str, kind: ParamKind, target: Option<&str>, expression: &str) -> Result<&'static ParamDef, String> {
+    use std::sync::Mutex;
+    type Defs = Vec<(String, &'static ParamDef)>;
+    static DEFS: Mutex<Defs> = Mutex::new(Vec::new());
+    let key = format!("{name}\u{0}{}\u{0}{}\u{0}{expression}", kind.as_str(), target.unwrap_or(""));
+    let mut defs = DEFS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, d)) = defs.iter().find(|(k, _)| *k == key) {
+        return Ok(d);
+    }
+    let expr = super::fhirpath::parse(expression)?;
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let def: &'static ParamDef = Box::leak(Box::new(ParamDef {
+        name: leak(name),
+        kind,
+        paths: &[],
+        target: target.map(leak),
+        expr: Some(Box::leak(Box::new(expr))),
+    }));
+    defs.push((key, def));
+    Ok(def)
+}
+
+impl SearchParams {
+    /// The parameters of `SearchParameter` resources (a package's), with
+    /// those that cannot be searched and why: a type the engine has no
+    /// index for (`uri`, `composite`, `special`), an expression outside
+    /// the FHIRPath subset, a code mamori already defines on the type, or
+    /// one defined twice.
+    pub fn from_definitions<'a>(defs: impl IntoIterator<Item = &'a Value>) -> (SearchParams, Vec<NotSearchable>) {
+        let mut out = SearchParams::default();
+        let mut skipped = Vec::new();
+        for d in defs {
+            if d["resourceType"] != "SearchParameter" || d["status"] == "retired" {
+                continue;
+            }
+            let code = d["code"].as_str().unwrap_or_default();
+            let url = d["url"].as_str().unwrap_or(code).to_owned();
+            let mut skip = |reason: String| skipped.push(NotSearchable { url: url.clone(), reason });
+            let valid_code = !code.is_empty()
+                && !code.starts_with('_')
+                && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_code {
+                skip(format!("the code {code:?} cannot be a search parameter's name"));
+                continue;
+            }
+            let kind = match d["type"].as_str().unwrap_or_default() {
+                "token" => ParamKind::Token,
+                "string" => ParamKind::String,
+                "date" => ParamKind::Date,
+                "reference" => ParamKind::Reference,
+                "quantity" => ParamKind::Quantity,
+                "number" => ParamKind::Number,
+                other => {
+                    skip(format!("parameters of type {other:?} are not searchable here"));
+                    continue;
+                }
+            };
+            let Some(expression) = d["expression"].as_str().filter(|e| !e.trim().is_empty()) else {
+                skip("it has no expression".into());
+                continue;
+            };
+            let targets: Vec<&str> = d["target"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let target = match targets.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            };
+            let def = match interned(code, kind, target, expression) {
+                Ok(d) => d,
+                Err(e) => {
+                    skip(format!("its expression is outside the FHIRPath subset mamori evaluates ({e})"));
+                    continue;
+                }
+            };
+            for base in d["base"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                let Ok(rtype) = ResourceType::parse(base) else {
+                    skip(format!("{base} is not a resource type"));
+                    continue;
+                };
+                if param_def(rtype, code).is_some() {
+                    skip(format!("mamori defines {code} on {base} already"));
+                } else if out.package.iter().any(|p| p.rtype == rtype && p.def.name == code) {
+                    skip(format!("{code} on {base} is defined by another package parameter"));
+                } else {
+                    out.package.push(PackageParam { rtype, def, url: url.clone(), expression: expression.to_owned() });
+                }
+            }
+        }
+        (out, skipped)
+    }
+
+    /// The definition of parameter `name` on `rtype`: mamori's own, or a
+    /// package's.
+    pub fn def(&self, rtype: ResourceType, name: &str) -> Option<&'static ParamDef> {
+        param_def(rtype, name)
+            .or_else(|| self.package.iter().find(|p| p.rtype == rtype && p.def.name == name).map(|p| p.def))
+    }
+
+    /// Every parameter of `rtype`: mamori's own, then the packages'.
+    pub fn of_type(&self, rtype: ResourceType) -> impl Iterator<Item = &'static ParamDef> + '_ {
+        params_for(rtype).iter().chain(self.package.iter().filter(move |p| p.rtype == rtype).map(|p| p.def))
+    }
+
+    /// The packages' parameters.
+    pub fn package(&self) -> &[PackageParam] {
+        &self.package
+    }
+
+    /// What the search index holds for the packages' parameters, one line
+    /// each (type, name, kind, expression), sorted: when it changes, the
+    /// store indexes those parameters again.
+    pub fn fingerprint(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .package
+            .iter()
+            .map(|p| format!("{} {} {} {}", p.rtype.as_str(), p.def.name, p.def.kind.as_str(), p.expression))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
 // ---- index extraction -----------------------------------------------------
 
 /// One row of the search index for the current version of a resource.
@@ -400,10 +564,24 @@ pub struct IndexEntry {
     pub value: IndexValue,
 }
 
-/// Everything a resource contributes to the search index.
+/// Everything a resource contributes to the search index (mamori's own
+/// parameters).
 pub fn index_entries(rtype: ResourceType, res: &Value) -> Vec<IndexEntry> {
+    index_entries_in(&CORE_PARAMS, rtype, res)
+}
+
+/// Everything a resource contributes to the search index under `params`.
+/// A package parameter's expression that the data takes outside the
+/// subset (several items where one is needed) indexes nothing for it.
+pub fn index_entries_in(params: &SearchParams, rtype: ResourceType, res: &Value) -> Vec<IndexEntry> {
     let mut out = Vec::new();
-    for p in params_for(rtype) {
+    for p in params.of_type(rtype) {
+        if let Some(e) = p.expr {
+            if let Ok(vals) = super::fhirpath::evaluate(e, res) {
+                vals.iter().for_each(|(v, _)| extract(p, v, &mut out));
+            }
+            continue;
+        }
         for path in p.paths {
             let mut vals = Vec::new();
             if path.is_empty() {
@@ -479,11 +657,34 @@ fn extract(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
             }
             _ => {}
         },
-        ParamKind::String => {
-            if let Value::String(s) = v {
-                push(IndexValue::String { norm: normalize(s), exact: s.clone() });
+        ParamKind::String => match v {
+            Value::String(s) => push(IndexValue::String { norm: normalize(s), exact: s.clone() }),
+            // A HumanName or an Address (a package parameter's expression
+            // may select the element): its text parts.
+            Value::Object(o) => {
+                const PARTS: &[&str] = &[
+                    "text",
+                    "family",
+                    "given",
+                    "prefix",
+                    "suffix",
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                ];
+                for part in PARTS.iter().filter_map(|k| o.get(*k)) {
+                    for s in std::slice::from_ref(part).iter().chain(part.as_array().into_iter().flatten()) {
+                        if let Value::String(s) = s {
+                            push(IndexValue::String { norm: normalize(s), exact: s.clone() });
+                        }
+                    }
+                }
             }
-        }
+            _ => {}
+        },
         ParamKind::Date => match v {
             Value::String(s) => {
                 if let Some(r) = parse_date_time(s) {
@@ -838,7 +1039,7 @@ pub const MAX_ITERATE: usize = 4;
 /// `_sort=a,-b,c`: one to [`MAX_SORT_KEYS`] date, string, token or
 /// quantity parameters of the type, or `_lastUpdated`, each with `-` for
 /// descending; a final `_id` (the tie-break anyway) is allowed.
-fn parse_sort_keys(rtype: ResourceType, v: &str) -> Result<SortKeys, &'static str> {
+fn parse_sort_keys(sp: &SearchParams, rtype: ResourceType, v: &str) -> Result<SortKeys, &'static str> {
     const WHAT: &str = "supported: _id, _lastUpdated, or up to 3 date, string, token or quantity parameters of the type (and _lastUpdated), comma-separated, each with - for descending";
     let mut items: Vec<&str> = v.split(',').collect();
     if items.len() > 1 && items.last() == Some(&"_id") {
@@ -856,7 +1057,8 @@ fn parse_sort_keys(rtype: ResourceType, v: &str) -> Result<SortKeys, &'static st
         let key = if name == "_lastUpdated" {
             SortKey { name: "_lastUpdated", kind: ParamKind::Date, desc }
         } else {
-            let def = param_def(rtype, name)
+            let def = sp
+                .def(rtype, name)
                 .filter(|d| !matches!(d.kind, ParamKind::Reference | ParamKind::CodeQuantity))
                 .ok_or(WHAT)?;
             SortKey { name: def.name, kind: def.kind, desc }
@@ -869,7 +1071,13 @@ fn parse_sort_keys(rtype: ResourceType, v: &str) -> Result<SortKeys, &'static st
     Ok(SortKeys { keys })
 }
 
-fn parse_include(rtype: ResourceType, v: &str, rev: bool, iterate: bool) -> Result<Include, &'static str> {
+fn parse_include(
+    sp: &SearchParams,
+    rtype: ResourceType,
+    v: &str,
+    rev: bool,
+    iterate: bool,
+) -> Result<Include, &'static str> {
     let mut it = v.split(':');
     let (Some(src), Some(param)) = (it.next(), it.next()) else {
         return Err("expected Type:parameter[:TargetType]");
@@ -882,7 +1090,8 @@ fn parse_include(rtype: ResourceType, v: &str, rev: bool, iterate: bool) -> Resu
     if !rev && !iterate && source != rtype {
         return Err("an _include names the type searched (or use _include:iterate)");
     }
-    let def = param_def(source, param)
+    let def = sp
+        .def(source, param)
         .filter(|d| d.kind == ParamKind::Reference)
         .ok_or("not a reference parameter of that type")?;
     if let (Some(t), Some(only)) = (target, def.target) {
@@ -1012,6 +1221,17 @@ pub fn parse_query(
     pairs: &[(String, String)],
     lenient: bool,
 ) -> Result<(SearchQuery, Vec<String>), SearchError> {
+    parse_query_in(&CORE_PARAMS, rtype, pairs, lenient)
+}
+
+/// As [`parse_query`], with the packages' parameters of `params` too.
+pub fn parse_query_in(
+    params: &SearchParams,
+    rtype: ResourceType,
+    pairs: &[(String, String)],
+    lenient: bool,
+) -> Result<(SearchQuery, Vec<String>), SearchError> {
+    let sp = params;
     let mut q = SearchQuery {
         rtype,
         clauses: Vec::new(),
@@ -1052,7 +1272,7 @@ pub fn parse_query(
                     "_id" => Sort::Id,
                     "_lastUpdated" => Sort::LastUpdatedAsc,
                     "-_lastUpdated" => Sort::LastUpdatedDesc,
-                    other => Sort::Params(parse_sort_keys(rtype, other).map_err(bad)?),
+                    other => Sort::Params(parse_sort_keys(sp, rtype, other).map_err(bad)?),
                 };
             }
             "_total" => {
@@ -1087,7 +1307,7 @@ pub fn parse_query(
                 let rev = k.starts_with("_revinclude");
                 // `:recurse` is R3's name for `:iterate`.
                 let iterate = k.contains(':');
-                let inc = parse_include(rtype, v, rev, iterate).map_err(bad)?;
+                let inc = parse_include(sp, rtype, v, rev, iterate).map_err(bad)?;
                 if rev {
                     q.revinclude.push(inc)
                 } else {
@@ -1095,7 +1315,7 @@ pub fn parse_query(
                 }
             }
             k if IGNORED.contains(&k) => continue,
-            k if k.starts_with("_has:") => match parse_has(rtype, k, v) {
+            k if k.starts_with("_has:") => match parse_has(sp, rtype, k, v) {
                 Ok(c) => q.clauses.push(c),
                 Err(SearchError::UnknownParam(..)) if lenient => {
                     ignored.push(k.to_owned());
@@ -1105,13 +1325,13 @@ pub fn parse_query(
             },
             _ => {
                 let parsed = match k.split_once('.') {
-                    Some((left, right)) => parse_chain(rtype, left, right, v),
+                    Some((left, right)) => parse_chain(sp, rtype, left, right, v),
                     None => {
                         let (name, modifier) = match k.split_once(':') {
                             Some((n, m)) => (n, Some(m)),
                             None => (k.as_str(), None),
                         };
-                        parse_clause(rtype, name, modifier, v)
+                        parse_clause(sp, rtype, name, modifier, v)
                     }
                 };
                 match parsed {
@@ -1144,7 +1364,13 @@ pub fn parse_query(
 }
 
 /// A chained parameter, one level: `param[:Type].chained[:modifier]`.
-fn parse_chain(rtype: ResourceType, left: &str, right: &str, raw: &str) -> Result<Clause, SearchError> {
+fn parse_chain(
+    sp: &SearchParams,
+    rtype: ResourceType,
+    left: &str,
+    right: &str,
+    raw: &str,
+) -> Result<Clause, SearchError> {
     let bad = |why: &'static str| SearchError::BadValue {
         param: format!("{left}.{right}"),
         value: raw.chars().take(60).collect(),
@@ -1154,7 +1380,7 @@ fn parse_chain(rtype: ResourceType, left: &str, right: &str, raw: &str) -> Resul
         Some((n, t)) => (n, Some(t)),
         None => (left, None),
     };
-    let def = param_def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
+    let def = sp.def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
     if def.kind != ParamKind::Reference {
         return Err(bad("only a reference parameter can be chained"));
     }
@@ -1176,12 +1402,12 @@ fn parse_chain(rtype: ResourceType, left: &str, right: &str, raw: &str) -> Resul
         Some((n, m)) => (n, Some(m)),
         None => (right, None),
     };
-    let inner = parse_clause(target, cname, cmod, raw)?;
+    let inner = parse_clause(sp, target, cname, cmod, raw)?;
     Ok(Clause { param: def.name, any_of: vec![Cond::Chain { target, inner: Box::new(inner) }] })
 }
 
 /// Reverse chaining, one level: `_has:Source:reference-param:param[:modifier]`.
-fn parse_has(rtype: ResourceType, key: &str, raw: &str) -> Result<Clause, SearchError> {
+fn parse_has(sp: &SearchParams, rtype: ResourceType, key: &str, raw: &str) -> Result<Clause, SearchError> {
     let bad = |why: &'static str| SearchError::BadValue {
         param: key.chars().take(80).collect(),
         value: raw.chars().take(60).collect(),
@@ -1195,7 +1421,7 @@ fn parse_has(rtype: ResourceType, key: &str, raw: &str) -> Result<Clause, Search
         return Err(SearchError::Unsupported(format!("{key} (only one level of _has)")));
     }
     let source = ResourceType::parse(source).map_err(|_| bad("unknown resource type"))?;
-    let def = param_def(source, refp).ok_or_else(|| SearchError::UnknownParam(refp.to_owned(), source))?;
+    let def = sp.def(source, refp).ok_or_else(|| SearchError::UnknownParam(refp.to_owned(), source))?;
     if def.kind != ParamKind::Reference {
         return Err(bad("the second part must be a reference parameter of the referring type"));
     }
@@ -1209,7 +1435,7 @@ fn parse_has(rtype: ResourceType, key: &str, raw: &str) -> Result<Clause, Search
     if name.contains('.') {
         return Err(SearchError::Unsupported(format!("{key} (no chain inside _has)")));
     }
-    let inner = parse_clause(source, name, modifier, raw)?;
+    let inner = parse_clause(sp, source, name, modifier, raw)?;
     Ok(Clause { param: "_has", any_of: vec![Cond::Has { source, param: def.name, inner: Box::new(inner) }] })
 }
 
@@ -1230,7 +1456,13 @@ impl SearchQuery {
     }
 }
 
-fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
+fn parse_clause(
+    sp: &SearchParams,
+    rtype: ResourceType,
+    name: &str,
+    modifier: Option<&str>,
+    raw: &str,
+) -> Result<Clause, SearchError> {
     let bad = |why: &'static str| SearchError::BadValue {
         param: name.to_owned(),
         value: raw.chars().take(60).collect(),
@@ -1268,7 +1500,7 @@ fn parse_clause(rtype: ResourceType, name: &str, modifier: Option<&str>, raw: &s
         }
         _ => {}
     }
-    let def = param_def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
+    let def = sp.def(rtype, name).ok_or_else(|| SearchError::UnknownParam(name.to_owned(), rtype))?;
     if modifier == Some("missing") {
         let missing = match raw {
             "true" => true,
@@ -1618,6 +1850,59 @@ mod tests {
         assert!(patient.iter().any(|c| c.code == "birthdate" && c.kind == "date"));
         assert!(patient.iter().any(|c| c.code == "_text"), "DomainResource's");
         assert!(!r4_core_params("Bundle").iter().any(|c| c.code == "_text"), "Bundle is no DomainResource");
+    }
+
+    #[test]
+    fn package_parameters_are_compiled_or_named_as_not_searchable() {
+        let sp = |code: &str, ty: &str, base: &str, expr: &str| {
+            json!({"resourceType": "SearchParameter", "url": format!("urn:sp:{code}:{base}"), "code": code,
+                   "type": ty, "base": [base], "expression": expr, "status": "active"})
+        };
+        let defs = [
+            sp("nick", "string", "Patient", "Patient.name.where(use='nickname')"),
+            sp("nick", "string", "Patient", "Patient.name.where(use='nickname').text"),
+            sp("name", "string", "Patient", "Patient.name.text"),
+            sp("site", "uri", "Patient", "Patient.photo.url"),
+            sp("kids", "token", "Patient", "Patient.descendants()"),
+            sp("a b", "token", "Patient", "Patient.gender"),
+            sp("ward", "reference", "Encounter", "Encounter.location.location"),
+            sp("late", "string", "NoSuchType", "NoSuchType.x"),
+            json!({"resourceType": "SearchParameter", "code": "old", "type": "token", "base": ["Patient"],
+                   "expression": "Patient.gender", "status": "retired"}),
+        ];
+        let (params, skipped) = SearchParams::from_definitions(defs.iter());
+        let why: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(why.len(), 6, "{why:?}");
+        for (i, w) in [
+            "defined by another package parameter",
+            "mamori defines name on Patient already",
+            "type \"uri\" are not searchable",
+            "outside the FHIRPath subset",
+            "cannot be a search parameter's name",
+            "NoSuchType is not a resource type",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(why[i].contains(w), "{i}: {}", why[i]);
+        }
+        let pt = ResourceType::PATIENT;
+        assert_eq!(params.def(pt, "nick").map(|d| d.kind), Some(ParamKind::String));
+        assert!(params.def(pt, "old").is_none(), "retired");
+        let enc = ResourceType::parse("Encounter").unwrap();
+        assert_eq!(params.def(enc, "ward").map(|d| d.kind), Some(ParamKind::Reference));
+        // Searchable under the server's parameters, unknown to mamori's own.
+        let q = pairs(&[("nick", "taro"), ("_sort", "-nick")]);
+        assert!(parse_query_in(&params, pt, &q, false).is_ok());
+        assert!(matches!(parse_query(pt, &q, false), Err(SearchError::UnknownParam(..))));
+        // A HumanName selected whole is indexed by its text parts.
+        let p = json!({"resourceType": "Patient", "name": [{"use": "nickname", "given": ["タロ"], "family": "ヤマ"}]});
+        let e: Vec<IndexEntry> = index_entries_in(&params, pt, &p).into_iter().filter(|e| e.param == "nick").collect();
+        assert_eq!(e.len(), 2, "{e:?}");
+        // The same definition loaded again reuses its compiled form.
+        let (again, _) = SearchParams::from_definitions(defs.iter());
+        assert!(std::ptr::eq(again.def(pt, "nick").unwrap(), params.def(pt, "nick").unwrap()));
+        assert_eq!(again.fingerprint(), params.fingerprint());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use mamori_core::fhir::profile::Registry;
 use mamori_core::fhir::resource_types::{NOT_STORABLE, R4_RESOURCE_TYPES};
-use mamori_core::fhir::search::{params_for, r4_core_params, ParamKind};
+use mamori_core::fhir::search::{params_for, r4_core_params, ParamKind, SearchParams};
 use mamori_core::ids::ResourceType;
 use serde_json::{json, Value};
 
@@ -16,13 +16,19 @@ use mamori_service::Services;
 /// The CapabilityStatement of `GET /fhir/metadata`: every R4 type served,
 /// with its interactions and search parameters, for the server at `base`,
 /// mamori `software_version`, dated `now` (RFC 3339).
-pub fn capability_statement(base: &str, software_version: &str, now: &str, profiles: &Registry) -> Value {
+pub fn capability_statement(
+    base: &str,
+    software_version: &str,
+    now: &str,
+    profiles: &Registry,
+    search: &SearchParams,
+) -> Value {
     let mut resources = Vec::new();
     for t in R4_RESOURCE_TYPES {
         let Ok(rt) = ResourceType::parse(t) else {
             continue;
         };
-        let (params, unsupported) = search_params(rt);
+        let (params, unsupported) = search_params(search, rt);
         let mut r = if *t == "AuditEvent" {
             // The audit log is read-only and for auditors only.
             json!({"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
@@ -49,8 +55,8 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
                     "R4 core search parameters of {t} that mamori does not implement (a search with one is ignored and reported, or refused under Prefer: handling=strict): {}.",
                     if unsupported.is_empty() { "none".to_owned() } else { unsupported.join(", ") }
                 ),
-                "searchInclude": includes(rt),
-                "searchRevInclude": revincludes(rt),
+                "searchInclude": includes(search, rt),
+                "searchRevInclude": revincludes(search, rt),
             })
         };
         let mut ops = Vec::new();
@@ -113,7 +119,7 @@ pub fn capability_statement(base: &str, software_version: &str, now: &str, profi
 pub(crate) async fn metadata(State(st): State<Services>) -> Response {
     let now = st.store.clock().now().to_rfc3339();
     let conf = st.conformance();
-    let cs = capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now, &conf.registry);
+    let cs = capability_statement(&st.base_url, env!("CARGO_PKG_VERSION"), &now, &conf.registry, &conf.search);
     respond(StatusCode::OK, cs.to_string())
 }
 
@@ -124,7 +130,7 @@ const UNSUPPORTED_PARAM: &str = "https://mamori.dev/fhir/StructureDefinition/uns
 /// The `searchParam` entries of `rt` (each R4 core one with its
 /// `definition`; one mamori adds beyond the core says so), and the codes
 /// of the R4 core parameters of `rt` that mamori does not implement.
-fn search_params(rt: ResourceType) -> (Vec<Value>, Vec<&'static str>) {
+fn search_params(search: &SearchParams, rt: ResourceType) -> (Vec<Value>, Vec<&'static str>) {
     let core = r4_core_params(rt.as_str());
     let mut params = Vec::new();
     let mut supported = vec!["_id", "_lastUpdated"];
@@ -139,14 +145,18 @@ fn search_params(rt: ResourceType) -> (Vec<Value>, Vec<&'static str>) {
         }
         params.push(p);
     }
+    // The loaded packages' parameters, under their own definitions.
+    for p in search.package().iter().filter(|p| p.rtype == rt) {
+        params.push(json!({"name": p.def.name, "type": p.def.kind.as_str(), "definition": p.url}));
+    }
     let unsupported = core.iter().map(|c| c.code).filter(|c| !supported.contains(c)).collect();
     (params, unsupported)
 }
 
 /// `_include` values a search of `rt` takes: its reference parameters.
-fn includes(rt: ResourceType) -> Vec<String> {
-    params_for(rt)
-        .iter()
+fn includes(search: &SearchParams, rt: ResourceType) -> Vec<String> {
+    search
+        .of_type(rt)
         .filter(|p| p.kind == ParamKind::Reference)
         .map(|p| format!("{}:{}", rt.as_str(), p.name))
         .collect()
@@ -154,14 +164,14 @@ fn includes(rt: ResourceType) -> Vec<String> {
 
 /// `_revinclude` values a search of `rt` takes: every stored type's
 /// reference parameters that may point at `rt`.
-fn revincludes(rt: ResourceType) -> Vec<String> {
+fn revincludes(search: &SearchParams, rt: ResourceType) -> Vec<String> {
     let mut out = Vec::new();
     for t in R4_RESOURCE_TYPES {
         let Ok(src) = ResourceType::parse(t) else { continue };
         if NOT_STORABLE.contains(t) {
             continue;
         }
-        for p in params_for(src) {
+        for p in search.of_type(src) {
             if p.kind == ParamKind::Reference && p.target.is_none_or(|x| x == rt.as_str()) {
                 out.push(format!("{t}:{}", p.name));
             }

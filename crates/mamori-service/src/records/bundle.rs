@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use mamori_core::fhir::search::parse_query;
+use mamori_core::fhir::search::parse_query_in;
 use mamori_core::fhir::validate::Issue;
 use mamori_core::ids::{is_fhir_id, ResourceType};
 use mamori_core::policy::{Action, Facts, Operation, PatientScope, Target};
@@ -331,7 +331,8 @@ fn get_entry(
         }
         Kind::Search { query } => {
             let pairs = parse_pairs(query)?;
-            let (q, _) = parse_query(e.rtype, &pairs, false).map_err(|x| ServiceError::invalid("", x.to_string()))?;
+            let (q, _) = parse_query_in(&ctx.search_params(), e.rtype, &pairs, false)
+                .map_err(|x| ServiceError::invalid("", x.to_string()))?;
             let op = Operation::Record {
                 action: Action::Search,
                 target: Target { rtype: e.rtype, scope: PatientScope::Any },

@@ -2,7 +2,7 @@
 //! every patient whose data it reveals, and audited (with those patients)
 //! before the data is handed out.
 
-use mamori_core::fhir::search::{parse_query, Clause, Cond, SearchQuery, MAX_COUNT, MAX_INCLUDED};
+use mamori_core::fhir::search::{parse_query_in, Clause, Cond, SearchQuery, MAX_COUNT, MAX_INCLUDED};
 use mamori_core::ids::ResourceType;
 use mamori_core::policy::{Action, Basis, Decision, Facts, Operation, PatientScope, Target};
 use mamori_core::time::Timestamp;
@@ -425,7 +425,7 @@ pub async fn search(
         let conf = svc.conformance();
         let pairs = mamori_core::fhir::search::expand_subsumption(rtype, pairs, |u| conf.registry.by_url(u))
             .map_err(|e| ServiceError::invalid("", e.to_string()))?;
-        parse_query(rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))
+        parse_query_in(&conf.search, rtype, &pairs, lenient).map_err(|e| ServiceError::invalid("", e.to_string()))
     })();
     let (q, ignored) = match pre {
         Ok(q) => q,

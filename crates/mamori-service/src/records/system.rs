@@ -3,7 +3,7 @@
 //! that type's own search, so a system search can never show more than
 //! the type searches would.
 
-use mamori_core::fhir::search::{parse_query, SearchError, DEFAULT_COUNT, MAX_COUNT};
+use mamori_core::fhir::search::{parse_query_in, SearchError, SearchParams, DEFAULT_COUNT, MAX_COUNT};
 use mamori_core::ids::ResourceType;
 use mamori_store::records::Version;
 
@@ -54,7 +54,7 @@ pub async fn search_system(
     pairs: Vec<(String, String)>,
     lenient: bool,
 ) -> Result<SystemPage, ServiceError> {
-    match plan(&pairs, lenient) {
+    match plan(&svc.conformance().search, &pairs, lenient) {
         Ok(p) => run(svc, actor, p).await,
         Err(e) => Err(svc.refused(actor, "search-system", e).await),
     }
@@ -73,7 +73,7 @@ struct Plan {
     query_text: String,
 }
 
-fn plan(pairs: &[(String, String)], lenient: bool) -> Result<Plan, ServiceError> {
+fn plan(search: &SearchParams, pairs: &[(String, String)], lenient: bool) -> Result<Plan, ServiceError> {
     let bad = |p: &str, why: String| ServiceError::invalid(p, why);
     let mut types = Vec::new();
     for (k, v) in pairs.iter().filter(|(k, _)| k == "_type") {
@@ -147,7 +147,7 @@ fn plan(pairs: &[(String, String)], lenient: bool) -> Result<Plan, ServiceError>
             let unknown: Vec<ResourceType> = types
                 .iter()
                 .copied()
-                .filter(|t| matches!(parse_query(*t, &one, false), Err(SearchError::UnknownParam(..))))
+                .filter(|t| matches!(parse_query_in(search, *t, &one, false), Err(SearchError::UnknownParam(..))))
                 .collect();
             if unknown.len() == types.len() && lenient {
                 ignored.push(k.clone());

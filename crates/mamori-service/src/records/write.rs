@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use mamori_core::fhir::search::parse_query;
+use mamori_core::fhir::search::parse_query_in;
 use mamori_core::ids::ResourceType;
 use mamori_core::policy::{Action, Decision, Facts, Operation, PatientScope, PurposeOfUse, Target};
 use mamori_core::time::Timestamp;
@@ -393,7 +393,8 @@ fn conditional_search(
     what: &str,
 ) -> Result<Vec<records::Version>, ServiceError> {
     let pairs = parse_pairs(cond).map_err(|_| ServiceError::invalid(what, "malformed query"))?;
-    let (mut q, _) = parse_query(rtype, &pairs, false).map_err(|e| ServiceError::invalid(what, e.to_string()))?;
+    let (mut q, _) = parse_query_in(&ctx.search_params(), rtype, &pairs, false)
+        .map_err(|e| ServiceError::invalid(what, e.to_string()))?;
     if q.clauses.is_empty() {
         return Err(ServiceError::invalid(what, "needs at least one search parameter"));
     }
