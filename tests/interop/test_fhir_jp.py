@@ -45,6 +45,8 @@ def mamori_jp():
     assert r.returncode != 0 and "bad.tgz" in r.stderr, r.stderr
     r = subprocess.run([BIN, "packages", "add", "--data", str(data), str(fhir_jp() / "jp-core")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    r = subprocess.run([BIN, "packages", "list", "--data", str(data)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Patient.jp-kana-sort" in r.stdout and "not searchable" not in r.stdout, r.stdout
     cfg = (data / "mamori.toml").read_text()
     cfg = cfg.replace("[fhir.type_validation]\n", '[fhir.type_validation]\nMedicationRequest = "enforce"\n', 1)
     assert 'MedicationRequest = "enforce"' in cfg
@@ -93,6 +95,10 @@ def test_validate_with_fhirpy(mamori_jp):
     # Under "enforce", a non-conforming prescription is refused with the reason.
     pat = c.resource("Patient", **example("Patient-jp-patient-example-1.json"))
     pat.save()
+    # JP Core's kana sort name is searchable, in hiragana or katakana.
+    found = c.resources("Patient").search(**{"jp-kana-sort": "やまだ"}).fetch()
+    assert [x.id for x in found] == [pat.id]
+    assert c.resources("Patient").search(**{"jp-kana-sort": "サトウ"}).fetch() == []
     no_rp["meta"] = {"profile": [CORE + "JP_MedicationRequest"]}
     no_rp["subject"] = {"reference": f"Patient/{pat.id}"}
     for k in ["requester", "recorder", "encounter", "basedOn", "insurance", "contained", "dispenseRequest"]:

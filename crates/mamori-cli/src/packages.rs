@@ -42,7 +42,7 @@ pub(crate) fn run(cmd: PackagesCmd) -> Result<()> {
             for (t, n) in &info.counts {
                 println!("  {t}: {n}");
             }
-            println!("restart the server to load it");
+            println!("restart the server to load it (its search parameters are indexed at that start)");
             Ok(())
         }
         PackagesCmd::List { data } => {
@@ -57,6 +57,14 @@ pub(crate) fn run(cmd: PackagesCmd) -> Result<()> {
                 if !p.skipped.is_empty() {
                     println!("  {} already defined by an earlier package, kept from there", p.skipped.len());
                 }
+            }
+            let searchable: Vec<String> =
+                c.search.package().iter().map(|p| format!("{}.{}", p.rtype.as_str(), p.def.name)).collect();
+            if !searchable.is_empty() {
+                println!("search parameters: {}", searchable.join(", "));
+            }
+            for n in &c.not_searchable {
+                println!("not searchable: {}: {}", n.url, n.reason);
             }
             Ok(())
         }
