@@ -205,3 +205,41 @@ fn jp_core_search_parameters_index_the_examples() {
         assert_eq!(values("Organization-jp-organization-example-hospital.json", p), vec![], "{p}");
     }
 }
+
+/// ValueSets that select codes by a filter on the hierarchy of a loaded
+/// CodeSystem (JP-CLINS's laboratory analytes over its JLAC10 codes, its
+/// document sections) are expanded and enforced: a JLAC10 code under
+/// the wrong analyte is named. Those over a CodeSystem no package holds
+/// (JLAC11) stay a warning that the codes were not checked.
+#[test]
+fn filtered_value_sets_over_loaded_code_systems_are_checked() {
+    let mut reg = Registry::new();
+    load(&mut reg, "jp-core");
+    load(&mut reg, "jp-clins");
+    const LAB: &str = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Observation_LabResult_eCS";
+    const JLAC10: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JLAC10/JP_CLINS_ObsLabResult_CoreLabo_CS";
+    const JLAC11: &str = "http://jpfhir.jp/fhir/clins/CodeSystem/JLAC11/JP_CLINS_ObsLabResult_CoreLabo_CS";
+    let obs = |system: &str, code: &str| {
+        serde_json::json!({"resourceType": "Observation", "meta": {"profile": [LAB]}, "status": "final",
+            "code": {"coding": [{"system": system, "code": code, "display": "ALB"}]}})
+    };
+    let findings = |v: &Value, severity: Severity| -> Vec<String> {
+        reg.validate(v, LAB)
+            .findings
+            .into_iter()
+            .filter(|f| f.severity == severity && f.message.contains("CoreLabo_alb_VS"))
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect()
+    };
+    // An albumin code under the ALB slice: in its ValueSet.
+    assert_eq!(findings(&obs(JLAC10, "3A015000002329101"), Severity::Error), Vec::<String>::new());
+    // An ALP code (and the analyte itself, which descendent-of leaves out): not.
+    for code in ["3B070000002327101", "ALB"] {
+        let e = findings(&obs(JLAC10, code), Severity::Error);
+        assert!(e.iter().any(|m| m.contains(&format!("{code} is not in the required ValueSet"))), "{code}: {e:?}");
+    }
+    // JLAC11's CodeSystem is not in the package: a warning, not a verdict.
+    let o = obs(JLAC11, "anything");
+    assert_eq!(findings(&o, Severity::Error), Vec::<String>::new());
+    assert!(findings(&o, Severity::Warning).iter().any(|m| m.contains("not available")), "{:?}", reg.validate(&o, LAB));
+}

@@ -826,8 +826,14 @@ impl Registry {
             return None;
         }
         for inc in compose.get("include")?.as_array()? {
-            if inc.get("filter").is_some() {
-                return None;
+            if let Some(filters) = inc.get("filter") {
+                if inc.get("concept").is_some() || inc.get("valueSet").is_some() {
+                    return None;
+                }
+                let system = inc.get("system").and_then(Value::as_str)?;
+                let cs = self.by_url(system)?;
+                out.codes.extend(filtered(system, &cs, filters.as_array()?)?);
+                continue;
             }
             for sub in strings(inc.get("valueSet")) {
                 out.codes.extend(self.expand(strip_version(&sub), depth + 1)?.codes);
@@ -849,6 +855,71 @@ impl Registry {
         }
         Some(out)
     }
+}
+
+/// The codes of a complete CodeSystem that every filter selects (filters
+/// of one include are ANDed). Only the hierarchy of the CodeSystem's own
+/// concept nesting is followed, with the filters on `concept` that use
+/// it: `is-a` (the code and what is below it), `descendent-of` (below it
+/// only), `=` and `in`. Any other filter, or a CodeSystem that is not
+/// complete or whose hierarchy is not `is-a`, is `None`: not enumerable,
+/// reported as unchecked, never guessed.
+fn filtered(system: &str, cs: &Value, filters: &[Value]) -> Option<HashSet<(String, String)>> {
+    if cs["resourceType"] != "CodeSystem" || cs["content"] != "complete" {
+        return None;
+    }
+    if cs.get("hierarchyMeaning").is_some_and(|h| h != "is-a") {
+        return None;
+    }
+    // Each code with the codes nested under it.
+    let mut children: HashMap<String, Vec<String>> = HashMap::new();
+    let mut all: HashSet<String> = HashSet::new();
+    fn walk(cs: &Value, up: Option<&str>, all: &mut HashSet<String>, children: &mut HashMap<String, Vec<String>>) {
+        for c in cs.as_array().into_iter().flatten() {
+            let Some(code) = c["code"].as_str() else { continue };
+            all.insert(code.to_owned());
+            if let Some(u) = up {
+                children.entry(u.to_owned()).or_default().push(code.to_owned());
+            }
+            walk(&c["concept"], Some(code), all, children);
+        }
+    }
+    walk(&cs["concept"], None, &mut all, &mut children);
+    let below = |code: &str| -> HashSet<String> {
+        let mut out = HashSet::new();
+        let mut todo: Vec<String> = children.get(code).cloned().unwrap_or_default();
+        while let Some(c) = todo.pop() {
+            if out.insert(c.clone()) {
+                todo.extend(children.get(&c).cloned().unwrap_or_default());
+            }
+        }
+        out
+    };
+    let mut selected: Option<HashSet<String>> = None;
+    for f in filters {
+        if f["property"] != "concept" && f["property"] != "code" {
+            return None;
+        }
+        let value = f["value"].as_str()?;
+        let these: HashSet<String> = match f["op"].as_str()? {
+            "is-a" => {
+                let mut s = below(value);
+                s.insert(value.to_owned());
+                s
+            }
+            "descendent-of" => below(value),
+            "=" => [value.to_owned()].into(),
+            "in" => value.split(',').map(|c| c.trim().to_owned()).collect(),
+            _ => return None,
+        };
+        // Only codes the CodeSystem defines.
+        let these: HashSet<String> = these.into_iter().filter(|c| all.contains(c)).collect();
+        selected = Some(match selected {
+            None => these,
+            Some(prev) => prev.intersection(&these).cloned().collect(),
+        });
+    }
+    Some(selected?.into_iter().map(|c| (system.to_owned(), c)).collect())
 }
 
 fn collect_concepts(system: &str, concepts: Option<&Value>, out: &mut HashSet<(String, String)>) {
