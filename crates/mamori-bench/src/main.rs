@@ -367,6 +367,7 @@ fn open_store(dir: &std::path::Path) -> Result<(mamori_store::Store, mamori_audi
         checkpoint: mamori_store::CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "bench/audit".into(),
         search: Default::default(),
+        replica_url: None,
     };
     Ok((mamori_store::Store::open(&cfg, Arc::new(SystemClock), signer)?, v))
 }

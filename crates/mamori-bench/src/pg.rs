@@ -199,6 +199,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
             },
             origin: "bench/audit".into(),
             search: Default::default(),
+            replica_url: None,
         };
         let store = mamori_store::Store::open(&cfg, Arc::new(SystemClock), signer)?;
         store.set_leader(true);

@@ -431,3 +431,97 @@ async fn asynchronous_replication_loses_writes_and_a_kept_checkpoint_names_it() 
     a.stop().await;
     drop(clusters);
 }
+
+/// A standby named as `replica_url` answers searches; each search's audit
+/// event is still written on the primary before the answer. A standby
+/// connection that breaks is passed over (the primary answers), and with
+/// the primary gone no search is answered at all: nothing is shown that
+/// could not be audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_answers_searches_and_the_primary_audits_them() {
+    let (p1, p2) = (free_port(), free_port());
+    let clusters = make_clusters(p1, p2, true);
+    let (primary, standby) = (
+        format!("postgres://postgres@127.0.0.1:{p1}/postgres"),
+        format!("postgres://postgres@127.0.0.1:{p2}/postgres"),
+    );
+    let dir = temp_dir("replica-search");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("mamori.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{primary}?connect_timeout=2\"\n\
+             replica_url = \"{standby}?connect_timeout=2\"\nreaders = 2\n"
+        ),
+    )
+    .unwrap();
+    let mut s = TestServer::boot(dir.clone(), None).await;
+    s.pg = None; // the clusters go with the test
+    let doc = s.user("dr.replica", &["physician"]).await;
+    let pid = s.patient(&doc, "Replica", "Search").await;
+    for code in ["a", "b", "c"] {
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
+                         "subject": {"reference": format!("Patient/{pid}")}});
+        assert_eq!(s.post("/fhir/Observation", &doc, obs).await.status, 201);
+    }
+    // Table scans the standby has answered (reads only: replayed writes
+    // are not scans).
+    let scans = |url: &str| {
+        common::on_pg(url, |c| {
+            c.query_one(
+                "SELECT COALESCE(SUM(seq_scan + COALESCE(idx_scan, 0)), 0)::bigint FROM pg_stat_user_tables",
+                mamori_store::p![],
+            )
+            .unwrap()
+            .unwrap()
+            .i64(0)
+            .unwrap()
+        })
+    };
+    let searches = |url: &str| {
+        common::on_pg(url, |c| {
+            c.query_one("SELECT COUNT(*) FROM audit_events WHERE action = 'search-type'", mamori_store::p![])
+                .unwrap()
+                .unwrap()
+                .i64(0)
+                .unwrap()
+        })
+    };
+    let before = scans(&standby);
+    let q = format!("/fhir/Observation?subject=Patient/{pid}&_total=accurate");
+    for _ in 0..5 {
+        let r = s.get(&q, &doc).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["total"], 3, "the standby has applied every acknowledged write: {}", r.text);
+    }
+    let t0 = Instant::now();
+    while scans(&standby) <= before {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the standby answered no search");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(searches(&primary), 5, "every search audited on the primary");
+
+    // The standby's connections break: the primary answers meanwhile.
+    common::on_pg(&standby, |c| {
+        c.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            mamori_store::p![],
+        )
+        .unwrap();
+    });
+    let r = s.get(&q, &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total"], 3);
+    assert_eq!(searches(&primary), 6);
+
+    // Without the primary, the search cannot be audited: no answer.
+    ctl(&clusters.primary, &["-m", "immediate", "stop"]);
+    let r =
+        s.client.get(format!("{}{q}", s.base)).bearer_auth(&doc).timeout(Duration::from_secs(60)).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_ne!(status, 200, "{text}");
+    assert!(!text.contains(&pid), "nothing of the patient's: {text}");
+    s.stop().await;
+    drop(clusters);
+}

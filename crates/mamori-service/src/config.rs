@@ -393,6 +393,10 @@ pub struct DatabaseSection {
     pub synchronous: String,
     /// Read connections.
     pub readers: usize,
+    /// A PostgreSQL standby that answers searches (as many connections
+    /// as `readers`); empty: searches read the primary. Their audit
+    /// events are written on the primary before the answer.
+    pub replica_url: String,
 }
 
 /// `[auth]`: logins, tokens, lockout.
@@ -502,7 +506,7 @@ impl Default for TlsSection {
 }
 impl Default for DatabaseSection {
     fn default() -> Self {
-        DatabaseSection { url: String::new(), synchronous: "full".into(), readers: 4 }
+        DatabaseSection { url: String::new(), synchronous: "full".into(), readers: 4, replica_url: String::new() }
     }
 }
 impl Default for AuthSection {
@@ -635,6 +639,19 @@ impl Config {
         }
         if !url.is_empty() {
             mamori_store::pg::tls_options(url).map_err(|e| ConfigError::Invalid(format!("database.url: {e}")))?;
+        }
+        let replica = self.database.replica_url.trim();
+        if !replica.is_empty() {
+            if url.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "database.replica_url needs database.url: a standby serves searches of a PostgreSQL primary".into(),
+                ));
+            }
+            if !replica.starts_with("postgres://") && !replica.starts_with("postgresql://") {
+                return Err(ConfigError::Invalid("database.replica_url must be a postgres:// URL".into()));
+            }
+            mamori_store::pg::tls_options(replica)
+                .map_err(|e| ConfigError::Invalid(format!("database.replica_url: {e}")))?;
         }
         let c = &self.compliance;
         for (k, v) in [
@@ -896,6 +913,16 @@ mod tests {
         assert!(e.contains("sslmode=verify-full"), "{e}");
         c.database.url = "postgres://mamori@db.example.org/mamori?sslmode=verify-full".into();
         assert!(c.validate().is_ok());
+        // A standby for searches: PostgreSQL's, with the same TLS rules.
+        c.database.replica_url = "postgres://mamori@standby.example.org/mamori".into();
+        assert!(c.validate().unwrap_err().to_string().contains("database.replica_url"));
+        c.database.replica_url = "postgres://mamori@standby.example.org/mamori?sslmode=verify-full".into();
+        assert!(c.validate().is_ok());
+        c.database.replica_url = "mysql://standby".into();
+        assert!(c.validate().unwrap_err().to_string().contains("database.replica_url must be a postgres:// URL"));
+        let mut c = Config::default();
+        c.database.replica_url = "postgres://postgres@127.0.0.1:5433/mamori".into();
+        assert!(c.validate().unwrap_err().to_string().contains("needs database.url"));
         assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1").is_err());
     }
 

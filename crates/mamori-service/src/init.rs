@@ -149,6 +149,7 @@ pub fn store_config(dd: &DataDir, cfg: &Config) -> Result<StoreConfig, InitError
         },
         origin: cfg.audit.origin.clone(),
         search: Arc::default(),
+        replica_url: Some(cfg.database.replica_url.trim().to_owned()).filter(|u| !u.is_empty() && !url.is_empty()),
     })
 }
 

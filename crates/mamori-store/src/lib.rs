@@ -74,6 +74,8 @@ pub struct StoreConfig {
     /// and those of the loaded FHIR packages. At open, the index of the
     /// packages' parameters is brought in line with them.
     pub search: Arc<mamori_core::fhir::search::SearchParams>,
+    /// PostgreSQL: a standby that answers searches ([`Store::read_search`]).
+    pub replica_url: Option<String>,
 }
 
 /// A URL with its password, if any, replaced (for messages and logs).
@@ -163,6 +165,60 @@ impl ReaderPool {
     }
 }
 
+/// Connections to a PostgreSQL standby that answers searches, made when
+/// first needed. A standby that cannot be reached is passed over for a
+/// few seconds (the primary answers meanwhile), then tried again.
+struct ReplicaPool {
+    url: String,
+    conns: Vec<Mutex<Option<Box<dyn Conn + Send>>>>,
+    next: AtomicUsize,
+    /// Until when the standby is passed over after a failure.
+    resting: Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a standby that failed is passed over.
+const REPLICA_REST: Duration = Duration::from_secs(5);
+
+impl ReplicaPool {
+    /// Runs `f` on a standby connection; `None` when the standby is
+    /// resting or cannot be reached, `Some(Err)` when `f` failed there
+    /// (the connection is dropped; the next use connects again).
+    fn with<T>(&self, f: &dyn Fn(&mut dyn Conn) -> Result<T>) -> Option<Result<T>> {
+        let now = std::time::Instant::now();
+        if self.resting.lock().ok().and_then(|g| *g).is_some_and(|until| now < until) {
+            return None;
+        }
+        let rest = || {
+            if let Ok(mut g) = self.resting.lock() {
+                *g = Some(std::time::Instant::now() + REPLICA_REST);
+            }
+        };
+        let slot = self.conns.iter().find_map(|m| m.try_lock().ok()).or_else(|| {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len().max(1);
+            self.conns.get(i)?.lock().ok()
+        });
+        let mut slot = slot?;
+        if slot.is_none() {
+            match pg::PgConn::connect(&self.url) {
+                Ok(c) => *slot = Some(Box::new(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, replica = %redact_url(&self.url), "the standby cannot be reached; the primary answers searches for now");
+                    rest();
+                    return None;
+                }
+            }
+        }
+        let c = slot.as_mut()?;
+        let r = f(c.as_mut());
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, replica = %redact_url(&self.url), "a search failed on the standby; the primary answers it");
+            *slot = None;
+            rest();
+        }
+        Some(r)
+    }
+}
+
 /// The store: one writer, several readers, one clock.
 #[derive(Clone)]
 pub struct Store {
@@ -172,6 +228,7 @@ pub struct Store {
     backend: sql::Backend,
     url: Option<String>,
     leader: Arc<std::sync::atomic::AtomicBool>,
+    replica: Option<Arc<ReplicaPool>>,
 }
 
 /// A file-name-safe UTC stamp (`20261203T150805Z`).
@@ -244,6 +301,14 @@ impl Store {
             leader.clone(),
             cfg.search.clone(),
         )?;
+        let replica = cfg.replica_url.as_ref().filter(|_| backend == sql::Backend::Postgres).map(|url| {
+            Arc::new(ReplicaPool {
+                url: url.clone(),
+                conns: (0..cfg.readers.max(1)).map(|_| Mutex::new(None)).collect(),
+                next: AtomicUsize::new(0),
+                resting: Mutex::new(None),
+            })
+        });
         Ok(Store {
             writer,
             readers: Arc::new(ReaderPool { conns, next: AtomicUsize::new(0) }),
@@ -251,6 +316,7 @@ impl Store {
             backend,
             url: cfg.url.clone(),
             leader,
+            replica,
         })
     }
 
@@ -283,6 +349,25 @@ impl Store {
     /// The clock every "now" of the store comes from.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Runs a search's reads `f` on the standby when one is configured
+    /// (`replica_url`), else, or when the standby cannot answer, on a
+    /// read-only connection of the primary. Off the async threads.
+    pub async fn read_search<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut dyn Conn) -> Result<T> + Send + 'static,
+    {
+        let (pool, replica) = (self.readers.clone(), self.replica.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Some(Ok(v)) = replica.as_ref().and_then(|r| r.with(&f)) {
+                return Ok(v);
+            }
+            pool.with(|c| f(c))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
     }
 
     /// Runs `f` on a read-only connection, off the async threads.

@@ -76,6 +76,7 @@ fn fixture(tag: &str, backend: Backend) -> Fixture {
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "test/log".into(),
         search: Default::default(),
+        replica_url: None,
     };
     let store = Store::open(&cfg, Arc::new(SystemClock), signer.clone()).unwrap();
     assert_eq!(store.backend(), backend);
@@ -296,6 +297,7 @@ async fn two_writers_share_one_log_postgres() {
         checkpoint: CheckpointPolicy { every_events: 1000, every: Duration::from_secs(60) },
         origin: "test/log".into(),
         search: Default::default(),
+        replica_url: None,
     };
     let other = Store::open(&cfg, Arc::new(SystemClock), f.signer.clone()).unwrap();
     let mut handles = Vec::new();

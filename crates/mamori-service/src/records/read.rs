@@ -441,10 +441,12 @@ pub async fn search(
         q.canonical.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
     let patient = one_patient(&q);
     let (a2, q2, p2) = (actor.clone(), q.clone(), patient.clone());
+    // On the standby when one is configured: the audit event below is
+    // still written on the primary before the answer.
     let r = svc
         .store
-        .read(move |c| {
-            let mut decided: Vec<String> = p2.into_iter().collect();
+        .read_search(move |c| {
+            let mut decided: Vec<String> = p2.iter().cloned().collect();
             let one = |c: &mut dyn Conn, decided: &[String]| {
                 let op = Operation::Record {
                     action: Action::Search,
