@@ -6,7 +6,8 @@
 //! standby promoted while they are under write load. The servers must
 //! reconnect by themselves, one of them must lead again, no acknowledged
 //! write or audit event may be lost, and the audit log must verify (deep)
-//! on the new primary. The time without writes is printed.
+//! on the new primary. The time without writes is printed. A standby
+//! named as `replica_url` answers searches while the primary audits them.
 //!
 //! Needs the PostgreSQL server binaries (`/usr/lib/postgresql/*/bin`, or
 //! `MAMORI_PG_BIN`); as root they run as the `postgres` user.
