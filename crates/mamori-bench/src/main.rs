@@ -6,11 +6,13 @@
 //!   cargo run --release -p mamori-bench -- continuity [--runs 1] [--clients PATIENTS]
 //!   cargo run --release -p mamori-bench -- pg [--seconds 10] [--clients 32] [--runs 1]
 //!   cargo run --release -p mamori-bench -- validate [--seconds 3]
+//!   cargo run --release -p mamori-bench -- peer [--seconds 8] [--clients 32] [--runs 3]
 #![forbid(unsafe_code)]
 
 mod continuity;
 mod exchange;
 mod export;
+mod peer;
 mod pg;
 mod validate;
 
@@ -537,9 +539,10 @@ fn main() -> Result<()> {
         "continuity" => rt.block_on(continuity::run(&a)),
         "export" => rt.block_on(export::run(&a)),
         "pg" => rt.block_on(pg::run(&a)),
+        "peer" => rt.block_on(peer::run(&a)),
         "validate" => validate::run(&a),
         _ => bail!(
-            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg|validate) [--seconds N] [--clients N] [--runs N]"
+            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg|peer|validate) [--seconds N] [--clients N] [--runs N]"
         ),
     }
 }
