@@ -370,6 +370,24 @@ impl Store {
         .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
     }
 
+    /// Runs a short read `f` (a record by id and its decision: a few
+    /// indexed lookups in SQLite's page cache) on the calling thread when
+    /// the store is SQLite and a read connection is free at once; else as
+    /// [`Store::read`]. A hand-off to the blocking pool and back costs two
+    /// thread switches, more than such a read itself.
+    pub async fn read_short<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T> + Send + 'static,
+    {
+        if self.backend == sql::Backend::Sqlite {
+            if let Some(mut g) = self.readers.conns.iter().find_map(|m| m.try_lock().ok()) {
+                return f(g.as_mut());
+            }
+        }
+        self.read(f).await
+    }
+
     /// Runs `f` on a read-only connection, off the async threads.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where

@@ -90,7 +90,7 @@ async fn vread_or_read(
     let (a2, id2) = (actor.clone(), id.to_owned());
     let found = svc
         .store
-        .read(move |c| {
+        .read_short(move |c| {
             let v = match vn {
                 Some(n) => records::vread(c, rtype.as_str(), &id2, n)?,
                 None => records::read(c, rtype.as_str(), &id2)?,
