@@ -652,13 +652,7 @@ pub fn compose(r: &Letter<'_>) -> Result<Composed, Vec<Issue>> {
         "timestamp": instant,
         "entry": all.into_iter().map(|(u, v)| json!({"fullUrl": u, "resource": v})).collect::<Vec<_>>(),
     });
-    let (errors, warnings) = validate_document(reg, &bundle);
-    if !errors.is_empty() {
-        return Err(errors
-            .into_iter()
-            .map(|f| Issue { path: f.path, message: format!("the composed document does not conform: {}", f.message) })
-            .collect());
-    }
+    let warnings = validate_document(reg, &bundle, "the composed document")?;
     Ok(Composed { bundle, structured, text_only, warnings })
 }
 
@@ -813,13 +807,7 @@ pub fn items_bundle(r: &Items<'_>) -> Result<(Value, Vec<String>), Vec<Issue>> {
         "timestamp": instant,
         "entry": entries,
     });
-    let (errors, warnings) = validate_document(reg, &bundle);
-    if !errors.is_empty() {
-        return Err(errors
-            .into_iter()
-            .map(|f| Issue { path: f.path, message: format!("the bundle does not conform: {}", f.message) })
-            .collect());
-    }
+    let warnings = validate_document(reg, &bundle, "the bundle")?;
     Ok((bundle, warnings))
 }
 
@@ -829,8 +817,9 @@ fn is_institution_code(c: &str) -> bool {
 }
 
 /// Validates a document Bundle and each entry against the profiles they
-/// claim: the errors, and the warnings as text.
-pub fn validate_document(reg: &Registry, bundle: &Value) -> (Vec<Finding>, Vec<String>) {
+/// claim: the warnings as text, or each error as an issue saying that
+/// `what` does not conform.
+pub fn validate_document(reg: &Registry, bundle: &Value, what: &str) -> Result<Vec<String>, Vec<Issue>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut check = |v: &Value, prefix: &str| {
@@ -856,7 +845,13 @@ pub fn validate_document(reg: &Registry, bundle: &Value) -> (Vec<Finding>, Vec<S
     }
     warnings.sort();
     warnings.dedup();
-    (errors, warnings)
+    if !errors.is_empty() {
+        return Err(errors
+            .into_iter()
+            .map(|f| Issue { path: f.path, message: format!("{what} does not conform: {}", f.message) })
+            .collect());
+    }
+    Ok(warnings)
 }
 
 #[cfg(test)]
