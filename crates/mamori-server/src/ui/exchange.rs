@@ -132,11 +132,8 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
     let partners = Api::of(parts::list(&ui.svc, &ui.actor).await.map(|p| json!({"partners": p})));
     let active: Vec<&Value> =
         partners.body["partners"].as_array().into_iter().flatten().filter(|p| p["status"] == "active").collect();
-    let docs: Vec<(String, String)> = all.body["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| &e["resource"])
+    let resources = || all.body["entry"].as_array().into_iter().flatten().map(|e| &e["resource"]);
+    let docs: Vec<(String, String)> = resources()
         .filter(|r| {
             matches!(
                 r["resourceType"].as_str().unwrap_or(""),
@@ -157,11 +154,7 @@ pub(crate) async fn send_page(ui: Ui, Query(q): Query<HashMap<String, String>>) 
         })
         .collect();
     // Finished admissions, for a discharge summary.
-    let admissions: Vec<(String, String)> = all.body["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| &e["resource"])
+    let admissions: Vec<(String, String)> = resources()
         .filter(|r| {
             r["resourceType"] == "Encounter"
                 && r["status"] == "finished"
