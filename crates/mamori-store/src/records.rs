@@ -575,6 +575,21 @@ fn write_entries(c: &mut dyn Conn, t: &str, id: &str, entries: Vec<IndexEntry>) 
 /// the packages' search parameters ([`SearchParams::fingerprint`]).
 const PACKAGE_PARAMS_KEY: &str = "package_search_params";
 
+/// Every current (not deleted) resource of type `t`: its id and body.
+fn current_of_type(c: &mut dyn Conn, t: &str) -> Result<Vec<(String, Value)>> {
+    let rows = c.query(
+        "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
+        p![t],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if let Ok(v) = serde_json::from_str::<Value>(&r.text(1)?) {
+            out.push((r.text(0)?, v));
+        }
+    }
+    Ok(out)
+}
+
 /// What [`sync_package_params`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParamSync {
@@ -628,13 +643,7 @@ pub fn sync_package_params(c: &mut dyn Conn, search: &SearchParams) -> Result<Op
         for t in types {
             let Ok(rtype) = ResourceType::parse(t) else { continue };
             let names: Vec<&str> = fresh.iter().filter(|(x, _)| x == t).map(|(_, n)| n.as_str()).collect();
-            let rows = c.query(
-                "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
-                p![t],
-            )?;
-            for r in &rows {
-                let (id, body) = (r.text(0)?, r.text(1)?);
-                let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+            for (id, v) in current_of_type(c, t)? {
                 let entries: Vec<IndexEntry> =
                     index_entries_in(search, rtype, &v).into_iter().filter(|e| names.contains(&e.param)).collect();
                 if !entries.is_empty() {
@@ -712,13 +721,7 @@ fn index_current(
         if !want(rtype) {
             continue;
         }
-        let rows = c.query(
-            "SELECT r.id, v.body FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.rtype = $1 AND r.deleted = 0",
-            p![*t],
-        )?;
-        for r in &rows {
-            let (id, body) = (r.text(0)?, r.text(1)?);
-            let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+        for (id, v) in current_of_type(c, t)? {
             let rows: Vec<Vec<Val<'_>>> =
                 index_entries(rtype, &v).into_iter().filter_map(|e| pick(rtype, t, &id, e)).collect();
             if !rows.is_empty() {
