@@ -1,7 +1,8 @@
 //! The routers and the middleware every request passes through: request
 //! id, the mode snapshot and `Mamori-Mode` header, a tracing span per
 //! request (request id, route, mode) so that a logged failure ties to its
-//! request, security headers, metrics.
+//! request, small request bodies read before the handler, security
+//! headers, metrics.
 
 use std::time::Instant;
 
@@ -83,6 +84,7 @@ async fn common(State(svc): State<Services>, mut req: Request, next: Next) -> Re
     req.extensions_mut().insert(RequestId(rid.clone()));
     req.extensions_mut().insert(RequestMode(mode));
     let span = tracing::info_span!("request", request_id = %rid, %method, route = %route, mode = %mode.header_value());
+    let req = crate::limits::read_small_body(req).instrument(span.clone()).await;
     let mut resp = next.run(req).instrument(span.clone()).await;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&mode.header_value()) {

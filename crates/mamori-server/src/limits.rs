@@ -264,3 +264,47 @@ pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// Request bodies that declare at most this many bytes are read whole
+/// before the handler runs (see [`read_small_body`]).
+pub(crate) const PREREAD_BYTES: u64 = 64 * 1024;
+
+/// Reads a small request body before the handler runs.
+///
+/// A handler may answer without reading its body: a logout, an
+/// acknowledgement that takes `{}`, a refusal decided before the body is
+/// looked at. Over HTTP/2 the answer then goes out while the body may still
+/// be on the way, the server resets the stream, and some clients (curl:
+/// error 92) report the reset as a failure although the answer came.
+/// Reading the body first closes that race for every route at once.
+///
+/// Only a body with a declared length of at most [`PREREAD_BYTES`] is read;
+/// larger and streamed bodies (AS2 messages, bulk data, uploads) are left to
+/// their handlers and their per-route limits. The body is already timed
+/// ([`TimedBody`]), so a slow sender meets the same deadline here. A failure
+/// is handed to the handler as the body's own error, so each route answers
+/// it in its own format (408 for a timeout, as before).
+pub(crate) async fn read_small_body(req: axum::extract::Request) -> axum::extract::Request {
+    let body = req.body();
+    if body.is_end_stream() || body.size_hint().exact().is_none_or(|n| n > PREREAD_BYTES) {
+        return req;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, PREREAD_BYTES as usize).await {
+        Ok(bytes) => axum::body::Body::from(bytes),
+        Err(e) => axum::body::Body::new(Failed(Some(e))),
+    };
+    axum::extract::Request::from_parts(parts, body)
+}
+
+/// A body that yields one error: a pre-read that failed.
+struct Failed(Option<axum::Error>);
+
+impl Body for Failed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(Err))
+    }
+}

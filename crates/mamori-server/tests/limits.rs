@@ -1,7 +1,8 @@
 //! Connection limits (issue 15): idle, slow-header and slow-body
 //! connections are closed or answered within the configured times, and a
 //! listener and a source address hold no more connections than allowed.
-//! Raw TLS connections from several loopback addresses (127.0.0.x).
+//! Raw TLS connections from several loopback addresses (127.0.0.x). And
+//! over HTTP/2, a small request body is read before any answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,6 +20,11 @@ type Conn = TlsStream<TcpStream>;
 
 /// A TLS connection to `s` from the loopback address `from`.
 async fn connect(s: &TestServer, from: [u8; 4]) -> std::io::Result<Conn> {
+    connect_alpn(s, from, &[]).await
+}
+
+/// A TLS connection offering the application protocols `alpn`.
+async fn connect_alpn(s: &TestServer, from: [u8; 4], alpn: &[&[u8]]) -> std::io::Result<Conn> {
     let port = s.running.as_ref().unwrap().addr.port();
     let sock = TcpSocket::new_v4()?;
     sock.bind((from, 0).into())?;
@@ -28,11 +34,12 @@ async fn connect(s: &TestServer, from: [u8; 4]) -> std::io::Result<Conn> {
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(Arc::new(cfg)).connect(name, tcp))
         .await
@@ -180,4 +187,50 @@ async fn a_listener_and_a_source_hold_no_more_connections_than_allowed() {
     c.write_all(GET).await.unwrap();
     assert!(response(&mut c).await.starts_with("HTTP/1.1 200"));
     drop((a2, b1, c));
+}
+
+/// Over HTTP/2 the answer to a request with a small body never goes out
+/// before the body has arrived, also where the handler does not read it (a
+/// logout) or refuses before reading it (no token). Answering first made
+/// the server reset the stream, which curl reported as a failure
+/// (`curl: (92) Stream error in the HTTP/2 framing layer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_small_body_arrives_before_the_answer() {
+    let s = TestServer::start("limits-h2").await;
+    let tok = s.user("clerk.h2", &["clerk"]).await;
+    let tls = connect_alpn(&s, [127, 0, 0, 3], &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server speaks HTTP/2");
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let cases = [
+        ("/api/v1/auth/logout", Some(tok.as_str()), 200),
+        ("/api/v1/auth/logout", None, 401),
+        ("/fhir/Patient", None, 401),
+    ];
+    for (path, token, status) in cases {
+        let mut client = client.clone().ready().await.unwrap();
+        let mut req = axum::http::Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/json")
+            .header("content-length", "2");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let (mut answer, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        // The body is held back: no answer may come meanwhile.
+        let early = tokio::time::timeout(Duration::from_millis(700), &mut answer).await;
+        assert!(early.is_err(), "{path}: answered before the body was sent: {early:?}");
+        body.send_data(axum::body::Bytes::from_static(b"{}"), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer).await.unwrap().unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{path}");
+        // The answer's own body reads to its end: the stream was not reset.
+        let mut got = answer.into_body();
+        let mut bytes = 0;
+        while let Some(chunk) = got.data().await {
+            bytes += chunk.unwrap().len();
+        }
+        assert!(bytes > 0, "{path}: an answer with a body");
+    }
+    // The logout took effect: the token is gone.
+    let r = s.req(reqwest::Method::GET, "/api/v1/auth/me", Some(&tok), None).await;
+    assert_eq!(r.status, 401, "{}", r.text);
 }
