@@ -15,36 +15,52 @@ use serde_json::{json, Value};
 
 use crate::{clean_up, Args};
 
+/// Ten laboratory and vital-sign codes the Observations cycle through.
+pub(crate) const CODES: [&str; 10] =
+    ["8867-4", "8480-6", "8462-4", "8310-5", "2339-0", "718-7", "2160-0", "2951-2", "6690-2", "777-3"];
+
+/// The day an Observation was taken: one of 672 days (28 a month) from
+/// 2025-01-01, as `YYYY-MM-DD`.
+pub(crate) fn day(n: u64) -> String {
+    let d = n % 672;
+    format!("{}-{:02}-{:02}", 2025 + d / 336, (d / 28) % 12 + 1, d % 28 + 1)
+}
+
 fn observation(p: &str, i: u64) -> Value {
     json!({"resourceType": "Observation", "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "code": {"coding": [{"system": "http://loinc.org", "code": CODES[(i % 10) as usize]}]},
         "subject": {"reference": format!("Patient/{p}")},
-        "effectiveDateTime": format!("2026-11-{:02}T{:02}:{:02}:00+09:00", 1 + i % 25, i % 24, i % 60),
+        // Clinic hours in Japan (09:00-17:59 +09:00): the same day in UTC.
+        "effectiveDateTime": format!("{}T{:02}:{:02}:00+09:00", day(i), 9 + (i / 7) % 9, i % 60),
         "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
 }
 
-/// Loads `patients` Patients with `per - 1` Observations each directly into
-/// the store (ids `bench-p{n}`, `bench-o{n}-{i}`), 100 patients per write
-/// job; returns the patient ids.
-pub(crate) async fn load(st: &mamori_service::Services, patients: u64, per: u64) -> Result<Vec<String>> {
+/// Loads the Patients numbered `range` with `per - 1` Observations each
+/// directly into the store (ids `bench-p{n}`, `bench-o{n}-{i}`; a kanji
+/// and a kana name; codes from [`CODES`], dates by [`day`]), 100 patients
+/// per write job; returns the patient ids.
+pub(crate) async fn load(st: &mamori_service::Services, range: std::ops::Range<u64>, per: u64) -> Result<Vec<String>> {
     let mut ids = Vec::new();
-    for batch in 0..patients.div_ceil(100) {
-        let lo = batch * 100;
-        let hi = (lo + 100).min(patients);
+    let mut lo = range.start;
+    while lo < range.end {
+        let hi = (lo + 100).min(range.end);
         let made = st
             .store
             .writer()
             .write_exclusive(
                 move |w| {
                     let mut made = Vec::new();
+                    let rt = ResourceType::parse("Observation")
+                        .map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
                     for p in lo..hi {
                         let pid = format!("bench-p{p}");
                         let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": format!("M{p}")}],
-                            "name": [{"family": format!("山田{}", p % 997), "given": ["太郎"]}], "gender": "male", "birthDate": "1970-01-01"});
+                            "name": [{"family": format!("山田{}", p % 997), "given": ["太郎"]},
+                                     {"family": format!("ヤマダ{}", p % 997), "given": ["タロウ"]}],
+                            "gender": "male", "birthDate": "1970-01-01"});
                         records::put(w, ResourceType::PATIENT, &pid, body, None, "bench", w.now)?;
                         for i in 1..per {
-                            let rt = ResourceType::parse("Observation").map_err(|e| mamori_store::StoreError::Internal(e.to_string()))?;
                             records::put(w, rt, &format!("bench-o{p}-{i}"), observation(&pid, p * per + i), None, "bench", w.now)?;
                         }
                         made.push(pid);
@@ -55,6 +71,7 @@ pub(crate) async fn load(st: &mamori_service::Services, patients: u64, per: u64)
             )
             .await?;
         ids.extend(made);
+        lo = hi;
     }
     Ok(ids)
 }
@@ -117,7 +134,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         );
     }
     if !reuse {
-        ids = load(&st, patients, per).await?;
+        ids = load(&st, 0..patients, per).await?;
     }
     println!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
 

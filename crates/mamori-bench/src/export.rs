@@ -49,7 +49,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
     let st = running.state.clone();
     println!("loading {patients} patients x {per} resources ({} resources) directly into the store...", patients * per);
     let t = Instant::now();
-    let ids = crate::continuity::load(&st, patients, per).await?;
+    let ids = crate::continuity::load(&st, 0..patients, per).await?;
     // One physician caring for every patient: the export holds all of it.
     let name = UserId::parse("bench.dr").map_err(|e| anyhow::anyhow!("{e}"))?;
     let n2 = name.clone();

@@ -7,6 +7,7 @@
 //!   cargo run --release -p mamori-bench -- pg [--seconds 10] [--clients 32] [--runs 1]
 //!   cargo run --release -p mamori-bench -- validate [--seconds 3]
 //!   cargo run --release -p mamori-bench -- peer [--seconds 8] [--clients 32] [--runs 3]
+//!   cargo run --release -p mamori-bench -- scale [--resources 10000000] [--only sqlite|postgres]
 #![forbid(unsafe_code)]
 
 mod continuity;
@@ -14,6 +15,7 @@ mod exchange;
 mod export;
 mod peer;
 mod pg;
+mod scale;
 mod validate;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,16 +32,19 @@ pub struct Args {
     pub clients: usize,
     pub runs: usize,
     pub only: Option<String>,
+    /// `scale`: resources at the larger size (0: its default).
+    pub resources: u64,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { cmd: String::new(), seconds: 8, clients: 0, runs: 3, only: None };
+    let mut a = Args { cmd: String::new(), seconds: 8, clients: 0, runs: 3, only: None, resources: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
             "--clients" => a.clients = it.next().context("--clients N")?.parse()?,
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
+            "--resources" => a.resources = it.next().context("--resources N")?.parse()?,
             "--only" => a.only = Some(it.next().context("--only creates|reads|searches")?),
             c if a.cmd.is_empty() => a.cmd = c.to_owned(),
             other => bail!("unknown argument {other}"),
@@ -540,9 +545,10 @@ fn main() -> Result<()> {
         "export" => rt.block_on(export::run(&a)),
         "pg" => rt.block_on(pg::run(&a)),
         "peer" => rt.block_on(peer::run(&a)),
+        "scale" => rt.block_on(scale::run(&a)),
         "validate" => validate::run(&a),
         _ => bail!(
-            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg|peer|validate) [--seconds N] [--clients N] [--runs N]"
+            "usage: mamori-bench (fhir|audit|exchange|continuity|export|pg|peer|scale|validate) [--seconds N] [--clients N] [--runs N]"
         ),
     }
 }

@@ -14,12 +14,12 @@ use crate::{clean_up, load, median, ok200, patient_json, start_fresh, Args, Load
 
 const DB: &str = "mamori_bench";
 
-fn pg_url() -> String {
+pub(crate) fn pg_url() -> String {
     std::env::var("MAMORI_BENCH_PG").unwrap_or_else(|_| format!("postgres://postgres@127.0.0.1:5432/{DB}"))
 }
 
 /// Creates the benchmark database if needed (through the `test` database).
-fn ensure_db() -> Result<()> {
+pub(crate) fn ensure_db() -> Result<()> {
     let admin = "postgres://postgres@127.0.0.1:5432/test";
     std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {

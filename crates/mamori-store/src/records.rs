@@ -217,14 +217,18 @@ pub fn history(
 /// current, non-deleted resources, ordered by (type, id).
 pub fn compartment(c: &mut dyn Conn, patient: &str, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<Version>> {
     let (at, ai) = after.unwrap_or(("", ""));
-    let sql = format!(
+    c.query(&compartment_sql(), p![patient, at, ai, limit])?.iter().map(version_row).collect()
+}
+
+/// The statement of [`compartment`] (patient, after type, after id, limit).
+pub fn compartment_sql() -> String {
+    format!(
         "SELECT {VERSION_SELECT_COLUMNS} FROM \
          (SELECT rtype, id FROM resource_compartments WHERE patient = $1 UNION ALL SELECT 'Patient', $1) rc \
          JOIN resources r ON r.rtype = rc.rtype AND r.id = rc.id JOIN resource_versions v ON v.seq = r.seq \
          WHERE r.deleted = 0 AND (rc.rtype > $2 OR (rc.rtype = $2 AND rc.id > $3)) \
          ORDER BY rc.rtype, rc.id LIMIT $4"
-    );
-    c.query(&sql, p![patient, at, ai, limit])?.iter().map(version_row).collect()
+    )
 }
 
 /// The result of a write.

@@ -365,6 +365,39 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if let Sort::Params(keys) = q.sort {
         return search_sorted_by_params(c, q, restriction, has, total, keys);
     }
+    let s = page_sql(q, restriction, has);
+    let rows = c.query(&s.text, &s.params)?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        entries.push(crate::records::version_row(r)?);
+    }
+    let backwards = q.before.is_some() && q.after.is_none();
+    let more = entries.len() > q.count;
+    entries.truncate(q.count);
+    if backwards {
+        entries.reverse();
+    }
+    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone(), keys: Vec::new() };
+    let (next, prev) = if backwards {
+        (entries.last().map(key), if more { entries.first().map(key) } else { None })
+    } else {
+        (
+            if more { entries.last().map(key) } else { None },
+            if q.after.is_some() { entries.first().map(key) } else { None },
+        )
+    };
+    Ok(Page { entries, total, next, prev })
+}
+
+/// The statement that fetches a page of a search (ordered by id or by last
+/// update; a `_sort` by parameters runs another), with its parameters, as
+/// [`search_scoped`] runs it: for `EXPLAIN` ([`crate::sql::explain`]).
+pub fn page_statement(q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> (String, Vec<Val<'static>>) {
+    let s = page_sql(q, restriction, has);
+    (s.text, s.params)
+}
+
+fn page_sql(q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> Sql {
     let mut s = Sql {
         text: format!(
             "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
@@ -398,26 +431,7 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     }
     let lim = s.bind(q.count + 1);
     s.text.push_str(&format!(" LIMIT {lim}"));
-    let rows = c.query(&s.text, &s.params)?;
-    let mut entries = Vec::with_capacity(rows.len());
-    for r in &rows {
-        entries.push(crate::records::version_row(r)?);
-    }
-    let more = entries.len() > q.count;
-    entries.truncate(q.count);
-    if backwards {
-        entries.reverse();
-    }
-    let key = |v: &Version| Cursor { last_updated: v.last_updated.micros(), id: v.id.clone(), keys: Vec::new() };
-    let (next, prev) = if backwards {
-        (entries.last().map(key), if more { entries.first().map(key) } else { None })
-    } else {
-        (
-            if more { entries.last().map(key) } else { None },
-            if q.after.is_some() { entries.first().map(key) } else { None },
-        )
-    };
-    Ok(Page { entries, total, next, prev })
+    s
 }
 
 /// A search ordered by parameters' values (forward paging only): per key,

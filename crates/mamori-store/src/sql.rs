@@ -293,6 +293,31 @@ pub trait Conn {
     }
 }
 
+/// The database's plan for a statement, a line per step: SQLite's
+/// `EXPLAIN QUERY PLAN` details, PostgreSQL's `EXPLAIN` lines. For the
+/// scale benchmark and for an operator asking why a query is slow.
+pub fn explain(c: &mut dyn Conn, sql: &str, params: &[Val<'_>]) -> Result<Vec<String>, DbError> {
+    match c.backend() {
+        Backend::Sqlite => {
+            let rows = c.query(&format!("EXPLAIN QUERY PLAN {sql}"), params)?;
+            // Indented by depth, as the sqlite3 shell shows it.
+            let mut depth: Vec<(i64, usize)> = Vec::new();
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let (id, parent) = (r.i64(0)?, r.i64(1)?);
+                let d = depth.iter().find(|(i, _)| *i == parent).map_or(0, |(_, d)| d + 1);
+                depth.push((id, d));
+                out.push(format!("{}{}", "  ".repeat(d), r.text(3)?));
+            }
+            Ok(out)
+        }
+        Backend::Postgres => {
+            let rows = c.query(&format!("EXPLAIN {sql}"), params)?;
+            rows.iter().map(|r| r.text(0)).collect()
+        }
+    }
+}
+
 /// Inserts rows of `ncols` values each with multi-row statements of a few
 /// fixed sizes (each prepared once per connection): far fewer statements,
 /// which on PostgreSQL means far fewer round trips. `insert` is the
