@@ -1951,3 +1951,41 @@ async fn system_history_decides_each_version() {
     assert_eq!(paged, seen);
     assert_eq!(s.get("/fhir/_history?_bogus=1", &doc).await.status, 400);
 }
+
+/// Without `_total`, a search counts its matches only up to 1,000 (a
+/// broad search over millions of resources must not cost as much as its
+/// matches); past that the searchset has no `total`. `_total=accurate`
+/// and `_summary=count` still count them all, and `_total=none` none.
+#[tokio::test]
+async fn a_search_counts_its_matches_up_to_a_bound() {
+    let s = TestServer::start("total-bound").await;
+    let doc = s.user("dr.count", &["physician"]).await;
+    let p = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "name": [{"family": "数"}]})).await;
+    assert_eq!(p.status, 201, "{}", p.text);
+    let pid = p.body["id"].as_str().unwrap().to_owned();
+    let obs = |code: &str| {
+        json!({"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": format!("Patient/{pid}")}},
+               "request": {"method": "POST", "url": "Observation"}})
+    };
+    // 1,001 of one code, 1,000 of another.
+    let mut entries: Vec<Value> = (0..1001).map(|_| obs("8867-4")).collect();
+    entries.extend((0..1000).map(|_| obs("8480-6")));
+    let r = s.post("/fhir", &doc, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(500)]);
+
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8867-4&_count=5", &doc).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("total").is_none(), "no total past the bound: {}", r.body["total"]);
+    assert_eq!(r.body["entry"].as_array().unwrap().len(), 5);
+    assert!(r.text.contains("\"next\""), "a next page");
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8480-6&_count=5", &doc).await;
+    assert_eq!(r.body["total"], 1000, "counted up to the bound");
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8867-4&_count=5&_total=accurate", &doc).await;
+    assert_eq!(r.body["total"], 1001);
+    let r = s.get("/fhir/Observation?subject=Patient/{pid}&_summary=count".replace("{pid}", &pid).as_str(), &doc).await;
+    assert_eq!(r.body["total"], 2001, "{}", r.text);
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8480-6&_total=none", &doc).await;
+    assert!(r.body.get("total").is_none());
+}

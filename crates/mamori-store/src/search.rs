@@ -3,7 +3,7 @@
 //! to the patients a user has a care relationship with.
 
 use mamori_core::fhir::search::{
-    Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortKeys, SortValue, Total,
+    Clause, Cond, Cursor, ParamKind, Prefix, SearchQuery, Sort, SortKeys, SortValue, Total, TOTAL_BOUND,
 };
 use mamori_core::ids::ResourceType;
 use mamori_core::time::Timestamp;
@@ -352,12 +352,11 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if let Some(t) = q.has_sources().into_iter().find(|t| !has.iter().any(|(h, _)| h == t)) {
         return Err(StoreError::Internal(format!("_has on {t} without a decision for {t}")));
     }
-    let total = if q.total == Total::Accurate || q.summary_count {
-        let mut s = Sql { text: "SELECT COUNT(*) FROM resources r".into(), params: Vec::new() };
-        where_clause(q, restriction, has, &mut s);
-        Some(c.query_one(&s.text, &s.params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
-    } else {
-        None
+    let total = match q.total {
+        Total::Accurate => Some(count(c, q, restriction, has, None)?),
+        _ if q.summary_count => Some(count(c, q, restriction, has, None)?),
+        Total::Bounded => Some(count(c, q, restriction, has, Some(TOTAL_BOUND))?).filter(|n| *n <= TOTAL_BOUND),
+        Total::None => None,
     };
     if q.summary_count || q.count == 0 {
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
@@ -387,6 +386,27 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
         )
     };
     Ok(Page { entries, total, next, prev })
+}
+
+/// The number of matches; with a bound, at most one more than it.
+fn count(
+    c: &mut dyn Conn,
+    q: &SearchQuery,
+    restriction: &Restriction,
+    has: &HasScope,
+    bound: Option<u64>,
+) -> Result<u64> {
+    let mut s = Sql { text: String::new(), params: Vec::new() };
+    match bound {
+        None => s.text.push_str("SELECT COUNT(*) FROM resources r"),
+        Some(_) => s.text.push_str("SELECT COUNT(*) FROM (SELECT 1 FROM resources r"),
+    }
+    where_clause(q, restriction, has, &mut s);
+    if let Some(b) = bound {
+        let lim = s.bind(i64::try_from(b.saturating_add(1)).unwrap_or(i64::MAX));
+        s.text.push_str(&format!(" LIMIT {lim}) n"));
+    }
+    Ok(c.query_one(&s.text, &s.params)?.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
 }
 
 /// The statement that fetches a page of a search (ordered by id or by last

@@ -981,9 +981,17 @@ pub enum SortValue {
 pub enum Total {
     /// No total (`_total=none`): the count query is skipped.
     None,
+    /// The default: the matches are counted up to [`TOTAL_BOUND`]; a
+    /// search with more has no total. Counting every match of a broad
+    /// search (a code across ten million resources) costs as much as the
+    /// matches, and a page should not.
+    Bounded,
     /// An exact total (asked for as `accurate` or `estimate`).
     Accurate,
 }
+
+/// Up to how many matches a search without `_total` counts them.
+pub const TOTAL_BOUND: u64 = 1000;
 
 /// A parsed search: all clauses must match (AND).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1237,7 +1245,7 @@ pub fn parse_query_in(
         clauses: Vec::new(),
         count: DEFAULT_COUNT,
         sort: Sort::Id,
-        total: Total::Accurate,
+        total: Total::Bounded,
         summary_count: false,
         after: None,
         before: None,

@@ -369,7 +369,10 @@ fn get_entry(
             let mut rec =
                 actor.fhir_record("search-type", 200, Some(e.rtype.as_str()), None, None, patients, Some(&d), now);
             rec.query = Some(query.clone());
-            let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
+            let mut bundle = json!({"resourceType": "Bundle", "type": "searchset"});
+            if let Some(n) = page.total {
+                bundle["total"] = n.into();
+            }
             if !entries.is_empty() {
                 bundle["entry"] = Value::Array(entries);
             }

@@ -196,7 +196,15 @@ async fn run(svc: &Services, actor: &Actor, p: Plan) -> Result<SystemPage, Servi
         if p.summary_count || p.total {
             let mut sum = 0;
             for t in &p.types {
-                let r = search(svc, actor, t.as_str(), with(&[("_count", "0".into())]), false).await?.into_inner();
+                let r = search(
+                    svc,
+                    actor,
+                    t.as_str(),
+                    with(&[("_count", "0".into()), ("_total", "accurate".into())]),
+                    false,
+                )
+                .await?
+                .into_inner();
                 sum += r.page.total.unwrap_or(0);
             }
             out.total = Some(sum);
@@ -209,7 +217,10 @@ async fn run(svc: &Services, actor: &Actor, p: Plan) -> Result<SystemPage, Servi
     if p.total {
         // The types earlier pages went through count too.
         for t in p.types.iter().take(first) {
-            let r = search(svc, actor, t.as_str(), with(&[("_count", "0".into())]), false).await?.into_inner();
+            let r =
+                search(svc, actor, t.as_str(), with(&[("_count", "0".into()), ("_total", "accurate".into())]), false)
+                    .await?
+                    .into_inner();
             sum += r.page.total.unwrap_or(0);
         }
     }
@@ -221,14 +232,15 @@ async fn run(svc: &Services, actor: &Actor, p: Plan) -> Result<SystemPage, Servi
             if !p.total {
                 break;
             }
-            let r = search(svc, actor, t.as_str(), with(&[("_count", "0".into())]), false).await?.into_inner();
+            let r =
+                search(svc, actor, t.as_str(), with(&[("_count", "0".into()), ("_total", "accurate".into())]), false)
+                    .await?
+                    .into_inner();
             sum += r.page.total.unwrap_or(0);
             continue;
         }
         let mut extra = vec![("_count", left.to_string())];
-        if !p.total {
-            extra.push(("_total", "none".into()));
-        }
+        extra.push(("_total", if p.total { "accurate" } else { "none" }.into()));
         if let Some(c) = cursor.take() {
             extra.push(("_cursor", c));
         }
