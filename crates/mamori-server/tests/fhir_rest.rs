@@ -1989,3 +1989,69 @@ async fn a_search_counts_its_matches_up_to_a_bound() {
     let r = s.get("/fhir/Observation?code=http://loinc.org|8480-6&_total=none", &doc).await;
     assert!(r.body.get("total").is_none());
 }
+
+/// A condition that matches 5,000 or more index rows is checked per
+/// resource in page order (EXISTS) instead of listing all its matches
+/// first: the answers are the same. Paging walks every match once in id
+/// order, a narrow condition beside it still narrows, a caller without
+/// care sees nothing, and an exact count is still given when asked for.
+#[tokio::test]
+async fn a_broad_condition_pages_and_restricts_like_a_narrow_one() {
+    let s = TestServer::start("broad").await;
+    let doc = s.user("dr.broad", &["physician"]).await;
+    let other = s.user("dr.other", &["physician"]).await;
+    let mut pids = Vec::new();
+    for name in ["広", "狭"] {
+        let p = s.post("/fhir/Patient", &doc, json!({"resourceType": "Patient", "name": [{"family": name}]})).await;
+        assert_eq!(p.status, 201, "{}", p.text);
+        pids.push(p.body["id"].as_str().unwrap().to_owned());
+    }
+    let obs = |pid: &str, code: &str| {
+        json!({"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": format!("Patient/{pid}")}},
+               "request": {"method": "POST", "url": "Observation"}})
+    };
+    for _ in 0..2 {
+        let entries: Vec<Value> = (0..2600).map(|_| obs(&pids[0], "8867-4")).collect();
+        let r = s.post("/fhir", &doc, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+        assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(500)]);
+    }
+    let entries =
+        vec![obs(&pids[1], "8867-4"), obs(&pids[1], "8867-4"), obs(&pids[1], "8867-4"), obs(&pids[1], "718-7")];
+    let r = s.post("/fhir", &doc, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Pages of the broad search: ids ascending, none twice.
+    let mut url = "/fhir/Observation?code=http://loinc.org|8867-4&_count=1000".to_owned();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let r = s.get(&url, &doc).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.body.get("total").is_none(), "a broad search is not counted unasked");
+        for e in r.body["entry"].as_array().unwrap() {
+            seen.push(e["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        let next = r.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next");
+        match next {
+            Some(l) => url = l["url"].as_str().unwrap().split_once("/fhir").map(|(_, p)| format!("/fhir{p}")).unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5203);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in id order, each once");
+
+    // A narrow condition beside the broad one.
+    let q = format!("/fhir/Observation?code=http://loinc.org|8867-4&subject=Patient/{}", pids[1]);
+    let r = s.get(&q, &doc).await;
+    assert_eq!(r.body["entry"].as_array().map_or(0, Vec::len), 3, "{}", r.text);
+    // Exact counts when asked for.
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8867-4&_total=accurate&_count=1", &doc).await;
+    assert_eq!(r.body["total"], 5203);
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8867-4&_summary=count", &doc).await;
+    assert_eq!(r.body["total"], 5203);
+    // Someone without care for these patients sees none of them.
+    let r = s.get("/fhir/Observation?code=http://loinc.org|8867-4&_count=50", &other).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("entry").is_none(), "{}", &r.text[..r.text.len().min(300)]);
+}

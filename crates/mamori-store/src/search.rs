@@ -10,7 +10,7 @@ use mamori_core::time::Timestamp;
 
 use crate::error::{Result, StoreError};
 use crate::records::Version;
-use crate::sql::{Conn, Val};
+use crate::sql::{Backend, Conn, Val};
 
 /// Who the results are restricted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +64,75 @@ impl Sql {
 /// restricted to (decided by the caller like a search of that type).
 pub type HasScope = [(ResourceType, Restriction)];
 
-fn where_clause(q: &SearchQuery, restriction: &Restriction, has: &HasScope, sql: &mut Sql) {
+/// How a search's clauses are written: which are broad (see
+/// [`broad_clauses`]), and for which database.
+struct Shape {
+    broad: Vec<bool>,
+    sqlite: bool,
+}
+
+/// A condition that matches at least this many index rows is *broad*.
+const BROAD: u64 = 5000;
+
+/// Which clauses are broad: one lookup in one index table that matches at
+/// least [`BROAD`] rows (counted up to that, in one statement for all).
+///
+/// A clause is otherwise written as `r.id IN (SELECT id FROM idx_…)`, and
+/// the database makes the list of all its matches before it can give the
+/// first page: a code that a million Observations carry costs a million
+/// rows per page. A broad clause is instead checked for each resource as
+/// the resources are read in the page's order (`EXISTS`), which stops
+/// after a page of matches; how many rows that reads depends on the share
+/// of resources that match, not on how many there are. A narrow clause
+/// keeps its list, which is short, and drives the search.
+fn broad_clauses(c: &mut dyn Conn, q: &SearchQuery) -> Result<Shape> {
+    let mut out = Shape { broad: vec![false; q.clauses.len()], sqlite: c.backend() == Backend::Sqlite };
+    let mut s = Sql { text: String::new(), params: Vec::new() };
+    let t = s.bind(q.rtype.as_str().to_owned());
+    let lim = s.bind(i64::try_from(BROAD).unwrap_or(i64::MAX));
+    let mut probes = Vec::new();
+    for (i, clause) in q.clauses.iter().enumerate() {
+        if let [cond] = clause.any_of.as_slice() {
+            if let Some((table, rest)) = member(clause, cond, &mut s) {
+                probes.push((
+                    i,
+                    format!(
+                        "(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE rtype = {t} AND {rest} LIMIT {lim}) p{i})"
+                    ),
+                ));
+            }
+        }
+    }
+    if probes.is_empty() {
+        return Ok(out);
+    }
+    s.text = format!("SELECT {}", probes.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(", "));
+    if let Some(row) = c.query_one(&s.text, &s.params)? {
+        for (k, (i, _)) in probes.iter().enumerate() {
+            out.broad[*i] = row.u64(k)? >= BROAD;
+        }
+    }
+    Ok(out)
+}
+
+fn where_clause(q: &SearchQuery, restriction: &Restriction, has: &HasScope, broad: &Shape, sql: &mut Sql) {
     let t = sql.bind(q.rtype.as_str().to_owned());
     sql.text.push_str(&format!(" WHERE r.rtype = {t} AND r.deleted = 0"));
-    for clause in &q.clauses {
+    for (i, clause) in q.clauses.iter().enumerate() {
+        if broad.broad.get(i) == Some(&true) {
+            if let [cond] = clause.any_of.as_slice() {
+                if let Some((table, rest)) = member(clause, cond, sql) {
+                    // SQLite would look the value up (and read all its
+                    // matches for each resource) unless told to find the
+                    // resource's own rows; PostgreSQL chooses by cost.
+                    let hint = if broad.sqlite { format!(" INDEXED BY {table}_res") } else { String::new() };
+                    sql.text.push_str(&format!(
+                        " AND EXISTS (SELECT 1 FROM {table} m{hint} WHERE m.rtype = r.rtype AND m.id = r.id AND {rest})"
+                    ));
+                    continue;
+                }
+            }
+        }
         let mut ors = Vec::new();
         for cond in &clause.any_of {
             ors.push(cond_sql(clause, cond, "r", &t, has, sql));
@@ -207,6 +272,54 @@ fn date_sql(p: Prefix, low_col: &str, high_col: &str, low: i64, high: i64, sql: 
     }
 }
 
+/// The index table and the condition on its rows (after `rtype = t`) of
+/// a condition that is one lookup in one index table; `None` for the
+/// others.
+fn member(clause: &Clause, cond: &Cond, sql: &mut Sql) -> Option<(&'static str, String)> {
+    let param = clause.param;
+    Some(match cond {
+        Cond::Token { system, code } => {
+            let pm = sql.bind(param);
+            let mut s = format!("param = {pm}");
+            if let Some(c) = code {
+                s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
+            }
+            match system {
+                None => {}
+                Some(None) => s.push_str(" AND system IS NULL"),
+                Some(Some(sys)) => s.push_str(&format!(" AND system = {}", sql.bind(sys.clone()))),
+            }
+            ("idx_token", s)
+        }
+        Cond::StringStarts(prefix) => {
+            let pm = sql.bind(param);
+            let lo = sql.bind(prefix.clone());
+            let hi = sql.bind(format!("{prefix}\u{10FFFF}"));
+            ("idx_string", format!("param = {pm} AND norm >= {lo} AND norm < {hi}"))
+        }
+        Cond::StringExact(v) => {
+            let pm = sql.bind(param);
+            let v = sql.bind(v.clone());
+            ("idx_string", format!("param = {pm} AND exact = {v}"))
+        }
+        Cond::Date(p, range) => {
+            let pm = sql.bind(param);
+            let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
+            ("idx_date", format!("param = {pm} AND {cond}"))
+        }
+        Cond::Reference { rtype, id } => {
+            let pm = sql.bind(param);
+            let tid = sql.bind(id.clone());
+            let mut s = format!("param = {pm} AND target_id = {tid}");
+            if let Some(tt) = rtype {
+                s.push_str(&format!(" AND target_type = {}", sql.bind(tt.clone())));
+            }
+            ("idx_ref", s)
+        }
+        _ => return None,
+    })
+}
+
 /// SQL for one condition on the resource row aliased `a` of type `t` (a
 /// bound parameter).
 fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql: &mut Sql) -> String {
@@ -216,34 +329,9 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
         Cond::LastUpdated(p, range) => {
             date_sql(*p, &format!("{a}.last_updated"), &format!("({a}.last_updated + 1)"), range.low, range.high, sql)
         }
-        Cond::Token { system, code } => {
-            let pm = sql.bind(param);
-            let mut s = format!("{a}.id IN (SELECT id FROM idx_token WHERE rtype = {t} AND param = {pm}");
-            if let Some(c) = code {
-                s.push_str(&format!(" AND code = {}", sql.bind(c.clone())));
-            }
-            match system {
-                None => {}
-                Some(None) => s.push_str(" AND system IS NULL"),
-                Some(Some(sys)) => s.push_str(&format!(" AND system = {}", sql.bind(sys.clone()))),
-            }
-            s.push(')');
-            s
-        }
         Cond::Not(any_of) => {
             let ors: Vec<String> = any_of.iter().map(|c| cond_sql(clause, c, a, t, has, sql)).collect();
             format!("NOT ({})", ors.join(" OR "))
-        }
-        Cond::StringStarts(prefix) => {
-            let pm = sql.bind(param);
-            let lo = sql.bind(prefix.clone());
-            let hi = sql.bind(format!("{prefix}\u{10FFFF}"));
-            format!("{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm >= {lo} AND norm < {hi})")
-        }
-        Cond::StringExact(s) => {
-            let pm = sql.bind(param);
-            let v = sql.bind(s.clone());
-            format!("{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND exact = {v})")
         }
         // A token's text is kept with the strings, under the token
         // parameter's name.
@@ -254,11 +342,6 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
             format!(
                 "{a}.id IN (SELECT id FROM idx_string WHERE rtype = {t} AND param = {pm} AND norm LIKE {v} ESCAPE '\\')"
             )
-        }
-        Cond::Date(p, range) => {
-            let pm = sql.bind(param);
-            let cond = date_sql(*p, "low", "high", range.low, range.high, sql);
-            format!("{a}.id IN (SELECT id FROM idx_date WHERE rtype = {t} AND param = {pm} AND {cond})")
         }
         Cond::CodeQuantity { system, code, quantity } => {
             let pm = sql.bind(param);
@@ -325,16 +408,11 @@ fn cond_sql(clause: &Clause, cond: &Cond, a: &str, t: &str, has: &HasScope, sql:
             let not = if *missing { "NOT " } else { "" };
             format!("{a}.id {not}IN (SELECT id FROM {table} WHERE rtype = {t} AND param = {pm})")
         }
-        Cond::Reference { rtype, id } => {
-            let pm = sql.bind(param);
-            let tid = sql.bind(id.clone());
-            let mut s =
-                format!("{a}.id IN (SELECT id FROM idx_ref WHERE rtype = {t} AND param = {pm} AND target_id = {tid}");
-            if let Some(tt) = rtype {
-                s.push_str(&format!(" AND target_type = {}", sql.bind(tt.clone())));
+        Cond::Token { .. } | Cond::StringStarts(_) | Cond::StringExact(_) | Cond::Date(..) | Cond::Reference { .. } => {
+            match member(clause, cond, sql) {
+                Some((table, rest)) => format!("{a}.id IN (SELECT id FROM {table} WHERE rtype = {t} AND {rest})"),
+                None => "1 = 0".into(),
             }
-            s.push(')');
-            s
         }
     }
 }
@@ -352,19 +430,23 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if let Some(t) = q.has_sources().into_iter().find(|t| !has.iter().any(|(h, _)| h == t)) {
         return Err(StoreError::Internal(format!("_has on {t} without a decision for {t}")));
     }
+    let broad = broad_clauses(c, q)?;
     let total = match q.total {
-        Total::Accurate => Some(count(c, q, restriction, has, None)?),
-        _ if q.summary_count => Some(count(c, q, restriction, has, None)?),
-        Total::Bounded => Some(count(c, q, restriction, has, Some(TOTAL_BOUND))?).filter(|n| *n <= TOTAL_BOUND),
+        Total::Accurate => Some(count(c, q, restriction, has, &broad, None)?),
+        _ if q.summary_count => Some(count(c, q, restriction, has, &broad, None)?),
+        // A broad clause may leave few matches after the others, but
+        // counting them could read every resource of the type.
+        Total::Bounded if broad.broad.contains(&true) => None,
+        Total::Bounded => Some(count(c, q, restriction, has, &broad, Some(TOTAL_BOUND))?).filter(|n| *n <= TOTAL_BOUND),
         Total::None => None,
     };
     if q.summary_count || q.count == 0 {
         return Ok(Page { entries: Vec::new(), total, next: None, prev: None });
     }
     if let Sort::Params(keys) = q.sort {
-        return search_sorted_by_params(c, q, restriction, has, total, keys);
+        return search_sorted_by_params(c, q, restriction, has, &broad, total, keys);
     }
-    let s = page_sql(q, restriction, has);
+    let s = page_sql(q, restriction, has, &broad);
     let rows = c.query(&s.text, &s.params)?;
     let mut entries = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -394,6 +476,7 @@ fn count(
     q: &SearchQuery,
     restriction: &Restriction,
     has: &HasScope,
+    broad: &Shape,
     bound: Option<u64>,
 ) -> Result<u64> {
     let mut s = Sql { text: String::new(), params: Vec::new() };
@@ -401,7 +484,7 @@ fn count(
         None => s.text.push_str("SELECT COUNT(*) FROM resources r"),
         Some(_) => s.text.push_str("SELECT COUNT(*) FROM (SELECT 1 FROM resources r"),
     }
-    where_clause(q, restriction, has, &mut s);
+    where_clause(q, restriction, has, broad, &mut s);
     if let Some(b) = bound {
         let lim = s.bind(i64::try_from(b.saturating_add(1)).unwrap_or(i64::MAX));
         s.text.push_str(&format!(" LIMIT {lim}) n"));
@@ -412,12 +495,18 @@ fn count(
 /// The statement that fetches a page of a search (ordered by id or by last
 /// update; a `_sort` by parameters runs another), with its parameters, as
 /// [`search_scoped`] runs it: for `EXPLAIN` ([`crate::sql::explain`]).
-pub fn page_statement(q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> (String, Vec<Val<'static>>) {
-    let s = page_sql(q, restriction, has);
-    (s.text, s.params)
+pub fn page_statement(
+    c: &mut dyn Conn,
+    q: &SearchQuery,
+    restriction: &Restriction,
+    has: &HasScope,
+) -> Result<(String, Vec<Val<'static>>)> {
+    let broad = broad_clauses(c, q)?;
+    let s = page_sql(q, restriction, has, &broad);
+    Ok((s.text, s.params))
 }
 
-fn page_sql(q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> Sql {
+fn page_sql(q: &SearchQuery, restriction: &Restriction, has: &HasScope, broad: &Shape) -> Sql {
     let mut s = Sql {
         text: format!(
             "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
@@ -425,7 +514,7 @@ fn page_sql(q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> Sql {
         ),
         params: Vec::new(),
     };
-    where_clause(q, restriction, has, &mut s);
+    where_clause(q, restriction, has, broad, &mut s);
     // Paging backwards reverses comparison and order, then the page.
     let backwards = q.before.is_some() && q.after.is_none();
     let cursor = if backwards { q.before.as_ref() } else { q.after.as_ref() };
@@ -462,6 +551,7 @@ fn search_sorted_by_params(
     q: &SearchQuery,
     restriction: &Restriction,
     has: &HasScope,
+    broad: &Shape,
     total: Option<u64>,
     keys: SortKeys,
 ) -> Result<Page> {
@@ -496,7 +586,7 @@ fn search_sorted_by_params(
         crate::records::VERSION_SELECT_COLUMNS,
         cols.join(", ")
     );
-    where_clause(q, restriction, has, &mut s);
+    where_clause(q, restriction, has, broad, &mut s);
     if let Some(cur) = &q.after {
         // After the cursor in the order below: strictly after on the first
         // key, or equal on it and after on the rest; ties by id.
