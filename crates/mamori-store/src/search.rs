@@ -152,14 +152,23 @@ fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String 
             let u = sql.bind(user.clone());
             let d = sql.bind(department.clone());
             let n = sql.bind(now.micros());
-            let care = format!(
-                "SELECT patient FROM care_assignments WHERE (user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND department = {d})) \
-                 AND start <= {n} AND (ended IS NULL OR ended > {n})"
-            );
+            // Whether the patient `p` is in the user's care: looked up per
+            // patient, not listed (a user with a whole ward, or a
+            // department's assignments, would otherwise list them all for
+            // every search).
+            let care = |p: &str| {
+                format!(
+                    "EXISTS (SELECT 1 FROM care_assignments ca WHERE ca.patient = {p} \
+                     AND (ca.user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND ca.department = {d})) \
+                     AND ca.start <= {n} AND (ca.ended IS NULL OR ca.ended > {n}))"
+                )
+            };
             // Every patient the resource names must be in the user's care.
             format!(
-                "({a}.patient IS NULL OR ({a}.patient IN ({care}) AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
-                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND rc.patient NOT IN ({care}))))"
+                "({a}.patient IS NULL OR ({} AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
+                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND NOT {})))",
+                care(&format!("{a}.patient")),
+                care("rc.patient")
             )
         }
         Restriction::Patient(id) => {
