@@ -93,6 +93,14 @@ fn broad_clauses(c: &mut dyn Conn, q: &SearchQuery) -> Result<Shape> {
     let mut probes = Vec::new();
     for (i, clause) in q.clauses.iter().enumerate() {
         if let [cond] = clause.any_of.as_slice() {
+            // A date after (or ending before) a point is a condition on the
+            // end of the range, which no index orders: counting its rows
+            // would read them all, and listing them too. It is checked per
+            // resource without counting.
+            if matches!(cond, Cond::Date(Prefix::Gt | Prefix::Ge | Prefix::Eb, _)) {
+                out.broad[i] = true;
+                continue;
+            }
             if let Some((table, rest)) = member(clause, cond, &mut s) {
                 probes.push((
                     i,
