@@ -230,11 +230,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         cms::sign_detached(&node, m).map_err(|e| ContainerError::Crypto(e.to_string()))
     })?;
     let base = format!("https://localhost:{}", running.addr.port());
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .build()?;
+    let client = crate::https_client(&dir, usize::MAX)?;
     let login = |u: &str, p: &str| {
         client.post(format!("{base}/api/v1/auth/login")).json(&json!({"username": u, "password": p})).send()
     };

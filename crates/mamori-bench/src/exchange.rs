@@ -179,11 +179,7 @@ async fn node(dir: &Path, as2_id: &str) -> Result<Node> {
     })
     .await?;
     let base = format!("https://localhost:{}", running.addr.port());
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .build()?;
+    let client = crate::https_client(dir, usize::MAX)?;
     let otp = running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
     let mut n = Node { running, base, client, admin: String::new() };
     let t = n.login("admin", &otp).await?;

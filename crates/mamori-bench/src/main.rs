@@ -180,6 +180,17 @@ pub async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
     }
 }
 
+/// An HTTPS client that trusts the certificate a server made in its data
+/// directory `dir`, keeping up to `clients` idle connections.
+pub(crate) fn https_client(dir: &std::path::Path, clients: usize) -> Result<reqwest::Client> {
+    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .pool_max_idle_per_host(clients)
+        .build()?)
+}
+
 /// Writes a fresh data directory's configuration (loopback, the given
 /// `database.synchronous`) unless `keep`, and starts a server on it.
 pub(crate) async fn serve_in(
@@ -208,12 +219,7 @@ async fn fhir(a: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mamori-bench-{}", std::process::id()));
     let running = serve_in(&dir, "full", false).await?;
     let base = format!("https://localhost:{}", running.addr.port());
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(a.clients)
-        .build()?;
+    let client = https_client(&dir, a.clients)?;
     let otp = running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
     let (_admin, doc) = physician(&client, &base, &otp).await?;
 

@@ -93,12 +93,7 @@ async fn mamori(dir: &Path, clients: usize) -> Result<Server> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(clients)
-        .build()?;
+    let client = crate::https_client(dir, clients)?;
     let base = format!("https://localhost:{port}");
     let mut s = Server { name: "mamori", child, base: format!("{base}/fhir"), client, token: None, ids: Vec::new() };
     wait_up(&s.client, &format!("{base}/healthz")).await?;

@@ -161,12 +161,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n"),
     )?;
     let a1 = start(&dir).await?;
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(a.clients)
-        .build()?;
+    let client = crate::https_client(&dir, a.clients)?;
     let (doc, id) = prepare(&client, &a1).await?;
 
     println!(
@@ -266,12 +261,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&dir3)?;
     std::fs::write(dir3.join("mamori.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n")?;
     let s1 = start(&dir3).await?;
-    let pem = std::fs::read(dir3.join("tls/cert.pem"))?;
-    let sclient = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(a.clients)
-        .build()?;
+    let sclient = crate::https_client(&dir3, a.clients)?;
     let (sdoc, sid) = prepare(&sclient, &s1).await?;
     let lite = vec![s1.base.clone()];
     let mut c3 = Vec::new();

@@ -330,12 +330,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
     };
     let st = running.state.clone();
     let base = format!("https://localhost:{}", running.addr.port());
-    let pem = std::fs::read(dir.join("tls/cert.pem"))?;
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(a.clients)
-        .build()?;
+    let client = crate::https_client(&dir, a.clients)?;
     let otp = running.init.as_ref().map(|i| i.admin_password.to_string()).context("fresh directory")?;
     let (_admin, token) = crate::physician(&client, &base, &otp).await?;
     let target = Arc::new(Target { client, base, token });
