@@ -51,9 +51,19 @@ pub struct Page {
 struct Sql {
     text: String,
     params: Vec<Val<'static>>,
+    /// Ends a subquery that must stay a per-row check: on PostgreSQL
+    /// `OFFSET 0`, without which the planner may turn an `EXISTS` into a
+    /// join or a hash over every row it could match (all of a code's
+    /// index rows, all of a user's care assignments) before the first
+    /// page. SQLite keeps an `EXISTS` as written.
+    fence: &'static str,
 }
 
 impl Sql {
+    fn new(sqlite: bool) -> Self {
+        Sql { text: String::new(), params: Vec::new(), fence: if sqlite { "" } else { " OFFSET 0" } }
+    }
+
     fn bind(&mut self, v: impl Into<Val<'static>>) -> String {
         self.params.push(v.into());
         format!("${}", self.params.len())
@@ -87,7 +97,7 @@ const BROAD: u64 = 5000;
 /// keeps its list, which is short, and drives the search.
 fn broad_clauses(c: &mut dyn Conn, q: &SearchQuery) -> Result<Shape> {
     let mut out = Shape { broad: vec![false; q.clauses.len()], sqlite: c.backend() == Backend::Sqlite };
-    let mut s = Sql { text: String::new(), params: Vec::new() };
+    let mut s = Sql::new(out.sqlite);
     let t = s.bind(q.rtype.as_str().to_owned());
     let lim = s.bind(i64::try_from(BROAD).unwrap_or(i64::MAX));
     let mut probes = Vec::new();
@@ -134,8 +144,9 @@ fn where_clause(q: &SearchQuery, restriction: &Restriction, has: &HasScope, broa
                     // matches for each resource) unless told to find the
                     // resource's own rows; PostgreSQL chooses by cost.
                     let hint = if broad.sqlite { format!(" INDEXED BY {table}_res") } else { String::new() };
+                    let fence = sql.fence;
                     sql.text.push_str(&format!(
-                        " AND EXISTS (SELECT 1 FROM {table} m{hint} WHERE m.rtype = r.rtype AND m.id = r.id AND {rest})"
+                        " AND EXISTS (SELECT 1 FROM {table} m{hint} WHERE m.rtype = r.rtype AND m.id = r.id AND {rest}{fence})"
                     ));
                     continue;
                 }
@@ -160,6 +171,7 @@ fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String 
             let u = sql.bind(user.clone());
             let d = sql.bind(department.clone());
             let n = sql.bind(now.micros());
+            let fence = sql.fence;
             // Whether the patient `p` is in the user's care: looked up per
             // patient, not listed (a user with a whole ward, or a
             // department's assignments, would otherwise list them all for
@@ -168,13 +180,13 @@ fn restriction_sql(restriction: &Restriction, a: &str, sql: &mut Sql) -> String 
                 format!(
                     "EXISTS (SELECT 1 FROM care_assignments ca WHERE ca.patient = {p} \
                      AND (ca.user_name = {u} OR (CAST({d} AS TEXT) IS NOT NULL AND ca.department = {d})) \
-                     AND ca.start <= {n} AND (ca.ended IS NULL OR ca.ended > {n}))"
+                     AND ca.start <= {n} AND (ca.ended IS NULL OR ca.ended > {n}){fence})"
                 )
             };
             // Every patient the resource names must be in the user's care.
             format!(
                 "({a}.patient IS NULL OR ({} AND NOT EXISTS (SELECT 1 FROM resource_compartments rc \
-                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND NOT {})))",
+                 WHERE rc.rtype = {a}.rtype AND rc.id = {a}.id AND NOT {}{fence})))",
                 care(&format!("{a}.patient")),
                 care("rc.patient")
             )
@@ -496,7 +508,7 @@ fn count(
     broad: &Shape,
     bound: Option<u64>,
 ) -> Result<u64> {
-    let mut s = Sql { text: String::new(), params: Vec::new() };
+    let mut s = Sql::new(broad.sqlite);
     match bound {
         None => s.text.push_str("SELECT COUNT(*) FROM resources r"),
         Some(_) => s.text.push_str("SELECT COUNT(*) FROM (SELECT 1 FROM resources r"),
@@ -524,13 +536,11 @@ pub fn page_statement(
 }
 
 fn page_sql(q: &SearchQuery, restriction: &Restriction, has: &HasScope, broad: &Shape) -> Sql {
-    let mut s = Sql {
-        text: format!(
-            "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
-            crate::records::VERSION_SELECT_COLUMNS
-        ),
-        params: Vec::new(),
-    };
+    let mut s = Sql::new(broad.sqlite);
+    s.text = format!(
+        "SELECT {} FROM resources r JOIN resource_versions v ON v.seq = r.seq",
+        crate::records::VERSION_SELECT_COLUMNS
+    );
     where_clause(q, restriction, has, broad, &mut s);
     // Paging backwards reverses comparison and order, then the page.
     let backwards = q.before.is_some() && q.after.is_none();
@@ -573,7 +583,7 @@ fn search_sorted_by_params(
     keys: SortKeys,
 ) -> Result<Page> {
     let keys: Vec<_> = keys.iter().collect();
-    let mut s = Sql { text: String::new(), params: Vec::new() };
+    let mut s = Sql::new(broad.sqlite);
     let t = s.bind(q.rtype.as_str().to_owned());
     let mut joins = String::new();
     // The expression of each key, and whether it can be NULL.
@@ -714,7 +724,7 @@ pub fn included(
         };
         for inc in q.include.iter().filter(|i| round == 0 || i.iterate) {
             let Some(ids) = by_type.get(inc.source.as_str()) else { continue };
-            let mut s = Sql { text: String::new(), params: Vec::new() };
+            let mut s = Sql::new(true); // no per-row check to fence
             let t = s.bind(inc.source.as_str().to_owned());
             let p = s.bind(inc.param.to_owned());
             let list: Vec<String> = ids.iter().map(|i| s.bind((*i).to_owned())).collect();
@@ -734,7 +744,7 @@ pub fn included(
                 if rev.target.is_some_and(|t| t.as_str() != *ty) {
                     continue;
                 }
-                let mut s = Sql { text: String::new(), params: Vec::new() };
+                let mut s = Sql::new(true); // no per-row check to fence // no per-row check to fence
                 let t = s.bind(rev.source.as_str().to_owned());
                 let p = s.bind(rev.param.to_owned());
                 let tt = s.bind((*ty).to_owned());
