@@ -459,6 +459,25 @@ pub fn search_scoped(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restrictio
     if let Some(t) = q.has_sources().into_iter().find(|t| !has.iter().any(|(h, _)| h == t)) {
         return Err(StoreError::Internal(format!("_has on {t} without a decision for {t}")));
     }
+    if c.backend() == Backend::Sqlite {
+        return run_search(c, q, restriction, has);
+    }
+    // PostgreSQL plans a cached statement once for any values after a few
+    // runs (a generic plan). A search's best plan depends on its values
+    // (how many resources a subject or a code has), and a generic one was
+    // seen merging every Observation with one patient's list. So a search
+    // is planned for its values each time; other statements keep their
+    // cached plans. And a search whose plan looks costly (a page of a
+    // broad condition) would be compiled to machine code first, which
+    // took longer than running it. Both settings travel with the next
+    // statement sent, so this costs no round trip.
+    c.batch_later("SET plan_cache_mode = force_custom_plan; SET jit = off")?;
+    let out = run_search(c, q, restriction, has);
+    c.batch_later("RESET plan_cache_mode; RESET jit")?;
+    out
+}
+
+fn run_search(c: &mut dyn Conn, q: &SearchQuery, restriction: &Restriction, has: &HasScope) -> Result<Page> {
     let broad = broad_clauses(c, q)?;
     let total = match q.total {
         Total::Accurate => Some(count(c, q, restriction, has, &broad, None)?),

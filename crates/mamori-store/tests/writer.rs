@@ -1,7 +1,8 @@
-//! The group-commit writer on both backends (SQLite, and PostgreSQL at
-//! `MAMORI_TEST_PG`, default the local server, each test in a schema of its
-//! own): exclusive jobs all or nothing, a failing job in a batch rolled back
-//! alone with its failure recorded, audit appends that verify.
+//! The store on both backends (SQLite, and PostgreSQL at `MAMORI_TEST_PG`,
+//! default the local server, each test in a schema of its own): the
+//! group-commit writer's exclusive jobs all or nothing, a failing job in a
+//! batch rolled back alone with its failure recorded, audit appends that
+//! verify; searches planned for their own values.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -105,6 +106,7 @@ both!(failing_job_rolls_back_alone, failing_job_sqlite, failing_job_postgres);
 both!(held_back_failure_is_the_jobs_own, held_back_failure_sqlite, held_back_failure_postgres);
 both!(audit_appends_verify, audit_appends_sqlite, audit_appends_postgres);
 both!(compartment_lists_its_patient, compartment_sqlite, compartment_postgres);
+both!(searches_are_planned_for_their_values, search_plans_sqlite, search_plans_postgres);
 
 async fn exclusive_jobs_are_all_or_nothing(b: Backend) {
     let f = fixture("excl", b);
@@ -653,4 +655,90 @@ async fn records_are_bound(b: Backend) {
         .unwrap();
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!((r.records, marker), (Some(5), 0));
+}
+
+/// On PostgreSQL a search is planned for its values every time (a cached
+/// generic plan was seen merging every Observation with one patient's
+/// list), without JIT, and the connection's settings are back as they were
+/// afterwards; the answers are the same on both backends.
+async fn searches_are_planned_for_their_values(b: Backend) {
+    use mamori_core::fhir::search::parse_query;
+    use mamori_core::ids::ResourceType;
+    use mamori_core::time::Timestamp;
+    use mamori_store::{records, search};
+    use serde_json::json;
+    let f = fixture("plans", b);
+    f.store()
+        .writer()
+        .write_exclusive(
+            |w| {
+                for p in ["p1", "p2"] {
+                    records::put(
+                        w,
+                        ResourceType::PATIENT,
+                        p,
+                        json!({"resourceType": "Patient"}),
+                        None,
+                        "t",
+                        Timestamp(1),
+                    )?;
+                }
+                for i in 0..30 {
+                    let subject = if i % 3 == 0 { "Patient/p2" } else { "Patient/p1" };
+                    let body = json!({"resourceType": "Observation", "status": "final",
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                        "subject": {"reference": subject}});
+                    records::put(w, ResourceType::OBSERVATION, &format!("o{i:02}"), body, None, "t", Timestamp(1))?;
+                }
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
+        .await
+        .unwrap();
+    let pairs = vec![("subject".to_owned(), "Patient/p1".to_owned()), ("_count".to_owned(), "5".to_owned())];
+    let (q, _) = parse_query(ResourceType::OBSERVATION, &pairs, false).unwrap();
+    let (pages, plans, settings) = f
+        .store()
+        .read(move |c| {
+            let settings = "SELECT current_setting('plan_cache_mode'), current_setting('jit')";
+            let before = match c.backend() {
+                Backend::Sqlite => None,
+                Backend::Postgres => c.query_one(settings, p![])?.map(|r| (r.text(0).unwrap(), r.text(1).unwrap())),
+            };
+            let mut pages = Vec::new();
+            for _ in 0..8 {
+                let page = search::search(c, &q, &search::Restriction::None)?;
+                pages.push((page.entries.iter().map(|v| v.id.clone()).collect::<Vec<_>>(), page.total));
+            }
+            if c.backend() == Backend::Sqlite {
+                return Ok((pages, None, None));
+            }
+            // The reader is this one connection (readers: 1): its prepared
+            // statements, and its settings after the searches.
+            let plans = c
+                .query_one(
+                    "SELECT COALESCE(SUM(generic_plans), 0)::bigint, COALESCE(SUM(custom_plans), 0)::bigint \
+                     FROM pg_prepared_statements WHERE statement LIKE 'SELECT v.seq,%'",
+                    p![],
+                )?
+                .unwrap();
+            let after = c.query_one(settings, p![])?.map(|r| (r.text(0).unwrap(), r.text(1).unwrap()));
+            Ok((pages, Some((plans.i64(0)?, plans.i64(1)?)), Some((before, after))))
+        })
+        .await
+        .unwrap();
+    let want: Vec<String> = (0..30).filter(|i| i % 3 != 0).take(5).map(|i| format!("o{i:02}")).collect();
+    for (ids, total) in &pages {
+        assert_eq!(ids, &want, "the first page, in id order");
+        assert_eq!(*total, Some(20), "p1's twenty Observations");
+    }
+    if b == Backend::Postgres {
+        let (generic, custom) = plans.unwrap();
+        assert_eq!(generic, 0, "no page was run with a generic plan");
+        assert!(custom >= 8, "each page planned for its values: {custom} custom plans");
+        let (before, after) = settings.unwrap();
+        assert!(before.is_some());
+        assert_eq!(before, after, "the connection's settings are restored");
+    }
 }
