@@ -227,6 +227,20 @@ fn sqlite_directory_moves_to_postgres() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("row counts match"), "{out}");
     assert!(out.contains("OK: audit log"), "{out}");
+    // The planner has statistics for the copied tables before any search.
+    let mut db = PgConn::connect(&url).unwrap();
+    let analyzed = db
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+             AND relname IN ('resources', 'idx_string', 'resource_versions') AND last_analyze IS NOT NULL",
+            mamori_store::p![],
+        )
+        .unwrap()
+        .unwrap()
+        .i64(0)
+        .unwrap();
+    assert_eq!(analyzed, 3, "the copied tables were analyzed");
+    drop(db);
     // A second copy into the now non-empty target is refused.
     let (code, _, err) = run(&["copy-to-postgres", "--data", dir.to_str().unwrap(), "--url", &url]);
     assert_ne!(code, 0);

@@ -51,7 +51,7 @@ fn count(c: &mut dyn Conn, table: &str) -> Result<u64> {
 /// Copies the SQLite store `src` into the PostgreSQL database `dst`
 /// (migrated here first). Refuses a target that holds records, accounts or
 /// audit events. All or nothing: on any error the target is left as it was
-/// (its schema aside).
+/// (its schema aside). Gathers the planner's statistics at the end.
 pub fn sqlite_to_postgres(src: &mut rusqlite::Connection, dst: &mut dyn Conn) -> Result<Counts> {
     if dst.backend() != Backend::Postgres {
         return Err(StoreError::Internal("the copy target must be PostgreSQL".into()));
@@ -133,6 +133,10 @@ pub fn sqlite_to_postgres(src: &mut rusqlite::Connection, dst: &mut dyn Conn) ->
                     return Err(StoreError::Internal(format!("table {t}: {s} rows in SQLite, {d} in PostgreSQL")));
                 }
             }
+            // The planner's statistics, before the first search: without
+            // them every table is estimated at one row until autovacuum
+            // gets to it, and broad searches choose plans that read all.
+            dst.batch("ANALYZE")?;
             Ok(counts)
         }
         Err(e) => {
