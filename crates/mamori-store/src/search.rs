@@ -763,7 +763,7 @@ pub fn included(
                 if rev.target.is_some_and(|t| t.as_str() != *ty) {
                     continue;
                 }
-                let mut s = Sql::new(true); // no per-row check to fence // no per-row check to fence
+                let mut s = Sql::new(true); // no per-row check to fence
                 let t = s.bind(rev.source.as_str().to_owned());
                 let p = s.bind(rev.param.to_owned());
                 let tt = s.bind((*ty).to_owned());
