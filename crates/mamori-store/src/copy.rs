@@ -136,7 +136,11 @@ pub fn sqlite_to_postgres(src: &mut rusqlite::Connection, dst: &mut dyn Conn) ->
             // The planner's statistics, before the first search: without
             // them every table is estimated at one row until autovacuum
             // gets to it, and broad searches choose plans that read all.
-            dst.batch("ANALYZE")?;
+            // The copy is committed by now: a failure here is reported,
+            // not made the copy's.
+            if let Err(e) = dst.batch("ANALYZE") {
+                tracing::warn!(error = %e, "cannot gather statistics after the copy; run ANALYZE on the target");
+            }
             Ok(counts)
         }
         Err(e) => {
