@@ -181,14 +181,19 @@ pub async fn ok200(r: reqwest::Result<reqwest::Response>) -> bool {
 }
 
 /// An HTTPS client that trusts the certificate a server made in its data
-/// directory `dir`, keeping up to `clients` idle connections.
+/// directory `dir`, keeping up to `clients` idle connections (HTTP/2 when
+/// the server offers it: all requests share one connection).
 pub(crate) fn https_client(dir: &std::path::Path, clients: usize) -> Result<reqwest::Client> {
+    Ok(https_builder(dir, clients)?.build()?)
+}
+
+/// The builder of [`https_client`], for a client that differs from it.
+pub(crate) fn https_builder(dir: &std::path::Path, clients: usize) -> Result<reqwest::ClientBuilder> {
     let pem = std::fs::read(dir.join("tls/cert.pem"))?;
     Ok(reqwest::Client::builder()
         .use_rustls_tls()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-        .pool_max_idle_per_host(clients)
-        .build()?)
+        .pool_max_idle_per_host(clients))
 }
 
 /// Writes a fresh data directory's configuration (loopback, the given
