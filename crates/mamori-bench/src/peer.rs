@@ -1,7 +1,7 @@
 //! Reads beside a peer FHIR server, in one run: mamori (its release
 //! binary, a child process, HTTPS over HTTP/1.1, every read's audit
-//! event committed before the answer) and Helios FHIR Server (`hfs`, SQLite, plain HTTP,
-//! no audit), each with the same patients, read by the same load
+//! event committed before the answer) and Helios FHIR Server (`hfs`,
+//! SQLite, plain HTTP, no audit), each with the same patients, read by the same load
 //! generator, alternating mamori and the peer. Reported per server: reads
 //! per second, p50 and p99, and three CPU times per read over the run
 //! (from /proc): the server process's, the load generator's (this
@@ -220,7 +220,7 @@ struct Figures {
     rate: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
-    cpu: Vec<f64>,
+    server: Vec<f64>,
     generator: Vec<f64>,
     machine: Vec<f64>,
     errors: u64,
@@ -261,7 +261,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
             f.rate.push(l.rate);
             f.p50.push(l.p50);
             f.p99.push(l.p99);
-            f.cpu.push(c.server);
+            f.server.push(c.server);
             f.generator.push(c.generator);
             f.machine.push(c.machine);
             f.errors += l.errors;
@@ -279,7 +279,7 @@ pub(crate) async fn run(a: &Args) -> Result<()> {
             rate,
             median(f.p50),
             median(f.p99),
-            median(f.cpu),
+            median(f.server),
             median(f.generator),
             median(f.machine),
             f.errors
